@@ -1,0 +1,61 @@
+"""jaxnorm: normalization and dropout for JAX/Flax.
+
+Pure transforms with explicit statistics and PRNG keys (``jaxnorm.batch_norm``, ``jaxnorm.dropout``, ...), Flax
+layers over them (``jaxnorm.nn``), training runs (``train.py``) and optimization-landscape probes.
+"""
+
+from jaxnorm import nn
+from jaxnorm.dropout import (
+    alpha_dropout,
+    dropconnect,
+    dropout,
+    gaussian_dropout,
+    max_norm,
+    max_norm_project,
+    spatial_dropout,
+)
+from jaxnorm.norms import (
+    CONVENTIONS,
+    batch_moments,
+    batch_norm,
+    batch_renorm,
+    fold_batch_norm,
+    fold_batch_norm_params,
+    group_norm,
+    init_batch_stats,
+    instance_norm,
+    layer_norm,
+    lp_batch_norm,
+    population_stats,
+    rms_norm,
+    update_running_stats,
+    weight_standardize,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONVENTIONS",
+    "alpha_dropout",
+    "batch_moments",
+    "batch_norm",
+    "batch_renorm",
+    "dropconnect",
+    "dropout",
+    "fold_batch_norm",
+    "fold_batch_norm_params",
+    "gaussian_dropout",
+    "group_norm",
+    "init_batch_stats",
+    "instance_norm",
+    "layer_norm",
+    "lp_batch_norm",
+    "max_norm",
+    "max_norm_project",
+    "nn",
+    "population_stats",
+    "rms_norm",
+    "spatial_dropout",
+    "update_running_stats",
+    "weight_standardize",
+]

@@ -1,0 +1,190 @@
+"""Pure dropout transforms (Srivastava et al. 2014) with explicit PRNG keys, and the max-norm constraint.
+
+Every function takes ``key`` and ``train`` explicitly: ``train=False`` is the identity and needs no key. Masks are
+drawn from ``jax.random`` only, so the same key gives the same mask on every backend and under ``jit``/``vmap``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# SELU constants (Klambauer et al. 2017): alpha' = -λα is the value SELU saturates to.
+_SELU_ALPHA = 1.6732632423543772
+_SELU_SCALE = 1.0507009873554805
+_ALPHA_PRIME = -_SELU_SCALE * _SELU_ALPHA
+
+
+def _check_rate(name: str, rate: Any) -> None:
+    if isinstance(rate, jax.core.Tracer):
+        return  # a traced rate cannot be checked here; it is clipped to [0, 1] where used
+    r = float(rate)
+    if not 0.0 <= r <= 1.0 or math.isnan(r):
+        raise ValueError(
+            f"{name}: rate must be in [0, 1] (the probability of dropping a unit), got {rate}; "
+            "rate 0 keeps everything, rate 1 drops everything"
+        )
+
+
+def _needs_key(name: str, key: Array | None) -> None:
+    if key is None:
+        raise ValueError(
+            f"{name}: train=True needs a PRNG key: pass key=jax.random.key(seed) (split it per step), "
+            "or train=False for the deterministic identity"
+        )
+
+
+def _is_static_zero(rate) -> bool:
+    return not isinstance(rate, jax.core.Tracer) and float(rate) == 0.0
+
+
+def _keep_mask(key: Array, keep, shape) -> Array:
+    return jax.random.bernoulli(key, keep, shape)
+
+
+def _inverted(x: Array, mask: Array, keep) -> Array:
+    # 1/keep with keep = 0 is replaced by 0 so that rate 1 gives zeros and finite (zero) gradients
+    inv = jnp.where(keep > 0, 1.0 / jnp.maximum(keep, 1e-30), 0.0).astype(x.dtype)
+    return jnp.where(mask, x * inv, jnp.zeros((), x.dtype))
+
+
+def dropout(
+    x: Array,
+    rate: float,
+    *,
+    key: Array | None = None,
+    train: bool = True,
+    broadcast_dims: Sequence[int] = (),
+) -> Array:
+    """Inverted dropout: ``y = ξ ⊙ x / (1 − rate)`` with ``ξ ~ Bernoulli(1 − rate)`` in training, ``y = x`` at test.
+
+    Same network in expectation as Srivastava et al.'s original form (keep at train, scale weights by
+    ``1 − rate`` at test), with no test-time change. ``broadcast_dims`` share one mask value along those axes
+    (as ``flax.linen.Dropout``). rate 1 drops everything (zeros, zero gradients), rate 0 is the identity.
+    """
+    _check_rate("dropout", rate)
+    if not train or _is_static_zero(rate):
+        return x
+    _needs_key("dropout", key)
+    x = jnp.asarray(x)
+    keep = 1.0 - jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
+    shape = list(x.shape)
+    for d in broadcast_dims:
+        shape[d] = 1
+    mask = jnp.broadcast_to(_keep_mask(key, keep, tuple(shape)), x.shape)
+    return _inverted(x, mask, keep)
+
+
+def spatial_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
+    """Channel ("spatial") dropout (Tompson et al. 2015): one Bernoulli mask value per example and channel of an
+    ``N×…×C`` input, shared over all spatial positions, inverted scaling by ``1/(1 − rate)``."""
+    x = jnp.asarray(x)
+    if x.ndim < 3:
+        raise ValueError(
+            f"spatial_dropout: expected N×spatial…×C (rank >= 3), got shape {tuple(x.shape)}; for N×C use dropout"
+        )
+    return dropout(x, rate, key=key, train=train, broadcast_dims=tuple(range(1, x.ndim - 1)))
+
+
+def dropconnect(w: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
+    """DropConnect (Wan et al. 2013): drop individual *weights* ``w`` (e.g. a Dense kernel) with probability
+    ``rate``, inverted scaling so that ``E[w̃] = w``; apply ``x @ dropconnect(w, ...)``. Identity at test."""
+    _check_rate("dropconnect", rate)
+    if not train or _is_static_zero(rate):
+        return w
+    _needs_key("dropconnect", key)
+    return dropout(w, rate, key=key, train=True)
+
+
+def gaussian_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
+    """Gaussian dropout (Srivastava et al. 2014, §10): ``y = x ⊙ ξ`` with ``ξ ~ N(1, rate/(1 − rate))``, the
+    multiplicative noise with the same mean and variance as inverted Bernoulli dropout. Identity at test;
+    rate must be < 1."""
+    _check_rate("gaussian_dropout", rate)
+    if not isinstance(rate, jax.core.Tracer) and float(rate) >= 1.0:
+        raise ValueError("gaussian_dropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1)")
+    if not train or _is_static_zero(rate):
+        return x
+    _needs_key("gaussian_dropout", key)
+    x = jnp.asarray(x)
+    std = jnp.sqrt(rate / (1.0 - rate)).astype(jnp.float32)
+    noise = 1.0 + std * jax.random.normal(key, x.shape, jnp.float32)
+    return (x.astype(jnp.float32) * noise).astype(x.dtype)
+
+
+def alpha_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
+    """Alpha dropout (Klambauer et al. 2017) for SELU networks: dropped units are set to SELU's saturation value
+    ``α' = −λα`` and an affine map ``a·(·) + b`` restores zero mean and unit variance,
+    ``a = (q + α'²q(1 − q))^(−1/2)``, ``b = −a·(1 − q)·α'`` with ``q = 1 − rate`` the keep probability.
+    Identity at test; rate 1 gives zeros."""
+    _check_rate("alpha_dropout", rate)
+    if not train or _is_static_zero(rate):
+        return x
+    _needs_key("alpha_dropout", key)
+    x = jnp.asarray(x)
+    if not isinstance(rate, jax.core.Tracer) and float(rate) == 1.0:
+        return jnp.zeros_like(x) * x  # keeps the gradient path (zero) and the dtype
+    q = 1.0 - jnp.asarray(rate, jnp.float32)
+    a = (q + _ALPHA_PRIME**2 * q * (1.0 - q)) ** -0.5
+    b = -a * (1.0 - q) * _ALPHA_PRIME
+    mask = _keep_mask(key, q, x.shape)
+    y = jnp.where(mask, x.astype(jnp.float32), _ALPHA_PRIME)
+    return (a * y + b).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# max-norm constraint
+
+
+def _max_norm_leaf(w: Array, c: float) -> Array:
+    if jnp.ndim(w) < 2:
+        return w  # biases, norm scales: unconstrained
+    axes = tuple(range(w.ndim - 1))
+    norm = jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)), axes, keepdims=True))
+    factor = jnp.minimum(1.0, c / jnp.maximum(norm, 1e-12))
+    return (w * factor).astype(w.dtype)
+
+
+def max_norm_project(params: Any, c: float = 3.0) -> Any:
+    """Project every kernel (leaf of rank ≥ 2, ``…×fan_in×units``) so that the incoming weight vector of each unit
+    (last axis) has ``‖w‖₂ ≤ c`` (Srivastava et al. 2014, §5.1: c = 3–4). Biases and scales are left alone."""
+    if not c > 0:
+        raise ValueError(f"max_norm: c must be > 0, got {c}")
+    return jax.tree.map(lambda w: _max_norm_leaf(w, c), params)
+
+
+class MaxNormState(NamedTuple):
+    """Max-norm keeps no state."""
+
+
+class MaxNorm(NamedTuple):
+    """An ``optax.GradientTransformation`` (same ``init``/``update`` protocol): put it last in ``optax.chain``."""
+
+    init: Any
+    update: Any
+
+
+def max_norm(c: float = 3.0) -> MaxNorm:
+    """Max-norm as an optax gradient transformation: turns ``updates`` into ``project(params + updates) − params``
+    so that after ``optax.apply_updates`` every unit's incoming weights satisfy ``‖w‖₂ ≤ c``. Use it last:
+    ``optax.chain(optax.sgd(lr, 0.9), jaxnorm.max_norm(3.0))``. ``update`` needs ``params``."""
+    if not c > 0:
+        raise ValueError(f"max_norm: c must be > 0, got {c}")
+
+    def init(params):
+        del params
+        return MaxNormState()
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("max_norm: update(updates, state, params) needs params to project the new weights")
+        new = jax.tree.map(lambda p, u: p + u, params, updates)
+        projected = max_norm_project(new, c)
+        return jax.tree.map(lambda q, p: (q - p).astype(p.dtype), projected, params), state
+
+    return MaxNorm(init, update)
