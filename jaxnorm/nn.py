@@ -209,12 +209,36 @@ class RMSNorm(nn.Module):
         return _norms.rms_norm(x, scale, epsilon=self.epsilon, axes=self.axes)
 
 
-def _standardized_kernel(params):
-    return {**params, "kernel": _norms.weight_standardize(params["kernel"])}
+class StandardizedConv(nn.Module):
+    """A channels-last convolution whose kernel is weight-standardized (Qiao et al. 2019) at every call:
+    ``Ŵ = (W − μ)/√(σ² + ε)`` per output channel (see :func:`jaxnorm.weight_standardize`); the raw kernel is the
+    stored parameter. Pairs with :class:`GroupNorm` for small batches. 1-, 2- and 3-D."""
 
+    features: int
+    kernel_size: Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: str | Sequence[tuple[int, int]] = "SAME"
+    use_bias: bool = True
+    epsilon: float = 1e-5
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
 
-# Conv whose kernel is weight-standardized (Qiao et al. 2019) at every call; parameters are stored raw.
-StandardizedConv = nn.map_variables(nn.Conv, "params", trans_in_fn=_standardized_kernel, init=True)
+    @nn.compact
+    def __call__(self, x):
+        ks = tuple(self.kernel_size)
+        nd = len(ks)
+        if x.ndim != nd + 2:
+            raise ValueError(f"StandardizedConv: a {nd}-D kernel needs input N×{'×'.join('S' * nd)}×C, got {x.shape}")
+        kernel = self.param("kernel", self.kernel_init, ks + (x.shape[-1], self.features), jnp.float32)
+        strides = (self.strides,) * nd if isinstance(self.strides, int) else tuple(self.strides)
+        sp = "DHW"[-nd:]
+        y = jax.lax.conv_general_dilated(
+            x, _norms.weight_standardize(kernel, epsilon=self.epsilon).astype(x.dtype), strides, self.padding,
+            dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
+        )
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(y.dtype)
+        return y
 
 
 # --------------------------------------------------------------------------------------------------------------------
