@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
 import os
 import random
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -52,6 +53,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 __all__ = [
+    'BUILDERS',
     'BUNDLED',
     'Batch',
     'Dataset',
@@ -130,7 +132,19 @@ def _split_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return train_test_split(images, digits.target, test_size=0.2, stratify=digits.target, random_state=0)
 
 
-class Mnist1dBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=_already_registered('jaxnorm_mnist1d')):
+class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the bundled builders: examples are generated locally; nothing is downloaded or checksummed."""
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> tfds.core.Path:
+        # tfds's own lookup of the source file imports `importlib_resources`, a package tfds 4.9.10 declares only
+        # for Python < 3.9; the plain file path is what that lookup returns anyway. tfds looks for a checksums file
+        # beside it and, finding none, expects no downloads.
+        return tfds.core.Path(inspect.getfile(cls))
+
+
+class Mnist1dBuilder(_OfflineBuilder, skip_registration=_already_registered('jaxnorm_mnist1d')):
     """MNIST-1D (Greydanus 2020), generated offline: 4000 train / 1000 test float32 signals (40, 1), 10 classes."""
 
     name = 'jaxnorm_mnist1d'
@@ -164,7 +178,7 @@ class Mnist1dBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=_already
             yield i, {'signal': np.asarray(signal, np.float32)[:, None], 'label': int(label)}
 
 
-class DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=_already_registered('jaxnorm_digits')):
+class DigitsBuilder(_OfflineBuilder, skip_registration=_already_registered('jaxnorm_digits')):
     """scikit-learn's 8x8 digits: 1437 train / 360 test float32 images (8, 8, 1) in [0, 1], 10 classes."""
 
     name = 'jaxnorm_digits'
@@ -237,8 +251,9 @@ def _prepare_command(tfds_name: str, data_dir: str) -> str:
     )
 
 
-def _not_prepared_error(builder: tfds.core.DatasetBuilder, data_dir: str, reason: str) -> DatasetNotPreparedError:
-    name = builder.name
+def _not_prepared_error(name: str, builder: tfds.core.DatasetBuilder, data_dir: str, reason: str
+                        ) -> DatasetNotPreparedError:
+    """The error for a tfds dataset ``name`` (as the user spelled it, config included) missing from ``data_dir``."""
     manual = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
     manual_note = (
         f'\n  {name} also needs files downloaded by hand into <data_dir>/downloads/manual first:\n'
@@ -250,7 +265,7 @@ def _not_prepared_error(builder: tfds.core.DatasetBuilder, data_dir: str, reason
         f'jaxnorm reads tfds datasets offline and does not download them unless asked. To prepare it, either\n'
         f'  * on a machine with internet access (and TensorFlow, which tfds uses to encode images) run\n'
         f'      {_prepare_command(name, data_dir)}\n'
-        f'    and copy {os.path.join(data_dir, name)} to the same place here (or point ${DATA_DIR_ENV} or '
+        f'    and copy {os.path.join(data_dir, builder.name)} to the same place here (or point ${DATA_DIR_ENV} or '
         f'data_dir= at the copy); or\n'
         f'  * call jaxnorm.data.load({name!r}, data_dir={data_dir!r}, download=True) here.{manual_note}'
     )
@@ -278,10 +293,16 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None, *, download: b
     if key is not None:
         builder = BUILDERS[key](data_dir=data_dir)
         if not builder.is_prepared():
-            builder.download_and_prepare(
-                file_format='array_record',
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-            )
+            try:
+                builder.download_and_prepare(
+                    file_format='array_record',
+                    download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+                )
+            except OSError:
+                # Another process (another host on a shared disk) may have finished the same build first.
+                builder = BUILDERS[key](data_dir=data_dir)
+                if not builder.is_prepared():
+                    raise
         return builder
 
     try:
@@ -290,12 +311,20 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None, *, download: b
         raise _unknown_dataset_error(name) from None
     if not builder.is_prepared():
         if not download:
-            raise _not_prepared_error(builder, data_dir, f'nothing found at {builder.data_dir}')
-        builder.download_and_prepare(file_format='array_record')
+            raise _not_prepared_error(name, builder, data_dir, f'nothing found at {builder.data_dir}')
+        try:
+            builder.download_and_prepare(file_format='array_record')
+        except ModuleNotFoundError as e:
+            if e.name != 'importlib_resources':
+                raise
+            raise ModuleNotFoundError(
+                f'tfds needs the package importlib_resources to download and prepare {name!r} (tfds 4.9.10 declares '
+                f'it only for Python < 3.9); install it with `pip install importlib_resources`.', name=e.name,
+            ) from e
     if not _has_random_access_format(builder):
         formats = sorted(str(f.value) for f in builder.info.available_file_formats())
         raise _not_prepared_error(
-            builder, data_dir,
+            name, builder, data_dir,
             f'it is prepared at {builder.data_dir} only as {formats}, which has no random access; delete that '
             f'directory (or use another data_dir) and prepare it with file_format=\'array_record\'',
         )
@@ -306,8 +335,7 @@ def data_source(name: str, split: str, data_dir: str | os.PathLike | None = None
                 ) -> Sequence[dict[str, Any]]:
     """The tfds random-access data source of one split (``len(src)``, ``src[i]`` -> dict of numpy values)."""
     builder = prepare(name, data_dir, download=download)
-    if split not in builder.info.splits:
-        raise ValueError(f'{name}: no split {split!r}; available splits: {sorted(builder.info.splits)}')
+    _check_split(builder.info, name, split)
     return builder.as_data_source(split=split)
 
 
@@ -431,6 +459,14 @@ class Dataset:
     std: np.ndarray
 
 
+def _check_split(info: tfds.core.DatasetInfo, name: str, split: str) -> None:
+    """Raises if ``split`` ('train', 'test', 'train[:90%]', ...) does not name a split of the dataset."""
+    try:
+        info.splits[split]
+    except (KeyError, ValueError) as e:
+        raise ValueError(f'{name}: {e}') from None
+
+
 def _supervised_keys(info: tfds.core.DatasetInfo, name: str) -> tuple[str, str]:
     keys = info.supervised_keys
     if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
@@ -442,14 +478,14 @@ def _supervised_keys(info: tfds.core.DatasetInfo, name: str) -> tuple[str, str]:
 
 
 def _choose_test_split(info: tfds.core.DatasetInfo, name: str, test_split: str | None) -> str:
-    available = sorted(info.splits)
     if test_split is None:
         for candidate in ('test', 'validation'):
             if candidate in info.splits:
                 return candidate
-        raise ValueError(f'{name}: no test or validation split; available splits: {available}. Pass test_split=.')
-    if test_split not in info.splits:
-        raise ValueError(f'{name}: no split {test_split!r}; available splits: {available}.')
+        raise ValueError(
+            f'{name}: no test or validation split (available splits: {sorted(info.splits)}); pass test_split=.'
+        )
+    _check_split(info, name, test_split)
     return test_split
 
 
@@ -466,7 +502,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
         uint8 scaling; or an explicit ``(mean, std)`` pair (e.g. for imagenet, to skip a pass over the train set).
       materialize: read each split into numpy arrays once (through the tfds data source). Default: True for the
         bundled sets, False for tfds datasets, whose batches are then read from the data source on demand.
-      train_split, test_split: tfds split names; test_split defaults to 'test', else 'validation'.
+      train_split, test_split: tfds split names, slices allowed ('train[:90%]'); test_split defaults to 'test',
+        else 'validation'.
 
     Returns:
       A :class:`Dataset`. Its splits give normalized float32 inputs and int32 labels.
@@ -475,8 +512,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
     builder = prepare(name, data_dir, download=download)
     info = builder.info
     input_key, label_key = _supervised_keys(info, name)
-    if train_split not in info.splits:
-        raise ValueError(f'{name}: no split {train_split!r}; available splits: {sorted(info.splits)}.')
+    _check_split(info, name, train_split)
     test_split = _choose_test_split(info, name, test_split)
     if materialize is None:
         materialize = _bundled_key(name) is not None

@@ -1,0 +1,290 @@
+"""Benchmark: fwd+bwd time of each jaxnorm norm next to its ``flax.linen`` counterpart, in one process.
+
+Prints one JSON line per measurement::
+
+    python benchmarks/norms.py                 # 128×32×32×64 float32 (plus one bf16 batch-norm line)
+    python benchmarks/norms.py --small         # 16×16×16×32, quick
+    python benchmarks/norms.py --repeats 30 --only batch_norm,group_norm
+    python benchmarks/norms.py --norms-file /tmp/norms.py   # time a candidate copy of jaxnorm/norms.py
+
+fwd+bwd is ``jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))`` with ``loss = sum(y·ct)`` for a fixed
+random cotangent ``ct``, gradients w.r.t. x, scale and bias (RMS norm: x and scale); the batch-statistics norms
+also return their new running statistics (``has_aux``), so the statistics update is part of the timed program.
+
+Each function is compiled first (compile time reported separately), warmed up, then timed as the median wall
+time of ``--repeats`` calls ending in ``jax.block_until_ready``; the jaxnorm and Flax calls alternate so drift
+hits both sides alike. The "memory floor" is the time of ``jax.jit(lambda x: x * 2 + 1)`` on ``x``, doubled: two
+read+write passes over ``x``, roughly what any fwd+bwd of a normalization must at least pay.
+
+Before timing, the outputs ``y`` and the gradients of both sides are compared (max abs difference in the JSON
+line, ``agree`` false beyond a tolerance), so a fast-but-wrong result is visible. Batch renorm and ℓp batch norm
+have no Flax counterpart: they are timed next to Flax's BatchNorm and checked against a plain-jnp reference.
+
+Targets (from the issue): every jaxnorm norm ≤ 1.0× its Flax counterpart; group and layer norm ≤ 1.3× jaxnorm
+batch norm; stretch: every norm ≤ 1.3× the memory floor. A final ``summary`` line says which are met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EPS = 1e-5
+NUM_GROUPS = 32
+TARGET_VS_FLAX = 1.0
+TARGET_VS_BN = 1.3
+TARGET_VS_FLOOR = 1.3
+
+
+def _load_norms(path: str | None):
+    if path is None:
+        from jaxnorm import norms
+
+        return norms
+    spec = importlib.util.spec_from_file_location("_bench_norms_candidate", os.path.abspath(path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# timing
+
+
+def _compile(fn, *args):
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _once(compiled, args) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    return time.perf_counter() - t0
+
+
+def _time_alternating(fns_args, repeats: int, warmup: int = 2) -> list[float]:
+    """Median wall time (ms) of each (compiled, args), calls interleaved round by round."""
+    for c, a in fns_args:
+        for _ in range(warmup):
+            jax.block_until_ready(c(*a))
+    times = [[] for _ in fns_args]
+    for _ in range(repeats):
+        for i, (c, a) in enumerate(fns_args):
+            times[i].append(_once(c, a))
+    return [1e3 * statistics.median(t) for t in times]
+
+
+def _maxdiff(a, b, relative: bool = False) -> float:
+    """Max abs difference over the leaves (``relative``: each leaf's divided by its reference's max abs value)."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb), (len(la), len(lb))
+    out = 0.0
+    for u, v in zip(la, lb):
+        u, v = jnp.asarray(u, jnp.float32), jnp.asarray(v, jnp.float32)
+        d = float(jnp.max(jnp.abs(u - v)))
+        if relative:
+            d /= max(float(jnp.max(jnp.abs(v))), 1e-30)
+        out = max(out, d)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the pairs: each side is fwd(x, scale, bias, state) -> (y, new_state or None)
+
+
+def _flax_side(module, has_stats: bool, has_bias: bool = True):
+    def fwd(x, scale, bias, state):
+        params = {"scale": scale} | ({"bias": bias} if has_bias else {})
+        if has_stats:
+            y, upd = module.apply({"params": params, "batch_stats": state}, x, mutable=["batch_stats"])
+            return y, upd["batch_stats"]
+        return module.apply({"params": params}, x), None
+
+    return fwd
+
+
+def _renorm_reference(x, scale, bias, stats, r_max=3.0, d_max=5.0):
+    xf = x.astype(jnp.float32)
+    red = tuple(range(x.ndim - 1))
+    mu, var = jnp.mean(xf, red), jnp.var(xf, red)
+    sb, s = jnp.sqrt(var + EPS), jnp.sqrt(stats["var"] + EPS)
+    r = jax.lax.stop_gradient(jnp.clip(sb / s, 1 / r_max, r_max))
+    d = jax.lax.stop_gradient(jnp.clip((mu - stats["mean"]) / s, -d_max, d_max))
+    return (((xf - mu) / sb * r + d) * scale + bias).astype(x.dtype)
+
+
+def _lp2_reference(x, scale, bias, stats):
+    xf = x.astype(jnp.float32)
+    red = tuple(range(x.ndim - 1))
+    mu, s2 = jnp.mean(xf, red), jnp.mean(xf * xf, red)
+    return ((xf - mu) / jnp.sqrt(s2 + EPS) * scale + bias).astype(x.dtype)
+
+
+def make_pairs(jn, c: int, only: set[str] | None):
+    """(name, dtype, jaxnorm fwd, flax fwd, check fwd or None (=flax), has_stats, has_bias, flax label)."""
+    bn_flax = _flax_side(nn.BatchNorm(use_running_average=False, epsilon=EPS), True)
+    pairs = [
+        ("batch_norm", "float32",
+         lambda x, s, b, st: jn.batch_norm(x, s, b, st, train=True, epsilon=EPS),
+         bn_flax, None, True, True, "nn.BatchNorm"),
+        ("layer_norm", "float32",
+         lambda x, s, b, st: (jn.layer_norm(x, s, b, epsilon=EPS, axes=(1, 2, 3)), None),
+         _flax_side(nn.LayerNorm(epsilon=EPS, reduction_axes=(1, 2, 3), feature_axes=-1), False),
+         None, False, True, "nn.LayerNorm"),
+        ("instance_norm", "float32",
+         lambda x, s, b, st: (jn.instance_norm(x, s, b, epsilon=EPS), None),
+         _flax_side(nn.InstanceNorm(epsilon=EPS), False), None, False, True, "nn.InstanceNorm"),
+        ("group_norm", "float32",
+         lambda x, s, b, st: (jn.group_norm(x, s, b, num_groups=NUM_GROUPS, epsilon=EPS), None),
+         _flax_side(nn.GroupNorm(num_groups=NUM_GROUPS, epsilon=EPS), False), None, False, True, "nn.GroupNorm"),
+        ("rms_norm", "float32",
+         lambda x, s, b, st: (jn.rms_norm(x, s, epsilon=EPS, axes=(1, 2, 3)), None),
+         _flax_side(nn.RMSNorm(epsilon=EPS, reduction_axes=(1, 2, 3), feature_axes=-1), False, has_bias=False),
+         None, False, False, "nn.RMSNorm"),
+        ("batch_renorm", "float32",
+         lambda x, s, b, st: jn.batch_renorm(x, s, b, st, train=True, epsilon=EPS),
+         bn_flax, lambda x, s, b, st: (_renorm_reference(x, s, b, st), None), True, True,
+         "nn.BatchNorm (no Flax renorm)"),
+        ("lp_batch_norm_p2", "float32",
+         lambda x, s, b, st: jn.lp_batch_norm(x, s, b, st, train=True, p=2, epsilon=EPS),
+         bn_flax, lambda x, s, b, st: (_lp2_reference(x, s, b, st), None), True, True,
+         "nn.BatchNorm (no Flax lp norm)"),
+        ("batch_norm", "bfloat16",
+         lambda x, s, b, st: jn.batch_norm(x, s, b, st, train=True, epsilon=EPS),
+         _flax_side(nn.BatchNorm(use_running_average=False, epsilon=EPS, dtype=jnp.bfloat16), True),
+         None, True, True, "nn.BatchNorm(dtype=bf16)"),
+    ]
+    if only:
+        pairs = [p for p in pairs if p[0] in only or f"{p[0]}:{p[1]}" in only]
+    return pairs
+
+
+def fwd_bwd(fwd, has_stats: bool, has_bias: bool):
+    """value_and_grad of sum(y·ct) w.r.t. (x, scale[, bias]); the new statistics ride along as aux."""
+
+    def loss(x, scale, bias, state, ct):
+        y, new_state = fwd(x, scale, bias, state)
+        return jnp.sum(y.astype(jnp.float32) * ct), new_state
+
+    argnums = (0, 1, 2) if has_bias else (0, 1)
+    return jax.value_and_grad(loss, argnums=argnums, has_aux=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true", help="16×16×16×32 instead of 128×32×32×64")
+    ap.add_argument("--repeats", type=int, default=20, help="timed calls per function (median reported)")
+    ap.add_argument("--only", default=None, help="comma-separated names (e.g. batch_norm,group_norm)")
+    ap.add_argument("--norms-file", default=None, help="time a candidate copy of jaxnorm/norms.py instead")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    jn = _load_norms(args.norms_file)
+    shape = (16, 16, 16, 32) if args.small else (128, 32, 32, 64)
+    c = shape[-1]
+    backend, device = jax.default_backend(), str(jax.devices()[0])
+    base = {"bench": "norms", "backend": backend, "device": device}
+    if args.norms_file:
+        base["norms_file"] = args.norms_file
+
+    kx, ks, kb, kc = jax.random.split(jax.random.key(args.seed), 4)
+    x32 = jax.random.normal(kx, shape, jnp.float32) * 2.0 + 0.5
+    xs = {"float32": x32, "bfloat16": x32.astype(jnp.bfloat16)}
+    ct = jax.random.normal(kc, shape, jnp.float32)
+    scale = 1.0 + 0.1 * jax.random.normal(ks, (c,), jnp.float32)
+    bias = 0.1 * jax.random.normal(kb, (c,), jnp.float32)
+    jn_stats = jn.init_batch_stats(c)
+    flax_stats = {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))}
+
+    # memory floor: two read+write passes over x
+    floors = {}
+    for dt, x in xs.items():
+        c_floor, t_comp = _compile(lambda v: v * 2 + 1, x)
+        (ms,) = _time_alternating([(c_floor, (x,))], max(args.repeats, 10))
+        floors[dt] = 2 * ms
+        print(json.dumps(base | {"name": "memory_floor", "dtype": dt, "shape": list(shape), "floor_ms": round(2 * ms, 4),
+                                 "single_pass_ms": round(ms, 4), "compile_s": round(t_comp, 3),
+                                 "what": "2 x time(jit(lambda x: x*2+1))"}), flush=True)
+
+    only = set(args.only.split(",")) if args.only else None
+    bn_ms: dict[str, float] = {}
+    results = []
+    for name, dt, jfwd, ffwd, check, has_stats, has_bias, flax_label in make_pairs(jn, c, only):
+        x = xs[dt]
+        rec = base | {"name": name, "dtype": dt, "shape": list(shape), "flax": flax_label}
+        jstate, fstate = (jn_stats, flax_stats) if has_stats else (None, None)
+
+        # correctness first (cheap: one forward and one fwd+bwd each, reusing the compiled programs below)
+        ref = check or ffwd
+        rstate = (jn_stats if check is not None else flax_stats) if has_stats else None
+        y_j, _ = jax.jit(jfwd)(x, scale, bias, jstate)
+        y_r, _ = jax.jit(ref)(x, scale, bias, rstate)
+        rec["max_abs_diff_y"] = _maxdiff(y_j, y_r)
+
+        jfb, ffb = fwd_bwd(jfwd, has_stats, has_bias), fwd_bwd(ffwd, has_stats, has_bias)
+        jc, jt = _compile(jfb, x, scale, bias, jstate, ct)
+        fc, ft = _compile(ffb, x, scale, bias, fstate, ct)
+        (jl, jaux), jg = jc(x, scale, bias, jstate, ct)
+        if check is None:
+            (fl, faux), fg = fc(x, scale, bias, fstate, ct)
+        else:  # gradients of the plain-jnp reference
+            rfb = jax.jit(fwd_bwd(check, has_stats, has_bias))
+            (fl, faux), fg = rfb(x, scale, bias, jstate, ct)
+        rec["max_abs_diff_grads"] = _maxdiff(jg, fg)
+        rec["max_rel_diff_grads"] = _maxdiff(jg, fg, relative=True)
+        rec["rel_diff_loss"] = abs(float(jl) - float(fl)) / max(abs(float(fl)), 1e-30)
+        if has_stats and check is None:
+            rec["max_abs_diff_stats"] = _maxdiff({k: jaux[k] for k in ("mean", "var")}, faux)
+        tol = 2e-2 if dt == "bfloat16" else 1e-3
+        rec["agree"] = bool(rec["max_abs_diff_y"] < tol and rec["max_rel_diff_grads"] < tol)
+        rec["check_vs"] = "flax" if check is None else "plain-jnp reference"
+
+        jms, fms = _time_alternating([(jc, (x, scale, bias, jstate, ct)), (fc, (x, scale, bias, fstate, ct))],
+                                     args.repeats)
+        if name == "batch_norm":
+            bn_ms[dt] = jms
+        rec |= {
+            "jaxnorm_ms": round(jms, 4),
+            "flax_ms": round(fms, 4),
+            "ratio_vs_flax": round(jms / fms, 3),
+            "ratio_vs_floor": round(jms / floors[dt], 3),
+            "flax_ratio_vs_floor": round(fms / floors[dt], 3),
+            "ratio_vs_jaxnorm_bn": round(jms / bn_ms[dt], 3) if dt in bn_ms else None,
+            "jaxnorm_compile_s": round(jt, 3),
+            "flax_compile_s": round(ft, 3),
+            "repeats": args.repeats,
+        }
+        results.append(rec)
+        print(json.dumps(rec), flush=True)
+
+    # targets
+    paired = [r for r in results if r["check_vs"] == "flax"]
+    summary = base | {
+        "name": "summary",
+        "shape": list(shape),
+        "all_agree": all(r["agree"] for r in results),
+        "le_flax": {f"{r['name']}:{r['dtype']}": r["ratio_vs_flax"] <= TARGET_VS_FLAX for r in paired},
+        "group_layer_le_1.3x_bn": {r["name"]: r["ratio_vs_jaxnorm_bn"] <= TARGET_VS_BN for r in results
+                                   if r["name"] in ("group_norm", "layer_norm") and r["ratio_vs_jaxnorm_bn"] is not None},
+        "stretch_le_1.3x_floor": {f"{r['name']}:{r['dtype']}": r["ratio_vs_floor"] <= TARGET_VS_FLOOR for r in results},
+    }
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["all_agree"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,539 @@
+"""Normalization transforms against independent references: flax.linen, PyTorch's formulas in numpy, the seeds'
+equations (backward identity, population statistics, folding) and analytic properties."""
+
+import functools
+
+import flax.linen as fnn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxnorm as jn
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+TOL = 1e-5
+
+
+def rand(shape, seed=0, loc=0.0, scale=1.0, dtype=jnp.float32):
+    return (loc + scale * jax.random.normal(jax.random.key(seed), shape)).astype(dtype)
+
+
+def close(a, b, tol=TOL):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), atol=tol, rtol=tol)
+
+
+def affine(c, seed=1):
+    return rand((c,), seed, 1.0, 0.3), rand((c,), seed + 1, 0.0, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# parity with flax.linen: outputs, running statistics after several steps, gradients
+
+
+def test_batch_norm_matches_flax_over_steps():
+    c = 6
+    flax_bn = fnn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+    x0 = rand((8, 5, 5, c))
+    fv = flax_bn.init(jax.random.key(0), x0)
+    scale, bias = affine(c)
+    fv = {"params": {"scale": scale, "bias": bias}, "batch_stats": fv["batch_stats"]}
+    stats = jn.init_batch_stats(c)
+    for step in range(4):
+        x = rand((8, 5, 5, c), seed=10 + step, loc=step - 1.0, scale=1.0 + step)
+        yf, upd = flax_bn.apply(fv, x, mutable=["batch_stats"])
+        fv = {"params": fv["params"], "batch_stats": upd["batch_stats"]}
+        y, stats = jn.batch_norm(x, scale, bias, stats, train=True, momentum=0.9)
+        close(y, yf)
+        close(stats["mean"], fv["batch_stats"]["mean"])
+        close(stats["var"], fv["batch_stats"]["var"])
+    assert int(stats["count"]) == 4
+    x = rand((3, 5, 5, c), seed=99)
+    yf = fnn.BatchNorm(use_running_average=True, epsilon=1e-5).apply(fv, x)
+    y, same = jn.batch_norm(x, scale, bias, stats, train=False)
+    close(y, yf)
+    assert same is stats
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_gradients_match_flax(train):
+    c = 4
+    x = rand((6, 3, 3, c), loc=0.5)
+    scale, bias = affine(c)
+    stats = {"mean": rand((c,), 3) * 0.1, "var": 1.0 + 0.1 * jnp.abs(rand((c,), 4)), "count": jnp.array(0)}
+    ct = rand(x.shape, 7)
+
+    def flax_loss(x, s, b):
+        y = fnn.BatchNorm(use_running_average=not train, epsilon=1e-5).apply(
+            {"params": {"scale": s, "bias": b}, "batch_stats": {"mean": stats["mean"], "var": stats["var"]}},
+            x, mutable=["batch_stats"])[0]
+        return jnp.sum(y * ct)
+
+    def ours(x, s, b):
+        return jnp.sum(jn.batch_norm(x, s, b, stats, train=train)[0] * ct)
+
+    for gf, g in zip(jax.grad(flax_loss, (0, 1, 2))(x, scale, bias), jax.grad(ours, (0, 1, 2))(x, scale, bias)):
+        close(g, gf, 1e-4)
+
+
+def _flax_apply(module, x, scale, bias):
+    params = {"scale": scale} if bias is None else {"scale": scale, "bias": bias}
+    return module.apply({"params": params}, x)
+
+
+@pytest.mark.parametrize(
+    "name,ours,theirs,has_bias",
+    [
+        ("layer_all", lambda x, s, b: jn.layer_norm(x, s, b, epsilon=1e-5),
+         fnn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=1e-5), True),
+        ("layer_last", lambda x, s, b: jn.layer_norm(x, s, b, epsilon=1e-6, axes=-1), fnn.LayerNorm(), True),
+        ("group32", lambda x, s, b: jn.group_norm(x, s, b, num_groups=32, epsilon=1e-5),
+         fnn.GroupNorm(num_groups=32, epsilon=1e-5), True),
+        ("group_size4", lambda x, s, b: jn.group_norm(x, s, b, group_size=4, epsilon=1e-5),
+         fnn.GroupNorm(num_groups=None, group_size=4, epsilon=1e-5), True),
+        ("instance", lambda x, s, b: jn.instance_norm(x, s, b, epsilon=1e-5), fnn.InstanceNorm(epsilon=1e-5), True),
+        ("rms_all", lambda x, s, b: jn.rms_norm(x, s, epsilon=1e-5),
+         fnn.RMSNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=1e-5), False),
+        ("rms_last", lambda x, s, b: jn.rms_norm(x, s, epsilon=1e-6, axes=-1), fnn.RMSNorm(), False),
+    ],
+)
+def test_per_example_norms_match_flax(name, ours, theirs, has_bias):
+    c = 64
+    x = rand((3, 4, 5, c), loc=0.3, scale=2.0)
+    scale, bias = affine(c)
+    bias = bias if has_bias else None
+    close(ours(x, scale, bias), _flax_apply(theirs, x, scale, bias))
+    ct = rand(x.shape, 5)
+    args = (x, scale) if bias is None else (x, scale, bias)
+    argn = tuple(range(len(args)))
+    g_ours = jax.grad(lambda *a: jnp.sum(ours(a[0], a[1], a[2] if len(a) > 2 else None) * ct), argn)(*args)
+    g_flax = jax.grad(lambda *a: jnp.sum(_flax_apply(theirs, a[0], a[1], a[2] if len(a) > 2 else None) * ct),
+                      argn)(*args)
+    for a, b in zip(g_ours, g_flax):
+        close(a, b, 1e-4)
+
+
+@pytest.mark.parametrize(
+    "layer,flax_layer",
+    [
+        (jn.nn.LayerNorm(), fnn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=1e-5)),
+        (jn.nn.GroupNorm(num_groups=4), fnn.GroupNorm(num_groups=4, epsilon=1e-5)),
+        (jn.nn.InstanceNorm(), fnn.InstanceNorm(epsilon=1e-5)),
+        (jn.nn.RMSNorm(), fnn.RMSNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=1e-5)),
+    ],
+)
+def test_flax_layers_same_params_same_output(layer, flax_layer):
+    x = rand((2, 3, 3, 8), loc=1.0)
+    v = layer.init(jax.random.key(0), x)
+    vf = flax_layer.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, vf)
+    close(layer.apply(v, x, train=True), flax_layer.apply(vf, x))
+
+
+def test_batchnorm_layer_matches_flax_layer_and_collections():
+    x = rand((8, 4, 4, 3), loc=2.0)
+    ours, theirs = jn.nn.BatchNorm(momentum=0.9), fnn.BatchNorm(momentum=0.9, epsilon=1e-5)
+    v = ours.init(jax.random.key(0), x, train=False)
+    vf = theirs.init(jax.random.key(0), x, use_running_average=False)
+    assert set(v["batch_stats"]) == {"mean", "var", "count"} and set(v["params"]) == {"scale", "bias"}
+    close(v["batch_stats"]["mean"], 0.0)  # init does not move the running averages (as in Flax)
+    for step in range(3):
+        xs = x * (step + 1) + step
+        y, upd = ours.apply(v, xs, train=True, mutable=["batch_stats"])
+        yf, updf = theirs.apply(vf, xs, use_running_average=False, mutable=["batch_stats"])
+        v, vf = {**v, **upd}, {**vf, **updf}
+        close(y, yf)
+        close(v["batch_stats"]["var"], vf["batch_stats"]["var"])
+    close(ours.apply(v, x, train=False), theirs.apply(vf, x, use_running_average=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PyTorch's conventions as numpy formulas
+
+
+def torch_bn_reference(xs, momentum=0.1, eps=1e-5, cumulative=False):
+    """torch.nn.BatchNorm2d in numpy (channels last): biased var to normalize, unbiased var in the running var."""
+    rm, rv, outs = np.zeros(xs[0].shape[-1]), np.ones(xs[0].shape[-1]), []
+    for k, x in enumerate(xs, 1):
+        x = np.asarray(x, np.float64)
+        axes = tuple(range(x.ndim - 1))
+        n = x.size // x.shape[-1]
+        mu, var = x.mean(axes), x.var(axes)
+        outs.append((x - mu) / np.sqrt(var + eps))
+        w = 1.0 / k if cumulative else momentum
+        rm = (1 - w) * rm + w * mu
+        rv = (1 - w) * rv + w * var * n / (n - 1)
+    return outs, rm, rv
+
+
+@pytest.mark.parametrize("cumulative", [False, True])
+def test_batch_norm_pytorch_convention(cumulative):
+    xs = [rand((4, 3, 3, 5), seed=s, loc=s, scale=1 + s) for s in range(3)]
+    outs, rm, rv = torch_bn_reference(xs, cumulative=cumulative)
+    stats = jn.init_batch_stats(5)
+    kw = {"momentum": None} if cumulative else {}  # default momentum under 'pytorch' is 0.1
+    for x, ref in zip(xs, outs):
+        y, stats = jn.batch_norm(x, None, None, stats, train=True, convention="pytorch", **kw)
+        close(y, ref, 1e-4)
+    close(stats["mean"], rm)
+    close(stats["var"], rv)
+    x = xs[0]
+    y, _ = jn.batch_norm(x, None, None, stats, train=False, convention="pytorch")
+    close(y, (np.asarray(x) - rm) / np.sqrt(rv + 1e-5), 1e-4)
+
+
+def test_cumulative_average_flax_convention_is_plain_mean():
+    xs = [rand((16, 3), seed=s, loc=s) for s in range(5)]
+    stats = jn.init_batch_stats(3)
+    for x in xs:
+        _, stats = jn.batch_norm(x, None, None, stats, train=True, momentum=None)
+    close(stats["mean"], np.mean([np.asarray(x).mean(0) for x in xs], 0))
+    close(stats["var"], np.mean([np.asarray(x).var(0) for x in xs], 0))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# sync batch norm across devices
+
+
+def _pmapped_bn(x_sharded, mask_sharded, stats):
+    def f(x, m):
+        return jn.batch_norm(x, None, None, stats, train=True, momentum=0.9, axis_name="batch", mask=m)
+
+    return jax.pmap(f, axis_name="batch")(x_sharded, mask_sharded)
+
+
+def test_sync_batch_norm_pmap_equals_global_batch():
+    assert jax.local_device_count() >= 4, "conftest fakes 4 CPU devices"
+    x = rand((16, 3, 3, 5), loc=1.0, scale=2.0)
+    stats = jn.init_batch_stats(5)
+    y_ref, s_ref = jn.batch_norm(x, None, None, stats, train=True, momentum=0.9)
+    mask = jnp.ones((4, 4), bool)
+    y, s = _pmapped_bn(x.reshape(4, 4, 3, 3, 5), mask, stats)
+    close(y.reshape(x.shape), y_ref)
+    for k in ("mean", "var"):
+        close(s[k][0], s_ref[k])
+        close(s[k][3], s_ref[k])
+
+
+def test_sync_batch_norm_uneven_shards_via_mask():
+    # 13 real examples spread 4/4/3/2 over 4 devices, padded to 4 each with garbage
+    x_real = rand((13, 2, 5), loc=-1.0, scale=3.0)
+    counts = [4, 4, 3, 2]
+    shards, masks, start = [], [], 0
+    for n in counts:
+        pad = jnp.full((4 - n, 2, 5), 1e3)
+        shards.append(jnp.concatenate([x_real[start:start + n], pad]))
+        masks.append(jnp.arange(4) < n)
+        start += n
+    stats = jn.init_batch_stats(5)
+    y, s = _pmapped_bn(jnp.stack(shards), jnp.stack(masks), stats)
+    y_ref, s_ref = jn.batch_norm(x_real, None, None, stats, train=True, momentum=0.9)
+    got = jnp.concatenate([y[i, :n] for i, n in enumerate(counts)])
+    close(got, y_ref, 1e-4)
+    close(s["mean"][0], s_ref["mean"])
+    close(s["var"][0], s_ref["var"])
+
+
+def test_sync_batch_norm_under_shard_map():
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:4]), ("batch",))
+    x = rand((16, 6), loc=3.0)
+    stats = jn.init_batch_stats(6)
+
+    def f(x):
+        y, s = jn.batch_norm(x, None, None, stats, train=True, axis_name="batch")
+        return y, s["var"]
+
+    shmap = getattr(jax, "shard_map", None)
+    if shmap is None:
+        from jax.experimental.shard_map import shard_map as shmap
+    y, var = jax.jit(shmap(f, mesh=mesh, in_specs=P("batch"), out_specs=(P("batch"), P())))(x)
+    y_ref, s_ref = jn.batch_norm(x, None, None, stats, train=True)
+    close(y, y_ref)
+    close(var, s_ref["var"])
+
+
+def test_masked_batch_norm_single_device_ignores_padding():
+    x = rand((10, 4))
+    xp = jnp.concatenate([x, jnp.full((6, 4), 1e4)])
+    stats = jn.init_batch_stats(4)
+    y, s = jn.batch_norm(xp, None, None, stats, train=True, mask=jnp.arange(16) < 10)
+    y_ref, s_ref = jn.batch_norm(x, None, None, stats, train=True)
+    close(y[:10], y_ref)
+    close(s["var"], s_ref["var"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the seeds' equations
+
+
+def test_bn_backward_identity():
+    """∂L/∂x = (γ/σ)(g − mean(g) − mean(g·x̂)·x̂), and the squared-norm form, per channel (SCIENCE.md)."""
+    m, c = 32, 3
+    x = rand((m, c), loc=2.0, scale=3.0)
+    gamma = rand((c,), 1, 1.0, 0.5)
+    g = rand((m, c), 2)
+    eps = 1e-5
+    dx = jax.grad(lambda x: jnp.sum(jn.batch_norm(x, gamma, None, jn.init_batch_stats(c), train=True,
+                                                  epsilon=eps)[0] * g))(x)
+    xn = np.asarray(x, np.float64)
+    sigma = np.sqrt(xn.var(0) + eps)
+    xhat = (xn - xn.mean(0)) / sigma
+    gn, gam = np.asarray(g, np.float64), np.asarray(gamma, np.float64)
+    expected = gam / sigma * (gn - gn.mean(0) - (gn * xhat).mean(0) * xhat)
+    close(dx, expected, 1e-4)
+    sq = (gam**2 / sigma**2) * ((gn**2).sum(0) - gn.sum(0) ** 2 / m - (gn * xhat).sum(0) ** 2 / m)
+    close(np.sum(np.asarray(dx, np.float64) ** 2, 0), sq, 1e-3)
+
+
+def test_population_stats_matches_seed_formula():
+    batches = [rand((8, 3), seed=s, loc=0.5 * s, scale=1 + 0.2 * s) for s in range(6)]
+    moments = [jn.batch_moments(b) for b in batches]
+    pop = jn.population_stats(moments)
+    arr = np.stack([np.asarray(b, np.float64) for b in batches])
+    m = arr.shape[1]
+    close(pop["mean"], arr.mean(1).mean(0))
+    close(pop["var"], m / (m - 1) * arr.var(1).mean(0))
+    assert int(pop["count"]) == 6
+
+
+class ConvBN(fnn.Module):
+    fold: bool = False
+
+    @fnn.compact
+    def __call__(self, x, train=False):
+        x = fnn.Conv(8, (3, 3), use_bias=self.fold, name="conv1")(x)
+        if not self.fold:
+            x = jn.nn.BatchNorm(name="bn1")(x, train)
+        x = fnn.relu(x)
+        x = fnn.Dense(5, use_bias=True, name="dense")(x.mean((1, 2)))
+        if not self.fold:
+            x = jn.nn.BatchNorm(name="bn2")(x, train)
+        return x
+
+
+def test_folded_bn_model_equals_unfolded_in_eval():
+    model, folded = ConvBN(), ConvBN(fold=True)
+    x = rand((6, 7, 7, 3))
+    v = model.init(jax.random.key(0), x)
+    # give the running statistics and BN parameters non-trivial values by training a few batches
+    for s in range(3):
+        _, upd = model.apply(v, rand(x.shape, s + 3, loc=1.0, scale=2.0), train=True, mutable=["batch_stats"])
+        v = {**v, **upd}
+    v["params"]["bn1"] = {"scale": rand((8,), 11, 1.0, 0.3), "bias": rand((8,), 12)}
+    fp = jn.fold_batch_norm_params(v["params"], v["batch_stats"], {"conv1": "bn1", "dense": "bn2"})
+    assert "bn1" not in fp and "bn2" not in fp and "bn1" in v["params"]  # input untouched
+    close(folded.apply({"params": fp}, x), model.apply(v, x, train=False), 1e-4)
+
+
+def test_population_batch_stats_for_a_flax_model():
+    model = ConvBN()
+    x = rand((6, 5, 5, 3))
+    v = model.init(jax.random.key(0), x)
+    batches = [rand(x.shape, s, loc=0.3 * s) for s in range(4)]
+    v2 = jn.nn.population_batch_stats(model.apply, v, batches)
+    # reference: the conv output of each batch, then the seed formula
+    conv = lambda b: fnn.Conv(8, (3, 3), use_bias=False).apply({"params": v["params"]["conv1"]}, b)
+    outs = np.stack([np.asarray(conv(b), np.float64).reshape(-1, 8) for b in batches])
+    m = outs.shape[1]
+    close(v2["batch_stats"]["bn1"]["mean"], outs.mean(1).mean(0), 1e-4)
+    close(v2["batch_stats"]["bn1"]["var"], m / (m - 1) * outs.var(1).mean(0), 1e-4)
+    assert v["batch_stats"]["bn1"]["count"] == 0  # input variables untouched
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# analytic properties
+
+
+def test_layer_norm_invariant_to_weight_and_example_rescaling():
+    x = rand((4, 10))
+    w = rand((10, 7), 1)
+    base = jn.layer_norm(x @ w, epsilon=0.0)
+    close(jn.layer_norm(x @ (3.7 * w), epsilon=0.0), base, 1e-4)  # weight-matrix re-scaling
+    x2 = x.at[2].multiply(5.0)  # one example re-scaled
+    close(jn.layer_norm(x2 @ w, epsilon=0.0), base, 1e-4)
+    # batch norm is not invariant to re-scaling one example: a sanity check that the test can fail
+    st = jn.init_batch_stats(7)
+    assert not np.allclose(jn.batch_norm(x2 @ w, None, None, st, train=True)[0],
+                           jn.batch_norm(x @ w, None, None, st, train=True)[0], atol=1e-3)
+
+
+def test_group_norm_special_cases():
+    x = rand((2, 4, 4, 8), loc=1.0)
+    close(jn.group_norm(x, num_groups=1), jn.layer_norm(x))
+    close(jn.group_norm(x, group_size=1), jn.instance_norm(x))
+
+
+def test_weight_standardize_and_standardized_conv():
+    k = rand((3, 3, 4, 6), loc=0.5, scale=2.0)
+    ws = np.asarray(jn.weight_standardize(k, epsilon=0.0), np.float64).reshape(-1, 6)
+    close(ws.mean(0), 0.0)
+    close(ws.var(0), 1.0, 1e-4)
+    conv = jn.nn.StandardizedConv(6, (3, 3), use_bias=False, epsilon=0.0)
+    x = rand((2, 5, 5, 4))
+    v = conv.init(jax.random.key(0), x)
+    ref = fnn.Conv(6, (3, 3), use_bias=False).apply(
+        {"params": {"kernel": jn.weight_standardize(v["params"]["kernel"], epsilon=0.0)}}, x)
+    close(conv.apply(v, x), ref, 1e-4)
+
+
+def test_bf16_input_gives_float32_statistics():
+    x32 = rand((64, 4, 4, 8), loc=3.0, scale=0.5)
+    xb = x32.astype(jnp.bfloat16)
+    stats = jn.init_batch_stats(8)
+    y, s = jn.batch_norm(xb, None, None, stats, train=True, momentum=0.0)
+    assert y.dtype == jnp.bfloat16 and s["mean"].dtype == jnp.float32
+    ref = np.asarray(xb.astype(jnp.float32), np.float64).reshape(-1, 8)  # the bf16 values, exactly
+    close(s["mean"], ref.mean(0), 1e-5)
+    close(s["var"], ref.var(0), 1e-5)
+    # the normalized bf16 output is as accurate as bf16 allows: within bf16 rounding of the float64 answer
+    close(y.astype(jnp.float32), (ref - ref.mean(0)).reshape(x32.shape) / np.sqrt(ref.var(0) + 1e-5), 2e-2)
+
+
+def test_ghost_batch_norm_normalizes_each_virtual_batch():
+    x = rand((12, 3), loc=1.0)
+    stats = jn.init_batch_stats(3)
+    y, s = jn.batch_norm(x, None, None, stats, train=True, virtual_batch_size=4, momentum=0.0)
+    parts = [jn.batch_norm(x[i:i + 4], None, None, stats, train=True, momentum=0.0) for i in (0, 4, 8)]
+    close(y, jnp.concatenate([p[0] for p in parts]))
+    close(s["mean"], np.mean([p[1]["mean"] for p in parts], 0))
+    close(s["var"], np.mean([p[1]["var"] for p in parts], 0))
+
+
+def test_batch_renorm_reduces_to_batch_norm_and_clips():
+    x = rand((16, 5), loc=1.0, scale=2.0)
+    stats = jn.init_batch_stats(5)
+    s, b = affine(5)
+    y_bn, st_bn = jn.batch_norm(x, s, b, stats, train=True)
+    y, st = jn.batch_renorm(x, s, b, stats, train=True, r_max=1.0, d_max=0.0)
+    close(y, y_bn)
+    close(st["var"], st_bn["var"])
+    # with generous limits and running stats (0, 1): r = σ_B/σ, d = (μ_B − μ)/σ, so x̂ = (x − μ)/σ
+    y, _ = jn.batch_renorm(x, None, None, stats, train=True, r_max=100.0, d_max=100.0, epsilon=1e-5)
+    close(y, (x - 0.0) / np.sqrt(1.0 + 1e-5), 1e-4)
+    # r and d carry no gradient (Ioffe 2017): the gradient is batch norm's, scaled by r
+    ct = rand(x.shape, 9)
+    far = {"mean": jnp.full(5, 10.0), "var": jnp.full(5, 100.0), "count": jnp.array(1)}
+    g = jax.grad(lambda x: jnp.sum(jn.batch_renorm(x, s, b, far, train=True, d_max=0.5)[0] * ct))(x)
+    g_bn = jax.grad(lambda x: jnp.sum(jn.batch_norm(x, s, b, far, train=True)[0] * ct))(x)
+    sigma_b = np.sqrt(np.asarray(x).var(0) + 1e-5)
+    r = np.clip(sigma_b / np.sqrt(100.0 + 1e-5), 1 / 3, 3)
+    close(g, np.asarray(g_bn) * r, 1e-4)
+
+
+@pytest.mark.parametrize("p", [1, 2, "inf"])
+def test_lp_batch_norm_formula(p):
+    x = rand((20, 3, 4), loc=0.7)
+    stats = jn.init_batch_stats(4)
+    y, st = jn.lp_batch_norm(x, None, None, stats, train=True, p=p, epsilon=0.0, momentum=0.0)
+    a = np.asarray(x, np.float64).reshape(-1, 4)
+    s = np.abs(a).max(0) if p == "inf" else (np.mean(np.abs(a) ** p, 0)) ** (1 / p)
+    close(y, (np.asarray(x) - a.mean(0)) / s, 1e-4)
+    close(st["var"], s**2, 1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# gradients of every transform by finite differences, and jit/vmap safety
+
+STATS4 = {"mean": jnp.array([0.1, -0.2, 0.0, 0.3]), "var": jnp.array([1.2, 0.8, 1.0, 2.0]), "count": jnp.array(3)}
+FAR4 = {"mean": jnp.full(4, 10.0), "var": jnp.full(4, 100.0), "count": jnp.array(3)}
+TRANSFORMS = {
+    "batch_norm_train": lambda x, s, b: jn.batch_norm(x, s, b, STATS4, train=True)[0],
+    "batch_norm_eval": lambda x, s, b: jn.batch_norm(x, s, b, STATS4, train=False)[0],
+    "batch_norm_ghost": lambda x, s, b: jn.batch_norm(x, s, b, STATS4, train=True, virtual_batch_size=3)[0],
+    # running statistics far from the batch's: r and d sit at their clip bounds, so the function is locally
+    # what its (stop-gradient) derivative says and finite differences apply
+    "batch_renorm": lambda x, s, b: jn.batch_renorm(x, s, b, FAR4, train=True, d_max=0.5)[0],
+    "lp_batch_norm_1": lambda x, s, b: jn.lp_batch_norm(x, s, b, STATS4, train=True, p=1)[0],
+    "lp_batch_norm_2": lambda x, s, b: jn.lp_batch_norm(x, s, b, STATS4, train=True, p=2)[0],
+    "layer_norm": lambda x, s, b: jn.layer_norm(x, s, b),
+    "instance_norm": lambda x, s, b: jn.instance_norm(x, s, b),
+    "group_norm": lambda x, s, b: jn.group_norm(x, s, b, num_groups=2),
+    "rms_norm": lambda x, s, b: jn.rms_norm(x, s) + b,
+    "weight_standardize": lambda x, s, b: jn.weight_standardize(x) * s + b,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_check_grads_every_transform(name):
+    x = rand((6, 3, 4), loc=0.4, dtype=jnp.float64) if jax.config.jax_enable_x64 else rand((6, 3, 4), loc=0.4)
+    s, b = affine(4)
+    f = TRANSFORMS[name]
+    check_grads(f, (x, s, b), order=1, modes=("rev", "fwd"), atol=5e-2, rtol=5e-2, eps=1e-2)
+    y = jax.jit(f)(x, s, b)
+    close(y, f(x, s, b), 1e-5)
+
+
+def test_lp_inf_grads():
+    x = rand((6, 4), loc=0.4)
+    check_grads(lambda x: jn.lp_batch_norm(x, None, None, STATS4, train=True, p="inf")[0], (x,), order=1,
+                modes=("rev",), atol=5e-2, rtol=5e-2, eps=1e-3)
+
+
+def test_vmap_of_batch_norm_over_independent_batches():
+    xs = rand((3, 8, 4), loc=1.0)
+    stats = jn.init_batch_stats(4)
+    ys, ss = jax.vmap(lambda x: jn.batch_norm(x, None, None, stats, train=True))(xs)
+    for i in range(3):
+        y, s = jn.batch_norm(xs[i], None, None, stats, train=True)
+        close(ys[i], y)
+        close(ss["var"][i], s["var"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad input: what is wrong, the numbers, the fix
+
+
+def test_group_norm_errors():
+    x = jnp.ones((2, 4, 4, 48))
+    with pytest.raises(ValueError, match=r"48 channels are not divisible by num_groups=32.*such as"):
+        jn.group_norm(x, num_groups=32)
+    with pytest.raises(ValueError, match=r"exactly one of num_groups and group_size"):
+        jn.group_norm(x, num_groups=4, group_size=12)
+    with pytest.raises(ValueError, match=r"exactly one of num_groups and group_size"):
+        jn.group_norm(x)
+    with pytest.raises(ValueError, match=r"not divisible by group_size=5"):
+        jn.group_norm(x, group_size=5)
+    with pytest.raises(ValueError, match=r"num_groups=32"):
+        jn.nn.GroupNorm().init(jax.random.key(0), x)
+
+
+def test_batch_norm_errors():
+    stats = jn.init_batch_stats(4)
+    with pytest.raises(ValueError, match=r"more than 1 value per channel.*PyTorch"):
+        jn.batch_norm(jnp.ones((1, 4)), None, None, stats, train=True)
+    jn.batch_norm(jnp.ones((1, 4)), None, None, stats, train=False)  # eval on one example is fine
+    with pytest.raises(ValueError, match=r"stats\['mean'\] has shape \(4,\) but the input has 6 channels.*init_batch_stats\(6\)"):
+        jn.batch_norm(jnp.ones((3, 6)), None, None, stats, train=True)
+    with pytest.raises(ValueError, match=r"'mean', 'var'.*init_batch_stats\(4\)"):
+        jn.batch_norm(jnp.ones((3, 4)), None, None, {"mean": jnp.zeros(4)}, train=True)
+    with pytest.raises(ValueError, match=r"unknown batch-norm convention 'torch'.*'flax', 'pytorch'"):
+        jn.batch_norm(jnp.ones((3, 4)), None, None, stats, train=True, convention="torch")
+    with pytest.raises(ValueError, match=r"axis_name='batch' is not bound.*jax.pmap"):
+        jn.batch_norm(jnp.ones((3, 4)), None, None, stats, train=True, axis_name="batch")
+    with pytest.raises(ValueError, match=r"virtual_batch_size=5 must be a positive divisor of the batch size 8"):
+        jn.batch_norm(jnp.ones((8, 4)), None, None, stats, train=True, virtual_batch_size=5)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
+        jn.batch_norm(jnp.ones((8, 4)), None, None, stats, train=True, momentum=1.5)
+    with pytest.raises(ValueError, match=r"scale of shape \(3,\) does not broadcast"):
+        jn.batch_norm(jnp.ones((8, 4)), jnp.ones(3), None, stats, train=True)
+    with pytest.raises(ValueError, match=r"init_batch_stats: num_features must be a positive int"):
+        jn.init_batch_stats(0)
+
+
+def test_other_errors():
+    with pytest.raises(ValueError, match=r"p must be one of 1, 2, 'inf'"):
+        jn.lp_batch_norm(jnp.ones((4, 4)), None, None, jn.init_batch_stats(4), train=True, p=3)
+    with pytest.raises(ValueError, match=r"instance_norm: expected an input of rank >= 3"):
+        jn.instance_norm(jnp.ones((4, 4)))
+    with pytest.raises(ValueError, match=r"r_max >= 1"):
+        jn.batch_renorm(jnp.ones((4, 4)), None, None, jn.init_batch_stats(4), train=True, r_max=0.5)
+    with pytest.raises(ValueError, match=r"empty"):
+        jn.population_stats([])
+    with pytest.raises(ValueError, match=r"mask of shape \(3,\) must match the leading axes"):
+        jn.batch_norm(jnp.ones((4, 2)), None, None, jn.init_batch_stats(2), train=True, mask=jnp.ones(3, bool))
+    with pytest.raises(KeyError, match=r"'nope' not found"):
+        jn.fold_batch_norm_params({"a": {"kernel": jnp.ones((2, 2))}}, {}, {"nope": "a"})
