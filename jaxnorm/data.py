@@ -413,6 +413,14 @@ class Split:
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
 
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, name: str = 'arrays') -> Split:
+        """A materialized split of your own arrays, used as they are (cast to float32 / int32, not normalized)."""
+        x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+        if len(x) != len(y):
+            raise ValueError(f'Split.from_arrays: x has {len(x)} examples but y has {len(y)}.')
+        return cls(name=name, num_examples=len(y), x=x, y=y)
+
     def __len__(self) -> int:
         return self.num_examples
 

@@ -62,7 +62,7 @@ def built(tmp_path_factory):
 def _fake_split(n=10, shape=(3,), name='fake/train'):
     """A materialized split whose x encodes the example index, so orders are easy to read back."""
     x = np.broadcast_to(np.arange(n, dtype=np.float32).reshape((n,) + (1,) * len(shape)), (n,) + shape).copy()
-    return data.Split(name=name, num_examples=n, x=x, y=np.arange(n, dtype=np.int32) % 10)
+    return data.Split.from_arrays(x, np.arange(n) % 10, name=name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def test_augmentation_shapes_and_determinism():
     rng = np.random.default_rng(0)
     n = 64
     x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
-    split = data.Split(name='fake32/train', num_examples=n, x=x, y=np.zeros(n, np.int32))
+    split = data.Split.from_arrays(x, np.zeros(n), name='fake32/train')
     a = data.batch_at(split, 3, 16, seed=1, augment=True)
     assert a['x'].shape == (16, 32, 32, 3) and a['x'].dtype == np.float32
     np.testing.assert_array_equal(a['x'], data.batch_at(split, 3, 16, seed=1, augment=True)['x'])
@@ -368,6 +368,8 @@ def test_batch_size_errors(built):
         next(data.eval_batches(split, -8))
     with pytest.raises(TypeError, match='batch_size must be an integer'):
         data.batch_at(split, 0, 32.0)
+    with pytest.raises(ValueError, match='x has 3 examples but y has 2'):
+        data.Split.from_arrays(np.zeros((3, 2)), np.zeros(2))
     with pytest.raises(ValueError, match='step must be >= 0, got -1'):
         data.batch_at(split, -1, 32)
     with pytest.raises(ValueError, match='seed must be >= 0, got -3'):

@@ -1,0 +1,124 @@
+"""The model zoo: Flax MLPs and CNNs that take a normalization, its placement and a dropout choice by name.
+
+Every model is a ``flax.linen.Module`` called as::
+
+    model = build_model('resnet18', norm='group', norm_position='before', dropout='dropout', dropout_rate=0.1,
+                        num_classes=10, width=0.25)
+    variables = model.init(jax.random.key(0), x, train=False)
+    logits, state = model.apply(variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': key})
+    logits = model.apply(variables, x, train=False)
+    logits, features = model.apply(variables, x, train=False, return_features=True)   # the head's input
+
+``features`` is the input of the final dense layer (for the embedding penalty λ·mean‖h(x)‖², Dauphin & Cubuk 2021).
+Norms that keep running statistics (``'batch'``, ``'batch_renorm'``, ``'lp_batch_norm'``) create the
+``'batch_stats'`` collection; the others create none. Shared fields (norm options, placement, dropout, activation,
+bias rule, dtype) are documented on :class:`~jaxnorm.models.base.ZooModel`.
+
+Registries: ``NORMS``, ``DROPOUTS``, ``ACTIVATIONS``, ``MODELS``; :func:`make_norm`, :func:`make_dropout`,
+:func:`build_model`; :func:`register_norm` adds a norm (the hook for ``'noisy_batch_norm'``) and
+:func:`register_model` a model. Unknown names raise a ValueError listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+
+from jaxnorm.models import components as _components
+from jaxnorm.models.base import ConvModel, ZooModel
+from jaxnorm.models.cnn import CNN1D, VGG, VGG_CONFIGS, SimpleCNN
+from jaxnorm.models.components import (
+    ACTIVATIONS,
+    NORM_POSITIONS,
+    DropoutFactory,
+    Identity,
+    NormFactory,
+    NormSpec,
+    check_choice,
+    dropout_names,
+    get_activation,
+    make_dropout,
+    make_norm,
+    norm_names,
+    norm_spec,
+    register_dropout,
+    register_norm,
+    resolve_num_groups,
+)
+from jaxnorm.models.mlp import MLP, DeepLinear, ioffe_mlp, srivastava_mlp
+from jaxnorm.models.resnet import RESNET_DEPTHS, ResidualBlock, ResNet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "ioffe_mlp": ioffe_mlp,
+    "srivastava_mlp": srivastava_mlp,
+    "deep_linear": DeepLinear,
+    "simple_cnn": SimpleCNN,
+    "cnn1d": CNN1D,
+    "vgg": VGG,
+    **{name: functools.partial(VGG, cfg=name) for name in VGG_CONFIGS},
+    "resnet": ResNet,
+    **{f"resnet{d}": functools.partial(ResNet, depth=d) for d in RESNET_DEPTHS},
+}
+
+
+def register_model(name: str, constructor: Callable[..., nn.Module], *, overwrite: bool = False) -> None:
+    """Add ``constructor(**kwargs) -> Module`` to ``MODELS`` under ``name``."""
+    if name in MODELS and not overwrite:
+        raise ValueError(f"register_model: {name!r} is already registered; pass overwrite=True to replace it")
+    MODELS[name] = constructor
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """The model ``name`` (a key of ``MODELS``; case-insensitive, '-' read as '_') built with ``kwargs``.
+
+    >>> build_model('resnet18', norm='batch', width=0.125, num_classes=10)
+    """
+    key = name.lower().replace("-", "_") if isinstance(name, str) else name
+    return MODELS[check_choice("model", key, tuple(MODELS))](**kwargs)
+
+
+def __getattr__(name: str):  # NORMS / DROPOUTS are live views: they include registered entries
+    if name in ("NORMS", "DROPOUTS"):
+        return getattr(_components, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "CNN1D",
+    "ConvModel",
+    "DROPOUTS",
+    "DeepLinear",
+    "DropoutFactory",
+    "Identity",
+    "MLP",
+    "MODELS",
+    "NORMS",
+    "NORM_POSITIONS",
+    "NormFactory",
+    "NormSpec",
+    "RESNET_DEPTHS",
+    "ResNet",
+    "ResidualBlock",
+    "SimpleCNN",
+    "VGG",
+    "VGG_CONFIGS",
+    "ZooModel",
+    "build_model",
+    "check_choice",
+    "dropout_names",
+    "get_activation",
+    "ioffe_mlp",
+    "make_dropout",
+    "make_norm",
+    "norm_names",
+    "norm_spec",
+    "register_dropout",
+    "register_model",
+    "register_norm",
+    "resolve_num_groups",
+    "srivastava_mlp",
+]

@@ -1,0 +1,95 @@
+"""The base training config every ``configs/*.py`` starts from, and its validation.
+
+A config is an ``ml_collections.ConfigDict``; experiment files call :func:`base_config` and override fields, so every
+config has the same keys and an unknown key (a typo in a file or on the command line) is an error that lists the
+valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+
+# keys that may change between a run and its resumption without changing its results
+RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_every", "checkpoint_every",
+                     "keep_checkpoints", "data_dir", "progress")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # data
+    c.dataset = "mnist1d"
+    c.data_dir = ""  # '' = $JAXNORM_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.batch_size = 128
+    c.eval_batch_size = 500
+    c.augment = False
+    c.drop_remainder = True
+    # model
+    c.model = "cnn1d"
+    c.norm = "batch"
+    c.norm_position = "before"
+    c.norm_momentum = 0.9
+    c.num_groups = 0  # 0 = the model's default (32, clamped to the channel count)
+    c.dropout = "none"
+    c.dropout_rate = 0.0
+    c.activation = "relu"
+    c.model_kwargs = ml_collections.ConfigDict()  # model-specific fields (channels, depth, width, ...)
+    # optimization
+    c.optimizer = "momentum"
+    c.learning_rate = 0.1
+    c.momentum = 0.9
+    c.weight_decay = 5e-4
+    c.schedule = "cosine"
+    c.warmup_steps = 0
+    c.decay_boundaries = (0.5, 0.75)  # step schedule: fractions of num_steps where the LR is multiplied by decay_factor
+    c.decay_factor = 0.1
+    c.num_steps = 1000
+    # evaluation, logging, checkpoints
+    c.eval_every = 500
+    c.eval_population_stats = False  # also evaluate with recomputed population statistics (Ioffe & Szegedy §3.1)
+    c.population_batches = 20
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.resume = True
+    c.restore_step = -1  # -1 = latest; or a step whose checkpoint should be restored
+    c.progress = True
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Unknown keys and names are errors that list what is valid."""
+    base = base_config()
+    unknown = sorted(set(config.keys()) - set(base.keys()))
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, base.keys(), n=1) for k in unknown}
+        hint = "; ".join(f"{k!r} (did you mean {v[0]!r}?)" for k, v in hints.items() if v)
+        raise ValueError(
+            f"unknown config keys {unknown}{' — ' + hint if hint else ''}. Valid keys: {sorted(base.keys())}"
+        )
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    _choice("schedule", config.schedule, SCHEDULES)
+    for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
+                "keep_checkpoints", "population_batches"):
+        if not isinstance(config[key], int) or config[key] <= 0:
+            raise ValueError(f"config.{key} must be a positive int, got {config[key]!r}")
+    if config.learning_rate <= 0:
+        raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
+    if not 0 <= config.dropout_rate <= 1:
+        raise ValueError(f"config.dropout_rate must be in [0, 1], got {config.dropout_rate}")
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+
+
+def result_affecting(config: ml_collections.ConfigDict) -> dict:
+    """The config as a dict without the keys that may change on resumption."""
+    d = config.to_dict()
+    return {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}

@@ -1,0 +1,194 @@
+"""The training loop: config -> data -> model -> jitted steps -> metrics and checkpoints.
+
+Every check that can fail on bad input (config keys and names, dataset, batch size, model) runs before anything is
+written to the workdir. The batch of step ``t`` and its dropout key are pure functions of (seed, t), so a resumed
+run is bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnorm import data as data_lib
+from jaxnorm import models as models_lib
+from jaxnorm import nn as jnn
+from jaxnorm.train import checkpoint as ckpt_lib
+from jaxnorm.train import config as config_lib
+from jaxnorm.train import metrics as metrics_lib
+from jaxnorm.train import optim, steps
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run is built from, checked before the workdir is touched."""
+
+    config: Any
+    dataset: Any
+    model: Any
+    tx: Any
+    schedule: Any
+
+
+def model_kwargs(config, num_classes: int) -> dict:
+    kw = dict(
+        num_classes=num_classes, norm=config.norm, norm_position=config.norm_position, dropout=config.dropout,
+        dropout_rate=config.dropout_rate, activation=config.activation,
+    )
+    if config.norm_momentum is not None:
+        kw["momentum"] = config.norm_momentum
+    if config.num_groups:
+        kw["num_groups"] = config.num_groups
+    kw.update(config.model_kwargs.to_dict())
+    return kw
+
+
+def build(config) -> Experiment:
+    config_lib.validate(config)
+    dataset = data_lib.load(config.dataset, config.data_dir or None)
+    n = dataset.info.num_train
+    if config.batch_size > n:
+        raise ValueError(f"batch_size={config.batch_size} is larger than the {config.dataset} training set "
+                         f"({n} examples); use batch_size <= {n}")
+    if not config.drop_remainder and config.norm in ("batch", "batch_renorm", "lp_batch_norm"):
+        raise ValueError(
+            "drop_remainder=False pads the last batch of each epoch, and a batch-statistics norm would count the "
+            "padding in its statistics; keep drop_remainder=True with norm="
+            f"{config.norm!r}, or use a per-example norm")
+    model = models_lib.build_model(config.model, **model_kwargs(config, dataset.info.num_classes))
+    tx, schedule = optim.make_optimizer(config)
+    return Experiment(config, dataset, model, tx, schedule)
+
+
+def _train_batch(exp: Experiment, step: int) -> dict:
+    c = exp.config
+    return data_lib.batch_at(exp.dataset.train, step, c.batch_size, seed=c.seed, augment=c.augment,
+                             drop_remainder=c.drop_remainder)
+
+
+def evaluate(exp: Experiment, eval_step, variables) -> dict:
+    sums = {"loss_sum": 0.0, "correct": 0, "count": 0}
+    bs = min(exp.config.eval_batch_size, exp.dataset.info.num_test)
+    for batch in data_lib.eval_batches(exp.dataset.test, bs):
+        out = jax.device_get(eval_step(variables, batch))
+        for k in sums:
+            sums[k] += out[k]
+    return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}
+
+
+def population_variables(exp: Experiment, variables) -> dict:
+    """``variables`` with batch statistics recomputed as population statistics over training batches."""
+    c = exp.config
+    batches = (_train_batch(exp, i)["x"] for i in range(c.population_batches))
+    return jnn.population_batch_stats(exp.model.apply, variables, batches,
+                                      rngs={"dropout": steps.dropout_key(c.seed, 0)})
+
+
+def _check_finite(pending: list) -> None:
+    for step, m in pending:
+        loss = float(jax.device_get(m["loss"]))
+        if not np.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss is {loss} at step {step} (learning rate "
+                f"{float(jax.device_get(m['learning_rate'])):.4g}); no checkpoint was written after it. "
+                "Lower --config.learning_rate, add warm-up (--config.warmup_steps) or a normalization layer")
+
+
+def _summarize(pending: list) -> dict:
+    rows = jax.device_get([m for _, m in pending])
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out["learning_rate"] = float(rows[-1]["learning_rate"])
+    out["param_norm"] = float(rows[-1]["param_norm"])
+    return out
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the final eval metrics."""
+    exp = build(config)
+    c = exp.config
+    resume = ckpt_lib.check_workdir(workdir, c)
+    ckpt_lib.save_config(workdir, c)
+    example = _train_batch(exp, 0)["x"]
+    state = steps.create_state(exp.model, exp.tx, example, c.seed)
+    checkpointer = ckpt_lib.Checkpointer(workdir, c.keep_checkpoints)
+    if resume and checkpointer.steps():
+        restored = checkpointer.restore(flax.serialization.to_state_dict(state), c.restore_step)
+        state = flax.serialization.from_state_dict(state, restored)
+        print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
+
+    train_step = jax.jit(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed))
+    eval_step = jax.jit(steps.make_eval_step(exp.model))
+    writer = metrics_lib.MetricWriter(workdir)
+    start = int(state.step)
+    progress = metrics_lib.Progress(c.num_steps, start, enabled=c.progress)
+    pending: list = []
+    last_eval: dict = {}
+    t_window, step = time.perf_counter(), start
+
+    def save(at: int) -> None:
+        checkpointer.save(at, flax.serialization.to_state_dict(state))
+
+    try:
+        for step in range(start, c.num_steps):
+            state, m = train_step(state, _train_batch(exp, step))
+            pending.append((step, m))
+            done = step + 1
+            is_last = done == c.num_steps
+            if done % c.log_every == 0 or is_last or done % c.checkpoint_every == 0 or done % c.eval_every == 0:
+                _check_finite(pending)
+                summary = _summarize(pending)
+                now = time.perf_counter()
+                summary["steps_per_sec"] = len(pending) / (now - t_window)
+                writer.write(done, "train", summary)
+                progress.update(done, f"loss {summary['loss']:.4f}")
+                pending, t_window = [], now
+            if done % c.eval_every == 0 or is_last:
+                last_eval = evaluate(exp, eval_step, state.variables())
+                if c.eval_population_stats and state.batch_stats:
+                    pop = evaluate(exp, eval_step, population_variables(exp, state.variables()))
+                    last_eval.update({f"population_{k}": v for k, v in pop.items()})
+                writer.write(done, "eval", last_eval)
+                t_window = time.perf_counter()  # eval time does not count against steps/s
+            if done % c.checkpoint_every == 0 or is_last:
+                save(done)
+        if start >= c.num_steps and not last_eval:
+            last_eval = evaluate(exp, eval_step, state.variables())
+    except KeyboardInterrupt:
+        progress.close()
+        _check_finite(pending)
+        save(int(state.step))
+        writer.close()
+        checkpointer.close()
+        raise KeyboardInterrupt(
+            f"interrupted at step {int(state.step)}; checkpoint saved in {checkpointer.directory}. "
+            "Rerun the same command to resume.") from None
+    finally:
+        progress.close()
+    writer.close()
+    checkpointer.close()
+    return last_eval
+
+
+def main(config, workdir: str) -> int:
+    """CLI entry point: returns the process exit status; known errors are one clear line, not a traceback."""
+    try:
+        result = train_and_evaluate(config, workdir)
+    except KeyboardInterrupt as e:
+        print(str(e) or "interrupted")
+        return 130
+    except (ValueError, KeyError, ckpt_lib.CheckpointError, NonFiniteLossError, data_lib.DatasetNotPreparedError) as e:
+        print(f"error: {e}", file=__import__("sys").stderr)
+        return 1
+    print("final eval: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    return 0

@@ -1,0 +1,91 @@
+"""Training state and the jitted train/eval steps.
+
+The state is a plain pytree (step, params, batch_stats, opt_state); the dropout key of step ``t`` is
+``fold_in(key(seed), t)``, so a run resumed at step ``t`` draws the same masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats} if self.batch_stats else {
+            "params": self.params}
+
+
+def create_state(model, tx: optax.GradientTransformation, example_x, seed: int) -> TrainState:
+    variables = model.init(jax.random.key(seed), example_x, train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params))
+
+
+def dropout_key(seed: int, step) -> jax.Array:
+    """The dropout key of a training step: a pure function of (seed, step)."""
+    return jax.random.fold_in(jax.random.key(seed + 1), step)
+
+
+def cross_entropy(logits, labels, mask):
+    """Mean softmax cross-entropy over the valid examples (``mask``)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    w = mask.astype(losses.dtype)
+    return jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, seed: int) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)``, un-jitted (the caller jits, pmaps or shards it)."""
+
+    def loss_fn(params, state, batch, key):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        logits, new_vars = model.apply(variables, batch["x"], train=True, mutable=["batch_stats"],
+                                       rngs={"dropout": key})
+        loss = cross_entropy(logits, batch["y"], batch["mask"])
+        return loss, (logits, new_vars.get("batch_stats", {}))
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        key = dropout_key(seed, state.step)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = (jnp.argmax(logits, -1) == batch["y"]) & batch["mask"]
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(batch["mask"]), 1),
+            "learning_rate": schedule(state.step),
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
+        }
+        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        return new, metrics
+
+    return train_step
+
+
+def make_eval_step(model) -> Callable:
+    """``eval_step(variables, batch) -> sums`` of loss, correct predictions and valid examples (masked padding)."""
+
+    def eval_step(variables, batch):
+        logits = model.apply(variables, batch["x"], train=False)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+        m = batch["mask"]
+        return {
+            "loss_sum": jnp.sum(jnp.where(m, losses, 0.0)),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["y"]) & m),
+            "count": jnp.sum(m),
+        }
+
+    return eval_step
