@@ -220,7 +220,9 @@ def test_grad_is_the_scaled_mask():
 )
 def test_check_grads_fixed_key(fn):
     x = _normal(13, (3, 4, 5))
-    check_grads(fn, (x,), order=1, modes=("rev", "fwd"))
+    # these maps are linear (affine) in x for a fixed key, so a large finite-difference step is exact up to rounding;
+    # the default eps = 1e-4 drowns float32 differences in rounding noise (~5e-3 relative)
+    check_grads(fn, (x,), order=1, modes=("rev", "fwd"), eps=1e-2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -669,9 +671,9 @@ def test_layer_equals_pure_function_with_flax_derived_key(layer, fn):
     assert not np.array_equal(np.asarray(y), np.asarray(x))
     # test mode: identity, no rngs needed
     np.testing.assert_array_equal(np.asarray(layer.apply({}, x, train=False)), np.asarray(x))
-    # jit
+    # jit: same mask; values to rounding (XLA may fuse a·y + b into an FMA)
     yj = jax.jit(lambda x, r: layer.apply({}, x, train=True, rngs={"dropout": r}))(x, rng)
-    np.testing.assert_array_equal(np.asarray(yj), np.asarray(y))
+    np.testing.assert_allclose(np.asarray(yj), np.asarray(y), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(
