@@ -43,14 +43,23 @@ def _is_static_zero(rate) -> bool:
     return not isinstance(rate, jax.core.Tracer) and float(rate) == 0.0
 
 
+def _keep_prob(rate) -> Array:
+    """keep = 1 − rate as float32. A static rate is subtracted in float64 first: 1 − float32(rate) would turn the
+    float32 rounding error of rate (~3e-8) into a relative error ~3e-8/keep (1e-6 at rate 0.99, 2e-4 at 0.9999)."""
+    if isinstance(rate, jax.core.Tracer):
+        return 1.0 - jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
+    return jnp.asarray(1.0 - float(rate), jnp.float32)
+
+
 def _keep_mask(key: Array, keep, shape) -> Array:
     return jax.random.bernoulli(key, keep, shape)
 
 
 def _inverted(x: Array, mask: Array, keep) -> Array:
-    # 1/keep with keep = 0 is replaced by 0 so that rate 1 gives zeros and finite (zero) gradients
-    inv = jnp.where(keep > 0, 1.0 / jnp.maximum(keep, 1e-30), 0.0).astype(x.dtype)
-    return jnp.where(mask, x * inv, jnp.zeros((), x.dtype))
+    # x / keep as flax.linen.Dropout computes it; keep = 0 is replaced by 1 under the (all-False) mask so that
+    # rate 1 gives zeros and finite (zero) gradients
+    safe = jnp.where(keep > 0, keep, 1.0).astype(x.dtype)
+    return jnp.where(mask, x / safe, jnp.zeros((), x.dtype))
 
 
 def dropout(
@@ -72,7 +81,7 @@ def dropout(
         return x
     _needs_key("dropout", key)
     x = jnp.asarray(x)
-    keep = 1.0 - jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
+    keep = _keep_prob(rate)
     shape = list(x.shape)
     for d in broadcast_dims:
         shape[d] = 1
@@ -83,11 +92,15 @@ def dropout(
 def spatial_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
     """Channel ("spatial") dropout (Tompson et al. 2015): one Bernoulli mask value per example and channel of an
     ``N×…×C`` input, shared over all spatial positions, inverted scaling by ``1/(1 − rate)``."""
+    _check_rate("spatial_dropout", rate)
     x = jnp.asarray(x)
     if x.ndim < 3:
         raise ValueError(
             f"spatial_dropout: expected N×spatial…×C (rank >= 3), got shape {tuple(x.shape)}; for N×C use dropout"
         )
+    if not train or _is_static_zero(rate):
+        return x
+    _needs_key("spatial_dropout", key)
     return dropout(x, rate, key=key, train=train, broadcast_dims=tuple(range(1, x.ndim - 1)))
 
 
@@ -107,7 +120,10 @@ def gaussian_dropout(x: Array, rate: float, *, key: Array | None = None, train: 
     rate must be < 1."""
     _check_rate("gaussian_dropout", rate)
     if not isinstance(rate, jax.core.Tracer) and float(rate) >= 1.0:
-        raise ValueError("gaussian_dropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1)")
+        raise ValueError(
+            f"gaussian_dropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got {rate}; "
+            "use a rate in [0, 1), e.g. 0.5"
+        )
     if not train or _is_static_zero(rate):
         return x
     _needs_key("gaussian_dropout", key)
@@ -129,12 +145,13 @@ def alpha_dropout(x: Array, rate: float, *, key: Array | None = None, train: boo
     x = jnp.asarray(x)
     if not isinstance(rate, jax.core.Tracer) and float(rate) == 1.0:
         return jnp.zeros_like(x) * x  # keeps the gradient path (zero) and the dtype
-    q = 1.0 - jnp.asarray(rate, jnp.float32)
-    a = (q + _ALPHA_PRIME**2 * q * (1.0 - q)) ** -0.5
-    b = -a * (1.0 - q) * _ALPHA_PRIME
+    q = _keep_prob(rate)  # a traced rate is clipped to [0, 1]
+    q_safe = jnp.where(q > 0, q, 1.0)  # traced rate 1: a, b finite, the output is zeroed below
+    a = (q_safe + _ALPHA_PRIME**2 * q_safe * (1.0 - q_safe)) ** -0.5
+    b = -a * (1.0 - q_safe) * _ALPHA_PRIME
     mask = _keep_mask(key, q, x.shape)
     y = jnp.where(mask, x.astype(jnp.float32), _ALPHA_PRIME)
-    return (a * y + b).astype(x.dtype)
+    return jnp.where(q > 0, a * y + b, 0.0).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -63,7 +63,14 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        kw = {}
+        if jax.process_count() > 1:
+            # process 0 alone writes (the state is replicated); each process reads on its own, with no barrier
+            me = jax.process_index()
+            kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+        os.makedirs(self.directory, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not kw, enable_async_checkpointing=False,
+                                               **kw)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:

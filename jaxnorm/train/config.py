@@ -16,7 +16,8 @@ SCHEDULES = ("constant", "step", "cosine")
 
 # keys that may change between a run and its resumption without changing its results
 RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_every", "checkpoint_every",
-                     "keep_checkpoints", "data_dir", "progress")
+                     "keep_checkpoints", "data_dir", "progress", "parallel", "coordinator_address",
+                     "num_processes", "process_id", "heartbeat_timeout")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -59,6 +60,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.resume = True
     c.restore_step = -1  # -1 = latest; or a step whose checkpoint should be restored
     c.progress = True
+    # data parallelism (see jaxnorm.train.parallel)
+    c.parallel = "auto"  # auto | none | pmap | sharding
+    c.sync_bn = True  # batch statistics over the global batch (psum of sums and counts); False: per device
+    c.coordinator_address = ""  # host:port of process 0, for multi-process runs (jax.distributed)
+    c.num_processes = 1
+    c.process_id = 0
+    c.heartbeat_timeout = 30  # seconds before a lost process makes the others fail instead of hang
     return c
 
 
@@ -74,6 +82,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("schedule", config.schedule, SCHEDULES)
+    _choice("parallel", config.parallel, ("auto", "none", "pmap", "sharding"))
     for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints", "population_batches"):
         if not isinstance(config[key], int) or config[key] <= 0:

@@ -23,7 +23,7 @@ from jaxnorm import nn as jnn
 from jaxnorm.train import checkpoint as ckpt_lib
 from jaxnorm.train import config as config_lib
 from jaxnorm.train import metrics as metrics_lib
-from jaxnorm.train import optim, steps
+from jaxnorm.train import optim, parallel, steps
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,9 +36,11 @@ class Experiment:
 
     config: Any
     dataset: Any
-    model: Any
+    model: Any  # the training model (its batch-statistics norms sync over 'batch' in parallel modes)
+    eval_model: Any  # the same network without collectives, for eval and population statistics
     tx: Any
     schedule: Any
+    dp: parallel.DataParallel
 
 
 def model_kwargs(config, num_classes: int) -> dict:
@@ -56,6 +58,8 @@ def model_kwargs(config, num_classes: int) -> dict:
 
 def build(config) -> Experiment:
     config_lib.validate(config)
+    dp = parallel.DataParallel.create(config.parallel)
+    parallel.check_batch_size(config.batch_size, dp.num_devices)
     dataset = data_lib.load(config.dataset, config.data_dir or None)
     n = dataset.info.num_train
     if config.batch_size > n:
@@ -66,9 +70,12 @@ def build(config) -> Experiment:
             "drop_remainder=False pads the last batch of each epoch, and a batch-statistics norm would count the "
             "padding in its statistics; keep drop_remainder=True with norm="
             f"{config.norm!r}, or use a per-example norm")
-    model = models_lib.build_model(config.model, **model_kwargs(config, dataset.info.num_classes))
+    kwargs = model_kwargs(config, dataset.info.num_classes)
+    eval_model = models_lib.build_model(config.model, **kwargs)
+    sync = dp.axis_name is not None and config.sync_bn
+    model = models_lib.build_model(config.model, **{**kwargs, "axis_name": dp.axis_name}) if sync else eval_model
     tx, schedule = optim.make_optimizer(config)
-    return Experiment(config, dataset, model, tx, schedule)
+    return Experiment(config, dataset, model, eval_model, tx, schedule, dp)
 
 
 def _train_batch(exp: Experiment, step: int) -> dict:
@@ -91,7 +98,7 @@ def population_variables(exp: Experiment, variables) -> dict:
     """``variables`` with batch statistics recomputed as population statistics over training batches."""
     c = exp.config
     batches = (_train_batch(exp, i)["x"] for i in range(c.population_batches))
-    return jnn.population_batch_stats(exp.model.apply, variables, batches,
+    return jnn.population_batch_stats(exp.eval_model.apply, variables, batches,
                                       rngs={"dropout": steps.dropout_key(c.seed, 0)})
 
 
@@ -114,34 +121,43 @@ def _summarize(pending: list) -> dict:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the final eval metrics."""
+    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the final eval metrics.
+
+    With several processes, every process trains on its slice of each global batch and only process 0 writes
+    metrics, the config and checkpoints."""
+    parallel.initialize_distributed(config)
     exp = build(config)
-    c = exp.config
-    resume = ckpt_lib.check_workdir(workdir, c)
-    ckpt_lib.save_config(workdir, c)
+    c, dp = exp.config, exp.dp
+    primary = jax.process_index() == 0
+    resume = ckpt_lib.check_workdir(workdir, c) if primary else os.path.exists(os.path.join(workdir, "config.json"))
+    if primary:
+        ckpt_lib.save_config(workdir, c)
     example = _train_batch(exp, 0)["x"]
-    state = steps.create_state(exp.model, exp.tx, example, c.seed)
+    state = steps.create_state(exp.eval_model, exp.tx, example, c.seed)
     checkpointer = ckpt_lib.Checkpointer(workdir, c.keep_checkpoints)
     if resume and checkpointer.steps():
         restored = checkpointer.restore(flax.serialization.to_state_dict(state), c.restore_step)
         state = flax.serialization.from_state_dict(state, restored)
         print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
 
-    train_step = jax.jit(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed))
-    eval_step = jax.jit(steps.make_eval_step(exp.model))
-    writer = metrics_lib.MetricWriter(workdir)
+    train_step = dp.compile(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed, axis_name=dp.axis_name,
+                                                  sync_bn=c.sync_bn))
+    eval_step = jax.jit(steps.make_eval_step(exp.eval_model))
+    writer = metrics_lib.MetricWriter(workdir, enabled=primary)
     start = int(state.step)
-    progress = metrics_lib.Progress(c.num_steps, start, enabled=c.progress)
+    progress = metrics_lib.Progress(c.num_steps, start, enabled=c.progress and primary)
     pending: list = []
     last_eval: dict = {}
-    t_window, step = time.perf_counter(), start
+    t_window = time.perf_counter()
+    dstate = dp.put_state(state)
 
     def save(at: int) -> None:
-        checkpointer.save(at, flax.serialization.to_state_dict(state))
+        if primary:
+            checkpointer.save(at, flax.serialization.to_state_dict(dp.get_state(dstate)))
 
     try:
         for step in range(start, c.num_steps):
-            state, m = train_step(state, _train_batch(exp, step))
+            dstate, m = train_step(dstate, dp.put_batch(_train_batch(exp, step)))
             pending.append((step, m))
             done = step + 1
             is_last = done == c.num_steps
@@ -154,30 +170,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 progress.update(done, f"loss {summary['loss']:.4f}")
                 pending, t_window = [], now
             if done % c.eval_every == 0 or is_last:
-                last_eval = evaluate(exp, eval_step, state.variables())
-                if c.eval_population_stats and state.batch_stats:
-                    pop = evaluate(exp, eval_step, population_variables(exp, state.variables()))
-                    last_eval.update({f"population_{k}": v for k, v in pop.items()})
+                last_eval = _evaluate_all(exp, eval_step, dp.get_state(dstate))
                 writer.write(done, "eval", last_eval)
                 t_window = time.perf_counter()  # eval time does not count against steps/s
             if done % c.checkpoint_every == 0 or is_last:
                 save(done)
         if start >= c.num_steps and not last_eval:
-            last_eval = evaluate(exp, eval_step, state.variables())
+            last_eval = _evaluate_all(exp, eval_step, dp.get_state(dstate))
     except KeyboardInterrupt:
         progress.close()
         _check_finite(pending)
-        save(int(state.step))
+        save(int(dp.get_state(dstate).step))
         writer.close()
         checkpointer.close()
         raise KeyboardInterrupt(
-            f"interrupted at step {int(state.step)}; checkpoint saved in {checkpointer.directory}. "
+            f"interrupted at step {int(dp.get_state(dstate).step)}; checkpoint saved in {checkpointer.directory}. "
             "Rerun the same command to resume.") from None
     finally:
         progress.close()
     writer.close()
     checkpointer.close()
     return last_eval
+
+
+def _evaluate_all(exp: Experiment, eval_step, state) -> dict:
+    result = evaluate(exp, eval_step, state.variables())
+    if exp.config.eval_population_stats and state.batch_stats:
+        pop = evaluate(exp, eval_step, population_variables(exp, state.variables()))
+        result.update({f"population_{k}": v for k, v in pop.items()})
+    return result
 
 
 def main(config, workdir: str) -> int:

@@ -38,33 +38,52 @@ def dropout_key(seed: int, step) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed + 1), step)
 
 
-def cross_entropy(logits, labels, mask):
-    """Mean softmax cross-entropy over the valid examples (``mask``)."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    w = mask.astype(losses.dtype)
-    return jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0)
+def _psum(x, axis_name):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, seed: int) -> Callable:
-    """``train_step(state, batch) -> (state, metrics)``, un-jitted (the caller jits, pmaps or shards it)."""
+def _pmean_floats(tree, axis_name):
+    return jax.tree.map(
+        lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, seed: int, *,
+                    axis_name: str | None = None, sync_bn: bool = True) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)``, un-jitted (the caller jits, pmaps or shard_maps it).
+
+    With ``axis_name`` the step runs per device inside ``pmap``/``shard_map``: the loss is the global mean over the
+    valid examples of all devices (per-device sums over the global count, so uneven masks are exact) and its
+    gradient is ``psum``'d, metrics likewise; the dropout key is ``fold_in(fold_in(key, step), axis_index)``.
+    Batch statistics are synchronized by the model's norms (``axis_name`` on the layers) when ``sync_bn``;
+    otherwise each device normalizes with its own ("ghost") statistics and the running statistics are averaged
+    over devices after the update, ``r ← m·r + (1−m)·mean_d(stat_d)``.
+    """
 
     def loss_fn(params, state, batch, key):
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, new_vars = model.apply(variables, batch["x"], train=True, mutable=["batch_stats"],
                                        rngs={"dropout": key})
-        loss = cross_entropy(logits, batch["y"], batch["mask"])
-        return loss, (logits, new_vars.get("batch_stats", {}))
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+        w = batch["mask"].astype(losses.dtype)
+        count = jnp.maximum(_psum(jnp.sum(w), axis_name), 1.0)
+        return jnp.sum(losses * w) / count, (logits, new_vars.get("batch_stats", {}), count)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         key = dropout_key(seed, state.step)
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        (loss, (logits, batch_stats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state, batch, key)
+        if axis_name is not None:
+            grads, loss = _psum((grads, loss), axis_name)
+            if not sync_bn:
+                batch_stats = _pmean_floats(batch_stats, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        correct = (jnp.argmax(logits, -1) == batch["y"]) & batch["mask"]
+        correct = _psum(jnp.sum((jnp.argmax(logits, -1) == batch["y"]) & batch["mask"]), axis_name)
         metrics = {
             "loss": loss,
-            "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(batch["mask"]), 1),
+            "accuracy": correct / count,
             "learning_rate": schedule(state.step),
             "grad_norm": optax.global_norm(grads),
             "param_norm": optax.global_norm(params),

@@ -1,0 +1,55 @@
+"""Optimization-landscape probes: Santurkar et al. (2018)'s loss/gradient/β-smoothness probes, internal covariate
+shift (their Definition 2.1), Hessian curvature and filter-normalized loss slices.
+
+Every probe takes ``loss_fn(params, batch) -> scalar`` (pure), ``params`` and ``batch``, returns arrays, is
+jit-compiled (cached per ``loss_fn`` object and shapes), vmapped over its step sizes / probe vectors / grid points
+(``chunk=`` bounds memory), never modifies or donates its inputs, and runs per device under ``pmap``/``shard_map``
+with ``axis_name=`` (losses and gradients ``pmean``'d: the global-batch result for equal shards)::
+
+    import jaxnorm.probes as jp
+
+    loss_fn = jp.model_loss_fn(model, state.batch_stats, dropout_key)   # train mode, fixed dropout key
+    s = jp.santurkar_probe(loss_fn, state.params, batch, lr=0.1)         # losses, grad_changes, beta_smoothness …
+    ics = jp.internal_covariate_shift(loss_fn, state.params, batch, lr=0.1)   # {'l2': {layer: …}, 'cos': …}
+    vals, vecs = jp.hessian_top_eigenvalues(loss_fn, state.params, batch, k=2, key=key)
+    tr = jp.hessian_trace(loss_fn, state.params, batch, key=key, num_samples=50)['trace']
+    dens = jp.hessian_spectral_density(loss_fn, state.params, batch, key=key, num_runs=4)
+    c = jp.directional_curvature(loss_fn, state.params, batch)           # gᵀHg/‖g‖²
+    sl = jp.loss_slice_1d(loss_fn, state.params, batch, key=key, steps=21, span=1.0)
+
+    probe_fn = jax.jit(jp.make_probe_fn(model, probes=('santurkar', 'ics'), lr=0.1))   # for the training loop
+    metrics = probe_fn(state, batch, key)                                 # {'santurkar/beta_smoothness': …}
+"""
+
+from jaxnorm.probes.curvature import (
+    directional_curvature,
+    hessian_spectral_density,
+    hessian_top_eigenvalues,
+    hessian_trace,
+    hvp,
+)
+from jaxnorm.probes.ics import internal_covariate_shift, layer_order
+from jaxnorm.probes.landscape import filter_normalize, filter_normalized_direction, loss_slice_1d, loss_slice_2d
+from jaxnorm.probes.model import LOSSES, PROBES, make_probe_fn, model_loss_fn
+from jaxnorm.probes.santurkar import DEFAULT_ETA_MULTIPLIERS, eta_grid, santurkar_probe
+
+__all__ = [
+    "DEFAULT_ETA_MULTIPLIERS",
+    "LOSSES",
+    "PROBES",
+    "directional_curvature",
+    "eta_grid",
+    "filter_normalize",
+    "filter_normalized_direction",
+    "hessian_spectral_density",
+    "hessian_top_eigenvalues",
+    "hessian_trace",
+    "hvp",
+    "internal_covariate_shift",
+    "layer_order",
+    "loss_slice_1d",
+    "loss_slice_2d",
+    "make_probe_fn",
+    "model_loss_fn",
+    "santurkar_probe",
+]

@@ -1,0 +1,127 @@
+"""Shared helpers of the probes: pytree arithmetic, device reductions, argument checks."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+LossFn = Callable[[PyTree, PyTree], jax.Array]
+
+
+# ---- pytree arithmetic (norms and dot products accumulate in float32) ----------------------------------------------
+
+def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
+    leaves = [jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    return sum(leaves, jnp.zeros((), jnp.float32))
+
+
+def tree_sq_norm(a: PyTree) -> jax.Array:
+    return tree_vdot(a, a)
+
+
+def tree_norm(a: PyTree) -> jax.Array:
+    return jnp.sqrt(tree_sq_norm(a))
+
+
+def tree_sub(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(jnp.subtract, a, b)
+
+
+def tree_scale(a: PyTree, s) -> PyTree:
+    return jax.tree.map(lambda x: (x * s).astype(x.dtype), a)
+
+
+def tree_axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
+    """``y + alpha·x`` leaf by leaf, in the dtype of ``y``."""
+    return jax.tree.map(lambda xi, yi: (yi + alpha * xi).astype(yi.dtype), x, y)
+
+
+def tree_normal_like(key: jax.Array, tree: PyTree) -> PyTree:
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    return jax.tree.unflatten(treedef, [jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
+                                        for k, x in zip(keys, leaves)])
+
+
+def num_params(tree: PyTree) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+# ---- the loss and its gradient, averaged over a device axis --------------------------------------------------------
+
+def pmean(tree: PyTree, axis_name: str | None) -> PyTree:
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def value_and_grad(loss_fn: LossFn, axis_name: str | None = None) -> Callable:
+    """``(params, batch) -> (loss, grads)``; with ``axis_name`` both are ``pmean``'d over the devices of the axis (the
+    loss_fn returns its device-local mean, so the result is the global mean for equal shards)."""
+
+    def f(params, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        return pmean((loss, grads), axis_name)
+
+    return f
+
+
+def loss_value(loss_fn: LossFn, axis_name: str | None = None) -> Callable:
+    return lambda params, batch: pmean(loss_fn(params, batch), axis_name)
+
+
+def grad(loss_fn: LossFn, axis_name: str | None = None) -> Callable:
+    return lambda params, batch: pmean(jax.grad(loss_fn)(params, batch), axis_name)
+
+
+# ---- checks ---------------------------------------------------------------------------------------------------------
+
+def check_scalar_loss(where: str, loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
+    """A ValueError unless ``loss_fn(params, batch)`` is a real scalar (checked abstractly: nothing runs)."""
+    try:
+        out = jax.eval_shape(loss_fn, params, batch)
+    except TypeError:  # eval_shape refuses some exotic inputs; the jitted call will surface real errors
+        return
+    if not hasattr(out, "shape") or jax.tree.structure(out).num_leaves != 1:
+        raise ValueError(f"{where}: loss_fn(params, batch) must return one scalar array, got {out!r}; "
+                         "return only the loss (drop aux outputs, e.g. `lambda p, b: f(p, b)[0]`)")
+    if out.shape != ():
+        raise ValueError(f"{where}: loss_fn(params, batch) must return a scalar, got shape {tuple(out.shape)} "
+                         f"({out.dtype}); reduce it, e.g. `jnp.mean(per_example_losses)`")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"{where}: loss_fn must return a floating scalar to be differentiated, got {out.dtype}")
+
+
+def is_concrete(x) -> bool:
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+def check_positive_int(where: str, name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an int ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_key(where: str, key, what: str) -> jax.Array:
+    if key is None:
+        raise ValueError(f"{where}: {what} needs a PRNG key; pass key=jax.random.key(0) (the same key on every "
+                         "device under pmap, so all devices draw the same vectors)")
+    return key
+
+
+def map_chunked(f: Callable, xs, chunk: int | None):
+    """``vmap(f)(xs)`` when ``chunk`` is None (or covers all of xs), else ``lax.map`` over groups of ``chunk``
+    vmapped calls (bounded memory: ``chunk`` evaluations live at once)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if chunk is None or chunk >= n:
+        return jax.vmap(f)(xs)
+    if chunk == 1:
+        return jax.lax.map(f, xs)
+    return jax.lax.map(f, xs, batch_size=chunk)
+
+
+def check_chunk(where: str, chunk) -> int | None:
+    return None if chunk is None else check_positive_int(where, "chunk", chunk)

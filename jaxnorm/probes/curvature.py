@@ -1,0 +1,266 @@
+"""Hessian curvature of a loss: Hessian-vector products, top eigenvalues (power iteration with deflation, or
+Lanczos), the trace (Hutchinson), the eigenvalue density (stochastic Lanczos quadrature) and the curvature along the
+gradient. Anchors: PyHessian (Yao et al. 2020), Ghorbani et al. (2019) for the spectral density."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from jaxnorm.probes import _common as C
+
+METHODS = ("power", "lanczos")
+
+
+def _hvp_fn(loss_fn, params, batch, axis_name):
+    grad = C.grad(loss_fn, axis_name)
+    return lambda v: jax.jvp(lambda p: grad(p, batch), (params,), (v,))[1]
+
+
+def _flat_hvp_fn(loss_fn, params, batch, axis_name):
+    """``(matvec, n, dtype)`` with ``matvec(v) = H v`` on the raveled parameter vector (float32)."""
+    flat, unravel = ravel_pytree(params)
+    tree_hvp = _hvp_fn(loss_fn, params, batch, axis_name)
+
+    def matvec(v):
+        out, _ = ravel_pytree(tree_hvp(unravel(v.astype(flat.dtype))))
+        return out.astype(jnp.float32)
+
+    return matvec, flat.size
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
+def _hvp(loss_fn, params, batch, v, *, axis_name):
+    C.check_scalar_loss("hvp", loss_fn, params, batch)
+    return _hvp_fn(loss_fn, params, batch, axis_name)(v)
+
+
+def hvp(loss_fn: C.LossFn, params, batch, v, *, axis_name: str | None = None):
+    """The Hessian-vector product ``H v`` with ``H = ∇²_w L(w)`` at ``w = params``, by forward-over-reverse
+    differentiation (``jax.jvp`` of ``jax.grad``): about the cost of 2–3 gradients, no Hessian materialized.
+
+    ``v`` is a pytree shaped like ``params``; so is the result. With ``axis_name`` (under pmap) the gradient is
+    ``pmean``'d over the devices, so the product is the global-batch one.
+    """
+    if jax.tree.structure(v) != jax.tree.structure(params):
+        raise ValueError(f"hvp: v must be a pytree shaped like params, got {jax.tree.structure(v)} vs "
+                         f"{jax.tree.structure(params)}")
+    return _hvp(loss_fn, params, batch, v, axis_name=axis_name)
+
+
+# ---- top eigenvalues -------------------------------------------------------------------------------------------------
+
+def _normalize(v):
+    return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(jnp.float32).tiny)
+
+
+def _power(matvec, n, k, num_iters, tol, key):
+    """Power iteration with deflation: eigenpair j iterates ``v ← H v / ‖H v‖`` in the orthogonal complement of the
+    pairs found before (projected out at every step), until the Rayleigh quotient changes by ≤ tol·|λ|."""
+    vecs = jnp.zeros((k, n), jnp.float32)
+    vals = jnp.zeros((k,), jnp.float32)
+    keys = jax.random.split(key, k)
+
+    def project(v, vecs):
+        return v - vecs.T @ (vecs @ v)  # rows not found yet are zero
+
+    def one(j, carry):
+        vals, vecs = carry
+        v = _normalize(project(jax.random.normal(keys[j], (n,), jnp.float32), vecs))
+
+        def cond(s):
+            i, _, lam, lam_prev = s
+            return (i < num_iters) & ((i < 2) | (jnp.abs(lam - lam_prev) > tol * jnp.abs(lam)))
+
+        def body(s):
+            i, v, lam, _ = s
+            w = project(matvec(v), vecs)
+            lam_new = jnp.vdot(v, w)
+            return i + 1, _normalize(w), lam_new, lam
+
+        _, v, lam, _ = jax.lax.while_loop(cond, body, (0, v, jnp.float32(0), jnp.float32(jnp.inf)))
+        v = _normalize(project(v, vecs))
+        lam = jnp.vdot(v, project(matvec(v), vecs))  # the Rayleigh quotient of the returned vector
+        return vals.at[j].set(lam), vecs.at[j].set(v)
+
+    return jax.lax.fori_loop(0, k, one, (vals, vecs))
+
+
+def _lanczos(matvec, v0, m):
+    """``m`` Lanczos steps from ``v0`` with full reorthogonalization: (alpha (m,), beta (m−1,), V (m, n)) with
+    ``T = tridiag(beta, alpha, beta) = V H Vᵀ``. A breakdown (an invariant subspace found early) leaves zero rows."""
+    n = v0.shape[0]
+    v0 = _normalize(v0.astype(jnp.float32))
+
+    def body(j, carry):
+        vecs, alpha, beta, v, v_prev, b_prev = carry
+        vecs = vecs.at[j].set(v)
+        w = matvec(v)
+        a = jnp.vdot(w, v)
+        w = w - a * v - b_prev * v_prev
+        w = w - vecs.T @ (vecs @ w)  # twice is enough (Kahan): keeps the basis orthogonal in float32
+        w = w - vecs.T @ (vecs @ w)
+        b = jnp.linalg.norm(w)
+        ok = b > 1e-6 * jnp.maximum(jnp.abs(a), 1.0)
+        v_next = jnp.where(ok, w / jnp.where(ok, b, 1.0), 0.0)
+        b = jnp.where(ok, b, 0.0)
+        return vecs, alpha.at[j].set(a), beta.at[j].set(b), v_next, v, b
+
+    init = (jnp.zeros((m, n), jnp.float32), jnp.zeros((m,), jnp.float32), jnp.zeros((m,), jnp.float32), v0,
+            jnp.zeros_like(v0), jnp.float32(0))
+    vecs, alpha, beta, *_ = jax.lax.fori_loop(0, m, body, init)
+    return alpha, beta[:m - 1], vecs
+
+
+def _tridiag(alpha, beta):
+    return jnp.diag(alpha) + jnp.diag(beta, 1) + jnp.diag(beta, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "k", "num_iters", "method", "axis_name"))
+def _top_eig(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_name):
+    C.check_scalar_loss("hessian_top_eigenvalues", loss_fn, params, batch)
+    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name)
+    if method == "power":
+        vals, vecs = _power(matvec, n, k, num_iters, tol, key)
+    else:
+        m = min(num_iters, n)
+        alpha, beta, basis = _lanczos(matvec, jax.random.normal(key, (n,), jnp.float32), m)
+        theta, s = jnp.linalg.eigh(_tridiag(alpha, beta))
+        vals, vecs = theta, (basis.T @ s).T
+    idx = jnp.argsort(-jnp.abs(vals))[:k]
+    vals, vecs = vals[idx], vecs[idx]
+    _, unravel = ravel_pytree(params)
+    return vals, jax.vmap(unravel)(vecs.astype(ravel_pytree(params)[0].dtype))
+
+
+def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key: jax.Array, num_iters: int = 100,
+                            method: str = "power", tol: float = 1e-5, axis_name: str | None = None):
+    """The ``k`` Hessian eigenvalues of largest magnitude and their eigenvectors.
+
+    Convention: ordered by ``|λ|`` descending, values signed (power iteration converges to the dominant-magnitude
+    eigenvalue; a negative one is found where it dominates, as in PyHessian).
+
+    * ``method='power'`` (default): power iteration with deflation, ``num_iters`` Hessian-vector products at most per
+      eigenvalue (stops early when the Rayleigh quotient changes by ≤ ``tol``·|λ|; ``tol=0`` runs all). Each new
+      vector is kept orthogonal to the pairs already found. Converges slowly when ``|λ_{j+1}/λ_j| ≈ 1`` and not at
+      all for a ``±λ`` pair.
+    * ``method='lanczos'``: ``num_iters`` Lanczos steps (clipped to the parameter count) with full
+      reorthogonalization, then the top-``k`` Ritz pairs; needs ``num_iters ≥ k`` and stores ``num_iters`` vectors
+      of the parameter size. Usually far fewer products than power iteration for ``k > 1``.
+
+    Returns ``(eigenvalues (k,) float32, eigenvectors)``, the eigenvectors a pytree shaped like ``params`` with a
+    leading axis of ``k``, unit norm. ``key`` draws the start vectors (the same key on every device under pmap).
+    """
+    where = "hessian_top_eigenvalues"
+    if method not in METHODS:
+        raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
+    k = C.check_positive_int(where, "k", k)
+    num_iters = C.check_positive_int(where, "num_iters", num_iters)
+    n = C.num_params(params)
+    if k > n:
+        raise ValueError(f"{where}: asked for k={k} eigenvalues but params has only {n} entries (the Hessian is "
+                         f"{n}×{n}); use k ≤ {n}")
+    if method == "lanczos" and num_iters < k:
+        raise ValueError(f"{where}: method='lanczos' needs num_iters ≥ k Lanczos steps, got num_iters={num_iters} "
+                         f"for k={k}; use num_iters ≥ {max(2 * k, 20)} for accurate Ritz values")
+    C.check_key(where, key, "the start vectors")
+    return _top_eig(loss_fn, params, batch, key, jnp.float32(tol), k=k, num_iters=num_iters, method=method,
+                    axis_name=axis_name)
+
+
+# ---- trace -----------------------------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_samples", "chunk", "axis_name"))
+def _trace(loss_fn, params, batch, key, *, num_samples, chunk, axis_name):
+    C.check_scalar_loss("hessian_trace", loss_fn, params, batch)
+    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name)
+    z = jax.random.rademacher(key, (num_samples, n), jnp.float32)
+    samples = C.map_chunked(lambda v: jnp.vdot(v, matvec(v)), z, chunk)
+    return {"trace": jnp.mean(samples),
+            "std_error": jnp.std(samples, ddof=1) / jnp.sqrt(num_samples) if num_samples > 1 else jnp.float32(jnp.nan),
+            "num_params": jnp.float32(n)}
+
+
+def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_samples: int = 100,
+                  chunk: int | None = 1, axis_name: str | None = None) -> dict:
+    """Hutchinson's estimate of ``tr H``: the mean of ``zᵀ H z`` over ``num_samples`` Rademacher vectors ``z``
+    (unbiased; variance ``2 Σ_{i≠j} H_ij²`` per sample).
+
+    Returns ``{'trace', 'std_error' (of the mean), 'num_params'}``. ``chunk`` Hessian-vector products run at once
+    (a ``vmap``; default 1, sequential — the products are large; ``None`` runs all at once).
+    """
+    where = "hessian_trace"
+    num_samples = C.check_positive_int(where, "num_samples", num_samples)
+    C.check_key(where, key, "the Rademacher probes")
+    return _trace(loss_fn, params, batch, key, num_samples=num_samples, chunk=C.check_chunk(where, chunk),
+                  axis_name=axis_name)
+
+
+# ---- spectral density --------------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_lanczos_steps", "num_runs", "num_points", "chunk",
+                                             "axis_name"))
+def _density(loss_fn, params, batch, key, sigma, *, num_lanczos_steps, num_runs, num_points, chunk, axis_name):
+    C.check_scalar_loss("hessian_spectral_density", loss_fn, params, batch)
+    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name)
+    m = min(num_lanczos_steps, n)
+
+    def run(v0):
+        alpha, beta, _ = _lanczos(matvec, v0, m)
+        theta, s = jnp.linalg.eigh(_tridiag(alpha, beta))
+        return theta, s[0] ** 2
+
+    v0 = jax.random.rademacher(key, (num_runs, n), jnp.float32)
+    nodes, weights = C.map_chunked(run, v0, chunk)
+    lo, hi = jnp.min(nodes), jnp.max(nodes)
+    width = jnp.where(sigma > 0, sigma, 0.01 * jnp.maximum(hi - lo, 1e-3 * jnp.maximum(jnp.abs(hi), 1.0)))
+    grid = jnp.linspace(lo - 6 * width, hi + 6 * width, num_points)
+    gauss = jnp.exp(-0.5 * ((grid[:, None] - nodes.reshape(-1)[None, :]) / width) ** 2) / (width * jnp.sqrt(2 * jnp.pi))
+    density = gauss @ weights.reshape(-1) / num_runs
+    return {"grid": grid, "density": density, "nodes": nodes, "weights": weights, "sigma": width}
+
+
+def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_lanczos_steps: int = 30,
+                             num_runs: int = 1, num_points: int = 1000, sigma: float | None = None,
+                             chunk: int | None = 1, axis_name: str | None = None) -> dict:
+    """The Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019; PyHessian).
+
+    Each of ``num_runs`` runs starts Lanczos from a normalized Rademacher vector ``v``; the tridiagonal matrix of
+    ``num_lanczos_steps`` steps (clipped to the parameter count) gives nodes ``θ_j`` (its eigenvalues) and weights
+    ``τ_j`` (squared first components of its eigenvectors, summing to 1): the quadrature of ``vᵀ f(H) v``, whose
+    average over runs estimates ``tr f(H)/n``. The density is ``φ(t) = (1/runs) Σ_runs Σ_j τ_j 𝒩(t; θ_j, σ²)``.
+
+    Returns ``{'grid' (num_points,), 'density' (num_points,), 'nodes' (runs, m), 'weights' (runs, m), 'sigma'}``:
+    the density integrates to 1 over the grid (which spans the nodes ± 6σ); its mean ``Σ τ θ`` estimates
+    ``tr H / n``. ``sigma`` is the Gaussian broadening; default 1% of the node range. Runs go ``chunk`` at a time.
+    """
+    where = "hessian_spectral_density"
+    m = C.check_positive_int(where, "num_lanczos_steps", num_lanczos_steps)
+    runs = C.check_positive_int(where, "num_runs", num_runs)
+    pts = C.check_positive_int(where, "num_points", num_points, minimum=2)
+    if sigma is not None and not sigma > 0:
+        raise ValueError(f"{where}: sigma (the Gaussian broadening) must be positive, got {sigma!r}")
+    C.check_key(where, key, "the Lanczos start vectors")
+    return _density(loss_fn, params, batch, key, jnp.float32(0.0 if sigma is None else sigma), num_lanczos_steps=m,
+                    num_runs=runs, num_points=pts, chunk=C.check_chunk(where, chunk), axis_name=axis_name)
+
+
+# ---- directional curvature ---------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
+def _directional(loss_fn, params, batch, direction, *, axis_name):
+    C.check_scalar_loss("directional_curvature", loss_fn, params, batch)
+    d = C.grad(loss_fn, axis_name)(params, batch) if direction is None else direction
+    hd = _hvp_fn(loss_fn, params, batch, axis_name)(d)
+    return C.tree_vdot(d, hd) / C.tree_sq_norm(d)
+
+
+def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, axis_name: str | None = None):
+    """The curvature ``dᵀ H d / ‖d‖²`` along ``d``; by default ``d = g = ∇L(w)`` (the curvature the gradient step
+    sees: a step ``−η g`` decreases the loss to second order iff ``η < 2/(gᵀHg/‖g‖²)``). One gradient + one HVP."""
+    if direction is not None and jax.tree.structure(direction) != jax.tree.structure(params):
+        raise ValueError("directional_curvature: direction must be a pytree shaped like params")
+    return _directional(loss_fn, params, batch, direction, axis_name=axis_name)

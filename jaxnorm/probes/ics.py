@@ -1,0 +1,202 @@
+"""Internal covariate shift, Santurkar et al. (2018) Definition 2.1."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Callable
+
+import jax
+import jax.extend.core as jcore
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnorm.probes import _common as C
+
+
+def _top_level_names(where: str, params) -> list:
+    if not isinstance(params, Mapping) or not params:
+        raise ValueError(f"{where}: params must be a non-empty mapping of layer name → parameters (a Flax 'params' "
+                         f"collection), got {type(params).__name__}")
+    return list(params.keys())
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _sub_jaxpr(eqn):
+    """The one inner jaxpr whose inputs are the equation's inputs, position by position (jit, custom_jvp/vjp calls,
+    remat, scan), else None (cond, while: their operands do not map one to one)."""
+    found = []
+    for v in eqn.params.values():
+        for j in (v if isinstance(v, (tuple, list)) else (v,)):
+            if isinstance(j, jcore.ClosedJaxpr):
+                found.append(j.jaxpr)
+            elif isinstance(j, jcore.Jaxpr):
+                found.append(j)
+    if len(found) == 1 and len(found[0].invars) == len(eqn.invars):
+        return found[0]
+    return None
+
+
+def layer_order(loss_fn: C.LossFn, params, batch, *, axis_name: str | None = None) -> tuple:
+    """The top-level keys of ``params`` in forward order: the order in which ``loss_fn(params, batch)`` first reads
+    a parameter of each key (found by tracing the loss to a jaxpr and walking its equations, inner jaxprs of jit /
+    custom_jvp / scan included; nothing runs). Keys the loss never reads come last, in ``params``' order; ties (two
+    layers first read by one opaque equation) keep ``params``' order.
+
+    Why not the dict order: Flax creates ``params`` in the order the modules are called, but every
+    ``jax.tree.map`` (an optimizer update) returns dicts with *sorted* keys (``conv_0, conv_1, head, norm_0``), so
+    after one training step the dict order is no longer the forward order. Pass an explicit ``order`` to
+    :func:`internal_covariate_shift` to override.
+    """
+    names = _top_level_names("layer_order", params)
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    leaf_layer = [path[0].key if hasattr(path[0], "key") else path[0] for path, _ in flat]
+    axis_env = [(axis_name, 1)] if axis_name is not None else None
+    closed = jax.make_jaxpr(loss_fn, axis_env=axis_env)(_abstract(params), _abstract(batch))
+    env = {v: layer for v, layer in zip(closed.jaxpr.invars[:len(leaf_layer)], leaf_layer)}
+    first: dict = {}
+    clock = [0]
+
+    def walk(jaxpr, env):
+        for eqn in jaxpr.eqns:
+            sub = _sub_jaxpr(eqn)
+            if sub is not None:
+                inner = {iv: env[ov] for ov, iv in zip(eqn.invars, sub.invars)
+                         if isinstance(ov, jcore.Var) and ov in env}
+                if inner:
+                    walk(sub, inner)
+            else:
+                for v in eqn.invars:
+                    if isinstance(v, jcore.Var) and v in env and env[v] not in first:
+                        first[env[v]] = clock[0]
+            clock[0] += 1
+
+    walk(closed.jaxpr, env)
+    rank = {n: i for i, n in enumerate(names)}
+    return tuple(sorted(names, key=lambda n: (first.get(n, float("inf")), rank[n])))
+
+
+def _resolve_layers(where: str, params, order, layers, loss_fn, batch, axis_name) -> tuple[tuple, tuple]:
+    names = _top_level_names(where, params)
+    if order is None:
+        order = layer_order(loss_fn, params, batch, axis_name=axis_name)
+    else:
+        order = tuple(order)
+        unknown = [n for n in order if n not in params]
+        missing = [n for n in names if n not in order]
+        dup = sorted({n for n in order if order.count(n) > 1}, key=str)
+        if unknown or missing or dup:
+            raise ValueError(f"{where}: order must list every top-level parameter key exactly once; "
+                             f"unknown {unknown}, missing {missing}, repeated {dup}; the keys are {names}")
+    if layers is None:
+        layers = order
+    else:
+        if isinstance(layers, str):
+            layers = (layers,)
+        bad = [n for n in layers if n not in params]
+        if bad:
+            raise ValueError(f"{where}: no layer named {', '.join(map(repr, bad))}; valid layer names (top-level "
+                             f"parameter keys, forward order) are {list(order)}")
+        layers = tuple(n for n in order if n in set(layers))  # reported in forward order, without repeats
+    return tuple(order), layers
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "order", "layers", "update_fn", "chunk", "axis_name"))
+def _ics(loss_fn, params, batch, lr, *, order, layers, update_fn, chunk, axis_name):
+    C.check_scalar_loss("internal_covariate_shift", loss_fn, params, batch)
+    grad = C.grad(loss_fn, axis_name)
+    g = grad(params, batch)
+    new = update_fn(params, g) if update_fn is not None else C.tree_axpy(-jnp.asarray(lr, jnp.float32), g, params)
+    if jax.tree.structure(new) != jax.tree.structure(params):
+        raise ValueError("internal_covariate_shift: update_fn(params, grads) must return a pytree shaped like params, "
+                         f"got {jax.tree.structure(new)} vs {jax.tree.structure(params)}")
+    pos = {n: i for i, n in enumerate(order)}
+    num = len(order)
+    # position (in forward order) of the layer each leaf belongs to
+    leaf_pos = jax.tree_util.tree_map_with_path(
+        lambda path, _: pos[path[0].key if hasattr(path[0], "key") else path[0]], params)
+
+    def per_layer(tree, f):  # per-layer sums of f(leaf, ...) as a vector ordered like `order`
+        out = [jnp.zeros((), jnp.float32)] * num
+        for i, v in zip(jax.tree.leaves(leaf_pos), jax.tree.leaves(tree)):
+            out[i] = out[i] + f(v)
+        return jnp.stack(out)
+
+    g_sq = per_layer(g, lambda x: jnp.vdot(x, x).astype(jnp.float32))
+    targets = [n for n in layers if pos[n] > 0]  # the first layer has G' = G by definition
+    l2 = {n: jnp.zeros((), jnp.float32) for n in layers}
+    cos = {n: jnp.ones((), jnp.float32) for n in layers}
+    gp_norm = {n: jnp.sqrt(g_sq[pos[n]]) for n in layers}
+    if targets:
+        cut = np.asarray([pos[t] for t in targets], np.int32)  # variant v: layers before cut[v] take their update
+
+        def shifted(c):
+            p = jax.tree.map(lambda w, w_new, i: jnp.where(i < c, w_new, w).astype(w.dtype), params, new, leaf_pos)
+            gp = grad(p, batch)
+            stats = [per_layer(jax.tree.map(jnp.subtract, g, gp), lambda x: jnp.vdot(x, x).astype(jnp.float32)),
+                     per_layer(jax.tree.map(lambda a, b: jnp.vdot(a, b), g, gp), lambda x: x.astype(jnp.float32)),
+                     per_layer(gp, lambda x: jnp.vdot(x, x).astype(jnp.float32))]
+            return jnp.stack([s[c] for s in stats])  # only layer cut's own entries: (diff², G·G', ‖G'‖²)
+
+        res = C.map_chunked(shifted, jnp.asarray(cut), chunk)  # (V, 3)
+        for v, t in enumerate(targets):
+            d2, dot, gp2 = res[v, 0], res[v, 1], res[v, 2]
+            l2[t] = jnp.sqrt(d2)
+            cos[t] = dot / (jnp.sqrt(g_sq[pos[t]]) * jnp.sqrt(gp2))
+            gp_norm[t] = jnp.sqrt(gp2)
+    return {"l2": l2, "cos": cos, "grad_norm": {n: jnp.sqrt(g_sq[pos[n]]) for n in layers},
+            "grad_norm_shifted": gp_norm}
+
+
+def internal_covariate_shift(loss_fn: C.LossFn, params, batch, *, lr=None, layers: Sequence | str | None = None,
+                             order: Sequence | None = None,
+                             update_fn: Callable | None = None, chunk: int | None = None,
+                             axis_name: str | None = None) -> dict:
+    """Internal covariate shift of each layer (Santurkar et al. 2018, Definition 2.1) on one batch.
+
+    Layers are the top-level keys of ``params`` (``conv_0``, ``norm_0``, ``head`` … of a Flax model), taken in
+    forward order ``W_1 … W_k``. For layer ``i``, with ``W^{t+1} = update(W^t, ∇L(W^t))``::
+
+        G  = ∇_{W_i} L(W_1^t, …, W_k^t)
+        G′ = ∇_{W_i} L(W_1^{t+1}, …, W_{i−1}^{t+1}, W_i^t, …, W_k^t)     (the earlier layers already updated)
+
+    and the probe reports ``‖G − G′‖₂`` and ``cos(G, G′)``. The first layer has nothing before it: ``G′ = G``
+    (0 and 1 exactly).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` (see :func:`jaxnorm.probes.model_loss_fn`).
+      params: a mapping of layer name → parameter pytree; never modified.
+      batch: the second argument of ``loss_fn`` (the same batch for G and G′).
+      lr: the SGD step ``W − lr·∇L`` (Santurkar et al. use plain SGD); ignored with ``update_fn``.
+      layers: names of the layers to report (default: all); unknown names raise a ValueError listing the valid ones.
+        Every earlier layer in forward order takes its update, reported or not.
+      order: the forward order as a list of all top-level keys; default: inferred by :func:`layer_order` (the order
+        the loss first reads each layer's parameters).
+      update_fn: ``update_fn(params, grads) -> new params`` instead of SGD, e.g. an optax optimizer's step
+        ``lambda p, g: optax.apply_updates(p, tx.update(g, opt_state, p)[0])`` (the probe never keeps its state).
+        Must be the same object between calls to reuse the compiled program.
+      chunk: evaluate at most ``chunk`` shifted gradients at once (default: all layers in one ``vmap``).
+      axis_name: device axis under pmap/shard_map: gradients are ``pmean``'d over it.
+
+    Returns:
+      ``{'l2': {layer: ‖G−G′‖}, 'cos': {layer: cos(G, G′)}, 'grad_norm': {layer: ‖G‖},
+      'grad_norm_shifted': {layer: ‖G′‖}}`` for the reported layers. Cost: 1 + (number of reported layers that are
+      not first) gradient evaluations.
+    """
+    where = "internal_covariate_shift"
+    order, layers = _resolve_layers(where, params, order, layers, loss_fn, batch, axis_name)
+    if update_fn is None:
+        if lr is None:
+            raise ValueError(f"{where}: pass lr= (the SGD update W − lr·∇L of Definition 2.1) or update_fn=")
+        if C.is_concrete(lr) and not float(lr) > 0:
+            raise ValueError(f"{where}: lr must be positive, got {float(lr)!r}")
+        if not isinstance(lr, jax.Array):
+            lr = np.float32(lr)
+    else:
+        lr = None
+    chunk = C.check_chunk(where, chunk)
+    return _ics(loss_fn, params, batch, lr, order=order, layers=layers, update_fn=update_fn, chunk=chunk,
+                axis_name=axis_name)

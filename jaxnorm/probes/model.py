@@ -1,0 +1,175 @@
+"""Probes on a Flax model and a training state: the loss-function builder and the training loop's probe step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnorm.probes import curvature as _curv
+from jaxnorm.probes import ics as _ics
+from jaxnorm.probes import landscape as _land
+from jaxnorm.probes import santurkar as _sant
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def _unpack(batch):
+    if isinstance(batch, Mapping):
+        missing = [k for k in ("x", "y") if k not in batch]
+        if missing:
+            raise ValueError(f"model_loss_fn: the batch needs keys 'x' and 'y' (and optionally 'mask'), missing "
+                             f"{missing}; got keys {sorted(batch)}")
+        return batch["x"], batch["y"], batch.get("mask")
+    if isinstance(batch, Sequence) and len(batch) in (2, 3):
+        return tuple(batch) + (None,) * (3 - len(batch))
+    raise ValueError("model_loss_fn: the batch must be a dict with 'x', 'y' (and optionally 'mask') or a tuple "
+                     f"(x, y) / (x, y, mask), got {type(batch).__name__}")
+
+
+def _per_example(loss, outputs, y):
+    if callable(loss):
+        return loss(outputs, y)
+    if loss == "cross_entropy":
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+    d = (outputs - y).astype(jnp.float32)
+    return jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=-1)
+
+
+def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None, *, train: bool = True,
+                  loss: str | Callable = "cross_entropy", axis_name: str | None = None) -> Callable:
+    """``loss_fn(params, batch) -> scalar`` for a Flax model, the input every probe takes.
+
+    * ``train=True`` (the Santurkar setting): ``model.apply({'params', 'batch_stats'}, x, train=True,
+      mutable=['batch_stats'], rngs={'dropout': dropout_key})``; batch norm normalizes with the statistics of the
+      batch (of each ``w(η)``'s own activations), and the updated running statistics are DISCARDED, so probing never
+      changes the training state. ``train=False`` uses the running statistics and no dropout.
+    * ``dropout_key``: one FIXED key: every point a probe evaluates sees the same dropout masks, so the probe
+      measures the landscape, not dropout noise. Needed in train mode when the model has dropout.
+    * ``loss``: ``'cross_entropy'`` (integer labels, as the train step), ``'mse'`` (``‖f(x) − y‖²`` per example, the
+      deep linear network's loss) or ``loss(outputs, y) -> per-example losses``.
+    * The batch is ``{'x', 'y'[, 'mask']}`` or ``(x, y[, mask])``; the loss is the mean over valid examples.
+    * ``axis_name`` (use with the probe's ``axis_name``): the loss returned is the device's share
+      ``Σ_local ℓ·mask / Σ_devices mask × num_devices``, so the probes' ``pmean`` gives exactly the global mean over
+      valid examples, even with uneven masks. Batch norm then normalizes with per-device statistics unless the model
+      was built with ``axis_name`` (sync batch norm); with per-device statistics the probed landscape is the sum of
+      per-device landscapes, not the global-batch one.
+
+    A fresh closure is a new function to ``jax.jit``: for repeated stand-alone probe calls (outside a jitted step)
+    keep one ``loss_fn`` whose varying inputs travel in ``batch``, or use :func:`make_probe_fn`.
+    """
+    if not callable(loss) and loss not in LOSSES:
+        raise ValueError(f"model_loss_fn: loss must be one of {LOSSES} or a callable, got {loss!r}")
+
+    def loss_fn(params, batch):
+        x, y, mask = _unpack(batch)
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+        rngs = {"dropout": dropout_key} if (train and dropout_key is not None) else None
+        if train:
+            outputs, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
+        else:
+            outputs = model.apply(variables, x, train=False)
+        per_example = _per_example(loss, outputs, y).astype(jnp.float32)
+        w = jnp.ones_like(per_example) if mask is None else mask.astype(jnp.float32)
+        total = jnp.sum(w)
+        if axis_name is not None:
+            total = jax.lax.psum(total, axis_name) / jax.lax.psum(1.0, axis_name)
+        return jnp.sum(per_example * w) / jnp.maximum(total, 1e-12)
+
+    return loss_fn
+
+
+PROBES = ("santurkar", "santurkar_random", "ics", "top_eigenvalues", "hessian_trace", "directional_curvature",
+          "loss_slice_1d")
+
+
+def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | Callable | None = None,
+                  tx: optax.GradientTransformation | None = None, loss: str | Callable = "cross_entropy",
+                  train: bool = True, axis_name: str | None = None,
+                  options: Mapping[str, Mapping[str, Any]] | None = None) -> Callable:
+    """``probe_fn(state, batch, key) -> dict`` of named arrays, un-jitted (jit, pmap or shard_map it, like the train
+    step); the training loop calls it every N steps on the current batch, BEFORE the train step on that batch.
+
+    ``state`` is a :class:`jaxnorm.train.steps.TrainState` (``step``, ``params``, ``batch_stats``, ``opt_state``),
+    never modified; ``batch`` is ``{'x', 'y', 'mask'}``; ``key`` a PRNG key for this probe call: one fixed dropout key
+    for every evaluation (folded with the device index under ``axis_name``) and the random vectors (the same on all
+    devices).
+
+    Args:
+      probes: names from ``PROBES``: ``'santurkar'`` (along the gradient), ``'santurkar_random'``, ``'ics'``,
+        ``'top_eigenvalues'``, ``'hessian_trace'``, ``'directional_curvature'``, ``'loss_slice_1d'``.
+      lr: the learning rate (a float or a schedule ``lr(step)``): the Santurkar grid ``[0.5, 4]·lr`` and the ICS
+        SGD update.
+      tx: if given, ICS updates the earlier layers with this optimizer's step from ``state.opt_state`` instead of SGD.
+      loss, train, axis_name: as in :func:`model_loss_fn` (``axis_name`` also ``pmean``s inside the probes).
+      options: per-probe keyword arguments, e.g. ``{'santurkar': {'chunk': 2}, 'ics': {'layers': ['conv_1']},
+        'top_eigenvalues': {'k': 2, 'num_iters': 20}, 'hessian_trace': {'num_samples': 10}}``.
+
+    Returns metrics named ``'<probe>/<quantity>'``: ``santurkar/loss_min``, ``santurkar/beta_smoothness``, …,
+    ``santurkar/losses`` (K,); ``ics/l2/<layer>``, ``ics/cos/<layer>``; ``hessian/top_eigenvalues`` (k,),
+    ``hessian/trace``, ``hessian/directional_curvature``; ``slice_1d/alphas``, ``slice_1d/losses``.
+    """
+    probes = tuple(probes)
+    bad = [p for p in probes if p not in PROBES]
+    if bad or not probes:
+        raise ValueError(f"make_probe_fn: unknown probes {bad}; choose from {PROBES}" if bad else
+                         f"make_probe_fn: probes is empty; choose from {PROBES}")
+    options = dict(options or {})
+    unknown = [k for k in options if k not in probes]
+    if unknown:
+        raise ValueError(f"make_probe_fn: options given for {unknown}, which are not among probes={probes}")
+    needs_lr = any(p in probes for p in ("santurkar", "santurkar_random")) or ("ics" in probes and tx is None)
+    if needs_lr and lr is None and not all("etas" in options.get(p, {}) for p in ("santurkar", "santurkar_random")
+                                           if p in probes):
+        raise ValueError("make_probe_fn: pass lr= (a float or a schedule): the Santurkar grid and the ICS update use "
+                         "it")
+
+    def probe_fn(state, batch, key) -> dict:
+        k_drop, k_dir, k_eig, k_trace, k_slice = jax.random.split(key, 5)
+        if axis_name is not None:
+            k_drop = jax.random.fold_in(k_drop, jax.lax.axis_index(axis_name))
+        loss_fn = model_loss_fn(model, state.batch_stats, k_drop, train=train, loss=loss, axis_name=axis_name)
+        step_lr = lr(state.step) if callable(lr) else lr
+        params = state.params
+        out = {}
+        for name in probes:
+            kw = dict(options.get(name, {}))
+            if name in ("santurkar", "santurkar_random"):
+                if name == "santurkar_random":
+                    kw.setdefault("direction", "random")
+                    kw.setdefault("key", k_dir)
+                res = _sant.santurkar_probe(loss_fn, params, batch, lr=step_lr, axis_name=axis_name, **kw)
+                out.update({f"{name}/{k}": v for k, v in res.items()})
+            elif name == "ics":
+                if tx is not None:
+                    def update_fn(p, g):
+                        return optax.apply_updates(p, tx.update(g, state.opt_state, p)[0])
+
+                    kw.setdefault("update_fn", update_fn)
+                res = _ics.internal_covariate_shift(loss_fn, params, batch, lr=step_lr, axis_name=axis_name, **kw)
+                for q, per_layer in res.items():
+                    out.update({f"ics/{q}/{layer}": v for layer, v in per_layer.items()})
+            elif name == "top_eigenvalues":
+                kw.setdefault("num_iters", 20)
+                vals, _ = _curv.hessian_top_eigenvalues(loss_fn, params, batch, key=k_eig, axis_name=axis_name, **kw)
+                out["hessian/top_eigenvalues"] = vals
+                out["hessian/top_eigenvalue"] = vals[0]
+            elif name == "hessian_trace":
+                kw.setdefault("num_samples", 10)
+                res = _curv.hessian_trace(loss_fn, params, batch, key=k_trace, axis_name=axis_name, **kw)
+                out["hessian/trace"] = res["trace"]
+                out["hessian/trace_std_error"] = res["std_error"]
+            elif name == "directional_curvature":
+                out["hessian/directional_curvature"] = _curv.directional_curvature(
+                    loss_fn, params, batch, axis_name=axis_name, **kw)
+            elif name == "loss_slice_1d":
+                res = _land.loss_slice_1d(loss_fn, params, batch, key=k_slice, axis_name=axis_name, **kw)
+                out["slice_1d/alphas"], out["slice_1d/losses"] = res["alphas"], res["losses"]
+        return out
+
+    return probe_fn

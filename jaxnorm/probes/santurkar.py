@@ -1,0 +1,153 @@
+"""Santurkar et al. (2018, §3.2, Fig. 4) landscape probes: loss variation, gradient predictiveness and effective
+β-smoothness along the gradient (or a random direction)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnorm.probes import _common as C
+
+#: The default step-size grid, in units of the learning rate: 8 points spaced geometrically over [0.5, 4]
+#: (0.5, 0.67, 0.91, 1.22, 1.64, 2.21, 2.97, 4.0). Geometric spacing (ours) gives every octave the same number of
+#: points; Santurkar et al. give only the range.
+DEFAULT_ETA_MULTIPLIERS: tuple[float, ...] = tuple(0.5 * 8.0 ** (i / 7) for i in range(8))
+
+DIRECTIONS = ("gradient", "random")
+
+
+def eta_grid(lr, low: float = 0.5, high: float = 4.0, num: int = 8, spacing: str = "geometric") -> jax.Array:
+    """Step sizes ``η = lr·m`` for ``num`` multipliers ``m`` spaced ``'geometric'``-ally or ``'linear'``-ly over
+    ``[low, high]`` (Santurkar et al.: [0.5, 4] for the VGG, [0.01, 30] for the deep linear network).
+
+    >>> eta_grid(0.1)                      # the default grid of santurkar_probe at lr = 0.1
+    >>> eta_grid(1e-6, 0.01, 30, num=10)   # the DLN grid
+    """
+    C.check_positive_int("eta_grid", "num", num)
+    if not (0 < low <= high and math.isfinite(high)):
+        raise ValueError(f"eta_grid: need 0 < low ≤ high < inf, got low={low!r}, high={high!r}")
+    if spacing == "geometric":
+        m = np.geomspace(low, high, num)
+    elif spacing == "linear":
+        m = np.linspace(low, high, num)
+    else:
+        raise ValueError(f"eta_grid: spacing must be 'geometric' or 'linear', got {spacing!r}")
+    return jnp.asarray(lr, jnp.float32) * jnp.asarray(m, jnp.float32)
+
+
+def _check_etas(etas, lr) -> None:
+    where = "santurkar_probe"
+    if etas is None:
+        if lr is None:
+            raise ValueError(f"{where}: pass lr= (the default grid is lr × {DEFAULT_ETA_MULTIPLIERS[0]:g}…"
+                             f"{DEFAULT_ETA_MULTIPLIERS[-1]:g}, 8 points) or an explicit etas= grid")
+        if jnp.ndim(lr) != 0:
+            raise ValueError(f"{where}: lr must be a scalar, got shape {jnp.shape(lr)}")
+        if C.is_concrete(lr):
+            v = float(lr)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{where}: lr must be a positive finite number (the grid is lr × [0.5, 4]), "
+                                 f"got {v!r}")
+        return
+    shape = jnp.shape(etas)
+    if len(shape) != 1 or shape[0] == 0:
+        raise ValueError(f"{where}: etas must be a non-empty 1-D grid of step sizes, got shape {shape}; e.g. "
+                         "etas=jaxnorm.probes.eta_grid(lr) (8 points in [0.5, 4]·lr)")
+    if C.is_concrete(etas):
+        e = np.asarray(etas, np.float64)
+        bad = e[~(np.isfinite(e) & (e > 0))]
+        if bad.size:
+            raise ValueError(f"{where}: step sizes must be positive and finite, got {bad.tolist()} in a grid of "
+                             f"{e.size}; use e.g. etas=eta_grid(lr, 0.5, 4) (w(η) = w − η·d with η > 0)")
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "direction", "chunk", "axis_name"))
+def _probe(loss_fn, params, batch, etas, lr, key, *, direction, chunk, axis_name):
+    C.check_scalar_loss("santurkar_probe", loss_fn, params, batch)
+    if etas is None:
+        etas = jnp.asarray(lr, jnp.float32) * jnp.asarray(DEFAULT_ETA_MULTIPLIERS, jnp.float32)
+    vg = C.value_and_grad(loss_fn, axis_name)
+    loss, g = vg(params, batch)
+    g_norm = C.tree_norm(g)
+    if direction == "gradient":
+        d, d_norm = g, g_norm
+    else:
+        z = C.tree_normal_like(key, params)
+        d = C.tree_scale(z, g_norm / C.tree_norm(z))
+        d_norm = C.tree_norm(d)
+
+    def at(eta):
+        loss_eta, g_eta = vg(C.tree_axpy(-eta, d, params), batch)
+        return loss_eta, C.tree_norm(C.tree_sub(g_eta, g))
+
+    losses, grad_changes = C.map_chunked(at, etas, chunk)
+    etas32 = jnp.asarray(etas, jnp.float32)
+    return {
+        "etas": etas32,
+        "losses": losses,
+        "grad_changes": grad_changes,
+        "loss": loss,
+        "grad_norm": g_norm,
+        "direction_norm": d_norm,
+        "loss_min": jnp.min(losses),
+        "loss_max": jnp.max(losses),
+        "grad_change_min": jnp.min(grad_changes),
+        "grad_change_max": jnp.max(grad_changes),
+        "beta_smoothness": jnp.max(grad_changes / (etas32 * d_norm)),
+    }
+
+
+def santurkar_probe(loss_fn: C.LossFn, params, batch, *, lr=None, etas=None, direction: str = "gradient",
+                    key: jax.Array | None = None, chunk: int | None = None, axis_name: str | None = None) -> dict:
+    """Santurkar et al. (2018)'s landscape probes at ``w = params`` on one batch.
+
+    With ``g = ∇L(w)`` and a direction ``d`` (``'gradient'``: ``d = g``; ``'random'``: a Gaussian direction drawn
+    from ``key`` and scaled to ``‖d‖ = ‖g‖``), for every step size ``η`` of the grid, ``w(η) = w − η·d`` and
+
+    * loss variation: ``L(w(η))``, summarized by the band ``[min_η, max_η]``;
+    * gradient predictiveness: ``‖∇L(w(η)) − g‖₂``, and its band;
+    * effective β-smoothness: ``β = max_η ‖∇L(w(η)) − g‖₂ / ‖η·d‖₂``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure. For a Flax model build it with
+        :func:`jaxnorm.probes.model_loss_fn` (train mode: batch norm uses the batch's statistics and its updated
+        running statistics are discarded; dropout uses one FIXED key, so every ``w(η)`` sees the same masks and the
+        probe measures the landscape, not dropout noise).
+      params: the parameter pytree ``w``; never modified (nothing is donated).
+      batch: any pytree ``loss_fn`` takes as its second argument (the same batch at every ``η``).
+      lr: the learning rate; the default grid is ``lr × DEFAULT_ETA_MULTIPLIERS`` (8 points geometrically spaced in
+        ``[0.5, 4]·lr``). May be a traced scalar (a schedule's value inside a jitted step).
+      etas: an explicit 1-D grid of absolute step sizes (positive), e.g. ``eta_grid(lr, 0.01, 30)``; overrides lr.
+      direction: ``'gradient'`` (the paper's probe) or ``'random'`` (the paper's remark: random directions behave
+        similarly).
+      key: PRNG key of the random direction (use the same key on every device under pmap).
+      chunk: evaluate at most ``chunk`` step sizes at once (``lax.map`` over vmapped groups) to bound memory; the
+        default evaluates all ``K`` in one ``vmap``.
+      axis_name: inside ``pmap``/``shard_map``, the device axis: losses and gradients are ``pmean``'d over it (the
+        loss_fn returns the device-local mean; with equal shards the result equals the global-batch probe).
+
+    Returns:
+      A dict of arrays: ``etas`` (K,), ``losses`` (K,), ``grad_changes`` (K,), ``loss`` ``L(w)``, ``grad_norm``
+      ``‖g‖``, ``direction_norm`` ``‖d‖``, ``loss_min``, ``loss_max``, ``grad_change_min``, ``grad_change_max``,
+      ``beta_smoothness``.
+
+    Cost: ``K + 1`` value-and-gradient evaluations in one compiled call; the compiled program is cached per
+    ``(loss_fn, shapes, direction, chunk, axis_name)`` — pass the same ``loss_fn`` object to avoid recompiling (new
+    ``params``, ``batch``, ``lr`` or ``etas`` values of the same shapes reuse it). Jit-, pmap- and grad-safe.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"santurkar_probe: direction must be one of {DIRECTIONS}, got {direction!r}")
+    _check_etas(etas, lr)
+    if direction == "random":
+        C.check_key("santurkar_probe", key, "direction='random'")
+    chunk = C.check_chunk("santurkar_probe", chunk)
+    if etas is not None and not isinstance(etas, jax.Array):
+        etas = np.asarray(etas, np.float32)
+    if lr is not None and not isinstance(lr, jax.Array):
+        lr = np.float32(lr)  # python ints and floats share one compiled program
+    return _probe(loss_fn, params, batch, etas, None if etas is not None else lr,
+                  key if direction == "random" else None, direction=direction, chunk=chunk, axis_name=axis_name)

@@ -1,0 +1,148 @@
+"""Data parallelism: one code path per mode, all with axis name ``'batch'``.
+
+- ``'none'``: ``jax.jit`` on one device.
+- ``'pmap'``: ``jax.pmap`` over the local devices; the state is replicated per device.
+- ``'sharding'``: ``jax.jit`` of a ``shard_map`` over a device ``Mesh`` with axis ``'batch'``: the state is replicated
+  (``NamedSharding(mesh, P())``) and the global batch sharded along its first axis (``P('batch')``) — the path JAX
+  recommends now that ``pmap`` is in maintenance.
+- ``'auto'``: ``'sharding'`` when there is more than one device, ``'none'`` otherwise.
+
+The step itself (see :func:`jaxnorm.train.steps.make_train_step`) is the same function in every mode; with several
+processes (``jax.distributed``) each process feeds its own slice of the global batch. Checkpoints always hold the
+unreplicated state, so a run can resume on a different number of devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MODES = ("auto", "none", "pmap", "sharding")
+AXIS = "batch"
+
+
+def resolve_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown parallel mode {mode!r}; valid: {', '.join(MODES)}")
+    if mode == "auto":
+        return "sharding" if jax.device_count() > 1 else "none"
+    return mode
+
+
+def initialize_distributed(config) -> None:
+    """``jax.distributed.initialize`` from the config (or JAX's own cluster detection when
+    ``config.distributed='auto'`` and a cluster environment is present). A no-op for one process."""
+    if config.num_processes <= 1 and not config.coordinator_address:
+        return
+    # nothing here may touch the XLA backend (jax.devices(), jax.process_count(), ...) before initialize()
+    if getattr(jax.distributed, "is_initialized", lambda: False)():
+        return
+    if not config.coordinator_address or config.num_processes < 2 or not 0 <= config.process_id < config.num_processes:
+        raise ValueError(
+            f"multi-process training needs coordinator_address (host:port), num_processes >= 2 and 0 <= process_id "
+            f"< num_processes; got {config.coordinator_address!r}, {config.num_processes}, {config.process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address, num_processes=config.num_processes,
+        process_id=config.process_id, heartbeat_timeout_seconds=config.heartbeat_timeout,
+        initialization_timeout=config.heartbeat_timeout * 3, shutdown_timeout_seconds=config.heartbeat_timeout)
+
+
+def check_batch_size(batch_size: int, num_devices: int) -> None:
+    if batch_size % num_devices:
+        lower = batch_size - batch_size % num_devices
+        raise ValueError(
+            f"the global batch_size={batch_size} is not divisible by the {num_devices} devices "
+            f"({jax.process_count()} process(es) × {jax.local_device_count()} local); use a multiple of "
+            f"{num_devices} such as {max(lower, num_devices)} or {lower + num_devices}")
+
+
+def _host(x):
+    """A host numpy copy of one replica of ``x`` (works for arrays not fully addressable by this process)."""
+    if isinstance(x, jax.Array):
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+@dataclasses.dataclass
+class DataParallel:
+    """Places states and batches for one mode and compiles the step for it."""
+
+    mode: str
+    mesh: Mesh | None = None
+
+    @classmethod
+    def create(cls, mode: str) -> "DataParallel":
+        mode = resolve_mode(mode)
+        mesh = Mesh(np.asarray(jax.devices()), (AXIS,)) if mode == "sharding" else None
+        return cls(mode, mesh)
+
+    @property
+    def axis_name(self) -> str | None:
+        return None if self.mode == "none" else AXIS
+
+    @property
+    def num_devices(self) -> int:
+        return 1 if self.mode == "none" else jax.device_count()
+
+    def local_slice(self, batch: dict) -> dict:
+        """This process's contiguous slice of a global batch (the whole batch for one process)."""
+        p, n = jax.process_index(), jax.process_count()
+        if n == 1:
+            return batch
+        size = len(batch["y"]) // n
+        return {k: v[p * size:(p + 1) * size] for k, v in batch.items()}
+
+    def put_batch(self, batch: dict) -> Any:
+        check_batch_size(len(batch["y"]), self.num_devices)
+        local = self.local_slice(batch)
+        if self.mode == "none":
+            return local
+        if self.mode == "pmap":
+            d = jax.local_device_count()
+            return {k: v.reshape((d, v.shape[0] // d) + v.shape[1:]) for k, v in local.items()}
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+
+    def put_state(self, state: Any) -> Any:
+        if self.mode == "none":
+            return state
+        if self.mode == "pmap":
+            d = jax.local_device_count()  # one copy per local device; pmap places them
+            return jax.tree.map(lambda v: np.broadcast_to(np.asarray(v), (d,) + np.shape(v)), state)
+        sharding = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), state)
+
+    def get_state(self, state: Any) -> Any:
+        """The unreplicated state on the host (what checkpoints and eval use)."""
+        if self.mode == "none":
+            return state
+        if self.mode == "pmap":
+            return jax.tree.map(lambda v: _host(v[0]), state)
+        return jax.tree.map(_host, state)
+
+    def compile(self, step: Callable) -> Callable:
+        """``step(state, batch) -> (state, metrics)`` compiled for this mode; metrics come back unreplicated."""
+        if self.mode == "none":
+            return jax.jit(step)
+        if self.mode == "pmap":
+            pstep = jax.pmap(step, axis_name=AXIS)
+
+            def run(state, batch):
+                state, metrics = pstep(state, batch)
+                return state, jax.tree.map(lambda m: m[0], metrics)
+
+            return run
+        shard_map = getattr(jax, "shard_map", None)
+        if shard_map is None:  # older JAX
+            from jax.experimental.shard_map import shard_map
+        specs = dict(mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+        try:  # outputs are psum'd/pmean'd, hence replicated; skip the static replication check (renamed over time)
+            mapped = shard_map(step, check_vma=False, **specs)
+        except TypeError:
+            mapped = shard_map(step, check_rep=False, **specs)
+        return jax.jit(mapped)
