@@ -5,7 +5,7 @@ norm; at paper scale ResNet-50 with the ImageNet stem on a prepared imagenet2012
     python train.py --config configs/resnet.py --workdir runs/resnet50 --config.dataset=imagenet2012 \
         --config.model=resnet50 --config.model_kwargs.width=1.0 --config.model_kwargs.stem=imagenet ...
 
-Expected (digits, ~2 minutes on 2 CPU cores): test accuracy ~0.97 with BN at batch 32.
+Expected (digits, 800 steps, ~40 s on 2 CPU cores): test accuracy 0.986 with BN at batch 32 (seed 0).
 Paper (ResNet-50, ImageNet, batch 32/GPU): top-1 error BN 23.6, GN 24.1, LN 25.3, IN 28.4.
 """
 
