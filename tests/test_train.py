@@ -176,3 +176,11 @@ def test_truncated_checkpoint_is_a_clear_error_and_earlier_ones_remain(tmp_path)
         loop.train_and_evaluate(load_config(num_steps=30), wd)
     result = loop.train_and_evaluate(load_config(num_steps=30, restore_step=10), wd)
     assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_eval_with_recomputed_population_statistics(tmp_path):
+    wd = str(tmp_path / "wd")
+    result = loop.train_and_evaluate(load_config(num_steps=10, eval_population_stats=True, population_batches=3), wd)
+    assert 0.0 <= result["population_accuracy"] <= 1.0 and np.isfinite(result["population_loss"])
+    row = [r for r in read_metrics(wd) if r["split"] == "eval"][-1]
+    assert "population_accuracy" in row and "accuracy" in row
