@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = "auto"  # auto | none | pmap | sharding
     c.sync_bn = True  # batch statistics over the global batch (psum of sums and counts); False: per device
     c.coordinator_address = ""  # host:port of process 0, for multi-process runs (jax.distributed)
-    c.num_processes = 1
+    c.num_processes = 1  # -1: let jax.distributed detect the cluster (TPU pods, SLURM)
     c.process_id = 0
     c.heartbeat_timeout = 30  # seconds before a lost process makes the others fail instead of hang
     return c

@@ -34,8 +34,12 @@ def resolve_mode(mode: str) -> str:
 
 
 def initialize_distributed(config) -> None:
-    """``jax.distributed.initialize`` from the config (or JAX's own cluster detection when
-    ``config.distributed='auto'`` and a cluster environment is present). A no-op for one process."""
+    """``jax.distributed.initialize`` from ``coordinator_address``/``num_processes``/``process_id``, or with JAX's
+    own cluster detection when ``num_processes=-1``. A no-op for one process."""
+    if config.num_processes == -1:  # let JAX detect the cluster (TPU pods, SLURM, Open MPI, ...)
+        if not getattr(jax.distributed, "is_initialized", lambda: False)():
+            jax.distributed.initialize()
+        return
     if config.num_processes <= 1 and not config.coordinator_address:
         return
     # nothing here may touch the XLA backend (jax.devices(), jax.process_count(), ...) before initialize()
