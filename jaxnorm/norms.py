@@ -13,7 +13,8 @@ Normalized output: ``x̂ = (x − μ)/√(σ² + ε)``, ``y = γ·x̂ + β``, wi
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -190,17 +191,134 @@ def batch_moments(
 
 
 def _normalize(x, scale, bias, mean, var, epsilon):
-    """``y = x·a + b`` with ``a = γ/√(σ²+ε)``, ``b = β − μ·a``: one fused multiply-add over ``x``.
+    """``y = (x − μ)·(1/√(σ²+ε))·γ + β``, one elementwise pass over ``x``.
 
-    ``mean``/``var`` and ``scale``/``bias`` must already broadcast against ``x`` (from the right)."""
-    a = lax.rsqrt(var + epsilon)
-    dt = a.dtype
+    ``mean``/``var`` and ``scale``/``bias`` must already broadcast against ``x`` (from the right). Written with the
+    small per-feature factors applied one by one rather than pre-multiplied (``x·a + b``): XLA then keeps each
+    broadcast inside the consumer's fusion, where a pre-multiplied ``a`` shared with the backward pass gets
+    materialized at full size (one extra write of ``x``'s size on CPU); it also avoids ``x·a − μ·a`` cancelling
+    when ``|μ| ≫ σ``."""
+    r = lax.rsqrt(var + epsilon)
+    dt = r.dtype
+    y = (x.astype(dt) - mean) * r
     if scale is not None:
-        a = a * jnp.asarray(scale, dt)
-    b = -mean * a
+        y = y * jnp.asarray(scale, dt)
     if bias is not None:
-        b = b + jnp.asarray(bias, dt)
-    return (x.astype(dt) * a + b).astype(x.dtype)
+        y = y + jnp.asarray(bias, dt)
+    return y.astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the training-mode core shared by every norm: statistics and normalized output in one function with a hand-written
+# JVP. Differentiating the plain formula makes XLA keep ``x − μ`` (or ``x − shift``) and broadcast factors as
+# full-size temporaries shared by the forward and backward passes; the JVP below is linear in ẋ through two
+# reductions only (Σẋ, Σx·ẋ), so reverse mode (its transpose) is the textbook
+# ``∂L/∂x = (γ/σ)(g − mean(g) − x̂·mean(g·x̂))``: two reductions and one elementwise pass, nothing else written.
+# A custom_jvp (not custom_vjp) keeps forward mode, jvp-of-grad (Hessian-vector products) and higher orders working.
+
+
+class _Spec(NamedTuple):
+    """Static description of one normalization: which values share a statistic and how it is formed."""
+
+    axes: tuple[int, ...]  # reduced axes (keepdims)
+    groups: int | None  # group norm: channels (last axis) combined in this many groups
+    axis_name: Any  # psum the sums and counts across devices
+    axis_index_groups: Any  # hashable (tuple of tuples) or None
+    center: bool  # subtract the mean (False: RMS norm)
+    centered_var: bool  # σ² = mean((x−μ)²) (False: the raw second moment mean(x²))
+    epsilon: float
+
+
+def _spec(axes, *, groups=None, axis_name=None, axis_index_groups=None, center=True, centered_var=True,
+          epsilon=1e-5) -> _Spec:
+    aig = None if axis_index_groups is None else tuple(tuple(int(i) for i in g) for g in axis_index_groups)
+    return _Spec(tuple(axes), groups, axis_name, aig, bool(center), bool(centered_var), float(epsilon))
+
+
+def _stat_sum(t, spec: _Spec, mask):
+    """Σ of ``t`` (times ``mask``) over the values sharing a statistic, keep-shaped (not yet psum-ed)."""
+    if mask is not None:
+        t = t * mask
+    s = jnp.sum(t, spec.axes, keepdims=True)
+    g = spec.groups
+    if g is not None and g < s.shape[-1]:  # group norm: combine the C/G channels of each group (small arrays)
+        lead, cg = s.shape[:-1], s.shape[-1] // g
+        s = jnp.sum(s.reshape(lead + (g, cg)), -1, keepdims=True)
+        s = jnp.broadcast_to(s, lead + (g, cg)).reshape(lead + (g * cg,))
+    return s
+
+
+def _stat_psum(tree, spec: _Spec):
+    aig = None if spec.axis_index_groups is None else [list(g) for g in spec.axis_index_groups]
+    return _psum(tree, spec.axis_name, aig)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _norm_core(x, scale, bias, shift, mask, spec: _Spec):
+    """``(y, μ, σ², count)``: ``y = (x − μ)·γ/√(σ² + ε) + β`` in the statistics dtype (``x`` unchanged when not
+    ``spec.center``), μ, σ² and count keep-shaped (count a scalar without ``mask``). ``shift`` (no gradient) is a
+    per-feature constant subtracted before squaring; ``mask`` (no gradient) is in the statistics dtype."""
+    dt = _stat_dtype(x)
+    xf = x.astype(dt)
+    if mask is None:
+        n = math.prod(x.shape[a] for a in spec.axes)
+        if spec.groups is not None:
+            n *= x.shape[-1] // spec.groups
+        count = jnp.asarray(n, dt)
+    else:
+        count = _stat_sum(jnp.broadcast_to(mask, x.shape), spec, None)
+    xs = xf - shift if (shift is not None and spec.centered_var) else xf
+    want_mean = spec.center or spec.centered_var
+    s1 = _stat_sum(xf, spec, mask) if want_mean else None
+    s2 = _stat_sum(xs * xs, spec, mask)
+    s1, s2, count = _stat_psum((s1, s2, count), spec)
+    safe = jnp.maximum(count, 1.0)
+    mean = s1 / safe if want_mean else jnp.zeros_like(s2)
+    if spec.centered_var:
+        d = mean if shift is None else mean - shift  # xs was shifted: Σ(x−k)²/n − (μ−k)²
+        var = jnp.maximum(s2 / safe - d * d, 0.0)
+    else:
+        var = s2 / safe
+    r = lax.rsqrt(var + spec.epsilon)
+    y = ((xf - mean) if spec.center else xf) * r
+    if scale is not None:
+        y = y * jnp.asarray(scale, dt)
+    if bias is not None:
+        y = y + jnp.asarray(bias, dt)
+    return y, mean, var, count
+
+
+@_norm_core.defjvp
+def _norm_core_jvp(spec: _Spec, primals, tangents):
+    x, scale, bias, shift, mask = primals
+    xd, sd, bd = tangents[:3]
+    y, mean, var, count = _norm_core(x, scale, bias, shift, mask, spec)
+    dt = y.dtype
+    xf, xdf = x.astype(dt), xd.astype(dt)
+    safe = jnp.maximum(count, 1.0)
+    want_mean = spec.center or spec.centered_var
+    sums = (_stat_sum(xdf, spec, mask) if want_mean else None, _stat_sum(xf * xdf, spec, mask))
+    md, mx = _stat_psum(sums, spec)
+    md = md / safe if want_mean else jnp.zeros_like(mean)  # μ̇ = mean(ẋ)
+    q = mx / safe - mean * md if spec.centered_var else mx / safe  # σ̇²/2
+    r = lax.rsqrt(var + spec.epsilon)
+    sr = r if scale is None else r * jnp.asarray(scale, dt)
+    # ẏ = ẋ·γr + x·w + u: w the coefficient of x, u a per-statistic constant
+    w = -(sr * r * r) * q
+    if scale is not None:
+        w = w + r * jnp.asarray(sd, dt)
+    yd = xdf * sr + xf * w
+    u = -(sr * md) - mean * w if spec.center else None
+    if bias is not None:
+        u = jnp.asarray(bd, dt) if u is None else u + jnp.asarray(bd, dt)
+    if u is not None:
+        yd = yd + u
+    return (y, mean, var, count), (yd, md, 2.0 * q, jnp.zeros_like(count))
+
+
+def _mask_for(mask, x):
+    m = _expand_mask(mask, x)
+    return None if m is None else lax.stop_gradient(m.astype(_stat_dtype(x)))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -321,8 +439,8 @@ def batch_norm(
             "(PyTorch refuses this too: the batch variance of one value is 0). Use a batch of at least 2, "
             "train=False, or a per-example norm such as layer_norm/group_norm"
         )
-    mask = _expand_mask(mask, x)
-    shift = stats["mean"]
+    mask = _mask_for(mask, x)
+    shift = lax.stop_gradient(stats["mean"].astype(_stat_dtype(x)).reshape(feat_shape))
 
     if virtual_batch_size is not None:
         if axis_name is not None:
@@ -333,18 +451,19 @@ def batch_norm(
         if fax == 0:
             raise ValueError("batch_norm: virtual batches split axis 0, which must then not be the feature axis")
         xg, mg = _ghost_view(x, mask, virtual_batch_size)
-        # each ghost batch xg[i] has x's rank, so the feature axis keeps its index
-        m = jax.vmap(lambda xi, mi: batch_moments(xi, axis=fax, mask=mi, shift=shift),
-                     in_axes=(0, None if mg is None else 0))(xg, mg)
-        gfs = [xg.shape[0]] + feat_shape
-        y = _normalize(xg, scale, bias, m["mean"].reshape(gfs), m["var"].reshape(gfs), epsilon)
+        # ghost batches along a new leading axis: the feature axis moves to fax + 1; statistics per (ghost, feature)
+        spec = _spec([i for i in range(xg.ndim) if i not in (0, fax + 1)], epsilon=epsilon)
+        y, mean, var, n = _norm_core(xg, scale, bias, shift, mg, spec)
         y = y.reshape(x.shape)
-        mean, var, n = m["mean"].mean(0), m["var"].mean(0), m["count"].mean(0)
+        mean, var = mean.mean(0).reshape(c), var.mean(0).reshape(c)
+        n = n.mean(0).reshape(c) if jnp.ndim(n) else n
     else:
-        m = batch_moments(x, axis=fax, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
-                          shift=shift)
-        mean, var, n = m["mean"], m["var"], m["count"]
-        y = _normalize(x, scale, bias, mean.reshape(feat_shape), var.reshape(feat_shape), epsilon)
+        spec = _spec([i for i in range(x.ndim) if i != fax], axis_name=axis_name,
+                     axis_index_groups=axis_index_groups, epsilon=epsilon)
+        y, mean, var, n = _norm_core(x, scale, bias, shift, mask, spec)
+        mean, var = mean.reshape(c), var.reshape(c)
+        n = n.reshape(c) if jnp.ndim(n) else n
+    y = y.astype(x.dtype)
 
     new_stats = update_running_stats(
         stats, lax.stop_gradient(mean), lax.stop_gradient(var), lax.stop_gradient(n),
@@ -459,15 +578,6 @@ def fold_batch_norm_params(
 # per-example norms: layer, instance, group, RMS
 
 
-def _moments_keepdims(x, axes, mask=None):
-    s1, s2, count = _sums(x, axes, None, _expand_mask(mask, x))
-    keep = [1 if i in axes else x.shape[i] for i in range(x.ndim)]
-    safe = jnp.maximum(count, 1.0)
-    mean = s1 / safe
-    var = jnp.maximum(s2 / safe - mean * mean, 0.0)
-    return mean.reshape(keep), var.reshape(keep)
-
-
 def layer_norm(
     x: Array,
     scale: Array | None = None,
@@ -488,8 +598,8 @@ def layer_norm(
     _check_rank("layer_norm", x, 2, "a batch axis and at least one feature axis")
     _check_affine("layer_norm", x, scale, bias)
     red = tuple(range(1, x.ndim)) if axes is None else _axes(x.ndim, axes)
-    mean, var = _moments_keepdims(x, red, mask)
-    return _normalize(x, scale, bias, mean, var, epsilon)
+    y = _norm_core(x, scale, bias, None, _mask_for(mask, x), _spec(red, epsilon=epsilon))[0]
+    return y.astype(x.dtype)
 
 
 def rms_norm(
@@ -508,12 +618,8 @@ def rms_norm(
     _check_rank("rms_norm", x, 2, "a batch axis and at least one feature axis")
     _check_affine("rms_norm", x, scale, None)
     red = tuple(range(1, x.ndim)) if axes is None else _axes(x.ndim, axes)
-    dt = _stat_dtype(x)
-    ms = jnp.mean(jnp.square(x.astype(dt)), axis=red, keepdims=True)
-    a = lax.rsqrt(ms + epsilon)
-    if scale is not None:
-        a = a * jnp.asarray(scale, dt)
-    return (x.astype(dt) * a).astype(x.dtype)
+    spec = _spec(red, center=False, centered_var=False, epsilon=epsilon)
+    return _norm_core(x, scale, None, None, None, spec)[0].astype(x.dtype)
 
 
 def _resolve_groups(name: str, channels: int, num_groups: int | None, group_size: int | None) -> int:
@@ -561,20 +667,8 @@ def group_norm(
     _check_affine("group_norm", x, scale, bias)
     c = x.shape[-1]
     g = _resolve_groups("group_norm", c, num_groups, group_size)
-    spatial = tuple(range(1, x.ndim - 1))
-    s1, s2, count = _sums(x, spatial, None, _expand_mask(mask, x))  # (N, C) each; count (N, C) or ()
-    n = x.shape[0]
-    cg = c // g
-    s1 = s1.reshape(n, g, cg).sum(-1)
-    s2 = s2.reshape(n, g, cg).sum(-1)
-    count = jnp.broadcast_to(count, (n, c)).reshape(n, g, cg).sum(-1)
-    safe = jnp.maximum(count, 1.0)
-    mean = s1 / safe
-    var = jnp.maximum(s2 / safe - mean * mean, 0.0)
-    keep = (n,) + (1,) * len(spatial) + (c,)
-    mean = jnp.repeat(mean, cg, axis=-1).reshape(keep)
-    var = jnp.repeat(var, cg, axis=-1).reshape(keep)
-    return _normalize(x, scale, bias, mean, var, epsilon)
+    spec = _spec(range(1, x.ndim - 1), groups=g, epsilon=epsilon)  # per-(example, channel) sums, then per group
+    return _norm_core(x, scale, bias, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
 
 
 def instance_norm(
@@ -590,8 +684,8 @@ def instance_norm(
     x = jnp.asarray(x)
     _check_rank("instance_norm", x, 3, "N×spatial…×C; an N×C input has nothing to normalize per instance")
     _check_affine("instance_norm", x, scale, bias)
-    mean, var = _moments_keepdims(x, tuple(range(1, x.ndim - 1)), mask)
-    return _normalize(x, scale, bias, mean, var, epsilon)
+    spec = _spec(range(1, x.ndim - 1), epsilon=epsilon)
+    return _norm_core(x, scale, bias, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
 
 
 def weight_standardize(kernel: Array, *, epsilon: float = 1e-5) -> Array:
@@ -644,20 +738,26 @@ def batch_renorm(
         return batch_norm(x, scale, bias, stats, train=False, epsilon=epsilon)
     if mask is None and axis_name is None and x.size // c <= 1:
         raise ValueError(f"batch_renorm: expected more than 1 value per channel in training, got {tuple(x.shape)}")
-    m = batch_moments(x, mask=mask, axis_name=axis_name, shift=stats["mean"])
-    sigma_b = jnp.sqrt(m["var"] + epsilon)
-    sigma = jnp.sqrt(stats["var"].astype(sigma_b.dtype) + epsilon)
-    r = lax.stop_gradient(jnp.clip(sigma_b / sigma, 1.0 / r_max, r_max))
-    d = lax.stop_gradient(jnp.clip((m["mean"] - stats["mean"]) / sigma, -d_max, d_max))
-    # x̂·γ + β = (x − μ_B)·(r/σ_B)·γ + (d·γ + β): an affine map per channel, one pass over x
-    g = 1.0 if scale is None else jnp.reshape(scale, (c,))
-    beta = 0.0 if bias is None else jnp.reshape(bias, (c,))
-    a = r / sigma_b * g
-    b = (d * g + beta) - m["mean"] * a
-    y = (x.astype(a.dtype) * a.reshape(feat_shape) + b.reshape(feat_shape)).astype(x.dtype)
-    new_stats = update_running_stats(stats, lax.stop_gradient(m["mean"]), lax.stop_gradient(m["var"]),
-                                     m["count"], momentum=momentum)
-    return y, new_stats
+    dt = _stat_dtype(x)
+    shift = lax.stop_gradient(stats["mean"].astype(dt).reshape(feat_shape))
+    spec = _spec(range(x.ndim - 1), axis_name=axis_name, epsilon=epsilon)
+    mk = _mask_for(mask, x)
+    # the batch statistics first (no gradient: r and d are constants), then the core with the affine map
+    # (x̂·r + d)·γ + β = x̂·(r·γ) + (d·γ + β) folded into its scale and bias; XLA merges the two calls' identical
+    # reductions, and the gradient w.r.t. γ, β flows through the small per-channel products
+    _, mean, var, n = _norm_core(lax.stop_gradient(x), None, None, shift, mk, spec)
+    mean, var = mean.reshape(c), var.reshape(c)
+    sigma_b = jnp.sqrt(var + epsilon)
+    sigma = jnp.sqrt(stats["var"].astype(dt) + epsilon)
+    r = jnp.clip(sigma_b / sigma, 1.0 / r_max, r_max)
+    d = jnp.clip((mean - stats["mean"].astype(dt)) / sigma, -d_max, d_max)
+    g = jnp.ones((c,), dt) if scale is None else jnp.asarray(scale, dt).reshape(c)
+    beta = jnp.zeros((c,), dt) if bias is None else jnp.asarray(bias, dt).reshape(c)
+    y = _norm_core(x, (r * g).reshape(feat_shape), (d * g + beta).reshape(feat_shape), shift, mk, spec)[0]
+    n = n.reshape(c) if jnp.ndim(n) else n
+    new_stats = update_running_stats(stats, lax.stop_gradient(mean), lax.stop_gradient(var),
+                                     lax.stop_gradient(n), momentum=momentum)
+    return y.astype(x.dtype), new_stats
 
 
 LP_NORMS = (1, 2, "inf")
@@ -694,6 +794,14 @@ def lp_batch_norm(
         return batch_norm(x, scale, bias, stats, train=False, epsilon=epsilon)
     feat_shape = [1] * (x.ndim - 1) + [c]
     red = tuple(range(x.ndim - 1))
+    if p == 2:  # s² = mean(x²): the core's raw-second-moment form, with its fused gradient
+        spec = _spec(red, axis_name=axis_name, centered_var=False, epsilon=epsilon)
+        y, mean, s2, n = _norm_core(x, _per_channel(scale, feat_shape), _per_channel(bias, feat_shape), None,
+                                    _mask_for(mask, x), spec)
+        n = n.reshape(c) if jnp.ndim(n) else n
+        new_stats = update_running_stats(stats, lax.stop_gradient(mean.reshape(c)), lax.stop_gradient(s2.reshape(c)),
+                                         lax.stop_gradient(n), momentum=momentum)
+        return y.astype(x.dtype), new_stats
     dt = _stat_dtype(x)
     xf = x.astype(dt)
     mk = _expand_mask(mask, x)
