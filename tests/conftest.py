@@ -1,7 +1,12 @@
-"""Test set-up: fake four CPU devices before jax is imported, so pmap/sharding tests run on CPU."""
+"""Test set-up, before jax is imported: fake four CPU devices so pmap/sharding tests run on CPU, and share one
+persistent compilation cache between the tests and the train.py subprocesses they start (the same small programs
+are compiled many times otherwise)."""
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxnorm-test-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
