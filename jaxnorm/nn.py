@@ -102,6 +102,30 @@ class BatchNorm(_RunningStats):
         return y
 
 
+class NoisyBatchNorm(BatchNorm):
+    """Batch norm plus Santurkar et al.'s Algorithm 1 noise in training (see :func:`jaxnorm.noisy_batch_norm`),
+    drawn from the ``rng_collection`` stream (default ``'dropout'``, so the usual ``rngs={'dropout': key}`` with a
+    new key per step gives new noise per step); no noise in eval."""
+
+    n_mu: float = 0.5
+    n_sigma: float = 1.25
+    r_mu: float = 0.1
+    r_sigma: float = 0.1
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        y = super().__call__(x, train, mask=mask)
+        if not _train(self.train, train, "NoisyBatchNorm") or self.is_initializing():
+            return y
+        if not self.has_rng(self.rng_collection):
+            raise ValueError(f"NoisyBatchNorm: train=True needs a {self.rng_collection!r} PRNG stream: "
+                             f"model.apply(..., rngs={{{self.rng_collection!r}: key}}) with a new key every step")
+        s, m = _norms.batch_norm_noise(self.make_rng(self.rng_collection), y.shape, n_mu=self.n_mu,
+                                       n_sigma=self.n_sigma, r_mu=self.r_mu, r_sigma=self.r_sigma)
+        return (y.astype(jnp.float32) * s + m).astype(y.dtype)
+
+
 class BatchRenorm(_RunningStats):
     """Batch renormalization (Ioffe 2017); see :func:`jaxnorm.batch_renorm`."""
 

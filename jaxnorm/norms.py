@@ -818,3 +818,53 @@ def lp_batch_norm(
     new_stats = update_running_stats(stats, lax.stop_gradient(m["mean"]), lax.stop_gradient(s2),
                                      m["count"], momentum=momentum)
     return y, new_stats
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# noisy batch norm (Santurkar et al. 2018, Algorithm 1)
+
+NOISY_BN_DEFAULTS = {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1}
+
+
+def batch_norm_noise(key: Array, shape: Sequence[int], *, n_mu: float = 0.5, n_sigma: float = 1.25,
+                     r_mu: float = 0.1, r_sigma: float = 0.1) -> tuple[Array, Array]:
+    """The multiplicative and additive noise ``(s, m)`` of Santurkar et al.'s Algorithm 1 for activations of
+    ``shape`` (``N×…×C``): per unit j (channel), ``μ_j ~ U(−n_μ, n_μ)``, ``σ_j ~ U(1, n_σ)``; per sample i and unit
+    j (every spatial position counts as a sample), ``m_ij ~ U(μ_j − r_μ, μ_j + r_μ)``, ``s_ij ~ N(σ_j, r_σ)``."""
+    if n_mu < 0 or n_sigma < 1 or r_mu < 0 or r_sigma < 0:
+        raise ValueError(f"noisy batch norm: need n_mu >= 0, n_sigma >= 1, r_mu >= 0, r_sigma >= 0; got "
+                         f"n_mu={n_mu}, n_sigma={n_sigma}, r_mu={r_mu}, r_sigma={r_sigma}")
+    c = shape[-1]
+    k_mu, k_sigma, k_m, k_s = jax.random.split(key, 4)
+    mu = jax.random.uniform(k_mu, (c,), jnp.float32, -n_mu, n_mu)
+    sigma = jax.random.uniform(k_sigma, (c,), jnp.float32, 1.0, n_sigma)
+    m = mu + jax.random.uniform(k_m, tuple(shape), jnp.float32, -r_mu, r_mu)
+    s = sigma + r_sigma * jax.random.normal(k_s, tuple(shape), jnp.float32)
+    return s, m
+
+
+def noisy_batch_norm(
+    x: Array,
+    scale: Array | None,
+    bias: Array | None,
+    stats: BatchStats,
+    *,
+    train: bool,
+    key: Array | None = None,
+    n_mu: float = 0.5,
+    n_sigma: float = 1.25,
+    r_mu: float = 0.1,
+    r_sigma: float = 0.1,
+    **batch_norm_kwargs,
+) -> tuple[Array, BatchStats]:
+    """Batch norm followed by Santurkar et al.'s time-varying noise (Algorithm 1): ``a_ij ← s_ij·a_ij + m_ij`` on
+    each output of :func:`batch_norm` (after γ, β), with ``(s, m)`` from :func:`batch_norm_noise` drawn from
+    ``key`` — a new key every step gives new noise. Eval mode (``train=False``) adds no noise and needs no key.
+    The paper's constants are the defaults: n_μ = 0.5, n_σ = 1.25, r_μ = r_σ = 0.1."""
+    y, new_stats = batch_norm(x, scale, bias, stats, train=train, **batch_norm_kwargs)
+    if not train:
+        return y, new_stats
+    if key is None:
+        raise ValueError("noisy_batch_norm: train=True needs key= (a new PRNG key every step), or train=False")
+    s, m = batch_norm_noise(key, y.shape, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma)
+    return (y.astype(jnp.float32) * s + m).astype(y.dtype), new_stats

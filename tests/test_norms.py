@@ -537,3 +537,45 @@ def test_other_errors():
         jn.batch_norm(jnp.ones((4, 2)), None, None, jn.init_batch_stats(2), train=True, mask=jnp.ones(3, bool))
     with pytest.raises(KeyError, match=r"'nope' not found"):
         jn.fold_batch_norm_params({"a": {"kernel": jnp.ones((2, 2))}}, {}, {"nope": "a"})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# noisy batch norm (Santurkar et al. 2018, Algorithm 1)
+
+
+def test_noisy_batch_norm_noise_statistics_match_algorithm_1():
+    shape = (4000, 5, 64)  # 20000 samples (spatial positions count as samples) × 64 units
+    s, m = jn.norms.batch_norm_noise(jax.random.key(3), shape)
+    s = np.asarray(s).reshape(-1, 64)
+    m = np.asarray(m).reshape(-1, 64)
+    mu_j, sigma_j = m.mean(0), s.mean(0)  # per-unit centres (within ±1e-3 of the drawn μ_j, σ_j)
+    assert np.all(np.abs(mu_j) <= 0.5 + 0.01) and mu_j.max() - mu_j.min() > 0.5  # μ_j ~ U(−0.5, 0.5)
+    assert np.all((sigma_j >= 1 - 0.01) & (sigma_j <= 1.25 + 0.01))  # σ_j ~ U(1, 1.25)
+    dev_m = m - mu_j
+    assert np.abs(dev_m).max() <= 0.1 + 3e-3 and abs(dev_m.std() - 0.1 / np.sqrt(3)) < 2e-3  # U(μ_j ± r_μ)
+    assert abs((s - sigma_j).std() - 0.1) < 2e-3  # N(σ_j, r_σ)
+
+
+def test_noisy_batch_norm_new_noise_each_step_and_none_in_eval():
+    x = rand((8, 4, 6), loc=1.0)
+    stats = jn.init_batch_stats(6)
+    y_bn, st_bn = jn.batch_norm(x, None, None, stats, train=True)
+    y1, st1 = jn.noisy_batch_norm(x, None, None, stats, train=True, key=jax.random.key(1))
+    y2, _ = jn.noisy_batch_norm(x, None, None, stats, train=True, key=jax.random.key(2))
+    assert not np.allclose(y1, y2) and not np.allclose(y1, y_bn)
+    close(st1["mean"], st_bn["mean"])  # the noise is after the statistics: running averages are BN's
+    s, m = jn.norms.batch_norm_noise(jax.random.key(1), x.shape)
+    close(y1, np.asarray(y_bn) * np.asarray(s) + np.asarray(m))
+    y_eval, _ = jn.noisy_batch_norm(x, None, None, st1, train=False)
+    close(y_eval, jn.batch_norm(x, None, None, st1, train=False)[0])
+    layer = jn.nn.NoisyBatchNorm()
+    v = layer.init(jax.random.key(0), x, train=False)
+    a, _ = layer.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(5)})
+    b, _ = layer.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(6)})
+    assert not np.allclose(a, b)
+    close(layer.apply(v, x, train=False), jn.batch_norm(x, v["params"]["scale"], v["params"]["bias"],
+                                                         v["batch_stats"], train=False)[0])
+    with pytest.raises(ValueError, match=r"needs a 'dropout' PRNG stream"):
+        layer.apply(v, x, train=True, mutable=["batch_stats"])
+    with pytest.raises(ValueError, match=r"n_sigma >= 1"):
+        jn.noisy_batch_norm(x, None, None, stats, train=True, key=jax.random.key(1), n_sigma=0.5)
