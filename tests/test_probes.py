@@ -11,7 +11,7 @@ import pytest
 
 import jaxnorm.probes as jp
 from jaxnorm.models import build_model
-from jaxnorm.train.steps import create_state, make_train_step
+from jaxnorm.train.steps import create_state
 
 N = 10
 D = 4
@@ -64,9 +64,12 @@ def test_santurkar_quadratic_closed_form():
     np.testing.assert_allclose([r["loss_min"], r["loss_max"]], [r["losses"].min(), r["losses"].max()])
     np.testing.assert_allclose([r["grad_change_min"], r["grad_change_max"]],
                                [r["grad_changes"][0], r["grad_changes"][-1]], rtol=1e-6)
-    # chunked (lax.map over groups of 3) = all at once; explicit linear grid
-    rc = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, chunk=3)
-    np.testing.assert_allclose(rc["grad_changes"], r["grad_changes"], rtol=1e-5)
+    # every evaluation plan gives the same numbers: one vmap, groups of 3 (+ a remainder of 2) unrolled or in a
+    # scan loop, one at a time
+    for chunk, unroll in ((None, None), (3, True), (3, False), (1, False)):
+        rc = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, chunk=chunk, unroll=unroll)
+        np.testing.assert_allclose(rc["grad_changes"], r["grad_changes"], rtol=1e-5)
+        np.testing.assert_allclose(rc["losses"], r["losses"], rtol=1e-5)
     lin = jp.eta_grid(0.1, 0.5, 4.0, num=4, spacing="linear")
     np.testing.assert_allclose(lin, [0.05, 0.1666667, 0.2833333, 0.4], rtol=1e-6)
 
@@ -127,17 +130,22 @@ def test_top_eigenvalues_match_eigh(method, eigs):
     a, _, _, params, batch = _quadratic(eigs)
     lam, q = np.linalg.eigh(a)
     order = np.argsort(-np.abs(lam))[:3]
-    vals, vecs = jp.hessian_top_eigenvalues(quad_loss, params, batch, k=3, key=jax.random.key(0), method=method,
-                                            num_iters=300 if method == "power" else N, tol=0.0)
-    np.testing.assert_allclose(vals, lam[order], rtol=1e-3, atol=1e-3)  # signed, by magnitude
-    assert vecs["w"].shape == (3, N)
-    overlap = np.abs(np.sum(np.asarray(vecs["w"], np.float64) * q[:, order].T, axis=1))
-    np.testing.assert_allclose(overlap, 1.0, atol=1e-3)
+    for loop in ("device", "host"):
+        vals, vecs = jp.hessian_top_eigenvalues(quad_loss, params, batch, k=3, key=jax.random.key(0), method=method,
+                                                num_iters=150 if method == "power" else N, tol=1e-7, loop=loop)
+        np.testing.assert_allclose(vals, lam[order], rtol=1e-3, atol=1e-3)  # signed, by magnitude
+        assert vecs["w"].shape == (3, N)
+        overlap = np.abs(np.sum(np.asarray(vecs["w"], np.float64) * q[:, order].T, axis=1))
+        np.testing.assert_allclose(overlap, 1.0, atol=1e-3)
 
 
 def test_hessian_trace_hutchinson():
     a, _, _, params, batch = _quadratic(INDEF)
-    r = jp.hessian_trace(quad_loss, params, batch, key=jax.random.key(1), num_samples=4000, chunk=None)
+    r = jp.hessian_trace(quad_loss, params, batch, key=jax.random.key(1), num_samples=4000, chunk=None, loop="device")
+    # the same vectors on the host loop (groups of 3, the last one short) and the device program
+    host = jp.hessian_trace(quad_loss, params, batch, key=jax.random.key(1), num_samples=7, chunk=3, loop="host")
+    dev = jp.hessian_trace(quad_loss, params, batch, key=jax.random.key(1), num_samples=7, chunk=3, loop="device")
+    np.testing.assert_allclose(host["trace"], dev["trace"], rtol=1e-5)
     off = a - np.diag(np.diag(a))
     se = np.sqrt(2 * np.sum(off ** 2) / 4000)  # the exact standard error of the mean
     assert abs(float(r["trace"]) - np.trace(a)) < 4 * se
@@ -149,7 +157,11 @@ def test_spectral_density():
     a, _, _, params, batch = _quadratic(SPD)
     runs = 400
     r = jp.hessian_spectral_density(quad_loss, params, batch, key=jax.random.key(2), num_lanczos_steps=N,
-                                    num_runs=runs, num_points=2000, chunk=None)
+                                    num_runs=runs, num_points=2000, chunk=None, loop="device")
+    few = [jp.hessian_spectral_density(quad_loss, params, batch, key=jax.random.key(2), num_lanczos_steps=N,
+                                       num_runs=2, num_points=50, loop=loop) for loop in ("host", "device")]
+    np.testing.assert_allclose(few[0]["nodes"], few[1]["nodes"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(few[0]["density"], few[1]["density"], rtol=1e-3, atol=1e-5)
     grid, dens = np.asarray(r["grid"], np.float64), np.asarray(r["density"], np.float64)
     np.testing.assert_allclose(np.trapezoid(dens, grid), 1.0, atol=1e-3)
     np.testing.assert_allclose(np.sum(r["weights"], axis=1), 1.0, atol=1e-4)
@@ -200,12 +212,19 @@ def test_ics_two_layer_linear_by_hand():
     rr = jp.internal_covariate_shift(lin2_loss, params, batch, lr=lr, order=["layer2", "layer1"], layers="layer1")
     assert list(rr["l2"]) == ["layer1"]
     np.testing.assert_allclose(rr["l2"]["layer1"], np.linalg.norm(g1 - _lin2_grads(w1, w2_new, x, y)[0]), rtol=1e-4)
-    # an optax update (momentum SGD from a zero trace: the first step is SGD) and a chunked evaluation
+    # an optax update (momentum SGD from a zero trace: the first step is SGD), as tx + opt_state or as update_fn
     tx = optax.sgd(lr, momentum=0.9)
     opt_state = tx.init(params)
-    ro = jp.internal_covariate_shift(lin2_loss, params, batch, chunk=1,
-                                     update_fn=lambda p, g: optax.apply_updates(p, tx.update(g, opt_state, p)[0]))
+    ro = jp.internal_covariate_shift(lin2_loss, params, batch, tx=tx, opt_state=opt_state, chunk=None)
     np.testing.assert_allclose(ro["l2"]["layer2"], r["l2"]["layer2"], rtol=1e-5)
+    ru = jp.internal_covariate_shift(lin2_loss, params, batch, chunk=1, unroll=False,
+                                     update_fn=lambda p, g: optax.apply_updates(p, tx.update(g, opt_state, p)[0]))
+    np.testing.assert_allclose(ru["l2"]["layer2"], r["l2"]["layer2"], rtol=1e-5)
+    # Adam's first step moves every entry by ≈ lr·sign(g): a different W1′, so a different G′
+    adam = optax.adam(lr)
+    ra = jp.internal_covariate_shift(lin2_loss, params, batch, tx=adam, opt_state=adam.init(params))
+    w1_adam = w1 - lr * g1 / (np.abs(g1) + 1e-8)
+    np.testing.assert_allclose(ra["l2"]["layer2"], np.linalg.norm(g2 - _lin2_grads(w1_adam, w2, x, y)[1]), rtol=1e-4)
 
 
 def test_layer_order_follows_the_computation_not_the_keys():
@@ -217,26 +236,29 @@ def test_layer_order_follows_the_computation_not_the_keys():
     assert jp.layer_order(loss, params, jnp.ones((5, 4))) == ("z_first", "a_last", "unused")
     model = build_model("simple_cnn", channels=(2, 3), norm="batch", num_classes=2)
     x = jnp.ones((2, 4, 4, 1))
-    v = model.init(jax.random.key(0), x, train=False)
-    sorted_params = jax.tree.map(lambda t: t, v["params"])  # what an optimizer step returns: sorted keys
+    v = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype),  # shapes suffice: nothing runs
+                     jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
+    sorted_params = v["params"]  # as an optimizer step returns them: jax.tree.map sorts dict keys
     assert list(sorted_params) == ["conv_0", "conv_1", "head", "norm_0", "norm_1"]
     lf = jp.model_loss_fn(model, v["batch_stats"])
     assert jp.layer_order(lf, sorted_params, (x, jnp.zeros(2, jnp.int32))) == (
         "conv_0", "norm_0", "conv_1", "norm_1", "head")
 
 
-# ---- loss slices and filter normalization -----------------------------------------------------------------------------
+# ---- loss slices and filter normalization ---------------------------------------------------------------------------
 
 def test_filter_normalization():
-    k = jax.random.split(jax.random.key(0), 4)
-    params = {"conv": {"kernel": jax.random.normal(k[0], (3, 3, 2, 4)), "bias": jax.random.normal(k[1], (4,))},
-              "dense": {"kernel": 3.0 * jax.random.normal(k[2], (5, 3))}, "norm": {"scale": jnp.full((4,), 2.0)}}
-    d = jp.filter_normalized_direction(k[3], params)
+    rng = np.random.default_rng(0)
+    params = {"conv": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": rng.normal(size=4)},
+              "dense": {"kernel": 3.0 * rng.normal(size=(5, 3))}, "norm": {"scale": np.full(4, 2.0)}}
+    params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params)
+    key = jax.random.key(3)
+    d = jp.filter_normalized_direction(key, params)
     for name, axes in (("conv", (0, 1, 2)), ("dense", (0,))):
         w, dk = np.asarray(params[name]["kernel"]), np.asarray(d[name]["kernel"])
         np.testing.assert_allclose(np.sqrt((dk ** 2).sum(axes)), np.sqrt((w ** 2).sum(axes)), rtol=1e-5)
     assert not np.any(np.asarray(d["conv"]["bias"])) and not np.any(np.asarray(d["norm"]["scale"]))
-    d1 = jp.filter_normalized_direction(k[3], params, include_1d=True)
+    d1 = jp.filter_normalized_direction(key, params, include_1d=True)
     np.testing.assert_allclose(np.linalg.norm(d1["norm"]["scale"]), np.linalg.norm(params["norm"]["scale"]), rtol=1e-5)
     np.testing.assert_array_equal(d1["conv"]["kernel"], d["conv"]["kernel"])
 
@@ -272,19 +294,28 @@ def _bn_state():
     x = jax.random.normal(jax.random.key(0), (8, 5))
     batch = {"x": x, "y": jnp.arange(8) % 3, "mask": jnp.ones(8, bool)}
     tx = optax.sgd(0.1, momentum=0.9)
-    state = create_state(model, tx, x, 0)
-    state, _ = jax.jit(make_train_step(model, tx, lambda s: 0.1, 0))(state, batch)  # non-trivial stats and trace
-    return model, tx, state, batch
+
+    @jax.jit  # one compiled program: cheaper than dozens of eager ops
+    def make():
+        state = create_state(model, tx, x, 0)
+        # non-trivial running statistics and momentum trace
+        _, new_vars = model.apply(state.variables(), x, train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": jax.random.key(1)})
+        _, opt_state = tx.update(jax.tree.map(jnp.ones_like, state.params), state.opt_state, state.params)
+        return state.replace(batch_stats=new_vars["batch_stats"], opt_state=opt_state)
+
+    return model, tx, make(), batch
 
 
 def test_probes_leave_training_state_untouched():
     model, tx, state, batch = _bn_state()
     before = jax.tree.map(lambda v: np.array(v, copy=True), state)
+    vmapped = {"chunk": None}  # one vmap: the smallest program to compile (CPU defaults unroll K evaluations)
     probe_fn = jax.jit(jp.make_probe_fn(
-        model, probes=("santurkar", "santurkar_random", "ics", "directional_curvature"), lr=0.1, tx=tx,
-        options={"ics": {"layers": ["dense_0", "head"]}}))
+        model, probes=("santurkar", "ics", "directional_curvature"), lr=0.1, tx=tx,
+        options={"santurkar": vmapped, "ics": {"layers": ["dense_0", "head"], **vmapped}}))
     out = probe_fn(state, batch, jax.random.key(4))
-    assert {"santurkar/beta_smoothness", "santurkar_random/losses", "ics/l2/head", "ics/cos/dense_0",
+    assert {"santurkar/beta_smoothness", "santurkar/losses", "ics/l2/head", "ics/cos/dense_0",
             "hessian/directional_curvature"} <= set(out)
     assert out["santurkar/losses"].shape == (8,)
     chex.assert_tree_all_finite(out)
@@ -292,46 +323,73 @@ def test_probes_leave_training_state_untouched():
     for leaf in jax.tree.leaves(state):
         assert not leaf.is_deleted()  # nothing donated
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state), before)
-    # a stand-alone probe on a fixed-dropout-key loss is deterministic and leaves the stats alone too
-    lf = jp.model_loss_fn(model, state.batch_stats, jax.random.key(9))
-    r1 = jp.santurkar_probe(lf, state.params, batch, lr=0.1)
-    r2 = jp.santurkar_probe(lf, state.params, batch, lr=0.1)
-    np.testing.assert_array_equal(r1["losses"], r2["losses"])
+    # model_loss_fn: a fixed dropout key gives a deterministic loss; train mode uses the batch's statistics
+    lf = jax.jit(lambda k: jp.model_loss_fn(model, state.batch_stats, k)(state.params, batch))
+    k9, k10 = jax.random.key(9), jax.random.key(10)
+    assert float(lf(k9)) == float(lf(k9)) != float(lf(k10))
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state), before)
 
 
-# ---- pmap over 4 fake devices = one device on the global batch --------------------------------------------------------
+def test_probe_fn_eager_compiles_once_per_shape():
+    """The loop may call probe_fn eagerly every N steps: one loss_fn serves every state, so the probes' compiled
+    programs are reused."""
+    model, tx, state, batch = _bn_state()
+    probe_fn = jp.make_probe_fn(model, probes=("santurkar",), lr=lambda step: 0.1 + 0.01 * step,
+                                options={"santurkar": {"chunk": None}})
+    out = probe_fn(state, batch, jax.random.key(0))
+    np.testing.assert_allclose(out["santurkar/etas"], 0.1 * np.geomspace(0.5, 4, 8), rtol=1e-6)
+    size = jp.santurkar._probe._cache_size()
+    state2 = state.replace(step=state.step + 1, params=jax.tree.map(lambda w: w * 1.1, state.params))
+    out2 = probe_fn(state2, batch, jax.random.key(1))
+    np.testing.assert_allclose(out2["santurkar/etas"], 0.11 * np.geomspace(0.5, 4, 8), rtol=1e-6)
+    assert jp.santurkar._probe._cache_size() == size
+    assert float(out2["santurkar/loss"]) != float(out["santurkar/loss"])
+
+
+# ---- pmap over 4 fake devices = one device on the global batch ------------------------------------------------------
 
 def test_pmap_probe_equals_global_batch():
+    """make_probe_fn under pmap (axis_name='batch': losses, gradients and HVPs pmean'd; model_loss_fn's per-device
+    share makes the mean exact even with an uneven mask) = the same probes on one device and the global batch."""
     assert jax.device_count() >= D, "tests/conftest.py fakes 4 CPU devices"
-    model = build_model("mlp", hidden=(6,), num_classes=3)  # no batch statistics: per-example mean, exact
-    x = jax.random.normal(jax.random.key(0), (16, 5))
-    y = jnp.arange(16) % 3
-    params = model.init(jax.random.key(1), x, train=False)["params"]
-    single_loss = jp.model_loss_fn(model)
+    model = build_model("mlp", hidden=(6,), num_classes=3)  # no batch statistics: per-example losses, exact
+    rng = np.random.default_rng(0)  # numpy inputs: no eager jax ops to compile
+    x = rng.normal(size=(16, 5)).astype(np.float32)
+    mask = np.ones(16, bool)
+    mask[[1, 2, 3, 9]] = False  # device 0 keeps 1 example, device 2 keeps 3
+    batch = {"x": x, "y": np.arange(16) % 3, "mask": mask}
+    state = jax.jit(lambda: create_state(model, optax.sgd(0.5), x, 1))()
     key = jax.random.key(2)
+    kw = dict(probes=("santurkar_random", "directional_curvature"), lr=0.5,
+              options={"santurkar_random": {"chunk": 2, "unroll": False}})  # groups of 2 in a lax.scan loop
+    one = jax.jit(jp.make_probe_fn(model, **kw))(state, batch, key)
+    many = jax.pmap(jp.make_probe_fn(model, axis_name="batch", **kw), axis_name="batch", in_axes=(None, 0, None))(
+        state, {k: v.reshape((D, 4) + v.shape[1:]) for k, v in batch.items()}, key)
+    assert set(many) == set(one)
+    for name in ("santurkar_random/losses", "santurkar_random/grad_changes", "santurkar_random/beta_smoothness",
+                 "santurkar_random/grad_norm", "hessian/directional_curvature"):
+        got = np.asarray(many[name])
+        np.testing.assert_allclose(got[0], one[name], rtol=3e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(got[0], got[3])  # the same on every device
 
-    def probes(p, b, axis_name):
-        s = jp.santurkar_probe(single_loss, p, b, lr=0.5, direction="random", key=key, axis_name=axis_name)
-        c = jp.directional_curvature(single_loss, p, b, axis_name=axis_name)
-        return s["grad_changes"], s["losses"], s["beta_smoothness"], c
 
-    want = probes(params, (x, y), None)
-    rep = jax.tree.map(lambda v: jnp.broadcast_to(v, (D,) + v.shape), params)
-    shard = (x.reshape(D, 4, 5), y.reshape(D, 4))
-    got = jax.pmap(lambda p, b: probes(p, b, "batch"), axis_name="batch")(rep, shard)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g[0], w, rtol=2e-5, atol=1e-6)
-        np.testing.assert_array_equal(g[0], g[3])  # identical on every device
-    # the loop's probe step with an uneven mask: model_loss_fn's axis_name share makes the pmean exact
-    mask = jnp.ones(16, bool).at[jnp.array([1, 2, 3, 9])].set(False)
-    batch = {"x": x, "y": y, "mask": mask}
-    state = create_state(model, optax.sgd(0.5), x, 1)
-    one = jax.jit(jp.make_probe_fn(model, lr=0.5))(state, batch, key)
-    many = jax.pmap(jp.make_probe_fn(model, lr=0.5, axis_name="batch"), axis_name="batch", in_axes=(None, 0, None))(
-        state, jax.tree.map(lambda v: v.reshape((D, 4) + v.shape[1:]), batch), key)
-    for name in ("santurkar/losses", "santurkar/grad_changes", "santurkar/beta_smoothness"):
-        np.testing.assert_allclose(many[name][0], one[name], rtol=2e-5, atol=1e-6)
+def test_pmap_sync_batch_norm_equals_global_batch():
+    """With batch norm the probes see per-device statistics unless the model syncs them (axis_name='batch'): then
+    the pmap probe is the global-batch probe."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 5)).astype(np.float32)
+    batch = {"x": x, "y": np.arange(16) % 3}
+    local = build_model("mlp", hidden=(6,), norm="batch", num_classes=3)
+    synced = build_model("mlp", hidden=(6,), norm="batch", num_classes=3, axis_name="batch")
+    state = jax.jit(lambda: create_state(local, optax.sgd(0.5), x, 1))()
+    kw = dict(probes=("ics",), lr=0.5, options={"ics": {"chunk": None}})
+    one = jax.jit(jp.make_probe_fn(local, **kw))(state, batch, jax.random.key(0))
+    many = jax.pmap(jp.make_probe_fn(synced, axis_name="batch", **kw), axis_name="batch", in_axes=(None, 0, None))(
+        state, {k: v.reshape((D, 4) + v.shape[1:]) for k, v in batch.items()}, jax.random.key(0))
+    for layer in ("dense_0", "norm_0", "head"):
+        np.testing.assert_allclose(np.asarray(many[f"ics/l2/{layer}"])[0], one[f"ics/l2/{layer}"], rtol=1e-4,
+                                   atol=1e-7)
+    assert float(one["ics/l2/head"]) > 0
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
@@ -358,10 +416,14 @@ def test_bad_inputs_raise_clear_errors():
         jp.internal_covariate_shift(lin2_loss, p2, b2, lr=0.0)
     with pytest.raises(ValueError, match=r"no layer named 'layer3'.*valid layer names.*\['layer1', 'layer2'\]"):
         jp.internal_covariate_shift(lin2_loss, p2, b2, lr=0.1, layers=["layer1", "layer3"])
+    with pytest.raises(ValueError, match=r"layers is empty; name at least one of \['layer1', 'layer2'\]"):
+        jp.internal_covariate_shift(lin2_loss, p2, b2, lr=0.1, layers=[])
     with pytest.raises(ValueError, match=r"order must list every.*missing \['layer2'\]"):
         jp.internal_covariate_shift(lin2_loss, p2, b2, lr=0.1, order=["layer1"])
     with pytest.raises(ValueError, match=r"pass lr="):
         jp.internal_covariate_shift(lin2_loss, p2, b2)
+    with pytest.raises(ValueError, match=r"tx= needs the optimizer state opt_state="):
+        jp.internal_covariate_shift(lin2_loss, p2, b2, tx=optax.sgd(0.1))
 
     with pytest.raises(ValueError, match=r"k=11 eigenvalues but params has only 10 entries.*use k ≤ 10"):
         jp.hessian_top_eigenvalues(quad_loss, params, batch, k=11, key=jax.random.key(0))
@@ -386,3 +448,5 @@ def test_bad_inputs_raise_clear_errors():
         jp.loss_slice_1d(quad_loss, params, batch, key=jax.random.key(0), span=0.0)
     with pytest.raises(ValueError, match=r"unknown probes \['hessian'\]"):
         jp.make_probe_fn(None, probes=("hessian",), lr=0.1)
+    with pytest.raises(ValueError, match=r"probes \['santurkar', 'ics'\] need lr="):
+        jp.make_probe_fn(None, probes=("santurkar", "ics"))

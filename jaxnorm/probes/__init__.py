@@ -17,8 +17,12 @@ with ``axis_name=`` (losses and gradients ``pmean``'d: the global-batch result f
     c = jp.directional_curvature(loss_fn, state.params, batch)           # gᵀHg/‖g‖²
     sl = jp.loss_slice_1d(loss_fn, state.params, batch, key=key, steps=21, span=1.0)
 
-    probe_fn = jax.jit(jp.make_probe_fn(model, probes=('santurkar', 'ics'), lr=0.1))   # for the training loop
-    metrics = probe_fn(state, batch, key)                                 # {'santurkar/beta_smoothness': …}
+    loss_fn = jp.model_state_loss_fn(model)     # the same, with the state as an input: compiled once for all steps
+    s = jp.santurkar_probe(loss_fn, state.params, {'batch': batch, 'batch_stats': state.batch_stats,
+                                                   'dropout_key': dropout_key}, lr=0.1)
+
+    probe_fn = jp.make_probe_fn(model, probes=('santurkar', 'ics'), lr=0.1)   # for the training loop
+    metrics = probe_fn(state, batch, key)        # {'santurkar/beta_smoothness': …}; eager, jit or pmap
 """
 
 from jaxnorm.probes.curvature import (
@@ -30,7 +34,7 @@ from jaxnorm.probes.curvature import (
 )
 from jaxnorm.probes.ics import internal_covariate_shift, layer_order
 from jaxnorm.probes.landscape import filter_normalize, filter_normalized_direction, loss_slice_1d, loss_slice_2d
-from jaxnorm.probes.model import LOSSES, PROBES, make_probe_fn, model_loss_fn
+from jaxnorm.probes.model import LOSSES, PROBES, make_probe_fn, model_loss_fn, model_state_loss_fn
 from jaxnorm.probes.santurkar import DEFAULT_ETA_MULTIPLIERS, eta_grid, santurkar_probe
 
 __all__ = [
@@ -51,5 +55,6 @@ __all__ = [
     "loss_slice_2d",
     "make_probe_fn",
     "model_loss_fn",
+    "model_state_loss_fn",
     "santurkar_probe",
 ]

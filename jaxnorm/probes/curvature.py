@@ -21,7 +21,7 @@ def _hvp_fn(loss_fn, params, batch, axis_name):
 
 
 def _flat_hvp_fn(loss_fn, params, batch, axis_name):
-    """``(matvec, n, dtype)`` with ``matvec(v) = H v`` on the raveled parameter vector (float32)."""
+    """``(matvec, n)`` with ``matvec(v) = H v`` on the raveled parameter vector (float32) of size n."""
     flat, unravel = ravel_pytree(params)
     tree_hvp = _hvp_fn(loss_fn, params, batch, axis_name)
 
@@ -57,66 +57,95 @@ def _normalize(v):
     return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(jnp.float32).tiny)
 
 
+def _project(v, vecs):
+    return v - vecs.T @ (vecs @ v)  # rows of vecs not found yet are zero
+
+
+def _power_start(key, vecs):
+    return _normalize(_project(jax.random.normal(key, (vecs.shape[1],), jnp.float32), vecs))
+
+
+def _power_step(matvec, vecs, v):
+    """One power-iteration step in the orthogonal complement of ``vecs``: ``(P H v / ‖P H v‖, vᵀ P H v)``."""
+    w = _project(matvec(v), vecs)
+    return _normalize(w), jnp.vdot(v, w)
+
+
+def _power_finish(matvec, vecs, v):
+    v = _normalize(_project(v, vecs))
+    return v, jnp.vdot(v, _project(matvec(v), vecs))  # the Rayleigh quotient of the returned vector
+
+
+def _converged(i, lam, lam_prev, tol):
+    return (i >= 2) & (jnp.abs(lam - lam_prev) <= tol * jnp.abs(lam))
+
+
 def _power(matvec, n, k, num_iters, tol, key):
     """Power iteration with deflation: eigenpair j iterates ``v ← H v / ‖H v‖`` in the orthogonal complement of the
     pairs found before (projected out at every step), until the Rayleigh quotient changes by ≤ tol·|λ|."""
-    vecs = jnp.zeros((k, n), jnp.float32)
-    vals = jnp.zeros((k,), jnp.float32)
     keys = jax.random.split(key, k)
-
-    def project(v, vecs):
-        return v - vecs.T @ (vecs @ v)  # rows not found yet are zero
 
     def one(j, carry):
         vals, vecs = carry
-        v = _normalize(project(jax.random.normal(keys[j], (n,), jnp.float32), vecs))
 
         def cond(s):
             i, _, lam, lam_prev = s
-            return (i < num_iters) & ((i < 2) | (jnp.abs(lam - lam_prev) > tol * jnp.abs(lam)))
+            return (i < num_iters) & ~_converged(i, lam, lam_prev, tol)
 
         def body(s):
             i, v, lam, _ = s
-            w = project(matvec(v), vecs)
-            lam_new = jnp.vdot(v, w)
-            return i + 1, _normalize(w), lam_new, lam
+            v, lam_new = _power_step(matvec, vecs, v)
+            return i + 1, v, lam_new, lam
 
-        _, v, lam, _ = jax.lax.while_loop(cond, body, (0, v, jnp.float32(0), jnp.float32(jnp.inf)))
-        v = _normalize(project(v, vecs))
-        lam = jnp.vdot(v, project(matvec(v), vecs))  # the Rayleigh quotient of the returned vector
+        init = (0, _power_start(keys[j], vecs), jnp.float32(0), jnp.float32(jnp.inf))
+        _, v, _, _ = jax.lax.while_loop(cond, body, init)
+        v, lam = _power_finish(matvec, vecs, v)
         return vals.at[j].set(lam), vecs.at[j].set(v)
 
-    return jax.lax.fori_loop(0, k, one, (vals, vecs))
+    return jax.lax.fori_loop(0, k, one, (jnp.zeros((k,), jnp.float32), jnp.zeros((k, n), jnp.float32)))
+
+
+def _lanczos_init(v0, m):
+    v0 = _normalize(v0.astype(jnp.float32))
+    return (jnp.zeros((m, v0.shape[0]), jnp.float32), jnp.zeros((m,), jnp.float32), jnp.zeros((m,), jnp.float32),
+            v0, jnp.zeros_like(v0), jnp.float32(0))
+
+
+def _lanczos_step(matvec, j, carry):
+    vecs, alpha, beta, v, v_prev, b_prev = carry
+    vecs = vecs.at[j].set(v)
+    w = matvec(v)
+    a = jnp.vdot(w, v)
+    w = w - a * v - b_prev * v_prev
+    w = w - vecs.T @ (vecs @ w)  # full reorthogonalization, twice ("twice is enough"): orthogonal in float32
+    w = w - vecs.T @ (vecs @ w)
+    b = jnp.linalg.norm(w)
+    ok = b > 1e-6 * jnp.maximum(jnp.abs(a), 1.0)  # breakdown: an invariant subspace is exhausted
+    v_next = jnp.where(ok, w / jnp.where(ok, b, 1.0), 0.0)
+    b = jnp.where(ok, b, 0.0)
+    return vecs, alpha.at[j].set(a), beta.at[j].set(b), v_next, v, b
 
 
 def _lanczos(matvec, v0, m):
     """``m`` Lanczos steps from ``v0`` with full reorthogonalization: (alpha (m,), beta (m−1,), V (m, n)) with
     ``T = tridiag(beta, alpha, beta) = V H Vᵀ``. A breakdown (an invariant subspace found early) leaves zero rows."""
-    n = v0.shape[0]
-    v0 = _normalize(v0.astype(jnp.float32))
-
-    def body(j, carry):
-        vecs, alpha, beta, v, v_prev, b_prev = carry
-        vecs = vecs.at[j].set(v)
-        w = matvec(v)
-        a = jnp.vdot(w, v)
-        w = w - a * v - b_prev * v_prev
-        w = w - vecs.T @ (vecs @ w)  # twice is enough (Kahan): keeps the basis orthogonal in float32
-        w = w - vecs.T @ (vecs @ w)
-        b = jnp.linalg.norm(w)
-        ok = b > 1e-6 * jnp.maximum(jnp.abs(a), 1.0)
-        v_next = jnp.where(ok, w / jnp.where(ok, b, 1.0), 0.0)
-        b = jnp.where(ok, b, 0.0)
-        return vecs, alpha.at[j].set(a), beta.at[j].set(b), v_next, v, b
-
-    init = (jnp.zeros((m, n), jnp.float32), jnp.zeros((m,), jnp.float32), jnp.zeros((m,), jnp.float32), v0,
-            jnp.zeros_like(v0), jnp.float32(0))
-    vecs, alpha, beta, *_ = jax.lax.fori_loop(0, m, body, init)
+    vecs, alpha, beta, *_ = jax.lax.fori_loop(0, m, lambda j, c: _lanczos_step(matvec, j, c), _lanczos_init(v0, m))
     return alpha, beta[:m - 1], vecs
 
 
 def _tridiag(alpha, beta):
     return jnp.diag(alpha) + jnp.diag(beta, 1) + jnp.diag(beta, -1)
+
+
+def _ritz(alpha, beta, basis):
+    theta, s = jnp.linalg.eigh(_tridiag(alpha, beta))
+    return theta, (basis.T @ s).T
+
+
+def _top_k(params, vals, vecs, k):
+    idx = jnp.argsort(-jnp.abs(vals))[:k]
+    flat, unravel = ravel_pytree(params)
+    return vals[idx], jax.vmap(unravel)(vecs[idx].astype(flat.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "k", "num_iters", "method", "axis_name"))
@@ -128,16 +157,63 @@ def _top_eig(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_nam
     else:
         m = min(num_iters, n)
         alpha, beta, basis = _lanczos(matvec, jax.random.normal(key, (n,), jnp.float32), m)
-        theta, s = jnp.linalg.eigh(_tridiag(alpha, beta))
-        vals, vecs = theta, (basis.T @ s).T
-    idx = jnp.argsort(-jnp.abs(vals))[:k]
-    vals, vecs = vals[idx], vecs[idx]
-    _, unravel = ravel_pytree(params)
-    return vals, jax.vmap(unravel)(vecs.astype(ravel_pytree(params)[0].dtype))
+        vals, vecs = _ritz(alpha, beta, basis)
+    return _top_k(params, vals, vecs, k)
+
+
+# host loop: one compiled call per Hessian-vector product (each cached per loss_fn and shapes)
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
+def _host_power_step(loss_fn, params, batch, vecs, v, *, axis_name):
+    return _power_step(_flat_hvp_fn(loss_fn, params, batch, axis_name)[0], vecs, v)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
+def _host_power_finish(loss_fn, params, batch, vecs, v, *, axis_name):
+    return _power_finish(_flat_hvp_fn(loss_fn, params, batch, axis_name)[0], vecs, v)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
+def _host_lanczos_step(loss_fn, params, batch, j, carry, *, axis_name):
+    return _lanczos_step(_flat_hvp_fn(loss_fn, params, batch, axis_name)[0], j, carry)
+
+
+_jit_power_start = jax.jit(_power_start)
+_jit_lanczos_init = jax.jit(_lanczos_init, static_argnums=(1,))
+_jit_top_k = jax.jit(_top_k, static_argnames=("k",))
+_jit_ritz = jax.jit(lambda alpha, beta, basis: _ritz(alpha, beta[:-1], basis))
+
+
+def _top_eig_host(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_name):
+    C.check_scalar_loss("hessian_top_eigenvalues", loss_fn, params, batch)
+    n = C.num_params(params)
+    kw = dict(axis_name=axis_name)
+    if method == "power":
+        vals, vecs = jnp.zeros((k,), jnp.float32), jnp.zeros((k, n), jnp.float32)
+        for j, kj in enumerate(jax.random.split(key, k)):
+            v, lam, lam_prev = _jit_power_start(kj, vecs), None, None
+            for i in range(num_iters):
+                v, lam_new = _host_power_step(loss_fn, params, batch, vecs, v, **kw)
+                lam, lam_prev = lam_new, lam
+                if i >= 1 and abs(float(lam) - float(lam_prev)) <= tol * abs(float(lam)):
+                    break
+            v, lam = _host_power_finish(loss_fn, params, batch, vecs, v, **kw)
+            vals, vecs = vals.at[j].set(lam), vecs.at[j].set(v)
+    else:
+        m = min(num_iters, n)
+        carry = _jit_lanczos_init(jax.random.normal(key, (n,), jnp.float32), m)
+        for j in range(m):
+            carry = _host_lanczos_step(loss_fn, params, batch, jnp.int32(j), carry, **kw)
+        vals, vecs = _jit_ritz(carry[1], carry[2], carry[0])
+    return _jit_top_k(params, vals, vecs, k=k)
+
+
+LOOPS = ("auto", "device", "host")
 
 
 def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key: jax.Array, num_iters: int = 100,
-                            method: str = "power", tol: float = 1e-5, axis_name: str | None = None):
+                            method: str = "power", tol: float = 1e-5, loop: str = "auto",
+                            axis_name: str | None = None):
     """The ``k`` Hessian eigenvalues of largest magnitude and their eigenvectors.
 
     Convention: ordered by ``|λ|`` descending, values signed (power iteration converges to the dominant-magnitude
@@ -150,6 +226,11 @@ def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key
     * ``method='lanczos'``: ``num_iters`` Lanczos steps (clipped to the parameter count) with full
       reorthogonalization, then the top-``k`` Ritz pairs; needs ``num_iters ≥ k`` and stores ``num_iters`` vectors
       of the parameter size. Usually far fewer products than power iteration for ``k > 1``.
+    * ``loop``: ``'device'`` runs the iteration as one compiled program (``while_loop``; jit/pmap-traceable);
+      ``'host'`` runs a Python loop of compiled single steps (one Hessian-vector product per call, each compiled
+      once per ``loss_fn`` and shapes; not traceable). XLA:CPU runs convolution gradients inside loop bodies several
+      times slower (jax-ml/jax#12868), so ``'auto'`` (default) picks ``'host'`` when called eagerly on CPU and
+      ``'device'`` otherwise (under a trace, or on GPU/TPU).
 
     Returns ``(eigenvalues (k,) float32, eigenvectors)``, the eigenvectors a pytree shaped like ``params`` with a
     leading axis of ``k``, unit norm. ``key`` draws the start vectors (the same key on every device under pmap).
@@ -167,39 +248,98 @@ def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key
         raise ValueError(f"{where}: method='lanczos' needs num_iters ≥ k Lanczos steps, got num_iters={num_iters} "
                          f"for k={k}; use num_iters ≥ {max(2 * k, 20)} for accurate Ritz values")
     C.check_key(where, key, "the start vectors")
+    if _resolve_loop(where, loop, params, batch, key, axis_name) == "host":
+        return _top_eig_host(loss_fn, params, batch, key, float(tol), k=k, num_iters=num_iters, method=method,
+                             axis_name=axis_name)
     return _top_eig(loss_fn, params, batch, key, jnp.float32(tol), k=k, num_iters=num_iters, method=method,
                     axis_name=axis_name)
 
 
 # ---- trace -----------------------------------------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "num_samples", "chunk", "axis_name"))
-def _trace(loss_fn, params, batch, key, *, num_samples, chunk, axis_name):
-    C.check_scalar_loss("hessian_trace", loss_fn, params, batch)
-    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name)
-    z = jax.random.rademacher(key, (num_samples, n), jnp.float32)
-    samples = C.map_chunked(lambda v: jnp.vdot(v, matvec(v)), z, chunk)
+def _resolve_loop(where, loop, params, batch, key, axis_name) -> str:
+    if loop not in LOOPS:
+        raise ValueError(f"{where}: loop must be one of {LOOPS}, got {loop!r}")
+    concrete = C.is_concrete((params, batch, key))
+    if loop == "auto":
+        return "host" if (concrete and C.on_cpu() and axis_name is None) else "device"
+    if loop == "host" and not concrete:
+        raise ValueError(f"{where}: loop='host' runs a Python loop of compiled steps and cannot be traced "
+                         "(inside jit/pmap/vmap); use loop='device'")
+    return loop
+
+
+def _trace_summary(samples, n):
+    num = samples.shape[0]
     return {"trace": jnp.mean(samples),
-            "std_error": jnp.std(samples, ddof=1) / jnp.sqrt(num_samples) if num_samples > 1 else jnp.float32(jnp.nan),
+            "std_error": jnp.std(samples, ddof=1) / jnp.sqrt(num) if num > 1 else jnp.float32(jnp.nan),
             "num_params": jnp.float32(n)}
 
 
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_samples", "chunk", "unroll", "axis_name"))
+def _trace(loss_fn, params, batch, key, *, num_samples, chunk, unroll, axis_name):
+    C.check_scalar_loss("hessian_trace", loss_fn, params, batch)
+    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name)
+    z = jax.random.rademacher(key, (num_samples, n), jnp.float32)
+    samples = C.map_chunked(lambda v: jnp.vdot(v, matvec(v)), z, chunk, unroll)
+    return _trace_summary(samples, n)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
+def _host_quadratic_forms(loss_fn, params, batch, z, *, axis_name):
+    matvec, _ = _flat_hvp_fn(loss_fn, params, batch, axis_name)
+    return jax.vmap(lambda v: jnp.vdot(v, matvec(v)))(z)
+
+
+_jit_rademacher = jax.jit(lambda key, num, n: jax.random.rademacher(key, (num, n), jnp.float32),
+                          static_argnums=(1, 2))
+_jit_trace_summary = jax.jit(_trace_summary, static_argnums=(1,))
+
+
 def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_samples: int = 100,
-                  chunk: int | None = 1, axis_name: str | None = None) -> dict:
+                  chunk: int | str | None = 1, unroll: bool | None = None, loop: str = "auto",
+                  axis_name: str | None = None) -> dict:
     """Hutchinson's estimate of ``tr H``: the mean of ``zᵀ H z`` over ``num_samples`` Rademacher vectors ``z``
     (unbiased; variance ``2 Σ_{i≠j} H_ij²`` per sample).
 
     Returns ``{'trace', 'std_error' (of the mean), 'num_params'}``. ``chunk`` Hessian-vector products run at once
-    (a ``vmap``; default 1, sequential — the products are large; ``None`` runs all at once).
+    (a ``vmap``; default 1, sequential — the products are large; ``None`` runs all at once). ``loop='device'``: one
+    program, the sequential groups unrolled or in a loop (``unroll`` as in :func:`santurkar_probe`); ``'host'``: a
+    Python loop of compiled groups; ``'auto'`` (default): host when called eagerly on CPU, as in
+    :func:`hessian_top_eigenvalues`. The same ``key`` gives the same vectors either way.
     """
     where = "hessian_trace"
     num_samples = C.check_positive_int(where, "num_samples", num_samples)
     C.check_key(where, key, "the Rademacher probes")
-    return _trace(loss_fn, params, batch, key, num_samples=num_samples, chunk=C.check_chunk(where, chunk),
-                  axis_name=axis_name)
+    chunk = C.check_chunk(where, chunk)
+    if _resolve_loop(where, loop, params, batch, key, axis_name) == "device":
+        return _trace(loss_fn, params, batch, key, num_samples=num_samples, chunk=chunk, unroll=unroll,
+                      axis_name=axis_name)
+    C.check_scalar_loss(where, loss_fn, params, batch)
+    n = C.num_params(params)
+    z = _jit_rademacher(key, num_samples, n)
+    size = num_samples if C.resolve_chunk(chunk) is None else C.resolve_chunk(chunk)
+    parts = [_host_quadratic_forms(loss_fn, params, batch, z[i:i + size], axis_name=axis_name)
+             for i in range(0, num_samples, size)]
+    return _jit_trace_summary(jnp.concatenate(parts), n)
 
 
 # ---- spectral density --------------------------------------------------------------------------------------------
+
+def _nodes_weights(alpha, beta):
+    theta, s = jnp.linalg.eigh(_tridiag(alpha, beta))
+    return theta, s[0] ** 2
+
+
+@functools.partial(jax.jit, static_argnames=("num_points",))
+def _broaden(nodes, weights, sigma, *, num_points):
+    lo, hi = jnp.min(nodes), jnp.max(nodes)
+    width = jnp.where(sigma > 0, sigma, 0.01 * jnp.maximum(hi - lo, 1e-3 * jnp.maximum(jnp.abs(hi), 1.0)))
+    grid = jnp.linspace(lo - 6 * width, hi + 6 * width, num_points)
+    gauss = jnp.exp(-0.5 * ((grid[:, None] - nodes.reshape(-1)[None, :]) / width) ** 2) / (width * jnp.sqrt(2 * jnp.pi))
+    density = gauss @ weights.reshape(-1) / nodes.shape[0]
+    return {"grid": grid, "density": density, "nodes": nodes, "weights": weights, "sigma": width}
+
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_lanczos_steps", "num_runs", "num_points", "chunk",
                                              "axis_name"))
@@ -210,22 +350,19 @@ def _density(loss_fn, params, batch, key, sigma, *, num_lanczos_steps, num_runs,
 
     def run(v0):
         alpha, beta, _ = _lanczos(matvec, v0, m)
-        theta, s = jnp.linalg.eigh(_tridiag(alpha, beta))
-        return theta, s[0] ** 2
+        return _nodes_weights(alpha, beta)
 
     v0 = jax.random.rademacher(key, (num_runs, n), jnp.float32)
-    nodes, weights = C.map_chunked(run, v0, chunk)
-    lo, hi = jnp.min(nodes), jnp.max(nodes)
-    width = jnp.where(sigma > 0, sigma, 0.01 * jnp.maximum(hi - lo, 1e-3 * jnp.maximum(jnp.abs(hi), 1.0)))
-    grid = jnp.linspace(lo - 6 * width, hi + 6 * width, num_points)
-    gauss = jnp.exp(-0.5 * ((grid[:, None] - nodes.reshape(-1)[None, :]) / width) ** 2) / (width * jnp.sqrt(2 * jnp.pi))
-    density = gauss @ weights.reshape(-1) / num_runs
-    return {"grid": grid, "density": density, "nodes": nodes, "weights": weights, "sigma": width}
+    nodes, weights = C.map_chunked(run, v0, chunk, False)
+    return _broaden(nodes, weights, sigma, num_points=num_points)
+
+
+_jit_nodes_weights = jax.jit(lambda alpha, beta: _nodes_weights(alpha, beta[:-1]))
 
 
 def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_lanczos_steps: int = 30,
                              num_runs: int = 1, num_points: int = 1000, sigma: float | None = None,
-                             chunk: int | None = 1, axis_name: str | None = None) -> dict:
+                             chunk: int | str | None = 1, loop: str = "auto", axis_name: str | None = None) -> dict:
     """The Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019; PyHessian).
 
     Each of ``num_runs`` runs starts Lanczos from a normalized Rademacher vector ``v``; the tridiagonal matrix of
@@ -235,7 +372,12 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
 
     Returns ``{'grid' (num_points,), 'density' (num_points,), 'nodes' (runs, m), 'weights' (runs, m), 'sigma'}``:
     the density integrates to 1 over the grid (which spans the nodes ± 6σ); its mean ``Σ τ θ`` estimates
-    ``tr H / n``. ``sigma`` is the Gaussian broadening; default 1% of the node range. Runs go ``chunk`` at a time.
+    ``tr H / n``. ``sigma`` is the Gaussian broadening; default 1% of the node range.
+
+    ``loop='device'``: one program, runs ``chunk`` at a time (``None``: all in one vmap), each run a ``fori_loop``
+    of Hessian-vector products; ``'host'``: a Python loop of compiled Lanczos steps, one run after another;
+    ``'auto'`` (default): host when called eagerly on CPU (XLA:CPU runs convolution gradients inside loops several
+    times slower, jax-ml/jax#12868), device otherwise. The same ``key`` gives the same result either way.
     """
     where = "hessian_spectral_density"
     m = C.check_positive_int(where, "num_lanczos_steps", num_lanczos_steps)
@@ -244,8 +386,24 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
     if sigma is not None and not sigma > 0:
         raise ValueError(f"{where}: sigma (the Gaussian broadening) must be positive, got {sigma!r}")
     C.check_key(where, key, "the Lanczos start vectors")
-    return _density(loss_fn, params, batch, key, jnp.float32(0.0 if sigma is None else sigma), num_lanczos_steps=m,
-                    num_runs=runs, num_points=pts, chunk=C.check_chunk(where, chunk), axis_name=axis_name)
+    chunk = C.check_chunk(where, chunk)
+    sigma = jnp.float32(0.0 if sigma is None else sigma)
+    if _resolve_loop(where, loop, params, batch, key, axis_name) == "device":
+        return _density(loss_fn, params, batch, key, sigma, num_lanczos_steps=m, num_runs=runs, num_points=pts,
+                        chunk=chunk, axis_name=axis_name)
+    C.check_scalar_loss(where, loss_fn, params, batch)
+    n = C.num_params(params)
+    m = min(m, n)
+    v0 = _jit_rademacher(key, runs, n)
+    nodes, weights = [], []
+    for r in range(runs):
+        carry = _jit_lanczos_init(v0[r], m)
+        for j in range(m):
+            carry = _host_lanczos_step(loss_fn, params, batch, jnp.int32(j), carry, axis_name=axis_name)
+        theta, w = _jit_nodes_weights(carry[1], carry[2])
+        nodes.append(theta)
+        weights.append(w)
+    return _broaden(jnp.stack(nodes), jnp.stack(weights), sigma, num_points=pts)
 
 
 # ---- directional curvature ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import jax
 import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxnorm.probes import _common as C
 
@@ -49,13 +50,22 @@ def layer_order(loss_fn: C.LossFn, params, batch, *, axis_name: str | None = Non
     Why not the dict order: Flax creates ``params`` in the order the modules are called, but every
     ``jax.tree.map`` (an optimizer update) returns dicts with *sorted* keys (``conv_0, conv_1, head, norm_0``), so
     after one training step the dict order is no longer the forward order. Pass an explicit ``order`` to
-    :func:`internal_covariate_shift` to override.
+    :func:`internal_covariate_shift` to override. Cached per ``(loss_fn, shapes)``.
     """
     names = _top_level_names("layer_order", params)
+    pl, pt = jax.tree.flatten(_abstract(params))
+    bl, bt = jax.tree.flatten(_abstract(batch))
+    return _layer_order(loss_fn, tuple(names), tuple(pl), pt, tuple(bl), bt, axis_name)
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_order(loss_fn, names, param_leaves, param_tree, batch_leaves, batch_tree, axis_name) -> tuple:
+    params = jax.tree.unflatten(param_tree, param_leaves)
+    batch = jax.tree.unflatten(batch_tree, batch_leaves)
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     leaf_layer = [path[0].key if hasattr(path[0], "key") else path[0] for path, _ in flat]
     axis_env = [(axis_name, 1)] if axis_name is not None else None
-    closed = jax.make_jaxpr(loss_fn, axis_env=axis_env)(_abstract(params), _abstract(batch))
+    closed = jax.make_jaxpr(loss_fn, axis_env=axis_env)(params, batch)
     env = {v: layer for v, layer in zip(closed.jaxpr.invars[:len(leaf_layer)], leaf_layer)}
     first: dict = {}
     clock = [0]
@@ -96,6 +106,8 @@ def _resolve_layers(where: str, params, order, layers, loss_fn, batch, axis_name
     else:
         if isinstance(layers, str):
             layers = (layers,)
+        if not len(layers):
+            raise ValueError(f"{where}: layers is empty; name at least one of {list(order)} (or None for all)")
         bad = [n for n in layers if n not in params]
         if bad:
             raise ValueError(f"{where}: no layer named {', '.join(map(repr, bad))}; valid layer names (top-level "
@@ -104,12 +116,18 @@ def _resolve_layers(where: str, params, order, layers, loss_fn, batch, axis_name
     return tuple(order), layers
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "order", "layers", "update_fn", "chunk", "axis_name"))
-def _ics(loss_fn, params, batch, lr, *, order, layers, update_fn, chunk, axis_name):
+@functools.partial(jax.jit, static_argnames=("loss_fn", "order", "layers", "update_fn", "tx", "chunk", "unroll",
+                                             "axis_name"))
+def _ics(loss_fn, params, batch, lr, opt_state, *, order, layers, update_fn, tx, chunk, unroll, axis_name):
     C.check_scalar_loss("internal_covariate_shift", loss_fn, params, batch)
     grad = C.grad(loss_fn, axis_name)
     g = grad(params, batch)
-    new = update_fn(params, g) if update_fn is not None else C.tree_axpy(-jnp.asarray(lr, jnp.float32), g, params)
+    if tx is not None:
+        new = optax.apply_updates(params, tx.update(g, opt_state, params)[0])
+    elif update_fn is not None:
+        new = update_fn(params, g)
+    else:
+        new = C.tree_axpy(-jnp.asarray(lr, jnp.float32), g, params)
     if jax.tree.structure(new) != jax.tree.structure(params):
         raise ValueError("internal_covariate_shift: update_fn(params, grads) must return a pytree shaped like params, "
                          f"got {jax.tree.structure(new)} vs {jax.tree.structure(params)}")
@@ -141,7 +159,7 @@ def _ics(loss_fn, params, batch, lr, *, order, layers, update_fn, chunk, axis_na
                      per_layer(gp, lambda x: jnp.vdot(x, x).astype(jnp.float32))]
             return jnp.stack([s[c] for s in stats])  # only layer cut's own entries: (diff², G·G', ‖G'‖²)
 
-        res = C.map_chunked(shifted, jnp.asarray(cut), chunk)  # (V, 3)
+        res = C.map_chunked(shifted, jnp.asarray(cut), chunk, unroll)  # (V, 3)
         for v, t in enumerate(targets):
             d2, dot, gp2 = res[v, 0], res[v, 1], res[v, 2]
             l2[t] = jnp.sqrt(d2)
@@ -153,8 +171,9 @@ def _ics(loss_fn, params, batch, lr, *, order, layers, update_fn, chunk, axis_na
 
 def internal_covariate_shift(loss_fn: C.LossFn, params, batch, *, lr=None, layers: Sequence | str | None = None,
                              order: Sequence | None = None,
-                             update_fn: Callable | None = None, chunk: int | None = None,
-                             axis_name: str | None = None) -> dict:
+                             update_fn: Callable | None = None, tx: optax.GradientTransformation | None = None,
+                             opt_state=None, chunk: int | str | None = "auto",
+                             unroll: bool | None = None, axis_name: str | None = None) -> dict:
     """Internal covariate shift of each layer (Santurkar et al. 2018, Definition 2.1) on one batch.
 
     Layers are the top-level keys of ``params`` (``conv_0``, ``norm_0``, ``head`` … of a Flax model), taken in
@@ -175,10 +194,13 @@ def internal_covariate_shift(loss_fn: C.LossFn, params, batch, *, lr=None, layer
         Every earlier layer in forward order takes its update, reported or not.
       order: the forward order as a list of all top-level keys; default: inferred by :func:`layer_order` (the order
         the loss first reads each layer's parameters).
-      update_fn: ``update_fn(params, grads) -> new params`` instead of SGD, e.g. an optax optimizer's step
-        ``lambda p, g: optax.apply_updates(p, tx.update(g, opt_state, p)[0])`` (the probe never keeps its state).
-        Must be the same object between calls to reuse the compiled program.
-      chunk: evaluate at most ``chunk`` shifted gradients at once (default: all layers in one ``vmap``).
+      tx, opt_state: update with an optax optimizer instead of SGD:
+        ``optax.apply_updates(W, tx.update(∇L, opt_state, W)[0])`` (the new optimizer state is discarded). The
+        compiled program is cached per ``tx`` object; ``opt_state`` may change between calls.
+      update_fn: any ``update_fn(params, grads) -> new params`` instead; it is part of the compiled program's cache
+        key, so keep the same object between calls (a fresh closure recompiles).
+      chunk, unroll: how the shifted gradients are evaluated, as in :func:`jaxnorm.probes.santurkar_probe`
+        (``'auto'``: one at a time as straight-line code on CPU, all in one ``vmap`` on accelerators).
       axis_name: device axis under pmap/shard_map: gradients are ``pmean``'d over it.
 
     Returns:
@@ -188,15 +210,19 @@ def internal_covariate_shift(loss_fn: C.LossFn, params, batch, *, lr=None, layer
     """
     where = "internal_covariate_shift"
     order, layers = _resolve_layers(where, params, order, layers, loss_fn, batch, axis_name)
-    if update_fn is None:
+    if tx is not None and update_fn is not None:
+        raise ValueError(f"{where}: pass tx= (with opt_state=) or update_fn=, not both")
+    if tx is not None and opt_state is None:
+        raise ValueError(f"{where}: tx= needs the optimizer state opt_state= (e.g. state.opt_state or tx.init(params))")
+    if tx is not None or update_fn is not None:
+        lr = None
+    else:
         if lr is None:
             raise ValueError(f"{where}: pass lr= (the SGD update W − lr·∇L of Definition 2.1) or update_fn=")
         if C.is_concrete(lr) and not float(lr) > 0:
             raise ValueError(f"{where}: lr must be positive, got {float(lr)!r}")
         if not isinstance(lr, jax.Array):
             lr = np.float32(lr)
-    else:
-        lr = None
     chunk = C.check_chunk(where, chunk)
-    return _ics(loss_fn, params, batch, lr, order=order, layers=layers, update_fn=update_fn, chunk=chunk,
-                axis_name=axis_name)
+    return _ics(loss_fn, params, batch, lr, opt_state if tx is not None else None, order=order, layers=layers,
+                update_fn=update_fn, tx=tx, chunk=chunk, unroll=unroll, axis_name=axis_name)

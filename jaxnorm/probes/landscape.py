@@ -12,6 +12,7 @@ import numpy as np
 from jaxnorm.probes import _common as C
 
 
+@functools.partial(jax.jit, static_argnames=("include_1d", "epsilon"))
 def filter_normalize(direction, params, *, include_1d: bool = False, epsilon: float = 1e-10):
     """Li et al.'s filter normalization of ``direction`` against ``params`` (both pytrees of the same structure).
 
@@ -36,12 +37,10 @@ def filter_normalize(direction, params, *, include_1d: bool = False, epsilon: fl
     return jax.tree.map(one, direction, params)
 
 
+@functools.partial(jax.jit, static_argnames=("include_1d",))
 def filter_normalized_direction(key: jax.Array, params, *, include_1d: bool = False):
     """A Gaussian random direction shaped like ``params``, filter-normalized (:func:`filter_normalize`)."""
     return filter_normalize(C.tree_normal_like(key, params), params, include_1d=include_1d)
-
-
-_jit_direction = jax.jit(filter_normalized_direction, static_argnames=("include_1d",))
 
 
 def _span(where: str, span) -> tuple[float, float]:
@@ -55,8 +54,8 @@ def _span(where: str, span) -> tuple[float, float]:
 def _directions(where, key, params, directions, count, include_1d):
     if directions is None:
         C.check_key(where, key, "the random directions (or pass directions=)")
-        keys = jax.random.split(key, count)
-        return tuple(_jit_direction(k, params, include_1d=include_1d) for k in keys)
+        keys = (key,) if count == 1 else tuple(jax.random.split(key, count))
+        return tuple(filter_normalized_direction(k, params, include_1d=include_1d) for k in keys)
     directions = tuple(directions) if count > 1 else (directions,)
     if len(directions) != count:
         raise ValueError(f"{where}: directions must be {count} pytrees shaped like params, got {len(directions)}")
@@ -67,8 +66,8 @@ def _directions(where, key, params, directions, count, include_1d):
     return directions
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk", "axis_name"))
-def _slice(loss_fn, params, batch, dirs, coords, *, chunk, axis_name):
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk", "unroll", "axis_name"))
+def _slice(loss_fn, params, batch, dirs, coords, *, chunk, unroll, axis_name):
     C.check_scalar_loss("loss_slice", loss_fn, params, batch)
     value = C.loss_value(loss_fn, axis_name)
 
@@ -78,15 +77,16 @@ def _slice(loss_fn, params, batch, dirs, coords, *, chunk, axis_name):
             p = C.tree_axpy(c[i], d, p)
         return value(p, batch)
 
-    return C.map_chunked(at, coords, chunk)
+    return C.map_chunked(at, coords, chunk, unroll)
 
 
 def loss_slice_1d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = None, direction=None,
-                  steps: int = 25, span=1.0, include_1d: bool = False, chunk: int | None = None,
-                  axis_name: str | None = None) -> dict:
+                  steps: int = 25, span=1.0, include_1d: bool = False, chunk: int | str | None = None,
+                  unroll: bool | None = None, axis_name: str | None = None) -> dict:
     """``L(w + α·d)`` for ``steps`` values of ``α`` evenly spaced over ``span`` (``s`` → ``[−s, s]``, or ``(lo, hi)``),
-    ``d`` a filter-normalized random direction drawn from ``key`` (biases and norm parameters zero unless
-    ``include_1d``) or the given ``direction``. All points in one ``vmap`` (or ``chunk`` at a time).
+    ``d = filter_normalized_direction(key, params, include_1d=include_1d)`` (biases and norm parameters zero unless
+    ``include_1d``) or the given ``direction``. All points in one ``vmap`` of forward passes by default; ``chunk``
+    and ``unroll`` bound memory as in :func:`jaxnorm.probes.santurkar_probe`.
 
     Returns ``{'alphas' (steps,), 'losses' (steps,)}``.
     """
@@ -96,16 +96,16 @@ def loss_slice_1d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
     (d,) = _directions(where, key, params, direction, 1, include_1d)
     alphas = jnp.linspace(lo, hi, steps, dtype=jnp.float32)
     losses = _slice(loss_fn, params, batch, (d,), alphas[:, None], chunk=C.check_chunk(where, chunk),
-                    axis_name=axis_name)
+                    unroll=unroll, axis_name=axis_name)
     return {"alphas": alphas, "losses": losses}
 
 
 def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = None, directions=None,
-                  steps: int | tuple[int, int] = 25, span=1.0, include_1d: bool = False, chunk: int | None = None,
-                  axis_name: str | None = None) -> dict:
+                  steps: int | tuple[int, int] = 25, span=1.0, include_1d: bool = False, chunk: int | str | None = None,
+                  unroll: bool | None = None, axis_name: str | None = None) -> dict:
     """``L(w + α·d₁ + β·d₂)`` on a ``steps × steps`` grid (or ``(steps_α, steps_β)``) over ``span`` in both
-    directions, ``d₁, d₂`` independent filter-normalized random directions from ``key`` (nearly orthogonal in high
-    dimension, as in Li et al.) or the given pair ``directions``.
+    directions, ``d₁, d₂`` independent filter-normalized random directions drawn from ``jax.random.split(key)``
+    (nearly orthogonal in high dimension, as in Li et al.) or the given pair ``directions``.
 
     Returns ``{'alphas' (Sα,), 'betas' (Sβ,), 'losses' (Sα, Sβ)}`` with ``losses[i, j] = L(w + alphas[i]·d₁ +
     betas[j]·d₂)``. Use ``chunk`` to bound memory: the grid is evaluated ``chunk`` points at a time.
@@ -118,5 +118,6 @@ def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
     alphas = jnp.linspace(lo, hi, sa, dtype=jnp.float32)
     betas = jnp.linspace(lo, hi, sb, dtype=jnp.float32)
     coords = jnp.stack(jnp.meshgrid(alphas, betas, indexing="ij"), -1).reshape(-1, 2)
-    losses = _slice(loss_fn, params, batch, dirs, coords, chunk=C.check_chunk(where, chunk), axis_name=axis_name)
+    losses = _slice(loss_fn, params, batch, dirs, coords, chunk=C.check_chunk(where, chunk), unroll=unroll,
+                    axis_name=axis_name)
     return {"alphas": alphas, "betas": betas, "losses": losses.reshape(sa, sb)}

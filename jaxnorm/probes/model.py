@@ -39,38 +39,35 @@ def _per_example(loss, outputs, y):
     return jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=-1)
 
 
-def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None, *, train: bool = True,
-                  loss: str | Callable = "cross_entropy", axis_name: str | None = None) -> Callable:
-    """``loss_fn(params, batch) -> scalar`` for a Flax model, the input every probe takes.
-
-    * ``train=True`` (the Santurkar setting): ``model.apply({'params', 'batch_stats'}, x, train=True,
-      mutable=['batch_stats'], rngs={'dropout': dropout_key})``; batch norm normalizes with the statistics of the
-      batch (of each ``w(η)``'s own activations), and the updated running statistics are DISCARDED, so probing never
-      changes the training state. ``train=False`` uses the running statistics and no dropout.
-    * ``dropout_key``: one FIXED key: every point a probe evaluates sees the same dropout masks, so the probe
-      measures the landscape, not dropout noise. Needed in train mode when the model has dropout.
-    * ``loss``: ``'cross_entropy'`` (integer labels, as the train step), ``'mse'`` (``‖f(x) − y‖²`` per example, the
-      deep linear network's loss) or ``loss(outputs, y) -> per-example losses``.
-    * The batch is ``{'x', 'y'[, 'mask']}`` or ``(x, y[, mask])``; the loss is the mean over valid examples.
-    * ``axis_name`` (use with the probe's ``axis_name``): the loss returned is the device's share
-      ``Σ_local ℓ·mask / Σ_devices mask × num_devices``, so the probes' ``pmean`` gives exactly the global mean over
-      valid examples, even with uneven masks. Batch norm then normalizes with per-device statistics unless the model
-      was built with ``axis_name`` (sync batch norm); with per-device statistics the probed landscape is the sum of
-      per-device landscapes, not the global-batch one.
-
-    A fresh closure is a new function to ``jax.jit``: for repeated stand-alone probe calls (outside a jitted step)
-    keep one ``loss_fn`` whose varying inputs travel in ``batch``, or use :func:`make_probe_fn`.
-    """
+def _check_loss(where, loss):
     if not callable(loss) and loss not in LOSSES:
-        raise ValueError(f"model_loss_fn: loss must be one of {LOSSES} or a callable, got {loss!r}")
+        raise ValueError(f"{where}: loss must be one of {LOSSES} or a callable, got {loss!r}")
 
-    def loss_fn(params, batch):
-        x, y, mask = _unpack(batch)
+
+def model_state_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entropy",
+                        axis_name: str | None = None) -> Callable:
+    """``loss_fn(params, inputs) -> scalar`` with ``inputs = {'batch', 'batch_stats', 'dropout_key'}``: the loss of
+    :func:`model_loss_fn` with the state it would close over passed in instead.
+
+    One ``loss_fn`` serves every step: the probes' compiled programs are cached per ``loss_fn`` object, so repeated
+    stand-alone probe calls with new states compile once::
+
+        loss_fn = model_state_loss_fn(model)                     # once
+        inputs = {'batch': batch, 'batch_stats': state.batch_stats, 'dropout_key': key}
+        santurkar_probe(loss_fn, state.params, inputs, lr=lr)   # every N steps: no recompilation
+
+    ``batch_stats`` may be ``{}`` (no running statistics) and ``dropout_key`` ``None`` (no dropout).
+    """
+    _check_loss("model_state_loss_fn", loss)
+
+    def loss_fn(params, inputs):
+        x, y, mask = _unpack(inputs["batch"])
+        batch_stats, dropout_key = inputs.get("batch_stats"), inputs.get("dropout_key")
         variables = {"params": params}
         if batch_stats:
             variables["batch_stats"] = batch_stats
-        rngs = {"dropout": dropout_key} if (train and dropout_key is not None) else None
         if train:
+            rngs = {"dropout": dropout_key} if dropout_key is not None else None
             outputs, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
         else:
             outputs = model.apply(variables, x, train=False)
@@ -84,6 +81,38 @@ def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None,
     return loss_fn
 
 
+def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None, *, train: bool = True,
+                  loss: str | Callable = "cross_entropy", axis_name: str | None = None) -> Callable:
+    """``loss_fn(params, batch) -> scalar`` for a Flax model, the input every probe takes.
+
+    * ``train=True`` (the Santurkar setting): ``model.apply({'params', 'batch_stats'}, x, train=True,
+      mutable=['batch_stats'], rngs={'dropout': dropout_key})``; batch norm normalizes with the statistics of the
+      batch (of each probed point's own activations), and the updated running statistics are DISCARDED, so probing
+      never changes the training state. ``train=False`` uses the running statistics and no dropout.
+    * ``dropout_key``: one FIXED key: every point a probe evaluates sees the same dropout masks, so the probe
+      measures the landscape, not dropout noise. Needed in train mode when the model has dropout.
+    * ``loss``: ``'cross_entropy'`` (integer labels, as the train step), ``'mse'`` (``‖f(x) − y‖²`` per example, the
+      deep linear network's loss) or ``loss(outputs, y) -> per-example losses``.
+    * The batch is ``{'x', 'y'[, 'mask']}`` or ``(x, y[, mask])``; the loss is the mean over valid examples.
+    * ``axis_name`` (use with the probe's ``axis_name``): the loss returned is the device's share
+      ``Σ_local ℓ·mask / Σ_devices mask × num_devices``, so the probes' ``pmean`` gives exactly the global mean over
+      valid examples, even with uneven masks. Batch norm then normalizes with per-device statistics unless the model
+      was built with ``axis_name='batch'`` (sync batch norm); with per-device ("ghost") statistics the probed
+      landscape is the average of the per-device landscapes, not the global-batch one.
+
+    The closure is a new function for ``jax.jit``: each new ``model_loss_fn`` compiles the probes anew. For repeated
+    stand-alone calls use :func:`model_state_loss_fn` (the state travels in the second argument), or
+    :func:`make_probe_fn`.
+    """
+    _check_loss("model_loss_fn", loss)
+    inner = model_state_loss_fn(model, train=train, loss=loss, axis_name=axis_name)
+
+    def loss_fn(params, batch):
+        return inner(params, {"batch": batch, "batch_stats": batch_stats, "dropout_key": dropout_key})
+
+    return loss_fn
+
+
 PROBES = ("santurkar", "santurkar_random", "ics", "top_eigenvalues", "hessian_trace", "directional_curvature",
           "loss_slice_1d")
 
@@ -92,13 +121,17 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
                   tx: optax.GradientTransformation | None = None, loss: str | Callable = "cross_entropy",
                   train: bool = True, axis_name: str | None = None,
                   options: Mapping[str, Mapping[str, Any]] | None = None) -> Callable:
-    """``probe_fn(state, batch, key) -> dict`` of named arrays, un-jitted (jit, pmap or shard_map it, like the train
-    step); the training loop calls it every N steps on the current batch, BEFORE the train step on that batch.
+    """``probe_fn(state, batch, key) -> dict`` of named arrays for the training loop, which calls it every N steps on
+    the current batch, BEFORE the train step on that batch (so ``g`` is the gradient that step takes).
+
+    Call it eagerly (each probe is a compiled program cached across calls: one ``loss_fn`` serves every step; on CPU
+    the eigenvalue iteration then runs as a host loop, see :func:`hessian_top_eigenvalues`) or ``jax.jit`` it (one
+    program); under ``pmap``/``shard_map`` pass ``axis_name`` and map it (it is traced there).
 
     ``state`` is a :class:`jaxnorm.train.steps.TrainState` (``step``, ``params``, ``batch_stats``, ``opt_state``),
-    never modified; ``batch`` is ``{'x', 'y', 'mask'}``; ``key`` a PRNG key for this probe call: one fixed dropout key
-    for every evaluation (folded with the device index under ``axis_name``) and the random vectors (the same on all
-    devices).
+    never modified; ``batch`` is ``{'x', 'y'[, 'mask']}``; ``key`` a PRNG key for this probe call: one fixed dropout
+    key for every evaluation (folded with the device index under ``axis_name``) and the random vectors (the same on
+    all devices).
 
     Args:
       probes: names from ``PROBES``: ``'santurkar'`` (along the gradient), ``'santurkar_random'``, ``'ics'``,
@@ -111,29 +144,31 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
         'top_eigenvalues': {'k': 2, 'num_iters': 20}, 'hessian_trace': {'num_samples': 10}}``.
 
     Returns metrics named ``'<probe>/<quantity>'``: ``santurkar/loss_min``, ``santurkar/beta_smoothness``, …,
-    ``santurkar/losses`` (K,); ``ics/l2/<layer>``, ``ics/cos/<layer>``; ``hessian/top_eigenvalues`` (k,),
-    ``hessian/trace``, ``hessian/directional_curvature``; ``slice_1d/alphas``, ``slice_1d/losses``.
+    ``santurkar/losses`` (K,); ``ics/l2/<layer>``, ``ics/cos/<layer>``, ``ics/grad_norm/<layer>``;
+    ``hessian/top_eigenvalues`` (k,), ``hessian/top_eigenvalue``, ``hessian/trace``,
+    ``hessian/directional_curvature``; ``slice_1d/alphas``, ``slice_1d/losses``.
     """
     probes = tuple(probes)
     bad = [p for p in probes if p not in PROBES]
     if bad or not probes:
         raise ValueError(f"make_probe_fn: unknown probes {bad}; choose from {PROBES}" if bad else
                          f"make_probe_fn: probes is empty; choose from {PROBES}")
-    options = dict(options or {})
+    options = {k: dict(v) for k, v in (options or {}).items()}
     unknown = [k for k in options if k not in probes]
     if unknown:
         raise ValueError(f"make_probe_fn: options given for {unknown}, which are not among probes={probes}")
-    needs_lr = any(p in probes for p in ("santurkar", "santurkar_random")) or ("ics" in probes and tx is None)
-    if needs_lr and lr is None and not all("etas" in options.get(p, {}) for p in ("santurkar", "santurkar_random")
-                                           if p in probes):
-        raise ValueError("make_probe_fn: pass lr= (a float or a schedule): the Santurkar grid and the ICS update use "
-                         "it")
+    needs_lr = [p for p in probes if (p.startswith("santurkar") and "etas" not in options.get(p, {}))
+                or (p == "ics" and tx is None and "update_fn" not in options.get(p, {}))]
+    if needs_lr and lr is None:
+        raise ValueError(f"make_probe_fn: probes {needs_lr} need lr= (a float or a schedule lr(step)): the Santurkar "
+                         "grid is [0.5, 4]·lr and ICS takes an SGD step of lr")
+    loss_fn = model_state_loss_fn(model, train=train, loss=loss, axis_name=axis_name)  # one function: cached
 
     def probe_fn(state, batch, key) -> dict:
         k_drop, k_dir, k_eig, k_trace, k_slice = jax.random.split(key, 5)
         if axis_name is not None:
             k_drop = jax.random.fold_in(k_drop, jax.lax.axis_index(axis_name))
-        loss_fn = model_loss_fn(model, state.batch_stats, k_drop, train=train, loss=loss, axis_name=axis_name)
+        inputs = {"batch": batch, "batch_stats": state.batch_stats, "dropout_key": k_drop}
         step_lr = lr(state.step) if callable(lr) else lr
         params = state.params
         out = {}
@@ -143,32 +178,34 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
                 if name == "santurkar_random":
                     kw.setdefault("direction", "random")
                     kw.setdefault("key", k_dir)
-                res = _sant.santurkar_probe(loss_fn, params, batch, lr=step_lr, axis_name=axis_name, **kw)
+                if "etas" not in kw:
+                    kw["lr"] = step_lr
+                res = _sant.santurkar_probe(loss_fn, params, inputs, axis_name=axis_name, **kw)
                 out.update({f"{name}/{k}": v for k, v in res.items()})
             elif name == "ics":
-                if tx is not None:
-                    def update_fn(p, g):
-                        return optax.apply_updates(p, tx.update(g, state.opt_state, p)[0])
-
-                    kw.setdefault("update_fn", update_fn)
-                res = _ics.internal_covariate_shift(loss_fn, params, batch, lr=step_lr, axis_name=axis_name, **kw)
+                if tx is not None and "update_fn" not in kw:
+                    kw.setdefault("tx", tx)
+                    kw.setdefault("opt_state", state.opt_state)
+                elif "update_fn" not in kw:
+                    kw["lr"] = step_lr
+                res = _ics.internal_covariate_shift(loss_fn, params, inputs, axis_name=axis_name, **kw)
                 for q, per_layer in res.items():
                     out.update({f"ics/{q}/{layer}": v for layer, v in per_layer.items()})
             elif name == "top_eigenvalues":
                 kw.setdefault("num_iters", 20)
-                vals, _ = _curv.hessian_top_eigenvalues(loss_fn, params, batch, key=k_eig, axis_name=axis_name, **kw)
+                vals, _ = _curv.hessian_top_eigenvalues(loss_fn, params, inputs, key=k_eig, axis_name=axis_name, **kw)
                 out["hessian/top_eigenvalues"] = vals
                 out["hessian/top_eigenvalue"] = vals[0]
             elif name == "hessian_trace":
                 kw.setdefault("num_samples", 10)
-                res = _curv.hessian_trace(loss_fn, params, batch, key=k_trace, axis_name=axis_name, **kw)
+                res = _curv.hessian_trace(loss_fn, params, inputs, key=k_trace, axis_name=axis_name, **kw)
                 out["hessian/trace"] = res["trace"]
                 out["hessian/trace_std_error"] = res["std_error"]
             elif name == "directional_curvature":
                 out["hessian/directional_curvature"] = _curv.directional_curvature(
-                    loss_fn, params, batch, axis_name=axis_name, **kw)
+                    loss_fn, params, inputs, axis_name=axis_name, **kw)
             elif name == "loss_slice_1d":
-                res = _land.loss_slice_1d(loss_fn, params, batch, key=k_slice, axis_name=axis_name, **kw)
+                res = _land.loss_slice_1d(loss_fn, params, inputs, key=k_slice, axis_name=axis_name, **kw)
                 out["slice_1d/alphas"], out["slice_1d/losses"] = res["alphas"], res["losses"]
         return out
 

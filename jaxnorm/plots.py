@@ -1,0 +1,183 @@
+"""Figures from runs' ``metrics.jsonl``: ``python -m jaxnorm.plots WORKDIR [WORKDIR ...] [--out DIR]``.
+
+Writes PNGs (matplotlib, Agg) into ``--out`` (default: the first workdir's ``plots/``), one figure per kind, every run
+overlaid and labelled by its workdir name:
+
+- ``curves.png``: train loss (log scale) and eval accuracy against the step;
+- ``santurkar.png``: Santurkar et al.'s bands over training — loss variation [min, max] (log scale), gradient
+  predictiveness [min, max] of ‖∇L(w − ηg) − ∇L(w)‖, and effective β-smoothness (their Fig. 4);
+- ``ics.png``: internal covariate shift per layer (ℓ2 difference and cosine of G, G′; their Fig. 2/3);
+- ``slices.png``: the last 1-D loss slice of each run (Li et al. 2018);
+- ``hessian.png``: top Hessian eigenvalue, trace and directional curvature over training.
+
+A figure is written only when some run has the metrics it needs. Reads files only: no jax import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load_run(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} a jaxnorm run directory (python train.py "
+                                "--workdir ...)?")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _series(rows: list[dict], split: str, key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in rows if r.get("split") == split and isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _label(workdir: str) -> str:
+    return os.path.basename(os.path.normpath(workdir))
+
+
+def plot_curves(runs: dict[str, list[dict]], path: str) -> str | None:
+    if not any(_series(rows, "train", "loss")[0] for rows in runs.values()):
+        return None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in runs.items():
+        a.plot(*_series(rows, "train", "loss"), label=name)
+        b.plot(*_series(rows, "eval", "accuracy"), marker="o", label=name)
+    a.set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
+    b.set(xlabel="step", ylabel="test accuracy", title="evaluation")
+    for ax in (a, b):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_santurkar(runs: dict[str, list[dict]], path: str, prefix: str = "santurkar") -> str | None:
+    keys = {f"{prefix}/loss_min", f"{prefix}/loss_max", f"{prefix}/grad_change_min", f"{prefix}/grad_change_max"}
+    if not any(keys <= set(r) for rows in runs.values() for r in rows):
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for i, (name, rows) in enumerate(runs.items()):
+        color = f"C{i}"
+        for ax, lo, hi in ((axes[0], "loss_min", "loss_max"), (axes[1], "grad_change_min", "grad_change_max")):
+            s, low = _series(rows, "probe", f"{prefix}/{lo}")
+            _, high = _series(rows, "probe", f"{prefix}/{hi}")
+            if s:
+                ax.fill_between(s, low, high, color=color, alpha=0.35, label=name)
+        s, beta = _series(rows, "probe", f"{prefix}/beta_smoothness")
+        if s:
+            axes[2].plot(s, beta, color=color, label=name)
+    axes[0].set(title="loss landscape (variation along the gradient)", ylabel="loss", yscale="log")
+    axes[1].set(title="gradient predictiveness", ylabel="‖∇L(w − ηg) − ∇L(w)‖", yscale="log")
+    axes[2].set(title="effective β-smoothness", ylabel="max_η ‖Δ∇L‖ / ‖ηg‖", yscale="log")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_ics(runs: dict[str, list[dict]], path: str) -> str | None:
+    per_run = {}
+    for name, rows in runs.items():
+        layers = sorted({k.split("/", 2)[2] for r in rows for k in r if k.startswith("ics/l2/")})
+        if layers:
+            per_run[name] = (rows, layers)
+    if not per_run:
+        return None
+    fig, axes = plt.subplots(2, len(per_run), figsize=(5 * len(per_run), 7), squeeze=False)
+    for j, (name, (rows, layers)) in enumerate(per_run.items()):
+        for layer in layers:
+            axes[0, j].plot(*_series(rows, "probe", f"ics/l2/{layer}"), label=layer)
+            axes[1, j].plot(*_series(rows, "probe", f"ics/cos/{layer}"), label=layer)
+        axes[0, j].set(title=f"{name}: ‖G − G′‖₂", yscale="log")
+        axes[1, j].set(title=f"{name}: cos(G, G′)", xlabel="step", ylim=(-1.05, 1.05))
+        for ax in axes[:, j]:
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_slices(runs: dict[str, list[dict]], path: str) -> str | None:
+    last = {}
+    for name, rows in runs.items():
+        found = [r for r in rows if "slice_1d/losses" in r and "slice_1d/alphas" in r]
+        if found:
+            last[name] = found[-1]
+    if not last:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in last.items():
+        ax.plot(r["slice_1d/alphas"], r["slice_1d/losses"], label=f"{name} (step {r['step']})")
+    ax.set(xlabel="α (filter-normalized direction)", ylabel="loss", title="1-D loss slice", yscale="log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_hessian(runs: dict[str, list[dict]], path: str) -> str | None:
+    keys = [k for k in ("hessian/top_eigenvalue", "hessian/trace", "hessian/directional_curvature")
+            if any(k in r for rows in runs.values() for r in rows)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, rows in runs.items():
+            ax.plot(*_series(rows, "probe", key), label=name)
+        ax.set(title=key.split("/")[1].replace("_", " "), xlabel="step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_plots(workdirs: list[str], out: str | None = None) -> list[str]:
+    """Write every figure that the runs' metrics support; returns the PNG paths."""
+    if not workdirs:
+        raise ValueError("make_plots: give at least one run directory")
+    runs = defaultdict(list)
+    for w in workdirs:
+        runs[_label(w)] = load_run(w)
+    out = out or os.path.join(workdirs[0], "plots")
+    os.makedirs(out, exist_ok=True)
+    made = [
+        plot_curves(runs, os.path.join(out, "curves.png")),
+        plot_santurkar(runs, os.path.join(out, "santurkar.png")),
+        plot_santurkar(runs, os.path.join(out, "santurkar_random.png"), prefix="santurkar_random"),
+        plot_ics(runs, os.path.join(out, "ics.png")),
+        plot_slices(runs, os.path.join(out, "slices.png")),
+        plot_hessian(runs, os.path.join(out, "hessian.png")),
+    ]
+    return [p for p in made if p]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jaxnorm.plots", description=__doc__.split("\n\n")[0])
+    p.add_argument("workdirs", nargs="+", help="run directories (each with a metrics.jsonl)")
+    p.add_argument("--out", default=None, help="where the PNGs go (default: FIRST_WORKDIR/plots)")
+    args = p.parse_args(argv)
+    try:
+        paths = make_plots(args.workdirs, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
