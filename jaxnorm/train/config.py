@@ -60,6 +60,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.resume = True
     c.restore_step = -1  # -1 = latest; or a step whose checkpoint should be restored
     c.progress = True
+    # landscape probes on the current batch, before its train step (see jaxnorm.probes.make_probe_fn)
+    c.probes = ml_collections.ConfigDict()
+    c.probes.every = 0  # 0 = off
+    # santurkar (grid of 8 step sizes in [0.5, 4] x the current LR), santurkar_random, ics, top_eigenvalues,
+    # hessian_trace, directional_curvature, loss_slice_1d
+    c.probes.kinds = ("santurkar",)
+    c.probes.ics_layers = ()  # () = every layer
     # data parallelism (see jaxnorm.train.parallel)
     c.parallel = "auto"  # auto | none | pmap | sharding
     c.sync_bn = True  # batch statistics over the global batch (psum of sums and counts); False: per device
@@ -89,6 +96,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{key} must be a positive int, got {config[key]!r}")
     if config.learning_rate <= 0:
         raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
+    if config.probes.every < 0:
+        raise ValueError(f"config.probes.every must be >= 0 (0 = no probes), got {config.probes.every}")
+    unknown_probe_keys = sorted(set(config.probes.keys()) - set(base.probes.keys()))
+    if unknown_probe_keys:
+        raise ValueError(f"unknown config keys {['probes.' + k for k in unknown_probe_keys]}. "
+                         f"Valid: {sorted('probes.' + k for k in base.probes.keys())}")
     if not 0 <= config.dropout_rate <= 1:
         raise ValueError(f"config.dropout_rate must be in [0, 1], got {config.dropout_rate}")
 

@@ -20,6 +20,7 @@ import numpy as np
 from jaxnorm import data as data_lib
 from jaxnorm import models as models_lib
 from jaxnorm import nn as jnn
+from jaxnorm import probes as probes_lib
 from jaxnorm.train import checkpoint as ckpt_lib
 from jaxnorm.train import config as config_lib
 from jaxnorm.train import metrics as metrics_lib
@@ -102,6 +103,30 @@ def population_variables(exp: Experiment, variables) -> dict:
                                       rngs={"dropout": steps.dropout_key(c.seed, 0)})
 
 
+def make_probes(exp: Experiment, example_x):
+    """``probe(state, batch, step) -> dict`` running the configured probes eagerly (each probe's programs are
+    compiled once), on the global batch with the network without collectives (so BN sees the global batch, as sync
+    BN does), or None when probes are off. Probes never change the state."""
+    p = exp.config.probes
+    if not p.every:
+        return None
+    options = {}
+    if "ics" in p.kinds and p.ics_layers:
+        shapes = jax.eval_shape(lambda x: exp.eval_model.init(jax.random.key(0), x, train=False), example_x)
+        valid = list(shapes["params"])
+        bad = [name for name in p.ics_layers if name not in valid]
+        if bad:
+            raise ValueError(f"probes.ics_layers: {bad} are not layers of {exp.config.model}; valid: {valid}")
+        options["ics"] = {"layers": list(p.ics_layers)}
+    probe_fn = probes_lib.make_probe_fn(exp.eval_model, probes=tuple(p.kinds), lr=exp.schedule, options=options)
+
+    def probe(state, batch, step):
+        key = jax.random.fold_in(jax.random.key(exp.config.seed + 2), step)
+        return probe_fn(state, {k: jnp.asarray(v) for k, v in batch.items()}, key)
+
+    return probe
+
+
 def _check_finite(pending: list) -> None:
     for step, m in pending:
         loss = float(jax.device_get(m["loss"]))
@@ -128,11 +153,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     parallel.initialize_distributed(config)
     exp = build(config)
     c, dp = exp.config, exp.dp
+    example = _train_batch(exp, 0)["x"]
+    probe = make_probes(exp, example)  # checks probe names and layers before the workdir is touched
     primary = jax.process_index() == 0
     resume = ckpt_lib.check_workdir(workdir, c) if primary else os.path.exists(os.path.join(workdir, "config.json"))
     if primary:
         ckpt_lib.save_config(workdir, c)
-    example = _train_batch(exp, 0)["x"]
     state = steps.create_state(exp.eval_model, exp.tx, example, c.seed)
     checkpointer = ckpt_lib.Checkpointer(workdir, c.keep_checkpoints)
     if resume and checkpointer.steps():
@@ -157,7 +183,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     try:
         for step in range(start, c.num_steps):
-            dstate, m = train_step(dstate, dp.put_batch(_train_batch(exp, step)))
+            batch = _train_batch(exp, step)
+            if probe is not None and step % c.probes.every == 0:
+                writer.write(step, "probe", probe(dp.get_state(dstate), batch, step))
+            dstate, m = train_step(dstate, dp.put_batch(batch))
             pending.append((step, m))
             done = step + 1
             is_last = done == c.num_steps

@@ -1,0 +1,52 @@
+"""Probes inside the training loop and the plots made from a run: probes leave the training untouched."""
+
+import os
+
+import numpy as np
+
+from jaxnorm import plots
+from jaxnorm.train import loop
+from jaxnorm.train.metrics import read_metrics
+
+from test_train import final_state, load_config
+
+
+def test_probes_in_the_loop_leave_training_unchanged_and_plot(tmp_path):
+    base = dict(num_steps=10, checkpoint_every=10, eval_every=10, log_every=5, dropout="dropout", dropout_rate=0.1)
+    loop.train_and_evaluate(load_config(**base), str(tmp_path / "plain"))
+    c = load_config(**base)
+    c.probes.every = 5
+    c.probes.kinds = ("santurkar", "ics")
+    c.probes.ics_layers = ("conv_0", "conv_1")
+    loop.train_and_evaluate(c, str(tmp_path / "probed"))
+    _, a = final_state(tmp_path / "plain")
+    _, b = final_state(tmp_path / "probed")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    rows = [r for r in read_metrics(tmp_path / "probed") if r["split"] == "probe"]
+    assert [r["step"] for r in rows] == [0, 5]
+    assert all(len(r["santurkar/losses"]) == 8 and r["santurkar/beta_smoothness"] > 0 for r in rows)
+    assert {"ics/l2/conv_0", "ics/cos/conv_1"} <= set(rows[0]) and "ics/l2/head" not in rows[0]
+    assert rows[0]["ics/l2/conv_0"] == 0.0  # nothing precedes the first layer
+    paths = plots.make_plots([str(tmp_path / "probed"), str(tmp_path / "plain")], str(tmp_path / "figs"))
+    assert sorted(os.path.basename(p) for p in paths) == ["curves.png", "ics.png", "santurkar.png"]
+    assert all(os.path.getsize(p) > 10_000 for p in paths)
+    assert plots.main([str(tmp_path / "missing")]) == 1
+
+
+def test_bad_probe_config_is_refused_before_writing(tmp_path):
+    c = load_config()
+    c.probes.every = 5
+    c.probes.kinds = ("santurkar", "hessian_magic")
+    import pytest
+
+    with pytest.raises(ValueError, match=r"unknown probes \['hessian_magic'\]"):
+        loop.train_and_evaluate(c, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+    c = load_config()
+    c.probes.every = 5
+    c.probes.kinds = ("ics",)
+    c.probes.ics_layers = ("conv_9",)
+    with pytest.raises(ValueError, match=r"\['conv_9'\] are not layers of simple_cnn; valid: \[.*'conv_0'"):
+        loop.train_and_evaluate(c, str(tmp_path / "wd2"))
+    assert not (tmp_path / "wd2").exists()
