@@ -235,11 +235,12 @@ def _bundled_key(name: str) -> str | None:
 
 
 def _unknown_dataset_error(name: str) -> UnknownDatasetError:
-    known = list(BUNDLED) + list(tfds.list_builders(with_community_datasets=False))
+    known = list(BUNDLED) + list(GENERATED) + list(tfds.list_builders(with_community_datasets=False))
     close = difflib.get_close_matches(name, known, n=3)
     hint = f' Did you mean {", ".join(repr(c) for c in close)}?' if close else ''
     return UnknownDatasetError(
-        f'Unknown dataset {name!r}.{hint} Bundled (offline) datasets: {", ".join(BUNDLED)}; any other name must be '
+        f'Unknown dataset {name!r}.{hint} Bundled (offline) datasets: {", ".join(BUNDLED + tuple(GENERATED))}; '
+        f'any other name must be '
         f'a tensorflow-datasets builder (see the catalog at {TFDS_CATALOG_URL}).'
     )
 
@@ -357,6 +358,7 @@ class DatasetInfo:
     num_test: int
     train_split: str = 'train'
     test_split: str = 'test'
+    task: str = 'classification'  # or 'regression': y is a float vector of num_classes outputs
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
@@ -497,10 +499,28 @@ def _choose_test_split(info: tfds.core.DatasetInfo, name: str, test_split: str |
     return test_split
 
 
+def linear_regression(num_examples: int = 1000, dim: int = 10, seed: int = 0) -> Dataset:
+    """Santurkar et al.'s deep-linear-network problem (their §3 and App. A): ``x ~ N(0, I_dim)``, target ``y = A·x``
+    with a fixed random ``A`` (entries N(0, 1/dim)); generated in memory, offline. Full-batch training fits it, so the
+    test split is the training set itself."""
+    rng = np.random.default_rng([seed, 7])
+    a = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    x = rng.normal(size=(num_examples, dim)).astype(np.float32)
+    y = (x @ a.T).astype(np.float32)
+    split = Split(name='linear_regression/train', num_examples=num_examples, x=x, y=y)
+    info = DatasetInfo(name='linear_regression', tfds_name='', data_dir='', input_shape=(dim,), num_classes=dim,
+                       num_train=num_examples, num_test=num_examples, test_split='train', task='regression')
+    return Dataset(info=info, train=split, test=split, mean=np.zeros(dim, np.float32), std=np.ones(dim, np.float32))
+
+
+GENERATED = {'linear_regression': linear_regression}
+
+
 def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
          normalize: bool | tuple[Any, Any] = True, materialize: bool | None = None,
          train_split: str = 'train', test_split: str | None = None) -> Dataset:
-    """Loads a dataset by name: bundled ('mnist1d', 'digits') or any prepared tfds classification dataset.
+    """Loads a dataset by name: bundled ('mnist1d', 'digits'), generated ('linear_regression', see
+    :func:`linear_regression`), or any prepared tfds classification dataset.
 
     Args:
       name: 'mnist1d', 'digits', or a tfds name ('mnist', 'fashion_mnist', 'cifar10', 'imagenet2012', ...).
@@ -516,6 +536,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
     Returns:
       A :class:`Dataset`. Its splits give normalized float32 inputs and int32 labels.
     """
+    if name in GENERATED:
+        return GENERATED[name]()
     data_dir = default_data_dir(data_dir)
     builder = prepare(name, data_dir, download=download)
     info = builder.info
@@ -681,7 +703,7 @@ def _make_batch(split: Split, idx: np.ndarray, mask: np.ndarray) -> Batch:
     if not mask.all():
         pad = len(mask) - len(y)
         x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-        y = np.concatenate([y, np.zeros(pad, y.dtype)])
+        y = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)])
     return {'x': x, 'y': y, 'mask': mask.copy()}
 
 

@@ -50,3 +50,27 @@ def test_bad_probe_config_is_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"\['conv_9'\] are not layers of simple_cnn; valid: \[.*'conv_0'"):
         loop.train_and_evaluate(c, str(tmp_path / "wd2"))
     assert not (tmp_path / "wd2").exists()
+
+
+def test_deep_linear_network_config_regression_with_probes(tmp_path):
+    c = load_config("dln", num_steps=30, log_every=1, eval_every=30, checkpoint_every=30)
+    c.model_kwargs.depth = 6
+    c.probes.every = 10
+    c.learning_rate = 1e-2
+    result = loop.train_and_evaluate(c, str(tmp_path / "dln"))
+    assert set(result) == {"loss"}  # regression: no accuracy
+    train = [r for r in read_metrics(tmp_path / "dln") if r["split"] == "train"]
+    assert "accuracy" not in train[0] and train[-1]["loss"] < train[0]["loss"]
+    probes = [r for r in read_metrics(tmp_path / "dln") if r["split"] == "probe"]
+    assert [r["step"] for r in probes] == [0, 10, 20]
+    assert {"santurkar/beta_smoothness", "ics/l2/dense_5"} <= set(probes[0])
+
+
+def test_linear_regression_dataset_is_a_fixed_linear_map():
+    from jaxnorm import data
+
+    ds = data.linear_regression()
+    assert ds.info.task == "regression" and ds.info.num_train == 1000 and ds.train.x.shape == (1000, 10)
+    a, *_ = np.linalg.lstsq(ds.train.x, ds.train.y, rcond=None)
+    np.testing.assert_allclose(ds.train.x @ a, ds.train.y, atol=1e-4)  # exactly linear
+    np.testing.assert_array_equal(data.linear_regression().train.y, ds.train.y)  # deterministic

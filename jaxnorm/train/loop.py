@@ -43,6 +43,10 @@ class Experiment:
     schedule: Any
     dp: parallel.DataParallel
 
+    @property
+    def loss(self) -> str:
+        return "mse" if self.dataset.info.task == "regression" else "cross_entropy"
+
 
 def model_kwargs(config, num_classes: int) -> dict:
     kw = dict(
@@ -92,7 +96,10 @@ def evaluate(exp: Experiment, eval_step, variables) -> dict:
         out = jax.device_get(eval_step(variables, batch))
         for k in sums:
             sums[k] += out[k]
-    return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}
+    result = {"loss": sums["loss_sum"] / sums["count"]}
+    if exp.loss == "cross_entropy":
+        result["accuracy"] = sums["correct"] / sums["count"]
+    return result
 
 
 def population_variables(exp: Experiment, variables) -> dict:
@@ -118,7 +125,8 @@ def make_probes(exp: Experiment, example_x):
         if bad:
             raise ValueError(f"probes.ics_layers: {bad} are not layers of {exp.config.model}; valid: {valid}")
         options["ics"] = {"layers": list(p.ics_layers)}
-    probe_fn = probes_lib.make_probe_fn(exp.eval_model, probes=tuple(p.kinds), lr=exp.schedule, options=options)
+    probe_fn = probes_lib.make_probe_fn(exp.eval_model, probes=tuple(p.kinds), lr=exp.schedule, options=options,
+                                        loss=exp.loss)
 
     def probe(state, batch, step):
         key = jax.random.fold_in(jax.random.key(exp.config.seed + 2), step)
@@ -167,8 +175,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
 
     train_step = dp.compile(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed, axis_name=dp.axis_name,
-                                                  sync_bn=c.sync_bn))
-    eval_step = jax.jit(steps.make_eval_step(exp.eval_model))
+                                                  sync_bn=c.sync_bn, loss=exp.loss))
+    eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))
     writer = metrics_lib.MetricWriter(workdir, enabled=primary)
     start = int(state.step)
     progress = metrics_lib.Progress(c.num_steps, start, enabled=c.progress and primary)

@@ -38,6 +38,22 @@ def dropout_key(seed: int, step) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed + 1), step)
 
 
+LOSSES = ("cross_entropy", "mse")
+
+
+def per_example_loss(outputs, y, kind: str):
+    """Softmax cross-entropy with integer labels, or the squared error ``‖f(x) − y‖²`` (Santurkar's DLN loss)."""
+    if kind == "mse":
+        return jnp.sum(jnp.square(outputs - y), axis=-1)
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+
+
+def _correct(outputs, y, mask, kind: str):
+    if kind == "mse":
+        return jnp.zeros((), jnp.int32)
+    return jnp.sum((jnp.argmax(outputs, -1) == y) & mask)
+
+
 def _psum(x, axis_name):
     return x if axis_name is None else jax.lax.psum(x, axis_name)
 
@@ -48,7 +64,7 @@ def _pmean_floats(tree, axis_name):
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, seed: int, *,
-                    axis_name: str | None = None, sync_bn: bool = True) -> Callable:
+                    axis_name: str | None = None, sync_bn: bool = True, loss: str = "cross_entropy") -> Callable:
     """``train_step(state, batch) -> (state, metrics)``, un-jitted (the caller jits, pmaps or shard_maps it).
 
     With ``axis_name`` the step runs per device inside ``pmap``/``shard_map``: the loss is the global mean over the
@@ -59,11 +75,13 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
     over devices after the update, ``r ← m·r + (1−m)·mean_d(stat_d)``.
     """
 
+    kind = loss  # the name `loss` is the scalar below
+
     def loss_fn(params, state, batch, key):
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, new_vars = model.apply(variables, batch["x"], train=True, mutable=["batch_stats"],
                                        rngs={"dropout": key})
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+        losses = per_example_loss(logits, batch["y"], kind)
         w = batch["mask"].astype(losses.dtype)
         count = jnp.maximum(_psum(jnp.sum(w), axis_name), 1.0)
         return jnp.sum(losses * w) / count, (logits, new_vars.get("batch_stats", {}), count)
@@ -80,30 +98,31 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
                 batch_stats = _pmean_floats(batch_stats, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        correct = _psum(jnp.sum((jnp.argmax(logits, -1) == batch["y"]) & batch["mask"]), axis_name)
+        correct = _psum(_correct(logits, batch["y"], batch["mask"], kind), axis_name)
         metrics = {
             "loss": loss,
-            "accuracy": correct / count,
             "learning_rate": schedule(state.step),
             "grad_norm": optax.global_norm(grads),
             "param_norm": optax.global_norm(params),
         }
+        if kind == "cross_entropy":
+            metrics["accuracy"] = correct / count
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new, metrics
 
     return train_step
 
 
-def make_eval_step(model) -> Callable:
+def make_eval_step(model, loss: str = "cross_entropy") -> Callable:
     """``eval_step(variables, batch) -> sums`` of loss, correct predictions and valid examples (masked padding)."""
 
     def eval_step(variables, batch):
         logits = model.apply(variables, batch["x"], train=False)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+        losses = per_example_loss(logits, batch["y"], loss)
         m = batch["mask"]
         return {
             "loss_sum": jnp.sum(jnp.where(m, losses, 0.0)),
-            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["y"]) & m),
+            "correct": _correct(logits, batch["y"], m, loss),
             "count": jnp.sum(m),
         }
 
