@@ -8,7 +8,8 @@ overlaid and labelled by its workdir name:
   predictiveness [min, max] of ‖∇L(w − ηg) − ∇L(w)‖, and effective β-smoothness (their Fig. 4);
 - ``ics.png``: internal covariate shift per layer (ℓ2 difference and cosine of G, G′; their Fig. 2/3);
 - ``slices.png``: the last 1-D loss slice of each run (Li et al. 2018);
-- ``hessian.png``: top Hessian eigenvalue, trace and directional curvature over training.
+- ``hessian.png``: top Hessian eigenvalue, trace and directional curvature over training;
+- ``density.png``: the last Hessian eigenvalue density (stochastic Lanczos quadrature) of each run.
 
 A figure is written only when some run has the metrics it needs. Reads files only: no jax import.
 """
@@ -137,6 +138,23 @@ def plot_hessian(runs: dict[str, list[dict]], path: str) -> str | None:
     return _save(fig, path)
 
 
+def plot_density(runs: dict[str, list[dict]], path: str) -> str | None:
+    last = {}
+    for name, rows in runs.items():
+        found = [r for r in rows if "hessian/density" in r and "hessian/density_grid" in r]
+        if found:
+            last[name] = found[-1]
+    if not last:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in last.items():
+        ax.plot(r["hessian/density_grid"], r["hessian/density"], label=f"{name} (step {r['step']})")
+    ax.set(xlabel="eigenvalue", ylabel="density", yscale="log", title="Hessian eigenvalue density (SLQ)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _save(fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -160,6 +178,7 @@ def make_plots(workdirs: list[str], out: str | None = None) -> list[str]:
         plot_ics(runs, os.path.join(out, "ics.png")),
         plot_slices(runs, os.path.join(out, "slices.png")),
         plot_hessian(runs, os.path.join(out, "hessian.png")),
+        plot_density(runs, os.path.join(out, "density.png")),
     ]
     return [p for p in made if p]
 

@@ -56,6 +56,7 @@ def test_deep_linear_network_config_regression_with_probes(tmp_path):
     c = load_config("dln", num_steps=30, log_every=1, eval_every=30, checkpoint_every=30)
     c.model_kwargs.depth = 6
     c.probes.every = 10
+    c.probes.kinds = ("santurkar", "ics", "top_eigenvalues", "spectral_density", "loss_slice_1d")
     c.learning_rate = 1e-2
     result = loop.train_and_evaluate(c, str(tmp_path / "dln"))
     assert set(result) == {"loss"}  # regression: no accuracy
@@ -63,7 +64,12 @@ def test_deep_linear_network_config_regression_with_probes(tmp_path):
     assert "accuracy" not in train[0] and train[-1]["loss"] < train[0]["loss"]
     probes = [r for r in read_metrics(tmp_path / "dln") if r["split"] == "probe"]
     assert [r["step"] for r in probes] == [0, 10, 20]
-    assert {"santurkar/beta_smoothness", "ics/l2/dense_5"} <= set(probes[0])
+    assert {"santurkar/beta_smoothness", "ics/l2/dense_5", "hessian/top_eigenvalue"} <= set(probes[0])
+    density = np.asarray(probes[0]["hessian/density"])
+    grid = np.asarray(probes[0]["hessian/density_grid"])
+    assert abs(np.sum(density) * (grid[1] - grid[0]) - 1.0) < 0.05  # a density: integrates to 1
+    paths = plots.make_plots([str(tmp_path / "dln")])
+    assert {"density.png", "hessian.png", "slices.png", "santurkar.png", "ics.png"} <= {os.path.basename(p) for p in paths}
 
 
 def test_linear_regression_dataset_is_a_fixed_linear_map():

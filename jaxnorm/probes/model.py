@@ -114,7 +114,7 @@ def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None,
 
 
 PROBES = ("santurkar", "santurkar_random", "ics", "top_eigenvalues", "hessian_trace", "directional_curvature",
-          "loss_slice_1d")
+          "spectral_density", "loss_slice_1d")
 
 
 def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | Callable | None = None,
@@ -135,7 +135,8 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
 
     Args:
       probes: names from ``PROBES``: ``'santurkar'`` (along the gradient), ``'santurkar_random'``, ``'ics'``,
-        ``'top_eigenvalues'``, ``'hessian_trace'``, ``'directional_curvature'``, ``'loss_slice_1d'``.
+        ``'top_eigenvalues'``, ``'hessian_trace'``, ``'directional_curvature'``, ``'spectral_density'``,
+        ``'loss_slice_1d'``.
       lr: the learning rate (a float or a schedule ``lr(step)``): the Santurkar grid ``[0.5, 4]·lr`` and the ICS
         SGD update.
       tx: if given, ICS updates the earlier layers with this optimizer's step from ``state.opt_state`` instead of SGD.
@@ -146,7 +147,8 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
     Returns metrics named ``'<probe>/<quantity>'``: ``santurkar/loss_min``, ``santurkar/beta_smoothness``, …,
     ``santurkar/losses`` (K,); ``ics/l2/<layer>``, ``ics/cos/<layer>``, ``ics/grad_norm/<layer>``;
     ``hessian/top_eigenvalues`` (k,), ``hessian/top_eigenvalue``, ``hessian/trace``,
-    ``hessian/directional_curvature``; ``slice_1d/alphas``, ``slice_1d/losses``.
+    ``hessian/directional_curvature``; ``hessian/density_grid``, ``hessian/density`` (stochastic Lanczos quadrature);
+    ``slice_1d/alphas``, ``slice_1d/losses``.
     """
     probes = tuple(probes)
     bad = [p for p in probes if p not in PROBES]
@@ -204,6 +206,11 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
             elif name == "directional_curvature":
                 out["hessian/directional_curvature"] = _curv.directional_curvature(
                     loss_fn, params, inputs, axis_name=axis_name, **kw)
+            elif name == "spectral_density":
+                kw.setdefault("num_lanczos_steps", 20)
+                kw.setdefault("num_points", 200)
+                res = _curv.hessian_spectral_density(loss_fn, params, inputs, key=k_eig, axis_name=axis_name, **kw)
+                out["hessian/density_grid"], out["hessian/density"] = res["grid"], res["density"]
             elif name == "loss_slice_1d":
                 res = _land.loss_slice_1d(loss_fn, params, inputs, key=k_slice, axis_name=axis_name, **kw)
                 out["slice_1d/alphas"], out["slice_1d/losses"] = res["alphas"], res["losses"]
