@@ -1,6 +1,7 @@
 """Tests of the model zoo (jaxnorm.models): every model × norm trains and evaluates; placement, bias rule, registries,
 presets (Ioffe's MLP, Santurkar's DLN, ResNet depths). Tiny widths and inputs keep the file fast."""
 
+import functools
 import re
 
 import flax.linen as nn
@@ -26,29 +27,43 @@ from jaxnorm.models import (
     norm_spec,
 )
 
-BATCH_STAT_NORMS = {"batch", "batch_renorm", "lp_batch_norm"}
-KEY = jax.random.key(0)
+BATCH_STAT_NORMS = {"batch", "batch_renorm", "lp_batch_norm", "noisy_batch_norm"}
 
-# name -> (build_model name, tiny kwargs, input shape, dense?)
+# Speed: on CPU the cost of these tests is XLA compilation. Everything runs eagerly, so that each primitive is compiled
+# once per shape and reused across the model × norm matrix (measured faster than one jit per combination), and the
+# keys use the 'unsafe_rbg' PRNG, whose kernels compile several times faster than threefry's.
+IMPL = "unsafe_rbg"
+KEY = jax.random.key(0, impl=IMPL)
+
+# name -> (build_model name, tiny kwargs, input shape, dense?). The shapes are chosen to coincide across models (3×3
+# convs 3→4 then 4→4 at 8×8; dense 16→8 then 8→8), so that most ops compile once for the whole matrix.
 TINY = {
     "mlp": ("mlp", dict(hidden=(8, 8), num_groups=4), (2, 16), True),
     "deep_linear": ("deep_linear", dict(depth=4, width=8, num_groups=2), (2, 8), True),
-    "simple_cnn": ("simple_cnn", dict(channels=(4, 4, 8)), (2, 8, 8, 3), False),
-    "vgg": ("vgg_small", dict(width=0.125), (2, 8, 8, 3), False),
-    "resnet_basic": ("resnet", dict(stage_sizes=(1, 1), block="basic", width=1 / 16), (2, 8, 8, 3), False),
-    "resnet_bottleneck": ("resnet", dict(stage_sizes=(1, 1), block="bottleneck", width=1 / 16, stem="imagenet"),
-                          (2, 8, 8, 3), False),
-    "cnn1d": ("cnn1d", dict(channels=(4, 4), strides=(1, 2), kernel_size=3), (2, 16, 1), False),
+    "simple_cnn": ("simple_cnn", dict(channels=(4, 4)), (2, 8, 8, 3), False),
+    "vgg": ("vgg", dict(cfg=(4, 4, "M")), (2, 8, 8, 3), False),
+    "resnet_basic": ("resnet", dict(stage_sizes=(1,), block="basic", width=1 / 16), (2, 8, 8, 3), False),
+    "resnet_bottleneck": ("resnet", dict(stage_sizes=(1,), block="bottleneck", width=1 / 16), (2, 8, 8, 3), False),
+    "cnn1d": ("cnn1d", dict(channels=(4,), strides=(2,), kernel_size=3), (2, 16, 1), False),
 }
 
 
+def _key(seed):
+    return jax.random.key(seed, impl=IMPL)
+
+
 def _x(shape, seed=1):
-    return jax.random.normal(jax.random.key(seed), shape)
+    return jax.random.normal(_key(seed), shape)
 
 
 def _tiny(name, **kw):
     model_name, base, shape, _ = TINY[name]
     return build_model(model_name, **{**base, **kw}), _x(shape)
+
+
+def _shapes(model, x):
+    """The variables' shapes and dtypes, without computing them."""
+    return jax.eval_shape(lambda: model.init(KEY, x, train=False))
 
 
 def _paths(tree, prefix=()):
@@ -61,23 +76,16 @@ def _paths(tree, prefix=()):
 
 
 def _train_and_eval(model, variables, x, key):
-    """Loss + grad through a train-mode apply, and an eval-mode apply. Run eagerly on purpose: for these tiny
-    models op-by-op dispatch (whose per-op compilations are cached across all combinations) is several times
-    cheaper than compiling one XLA program per model × norm; jit is covered by the training tests."""
+    """Loss + gradient through a train-mode apply (new batch_stats, dropout from ``key``) and an eval-mode apply."""
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
 
-    def f(variables, x, key):
-        params = variables["params"]
-        rest = {k: v for k, v in variables.items() if k != "params"}
+    def loss(p):
+        out, state = model.apply({"params": p, **rest}, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})
+        return jnp.mean(jax.nn.logsumexp(out, -1) - out[:, 0]), state
 
-        def loss(p):
-            out, state = model.apply({"params": p, **rest}, x, train=True, mutable=["batch_stats"],
-                                     rngs={"dropout": key})
-            return jnp.mean(jax.nn.logsumexp(out, -1) - out[:, 0]), state
-
-        (l, state), g = jax.value_and_grad(loss, has_aux=True)(params)
-        return l, g, state, model.apply(variables, x, train=False)
-
-    return f(variables, x, key)
+    (l, state), g = jax.value_and_grad(loss, has_aux=True)(params)
+    return l, g, state, model.apply(variables, x, train=False)
 
 
 # ---- every model × norm ------------------------------------------------------------------------------------------
@@ -96,9 +104,10 @@ def test_model_norm_matrix(name, norm):
     x = _x(shape)
     variables = model.init(KEY, x, train=False)
     assert ("batch_stats" in variables) == (norm in BATCH_STAT_NORMS) == norm_spec(norm).batch_stats
-    loss, grads, state, ev1 = _train_and_eval(model, variables, x, jax.random.key(1))
-    _, _, _, ev2 = _train_and_eval(model, variables, x, jax.random.key(2))
+    loss, grads, state, ev1 = _train_and_eval(model, variables, x, _key(1))
+    ev2 = model.apply(variables, x, train=False)
     assert np.isfinite(float(loss))
+    assert jax.tree.structure(grads) == jax.tree.structure(variables["params"])
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads)) > 0
     assert ev1.shape == (2, 10) and ev1.dtype == jnp.float32
@@ -112,7 +121,8 @@ def test_model_norm_matrix(name, norm):
 
 
 def test_registries_list_the_expected_names():
-    assert NORMS == ("none", "batch", "layer", "instance", "group", "rms", "batch_renorm", "lp_batch_norm")
+    assert NORMS[:8] == ("none", "batch", "layer", "instance", "group", "rms", "batch_renorm", "lp_batch_norm")
+    assert NORMS[8:] in ((), ("noisy_batch_norm",))  # registered when jaxnorm.nn has the layer
     assert DROPOUTS == ("none", "dropout", "spatial", "gaussian", "alpha")
     for name in ("mlp", "ioffe_mlp", "deep_linear", "simple_cnn", "cnn1d", "vgg", "vgg11", "vgg_small", "resnet18",
                  "resnet34", "resnet50"):
@@ -127,7 +137,7 @@ def _norm_inputs(model, variables, x):
     calls = []
 
     def record(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and context.module is not None and context.module.parent is not None:
+        if context.method_name == "__call__" and context.module.name is not None:  # not the top-level model
             calls.append((type(context.module).__name__, context.module.name, args[0] if args else None))
         return next_fun(*args, **kwargs)
 
@@ -136,15 +146,20 @@ def _norm_inputs(model, variables, x):
     return calls
 
 
-@pytest.mark.parametrize("cls,x", [(MLP, _x((4, 6))), (SimpleCNN, _x((2, 6, 6, 3)))])
+# the other tests reuse the matrix's shapes, so that their eager ops are already compiled
+IMG = (2, 8, 8, 3)
+CNN = dict(channels=(4, 4))
+
+
+@pytest.mark.parametrize("cls,x", [(MLP, _x((2, 16))), (SimpleCNN, _x(IMG))])
 def test_norm_position_changes_layer_order(cls, x):
-    kw = dict(hidden=(8, 8)) if cls is MLP else dict(channels=(4, 4))
+    kw = dict(hidden=(8, 8)) if cls is MLP else CNN
     seen = {}
     for pos in ("before", "after"):
         model = cls(norm="batch", norm_position=pos, **kw)
         variables = model.init(KEY, x, train=False)
         calls = _norm_inputs(model, variables, x)
-        names = [c[1] for c in calls if c[1] is not None]  # unnamed: the (identity) input dropout
+        names = [c[1] for c in calls]
         assert names[:2] == (["dense_0", "norm_0"] if cls is MLP else ["conv_0", "norm_0"])
         norm_in = [c[2] for c in calls if c[0] == "BatchNorm"]
         assert len(norm_in) == 2
@@ -160,9 +175,9 @@ def test_norm_position_changes_layer_order(cls, x):
 
 
 def test_norm_position_changes_output_with_same_parameters():
-    x = _x((2, 6, 6, 3))
-    before = SimpleCNN(channels=(4, 4), norm="layer", norm_position="before")
-    after = SimpleCNN(channels=(4, 4), norm="layer", norm_position="after")
+    x = _x(IMG)
+    before = SimpleCNN(**CNN, norm="layer", norm_position="before")
+    after = SimpleCNN(**CNN, norm="layer", norm_position="after")
     variables = before.init(KEY, x, train=False)
     assert jax.tree.structure(variables) == jax.tree.structure(after.init(KEY, x, train=False))
     y1 = before.apply(variables, x, train=False)
@@ -178,14 +193,14 @@ def test_no_bias_on_convs_followed_by_batch_norm(name):
                                    ("instance", "before", False), ("layer", "before", True),
                                    ("group", "before", True), ("none", "before", True),
                                    ("lp_batch_norm", "before", True)]:
-        params = build_model(model_name, **base, norm=norm, norm_position=pos).init(KEY, x, train=False)["params"]
+        params = _shapes(build_model(model_name, **base, norm=norm, norm_position=pos), x)["params"]
         convs = {p[:-1] for p, _ in _paths(params) if any("conv" in str(k) for k in p)}
         with_bias = {p[:-1] for p, _ in _paths(params) if any("conv" in str(k) for k in p) and p[-1] == "bias"}
         assert convs
         assert (with_bias == convs) if expect_bias else not with_bias, (norm, pos, sorted(with_bias))
     # 'after': the conv feeds the activation, not the norm, so it keeps its bias (a ResNet projection shortcut
     # feeds its norm directly and does not)
-    params = build_model(model_name, **base, norm="batch", norm_position="after").init(KEY, x, train=False)["params"]
+    params = _shapes(build_model(model_name, **base, norm="batch", norm_position="after"), x)["params"]
     for p, _ in _paths(params):
         if p[-1] == "kernel" and any("conv" in str(k) for k in p):
             has_bias = "bias" in _get(params, p[:-1])
@@ -199,10 +214,10 @@ def _get(tree, path):
 
 
 def test_use_bias_override():
-    x = _x((2, 6, 6, 3))
-    params = SimpleCNN(channels=(4,), norm="batch", use_bias=True).init(KEY, x, train=False)["params"]
+    x = _x(IMG)
+    params = _shapes(SimpleCNN(**CNN, norm="batch", use_bias=True), x)["params"]
     assert "bias" in params["conv_0"]
-    params = SimpleCNN(channels=(4,), norm="none", use_bias=False).init(KEY, x, train=False)["params"]
+    params = _shapes(SimpleCNN(**CNN, norm="none", use_bias=False), x)["params"]
     assert "bias" not in params["conv_0"]
 
 
@@ -233,6 +248,10 @@ def test_unknown_names_raise_listing_valid_ones():
 def test_build_model_is_case_insensitive_and_forwards_kwargs():
     model = build_model("ResNet-18", norm="group", width=0.5)
     assert isinstance(model, ResNet) and model.depth == 18 and model.norm == "group" and model.width == 0.5
+    # lists and dicts from a config are frozen: models stay hashable (usable as static jit arguments)
+    model = build_model("vgg", cfg=[4, "M", 8], norm="layer", norm_kwargs={"axes": -1})
+    assert model.cfg == (4, "M", 8) and dict(model.norm_kwargs) == {"axes": -1}
+    assert hash(model) == hash(build_model("vgg", cfg=(4, "M", 8), norm="layer", norm_kwargs={"axes": -1}))
 
 
 def test_make_norm_checks_options_and_builds_layers():
@@ -254,8 +273,8 @@ def test_make_norm_checks_options_and_builds_layers():
 
 
 def test_model_norm_options_reach_the_layers():
-    x = _x((2, 6, 6, 3))
-    model = SimpleCNN(channels=(4,), norm="batch", momentum=0.5)
+    x = _x(IMG)
+    model = SimpleCNN(**CNN, norm="batch", momentum=0.5)
     variables = model.init(KEY, x, train=False)
     _, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
     conv_out = nn.Conv(4, (3, 3), padding="SAME", use_bias=False).apply(
@@ -263,20 +282,20 @@ def test_model_norm_options_reach_the_layers():
     np.testing.assert_allclose(state["batch_stats"]["norm_0"]["mean"], 0.5 * np.asarray(conv_out.mean((0, 1, 2))),
                                rtol=1e-4, atol=1e-6)
     # a model-level option that a norm does not take is ignored for it (sweeps over NORMS keep one config)
-    SimpleCNN(channels=(4,), norm="layer", momentum=0.5).init(KEY, x, train=False)
+    _shapes(SimpleCNN(**CNN, norm="layer", momentum=0.5), x)
     # norm_kwargs are strict
     with pytest.raises(ValueError, match="takes no option"):
         SimpleCNN(channels=(4,), norm="layer", norm_kwargs={"momentum": 0.5})
-    params = SimpleCNN(channels=(48,), norm="group", num_groups=16).init(KEY, x, train=False)["params"]
-    assert params["norm_0"]["scale"].shape == (48,)
+    params = _shapes(SimpleCNN(channels=(48,), norm="group", num_groups=16), x)
+    assert params["params"]["norm_0"]["scale"].shape == (48,)
     with pytest.raises(ValueError, match="48 channels are not divisible by num_groups=32"):
-        SimpleCNN(channels=(48,), norm="group").init(KEY, x, train=False)
+        _shapes(SimpleCNN(channels=(48,), norm="group"), x)
 
 
 def test_group_norm_on_dense_layers_needs_groups_of_two_or_more():
     with pytest.raises(ValueError, match="normalizes single units to a constant.*num_groups <= 4"):
-        MLP(hidden=(8,), norm="group").init(KEY, _x((2, 5)), train=False)
-    MLP(hidden=(8,), norm="group", num_groups=2).init(KEY, _x((2, 5)), train=False)
+        _shapes(MLP(hidden=(8,), norm="group"), _x((2, 16)))
+    _shapes(MLP(hidden=(8,), norm="group", num_groups=2), _x((2, 16)))
 
 
 def test_spatial_dropout_is_refused_by_dense_models():
@@ -295,8 +314,8 @@ def test_register_norm_hook():
     zoo.register_norm("test_scaled_ln", ScaledLayerNorm, options=("epsilon",), doc="test")
     try:
         assert "test_scaled_ln" in zoo.NORMS and "test_scaled_ln" in zoo.components.NORMS
-        model = SimpleCNN(channels=(4,), norm="test_scaled_ln")
-        params = model.init(KEY, _x((2, 6, 6, 3)), train=False)["params"]
+        model = SimpleCNN(**CNN, norm="test_scaled_ln")
+        params = model.init(KEY, _x(IMG), train=False)["params"]
         assert set(params["norm_0"]) == {"scale", "bias"}
         with pytest.raises(ValueError, match="already registered"):
             zoo.register_norm("test_scaled_ln", ScaledLayerNorm)
@@ -310,20 +329,19 @@ def test_register_norm_hook():
 
 @pytest.mark.parametrize("dropout", DROPOUTS)
 def test_dropout_choices(dropout):
-    x = _x((2, 6, 6, 3))
-    model = SimpleCNN(channels=(4, 4), norm="none", dropout=dropout, dropout_rate=0.3)
+    x = _x(IMG)
+    model = SimpleCNN(**CNN, norm="none", dropout=dropout, dropout_rate=0.3)
     variables = model.init(KEY, x, train=False)
-    f = jax.jit(lambda v, k: model.apply(v, x, train=True, rngs={"dropout": k}))
-    a, b = f(variables, jax.random.key(1)), f(variables, jax.random.key(2))
+    a, b = (model.apply(variables, x, train=True, rngs={"dropout": _key(i)}) for i in (1, 2))
     assert bool(jnp.all(jnp.isfinite(a)))
     assert np.allclose(a, b) == (dropout == "none")
     np.testing.assert_array_equal(model.apply(variables, x, train=False), model.apply(variables, x, train=False))
 
 
 def test_mlp_input_dropout_and_srivastava_preset():
-    model = zoo.srivastava_mlp(hidden=(16, 16))
+    model = zoo.srivastava_mlp(hidden=(8, 8))
     assert model.dropout == "dropout" and model.dropout_rate == 0.5 and model.input_dropout_rate == 0.2
-    x = _x((3, 12))
+    x = _x((2, 16))
     variables = model.init(KEY, x, train=False)
     calls = _norm_inputs(model, variables, x)
     assert [c[1] for c in calls][:2] == ["input_dropout", "dense_0"]
@@ -337,17 +355,18 @@ def test_mlp_input_dropout_and_srivastava_preset():
 def test_ioffe_mlp_has_three_hidden_layers_of_100_sigmoid_units():
     model = ioffe_mlp()
     assert model.activation == "sigmoid" and model.norm == "batch" and model.norm_position == "before"
-    x = _x((4, 28, 28))
-    variables = model.init(KEY, x, train=False)
-    params = variables["params"]
+    shapes = _shapes(model, jnp.zeros((4, 28, 28)))
+    params = shapes["params"]
     assert [k for k in params if k.startswith("dense_")] == ["dense_0", "dense_1", "dense_2"]
     assert params["dense_0"]["kernel"].shape == (784, 100)
     assert params["dense_1"]["kernel"].shape == params["dense_2"]["kernel"].shape == (100, 100)
     assert params["head"]["kernel"].shape == (100, 10)
-    assert set(variables["batch_stats"]) == {"norm_0", "norm_1", "norm_2"}
+    assert set(shapes["batch_stats"]) == {"norm_0", "norm_1", "norm_2"}
+    x = _x((2, 16))  # a small input: the same hidden layers, cheaper to compile
+    variables = model.init(KEY, x, train=False)
     (logits, feats), state = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
                                          return_features=True)
-    assert feats.shape == (4, 100) and float(feats.min()) > 0 and float(feats.max()) < 1  # sigmoid outputs
+    assert feats.shape == (2, 100) and float(feats.min()) > 0 and float(feats.max()) < 1  # sigmoid outputs
     preact = state["intermediates"]
     assert set(preact) == {"preact_0", "preact_1", "preact_2"}  # the sigmoid inputs (Ioffe's percentiles)
     np.testing.assert_allclose(jax.nn.sigmoid(preact["preact_2"][0]), feats, rtol=1e-5, atol=1e-6)
@@ -372,6 +391,33 @@ def test_deep_linear_network():
     assert len(bn["batch_stats"]) == 24 and all("bias" not in bn["params"][f"dense_{i}"] for i in range(25))
 
 
+def _block_inputs(model, x, prefix="conv_"):
+    """The input shape of every module whose name starts with ``prefix``, by shape evaluation only."""
+    shapes, seen = _shapes(model, x), {}
+
+    def record(f, args, kwargs, context):
+        if context.method_name == "__call__" and (context.module.name or "").startswith(prefix):
+            seen[context.module.name] = args[0].shape
+        return f(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(functools.partial(model.apply, train=False), shapes, x)
+    return shapes["params"], seen
+
+
+def test_simple_cnn_pools_after_every_second_block_and_vgg_presets():
+    params, seen = _block_inputs(SimpleCNN(channels=(4, 4, 8, 8, 8)), jnp.zeros((1, 16, 16, 3)))
+    assert [seen[f"conv_{i}"][1] for i in range(5)] == [16, 16, 8, 8, 4]  # pools after blocks 2 and 4, not the last
+    assert params["head"]["kernel"].shape == (8, 10)  # global average pooling
+    for cfg, n_convs in (("vgg11", 8), ("vgg13", 10), ("vgg16", 13), ("vgg19", 16), ("vgg_small", 4)):
+        params, seen = _block_inputs(build_model(cfg, width=1 / 16), jnp.zeros((1, 32, 32, 3)))
+        assert len(seen) == n_convs
+        widths = [params[f"conv_{i}"]["kernel"].shape[-1] for i in range(n_convs)]
+        assert widths == [round(v / 16) for v in zoo.VGG_CONFIGS[cfg] if v != "M"]
+    params, seen = _block_inputs(build_model("vgg11"), jnp.zeros((1, 32, 32, 3)))
+    assert seen["conv_7"][1:] == (2, 2, 512) and params["head"]["kernel"].shape == (512, 10)  # 5 pools: 32 → 1
+
+
 def _blocks(params):
     blocks = {}
     for k in params:
@@ -386,7 +432,7 @@ def _blocks(params):
 def test_resnet_depths(depth, sizes, block):
     model = build_model(f"resnet{depth}", width=1 / 32, norm="batch")
     x = jnp.zeros((1, 16, 16, 3))
-    shapes = jax.eval_shape(lambda: model.init(KEY, x, train=False))  # no compute
+    shapes = _shapes(model, x)
     params = shapes["params"]
     assert _blocks(params) == sizes
     first = params["stage1_block1"]
@@ -402,21 +448,27 @@ def test_resnet_depths(depth, sizes, block):
 
 
 def test_resnet_stems_and_zero_init():
-    x = _x((2, 16, 16, 3))
+    x = jnp.zeros((2, 16, 16, 3))
     for stem, spatial in (("cifar", 16), ("imagenet", 4)):
         model = ResNet(stage_sizes=(1,), block="basic", width=1 / 16, stem=stem, norm="group")
-        variables = model.init(KEY, x, train=False)
-        feats = []
-        with nn.intercept_methods(lambda f, a, k, c: (feats.append(a[0]) if c.module.name == "stage1_block1"
-                                                      and c.method_name == "__call__" else None) or f(*a, **k)):
-            model.apply(variables, x, train=False)
-        assert feats[0].shape[1:3] == (spatial, spatial)
-        assert variables["params"]["stem_conv"]["kernel"].shape[:2] == ((3, 3) if stem == "cifar" else (7, 7))
-    model = ResNet(stage_sizes=(1, 1), block="bottleneck", width=1 / 16, norm="batch", zero_init_residual=True)
-    params = model.init(KEY, x, train=False)["params"]
-    for b in ("stage1_block1", "stage2_block1"):
-        assert float(jnp.abs(params[b]["norm3"]["scale"]).sum()) == 0
-        assert float(params[b]["norm2"]["scale"].sum()) > 0 and float(params[b]["proj_norm"]["scale"].sum()) > 0
+        shapes = _shapes(model, x)
+        seen = []
+
+        def record(f, args, kwargs, context):
+            if context.module.name == "stage1_block1" and context.method_name == "__call__":
+                seen.append(args[0].shape)
+            return f(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            jax.eval_shape(functools.partial(model.apply, train=False), shapes, x)
+        assert seen[0][1:3] == (spatial, spatial)  # cifar: no downsampling; imagenet: /2 conv, /2 max pool
+        assert shapes["params"]["stem_conv"]["kernel"].shape[:2] == ((3, 3) if stem == "cifar" else (7, 7))
+    model_name, base, shape, _ = TINY["resnet_bottleneck"]
+    params = build_model(model_name, **base, norm="batch", zero_init_residual=True).init(
+        KEY, _x(shape), train=False)["params"]
+    block = params["stage1_block1"]
+    assert float(jnp.abs(block["norm3"]["scale"]).sum()) == 0  # the branch's last norm starts at γ = 0
+    assert float(block["norm2"]["scale"].sum()) > 0 and float(block["proj_norm"]["scale"].sum()) > 0
 
 
 # ---- features, dtype, sync batch norm, weight standardization -----------------------------------------------------
@@ -436,23 +488,25 @@ def test_return_features_is_the_head_input(name):
 
 
 def test_bfloat16_compute():
-    x = _x((2, 8, 8, 3))
-    model = SimpleCNN(channels=(4, 4), norm="batch", dtype=jnp.bfloat16)
+    x = _x(IMG)
+    model = SimpleCNN(**CNN, norm="batch", dtype=jnp.bfloat16)
     variables = model.init(KEY, x, train=False)
-    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+    floats = [v for v in jax.tree.leaves(variables) if jnp.issubdtype(v.dtype, jnp.floating)]
+    assert floats and all(v.dtype == jnp.float32 for v in floats)
     logits, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
-    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(state))
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(state) if jnp.issubdtype(v.dtype, jnp.floating))
 
 
 def test_cnn1d_defaults_and_input_shapes():
     model = CNN1D()
     assert (model.norm, model.dropout, model.dropout_rate, tuple(model.strides)) == ("batch", "dropout", 0.1, (1, 1, 2))
-    x = _x((2, 40))
+    params = _shapes(model, jnp.zeros((2, 40)))["params"]
+    assert params["head"]["kernel"].shape == (20 * 32, 10)  # flatten head on a 20×32 map
+    model, x = _tiny("cnn1d")
     variables = model.init(KEY, x, train=False)
-    assert variables["params"]["head"]["kernel"].shape == (20 * 32, 10)
     np.testing.assert_array_equal(model.apply(variables, x, train=False),
-                                  model.apply(variables, x[..., None], train=False))
+                                  model.apply(variables, x[..., 0], train=False))  # N×L is read as N×L×1
     with pytest.raises(ValueError, match="N×L×C"):
         model.init(KEY, jnp.zeros((2, 4, 4, 4, 1)), train=False)
 
@@ -464,7 +518,7 @@ def test_sync_batch_norm_axis_name_under_pmap():
     x = _x((n, 3, 5))
     variables = model.init(KEY, x[0], train=False)
 
-    @jax.pmap
+    @functools.partial(jax.pmap, axis_name="batch")
     def step(x):
         return model.apply(variables, x, train=True, mutable=["batch_stats"])[1]
 
@@ -475,8 +529,8 @@ def test_sync_batch_norm_axis_name_under_pmap():
 
 
 def test_weight_standardized_convs():
-    x = _x((2, 6, 6, 3))
-    model = SimpleCNN(channels=(4, 4), norm="group", weight_standardize=True)
+    x = _x(IMG)
+    model = SimpleCNN(**CNN, norm="group", weight_standardize=True)
     variables = model.init(KEY, x, train=False)
     calls = _norm_inputs(model, variables, x)
     assert "StandardizedConv" in {c[0] for c in calls}

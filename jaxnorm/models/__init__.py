@@ -10,12 +10,13 @@ Every model is a ``flax.linen.Module`` called as::
     logits, features = model.apply(variables, x, train=False, return_features=True)   # the head's input
 
 ``features`` is the input of the final dense layer (for the embedding penalty λ·mean‖h(x)‖², Dauphin & Cubuk 2021).
-Norms that keep running statistics (``'batch'``, ``'batch_renorm'``, ``'lp_batch_norm'``) create the
-``'batch_stats'`` collection; the others create none. Shared fields (norm options, placement, dropout, activation,
+Norms that keep running statistics (``'batch'``, ``'batch_renorm'``, ``'lp_batch_norm'``, ``'noisy_batch_norm'``)
+create the ``'batch_stats'`` collection; the others create none. ``'noisy_batch_norm'`` draws its noise from the
+``'dropout'`` rng stream. Shared fields (norm options, placement, dropout, activation,
 bias rule, dtype) are documented on :class:`~jaxnorm.models.base.ZooModel`.
 
 Registries: ``NORMS``, ``DROPOUTS``, ``ACTIVATIONS``, ``MODELS``; :func:`make_norm`, :func:`make_dropout`,
-:func:`build_model`; :func:`register_norm` adds a norm (the hook for ``'noisy_batch_norm'``) and
+:func:`build_model`; :func:`register_norm` adds a norm (``'noisy_batch_norm'`` is registered that way) and
 :func:`register_model` a model. Unknown names raise a ValueError listing the valid ones.
 """
 
@@ -72,12 +73,17 @@ def register_model(name: str, constructor: Callable[..., nn.Module], *, overwrit
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """The model ``name`` (a key of ``MODELS``; case-insensitive, '-' read as '_') built with ``kwargs``.
+    """The model ``name`` (a key of ``MODELS``; case, '-' and '_' are ignored: 'ResNet-18' is 'resnet18') built
+    with ``kwargs``; unknown names raise a ValueError listing ``MODELS``.
 
     >>> build_model('resnet18', norm='batch', width=0.125, num_classes=10)
     """
-    key = name.lower().replace("-", "_") if isinstance(name, str) else name
-    return MODELS[check_choice("model", key, tuple(MODELS))](**kwargs)
+    def squash(s):
+        return s.lower().replace("-", "").replace("_", "")
+
+    if isinstance(name, str) and name not in MODELS:
+        name = {squash(k): k for k in MODELS}.get(squash(name), name)
+    return MODELS[check_choice("model", name, tuple(MODELS))](**kwargs)
 
 
 def __getattr__(name: str):  # NORMS / DROPOUTS are live views: they include registered entries

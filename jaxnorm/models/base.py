@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+from flax.core import FrozenDict
 import jax
 import jax.numpy as jnp
 
@@ -30,7 +32,9 @@ _COMMON_NORM_OPTIONS = ("num_groups", "momentum", "epsilon", "axis_name", "p")
 
 
 class ZooModel(nn.Module):
-    """Fields every model of the zoo shares.
+    """Fields every model of the zoo shares. Models are called as ``model.apply(variables, x, train=...,
+    return_features=False)``; ``return_features=True`` returns ``(logits, features)``, features being the input of
+    the final dense layer. Names are checked when the model is constructed (ValueError listing the valid ones).
 
     * ``norm``: one of ``NORMS``; ``norm_position``: ``'before'`` (layer → norm → activation, Ioffe & Szegedy's
       placement, the default) or ``'after'`` (layer → activation → norm).
@@ -42,8 +46,10 @@ class ZooModel(nn.Module):
       ``'none'``), applied at the end of each block (after its activation, or after its norm when
       ``norm_position='after'``), i.e. just before the next weight layer.
     * ``activation``: a name in ``ACTIVATIONS``.
-    * ``use_bias``: ``None`` (auto) drops the bias of a conv/dense layer that a bias-absorbing norm (batch, batch
-      renorm, instance) directly follows, as Flax's and torchvision's ResNets do; ``True``/``False`` force it.
+    * ``use_bias``: ``None`` (auto) drops the bias of a conv/dense layer that a bias-absorbing norm (one that subtracts
+      a per-channel mean: batch, batch renorm, noisy batch norm, instance) directly follows, as Flax's and
+      torchvision's ResNets do; ``True``/``False`` force it. ℓp batch norm keeps the bias (its scale is measured
+      before the mean shift, so the bias is not redundant). The dense head always has a bias.
     * ``kernel_init``: ``None`` = He normal for ReLU-like activations, LeCun normal otherwise.
     * ``dtype``: computation dtype of the conv/dense layers (e.g. ``jnp.bfloat16``); parameters and norm statistics
       stay float32 and logits are returned as float32.
@@ -68,6 +74,15 @@ class ZooModel(nn.Module):
     _dense = False  # N×C activations everywhere (MLP, DeepLinear): no instance norm, no spatial dropout
 
     def __post_init__(self):
+        # lists and dicts from configs become tuples and FrozenDicts, so that models stay hashable (jit static args)
+        for f in dataclasses.fields(self):
+            if f.name in ("parent", "name"):
+                continue
+            v = getattr(self, f.name, None)
+            if isinstance(v, list):
+                object.__setattr__(self, f.name, tuple(v))
+            elif isinstance(v, dict):
+                object.__setattr__(self, f.name, FrozenDict(v))
         self._check_config()
         super().__post_init__()
 

@@ -8,17 +8,16 @@ A model names its normalization, dropout and activation by string (``norm='group
   as ``layer(x, train=train)`` whatever the norm. ``'none'`` builds :class:`Identity` (no parameters, no state).
 * :func:`make_dropout` returns a :class:`DropoutFactory`; ``factory(name=...)`` builds one dropout layer drawing from
   the ``'dropout'`` rng stream, called as ``layer(x, train=train)``.
-* :func:`register_norm` / :func:`register_dropout` add new choices (the hook for ``'noisy_batch_norm'``, Santurkar et
-  al. 2018, Algorithm 1)::
+* :func:`register_norm` / :func:`register_dropout` add new choices. This is how ``'noisy_batch_norm'`` (Santurkar et
+  al. 2018, Algorithm 1) is plugged in, below, when :class:`jaxnorm.nn.NoisyBatchNorm` exists::
 
-      from jaxnorm.models import register_norm
-      register_norm('noisy_batch_norm', NoisyBatchNorm, options=('momentum', 'epsilon', 'axis_name', 'n_mu', ...),
+      register_norm('noisy_batch_norm', jnn.NoisyBatchNorm, options=('momentum', 'epsilon', 'n_mu', ...),
                     batch_stats=True, absorbs_bias=True)
 
-  after which ``NORMS`` lists it and every model accepts ``norm='noisy_batch_norm'``. The layer must accept
+  after which ``NORMS`` lists it and every model accepts ``norm='noisy_batch_norm'``. A registered layer must accept
   ``name=`` and the keyword arguments in ``options`` at construction, ``(x, train=...)`` at call, and (if it has a
-  ``'scale'``) ``scale_init=`` so that residual blocks can zero-initialize it. Extra randomness should come from its
-  own rng stream (e.g. ``self.make_rng('noise')``) or the ``'dropout'`` stream.
+  ``'scale'``) ``scale_init=`` so that residual blocks can zero-initialize it. Extra randomness comes from an rng
+  stream (NoisyBatchNorm uses ``'dropout'``, which every training apply passes).
 
 ``NORMS`` and ``DROPOUTS`` are read live from the registries (module ``__getattr__``), so they include registered
 entries.
@@ -154,8 +153,15 @@ register_norm(
     "lp_batch_norm", jnn.LpBatchNorm, options=("p", "momentum", "epsilon", "axis_name") + _AFFINE,
     batch_stats=True, absorbs_bias=False, doc="ℓp batch norm (Santurkar et al. 2018, §3.3)",
 )
-# 'noisy_batch_norm' (Santurkar et al. 2018, Algorithm 1) plugs in here with register_norm(...) once its layer
-# exists in jaxnorm.nn; nothing else in the model zoo needs to change.
+# Santurkar et al. (2018, Algorithm 1): batch norm followed by per-unit random shifts and scales, drawn in training
+# from the 'dropout' rng stream (the layer's rng_collection). Registered like any other norm: this is the hook.
+if hasattr(jnn, "NoisyBatchNorm"):
+    register_norm(
+        "noisy_batch_norm", jnn.NoisyBatchNorm,
+        options=("momentum", "epsilon", "axis_name", "axis_index_groups", "convention", "virtual_batch_size",
+                 "n_mu", "n_sigma", "r_mu", "r_sigma", "rng_collection") + _AFFINE,
+        batch_stats=True, absorbs_bias=True, doc="noisy batch norm (Santurkar et al. 2018, Algorithm 1)",
+    )
 
 
 def norm_names() -> tuple[str, ...]:

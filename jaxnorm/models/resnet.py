@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxnorm.models.base import ConvModel, as_images, global_avg_pool, max_pool
 from jaxnorm.models.components import DropoutFactory, NormFactory, check_choice

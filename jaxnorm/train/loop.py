@@ -70,7 +70,7 @@ def build(config) -> Experiment:
     if config.batch_size > n:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {config.dataset} training set "
                          f"({n} examples); use batch_size <= {n}")
-    if not config.drop_remainder and config.norm in ("batch", "batch_renorm", "lp_batch_norm"):
+    if not config.drop_remainder and models_lib.norm_spec(config.norm).batch_stats:
         raise ValueError(
             "drop_remainder=False pads the last batch of each epoch, and a batch-statistics norm would count the "
             "padding in its statistics; keep drop_remainder=True with norm="
