@@ -67,6 +67,15 @@ def base_config() -> ml_collections.ConfigDict:
     # hessian_trace, directional_curvature, loss_slice_1d
     c.probes.kinds = ("santurkar",)
     c.probes.ics_layers = ()  # () = every layer
+    # greedy layer-wise autoencoder pretraining of the first dense layers (seed 003; see jaxnorm.train.pretrain)
+    c.pretrain = ml_collections.ConfigDict()
+    c.pretrain.layers = ()  # hidden sizes of the dense layers to pretrain, e.g. (100, 100); () = off
+    c.pretrain.steps = 500  # per layer
+    c.pretrain.kind = "denoising"  # denoising | sparse | both
+    c.pretrain.corruption = 0.3  # masking-noise fraction (denoising)
+    c.pretrain.rho = 0.05  # target mean activation (sparse)
+    c.pretrain.beta = 0.1  # weight of the sparsity penalty
+    c.pretrain.learning_rate = 1e-3  # adam
     # data parallelism (see jaxnorm.train.parallel)
     c.parallel = "auto"  # auto | none | pmap | sharding
     c.sync_bn = True  # batch statistics over the global batch (psum of sums and counts); False: per device
@@ -98,10 +107,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
     if config.probes.every < 0:
         raise ValueError(f"config.probes.every must be >= 0 (0 = no probes), got {config.probes.every}")
-    unknown_probe_keys = sorted(set(config.probes.keys()) - set(base.probes.keys()))
-    if unknown_probe_keys:
-        raise ValueError(f"unknown config keys {['probes.' + k for k in unknown_probe_keys]}. "
-                         f"Valid: {sorted('probes.' + k for k in base.probes.keys())}")
+    for group in ("probes", "pretrain"):
+        unknown_sub = sorted(set(config[group].keys()) - set(base[group].keys()))
+        if unknown_sub:
+            raise ValueError(f"unknown config keys {[group + '.' + k for k in unknown_sub]}. "
+                             f"Valid: {sorted(group + '.' + k for k in base[group].keys())}")
     if not 0 <= config.dropout_rate <= 1:
         raise ValueError(f"config.dropout_rate must be in [0, 1], got {config.dropout_rate}")
 

@@ -24,7 +24,7 @@ from jaxnorm import probes as probes_lib
 from jaxnorm.train import checkpoint as ckpt_lib
 from jaxnorm.train import config as config_lib
 from jaxnorm.train import metrics as metrics_lib
-from jaxnorm.train import optim, parallel, steps
+from jaxnorm.train import optim, parallel, pretrain as pretrain_lib, steps
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -163,12 +163,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
     c, dp = exp.config, exp.dp
     example = _train_batch(exp, 0)["x"]
     probe = make_probes(exp, example)  # checks probe names and layers before the workdir is touched
+    init_params = jax.eval_shape(lambda x: exp.eval_model.init(jax.random.key(0), x, train=False), example)
+    pretrain_lib.plan(c, init_params["params"])  # checks the pretraining plan against the model, same reason
     primary = jax.process_index() == 0
     resume = ckpt_lib.check_workdir(workdir, c) if primary else os.path.exists(os.path.join(workdir, "config.json"))
     if primary:
         ckpt_lib.save_config(workdir, c)
     state = steps.create_state(exp.eval_model, exp.tx, example, c.seed)
     checkpointer = ckpt_lib.Checkpointer(workdir, c.keep_checkpoints)
+    writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+    if not checkpointer.steps() and c.pretrain.layers:  # stage 1 (until fine-tuning has a checkpoint)
+        try:
+            params = pretrain_lib.pretrain(exp, state.params, workdir, writer, primary)
+        except KeyboardInterrupt:
+            writer.close()
+            checkpointer.close()
+            raise
+        state = state.replace(params=params, opt_state=exp.tx.init(params))
     if resume and checkpointer.steps():
         restored = checkpointer.restore(flax.serialization.to_state_dict(state), c.restore_step)
         state = flax.serialization.from_state_dict(state, restored)
@@ -177,7 +188,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_step = dp.compile(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed, axis_name=dp.axis_name,
                                                   sync_bn=c.sync_bn, loss=exp.loss))
     eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))
-    writer = metrics_lib.MetricWriter(workdir, enabled=primary)
     start = int(state.step)
     progress = metrics_lib.Progress(c.num_steps, start, enabled=c.progress and primary)
     pending: list = []

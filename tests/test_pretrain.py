@@ -1,0 +1,100 @@
+"""Greedy layer-wise autoencoder pretraining then fine-tuning, through train.py; resume mid-pretraining; bad input."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxnorm import data as data_lib
+from jaxnorm.train import loop
+from jaxnorm.train.metrics import read_metrics
+
+from test_train import ROOT, final_state, load_config
+
+
+def small(**kw):
+    c = load_config("autoencoder_pretrain", num_steps=20, eval_every=20, checkpoint_every=5, log_every=5)
+    c.model_kwargs.hidden = (16, 8)
+    c.pretrain.layers = (16, 8)
+    c.pretrain.steps = 10
+    for k, v in kw.items():
+        c.pretrain[k] = v
+    return c
+
+
+def test_pretrain_then_finetune_through_train_py(tmp_path):
+    wd = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs",
+                                                                                "autoencoder_pretrain.py"),
+         "--workdir", str(wd), "--config.num_steps=20", "--config.pretrain.steps=10",
+         "--config.pretrain.layers=(100,100)", "--config.progress=False"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_metrics(wd)
+    pre = [x for x in rows if x["split"] == "pretrain"]
+    assert [x["layer"] for x in pre] == [0, 1]  # logged at the end of each layer (log_every=50 > 10 steps) and all(np.isfinite(x["loss"]) for x in pre)
+    assert any(x["split"] == "eval" for x in rows)
+    assert os.listdir(wd / "pretrain" / "checkpoints") and os.listdir(wd / "checkpoints")
+
+
+def test_pretrained_weights_initialize_the_supervised_model_and_reduce_reconstruction_loss(tmp_path):
+    c = small(kind="both")
+    c.num_steps = 1  # almost no fine-tuning: the first layer is (nearly) the pretrained one
+    loop.train_and_evaluate(c, str(tmp_path / "a"))
+    pre = [x for x in read_metrics(tmp_path / "a") if x["split"] == "pretrain"]
+    assert pre[1]["loss"] < pre[0]["loss"] * 1.5  # finite and not diverging on layer 0
+    c0 = small()
+    c0.pretrain.layers = ()
+    c0.num_steps = 1
+    loop.train_and_evaluate(c0, str(tmp_path / "b"))
+    _, a = final_state(tmp_path / "a")
+    _, b = final_state(tmp_path / "b")
+    assert not np.allclose(a["/params/dense_0/kernel"], b["/params/dense_0/kernel"])  # pretraining changed it
+    np.testing.assert_allclose(a["/params/head/kernel"], b["/params/head/kernel"], atol=0.1)  # head not pretrained
+
+
+def test_resume_mid_pretraining_is_bit_identical(tmp_path, monkeypatch):
+    loop.train_and_evaluate(small(), str(tmp_path / "ref"))
+    real = data_lib.batch_at
+    calls = {"n": 0}
+
+    def interrupting(split, step, batch_size, **kw):
+        calls["n"] += 1
+        if calls["n"] == 13:  # the 1st call is the example batch: this is pretraining step 11 (layer 1, after the checkpoint at 10)
+            raise KeyboardInterrupt
+        return real(split, step, batch_size, **kw)
+
+    monkeypatch.setattr(data_lib, "batch_at", interrupting)
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted at pretraining step 11;"):
+        loop.train_and_evaluate(small(), str(tmp_path / "run"))
+    monkeypatch.setattr(data_lib, "batch_at", real)
+    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "20")
+    loop.train_and_evaluate(small(), str(tmp_path / "run"))
+    _, a = final_state(tmp_path / "ref")
+    _, b = final_state(tmp_path / "run")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"layers": (16, 9)}, r"pretrain.layers=\[16, 9\] does not match the first dense layers of 'mlp', whose sizes "
+                          r"are \[16, 8\]"),
+    ({"rho": 1.5}, r"pretrain.rho: the target activation rho must be strictly inside \(0, 1\)"),
+    ({"corruption": 1.0}, r"pretrain.corruption: the masking fraction .* must be in \[0, 1\)"),
+    ({"kind": "contractive"}, r"unknown pretrain.kind 'contractive'; valid: denoising, sparse, both"),
+])
+def test_bad_pretraining_config(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        loop.train_and_evaluate(small(**change), str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_pretraining_a_model_without_dense_layers_is_refused(tmp_path):
+    c = load_config("smoke")
+    c.pretrain.layers = (8,)
+    with pytest.raises(ValueError, match=r"pretraining needs dense layers .* 'simple_cnn' has none"):
+        loop.train_and_evaluate(c, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
