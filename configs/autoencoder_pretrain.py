@@ -5,7 +5,9 @@ initialization (--config.pretrain.layers="()").
     python train.py --config configs/autoencoder_pretrain.py --workdir runs/ae_pretrain
     python train.py --config configs/autoencoder_pretrain.py --workdir runs/ae_random --config.pretrain.layers="()"
 
-Expected (2 CPU cores, ~10 s): test accuracy 0.969 ± 0.004 pretrained vs 0.959 ± 0.006 random init (seeds 0-2).
+Expected (2 CPU cores, ~10 s): test accuracy 0.969 ± 0.004 pretrained vs 0.959 ± 0.006 random init (seeds 0-2);
+faster convergence: 0.914 ± 0.005 vs 0.811 ± 0.014 after 250 fine-tuning steps.
+Figures: python -m jaxnorm.plots runs/ae_pretrain (ae_filters.png, ae_reconstructions.png).
 """
 
 from jaxnorm.train.config import base_config

@@ -11,7 +11,10 @@ overlaid and labelled by its workdir name:
 - ``hessian.png``: top Hessian eigenvalue, trace and directional curvature over training;
 - ``density.png``: the last Hessian eigenvalue density (stochastic Lanczos quadrature) of each run.
 
-A figure is written only when some run has the metrics it needs. Reads files only: no jax import.
+- ``ae_filters.png``, ``ae_reconstructions.png``: for a run with autoencoder pretraining, the first layer's filters
+  and test inputs with their reconstructions.
+
+A figure is written only when some run has the metrics it needs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 from collections import defaultdict
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -162,6 +166,58 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def plot_autoencoder(workdir: str, out: str, num_images: int = 8) -> list[str]:
+    """First-layer filters and reconstructions of test inputs through the first pretrained tied autoencoder of a run
+    with ``pretrain.layers`` (reads ``WORKDIR/pretrain/checkpoints`` and the run's dataset; imports jax lazily)."""
+    import orbax.checkpoint as ocp
+
+    from jaxnorm import data as data_lib
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    ckdir = os.path.join(workdir, "pretrain", "checkpoints")
+    if not os.path.isdir(ckdir) or not any(d.isdigit() for d in os.listdir(ckdir)):
+        raise FileNotFoundError(f"{ckdir} has no pretraining checkpoint: was the run started with "
+                                "--config.pretrain.layers=...?")
+    step = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
+    with ocp.StandardCheckpointer() as c:
+        state = c.restore(os.path.join(ckdir, str(step), "default"))
+    ae = state["aes"]["dense_0"]
+    w = np.asarray(ae["kernel"])  # (inputs, hidden)
+    ds = data_lib.load(config["dataset"], config.get("data_dir") or None)
+    shape = ds.info.input_shape
+    x = ds.test.take(np.arange(num_images))[0].reshape(num_images, -1)
+    act = {"sigmoid": lambda v: 1 / (1 + np.exp(-v)), "tanh": np.tanh, "relu": lambda v: np.maximum(v, 0),
+           "identity": lambda v: v}.get(config.get("activation", "sigmoid"), lambda v: 1 / (1 + np.exp(-v)))
+    x_hat = act(x @ w + np.asarray(ae["bias"])) @ w.T + np.asarray(ae["bias_out"])
+    image = (lambda v: v.reshape(shape[0], shape[1])) if len(shape) == 3 and shape[-1] == 1 else None
+    paths = []
+    n_f = min(32, w.shape[1])
+    fig, axes = plt.subplots(4, n_f // 4, figsize=(n_f // 2, 4), squeeze=False)
+    for j, ax in enumerate(axes.flat):
+        if image:
+            ax.imshow(image(w[:, j]), cmap="RdBu")
+        else:
+            ax.plot(w[:, j])
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"first-layer filters (pretrained, step {step})")
+    paths.append(_save(fig, os.path.join(out, "ae_filters.png")))
+    fig, axes = plt.subplots(2, num_images, figsize=(1.5 * num_images, 3.2), squeeze=False)
+    for i in range(num_images):
+        for row, v in ((0, x[i]), (1, x_hat[i])):
+            if image:
+                axes[row, i].imshow(image(v), cmap="gray")
+            else:
+                axes[row, i].plot(v)
+            axes[row, i].set_xticks([])
+            axes[row, i].set_yticks([])
+    axes[0, 0].set_ylabel("input")
+    axes[1, 0].set_ylabel("reconstruction")
+    paths.append(_save(fig, os.path.join(out, "ae_reconstructions.png")))
+    return paths
+
+
 def make_plots(workdirs: list[str], out: str | None = None) -> list[str]:
     """Write every figure that the runs' metrics support; returns the PNG paths."""
     if not workdirs:
@@ -180,7 +236,13 @@ def make_plots(workdirs: list[str], out: str | None = None) -> list[str]:
         plot_hessian(runs, os.path.join(out, "hessian.png")),
         plot_density(runs, os.path.join(out, "density.png")),
     ]
-    return [p for p in made if p]
+    made = [p for p in made if p]
+    for w in workdirs:  # runs with autoencoder pretraining: filters and reconstructions
+        if os.path.isdir(os.path.join(w, "pretrain", "checkpoints")):
+            sub = os.path.join(out, _label(w)) if len(workdirs) > 1 else out
+            os.makedirs(sub, exist_ok=True)
+            made += plot_autoencoder(w, sub)
+    return made
 
 
 def main(argv=None) -> int:

@@ -38,6 +38,10 @@ def test_pretrain_then_finetune_through_train_py(tmp_path):
     assert [x["layer"] for x in pre] == [0, 1]  # logged at the end of each layer (log_every=50 > 10 steps) and all(np.isfinite(x["loss"]) for x in pre)
     assert any(x["split"] == "eval" for x in rows)
     assert os.listdir(wd / "pretrain" / "checkpoints") and os.listdir(wd / "checkpoints")
+    from jaxnorm import plots
+
+    paths = plots.make_plots([str(wd)], str(tmp_path / "figs"))
+    assert {"curves.png", "ae_filters.png", "ae_reconstructions.png"} <= {os.path.basename(p) for p in paths}
 
 
 def test_pretrained_weights_initialize_the_supervised_model_and_reduce_reconstruction_loss(tmp_path):
