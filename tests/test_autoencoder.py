@@ -157,13 +157,13 @@ def test_autoencoder_shapes_and_params():
 def test_conv_autoencoder_shapes_and_params():
     conv = ConvAutoencoder(channels=(4, 6))
     img = jax.random.uniform(jax.random.key(2), (2, 7, 6, 3))
-    v = conv.init(jax.random.key(1), img)
-    x_hat, code = conv.apply(v, img)
+    v = jax.jit(conv.init)(jax.random.key(1), img)
+    x_hat, code = jax.jit(conv.apply)(v, img)
     assert x_hat.shape == img.shape and code.shape == (2, 2, 2, 6)
     assert set(v["params"]) == {"conv_0", "conv_1", "deconv_0", "deconv_1"}
     seq = jax.random.uniform(jax.random.key(2), (2, 9, 2))
     conv1 = ConvAutoencoder(channels=(4,), spatial_dims=1)
-    x_hat, code = conv1.apply(conv1.init(jax.random.key(1), seq), seq)
+    x_hat, code = jax.jit(lambda k, s: conv1.apply(conv1.init(k, s), s))(jax.random.key(1), seq)
     assert x_hat.shape == seq.shape and code.shape == (2, 5, 4)
 
 
