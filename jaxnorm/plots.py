@@ -110,21 +110,27 @@ def plot_ics(runs: dict[str, list[dict]], path: str) -> str | None:
     return _save(fig, path)
 
 
-def plot_slices(runs: dict[str, list[dict]], path: str) -> str | None:
+def _plot_last_curve(runs, path, xkey, ykey, **axis) -> str | None:
+    """The last logged (``xkey``, ``ykey``) curve of each run, overlaid (loss slices, eigenvalue densities)."""
     last = {}
     for name, rows in runs.items():
-        found = [r for r in rows if "slice_1d/losses" in r and "slice_1d/alphas" in r]
+        found = [r for r in rows if xkey in r and ykey in r]
         if found:
             last[name] = found[-1]
     if not last:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in last.items():
-        ax.plot(r["slice_1d/alphas"], r["slice_1d/losses"], label=f"{name} (step {r['step']})")
-    ax.set(xlabel="α (filter-normalized direction)", ylabel="loss", title="1-D loss slice", yscale="log")
+        ax.plot(r[xkey], r[ykey], label=f"{name} (step {r['step']})")
+    ax.set(yscale="log", **axis)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_slices(runs: dict[str, list[dict]], path: str) -> str | None:
+    return _plot_last_curve(runs, path, "slice_1d/alphas", "slice_1d/losses", xlabel="α (filter-normalized direction)",
+                            ylabel="loss", title="1-D loss slice")
 
 
 def plot_hessian(runs: dict[str, list[dict]], path: str) -> str | None:
@@ -143,20 +149,8 @@ def plot_hessian(runs: dict[str, list[dict]], path: str) -> str | None:
 
 
 def plot_density(runs: dict[str, list[dict]], path: str) -> str | None:
-    last = {}
-    for name, rows in runs.items():
-        found = [r for r in rows if "hessian/density" in r and "hessian/density_grid" in r]
-        if found:
-            last[name] = found[-1]
-    if not last:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in last.items():
-        ax.plot(r["hessian/density_grid"], r["hessian/density"], label=f"{name} (step {r['step']})")
-    ax.set(xlabel="eigenvalue", ylabel="density", yscale="log", title="Hessian eigenvalue density (SLQ)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _plot_last_curve(runs, path, "hessian/density_grid", "hessian/density", xlabel="eigenvalue",
+                            ylabel="density", title="Hessian eigenvalue density (SLQ)")
 
 
 def _save(fig, path: str) -> str:
