@@ -174,7 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer = metrics_lib.MetricWriter(workdir, enabled=primary)
     if not checkpointer.steps() and c.pretrain.layers:  # stage 1 (until fine-tuning has a checkpoint)
         try:
-            params = pretrain_lib.pretrain(exp, state.params, workdir, writer, primary)
+            params = pretrain_lib.pretrain(exp, state.variables(), workdir, writer, primary)
         except KeyboardInterrupt:
             writer.close()
             checkpointer.close()

@@ -1,7 +1,10 @@
 """Greedy layer-wise pretraining with tied autoencoders (seed 003), before supervised fine-tuning.
 
-Layer i of a dense stack (``dense_0, dense_1, …``) is learned as a tied autoencoder of the output of the layers
-before it, ``Z = f(X W_i + b_i)``, ``X′ = Z W_iᵀ + b′_i`` (squared error against the *clean* X), with masking noise
+Layer i of the model's stack of convolutions and dense layers (``conv_0, conv_1, …, dense_0, dense_1, …``; the head
+is not pretrained) is learned as a tied autoencoder of its own input in the network (computed with the layers before
+it already pretrained, eval mode), ``Z = f(X W_i + b_i)``, ``X′ = Z W_iᵀ + b′_i`` — for a convolution,
+``Z = f(conv(X, W_i) + b_i)`` and ``X′`` the transposed convolution of Z with the same kernel — (squared error
+against the *clean* X), with masking noise
 on X (``kind='denoising'``), the sparsity penalty ``β Σ_j KL(ρ‖ρ̂_j)`` on Z (``'sparse'``, needs a sigmoid
 activation) or both. ``W_i``/``b_i`` then initialize the supervised network (a layer followed by batch norm has no
 bias: BN's β takes its place), and fine-tuning runs as a normal training run.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 
+import flax.linen as nn
 import flax.serialization
 import jax
 import jax.numpy as jnp
@@ -30,10 +34,13 @@ from jaxnorm.train import checkpoint as ckpt_lib
 KINDS = ("denoising", "sparse", "both")
 
 
-def dense_stack(params) -> list[str]:
-    """The names ``dense_0, dense_1, …`` of a model's dense layers, in order."""
-    names = [n for n in params if re.fullmatch(r"dense_\d+", n)]
-    return sorted(names, key=lambda n: int(n.split("_")[1]))
+def layer_stack(params) -> list[str]:
+    """The model's convolutions then dense layers (``conv_0, …, dense_0, …``) in order; the head is excluded."""
+    def ordered(prefix):
+        names = [n for n in params if re.fullmatch(prefix + r"_\d+", n)]
+        return sorted(names, key=lambda n: int(n.split("_")[1]))
+
+    return ordered("conv") + ordered("dense")
 
 
 def plan(config, params) -> list[str]:
@@ -53,15 +60,16 @@ def plan(config, params) -> list[str]:
     ae_lib._check_rho(p.rho, "pretrain.rho")
     ae_lib._check_beta(p.beta, "pretrain.beta")
     ae_lib._check_fraction(p.corruption, "pretrain.corruption")
-    names = dense_stack(params)
+    names = layer_stack(params)
     if not names:
-        raise ValueError(f"pretraining needs dense layers to initialize (dense_0, dense_1, …), and model "
-                         f"{config.model!r} has none (its layers: {sorted(params)}); use mlp, ioffe_mlp, "
-                         "srivastava_mlp or deep_linear")
-    widths = [int(params[n]["kernel"].shape[1]) for n in names]
+        raise ValueError(f"pretraining needs dense or conv layers to initialize (conv_0, …, dense_0, …), and model "
+                         f"{config.model!r} has none (its layers: {sorted(params)}); use e.g. mlp, ioffe_mlp, "
+                         "simple_cnn or cnn1d")
+    widths = [int(params[n]["kernel"].shape[-1]) for n in names]
     if len(sizes) > len(widths) or tuple(widths[: len(sizes)]) != sizes:
-        raise ValueError(f"pretrain.layers={list(sizes)} does not match the first dense layers of {config.model!r}, "
-                         f"whose sizes are {widths}; use a prefix such as {widths[: max(1, len(sizes))]}")
+        raise ValueError(f"pretrain.layers={list(sizes)} does not match the first layers of {config.model!r}, whose "
+                         f"sizes are {widths} ({', '.join(names)}); use a prefix such as "
+                         f"{widths[: max(1, len(sizes))]}")
     return names[: len(sizes)]
 
 
@@ -69,18 +77,45 @@ def _init_state(params, names, tx):
     aes = {}
     for n in names:
         k = params[n]["kernel"]
-        aes[n] = {"kernel": k, "bias": params[n].get("bias", jnp.zeros(k.shape[1], k.dtype)),
-                  "bias_out": jnp.zeros(k.shape[0], k.dtype)}
+        aes[n] = {"kernel": k, "bias": params[n].get("bias", jnp.zeros(k.shape[-1], k.dtype)),
+                  "bias_out": jnp.zeros(k.shape[-2], k.dtype)}
     return {"step": jnp.zeros((), jnp.int32), "aes": aes, "opts": {n: tx.init(aes[n]) for n in names}}
 
 
-def _make_step(config, tx, act):
+def _dims(nd: int):
+    sp = "DHW"[-nd:]
+    return (f"N{sp}C", f"{sp}IO", f"N{sp}C")
+
+
+def encode(ae, x, act, strides=None):
+    """``f(X W + b)``, or ``f(conv(X, W) + b)`` (SAME padding, the zoo's convention) for a conv kernel."""
+    w = ae["kernel"]
+    if w.ndim == 2:
+        return act(x @ w + ae["bias"])
+    nd = w.ndim - 2
+    y = jax.lax.conv_general_dilated(x, w, strides or (1,) * nd, "SAME", dimension_numbers=_dims(nd))
+    return act(y + ae["bias"])
+
+
+def decode(ae, z, out_shape, strides=None):
+    """The tied decoder ``Z Wᵀ + b′``: for a conv kernel the transposed convolution, cropped to the input shape."""
+    w = ae["kernel"]
+    if w.ndim == 2:
+        return z @ w.T + ae["bias_out"]
+    nd = w.ndim - 2
+    y = jax.lax.conv_transpose(z, w, strides or (1,) * nd, "SAME", dimension_numbers=_dims(nd),
+                               transpose_kernel=True)
+    y = y[(slice(None),) + tuple(slice(0, s) for s in out_shape[1:-1])]
+    return y + ae["bias_out"]
+
+
+def _make_step(config, tx, act, strides):
     p = config.pretrain
 
     def loss_fn(ae, x, key):
         xc = ae_lib.masking_noise(x, p.corruption, key=key) if p.kind in ("denoising", "both") else x
-        z = act(xc @ ae["kernel"] + ae["bias"])
-        x_hat = z @ ae["kernel"].T + ae["bias_out"]
+        z = encode(ae, xc, act, strides)
+        x_hat = decode(ae, z, x.shape, strides)
         loss = ae_lib.reconstruction_loss(x_hat, x, kind="squared")
         if p.kind in ("sparse", "both"):
             loss = loss + ae_lib.sparsity_penalty(z, rho=p.rho, beta=p.beta)
@@ -95,16 +130,52 @@ def _make_step(config, tx, act):
     return step
 
 
-def pretrain(exp, params, workdir: str, writer, primary: bool) -> dict:
-    """Run (or resume) the pretraining stage and return ``params`` with the pretrained layers filled in."""
+def _with_layers(params, aes):
+    """``params`` with the autoencoders' kernels (and biases, where the layer has one) substituted."""
+    out = dict(params)
+    for n, ae in aes.items():
+        out[n] = {**params[n], "kernel": ae["kernel"]}
+        if "bias" in params[n]:
+            out[n]["bias"] = ae["bias"]
+    return out
+
+
+def _layer_io_fn(model, name):
+    """``(variables, x) -> (input, output)`` of layer ``name`` in the eval-mode network (jitted)."""
+
+    def capture(variables, x):
+        seen = {}
+
+        def record(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == "__call__" and context.module.name == name and name not in seen:
+                seen[name] = (args[0], out)
+            return out
+
+        with nn.intercept_methods(record):
+            model.apply(variables, x, train=False)
+        return seen[name]
+
+    return jax.jit(capture)
+
+
+def pretrain(exp, variables, workdir: str, writer, primary: bool) -> dict:
+    """Run (or resume) the pretraining stage and return the params with the pretrained layers filled in."""
     c = exp.config
+    params = variables["params"]
     names = plan(c, params)
     if not names:
         return params
     p = c.pretrain
     tx = optax.adam(p.learning_rate)
     act = components.get_activation(c.activation)
-    step_fn = _make_step(c, tx, act)
+    io = {n: _layer_io_fn(exp.eval_model, n) for n in names}
+    x0 = data_lib.batch_at(exp.dataset.train, 0, c.batch_size, seed=c.seed + 3)["x"]
+    strides = {}
+    for n in names:  # a strided conv: its stride from the ratio of input to output size
+        h_in, h_out = jax.eval_shape(io[n], variables, x0)
+        strides[n] = tuple(a // b for a, b in zip(h_in.shape[1:-1], h_out.shape[1:-1])) or None
+    steps_fn = {n: _make_step(c, tx, act, strides[n]) for n in names}
     state = _init_state(params, names, tx)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "pretrain"), 2)
     if ckpt.steps():
@@ -120,11 +191,11 @@ def pretrain(exp, params, workdir: str, writer, primary: bool) -> dict:
         for s in range(start, total):
             i = s // p.steps
             x = data_lib.batch_at(exp.dataset.train, s, c.batch_size, seed=c.seed + 3)["x"]
-            h = jnp.asarray(x).reshape(x.shape[0], -1)
-            for n in names[:i]:  # the layers already learned encode the input of layer i
-                h = act(h @ state["aes"][n]["kernel"] + state["aes"][n]["bias"])
+            # the input of layer i in the network, the layers before it already pretrained
+            learned = {n: state["aes"][n] for n in names[:i]}
+            h, _ = io[names[i]]({**variables, "params": _with_layers(params, learned)}, x)
             key = jax.random.fold_in(jax.random.key(c.seed + 4), s)
-            ae, opt, loss = step_fn(state["aes"][names[i]], state["opts"][names[i]], h, key)
+            ae, opt, loss = steps_fn[names[i]](state["aes"][names[i]], state["opts"][names[i]], h, key)
             state = {"step": jnp.asarray(s + 1, jnp.int32), "aes": {**state["aes"], names[i]: ae},
                      "opts": {**state["opts"], names[i]: opt}}
             done = s + 1
@@ -142,9 +213,4 @@ def pretrain(exp, params, workdir: str, writer, primary: bool) -> dict:
         raise KeyboardInterrupt(f"interrupted at pretraining step {int(state['step'])}; checkpoint saved in "
                                 f"{ckpt.directory}. Rerun the same command to resume.") from None
     ckpt.close()
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
-    for n in names:
-        out[n] = {**params[n], "kernel": state["aes"][n]["kernel"]}
-        if "bias" in params[n]:
-            out[n]["bias"] = state["aes"][n]["bias"]
-    return out
+    return _with_layers(params, state["aes"])
