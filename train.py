@@ -1,6 +1,7 @@
 """Train a jaxnorm model: ``python train.py --config configs/default.py --workdir runs/default``.
 
-Overrides: ``--config.norm=group --config.batch_size=32``. With no flags: the default config (a 1-D CNN with batch norm
+Overrides: ``--config.norm=group --config.batch_size=32``; ``--config.size=full`` applies the config's paper-scale
+preset (``c.sizes.full``), keys given on the command line still winning. With no flags: the default config (a 1-D CNN with batch norm
 on MNIST-1D, offline) into runs/default. Rerunning the same command resumes from the latest checkpoint.
 """
 
@@ -22,7 +23,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     import jaxnorm.train  # after flag parsing, so --help is fast
 
-    sys.exit(jaxnorm.train.main(_CONFIG.value, _WORKDIR.value))
+    # keys given as --config.KEY=... win over the preset that --config.size=NAME applies
+    explicit = [name[len("config."):] for name in flags.FLAGS if name.startswith("config.") and flags.FLAGS[name].present]
+    sys.exit(jaxnorm.train.main(_CONFIG.value, _WORKDIR.value, explicit))
 
 
 if __name__ == "__main__":

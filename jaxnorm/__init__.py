@@ -12,6 +12,7 @@ from jaxnorm.dropout import (
     gaussian_dropout,
     max_norm,
     max_norm_project,
+    original_dropout,
     spatial_dropout,
 )
 from jaxnorm.norms import (
@@ -55,6 +56,7 @@ __all__ = [
     "max_norm_project",
     "nn",
     "noisy_batch_norm",
+    "original_dropout",
     "population_stats",
     "rms_norm",
     "spatial_dropout",

@@ -89,6 +89,22 @@ def dropout(
     return _inverted(x, mask, keep)
 
 
+def original_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
+    """Srivastava et al. (2014)'s original form: ``y = ξ ⊙ x`` with ``ξ ~ Bernoulli(1 − rate)`` in training (no
+    rescaling) and ``y = (1 − rate)·x`` at test, which is their "outgoing weights multiplied by p" (``(p·x)W = x(pW)``).
+    With the same key it drops exactly the units :func:`dropout` drops; a network trained this way with weights
+    ``W`` computes what an inverted-dropout network with weights ``(1 − rate)·W`` computes, at train and at test."""
+    _check_rate("original_dropout", rate)
+    x = jnp.asarray(x)
+    if _is_static_zero(rate):
+        return x
+    keep = _keep_prob(rate)
+    if not train:
+        return x * keep.astype(x.dtype)
+    _needs_key("original_dropout", key)
+    return jnp.where(_keep_mask(key, keep, x.shape), x, jnp.zeros((), x.dtype))
+
+
 def spatial_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
     """Channel ("spatial") dropout (Tompson et al. 2015): one Bernoulli mask value per example and channel of an
     ``N×…×C`` input, shared over all spatial positions, inverted scaling by ``1/(1 − rate)``."""

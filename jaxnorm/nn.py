@@ -300,6 +300,18 @@ class Dropout(_Stochastic):
         return self._apply(_do.dropout, x, train, "Dropout", broadcast_dims=self.broadcast_dims)
 
 
+class OriginalDropout(_Stochastic):
+    """Srivastava et al.'s original dropout: ``ξ ⊙ x`` in training, ``(1 − rate)·x`` at test
+    (:func:`jaxnorm.original_dropout`); the test-time scaling is not the identity, so it is applied here too."""
+
+    @nn.compact
+    def __call__(self, x, train: bool | None = None):
+        train = _train(self.train, train, "OriginalDropout")
+        if not train:
+            return _do.original_dropout(x, self.rate, train=False)
+        return self._apply(_do.original_dropout, x, train, "OriginalDropout")
+
+
 class SpatialDropout(_Stochastic):
     """Channel dropout: one mask value per example and channel, shared over space (Tompson et al. 2015)."""
 

@@ -212,13 +212,17 @@ def plot_autoencoder(workdir: str, out: str, num_images: int = 8) -> list[str]:
     return paths
 
 
-def make_plots(workdirs: list[str], out: str | None = None) -> list[str]:
-    """Write every figure that the runs' metrics support; returns the PNG paths."""
+def make_plots(workdirs: list[str], out: str | None = None, labels: list[str] | None = None) -> list[str]:
+    """Write every figure that the runs' metrics support; returns the PNG paths. Runs are labelled by ``labels`` or
+    their directory names."""
     if not workdirs:
         raise ValueError("make_plots: give at least one run directory")
+    labels = list(labels) if labels is not None else [_label(w) for w in workdirs]
+    if len(labels) != len(workdirs) or len(set(labels)) != len(labels):
+        raise ValueError(f"make_plots: need one distinct label per run, got {labels} for {len(workdirs)} runs")
     runs = defaultdict(list)
-    for w in workdirs:
-        runs[_label(w)] = load_run(w)
+    for w, label in zip(workdirs, labels):
+        runs[label] = load_run(w)
     out = out or os.path.join(workdirs[0], "plots")
     os.makedirs(out, exist_ok=True)
     made = [
@@ -231,9 +235,9 @@ def make_plots(workdirs: list[str], out: str | None = None) -> list[str]:
         plot_density(runs, os.path.join(out, "density.png")),
     ]
     made = [p for p in made if p]
-    for w in workdirs:  # runs with autoencoder pretraining: filters and reconstructions
+    for w, label in zip(workdirs, labels):  # runs with autoencoder pretraining: filters and reconstructions
         if os.path.isdir(os.path.join(w, "pretrain", "checkpoints")):
-            sub = os.path.join(out, _label(w)) if len(workdirs) > 1 else out
+            sub = os.path.join(out, label) if len(workdirs) > 1 else out
             os.makedirs(sub, exist_ok=True)
             made += plot_autoencoder(w, sub)
     return made

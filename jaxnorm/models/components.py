@@ -303,6 +303,8 @@ def register_dropout(name: str, layer: Callable[..., nn.Module] | None, *, needs
 
 register_dropout("none", None, doc="no dropout")
 register_dropout("dropout", jnn.Dropout, doc="inverted Bernoulli dropout (Srivastava et al. 2014)")
+register_dropout("original", jnn.OriginalDropout,
+                 doc="Srivastava et al.'s original form: no rescaling in training, activations × (1 − rate) at test")
 register_dropout("spatial", jnn.SpatialDropout, needs_spatial=True, doc="channel dropout (Tompson et al. 2015)")
 register_dropout("gaussian", jnn.GaussianDropout, rate_below_one=True, doc="multiplicative Gaussian noise")
 register_dropout("alpha", jnn.AlphaDropout, doc="alpha dropout for SELU nets (Klambauer et al. 2017)")

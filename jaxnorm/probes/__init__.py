@@ -34,13 +34,15 @@ from jaxnorm.probes.curvature import (
 )
 from jaxnorm.probes.ics import internal_covariate_shift, layer_order
 from jaxnorm.probes.landscape import filter_normalize, filter_normalized_direction, loss_slice_1d, loss_slice_2d
-from jaxnorm.probes.model import LOSSES, PROBES, make_probe_fn, model_loss_fn, model_state_loss_fn
+from jaxnorm.probes.model import (LOSSES, PROBES, activation_percentiles_fn, make_probe_fn, model_loss_fn,
+                                  model_state_loss_fn)
 from jaxnorm.probes.santurkar import DEFAULT_ETA_MULTIPLIERS, eta_grid, santurkar_probe
 
 __all__ = [
     "DEFAULT_ETA_MULTIPLIERS",
     "LOSSES",
     "PROBES",
+    "activation_percentiles_fn",
     "directional_curvature",
     "eta_grid",
     "filter_normalize",

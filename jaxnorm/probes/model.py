@@ -114,7 +114,41 @@ def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None,
 
 
 PROBES = ("santurkar", "santurkar_random", "ics", "top_eigenvalues", "hessian_trace", "directional_curvature",
-          "spectral_density", "loss_slice_1d")
+          "spectral_density", "loss_slice_1d", "activation_percentiles")
+
+
+def activation_percentiles_fn(model, *, unit: int = 0, percentiles=(15.0, 50.0, 85.0), train: bool = True,
+                              layers=None) -> Callable:
+    """``fn(variables, x, dropout_key) -> {'<layer>/p<q>': value}``: the ``percentiles`` of one ``unit``'s
+    activation input over the batch, for every input the model sows as ``intermediates/<layer>`` (the zoo's MLP
+    sows ``preact_{i}``, the input of its i-th activation) or the named ``layers``. Ioffe & Szegedy (2015, Fig. 1b,c)
+    plot the {15, 50, 85}th percentiles of one sigmoid's input over training. Jitted once; train mode uses the
+    batch's statistics (what the activation sees in training), and discards the updated running statistics."""
+
+    @jax.jit
+    def fn(variables, x, dropout_key):
+        if train:
+            _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
+                                   rngs={"dropout": dropout_key})
+        else:
+            _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+        sown = state.get("intermediates", {})
+        names = sorted(sown) if layers is None else list(layers)
+        missing = [n for n in names if n not in sown]
+        if missing or not names:
+            raise ValueError(f"activation_percentiles: the model sows {sorted(sown)} in 'intermediates', not "
+                             f"{missing or 'anything'}; use a model that sows its activation inputs (the MLP)")
+        out = {}
+        for name in names:
+            v = sown[name][0]
+            if not 0 <= unit < v.shape[-1]:
+                raise ValueError(f"activation_percentiles: unit={unit} but {name} has {v.shape[-1]} units")
+            col = v.reshape(-1, v.shape[-1])[:, unit].astype(jnp.float32)
+            for q in percentiles:
+                out[f"{name}/p{q:g}"] = jnp.percentile(col, q)
+        return out
+
+    return fn
 
 
 def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | Callable | None = None,
@@ -136,7 +170,7 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
     Args:
       probes: names from ``PROBES``: ``'santurkar'`` (along the gradient), ``'santurkar_random'``, ``'ics'``,
         ``'top_eigenvalues'``, ``'hessian_trace'``, ``'directional_curvature'``, ``'spectral_density'``,
-        ``'loss_slice_1d'``.
+        ``'loss_slice_1d'``, ``'activation_percentiles'`` (see :func:`activation_percentiles_fn`).
       lr: the learning rate (a float or a schedule ``lr(step)``): the Santurkar grid ``[0.5, 4]·lr`` and the ICS
         SGD update.
       tx: if given, ICS updates the earlier layers with this optimizer's step from ``state.opt_state`` instead of SGD.
@@ -148,7 +182,7 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
     ``santurkar/losses`` (K,); ``ics/l2/<layer>``, ``ics/cos/<layer>``, ``ics/grad_norm/<layer>``;
     ``hessian/top_eigenvalues`` (k,), ``hessian/top_eigenvalue``, ``hessian/trace``,
     ``hessian/directional_curvature``; ``hessian/density_grid``, ``hessian/density`` (stochastic Lanczos quadrature);
-    ``slice_1d/alphas``, ``slice_1d/losses``.
+    ``slice_1d/alphas``, ``slice_1d/losses``; ``activations/<layer>/p15`` (…/p50, …/p85).
     """
     probes = tuple(probes)
     bad = [p for p in probes if p not in PROBES]
@@ -165,6 +199,8 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
         raise ValueError(f"make_probe_fn: probes {needs_lr} need lr= (a float or a schedule lr(step)): the Santurkar "
                          "grid is [0.5, 4]·lr and ICS takes an SGD step of lr")
     loss_fn = model_state_loss_fn(model, train=train, loss=loss, axis_name=axis_name)  # one function: cached
+    percentiles_fn = (activation_percentiles_fn(model, train=train, **options.get("activation_percentiles", {}))
+                      if "activation_percentiles" in probes else None)
 
     def probe_fn(state, batch, key) -> dict:
         k_drop, k_dir, k_eig, k_trace, k_slice = jax.random.split(key, 5)
@@ -211,6 +247,10 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
                 kw.setdefault("num_points", 200)
                 res = _curv.hessian_spectral_density(loss_fn, params, inputs, key=k_eig, axis_name=axis_name, **kw)
                 out["hessian/density_grid"], out["hessian/density"] = res["grid"], res["density"]
+            elif name == "activation_percentiles":
+                res = percentiles_fn({"params": params, **({"batch_stats": state.batch_stats}
+                                                           if state.batch_stats else {})}, batch["x"], k_drop)
+                out.update({f"activations/{k}": v for k, v in res.items()})
             elif name == "loss_slice_1d":
                 res = _land.loss_slice_1d(loss_fn, params, inputs, key=k_slice, axis_name=axis_name, **kw)
                 out["slice_1d/alphas"], out["slice_1d/losses"] = res["alphas"], res["losses"]

@@ -23,6 +23,10 @@ RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_e
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # size presets: an experiment file declares c.sizes.<name> = {key: value, ...}; --config.size=<name> applies them
+    # (keys also given explicitly on the command line or by a sweep's grid win). 'small' = the file's own values.
+    c.size = "small"
+    c.sizes = ml_collections.ConfigDict()
     # data
     c.dataset = "mnist1d"
     c.data_dir = ""  # '' = $JAXNORM_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -45,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.learning_rate = 0.1
     c.momentum = 0.9
     c.weight_decay = 5e-4
+    c.max_norm = 0.0  # > 0: project each kernel's incoming-weight vectors onto ‖w‖₂ <= max_norm (Srivastava §5.1)
+    # Dauphin & Cubuk (2021) embedding regularization: + embedding_reg · mean_x ‖h(x)‖² (h = the head's input)
+    c.embedding_reg = 0.0
     c.schedule = "cosine"
     c.warmup_steps = 0
     c.decay_boundaries = (0.5, 0.75)  # step schedule: fractions of num_steps where the LR is multiplied by decay_factor
@@ -112,8 +119,50 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if unknown_sub:
             raise ValueError(f"unknown config keys {[group + '.' + k for k in unknown_sub]}. "
                              f"Valid: {sorted(group + '.' + k for k in base[group].keys())}")
+    if config.max_norm < 0 or config.embedding_reg < 0:
+        raise ValueError(f"config.max_norm and config.embedding_reg must be >= 0 (0 = off), got {config.max_norm} "
+                         f"and {config.embedding_reg}")
+    if config.size != "small" and config.size not in config.sizes:
+        raise ValueError(f"config.size={config.size!r} is not declared by this config; sizes: "
+                         f"{['small', *config.sizes.keys()]}")
     if not 0 <= config.dropout_rate <= 1:
         raise ValueError(f"config.dropout_rate must be in [0, 1], got {config.dropout_rate}")
+
+
+def resolve_size(config: ml_collections.ConfigDict, explicit=()) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the preset ``config.sizes[config.size]`` applied ('small' = no change), except the
+    keys in ``explicit`` (dotted names set on the command line or by a sweep), which keep their values. Applying it
+    twice with the same or a larger ``explicit`` is a no-op."""
+    out = ml_collections.ConfigDict(config.to_dict())
+    if config.size == "small":
+        return out
+    if config.size not in config.sizes:
+        raise ValueError(f"--config.size={config.size!r}: this config declares the sizes "
+                         f"{['small', *config.sizes.keys()]}; add c.sizes.{config.size} = {{...}} to its file")
+    preset = config.sizes[config.size].to_dict()
+    explicit = set(explicit)
+    for key, value in _flatten(preset).items():
+        if key in explicit:
+            continue
+        node, *path = key.split(".")
+        target = out
+        for part in [node, *path][:-1]:
+            target = target[part]
+        leaf = key.split(".")[-1]
+        if leaf not in target and not key.startswith("model_kwargs."):  # model_kwargs is free-form
+            raise ValueError(f"config.sizes.{config.size} sets the unknown key {key!r}")
+        target[leaf] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:

@@ -153,11 +153,14 @@ def _summarize(pending: list) -> dict:
     return out
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
     """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the final eval metrics.
 
-    With several processes, every process trains on its slice of each global batch and only process 0 writes
-    metrics, the config and checkpoints."""
+    ``config.size`` selects a preset of the config file (``config.sizes``); keys named in ``explicit`` (set on the
+    command line) keep their values. With several processes, every process trains on its slice of each global batch
+    and only process 0 writes metrics, the config and checkpoints."""
+    config_lib.validate(config)
+    config = config_lib.resolve_size(config, explicit)
     parallel.initialize_distributed(config)
     exp = build(config)
     c, dp = exp.config, exp.dp
@@ -186,7 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
 
     train_step = dp.compile(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed, axis_name=dp.axis_name,
-                                                  sync_bn=c.sync_bn, loss=exp.loss))
+                                                  sync_bn=c.sync_bn, loss=exp.loss, embedding_reg=c.embedding_reg))
     eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))
     start = int(state.step)
     progress = metrics_lib.Progress(c.num_steps, start, enabled=c.progress and primary)
@@ -248,10 +251,10 @@ def _evaluate_all(exp: Experiment, eval_step, state) -> dict:
     return result
 
 
-def main(config, workdir: str) -> int:
+def main(config, workdir: str, explicit=()) -> int:
     """CLI entry point: returns the process exit status; known errors are one clear line, not a traceback."""
     try:
-        result = train_and_evaluate(config, workdir)
+        result = train_and_evaluate(config, workdir, explicit)
     except KeyboardInterrupt as e:
         print(str(e) or "interrupted")
         return 130

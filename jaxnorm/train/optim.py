@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from jaxnorm.dropout import max_norm
+
 
 def learning_rate_schedule(config) -> optax.Schedule:
     """constant | step (×decay_factor at each fraction in decay_boundaries of num_steps) | cosine to 0, each after a
@@ -29,7 +31,8 @@ def _decay_mask(params):
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """sgd | momentum | nesterov (SGD with L2 weight decay added to the gradient, as PyTorch's SGD) | adam (L2) |
-    adamw (decoupled decay, Loshchilov & Hutter)."""
+    adamw (decoupled decay, Loshchilov & Hutter); ``max_norm`` > 0 chains :func:`jaxnorm.max_norm` (Srivastava et
+    al. 2014's max-norm constraint on each unit's incoming weights)."""
     schedule = learning_rate_schedule(config)
     wd = config.weight_decay
     l2 = [optax.add_decayed_weights(wd, _decay_mask)] if wd > 0 else []
@@ -42,4 +45,6 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
         tx = optax.chain(*l2, optax.adam(schedule))
     else:
         tx = optax.adamw(schedule, weight_decay=wd, mask=_decay_mask)
+    if config.max_norm > 0:  # after the update: the constraint holds for the weights every step uses
+        tx = optax.chain(tx, max_norm(config.max_norm))
     return tx, schedule

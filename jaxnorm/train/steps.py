@@ -64,7 +64,8 @@ def _pmean_floats(tree, axis_name):
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, seed: int, *,
-                    axis_name: str | None = None, sync_bn: bool = True, loss: str = "cross_entropy") -> Callable:
+                    axis_name: str | None = None, sync_bn: bool = True, loss: str = "cross_entropy",
+                    embedding_reg: float = 0.0) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``, un-jitted (the caller jits, pmaps or shard_maps it).
 
     With ``axis_name`` the step runs per device inside ``pmap``/``shard_map``: the loss is the global mean over the
@@ -73,27 +74,37 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
     Batch statistics are synchronized by the model's norms (``axis_name`` on the layers) when ``sync_bn``;
     otherwise each device normalizes with its own ("ghost") statistics and the running statistics are averaged
     over devices after the update, ``r ← m·r + (1−m)·mean_d(stat_d)``.
+
+    ``embedding_reg`` λ > 0 adds Dauphin & Cubuk (2021)'s penalty on the final layer's input h (the model's
+    ``return_features``): loss = mean_x ℓ(x) + λ · mean_x ‖h(x)‖², means over the valid examples; the reported
+    ``loss`` is the total and ``embedding_norm_sq`` the mean ‖h‖².
     """
 
     kind = loss  # the name `loss` is the scalar below
 
     def loss_fn(params, state, batch, key):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, new_vars = model.apply(variables, batch["x"], train=True, mutable=["batch_stats"],
-                                       rngs={"dropout": key})
+        out, new_vars = model.apply(variables, batch["x"], train=True, mutable=["batch_stats"],
+                                    rngs={"dropout": key}, **({"return_features": True} if embedding_reg else {}))
+        logits, features = out if embedding_reg else (out, None)
         losses = per_example_loss(logits, batch["y"], kind)
         w = batch["mask"].astype(losses.dtype)
         count = jnp.maximum(_psum(jnp.sum(w), axis_name), 1.0)
-        return jnp.sum(losses * w) / count, (logits, new_vars.get("batch_stats", {}), count)
+        emb = jnp.zeros((), losses.dtype)
+        if embedding_reg:
+            sq = jnp.sum(jnp.square(features.reshape(features.shape[0], -1).astype(jnp.float32)), axis=-1)
+            emb = jnp.sum(sq * w) / count
+            losses = losses + embedding_reg * sq
+        return jnp.sum(losses * w) / count, (logits, new_vars.get("batch_stats", {}), count, emb)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         key = dropout_key(seed, state.step)
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-        (loss, (logits, batch_stats, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (logits, batch_stats, count, emb)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state, batch, key)
         if axis_name is not None:
-            grads, loss = _psum((grads, loss), axis_name)
+            grads, loss, emb = _psum((grads, loss, emb), axis_name)
             if not sync_bn:
                 batch_stats = _pmean_floats(batch_stats, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -107,6 +118,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
         }
         if kind == "cross_entropy":
             metrics["accuracy"] = correct / count
+        if embedding_reg:
+            metrics["embedding_norm_sq"] = emb
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new, metrics
 

@@ -1,0 +1,332 @@
+"""Experiment sweeps: ``python -m jaxnorm.sweep configs/<exp>.py --workdir runs/<exp> [--seeds 3] [--config.k=v]``.
+
+An experiment file is a training config (``get_config()``, runnable alone with ``train.py``) that also declares its
+grid: ``get_sweep(config) -> [overrides, ...]``, one dict of (dotted) config keys per grid point, computed from the
+size-resolved base config (so a grid can derive, e.g., the number of steps from the batch size). ``SEEDS`` in the file
+is the default seed count. Every grid point runs once per seed ``0 … seeds−1`` in ``WORKDIR/<point>/seed<s>``, in this
+process, one after another; a run whose ``result.json`` records its current config is skipped, an interrupted one
+resumes from its checkpoint. Then:
+
+- ``WORKDIR/summary.csv``: one row per run (the grid keys, seed, status, final test/train metrics, gap, wall time);
+- ``WORKDIR/summary.json``: the rows, and per grid point the mean, std (ddof=1) and count over the seeds that
+  finished, with the command, the commit and the size;
+- ``WORKDIR/plots/``: :func:`jaxnorm.plots.make_plots` over the first seed of every grid point.
+
+A run that diverges (non-finite loss) is a result, not a failure: its status is ``diverged`` and it is left out of
+the means. A run that cannot start (bad config, a workdir of another run) is ``failed`` and makes the exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+DEFAULT_SEEDS = 3
+RESULT_FILE = "result.json"
+SUMMARY_KEYS = ("test_accuracy", "test_error", "test_loss", "train_accuracy", "train_loss", "gap", "wall_s")
+
+
+def load_experiment(path: str):
+    """The experiment module at ``path`` (needs ``get_config`` and ``get_sweep``)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such experiment file (see configs/ for the experiments)")
+    name = "jaxnorm_experiment_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    missing = [f for f in ("get_config", "get_sweep") if not hasattr(module, f)]
+    if missing:
+        raise ValueError(f"{path} defines no {' or '.join(missing)}: a sweep file needs get_config() (the base run) "
+                         "and get_sweep(config) -> list of override dicts (the grid)")
+    return module
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``['--config.norm=group', '--config.num_steps=10']`` → ``{'norm': 'group', 'num_steps': 10}`` (values parsed
+    as Python literals, else kept as strings)."""
+    out = {}
+    for arg in args:
+        if not arg.startswith("--config.") or "=" not in arg:
+            raise ValueError(f"unexpected argument {arg!r}: overrides are --config.KEY=VALUE")
+        key, value = arg[len("--config."):].split("=", 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _apply(config, overrides: dict):
+    from jaxnorm.train import config as config_lib
+
+    flat = {}
+    for key, value in overrides.items():
+        flat[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        config.update_from_flattened_dict(flat)
+    except (KeyError, AttributeError) as e:
+        base = config_lib.base_config()
+        raise ValueError(f"unknown config key in {sorted(flat)} ({e}); valid keys: {sorted(base.keys())}") from None
+    return config
+
+
+def point_name(overrides: dict, varying: list[str]) -> str:
+    """A directory name from the keys that vary over the grid: ``norm-batch_batch_size-32``."""
+    if "name" in overrides:
+        return str(overrides["name"])
+    parts = [f"{k.split('.')[-1]}-{_fmt(overrides[k])}" for k in varying if k in overrides]
+    return "_".join(parts) or "base"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (tuple, list)):
+        return "x".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def plan(path: str, seeds: int | None = None, overrides: dict | None = None):
+    """``(base_config, points, seeds)``: the size-resolved base config and the grid, each point a dict with its
+    ``name``, ``overrides`` and ``explicit`` keys. Checks every point's config before anything runs."""
+    from jaxnorm.train import config as config_lib
+
+    module = load_experiment(path)
+    overrides = dict(overrides or {})
+    seeds = seeds if seeds is not None else getattr(module, "SEEDS", DEFAULT_SEEDS)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be a positive int, got {seeds!r}")
+    if "seed" in overrides:
+        raise ValueError("--config.seed is set by the sweep (seeds 0 … N−1); use --seeds N")
+    base = _apply(module.get_config(), overrides)
+    config_lib.validate(base)
+    base = config_lib.resolve_size(base, overrides)
+    grid = [dict(g) for g in module.get_sweep(base)]
+    if not grid:
+        raise ValueError(f"{path}: get_sweep returned no grid points")
+    keys = sorted({k for g in grid for k in g if k != "name"})
+    varying = [k for k in keys if len({_fmt(g.get(k)) for g in grid}) > 1]
+    points, names = [], set()
+    for g in grid:
+        name = point_name(g, varying)
+        if name in names:
+            raise ValueError(f"{path}: two grid points are both named {name!r}; give them distinct 'name' keys")
+        names.add(name)
+        over = {k: v for k, v in g.items() if k != "name"}
+        clash = sorted(set(over) & set(overrides))
+        if clash:
+            raise ValueError(f"--config.{clash[0]} is a grid key of {path}; the grid sets it per point")
+        cfg = _apply(config_lib.resolve_size(base, overrides), over)
+        config_lib.validate(cfg)
+        points.append({"name": name, "overrides": over, "explicit": sorted(set(over) | set(overrides) | {"seed"}),
+                       "config": cfg})
+    return base, points, seeds
+
+
+def _status(workdir: str, config) -> dict | None:
+    """The recorded result of a finished (or diverged) run with this config, or None."""
+    from jaxnorm.train import config as config_lib
+
+    path = os.path.join(workdir, RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    same = result.get("config") == json.loads(json.dumps(config_lib.result_affecting(config)))
+    return result if same and result.get("num_steps") == config.num_steps else None
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _jsonable(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, (tuple, np.ndarray)):
+        return list(v)
+    raise TypeError(f"not JSON serializable: {type(v).__name__}")
+
+
+def run_one(config, workdir: str, explicit) -> dict:
+    """Train one run (skipping it when finished); returns its result: status finished | diverged | failed."""
+    from jaxnorm.train import config as config_lib
+    from jaxnorm.train import loop
+
+    resolved = config_lib.resolve_size(config, explicit)
+    done = _status(workdir, resolved)
+    if done is not None:
+        return {**done, "skipped": True}
+    t0 = time.perf_counter()
+    result = {"config": json.loads(json.dumps(config_lib.result_affecting(resolved))),
+              "num_steps": resolved.num_steps}
+    try:
+        final = loop.train_and_evaluate(config, workdir, explicit)
+        result.update(status="finished", final=final)
+    except loop.NonFiniteLossError as e:
+        result.update(status="diverged", message=str(e), final={})
+    except (ValueError, KeyError, RuntimeError) as e:  # incl. CheckpointError: never written into the run
+        return {**result, "status": "failed", "message": f"{type(e).__name__}: {e}", "final": {}, "skipped": False}
+    result["wall_s"] = time.perf_counter() - t0
+    _write_json(os.path.join(workdir, RESULT_FILE), result)
+    return {**result, "skipped": False}
+
+
+def summarize_run(workdir: str, result: dict) -> dict:
+    """The final metrics of a run from its ``metrics.jsonl``: test accuracy/error/loss (last eval), the last logged
+    train loss/accuracy, and the generalization gap ``train_accuracy − test_accuracy``."""
+    from jaxnorm import plots
+
+    row: dict[str, Any] = {"status": result["status"], "wall_s": result.get("wall_s", float("nan"))}
+    if result["status"] != "finished":
+        row["message"] = result.get("message", "")
+        return row
+    rows = plots.load_run(workdir)
+    evals = [r for r in rows if r.get("split") == "eval"]
+    trains = [r for r in rows if r.get("split") == "train"]
+    last_eval, last_train = (evals[-1] if evals else {}), (trains[-1] if trains else {})
+    for k, v in last_eval.items():
+        if k not in ("step", "split") and isinstance(v, (int, float)):
+            row[f"test_{k}"] = v
+    if "test_accuracy" in row:
+        row["test_error"] = 1.0 - row["test_accuracy"]
+    for k in ("loss", "accuracy"):
+        if k in last_train:
+            row[f"train_{k}"] = last_train[k]
+    if "train_accuracy" in row and "test_accuracy" in row:
+        row["gap"] = row["train_accuracy"] - row["test_accuracy"]
+    return row
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Per grid point: mean, std (ddof=1; 0 for one seed) and n over its finished seeds of every numeric metric."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["point"], []).append(r)
+    out = []
+    for point, members in groups.items():
+        ok = [m for m in members if m["status"] == "finished"]
+        metrics = {}
+        keys = sorted({k for m in ok for k, v in m.items() if isinstance(v, (int, float)) and k != "seed"})
+        for k in keys:
+            vals = np.array([m[k] for m in ok if isinstance(m.get(k), (int, float))], float)
+            if len(vals):
+                metrics[k] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                              "n": len(vals)}
+        out.append({"point": point, "overrides": members[0]["overrides"], "seeds": len(members),
+                    "finished": len(ok), "diverged": sum(m["status"] == "diverged" for m in members),
+                    "failed": sum(m["status"] == "failed" for m in members), "metrics": metrics})
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the code that ran (``+dirty`` when the checkout has uncommitted changes), or 'unknown'."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_summary(workdir: str, rows: list[dict], meta: dict) -> dict:
+    summary = {**meta, "runs": rows, "points": aggregate(rows)}
+    _write_json(os.path.join(workdir, "summary.json"), summary)
+    grid_keys = sorted({k for r in rows for k in r["overrides"]})
+    fields = ["point", *grid_keys, "seed", "status", *SUMMARY_KEYS, "workdir", "message"]
+    extra = sorted({k for r in rows for k in r if k not in fields and k not in ("overrides", "skipped")})
+    tmp = os.path.join(workdir, "summary.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields + extra, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{k: _fmt(v) for k, v in r["overrides"].items()},
+                        **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k != "overrides"}})
+    os.replace(tmp, os.path.join(workdir, "summary.csv"))
+    return summary
+
+
+def run_sweep(path: str, workdir: str, seeds: int | None = None, overrides: dict | None = None,
+              plots: bool = True, log=print) -> dict:
+    """Run (or finish) every run of the experiment at ``path`` into ``workdir``; returns the summary dict."""
+    base, points, seeds = plan(path, seeds, overrides)
+    overrides = dict(overrides or {})
+    overrides.setdefault("progress", False)
+    os.makedirs(workdir, exist_ok=True)
+    commit = git_commit()  # the code that runs (read before, so later edits do not relabel the results)
+    rows = []
+    total = len(points) * seeds
+    t_start = time.perf_counter()
+    for i, point in enumerate(points):
+        for seed in range(seeds):
+            cfg = _apply(point["config"].copy_and_resolve_references(), {"seed": seed, "progress": False})
+            run_dir = os.path.join(workdir, point["name"], f"seed{seed}")
+            result = run_one(cfg, run_dir, point["explicit"])
+            row = {"point": point["name"], "overrides": point["overrides"], "seed": seed, "workdir": run_dir,
+                   "skipped": result["skipped"], **summarize_run(run_dir, result)}
+            rows.append(row)
+            n = len(rows)
+            what = "finished before" if result["skipped"] else result["status"]
+            acc = f"  test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
+            msg = f"  {row.get('message', '')[:160]}" if result["status"] != "finished" else ""
+            log(f"[{n}/{total}] {point['name']} seed {seed}: {what}{acc}  ({row['wall_s']:.1f} s){msg}")
+    meta = {"experiment": os.path.splitext(os.path.basename(path))[0], "config_file": path, "size": base.size,
+            "seeds": seeds, "overrides": {k: v for k, v in overrides.items() if k != "progress"},
+            "commit": commit, "command": "python -m jaxnorm.sweep " + " ".join(
+                [path, "--workdir", workdir, "--seeds", str(seeds)]
+                + [f"--config.{k}={v}" for k, v in overrides.items() if k != "progress"]),
+            "total_wall_s": sum(r["wall_s"] for r in rows if not r["skipped"] and math.isfinite(r["wall_s"])),
+            "elapsed_s": time.perf_counter() - t_start}
+    summary = write_summary(workdir, rows, meta)
+    if plots:
+        from jaxnorm import plots as plots_lib
+
+        firsts = [r for r in rows if r["seed"] == 0 and os.path.exists(os.path.join(r["workdir"], "metrics.jsonl"))]
+        if firsts:
+            summary["plots"] = plots_lib.make_plots([r["workdir"] for r in firsts], os.path.join(workdir, "plots"),
+                                                    labels=[r["point"] for r in firsts])
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jaxnorm.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="experiment file with get_config() and get_sweep(config)")
+    p.add_argument("--workdir", required=True, help="where the runs, summary.csv/json and plots/ go")
+    p.add_argument("--seeds", type=int, default=None, help=f"seeds per grid point (default: the file's SEEDS or "
+                   f"{DEFAULT_SEEDS})")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    args, rest = p.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(rest)
+        summary = run_sweep(args.config, args.workdir, args.seeds, overrides, plots=not args.no_plots)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to finish the sweep (finished runs are skipped)")
+        return 130
+    failed = [r for r in summary["runs"] if r["status"] == "failed"]
+    print(f"summary: {os.path.join(args.workdir, 'summary.csv')} ({len(summary['runs'])} runs, "
+          f"{len(failed)} failed)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
