@@ -153,6 +153,72 @@ def plot_density(runs: dict[str, list[dict]], path: str) -> str | None:
                             ylabel="density", title="Hessian eigenvalue density (SLQ)")
 
 
+def _mean_series(runs: list[list[dict]], split: str, key: str):
+    """Steps common to all runs and the mean and std (over runs) of ``key`` at those steps."""
+    series = [dict(zip(*_series(rows, split, key))) for rows in runs]
+    steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    vals = np.array([[s[t] for t in steps] for s in series], float)
+    return steps, vals.mean(0) if len(steps) else vals, vals.std(0) if len(steps) else vals
+
+
+def plot_mean_curves(panels: list[tuple[str, dict[str, list[list[dict]]]]], path: str, key: str = "accuracy",
+                     split: str = "eval", ylabel: str = "test accuracy", yscale: str = "linear",
+                     hlines: dict[str, float] | None = None, ylim=None) -> str | None:
+    """One panel per ``(title, {label: [rows of each seed]})``: the mean of ``split/key`` over seeds against the step,
+    with a ±1 std band; ``hlines`` draws labelled horizontal reference lines on every panel."""
+    if not any(_series(rows, split, key)[0] for _, groups in panels for runs in groups.values() for rows in runs):
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, groups) in zip(axes[0], panels):
+        for i, (label, runs) in enumerate(groups.items()):
+            steps, mean, std = _mean_series(runs, split, key)
+            if steps:
+                ax.plot(steps, mean, color=f"C{i}", label=f"{label} (n={len(runs)})")
+                ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+        for j, (label, y) in enumerate((hlines or {}).items()):
+            ax.axhline(y, color="k", ls=("--", ":", "-.")[j % 3], lw=1, label=label)
+        ax.set(title=title, xlabel="step", ylabel=ylabel, yscale=yscale)
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_lines(series: dict[str, tuple[list, list, list]], path: str, *, xlabel: str, ylabel: str, title: str = "",
+               logx: bool = False, xticks=None) -> str:
+    """``{label: (xs, means, stds)}`` as lines with error bars (e.g. test error against the batch size per norm)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, means, stds) in series.items():
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        ax.set_xscale("log", base=2)
+    if xticks is not None:
+        ax.set_xticks(list(xticks))
+        ax.set_xticklabels([str(x) for x in xticks])
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_percentiles(runs: dict[str, list[dict]], path: str, layer: str, unit_label: str = "unit 0") -> str | None:
+    """Ioffe & Szegedy's Fig. 1(b, c): the 15th, 50th and 85th percentiles of one activation's input (probe
+    ``activations/<layer>/p15`` …) over training, one panel per run, on a shared y axis."""
+    keys = [f"activations/{layer}/p{q}" for q in (15, 50, 85)]
+    found = {name: rows for name, rows in runs.items() if any(keys[1] in r for r in rows)}
+    if not found:
+        return None
+    fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 3.6), squeeze=False, sharey=True)
+    for ax, (name, rows) in zip(axes[0], found.items()):
+        for key, style in zip(keys, ("--", "-", "--")):
+            ax.plot(*_series(rows, "probe", key), "k" + style, lw=1.2)
+        ax.set(title=f"{name}: {layer}, {unit_label}", xlabel="step")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("activation input: 15th / 50th / 85th pct")
+    return _save(fig, path)
+
+
 def _save(fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)

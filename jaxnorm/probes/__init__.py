@@ -33,6 +33,7 @@ from jaxnorm.probes.curvature import (
     hvp,
 )
 from jaxnorm.probes.ics import internal_covariate_shift, layer_order
+from jaxnorm.probes.invariance import TRANSFORMS as INVARIANCE_TRANSFORMS, norm_invariances
 from jaxnorm.probes.landscape import filter_normalize, filter_normalized_direction, loss_slice_1d, loss_slice_2d
 from jaxnorm.probes.model import (LOSSES, PROBES, activation_percentiles_fn, make_probe_fn, model_loss_fn,
                                   model_state_loss_fn)
@@ -40,6 +41,7 @@ from jaxnorm.probes.santurkar import DEFAULT_ETA_MULTIPLIERS, eta_grid, santurka
 
 __all__ = [
     "DEFAULT_ETA_MULTIPLIERS",
+    "INVARIANCE_TRANSFORMS",
     "LOSSES",
     "PROBES",
     "activation_percentiles_fn",
@@ -58,5 +60,6 @@ __all__ = [
     "make_probe_fn",
     "model_loss_fn",
     "model_state_loss_fn",
+    "norm_invariances",
     "santurkar_probe",
 ]

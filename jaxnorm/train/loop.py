@@ -243,6 +243,43 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
     return last_eval
 
 
+def restore(workdir: str, step: int = -1) -> tuple[Experiment, steps.TrainState]:
+    """The experiment and the trained state of a run directory (its ``config.json`` and the checkpoint of ``step``,
+    -1 = the latest), on this process's devices without data parallelism: for analysis after training."""
+    import json
+
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} a jaxnorm run directory?")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.parallel = "none"
+    exp = build(config)
+    example = _train_batch(exp, 0)["x"]
+    state = steps.create_state(exp.eval_model, exp.tx, example, config.seed)
+    checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+    try:
+        if not checkpointer.steps():
+            raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoint to restore")
+        restored = checkpointer.restore(flax.serialization.to_state_dict(state), step)
+    finally:
+        checkpointer.close()
+    return exp, flax.serialization.from_state_dict(state, restored)
+
+
+def predict(exp: Experiment, variables) -> np.ndarray:
+    """The model's outputs (eval mode) on the whole test split, in order, as one N×… array."""
+    apply = jax.jit(lambda v, x: exp.eval_model.apply(v, x, train=False))
+    bs = min(exp.config.eval_batch_size, exp.dataset.info.num_test)
+    outs = []
+    for batch in data_lib.eval_batches(exp.dataset.test, bs):
+        out = np.asarray(jax.device_get(apply(variables, batch["x"])))
+        outs.append(out[np.asarray(batch["mask"])])
+    return np.concatenate(outs)
+
+
 def _evaluate_all(exp: Experiment, eval_step, state) -> dict:
     result = evaluate(exp, eval_step, state.variables())
     if exp.config.eval_population_stats and state.batch_stats:
