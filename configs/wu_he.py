@@ -35,6 +35,9 @@ def get_config():
     c.eval_every = 2500
     c.log_every = 125
     c.checkpoint_every = 2500
+    # the grid's batch sizes are global: batch 2 cannot be split over several devices (Wu & He's per-GPU batch is
+    # emulated by the global batch on one device)
+    c.parallel = "none"
     c.sizes.smoke = dict(num_steps=4, eval_every=4, log_every=2, checkpoint_every=4)
     c.sizes.full = dict(dataset="imagenet2012", model="resnet50", model_kwargs=dict(stem="imagenet"), num_groups=32,
                         learning_rate=0.0125, weight_decay=1e-4, num_steps=4_000_000, eval_every=40_000,
