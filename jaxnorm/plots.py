@@ -156,6 +156,8 @@ def plot_density(runs: dict[str, list[dict]], path: str) -> str | None:
 def _mean_series(runs: list[list[dict]], split: str, key: str):
     """Steps common to all runs and the mean and std (over runs) of ``key`` at those steps."""
     series = [dict(zip(*_series(rows, split, key))) for rows in runs]
+    if not series:
+        return [], np.array([]), np.array([])
     steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
     vals = np.array([[s[t] for t in steps] for s in series], float)
     return steps, vals.mean(0) if len(steps) else vals, vals.std(0) if len(steps) else vals

@@ -9,7 +9,8 @@ resumes from its checkpoint. Then:
 
 - ``WORKDIR/summary.csv``: one row per run (the grid keys, seed, status, final test/train metrics, gap, wall time);
 - ``WORKDIR/summary.json``: the rows, and per grid point the mean, std (ddof=1) and count over the seeds that
-  finished, with the command, the commit and the size;
+  finished, with the command, the size and the commits of the code that trained the runs (``+dirty``: with
+  uncommitted changes);
 - ``WORKDIR/plots/``: :func:`jaxnorm.plots.make_plots` over the first seed of every grid point.
 
 A run that diverges (non-finite loss) is a result, not a failure: its status is ``diverged`` and it is left out of
@@ -162,8 +163,9 @@ def _jsonable(v):
     raise TypeError(f"not JSON serializable: {type(v).__name__}")
 
 
-def run_one(config, workdir: str, explicit) -> dict:
-    """Train one run (skipping it when finished); returns its result: status finished | diverged | failed."""
+def run_one(config, workdir: str, explicit, commit: str = "unknown") -> dict:
+    """Train one run (skipping it when finished); returns its result: status finished | diverged | failed, and the
+    ``commit`` of the code that trained it (kept from the first time for a skipped run)."""
     from jaxnorm.train import config as config_lib
     from jaxnorm.train import loop
 
@@ -173,7 +175,7 @@ def run_one(config, workdir: str, explicit) -> dict:
         return {**done, "skipped": True}
     t0 = time.perf_counter()
     result = {"config": json.loads(json.dumps(config_lib.result_affecting(resolved))),
-              "num_steps": resolved.num_steps}
+              "num_steps": resolved.num_steps, "commit": commit}
     try:
         final = loop.train_and_evaluate(config, workdir, explicit)
         result.update(status="finished", final=final)
@@ -233,13 +235,16 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+CODE_PATHS = ("jaxnorm", "configs", "train.py", "pyproject.toml")  # what a run executes (not tests, docs)
+
+
 def git_commit() -> str:
-    """The commit of the code that ran (``+dirty`` when the checkout has uncommitted changes), or 'unknown'."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    """The commit of the code that ran (``+dirty`` when ``CODE_PATHS`` have uncommitted changes), or 'unknown'."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -278,9 +283,10 @@ def run_sweep(path: str, workdir: str, seeds: int | None = None, overrides: dict
         for seed in range(seeds):
             cfg = _apply(point["config"].copy_and_resolve_references(), {"seed": seed, "progress": False})
             run_dir = os.path.join(workdir, point["name"], f"seed{seed}")
-            result = run_one(cfg, run_dir, point["explicit"])
+            result = run_one(cfg, run_dir, point["explicit"], commit)
             row = {"point": point["name"], "overrides": point["overrides"], "seed": seed, "workdir": run_dir,
-                   "skipped": result["skipped"], **summarize_run(run_dir, result)}
+                   "skipped": result["skipped"], "commit": result.get("commit", "unknown"),
+                   **summarize_run(run_dir, result)}
             rows.append(row)
             n = len(rows)
             what = "finished before" if result["skipped"] else result["status"]
@@ -289,10 +295,10 @@ def run_sweep(path: str, workdir: str, seeds: int | None = None, overrides: dict
             log(f"[{n}/{total}] {point['name']} seed {seed}: {what}{acc}  ({row['wall_s']:.1f} s){msg}")
     meta = {"experiment": os.path.splitext(os.path.basename(path))[0], "config_file": path, "size": base.size,
             "seeds": seeds, "overrides": {k: v for k, v in overrides.items() if k != "progress"},
-            "commit": commit, "command": "python -m jaxnorm.sweep " + " ".join(
+            "commit": ", ".join(sorted({r["commit"] for r in rows})), "command": "python -m jaxnorm.sweep " + " ".join(
                 [path, "--workdir", workdir, "--seeds", str(seeds)]
                 + [f"--config.{k}={v}" for k, v in overrides.items() if k != "progress"]),
-            "total_wall_s": sum(r["wall_s"] for r in rows if not r["skipped"] and math.isfinite(r["wall_s"])),
+            "total_wall_s": sum(r["wall_s"] for r in rows if math.isfinite(r["wall_s"])),  # incl. earlier runs
             "elapsed_s": time.perf_counter() - t_start}
     summary = write_summary(workdir, rows, meta)
     if plots:
