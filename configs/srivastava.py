@@ -43,10 +43,11 @@ def get_config():
 def get_sweep(config):
     """standard / dropout at the config's rate and at 0.5 / dropout + max-norm 3 / original-form dropout."""
     r = config.dropout_rate
+    half = [] if r == 0.5 else [{"name": "dropout0.5", "dropout": "dropout", "dropout_rate": 0.5, "max_norm": 0.0}]
     return [
         {"name": "standard", "dropout": "none", "max_norm": 0.0},
         {"name": f"dropout{r:g}", "dropout": "dropout", "dropout_rate": r, "max_norm": 0.0},
-        {"name": "dropout0.5", "dropout": "dropout", "dropout_rate": 0.5, "max_norm": 0.0},
+        *half,
         {"name": f"dropout{r:g}_maxnorm3", "dropout": "dropout", "dropout_rate": r, "max_norm": 3.0},
         {"name": f"original{r:g}", "dropout": "original", "dropout_rate": r, "max_norm": 0.0},
     ]

@@ -252,3 +252,15 @@ def test_norm_invariances_reproduce_ba_table_1():
         assert got == expected, (norm, measured[norm])
         # the non-invariant entries change the output by order one, not by round-off
         assert all(measured[norm][t] > 0.1 for t, inv in zip(invariance.TRANSFORMS, expected) if not inv)
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENT_FILES))
+def test_full_size_presets_resolve_and_need_a_prepared_dataset(name, tmp_path):
+    from jaxnorm import data as data_lib
+
+    base, points, _ = sweep.plan(EXPERIMENT_FILES[name], 1, {"size": "full", "data_dir": str(tmp_path / "data")})
+    assert base.dataset in ("cifar10", "imagenet2012", "mnist") and base.num_steps >= 15000
+    point = points[0]
+    with pytest.raises(data_lib.DatasetNotPreparedError, match=base.dataset):
+        loop.train_and_evaluate(point["config"], str(tmp_path / "run"), point["explicit"])
+    assert not (tmp_path / "run").exists()
