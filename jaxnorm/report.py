@@ -503,6 +503,8 @@ def _ba(ctx: Context) -> str:
         f"**{'yes' if all(agrees) else 'no'}** ({sum(agrees)}/{len(agrees)}).",
         "**Layer norm vs batch norm in a CNN** — " + _setting(ctx),
         tab, ctx.figure(fig),
+        "*What to look for*: both normalized networks above the unnormalized one; the BN and LN curves close to "
+        "each other.",
         f"**Verdict**: test error BN {err('batch'):.2f}%, LN {err('layer'):.2f}%, none {err('none'):.2f}%: "
         + versus(pts["batch"]["metrics"].get("test_error"), pts["layer"]["metrics"].get("test_error"), "BN", "LN")
         + (" points — BN beats LN in the ConvNet, as Ba et al. report." if err("batch") < err("layer") - max(
