@@ -29,6 +29,7 @@ class Context:
     summary: dict
     figures_dir: str
     out_dir: str
+    _loaded: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def points(self) -> dict[str, dict]:
         return {p["point"]: p for p in self.summary["points"]}
@@ -37,7 +38,11 @@ class Context:
         return [r for r in self.summary["runs"] if r["point"] == point]
 
     def metrics(self, point: str, status: str = "finished") -> list[list[dict]]:
-        return [plots.load_run(r["workdir"]) for r in self.runs(point) if r["status"] == status]
+        # Sections read the same runs for tables, figures and verdicts: load each metrics file once.
+        for r in self.runs(point):
+            if r["status"] == status and r["workdir"] not in self._loaded:
+                self._loaded[r["workdir"]] = plots.load_run(r["workdir"])
+        return [self._loaded[r["workdir"]] for r in self.runs(point) if r["status"] == status]
 
     def figure(self, made: str | None) -> str:
         if made is None:
@@ -71,9 +76,16 @@ def versus(a: dict | None, b: dict | None, name_a: str, name_b: str, scale: floa
     if not a or not b:
         return f"{name_a} or {name_b} is missing"
     diff = (a["mean"] - b["mean"]) * scale
-    if abs(diff) <= max(a["std"], b["std"]) * scale:
+    if not separated(a, b):
         return f"{name_a} and {name_b} are within one standard deviation (difference {signed(diff, 2)} points)"
     return f"{name_a} is {'lower' if diff < 0 else 'higher'} than {name_b} by {abs(diff):.2f} points"
+
+
+def separated(a: dict | None, b: dict | None) -> int:
+    """-1 / +1 when aggregate a's mean is below / above b's by more than the larger std, else 0 (or missing)."""
+    if not a or not b or abs(a["mean"] - b["mean"]) <= max(a["std"], b["std"]):
+        return 0
+    return -1 if a["mean"] < b["mean"] else 1
 
 
 def signed(x: float, digits: int = 1) -> str:
@@ -432,7 +444,7 @@ def _srivastava(ctx: Context) -> str:
     if mx:
         base_mx = mx.replace("_maxnorm3", "")
         a, b = m[mx].get("test_error"), m[base_mx].get("test_error")
-        better = bool(a and b) and (b["mean"] - a["mean"]) > max(a["std"], b["std"])
+        better = separated(a, b) < 0
         verdict += (f" Adding max-norm changes {base_mx}'s error from {err(base_mx):.1f}% to {err(mx):.1f}%: "
                     + versus(a, b, "with max-norm", "without", 100)
                     + (" — better, as in the paper." if better else " — no clear gain at our scale (the paper's gain "
@@ -538,8 +550,8 @@ def _ba(ctx: Context) -> str:
         "each other.",
         f"**Verdict**: test error BN {err('batch'):.2f}%, LN {err('layer'):.2f}%, none {err('none'):.2f}%: "
         + versus(pts["batch"]["metrics"].get("test_error"), pts["layer"]["metrics"].get("test_error"), "BN", "LN")
-        + (" — BN beats LN in the ConvNet, as Ba et al. report." if err("batch") < err("layer") - max(
-            pts["batch"]["metrics"]["test_error"]["std"], pts["layer"]["metrics"]["test_error"]["std"]) * 100
+        + (" — BN beats LN in the ConvNet, as Ba et al. report."
+           if separated(pts["batch"]["metrics"].get("test_error"), pts["layer"]["metrics"].get("test_error")) < 0
            else " — at our scale LN does at least as well as BN in this ConvNet, unlike Ba et al.'s remark.")
         + (" Both beat no normalization." if max(err("batch"), err("layer")) < err("none") else ""),
         status_note(ctx),
