@@ -1,11 +1,17 @@
 """Pure normalization transforms: batch, layer, instance, group, RMS, batch renorm, ℓp batch norm.
 
 Every function here is a pure JAX function of its inputs: no hidden state, explicit statistics in and out, safe
-under ``jit``, ``vmap``, ``grad`` and ``pmap``/``shard_map``. Arrays are channels-last (``N…C``) like Flax.
+under ``jit``, ``vmap``, ``grad`` and ``pmap``/``shard_map``. Arrays are channels-last (``N…C``) like Flax; the
+batch-statistics norms, instance and group norm take ``axis=`` for another feature axis (``axis=1`` for PyTorch's
+NCHW), and a 1-D scale/bias of length C then applies per channel on that axis.
 
-Statistics are always reduced in float32 (or wider), whatever the input dtype, and computed in one pass over ``x``
-as sums of ``x`` and ``x²`` (shifted by a constant per channel for accuracy), which is both the fastest form and the
-form that combines exactly across devices: per-device sums and counts are added with ``psum``.
+Statistics are always reduced in float32 (or wider), whatever the input dtype, in one pass over ``x`` as sums of
+``x − k`` and ``(x − k)²`` with ``k`` a shift taken from the data (the first valid value of each statistic, under
+``stop_gradient``): the variance ``Σ(x−k)²/n − (Σ(x−k)/n)²`` then cancels only as much as ``(μ − k)²/σ²``, a few
+units, instead of ``μ²/σ²`` (10⁸ at μ = 10⁴σ), and the output is formed as ``((x − k) − (μ − k))/σ`` so that μ's
+float32 rounding never enters. Across devices (``axis_name``) the shift is agreed first (one small ``psum``), then
+the sums and counts are added with a second ``psum``: exact for uneven or masked shards. Masks select
+(``jnp.where``), so NaN or inf in padded positions never reaches the statistics.
 
 Normalized output: ``x̂ = (x − μ)/√(σ² + ε)``, ``y = γ·x̂ + β``, with σ² the biased variance (Ioffe & Szegedy 2015).
 """
@@ -19,6 +25,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxnorm._checks import check_epsilon, check_float_input, check_train, is_traced
 
 Array = jax.Array
 BatchStats = dict  # {'mean': (C,), 'var': (C,), 'count': ()} -- see init_batch_stats
@@ -42,6 +50,12 @@ def _axes(ndim: int, axes: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def _feature_axis(name: str, x: Array, axis: int) -> int:
+    if not isinstance(axis, int):
+        raise ValueError(f"{name}: axis must name one feature axis (an int), got {axis!r}")
+    return _axes(x.ndim, axis)[0]
+
+
 def _check_convention(convention: str) -> None:
     if convention not in CONVENTIONS:
         raise ValueError(
@@ -54,7 +68,7 @@ def _check_convention(convention: str) -> None:
 def _resolve_momentum(momentum: Any, convention: str) -> float | None:
     if momentum is _DEFAULT:
         return _DEFAULT_MOMENTUM[convention]
-    if momentum is not None and not isinstance(momentum, jax.core.Tracer) and not 0.0 <= float(momentum) <= 1.0:
+    if momentum is not None and not is_traced(momentum) and not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"momentum must be in [0, 1] (or None for a cumulative average), got {momentum}")
     return momentum
 
@@ -74,27 +88,46 @@ def _check_stats(name: str, stats: Mapping[str, Array], num_features: int) -> No
             )
 
 
-def _check_affine(name: str, x: Array, scale: Array | None, bias: Array | None) -> None:
+def _affine(name: str, x: Array, scale: Array | None, bias: Array | None, fax: int = -1):
+    """``(scale, bias)`` ready to broadcast against ``x``: a 1-D parameter of length C (the size of the feature axis
+    ``fax``) is per channel on that axis, as in PyTorch's NCHW layout; any other shape must broadcast from the
+    right."""
+    fax = fax % x.ndim
+    c = x.shape[fax]
+    feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
+    out = []
     for pname, p in (("scale", scale), ("bias", bias)):
         if p is None:
+            out.append(None)
             continue
-        try:
-            jnp.broadcast_shapes(jnp.shape(p), x.shape)
-        except ValueError:
+        shape = tuple(jnp.shape(p))
+        if len(shape) == 1 and shape[0] == c:
+            out.append(jnp.reshape(p, feat_shape))
+            continue
+        ok = len(shape) != 1 or fax == x.ndim - 1  # a 1-D parameter is per channel or wrong
+        if ok:
+            try:
+                jnp.broadcast_shapes(shape, x.shape)
+            except ValueError:
+                ok = False
+        if not ok:
             raise ValueError(
-                f"{name}: {pname} of shape {tuple(jnp.shape(p))} does not broadcast against the input of shape "
-                f"{tuple(x.shape)}; pass one value per channel, shape ({x.shape[-1]},)"
-            ) from None
-
-
-def _per_channel(p, feat_shape):
-    """A 1-D per-channel parameter reshaped to broadcast along the feature axis (other shapes pass through)."""
-    return jnp.reshape(p, feat_shape) if p is not None and jnp.ndim(p) == 1 else p
+                f"{name}: {pname} of shape {shape} does not broadcast against the input of shape {tuple(x.shape)}: pass one value "
+                f"per channel, shape ({c},) for the {c} channels on axis {fax}"
+            )
+        out.append(p)
+    return tuple(out)
 
 
 def _check_rank(name: str, x: Array, min_ndim: int, what: str) -> None:
     if x.ndim < min_ndim:
         raise ValueError(f"{name}: expected an input of rank >= {min_ndim} ({what}), got shape {tuple(x.shape)}")
+
+
+def _input(name: str, x: Any) -> Array:
+    x = jnp.asarray(x)
+    check_float_input(name, x)
+    return x
 
 
 def _stat_dtype(x: Array):
@@ -120,7 +153,8 @@ def _psum(tree, axis_name, axis_index_groups=None, fn=lax.psum):
 
 
 def _expand_mask(mask: Array | None, x: Array) -> Array | None:
-    """A mask aligned with the leading axes of ``x`` (e.g. shape (N,)) broadcast to ``x``'s rank."""
+    """A boolean mask (True = a valid value) aligned with the leading axes of ``x`` (e.g. shape (N,)), or of
+    ``x``'s rank and broadcastable to it, reshaped to ``x``'s rank. Non-bool masks select where they are nonzero."""
     if mask is None:
         return None
     mask = jnp.asarray(mask)
@@ -133,65 +167,14 @@ def _expand_mask(mask: Array | None, x: Array) -> Array | None:
                 f"(e.g. shape ({x.shape[0]},) for one flag per example)"
             )
         mask = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
-    return mask
+    elif any(m not in (1, n) for m, n in zip(mask.shape, x.shape)):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the input {tuple(x.shape)}")
+    return mask if mask.dtype == jnp.bool_ else mask != 0
 
 
-def _sums(x: Array, axes: tuple[int, ...], shift: Array | None, mask: Array | None):
-    """Σ(x−k), Σ(x−k)² and the count over ``axes`` in float32, ``k`` a per-feature shift (no gradient)."""
-    dt = _stat_dtype(x)
-    xs = x.astype(dt)
-    if shift is not None:
-        xs = xs - shift
-    if mask is None:
-        n = math.prod(x.shape[a] for a in axes)
-        count = jnp.asarray(n, dt)
-        s1 = jnp.sum(xs, axes)
-        s2 = jnp.sum(xs * xs, axes)
-    else:
-        m = jnp.broadcast_to(mask, x.shape).astype(dt)
-        xm = xs * m
-        count = jnp.sum(m, axes)
-        s1 = jnp.sum(xm, axes)
-        s2 = jnp.sum(xm * xs, axes)
-    return s1, s2, count
-
-
-def batch_moments(
-    x: Array,
-    *,
-    axis: int | Sequence[int] = -1,
-    mask: Array | None = None,
-    axis_name: str | None = None,
-    axis_index_groups: Any = None,
-    shift: Array | None = None,
-) -> dict:
-    """Per-feature batch mean and biased variance of ``x``, reduced over every axis except ``axis``.
-
-    ``μ = Σx/n``, ``σ² = Σx²/n − μ²`` computed in one float32 pass (shifted by ``shift``, a per-feature constant
-    that carries no gradient, to avoid cancellation). With ``axis_name`` the per-device sums and counts are combined
-    with one ``psum``, so uneven or masked shards give exactly the global statistics. ``mask`` (aligned with the
-    leading axes of ``x``, e.g. shape (N,)) drops padded examples from the statistics.
-
-    Returns ``{'mean', 'var', 'count'}`` with ``count`` the number of values per feature (global with ``axis_name``).
-    """
-    feat = _axes(x.ndim, axis)
-    red = tuple(i for i in range(x.ndim) if i not in feat)
-    mask = _expand_mask(mask, x)
-    if shift is not None:
-        shift = lax.stop_gradient(jnp.asarray(shift, _stat_dtype(x)))
-        shift = shift.reshape([x.shape[i] if i in feat else 1 for i in range(x.ndim)])
-    s1, s2, count = _sums(x, red, shift, mask)
-    if axis_name is not None:
-        s1, s2, count = _psum((s1, s2, count), axis_name, axis_index_groups)
-    safe = jnp.maximum(count, 1.0)
-    m1 = s1 / safe
-    var = jnp.maximum(s2 / safe - m1 * m1, 0.0)
-    mean = m1 if shift is None else m1 + shift.reshape(m1.shape)
-    return {"mean": mean, "var": var, "count": count}
-
-
-def _normalize(x, scale, bias, mean, var, epsilon):
-    """``y = (x − μ)·(1/√(σ²+ε))·γ + β``, one elementwise pass over ``x``.
+def _normalize(x, scale, bias, mean, var, epsilon, shift=None):
+    """``y = (x − μ)·(1/√(σ²+ε))·γ + β``, one elementwise pass over ``x``; with ``shift`` (``k``) and ``mean``
+    then meaning ``μ − k``, ``((x − k) − (μ − k))`` keeps μ's rounding out of the output.
 
     ``mean``/``var`` and ``scale``/``bias`` must already broadcast against ``x`` (from the right). Written with the
     small per-feature factors applied one by one rather than pre-multiplied (``x·a + b``): XLA then keeps each
@@ -200,7 +183,10 @@ def _normalize(x, scale, bias, mean, var, epsilon):
     when ``|μ| ≫ σ``."""
     r = lax.rsqrt(var + epsilon)
     dt = r.dtype
-    y = (x.astype(dt) - mean) * r
+    xf = x.astype(dt)
+    if shift is not None:
+        xf = xf - shift
+    y = (xf - mean) * r
     if scale is not None:
         y = y * jnp.asarray(scale, dt)
     if bias is not None:
@@ -210,18 +196,20 @@ def _normalize(x, scale, bias, mean, var, epsilon):
 
 # --------------------------------------------------------------------------------------------------------------------
 # the training-mode core shared by every norm: statistics and normalized output in one function with a hand-written
-# JVP. Differentiating the plain formula makes XLA keep ``x − μ`` (or ``x − shift``) and broadcast factors as
-# full-size temporaries shared by the forward and backward passes; the JVP below is linear in ẋ through two
-# reductions only (Σẋ, Σx·ẋ), so reverse mode (its transpose) is the textbook
-# ``∂L/∂x = (γ/σ)(g − mean(g) − x̂·mean(g·x̂))``: two reductions and one elementwise pass, nothing else written.
-# A custom_jvp (not custom_vjp) keeps forward mode, jvp-of-grad (Hessian-vector products) and higher orders working.
+# JVP. Differentiating the plain formula makes XLA keep broadcast factors as full-size temporaries shared by the
+# forward and backward passes; the JVP below is linear in ẋ through two reductions only (Σẋ, Σ(x−μ)·ẋ), so reverse
+# mode (its transpose) is the textbook ``∂L/∂x = (γ/σ)(g − mean(g) − x̂·mean(g·x̂))``: two reductions and one
+# elementwise pass, nothing else written. Everything is expressed through ``x − k`` (k the data shift) and
+# ``d = μ − k``, so no term is a difference of two numbers of size |μ|. A custom_jvp (not custom_vjp) keeps forward
+# mode, jvp-of-grad (Hessian-vector products) and higher orders working.
 
 
 class _Spec(NamedTuple):
     """Static description of one normalization: which values share a statistic and how it is formed."""
 
     axes: tuple[int, ...]  # reduced axes (keepdims)
-    groups: int | None  # group norm: channels (last axis) combined in this many groups
+    groups: int | None  # group norm: channels (axis group_axis) combined in this many groups
+    group_axis: int  # the channel axis that groups split (non-negative)
     axis_name: Any  # psum the sums and counts across devices
     axis_index_groups: Any  # hashable (tuple of tuples) or None
     center: bool  # subtract the mean (False: RMS norm)
@@ -229,23 +217,33 @@ class _Spec(NamedTuple):
     epsilon: float
 
 
-def _spec(axes, *, groups=None, axis_name=None, axis_index_groups=None, center=True, centered_var=True,
-          epsilon=1e-5) -> _Spec:
+def _spec(axes, *, groups=None, group_axis=-1, ndim=None, axis_name=None, axis_index_groups=None, center=True,
+          centered_var=True, epsilon=1e-5) -> _Spec:
     aig = None if axis_index_groups is None else tuple(tuple(int(i) for i in g) for g in axis_index_groups)
-    return _Spec(tuple(axes), groups, axis_name, aig, bool(center), bool(centered_var), float(epsilon))
+    ga = group_axis % ndim if ndim is not None else group_axis
+    return _Spec(tuple(axes), groups, ga, axis_name, aig, bool(center), bool(centered_var), float(epsilon))
+
+
+def _group_split(s, spec: _Spec):
+    """``s`` (keep-shaped) with the grouped channel axis split into (G, C/G)."""
+    ga, g = spec.group_axis % s.ndim, spec.groups
+    return s.reshape(s.shape[:ga] + (g, s.shape[ga] // g) + s.shape[ga + 1:]), ga + 1
+
+
+def _group_combine(s, spec: _Spec, fn=jnp.sum):
+    """Group norm: combine the per-channel values of each group with ``fn`` and give each channel its group's."""
+    g = spec.groups
+    if g is None or g >= s.shape[spec.group_axis % s.ndim]:
+        return s
+    sg, ax = _group_split(s, spec)
+    return jnp.broadcast_to(fn(sg, ax, keepdims=True), sg.shape).reshape(s.shape)
 
 
 def _stat_sum(t, spec: _Spec, mask):
-    """Σ of ``t`` (times ``mask``) over the values sharing a statistic, keep-shaped (not yet psum-ed)."""
+    """Σ of ``t`` over the values sharing a statistic, masked positions selected out, keep-shaped (not psum-ed)."""
     if mask is not None:
-        t = t * mask
-    s = jnp.sum(t, spec.axes, keepdims=True)
-    g = spec.groups
-    if g is not None and g < s.shape[-1]:  # group norm: combine the C/G channels of each group (small arrays)
-        lead, cg = s.shape[:-1], s.shape[-1] // g
-        s = jnp.sum(s.reshape(lead + (g, cg)), -1, keepdims=True)
-        s = jnp.broadcast_to(s, lead + (g, cg)).reshape(lead + (g * cg,))
-    return s
+        t = jnp.where(mask, t, jnp.zeros((), t.dtype))
+    return _group_combine(jnp.sum(t, spec.axes, keepdims=True), spec)
 
 
 def _stat_psum(tree, spec: _Spec):
@@ -253,72 +251,146 @@ def _stat_psum(tree, spec: _Spec):
     return _psum(tree, spec.axis_name, aig)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(5,))
-def _norm_core(x, scale, bias, shift, mask, spec: _Spec):
-    """``(y, μ, σ², count)``: ``y = (x − μ)·γ/√(σ² + ε) + β`` in the statistics dtype (``x`` unchanged when not
-    ``spec.center``), μ, σ² and count keep-shaped (count a scalar without ``mask``). ``shift`` (no gradient) is a
-    per-feature constant subtracted before squaring; ``mask`` (no gradient) is in the statistics dtype."""
-    dt = _stat_dtype(x)
-    xf = x.astype(dt)
+def _stat_shape(shape, spec: _Spec):
+    return tuple(1 if i in spec.axes else n for i, n in enumerate(shape))
+
+
+def _count(x, spec: _Spec, mask, dt):
+    """The number of (valid) values per statistic: a scalar without mask, keep-shaped with one."""
     if mask is None:
         n = math.prod(x.shape[a] for a in spec.axes)
         if spec.groups is not None:
-            n *= x.shape[-1] // spec.groups
-        count = jnp.asarray(n, dt)
-    else:
-        count = _stat_sum(jnp.broadcast_to(mask, x.shape), spec, None)
-    xs = xf - shift if (shift is not None and spec.centered_var) else xf
+            n *= x.shape[spec.group_axis] // spec.groups
+        return jnp.asarray(n, dt)
+    # from the (usually tiny) mask itself: its broadcast axes contribute their size as a factor
+    factor = math.prod(x.shape[a] for a in spec.axes if mask.shape[a] == 1)
+    c = jnp.sum(mask.astype(dt), spec.axes, keepdims=True) * factor
+    return _group_combine(jnp.broadcast_to(c, _stat_shape(x.shape, spec)), spec)
+
+
+def _data_shift(xf, spec: _Spec, mask):
+    """A per-statistic shift ``k`` taken from the data (no gradient): the first valid value of each statistic's
+    reduction set (0 where there is none), agreed across devices as the mean of the devices' shifts."""
+    if any(xf.shape[a] == 0 for a in spec.axes):  # nothing to take a shift from (an empty batch)
+        return jnp.zeros(_stat_shape(xf.shape, spec), xf.dtype)
+    first = tuple(slice(0, 1) if (i in spec.axes and (mask is None or mask.shape[i] == 1)) else slice(None)
+                  for i in range(xf.ndim))
+    k = xf[first]
+    valid = None
+    if mask is not None:
+        m = mask[tuple(slice(0, 1) if i in spec.axes and mask.shape[i] == 1 else slice(None)
+                       for i in range(mask.ndim))]
+        mv = [a for a in spec.axes if mask.shape[a] > 1]  # reduced axes along which validity varies
+        if mv:
+            rest = [a for a in range(m.ndim) if a not in mv]
+            mt = jnp.transpose(m, rest + mv)
+            lead = mt.shape[: len(rest)]
+            flat = mt.reshape(lead + (-1,))
+            pos = jnp.argmax(flat, -1)
+            valid = jnp.any(flat, -1)
+            idx = jnp.unravel_index(pos, tuple(m.shape[a] for a in mv))
+
+            def keep(t):  # back to keep-rank: singleton at the mv axes
+                return jnp.expand_dims(t, tuple(mv))
+
+            for a, ia in zip(mv, idx):
+                k = jnp.take_along_axis(k, keep(ia), axis=a)
+            valid = keep(valid)
+        else:
+            valid = m
+        valid = jnp.broadcast_to(valid, _stat_shape(xf.shape, spec))
+        k = jnp.where(valid, k, jnp.zeros((), k.dtype))
+    if spec.groups is not None and spec.groups < xf.shape[spec.group_axis]:
+        # one shift per group: that of the group's first channel with a valid value
+        kg, ax = _group_split(k, spec)
+        if valid is None:
+            pick = jnp.zeros(kg.shape[:ax] + (1,) + kg.shape[ax + 1:], jnp.int32)
+        else:
+            vg, _ = _group_split(valid, spec)
+            pick = jnp.argmax(vg, ax, keepdims=True)
+        k = jnp.broadcast_to(jnp.take_along_axis(kg, pick, axis=ax), kg.shape).reshape(k.shape)
+        if valid is not None:
+            valid = _group_combine(valid, spec, jnp.any)
+    if spec.axis_name is not None:
+        v = jnp.ones(k.shape, k.dtype) if valid is None else valid.astype(k.dtype)
+        tot, nv = _stat_psum((k * v, v), spec)
+        k = tot / jnp.maximum(nv, 1.0)
+    return lax.stop_gradient(k)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _norm_core(x, scale, bias, shift, mask, spec: _Spec):
+    """``(y, μ, σ², count, k, d)``: ``y = (x − μ)·γ/√(σ² + ε) + β`` in the statistics dtype (``x·γ/√(σ²+ε) + β``
+    when not ``spec.center``), μ, σ², count keep-shaped (count a scalar without ``mask``), ``k`` the shift (no
+    gradient; ``shift`` if given, else taken from the data) and ``d = μ − k`` unrounded. ``mask`` is boolean."""
+    dt = _stat_dtype(x)
+    xf = x.astype(dt)
+    count = _count(x, spec, mask, dt)
     want_mean = spec.center or spec.centered_var
-    s1 = _stat_sum(xf, spec, mask) if want_mean else None
-    s2 = _stat_sum(xs * xs, spec, mask)
+    if want_mean:
+        k = _data_shift(xf, spec, mask) if shift is None else lax.stop_gradient(jnp.asarray(shift, dt))
+        xs = xf - k
+        s1 = _stat_sum(xs, spec, mask)
+    else:
+        k = jnp.zeros((), dt)
+        xs, s1 = xf, None
+    s2 = _stat_sum(xs * xs if spec.centered_var else xf * xf, spec, mask)
     s1, s2, count = _stat_psum((s1, s2, count), spec)
     safe = jnp.maximum(count, 1.0)
-    mean = s1 / safe if want_mean else jnp.zeros_like(s2)
-    if spec.centered_var:
-        d = mean if shift is None else mean - shift  # xs was shifted: Σ(x−k)²/n − (μ−k)²
-        var = jnp.maximum(s2 / safe - d * d, 0.0)
-    else:
-        var = s2 / safe
+    d = s1 / safe if want_mean else jnp.zeros_like(s2)
+    var = jnp.maximum(s2 / safe - d * d, 0.0) if spec.centered_var else s2 / safe
     r = lax.rsqrt(var + spec.epsilon)
-    y = ((xf - mean) if spec.center else xf) * r
+    y = ((xs - d) if spec.center else xf) * r
     if scale is not None:
         y = y * jnp.asarray(scale, dt)
     if bias is not None:
         y = y + jnp.asarray(bias, dt)
-    return y, mean, var, count
+    mean = k + d if want_mean else jnp.zeros_like(s2)
+    return y, mean, var, count, jnp.broadcast_to(k, d.shape), d
 
 
 @_norm_core.defjvp
 def _norm_core_jvp(spec: _Spec, primals, tangents):
     x, scale, bias, shift, mask = primals
     xd, sd, bd = tangents[:3]
-    y, mean, var, count = _norm_core(x, scale, bias, shift, mask, spec)
+    out = _norm_core(x, scale, bias, shift, mask, spec)
+    y, mean, var, count, k, d = out
     dt = y.dtype
-    xf, xdf = x.astype(dt), xd.astype(dt)
+    xdf = xd.astype(dt)
     safe = jnp.maximum(count, 1.0)
     want_mean = spec.center or spec.centered_var
-    sums = (_stat_sum(xdf, spec, mask) if want_mean else None, _stat_sum(xf * xdf, spec, mask))
-    md, mx = _stat_psum(sums, spec)
+    xf = x.astype(dt)
+    xc = (xf - k) - d if want_mean else xf  # x − μ, never a difference of two |μ|-sized numbers
+    xv = xc if spec.centered_var else xf  # σ² = mean(xv²) (− nothing: d(Σ(x−k)²/n − d²) = 2Σ(x−μ)ẋ/n)
+    if mask is not None:  # selected, not multiplied: the transpose then sends exact zeros to masked positions
+        xv = jnp.where(mask, xv, jnp.zeros((), dt))
+    sums = (_stat_sum(xdf, spec, mask) if want_mean else None, _stat_sum(xv * xdf, spec, None))
+    md, mq = _stat_psum(sums, spec)
     md = md / safe if want_mean else jnp.zeros_like(mean)  # μ̇ = mean(ẋ)
-    q = mx / safe - mean * md if spec.centered_var else mx / safe  # σ̇²/2
+    q = mq / safe  # σ̇²/2
     r = lax.rsqrt(var + spec.epsilon)
     sr = r if scale is None else r * jnp.asarray(scale, dt)
-    # ẏ = ẋ·γr + x·w + u: w the coefficient of x, u a per-statistic constant
+    # ẏ = ẋ·γr + xo·w + u, xo the normalized value's numerator, w its coefficient, u a per-statistic constant
     w = -(sr * r * r) * q
     if scale is not None:
         w = w + r * jnp.asarray(sd, dt)
-    yd = xdf * sr + xf * w
-    u = -(sr * md) - mean * w if spec.center else None
+    xo = xc if spec.center else xf
+    yd = xdf * sr + xo * w
+    u = -(sr * md) if spec.center else None
     if bias is not None:
         u = jnp.asarray(bd, dt) if u is None else u + jnp.asarray(bd, dt)
     if u is not None:
         yd = yd + u
-    return (y, mean, var, count), (yd, md, 2.0 * q, jnp.zeros_like(count))
+    return out, (yd, md, 2.0 * q, jnp.zeros_like(count), jnp.zeros_like(k), md)
 
 
 def _mask_for(mask, x):
     m = _expand_mask(mask, x)
-    return None if m is None else lax.stop_gradient(m.astype(_stat_dtype(x)))
+    return None if m is None else lax.stop_gradient(m)
+
+
+def _per_example_spec(name, x, axes, epsilon, **kw) -> _Spec:
+    return _spec(axes, ndim=x.ndim, epsilon=check_epsilon(name, epsilon), **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -351,35 +423,72 @@ def update_running_stats(
     - ``convention='pytorch'``: ``r ← (1−p)·r + p·stat`` with the unbiased variance ``n/(n−1)·σ²``
       (``p`` = momentum, default 0.1), as ``torch.nn.BatchNorm``;
     - ``momentum=None``: the cumulative average over all batches so far, ``r ← r + (stat − r)/k`` at the k-th batch.
+
+    A channel with ``n = 0`` valid values (an all-False mask, an empty batch) keeps its statistics; ``count`` (the
+    number of batches seen) grows only when some channel was updated.
     """
     _check_convention(convention)
-    count = stats.get("count", jnp.zeros((), jnp.int32)) + 1
+    old = jnp.asarray(stats.get("count", jnp.zeros((), jnp.int32)))
     rdt = stats["mean"].dtype
+    n = jnp.asarray(n, jnp.float32)
+    valid = n > 0
+    count = old + jnp.any(valid).astype(old.dtype)
     if convention == "pytorch":
         var = var * (n / jnp.maximum(n - 1.0, 1.0))
     if momentum is None:
-        w = 1.0 / count.astype(jnp.float32)
+        w = 1.0 / jnp.maximum(count, 1).astype(jnp.float32)
     elif convention == "pytorch":
         w = momentum
     else:
         w = 1.0 - momentum
-    new_mean = stats["mean"] + w * (mean.astype(rdt) - stats["mean"])
-    new_var = stats["var"] + w * (var.astype(rdt) - stats["var"])
+    # (1−w)·r + w·stat, not r + w·(stat − r): the latter cancels when stat ≪ r (σ² = 1e-6 against r = 1)
+    new_mean = jnp.where(valid, (1.0 - w) * stats["mean"] + w * mean.astype(rdt), stats["mean"])
+    new_var = jnp.where(valid, (1.0 - w) * stats["var"] + w * var.astype(rdt), stats["var"])
     return {"mean": new_mean.astype(rdt), "var": new_var.astype(stats["var"].dtype), "count": count}
 
 
 def _ghost_view(x: Array, mask, virtual_batch_size: int):
     n = x.shape[0]
-    if virtual_batch_size <= 0 or n % virtual_batch_size:
+    if not isinstance(virtual_batch_size, int) or virtual_batch_size <= 0 or n % virtual_batch_size:
+        vbs = virtual_batch_size if isinstance(virtual_batch_size, int) else 1
         raise ValueError(
             f"batch_norm: virtual_batch_size={virtual_batch_size} must be a positive divisor of the batch size {n}; "
-            f"choose e.g. {next(d for d in range(min(max(virtual_batch_size, 1), n), 0, -1) if n % d == 0)}"
+            f"choose e.g. {next(d for d in range(min(max(vbs, 1), max(n, 1)), 0, -1) if max(n, 1) % d == 0)}"
         )
     g = n // virtual_batch_size
     xg = x.reshape((g, virtual_batch_size) + x.shape[1:])
     if mask is not None:
-        mask = jnp.broadcast_to(mask, x.shape[: mask.ndim]).reshape((g, virtual_batch_size) + mask.shape[1:])
+        mask = jnp.broadcast_to(mask, x.shape[:1] + mask.shape[1:]).reshape((g, virtual_batch_size) + mask.shape[1:])
     return xg, mask
+
+
+def _with_count(stats: Mapping) -> dict:
+    return {"mean": jnp.asarray(stats["mean"]), "var": jnp.asarray(stats["var"]),
+            "count": jnp.asarray(stats.get("count", jnp.zeros((), jnp.int32)))}
+
+
+def _by_mode(train, train_fn, eval_fn, stats):
+    """Python-bool ``train`` picks a branch; a traced boolean runs ``lax.cond`` (one branch executes)."""
+    if train is True:
+        return train_fn(stats)
+    if train is False:
+        return eval_fn(stats)
+    stats = _with_count(stats)
+
+    def same_types(out):  # the branches must agree on dtypes (weak types included)
+        y, st = out
+        return y, jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype).reshape(b.shape), st, stats)
+
+    return lax.cond(train, lambda s: same_types(train_fn(s)), lambda s: same_types(eval_fn(s)), stats)
+
+
+def _check_train_size(name: str, x: Array, c: int, mask, axis_name) -> None:
+    if mask is None and axis_name is None and x.size // c == 1:
+        raise ValueError(
+            f"{name}: expected more than 1 value per channel in training, got input shape {tuple(x.shape)}: the "
+            "batch variance of one value is 0 and the output would be the bias alone (PyTorch raises the same "
+            "error). Use a batch of at least 2, train=False, or a per-example norm such as layer_norm/group_norm"
+        )
 
 
 def batch_norm(
@@ -400,48 +509,45 @@ def batch_norm(
 ) -> tuple[Array, BatchStats]:
     """Batch normalization (Ioffe & Szegedy 2015): ``y = γ·(x − μ_B)/√(σ²_B + ε) + β``.
 
-    Statistics are per channel (``axis``), reduced over the batch and all spatial axes. ``train=True`` normalizes
-    with the batch statistics and returns updated running statistics (see :func:`update_running_stats` for the
-    ``convention`` and ``momentum`` options: default Flax's decay 0.99, PyTorch's update weight 0.1, ``None`` for a
-    cumulative average); ``train=False`` normalizes with the running (or population) statistics and returns
-    ``stats`` unchanged.
+    Statistics are per channel (``axis``, default the last; ``axis=1`` for NCHW, with 1-D γ, β of length C),
+    reduced over the batch and all spatial axes. ``train=True`` normalizes with the batch statistics and returns
+    updated running statistics (see :func:`update_running_stats` for the ``convention`` and ``momentum`` options:
+    default Flax's decay 0.99, PyTorch's update weight 0.1, ``None`` for a cumulative average); ``train=False``
+    normalizes with the running (or population) statistics and returns ``stats`` unchanged. ``train`` may be a
+    traced boolean (``lax.cond`` picks the mode).
 
     Options: ``axis_name`` synchronizes the statistics across devices by adding per-device sums and counts
-    (``psum``), exact for uneven shards; ``mask`` (shape (N,) or aligned with ``x``'s leading axes) drops padded
-    examples from the statistics; ``virtual_batch_size`` normalizes each consecutive group of that many examples
-    with its own statistics ("ghost" batch norm, Hoffer et al. 2017) and updates the running statistics with their
-    average. Statistics are float32 for bf16/fp16 input; the output has the input's dtype.
+    (``psum``), exact for uneven shards; ``mask`` (shape (N,) or aligned with ``x``'s leading axes; True = valid)
+    selects the values that enter the statistics, so padding may hold anything, NaN included (the output at masked
+    positions is still computed from them); ``virtual_batch_size`` normalizes each consecutive group of that many
+    examples with its own statistics ("ghost" batch norm, Hoffer et al. 2017) and updates the running statistics
+    with the average over the groups that hold valid values. Statistics are float32 for bf16/fp16 input; the output
+    has the input's dtype. An empty batch (or an all-False mask) leaves the running statistics unchanged, as in
+    PyTorch; one value per channel in training is an error, as in PyTorch.
 
     Returns ``(y, new_stats)``.
     """
     _check_convention(convention)
     momentum = _resolve_momentum(momentum, convention)
-    x = jnp.asarray(x)
-    feat = _axes(x.ndim, axis)
-    if len(feat) != 1:
-        raise ValueError(f"batch_norm: axis must name one feature axis, got {axis}")
-    fax = feat[0]
+    x = _input("batch_norm", x)
+    train = check_train("batch_norm", train)
+    eps = check_epsilon("batch_norm", epsilon)
+    fax = _feature_axis("batch_norm", x, axis)
     c = x.shape[fax]
     _check_stats("batch_norm", stats, c)
-    _check_affine("batch_norm", x, scale, bias)
-    feat_shape = [x.shape[i] if i == fax else 1 for i in range(x.ndim)]
-    scale, bias = _per_channel(scale, feat_shape), _per_channel(bias, feat_shape)
+    scale, bias = _affine("batch_norm", x, scale, bias, fax)
+    feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
+    dt = _stat_dtype(x)
 
-    if not train:
-        mean = stats["mean"].astype(_stat_dtype(x)).reshape(feat_shape)
-        var = stats["var"].astype(_stat_dtype(x)).reshape(feat_shape)
-        return _normalize(x, scale, bias, mean, var, epsilon), stats
+    def eval_mode(st):
+        mean = jnp.asarray(st["mean"]).astype(dt).reshape(feat_shape)
+        var = jnp.asarray(st["var"]).astype(dt).reshape(feat_shape)
+        return _normalize(x, scale, bias, mean, var, eps), st
 
-    per_channel = x.size // c
-    if mask is None and axis_name is None and per_channel <= 1:
-        raise ValueError(
-            f"batch_norm: expected more than 1 value per channel in training, got input shape {tuple(x.shape)} "
-            "(PyTorch refuses this too: the batch variance of one value is 0). Use a batch of at least 2, "
-            "train=False, or a per-example norm such as layer_norm/group_norm"
-        )
-    mask = _mask_for(mask, x)
-    shift = lax.stop_gradient(stats["mean"].astype(_stat_dtype(x)).reshape(feat_shape))
-
+    if train is False:
+        return eval_mode(stats)
+    _check_train_size("batch_norm", x, c, mask, axis_name)
+    mk = _mask_for(mask, x)
     if virtual_batch_size is not None:
         if axis_name is not None:
             raise ValueError(
@@ -450,50 +556,107 @@ def batch_norm(
             )
         if fax == 0:
             raise ValueError("batch_norm: virtual batches split axis 0, which must then not be the feature axis")
-        xg, mg = _ghost_view(x, mask, virtual_batch_size)
-        # ghost batches along a new leading axis: the feature axis moves to fax + 1; statistics per (ghost, feature)
-        spec = _spec([i for i in range(xg.ndim) if i not in (0, fax + 1)], epsilon=epsilon)
-        y, mean, var, n = _norm_core(xg, scale, bias, shift, mg, spec)
-        y = y.reshape(x.shape)
-        mean, var = mean.mean(0).reshape(c), var.mean(0).reshape(c)
-        n = n.mean(0).reshape(c) if jnp.ndim(n) else n
-    else:
-        spec = _spec([i for i in range(x.ndim) if i != fax], axis_name=axis_name,
-                     axis_index_groups=axis_index_groups, epsilon=epsilon)
-        y, mean, var, n = _norm_core(x, scale, bias, shift, mask, spec)
+        xg, mg = _ghost_view(x, mk, virtual_batch_size)
+
+    def train_mode(st):
+        if virtual_batch_size is not None:
+            # ghost batches along a new leading axis: the feature axis moves to fax + 1; statistics per (ghost, feature)
+            spec = _spec([i for i in range(xg.ndim) if i not in (0, fax + 1)], ndim=xg.ndim, epsilon=eps)
+            y, mean, var, n, _, _ = _norm_core(xg, scale, bias, None, mg, spec)
+            y = y.reshape(x.shape)
+            n = jnp.broadcast_to(n, mean.shape)
+            has = (n > 0).astype(dt)  # average over the ghost batches that hold valid values
+            k = jnp.maximum(jnp.sum(has, 0), 1.0)
+            mean, var, n = (jnp.sum(t * has, 0) / k for t in (mean, var, n))
+        else:
+            spec = _spec([i for i in range(x.ndim) if i != fax], ndim=x.ndim, axis_name=axis_name,
+                         axis_index_groups=axis_index_groups, epsilon=eps)
+            y, mean, var, n, _, _ = _norm_core(x, scale, bias, None, mk, spec)
         mean, var = mean.reshape(c), var.reshape(c)
         n = n.reshape(c) if jnp.ndim(n) else n
-    y = y.astype(x.dtype)
+        new_stats = update_running_stats(
+            st, lax.stop_gradient(mean), lax.stop_gradient(var), lax.stop_gradient(n),
+            momentum=momentum, convention=convention,
+        )
+        return y.astype(x.dtype), new_stats
 
-    new_stats = update_running_stats(
-        stats, lax.stop_gradient(mean), lax.stop_gradient(var), lax.stop_gradient(n),
-        momentum=momentum, convention=convention,
-    )
-    return y, new_stats
+    return _by_mode(train, train_mode, eval_mode, stats)
+
+
+def batch_moments(
+    x: Array,
+    *,
+    axis: int | Sequence[int] = -1,
+    mask: Array | None = None,
+    axis_name: str | None = None,
+    axis_index_groups: Any = None,
+    shift: Array | None = None,
+) -> dict:
+    """Per-feature batch mean and biased variance of ``x``, reduced over every axis except ``axis``.
+
+    ``μ = k + Σ(x−k)/n``, ``σ² = Σ(x−k)²/n − (μ−k)²`` in one float32 pass, ``k`` a per-feature shift without
+    gradient: by default the first valid value of each feature (so the variance does not cancel however large the
+    mean), or ``shift`` if given (it must then be the same on every device). With ``axis_name`` the per-device sums
+    and counts are combined with ``psum``, so uneven or masked shards give exactly the global statistics. ``mask``
+    (aligned with the leading axes of ``x``, e.g. shape (N,); True = valid) selects the values that count.
+
+    Returns ``{'mean', 'var', 'count'}`` with ``count`` the number of values per feature (global with ``axis_name``).
+    """
+    x = _input("batch_moments", x)
+    feat = _axes(x.ndim, axis)
+    red = tuple(i for i in range(x.ndim) if i not in feat)
+    fshape = tuple(x.shape[i] for i in feat)
+    mk = _mask_for(mask, x)
+    if shift is not None:
+        shift = jnp.asarray(shift, _stat_dtype(x)).reshape([x.shape[i] if i in feat else 1 for i in range(x.ndim)])
+    spec = _spec(red, ndim=x.ndim, axis_name=axis_name, axis_index_groups=axis_index_groups)
+    _, mean, var, count, _, _ = _norm_core(x, None, None, shift, mk, spec)
+    count = jnp.broadcast_to(count, mean.shape).reshape(fshape) if jnp.ndim(count) else count
+    return {"mean": mean.reshape(fshape), "var": var.reshape(fshape), "count": count}
 
 
 def population_stats(moments: Iterable[Any]) -> Any:
     """Population statistics from the batch moments of many training minibatches (Ioffe & Szegedy 2015, §3.1).
 
-    ``E[x] = E_B[μ_B]`` and ``Var[x] = E_B[m/(m−1)·σ²_B]`` with ``m`` the number of values per channel in batch B
-    (for a fixed batch size this is the seeds' ``m/(m−1)·E_B[σ²_B]``). ``moments`` yields pytrees whose leaves
-    come in dicts ``{'mean', 'var', 'count'}`` (as returned by :func:`batch_moments`, one per layer), computed
-    with the parameters fixed. Returns the same tree of ``{'mean', 'var', 'count'}`` running statistics, with
-    ``count`` the number of batches averaged, ready to use with ``train=False``.
+    ``E[x] = E_B[μ_B]`` and ``Var[x] = E_B[m/(m−1)·σ²_B]`` with ``m`` the number of values per channel in batch B,
+    the seeds' formula for a fixed batch size. Batches of different sizes (a masked last batch) are weighted by
+    their counts: ``E[x] = Σ n_B μ_B / Σ n_B``, ``Var[x] = Σ n_B σ²_B / Σ (n_B − 1)`` (the pooled unbiased
+    within-batch variance, equal to the formula above when all n_B = m); batches with no valid values add nothing.
+    The means are accumulated relative to the first batch's (a shift, as in Chan et al.'s parallel variance), so
+    large means lose nothing to float32 rounding. ``moments`` yields pytrees whose leaves come in dicts
+    ``{'mean', 'var', 'count'}`` (as returned by :func:`batch_moments`, one per layer), computed with the
+    parameters fixed. Returns the same tree of ``{'mean', 'var', 'count'}`` running statistics, with ``count`` the
+    number of batches, ready to use with ``train=False``.
     """
-    total, k = None, 0
+    total, ref, k = None, None, 0
     for tree in moments:
-        unb = _map_stats(lambda s: {
-            "mean": jnp.asarray(s["mean"], jnp.float32),
-            "var": jnp.asarray(s["var"], jnp.float32)
-            * (s["count"] / jnp.maximum(jnp.asarray(s["count"], jnp.float32) - 1.0, 1.0)),
-        }, tree)
-        total = unb if total is None else jax.tree.map(jnp.add, total, unb)
+        if ref is None:
+            ref = _map_stats(lambda s: {"mean": jnp.asarray(s["mean"], jnp.float32)}, tree)
+
+        def terms(s, r):
+            n = jnp.broadcast_to(jnp.asarray(s["count"], jnp.float32), jnp.shape(s["mean"]))
+            has = n > 0
+            mean = jnp.where(has, jnp.asarray(s["mean"], jnp.float32) - r["mean"], 0.0)
+            var = jnp.where(has, jnp.asarray(s["var"], jnp.float32), 0.0)
+            return {"n": n, "dm": n * mean, "ss": n * var, "dof": jnp.maximum(n - 1.0, 0.0)}
+
+        cur = _map_stats2(terms, tree, ref)
+        total = cur if total is None else jax.tree.map(jnp.add, total, cur)
         k += 1
     if total is None:
         raise ValueError("population_stats: the iterator of batch moments was empty; pass at least one batch")
-    return _map_stats(lambda s: {"mean": s["mean"] / k, "var": s["var"] / k,
-                                 "count": jnp.asarray(k, jnp.int32)}, total)
+    return _map_stats2(lambda t, r: {"mean": r["mean"] + t["dm"] / jnp.maximum(t["n"], 1.0),
+                                     "var": t["ss"] / jnp.maximum(t["dof"], 1.0),
+                                     "count": jnp.asarray(k, jnp.int32)}, total, ref, leaf=lambda t: "dm" in t)
+
+
+def _map_stats2(fn, tree, ref, leaf=None):
+    """``fn(node, ref_node)`` on every statistics dict of ``tree`` (``ref`` has the same nesting)."""
+    if (leaf or _is_stats)(tree):
+        return fn(tree, ref)
+    if isinstance(tree, Mapping):
+        return {k: _map_stats2(fn, v, ref[k], leaf) for k, v in tree.items()}
+    raise ValueError(f"expected a nested dict of {{'mean', 'var', 'count'}} statistics, found {type(tree).__name__}")
 
 
 def _is_stats(node) -> bool:
@@ -592,14 +755,15 @@ def layer_norm(
     μ and σ² are reduced over ``axes``: by default every non-batch axis (all hidden units of a layer, Ba et al.'s
     definition; for an ``N×H×W×C`` map: H, W and C). Pass ``axes=-1`` for the per-token form of transformers
     (Flax's ``nn.LayerNorm()`` default). ``scale``/``bias`` broadcast from the right (shape (C,) is per channel).
+    ``mask`` (True = valid, e.g. (N, T) for padded tokens) selects the values that enter μ and σ².
     Invariant to re-scaling the incoming weights and to re-scaling a single example (up to ε).
     """
-    x = jnp.asarray(x)
+    x = _input("layer_norm", x)
     _check_rank("layer_norm", x, 2, "a batch axis and at least one feature axis")
-    _check_affine("layer_norm", x, scale, bias)
+    scale, bias = _affine("layer_norm", x, scale, bias)
     red = tuple(range(1, x.ndim)) if axes is None else _axes(x.ndim, axes)
-    y = _norm_core(x, scale, bias, None, _mask_for(mask, x), _spec(red, epsilon=epsilon))[0]
-    return y.astype(x.dtype)
+    spec = _per_example_spec("layer_norm", x, red, epsilon)
+    return _norm_core(x, scale, bias, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
 
 
 def rms_norm(
@@ -608,18 +772,19 @@ def rms_norm(
     *,
     epsilon: float = 1e-5,
     axes: int | Sequence[int] | None = None,
+    mask: Array | None = None,
 ) -> Array:
     """RMS normalization (Zhang & Sennrich 2019): ``y = γ·x/√(mean(x²) + ε)``, no mean subtraction.
 
     The mean square is over ``axes`` (default every non-batch axis, like :func:`layer_norm`; ``axes=-1`` for
-    Flax's ``nn.RMSNorm()`` default).
+    Flax's ``nn.RMSNorm()`` default); ``mask`` (True = valid) selects the values that enter it.
     """
-    x = jnp.asarray(x)
+    x = _input("rms_norm", x)
     _check_rank("rms_norm", x, 2, "a batch axis and at least one feature axis")
-    _check_affine("rms_norm", x, scale, None)
+    scale, _ = _affine("rms_norm", x, scale, None)
     red = tuple(range(1, x.ndim)) if axes is None else _axes(x.ndim, axes)
-    spec = _spec(red, center=False, centered_var=False, epsilon=epsilon)
-    return _norm_core(x, scale, None, None, None, spec)[0].astype(x.dtype)
+    spec = _per_example_spec("rms_norm", x, red, epsilon, center=False, centered_var=False)
+    return _norm_core(x, scale, None, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
 
 
 def _resolve_groups(name: str, channels: int, num_groups: int | None, group_size: int | None) -> int:
@@ -653,21 +818,27 @@ def group_norm(
     num_groups: int | None = None,
     group_size: int | None = None,
     epsilon: float = 1e-5,
+    axis: int = -1,
     mask: Array | None = None,
 ) -> Array:
     """Group normalization (Wu & He 2018): per example, μ and σ² over the spatial axes and the C/G channels of
     each of the G groups; ``y = γ·(x − μ)/√(σ² + ε) + β`` with per-channel γ, β.
 
     Give exactly one of ``num_groups`` (G; Wu & He use 32) or ``group_size`` (C/G). G = 1 is layer norm
-    over (H, W, C); G = C is instance norm. Computed from per-(example, channel) sums over space combined per group,
-    so ``x`` is read in its natural channels-last layout (no ``…×G×C/G`` reshape of the activations).
+    over (H, W, C); G = C is instance norm. ``axis`` is the channel axis (default the last; ``axis=1`` for NCHW,
+    with 1-D γ, β of length C). Computed from per-(example, channel) sums over space combined per group, so ``x``
+    is read in its natural layout (no ``…×G×C/G`` reshape of the activations). A group of one value normalizes to
+    0 (the output is β), as in PyTorch, which does not raise either.
     """
-    x = jnp.asarray(x)
+    x = _input("group_norm", x)
     _check_rank("group_norm", x, 2, "N×…×C")
-    _check_affine("group_norm", x, scale, bias)
-    c = x.shape[-1]
-    g = _resolve_groups("group_norm", c, num_groups, group_size)
-    spec = _spec(range(1, x.ndim - 1), groups=g, epsilon=epsilon)  # per-(example, channel) sums, then per group
+    fax = _feature_axis("group_norm", x, axis)
+    if fax == 0:
+        raise ValueError("group_norm: axis 0 is the batch axis; pass the channel axis (-1 for NHWC, 1 for NCHW)")
+    scale, bias = _affine("group_norm", x, scale, bias, fax)
+    g = _resolve_groups("group_norm", x.shape[fax], num_groups, group_size)
+    red = [i for i in range(1, x.ndim) if i != fax]  # per-(example, channel) sums, then per group
+    spec = _per_example_spec("group_norm", x, red, epsilon, groups=g, group_axis=fax)
     return _norm_core(x, scale, bias, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
 
 
@@ -677,22 +848,36 @@ def instance_norm(
     bias: Array | None = None,
     *,
     epsilon: float = 1e-5,
+    axis: int = -1,
     mask: Array | None = None,
 ) -> Array:
     """Instance normalization (Ulyanov et al. 2016): per example and channel, μ and σ² over the spatial axes;
-    ``y = γ·(x − μ)/√(σ² + ε) + β``. Needs at least one spatial axis (``N×…×C`` with rank ≥ 3)."""
-    x = jnp.asarray(x)
+    ``y = γ·(x − μ)/√(σ² + ε) + β``. Needs at least one spatial axis (``N×…×C`` with rank ≥ 3) and, as in PyTorch,
+    more than one spatial value (one value normalizes to a constant). ``axis`` is the channel axis (default the
+    last; ``axis=1`` for NCHW, with 1-D γ, β of length C)."""
+    x = _input("instance_norm", x)
     _check_rank("instance_norm", x, 3, "N×spatial…×C; an N×C input has nothing to normalize per instance")
-    _check_affine("instance_norm", x, scale, bias)
-    spec = _spec(range(1, x.ndim - 1), epsilon=epsilon)
+    fax = _feature_axis("instance_norm", x, axis)
+    if fax == 0:
+        raise ValueError("instance_norm: axis 0 is the batch axis; pass the channel axis (-1 for NHWC, 1 for NCHW)")
+    scale, bias = _affine("instance_norm", x, scale, bias, fax)
+    red = [i for i in range(1, x.ndim) if i != fax]
+    if mask is None and math.prod(x.shape[i] for i in red) == 1 and x.size:
+        raise ValueError(
+            f"instance_norm: expected more than 1 spatial element per channel, got input shape {tuple(x.shape)}: "
+            "the variance of one value is 0 and the output would be the bias alone (PyTorch raises the same "
+            "error). Normalize before the spatial size reaches 1, or use group_norm/layer_norm"
+        )
+    spec = _per_example_spec("instance_norm", x, red, epsilon)
     return _norm_core(x, scale, bias, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
 
 
 def weight_standardize(kernel: Array, *, epsilon: float = 1e-5) -> Array:
     """Weight standardization (Qiao et al. 2019) of a Dense/Conv kernel ``…×C_in×C_out``: each output channel's
-    weights are shifted to mean 0 and scaled to variance 1 over all other axes, ``Ŵ = (W − μ)/√(σ² + ε)``.
-    Pairs with group norm for small-batch training."""
-    kernel = jnp.asarray(kernel)
+    weights are shifted to mean 0 and scaled to variance 1 over all other axes, ``Ŵ = (W − μ)/√(σ² + ε)``
+    (two-pass mean and variance: a kernel is small). Pairs with group norm for small-batch training."""
+    kernel = _input("weight_standardize", kernel)
+    eps = check_epsilon("weight_standardize", epsilon)
     if kernel.ndim < 2:
         raise ValueError(f"weight_standardize: expected a kernel of rank >= 2 (…×C_in×C_out), got {kernel.shape}")
     axes = tuple(range(kernel.ndim - 1))
@@ -700,11 +885,24 @@ def weight_standardize(kernel: Array, *, epsilon: float = 1e-5) -> Array:
     k = kernel.astype(dt)
     mean = jnp.mean(k, axes, keepdims=True)
     var = jnp.var(k, axes, keepdims=True)
-    return ((k - mean) * lax.rsqrt(var + epsilon)).astype(kernel.dtype)
+    return ((k - mean) * lax.rsqrt(var + eps)).astype(kernel.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # batch renorm and ℓp batch norm
+
+
+def _bn_setup(name, x, scale, bias, stats, train, epsilon, axis):
+    """The checks and per-channel parameters every batch-statistics norm starts with."""
+    x = _input(name, x)
+    train = check_train(name, train)
+    eps = check_epsilon(name, epsilon)
+    fax = _feature_axis(name, x, axis)
+    c = x.shape[fax]
+    _check_stats(name, stats, c)
+    scale, bias = _affine(name, x, scale, bias, fax)
+    red = [i for i in range(x.ndim) if i != fax]
+    return x, train, eps, fax, c, scale, bias, red
 
 
 def batch_renorm(
@@ -718,46 +916,55 @@ def batch_renorm(
     d_max: float = 5.0,
     momentum: float = 0.99,
     epsilon: float = 1e-5,
+    axis: int = -1,
     axis_name: str | None = None,
     mask: Array | None = None,
 ) -> tuple[Array, BatchStats]:
     """Batch renormalization (Ioffe 2017). In training,
     ``x̂ = (x − μ_B)/σ_B · r + d`` with ``r = sg(clip(σ_B/σ, 1/r_max, r_max))``,
     ``d = sg(clip((μ_B − μ)/σ, −d_max, d_max))``, ``σ_B = √(σ²_B + ε)``, ``σ = √(Var + ε)`` from the running
-    statistics and ``sg`` stop-gradient; ``y = γ·x̂ + β``. In eval, the running statistics as in batch norm.
-    r_max = 1, d_max = 0 is batch norm. Running statistics update with Flax's convention (``momentum`` decay).
+    statistics and ``sg`` stop-gradient; ``y = γ·x̂ + β``. Statistics per channel (``axis``) over all other axes.
+    In eval, the running statistics as in batch norm. r_max = 1, d_max = 0 is batch norm. Running statistics
+    update with Flax's convention (``momentum`` decay).
     """
-    x = jnp.asarray(x)
-    c = x.shape[-1]
-    _check_stats("batch_renorm", stats, c)
-    _check_affine("batch_renorm", x, scale, bias)
+    x, train, eps, fax, c, scale, bias, red = _bn_setup("batch_renorm", x, scale, bias, stats, train, epsilon, axis)
+    _resolve_momentum(momentum, "flax")
     if r_max < 1 or d_max < 0:
         raise ValueError(f"batch_renorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
-    feat_shape = [1] * (x.ndim - 1) + [c]
-    if not train:
-        return batch_norm(x, scale, bias, stats, train=False, epsilon=epsilon)
-    if mask is None and axis_name is None and x.size // c <= 1:
-        raise ValueError(f"batch_renorm: expected more than 1 value per channel in training, got {tuple(x.shape)}")
+    feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
+
+    def eval_mode(st):
+        return batch_norm(x, scale, bias, st, train=False, epsilon=eps, axis=fax)
+
+    if train is False:
+        return eval_mode(stats)
+    _check_train_size("batch_renorm", x, c, mask, axis_name)
     dt = _stat_dtype(x)
-    shift = lax.stop_gradient(stats["mean"].astype(dt).reshape(feat_shape))
-    spec = _spec(range(x.ndim - 1), axis_name=axis_name, epsilon=epsilon)
+    spec = _spec(red, ndim=x.ndim, axis_name=axis_name, epsilon=eps)
     mk = _mask_for(mask, x)
-    # the batch statistics first (no gradient: r and d are constants), then the core with the affine map
-    # (x̂·r + d)·γ + β = x̂·(r·γ) + (d·γ + β) folded into its scale and bias; XLA merges the two calls' identical
-    # reductions, and the gradient w.r.t. γ, β flows through the small per-channel products
-    _, mean, var, n = _norm_core(lax.stop_gradient(x), None, None, shift, mk, spec)
-    mean, var = mean.reshape(c), var.reshape(c)
-    sigma_b = jnp.sqrt(var + epsilon)
-    sigma = jnp.sqrt(stats["var"].astype(dt) + epsilon)
-    r = jnp.clip(sigma_b / sigma, 1.0 / r_max, r_max)
-    d = jnp.clip((mean - stats["mean"].astype(dt)) / sigma, -d_max, d_max)
-    g = jnp.ones((c,), dt) if scale is None else jnp.asarray(scale, dt).reshape(c)
-    beta = jnp.zeros((c,), dt) if bias is None else jnp.asarray(bias, dt).reshape(c)
-    y = _norm_core(x, (r * g).reshape(feat_shape), (d * g + beta).reshape(feat_shape), shift, mk, spec)[0]
-    n = n.reshape(c) if jnp.ndim(n) else n
-    new_stats = update_running_stats(stats, lax.stop_gradient(mean), lax.stop_gradient(var),
-                                     lax.stop_gradient(n), momentum=momentum)
-    return y.astype(x.dtype), new_stats
+
+    def train_mode(st):
+        # the batch statistics first (no gradient: r and d are constants), then the core with the affine map
+        # (x̂·r + d)·γ + β = x̂·(r·γ) + (d·γ + β) folded into its scale and bias; XLA merges the two calls' identical
+        # reductions, and the gradient w.r.t. γ, β flows through the small per-channel products
+        _, mean, var, n, k, dk = _norm_core(lax.stop_gradient(x), None, None, None, mk, spec)
+        mean, var = mean.reshape(c), var.reshape(c)
+        run_mean = jnp.asarray(st["mean"]).astype(dt)
+        sigma_b = jnp.sqrt(var + eps)
+        sigma = jnp.sqrt(jnp.asarray(st["var"]).astype(dt) + eps)
+        r = jnp.clip(sigma_b / sigma, 1.0 / r_max, r_max)
+        # μ_B − μ as (k − μ) + (μ_B − k): no rounding of μ_B at |μ| ≫ σ
+        diff = (k.reshape(c) - run_mean) + dk.reshape(c)
+        d = jnp.clip(diff / sigma, -d_max, d_max)
+        g = jnp.ones((c,), dt) if scale is None else jnp.asarray(scale, dt).reshape(c)
+        beta = jnp.zeros((c,), dt) if bias is None else jnp.asarray(bias, dt).reshape(c)
+        y = _norm_core(x, (r * g).reshape(feat_shape), (d * g + beta).reshape(feat_shape), None, mk, spec)[0]
+        n = n.reshape(c) if jnp.ndim(n) else n
+        new_stats = update_running_stats(st, lax.stop_gradient(mean), lax.stop_gradient(var),
+                                         lax.stop_gradient(n), momentum=momentum)
+        return y.astype(x.dtype), new_stats
+
+    return _by_mode(train, train_mode, eval_mode, stats)
 
 
 LP_NORMS = (1, 2, "inf")
@@ -773,51 +980,55 @@ def lp_batch_norm(
     p: int | float | str = 2,
     momentum: float = 0.99,
     epsilon: float = 1e-5,
+    axis: int = -1,
     axis_name: str | None = None,
     mask: Array | None = None,
 ) -> tuple[Array, BatchStats]:
     """ℓp batch normalization (Santurkar et al. 2018, §3.3): subtract the batch mean and divide by the batch
     average ℓp norm of the activations *before* the mean shift, per channel:
     ``s = (mean_b |a_b|^p)^(1/p)`` for p = 1, 2, and ``s = max_b |a_b|`` for p = ∞ (``'inf'``, our reading);
-    ``y = γ·(x − μ_B)/√(s² + ε) + β``. Reduced over the batch and spatial axes. The running statistics keep
-    μ in ``'mean'`` and s² in ``'var'`` (Flax convention), which eval mode uses.
+    ``y = γ·(x − μ_B)/√(s² + ε) + β``. Reduced over the batch and spatial axes (all but ``axis``). The running
+    statistics keep μ in ``'mean'`` and s² in ``'var'`` (Flax convention), which eval mode uses.
     """
-    x = jnp.asarray(x)
     if p in (float("inf"), "inf", math.inf):
         p = "inf"
     if p not in LP_NORMS:
         raise ValueError(f"lp_batch_norm: p must be one of 1, 2, 'inf' (Santurkar et al.), got {p!r}")
-    c = x.shape[-1]
-    _check_stats("lp_batch_norm", stats, c)
-    _check_affine("lp_batch_norm", x, scale, bias)
-    if not train:
-        return batch_norm(x, scale, bias, stats, train=False, epsilon=epsilon)
-    feat_shape = [1] * (x.ndim - 1) + [c]
-    red = tuple(range(x.ndim - 1))
-    if p == 2:  # s² = mean(x²): the core's raw-second-moment form, with its fused gradient
-        spec = _spec(red, axis_name=axis_name, centered_var=False, epsilon=epsilon)
-        y, mean, s2, n = _norm_core(x, _per_channel(scale, feat_shape), _per_channel(bias, feat_shape), None,
-                                    _mask_for(mask, x), spec)
+    x, train, eps, fax, c, scale, bias, red = _bn_setup("lp_batch_norm", x, scale, bias, stats, train, epsilon, axis)
+    _resolve_momentum(momentum, "flax")
+
+    def eval_mode(st):
+        return batch_norm(x, scale, bias, st, train=False, epsilon=eps, axis=fax)
+
+    if train is False:
+        return eval_mode(stats)
+    _check_train_size("lp_batch_norm", x, c, mask, axis_name)
+    feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
+    mk = _mask_for(mask, x)
+
+    def train_mode(st):
+        if p == 2:  # s² = mean(x²): the core's raw-second-moment form, with its fused gradient
+            spec = _spec(red, ndim=x.ndim, axis_name=axis_name, centered_var=False, epsilon=eps)
+            y, mean, s2, n, _, _ = _norm_core(x, scale, bias, None, mk, spec)
+            s2 = s2.reshape(c)
+        else:
+            spec = _spec(red, ndim=x.ndim, axis_name=axis_name, epsilon=eps)
+            _, mean, _, n, k, d = _norm_core(x, None, None, None, mk, spec)
+            ax = jnp.abs(x.astype(_stat_dtype(x)))
+            if mk is not None:
+                ax = jnp.where(mk, ax, jnp.zeros((), ax.dtype))
+            if p == "inf":
+                s = _psum(jnp.max(ax, red), axis_name, fn=lax.pmax)
+            else:
+                s = _psum(jnp.sum(ax, red), axis_name) / jnp.maximum(n.reshape(c) if jnp.ndim(n) else n, 1.0)
+            s2 = s * s
+            y = _normalize(x, scale, bias, d, s2.reshape(feat_shape), eps, shift=k)
         n = n.reshape(c) if jnp.ndim(n) else n
-        new_stats = update_running_stats(stats, lax.stop_gradient(mean.reshape(c)), lax.stop_gradient(s2.reshape(c)),
+        new_stats = update_running_stats(st, lax.stop_gradient(mean.reshape(c)), lax.stop_gradient(s2),
                                          lax.stop_gradient(n), momentum=momentum)
         return y.astype(x.dtype), new_stats
-    dt = _stat_dtype(x)
-    xf = x.astype(dt)
-    mk = _expand_mask(mask, x)
-    m = batch_moments(x, mask=mask, axis_name=axis_name, shift=stats["mean"])
-    ax = jnp.abs(xf) if mk is None else jnp.abs(xf) * jnp.broadcast_to(mk, x.shape).astype(dt)
-    if p == "inf":
-        s = _psum(jnp.max(ax, red), axis_name, fn=lax.pmax)
-    else:
-        sp = _psum(jnp.sum(ax**p if p != 1 else ax, red), axis_name)
-        s = (sp / jnp.maximum(m["count"], 1.0)) ** (1.0 / p)
-    s2 = s * s
-    y = _normalize(x, _per_channel(scale, feat_shape), _per_channel(bias, feat_shape),
-                   m["mean"].reshape(feat_shape), s2.reshape(feat_shape), epsilon)
-    new_stats = update_running_stats(stats, lax.stop_gradient(m["mean"]), lax.stop_gradient(s2),
-                                     m["count"], momentum=momentum)
-    return y, new_stats
+
+    return _by_mode(train, train_mode, eval_mode, stats)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -827,17 +1038,19 @@ NOISY_BN_DEFAULTS = {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1}
 
 
 def batch_norm_noise(key: Array, shape: Sequence[int], *, n_mu: float = 0.5, n_sigma: float = 1.25,
-                     r_mu: float = 0.1, r_sigma: float = 0.1) -> tuple[Array, Array]:
+                     r_mu: float = 0.1, r_sigma: float = 0.1, axis: int = -1) -> tuple[Array, Array]:
     """The multiplicative and additive noise ``(s, m)`` of Santurkar et al.'s Algorithm 1 for activations of
-    ``shape`` (``N×…×C``): per unit j (channel), ``μ_j ~ U(−n_μ, n_μ)``, ``σ_j ~ U(1, n_σ)``; per sample i and unit
+    ``shape``: per unit j (channel, on ``axis``), ``μ_j ~ U(−n_μ, n_μ)``, ``σ_j ~ U(1, n_σ)``; per sample i and unit
     j (every spatial position counts as a sample), ``m_ij ~ U(μ_j − r_μ, μ_j + r_μ)``, ``s_ij ~ N(σ_j, r_σ)``."""
     if n_mu < 0 or n_sigma < 1 or r_mu < 0 or r_sigma < 0:
         raise ValueError(f"noisy batch norm: need n_mu >= 0, n_sigma >= 1, r_mu >= 0, r_sigma >= 0; got "
                          f"n_mu={n_mu}, n_sigma={n_sigma}, r_mu={r_mu}, r_sigma={r_sigma}")
-    c = shape[-1]
+    fax = axis % len(shape)
+    c = shape[fax]
+    feat_shape = [c if i == fax else 1 for i in range(len(shape))]
     k_mu, k_sigma, k_m, k_s = jax.random.split(key, 4)
-    mu = jax.random.uniform(k_mu, (c,), jnp.float32, -n_mu, n_mu)
-    sigma = jax.random.uniform(k_sigma, (c,), jnp.float32, 1.0, n_sigma)
+    mu = jax.random.uniform(k_mu, (c,), jnp.float32, -n_mu, n_mu).reshape(feat_shape)
+    sigma = jax.random.uniform(k_sigma, (c,), jnp.float32, 1.0, n_sigma).reshape(feat_shape)
     m = mu + jax.random.uniform(k_m, tuple(shape), jnp.float32, -r_mu, r_mu)
     s = sigma + r_sigma * jax.random.normal(k_s, tuple(shape), jnp.float32)
     return s, m
@@ -861,10 +1074,214 @@ def noisy_batch_norm(
     each output of :func:`batch_norm` (after γ, β), with ``(s, m)`` from :func:`batch_norm_noise` drawn from
     ``key`` — a new key every step gives new noise. Eval mode (``train=False``) adds no noise and needs no key.
     The paper's constants are the defaults: n_μ = 0.5, n_σ = 1.25, r_μ = r_σ = 0.1."""
+    train = check_train("noisy_batch_norm", train)
     y, new_stats = batch_norm(x, scale, bias, stats, train=train, **batch_norm_kwargs)
-    if not train:
+    if train is False:
         return y, new_stats
     if key is None:
-        raise ValueError("noisy_batch_norm: train=True needs key= (a new PRNG key every step), or train=False")
-    s, m = batch_norm_noise(key, y.shape, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma)
-    return (y.astype(jnp.float32) * s + m).astype(y.dtype), new_stats
+        raise ValueError("noisy_batch_norm: train=True (or a traced train) needs key= (a new PRNG key every step), "
+                         "or train=False")
+    s, m = batch_norm_noise(key, y.shape, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma,
+                            axis=batch_norm_kwargs.get("axis", -1))
+    noisy = (y.astype(jnp.float32) * s + m).astype(y.dtype)
+    return (noisy if train is True else jnp.where(train, noisy, y)), new_stats
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# weight norm, spectral norm, dynamic tanh
+#
+# Weight and spectral norm reparametrize a *kernel* (Dense ``in×out``, Conv ``…×C_in×C_out``), not activations: they
+# run once per step on the weights, whatever the batch size. The helpers below are local to this section so that it
+# depends on nothing but jax.
+
+
+def _real_float(name: str, what: str, x) -> None:
+    dt = jnp.result_type(x)
+    if not jnp.issubdtype(dt, jnp.floating):  # complex is not a subtype of floating: excluded too
+        raise TypeError(f"{name}: {what} has dtype {dt}, but it must be a real floating array; cast to a float dtype "
+                        f"first, e.g. {what}.astype(jnp.float32)")
+
+
+def _nonneg_epsilon(name: str, epsilon) -> None:
+    if not isinstance(epsilon, jax.core.Tracer) and not float(epsilon) >= 0.0:
+        raise ValueError(f"{name}: epsilon must be >= 0 (it keeps 1/‖·‖ finite at zero), got {epsilon}")
+
+
+def _wide(dtype):
+    # float32 arithmetic for bf16/fp16 weights and activations; float64 stays float64
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _l2_normalize_rows(x: Array, epsilon: float) -> Array:
+    # ε inside the square root, as flax.linen's _l2_normalize: a zero vector maps to 0 (not NaN) for ε > 0
+    return x * lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + epsilon)
+
+
+def weight_norm(
+    v: Array,
+    g: Array | None = None,
+    *,
+    axes: int | Sequence[int] | None = None,
+    epsilon: float = 1e-12,
+) -> Array:
+    """Weight normalization (Salimans & Kingma 2016): ``w = g · v/√(Σ_axes v² + ε)``.
+
+    The norm is taken over ``axes``, by default every axis but the last: a Dense kernel ``in×out`` or a Conv kernel
+    ``…×C_in×C_out`` gets one norm per output unit j (its incoming weight vector ``v_j``), so that ``‖w_j‖ = |g_j|``
+    whatever ``‖v_j‖`` — the length of each weight vector is the parameter ``g`` and its direction ``v_j/‖v_j‖``.
+    ``g`` (None = 1) broadcasts against the kept axes: shape ``(C_out,)`` for the default. ``axes=()`` normalizes
+    every entry on its own (what ``flax.linen.WeightNorm`` does to a rank-1 variable such as a bias).
+
+    ε sits inside the square root, as in ``flax.linen.WeightNorm`` (whose ``feature_axes`` are the axes *kept*
+    here: its default ``feature_axes=-1`` is this function's default). Computed in float32 (or wider), returned in
+    ``v``'s dtype.
+    """
+    v = jnp.asarray(v)
+    _real_float("weight_norm", "v", v)
+    _nonneg_epsilon("weight_norm", epsilon)
+    if axes is None:
+        if v.ndim < 2:
+            raise ValueError(
+                f"weight_norm: the default axes (all but the last) need a kernel of rank >= 2 (in×out or "
+                f"…×C_in×C_out), got shape {tuple(v.shape)}; pass axes=0 to normalize a vector as a whole"
+            )
+        red = tuple(range(v.ndim - 1))
+    else:
+        red = (axes,) if isinstance(axes, int) else tuple(axes)
+        for a in red:
+            if not -v.ndim <= a < v.ndim:
+                raise ValueError(f"weight_norm: axis {a} is out of range for v of shape {tuple(v.shape)}")
+        red = tuple(sorted({a % v.ndim for a in red}))
+    kept = tuple(v.shape[i] for i in range(v.ndim) if i not in red)
+    dt = _wide(v.dtype)
+    vf = v.astype(dt)
+    w = vf * lax.rsqrt(jnp.sum(vf * vf, axis=red, keepdims=True) + epsilon)
+    if g is not None:
+        g = jnp.asarray(g)
+        try:
+            fits = jnp.broadcast_shapes(g.shape, kept) == kept
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"weight_norm: g of shape {tuple(g.shape)} does not broadcast against the axes of v that are kept, "
+                f"shape {kept} (v has shape {tuple(v.shape)}, the norm is over axes {red}); pass one gain per "
+                f"output unit, shape {kept}"
+            )
+        keep_shape = tuple(1 if i in red else v.shape[i] for i in range(v.ndim))
+        w = w * jnp.broadcast_to(g.astype(dt), kept).reshape(keep_shape)
+    return w.astype(v.dtype)
+
+
+def _check_kernel(name: str, w: Array) -> None:
+    _real_float(name, "w", w)
+    if w.ndim < 2:
+        raise ValueError(
+            f"{name}: expected a kernel of rank >= 2 (in×out, or …×C_in×C_out flattened to a matrix over all axes "
+            f"but the last), got shape {tuple(w.shape)}; a vector or scalar has no spectral norm to divide by"
+        )
+
+
+def init_spectral_state(key: Array, w: Array, dtype: Any = jnp.float32) -> Array:
+    """The initial power-iteration vector ``u`` of :func:`spectral_normalize` for the kernel ``w``: shape
+    ``(1, C_out)`` with ``C_out = w.shape[-1]``, entries ``N(0, 1)`` — the shape, distribution and dtype of
+    ``flax.linen.SpectralNorm``'s ``'…/u'`` variable (its scale is irrelevant: the first iteration normalizes it)."""
+    w = jnp.asarray(w)
+    _check_kernel("init_spectral_state", w)
+    return jax.random.normal(key, (1, w.shape[-1]), dtype)
+
+
+def spectral_normalize(
+    w: Array,
+    u: Array,
+    *,
+    n_power_iterations: int = 1,
+    train: bool = True,
+    epsilon: float = 1e-12,
+    sigma: Array | None = None,
+) -> tuple[Array, Array, Array]:
+    """Spectral normalization (Miyato et al. 2018): ``w/σ(W)``, σ the largest singular value of ``W``, the kernel
+    seen as a matrix (every axis but the last flattened × the last: ``(…·C_in) × C_out``, as ``flax.linen.
+    SpectralNorm``), so that the normalized layer is 1-Lipschitz as a linear map of its flattened input patch.
+
+    σ is estimated by power iteration whose vector ``u`` (``1×C_out``, from :func:`init_spectral_state`) is state
+    carried from call to call: ``n_power_iterations`` times ``v = n(u Wᵀ)``, ``u = n(v W)`` with
+    ``n(x) = x/√(Σx² + ε)``; then ``σ = v W uᵀ`` with ``u``, ``v`` under ``stop_gradient`` (Miyato et al.'s
+    Algorithm 1: the gradient sees ``∂σ/∂W = vᵀu``). Because ``W`` moves little per step, one iteration per step
+    (the default) tracks σ. ``σ = 0`` (a zero kernel) divides by 1 instead of giving NaN.
+
+    Returns ``(w/σ, new_u, σ)``, ``w/σ`` in ``w``'s dtype (computed in float32 or wider), ``new_u`` in ``u``'s.
+
+    * ``train=True``: ``new_u`` is the iterated vector (store it).
+    * ``train=False``: the state does not move (``new_u`` is ``u``). With ``sigma=None`` the same iterations run
+      from the stored ``u`` (deterministic given the state) and give σ — the semantics of ``flax.linen.SpectralNorm``
+      with ``update_stats=False``. With ``sigma`` (e.g. the σ stored at the last training step) nothing is iterated
+      and the kernel is ``w/sigma``.
+    """
+    w = jnp.asarray(w)
+    _check_kernel("spectral_normalize", w)
+    u = jnp.asarray(u)
+    _real_float("spectral_normalize", "u", u)
+    want = (1, w.shape[-1])
+    if tuple(u.shape) != want:
+        raise ValueError(
+            f"spectral_normalize: u has shape {tuple(u.shape)} but the kernel of shape {tuple(w.shape)} needs "
+            f"{want} (1 × its last axis); make a fresh one with jaxnorm.init_spectral_state(key, w)"
+        )
+    n = n_power_iterations
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"spectral_normalize: n_power_iterations must be a positive int, got {n!r}")
+    _nonneg_epsilon("spectral_normalize", epsilon)
+    dt = _wide(w.dtype)
+    mat = w.astype(dt).reshape(-1, w.shape[-1])
+    if sigma is not None:
+        if train:
+            raise ValueError("spectral_normalize: sigma= replaces the power iteration in eval only; pass "
+                             "train=False with it, or drop it in training (σ then comes from u)")
+        s = jnp.asarray(sigma, dt)
+        if s.ndim:
+            raise ValueError(f"spectral_normalize: sigma must be a scalar, got shape {tuple(s.shape)}")
+        return (mat / jnp.where(s != 0, s, 1)).reshape(w.shape).astype(w.dtype), u, s
+
+    m = lax.stop_gradient(mat)
+
+    def step(_, uv):
+        v_ = _l2_normalize_rows(uv[0] @ m.T, epsilon)
+        return _l2_normalize_rows(v_ @ m, epsilon), v_
+
+    u_it, v = lax.fori_loop(0, n, step, (lax.stop_gradient(u.astype(dt)), jnp.zeros((1, m.shape[0]), dt)))
+    s = ((v @ mat) @ u_it.T)[0, 0]  # the live kernel: the gradient of σ w.r.t. W is vᵀu
+    out = (mat / jnp.where(s != 0, s, 1)).reshape(w.shape).astype(w.dtype)
+    return out, (u_it.astype(u.dtype) if train else u), s
+
+
+def dyt(x: Array, alpha: Array, scale: Array | None = None, bias: Array | None = None) -> Array:
+    """Dynamic Tanh (Zhu, Chen, He, LeCun & Liu 2025, "Transformers without Normalization"):
+    ``y = γ ⊙ tanh(α·x) + β``, elementwise.
+
+    A drop-in replacement for layer norm without statistics: nothing is reduced over any axis. ``α`` is a learnable
+    scalar (the paper initializes it at 0.5; any shape that broadcasts against ``x`` is accepted) that sets how soon
+    ``tanh`` squashes large activations, which mimics the S-shaped input-output maps of trained layer norms; ``γ``,
+    ``β`` are per channel on the last axis (shape ``(C,)``; None = 1 and 0). Computed in float32 for bf16/fp16
+    input (float64 stays float64), returned in ``x``'s dtype.
+    """
+    x = jnp.asarray(x)
+    _real_float("dyt", "x", x)
+    for pname, p in (("alpha", alpha), ("scale", scale), ("bias", bias)):
+        if p is None:
+            continue
+        if jnp.issubdtype(jnp.result_type(p), jnp.complexfloating):
+            raise TypeError(f"dyt: {pname} is complex ({jnp.result_type(p)}); cast to a float dtype first")
+        try:
+            jnp.broadcast_shapes(jnp.shape(p), x.shape)
+        except ValueError:
+            want = "a scalar, shape ()" if pname == "alpha" else f"one value per channel, shape ({x.shape[-1]},)"
+            raise ValueError(f"dyt: {pname} of shape {tuple(jnp.shape(p))} does not broadcast against the input of "
+                             f"shape {tuple(x.shape)}; pass {want}") from None
+    dt = _wide(x.dtype)
+    y = jnp.tanh(jnp.asarray(alpha, dt) * x.astype(dt))
+    if scale is not None:
+        y = y * jnp.asarray(scale, dt)
+    if bias is not None:
+        y = y + jnp.asarray(bias, dt)
+    return y.astype(x.dtype)

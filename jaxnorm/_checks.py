@@ -1,0 +1,90 @@
+"""The argument checks shared by the pure transforms (:mod:`jaxnorm.norms`, :mod:`jaxnorm.dropout`).
+
+Each check raises eagerly, before tracing goes any further, with a message that says what is wrong, the numbers,
+and how to fix it. Imports only jax and numpy, so the pure modules stay free of Flax.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def check_float_input(name: str, x: Any, what: str = "input") -> None:
+    """TypeError unless ``x`` has a real floating dtype (float16/bfloat16/float32/float64).
+
+    Integer and bool inputs would be normalized and cast back to their dtype (−1, 0, 1), complex inputs would run
+    with meaningless statistics: both are refused rather than silently answered."""
+    dt = jnp.result_type(x)
+    if jnp.issubdtype(dt, jnp.floating):
+        return
+    if jnp.issubdtype(dt, jnp.complexfloating):
+        raise TypeError(
+            f"{name}: the {what} has complex dtype {dt}; normalization statistics (mean, variance, norms) are "
+            "defined here for real values only. Normalize the real and imaginary parts as separate channels "
+            "(e.g. jnp.concatenate([x.real, x.imag], -1))"
+        )
+    raise TypeError(
+        f"{name}: the {what} has dtype {dt}, which is not a float dtype; cast to a float dtype first, "
+        f"e.g. x.astype(jnp.float32) (an integer or bool result of a normalization would be rounded to −1, 0, 1)"
+    )
+
+
+def check_epsilon(name: str, epsilon: Any) -> float:
+    """``epsilon`` as a Python float; ValueError if it is negative or not finite (1/√(σ² + ε) is then NaN/inf)."""
+    if is_traced(epsilon):
+        raise TypeError(f"{name}: epsilon must be a Python number (it is a static part of the computation), "
+                        "got a traced value; pass a constant such as 1e-5")
+    try:
+        eps = float(epsilon)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: epsilon must be a number, got {epsilon!r}") from None
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(
+            f"{name}: epsilon must be a finite number >= 0 (it keeps 1/√(σ² + ε) finite), got {epsilon}; "
+            "use e.g. epsilon=1e-5"
+        )
+    return eps
+
+
+def check_train(name: str, train: Any):
+    """``train`` as a Python bool, or a traced boolean scalar passed through (the caller branches with
+    ``lax.cond``). Anything else (``'no'``, ``1``, ``None``, an array of several flags) is a TypeError: a truthy
+    string silently selecting training mode is the bug this prevents."""
+    if isinstance(train, (bool, np.bool_)):
+        return bool(train)
+    dt = getattr(train, "dtype", None)
+    shape = getattr(train, "shape", None)
+    if dt is not None and shape == () and jnp.issubdtype(dt, jnp.bool_):
+        if is_traced(train):
+            return train
+        return bool(train)
+    got = f"{train!r} ({type(train).__name__}"
+    got += f", dtype {dt}, shape {shape})" if dt is not None else ")"
+    raise TypeError(
+        f"{name}: train must be a Python bool (True for training mode, False for eval) or a traced boolean "
+        f"scalar, got {got}; pass train=True or train=False"
+    )
+
+
+def check_rate(name: str, rate: Any) -> None:
+    """ValueError unless a static ``rate`` lies in [0, 1]; a traced rate is clipped where used."""
+    if is_traced(rate):
+        return
+    try:
+        r = float(rate)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: rate must be a number in [0, 1], got {rate!r}") from None
+    if not 0.0 <= r <= 1.0 or math.isnan(r):
+        raise ValueError(
+            f"{name}: rate must be in [0, 1] (the probability of dropping a unit), got {rate}; "
+            "rate 0 keeps everything, rate 1 drops everything"
+        )
