@@ -11,24 +11,17 @@ from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm._checks import check_float_input, check_rate, check_train
 
 Array = jax.Array
+_check_rate = check_rate  # the name the layers import
 
 # SELU constants (Klambauer et al. 2017): alpha' = -λα is the value SELU saturates to.
 _SELU_ALPHA = 1.6732632423543772
 _SELU_SCALE = 1.0507009873554805
 _ALPHA_PRIME = -_SELU_SCALE * _SELU_ALPHA
-
-
-def _check_rate(name: str, rate: Any) -> None:
-    if isinstance(rate, jax.core.Tracer):
-        return  # a traced rate cannot be checked here; it is clipped to [0, 1] where used
-    r = float(rate)
-    if not 0.0 <= r <= 1.0 or math.isnan(r):
-        raise ValueError(
-            f"{name}: rate must be in [0, 1] (the probability of dropping a unit), got {rate}; "
-            "rate 0 keeps everything, rate 1 drops everything"
-        )
 
 
 def _needs_key(name: str, key: Array | None) -> None:
@@ -37,6 +30,23 @@ def _needs_key(name: str, key: Array | None) -> None:
             f"{name}: train=True needs a PRNG key: pass key=jax.random.key(seed) (split it per step), "
             "or train=False for the deterministic identity"
         )
+
+
+def _prepare(name: str, x, rate, train):
+    """The checks every dropout starts with: a float input, a rate in [0, 1], a bool (or traced bool) train."""
+    x = jnp.asarray(x)
+    check_float_input(name, x)
+    check_rate(name, rate)
+    return x, check_train(name, train)
+
+
+def _by_mode(train, x, fn):
+    """``fn()`` in training, ``x`` at test; a traced ``train`` chooses with ``lax.cond``."""
+    if train is True:
+        return fn()
+    if train is False:
+        return x
+    return lax.cond(train, fn, lambda: x)
 
 
 def _is_static_zero(rate) -> bool:
@@ -75,18 +85,22 @@ def dropout(
     Same network in expectation as Srivastava et al.'s original form (keep at train, scale weights by
     ``1 − rate`` at test), with no test-time change. ``broadcast_dims`` share one mask value along those axes
     (as ``flax.linen.Dropout``). rate 1 drops everything (zeros, zero gradients), rate 0 is the identity.
+    ``train`` is a Python bool or a traced boolean (then ``lax.cond`` picks; a key is needed).
     """
-    _check_rate("dropout", rate)
-    if not train or _is_static_zero(rate):
+    x, train = _prepare("dropout", x, rate, train)
+    if train is False or _is_static_zero(rate):
         return x
     _needs_key("dropout", key)
-    x = jnp.asarray(x)
-    keep = _keep_prob(rate)
-    shape = list(x.shape)
-    for d in broadcast_dims:
-        shape[d] = 1
-    mask = jnp.broadcast_to(_keep_mask(key, keep, tuple(shape)), x.shape)
-    return _inverted(x, mask, keep)
+
+    def drop():
+        keep = _keep_prob(rate)
+        shape = list(x.shape)
+        for d in broadcast_dims:
+            shape[d] = 1
+        mask = jnp.broadcast_to(_keep_mask(key, keep, tuple(shape)), x.shape)
+        return _inverted(x, mask, keep)
+
+    return _by_mode(train, x, drop)
 
 
 def original_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
@@ -94,27 +108,30 @@ def original_dropout(x: Array, rate: float, *, key: Array | None = None, train: 
     rescaling) and ``y = (1 − rate)·x`` at test, which is their "outgoing weights multiplied by p" (``(p·x)W = x(pW)``).
     With the same key it drops exactly the units :func:`dropout` drops; a network trained this way with weights
     ``W`` computes what an inverted-dropout network with weights ``(1 − rate)·W`` computes, at train and at test."""
-    _check_rate("original_dropout", rate)
-    x = jnp.asarray(x)
+    x, train = _prepare("original_dropout", x, rate, train)
     if _is_static_zero(rate):
         return x
     keep = _keep_prob(rate)
-    if not train:
-        return x * keep.astype(x.dtype)
+    scaled = (x * keep.astype(x.dtype)).astype(x.dtype)
+    if train is False:
+        return scaled
     _needs_key("original_dropout", key)
-    return jnp.where(_keep_mask(key, keep, x.shape), x, jnp.zeros((), x.dtype))
+
+    def drop():
+        return jnp.where(_keep_mask(key, keep, x.shape), x, jnp.zeros((), x.dtype))
+
+    return drop() if train is True else lax.cond(train, drop, lambda: scaled)
 
 
 def spatial_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
     """Channel ("spatial") dropout (Tompson et al. 2015): one Bernoulli mask value per example and channel of an
     ``N×…×C`` input, shared over all spatial positions, inverted scaling by ``1/(1 − rate)``."""
-    _check_rate("spatial_dropout", rate)
-    x = jnp.asarray(x)
+    x, train = _prepare("spatial_dropout", x, rate, train)
     if x.ndim < 3:
         raise ValueError(
             f"spatial_dropout: expected N×spatial…×C (rank >= 3), got shape {tuple(x.shape)}; for N×C use dropout"
         )
-    if not train or _is_static_zero(rate):
+    if train is False or _is_static_zero(rate):
         return x
     _needs_key("spatial_dropout", key)
     return dropout(x, rate, key=key, train=train, broadcast_dims=tuple(range(1, x.ndim - 1)))
@@ -123,30 +140,33 @@ def spatial_dropout(x: Array, rate: float, *, key: Array | None = None, train: b
 def dropconnect(w: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
     """DropConnect (Wan et al. 2013): drop individual *weights* ``w`` (e.g. a Dense kernel) with probability
     ``rate``, inverted scaling so that ``E[w̃] = w``; apply ``x @ dropconnect(w, ...)``. Identity at test."""
-    _check_rate("dropconnect", rate)
-    if not train or _is_static_zero(rate):
+    w, train = _prepare("dropconnect", w, rate, train)
+    if train is False or _is_static_zero(rate):
         return w
     _needs_key("dropconnect", key)
-    return dropout(w, rate, key=key, train=True)
+    return dropout(w, rate, key=key, train=train)
 
 
 def gaussian_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
     """Gaussian dropout (Srivastava et al. 2014, §10): ``y = x ⊙ ξ`` with ``ξ ~ N(1, rate/(1 − rate))``, the
     multiplicative noise with the same mean and variance as inverted Bernoulli dropout. Identity at test;
     rate must be < 1."""
-    _check_rate("gaussian_dropout", rate)
+    x, train = _prepare("gaussian_dropout", x, rate, train)
     if not isinstance(rate, jax.core.Tracer) and float(rate) >= 1.0:
         raise ValueError(
             f"gaussian_dropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got {rate}; "
             "use a rate in [0, 1), e.g. 0.5"
         )
-    if not train or _is_static_zero(rate):
+    if train is False or _is_static_zero(rate):
         return x
     _needs_key("gaussian_dropout", key)
-    x = jnp.asarray(x)
-    std = jnp.sqrt(rate / (1.0 - rate)).astype(jnp.float32)
-    noise = 1.0 + std * jax.random.normal(key, x.shape, jnp.float32)
-    return (x.astype(jnp.float32) * noise).astype(x.dtype)
+
+    def drop():
+        std = jnp.sqrt(rate / (1.0 - rate)).astype(jnp.float32)
+        noise = 1.0 + std * jax.random.normal(key, x.shape, jnp.float32)
+        return (x.astype(jnp.float32) * noise).astype(x.dtype)
+
+    return _by_mode(train, x, drop)
 
 
 def alpha_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
@@ -154,23 +174,25 @@ def alpha_dropout(x: Array, rate: float, *, key: Array | None = None, train: boo
     ``α' = −λα`` and an affine map ``a·(·) + b`` restores zero mean and unit variance,
     ``a = (q + α'²q(1 − q))^(−1/2)``, ``b = −a·(1 − q)·α'`` with ``q = 1 − rate`` the keep probability.
     Identity at test; rate 1 gives zeros."""
-    _check_rate("alpha_dropout", rate)
-    if not train or _is_static_zero(rate):
+    x, train = _prepare("alpha_dropout", x, rate, train)
+    if train is False or _is_static_zero(rate):
         return x
     _needs_key("alpha_dropout", key)
-    x = jnp.asarray(x)
-    if not isinstance(rate, jax.core.Tracer) and float(rate) == 1.0:
-        return jnp.zeros_like(x) * x  # keeps the gradient path (zero) and the dtype
-    q = _keep_prob(rate)  # a traced rate is clipped to [0, 1]
-    q_safe = jnp.where(q > 0, q, 1.0)  # traced rate 1: a, b finite, the output is zeroed below
-    a = (q_safe + _ALPHA_PRIME**2 * q_safe * (1.0 - q_safe)) ** -0.5
-    b = -a * (1.0 - q_safe) * _ALPHA_PRIME
-    mask = _keep_mask(key, q, x.shape)
-    y = jnp.where(mask, x.astype(jnp.float32), _ALPHA_PRIME)
-    return jnp.where(q > 0, a * y + b, 0.0).astype(x.dtype)
+
+    def drop():
+        if not isinstance(rate, jax.core.Tracer) and float(rate) == 1.0:
+            return jnp.zeros_like(x) * x  # keeps the gradient path (zero) and the dtype
+        q = _keep_prob(rate)  # a traced rate is clipped to [0, 1]
+        q_safe = jnp.where(q > 0, q, 1.0)  # traced rate 1: a, b finite, the output is zeroed below
+        a = (q_safe + _ALPHA_PRIME**2 * q_safe * (1.0 - q_safe)) ** -0.5
+        b = -a * (1.0 - q_safe) * _ALPHA_PRIME
+        mask = _keep_mask(key, q, x.shape)
+        y = jnp.where(mask, x.astype(jnp.float32), _ALPHA_PRIME)
+        return jnp.where(q > 0, a * y + b, 0.0).astype(x.dtype)
+
+    return _by_mode(train, x, drop)
 
 
-# --------------------------------------------------------------------------------------------------------------------
 # max-norm constraint
 
 

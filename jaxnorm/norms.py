@@ -360,23 +360,26 @@ def _norm_core_jvp(spec: _Spec, primals, tangents):
     safe = jnp.maximum(count, 1.0)
     want_mean = spec.center or spec.centered_var
     xf = x.astype(dt)
-    xc = (xf - k) - d if want_mean else xf  # x − μ, never a difference of two |μ|-sized numbers
-    xv = xc if spec.centered_var else xf  # σ² = mean(xv²) (− nothing: d(Σ(x−k)²/n − d²) = 2Σ(x−μ)ẋ/n)
+    # everything through xs = x − k (its own full-size value; XLA:CPU cannot fuse the broadcast of k into a
+    # reduction, so sharing one xs costs one write, where x − k and x − μ would cost two) and d = μ − k, which is
+    # O(σ): Σ(x−μ)ẋ = Σxs·ẋ − d·Σẋ and (x−μ)·w = xs·w − d·w cancel only by O(σ), never by O(|μ|)
+    xs = xf - k if want_mean else xf
+    xv = xs if spec.centered_var else xf  # σ² = mean((x−μ)²) [or mean(x²)]: d(Σ(x−k)²/n − d²) = 2Σ(x−μ)ẋ/n
     if mask is not None:  # selected, not multiplied: the transpose then sends exact zeros to masked positions
         xv = jnp.where(mask, xv, jnp.zeros((), dt))
     sums = (_stat_sum(xdf, spec, mask) if want_mean else None, _stat_sum(xv * xdf, spec, None))
     md, mq = _stat_psum(sums, spec)
     md = md / safe if want_mean else jnp.zeros_like(mean)  # μ̇ = mean(ẋ)
-    q = mq / safe  # σ̇²/2
+    q = mq / safe - d * md if spec.centered_var else mq / safe  # σ̇²/2
     r = lax.rsqrt(var + spec.epsilon)
     sr = r if scale is None else r * jnp.asarray(scale, dt)
-    # ẏ = ẋ·γr + xo·w + u, xo the normalized value's numerator, w its coefficient, u a per-statistic constant
+    # ẏ = ẋ·γr + xo·w + u, xo = x − μ = xs − d (x itself without centering), w the coefficient of xo,
+    # u a per-statistic constant
     w = -(sr * r * r) * q
     if scale is not None:
         w = w + r * jnp.asarray(sd, dt)
-    xo = xc if spec.center else xf
-    yd = xdf * sr + xo * w
-    u = -(sr * md) if spec.center else None
+    yd = xdf * sr + (xs if spec.center else xf) * w
+    u = -(sr * md) - d * w if spec.center else None
     if bias is not None:
         u = jnp.asarray(bd, dt) if u is None else u + jnp.asarray(bd, dt)
     if u is not None:
@@ -1074,6 +1077,7 @@ def noisy_batch_norm(
     each output of :func:`batch_norm` (after γ, β), with ``(s, m)`` from :func:`batch_norm_noise` drawn from
     ``key`` — a new key every step gives new noise. Eval mode (``train=False``) adds no noise and needs no key.
     The paper's constants are the defaults: n_μ = 0.5, n_σ = 1.25, r_μ = r_σ = 0.1."""
+    x = _input("noisy_batch_norm", x)
     train = check_train("noisy_batch_norm", train)
     y, new_stats = batch_norm(x, scale, bias, stats, train=train, **batch_norm_kwargs)
     if train is False:
@@ -1091,25 +1095,18 @@ def noisy_batch_norm(
 # weight norm, spectral norm, dynamic tanh
 #
 # Weight and spectral norm reparametrize a *kernel* (Dense ``in×out``, Conv ``…×C_in×C_out``), not activations: they
-# run once per step on the weights, whatever the batch size. The helpers below are local to this section so that it
-# depends on nothing but jax.
+# run once per step on the weights, whatever the batch size.
 
 
-def _real_float(name: str, what: str, x) -> None:
+def _real_kernel(name: str, what: str, x) -> None:
+    # the shared check's advice for complex input is about activations (split real and imaginary channels); a
+    # complex kernel gets a kernel's fix
     dt = jnp.result_type(x)
-    if not jnp.issubdtype(dt, jnp.floating):  # complex is not a subtype of floating: excluded too
-        raise TypeError(f"{name}: {what} has dtype {dt}, but it must be a real floating array; cast to a float dtype "
-                        f"first, e.g. {what}.astype(jnp.float32)")
-
-
-def _nonneg_epsilon(name: str, epsilon) -> None:
-    if not isinstance(epsilon, jax.core.Tracer) and not float(epsilon) >= 0.0:
-        raise ValueError(f"{name}: epsilon must be >= 0 (it keeps 1/‖·‖ finite at zero), got {epsilon}")
-
-
-def _wide(dtype):
-    # float32 arithmetic for bf16/fp16 weights and activations; float64 stays float64
-    return jnp.promote_types(dtype, jnp.float32)
+    if jnp.issubdtype(dt, jnp.complexfloating):
+        raise TypeError(f"{name}: the {what} has complex dtype {dt}; weight and spectral norm are defined here for "
+                        "real kernels: cast to a float dtype first (a complex layer can keep its real and imaginary "
+                        "parts as two real kernels)")
+    check_float_input(name, x, what)
 
 
 def _l2_normalize_rows(x: Array, epsilon: float) -> Array:
@@ -1137,8 +1134,8 @@ def weight_norm(
     ``v``'s dtype.
     """
     v = jnp.asarray(v)
-    _real_float("weight_norm", "v", v)
-    _nonneg_epsilon("weight_norm", epsilon)
+    _real_kernel("weight_norm", "kernel v", v)
+    epsilon = check_epsilon("weight_norm", epsilon)
     if axes is None:
         if v.ndim < 2:
             raise ValueError(
@@ -1153,7 +1150,7 @@ def weight_norm(
                 raise ValueError(f"weight_norm: axis {a} is out of range for v of shape {tuple(v.shape)}")
         red = tuple(sorted({a % v.ndim for a in red}))
     kept = tuple(v.shape[i] for i in range(v.ndim) if i not in red)
-    dt = _wide(v.dtype)
+    dt = _stat_dtype(v)
     vf = v.astype(dt)
     w = vf * lax.rsqrt(jnp.sum(vf * vf, axis=red, keepdims=True) + epsilon)
     if g is not None:
@@ -1174,7 +1171,7 @@ def weight_norm(
 
 
 def _check_kernel(name: str, w: Array) -> None:
-    _real_float(name, "w", w)
+    _real_kernel(name, "kernel w", w)
     if w.ndim < 2:
         raise ValueError(
             f"{name}: expected a kernel of rank >= 2 (in×out, or …×C_in×C_out flattened to a matrix over all axes "
@@ -1221,7 +1218,7 @@ def spectral_normalize(
     w = jnp.asarray(w)
     _check_kernel("spectral_normalize", w)
     u = jnp.asarray(u)
-    _real_float("spectral_normalize", "u", u)
+    _real_kernel("spectral_normalize", "power-iteration vector u", u)
     want = (1, w.shape[-1])
     if tuple(u.shape) != want:
         raise ValueError(
@@ -1231,8 +1228,8 @@ def spectral_normalize(
     n = n_power_iterations
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"spectral_normalize: n_power_iterations must be a positive int, got {n!r}")
-    _nonneg_epsilon("spectral_normalize", epsilon)
-    dt = _wide(w.dtype)
+    epsilon = check_epsilon("spectral_normalize", epsilon)
+    dt = _stat_dtype(w)
     mat = w.astype(dt).reshape(-1, w.shape[-1])
     if sigma is not None:
         if train:
@@ -1265,8 +1262,7 @@ def dyt(x: Array, alpha: Array, scale: Array | None = None, bias: Array | None =
     ``β`` are per channel on the last axis (shape ``(C,)``; None = 1 and 0). Computed in float32 for bf16/fp16
     input (float64 stays float64), returned in ``x``'s dtype.
     """
-    x = jnp.asarray(x)
-    _real_float("dyt", "x", x)
+    x = _input("dyt", x)
     for pname, p in (("alpha", alpha), ("scale", scale), ("bias", bias)):
         if p is None:
             continue
@@ -1275,10 +1271,11 @@ def dyt(x: Array, alpha: Array, scale: Array | None = None, bias: Array | None =
         try:
             jnp.broadcast_shapes(jnp.shape(p), x.shape)
         except ValueError:
-            want = "a scalar, shape ()" if pname == "alpha" else f"one value per channel, shape ({x.shape[-1]},)"
+            c = x.shape[-1] if x.ndim else 1
+            want = "a scalar, shape ()" if pname == "alpha" else f"one value per channel, shape ({c},)"
             raise ValueError(f"dyt: {pname} of shape {tuple(jnp.shape(p))} does not broadcast against the input of "
                              f"shape {tuple(x.shape)}; pass {want}") from None
-    dt = _wide(x.dtype)
+    dt = _stat_dtype(x)
     y = jnp.tanh(jnp.asarray(alpha, dt) * x.astype(dt))
     if scale is not None:
         y = y * jnp.asarray(scale, dt)
