@@ -6,7 +6,6 @@ drawn from ``jax.random`` only, so the same key gives the same mask on every bac
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Sequence
 
 import jax

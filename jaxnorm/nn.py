@@ -20,16 +20,16 @@ import jax.numpy as jnp
 
 from jaxnorm import dropout as _do
 from jaxnorm import norms as _norms
+from jaxnorm._checks import check_train
 
 Array = jax.Array
 Initializer = Callable[..., Array]
 
 
-def _train(module_value: bool | None, call_value: bool | None, name: str) -> bool:
-    value = nn.merge_param("train", module_value, call_value)
-    if not isinstance(value, (bool, jnp.bool_)) and not hasattr(value, "dtype"):
-        raise ValueError(f"{name}: train must be True or False, got {value!r}")
-    return bool(value)
+def _train(module_value: bool | None, call_value: bool | None, name: str):
+    """The merged ``train`` flag: a Python bool, or a traced boolean scalar (the pure functions then use
+    ``lax.cond``); anything else is a TypeError (see :func:`jaxnorm._checks.check_train`)."""
+    return check_train(name, nn.merge_param("train", module_value, call_value))
 
 
 class _Affine(nn.Module):
@@ -96,7 +96,7 @@ class BatchNorm(_RunningStats):
             axis_name=axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
             convention=self.convention, virtual_batch_size=self.virtual_batch_size, **kw,
         )
-        if train:
+        if train is not False:  # a traced train: the pure function returned the old statistics in eval
             self._store(stats, new)
             self._sow_moments(x, mask, axis_name)
         return y
@@ -116,14 +116,16 @@ class NoisyBatchNorm(BatchNorm):
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
         y = super().__call__(x, train, mask=mask)
-        if not _train(self.train, train, "NoisyBatchNorm") or self.is_initializing():
+        train = _train(self.train, train, "NoisyBatchNorm")
+        if train is False or self.is_initializing():
             return y
         if not self.has_rng(self.rng_collection):
             raise ValueError(f"NoisyBatchNorm: train=True needs a {self.rng_collection!r} PRNG stream: "
                              f"model.apply(..., rngs={{{self.rng_collection!r}: key}}) with a new key every step")
         s, m = _norms.batch_norm_noise(self.make_rng(self.rng_collection), y.shape, n_mu=self.n_mu,
                                        n_sigma=self.n_sigma, r_mu=self.r_mu, r_sigma=self.r_sigma)
-        return (y.astype(jnp.float32) * s + m).astype(y.dtype)
+        noisy = (y.astype(jnp.float32) * s + m).astype(y.dtype)
+        return noisy if train is True else jnp.where(train, noisy, y)
 
 
 class BatchRenorm(_RunningStats):
@@ -146,7 +148,7 @@ class BatchRenorm(_RunningStats):
             x, scale, bias, {k: v.value for k, v in stats.items()}, train=train, r_max=self.r_max,
             d_max=self.d_max, momentum=self.momentum, epsilon=self.epsilon, axis_name=axis_name, mask=mask,
         )
-        if train:
+        if train is not False:
             self._store(stats, new)
         return y
 
@@ -170,7 +172,7 @@ class LpBatchNorm(_RunningStats):
             x, scale, bias, {k: v.value for k, v in stats.items()}, train=train, p=self.p,
             momentum=self.momentum, epsilon=self.epsilon, axis_name=axis_name, mask=mask,
         )
-        if train:
+        if train is not False:
             self._store(stats, new)
         return y
 
@@ -227,10 +229,10 @@ class RMSNorm(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool | None = None):
+    def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
         del train
         scale = self.param("scale", self.scale_init, (x.shape[-1],), self.param_dtype) if self.use_scale else None
-        return _norms.rms_norm(x, scale, epsilon=self.epsilon, axes=self.axes)
+        return _norms.rms_norm(x, scale, epsilon=self.epsilon, axes=self.axes, mask=mask)
 
 
 class StandardizedConv(nn.Module):
@@ -285,9 +287,9 @@ class _Stochastic(nn.Module):
     def _apply(self, fn, x, train, name, **kw):
         train = _train(self.train, train, name)
         _do._check_rate(name, self.rate)
-        if not train or _do._is_static_zero(self.rate):
+        if train is False or _do._is_static_zero(self.rate):
             return x
-        return fn(x, self.rate, key=self._key(name), train=True, **kw)
+        return fn(x, self.rate, key=self._key(name), train=train, **kw)
 
 
 class Dropout(_Stochastic):
@@ -307,7 +309,7 @@ class OriginalDropout(_Stochastic):
     @nn.compact
     def __call__(self, x, train: bool | None = None):
         train = _train(self.train, train, "OriginalDropout")
-        if not train:
+        if train is False:
             return _do.original_dropout(x, self.rate, train=False)
         return self._apply(_do.original_dropout, x, train, "OriginalDropout")
 
@@ -386,3 +388,156 @@ def _merge(old, new):
     if isinstance(old, dict) and isinstance(new, dict):
         return {**old, **{k: _merge(old.get(k), v) for k, v in new.items()}}
     return new
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# weight norm, spectral norm (wrappers that reparametrize a layer's kernel) and dynamic tanh
+#
+# The wrappers follow flax.linen.WeightNorm / SpectralNorm: the wrapped layer keeps its own raw parameters and the
+# wrapper transforms them on the way in with nn.map_variables, so a wrapped nn.Dense/nn.Conv/nn.DenseGeneral needs no
+# change, and the wrapper's own variables carry flax's names ('Dense_1/kernel/scale', 'Dense_1/kernel/u',
+# 'Dense_1/kernel/sigma'): variables port between the two libraries as they are.
+
+
+def _wrapped_name(layer: nn.Module, path) -> str:
+    """flax's name of a wrapped variable: the layer's name, then the variable's path without its collection."""
+    return f"{layer.name}/" + jax.tree_util.keystr(tuple(path[1:]), simple=True, separator="/")
+
+
+def _collection(path) -> str:
+    return getattr(path[0], "key", None)
+
+
+class WeightNorm(nn.Module):
+    """Weight normalization (Salimans & Kingma 2016) of a wrapped layer: ``w = g·v/√(Σ v² + ε)`` applied to the
+    layer's kernel before every call (:func:`jaxnorm.weight_norm`), ``g`` a learnable gain per feature.
+
+    ``WeightNorm(nn.Dense(4))(x)``: the call convention, attributes and variable names of ``flax.linen.WeightNorm``.
+    The norm is over every axis except ``feature_axes`` (default -1: one norm per output unit of a Dense, Conv or
+    DenseGeneral kernel; None: one norm of the whole array). ``variable_filter`` selects the variables whose path
+    (e.g. ``'Dense_1/kernel'``) contains one of its strings (default ``{'kernel'}``: biases are left alone; None or
+    empty: every variable, a rank-1 bias then being normalized entry by entry, as in flax). The gain is this
+    module's parameter ``'<layer>/<path>/scale'`` (``scale_init``, default ones: at init ``‖w_j‖ = 1``); ``v`` stays
+    the wrapped layer's own ``'kernel'``. ``dtype`` (None: inferred from the kernel and the gain) is the dtype of the
+    kernel handed to the layer.
+    """
+
+    layer: nn.Module
+    epsilon: float = 1e-12
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    use_scale: bool = True
+    scale_init: Initializer = nn.initializers.ones
+    feature_axes: int | Sequence[int] | None = -1
+    variable_filter: Iterable[str] | None = frozenset({"kernel"})
+
+    @nn.compact
+    def __call__(self, *args, **kwargs):
+        return nn.map_variables(
+            lambda layer: layer(*args, **kwargs),
+            trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(self._normalize, vs),
+            init=self.is_initializing(),
+        )(self.layer)
+
+    def _normalize(self, path, value):
+        value = jnp.asarray(value)
+        name = _wrapped_name(self.layer, path)
+        if _collection(path) != "params":
+            return value
+        if self.variable_filter and not any(f in name for f in self.variable_filter):
+            return value
+        if self.feature_axes is None:
+            reduced = tuple(range(value.ndim))
+        else:
+            fa = (self.feature_axes,) if isinstance(self.feature_axes, int) else tuple(self.feature_axes)
+            if any(not -value.ndim <= a < value.ndim for a in fa):
+                raise ValueError(f"WeightNorm: feature_axes={self.feature_axes!r} is out of range for {name} of shape "
+                                 f"{tuple(value.shape)}")
+            fa = {a % value.ndim for a in fa}
+            reduced = tuple(i for i in range(value.ndim) if i not in fa)
+        kept = tuple(value.shape[i] for i in range(value.ndim) if i not in reduced)
+        scale = self.param(f"{name}/scale", self.scale_init, kept, self.param_dtype) if self.use_scale else None
+        out = _norms.weight_norm(value, scale, axes=reduced, epsilon=self.epsilon)
+        return out.astype(self.dtype or jnp.result_type(value, *(() if scale is None else (scale,))))
+
+
+class SpectralNorm(nn.Module):
+    """Spectral normalization (Miyato et al. 2018) of a wrapped layer: every variable of rank >= 2 (the kernel) is
+    divided by its largest singular value σ, estimated by power iteration (:func:`jaxnorm.spectral_normalize`; a
+    Conv kernel ``…×C_in×C_out`` is seen as the matrix ``(…·C_in)×C_out``, as in flax).
+
+    ``SpectralNorm(nn.Dense(4))(x, update_stats=train)``: the call convention, attributes (``n_steps`` here is
+    ``n_power_iterations``, ``collection_name`` is ``collection``) and variable names of ``flax.linen.SpectralNorm``.
+    The power-iteration vector and the last σ live in ``collection`` (default ``'batch_stats'``, which the trainer
+    already carries) as ``'<layer>/<path>/u'`` (1×C_out, ``N(0, 1)`` at creation) and ``'<layer>/<path>/sigma'``.
+
+    * ``update_stats=True`` (training; apply with ``mutable=['batch_stats']``): ``n_power_iterations`` iterations
+      from the stored u; the new u and σ are stored — at ``init`` too, as in flax.
+    * ``update_stats=False`` (eval): the same computation from the stored u, nothing stored (flax's semantics:
+      deterministic given the variables).
+
+    ``update_stats`` may also be set as an attribute (the model zoo passes ``train`` there), the call argument
+    winning over ``None`` only. ``error_on_non_matrix=True`` refuses kernels of rank > 2 instead of flattening them.
+    """
+
+    layer: nn.Module
+    n_power_iterations: int = 1
+    epsilon: float = 1e-12
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    error_on_non_matrix: bool = False
+    collection: str = "batch_stats"
+    update_stats: bool | None = None
+
+    @nn.compact
+    def __call__(self, *args, update_stats: bool | None = None, **kwargs):
+        if self.update_stats is None and update_stats is None:
+            raise ValueError(
+                "SpectralNorm: pass update_stats=True in training (power iteration; apply with "
+                f"mutable=[{self.collection!r}] to keep the new u and sigma) or update_stats=False in eval, at call "
+                "time (layer(x, update_stats=train)) or as an attribute"
+            )
+        update = bool(nn.merge_param("update_stats", self.update_stats, update_stats))
+        return nn.map_variables(
+            lambda layer: layer(*args, **kwargs),
+            trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(
+                lambda path, value: self._normalize(path, value, update), vs),
+            init=self.is_initializing(),
+            mutable=True,
+        )(self.layer)
+
+    def _normalize(self, path, value, update: bool):
+        value = jnp.asarray(value)
+        if _collection(path) != "params" or value.ndim <= 1:  # biases and scalars: no spectral norm
+            return value
+        name = _wrapped_name(self.layer, path)
+        if value.ndim > 2 and self.error_on_non_matrix:
+            raise ValueError(f"SpectralNorm: {name} has shape {tuple(value.shape)} (rank {value.ndim}) and "
+                             "error_on_non_matrix=True; pass error_on_non_matrix=False to normalize it as the matrix "
+                             f"{value.size // value.shape[-1]}×{value.shape[-1]}")
+        col = self.collection
+        u = self.variable(col, f"{name}/u", _norms.init_spectral_state,
+                          None if self.has_variable(col, f"{name}/u") else self.make_rng("params"), value,
+                          self.param_dtype)
+        sigma = self.variable(col, f"{name}/sigma", jnp.ones, (), self.param_dtype)
+        out, new_u, s = _norms.spectral_normalize(value, u.value, n_power_iterations=self.n_power_iterations,
+                                                  train=update, epsilon=self.epsilon)
+        if update:
+            u.value, sigma.value = new_u, s.astype(sigma.value.dtype)
+        return out.astype(self.dtype or jnp.result_type(value, new_u, s))
+
+
+class DyT(_Affine):
+    """Dynamic Tanh (Zhu, Chen, He, LeCun & Liu 2025): ``y = γ ⊙ tanh(α·x) + β``, a statistics-free replacement for
+    layer norm (see :func:`jaxnorm.dyt`). Parameters: ``'alpha'`` (a scalar, ``alpha_init``: 0.5, the paper's
+    default), ``'scale'`` (γ, ones, ``scale_init``) and ``'bias'`` (β, zeros) per channel on the last axis. Accepts
+    ``train`` like the other norm layers and ignores it."""
+
+    alpha_init: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, train: bool | None = None):
+        del train  # no statistics: the same map at train and test
+        alpha = self.param("alpha", nn.initializers.constant(self.alpha_init), (), self.param_dtype)
+        scale, bias = self._affine(jnp.shape(x)[-1])
+        return _norms.dyt(x, alpha, scale, bias)

@@ -122,7 +122,7 @@ def test_model_norm_matrix(name, norm):
 
 def test_registries_list_the_expected_names():
     assert NORMS[:8] == ("none", "batch", "layer", "instance", "group", "rms", "batch_renorm", "lp_batch_norm")
-    assert NORMS[8:] in ((), ("noisy_batch_norm",))  # registered when jaxnorm.nn has the layer
+    assert NORMS[8:] in (("dyt",), ("noisy_batch_norm", "dyt"))  # noisy BN: registered when jaxnorm.nn has it
     assert DROPOUTS == ("none", "dropout", "original", "spatial", "gaussian", "alpha")
     for name in ("mlp", "ioffe_mlp", "deep_linear", "simple_cnn", "cnn1d", "vgg", "vgg11", "vgg_small", "resnet18",
                  "resnet34", "resnet50"):

@@ -12,8 +12,10 @@ Every model is a ``flax.linen.Module`` called as::
 ``features`` is the input of the final dense layer (for the embedding penalty λ·mean‖h(x)‖², Dauphin & Cubuk 2021).
 Norms that keep running statistics (``'batch'``, ``'batch_renorm'``, ``'lp_batch_norm'``, ``'noisy_batch_norm'``)
 create the ``'batch_stats'`` collection; the others create none. ``'noisy_batch_norm'`` draws its noise from the
-``'dropout'`` rng stream. Shared fields (norm options, placement, dropout, activation,
-bias rule, dtype) are documented on :class:`~jaxnorm.models.base.ZooModel`.
+``'dropout'`` rng stream. ``kernel_norm='weight'`` / ``'spectral'`` reparametrize the hidden conv/dense kernels
+(weight norm, spectral norm; the latter keeps its power-iteration vectors in ``'batch_stats'`` too, see
+:func:`wrap_kernel_norm`). Shared fields (norm options, placement, dropout, activation, bias rule, dtype, kernel norm)
+are documented on :class:`~jaxnorm.models.base.ZooModel`.
 
 Registries: ``NORMS``, ``DROPOUTS``, ``ACTIVATIONS``, ``MODELS``; :func:`make_norm`, :func:`make_dropout`,
 :func:`build_model`; :func:`register_norm` adds a norm (``'noisy_batch_norm'`` is registered that way) and
@@ -32,6 +34,7 @@ from jaxnorm.models.base import ConvModel, ZooModel
 from jaxnorm.models.cnn import CNN1D, VGG, VGG_CONFIGS, SimpleCNN
 from jaxnorm.models.components import (
     ACTIVATIONS,
+    KERNEL_NORMS,
     NORM_POSITIONS,
     DropoutFactory,
     Identity,
@@ -47,6 +50,7 @@ from jaxnorm.models.components import (
     register_dropout,
     register_norm,
     resolve_num_groups,
+    wrap_kernel_norm,
 )
 from jaxnorm.models.mlp import MLP, DeepLinear, ioffe_mlp, srivastava_mlp
 from jaxnorm.models.resnet import RESNET_DEPTHS, ResidualBlock, ResNet
@@ -100,6 +104,7 @@ __all__ = [
     "DeepLinear",
     "DropoutFactory",
     "Identity",
+    "KERNEL_NORMS",
     "MLP",
     "MODELS",
     "NORMS",
@@ -127,4 +132,5 @@ __all__ = [
     "register_norm",
     "resolve_num_groups",
     "srivastava_mlp",
+    "wrap_kernel_norm",
 ]

@@ -217,6 +217,12 @@ class _AutoencoderBase(ZooModel):
             )
         if self.output_activation is not None:
             check_choice("output_activation", self.output_activation, tuple(ACTIVATIONS))
+        if self.kernel_norm != "none" or self.kernel_norm_head:
+            # the tied kernel serves as encoder and (transposed) decoder, and the layer-wise pretraining copies raw
+            # kernels into the classifier: a reparametrized kernel has no single meaning there
+            raise ValueError(f"{where}: kernel_norm={self.kernel_norm!r} (kernel_norm_head={self.kernel_norm_head}) "
+                             "is not supported by the autoencoders; it applies to the classifiers (MLP, DeepLinear, "
+                             "SimpleCNN, VGG, CNN1D, ResNet)")
 
     @property
     def out_activation_name(self) -> str:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxnorm import nn as jnn
 from jaxnorm.models.components import (
     ACTIVATIONS,
+    KERNEL_NORMS,
     NORM_POSITIONS,
     DropoutFactory,
     NormFactory,
@@ -23,6 +24,7 @@ from jaxnorm.models.components import (
     make_dropout,
     make_norm,
     norm_spec,
+    wrap_kernel_norm,
 )
 
 Array = jax.Array
@@ -53,6 +55,14 @@ class ZooModel(nn.Module):
     * ``kernel_init``: ``None`` = He normal for ReLU-like activations, LeCun normal otherwise.
     * ``dtype``: computation dtype of the conv/dense layers (e.g. ``jnp.bfloat16``); parameters and norm statistics
       stay float32 and logits are returned as float32.
+    * ``kernel_norm``: a reparametrization of the weights of every hidden conv/dense layer (the projection shortcuts
+      of ResNets included): ``'none'``, ``'weight'`` (weight norm, Salimans & Kingma 2016: ``w = g·v/‖v‖`` per output
+      unit) or ``'spectral'`` (spectral norm, Miyato et al. 2018: ``W/σ(W)``, its power-iteration state in
+      ``'batch_stats'``, updated in training only); see :func:`jaxnorm.models.components.wrap_kernel_norm`. It
+      combines with any ``norm``. ``kernel_norm_head``: also wrap the dense head (and DeepLinear's last layer);
+      off by default, because a spectrally normalized head bounds the logits (every layer 1-Lipschitz: the logits
+      cannot grow beyond the features' scale, which slows cross-entropy training), and a plain head leaves the
+      classifier's scale free.
     """
 
     num_classes: int = 10
@@ -70,6 +80,8 @@ class ZooModel(nn.Module):
     use_bias: bool | None = None
     kernel_init: Callable[..., Array] | None = None
     dtype: Any = jnp.float32
+    kernel_norm: str = "none"
+    kernel_norm_head: bool = False
 
     _dense = False  # N×C activations everywhere (MLP, DeepLinear): no instance norm, no spatial dropout
 
@@ -91,6 +103,7 @@ class ZooModel(nn.Module):
         check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         check_choice("activation", self.activation, tuple(ACTIVATIONS))
         check_choice("dropout", self.dropout, dropout_names())
+        check_choice("kernel_norm", self.kernel_norm, KERNEL_NORMS)
         norm = self.norm_factory()  # checks the norm name and options
         drop = self.dropout_factory()  # checks the rate
         if self._dense:
@@ -139,35 +152,57 @@ class ZooModel(nn.Module):
             self.sow("intermediates", sow_name, h)
         return norm_layer(act(h), train=train)
 
-    def dense(self, features: int, use_bias: bool, name: str) -> nn.Module:
-        return nn.Dense(features, use_bias=use_bias, kernel_init=self.init_fn(), dtype=self.dtype, name=name)
+    def dense(self, features: int, use_bias: bool, name: str, *, train: bool | None = None,
+              head: bool = False) -> nn.Module:
+        """A hidden dense layer, wrapped by ``kernel_norm`` (``head=True``: an output layer, wrapped only with
+        ``kernel_norm_head``); ``train`` is needed by ``kernel_norm='spectral'``."""
+        layer = nn.Dense(features, use_bias=use_bias, kernel_init=self.init_fn(), dtype=self.dtype, name=name)
+        return self.wrap_kernel(layer, train, head=head)
 
-    def head(self, h: Array, name: str = "head") -> Array:
+    def wrap_kernel(self, layer: nn.Module, train: bool | None, *, head: bool = False) -> nn.Module:
+        """``layer`` wrapped by this model's ``kernel_norm`` (unless it is an output layer without
+        ``kernel_norm_head``)."""
+        if head and not self.kernel_norm_head:
+            return layer
+        return wrap_kernel_norm(self.kernel_norm, layer, train=train, where=type(self).__name__)
+
+    def head(self, h: Array, name: str = "head", *, train: bool | None = None) -> Array:
         """The final dense layer (always with a bias), logits as float32."""
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name=name)(h)
+        layer = nn.Dense(self.num_classes, dtype=self.dtype, name=name)
+        logits = self.wrap_kernel(layer, train, head=True)(h)
         return jnp.asarray(logits, jnp.float32)
 
 
 class ConvModel(ZooModel):
     """:class:`ZooModel` plus ``weight_standardize``: weight-standardized convolutions (Qiao et al. 2019; pairs with
-    group norm at small batch sizes)."""
+    group norm at small batch sizes). It standardizes the kernel itself, so it excludes ``kernel_norm``."""
 
     weight_standardize: bool = False
 
-    def conv_builder(self, kernel_init=None) -> Callable[..., nn.Module]:
+    def _check_config(self) -> None:
+        super()._check_config()
+        if self.weight_standardize and self.kernel_norm != "none":
+            raise ValueError(
+                f"{type(self).__name__}: weight_standardize=True and kernel_norm={self.kernel_norm!r} both "
+                "reparametrize the conv kernels (standardization removes the scale that weight/spectral norm sets); "
+                "choose one"
+            )
+
+    def conv_builder(self, kernel_init=None, *, train: bool | None = None) -> Callable[..., nn.Module]:
         """``conv(features, kernel_size, strides=1, use_bias=True, name=None)`` building this model's conv layers
-        ('SAME' padding). A plain function (no module method), so submodules such as residual blocks can call it
-        and own the layers it builds."""
+        ('SAME' padding), wrapped by ``kernel_norm`` (which needs ``train`` for ``'spectral'``). A plain function
+        (no module method), so submodules such as residual blocks can call it and own the layers it builds."""
         init = kernel_init if kernel_init is not None else self.init_fn()
-        ws, dtype = self.weight_standardize, self.dtype
+        ws, dtype, kind, where = self.weight_standardize, self.dtype, self.kernel_norm, type(self).__name__
 
         def conv(features: int, kernel_size, strides=1, use_bias: bool = True, name: str | None = None):
             ks = tuple(kernel_size)
             if ws:
                 return jnn.StandardizedConv(features, ks, strides=strides, padding="SAME", use_bias=use_bias,
                                             kernel_init=init, name=name)
-            return nn.Conv(features, ks, strides=strides, padding="SAME", use_bias=use_bias, kernel_init=init,
-                           dtype=dtype, name=name)
+            layer = nn.Conv(features, ks, strides=strides, padding="SAME", use_bias=use_bias, kernel_init=init,
+                            dtype=dtype, name=name)
+            return wrap_kernel_norm(kind, layer, train=train, where=where)
 
         return conv
 

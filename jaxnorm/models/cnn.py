@@ -25,7 +25,7 @@ class SimpleCNN(ConvModel):
     @nn.compact
     def __call__(self, x, train: bool, return_features: bool = False):
         norm, drop, act = self.norm_factory(), self.dropout_factory(), self.act_fn()
-        conv = self.conv_builder()
+        conv = self.conv_builder(train=train)
         h = as_images(x, 4, "SimpleCNN").astype(self.dtype)
         k = (self.kernel_size, self.kernel_size)
         n = len(self.channels)
@@ -36,7 +36,7 @@ class SimpleCNN(ConvModel):
             if self.pool_every and (i + 1) % self.pool_every == 0 and i < n - 1:
                 h = max_pool(h)
         feats = global_avg_pool(h)
-        logits = self.head(feats)
+        logits = self.head(feats, train=train)
         return (logits, feats) if return_features else logits
 
 
@@ -79,7 +79,7 @@ class VGG(ConvModel):
     @nn.compact
     def __call__(self, x, train: bool, return_features: bool = False):
         norm, drop, act = self.norm_factory(), self.dropout_factory(), self.act_fn()
-        conv = self.conv_builder()
+        conv = self.conv_builder(train=train)
         h = as_images(x, 4, "VGG").astype(self.dtype)
         i = 0
         for v in self._layers():
@@ -92,7 +92,7 @@ class VGG(ConvModel):
             h = drop(name=f"dropout_{i}")(h, train=train)
             i += 1
         feats = global_avg_pool(h)
-        logits = self.head(feats)
+        logits = self.head(feats, train=train)
         return (logits, feats) if return_features else logits
 
 
@@ -128,12 +128,12 @@ class CNN1D(ConvModel):
     @nn.compact
     def __call__(self, x, train: bool, return_features: bool = False):
         norm, drop, act = self.norm_factory(), self.dropout_factory(), self.act_fn()
-        conv = self.conv_builder()
+        conv = self.conv_builder(train=train)
         h = as_images(x, 3, "CNN1D").astype(self.dtype)
         for i, (c, s) in enumerate(zip(self.channels, self.strides)):
             h = conv(c, (self.kernel_size,), strides=s, use_bias=self.layer_bias(norm), name=f"conv_{i}")(h)
             h = self.norm_act(h, norm(c, name=f"norm_{i}", where="CNN1D"), act, train)
             h = drop(name=f"dropout_{i}")(h, train=train)
         feats = h.reshape(h.shape[0], -1) if self.head_type == "flatten" else global_avg_pool(h)
-        logits = self.head(feats)
+        logits = self.head(feats, train=train)
         return (logits, feats) if return_features else logits

@@ -8,6 +8,8 @@ A model names its normalization, dropout and activation by string (``norm='group
   as ``layer(x, train=train)`` whatever the norm. ``'none'`` builds :class:`Identity` (no parameters, no state).
 * :func:`make_dropout` returns a :class:`DropoutFactory`; ``factory(name=...)`` builds one dropout layer drawing from
   the ``'dropout'`` rng stream, called as ``layer(x, train=train)``.
+* :func:`wrap_kernel_norm` wraps a conv/dense layer in weight norm or spectral norm (``KERNEL_NORMS``): these
+  reparametrize weights, not activations, so models take them as a separate ``kernel_norm=`` choice.
 * :func:`register_norm` / :func:`register_dropout` add new choices. This is how ``'noisy_batch_norm'`` (Santurkar et
   al. 2018, Algorithm 1) is plugged in, below, when :class:`jaxnorm.nn.NoisyBatchNorm` exists::
 
@@ -40,6 +42,7 @@ __all__ = [
     "DROPOUTS",
     "DropoutFactory",
     "Identity",
+    "KERNEL_NORMS",
     "NORMS",
     "NORM_POSITIONS",
     "NormFactory",
@@ -51,6 +54,7 @@ __all__ = [
     "register_dropout",
     "register_norm",
     "resolve_num_groups",
+    "wrap_kernel_norm",
 ]
 
 NORM_POSITIONS = ("before", "after")
@@ -162,6 +166,12 @@ if hasattr(jnn, "NoisyBatchNorm"):
                  "n_mu", "n_sigma", "r_mu", "r_sigma", "rng_collection") + _AFFINE,
         batch_stats=True, absorbs_bias=True, doc="noisy batch norm (Santurkar et al. 2018, Algorithm 1)",
     )
+# Dynamic Tanh (Zhu et al. 2025) replaces layer norm by γ·tanh(α·x) + β: nothing is subtracted, so the bias of the
+# layer before it shifts where tanh saturates and is kept.
+register_norm(
+    "dyt", jnn.DyT, options=("alpha_init",) + _AFFINE, absorbs_bias=False,
+    doc="dynamic tanh γ·tanh(α·x) + β (Zhu et al. 2025), a statistics-free stand-in for layer norm",
+)
 
 
 def norm_names() -> tuple[str, ...]:
@@ -273,6 +283,39 @@ def make_norm(name: str, **kwargs) -> NormFactory:
         elif kwargs.get("num_groups") is None:
             kwargs["num_groups"] = 32
     return NormFactory(spec, tuple(sorted(kwargs.items())))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# kernel norms: reparametrizations of a conv/dense layer's weights (not of its activations)
+
+KERNEL_NORMS = ("none", "weight", "spectral")
+
+
+def wrap_kernel_norm(kind: str, layer: nn.Module, *, train: bool | None = None, where: str = "") -> nn.Module:
+    """``layer`` (a conv/dense layer with a ``'kernel'``) reparametrized by the kernel norm ``kind``:
+
+    * ``'none'``: ``layer`` itself;
+    * ``'weight'``: :class:`jaxnorm.nn.WeightNorm` (Salimans & Kingma 2016), one gain per output unit in
+      ``params/<name>_weight_norm``;
+    * ``'spectral'``: :class:`jaxnorm.nn.SpectralNorm` (Miyato et al. 2018) whose ``u``/``sigma`` live in
+      ``batch_stats/<name>_spectral_norm``; the power iteration runs and is stored when ``train`` (so the trainer's
+      ``mutable=['batch_stats']`` apply carries it), and reads the stored ``u`` in eval.
+
+    ``layer`` keeps its own name and parameters (``params/<name>/kernel`` is the raw kernel), so code that finds
+    kernels by layer name (max-norm, pretraining, probes) keeps working; the wrapper is named ``<name>_<kind>_norm``.
+    Call the result as ``wrapped(x)``.
+    """
+    check_choice("kernel_norm", kind, KERNEL_NORMS)
+    if kind == "none":
+        return layer
+    name = f"{layer.name}_{kind}_norm" if layer.name else None
+    if kind == "weight":
+        return jnn.WeightNorm(layer, name=name)
+    if train is None:
+        label = f"{where}: " if where else ""
+        raise ValueError(f"{label}kernel_norm='spectral' needs train=True/False where the layer is built (the power "
+                         "iteration is stored in training only)")
+    return jnn.SpectralNorm(layer, update_stats=bool(train), name=name)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -45,10 +45,10 @@ class MLP(ZooModel):
             in_drop = self.dropout_factory(self.input_dropout_rate, self._input_dropout_kind())
             h = in_drop(dense=True, name="input_dropout", where="MLP")(h, train=train)
         for i, width in enumerate(self.hidden):
-            h = self.dense(width, self.layer_bias(norm), f"dense_{i}")(h)
+            h = self.dense(width, self.layer_bias(norm), f"dense_{i}", train=train)(h)
             h = self.norm_act(h, norm(width, dense=True, name=f"norm_{i}", where="MLP"), act, train, f"preact_{i}")
             h = drop(dense=True, name=f"dropout_{i}", where="MLP")(h, train=train)
-        logits = self.head(h)
+        logits = self.head(h, train=train)
         return (logits, h) if return_features else logits
 
 
@@ -97,9 +97,9 @@ class DeepLinear(ZooModel):
         use_bias = bool(self.use_bias)  # None → no biases (Santurkar's DLN)
         h = jnp.asarray(x, self.dtype).reshape(x.shape[0], -1)
         for i in range(self.depth - 1):
-            h = self.dense(self.width, use_bias, f"dense_{i}")(h)
+            h = self.dense(self.width, use_bias, f"dense_{i}", train=train)(h)
             h = self.norm_act(h, norm(self.width, dense=True, name=f"norm_{i}", where="DeepLinear"), act, train)
             h = drop(dense=True, name=f"dropout_{i}", where="DeepLinear")(h, train=train)
-        y = self.dense(self.num_classes, use_bias, f"dense_{self.depth - 1}")(h)
+        y = self.dense(self.num_classes, use_bias, f"dense_{self.depth - 1}", train=train, head=True)(h)
         y = jnp.asarray(y, jnp.float32)
         return (y, h) if return_features else y

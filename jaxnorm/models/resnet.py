@@ -125,7 +125,7 @@ class ResNet(ConvModel):
     def __call__(self, x, train: bool, return_features: bool = False):
         norm, drop, act = self.norm_factory(), self.dropout_factory(), self.act_fn()
         conv = self.conv_builder(self.kernel_init if self.kernel_init is not None
-                                 else nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+                                 else nn.initializers.variance_scaling(2.0, "fan_out", "normal"), train=train)
 
         h = as_images(x, 4, "ResNet").astype(self.dtype)
         c0 = self._channels(64)
@@ -145,5 +145,5 @@ class ResNet(ConvModel):
                     use_bias=self.use_bias, zero_init=self.zero_init_residual, name=f"stage{s + 1}_block{b + 1}",
                 )(h, train=train)
         feats = global_avg_pool(h)
-        logits = self.head(feats)
+        logits = self.head(feats, train=train)
         return (logits, feats) if return_features else logits

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxnorm.train.config import RESUMABLE_CHANGES, result_affecting
+from jaxnorm.train.config import ADDED_KEY_DEFAULTS, result_affecting
 
 
 class CheckpointError(RuntimeError):
@@ -39,10 +39,13 @@ def check_workdir(workdir: str, config) -> bool:
         print(f"resume=False: the earlier run in {workdir} was moved to {aside}")
         return False
     new = json.loads(json.dumps(result_affecting(config)))
-    old = {k: v for k, v in old.items() if k not in RESUMABLE_CHANGES}
+    old = result_affecting(old)  # also drops later-added keys at the value of the runs recorded before them
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
+        def shown(d, k):  # a later-added key left out at its default shows that default
+            return d.get(k, ADDED_KEY_DEFAULTS.get(k))
+
+        details = ", ".join(f"{k}: {shown(old, k)!r} -> {shown(new, k)!r}" for k in diff[:8])
         raise CheckpointError(
             f"{workdir} holds a run with a different config ({details}). Use a new --workdir, or pass "
             "--config.resume=False to start over (the old run is moved into previous-<time>/, not deleted)."

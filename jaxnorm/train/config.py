@@ -11,6 +11,8 @@ import difflib
 
 import ml_collections
 
+from jaxnorm.models.components import KERNEL_NORMS
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -18,6 +20,11 @@ SCHEDULES = ("constant", "step", "cosine")
 RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "data_dir", "progress", "parallel", "coordinator_address",
                      "num_processes", "process_id", "heartbeat_timeout")
+
+# keys added after runs had been recorded, with the value that reproduces those runs: while a key has that value it
+# is left out of a run's identity (result_affecting), so earlier results and checkpoints, whose configs lack the key,
+# still match and are neither retrained nor refused
+ADDED_KEY_DEFAULTS = {"kernel_norm": "none"}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.norm_position = "before"
     c.norm_momentum = 0.9
     c.num_groups = 0  # 0 = the model's default (32, clamped to the channel count)
+    # reparametrize the hidden conv/dense kernels: none | weight (Salimans & Kingma 2016) | spectral (Miyato et al.
+    # 2018, its power-iteration state in batch_stats); combines with any norm (see jaxnorm.models.ZooModel)
+    c.kernel_norm = "none"
     c.dropout = "none"
     c.dropout_rate = 0.0
     c.activation = "relu"
@@ -106,6 +116,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("schedule", config.schedule, SCHEDULES)
     _choice("parallel", config.parallel, ("auto", "none", "pmap", "sharding"))
+    _choice("kernel_norm", config.kernel_norm, KERNEL_NORMS)
     for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints", "population_batches"):
         if not isinstance(config[key], int) or config[key] <= 0:
@@ -170,7 +181,9 @@ def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
 
 
-def result_affecting(config: ml_collections.ConfigDict) -> dict:
-    """The config as a dict without the keys that may change on resumption."""
-    d = config.to_dict()
-    return {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}
+def result_affecting(config: ml_collections.ConfigDict | dict) -> dict:
+    """The config (or a config already read back as a dict) without the keys that may change on resumption, and
+    without the later-added keys that still have the value of the runs recorded before them."""
+    d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    return {k: v for k, v in d.items()
+            if k not in RESUMABLE_CHANGES and not (k in ADDED_KEY_DEFAULTS and v == ADDED_KEY_DEFAULTS[k])}

@@ -57,6 +57,8 @@ def model_kwargs(config, num_classes: int) -> dict:
         kw["momentum"] = config.norm_momentum
     if config.num_groups:
         kw["num_groups"] = config.num_groups
+    if config.kernel_norm != "none":  # only when set: a registered model need not know the field
+        kw["kernel_norm"] = config.kernel_norm
     kw.update(config.model_kwargs.to_dict())
     return kw
 
