@@ -15,7 +15,6 @@ from jax import lax
 from jaxnorm._checks import check_float_input, check_rate, check_train
 
 Array = jax.Array
-_check_rate = check_rate  # the name the layers import
 
 # SELU constants (Klambauer et al. 2017): alpha' = -λα is the value SELU saturates to.
 _SELU_ALPHA = 1.6732632423543772

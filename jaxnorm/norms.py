@@ -485,6 +485,11 @@ def _by_mode(train, train_fn, eval_fn, stats):
     return lax.cond(train, lambda s: same_types(train_fn(s)), lambda s: same_types(eval_fn(s)), stats)
 
 
+def _per_feature(n, c: int):
+    """A count from the core (a scalar, or keep-shaped with a mask) as one value per feature (or the scalar)."""
+    return n.reshape(c) if jnp.ndim(n) else n
+
+
 def _check_train_size(name: str, x: Array, c: int, mask, axis_name) -> None:
     if mask is None and axis_name is None and x.size // c == 1:
         raise ValueError(
@@ -532,13 +537,7 @@ def batch_norm(
     """
     _check_convention(convention)
     momentum = _resolve_momentum(momentum, convention)
-    x = _input("batch_norm", x)
-    train = check_train("batch_norm", train)
-    eps = check_epsilon("batch_norm", epsilon)
-    fax = _feature_axis("batch_norm", x, axis)
-    c = x.shape[fax]
-    _check_stats("batch_norm", stats, c)
-    scale, bias = _affine("batch_norm", x, scale, bias, fax)
+    x, train, eps, fax, c, scale, bias, red = _bn_setup("batch_norm", x, scale, bias, stats, train, epsilon, axis)
     feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
     dt = _stat_dtype(x)
 
@@ -572,11 +571,10 @@ def batch_norm(
             k = jnp.maximum(jnp.sum(has, 0), 1.0)
             mean, var, n = (jnp.sum(t * has, 0) / k for t in (mean, var, n))
         else:
-            spec = _spec([i for i in range(x.ndim) if i != fax], ndim=x.ndim, axis_name=axis_name,
-                         axis_index_groups=axis_index_groups, epsilon=eps)
+            spec = _spec(red, ndim=x.ndim, axis_name=axis_name, axis_index_groups=axis_index_groups, epsilon=eps)
             y, mean, var, n, _, _ = _norm_core(x, scale, bias, None, mk, spec)
         mean, var = mean.reshape(c), var.reshape(c)
-        n = n.reshape(c) if jnp.ndim(n) else n
+        n = _per_feature(n, c)
         new_stats = update_running_stats(
             st, lax.stop_gradient(mean), lax.stop_gradient(var), lax.stop_gradient(n),
             momentum=momentum, convention=convention,
@@ -631,47 +629,38 @@ def population_stats(moments: Iterable[Any]) -> Any:
     parameters fixed. Returns the same tree of ``{'mean', 'var', 'count'}`` running statistics, with ``count`` the
     number of batches, ready to use with ``train=False``.
     """
+    def terms(s, r):  # one batch's count-weighted, shifted contributions
+        n = jnp.broadcast_to(jnp.asarray(s["count"], jnp.float32), jnp.shape(s["mean"]))
+        has = n > 0
+        mean = jnp.where(has, jnp.asarray(s["mean"], jnp.float32) - r["mean"], 0.0)
+        var = jnp.where(has, jnp.asarray(s["var"], jnp.float32), 0.0)
+        return {"n": n, "dm": n * mean, "ss": n * var, "dof": jnp.maximum(n - 1.0, 0.0)}
+
     total, ref, k = None, None, 0
     for tree in moments:
         if ref is None:
             ref = _map_stats(lambda s: {"mean": jnp.asarray(s["mean"], jnp.float32)}, tree)
-
-        def terms(s, r):
-            n = jnp.broadcast_to(jnp.asarray(s["count"], jnp.float32), jnp.shape(s["mean"]))
-            has = n > 0
-            mean = jnp.where(has, jnp.asarray(s["mean"], jnp.float32) - r["mean"], 0.0)
-            var = jnp.where(has, jnp.asarray(s["var"], jnp.float32), 0.0)
-            return {"n": n, "dm": n * mean, "ss": n * var, "dof": jnp.maximum(n - 1.0, 0.0)}
-
-        cur = _map_stats2(terms, tree, ref)
+        cur = _map_stats(terms, tree, ref)
         total = cur if total is None else jax.tree.map(jnp.add, total, cur)
         k += 1
     if total is None:
         raise ValueError("population_stats: the iterator of batch moments was empty; pass at least one batch")
-    return _map_stats2(lambda t, r: {"mean": r["mean"] + t["dm"] / jnp.maximum(t["n"], 1.0),
-                                     "var": t["ss"] / jnp.maximum(t["dof"], 1.0),
-                                     "count": jnp.asarray(k, jnp.int32)}, total, ref, leaf=lambda t: "dm" in t)
-
-
-def _map_stats2(fn, tree, ref, leaf=None):
-    """``fn(node, ref_node)`` on every statistics dict of ``tree`` (``ref`` has the same nesting)."""
-    if (leaf or _is_stats)(tree):
-        return fn(tree, ref)
-    if isinstance(tree, Mapping):
-        return {k: _map_stats2(fn, v, ref[k], leaf) for k, v in tree.items()}
-    raise ValueError(f"expected a nested dict of {{'mean', 'var', 'count'}} statistics, found {type(tree).__name__}")
+    return _map_stats(lambda t, r: {"mean": r["mean"] + t["dm"] / jnp.maximum(t["n"], 1.0),
+                                    "var": t["ss"] / jnp.maximum(t["dof"], 1.0),
+                                    "count": jnp.asarray(k, jnp.int32)}, total, ref, leaf=lambda t: "dm" in t)
 
 
 def _is_stats(node) -> bool:
     return isinstance(node, Mapping) and "mean" in node and "var" in node
 
 
-def _map_stats(fn, tree):
-    """Apply ``fn`` to every ``{'mean', 'var', ...}`` dict in a nested dict ``tree``."""
-    if _is_stats(tree):
-        return fn(tree)
+def _map_stats(fn, tree, ref=None, leaf=None):
+    """``fn(node)`` (``fn(node, ref_node)`` with ``ref``, a tree of the same nesting) on every statistics dict of a
+    nested dict ``tree``; ``leaf`` tells a statistics dict (default: one with 'mean' and 'var')."""
+    if (leaf or _is_stats)(tree):
+        return fn(tree) if ref is None else fn(tree, ref)
     if isinstance(tree, Mapping):
-        return {k: _map_stats(fn, v) for k, v in tree.items()}
+        return {k: _map_stats(fn, v, None if ref is None else ref[k], leaf) for k, v in tree.items()}
     raise ValueError(f"expected a nested dict of {{'mean', 'var', 'count'}} statistics, found {type(tree).__name__}")
 
 
@@ -908,6 +897,11 @@ def _bn_setup(name, x, scale, bias, stats, train, epsilon, axis):
     return x, train, eps, fax, c, scale, bias, red
 
 
+def _eval_with_running_stats(x, scale, bias, eps, fax, st):
+    """Eval mode of every batch-statistics norm: batch norm with the running statistics."""
+    return batch_norm(x, scale, bias, st, train=False, epsilon=eps, axis=fax)
+
+
 def batch_renorm(
     x: Array,
     scale: Array | None,
@@ -936,8 +930,7 @@ def batch_renorm(
         raise ValueError(f"batch_renorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
     feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
 
-    def eval_mode(st):
-        return batch_norm(x, scale, bias, st, train=False, epsilon=eps, axis=fax)
+    eval_mode = partial(_eval_with_running_stats, x, scale, bias, eps, fax)
 
     if train is False:
         return eval_mode(stats)
@@ -962,7 +955,7 @@ def batch_renorm(
         g = jnp.ones((c,), dt) if scale is None else jnp.asarray(scale, dt).reshape(c)
         beta = jnp.zeros((c,), dt) if bias is None else jnp.asarray(bias, dt).reshape(c)
         y = _norm_core(x, (r * g).reshape(feat_shape), (d * g + beta).reshape(feat_shape), None, mk, spec)[0]
-        n = n.reshape(c) if jnp.ndim(n) else n
+        n = _per_feature(n, c)
         new_stats = update_running_stats(st, lax.stop_gradient(mean), lax.stop_gradient(var),
                                          lax.stop_gradient(n), momentum=momentum)
         return y.astype(x.dtype), new_stats
@@ -1000,8 +993,7 @@ def lp_batch_norm(
     x, train, eps, fax, c, scale, bias, red = _bn_setup("lp_batch_norm", x, scale, bias, stats, train, epsilon, axis)
     _resolve_momentum(momentum, "flax")
 
-    def eval_mode(st):
-        return batch_norm(x, scale, bias, st, train=False, epsilon=eps, axis=fax)
+    eval_mode = partial(_eval_with_running_stats, x, scale, bias, eps, fax)
 
     if train is False:
         return eval_mode(stats)
@@ -1023,10 +1015,10 @@ def lp_batch_norm(
             if p == "inf":
                 s = _psum(jnp.max(ax, red), axis_name, fn=lax.pmax)
             else:
-                s = _psum(jnp.sum(ax, red), axis_name) / jnp.maximum(n.reshape(c) if jnp.ndim(n) else n, 1.0)
+                s = _psum(jnp.sum(ax, red), axis_name) / jnp.maximum(_per_feature(n, c), 1.0)
             s2 = s * s
             y = _normalize(x, scale, bias, d, s2.reshape(feat_shape), eps, shift=k)
-        n = n.reshape(c) if jnp.ndim(n) else n
+        n = _per_feature(n, c)
         new_stats = update_running_stats(st, lax.stop_gradient(mean.reshape(c)), lax.stop_gradient(s2),
                                          lax.stop_gradient(n), momentum=momentum)
         return y.astype(x.dtype), new_stats

@@ -49,7 +49,6 @@ NORMS = {
                                                              **M0)), dict(kind="batch")),
     "lp_batch_norm_p2": (lambda x, s, b: (jn.lp_batch_norm(x, s, b, FRESH, train=True, p=2)[0], None),
                          dict(kind="batch", mode="lp2")),
-    "noisy_batch_norm_stats": (lambda x, s, b: _bn(jn.noisy_batch_norm(x, s, b, FRESH, train=False)), None),
     "layer": (lambda x, s, b: (jn.layer_norm(x, s, b, epsilon=EPS), None), dict(kind="layer")),
     "instance": (lambda x, s, b: (jn.instance_norm(x, s, b, epsilon=EPS), None), dict(kind="instance")),
     "group4": (lambda x, s, b: (jn.group_norm(x, s, b, num_groups=4, epsilon=EPS), None),
@@ -58,7 +57,6 @@ NORMS = {
                 dict(kind="group", groups=16)),
     "rms": (lambda x, s, b: (jn.rms_norm(x, s, epsilon=EPS), None), dict(kind="layer", mode="rms")),
 }
-NORMS.pop("noisy_batch_norm_stats")  # eval mode has no batch statistics; noisy BN is covered below
 
 
 def _bn(out):
@@ -257,7 +255,6 @@ def test_all_false_mask_and_empty_batch_leave_running_statistics_unchanged():
 def test_nchw_axis1_with_per_channel_parameters_equals_nhwc(name):
     x, s, b, ct = data(3.0, shape=(4, 5, 6, 8))
     st = jn.init_batch_stats(8)
-    key = jax.random.key(7)
     fs = {
         "batch": lambda x, ax: jn.batch_norm(x, s, b, st, train=True, axis=ax),
         "batch_renorm": lambda x, ax: jn.batch_renorm(x, s, b, st, train=True, axis=ax),
@@ -277,7 +274,6 @@ def test_nchw_axis1_with_per_channel_parameters_equals_nhwc(name):
     g = jax.grad(lambda x: jnp.sum(f(x, -1)[0] * ct))(x)
     g1 = jax.grad(lambda x: jnp.sum(f(x, 1)[0] * to_nchw(ct)))(to_nchw(x))
     np.testing.assert_allclose(np.asarray(g1), np.asarray(to_nchw(g)), rtol=1e-4, atol=1e-5)
-    del key
 
 
 def test_nchw_batch_norm_matches_pytorch_formula_and_eval_mode():
@@ -325,14 +321,12 @@ def test_hessian_vector_products_match_a_plain_two_pass_formula():
         var = ((xf - mu) ** 2).mean((0, 1), keepdims=True)
         return jnp.sum(((xf - mu) / jnp.sqrt(var + EPS) * s + b) ** 3 * ct)
 
-    ours = lambda x: jnp.sum(jn.batch_norm(x, s, b, FRESH6, train=True)[0] ** 3 * ct)  # noqa: E731
+    fresh = jn.init_batch_stats(6)
+    ours = lambda x: jnp.sum(jn.batch_norm(x, s, b, fresh, train=True)[0] ** 3 * ct)  # noqa: E731
     hv_ours = jax.jvp(jax.grad(ours), (x,), (v,))[1]
     hv_plain = jax.jvp(jax.grad(plain), (x,), (v,))[1]
     np.testing.assert_allclose(np.asarray(hv_ours), np.asarray(hv_plain), rtol=2e-3,
                                atol=2e-3 * float(jnp.max(jnp.abs(hv_plain))))
-
-
-FRESH6 = jn.init_batch_stats(6)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
