@@ -1,4 +1,5 @@
-"""The argument checks shared by the pure transforms (:mod:`jaxnorm.norms`, :mod:`jaxnorm.dropout`).
+"""The argument checks shared by every module: names chosen from a list, rates and fractions, positive ints,
+traced values, float inputs.
 
 Each check raises eagerly, before tracing goes any further, with a message that says what is wrong, the numbers,
 and how to fix it. Imports only jax and numpy, so the pure modules stay free of Flax.
@@ -7,7 +8,7 @@ and how to fix it. Imports only jax and numpy, so the pure modules stay free of 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,25 @@ import numpy as np
 
 def is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
+
+
+def is_concrete(tree: Any) -> bool:
+    """True when no leaf of ``tree`` is a tracer (the value can be inspected eagerly)."""
+    return not any(is_traced(leaf) for leaf in jax.tree.leaves(tree))
+
+
+def check_choice(kind: str, value: Any, valid: Sequence[str]) -> str:
+    """``value`` if it is one of ``valid``, else a ValueError that lists the valid names."""
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(repr(v) for v in valid)}")
+    return value
+
+
+def check_positive_int(where: str, name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int; ValueError unless it is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an int ≥ {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_float_input(name: str, x: Any, what: str = "input") -> None:
@@ -88,3 +108,44 @@ def check_rate(name: str, rate: Any) -> None:
             f"{name}: rate must be in [0, 1] (the probability of dropping a unit), got {rate}; "
             "rate 0 keeps everything, rate 1 drops everything"
         )
+
+
+# ---- the autoencoder objective's coefficients (jaxnorm.losses) -----------------------------------------------------
+
+def check_rho(rho: Any, where: str = "sparsity_penalty") -> None:
+    if is_traced(rho):
+        return
+    r = float(rho)
+    if math.isnan(r) or not 0.0 < r < 1.0:
+        raise ValueError(
+            f"{where}: the target activation rho must be strictly inside (0, 1) (a Bernoulli mean; KL(rho||rho_hat) "
+            f"is undefined or infinite otherwise), got rho={rho}; use a small value such as rho=0.05"
+        )
+
+
+def check_beta(beta: Any, where: str = "sparsity_penalty") -> None:
+    if is_traced(beta):
+        return
+    b = float(beta)
+    if math.isnan(b) or b < 0.0:
+        raise ValueError(f"{where}: the sparsity weight beta must be >= 0, got beta={beta}; use e.g. beta=3.0, "
+                         "or beta=0 for no sparsity penalty")
+
+
+def check_fraction(fraction: Any, where: str = "masking_noise") -> None:
+    if is_traced(fraction):
+        return
+    f = float(fraction)
+    if math.isnan(f) or not 0.0 <= f < 1.0:
+        raise ValueError(
+            f"{where}: the masking fraction (share of input components set to zero) must be in [0, 1), got "
+            f"fraction={fraction}; 0 is no corruption, values like 0.1-0.5 are usual (1 would zero every input)"
+        )
+
+
+def check_weight_decay(lam: Any, where: str = "weight_decay") -> None:
+    if is_traced(lam):
+        return
+    v = float(lam)
+    if math.isnan(v) or v < 0.0:
+        raise ValueError(f"{where}: the weight-decay coefficient must be >= 0, got {lam}; use e.g. 1e-4, or 0 for none")
