@@ -9,9 +9,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxnorm import data
+from jaxnorm.data import builders
+from jaxnorm.train import parallel
 
 
-class FakeCifar(data._OfflineBuilder, skip_registration=data._already_registered('jaxnorm_test_fake_cifar')):
+class FakeCifar(builders.OfflineBuilder):
     """A tiny cifar10 look-alike: 32x32x3 uint8 PNG images ('image', 'label'), written without TensorFlow."""
 
     name = 'jaxnorm_test_fake_cifar'
@@ -39,6 +41,16 @@ class FakeCifar(data._OfflineBuilder, skip_registration=data._already_registered
 
 def fake_images(seed, n):
     return np.random.default_rng(seed).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+
+
+def _digits_reference():
+    """scikit-learn's digits as float32 (N, 8, 8, 1) in [0, 1], split 80/20 stratified by label, random_state=0."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    return train_test_split(images, digits.target, test_size=0.2, stratify=digits.target, random_state=0)
 
 
 def _no_network(*args, **kwargs):
@@ -118,7 +130,7 @@ def test_digits_split_is_fixed_and_stratified(built):
     assert ds.info.num_train + ds.info.num_test == len(y_all) == 1797
     test_counts, all_counts = np.bincount(ds.test.y, minlength=10), np.bincount(y_all, minlength=10)
     assert np.all(np.abs(test_counts - 0.2 * all_counts) <= 1)  # stratified: 20% of every class
-    x_train, _, y_train, _ = data._split_digits()
+    x_train, _, y_train, _ = _digits_reference()
     src = data.data_source('digits', 'train', built['data_dir'])
     np.testing.assert_array_equal(src[5]['image'], x_train[5])
     np.testing.assert_array_equal(ds.train.y, y_train)
@@ -157,7 +169,7 @@ def test_normalization_uses_train_statistics(built):
         np.testing.assert_allclose(ds.train.x.mean(axis=(0, 1) if name == 'mnist1d' else (0, 1, 2)), 0, atol=1e-5)
         np.testing.assert_allclose(ds.train.x.std(axis=(0, 1) if name == 'mnist1d' else (0, 1, 2)), 1, atol=1e-4)
     digits = built['loaded']['digits']
-    x_train, x_test, _, _ = data._split_digits()
+    x_train, x_test, _, _ = _digits_reference()
     np.testing.assert_allclose(digits.mean, [x_train.mean()], rtol=1e-6)
     np.testing.assert_allclose(digits.test.x, (x_test - x_train.mean()) / x_train.std(), rtol=1e-5, atol=1e-5)
 
@@ -185,7 +197,7 @@ def test_lazy_split_reads_through_the_data_source(built):
         for k in a:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6)
     raw = data.load('digits', built['data_dir'], normalize=False)
-    x_train = data._split_digits()[0]
+    x_train = _digits_reference()[0]
     np.testing.assert_array_equal(raw.train.x, x_train)
 
 
@@ -220,8 +232,8 @@ def test_prepared_tfds_image_dataset_is_read_like_cifar10(tmp_path):
     assert sorted(x.tobytes() for x in stored) == sorted(x.tobytes() for x in fake_images(0, 40))
     batch = data.batch_at(ds.train, 0, 8, seed=0, shuffle=False)
     np.testing.assert_allclose(batch['x'], (np.stack(stored[:8]) / 255.0 - ds.mean) / ds.std, rtol=1e-5, atol=1e-5)
-    augmented = data.batch_at(ds.train, 3, 8, seed=0, augment=True, num_devices=2)
-    assert augmented['x'].shape == (2, 4, 32, 32, 3) and augmented['x'].dtype == np.float32
+    augmented = data.batch_at(ds.train, 3, 8, seed=0, augment=True)
+    assert augmented['x'].shape == (8, 32, 32, 3) and augmented['x'].dtype == np.float32
     eager = data.load('jaxnorm_test_fake_cifar', tmp_path, materialize=True)
     np.testing.assert_allclose(eager.test.x, np.concatenate([b['x'] for b in data.eval_batches(ds.test, 12)]),
                                rtol=1e-6)
@@ -304,21 +316,28 @@ def test_eval_batches_cover_the_test_set_once_with_masks(built):
     assert len(evals) == 4 and [int(b['mask'].sum()) for b in evals] == [300, 300, 300, 100]
     x = np.concatenate([b['x'][b['mask']] for b in evals])
     np.testing.assert_array_equal(x, test.x)
-    sharded = list(data.eval_batches(test, 1200, num_devices=4))  # one padded batch larger than the split
+    pmap = parallel.DataParallel.create('pmap')  # tests/conftest.py fakes 4 CPU devices
+    sharded = [pmap.put_batch(b) for b in data.eval_batches(test, 1200)]  # one padded batch larger than the split
     assert sharded[0]['x'].shape == (4, 300, 40, 1) and int(sharded[0]['mask'].sum()) == 1000
 
 
-def test_device_reshape():
+def test_batches_split_evenly_over_devices():
+    """The trainer places a batch with DataParallel.put_batch: an even share per device, values unchanged."""
     split = _fake_split(n=40, shape=(4, 4, 3))
     flat = data.batch_at(split, 2, 16, seed=3)
-    sharded = data.batch_at(split, 2, 16, seed=3, num_devices=4)
+    pmap = parallel.DataParallel.create('pmap')
+    assert pmap.num_devices == 4  # tests/conftest.py fakes 4 CPU devices
+    sharded = pmap.put_batch(flat)
     assert sharded['x'].shape == (4, 4, 4, 4, 3) and sharded['y'].shape == sharded['mask'].shape == (4, 4)
     np.testing.assert_array_equal(sharded['x'].reshape(flat['x'].shape), flat['x'])
-    assert data.shard_batch(flat, 2)['y'].shape == (2, 8)
-    with pytest.raises(ValueError, match=r'batch_size=10 is not divisible by num_devices=4.*such as 8 or 12'):
-        data.batch_at(split, 0, 10, num_devices=4)
-    with pytest.raises(ValueError, match='batch_size=10 is not divisible by num_devices=4'):
-        next(data.batches(split, 10, num_devices=4))
+    placed = parallel.DataParallel.create('sharding').put_batch(flat)
+    for k, v in placed.items():
+        assert [s.data.shape[0] for s in v.addressable_shards] == [4] * 4
+        np.testing.assert_array_equal(np.asarray(v), flat[k])
+    with pytest.raises(ValueError, match=r'batch_size=10 is not divisible by the 4 devices.*such as 8 or 12'):
+        pmap.put_batch(data.batch_at(split, 0, 10))
+    with pytest.raises(ValueError, match='batch_size=10 is not divisible by the 4 devices'):
+        parallel.DataParallel.create('sharding').put_batch(next(data.batches(split, 10)))
 
 
 def test_augmentation_shapes_and_determinism():
@@ -362,17 +381,17 @@ def test_batch_size_errors(built):
         data.batch_at(split, 0, 5000)
     with pytest.raises(ValueError, match=r'batch_size=5000 is larger'):
         next(data.batches(split, 5000, drop_remainder=False))
-    with pytest.raises(ValueError, match='batch_size must be >= 1, got 0'):
+    with pytest.raises(ValueError, match='batch_at: batch_size must be an int ≥ 1, got 0'):
         data.batch_at(split, 0, 0)
-    with pytest.raises(ValueError, match='batch_size must be >= 1, got -8'):
+    with pytest.raises(ValueError, match='eval_batches: batch_size must be an int ≥ 1, got -8'):
         next(data.eval_batches(split, -8))
-    with pytest.raises(TypeError, match='batch_size must be an integer'):
+    with pytest.raises(ValueError, match='batch_size must be an int ≥ 1, got 32.0'):
         data.batch_at(split, 0, 32.0)
     with pytest.raises(ValueError, match='x has 3 examples but y has 2'):
         data.Split.from_arrays(np.zeros((3, 2)), np.zeros(2))
-    with pytest.raises(ValueError, match='step must be >= 0, got -1'):
+    with pytest.raises(ValueError, match='step must be an int ≥ 0, got -1'):
         data.batch_at(split, -1, 32)
-    with pytest.raises(ValueError, match='seed must be >= 0, got -3'):
+    with pytest.raises(ValueError, match='seed must be an int ≥ 0, got -3'):
         data.batch_at(split, 0, 32, seed=-3)
 
 
@@ -383,12 +402,12 @@ def test_splits_by_name_and_slice(built):
     assert (ds.info.num_train, ds.info.num_test) == (1293, 144) == (len(ds.train), len(ds.test))
 
 
-def test_module_can_be_imported_twice(monkeypatch):
-    """tfds refuses a second registration of a name; a second copy of the module must still import."""
+def test_builders_module_can_be_imported_twice(monkeypatch):
+    """tfds refuses a second registration of a name; a second copy of the builders' module must still import."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location('jaxnorm_data_copy', data.__file__)
+    spec = importlib.util.spec_from_file_location('jaxnorm_data_copy', builders.__file__)
     copy = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, 'jaxnorm_data_copy', copy)
     spec.loader.exec_module(copy)

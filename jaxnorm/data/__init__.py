@@ -1,0 +1,42 @@
+"""Datasets: bundled offline sets as tfds builders, any tfds dataset by name, generated sets, and a deterministic
+numpy pipeline.
+
+Everything here is numpy (nothing imports TensorFlow), and nothing touches the network unless a caller asks
+``load(..., download=True)`` for a tfds dataset that is not prepared. The modules, each importing only those above it:
+
+``builders``     the bundled datasets ``mnist1d`` and ``digits`` as tfds builders (``jaxnorm_mnist1d``,
+                 ``jaxnorm_digits``), generated locally.
+``splits``       :class:`Dataset`, :class:`DatasetInfo`, :class:`Split` (materialized or lazy) and normalization.
+``synthetic``    datasets generated in memory from a seed (``linear_regression``).
+``preparation``  finding and preparing tfds datasets in a ``data_dir``; :class:`DatasetNotPreparedError`.
+``pipeline``     :func:`load` by name, and the batches: :func:`batch_at`, :func:`batches`, :func:`eval_batches`.
+
+Storage
+    Datasets live in a tfds ``data_dir``: the ``data_dir`` argument, else ``$JAXNORM_DATA_DIR``, else
+    ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``. Each is stored in the ``array_record`` format
+    (``<data_dir>/<tfds name>/<version>/*.array_record-*``) and read back with random access through
+    ``builder.as_data_source()`` (the machinery behind ``tfds.data_source``), which needs no TensorFlow.
+
+Any other tfds dataset (``mnist``, ``fashion_mnist``, ``cifar10``, ``imagenet2012``, ...)
+    is read from ``data_dir`` if it is prepared there in ``array_record`` format; otherwise
+    :class:`DatasetNotPreparedError` says how to prepare it (no download unless ``download=True``). Images are
+    decoded by tfds with PIL/OpenCV (no TensorFlow). Preparing an image dataset, however, does need TensorFlow
+    (tfds encodes images with ``tf.image``), so prepare those on a machine that has it and copy the directory.
+
+    >>> ds = load('digits')
+    >>> for batch in batches(ds.train, 128, seed=0, num_steps=100): ...
+    >>> for batch in eval_batches(ds.test, 256): ...      # every test example exactly once, padded + masked
+"""
+from jaxnorm.data.builders import BUILDERS, BUNDLED, DigitsBuilder, Mnist1dBuilder
+from jaxnorm.data.pipeline import (Batch, batch_at, batch_indices, batches, data_source, epoch_permutation,
+                                   eval_batches, load, num_batches, random_crop_flip)
+from jaxnorm.data.preparation import DatasetNotPreparedError, UnknownDatasetError, default_data_dir, prepare
+from jaxnorm.data.splits import Dataset, DatasetInfo, Split, channel_stats
+from jaxnorm.data.synthetic import GENERATED, linear_regression
+
+__all__ = [
+    'BUILDERS', 'BUNDLED', 'Batch', 'Dataset', 'DatasetInfo', 'DatasetNotPreparedError', 'DigitsBuilder', 'GENERATED',
+    'Mnist1dBuilder', 'Split', 'UnknownDatasetError', 'batch_at', 'batch_indices', 'batches', 'channel_stats',
+    'data_source', 'default_data_dir', 'epoch_permutation', 'eval_batches', 'linear_regression', 'load',
+    'num_batches', 'prepare', 'random_crop_flip',
+]
