@@ -7,7 +7,8 @@ Prints one JSON line per measurement::
     python benchmarks/probes.py --repeats 7 --chunks none,1,4
 
 * ``santurkar``: :func:`jaxnorm.probes.santurkar_probe` with K step sizes (K + 1 value-and-gradient evaluations in
-  one compiled call; ``chunk=None`` vmaps all K, ``chunk=1`` runs them in a ``lax.map``) vs the floor: K separate
+  one compiled call; ``chunk=None`` vmaps all K, ``chunk=1`` runs them one at a time, as straight-line code on CPU
+  or in a ``lax.scan`` loop with ``1:loop``) vs the floor: K separate
   calls of one jitted ``value_and_grad`` of the same loss (the time a user pays probing by hand, minus the ``g``
   the probe also needs). Target ≤ 1.2× the floor. The line also says whether the probe retraced when called again
   with new parameters and step sizes (it must not).
@@ -34,6 +35,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 
 import jaxnorm.probes as jp
 from jaxnorm.models import build_model
@@ -96,10 +98,16 @@ def main(argv=None):
     batch = {"x": x, "y": y}
     variables = model.init(kp, x, train=False)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    loss_fn = jp.model_loss_fn(model, batch_stats, kd)
+    model_loss = jp.model_loss_fn(model, batch_stats, kd)
+    traces = []
+
+    def loss_fn(p, b):  # runs only while a program using it is traced
+        traces.append(1)
+        return model_loss(p, b)
+
     lr = 0.1
     common = {"model": "simple_cnn", "channels": list(channels), "norm": args.norm, "batch": batch_size,
-              "input": [size, size, 1], "params": int(sum(v.size for v in jax.tree.leaves(params))),
+              "input": [size, size, 1], "params": otu.tree_size(params),
               "backend": jax.default_backend(), "cpu_count": os.cpu_count(), "host": platform.node(),
               "load_avg_1m": round(os.getloadavg()[0], 2)}
     only = set(args.only.split(","))
@@ -123,11 +131,11 @@ def main(argv=None):
             fns[name] = (lambda plan=plan: jp.santurkar_probe(loss_fn, params, batch, etas=etas, **plan))
             compile_s[name] = _timed_first_call(fns[name])
         # no recompilation: new parameters and step sizes of the same shapes reuse the compiled probe
-        sizes_before = jp.santurkar._probe._cache_size()
+        traces_before = len(traces)
         p2 = jax.tree.map(lambda w: w * 1.01, params)
         for plan in plans.values():
             _block(jp.santurkar_probe(loss_fn, p2, batch, etas=etas * 0.5, **plan))
-        retraced = jp.santurkar._probe._cache_size() != sizes_before
+        retraced = len(traces) != traces_before
         ms = _time_rounds(fns, args.repeats)
         for name in fns:
             if name == "floor":

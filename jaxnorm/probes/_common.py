@@ -1,4 +1,4 @@
-"""Shared helpers of the probes: pytree arithmetic, device reductions, argument checks."""
+"""Shared helpers of the probes: the random direction, device reductions, chunked maps, argument checks."""
 
 from __future__ import annotations
 
@@ -6,56 +6,24 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jaxnorm import _checks
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 
-# ---- pytree arithmetic (norms and dot products accumulate in float32) ----------------------------------------------
-
-def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
-    leaves = [jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
-              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
-    return sum(leaves, jnp.zeros((), jnp.float32))
-
-
-def tree_sq_norm(a: PyTree) -> jax.Array:
-    return tree_vdot(a, a)
-
-
-def tree_norm(a: PyTree) -> jax.Array:
-    return jnp.sqrt(tree_sq_norm(a))
-
-
-def tree_sub(a: PyTree, b: PyTree) -> PyTree:
-    return jax.tree.map(jnp.subtract, a, b)
-
-
-def tree_scale(a: PyTree, s) -> PyTree:
-    return jax.tree.map(lambda x: (x * s).astype(x.dtype), a)
-
-
-def tree_axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
-    """``y + alpha·x`` leaf by leaf, in the dtype of ``y``."""
-    return jax.tree.map(lambda xi, yi: (yi + alpha * xi).astype(yi.dtype), x, y)
-
-
 def tree_normal_like(key: jax.Array, tree: PyTree) -> PyTree:
-    """Standard normal entries shaped like ``tree``: one draw of the total size, cut into the leaves (one RNG
-    kernel: compiles several times faster than a draw per leaf)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    sizes = [int(np.size(x)) for x in leaves]
-    z = jax.random.normal(key, (sum(sizes),), jnp.float32)
-    out, start = [], 0
-    for x, size in zip(leaves, sizes):
-        out.append(z[start:start + size].reshape(jnp.shape(x)).astype(jnp.result_type(x)))
-        start += size
-    return jax.tree.unflatten(treedef, out)
+    """Standard normal entries shaped like ``tree``: ONE float32 draw of the total size, cut into the leaves (and
+    cast to their dtypes).
 
-
-def num_params(tree: PyTree) -> int:
-    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+    Not ``optax.tree_utils.tree_random_like``, which draws once per leaf (other numbers for the same key): measured
+    on XLA:CPU with simple_cnn (8, 16) / (32, 32, 64, 64), 8 / 14 leaves, its draw compiles 12× / 4.6× slower,
+    ``filter_normalized_direction`` 4.5× / 4.0× and the whole random-direction ``santurkar_probe`` 2.3× / 1.1×,
+    with run times equal within noise."""
+    flat, unravel = ravel_pytree(tree)
+    return unravel(jax.random.normal(key, flat.shape, jnp.float32).astype(flat.dtype))
 
 
 # ---- the loss and its gradient, averaged over a device axis --------------------------------------------------------
@@ -99,16 +67,6 @@ def check_scalar_loss(where: str, loss_fn: LossFn, params: PyTree, batch: PyTree
                          f"({out.dtype}); reduce it, e.g. `jnp.mean(per_example_losses)`")
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(f"{where}: loss_fn must return a floating scalar to be differentiated, got {out.dtype}")
-
-
-def is_concrete(x) -> bool:
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
-
-
-def check_positive_int(where: str, name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{where}: {name} must be an int ≥ {minimum}, got {value!r}")
-    return int(value)
 
 
 def check_key(where: str, key, what: str) -> jax.Array:
@@ -172,4 +130,4 @@ def map_chunked(f: Callable, xs, chunk, unroll: bool | None = None):
 def check_chunk(where: str, chunk):
     if chunk is None or chunk == "auto":
         return chunk
-    return check_positive_int(where, "chunk", chunk)
+    return _checks.check_positive_int(where, "chunk", chunk)

@@ -8,8 +8,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
+from jaxnorm import _checks
 from jaxnorm.probes import _common as C
 
 METHODS = ("power", "lanczos")
@@ -186,7 +188,7 @@ _jit_ritz = jax.jit(lambda alpha, beta, basis: _ritz(alpha, beta[:-1], basis))
 
 def _top_eig_host(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_name):
     C.check_scalar_loss("hessian_top_eigenvalues", loss_fn, params, batch)
-    n = C.num_params(params)
+    n = otu.tree_size(params)
     kw = dict(axis_name=axis_name)
     if method == "power":
         vals, vecs = jnp.zeros((k,), jnp.float32), jnp.zeros((k, n), jnp.float32)
@@ -238,9 +240,9 @@ def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key
     where = "hessian_top_eigenvalues"
     if method not in METHODS:
         raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
-    k = C.check_positive_int(where, "k", k)
-    num_iters = C.check_positive_int(where, "num_iters", num_iters)
-    n = C.num_params(params)
+    k = _checks.check_positive_int(where, "k", k)
+    num_iters = _checks.check_positive_int(where, "num_iters", num_iters)
+    n = otu.tree_size(params)
     if k > n:
         raise ValueError(f"{where}: asked for k={k} eigenvalues but params has only {n} entries (the Hessian is "
                          f"{n}×{n}); use k ≤ {n}")
@@ -260,7 +262,7 @@ def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key
 def _resolve_loop(where, loop, params, batch, key, axis_name) -> str:
     if loop not in LOOPS:
         raise ValueError(f"{where}: loop must be one of {LOOPS}, got {loop!r}")
-    concrete = C.is_concrete((params, batch, key))
+    concrete = _checks.is_concrete((params, batch, key))
     if loop == "auto":
         return "host" if (concrete and C.on_cpu() and axis_name is None) else "device"
     if loop == "host" and not concrete:
@@ -309,14 +311,14 @@ def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_sampl
     :func:`hessian_top_eigenvalues`. The same ``key`` gives the same vectors either way.
     """
     where = "hessian_trace"
-    num_samples = C.check_positive_int(where, "num_samples", num_samples)
+    num_samples = _checks.check_positive_int(where, "num_samples", num_samples)
     C.check_key(where, key, "the Rademacher probes")
     chunk = C.check_chunk(where, chunk)
     if _resolve_loop(where, loop, params, batch, key, axis_name) == "device":
         return _trace(loss_fn, params, batch, key, num_samples=num_samples, chunk=chunk, unroll=unroll,
                       axis_name=axis_name)
     C.check_scalar_loss(where, loss_fn, params, batch)
-    n = C.num_params(params)
+    n = otu.tree_size(params)
     z = _jit_rademacher(key, num_samples, n)
     size = num_samples if C.resolve_chunk(chunk) is None else C.resolve_chunk(chunk)
     parts = [_host_quadratic_forms(loss_fn, params, batch, z[i:i + size], axis_name=axis_name)
@@ -380,9 +382,9 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
     times slower, jax-ml/jax#12868), device otherwise. The same ``key`` gives the same result either way.
     """
     where = "hessian_spectral_density"
-    m = C.check_positive_int(where, "num_lanczos_steps", num_lanczos_steps)
-    runs = C.check_positive_int(where, "num_runs", num_runs)
-    pts = C.check_positive_int(where, "num_points", num_points, minimum=2)
+    m = _checks.check_positive_int(where, "num_lanczos_steps", num_lanczos_steps)
+    runs = _checks.check_positive_int(where, "num_runs", num_runs)
+    pts = _checks.check_positive_int(where, "num_points", num_points, minimum=2)
     if sigma is not None and not sigma > 0:
         raise ValueError(f"{where}: sigma (the Gaussian broadening) must be positive, got {sigma!r}")
     C.check_key(where, key, "the Lanczos start vectors")
@@ -392,7 +394,7 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
         return _density(loss_fn, params, batch, key, sigma, num_lanczos_steps=m, num_runs=runs, num_points=pts,
                         chunk=chunk, axis_name=axis_name)
     C.check_scalar_loss(where, loss_fn, params, batch)
-    n = C.num_params(params)
+    n = otu.tree_size(params)
     m = min(m, n)
     v0 = _jit_rademacher(key, runs, n)
     nodes, weights = [], []
@@ -413,7 +415,7 @@ def _directional(loss_fn, params, batch, direction, *, axis_name):
     C.check_scalar_loss("directional_curvature", loss_fn, params, batch)
     d = C.grad(loss_fn, axis_name)(params, batch) if direction is None else direction
     hd = _hvp_fn(loss_fn, params, batch, axis_name)(d)
-    return C.tree_vdot(d, hd) / C.tree_sq_norm(d)
+    return otu.tree_vdot(d, hd) / otu.tree_norm(d, squared=True)
 
 
 def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, axis_name: str | None = None):

@@ -11,7 +11,9 @@ import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax.tree_utils as otu
 
+from jaxnorm import _checks
 from jaxnorm.probes import _common as C
 
 
@@ -127,7 +129,7 @@ def _ics(loss_fn, params, batch, lr, opt_state, *, order, layers, update_fn, tx,
     elif update_fn is not None:
         new = update_fn(params, g)
     else:
-        new = C.tree_axpy(-jnp.asarray(lr, jnp.float32), g, params)
+        new = otu.tree_add_scale(params, -jnp.asarray(lr, jnp.float32), g)
     if jax.tree.structure(new) != jax.tree.structure(params):
         raise ValueError("internal_covariate_shift: update_fn(params, grads) must return a pytree shaped like params, "
                          f"got {jax.tree.structure(new)} vs {jax.tree.structure(params)}")
@@ -154,7 +156,7 @@ def _ics(loss_fn, params, batch, lr, opt_state, *, order, layers, update_fn, tx,
         def shifted(c):
             p = jax.tree.map(lambda w, w_new, i: jnp.where(i < c, w_new, w).astype(w.dtype), params, new, leaf_pos)
             gp = grad(p, batch)
-            stats = [per_layer(jax.tree.map(jnp.subtract, g, gp), lambda x: jnp.vdot(x, x).astype(jnp.float32)),
+            stats = [per_layer(otu.tree_sub(g, gp), lambda x: jnp.vdot(x, x).astype(jnp.float32)),
                      per_layer(jax.tree.map(lambda a, b: jnp.vdot(a, b), g, gp), lambda x: x.astype(jnp.float32)),
                      per_layer(gp, lambda x: jnp.vdot(x, x).astype(jnp.float32))]
             return jnp.stack([s[c] for s in stats])  # only layer cut's own entries: (diff², G·G', ‖G'‖²)
@@ -219,7 +221,7 @@ def internal_covariate_shift(loss_fn: C.LossFn, params, batch, *, lr=None, layer
     else:
         if lr is None:
             raise ValueError(f"{where}: pass lr= (the SGD update W − lr·∇L of Definition 2.1) or update_fn=")
-        if C.is_concrete(lr) and not float(lr) > 0:
+        if _checks.is_concrete(lr) and not float(lr) > 0:
             raise ValueError(f"{where}: lr must be positive, got {float(lr)!r}")
         if not isinstance(lr, jax.Array):
             lr = np.float32(lr)

@@ -8,7 +8,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 
+from jaxnorm import _checks
 from jaxnorm.probes import _common as C
 
 
@@ -74,7 +76,7 @@ def _slice(loss_fn, params, batch, dirs, coords, *, chunk, unroll, axis_name):
     def at(c):  # c: (num_dirs,) coordinates
         p = params
         for i, d in enumerate(dirs):
-            p = C.tree_axpy(c[i], d, p)
+            p = otu.tree_add_scale(p, c[i], d)
         return value(p, batch)
 
     return C.map_chunked(at, coords, chunk, unroll)
@@ -91,7 +93,7 @@ def loss_slice_1d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
     Returns ``{'alphas' (steps,), 'losses' (steps,)}``.
     """
     where = "loss_slice_1d"
-    steps = C.check_positive_int(where, "steps", steps)
+    steps = _checks.check_positive_int(where, "steps", steps)
     lo, hi = _span(where, span)
     (d,) = _directions(where, key, params, direction, 1, include_1d)
     alphas = jnp.linspace(lo, hi, steps, dtype=jnp.float32)
@@ -112,7 +114,7 @@ def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
     """
     where = "loss_slice_2d"
     sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)
-    sa, sb = C.check_positive_int(where, "steps", sa), C.check_positive_int(where, "steps", sb)
+    sa, sb = _checks.check_positive_int(where, "steps", sa), _checks.check_positive_int(where, "steps", sb)
     lo, hi = _span(where, span)
     dirs = _directions(where, key, params, directions, 2, include_1d)
     alphas = jnp.linspace(lo, hi, sa, dtype=jnp.float32)

@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnorm.losses import LOSSES, per_example_loss
 from jaxnorm.probes import curvature as _curv
 from jaxnorm.probes import ics as _ics
 from jaxnorm.probes import landscape as _land
 from jaxnorm.probes import santurkar as _sant
-
-LOSSES = ("cross_entropy", "mse")
 
 
 def _unpack(batch):
@@ -28,15 +27,6 @@ def _unpack(batch):
         return tuple(batch) + (None,) * (3 - len(batch))
     raise ValueError("model_loss_fn: the batch must be a dict with 'x', 'y' (and optionally 'mask') or a tuple "
                      f"(x, y) / (x, y, mask), got {type(batch).__name__}")
-
-
-def _per_example(loss, outputs, y):
-    if callable(loss):
-        return loss(outputs, y)
-    if loss == "cross_entropy":
-        return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
-    d = (outputs - y).astype(jnp.float32)
-    return jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=-1)
 
 
 def _check_loss(where, loss):
@@ -71,7 +61,7 @@ def model_state_loss_fn(model, *, train: bool = True, loss: str | Callable = "cr
             outputs, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
         else:
             outputs = model.apply(variables, x, train=False)
-        per_example = _per_example(loss, outputs, y).astype(jnp.float32)
+        per_example = (loss(outputs, y) if callable(loss) else per_example_loss(outputs, y, loss)).astype(jnp.float32)
         w = jnp.ones_like(per_example) if mask is None else mask.astype(jnp.float32)
         total = jnp.sum(w)
         if axis_name is not None:

@@ -1,5 +1,6 @@
-"""Santurkar et al. (2018, §3.2, Fig. 4) landscape probes: loss variation, gradient predictiveness and effective
-β-smoothness along the gradient (or a random direction)."""
+"""The landscape probes of Santurkar et al. (2018), "How does batch normalization help optimization?" (§3.2,
+Fig. 4): loss variation, gradient predictiveness and effective β-smoothness along the gradient (or a random
+direction)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 
+from jaxnorm import _checks
 from jaxnorm.probes import _common as C
 
 #: The default step-size grid, in units of the learning rate: 8 points spaced geometrically over [0.5, 4]
-#: (0.5, 0.67, 0.91, 1.22, 1.64, 2.21, 2.97, 4.0). Geometric spacing (ours) gives every octave the same number of
-#: points; Santurkar et al. give only the range.
+#: (0.5, 0.67, 0.91, 1.22, 1.64, 2.21, 2.97, 4.0). Santurkar et al. give only the range; the geometric spacing,
+#: this library's choice, gives every octave the same number of points.
 DEFAULT_ETA_MULTIPLIERS: tuple[float, ...] = tuple(0.5 * 8.0 ** (i / 7) for i in range(8))
 
 DIRECTIONS = ("gradient", "random")
@@ -27,7 +30,7 @@ def eta_grid(lr, low: float = 0.5, high: float = 4.0, num: int = 8, spacing: str
     >>> eta_grid(0.1)                      # the default grid of santurkar_probe at lr = 0.1
     >>> eta_grid(1e-6, 0.01, 30, num=10)   # the DLN grid
     """
-    C.check_positive_int("eta_grid", "num", num)
+    _checks.check_positive_int("eta_grid", "num", num)
     if not (0 < low <= high and math.isfinite(high)):
         raise ValueError(f"eta_grid: need 0 < low ≤ high < inf, got low={low!r}, high={high!r}")
     if spacing == "geometric":
@@ -47,7 +50,7 @@ def _check_etas(etas, lr) -> None:
                              f"{DEFAULT_ETA_MULTIPLIERS[-1]:g}, 8 points) or an explicit etas= grid")
         if jnp.ndim(lr) != 0:
             raise ValueError(f"{where}: lr must be a scalar, got shape {jnp.shape(lr)}")
-        if C.is_concrete(lr):
+        if _checks.is_concrete(lr):
             v = float(lr)
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{where}: lr must be a positive finite number (the grid is lr × [0.5, 4]), "
@@ -57,7 +60,7 @@ def _check_etas(etas, lr) -> None:
     if len(shape) != 1 or shape[0] == 0:
         raise ValueError(f"{where}: etas must be a non-empty 1-D grid of step sizes, got shape {shape}; e.g. "
                          "etas=jaxnorm.probes.eta_grid(lr) (8 points in [0.5, 4]·lr)")
-    if C.is_concrete(etas):
+    if _checks.is_concrete(etas):
         e = np.asarray(etas, np.float64)
         bad = e[~(np.isfinite(e) & (e > 0))]
         if bad.size:
@@ -72,17 +75,17 @@ def _probe(loss_fn, params, batch, etas, lr, key, *, direction, chunk, unroll, a
         etas = jnp.asarray(lr, jnp.float32) * jnp.asarray(DEFAULT_ETA_MULTIPLIERS, jnp.float32)
     vg = C.value_and_grad(loss_fn, axis_name)
     loss, g = vg(params, batch)
-    g_norm = C.tree_norm(g)
+    g_norm = otu.tree_norm(g)
     if direction == "gradient":
         d, d_norm = g, g_norm
     else:
         z = C.tree_normal_like(key, params)
-        d = C.tree_scale(z, g_norm / C.tree_norm(z))
-        d_norm = C.tree_norm(d)
+        d = otu.tree_scale(g_norm / otu.tree_norm(z), z)
+        d_norm = otu.tree_norm(d)
 
     def at(eta):
-        loss_eta, g_eta = vg(C.tree_axpy(-eta, d, params), batch)
-        return loss_eta, C.tree_norm(C.tree_sub(g_eta, g))
+        loss_eta, g_eta = vg(otu.tree_add_scale(params, -eta, d), batch)
+        return loss_eta, otu.tree_norm(otu.tree_sub(g_eta, g))
 
     losses, grad_changes = C.map_chunked(at, etas, chunk, unroll)
     etas32 = jnp.asarray(etas, jnp.float32)
