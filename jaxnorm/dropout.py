@@ -6,13 +6,14 @@ drawn from ``jax.random`` only, so the same key gives the same mask on every bac
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
-from jaxnorm._checks import check_float_input, check_rate, check_train
+from jaxnorm._checks import check_float_input, check_rate, check_train, is_traced
 
 Array = jax.Array
 
@@ -48,13 +49,13 @@ def _by_mode(train, x, fn):
 
 
 def _is_static_zero(rate) -> bool:
-    return not isinstance(rate, jax.core.Tracer) and float(rate) == 0.0
+    return not is_traced(rate) and float(rate) == 0.0
 
 
 def _keep_prob(rate) -> Array:
     """keep = 1 − rate as float32. A static rate is subtracted in float64 first: 1 − float32(rate) would turn the
     float32 rounding error of rate (~3e-8) into a relative error ~3e-8/keep (1e-6 at rate 0.99, 2e-4 at 0.9999)."""
-    if isinstance(rate, jax.core.Tracer):
+    if is_traced(rate):
         return 1.0 - jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
     return jnp.asarray(1.0 - float(rate), jnp.float32)
 
@@ -150,7 +151,7 @@ def gaussian_dropout(x: Array, rate: float, *, key: Array | None = None, train: 
     multiplicative noise with the same mean and variance as inverted Bernoulli dropout. Identity at test;
     rate must be < 1."""
     x, train = _prepare("gaussian_dropout", x, rate, train)
-    if not isinstance(rate, jax.core.Tracer) and float(rate) >= 1.0:
+    if not is_traced(rate) and float(rate) >= 1.0:
         raise ValueError(
             f"gaussian_dropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got {rate}; "
             "use a rate in [0, 1), e.g. 0.5"
@@ -178,7 +179,7 @@ def alpha_dropout(x: Array, rate: float, *, key: Array | None = None, train: boo
     _needs_key("alpha_dropout", key)
 
     def drop():
-        if not isinstance(rate, jax.core.Tracer) and float(rate) == 1.0:
+        if not is_traced(rate) and float(rate) == 1.0:
             return jnp.zeros_like(x) * x  # keeps the gradient path (zero) and the dtype
         q = _keep_prob(rate)  # a traced rate is clipped to [0, 1]
         q_safe = jnp.where(q > 0, q, 1.0)  # traced rate 1: a, b finite, the output is zeroed below
@@ -211,27 +212,16 @@ def max_norm_project(params: Any, c: float = 3.0) -> Any:
     return jax.tree.map(lambda w: _max_norm_leaf(w, c), params)
 
 
-class MaxNormState(NamedTuple):
-    """Max-norm keeps no state."""
-
-
-class MaxNorm(NamedTuple):
-    """An ``optax.GradientTransformation`` (same ``init``/``update`` protocol): put it last in ``optax.chain``."""
-
-    init: Any
-    update: Any
-
-
-def max_norm(c: float = 3.0) -> MaxNorm:
+def max_norm(c: float = 3.0) -> optax.GradientTransformation:
     """Max-norm as an optax gradient transformation: turns ``updates`` into ``project(params + updates) − params``
     so that after ``optax.apply_updates`` every unit's incoming weights satisfy ``‖w‖₂ ≤ c``. Use it last:
-    ``optax.chain(optax.sgd(lr, 0.9), jaxnorm.max_norm(3.0))``. ``update`` needs ``params``."""
+    ``optax.chain(optax.sgd(lr, 0.9), jaxnorm.max_norm(3.0))``. ``update`` needs ``params``; no state."""
     if not c > 0:
         raise ValueError(f"max_norm: c must be > 0, got {c}")
 
     def init(params):
         del params
-        return MaxNormState()
+        return optax.EmptyState()
 
     def update(updates, state, params=None):
         if params is None:
@@ -240,4 +230,4 @@ def max_norm(c: float = 3.0) -> MaxNorm:
         projected = max_norm_project(new, c)
         return jax.tree.map(lambda q, p: (q - p).astype(p.dtype), projected, params), state
 
-    return MaxNorm(init, update)
+    return optax.GradientTransformation(init, update)

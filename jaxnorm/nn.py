@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxnorm import dropout as _do
 from jaxnorm import norms as _norms
-from jaxnorm._checks import check_rate, check_train
+from jaxnorm._checks import check_rate, check_train, is_traced
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -287,7 +287,7 @@ class _Stochastic(nn.Module):
     def _apply(self, fn, x, train, name, **kw):
         train = _train(self.train, train, name)
         check_rate(name, self.rate)
-        if train is False or _do._is_static_zero(self.rate):
+        if train is False or (not is_traced(self.rate) and float(self.rate) == 0.0):
             return x
         return fn(x, self.rate, key=self._key(name), train=train, **kw)
 

@@ -620,7 +620,7 @@ def population_stats(moments: Iterable[Any]) -> Any:
     """Population statistics from the batch moments of many training minibatches (Ioffe & Szegedy 2015, §3.1).
 
     ``E[x] = E_B[μ_B]`` and ``Var[x] = E_B[m/(m−1)·σ²_B]`` with ``m`` the number of values per channel in batch B,
-    the seeds' formula for a fixed batch size. Batches of different sizes (a masked last batch) are weighted by
+    Ioffe & Szegedy's formula for a fixed batch size. Batches of different sizes (a masked last batch) are weighted by
     their counts: ``E[x] = Σ n_B μ_B / Σ n_B``, ``Var[x] = Σ n_B σ²_B / Σ (n_B − 1)`` (the pooled unbiased
     within-batch variance, equal to the formula above when all n_B = m); batches with no valid values add nothing.
     The means are accumulated relative to the first batch's (a shift, as in Chan et al.'s parallel variance), so
@@ -1028,9 +1028,6 @@ def lp_batch_norm(
 
 # --------------------------------------------------------------------------------------------------------------------
 # noisy batch norm (Santurkar et al. 2018, Algorithm 1)
-
-NOISY_BN_DEFAULTS = {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1}
-
 
 def batch_norm_noise(key: Array, shape: Sequence[int], *, n_mu: float = 0.5, n_sigma: float = 1.25,
                      r_mu: float = 0.1, r_sigma: float = 0.1, axis: int = -1) -> tuple[Array, Array]:

@@ -1,4 +1,5 @@
-"""Autoencoders (seed 003): the sparse penalty's δ term, the linear tied autoencoder = PCA, denoising noise, models."""
+"""Autoencoders: the sparse penalty's δ term, the linear tied autoencoder = PCA, denoising noise, the tied encoder and
+decoder functions, models."""
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +16,14 @@ from jaxnorm.models.autoencoder import (
     masking_noise,
     reconstruction_loss,
     sparsity_penalty,
+    tied_decode,
+    tied_encode,
+    tied_preactivation,
     weight_decay,
 )
 
 
-# ---- sparse penalty: the notes' closed-form δ term --------------------------------------------------------------
+# ---- sparse penalty: the closed-form δ term of Ng's "Sparse autoencoder" -----------------------------------------
 
 
 @pytest.mark.parametrize("rho,beta", [(0.05, 3.0), (0.3, 0.7)])
@@ -131,6 +135,77 @@ def test_denoising_loss_compares_with_clean_input():
     assert float(aux["sparsity"]) == 0.0 and float(aux["weight_decay"]) == 0.0
 
 
+# ---- the tied encoder and decoder functions --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("act_name,act", [("identity", lambda a: a), ("sigmoid", jax.nn.sigmoid)])
+def test_tied_functions_agree_with_tied_autoencoder_and_numpy(act_name, act):
+    x = jax.random.normal(jax.random.key(0), (5, 2, 3))  # flattened to 6 inputs by the model
+    model = TiedAutoencoder(hidden=4, activation=act_name, output_activation="identity")
+    params = model.init(jax.random.key(1), x)["params"]
+    params = {**params, "bias": jax.random.normal(jax.random.key(2), (4,)),
+              "bias_out": jax.random.normal(jax.random.key(3), (6,))}  # non-zero biases
+    h = x.reshape(5, -1)
+    z = tied_encode(params, h, act)
+    x_hat = tied_decode(params, z, h.shape)
+    want_x_hat, want_code = model.apply({"params": params}, x)
+    np.testing.assert_array_equal(z, want_code)
+    np.testing.assert_array_equal(x_hat.reshape(x.shape), want_x_hat)
+    np.testing.assert_array_equal(tied_preactivation(params, h), h @ params["kernel"] + params["bias"])
+    # a hand-written numpy reference in float64
+    w, b, b_out = (np.asarray(params[k], np.float64) for k in ("kernel", "bias", "bias_out"))
+    a = np.asarray(h, np.float64) @ w + b
+    z_np = a if act_name == "identity" else 1 / (1 + np.exp(-a))
+    np.testing.assert_allclose(z, z_np, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x_hat, z_np @ w.T + b_out, rtol=1e-5, atol=1e-5)
+    # no 'bias' entry: no bias (the model's layout when a bias-absorbing norm follows)
+    no_bias = {k: v for k, v in params.items() if k != "bias"}
+    np.testing.assert_array_equal(tied_preactivation(no_bias, h), h @ params["kernel"])
+
+
+@pytest.mark.parametrize("shape,strides", [((2, 7, 6, 3), None), ((2, 8, 6, 3), (2, 2)), ((2, 7, 6, 3), (2, 2)),
+                                           ((2, 9, 3), (2,))])
+def test_tied_functions_conv_kernels(shape, strides):
+    nd = len(shape) - 2
+    ks = jax.random.split(jax.random.key(4), 4)
+    x = jax.random.normal(ks[0], shape)
+    params = {"kernel": jax.random.normal(ks[1], (3,) * nd + (3, 5)), "bias": jax.random.normal(ks[2], (5,)),
+              "bias_out": jax.random.normal(ks[3], (3,))}
+    sp = "DHW"[-nd:]
+    dims = (f"N{sp}C", f"{sp}IO", f"N{sp}C")
+    st = strides or (1,) * nd
+    z = tied_encode(params, x, jnp.tanh, strides)
+    want_z = jnp.tanh(jax.lax.conv_general_dilated(x, params["kernel"], st, "SAME", dimension_numbers=dims)
+                      + params["bias"])
+    assert z.shape == (shape[0],) + tuple(-(-s // t) for s, t in zip(shape[1:-1], st)) + (5,)
+    np.testing.assert_array_equal(z, want_z)
+    x_hat = tied_decode(params, z, x.shape, strides)
+    assert x_hat.shape == x.shape  # cropped to the input's spatial size
+    full = jax.lax.conv_transpose(z, params["kernel"], st, "SAME", dimension_numbers=dims, transpose_kernel=True)
+    np.testing.assert_array_equal(x_hat, full[(slice(None),) + tuple(slice(0, s) for s in shape[1:-1])]
+                                  + params["bias_out"])
+    if all(s % t == 0 for s, t in zip(shape[1:-1], st)):
+        # then the decoder is the adjoint of the encoder's convolution: <conv(x), z> = <x, X′ − b′> (with 'SAME'
+        # padding a size not divisible by the stride pads the two differently)
+        conv = jax.lax.conv_general_dilated(x, params["kernel"], st, "SAME", dimension_numbers=dims)
+        np.testing.assert_allclose(jnp.vdot(conv, z), jnp.vdot(x, x_hat - params["bias_out"]), rtol=1e-4)
+
+
+def test_tied_decode_of_a_1x1_conv_is_the_dense_formula():
+    ks = jax.random.split(jax.random.key(5), 4)
+    w = jax.random.normal(ks[0], (3, 5))
+    params = {"kernel": w[None, None], "bias": jax.random.normal(ks[1], (5,)),
+              "bias_out": jax.random.normal(ks[2], (3,))}
+    dense = {**params, "kernel": w}
+    x = jax.random.normal(ks[3], (2, 4, 4, 3))
+    z = tied_encode(params, x, jax.nn.sigmoid)
+    np.testing.assert_allclose(z, tied_encode(dense, x.reshape(-1, 3), jax.nn.sigmoid).reshape(z.shape),
+                               rtol=1e-6, atol=1e-6)
+    x_hat = tied_decode(params, z, x.shape)
+    np.testing.assert_allclose(x_hat, (z.reshape(-1, 5) @ w.T + params["bias_out"]).reshape(x.shape),
+                               rtol=1e-5, atol=1e-5)
+
+
 # ---- models and losses ---------------------------------------------------------------------------------------------
 
 
@@ -221,9 +296,7 @@ def test_other_bad_inputs():
         sparsity_penalty(jnp.full((2, 3), 0.5), 0.05, -1.0)
     with pytest.raises(ValueError, match="unknown reconstruction loss kind"):
         reconstruction_loss(jnp.ones((2, 3)), jnp.ones((2, 3)), "l1")
-    with pytest.raises(ValueError, match="hidden=..."):
-        TiedAutoencoder(3)  # positional: would set num_classes
-    with pytest.raises(ValueError, match="hidden must be a positive int"):
+    with pytest.raises(ValueError, match=r"hidden \(the number of code units\) must be an int ≥ 1, got 0"):
         UntiedAutoencoder(hidden=0)
     with pytest.raises(ValueError, match="instance"):
         TiedAutoencoder(hidden=2, norm="instance")

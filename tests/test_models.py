@@ -311,7 +311,7 @@ def test_register_norm_hook():
     class ScaledLayerNorm(zoo.components.jnn.LayerNorm):
         pass
 
-    zoo.register_norm("test_scaled_ln", ScaledLayerNorm, options=("epsilon",), doc="test")
+    zoo.register_norm("test_scaled_ln", ScaledLayerNorm, options=("epsilon",))
     try:
         assert "test_scaled_ln" in zoo.NORMS and "test_scaled_ln" in zoo.components.NORMS
         model = SimpleCNN(**CNN, norm="test_scaled_ln")
@@ -320,7 +320,7 @@ def test_register_norm_hook():
         with pytest.raises(ValueError, match="already registered"):
             zoo.register_norm("test_scaled_ln", ScaledLayerNorm)
     finally:
-        zoo.components._NORM_REGISTRY.pop("test_scaled_ln")
+        zoo.unregister_norm("test_scaled_ln")
     assert "test_scaled_ln" not in zoo.NORMS
 
 

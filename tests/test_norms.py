@@ -1,7 +1,5 @@
-"""Normalization transforms against independent references: flax.linen, PyTorch's formulas in numpy, the seeds'
+"""Normalization transforms against independent references: flax.linen, PyTorch's formulas in numpy, the papers'
 equations (backward identity, population statistics, folding) and analytic properties."""
-
-import functools
 
 import flax.linen as fnn
 import jax
@@ -267,7 +265,7 @@ def test_masked_batch_norm_single_device_ignores_padding():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the seeds' equations
+# the papers' equations
 
 
 def test_bn_backward_identity():
@@ -289,7 +287,7 @@ def test_bn_backward_identity():
     close(np.sum(np.asarray(dx, np.float64) ** 2, 0), sq, 1e-3)
 
 
-def test_population_stats_matches_seed_formula():
+def test_population_stats_matches_ioffe_szegedy_formula():
     batches = [rand((8, 3), seed=s, loc=0.5 * s, scale=1 + 0.2 * s) for s in range(6)]
     moments = [jn.batch_moments(b) for b in batches]
     pop = jn.population_stats(moments)

@@ -50,6 +50,7 @@ from jaxnorm.models.components import (
     register_dropout,
     register_norm,
     resolve_num_groups,
+    unregister_norm,
     wrap_kernel_norm,
 )
 from jaxnorm.models.mlp import MLP, DeepLinear, ioffe_mlp, srivastava_mlp
@@ -132,5 +133,6 @@ __all__ = [
     "register_norm",
     "resolve_num_groups",
     "srivastava_mlp",
+    "unregister_norm",
     "wrap_kernel_norm",
 ]

@@ -1,22 +1,25 @@
-"""Autoencoders (seed 003): tied, untied and convolutional, with the denoising and sparse variants' losses.
+"""Autoencoders: tied, untied and convolutional, with the denoising and sparse variants' losses.
 
-The tied-weight autoencoder of the lecture notes::
+The tied-weight autoencoder (Vincent et al. 2008, "Extracting and composing robust features with denoising
+autoencoders"; the building block of Bengio et al. 2007's greedy layer-wise pretraining)::
 
     Z  = f(W X + b)          (the code; W is `kernel`, stored in×hidden as a Flax Dense kernel, so Z = f(X W + b))
-    X' = g(Wᵀ Z + b')        (the reconstruction; g = f in the notes, ``output_activation`` here)
+    X' = g(Wᵀ Z + b')        (the reconstruction; g = f in Ng's "Sparse autoencoder", ``output_activation`` here)
 
-is learnt by minimising ``reconstruction_loss(X', X)``. Variants, all in :func:`autoencoder_loss`:
+is learnt by minimising ``reconstruction_loss(X', X)``. Its kernel math is the pure pair :func:`tied_encode` /
+:func:`tied_decode` (dense or convolutional kernels). Variants, all in :func:`autoencoder_loss`:
 
 * **denoising**: the input is corrupted by :func:`masking_noise` (a random fraction of the input components set to
   zero) and the reconstruction of the corrupted input is compared with the *clean* input;
-* **sparse**: :func:`sparsity_penalty` ``β Σ_j KL(ρ ‖ ρ̂_j)``, ρ̂_j the average activation of hidden unit j over
-  the batch (sigmoid codes, ρ ≈ 0.05);
+* **sparse** (Ng, "Sparse autoencoder", CS294A lecture notes, 2011): :func:`sparsity_penalty` ``β Σ_j KL(ρ ‖ ρ̂_j)``,
+  ρ̂_j the average activation of hidden unit j over the batch (sigmoid codes, ρ ≈ 0.05);
 * **weight decay**: :func:`weight_decay` ``(λ/2) Σ ‖W‖²`` over the kernels.
 
-Models follow the zoo's conventions (:class:`~jaxnorm.models.base.ZooModel`): ``norm=``, ``norm_position=``,
-``dropout=``/``dropout_rate=`` and ``activation=`` by name. The norm sits in the encoder (after the encoder's
-weight layer, before/after its activation); dropout is applied to the code in training (the code returned is the
-one *before* dropout, which is what the sparsity penalty measures). ``num_classes`` is unused. Channels-last::
+The losses live in :mod:`jaxnorm.losses` and are re-exported here. Models follow the zoo's conventions
+(:class:`~jaxnorm.models.base.ZooModel`): ``norm=``, ``norm_position=``, ``dropout=``/``dropout_rate=`` and
+``activation=`` by name. The norm sits in the encoder (after the encoder's weight layer, before/after its
+activation); dropout is applied to the code in training (the code returned is the one *before* dropout, which is
+what the sparsity penalty measures). ``num_classes`` is unused. Channels-last::
 
     model = TiedAutoencoder(hidden=64, activation='sigmoid', output_activation='sigmoid')
     variables = model.init(jax.random.key(0), x, train=False)
@@ -28,16 +31,23 @@ one *before* dropout, which is what the sparsity penalty measures). ``num_classe
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
+from jaxnorm import _checks, losses
+from jaxnorm.losses import (
+    RECONSTRUCTION_LOSSES,
+    kl_bernoulli,
+    masking_noise,
+    reconstruction_loss,
+    sparsity_penalty,
+    weight_decay,
+)
 from jaxnorm.models.base import ZooModel, as_images
-from jaxnorm.models.components import ACTIVATIONS, check_choice, get_activation
+from jaxnorm.models.components import ACTIVATIONS, get_activation
 
 Array = jax.Array
 
@@ -52,146 +62,56 @@ __all__ = [
     "masking_noise",
     "reconstruction_loss",
     "sparsity_penalty",
+    "tied_decode",
+    "tied_encode",
+    "tied_preactivation",
     "weight_decay",
 ]
 
-RECONSTRUCTION_LOSSES = ("squared", "cross_entropy")
-
-
 # --------------------------------------------------------------------------------------------------------------------
-# checks
+# the tied encoder and decoder (pure functions of params = {'kernel', 'bias', 'bias_out'})
 
 
-def _is_traced(v: Any) -> bool:
-    return isinstance(v, jax.core.Tracer)
+def _dims(nd: int):
+    sp = "DHW"[-nd:]
+    return (f"N{sp}C", f"{sp}IO", f"N{sp}C")
 
 
-def _check_rho(rho: Any, where: str = "sparsity_penalty") -> None:
-    if _is_traced(rho):
-        return
-    r = float(rho)
-    if math.isnan(r) or not 0.0 < r < 1.0:
-        raise ValueError(
-            f"{where}: the target activation rho must be strictly inside (0, 1) (a Bernoulli mean; KL(rho||rho_hat) "
-            f"is undefined or infinite otherwise), got rho={rho}; use a small value such as rho=0.05"
-        )
+def _cast(a: Array, dtype: Any) -> Array:
+    return a if dtype is None else a.astype(dtype)
 
 
-def _check_beta(beta: Any, where: str = "sparsity_penalty") -> None:
-    if _is_traced(beta):
-        return
-    b = float(beta)
-    if math.isnan(b) or b < 0.0:
-        raise ValueError(f"{where}: the sparsity weight beta must be >= 0, got beta={beta}; use e.g. beta=3.0, "
-                         "or beta=0 for no sparsity penalty")
-
-
-def _check_fraction(fraction: Any, where: str = "masking_noise") -> None:
-    if _is_traced(fraction):
-        return
-    f = float(fraction)
-    if math.isnan(f) or not 0.0 <= f < 1.0:
-        raise ValueError(
-            f"{where}: the masking fraction (share of input components set to zero) must be in [0, 1), got "
-            f"fraction={fraction}; 0 is no corruption, values like 0.1-0.5 are usual (1 would zero every input)"
-        )
-
-
-def _check_lam(lam: Any, where: str = "weight_decay") -> None:
-    if _is_traced(lam):
-        return
-    v = float(lam)
-    if math.isnan(v) or v < 0.0:
-        raise ValueError(f"{where}: the weight-decay coefficient must be >= 0, got {lam}; use e.g. 1e-4, or 0 for none")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# pure losses and noise
-
-
-def masking_noise(x: Array, fraction: float, *, key: Array | None = None) -> Array:
-    """The denoising corruption: each input component is set to zero independently with probability ``fraction``,
-    the others are kept *unscaled* (unlike inverted dropout there is no ``1/(1 − fraction)`` rescale).
-
-    The mask is ``jax.random.bernoulli(key, 1 − fraction, x.shape)``, the same draw as
-    :func:`jaxnorm.dropout.dropout` with ``rate=fraction`` and the same key (same zero pattern), so the same key gives
-    the same mask everywhere. ``fraction=0`` is the identity (no key needed); ``fraction`` must be in [0, 1)
-    (a traced fraction is clipped to it).
-    """
-    _check_fraction(fraction)
-    x = jnp.asarray(x)
-    if not _is_traced(fraction) and float(fraction) == 0.0:
-        return x
-    if key is None:
-        raise ValueError("masking_noise: a fraction > 0 needs a PRNG key: pass key=jax.random.key(seed) "
-                         "(split it per step), or fraction=0 for no corruption")
-    if _is_traced(fraction):
-        keep = 1.0 - jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
+def tied_preactivation(params: Any, x: Array, strides: Sequence[int] | None = None, *, dtype: Any = None) -> Array:
+    """``X W + b`` for a 2-D kernel, ``conv(X, W) + b`` ('SAME' padding, the zoo's convention) for a conv kernel
+    ``spatial…×in×out``; no ``'bias'`` entry: no bias. ``dtype``: W and b are cast to it first (None: as they are)."""
+    w = _cast(params["kernel"], dtype)
+    if w.ndim == 2:
+        y = x @ w
     else:
-        keep = jnp.asarray(1.0 - float(fraction), jnp.float32)
-    mask = jax.random.bernoulli(key, keep, x.shape)
-    return jnp.where(mask, x, jnp.zeros((), x.dtype))
+        nd = w.ndim - 2
+        y = jax.lax.conv_general_dilated(x, w, strides or (1,) * nd, "SAME", dimension_numbers=_dims(nd))
+    return y + _cast(params["bias"], dtype) if "bias" in params else y
 
 
-def reconstruction_loss(x_hat: Array, x: Array, kind: str = "squared", *, from_logits: bool = False,
-                        eps: float = 1e-7) -> Array:
-    """Mean over examples (axis 0) of the sum over all units of the reconstruction error.
-
-    * ``'squared'``: ``mean_i ‖x̂_i − x_i‖²`` (the notes' ``Σ_i ‖y³(X^i) − X^i‖²`` divided by m);
-    * ``'cross_entropy'``: ``mean_i −Σ_k [x_ik log x̂_ik + (1 − x_ik) log(1 − x̂_ik)]`` for targets in [0, 1] and
-      reconstructions in (0, 1) (sigmoid outputs). With ``from_logits=True`` ``x_hat`` is the pre-sigmoid output and
-      the loss is computed stably (``optax.sigmoid_binary_cross_entropy``); otherwise ``x̂`` is clipped to
-      ``[eps, 1 − eps]``. The minimum is the entropy of x, not 0, unless x is binary.
-    """
-    check_choice("reconstruction loss kind", kind, RECONSTRUCTION_LOSSES)
-    x_hat = jnp.asarray(x_hat, jnp.float32)
-    x = jnp.asarray(x, jnp.float32)
-    if x_hat.shape != x.shape:
-        raise ValueError(f"reconstruction_loss: reconstruction shape {tuple(x_hat.shape)} != input shape "
-                         f"{tuple(x.shape)}")
-    axes = tuple(range(1, x.ndim))
-    if kind == "squared":
-        pred = jax.nn.sigmoid(x_hat) if from_logits else x_hat
-        per_example = jnp.sum(jnp.square(pred - x), axis=axes)
-    elif from_logits:
-        per_example = jnp.sum(optax.sigmoid_binary_cross_entropy(x_hat, x), axis=axes)
-    else:
-        p = jnp.clip(x_hat, eps, 1.0 - eps)
-        per_example = -jnp.sum(x * jnp.log(p) + (1.0 - x) * jnp.log1p(-p), axis=axes)
-    return jnp.mean(per_example)
+def tied_encode(params: Any, x: Array, activation: Callable[[Array], Array], strides: Sequence[int] | None = None,
+                *, dtype: Any = None) -> Array:
+    """The tied encoder ``Z = f(X W + b)``, or ``f(conv(X, W) + b)`` for a conv kernel; ``activation`` is f."""
+    return activation(tied_preactivation(params, x, strides, dtype=dtype))
 
 
-def kl_bernoulli(rho: float, rho_hat: Array) -> Array:
-    """``KL(ρ ‖ ρ̂) = ρ log(ρ/ρ̂) + (1 − ρ) log((1 − ρ)/(1 − ρ̂))``, elementwise."""
-    return rho * (jnp.log(rho) - jnp.log(rho_hat)) + (1.0 - rho) * (jnp.log1p(-rho) - jnp.log1p(-rho_hat))
-
-
-def sparsity_penalty(code: Array, rho: float = 0.05, beta: float = 3.0, *, eps: float = 1e-6) -> Array:
-    """The sparse autoencoder's penalty ``β Σ_j KL(ρ ‖ ρ̂_j)``, ``ρ̂_j`` the average activation of hidden unit
-    (channel) j: the mean of ``code[..., j]`` over the batch (and over spatial positions for N×…×C conv codes).
-
-    Codes must lie in (0, 1) (sigmoid activations); ρ̂ is clipped to ``[eps, 1 − eps]``. The gradient with respect
-    to the pre-activation ``a_ij`` of ``Z = σ(a)`` over m examples is the notes' sparsity δ term
-    ``(1/m) β (−ρ/ρ̂_j + (1 − ρ)/(1 − ρ̂_j)) σ'(a_ij)``. ``rho`` must be in (0, 1) and ``beta`` >= 0.
-    """
-    _check_rho(rho)
-    _check_beta(beta)
-    code = jnp.asarray(code, jnp.float32)
-    if code.ndim < 2:
-        raise ValueError(f"sparsity_penalty: expected a batch of codes N×…×units, got shape {tuple(code.shape)}")
-    rho_hat = jnp.clip(jnp.mean(code, axis=tuple(range(code.ndim - 1))), eps, 1.0 - eps)
-    return beta * jnp.sum(kl_bernoulli(rho, rho_hat))
-
-
-def weight_decay(params: Any, lam: float) -> Array:
-    """``(λ/2) Σ ‖W‖²`` over the kernels (leaves of rank >= 2); biases and norm scales are not decayed."""
-    _check_lam(lam)
-    leaves = [jnp.sum(jnp.square(jnp.asarray(w, jnp.float32))) for w in jax.tree.leaves(params) if jnp.ndim(w) >= 2]
-    total = sum(leaves) if leaves else jnp.zeros((), jnp.float32)
-    return 0.5 * lam * total
-
-
-_weight_decay_term = weight_decay  # autoencoder_loss's keyword argument shadows the name
+def tied_decode(params: Any, z: Array, out_shape: Sequence[int], strides: Sequence[int] | None = None, *,
+                dtype: Any = None) -> Array:
+    """The tied decoder ``X′ = Z Wᵀ + b′`` (``params['bias_out']`` is b′); for a conv kernel the transposed
+    convolution of Z with the same kernel (``transpose_kernel=True``), cropped to ``out_shape``'s spatial size.
+    ``dtype``: Wᵀ and b′ are cast to it first (None: as they are)."""
+    w = params["kernel"]
+    if w.ndim == 2:
+        return z @ _cast(w.T, dtype) + _cast(params["bias_out"], dtype)
+    nd = w.ndim - 2
+    y = jax.lax.conv_transpose(z, _cast(w, dtype), strides or (1,) * nd, "SAME", dimension_numbers=_dims(nd),
+                               transpose_kernel=True)
+    y = y[(slice(None),) + tuple(slice(0, s) for s in out_shape[1:-1])]
+    return y + _cast(params["bias_out"], dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -199,8 +119,8 @@ _weight_decay_term = weight_decay  # autoencoder_loss's keyword argument shadows
 
 
 class _AutoencoderBase(ZooModel):
-    """Shared fields: ``activation`` of the code (default sigmoid, the notes' f); ``output_activation`` of the
-    reconstruction (``None`` = the same as ``activation``, the notes' X' = f(WᵀZ + b'); ``'sigmoid'`` for inputs in
+    """Shared fields: ``activation`` of the code (default sigmoid, Ng's f); ``output_activation`` of the
+    reconstruction (``None`` = the same as ``activation``, Ng's X' = f(WᵀZ + b'); ``'sigmoid'`` for inputs in
     [0, 1] with the cross-entropy loss, ``'identity'`` for real inputs with the squared error)."""
 
     activation: str = "sigmoid"
@@ -209,14 +129,8 @@ class _AutoencoderBase(ZooModel):
     def _check_config(self) -> None:
         super()._check_config()
         where = type(self).__name__
-        if self.num_classes != 10:
-            raise ValueError(
-                f"{where}: num_classes is unused by autoencoders but was set to {self.num_classes!r} (a positional "
-                f"argument? the zoo's first field is num_classes); pass the code size by keyword, e.g. "
-                f"{where}(hidden=...) or ConvAutoencoder(channels=...)"
-            )
         if self.output_activation is not None:
-            check_choice("output_activation", self.output_activation, tuple(ACTIVATIONS))
+            _checks.check_choice("output_activation", self.output_activation, tuple(ACTIVATIONS))
         if self.kernel_norm != "none" or self.kernel_norm_head:
             # the tied kernel serves as encoder and (transposed) decoder, and the layer-wise pretraining copies raw
             # kernels into the classifier: a reparametrized kernel has no single meaning there
@@ -245,13 +159,20 @@ class _AutoencoderBase(ZooModel):
         return self._forward(x, train, False, return_logits)
 
 
-def _check_width(where: str, hidden: Any) -> None:
-    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden <= 0:
-        raise ValueError(f"{where}: hidden must be a positive int (the number of code units), got {hidden!r}")
+class _DenseAutoencoder(_AutoencoderBase):
+    """A code of ``hidden`` units from the flattened input."""
+
+    hidden: int = 64
+    _dense = True
+
+    def _check_config(self) -> None:
+        super()._check_config()
+        _checks.check_positive_int(type(self).__name__, "hidden (the number of code units)", self.hidden)
 
 
-class TiedAutoencoder(_AutoencoderBase):
-    """Tied weights: ``Z = f(norm(X W + b))``, ``X' = g(Z Wᵀ + b')`` with one kernel ``W`` (in × hidden).
+class TiedAutoencoder(_DenseAutoencoder):
+    """Tied weights: ``Z = f(norm(X W + b))``, ``X' = g(Z Wᵀ + b')`` with one kernel ``W`` (in × hidden), computed by
+    :func:`tied_preactivation` and :func:`tied_decode` (Vincent et al. 2008).
 
     Parameters: ``kernel`` (in, hidden), ``bias`` (hidden,) (absent when a bias-absorbing norm such as batch norm
     directly follows, see ``use_bias``), ``bias_out`` (in,); plus ``norm_0`` if a norm is chosen. Inputs of any rank
@@ -259,12 +180,6 @@ class TiedAutoencoder(_AutoencoderBase):
     error the optimum spans the top-``hidden`` principal subspace of the (centered) data.
     """
 
-    hidden: int = 64
-    _dense = True
-
-    def _check_config(self) -> None:
-        super()._check_config()
-        _check_width("TiedAutoencoder", self.hidden)
 
     @nn.compact
     def _forward(self, x, train: bool, encode_only: bool, return_logits: bool = False):
@@ -272,29 +187,23 @@ class TiedAutoencoder(_AutoencoderBase):
         x = jnp.asarray(x, self.dtype)
         h = x.reshape(x.shape[0], -1)
         d = h.shape[-1]
-        kernel = self.param("kernel", self.init_fn(), (d, self.hidden), jnp.float32)
-        a = h @ kernel.astype(self.dtype)
+        tied = {"kernel": self.param("kernel", self.init_fn(), (d, self.hidden), jnp.float32)}
         if self.layer_bias(norm):
-            a = a + self.param("bias", nn.initializers.zeros, (self.hidden,), jnp.float32).astype(self.dtype)
+            tied["bias"] = self.param("bias", nn.initializers.zeros, (self.hidden,), jnp.float32)
+        a = tied_preactivation(tied, h, dtype=self.dtype)
         code = self.norm_act(a, norm(self.hidden, dense=True, name="norm_0", where="TiedAutoencoder"), act, train)
         if encode_only:
             return code
         z = drop(dense=True, name="dropout_0", where="TiedAutoencoder")(code, train=train)
-        bias_out = self.param("bias_out", nn.initializers.zeros, (d,), jnp.float32)
-        logits = z @ kernel.T.astype(self.dtype) + bias_out.astype(self.dtype)
+        tied["bias_out"] = self.param("bias_out", nn.initializers.zeros, (d,), jnp.float32)
+        logits = tied_decode(tied, z, h.shape, dtype=self.dtype)
         return self._finish(logits.reshape(x.shape), code, return_logits)
 
 
-class UntiedAutoencoder(_AutoencoderBase):
+class UntiedAutoencoder(_DenseAutoencoder):
     """Separate encoder and decoder: ``Z = f(norm(encoder(X)))``, ``X' = g(decoder(Z))``.
     Modules: ``encoder`` (Dense in→hidden), ``norm_0``, ``dropout_0``, ``decoder`` (Dense hidden→in)."""
 
-    hidden: int = 64
-    _dense = True
-
-    def _check_config(self) -> None:
-        super()._check_config()
-        _check_width("UntiedAutoencoder", self.hidden)
 
     @nn.compact
     def _forward(self, x, train: bool, encode_only: bool, return_logits: bool = False):
@@ -393,14 +302,14 @@ def autoencoder_loss(
     ``rho_hat`` (mean code activation per unit) and ``batch_stats`` (updated running statistics, or None).
     Differentiate with ``jax.grad(lambda p: autoencoder_loss(model, p, x, key=k, ...)[0])``.
     """
-    check_choice("reconstruction loss kind", kind, RECONSTRUCTION_LOSSES)
-    _check_fraction(corruption, "autoencoder_loss")
-    _check_rho(rho, "autoencoder_loss")
-    _check_beta(beta, "autoencoder_loss")
-    _check_lam(weight_decay, "autoencoder_loss")
+    _checks.check_choice("reconstruction loss kind", kind, RECONSTRUCTION_LOSSES)
+    _checks.check_fraction(corruption, "autoencoder_loss")
+    _checks.check_rho(rho, "autoencoder_loss")
+    _checks.check_beta(beta, "autoencoder_loss")
+    _checks.check_weight_decay(weight_decay, "autoencoder_loss")
     variables = dict(params) if isinstance(params, dict) and "params" in params else {"params": params}
     x = jnp.asarray(x)
-    needs_key = train and (_is_traced(corruption) or float(corruption) > 0 or model.dropout_factory().active)
+    needs_key = train and (_checks.is_traced(corruption) or float(corruption) > 0 or model.dropout_factory().active)
     if needs_key and key is None:
         raise ValueError("autoencoder_loss: corruption > 0 or dropout in training needs a PRNG key: pass "
                          "key=jax.random.key(seed) (split it per step)")
@@ -421,8 +330,8 @@ def autoencoder_loss(
         x_hat, code = model.apply(variables, x_in, **kw)
     rec = reconstruction_loss(x_hat, x.astype(jnp.float32).reshape(x_hat.shape), kind, from_logits=from_logits)
     zero = jnp.zeros((), jnp.float32)
-    sparse = sparsity_penalty(code, rho, beta) if _is_traced(beta) or float(beta) > 0 else zero
-    wd = _weight_decay_term(variables["params"], weight_decay)
+    sparse = sparsity_penalty(code, rho, beta) if _checks.is_traced(beta) or float(beta) > 0 else zero
+    wd = losses.weight_decay(variables["params"], weight_decay)
     rho_hat = jnp.mean(jnp.asarray(code, jnp.float32), axis=tuple(range(code.ndim - 1)))
     aux = dict(reconstruction=rec, sparsity=sparse, weight_decay=wd, rho_hat=rho_hat, batch_stats=new_stats)
     return rec + sparse + wd, aux

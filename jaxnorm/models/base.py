@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import nn as jnn
+from jaxnorm._checks import check_choice, check_positive_int
 from jaxnorm.models.components import (
     ACTIVATIONS,
     KERNEL_NORMS,
     NORM_POSITIONS,
     DropoutFactory,
     NormFactory,
-    check_choice,
     default_kernel_init,
     dropout_names,
     get_activation,
@@ -109,8 +109,7 @@ class ZooModel(nn.Module):
         if self._dense:
             norm.check_dense(where)
             drop.check_dense(where)
-        if not isinstance(self.num_classes, int) or self.num_classes <= 0:
-            raise ValueError(f"{where}: num_classes must be a positive int, got {self.num_classes!r}")
+        check_positive_int(where, "num_classes", self.num_classes)
 
     # ---- factories -------------------------------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ A model names its normalization, dropout and activation by string (``norm='group
   the ``'dropout'`` rng stream, called as ``layer(x, train=train)``.
 * :func:`wrap_kernel_norm` wraps a conv/dense layer in weight norm or spectral norm (``KERNEL_NORMS``): these
   reparametrize weights, not activations, so models take them as a separate ``kernel_norm=`` choice.
-* :func:`register_norm` / :func:`register_dropout` add new choices. This is how ``'noisy_batch_norm'`` (Santurkar et
-  al. 2018, Algorithm 1) is plugged in, below, when :class:`jaxnorm.nn.NoisyBatchNorm` exists::
+* :func:`register_norm` / :func:`register_dropout` add new choices (:func:`unregister_norm` removes one). This is how
+  ``'noisy_batch_norm'`` (Santurkar et al. 2018, Algorithm 1, :class:`jaxnorm.nn.NoisyBatchNorm`) is plugged in,
+  below::
 
       register_norm('noisy_batch_norm', jnn.NoisyBatchNorm, options=('momentum', 'epsilon', 'n_mu', ...),
                     batch_stats=True, absorbs_bias=True)
@@ -36,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import nn as jnn
+from jaxnorm._checks import check_choice, check_positive_int
 
 __all__ = [
     "ACTIVATIONS",
@@ -54,17 +56,11 @@ __all__ = [
     "register_dropout",
     "register_norm",
     "resolve_num_groups",
+    "unregister_norm",
     "wrap_kernel_norm",
 ]
 
 NORM_POSITIONS = ("before", "after")
-
-
-def check_choice(kind: str, value: Any, valid: Sequence[str]) -> str:
-    """``value`` if it is one of ``valid``, else a ValueError that lists the valid names."""
-    if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(repr(v) for v in valid)}")
-    return value
 
 
 class Identity(nn.Module):
@@ -98,7 +94,6 @@ class NormSpec:
     absorbs_bias: bool = False
     needs_spatial: bool = False
     has_scale: bool = True
-    doc: str = ""
 
 
 _AFFINE = ("use_scale", "use_bias", "scale_init", "bias_init", "param_dtype")
@@ -115,7 +110,6 @@ def register_norm(
     absorbs_bias: bool = False,
     needs_spatial: bool = False,
     has_scale: bool = True,
-    doc: str = "",
     overwrite: bool = False,
 ) -> NormSpec:
     """Add a normalization to ``NORMS`` (see :class:`NormSpec` for the fields). Returns the spec."""
@@ -123,55 +117,47 @@ def register_norm(
         raise ValueError(f"register_norm: name must be a non-empty string, got {name!r}")
     if name in _NORM_REGISTRY and not overwrite:
         raise ValueError(f"register_norm: {name!r} is already registered; pass overwrite=True to replace it")
-    spec = NormSpec(name, layer, tuple(options), batch_stats, absorbs_bias, needs_spatial, has_scale, doc)
+    spec = NormSpec(name, layer, tuple(options), batch_stats, absorbs_bias, needs_spatial, has_scale)
     _NORM_REGISTRY[name] = spec
     return spec
 
 
-register_norm("none", Identity, options=(), has_scale=False, doc="no normalization")
+def unregister_norm(name: str) -> NormSpec:
+    """Remove a registered normalization from ``NORMS`` (the inverse of :func:`register_norm`); returns its spec."""
+    return _NORM_REGISTRY.pop(check_choice("norm", name, norm_names()))
+
+
+register_norm("none", Identity, options=(), has_scale=False)
 register_norm(
     "batch", jnn.BatchNorm,
     options=("momentum", "epsilon", "axis_name", "axis_index_groups", "convention", "virtual_batch_size") + _AFFINE,
-    batch_stats=True, absorbs_bias=True, doc="batch norm (Ioffe & Szegedy 2015)",
+    batch_stats=True, absorbs_bias=True,
 )
-register_norm("layer", jnn.LayerNorm, options=("epsilon", "axes") + _AFFINE, doc="layer norm (Ba et al. 2016)")
-register_norm(
-    "instance", jnn.InstanceNorm, options=("epsilon",) + _AFFINE, absorbs_bias=True, needs_spatial=True,
-    doc="instance norm (Ulyanov et al. 2016)",
-)
-register_norm(
-    "group", jnn.GroupNorm, options=("num_groups", "group_size", "epsilon") + _AFFINE,
-    doc="group norm (Wu & He 2018)",
-)
-register_norm(
-    "rms", jnn.RMSNorm, options=("epsilon", "axes", "use_scale", "scale_init", "param_dtype"),
-    doc="RMS norm (Zhang & Sennrich 2019)",
-)
+register_norm("layer", jnn.LayerNorm, options=("epsilon", "axes") + _AFFINE)
+register_norm("instance", jnn.InstanceNorm, options=("epsilon",) + _AFFINE, absorbs_bias=True, needs_spatial=True)
+register_norm("group", jnn.GroupNorm, options=("num_groups", "group_size", "epsilon") + _AFFINE)
+register_norm("rms", jnn.RMSNorm, options=("epsilon", "axes", "use_scale", "scale_init", "param_dtype"))
 register_norm(
     "batch_renorm", jnn.BatchRenorm, options=("momentum", "epsilon", "axis_name", "r_max", "d_max") + _AFFINE,
-    batch_stats=True, absorbs_bias=True, doc="batch renormalization (Ioffe 2017)",
+    batch_stats=True, absorbs_bias=True,
 )
 # ℓp batch norm divides by the ℓp norm of the activations *before* the mean shift (Santurkar et al. §3.3), so a
 # bias of the preceding layer changes the scale: it is not redundant and is kept.
 register_norm(
     "lp_batch_norm", jnn.LpBatchNorm, options=("p", "momentum", "epsilon", "axis_name") + _AFFINE,
-    batch_stats=True, absorbs_bias=False, doc="ℓp batch norm (Santurkar et al. 2018, §3.3)",
+    batch_stats=True, absorbs_bias=False,
 )
 # Santurkar et al. (2018, Algorithm 1): batch norm followed by per-unit random shifts and scales, drawn in training
 # from the 'dropout' rng stream (the layer's rng_collection). Registered like any other norm: this is the hook.
-if hasattr(jnn, "NoisyBatchNorm"):
-    register_norm(
-        "noisy_batch_norm", jnn.NoisyBatchNorm,
-        options=("momentum", "epsilon", "axis_name", "axis_index_groups", "convention", "virtual_batch_size",
-                 "n_mu", "n_sigma", "r_mu", "r_sigma", "rng_collection") + _AFFINE,
-        batch_stats=True, absorbs_bias=True, doc="noisy batch norm (Santurkar et al. 2018, Algorithm 1)",
-    )
+register_norm(
+    "noisy_batch_norm", jnn.NoisyBatchNorm,
+    options=("momentum", "epsilon", "axis_name", "axis_index_groups", "convention", "virtual_batch_size",
+             "n_mu", "n_sigma", "r_mu", "r_sigma", "rng_collection") + _AFFINE,
+    batch_stats=True, absorbs_bias=True,
+)
 # Dynamic Tanh (Zhu et al. 2025) replaces layer norm by γ·tanh(α·x) + β: nothing is subtracted, so the bias of the
 # layer before it shifts where tanh saturates and is kept.
-register_norm(
-    "dyt", jnn.DyT, options=("alpha_init",) + _AFFINE, absorbs_bias=False,
-    doc="dynamic tanh γ·tanh(α·x) + β (Zhu et al. 2025), a statistics-free stand-in for layer norm",
-)
+register_norm("dyt", jnn.DyT, options=("alpha_init",) + _AFFINE, absorbs_bias=False)
 
 
 def norm_names() -> tuple[str, ...]:
@@ -192,9 +178,7 @@ def resolve_num_groups(channels: int, num_groups: int, *, dense: bool = False, w
     :func:`jaxnorm.group_norm` names a divisor. On dense ``N×C`` activations a group of one channel normalizes a single
     number to a constant, so there a group size < 2 is an error that names a valid ``num_groups``.
     """
-    if not isinstance(num_groups, int) or num_groups <= 0:
-        raise ValueError(f"{where}: num_groups must be a positive int, got {num_groups!r}")
-    g = min(num_groups, channels)
+    g = min(check_positive_int(where, "num_groups", num_groups), channels)
     if dense and channels // g < 2:
         ok = [d for d in range(1, channels // 2 + 1) if channels % d == 0 and channels // d >= 2]
         raise ValueError(
@@ -328,29 +312,27 @@ class DropoutSpec:
     layer: Callable[..., nn.Module] | None
     needs_spatial: bool = False
     max_rate: float = 1.0  # exclusive upper bound when < 1 is required
-    doc: str = ""
 
 
 _DROPOUT_REGISTRY: dict[str, DropoutSpec] = {}
 
 
 def register_dropout(name: str, layer: Callable[..., nn.Module] | None, *, needs_spatial: bool = False,
-                     rate_below_one: bool = False, doc: str = "", overwrite: bool = False) -> DropoutSpec:
+                     rate_below_one: bool = False, overwrite: bool = False) -> DropoutSpec:
     """Add a dropout kind to ``DROPOUTS``: ``layer(rate=..., name=...)`` called as ``layer(x, train=train)``."""
     if name in _DROPOUT_REGISTRY and not overwrite:
         raise ValueError(f"register_dropout: {name!r} is already registered; pass overwrite=True to replace it")
-    spec = DropoutSpec(name, layer, needs_spatial, 1.0 if rate_below_one else math.inf, doc)
+    spec = DropoutSpec(name, layer, needs_spatial, 1.0 if rate_below_one else math.inf)
     _DROPOUT_REGISTRY[name] = spec
     return spec
 
 
-register_dropout("none", None, doc="no dropout")
-register_dropout("dropout", jnn.Dropout, doc="inverted Bernoulli dropout (Srivastava et al. 2014)")
-register_dropout("original", jnn.OriginalDropout,
-                 doc="Srivastava et al.'s original form: no rescaling in training, activations × (1 − rate) at test")
-register_dropout("spatial", jnn.SpatialDropout, needs_spatial=True, doc="channel dropout (Tompson et al. 2015)")
-register_dropout("gaussian", jnn.GaussianDropout, rate_below_one=True, doc="multiplicative Gaussian noise")
-register_dropout("alpha", jnn.AlphaDropout, doc="alpha dropout for SELU nets (Klambauer et al. 2017)")
+register_dropout("none", None)
+register_dropout("dropout", jnn.Dropout)
+register_dropout("original", jnn.OriginalDropout)
+register_dropout("spatial", jnn.SpatialDropout, needs_spatial=True)
+register_dropout("gaussian", jnn.GaussianDropout, rate_below_one=True)
+register_dropout("alpha", jnn.AlphaDropout)
 
 
 def dropout_names() -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxnorm._checks import check_positive_int
 from jaxnorm.models.base import ZooModel
 
 
@@ -88,8 +89,7 @@ class DeepLinear(ZooModel):
 
     def _check_config(self) -> None:
         super()._check_config()
-        if not isinstance(self.depth, int) or self.depth < 1:
-            raise ValueError(f"DeepLinear: depth must be a positive int, got {self.depth!r}")
+        check_positive_int("DeepLinear", "depth", self.depth)
 
     @nn.compact
     def __call__(self, x, train: bool, return_features: bool = False):

@@ -6,8 +6,9 @@ from typing import Callable, Sequence
 
 import flax.linen as nn
 
+from jaxnorm._checks import check_choice
 from jaxnorm.models.base import ConvModel, as_images, global_avg_pool, max_pool
-from jaxnorm.models.components import DropoutFactory, NormFactory, check_choice
+from jaxnorm.models.components import DropoutFactory, NormFactory
 
 # depth → (block, blocks per stage)
 RESNET_DEPTHS = {
