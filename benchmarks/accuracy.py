@@ -10,7 +10,7 @@ Figures per line: ``y_err_sigma`` = max |y − y_ref| / std(y_ref) (the output e
 spread), ``var_rel`` = max relative error of the batch (or per-example) variance where the norm exposes it,
 ``dx_rel`` = max |∂L/∂x − ref| / max |ref| for ``L = Σ ct·y`` with a random ``ct``. The reference
 (``tests/_float64.py``) takes the same float32 values in float64, two-pass mean and variance, closed-form gradients.
-Targets (issue 12): y within 1e-3σ, variance within 1e-4 relative, gradient within 1e-3 relative, for m up to 1e5.
+Targets: y within 1e-3σ, variance within 1e-4 relative, gradient within 1e-3 relative, for m up to 1e5.
 """
 
 from __future__ import annotations

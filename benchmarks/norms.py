@@ -26,7 +26,7 @@ Before timing, the outputs ``y`` and the gradients of both sides are compared (m
 line, ``agree`` false beyond a tolerance), so a fast-but-wrong result is visible. Batch renorm and ℓp batch norm
 have no Flax counterpart: they are timed next to Flax's BatchNorm and checked against a plain-jnp reference.
 
-Targets (issue 12): every jaxnorm norm ≤ 1.0× its Flax counterpart and ≤ 1.3× the memory floor; goal ≤ 0.8×
+Targets: every jaxnorm norm ≤ 1.0× its Flax counterpart and ≤ 1.3× the memory floor; goal ≤ 0.8×
 Flax and group/layer/instance norm ≤ 1.15× jaxnorm batch norm, for both cotangent patterns. A ``summary`` line per
 pattern says which are met.
 """

@@ -1,6 +1,6 @@
-"""Seed 003: a deep sigmoid MLP (3×100) on scikit-learn digits, initialized by greedy layer-wise denoising
-autoencoders (each layer a tied autoencoder of the previous layer's output), then fine-tuned; compare with random
-initialization (--config.pretrain.layers="()").
+"""Greedy layer-wise pretraining (Bengio et al. 2007; Vincent et al. 2008): a deep sigmoid MLP (3×100) on
+scikit-learn digits, initialized by greedy layer-wise denoising autoencoders (each layer a tied autoencoder of the
+previous layer's output), then fine-tuned; compare with random initialization (--config.pretrain.layers="()").
 
     python train.py --config configs/autoencoder_pretrain.py --workdir runs/ae_pretrain
     python train.py --config configs/autoencoder_pretrain.py --workdir runs/ae_random --config.pretrain.layers="()"
@@ -15,6 +15,7 @@ from jaxnorm.train.config import base_config
 
 def get_config():
     c = base_config()
+    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.dataset = "digits"
     c.model = "mlp"
     c.model_kwargs.hidden = (100, 100, 100)

@@ -22,6 +22,7 @@ NORMS = ("none", "batch", "noisy_batch_norm")
 
 def get_config():
     c = base_config()
+    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.dataset = "digits"
     c.model = "vgg_small"
     c.norm = "batch"

@@ -17,6 +17,7 @@ SEEDS = 3
 
 def get_config():
     c = base_config()
+    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.dataset = "mnist1d"
     c.model = "mlp"
     c.model_kwargs.hidden = (512, 512, 512)

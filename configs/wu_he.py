@@ -21,10 +21,11 @@ BASE_BATCH = 32
 
 def get_config():
     c = base_config()
+    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.dataset = "mnist1d"
     c.model = "cnn1d"
     c.norm = "batch"
-    c.num_groups = 8
+    c.model_kwargs.num_groups = 8
     c.dropout = "none"
     c.batch_size = BASE_BATCH
     c.optimizer = "momentum"
@@ -39,7 +40,7 @@ def get_config():
     # emulated by the global batch on one device)
     c.parallel = "none"
     c.sizes.smoke = dict(num_steps=4, eval_every=4, log_every=2, checkpoint_every=4)
-    c.sizes.full = dict(dataset="imagenet2012", model="resnet50", model_kwargs=dict(stem="imagenet"), num_groups=32,
+    c.sizes.full = dict(dataset="imagenet2012", model="resnet50", model_kwargs=dict(stem="imagenet", num_groups=32),
                         learning_rate=0.0125, weight_decay=1e-4, num_steps=4_000_000, eval_every=40_000,
                         log_every=1000, checkpoint_every=40_000, augment=True)
     return c

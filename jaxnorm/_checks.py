@@ -27,7 +27,8 @@ def is_concrete(tree: Any) -> bool:
 def check_choice(kind: str, value: Any, valid: Sequence[str]) -> str:
     """``value`` if it is one of ``valid``, else a ValueError that lists the valid names."""
     if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(repr(v) for v in valid)}")
+        kinds = kind + ("es" if kind.endswith("s") else "s")
+        raise ValueError(f"unknown {kind} {value!r}; valid {kinds}: {', '.join(repr(v) for v in valid)}")
     return value
 
 
@@ -123,13 +124,16 @@ def check_rho(rho: Any, where: str = "sparsity_penalty") -> None:
         )
 
 
-def check_beta(beta: Any, where: str = "sparsity_penalty") -> None:
-    if is_traced(beta):
+def _check_nonnegative(value: Any, where: str, what: str, hint: str) -> None:
+    if is_traced(value):
         return
-    b = float(beta)
-    if math.isnan(b) or b < 0.0:
-        raise ValueError(f"{where}: the sparsity weight beta must be >= 0, got beta={beta}; use e.g. beta=3.0, "
-                         "or beta=0 for no sparsity penalty")
+    v = float(value)
+    if math.isnan(v) or v < 0.0:
+        raise ValueError(f"{where}: {what} must be >= 0, got {value}; {hint}")
+
+
+def check_beta(beta: Any, where: str = "sparsity_penalty") -> None:
+    _check_nonnegative(beta, where, "the sparsity weight beta", "use e.g. beta=3.0, or beta=0 for no sparsity penalty")
 
 
 def check_fraction(fraction: Any, where: str = "masking_noise") -> None:
@@ -144,8 +148,4 @@ def check_fraction(fraction: Any, where: str = "masking_noise") -> None:
 
 
 def check_weight_decay(lam: Any, where: str = "weight_decay") -> None:
-    if is_traced(lam):
-        return
-    v = float(lam)
-    if math.isnan(v) or v < 0.0:
-        raise ValueError(f"{where}: the weight-decay coefficient must be >= 0, got {lam}; use e.g. 1e-4, or 0 for none")
+    _check_nonnegative(lam, where, "the weight-decay coefficient", "use e.g. 1e-4, or 0 for none")

@@ -59,6 +59,19 @@ class _RunningStats(_Affine):
             for k, var in variables.items():
                 var.value = new_stats[k]
 
+    def _normalize(self, fn, name: str, x, train, mask, **kw):
+        """``fn(x, scale, bias, stats, train=…, epsilon=…, axis_name=…, mask=…, **kw)`` on this layer's parameters
+        and running statistics; stores the new statistics in training. Returns ``(y, train, axis_name)``."""
+        train = _train(self.train, train, name)
+        scale, bias = self._affine(x.shape[-1])
+        stats = self._stats(x.shape[-1])
+        axis_name = None if self.is_initializing() else self.axis_name
+        y, new = fn(x, scale, bias, {k: v.value for k, v in stats.items()}, train=train, epsilon=self.epsilon,
+                    axis_name=axis_name, mask=mask, **kw)
+        if train is not False:  # a traced train: the pure function returned the old statistics in eval
+            self._store(stats, new)
+        return y, train, axis_name
+
     def _sow_moments(self, x, mask, axis_name) -> None:
         """Record this batch's moments when the caller asks for them (see :func:`population_batch_stats`)."""
         if self.is_mutable_collection("batch_moments"):
@@ -85,19 +98,11 @@ class BatchNorm(_RunningStats):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
-        train = _train(self.train, train, "BatchNorm")
-        c = x.shape[-1]
-        scale, bias = self._affine(c)
-        stats = self._stats(c)
-        axis_name = None if self.is_initializing() else self.axis_name
         kw = {} if self.momentum == "auto" else {"momentum": self.momentum}
-        y, new = _norms.batch_norm(
-            x, scale, bias, {k: v.value for k, v in stats.items()}, train=train, epsilon=self.epsilon,
-            axis_name=axis_name, axis_index_groups=self.axis_index_groups, mask=mask,
-            convention=self.convention, virtual_batch_size=self.virtual_batch_size, **kw,
-        )
-        if train is not False:  # a traced train: the pure function returned the old statistics in eval
-            self._store(stats, new)
+        y, train, axis_name = self._normalize(
+            _norms.batch_norm, "BatchNorm", x, train, mask, axis_index_groups=self.axis_index_groups,
+            convention=self.convention, virtual_batch_size=self.virtual_batch_size, **kw)
+        if train is not False:
             self._sow_moments(x, mask, axis_name)
         return y
 
@@ -140,17 +145,8 @@ class BatchRenorm(_RunningStats):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
-        train = _train(self.train, train, "BatchRenorm")
-        scale, bias = self._affine(x.shape[-1])
-        stats = self._stats(x.shape[-1])
-        axis_name = None if self.is_initializing() else self.axis_name
-        y, new = _norms.batch_renorm(
-            x, scale, bias, {k: v.value for k, v in stats.items()}, train=train, r_max=self.r_max,
-            d_max=self.d_max, momentum=self.momentum, epsilon=self.epsilon, axis_name=axis_name, mask=mask,
-        )
-        if train is not False:
-            self._store(stats, new)
-        return y
+        return self._normalize(_norms.batch_renorm, "BatchRenorm", x, train, mask, r_max=self.r_max,
+                               d_max=self.d_max, momentum=self.momentum)[0]
 
 
 class LpBatchNorm(_RunningStats):
@@ -164,17 +160,8 @@ class LpBatchNorm(_RunningStats):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
-        train = _train(self.train, train, "LpBatchNorm")
-        scale, bias = self._affine(x.shape[-1])
-        stats = self._stats(x.shape[-1])
-        axis_name = None if self.is_initializing() else self.axis_name
-        y, new = _norms.lp_batch_norm(
-            x, scale, bias, {k: v.value for k, v in stats.items()}, train=train, p=self.p,
-            momentum=self.momentum, epsilon=self.epsilon, axis_name=axis_name, mask=mask,
-        )
-        if train is not False:
-            self._store(stats, new)
-        return y
+        return self._normalize(_norms.lp_batch_norm, "LpBatchNorm", x, train, mask, p=self.p,
+                               momentum=self.momentum)[0]
 
 
 class LayerNorm(_Affine):

@@ -20,29 +20,16 @@ A figure is written only when some run has the metrics it needs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import defaultdict
 
 import matplotlib
 import numpy as np
 
+from jaxnorm.train import metrics as metrics_lib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def load_run(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir!r} a jaxnorm run directory (python train.py "
-                                "--workdir ...)?")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _series(rows: list[dict], split: str, key: str) -> tuple[list, list]:
-    pts = [(r["step"], r[key]) for r in rows if r.get("split") == split and isinstance(r.get(key), (int, float))]
-    return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def _label(workdir: str) -> str:
@@ -50,17 +37,15 @@ def _label(workdir: str) -> str:
 
 
 def plot_curves(runs: dict[str, list[dict]], path: str) -> str | None:
-    if not any(_series(rows, "train", "loss")[0] for rows in runs.values()):
+    if not any(metrics_lib.series(rows, "train", "loss")[0] for rows in runs.values()):
         return None
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for name, rows in runs.items():
-        a.plot(*_series(rows, "train", "loss"), label=name)
-        b.plot(*_series(rows, "eval", "accuracy"), marker="o", label=name)
+        a.plot(*metrics_lib.series(rows, "train", "loss"), label=name)
+        b.plot(*metrics_lib.series(rows, "eval", "accuracy"), marker="o", label=name)
     a.set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
     b.set(xlabel="step", ylabel="test accuracy", title="evaluation")
-    for ax in (a, b):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+    _decorate((a, b))
     return _save(fig, path)
 
 
@@ -72,11 +57,11 @@ def plot_santurkar(runs: dict[str, list[dict]], path: str, prefix: str = "santur
     for i, (name, rows) in enumerate(runs.items()):
         color = f"C{i}"
         for ax, lo, hi in ((axes[0], "loss_min", "loss_max"), (axes[1], "grad_change_min", "grad_change_max")):
-            s, low = _series(rows, "probe", f"{prefix}/{lo}")
-            _, high = _series(rows, "probe", f"{prefix}/{hi}")
+            s, low = metrics_lib.series(rows, "probe", f"{prefix}/{lo}")
+            _, high = metrics_lib.series(rows, "probe", f"{prefix}/{hi}")
             if s:
                 ax.fill_between(s, low, high, color=color, alpha=0.35, label=name)
-        s, beta = _series(rows, "probe", f"{prefix}/beta_smoothness")
+        s, beta = metrics_lib.series(rows, "probe", f"{prefix}/beta_smoothness")
         if s:
             axes[2].plot(s, beta, color=color, label=name)
     axes[0].set(title="loss landscape (variation along the gradient)", ylabel="loss", yscale="log")
@@ -84,8 +69,7 @@ def plot_santurkar(runs: dict[str, list[dict]], path: str, prefix: str = "santur
     axes[2].set(title="effective β-smoothness", ylabel="max_η ‖Δ∇L‖ / ‖ηg‖", yscale="log")
     for ax in axes:
         ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        _decorate([ax])
     return _save(fig, path)
 
 
@@ -100,13 +84,11 @@ def plot_ics(runs: dict[str, list[dict]], path: str) -> str | None:
     fig, axes = plt.subplots(2, len(per_run), figsize=(5 * len(per_run), 7), squeeze=False)
     for j, (name, (rows, layers)) in enumerate(per_run.items()):
         for layer in layers:
-            axes[0, j].plot(*_series(rows, "probe", f"ics/l2/{layer}"), label=layer)
-            axes[1, j].plot(*_series(rows, "probe", f"ics/cos/{layer}"), label=layer)
+            axes[0, j].plot(*metrics_lib.series(rows, "probe", f"ics/l2/{layer}"), label=layer)
+            axes[1, j].plot(*metrics_lib.series(rows, "probe", f"ics/cos/{layer}"), label=layer)
         axes[0, j].set(title=f"{name}: ‖G − G′‖₂", yscale="log")
         axes[1, j].set(title=f"{name}: cos(G, G′)", xlabel="step", ylim=(-1.05, 1.05))
-        for ax in axes[:, j]:
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
+        _decorate(axes[:, j], fontsize=7)
     return _save(fig, path)
 
 
@@ -123,8 +105,7 @@ def _plot_last_curve(runs, path, xkey, ykey, **axis) -> str | None:
     for name, r in last.items():
         ax.plot(r[xkey], r[ykey], label=f"{name} (step {r['step']})")
     ax.set(yscale="log", **axis)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _decorate([ax])
     return _save(fig, path)
 
 
@@ -141,10 +122,9 @@ def plot_hessian(runs: dict[str, list[dict]], path: str) -> str | None:
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, rows in runs.items():
-            ax.plot(*_series(rows, "probe", key), label=name)
+            ax.plot(*metrics_lib.series(rows, "probe", key), label=name)
         ax.set(title=key.split("/")[1].replace("_", " "), xlabel="step")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        _decorate([ax])
     return _save(fig, path)
 
 
@@ -155,7 +135,7 @@ def plot_density(runs: dict[str, list[dict]], path: str) -> str | None:
 
 def _mean_series(runs: list[list[dict]], split: str, key: str):
     """Steps common to all runs and the mean and std (over runs) of ``key`` at those steps."""
-    series = [dict(zip(*_series(rows, split, key))) for rows in runs]
+    series = [dict(zip(*metrics_lib.series(rows, split, key))) for rows in runs]
     if not series:
         return [], np.array([]), np.array([])
     steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
@@ -168,7 +148,7 @@ def plot_mean_curves(panels: list[tuple[str, dict[str, list[list[dict]]]]], path
                      hlines: dict[str, float] | None = None, ylim=None) -> str | None:
     """One panel per ``(title, {label: [rows of each seed]})``: the mean of ``split/key`` over seeds against the step,
     with a ±1 std band; ``hlines`` draws labelled horizontal reference lines on every panel."""
-    if not any(_series(rows, split, key)[0] for _, groups in panels for runs in groups.values() for rows in runs):
+    if not any(metrics_lib.series(rows, split, key)[0] for _, groups in panels for runs in groups.values() for rows in runs):
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, groups) in zip(axes[0], panels):
@@ -182,8 +162,7 @@ def plot_mean_curves(panels: list[tuple[str, dict[str, list[list[dict]]]]], path
         ax.set(title=title, xlabel="step", ylabel=ylabel, yscale=yscale)
         if ylim:
             ax.set_ylim(*ylim)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        _decorate([ax])
     return _save(fig, path)
 
 
@@ -199,8 +178,7 @@ def plot_lines(series: dict[str, tuple[list, list, list]], path: str, *, xlabel:
     if xticks is not None:
         ax.set_xticks(list(xticks))
         ax.set_xticklabels([str(x) for x in xticks])
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _decorate([ax])
     return _save(fig, path)
 
 
@@ -214,11 +192,17 @@ def plot_percentiles(runs: dict[str, list[dict]], path: str, layer: str, unit_la
     fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 3.6), squeeze=False, sharey=True)
     for ax, (name, rows) in zip(axes[0], found.items()):
         for key, style in zip(keys, ("--", "-", "--")):
-            ax.plot(*_series(rows, "probe", key), "k" + style, lw=1.2)
+            ax.plot(*metrics_lib.series(rows, "probe", key), "k" + style, lw=1.2)
         ax.set(title=f"{name}: {layer}, {unit_label}", xlabel="step")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("activation input: 15th / 50th / 85th pct")
     return _save(fig, path)
+
+
+def _decorate(axes, fontsize: int = 8) -> None:
+    for ax in axes:
+        ax.legend(fontsize=fontsize)
+        ax.grid(alpha=0.3)
 
 
 def _save(fig, path: str) -> str:
@@ -230,28 +214,21 @@ def _save(fig, path: str) -> str:
 
 def plot_autoencoder(workdir: str, out: str, num_images: int = 8) -> list[str]:
     """First-layer filters and reconstructions of test inputs through the first pretrained tied autoencoder of a run
-    with ``pretrain.layers`` (reads ``WORKDIR/pretrain/checkpoints`` and the run's dataset; imports jax lazily)."""
-    import orbax.checkpoint as ocp
+    with ``pretrain.layers`` (its pretraining checkpoint, restored by :func:`jaxnorm.train.pretrain.restore_autoencoders`;
+    imports jax lazily)."""
+    from jaxnorm.models import autoencoder, components
+    from jaxnorm.train import loop, pretrain
 
-    from jaxnorm import data as data_lib
-
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = json.load(f)
-    ckdir = os.path.join(workdir, "pretrain", "checkpoints")
-    if not os.path.isdir(ckdir) or not any(d.isdigit() for d in os.listdir(ckdir)):
-        raise FileNotFoundError(f"{ckdir} has no pretraining checkpoint: was the run started with "
-                                "--config.pretrain.layers=...?")
-    step = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
-    with ocp.StandardCheckpointer() as c:
-        state = c.restore(os.path.join(ckdir, str(step), "default"))
-    ae = state["aes"]["dense_0"]
-    w = np.asarray(ae["kernel"])  # (inputs, hidden)
-    ds = data_lib.load(config["dataset"], config.get("data_dir") or None)
-    shape = ds.info.input_shape
-    x = ds.test.take(np.arange(num_images))[0].reshape(num_images, -1)
-    act = {"sigmoid": lambda v: 1 / (1 + np.exp(-v)), "tanh": np.tanh, "relu": lambda v: np.maximum(v, 0),
-           "identity": lambda v: v}.get(config.get("activation", "sigmoid"), lambda v: 1 / (1 + np.exp(-v)))
-    x_hat = act(x @ w + np.asarray(ae["bias"])) @ w.T + np.asarray(ae["bias_out"])
+    exp = loop.load_experiment(workdir)
+    step, aes = pretrain.restore_autoencoders(exp, workdir)
+    ae = next(iter(aes.values()))
+    w = np.asarray(ae["kernel"])  # (inputs, hidden) for a dense layer
+    if w.ndim != 2:  # the first pretrained layer is a convolution: the figures are drawn for dense layers
+        return []
+    shape = exp.dataset.info.input_shape
+    x = exp.dataset.test.take(np.arange(num_images))[0].reshape(num_images, -1)
+    act = components.get_activation(exp.config.activation)
+    x_hat = np.asarray(autoencoder.tied_decode(ae, autoencoder.tied_encode(ae, x, act), x.shape))
     image = (lambda v: v.reshape(shape[0], shape[1])) if len(shape) == 3 and shape[-1] == 1 else None
     paths = []
     n_f = min(32, w.shape[1])
@@ -290,7 +267,7 @@ def make_plots(workdirs: list[str], out: str | None = None, labels: list[str] | 
         raise ValueError(f"make_plots: need one distinct label per run, got {labels} for {len(workdirs)} runs")
     runs = defaultdict(list)
     for w, label in zip(workdirs, labels):
-        runs[label] = load_run(w)
+        runs[label] = metrics_lib.read_metrics(w)
     out = out or os.path.join(workdirs[0], "plots")
     os.makedirs(out, exist_ok=True)
     made = [

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from jaxnorm import plots, sweep
+from jaxnorm.train import metrics as metrics_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +42,7 @@ class Context:
         # Sections read the same runs for tables, figures and verdicts: load each metrics file once.
         for r in self.runs(point):
             if r["status"] == status and r["workdir"] not in self._loaded:
-                self._loaded[r["workdir"]] = plots.load_run(r["workdir"])
+                self._loaded[r["workdir"]] = metrics_lib.read_metrics(r["workdir"])
         return [self._loaded[r["workdir"]] for r in self.runs(point) if r["status"] == status]
 
     def figure(self, made: str | None) -> str:
@@ -121,7 +122,7 @@ def error_table(ctx: Context, points: list[str], labels: dict[str, str] | None =
 
 
 def _first_step_reaching(rows: list[dict], target: float) -> int | None:
-    for step, acc in zip(*plots._series(rows, "eval", "accuracy")):
+    for step, acc in zip(*metrics_lib.series(rows, "eval", "accuracy")):
         if acc >= target - 1e-9:
             return step
     return None
@@ -322,8 +323,8 @@ def _wu_he(ctx: Context) -> str:
 def _ioffe(ctx: Context) -> str:
     pts = ctx.points()
     base = "none_x1"
-    base_runs = {r["seed"]: plots.load_run(r["workdir"]) for r in ctx.runs(base) if r["status"] == "finished"}
-    targets = {s: plots._series(rows, "eval", "accuracy")[1][-1] for s, rows in base_runs.items()}
+    base_runs = {r["seed"]: metrics_lib.read_metrics(r["workdir"]) for r in ctx.runs(base) if r["status"] == "finished"}
+    targets = {s: metrics_lib.series(rows, "eval", "accuracy")[1][-1] for s, rows in base_runs.items()}
     base_steps = {s: _first_step_reaching(rows, targets[s]) for s, rows in base_runs.items()}
     rows, speedups = [], {}
     order = [p for p in ("none_x1", "none_x5", "batch_x1", "batch_x5", "batch_x30") if p in pts]
@@ -332,7 +333,7 @@ def _ioffe(ctx: Context) -> str:
         for r in ctx.runs(p):
             if r["status"] != "finished" or r["seed"] not in targets:
                 continue
-            reach.append(_first_step_reaching(plots.load_run(r["workdir"]), targets[r["seed"]]))
+            reach.append(_first_step_reaching(metrics_lib.read_metrics(r["workdir"]), targets[r["seed"]]))
             fin.append(r.get("test_accuracy"))
         ok = [x for x in reach if x is not None]
         ratios = [base_steps[s] / x for s, x in zip(sorted(targets), reach) if x]
@@ -357,9 +358,9 @@ def _ioffe(ctx: Context) -> str:
     fig_pct = plots.plot_percentiles(firsts, ctx.path("percentiles"), layer="preact_2")
     pct_rows, growth = [], {}
     for title, rows_ in firsts.items():
-        s, p50 = plots._series(rows_, "probe", "activations/preact_2/p50")
-        _, p15 = plots._series(rows_, "probe", "activations/preact_2/p15")
-        _, p85 = plots._series(rows_, "probe", "activations/preact_2/p85")
+        s, p50 = metrics_lib.series(rows_, "probe", "activations/preact_2/p50")
+        _, p15 = metrics_lib.series(rows_, "probe", "activations/preact_2/p15")
+        _, p85 = metrics_lib.series(rows_, "probe", "activations/preact_2/p85")
         if s:
             pct_rows.append([title, f"{p50[0]:.2f} → {p50[-1]:.2f}", f"{np.ptp(p50):.2f}",
                              f"{p85[0] - p15[0]:.2f} → {p85[-1] - p15[-1]:.2f}"])
@@ -484,7 +485,7 @@ def _dauphin(ctx: Context) -> str:
     for p in order:
         vals = []
         for rows_ in ctx.metrics(p):
-            _, v = plots._series(rows_, "train", "embedding_norm_sq")
+            _, v = metrics_lib.series(rows_, "train", "embedding_norm_sq")
             if v:
                 vals.append(v[-1])
         if vals:

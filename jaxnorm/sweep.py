@@ -144,7 +144,9 @@ def _status(workdir: str, config) -> dict | None:
         return None
     with open(path) as f:
         result = json.load(f)
-    same = result.get("config") == json.loads(json.dumps(config_lib.result_affecting(config)))
+    # both sides through result_affecting: a result recorded under earlier key names still matches
+    same = (config_lib.result_affecting(result.get("config") or {})
+            == json.loads(json.dumps(config_lib.result_affecting(config))))
     return result if same and result.get("num_steps") == config.num_steps else None
 
 
@@ -191,13 +193,13 @@ def run_one(config, workdir: str, explicit, commit: str = "unknown") -> dict:
 def summarize_run(workdir: str, result: dict) -> dict:
     """The final metrics of a run from its ``metrics.jsonl``: test accuracy/error/loss (last eval), the last logged
     train loss/accuracy, and the generalization gap ``train_accuracy − test_accuracy``."""
-    from jaxnorm import plots
+    from jaxnorm.train.metrics import read_metrics
 
     row: dict[str, Any] = {"status": result["status"], "wall_s": result.get("wall_s", float("nan"))}
     if result["status"] != "finished":
         row["message"] = result.get("message", "")
         return row
-    rows = plots.load_run(workdir)
+    rows = read_metrics(workdir)
     evals = [r for r in rows if r.get("split") == "eval"]
     trains = [r for r in rows if r.get("split") == "train"]
     last_eval, last_train = (evals[-1] if evals else {}), (trains[-1] if trains else {})

@@ -155,6 +155,7 @@ def _smoke(**overrides):
 
 
 def test_embedding_regularization_loss_and_gradient():
+    from jaxnorm import losses
     from jaxnorm.train import steps
 
     exp = loop.build(_smoke())
@@ -172,7 +173,7 @@ def test_embedding_regularization_loss_and_gradient():
 
     def total(params):
         out, hh = exp.model.apply({"params": params}, batch["x"], train=False, return_features=True)
-        ce = steps.per_example_loss(out, batch["y"], "cross_entropy")
+        ce = losses.per_example_loss(out, batch["y"], "cross_entropy")
         return jnp.mean(ce + lam * jnp.sum(hh ** 2, -1))
 
     g = jax.grad(total)(state.params)

@@ -113,7 +113,7 @@ def test_ctrl_c_saves_and_resume_is_bit_identical(tmp_path):
         ({"model": "resnet7"}, r"resnet7.*resnet18"),
         ({"norm": "batchnorm"}, r"batchnorm.*group"),
         ({"dataset": "nosuchset"}, r"nosuchset.*mnist1d"),
-        ({"optimizer": "lamb"}, r"unknown optimizer 'lamb'; valid: sgd, momentum, nesterov, adam, adamw"),
+        ({"optimizer": "lamb"}, r"unknown optimizer 'lamb'; valid optimizers: 'sgd', 'momentum', 'nesterov', 'adam', 'adamw'"),
         ({"batch_size": 5000}, r"batch_size=5000 is larger than the digits training set \(1437 examples\)"),
     ],
 )

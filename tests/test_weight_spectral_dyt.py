@@ -537,5 +537,5 @@ def test_config_kernel_norm_plumbing():
     assert loop.model_kwargs(c, 10)["kernel_norm"] == "weight"
     assert "kernel_norm" not in loop.model_kwargs(config_lib.base_config(), 10)
     c.kernel_norm = "spectal"
-    with pytest.raises(ValueError, match=r"unknown kernel_norm 'spectal'; valid: none, weight, spectral"):
+    with pytest.raises(ValueError, match=r"unknown kernel_norm 'spectal'; valid kernel_norms: 'none', 'weight', 'spectral'"):
         config_lib.validate(c)

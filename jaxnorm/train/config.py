@@ -11,7 +11,9 @@ import difflib
 
 import ml_collections
 
+from jaxnorm._checks import check_choice, check_positive_int, check_rate
 from jaxnorm.models.components import KERNEL_NORMS
+from jaxnorm.train.parallel import MODES
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -25,6 +27,10 @@ RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_e
 # is left out of a run's identity (result_affecting), so earlier results and checkpoints, whose configs lack the key,
 # still match and are neither retrained nor refused
 ADDED_KEY_DEFAULTS = {"kernel_norm": "none"}
+
+# keys of earlier runs' config.json that are now model fields: (old key, model field, old value meaning "the model's
+# default"); read back, such a config is the one it would be written as today (see upgrade)
+MOVED_TO_MODEL_KWARGS = (("norm_momentum", "momentum", None), ("num_groups", "num_groups", 0))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -45,15 +51,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "cnn1d"
     c.norm = "batch"
     c.norm_position = "before"
-    c.norm_momentum = 0.9
-    c.num_groups = 0  # 0 = the model's default (32, clamped to the channel count)
     # reparametrize the hidden conv/dense kernels: none | weight (Salimans & Kingma 2016) | spectral (Miyato et al.
     # 2018, its power-iteration state in batch_stats); combines with any norm (see jaxnorm.models.ZooModel)
     c.kernel_norm = "none"
     c.dropout = "none"
     c.dropout_rate = 0.0
     c.activation = "relu"
-    c.model_kwargs = ml_collections.ConfigDict()  # model-specific fields (channels, depth, width, ...)
+    # every other field of the model, by the model's own name and with the model's own default when absent: norm
+    # options (momentum, num_groups, epsilon, ...) and architecture (channels, depth, width, ...); see
+    # jaxnorm.models.ZooModel and the model's class
+    c.model_kwargs = ml_collections.ConfigDict()
     # optimization
     c.optimizer = "momentum"
     c.learning_rate = 0.1
@@ -84,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
     # hessian_trace, directional_curvature, loss_slice_1d
     c.probes.kinds = ("santurkar",)
     c.probes.ics_layers = ()  # () = every layer
-    # greedy layer-wise autoencoder pretraining of the first dense layers (seed 003; see jaxnorm.train.pretrain)
+    # greedy layer-wise autoencoder pretraining of the first dense layers (Bengio et al. 2007; see jaxnorm.train.pretrain)
     c.pretrain = ml_collections.ConfigDict()
     c.pretrain.layers = ()  # hidden sizes of the dense layers to pretrain, e.g. (100, 100); () = off
     c.pretrain.steps = 500  # per layer
@@ -113,14 +120,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"unknown config keys {unknown}{' — ' + hint if hint else ''}. Valid keys: {sorted(base.keys())}"
         )
-    _choice("optimizer", config.optimizer, OPTIMIZERS)
-    _choice("schedule", config.schedule, SCHEDULES)
-    _choice("parallel", config.parallel, ("auto", "none", "pmap", "sharding"))
-    _choice("kernel_norm", config.kernel_norm, KERNEL_NORMS)
+    check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    check_choice("schedule", config.schedule, SCHEDULES)
+    check_choice("parallel mode", config.parallel, MODES)
+    check_choice("kernel_norm", config.kernel_norm, KERNEL_NORMS)
     for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints", "population_batches"):
-        if not isinstance(config[key], int) or config[key] <= 0:
-            raise ValueError(f"config.{key} must be a positive int, got {config[key]!r}")
+        check_positive_int("config", key, config[key])
     if config.learning_rate <= 0:
         raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
     if config.probes.every < 0:
@@ -136,8 +142,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.size != "small" and config.size not in config.sizes:
         raise ValueError(f"config.size={config.size!r} is not declared by this config; sizes: "
                          f"{['small', *config.sizes.keys()]}")
-    if not 0 <= config.dropout_rate <= 1:
-        raise ValueError(f"config.dropout_rate must be in [0, 1], got {config.dropout_rate}")
+    check_rate("config.dropout_rate", config.dropout_rate)
 
 
 def resolve_size(config: ml_collections.ConfigDict, explicit=()) -> ml_collections.ConfigDict:
@@ -176,14 +181,29 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+def upgrade(d: dict) -> dict:
+    """A config read back from an earlier run's ``config.json`` with its keys as they are named today: the norm
+    options that were top-level keys (``norm_momentum``, ``num_groups``) become ``model_kwargs`` entries."""
+    d = dict(d)
+    kwargs = dict(d.get("model_kwargs") or {})
+    for old, field, default in MOVED_TO_MODEL_KWARGS:
+        if old in d:
+            value = d.pop(old)
+            if value != default:
+                kwargs.setdefault(field, value)
+    if kwargs or "model_kwargs" in d:
+        d["model_kwargs"] = kwargs
+    return d
+
+
+def from_json(d: dict) -> ml_collections.ConfigDict:
+    """The config of an earlier run's ``config.json`` (upgraded, see :func:`upgrade`)."""
+    return ml_collections.ConfigDict(upgrade(d))
 
 
 def result_affecting(config: ml_collections.ConfigDict | dict) -> dict:
     """The config (or a config already read back as a dict) without the keys that may change on resumption, and
     without the later-added keys that still have the value of the runs recorded before them."""
-    d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    d = upgrade(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config))
     return {k: v for k, v in d.items()
             if k not in RESUMABLE_CHANGES and not (k in ADDED_KEY_DEFAULTS and v == ADDED_KEY_DEFAULTS[k])}

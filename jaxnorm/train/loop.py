@@ -7,9 +7,11 @@ run is bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
-import time
+import sys
 from typing import Any
 
 import flax.serialization
@@ -21,14 +23,12 @@ from jaxnorm import data as data_lib
 from jaxnorm import models as models_lib
 from jaxnorm import nn as jnn
 from jaxnorm import probes as probes_lib
+from jaxnorm import rng
 from jaxnorm.train import checkpoint as ckpt_lib
 from jaxnorm.train import config as config_lib
 from jaxnorm.train import metrics as metrics_lib
-from jaxnorm.train import optim, parallel, pretrain as pretrain_lib, steps
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or Inf."""
+from jaxnorm.train import optim, parallel, pretrain as pretrain_lib, stage as stage_lib, steps
+from jaxnorm.train.stage import NonFiniteLossError
 
 
 @dataclasses.dataclass
@@ -53,10 +53,6 @@ def model_kwargs(config, num_classes: int) -> dict:
         num_classes=num_classes, norm=config.norm, norm_position=config.norm_position, dropout=config.dropout,
         dropout_rate=config.dropout_rate, activation=config.activation,
     )
-    if config.norm_momentum is not None:
-        kw["momentum"] = config.norm_momentum
-    if config.num_groups:
-        kw["num_groups"] = config.num_groups
     if config.kernel_norm != "none":  # only when set: a registered model need not know the field
         kw["kernel_norm"] = config.kernel_norm
     kw.update(config.model_kwargs.to_dict())
@@ -64,7 +60,12 @@ def model_kwargs(config, num_classes: int) -> dict:
 
 
 def build(config) -> Experiment:
+    """The experiment of ``config``, checked (keys, names, dataset, batch size, model) before anything is written."""
     config_lib.validate(config)
+    return _build(config)
+
+
+def _build(config) -> Experiment:
     dp = parallel.DataParallel.create(config.parallel)
     parallel.check_batch_size(config.batch_size, dp.num_devices)
     dataset = data_lib.load(config.dataset, config.data_dir or None)
@@ -112,16 +113,16 @@ def population_variables(exp: Experiment, variables) -> dict:
                                       rngs={"dropout": steps.dropout_key(c.seed, 0)})
 
 
-def make_probes(exp: Experiment, example_x):
+def make_probes(exp: Experiment, shapes):
     """``probe(state, batch, step) -> dict`` running the configured probes eagerly (each probe's programs are
     compiled once), on the global batch with the network without collectives (so BN sees the global batch, as sync
-    BN does), or None when probes are off. Probes never change the state."""
+    BN does), or None when probes are off. Probes never change the state. ``shapes``: the model's variables as
+    ``jax.eval_shape`` gives them (to check the probed layers' names)."""
     p = exp.config.probes
     if not p.every:
         return None
     options = {}
     if "ics" in p.kinds and p.ics_layers:
-        shapes = jax.eval_shape(lambda x: exp.eval_model.init(jax.random.key(0), x, train=False), example_x)
         valid = list(shapes["params"])
         bad = [name for name in p.ics_layers if name not in valid]
         if bad:
@@ -129,30 +130,32 @@ def make_probes(exp: Experiment, example_x):
         options["ics"] = {"layers": list(p.ics_layers)}
     probe_fn = probes_lib.make_probe_fn(exp.eval_model, probes=tuple(p.kinds), lr=exp.schedule, options=options,
                                         loss=exp.loss)
+    base_key = rng.rng_stream(exp.config.seed, "probes")
 
     def probe(state, batch, step):
-        key = jax.random.fold_in(jax.random.key(exp.config.seed + 2), step)
-        return probe_fn(state, {k: jnp.asarray(v) for k, v in batch.items()}, key)
+        return probe_fn(state, {k: jnp.asarray(v) for k, v in batch.items()}, jax.random.fold_in(base_key, step))
 
     return probe
 
 
-def _check_finite(pending: list) -> None:
-    for step, m in pending:
-        loss = float(jax.device_get(m["loss"]))
-        if not np.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss is {loss} at step {step} (learning rate "
-                f"{float(jax.device_get(m['learning_rate'])):.4g}); no checkpoint was written after it. "
-                "Lower --config.learning_rate, add warm-up (--config.warmup_steps) or a normalization layer")
-
-
-def _summarize(pending: list) -> dict:
-    rows = jax.device_get([m for _, m in pending])
+def _summarize(rows: list[dict]) -> dict:
+    rows = jax.device_get(rows)
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     out["learning_rate"] = float(rows[-1]["learning_rate"])
     out["param_norm"] = float(rows[-1]["param_norm"])
     return out
+
+
+def _stage(c, directory: str) -> stage_lib.Stage:
+    def every(*periods):
+        return lambda done: any(done % n == 0 for n in periods)
+
+    return stage_lib.Stage(
+        name="training", step_label="step", split="train", total=c.num_steps, checkpoint_dir=directory,
+        log_at=every(c.log_every, c.checkpoint_every, c.eval_every), checkpoint_at=every(c.checkpoint_every),
+        eval_at=every(c.eval_every), summarize=_summarize,
+        detail=lambda m: f" (learning rate {float(jax.device_get(m['learning_rate'])):.4g})",
+        hint="Lower --config.learning_rate, add warm-up (--config.warmup_steps) or a normalization layer")
 
 
 def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
@@ -161,104 +164,75 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
     ``config.size`` selects a preset of the config file (``config.sizes``); keys named in ``explicit`` (set on the
     command line) keep their values. With several processes, every process trains on its slice of each global batch
     and only process 0 writes metrics, the config and checkpoints."""
-    config_lib.validate(config)
     config = config_lib.resolve_size(config, explicit)
-    parallel.initialize_distributed(config)
-    exp = build(config)
+    config_lib.validate(config)
+    parallel.initialize_distributed(config)  # before anything touches the devices
+    exp = _build(config)
     c, dp = exp.config, exp.dp
     example = _train_batch(exp, 0)["x"]
-    probe = make_probes(exp, example)  # checks probe names and layers before the workdir is touched
-    init_params = jax.eval_shape(lambda x: exp.eval_model.init(jax.random.key(0), x, train=False), example)
-    pretrain_lib.plan(c, init_params["params"])  # checks the pretraining plan against the model, same reason
+    shapes = jax.eval_shape(lambda x: exp.eval_model.init(jax.random.key(0), x, train=False), example)
+    # the probes and the pretraining plan are checked against the model before the workdir is touched
+    probe = make_probes(exp, shapes)
+    pretrain_lib.plan(c, shapes["params"])
     primary = jax.process_index() == 0
     resume = ckpt_lib.check_workdir(workdir, c) if primary else os.path.exists(os.path.join(workdir, "config.json"))
     if primary:
         ckpt_lib.save_config(workdir, c)
     state = steps.create_state(exp.eval_model, exp.tx, example, c.seed)
-    checkpointer = ckpt_lib.Checkpointer(workdir, c.keep_checkpoints)
-    writer = metrics_lib.MetricWriter(workdir, enabled=primary)
-    if not checkpointer.steps() and c.pretrain.layers:  # stage 1 (until fine-tuning has a checkpoint)
-        try:
-            params = pretrain_lib.pretrain(exp, state.variables(), workdir, writer, primary)
-        except KeyboardInterrupt:
-            writer.close()
-            checkpointer.close()
-            raise
-        state = state.replace(params=params, opt_state=exp.tx.init(params))
-    if resume and checkpointer.steps():
-        restored = checkpointer.restore(flax.serialization.to_state_dict(state), c.restore_step)
-        state = flax.serialization.from_state_dict(state, restored)
-        print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
+    with contextlib.ExitStack() as stack:
+        checkpointer = stack.enter_context(contextlib.closing(ckpt_lib.Checkpointer(workdir, c.keep_checkpoints)))
+        writer = stack.enter_context(contextlib.closing(metrics_lib.MetricWriter(workdir, enabled=primary)))
+        progress_on = c.progress and primary
+        if not checkpointer.steps() and c.pretrain.layers:  # stage 1 (until fine-tuning has a checkpoint)
+            params = pretrain_lib.pretrain(exp, state.variables(), workdir, writer, primary, progress=progress_on)
+            state = state.replace(params=params, opt_state=exp.tx.init(params))
+        if resume and checkpointer.steps():
+            restored = checkpointer.restore(flax.serialization.to_state_dict(state), c.restore_step)
+            state = flax.serialization.from_state_dict(state, restored)
+            print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
 
-    train_step = dp.compile(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed, axis_name=dp.axis_name,
-                                                  sync_bn=c.sync_bn, loss=exp.loss, embedding_reg=c.embedding_reg))
-    eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))
-    start = int(state.step)
-    progress = metrics_lib.Progress(c.num_steps, start, enabled=c.progress and primary)
-    pending: list = []
-    last_eval: dict = {}
-    t_window = time.perf_counter()
-    dstate = dp.put_state(state)
+        train_step = dp.compile(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed,
+                                                      axis_name=dp.axis_name, sync_bn=c.sync_bn, loss=exp.loss,
+                                                      embedding_reg=c.embedding_reg))
+        eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))
+        start = int(state.step)
+        progress = stack.enter_context(contextlib.closing(metrics_lib.Progress(c.num_steps, start,
+                                                                               enabled=progress_on)))
 
-    def save(at: int) -> None:
-        if primary:
-            checkpointer.save(at, flax.serialization.to_state_dict(dp.get_state(dstate)))
-
-    try:
-        for step in range(start, c.num_steps):
+        def step_fn(dstate, step):
             batch = _train_batch(exp, step)
             if probe is not None and step % c.probes.every == 0:
                 writer.write(step, "probe", probe(dp.get_state(dstate), batch, step))
-            dstate, m = train_step(dstate, dp.put_batch(batch))
-            pending.append((step, m))
-            done = step + 1
-            is_last = done == c.num_steps
-            if done % c.log_every == 0 or is_last or done % c.checkpoint_every == 0 or done % c.eval_every == 0:
-                _check_finite(pending)
-                summary = _summarize(pending)
-                now = time.perf_counter()
-                summary["steps_per_sec"] = len(pending) / (now - t_window)
-                writer.write(done, "train", summary)
-                progress.update(done, f"loss {summary['loss']:.4f}")
-                pending, t_window = [], now
-            if done % c.eval_every == 0 or is_last:
-                last_eval = _evaluate_all(exp, eval_step, dp.get_state(dstate))
-                writer.write(done, "eval", last_eval)
-                t_window = time.perf_counter()  # eval time does not count against steps/s
-            if done % c.checkpoint_every == 0 or is_last:
-                save(done)
-        if start >= c.num_steps and not last_eval:
+            return train_step(dstate, dp.put_batch(batch))
+
+        def save(dstate, done):
+            if primary:
+                checkpointer.save(done, flax.serialization.to_state_dict(dp.get_state(dstate)))
+
+        dstate, last_eval = stage_lib.run_stage(
+            _stage(c, checkpointer.directory), dp.put_state(state), start, step_fn, save, writer=writer,
+            progress=progress, evaluate=lambda d: _evaluate_all(exp, eval_step, dp.get_state(d)))
+        if last_eval is None:  # nothing left to train: evaluate the restored state
             last_eval = _evaluate_all(exp, eval_step, dp.get_state(dstate))
-    except KeyboardInterrupt:
-        progress.close()
-        _check_finite(pending)
-        save(int(dp.get_state(dstate).step))
-        writer.close()
-        checkpointer.close()
-        raise KeyboardInterrupt(
-            f"interrupted at step {int(dp.get_state(dstate).step)}; checkpoint saved in {checkpointer.directory}. "
-            "Rerun the same command to resume.") from None
-    finally:
-        progress.close()
-    writer.close()
-    checkpointer.close()
     return last_eval
+
+
+def load_experiment(workdir: str) -> Experiment:
+    """The experiment of a run directory (its ``config.json``), on this process's devices without data parallelism."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {str(workdir)!r} a jaxnorm run directory?")
+    with open(path) as f:
+        config = config_lib.from_json(json.load(f))
+    config.parallel = "none"
+    return build(config)
 
 
 def restore(workdir: str, step: int = -1) -> tuple[Experiment, steps.TrainState]:
     """The experiment and the trained state of a run directory (its ``config.json`` and the checkpoint of ``step``,
     -1 = the latest), on this process's devices without data parallelism: for analysis after training."""
-    import json
-
-    import ml_collections
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir!r} a jaxnorm run directory?")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    config.parallel = "none"
-    exp = build(config)
+    exp = load_experiment(workdir)
+    config = exp.config
     example = _train_batch(exp, 0)["x"]
     state = steps.create_state(exp.eval_model, exp.tx, example, config.seed)
     checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
@@ -298,7 +272,7 @@ def main(config, workdir: str, explicit=()) -> int:
         print(str(e) or "interrupted")
         return 130
     except (ValueError, KeyError, ckpt_lib.CheckpointError, NonFiniteLossError, data_lib.DatasetNotPreparedError) as e:
-        print(f"error: {e}", file=__import__("sys").stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 1
     print("final eval: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
     return 0

@@ -44,8 +44,19 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    """The rows of a run's ``metrics.jsonl``, in the order they were written."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {str(workdir)!r} a jaxnorm run directory (python train.py "
+                                "--workdir ...)?")
+    with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def series(rows: list[dict], split: str, key: str) -> tuple[list, list]:
+    """``(steps, values)`` of the scalar ``key`` in the rows of ``split``."""
+    pts = [(r["step"], r[key]) for r in rows if r.get("split") == split and isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
 
 
 class Progress:

@@ -21,13 +21,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxnorm._checks import check_choice
+
 MODES = ("auto", "none", "pmap", "sharding")
 AXIS = "batch"
 
 
 def resolve_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"unknown parallel mode {mode!r}; valid: {', '.join(MODES)}")
+    check_choice("parallel mode", mode, MODES)
     if mode == "auto":
         return "sharding" if jax.device_count() > 1 else "none"
     return mode

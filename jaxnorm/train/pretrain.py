@@ -1,4 +1,5 @@
-"""Greedy layer-wise pretraining with tied autoencoders (seed 003), before supervised fine-tuning.
+"""Greedy layer-wise pretraining with tied autoencoders (Bengio et al. 2007; Vincent et al. 2008), before supervised
+fine-tuning.
 
 Layer i of the model's stack of convolutions and dense layers (``conv_0, conv_1, …, dense_0, dense_1, …``; the head
 is not pretrained) is learned as a tied autoencoder of its own input in the network (computed with the layers before
@@ -9,13 +10,17 @@ on X (``kind='denoising'``), the sparsity penalty ``β Σ_j KL(ρ‖ρ̂_j)`` on
 activation) or both. ``W_i``/``b_i`` then initialize the supervised network (a layer followed by batch norm has no
 bias: BN's β takes its place), and fine-tuning runs as a normal training run.
 
-Pretraining step ``p`` trains layer ``p // steps`` on the batch ``batch_at(train, p, seed=seed + 3)``; its state (every
-layer's autoencoder and optimizer state, a fixed structure) is checkpointed under ``WORKDIR/pretrain``, so a run
-stopped mid-pretraining resumes there bit-identically.
+Pretraining step ``p`` trains layer ``p // steps`` on the batch ``batch_at(train, p, seed=stream_seed(seed,
+'pretrain_data'))`` with the masking-noise key ``fold_in(rng_stream(seed, 'pretrain_noise'), p)`` (see
+:mod:`jaxnorm.rng`); it runs on the same stage driver as the supervised stage (:mod:`jaxnorm.train.stage`). Its state
+(every layer's autoencoder and optimizer state, a fixed structure) is checkpointed under ``WORKDIR/pretrain``, so a
+run stopped mid-pretraining resumes there bit-identically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import re
 
@@ -23,13 +28,15 @@ import flax.linen as nn
 import flax.serialization
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from jaxnorm import _checks, losses, rng
 from jaxnorm import data as data_lib
 from jaxnorm.models import autoencoder as ae_lib
 from jaxnorm.models import components
 from jaxnorm.train import checkpoint as ckpt_lib
+from jaxnorm.train import metrics as metrics_lib
+from jaxnorm.train import stage as stage_lib
 
 KINDS = ("denoising", "sparse", "both")
 
@@ -50,16 +57,14 @@ def plan(config, params) -> list[str]:
     sizes = tuple(int(s) for s in p.layers)
     if not sizes:
         return []
-    if p.kind not in KINDS:
-        raise ValueError(f"unknown pretrain.kind {p.kind!r}; valid: {', '.join(KINDS)}")
-    if p.steps <= 0:
-        raise ValueError(f"pretrain.steps must be a positive int (steps per layer), got {p.steps}")
+    _checks.check_choice("pretrain.kind", p.kind, KINDS)
+    _checks.check_positive_int("config", "pretrain.steps (steps per layer)", p.steps)
     if p.kind in ("sparse", "both") and config.activation != "sigmoid":
         raise ValueError(f"pretrain.kind={p.kind!r} needs sigmoid codes (ρ̂_j in (0, 1)); set --config.activation="
                          f"sigmoid or pretrain.kind='denoising' (activation is {config.activation!r})")
-    ae_lib._check_rho(p.rho, "pretrain.rho")
-    ae_lib._check_beta(p.beta, "pretrain.beta")
-    ae_lib._check_fraction(p.corruption, "pretrain.corruption")
+    _checks.check_rho(p.rho, "pretrain.rho")
+    _checks.check_beta(p.beta, "pretrain.beta")
+    _checks.check_fraction(p.corruption, "pretrain.corruption")
     names = layer_stack(params)
     if not names:
         raise ValueError(f"pretraining needs dense or conv layers to initialize (conv_0, …, dense_0, …), and model "
@@ -82,43 +87,16 @@ def _init_state(params, names, tx):
     return {"step": jnp.zeros((), jnp.int32), "aes": aes, "opts": {n: tx.init(aes[n]) for n in names}}
 
 
-def _dims(nd: int):
-    sp = "DHW"[-nd:]
-    return (f"N{sp}C", f"{sp}IO", f"N{sp}C")
-
-
-def encode(ae, x, act, strides=None):
-    """``f(X W + b)``, or ``f(conv(X, W) + b)`` (SAME padding, the zoo's convention) for a conv kernel."""
-    w = ae["kernel"]
-    if w.ndim == 2:
-        return act(x @ w + ae["bias"])
-    nd = w.ndim - 2
-    y = jax.lax.conv_general_dilated(x, w, strides or (1,) * nd, "SAME", dimension_numbers=_dims(nd))
-    return act(y + ae["bias"])
-
-
-def decode(ae, z, out_shape, strides=None):
-    """The tied decoder ``Z Wᵀ + b′``: for a conv kernel the transposed convolution, cropped to the input shape."""
-    w = ae["kernel"]
-    if w.ndim == 2:
-        return z @ w.T + ae["bias_out"]
-    nd = w.ndim - 2
-    y = jax.lax.conv_transpose(z, w, strides or (1,) * nd, "SAME", dimension_numbers=_dims(nd),
-                               transpose_kernel=True)
-    y = y[(slice(None),) + tuple(slice(0, s) for s in out_shape[1:-1])]
-    return y + ae["bias_out"]
-
-
 def _make_step(config, tx, act, strides):
     p = config.pretrain
 
     def loss_fn(ae, x, key):
-        xc = ae_lib.masking_noise(x, p.corruption, key=key) if p.kind in ("denoising", "both") else x
-        z = encode(ae, xc, act, strides)
-        x_hat = decode(ae, z, x.shape, strides)
-        loss = ae_lib.reconstruction_loss(x_hat, x, kind="squared")
+        xc = losses.masking_noise(x, p.corruption, key=key) if p.kind in ("denoising", "both") else x
+        z = ae_lib.tied_encode(ae, xc, act, strides)
+        x_hat = ae_lib.tied_decode(ae, z, x.shape, strides)
+        loss = losses.reconstruction_loss(x_hat, x, kind="squared")
         if p.kind in ("sparse", "both"):
-            loss = loss + ae_lib.sparsity_penalty(z, rho=p.rho, beta=p.beta)
+            loss = loss + losses.sparsity_penalty(z, rho=p.rho, beta=p.beta)
         return loss
 
     @jax.jit
@@ -159,58 +137,93 @@ def _layer_io_fn(model, name):
     return jax.jit(capture)
 
 
-def pretrain(exp, variables, workdir: str, writer, primary: bool) -> dict:
-    """Run (or resume) the pretraining stage and return the params with the pretrained layers filled in."""
+def _stage(c, names, directory: str) -> stage_lib.Stage:
+    p = c.pretrain
+    return stage_lib.Stage(
+        name="pretraining", step_label="pretraining step", split="pretrain", total=len(names) * p.steps,
+        checkpoint_dir=directory, log_at=lambda done: done % c.log_every == 0 or done % p.steps == 0,
+        checkpoint_at=lambda done: done % c.checkpoint_every == 0,
+        summarize=lambda rows: {"loss": float(rows[-1]["loss"]), "layer": int(rows[-1]["layer"])},
+        detail=lambda m: f" (layer {names[int(m['layer'])]})", hint="Lower --config.pretrain.learning_rate")
+
+
+def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
+    return ckpt_lib.Checkpointer(os.path.join(workdir, "pretrain"), 2)
+
+
+def _setup(exp, variables):
+    """The layers to pretrain, their (input, output) functions and strides, and the initial state."""
     c = exp.config
     params = variables["params"]
     names = plan(c, params)
-    if not names:
-        return params
-    p = c.pretrain
-    tx = optax.adam(p.learning_rate)
-    act = components.get_activation(c.activation)
+    tx = optax.adam(c.pretrain.learning_rate)
     io = {n: _layer_io_fn(exp.eval_model, n) for n in names}
-    x0 = data_lib.batch_at(exp.dataset.train, 0, c.batch_size, seed=c.seed + 3)["x"]
+    x0 = _batch(exp, 0)
     strides = {}
     for n in names:  # a strided conv: its stride from the ratio of input to output size
         h_in, h_out = jax.eval_shape(io[n], variables, x0)
         strides[n] = tuple(a // b for a, b in zip(h_in.shape[1:-1], h_out.shape[1:-1])) or None
+    return names, tx, io, strides, _init_state(params, names, tx)
+
+
+def _batch(exp, step: int):
+    c = exp.config
+    return data_lib.batch_at(exp.dataset.train, step, c.batch_size, seed=rng.stream_seed(c.seed, "pretrain_data"))["x"]
+
+
+def pretrain(exp, variables, workdir: str, writer, primary: bool, progress: bool = False) -> dict:
+    """Run (or resume) the pretraining stage and return the params with the pretrained layers filled in."""
+    c = exp.config
+    params = variables["params"]
+    if not plan(c, params):
+        return params
+    names, tx, io, strides, state = _setup(exp, variables)
+    act = components.get_activation(c.activation)
     steps_fn = {n: _make_step(c, tx, act, strides[n]) for n in names}
-    state = _init_state(params, names, tx)
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "pretrain"), 2)
-    if ckpt.steps():
-        state = flax.serialization.from_state_dict(state, ckpt.restore(flax.serialization.to_state_dict(state)))
-    total = len(names) * p.steps
-    start = int(state["step"])
+    noise_key = rng.rng_stream(c.seed, "pretrain_noise")
 
-    def save():
-        if primary:
-            ckpt.save(int(state["step"]), flax.serialization.to_state_dict(state))
+    def step_fn(state, s):
+        i = s // c.pretrain.steps
+        # the input of layer i in the network, the layers before it already pretrained
+        learned = {n: state["aes"][n] for n in names[:i]}
+        h, _ = io[names[i]]({**variables, "params": _with_layers(params, learned)}, _batch(exp, s))
+        ae, opt, loss = steps_fn[names[i]](state["aes"][names[i]], state["opts"][names[i]], h,
+                                           jax.random.fold_in(noise_key, s))
+        new = {"step": jnp.asarray(s + 1, jnp.int32), "aes": {**state["aes"], names[i]: ae},
+               "opts": {**state["opts"], names[i]: opt}}
+        return new, {"loss": loss, "layer": i}
 
-    try:
-        for s in range(start, total):
-            i = s // p.steps
-            x = data_lib.batch_at(exp.dataset.train, s, c.batch_size, seed=c.seed + 3)["x"]
-            # the input of layer i in the network, the layers before it already pretrained
-            learned = {n: state["aes"][n] for n in names[:i]}
-            h, _ = io[names[i]]({**variables, "params": _with_layers(params, learned)}, x)
-            key = jax.random.fold_in(jax.random.key(c.seed + 4), s)
-            ae, opt, loss = steps_fn[names[i]](state["aes"][names[i]], state["opts"][names[i]], h, key)
-            state = {"step": jnp.asarray(s + 1, jnp.int32), "aes": {**state["aes"], names[i]: ae},
-                     "opts": {**state["opts"], names[i]: opt}}
-            done = s + 1
-            if done % c.log_every == 0 or done % p.steps == 0:
-                loss = float(loss)
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"pretraining loss is {loss} at pretraining step {s} (layer "
-                                             f"{names[i]}); lower pretrain.learning_rate")
-                writer.write(done, "pretrain", {"loss": loss, "layer": i})
-            if done % c.checkpoint_every == 0 or done == total:
-                save()
-    except KeyboardInterrupt:
-        save()
-        ckpt.close()
-        raise KeyboardInterrupt(f"interrupted at pretraining step {int(state['step'])}; checkpoint saved in "
-                                f"{ckpt.directory}. Rerun the same command to resume.") from None
-    ckpt.close()
+    stage = _stage(c, names, "")
+    with contextlib.ExitStack() as stack:
+        ckpt = stack.enter_context(contextlib.closing(_checkpointer(workdir)))
+        if ckpt.steps():
+            state = flax.serialization.from_state_dict(state, ckpt.restore(flax.serialization.to_state_dict(state)))
+        bar = stack.enter_context(contextlib.closing(metrics_lib.Progress(stage.total, int(state["step"]),
+                                                                          enabled=progress)))
+
+        def save(state, done):
+            if primary:
+                ckpt.save(done, flax.serialization.to_state_dict(state))
+
+        state, _ = stage_lib.run_stage(dataclasses.replace(stage, checkpoint_dir=ckpt.directory), state,
+                                       int(state["step"]), step_fn, save, writer=writer, progress=bar)
     return _with_layers(params, state["aes"])
+
+
+def restore_autoencoders(exp, workdir: str) -> tuple[int, dict]:
+    """``(step, {layer: {'kernel', 'bias', 'bias_out'}})``: the latest pretraining checkpoint of a run directory,
+    restored through the project's checkpointer into the stage's state structure (for analysis and plots)."""
+    example = data_lib.batch_at(exp.dataset.train, 0, exp.config.batch_size)["x"]
+    variables = jax.eval_shape(lambda x: exp.eval_model.init(jax.random.key(0), x, train=False), example)
+    names = plan(exp.config, variables["params"])
+    if not names:
+        raise ValueError(f"{workdir} is not a run with autoencoder pretraining (config.pretrain.layers is empty)")
+    tx = optax.adam(exp.config.pretrain.learning_rate)
+    target = flax.serialization.to_state_dict(
+        jax.eval_shape(lambda params: _init_state(params, names, tx), variables["params"]))
+    with contextlib.closing(_checkpointer(workdir)) as ckpt:
+        if not ckpt.steps():
+            raise FileNotFoundError(f"{ckpt.directory} has no pretraining checkpoint: was the run started with "
+                                    "--config.pretrain.layers=...?")
+        state = ckpt.restore(target)
+    return int(state["step"]), {n: state["aes"][n] for n in names}

@@ -1,7 +1,7 @@
 """Training state and the jitted train/eval steps.
 
 The state is a plain pytree (step, params, batch_stats, opt_state); the dropout key of step ``t`` is
-``fold_in(key(seed), t)``, so a run resumed at step ``t`` draws the same masks as an uninterrupted one.
+``fold_in(rng_stream(seed, 'dropout'), t)``, so a run resumed at step ``t`` draws the same masks as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxnorm import losses as losses_lib
+from jaxnorm import rng
 
 
 @flax.struct.dataclass
@@ -27,31 +30,21 @@ class TrainState:
 
 
 def create_state(model, tx: optax.GradientTransformation, example_x, seed: int) -> TrainState:
-    variables = model.init(jax.random.key(seed), example_x, train=False)
+    variables = model.init(rng.rng_stream(seed, "params"), example_x, train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                       opt_state=tx.init(params))
 
 
 def dropout_key(seed: int, step) -> jax.Array:
-    """The dropout key of a training step: a pure function of (seed, step)."""
-    return jax.random.fold_in(jax.random.key(seed + 1), step)
-
-
-LOSSES = ("cross_entropy", "mse")
-
-
-def per_example_loss(outputs, y, kind: str):
-    """Softmax cross-entropy with integer labels, or the squared error ``‖f(x) − y‖²`` (Santurkar's DLN loss)."""
-    if kind == "mse":
-        return jnp.sum(jnp.square(outputs - y), axis=-1)
-    return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+    """The dropout key of a training step: a pure function of (seed, step) (see :mod:`jaxnorm.rng`)."""
+    return jax.random.fold_in(rng.rng_stream(seed, "dropout"), step)
 
 
 def _correct(outputs, y, mask, kind: str):
-    if kind == "mse":
+    if kind == "mse":  # no accuracy for regression
         return jnp.zeros((), jnp.int32)
-    return jnp.sum((jnp.argmax(outputs, -1) == y) & mask)
+    return losses_lib.correct_count(outputs, y, mask)
 
 
 def _psum(x, axis_name):
@@ -87,7 +80,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
         out, new_vars = model.apply(variables, batch["x"], train=True, mutable=["batch_stats"],
                                     rngs={"dropout": key}, **({"return_features": True} if embedding_reg else {}))
         logits, features = out if embedding_reg else (out, None)
-        losses = per_example_loss(logits, batch["y"], kind)
+        losses = losses_lib.per_example_loss(logits, batch["y"], kind)
         w = batch["mask"].astype(losses.dtype)
         count = jnp.maximum(_psum(jnp.sum(w), axis_name), 1.0)
         emb = jnp.zeros((), losses.dtype)
@@ -131,7 +124,7 @@ def make_eval_step(model, loss: str = "cross_entropy") -> Callable:
 
     def eval_step(variables, batch):
         logits = model.apply(variables, batch["x"], train=False)
-        losses = per_example_loss(logits, batch["y"], loss)
+        losses = losses_lib.per_example_loss(logits, batch["y"], loss)
         m = batch["mask"]
         return {
             "loss_sum": jnp.sum(jnp.where(m, losses, 0.0)),

@@ -1,0 +1,100 @@
+"""One driver for every training stage: the supervised run and each layer-wise pretraining stage.
+
+A stage is a sequence of steps ``state, metrics = step_fn(state, s)`` for ``s = start … total − 1``. The driver owns
+what every stage needs and must do the same way: the cadence of log rows, evaluations and checkpoints, the check that
+the loss is finite before anything is written after it, and Ctrl-C (the state of the last finished step is saved and a
+:class:`KeyboardInterrupt` says where, so the same command resumes). Closing files is the caller's, through a
+``contextlib.ExitStack``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a training or pretraining step became NaN or Inf."""
+
+
+def _never(done: int) -> bool:
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What differs between stages.
+
+    ``log_at(done)``/``checkpoint_at(done)``/``eval_at(done)`` say what happens after ``done`` steps (the last step
+    always logs, checkpoints and evaluates when the stage has an evaluation); ``summarize(metrics)`` turns the
+    metrics of the steps since the last row into one row of ``split``; ``hint`` says how to avoid a NaN loss.
+    """
+
+    name: str  # 'training' | 'pretraining', in messages
+    step_label: str  # 'step' | 'pretraining step'
+    split: str  # the metrics split of the log rows
+    total: int
+    checkpoint_dir: str
+    log_at: Callable[[int], bool]
+    checkpoint_at: Callable[[int], bool]
+    summarize: Callable[[list[dict]], dict]
+    hint: str
+    eval_at: Callable[[int], bool] = _never
+    detail: Callable[[dict], str] = lambda m: ""  # context of a NaN loss, e.g. the learning rate
+
+
+def check_finite(stage: Stage, pending: list) -> None:
+    """:class:`NonFiniteLossError` at the first of the ``(step, metrics)`` whose loss is not finite."""
+    for step, m in pending:
+        loss = float(jax.device_get(m["loss"]))
+        if not np.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the {stage.name} loss is {loss} at {stage.step_label} {step}{stage.detail(m)}; no checkpoint was "
+                f"written after it. {stage.hint}")
+
+
+def run_stage(stage: Stage, state: Any, start: int, step_fn: Callable, save_fn: Callable, *, writer,
+              progress=None, evaluate: Callable | None = None) -> tuple[Any, dict | None]:
+    """Run steps ``start … stage.total − 1`` and return ``(state, last evaluation or None)``.
+
+    ``save_fn(state, done)`` writes a checkpoint after ``done`` steps; ``evaluate(state) -> dict`` is written as an
+    ``'eval'`` row. Each log row also has ``steps_per_sec`` over its steps (evaluation time excluded)."""
+    pending: list = []
+    last_eval = None
+    done = start
+    t_window = time.perf_counter()
+    try:
+        for s in range(start, stage.total):
+            state, m = step_fn(state, s)
+            pending.append((s, m))
+            done = s + 1
+            last = done == stage.total
+            log = stage.log_at(done) or last
+            ckpt = stage.checkpoint_at(done) or last
+            ev = evaluate is not None and (stage.eval_at(done) or last)
+            if log or ckpt or ev:
+                check_finite(stage, pending)
+            if log:
+                row = stage.summarize([metrics for _, metrics in pending])
+                now = time.perf_counter()
+                row["steps_per_sec"] = len(pending) / (now - t_window)
+                writer.write(done, stage.split, row)
+                if progress is not None:
+                    progress.update(done, f"loss {row['loss']:.4f}")
+                pending, t_window = [], now
+            if ev:
+                last_eval = evaluate(state)
+                writer.write(done, "eval", last_eval)
+                t_window = time.perf_counter()
+            if ckpt:
+                save_fn(state, done)
+    except KeyboardInterrupt:
+        check_finite(stage, pending)
+        save_fn(state, done)
+        raise KeyboardInterrupt(f"interrupted at {stage.step_label} {done}; checkpoint saved in "
+                                f"{stage.checkpoint_dir}. Rerun the same command to resume.") from None
+    return state, last_eval
