@@ -113,39 +113,30 @@ def check_rate(name: str, rate: Any) -> None:
 
 # ---- the autoencoder objective's coefficients (jaxnorm.losses) -----------------------------------------------------
 
-def check_rho(rho: Any, where: str = "sparsity_penalty") -> None:
-    if is_traced(rho):
-        return
-    r = float(rho)
-    if math.isnan(r) or not 0.0 < r < 1.0:
-        raise ValueError(
-            f"{where}: the target activation rho must be strictly inside (0, 1) (a Bernoulli mean; KL(rho||rho_hat) "
-            f"is undefined or infinite otherwise), got rho={rho}; use a small value such as rho=0.05"
-        )
-
-
-def _check_nonnegative(value: Any, where: str, what: str, hint: str) -> None:
+def _check_static(value: Any, where: str, ok, what: str, hint: str) -> None:
+    """ValueError unless a static ``value`` is a number with ``ok(value)``; a traced value passes."""
     if is_traced(value):
         return
     v = float(value)
-    if math.isnan(v) or v < 0.0:
-        raise ValueError(f"{where}: {what} must be >= 0, got {value}; {hint}")
+    if math.isnan(v) or not ok(v):
+        raise ValueError(f"{where}: {what}, got {value}; {hint}")
+
+
+def check_rho(rho: Any, where: str = "sparsity_penalty") -> None:
+    _check_static(rho, where, lambda r: 0.0 < r < 1.0, "the target activation rho must be strictly inside (0, 1) (a "
+                  "Bernoulli mean; KL(rho||rho_hat) is undefined or infinite otherwise)", "use e.g. rho=0.05")
 
 
 def check_beta(beta: Any, where: str = "sparsity_penalty") -> None:
-    _check_nonnegative(beta, where, "the sparsity weight beta", "use e.g. beta=3.0, or beta=0 for no sparsity penalty")
+    _check_static(beta, where, lambda b: b >= 0.0, "the sparsity weight beta must be >= 0",
+                  "use e.g. beta=3.0, or beta=0 for no sparsity penalty")
 
 
 def check_fraction(fraction: Any, where: str = "masking_noise") -> None:
-    if is_traced(fraction):
-        return
-    f = float(fraction)
-    if math.isnan(f) or not 0.0 <= f < 1.0:
-        raise ValueError(
-            f"{where}: the masking fraction (share of input components set to zero) must be in [0, 1), got "
-            f"fraction={fraction}; 0 is no corruption, values like 0.1-0.5 are usual (1 would zero every input)"
-        )
+    _check_static(fraction, where, lambda f: 0.0 <= f < 1.0, "the masking fraction (share of input components set "
+                  "to zero) must be in [0, 1)", "0 is no corruption, 0.1-0.5 is usual (1 would zero every input)")
 
 
 def check_weight_decay(lam: Any, where: str = "weight_decay") -> None:
-    _check_nonnegative(lam, where, "the weight-decay coefficient", "use e.g. 1e-4, or 0 for none")
+    _check_static(lam, where, lambda v: v >= 0.0, "the weight-decay coefficient must be >= 0",
+                  "use e.g. 1e-4, or 0 for none")

@@ -1,25 +1,14 @@
-"""The project's named random streams, in one table.
+"""The project's named random streams, in one table: every random draw of a run comes from a stream of
+:data:`STREAM_IDS`, derived from the run's ``seed`` alone, so a resumed run draws what an uninterrupted one would.
 
-Every random draw of a run comes from a stream named here, derived from the run's ``seed`` alone, so a run is a pure
-function of its config and a resumed run draws what an uninterrupted one would:
-
-===================  ==========================================  ============================================
-name                 what draws from it                          derivation
-===================  ==========================================  ============================================
-``params``           the model's initialization                  ``jax.random.key(seed)``
-``dropout``          dropout masks of train step t               ``fold_in(rng_stream(seed, 'dropout'), t)``
-``probes``           the probes' random vectors at step t        ``fold_in(rng_stream(seed, 'probes'), t)``
-``pretrain_data``    the batch order of the pretraining stage    ``batch_at(..., seed=stream_seed(seed, …))``
-``pretrain_noise``   masking noise of pretraining step p         ``fold_in(rng_stream(seed, …), p)``
-``synthetic_data``   generated datasets (linear regression)      ``numpy_stream(seed, 'synthetic_data')``
-===================  ==========================================  ============================================
-
-The JAX streams are ``jax.random.key(seed + id)`` and the numpy ones ``np.random.default_rng([seed, id])`` with the
-fixed ids of :data:`STREAM_IDS`; these are the derivations the recorded runs (``docs/results.md``) and their
-checkpoints were made with, so they reproduce bit for bit. ``seed + id`` overlaps between nearby seeds (seed 0's
-dropout stream is seed 1's parameter stream); sweeps over seeds therefore use seeds at least ``max(id) + 1`` apart
-when the streams must be independent. The batch order and augmentation of the supervised stage are derived in
-:func:`jaxnorm.data.batch_at` (``default_rng([seed, epoch])`` and ``default_rng([seed, step, 1])``).
+``params`` (initialization), ``dropout`` (step t: ``fold_in(stream, t)``), ``probes`` (step t likewise),
+``pretrain_noise`` (masking noise of pretraining step p likewise) are JAX keys ``jax.random.key(seed + id)``;
+``pretrain_data`` is the integer seed ``seed + id`` of the pretraining batch order (:func:`jaxnorm.data.batch_at`);
+``synthetic_data`` is ``np.random.default_rng([seed, id])``. These are the derivations the recorded runs
+(``docs/results.md``) and their checkpoints were made with, so they reproduce bit for bit; ``seed + id`` overlaps
+between nearby seeds (seed 0's dropout stream is seed 1's parameter stream), so sweeps that need independent streams
+use seeds at least ``max(id) + 1`` apart. The supervised batch order and augmentation are derived in
+:func:`jaxnorm.data.batch_at` (``default_rng([seed, epoch])``, ``default_rng([seed, step, 1])``).
 """
 
 from __future__ import annotations

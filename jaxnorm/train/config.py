@@ -196,11 +196,6 @@ def upgrade(d: dict) -> dict:
     return d
 
 
-def from_json(d: dict) -> ml_collections.ConfigDict:
-    """The config of an earlier run's ``config.json`` (upgraded, see :func:`upgrade`)."""
-    return ml_collections.ConfigDict(upgrade(d))
-
-
 def result_affecting(config: ml_collections.ConfigDict | dict) -> dict:
     """The config (or a config already read back as a dict) without the keys that may change on resumption, and
     without the later-added keys that still have the value of the runs recorded before them."""

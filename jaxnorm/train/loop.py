@@ -17,6 +17,7 @@ from typing import Any
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from jaxnorm import data as data_lib
@@ -223,7 +224,7 @@ def load_experiment(workdir: str) -> Experiment:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {str(workdir)!r} a jaxnorm run directory?")
     with open(path) as f:
-        config = config_lib.from_json(json.load(f))
+        config = ml_collections.ConfigDict(config_lib.upgrade(json.load(f)))
     config.parallel = "none"
     return build(config)
 

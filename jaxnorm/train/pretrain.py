@@ -20,7 +20,6 @@ run stopped mid-pretraining resumes there bit-identically.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 
@@ -151,21 +150,6 @@ def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
     return ckpt_lib.Checkpointer(os.path.join(workdir, "pretrain"), 2)
 
 
-def _setup(exp, variables):
-    """The layers to pretrain, their (input, output) functions and strides, and the initial state."""
-    c = exp.config
-    params = variables["params"]
-    names = plan(c, params)
-    tx = optax.adam(c.pretrain.learning_rate)
-    io = {n: _layer_io_fn(exp.eval_model, n) for n in names}
-    x0 = _batch(exp, 0)
-    strides = {}
-    for n in names:  # a strided conv: its stride from the ratio of input to output size
-        h_in, h_out = jax.eval_shape(io[n], variables, x0)
-        strides[n] = tuple(a // b for a, b in zip(h_in.shape[1:-1], h_out.shape[1:-1])) or None
-    return names, tx, io, strides, _init_state(params, names, tx)
-
-
 def _batch(exp, step: int):
     c = exp.config
     return data_lib.batch_at(exp.dataset.train, step, c.batch_size, seed=rng.stream_seed(c.seed, "pretrain_data"))["x"]
@@ -173,40 +157,42 @@ def _batch(exp, step: int):
 
 def pretrain(exp, variables, workdir: str, writer, primary: bool, progress: bool = False) -> dict:
     """Run (or resume) the pretraining stage and return the params with the pretrained layers filled in."""
-    c = exp.config
-    params = variables["params"]
-    if not plan(c, params):
+    c, params = exp.config, variables["params"]
+    names = plan(c, params)
+    if not names:
         return params
-    names, tx, io, strides, state = _setup(exp, variables)
-    act = components.get_activation(c.activation)
-    steps_fn = {n: _make_step(c, tx, act, strides[n]) for n in names}
+    tx, act = optax.adam(c.pretrain.learning_rate), components.get_activation(c.activation)
+    io = {n: _layer_io_fn(exp.eval_model, n) for n in names}
+    steps_fn = {}
+    for n in names:  # a strided conv: its stride from the ratio of input to output size
+        h_in, h_out = jax.eval_shape(io[n], variables, _batch(exp, 0))
+        steps_fn[n] = _make_step(c, tx, act, tuple(a // b for a, b in zip(h_in.shape[1:-1], h_out.shape[1:-1]))
+                                 or None)
     noise_key = rng.rng_stream(c.seed, "pretrain_noise")
 
     def step_fn(state, s):
-        i = s // c.pretrain.steps
-        # the input of layer i in the network, the layers before it already pretrained
-        learned = {n: state["aes"][n] for n in names[:i]}
-        h, _ = io[names[i]]({**variables, "params": _with_layers(params, learned)}, _batch(exp, s))
-        ae, opt, loss = steps_fn[names[i]](state["aes"][names[i]], state["opts"][names[i]], h,
-                                           jax.random.fold_in(noise_key, s))
-        new = {"step": jnp.asarray(s + 1, jnp.int32), "aes": {**state["aes"], names[i]: ae},
-               "opts": {**state["opts"], names[i]: opt}}
-        return new, {"loss": loss, "layer": i}
+        n = names[s // c.pretrain.steps]
+        # the input of layer n in the network, the layers before it already pretrained
+        learned = {m: state["aes"][m] for m in names[:names.index(n)]}
+        h, _ = io[n]({**variables, "params": _with_layers(params, learned)}, _batch(exp, s))
+        ae, opt, loss = steps_fn[n](state["aes"][n], state["opts"][n], h, jax.random.fold_in(noise_key, s))
+        new = {"step": jnp.asarray(s + 1, jnp.int32), "aes": {**state["aes"], n: ae}, "opts": {**state["opts"], n: opt}}
+        return new, {"loss": loss, "layer": names.index(n)}
 
-    stage = _stage(c, names, "")
+    state = _init_state(params, names, tx)
     with contextlib.ExitStack() as stack:
         ckpt = stack.enter_context(contextlib.closing(_checkpointer(workdir)))
         if ckpt.steps():
             state = flax.serialization.from_state_dict(state, ckpt.restore(flax.serialization.to_state_dict(state)))
-        bar = stack.enter_context(contextlib.closing(metrics_lib.Progress(stage.total, int(state["step"]),
-                                                                          enabled=progress)))
+        stage = _stage(c, names, ckpt.directory)
+        start = int(state["step"])
+        bar = stack.enter_context(contextlib.closing(metrics_lib.Progress(stage.total, start, enabled=progress)))
 
         def save(state, done):
             if primary:
                 ckpt.save(done, flax.serialization.to_state_dict(state))
 
-        state, _ = stage_lib.run_stage(dataclasses.replace(stage, checkpoint_dir=ckpt.directory), state,
-                                       int(state["step"]), step_fn, save, writer=writer, progress=bar)
+        state, _ = stage_lib.run_stage(stage, state, start, step_fn, save, writer=writer, progress=bar)
     return _with_layers(params, state["aes"])
 
 

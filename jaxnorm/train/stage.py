@@ -1,10 +1,7 @@
-"""One driver for every training stage: the supervised run and each layer-wise pretraining stage.
-
-A stage is a sequence of steps ``state, metrics = step_fn(state, s)`` for ``s = start … total − 1``. The driver owns
-what every stage needs and must do the same way: the cadence of log rows, evaluations and checkpoints, the check that
-the loss is finite before anything is written after it, and Ctrl-C (the state of the last finished step is saved and a
-:class:`KeyboardInterrupt` says where, so the same command resumes). Closing files is the caller's, through a
-``contextlib.ExitStack``.
+"""One driver for every training stage (the supervised run, layer-wise pretraining): steps ``state, metrics =
+step_fn(state, s)``, the cadence of log rows, evaluations and checkpoints, the finite-loss check before anything is
+written after a step, and Ctrl-C (the last finished step is saved; the message says how to resume). The caller closes
+files, through a ``contextlib.ExitStack``.
 """
 
 from __future__ import annotations
@@ -19,10 +16,6 @@ import numpy as np
 
 class NonFiniteLossError(FloatingPointError):
     """The loss of a training or pretraining step became NaN or Inf."""
-
-
-def _never(done: int) -> bool:
-    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +36,7 @@ class Stage:
     checkpoint_at: Callable[[int], bool]
     summarize: Callable[[list[dict]], dict]
     hint: str
-    eval_at: Callable[[int], bool] = _never
+    eval_at: Callable[[int], bool] = lambda done: False
     detail: Callable[[dict], str] = lambda m: ""  # context of a NaN loss, e.g. the learning rate
 
 
@@ -73,8 +66,7 @@ def run_stage(stage: Stage, state: Any, start: int, step_fn: Callable, save_fn: 
             pending.append((s, m))
             done = s + 1
             last = done == stage.total
-            log = stage.log_at(done) or last
-            ckpt = stage.checkpoint_at(done) or last
+            log, ckpt = stage.log_at(done) or last, stage.checkpoint_at(done) or last
             ev = evaluate is not None and (stage.eval_at(done) or last)
             if log or ckpt or ev:
                 check_finite(stage, pending)
