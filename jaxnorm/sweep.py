@@ -139,15 +139,35 @@ def _status(workdir: str, config) -> dict | None:
     """The recorded result of a finished (or diverged) run with this config, or None."""
     from jaxnorm.train import config as config_lib
 
-    path = os.path.join(workdir, RESULT_FILE)
-    if not os.path.exists(path):
+    result = _read_result(os.path.join(workdir, RESULT_FILE))
+    if result is None:
         return None
-    with open(path) as f:
-        result = json.load(f)
     # both sides through result_affecting: a result recorded under earlier key names still matches
     same = (config_lib.result_affecting(result.get("config") or {})
             == json.loads(json.dumps(config_lib.result_affecting(config))))
     return result if same and result.get("num_steps") == config.num_steps else None
+
+
+def _read_result(path: str) -> dict | None:
+    """The result a run recorded in ``path``, or None when there is none. A file that is not a JSON result object
+    (torn: a machine crash before it reached the disk, an interrupted copy; or edited) is no result either, with a
+    warning naming it: the run resumes from its last checkpoint (a finished run is only evaluated again) and writes
+    the file anew; its wall time and commit are then the rerun's."""
+    try:
+        with open(path, "rb") as f:
+            result = json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        problem = f"not valid JSON: {e}"
+    else:
+        if (isinstance(result, dict) and isinstance(result.get("status"), str)
+                and isinstance(result.get("config") or {}, dict)):
+            return result
+        problem = "not a result object"
+    print(f"warning: {path} is {problem}; treating the run as not finished (it resumes from its checkpoint and "
+          "writes the file again)", file=sys.stderr)
+    return None
 
 
 def _write_json(path: str, obj) -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import errno
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import sys
 import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxnorm.train.config import ADDED_KEY_DEFAULTS, result_affecting
@@ -34,7 +42,7 @@ def check_workdir(workdir: str, config) -> bool:
         aside = os.path.join(workdir, f"previous-{time.strftime('%Y%m%d-%H%M%S')}")
         os.makedirs(aside)
         for name in os.listdir(workdir):
-            if not name.startswith("previous-"):
+            if not name.startswith("previous-") and name != ".lock":  # the lock of this run stays
                 shutil.move(os.path.join(workdir, name), aside)
         print(f"resume=False: the earlier run in {workdir} was moved to {aside}")
         return False
@@ -54,55 +62,335 @@ def check_workdir(workdir: str, config) -> bool:
 
 
 def save_config(workdir: str, config) -> None:
+    """Write ``WORKDIR/config.json`` atomically: a temporary file, flushed and fsync'ed, then ``os.replace``d over
+    the old one, so a crash leaves either the old or the new config, never a truncated one."""
     os.makedirs(workdir, exist_ok=True)
-    tmp = _config_path(workdir) + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json(indent=2, sort_keys=True))
-    os.replace(tmp, _config_path(workdir))
+    path = _config_path(workdir)
+    _write_atomically(path, config.to_json(indent=2, sort_keys=True))
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself durable (best effort: not every file system allows it)
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+MANIFEST = "jaxnorm_manifest.json"
+_MANIFEST_FORMAT = "jaxnorm checkpoint manifest"
+_MESSAGE_CHARS = 150  # of an orbax/TensorStore message quoted in ours (they can be pages long)
+
+
+def _key_name(k) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _leaves(tree) -> list[tuple[str, Any]]:
+    """``(path, leaf)`` of every leaf, the path its keys joined by ``/`` (``params/Dense_0/kernel``)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [("/".join(_key_name(k) for k in path), leaf) for path, leaf in flat]
+
+
+def _host_bytes(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(_host_bytes(a)).hexdigest()
+
+
+def _short(e: BaseException, strip: str = "") -> str:
+    """``Type: message`` on one line, the message cut to ~150 characters (no TensorStore dump)."""
+    msg = re.sub(r'(Error opening "\w+" driver: )+', "", " ".join(str(e).split()))  # TensorStore's wrappers
+    if strip:
+        msg = msg.replace(strip + os.sep, "").replace(strip, ".")
+    if len(msg) > _MESSAGE_CHARS:
+        msg = msg[:_MESSAGE_CHARS - 3] + "..."
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it was raised from) is ENOSPC; TensorStore reports it as a ValueError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e) or "os_error_code='28'" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _not_the_checkpoint(e: BaseException) -> bool:
+    """Read failures that say nothing about the checkpoint's bytes (memory, permissions): never moved aside."""
+    msg = str(e)
+    return (isinstance(e, (MemoryError, PermissionError)) or "PERMISSION_DENIED" in msg
+            or "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg)
+
+
+class _ClosedLoopFilter:
+    """When a read fails, orbax closes its event loop while TensorStore callbacks are still pending; each then prints
+    an 'Event loop is closed' traceback (through ``sys.unraisablehook``) after our one line, sometimes a moment after
+    the restore has returned. Only those are dropped, from a Checkpointer's first restore until its ``close``."""
+
+    def __init__(self):
+        self.previous, self.active = sys.unraisablehook, True
+        sys.unraisablehook = self
+
+    def __call__(self, unraisable):
+        exc = unraisable.exc_value
+        if not (self.active and isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            self.previous(unraisable)
+
+    def remove(self):
+        self.active = False  # (if another hook was installed over this one, this one stays, passing all through)
+        if sys.unraisablehook is self:
+            sys.unraisablehook = self.previous
+
+
+class _Bad(Exception):
+    """A checkpoint found corrupt; ``str`` is the reason."""
 
 
 class Checkpointer:
-    """Keeps the last ``keep`` checkpoints of the state under ``WORKDIR/checkpoints/<step>``."""
+    """Keeps the last ``keep`` checkpoints of the state under ``WORKDIR/checkpoints/<step>``, each verified.
+
+    After orbax has written a step, ``<step>/jaxnorm_manifest.json`` records the sha256 of every leaf's bytes with
+    its dtype and shape (keyed by the leaf's path, written atomically); ``restore`` checks every restored leaf
+    against it, so a flipped bit that orbax/TensorStore decodes without complaint is still caught. A checkpoint
+    without a manifest (written before manifests existed) is restored as before, unverified.
+
+    A bad checkpoint (unreadable, truncated or missing file, checksum mismatch, missing manifest entry) is named in
+    one line and moved aside to ``<step>`` -> ``corrupt-<step>`` (by process 0 only; the others skip it). Asked for
+    the latest, ``restore`` then falls back to the newest good earlier checkpoint; asked for a given step, it raises
+    :class:`CheckpointError`. A checkpoint that is intact but holds a different tree than the target (other code)
+    is an error and stays where it is.
+
+    With several processes, process 0 alone writes (the state is replicated) and each process reads on its own;
+    every process verifies what it reads, so all fall back to the same step when a checkpoint is corrupt.
+    """
 
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        kw = {}
+        self._keep = keep
+        self._kw = {}
         if jax.process_count() > 1:
             # process 0 alone writes (the state is replicated); each process reads on its own, with no barrier
             me = jax.process_index()
-            kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+            self._kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(primary_host=me,
+                                                                                    active_processes={me})
+        self._writer = jax.process_index() == 0
+        self._skipped: set[int] = set()  # corrupt steps another process (process 0) moves aside
+        self._quiet: _ClosedLoopFilter | None = None
         os.makedirs(self.directory, exist_ok=True)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not kw, enable_async_checkpointing=False,
-                                               **kw)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = self._manager()
+
+    def _manager(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=not self._kw,
+                                               enable_async_checkpointing=False, **self._kw)
+        return ocp.CheckpointManager(self.directory, options=options)
+
+    def _reload(self) -> None:
+        """A fresh manager: orbax caches the steps it has seen, and would skip a save of a step moved away."""
+        self.manager.close()
+        self.manager = self._manager()
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
 
     def steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
+        return sorted(s for s in self.manager.all_steps() if s not in self._skipped)
 
     def save(self, step: int, state: Any) -> None:
+        """Write ``state`` as checkpoint ``step`` (a no-op if that step exists), then its manifest. A full disk is a
+        one-line :class:`CheckpointError` and the half-written step is removed."""
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, args=ocp.args.StandardSave(jax.device_get(state)))
-        self.manager.wait_until_finished()
+        host = jax.device_get(state)
+        try:
+            # force: a step below the latest (after restore_step=N, or after a corrupt one was moved aside) is saved
+            self.manager.save(step, args=ocp.args.StandardSave(host), force=True)
+            self.manager.wait_until_finished()
+            self._write_manifest(step, host)
+        except Exception as e:
+            if not _disk_full(e):
+                raise
+            self._remove_partial(step)
+            nbytes = sum(np.asarray(leaf).nbytes for _, leaf in _leaves(host))
+            raise CheckpointError(
+                f"disk full while writing checkpoint step {step} to {self.directory}: No space left on device "
+                f"(ENOSPC, from {type(e).__name__}); "
+                f"the partial step was removed; free at least ~{max(1, math.ceil(nbytes / 1e6))} MB and rerun "
+                "(it resumes from the last checkpoint)") from None
+        self._skipped.discard(step)
+
+    def _write_manifest(self, step: int, host: Any) -> None:
+        leaves = {}
+        for path, leaf in _leaves(host):
+            a = np.asarray(leaf)
+            leaves[path] = {"dtype": str(a.dtype), "shape": list(a.shape), "sha256": _digest(a)}
+        manifest = {"format": _MANIFEST_FORMAT, "version": 1, "step": step, "leaves": leaves}
+        _write_atomically(os.path.join(self._step_dir(step), MANIFEST), json.dumps(manifest, indent=1))
+
+    def _remove_partial(self, step: int) -> None:
+        for name in os.listdir(self.directory):
+            if name == str(step) or name.startswith(f"{step}.orbax-checkpoint-tmp"):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        self._reload()
 
     def restore(self, target: Any, step: int = -1) -> Any:
-        """Restore into the structure of ``target`` (latest, or ``step``); clear errors for missing or broken ones."""
+        """Restore into the structure of ``target`` (latest, or ``step``), verified against the step's manifest.
+
+        Latest (``step=-1``): a corrupt checkpoint is moved aside to ``corrupt-<step>`` with one printed line and the
+        newest good earlier one is restored; none left is a :class:`CheckpointError`. A given ``step`` that is
+        corrupt is moved aside and raised as a :class:`CheckpointError` naming the reason and the steps left."""
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        if step == -1:
-            step = steps[-1]
-        elif step not in steps:
-            raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
+        target = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, np.generic) else x, target)
+        if step != -1:
+            if step not in steps:
+                raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
+            try:
+                return self._restore_verified(target, step)
+            except _Bad as bad:
+                aside = self._set_aside(step)
+                left = self.steps()
+                which = "Earlier" if all(s < step for s in left) else "Remaining"
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} is corrupt ({bad}); {aside}. {which} checkpoints "
+                    f"are kept: {left or 'none'}; restore one with --config.restore_step=N") from None
+        lines = []
+        for s in reversed(steps):
+            try:
+                restored = self._restore_verified(target, s)
+            except _Bad as bad:
+                lines.append(f"checkpoint step {s} in {self.directory} is corrupt ({bad}); {self._set_aside(s, True)}")
+                continue
+            for line in lines:
+                print(f"{line}; resuming from step {s}")
+            return restored
+        for line in lines:
+            print(line)
+        where = "moved aside to corrupt-<step>" if self._writer else "left for process 0 to move aside"
+        raise CheckpointError(
+            f"no good checkpoint remains in {self.directory}: steps {steps} are corrupt ({where}); pass "
+            "--config.resume=False to start over (the run is moved into previous-<time>/), or use a new --workdir")
+
+    def _set_aside(self, step: int, full_path: bool = False) -> str:
+        """Move a corrupt step out of orbax's sight (process 0); the phrase that says where it went."""
+        if not self._writer:
+            self._skipped.add(step)
+            return "left for process 0 to move aside"
+        src, name = self._step_dir(step), f"corrupt-{step}"
+        n = 1
+        while os.path.lexists(os.path.join(self.directory, name)):
+            n += 1
+            name = f"corrupt-{step}-{n}"
         try:
-            return self.manager.restore(step, args=ocp.args.StandardRestore(target))
+            os.rename(src, os.path.join(self.directory, name))
+        except OSError as e:
+            self._skipped.add(step)
+            return f"could not move it aside ({_short(e, self.directory)})"
+        self._reload()
+        return f"moved to {os.path.join(self.directory, name) if full_path else name}"
+
+    def _restore_verified(self, target: Any, step: int) -> Any:
+        """The restored state, or :class:`_Bad` naming why checkpoint ``step`` is corrupt; a read failure that is
+        not the checkpoint's fault (another tree, memory, permissions) is a :class:`CheckpointError`."""
+        manifest, manifest_error = None, None
+        path = os.path.join(self._step_dir(step), MANIFEST)
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    manifest = json.load(f)
+                if manifest.get("format") != _MANIFEST_FORMAT or not all(
+                        {"dtype", "shape", "sha256"} <= set(v) for v in manifest["leaves"].values()):
+                    raise ValueError("not a jaxnorm manifest")
+            except Exception as e:  # truncated, garbled, not ours
+                manifest, manifest_error = None, f"manifest unreadable: {_short(e, self.directory)}"
+        try:
+            if self._quiet is None:
+                self._quiet = _ClosedLoopFilter()
+            restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
         except Exception as e:  # orbax raises many types for truncated/corrupt files
-            earlier = [s for s in steps if s != step]
+            self._check_not_a_mismatch(step, target, manifest, e)
+            raise _Bad(f"data unreadable: {_short(e, self.directory)}") from None
+        if manifest_error:
+            raise _Bad(manifest_error)
+        if manifest is not None:
+            self._verify(restored, manifest["leaves"])
+        return restored
+
+    def _check_not_a_mismatch(self, step: int, target: Any, manifest: dict | None, e: Exception) -> None:
+        """Raise a :class:`CheckpointError` (the checkpoint left in place) if orbax failed for a reason other than
+        the checkpoint's bytes: a tree that differs from ``target`` (by the manifest, else orbax's own metadata),
+        memory or permissions."""
+        if _not_the_checkpoint(e):
+            raise CheckpointError(f"could not read checkpoint step {step} in {self.directory} "
+                                  f"({_short(e, self.directory)}); it was left in place") from None
+        saved = set(manifest["leaves"]) if manifest is not None else _orbax_tree_paths(self._step_dir(step))
+        if saved is None:
+            return  # orbax's metadata is unreadable too: corrupt
+        wanted = {p for p, _ in _leaves(target)}
+        if saved != wanted:
+            only_saved, only_wanted = sorted(saved - wanted)[:3], sorted(wanted - saved)[:3]
             raise CheckpointError(
-                f"the checkpoint of step {step} in {self.directory} is unreadable ({type(e).__name__}: "
-                f"{str(e)[:200]}). Earlier checkpoints are kept: {earlier or 'none'}; restore one with "
-                f"--config.restore_step=N, or move the broken directory away."
-            ) from e
+                f"checkpoint step {step} in {self.directory} holds a different tree than the state restored into "
+                f"(only in the checkpoint: {only_saved}; only in the state: {only_wanted}); it was left in place: "
+                "restore it with the code that wrote it, or use a new --workdir") from None
+
+    @staticmethod
+    def _verify(restored: Any, entries: dict) -> None:
+        bad = []
+        for path, leaf in _leaves(restored):
+            entry = entries.get(path)
+            if entry is None:
+                raise _Bad(f"no manifest entry for {path}")
+            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+                continue  # not on this process alone (not how this project restores)
+            a = np.asarray(leaf)
+            if str(a.dtype) != entry["dtype"]:
+                continue  # converted to the target's dtype on restore: its bytes are not the saved ones
+            if list(a.shape) != list(entry["shape"]):
+                raise _Bad(f"{path} has shape {a.shape}, the manifest says {tuple(entry['shape'])}")
+            if _digest(a) != entry["sha256"]:
+                bad.append(path)
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise _Bad(f"checksum mismatch in {', '.join(bad[:3])}{more}")
 
     def close(self) -> None:
         self.manager.close()
+        if self._quiet is not None:
+            self._quiet.remove()
+            self._quiet = None
+
+
+def _orbax_tree_paths(step_dir: str) -> set[str] | None:
+    """The leaf paths orbax recorded for a step (its ``default/_METADATA``, less the empty containers it records as
+    nodes), or None if that cannot be read."""
+    try:
+        with open(os.path.join(step_dir, "default", "_METADATA")) as f:
+            tree = json.load(f)["tree_metadata"]
+        return {"/".join(str(k) for k in ast.literal_eval(key)) for key, entry in tree.items()
+                if not entry.get("value_metadata", {}).get("skip_deserialize", False)}
+    except Exception:
+        return None

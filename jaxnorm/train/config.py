@@ -8,6 +8,7 @@ valid ones.
 from __future__ import annotations
 
 import difflib
+import math
 
 import ml_collections
 
@@ -61,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
     # options (momentum, num_groups, epsilon, ...) and architecture (channels, depth, width, ...); see
     # jaxnorm.models.ZooModel and the model's class
     c.model_kwargs = ml_collections.ConfigDict()
+    # declared (unset: None) so that the command line can set them on any config; None = the model's default
+    c.model_kwargs.momentum = ml_collections.config_dict.placeholder(float)
+    c.model_kwargs.num_groups = ml_collections.config_dict.placeholder(int)
+    c.model_kwargs.epsilon = ml_collections.config_dict.placeholder(float)
     # optimization
     c.optimizer = "momentum"
     c.learning_rate = 0.1
@@ -127,8 +132,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints", "population_batches"):
         check_positive_int("config", key, config[key])
-    if config.learning_rate <= 0:
-        raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
+    if not math.isfinite(config.learning_rate) or config.learning_rate <= 0:
+        raise ValueError(f"config.learning_rate must be a finite number > 0, got {config.learning_rate}")
+    for key in ("momentum", "weight_decay", "max_norm", "embedding_reg"):
+        if not math.isfinite(config[key]) or config[key] < 0:
+            raise ValueError(f"config.{key} must be a finite number >= 0 (0 = off), got {config[key]}")
+    if config.momentum >= 1:
+        raise ValueError(f"config.momentum must be < 1 (the optimizer's momentum; 0.9 is usual), got {config.momentum}")
     if config.probes.every < 0:
         raise ValueError(f"config.probes.every must be >= 0 (0 = no probes), got {config.probes.every}")
     for group in ("probes", "pretrain"):
@@ -136,9 +146,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if unknown_sub:
             raise ValueError(f"unknown config keys {[group + '.' + k for k in unknown_sub]}. "
                              f"Valid: {sorted(group + '.' + k for k in base[group].keys())}")
-    if config.max_norm < 0 or config.embedding_reg < 0:
-        raise ValueError(f"config.max_norm and config.embedding_reg must be >= 0 (0 = off), got {config.max_norm} "
-                         f"and {config.embedding_reg}")
     if config.size != "small" and config.size not in config.sizes:
         raise ValueError(f"config.size={config.size!r} is not declared by this config; sizes: "
                          f"{['small', *config.sizes.keys()]}")
@@ -183,9 +190,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def upgrade(d: dict) -> dict:
     """A config read back from an earlier run's ``config.json`` with its keys as they are named today: the norm
-    options that were top-level keys (``norm_momentum``, ``num_groups``) become ``model_kwargs`` entries."""
+    options that were top-level keys (``norm_momentum``, ``num_groups``) become ``model_kwargs`` entries, and unset
+    (None) ``model_kwargs`` entries are dropped (the model's default either way)."""
     d = dict(d)
-    kwargs = dict(d.get("model_kwargs") or {})
+    kwargs = {k: v for k, v in (d.get("model_kwargs") or {}).items() if v is not None}  # None: the model's default
     for old, field, default in MOVED_TO_MODEL_KWARGS:
         if old in d:
             value = d.pop(old)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ from jaxnorm.train import checkpoint as ckpt_lib
 from jaxnorm.train import config as config_lib
 from jaxnorm.train import metrics as metrics_lib
 from jaxnorm.train import optim, parallel, pretrain as pretrain_lib, stage as stage_lib, steps
+from jaxnorm.train import workdir as workdir_lib
 from jaxnorm.train.stage import NonFiniteLossError
 
 
@@ -56,7 +58,7 @@ def model_kwargs(config, num_classes: int) -> dict:
     )
     if config.kernel_norm != "none":  # only when set: a registered model need not know the field
         kw["kernel_norm"] = config.kernel_norm
-    kw.update(config.model_kwargs.to_dict())
+    kw.update({k: v for k, v in config.model_kwargs.to_dict().items() if v is not None})  # None: the model's default
     return kw
 
 
@@ -176,12 +178,21 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
     probe = make_probes(exp, shapes)
     pretrain_lib.plan(c, shapes["params"])
     primary = jax.process_index() == 0
-    resume = ckpt_lib.check_workdir(workdir, c) if primary else os.path.exists(os.path.join(workdir, "config.json"))
     if primary:
-        ckpt_lib.save_config(workdir, c)
+        workdir_lib.check(workdir)
     state = steps.create_state(exp.eval_model, exp.tx, example, c.seed)
     with contextlib.ExitStack() as stack:
+        watchdog = stack.enter_context(parallel.PeerWatchdog(c.heartbeat_timeout)) if jax.process_count() > 1 else None
+        if primary:  # held until the run ends; taken before resume=False moves anything
+            stack.enter_context(workdir_lib.locked(workdir))
+        resume = (ckpt_lib.check_workdir(workdir, c) if primary
+                  else os.path.exists(os.path.join(workdir, "config.json")))
         checkpointer = stack.enter_context(contextlib.closing(ckpt_lib.Checkpointer(workdir, c.keep_checkpoints)))
+        if resume and c.restore_step != -1 and c.restore_step not in checkpointer.steps():
+            raise ckpt_lib.CheckpointError(f"no checkpoint for step {c.restore_step} in {checkpointer.directory}; "
+                                           f"available: {checkpointer.steps()}")
+        if primary:  # only once every check has passed: a failed command leaves config.json as it was
+            ckpt_lib.save_config(workdir, c)
         writer = stack.enter_context(contextlib.closing(metrics_lib.MetricWriter(workdir, enabled=primary)))
         progress_on = c.progress and primary
         if not checkpointer.steps() and c.pretrain.layers:  # stage 1 (until fine-tuning has a checkpoint)
@@ -191,12 +202,15 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
             restored = checkpointer.restore(flax.serialization.to_state_dict(state), c.restore_step)
             state = flax.serialization.from_state_dict(state, restored)
             print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
+            if watchdog is not None:
+                watchdog.last_checkpoint = int(state.step)
 
         train_step = dp.compile(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed,
                                                       axis_name=dp.axis_name, sync_bn=c.sync_bn, loss=exp.loss,
                                                       embedding_reg=c.embedding_reg))
         eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))
         start = int(state.step)
+        writer.rewind_to(start)  # the rows (and TensorBoard points) of steps that run again are dropped
         progress = stack.enter_context(contextlib.closing(metrics_lib.Progress(c.num_steps, start,
                                                                                enabled=progress_on)))
 
@@ -209,6 +223,8 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
         def save(dstate, done):
             if primary:
                 checkpointer.save(done, flax.serialization.to_state_dict(dp.get_state(dstate)))
+            if watchdog is not None:
+                watchdog.last_checkpoint = done
 
         dstate, last_eval = stage_lib.run_stage(
             _stage(c, checkpointer.directory), dp.put_state(state), start, step_fn, save, writer=writer,
@@ -269,11 +285,31 @@ def main(config, workdir: str, explicit=()) -> int:
     """CLI entry point: returns the process exit status; known errors are one clear line, not a traceback."""
     try:
         result = train_and_evaluate(config, workdir, explicit)
+    except stage_lib.Terminated as e:
+        print(str(e))
+        return 143
     except KeyboardInterrupt as e:
         print(str(e) or "interrupted")
         return 130
-    except (ValueError, KeyError, ckpt_lib.CheckpointError, NonFiniteLossError, data_lib.DatasetNotPreparedError) as e:
+    except (ValueError, KeyError, ckpt_lib.CheckpointError, NonFiniteLossError, data_lib.DatasetNotPreparedError,
+            workdir_lib.WorkdirError, parallel.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        # a collective whose peer is gone: one line, then exit at once (a normal shutdown would wait on the peer)
+        ckpt = os.path.join(workdir, "checkpoints")
+        saved = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) if os.path.isdir(ckpt) else []
+        print(f"error: process {jax.process_index()} of {jax.process_count()}: a peer process stopped responding "
+              f"({' '.join(str(e).split())[:120]}); last checkpoint step {saved[-1] if saved else 'none'}. Restart "
+              "every process with the same command to resume", file=sys.stderr, flush=True)
+        os._exit(1)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: disk full while writing {e.filename or workdir}: free space on that file system and rerun "
+              "the same command to resume", file=sys.stderr)
         return 1
     print("final eval: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
     return 0

@@ -15,6 +15,10 @@ unreplicated state, so a run can resume on a different number of devices.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import threading
+import time
 from typing import Any, Callable
 
 import jax
@@ -51,10 +55,85 @@ def initialize_distributed(config) -> None:
             f"multi-process training needs coordinator_address (host:port), num_processes >= 2 and 0 <= process_id "
             f"< num_processes; got {config.coordinator_address!r}, {config.num_processes}, {config.process_id}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
-    jax.distributed.initialize(
-        coordinator_address=config.coordinator_address, num_processes=config.num_processes,
-        process_id=config.process_id, heartbeat_timeout_seconds=config.heartbeat_timeout,
-        initialization_timeout=config.heartbeat_timeout * 3, shutdown_timeout_seconds=config.heartbeat_timeout)
+    timeout = config.heartbeat_timeout * 3
+    try:
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address, num_processes=config.num_processes,
+            process_id=config.process_id, heartbeat_timeout_seconds=config.heartbeat_timeout,
+            initialization_timeout=timeout, shutdown_timeout_seconds=config.heartbeat_timeout)
+    except Exception as e:  # noqa: BLE001 - XLA raises its runtime error type for every connection failure
+        raise DistributedError(
+            f"process {config.process_id} of {config.num_processes}: not every process connected to the coordinator "
+            f"{config.coordinator_address} within the initialization timeout ({timeout} s = 3 × heartbeat_timeout); "
+            f"start all {config.num_processes} processes with the same --config.coordinator_address "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+
+
+class DistributedError(RuntimeError):
+    """A multi-process run that cannot start, or whose peers stopped responding."""
+
+
+class PeerWatchdog:
+    """Exits this process with one line when a peer stops responding, instead of hanging in a collective or letting
+    XLA abort with a core dump.
+
+    Every process bumps its own counter in the coordination service's key-value store once a second and watches the
+    others'; a peer whose counter has not moved for ``timeout`` seconds (or a coordinator that no longer answers) is
+    reported as ``error: process K of N stopped responding; last checkpoint step S`` and the process exits with
+    status 1. ``last_checkpoint`` is kept up to date by the caller."""
+
+    def __init__(self, timeout: float, interval: float = 1.0):
+        from jax._src import distributed  # the client of jax.distributed: no public handle to it exists
+
+        self.client = distributed.global_state.client
+        self.me, self.n = jax.process_index(), jax.process_count()
+        self.timeout, self.interval = timeout, interval
+        self.last_checkpoint: int | None = None
+        self._stop = threading.Event()
+        self._last_answer = time.monotonic()
+
+    def __enter__(self):
+        if self.client is not None and self.n > 1:
+            threading.Thread(target=self._beat, daemon=True).start()
+            threading.Thread(target=self._watch_coordinator, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    def _die(self, who: int) -> None:
+        if self._stop.is_set():
+            return
+        print(f"error: process {who} of {self.n} stopped responding (no heartbeat for {self.timeout:.0f} s); last "
+              f"checkpoint step {self.last_checkpoint if self.last_checkpoint is not None else 'none'}. Restart "
+              "every process with the same command to resume", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    def _beat(self) -> None:
+        seen = {k: (None, None) for k in range(self.n) if k != self.me}  # the clock starts at a peer's first beat
+        beat = 0
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            try:
+                beat += 1
+                self.client.key_value_set(f"jaxnorm/alive/{self.me}", str(beat), allow_overwrite=True)
+                for k, (value, since) in seen.items():
+                    try:
+                        v = self.client.key_value_try_get(f"jaxnorm/alive/{k}")
+                    except Exception:  # noqa: BLE001 - not written yet
+                        v = value
+                    seen[k] = (v, now) if v != value else (value, since)
+                self._last_answer = time.monotonic()
+            except Exception:  # noqa: BLE001 - the coordinator (process 0) is gone
+                self._die(0)
+            for k, (_, since) in seen.items():
+                if since is not None and now - since > self.timeout:
+                    self._die(k)
+
+    def _watch_coordinator(self) -> None:
+        while not self._stop.wait(self.interval):  # a key-value call that hangs: the coordinator is unreachable
+            if time.monotonic() - self._last_answer > self.timeout:
+                self._die(0)
 
 
 def check_batch_size(batch_size: int, num_devices: int) -> None:

@@ -186,6 +186,7 @@ def pretrain(exp, variables, workdir: str, writer, primary: bool, progress: bool
             state = flax.serialization.from_state_dict(state, ckpt.restore(flax.serialization.to_state_dict(state)))
         stage = _stage(c, names, ckpt.directory)
         start = int(state["step"])
+        writer.rewind_to(start, stage="pretrain")
         bar = stack.enter_context(contextlib.closing(metrics_lib.Progress(stage.total, start, enabled=progress)))
 
         def save(state, done):

@@ -6,16 +6,54 @@ files, through a ``contextlib.ExitStack``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
 from typing import Any, Callable
 
+import itertools
+
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+# the preemption sync point wants step ids that only grow, across stages (pretraining, then training)
+_SYNC_IDS = itertools.count()
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss of a training or pretraining step became NaN or Inf."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (preemption, ``kill``): the stage saved at a step boundary and stopped; exit status 143."""
+
+
+@contextlib.contextmanager
+def _stop_signals(sigterm: bool):
+    """``{'signal': None}``, set to SIGINT or SIGTERM when one arrives during the ``with`` block: the stage stops at
+    the next step boundary, never inside JAX's callbacks, where a KeyboardInterrupt can be swallowed. A second Ctrl-C
+    interrupts at once. Main thread only; SIGTERM only when ``sigterm`` (JAX's preemption service owns it in
+    multi-process runs)."""
+    flag = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and flag["signal"] == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    signums = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
+    previous = {n: signal.signal(n, handler) for n in signums}
+    try:
+        yield flag
+    finally:
+        for n, h in previous.items():
+            signal.signal(n, h)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +78,13 @@ class Stage:
     detail: Callable[[dict], str] = lambda m: ""  # context of a NaN loss, e.g. the learning rate
 
 
+def _preempted() -> bool:
+    try:
+        return multihost_utils.reached_preemption_sync_point(next(_SYNC_IDS))
+    except RuntimeError:  # the preemption service is off (jax_enable_preemption_service=False)
+        return False
+
+
 def check_finite(stage: Stage, pending: list) -> None:
     """:class:`NonFiniteLossError` at the first of the ``(step, metrics)`` whose loss is not finite."""
     for step, m in pending:
@@ -60,33 +105,48 @@ def run_stage(stage: Stage, state: Any, start: int, step_fn: Callable, save_fn: 
     last_eval = None
     done = start
     t_window = time.perf_counter()
+
+    def write_row():
+        nonlocal pending, t_window
+        row = stage.summarize([metrics for _, metrics in pending])
+        now = time.perf_counter()
+        row["steps_per_sec"] = len(pending) / (now - t_window)
+        writer.write(done, stage.split, row)
+        if progress is not None:
+            progress.update(done, f"loss {row['loss']:.4f}")
+        pending, t_window = [], now
+
+    multi = jax.process_count() > 1
     try:
-        for s in range(start, stage.total):
-            state, m = step_fn(state, s)
-            pending.append((s, m))
-            done = s + 1
-            last = done == stage.total
-            log, ckpt = stage.log_at(done) or last, stage.checkpoint_at(done) or last
-            ev = evaluate is not None and (stage.eval_at(done) or last)
-            if log or ckpt or ev:
-                check_finite(stage, pending)
-            if log:
-                row = stage.summarize([metrics for _, metrics in pending])
-                now = time.perf_counter()
-                row["steps_per_sec"] = len(pending) / (now - t_window)
-                writer.write(done, stage.split, row)
-                if progress is not None:
-                    progress.update(done, f"loss {row['loss']:.4f}")
-                pending, t_window = [], now
-            if ev:
-                last_eval = evaluate(state)
-                writer.write(done, "eval", last_eval)
-                t_window = time.perf_counter()
-            if ckpt:
-                save_fn(state, done)
-    except KeyboardInterrupt:
+        # several processes: JAX's preemption service owns SIGTERM and agrees on the step at which all stop
+        with _stop_signals(sigterm=not multi) as stop:
+            for s in range(start, stage.total):
+                if stop["signal"] == signal.SIGINT:
+                    raise KeyboardInterrupt
+                if stop["signal"] == signal.SIGTERM or (multi and _preempted()):
+                    raise Terminated
+                state, m = step_fn(state, s)
+                pending.append((s, m))
+                done = s + 1
+                last = done == stage.total
+                log, ckpt = stage.log_at(done) or last, stage.checkpoint_at(done) or last
+                ev = evaluate is not None and (stage.eval_at(done) or last)
+                if log or ckpt or ev:
+                    check_finite(stage, pending)
+                if log:
+                    write_row()
+                if ev:
+                    last_eval = evaluate(state)
+                    writer.write(done, "eval", last_eval)
+                    t_window = time.perf_counter()
+                if ckpt:
+                    save_fn(state, done)
+    except KeyboardInterrupt as e:
         check_finite(stage, pending)
+        if pending:  # the steps since the last row get their row: the checkpoint below includes them
+            write_row()
         save_fn(state, done)
-        raise KeyboardInterrupt(f"interrupted at {stage.step_label} {done}; checkpoint saved in "
-                                f"{stage.checkpoint_dir}. Rerun the same command to resume.") from None
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        raise type(e)(f"{how} at {stage.step_label} {done}; checkpoint saved in {stage.checkpoint_dir}. Rerun the "
+                      "same command to resume.") from None
     return state, last_eval
