@@ -141,6 +141,8 @@ def run_stage(stage: Stage, state: Any, start: int, step_fn: Callable, save_fn: 
                     t_window = time.perf_counter()
                 if ckpt:
                     save_fn(state, done)
+            if stop["signal"] is not None:  # arrived during the last step: the run is complete and saved
+                raise KeyboardInterrupt if stop["signal"] == signal.SIGINT else Terminated
     except KeyboardInterrupt as e:
         check_finite(stage, pending)
         if pending:  # the steps since the last row get their row: the checkpoint below includes them
