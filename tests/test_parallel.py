@@ -10,7 +10,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -151,17 +150,20 @@ def test_two_processes_match_one_process(tmp_path):
         np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=1e-5, err_msg=k)
 
 
+def _wait_for_training(procs, metrics, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+        time.sleep(0.1)
+    assert metrics.exists(), "training never started"
+
+
 def test_killed_process_makes_the_other_fail_fast(tmp_path):
     port = _free_port()
     flags = ["--config.num_steps=100000", "--config.log_every=1", "--config.checkpoint_every=100000",
              "--config.eval_every=100000"]
     procs = [_launch(tmp_path / "run", pid, port, *flags) for pid in (0, 1)]
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-        assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
-        time.sleep(0.1)
-    assert metrics.exists(), "training never started"
+    _wait_for_training(procs, tmp_path / "run" / "metrics.jsonl")
     procs[1].send_signal(signal.SIGKILL)
     t0 = time.time()
     try:
@@ -173,14 +175,6 @@ def test_killed_process_makes_the_other_fail_fast(tmp_path):
     assert len([x for x in err.strip().splitlines() if x.strip()]) == 1, err[-3000:]
     assert procs[0].returncode == 1, (procs[0].returncode, err[-3000:])  # an exit, not an abort (134)
     assert time.time() - t0 < 10 + 5  # heartbeat_timeout + 5 s
-
-
-def _wait_for_training(procs, metrics, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
-        time.sleep(0.1)
-    assert metrics.exists(), "training never started"
 
 
 def test_killed_coordinator_makes_the_other_exit_with_one_line(tmp_path):
