@@ -67,8 +67,9 @@ def _supervise(argv, config, workdir: str) -> int:
               f"({config.heartbeat_timeout * 3} s = 3 × heartbeat_timeout); start all {config.num_processes} "
               "processes with the same --config.coordinator_address", file=sys.stderr)
         return 1
-    ckpt = os.path.join(workdir, "checkpoints")
-    saved = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) if os.path.isdir(ckpt) else []
+    from jaxnorm.train.checkpoint import saved_steps
+
+    saved = saved_steps(workdir)
     print(f"error: process {config.process_id} of {config.num_processes}: a peer process or the coordinator stopped "
           f"responding (the JAX distributed service reported it); last checkpoint step "
           f"{saved[-1] if saved else 'none'}. Restart every process with the same command to resume", file=sys.stderr)

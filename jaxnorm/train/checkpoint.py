@@ -61,6 +61,13 @@ def check_workdir(workdir: str, config) -> bool:
     return True
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """The steps with a checkpoint directory under ``WORKDIR/checkpoints``, read from the directory listing alone
+    (no orbax, no verification): for messages about a run that is failing."""
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
 def save_config(workdir: str, config) -> None:
     """Write ``WORKDIR/config.json`` atomically: a temporary file, flushed and fsync'ed, then ``os.replace``d over
     the old one, so a crash leaves either the old or the new config, never a truncated one."""

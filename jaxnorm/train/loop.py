@@ -299,8 +299,7 @@ def main(config, workdir: str, explicit=()) -> int:
         if jax.process_count() == 1:
             raise
         # a collective whose peer is gone: one line, then exit at once (a normal shutdown would wait on the peer)
-        ckpt = os.path.join(workdir, "checkpoints")
-        saved = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) if os.path.isdir(ckpt) else []
+        saved = ckpt_lib.saved_steps(workdir)
         print(f"error: process {jax.process_index()} of {jax.process_count()}: a peer process stopped responding "
               f"({' '.join(str(e).split())[:120]}); last checkpoint step {saved[-1] if saved else 'none'}. Restart "
               "every process with the same command to resume", file=sys.stderr, flush=True)
