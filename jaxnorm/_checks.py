@@ -111,6 +111,44 @@ def check_rate(name: str, rate: Any) -> None:
         )
 
 
+def check_groups(name: str, channels: int, num_groups: int | None, group_size: int | None) -> int:
+    """The number of groups G of a group norm over ``channels`` channels given exactly one of ``num_groups`` and
+    ``group_size``; ValueError naming the divisors of ``channels`` otherwise."""
+    if (num_groups is None) == (group_size is None):
+        raise ValueError(
+            f"{name}: give exactly one of num_groups and group_size (got num_groups={num_groups}, "
+            f"group_size={group_size}); e.g. num_groups=32 (Wu & He's default), or group_size=16"
+        )
+    divisors = [d for d in range(1, channels + 1) if channels % d == 0]
+    if group_size is not None:
+        if not isinstance(group_size, int) or group_size <= 0 or channels % group_size:
+            raise ValueError(
+                f"{name}: {channels} channels are not divisible by group_size={group_size}; choose a divisor of "
+                f"{channels}: {divisors}"
+            )
+        return channels // group_size
+    if not isinstance(num_groups, int) or num_groups <= 0 or channels % num_groups:
+        near = min(divisors, key=lambda d: (abs(d - (num_groups if isinstance(num_groups, int) else 1)), -d))
+        raise ValueError(
+            f"{name}: {channels} channels are not divisible by num_groups={num_groups}; choose a divisor of "
+            f"{channels} such as {near} (divisors: {divisors})"
+        )
+    return num_groups
+
+
+def check_momentum(name: str, momentum: Any):
+    """``momentum`` if it is None (a cumulative average), traced, or a number in [0, 1]; ValueError otherwise."""
+    if momentum is None or is_traced(momentum):
+        return momentum
+    try:
+        m = float(momentum)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: momentum must be a number in [0, 1] or None, got {momentum!r}") from None
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"{name}: momentum must be in [0, 1] (or None for a cumulative average), got {momentum}")
+    return momentum
+
+
 # ---- the autoencoder objective's coefficients (jaxnorm.losses) -----------------------------------------------------
 
 def _check_static(value: Any, where: str, ok, what: str, hint: str) -> None:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._checks import check_epsilon, check_float_input, check_train, is_traced
+from jaxnorm._checks import check_epsilon, check_float_input, check_groups, check_momentum, check_train
 
 Array = jax.Array
 BatchStats = dict  # {'mean': (C,), 'var': (C,), 'count': ()} -- see init_batch_stats
@@ -68,9 +68,7 @@ def _check_convention(convention: str) -> None:
 def _resolve_momentum(momentum: Any, convention: str) -> float | None:
     if momentum is _DEFAULT:
         return _DEFAULT_MOMENTUM[convention]
-    if momentum is not None and not is_traced(momentum) and not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1] (or None for a cumulative average), got {momentum}")
-    return momentum
+    return check_momentum("batch norm", momentum)
 
 
 def _check_stats(name: str, stats: Mapping[str, Array], num_features: int) -> None:
@@ -779,29 +777,6 @@ def rms_norm(
     return _norm_core(x, scale, None, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
 
 
-def _resolve_groups(name: str, channels: int, num_groups: int | None, group_size: int | None) -> int:
-    if (num_groups is None) == (group_size is None):
-        raise ValueError(
-            f"{name}: give exactly one of num_groups and group_size (got num_groups={num_groups}, "
-            f"group_size={group_size}); e.g. num_groups=32 (Wu & He's default), or group_size=16"
-        )
-    divisors = [d for d in range(1, channels + 1) if channels % d == 0]
-    if group_size is not None:
-        if not isinstance(group_size, int) or group_size <= 0 or channels % group_size:
-            raise ValueError(
-                f"{name}: {channels} channels are not divisible by group_size={group_size}; choose a divisor of "
-                f"{channels}: {divisors}"
-            )
-        return channels // group_size
-    if not isinstance(num_groups, int) or num_groups <= 0 or channels % num_groups:
-        near = min(divisors, key=lambda d: (abs(d - (num_groups if isinstance(num_groups, int) else 1)), -d))
-        raise ValueError(
-            f"{name}: {channels} channels are not divisible by num_groups={num_groups}; choose a divisor of "
-            f"{channels} such as {near} (divisors: {divisors})"
-        )
-    return num_groups
-
-
 def group_norm(
     x: Array,
     scale: Array | None = None,
@@ -828,7 +803,7 @@ def group_norm(
     if fax == 0:
         raise ValueError("group_norm: axis 0 is the batch axis; pass the channel axis (-1 for NHWC, 1 for NCHW)")
     scale, bias = _affine("group_norm", x, scale, bias, fax)
-    g = _resolve_groups("group_norm", x.shape[fax], num_groups, group_size)
+    g = check_groups("group_norm", x.shape[fax], num_groups, group_size)
     red = [i for i in range(1, x.ndim) if i != fax]  # per-(example, channel) sums, then per group
     spec = _per_example_spec("group_norm", x, red, epsilon, groups=g, group_axis=fax)
     return _norm_core(x, scale, bias, None, _mask_for(mask, x), spec)[0].astype(x.dtype)

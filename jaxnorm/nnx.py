@@ -1,0 +1,739 @@
+"""Flax NNX layers: thin wrappers over the pure transforms in :mod:`jaxnorm.norms` and :mod:`jaxnorm.dropout`.
+
+The constructor and call conventions are those of ``flax.nnx``: parameters are ``nnx.Param``, running statistics
+``nnx.BatchStat`` (``mean``, ``var`` and the ``count`` of batches a cumulative average needs), random numbers come
+from an ``nnx.Rngs`` stream (``'dropout'``), and the train/eval switches are the attributes ``use_running_average``
+(norms) and ``deterministic`` (dropout), set at construction, overridden per call, or for a whole model with
+``model.train()`` / ``model.eval()`` / ``nnx.view(model, use_running_average=True, deterministic=True)``::
+
+    bn = jn.nnx.BatchNorm(64, momentum=0.9, rngs=nnx.Rngs(0))
+    y = bn(x)                                  # training: batch statistics; running statistics updated in place
+    y = bn(x, use_running_average=True)        # eval: running statistics
+    drop = jn.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1))
+    y = drop(x)                                # a new mask per call from the forked 'dropout' stream
+
+Every formula lives in the pure functions; a layer only holds the variables and passes them in and out. The
+per-example norms accept ``use_running_average`` like the batch norms and ignore it, so a model can call any norm
+the same way. :func:`population_batch_stats` and :func:`fold_batch_norm` do for NNX models what the linen helpers
+do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxnorm import norms as _norms
+from jaxnorm._checks import (check_choice, check_epsilon, check_groups, check_momentum, check_positive_int,
+                             check_rate, check_train, is_traced)
+
+# the package re-exports the function jaxnorm.dropout under the module's name: fetch the module itself
+_do = importlib.import_module("jaxnorm.dropout")
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+__all__ = [
+    "AlphaDropout", "BatchMoments", "BatchNorm", "BatchRenorm", "DropConnectLinear", "Dropout", "DyT",
+    "FoldedBatchNorm", "GaussianDropout", "GroupNorm", "InstanceNorm", "LayerNorm", "LpBatchNorm", "NoisyBatchNorm",
+    "OriginalDropout", "RMSNorm", "SpatialDropout", "SpectralNorm", "StandardizedConv", "WeightNorm",
+    "fold_batch_norm", "population_batch_stats",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# shared pieces: mode flags, random streams, affine parameters
+
+
+def _flag(call_value, attr_value, layer: str, flag: str):
+    """The call's value of ``flag`` if given, else the layer's; neither is an error that lists the three ways."""
+    value = attr_value if call_value is None else call_value
+    if value is None:
+        raise ValueError(
+            f"{layer}: no {flag} was given; pass {flag}=True/False to the constructor or to the call, or set it for "
+            f"the whole model with model.train() / model.eval() or nnx.view(model, {flag}=True/False)"
+        )
+    return value
+
+
+def _training(off, layer: str):
+    """``train`` for the pure functions from a flag that means "not training" (``use_running_average``,
+    ``deterministic``, ``not update_stats``): a Python bool, or a traced boolean scalar (``lax.cond`` then)."""
+    off = check_train(layer, off)
+    return (not off) if isinstance(off, bool) else jnp.logical_not(off)
+
+
+def _stream(rngs, collection: str, layer: str):
+    """The layer's own random stream, forked at construction from ``rngs[collection]`` as ``nnx.Dropout`` does (so
+    the same ``nnx.Rngs`` gives the same masks as Flax's layer)."""
+    if isinstance(rngs, nnx.Rngs):
+        return rngs[collection].fork()
+    if isinstance(rngs, nnx.RngStream):
+        return rngs.fork()
+    if rngs is None:
+        return nnx.data(None)
+    raise TypeError(f"{layer}: rngs must be an nnx.Rngs, an nnx.RngStream or None, got {type(rngs).__name__}")
+
+
+def _key(call_rngs, own, collection: str, layer: str) -> Array:
+    """A PRNG key from the call's ``rngs`` (an ``nnx.Rngs``, an ``nnx.RngStream`` or a key) or the layer's stream."""
+    rngs = own if call_rngs is None else call_rngs
+    if isinstance(rngs, nnx.Rngs):
+        return rngs[collection]()
+    if isinstance(rngs, nnx.RngStream):
+        return rngs()
+    if isinstance(rngs, jax.Array):
+        return rngs
+    if rngs is None:
+        raise ValueError(
+            f"{layer}: training needs random numbers but the layer has no stream; build it with "
+            f"rngs=nnx.Rngs({collection}=0), or pass rngs= (an nnx.Rngs, an nnx.RngStream or a key) to the call"
+        )
+    raise TypeError(f"{layer}: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.Array key, got "
+                    f"{type(rngs).__name__}")
+
+
+def _value(v):
+    return None if v is None else v[...]
+
+
+def _param(use: bool, init: Initializer, rngs: nnx.Rngs, shape, dtype):
+    return nnx.Param(init(rngs.params(), shape, dtype)) if use else nnx.data(None)
+
+
+def _needs_rngs(layer: str, rngs) -> nnx.Rngs:
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(f"{layer}: rngs must be an nnx.Rngs (it initializes the parameters), e.g. rngs=nnx.Rngs(0); "
+                        f"got {type(rngs).__name__}")
+    return rngs
+
+
+class _Affine(nnx.Module):
+    """Per-channel γ/β parameters (``scale``, ``bias``) and the common checks of every norm layer."""
+
+    def _init_affine(self, num_features, epsilon, *, use_scale, use_bias, scale_init, bias_init, param_dtype, dtype,
+                     rngs):
+        name = type(self).__name__
+        rngs = _needs_rngs(name, rngs)
+        self.num_features = check_positive_int(name, "num_features", num_features)
+        self.epsilon = check_epsilon(name, epsilon)
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_scale, self.use_bias = use_scale, use_bias
+        self.scale = _param(use_scale, scale_init, rngs, (num_features,), param_dtype)
+        self.bias = _param(use_bias, bias_init, rngs, (num_features,), param_dtype)
+
+    def _input(self, x, axis: int = -1):
+        x = jnp.asarray(x)
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        if x.ndim == 0 or not -x.ndim <= axis < x.ndim or x.shape[axis] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}: the input of shape {tuple(x.shape)} has "
+                f"{x.shape[axis] if x.ndim and -x.ndim <= axis < x.ndim else 'no'} features on axis {axis}, but the "
+                f"layer was built with num_features={self.num_features}; build it with num_features="
+                f"{x.shape[axis] if x.ndim and -x.ndim <= axis < x.ndim else '<the channel count>'}"
+            )
+        return x
+
+    def _affine(self):
+        return _value(self.scale), _value(self.bias)
+
+
+class BatchMoments(nnx.Variable):
+    """A batch-statistics layer's batch mean, variance and count, recorded for :func:`population_batch_stats`."""
+
+
+class _RunningStats(_Affine):
+    """``nnx.BatchStat`` running statistics ``mean``, ``var``, ``count`` and the ``use_running_average`` switch."""
+
+    def _init_stats(self, use_running_average, axis: int, axis_name):
+        init = _norms.init_batch_stats(self.num_features)
+        self.mean = nnx.BatchStat(init["mean"])
+        self.var = nnx.BatchStat(init["var"])
+        self.count = nnx.BatchStat(init["count"])
+        if not isinstance(axis, int):
+            raise ValueError(f"{type(self).__name__}: axis must be one feature axis (an int), got {axis!r}")
+        self.use_running_average = use_running_average
+        self.axis = axis
+        self.axis_name = axis_name
+        self.record_moments = False  # set on a copy by population_batch_stats
+
+    def set_view(self, use_running_average: bool | None = None):
+        """``nnx.view(model, use_running_average=...)``."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
+    def _normalize(self, fn, x, use_running_average, mask, **kw):
+        """``fn(x, scale, bias, stats, train=…, epsilon=…, axis=…, axis_name=…, mask=…, **kw)`` on this layer's
+        variables; the new running statistics are written back in training."""
+        name = type(self).__name__
+        train = _training(_flag(use_running_average, self.use_running_average, name, "use_running_average"), name)
+        x = self._input(x, self.axis)
+        scale, bias = self._affine()
+        stats = {"mean": self.mean[...], "var": self.var[...], "count": self.count[...]}
+        y, new = fn(x, scale, bias, stats, train=train, epsilon=self.epsilon, axis=self.axis,
+                    axis_name=self.axis_name, mask=mask, **kw)
+        if train is not False:  # a traced flag: the pure function returned the old statistics in eval
+            self.mean[...], self.var[...], self.count[...] = new["mean"], new["var"], new["count"]
+            if self.record_moments:
+                self.batch_moments = BatchMoments(
+                    _norms.batch_moments(x, axis=self.axis, mask=mask, axis_name=self.axis_name))
+        return y
+
+
+_AFFINE_DEFAULTS = dict(use_scale=True, use_bias=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# batch-statistics norms
+
+
+class BatchNorm(_RunningStats):
+    """Batch normalization (Ioffe & Szegedy 2015) per channel (``axis``, default the last) over every other axis;
+    see :func:`jaxnorm.batch_norm` for the formula and the options.
+
+    ``flax.nnx.BatchNorm``'s constructor and call, plus jaxnorm's options: ``axis_name`` syncs the statistics across
+    devices as sums and counts (exact for uneven and masked shards), ``mask`` (True = valid) keeps padding out of the
+    statistics, ``virtual_batch_size`` gives ghost batch norm, ``convention='pytorch'`` PyTorch's momentum and
+    unbiased running variance, ``momentum=None`` a cumulative average. ``momentum='auto'`` is 0.99 for
+    ``convention='flax'`` (Flax's default) and 0.1 for ``'pytorch'``.
+    """
+
+    def __init__(self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
+                 momentum: float | None | str = "auto", epsilon: float = 1e-5, dtype: Any = None,
+                 param_dtype: Any = jnp.float32, use_bias: bool = True, use_scale: bool = True,
+                 bias_init: Initializer = nnx.initializers.zeros_init(),
+                 scale_init: Initializer = nnx.initializers.ones_init(), axis_name: str | None = None,
+                 axis_index_groups: Any = None, convention: str = "flax", virtual_batch_size: int | None = None,
+                 rngs: nnx.Rngs):
+        name = type(self).__name__
+        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
+                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self._init_stats(use_running_average, axis, axis_name)
+        self.convention = check_choice("batch-norm convention", convention, _norms.CONVENTIONS)
+        self.momentum = momentum if momentum == "auto" else check_momentum(name, momentum)
+        self.axis_index_groups = axis_index_groups
+        if virtual_batch_size is not None:
+            check_positive_int(name, "virtual_batch_size", virtual_batch_size)
+        self.virtual_batch_size = virtual_batch_size
+
+    def _options(self) -> dict:
+        kw = {} if self.momentum == "auto" else {"momentum": self.momentum}
+        return dict(axis_index_groups=self.axis_index_groups, convention=self.convention,
+                    virtual_batch_size=self.virtual_batch_size, **kw)
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        return self._normalize(_norms.batch_norm, x, use_running_average, mask, **self._options())
+
+
+class NoisyBatchNorm(BatchNorm):
+    """Batch norm plus Santurkar et al.'s Algorithm 1 noise in training (:func:`jaxnorm.noisy_batch_norm`), drawn
+    from the layer's ``rng_collection`` stream (default ``'dropout'``, forked at construction) or the call's
+    ``rngs``: new noise per call. No noise when ``use_running_average`` is True."""
+
+    def __init__(self, num_features: int, *, n_mu: float = 0.5, n_sigma: float = 1.25, r_mu: float = 0.1,
+                 r_sigma: float = 0.1, rng_collection: str = "dropout", rngs: nnx.Rngs, **batch_norm_kwargs):
+        super().__init__(num_features, rngs=rngs, **batch_norm_kwargs)
+        _norms.batch_norm_noise(jax.random.key(0), (1, 1), n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu,
+                                r_sigma=r_sigma)  # checks the constants now, not at the first training call
+        self.noise = dict(n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma)
+        self.rng_collection = rng_collection
+        self.rngs = _stream(rngs, rng_collection, "NoisyBatchNorm")
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None, rngs=None):
+        off = _flag(use_running_average, self.use_running_average, "NoisyBatchNorm", "use_running_average")
+        key = None if off is True else _key(rngs, self.rngs, self.rng_collection, "NoisyBatchNorm")
+        return self._normalize(_norms.noisy_batch_norm, x, off, mask, key=key, **self.noise, **self._options())
+
+
+class BatchRenorm(_RunningStats):
+    """Batch renormalization (Ioffe 2017); see :func:`jaxnorm.batch_renorm`. ``r_max = 1, d_max = 0`` is batch
+    norm."""
+
+    def __init__(self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
+                 r_max: float = 3.0, d_max: float = 5.0, momentum: float = 0.99, epsilon: float = 1e-5,
+                 dtype: Any = None, param_dtype: Any = jnp.float32, use_bias: bool = True, use_scale: bool = True,
+                 bias_init: Initializer = nnx.initializers.zeros_init(),
+                 scale_init: Initializer = nnx.initializers.ones_init(), axis_name: str | None = None,
+                 rngs: nnx.Rngs):
+        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
+                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self._init_stats(use_running_average, axis, axis_name)
+        if r_max < 1 or d_max < 0:
+            raise ValueError(f"BatchRenorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
+        self.r_max, self.d_max = r_max, d_max
+        self.momentum = check_momentum("BatchRenorm", momentum)
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        return self._normalize(_norms.batch_renorm, x, use_running_average, mask, r_max=self.r_max,
+                               d_max=self.d_max, momentum=self.momentum)
+
+
+class LpBatchNorm(_RunningStats):
+    """ℓp batch normalization (Santurkar et al. 2018, §3.3), ``p`` in {1, 2, 'inf'}; see
+    :func:`jaxnorm.lp_batch_norm`."""
+
+    def __init__(self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
+                 p: int | str = 2, momentum: float = 0.99, epsilon: float = 1e-5, dtype: Any = None,
+                 param_dtype: Any = jnp.float32, use_bias: bool = True, use_scale: bool = True,
+                 bias_init: Initializer = nnx.initializers.zeros_init(),
+                 scale_init: Initializer = nnx.initializers.ones_init(), axis_name: str | None = None,
+                 rngs: nnx.Rngs):
+        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
+                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self._init_stats(use_running_average, axis, axis_name)
+        if p not in _norms.LP_NORMS + (float("inf"),):
+            raise ValueError(f"LpBatchNorm: p must be one of 1, 2, 'inf' (Santurkar et al.), got {p!r}")
+        self.p = p
+        self.momentum = check_momentum("LpBatchNorm", momentum)
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        return self._normalize(_norms.lp_batch_norm, x, use_running_average, mask, p=self.p,
+                               momentum=self.momentum)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# per-example norms
+
+
+class _PerExample(_Affine):
+    def __init__(self, num_features: int, *, epsilon: float = 1e-5, dtype: Any = None,
+                 param_dtype: Any = jnp.float32, use_bias: bool = True, use_scale: bool = True,
+                 bias_init: Initializer = nnx.initializers.zeros_init(),
+                 scale_init: Initializer = nnx.initializers.ones_init(), rngs: nnx.Rngs):
+        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
+                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+
+
+class LayerNorm(_PerExample):
+    """Layer normalization (Ba et al. 2016) over ``axes`` (default: every non-batch axis), per-channel γ, β; see
+    :func:`jaxnorm.layer_norm`. ``LayerNorm(C, axes=-1, epsilon=1e-6)`` is ``flax.nnx.LayerNorm(C)``."""
+
+    def __init__(self, num_features: int, *, axes: int | Sequence[int] | None = None, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.axes = axes
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        del use_running_average  # the same computation at train and test
+        return _norms.layer_norm(self._input(x), *self._affine(), epsilon=self.epsilon, axes=self.axes, mask=mask)
+
+
+class InstanceNorm(_PerExample):
+    """Instance normalization (Ulyanov et al. 2016) per example and channel over the spatial axes; see
+    :func:`jaxnorm.instance_norm`. ``InstanceNorm(C, epsilon=1e-6)`` is ``flax.nnx.InstanceNorm(C)``."""
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        del use_running_average
+        return _norms.instance_norm(self._input(x), *self._affine(), epsilon=self.epsilon, mask=mask)
+
+
+class GroupNorm(_PerExample):
+    """Group normalization (Wu & He 2018); see :func:`jaxnorm.group_norm`. As in Flax, ``num_groups`` defaults to
+    32 and ``group_size`` is given with ``num_groups=None``; the group count is checked at construction.
+    ``GroupNorm(C, G, epsilon=1e-6)`` is ``flax.nnx.GroupNorm(C, G)``."""
+
+    def __init__(self, num_features: int, num_groups: int | None = 32, group_size: int | None = None, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_groups = check_groups("GroupNorm", self.num_features, num_groups, group_size)
+        self.group_size = self.num_features // self.num_groups
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        del use_running_average
+        return _norms.group_norm(self._input(x), *self._affine(), num_groups=self.num_groups, epsilon=self.epsilon,
+                                 mask=mask)
+
+
+class RMSNorm(_PerExample):
+    """RMS normalization (Zhang & Sennrich 2019), per-channel γ, over ``axes`` (default every non-batch axis); see
+    :func:`jaxnorm.rms_norm`. ``RMSNorm(C, axes=-1, epsilon=1e-6)`` is ``flax.nnx.RMSNorm(C)``."""
+
+    def __init__(self, num_features: int, *, axes: int | Sequence[int] | None = None, **kwargs):
+        super().__init__(num_features, use_bias=False, **kwargs)
+        self.axes = axes
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        del use_running_average
+        return _norms.rms_norm(self._input(x), _value(self.scale), epsilon=self.epsilon, axes=self.axes, mask=mask)
+
+
+class DyT(_PerExample):
+    """Dynamic Tanh (Zhu et al. 2025): ``y = γ ⊙ tanh(α·x) + β``, a statistics-free replacement for layer norm
+    (:func:`jaxnorm.dyt`); ``alpha`` a scalar parameter (``alpha_init``, 0.5 as in the paper), γ, β per channel."""
+
+    def __init__(self, num_features: int, *, alpha_init: float = 0.5, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.alpha = nnx.Param(jnp.full((), alpha_init, self.param_dtype))
+
+    def __call__(self, x, use_running_average: bool | None = None):
+        del use_running_average
+        return _norms.dyt(self._input(x), self.alpha[...], *self._affine())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# reparametrized kernels: weight standardization, weight norm, spectral norm
+
+
+@contextlib.contextmanager
+def _substituted(pairs: Sequence[tuple[nnx.Variable, Array]]):
+    """Give each variable a new value while the body runs, then its own back: the wrapped layer computes with the
+    transformed kernel (a function of the stored one, so gradients reach the stored one) and keeps its own."""
+    saved = [v[...] for v, _ in pairs]
+    try:
+        for v, new in pairs:
+            v[...] = new
+        yield
+    finally:
+        for (v, _), old in zip(pairs, saved):
+            v[...] = old
+
+
+def _params_of(layer) -> list[tuple[tuple, nnx.Param]]:
+    return [(tuple(path), node) for path, node in nnx.iter_graph(layer) if isinstance(node, nnx.Param)]
+
+
+def _path_name(path) -> str:
+    return "/".join(str(p) for p in path)
+
+
+class StandardizedConv(nnx.Conv):
+    """``flax.nnx.Conv`` whose kernel is weight-standardized (Qiao et al. 2019) at every call:
+    ``Ŵ = (W − μ)/√(σ² + ε)`` per output channel over all other axes (:func:`jaxnorm.weight_standardize`); the raw
+    kernel is the stored parameter. Takes ``nnx.Conv``'s arguments plus ``epsilon``; pairs with :class:`GroupNorm`."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size, *, epsilon: float = 1e-5, **conv_kwargs):
+        super().__init__(in_features, out_features, kernel_size, **conv_kwargs)
+        self.epsilon = check_epsilon("StandardizedConv", epsilon)
+
+    def __call__(self, x):
+        with _substituted([(self.kernel, _norms.weight_standardize(self.kernel[...], epsilon=self.epsilon))]):
+            return super().__call__(x)
+
+
+class WeightNorm(nnx.Module):
+    """Weight normalization (Salimans & Kingma 2016) of a wrapped layer: ``w = g·v/√(Σ v² + ε)`` for every selected
+    parameter before each call (:func:`jaxnorm.weight_norm`), ``g`` a learnable gain per kept index.
+
+    ``WeightNorm(nnx.Linear(3, 4, rngs=rngs), rngs=rngs)``: the arguments of ``flax.nnx.WeightNorm``. The norm is
+    over every axis except ``feature_axes`` (default -1: one norm per output unit of a Linear or Conv kernel; None:
+    one norm of the whole array); ``variable_filter`` (an nnx filter, default ``nnx.PathContains('kernel')``)
+    selects the parameters. The gains are ``nnx.Param`` in ``scales['<path>']`` (``scale_init``, default ones: at
+    init ``‖w_j‖ = 1``). Unlike ``flax.nnx.WeightNorm``, the wrapped layer keeps its raw ``v``: the normalized kernel
+    is substituted only for the call.
+    """
+
+    def __init__(self, layer_instance: nnx.Module, *, feature_axes: int | Sequence[int] | None = -1,
+                 use_scale: bool = True, scale_init: Initializer = nnx.initializers.ones, epsilon: float = 1e-12,
+                 dtype: Any = None, param_dtype: Any = jnp.float32,
+                 variable_filter: Any = nnx.PathContains("kernel"), rngs: nnx.Rngs):
+        rngs = _needs_rngs("WeightNorm", rngs)
+        self.layer_instance = layer_instance
+        self.feature_axes = feature_axes
+        self.epsilon = check_epsilon("WeightNorm", epsilon)
+        self.dtype = dtype
+        self.use_scale = use_scale
+        self.variable_filter = variable_filter
+        keep = nnx.filterlib.to_predicate(variable_filter)
+        self.paths = [_path_name(p) for p, v in _params_of(layer_instance) if keep(p, v)]
+        if not self.paths:
+            raise ValueError(f"WeightNorm: variable_filter={variable_filter!r} selects no parameter of "
+                             f"{type(layer_instance).__name__} (its parameters: "
+                             f"{[_path_name(p) for p, _ in _params_of(layer_instance)]})")
+        scales = {}
+        for path, v in self._selected():
+            scales[path] = nnx.Param(scale_init(rngs.params(), self._kept(path, v[...])[1], param_dtype))
+        self.scales = nnx.data(scales if use_scale else {})
+
+    def _selected(self):
+        by_name = {_path_name(p): v for p, v in _params_of(self.layer_instance)}
+        return [(p, by_name[p]) for p in self.paths]
+
+    def _kept(self, path: str, value) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(reduced axes, shape of the kept axes) of one parameter."""
+        if self.feature_axes is None:
+            return tuple(range(value.ndim)), ()
+        fa = (self.feature_axes,) if isinstance(self.feature_axes, int) else tuple(self.feature_axes)
+        if any(not -value.ndim <= a < value.ndim for a in fa):
+            raise ValueError(f"WeightNorm: feature_axes={self.feature_axes!r} is out of range for {path} of shape "
+                             f"{tuple(value.shape)}")
+        fa = {a % value.ndim for a in fa}
+        return tuple(i for i in range(value.ndim) if i not in fa), tuple(value.shape[i] for i in sorted(fa))
+
+    def _normalized(self, path: str, v):
+        value = v[...]
+        reduced, _ = self._kept(path, value)
+        g = self.scales[path][...] if self.use_scale else None
+        out = _norms.weight_norm(value, g, axes=reduced, epsilon=self.epsilon)
+        return out.astype(self.dtype or jnp.result_type(value, *(() if g is None else (g,))))
+
+    def __call__(self, x, *args, **kwargs):
+        with _substituted([(v, self._normalized(p, v)) for p, v in self._selected()]):
+            return self.layer_instance(x, *args, **kwargs)
+
+
+class SpectralNorm(nnx.Module):
+    """Spectral normalization (Miyato et al. 2018) of a wrapped layer: every parameter of rank >= 2 (the kernel,
+    seen as the matrix ``(…·C_in) × C_out``) is divided by its largest singular value σ, estimated by power
+    iteration (:func:`jaxnorm.spectral_normalize`).
+
+    The arguments of ``flax.nnx.SpectralNorm`` (``n_steps`` power iterations, ``update_stats``). The power-iteration
+    vector and the last σ are ``nnx.BatchStat`` in ``batch_stats['<path>/u']`` (``1×C_out``, ``N(0, 1)`` at
+    creation) and ``batch_stats['<path>/sigma']``. ``update_stats=True`` (training) stores the iterated u and σ;
+    False (eval) runs the same iterations from the stored u and stores nothing. ``model.train()`` / ``model.eval()``
+    switch it through ``use_running_average`` (= not update_stats), as in Flax.
+    """
+
+    def __init__(self, layer_instance: nnx.Module, *, n_steps: int = 1, epsilon: float = 1e-12, dtype: Any = None,
+                 param_dtype: Any = jnp.float32, error_on_non_matrix: bool = False, update_stats: bool = True,
+                 rngs: nnx.Rngs):
+        rngs = _needs_rngs("SpectralNorm", rngs)
+        self.layer_instance = layer_instance
+        self.n_steps = check_positive_int("SpectralNorm", "n_steps", n_steps)
+        self.epsilon = check_epsilon("SpectralNorm", epsilon)
+        self.dtype = dtype
+        self.use_running_average = not update_stats
+        stats, self.paths = {}, []
+        for path, v in _params_of(layer_instance):
+            if v[...].ndim <= 1:  # biases and scalars: no spectral norm
+                continue
+            name = _path_name(path)
+            if v[...].ndim > 2 and error_on_non_matrix:
+                raise ValueError(f"SpectralNorm: {name} has shape {tuple(v[...].shape)} (rank {v[...].ndim}) and "
+                                 "error_on_non_matrix=True; pass error_on_non_matrix=False to normalize it as the "
+                                 f"matrix {v[...].size // v[...].shape[-1]}×{v[...].shape[-1]}")
+            stats[f"{name}/u"] = nnx.BatchStat(_norms.init_spectral_state(rngs.params(), v[...], param_dtype))
+            stats[f"{name}/sigma"] = nnx.BatchStat(jnp.ones((), param_dtype))
+            self.paths.append(name)
+        self.batch_stats = nnx.data(stats)
+
+    def set_view(self, use_running_average: bool | None = None, update_stats: bool | None = None):
+        """``nnx.view(model, use_running_average=...)`` (or ``update_stats=...``)."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+        if update_stats is not None:
+            self.use_running_average = not update_stats
+
+    def __call__(self, x, *args, update_stats: bool | None = None, **kwargs):
+        off = self.use_running_average if update_stats is None else not update_stats
+        update = check_train("SpectralNorm", not off)
+        if not isinstance(update, bool):
+            raise TypeError("SpectralNorm: update_stats must be a Python bool")
+        by_name = {_path_name(p): v for p, v in _params_of(self.layer_instance)}
+        pairs, updates = [], []
+        for name in self.paths:
+            v = by_name[name]
+            u, sigma = self.batch_stats[f"{name}/u"], self.batch_stats[f"{name}/sigma"]
+            out, new_u, s = _norms.spectral_normalize(v[...], u[...], n_power_iterations=self.n_steps, train=update,
+                                                      epsilon=self.epsilon)
+            pairs.append((v, out.astype(self.dtype or jnp.result_type(v[...], new_u, s))))
+            updates.append((u, sigma, new_u, s))
+        if update:
+            for u, sigma, new_u, s in updates:
+                u[...], sigma[...] = new_u, s.astype(sigma[...].dtype)
+        with _substituted(pairs):
+            return self.layer_instance(x, *args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# dropout
+
+
+class _Stochastic(nnx.Module):
+    def __init__(self, rate: float = 0.5, *, deterministic: bool | None = False, rng_collection: str = "dropout",
+                 rngs: nnx.Rngs | nnx.RngStream | None = None):
+        check_rate(type(self).__name__, rate)
+        self.rate = rate
+        self.deterministic = deterministic
+        self.rng_collection = rng_collection
+        self.rngs = _stream(rngs, rng_collection, type(self).__name__)
+
+    def set_view(self, deterministic: bool | None = None):
+        """``nnx.view(model, deterministic=...)``."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+    def _apply(self, fn, x, deterministic, rngs, **kw):
+        name = type(self).__name__
+        train = _training(_flag(deterministic, self.deterministic, name, "deterministic"), name)
+        if train is False or (not is_traced(self.rate) and float(self.rate) == 0.0):
+            return fn(x, self.rate, train=False, **kw)  # no key drawn: the stream advances only when it is used
+        return fn(x, self.rate, key=_key(rngs, self.rngs, self.rng_collection, name), train=train, **kw)
+
+
+class Dropout(_Stochastic):
+    """Inverted dropout (Srivastava et al. 2014): ``ξ ⊙ x/(1 − rate)``, ``ξ ~ Bernoulli(1 − rate)``
+    (:func:`jaxnorm.dropout`); ``broadcast_dims`` share the mask along those axes. The constructor and call of
+    ``flax.nnx.Dropout``: the same ``rngs`` give the same masks."""
+
+    def __init__(self, rate: float = 0.5, *, broadcast_dims: Sequence[int] = (), **kwargs):
+        super().__init__(rate, **kwargs)
+        self.broadcast_dims = tuple(broadcast_dims)
+
+    def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        return self._apply(_do.dropout, x, deterministic, rngs, broadcast_dims=self.broadcast_dims)
+
+
+class OriginalDropout(_Stochastic):
+    """Srivastava et al.'s original dropout: ``ξ ⊙ x`` in training, ``(1 − rate)·x`` at test
+    (:func:`jaxnorm.original_dropout`)."""
+
+    def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        return self._apply(_do.original_dropout, x, deterministic, rngs)
+
+
+class SpatialDropout(_Stochastic):
+    """Channel dropout (Tompson et al. 2015): one mask value per example and channel of ``N×…×C``
+    (:func:`jaxnorm.spatial_dropout`)."""
+
+    def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        return self._apply(_do.spatial_dropout, x, deterministic, rngs)
+
+
+class GaussianDropout(_Stochastic):
+    """Multiplicative Gaussian noise ``N(1, rate/(1 − rate))`` (Srivastava et al. 2014, §10;
+    :func:`jaxnorm.gaussian_dropout`)."""
+
+    def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        return self._apply(_do.gaussian_dropout, x, deterministic, rngs)
+
+
+class AlphaDropout(_Stochastic):
+    """Alpha dropout for SELU networks (Klambauer et al. 2017; :func:`jaxnorm.alpha_dropout`)."""
+
+    def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        return self._apply(_do.alpha_dropout, x, deterministic, rngs)
+
+
+class DropConnectLinear(_Stochastic):
+    """``flax.nnx.Linear`` whose kernel entries are dropped in training (DropConnect, Wan et al. 2013;
+    :func:`jaxnorm.dropconnect`): ``y = x @ (ξ ⊙ W/(1 − rate)) + b``. Parameters ``kernel`` (in×out) and ``bias``;
+    the mask comes from the ``'dropout'`` stream forked at construction, or the call's ``rngs``."""
+
+    def __init__(self, in_features: int, out_features: int, *, rate: float = 0.5, use_bias: bool = True,
+                 kernel_init: Initializer = nnx.initializers.lecun_normal(),
+                 bias_init: Initializer = nnx.initializers.zeros_init(), param_dtype: Any = jnp.float32,
+                 deterministic: bool | None = False, rng_collection: str = "dropout", rngs: nnx.Rngs):
+        rngs = _needs_rngs("DropConnectLinear", rngs)
+        super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
+        self.in_features = check_positive_int("DropConnectLinear", "in_features", in_features)
+        self.out_features = check_positive_int("DropConnectLinear", "out_features", out_features)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
+        self.bias = _param(use_bias, bias_init, rngs, (out_features,), param_dtype)
+
+    def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        x = jnp.asarray(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"DropConnectLinear: the input of shape {tuple(x.shape)} must end in in_features="
+                             f"{self.in_features}")
+        kernel = self._apply(_do.dropconnect, self.kernel[...], deterministic, rngs)
+        y = x @ kernel.astype(x.dtype)
+        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# population statistics and folding for a whole model
+
+
+def _stat_layers(model) -> list[tuple[str, _RunningStats]]:
+    return [(_path_name(p), m) for p, m in nnx.iter_graph(model) if isinstance(m, _RunningStats)]
+
+
+def population_batch_stats(model: nnx.Module, batches: Iterable[Any], **call_kwargs) -> nnx.Module:
+    """Replace every batch-statistics layer's running statistics by population statistics (Ioffe & Szegedy 2015,
+    §3.1): ``E[x] = E_B[μ_B]``, ``Var[x] = E_B[m/(m−1)·σ²_B]`` over ``batches`` (see
+    :func:`jaxnorm.population_stats`; batches of different sizes are weighted by their counts).
+
+    Each batch goes through ``model(batch, **call_kwargs)`` with batch norm in training mode (each layer sees the
+    activations the trained network produces, normalized with batch statistics, as in Ioffe & Szegedy's Algorithm
+    2) and dropout off, in one jitted function of a copy, so the parameters and the running statistics are not
+    touched while the moments are collected. Then the ``mean``, ``var`` and ``count`` (the number of batches) of
+    ``model``'s layers are overwritten in place; the model is returned for convenience.
+    """
+    layers = _stat_layers(model)
+    if not layers:
+        raise ValueError("population_batch_stats: the model has no jaxnorm.nnx batch-statistics layer (BatchNorm, "
+                         "BatchRenorm, LpBatchNorm, NoisyBatchNorm)")
+    view = nnx.view(model, use_running_average=False, deterministic=True, raise_if_not_found=False)
+    for _, layer in _stat_layers(view):
+        layer.record_moments = True
+    graphdef, state = nnx.split(view)
+
+    @jax.jit
+    def moments(state, batch):
+        copy = nnx.merge(graphdef, state)
+        copy(batch, **call_kwargs)
+        return {name: layer.batch_moments.get_value() for name, layer in _stat_layers(copy)
+                if hasattr(layer, "batch_moments")}
+
+    pop = _norms.population_stats(moments(state, b) for b in batches)
+    for name, layer in layers:
+        if name in pop:
+            st = pop[name]
+            layer.mean[...] = st["mean"].astype(layer.mean[...].dtype)
+            layer.var[...] = st["var"].astype(layer.var[...].dtype)
+            layer.count[...] = st["count"]
+    return model
+
+
+class FoldedBatchNorm(nnx.Module):
+    """The identity that :func:`fold_batch_norm` puts where a batch norm was folded into the preceding layer;
+    accepts the norm's call arguments and ignores them."""
+
+    def __call__(self, x, *args, **kwargs):
+        return x
+
+
+def _walk(model, path: str):
+    """(parent, key, node) for a '/'-joined attribute path ('block/conv', 'layers/0')."""
+    parent, key, node = None, None, model
+    for part in path.split("/"):
+        parent, key = node, part
+        try:
+            node = node[int(part)] if part.lstrip("-").isdigit() else getattr(node, part)
+        except (AttributeError, IndexError, KeyError, TypeError):
+            raise KeyError(f"fold_batch_norm: path {path!r} not found in {type(model).__name__} (at {part!r})") \
+                from None
+    return parent, key, node
+
+
+def fold_batch_norm(model: nnx.Module, pairs: Mapping[str, str]) -> nnx.Module:
+    """A copy of ``model`` with each batch norm of ``pairs`` (``{layer_path: bn_path}``, paths of attributes joined
+    with '/') folded into the preceding Linear/Conv layer: ``W' = W·a``, ``b' = a·(b − E[x]) + β`` with
+    ``a = γ/√(Var + ε)`` (:func:`jaxnorm.fold_batch_norm`), and the norm replaced by :class:`FoldedBatchNorm`. The
+    copy in eval mode computes what ``model`` computes in eval mode (running or population statistics), with one
+    layer fewer per pair; ``model`` is not modified. Works for jaxnorm's and Flax's ``nnx.BatchNorm`` (feature axis
+    -1, the kernel's last axis)."""
+    out = nnx.clone(model)
+    for layer_path, bn_path in pairs.items():
+        _, _, layer = _walk(out, layer_path)
+        bn_parent, bn_key, bn = _walk(out, bn_path)
+        if not isinstance(getattr(layer, "kernel", None), nnx.Param):
+            raise ValueError(f"fold_batch_norm: {layer_path!r} ({type(layer).__name__}) has no 'kernel' parameter; "
+                             "fold into a Linear or Conv layer")
+        if not all(isinstance(getattr(bn, k, None), nnx.BatchStat) for k in ("mean", "var")):
+            raise ValueError(f"fold_batch_norm: {bn_path!r} ({type(bn).__name__}) has no running 'mean'/'var'; "
+                             "pass a batch-norm layer")
+        if getattr(bn, "axis", -1) not in (-1, layer.kernel[...].ndim - 1):
+            raise ValueError(f"fold_batch_norm: {bn_path!r} normalizes axis {bn.axis}; folding needs the channel "
+                             "axis -1, the kernel's output axis")
+        bias = getattr(layer, "bias", None)
+        kernel, new_bias = _norms.fold_batch_norm(
+            layer.kernel[...], _value(bias), _value(getattr(bn, "scale", None)), _value(getattr(bn, "bias", None)),
+            {"mean": bn.mean[...], "var": bn.var[...]}, epsilon=bn.epsilon)
+        layer.kernel[...] = kernel
+        if bias is None:
+            layer.bias = nnx.Param(new_bias)
+            if hasattr(layer, "use_bias"):
+                layer.use_bias = True
+        else:
+            bias[...] = new_bias
+        if isinstance(bn_parent, (list, nnx.List)) if hasattr(nnx, "List") else isinstance(bn_parent, list):
+            bn_parent[int(bn_key)] = FoldedBatchNorm()
+        else:
+            setattr(bn_parent, bn_key, FoldedBatchNorm())
+    return out
