@@ -1,8 +1,11 @@
 """jaxnorm: normalization and dropout for JAX/Flax.
 
-Pure transforms with explicit statistics and PRNG keys (``jaxnorm.batch_norm``, ``jaxnorm.dropout``, ...), Flax
-layers over them (``jaxnorm.nn``), training runs (``train.py``) and optimization-landscape probes.
+Pure transforms with explicit statistics and PRNG keys (``jaxnorm.batch_norm``, ``jaxnorm.dropout``, ...), layers
+over them for every JAX style (``jaxnorm.nn`` for Flax linen, ``jaxnorm.nnx`` for Flax NNX, ``jaxnorm.eqx`` for
+Equinox, an optional extra), training runs (``train.py``) and optimization-landscape probes.
 """
+
+import importlib
 
 from jaxnorm import nn
 from jaxnorm.dropout import (
@@ -40,6 +43,15 @@ from jaxnorm.norms import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # jaxnorm.nnx and jaxnorm.eqx load on first use: Equinox is optional, and linen users need not import flax.nnx
+    if name in ("nnx", "eqx"):
+        return importlib.import_module(f"jaxnorm.{name}")
+    raise AttributeError(f"module 'jaxnorm' has no attribute {name!r}")
+
+
+
 __all__ = [
     "CONVENTIONS",
     "alpha_dropout",
@@ -61,6 +73,7 @@ __all__ = [
     "max_norm",
     "max_norm_project",
     "nn",
+    "nnx",
     "noisy_batch_norm",
     "original_dropout",
     "population_stats",
