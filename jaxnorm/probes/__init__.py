@@ -21,6 +21,9 @@ with ``axis_name=`` (losses and gradients ``pmean``'d: the global-batch result f
     s = jp.santurkar_probe(loss_fn, state.params, {'batch': batch, 'batch_stats': state.batch_stats,
                                                    'dropout_key': dropout_key}, lr=0.1)
 
+    loss_fn, params = jp.nnx_loss_fn(nnx_model)                 # Flax NNX: nnx.split, train-mode BN
+    loss_fn, params = jp.eqx_loss_fn(eqx_model, state, key)    # Equinox: eqx.partition, vmapped over the batch
+
     probe_fn = jp.make_probe_fn(model, probes=('santurkar', 'ics'), lr=0.1)   # for the training loop
     metrics = probe_fn(state, batch, key)        # {'santurkar/beta_smoothness': …}; eager, jit or pmap
 """
@@ -35,8 +38,8 @@ from jaxnorm.probes.curvature import (
 from jaxnorm.probes.ics import internal_covariate_shift, layer_order
 from jaxnorm.probes.invariance import TRANSFORMS as INVARIANCE_TRANSFORMS, norm_invariances
 from jaxnorm.probes.landscape import filter_normalize, filter_normalized_direction, loss_slice_1d, loss_slice_2d
-from jaxnorm.probes.model import (LOSSES, PROBES, activation_percentiles_fn, make_probe_fn, model_loss_fn,
-                                  model_state_loss_fn)
+from jaxnorm.probes.model import (LOSSES, PROBES, activation_percentiles_fn, eqx_loss_fn, make_probe_fn,
+                                  model_loss_fn, model_state_loss_fn, nnx_loss_fn)
 from jaxnorm.probes.santurkar import DEFAULT_ETA_MULTIPLIERS, eta_grid, santurkar_probe
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "PROBES",
     "activation_percentiles_fn",
     "directional_curvature",
+    "eqx_loss_fn",
     "eta_grid",
     "filter_normalize",
     "filter_normalized_direction",
@@ -60,6 +64,7 @@ __all__ = [
     "make_probe_fn",
     "model_loss_fn",
     "model_state_loss_fn",
+    "nnx_loss_fn",
     "norm_invariances",
     "santurkar_probe",
 ]

@@ -16,16 +16,16 @@ from jaxnorm.probes import landscape as _land
 from jaxnorm.probes import santurkar as _sant
 
 
-def _unpack(batch):
+def _unpack(batch, where="model_loss_fn"):
     if isinstance(batch, Mapping):
         missing = [k for k in ("x", "y") if k not in batch]
         if missing:
-            raise ValueError(f"model_loss_fn: the batch needs keys 'x' and 'y' (and optionally 'mask'), missing "
+            raise ValueError(f"{where}: the batch needs keys 'x' and 'y' (and optionally 'mask'), missing "
                              f"{missing}; got keys {sorted(batch)}")
         return batch["x"], batch["y"], batch.get("mask")
     if isinstance(batch, Sequence) and len(batch) in (2, 3):
         return tuple(batch) + (None,) * (3 - len(batch))
-    raise ValueError("model_loss_fn: the batch must be a dict with 'x', 'y' (and optionally 'mask') or a tuple "
+    raise ValueError(f"{where}: the batch must be a dict with 'x', 'y' (and optionally 'mask') or a tuple "
                      f"(x, y) / (x, y, mask), got {type(batch).__name__}")
 
 
@@ -61,14 +61,19 @@ def model_state_loss_fn(model, *, train: bool = True, loss: str | Callable = "cr
             outputs, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
         else:
             outputs = model.apply(variables, x, train=False)
-        per_example = (loss(outputs, y) if callable(loss) else per_example_loss(outputs, y, loss)).astype(jnp.float32)
-        w = jnp.ones_like(per_example) if mask is None else mask.astype(jnp.float32)
-        total = jnp.sum(w)
-        if axis_name is not None:
-            total = jax.lax.psum(total, axis_name) / jax.lax.psum(1.0, axis_name)
-        return jnp.sum(per_example * w) / jnp.maximum(total, 1e-12)
+        return _mean_loss(outputs, y, mask, loss, axis_name)
 
     return loss_fn
+
+
+def _mean_loss(outputs, y, mask, loss, axis_name):
+    """The mean loss over the valid examples (with ``axis_name``: this device's share of the global mean)."""
+    per_example = (loss(outputs, y) if callable(loss) else per_example_loss(outputs, y, loss)).astype(jnp.float32)
+    w = jnp.ones_like(per_example) if mask is None else mask.astype(jnp.float32)
+    total = jnp.sum(w)
+    if axis_name is not None:
+        total = jax.lax.psum(total, axis_name) / jax.lax.psum(1.0, axis_name)
+    return jnp.sum(per_example * w) / jnp.maximum(total, 1e-12)
 
 
 def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None, *, train: bool = True,
@@ -101,6 +106,75 @@ def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None,
         return inner(params, {"batch": batch, "batch_stats": batch_stats, "dropout_key": dropout_key})
 
     return loss_fn
+
+
+def nnx_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entropy",
+                axis_name: str | None = None) -> tuple[Callable, Any]:
+    """``(loss_fn, params)`` for a Flax NNX model: ``loss_fn(params, batch) -> scalar`` is what every probe takes.
+
+    The model is split once, ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``; ``loss_fn`` merges
+    ``params`` (the argument the probes perturb) with the fixed ``rest`` into a fresh copy and calls it on
+    ``batch['x']``, so probing never changes the model. As :func:`model_loss_fn` for linen:
+
+    * ``train=True``: every ``use_running_average`` is False (batch norm normalizes with each probed point's own
+      batch statistics; the updated running statistics are discarded) and every ``deterministic`` False; the
+      dropout streams start from the state they had when ``nnx_loss_fn`` was called at every evaluation, so every
+      point a probe evaluates sees the same dropout masks (a fixed key). ``train=False``: running statistics, no
+      dropout.
+    * ``loss``, the batch format (``{'x', 'y'[, 'mask']}`` or ``(x, y[, mask])``) and ``axis_name``: as in
+      :func:`model_loss_fn`.
+
+    ``params`` is an ``nnx.State`` of the model's ``nnx.Param`` leaves.
+    """
+    from flax import nnx
+
+    _check_loss("nnx_loss_fn", loss)
+    view = nnx.view(model, use_running_average=not train, deterministic=not train, raise_if_not_found=False)
+    graphdef, params, rest = nnx.split(view, nnx.Param, ...)
+
+    def loss_fn(params, batch):
+        x, y, mask = _unpack(batch, "nnx_loss_fn")
+        # copy=True: a merged module's updates (running statistics, rng counts) must not write into ``rest``
+        return _mean_loss(nnx.merge(graphdef, params, rest, copy=True)(x), y, mask, loss, axis_name)
+
+    return loss_fn, params
+
+
+def eqx_loss_fn(model, state=None, dropout_key: jax.Array | None = None, *, train: bool = True,
+                loss: str | Callable = "cross_entropy", batch_axis: str = "batch",
+                axis_name: str | None = None) -> tuple[Callable, Any]:
+    """``(loss_fn, params)`` for an Equinox model called per example, ``model(x, state, *, key) -> (y, state)``
+    (or ``model(x, *, key) -> y`` when ``state`` is None): ``loss_fn(params, batch) -> scalar`` for the probes.
+
+    ``params, static = eqx.partition(model, eqx.is_inexact_array)`` (build the model with
+    ``eqx.nn.make_with_state`` so no initial state is left inside it); ``loss_fn`` recombines them and runs
+    ``jax.vmap(model, axis_name=batch_axis)`` over ``batch['x']`` with ``state`` fixed and the new state discarded.
+    ``train=True``: ``eqx.nn.inference_mode(model, False)`` (batch statistics; dropout on, with the per-example keys
+    ``jax.random.split(dropout_key, n)`` — one FIXED key, so every probed point sees the same masks; without a key
+    the model is called with ``key=None``); ``train=False``: inference mode. ``loss``, the batch format and
+    ``axis_name``: as in :func:`model_loss_fn`.
+    """
+    import equinox as eqx
+
+    _check_loss("eqx_loss_fn", loss)
+    params, static = eqx.partition(eqx.nn.inference_mode(model, not train), eqx.is_inexact_array)
+    key = dropout_key if train else None
+    leaves, treedef = jax.tree.flatten(state)
+
+    def loss_fn(params, batch):
+        x, y, mask = _unpack(batch, "eqx_loss_fn")
+        m = eqx.combine(params, static)
+        st = jax.tree.unflatten(treedef, leaves)  # a fresh State object: Equinox refuses a State used before
+
+        def one(xi, ki):
+            kw = {} if ki is None else {"key": ki}
+            return m(xi, st, **kw)[0] if state is not None else m(xi, **kw)
+
+        keys = None if key is None else jax.random.split(key, x.shape[0])
+        outputs = jax.vmap(one, axis_name=batch_axis, in_axes=(0, None if keys is None else 0))(x, keys)
+        return _mean_loss(outputs, y, mask, loss, axis_name)
+
+    return loss_fn, params
 
 
 PROBES = ("santurkar", "santurkar_random", "ics", "top_eigenvalues", "hessian_trace", "directional_curvature",
