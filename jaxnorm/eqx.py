@@ -259,6 +259,20 @@ def _check_shape(layer: str, x, shape) -> None:
                          f"{shape} (Equinox's convention: one example, x.shape == shape; jax.vmap over the batch)")
 
 
+def _elementwise(fn, x, weight, bias, **kw):
+    """``fn`` (layer or RMS norm, no affine) over one example, then Equinox's elementwise ``γ ⊙ x̂ + β``, in float32
+    (or wider) and cast back once. γ and β stay outside the pure function on purpose: vmapped over the examples, an
+    unbatched elementwise γ inside its hand-written JVP made fwd+bwd 3.9× slower on XLA:CPU (16×32×16×16)."""
+    x = jnp.asarray(x)
+    dt = jnp.promote_types(x.dtype, jnp.float32)
+    y = fn(x[None].astype(dt), epsilon=kw.pop("epsilon"), **kw)[0]
+    if weight is not None:
+        y = y * weight.astype(dt)
+    if bias is not None:
+        y = y + bias.astype(dt)
+    return y.astype(x.dtype)
+
+
 class LayerNorm(eqx.Module):
     """Layer normalization (Ba et al. 2016) of one example over all of its values, γ and β elementwise of
     ``shape`` (:func:`jaxnorm.layer_norm`); ``eqx.nn.LayerNorm(shape, eps, use_weight, use_bias, dtype)``."""
@@ -276,8 +290,7 @@ class LayerNorm(eqx.Module):
     def __call__(self, x, state=_NO_STATE, *, key=None):
         del key
         _check_shape("LayerNorm", x, self.shape)
-        xb, state = _one("LayerNorm", x, state)
-        return _out(_norms.layer_norm(xb, self.weight, self.bias, epsilon=self.eps)[0], state)
+        return _out(_elementwise(_norms.layer_norm, x, self.weight, self.bias, epsilon=self.eps), state)
 
 
 class RMSNorm(eqx.Module):
@@ -297,9 +310,7 @@ class RMSNorm(eqx.Module):
     def __call__(self, x, state=_NO_STATE, *, key=None):
         del key
         _check_shape("RMSNorm", x, self.shape)
-        xb, state = _one("RMSNorm", x, state)
-        y = _norms.rms_norm(xb, self.weight, epsilon=self.eps)[0]
-        return _out(y if self.bias is None else (y + self.bias).astype(y.dtype), state)
+        return _out(_elementwise(_norms.rms_norm, x, self.weight, self.bias, epsilon=self.eps), state)
 
 
 class GroupNorm(eqx.Module):
