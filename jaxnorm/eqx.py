@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -273,44 +273,38 @@ def _elementwise(fn, x, weight, bias, **kw):
     return y.astype(x.dtype)
 
 
-class LayerNorm(eqx.Module):
+class _Elementwise(eqx.Module):
+    """A per-example norm over all of the example's values with Equinox's elementwise γ, β of ``shape``."""
+
+    weight: Array | None
+    bias: Array | None
+    shape: tuple[int, ...] = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+    _norm: ClassVar[Callable]
+
+    def __init__(self, shape, eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True, dtype=None):
+        self.shape, self.eps = _shape(shape), check_epsilon(type(self).__name__, eps)
+        self.weight = jnp.ones(self.shape, _dtype(dtype)) if use_weight else None
+        self.bias = jnp.zeros(self.shape, _dtype(dtype)) if use_bias else None
+
+    def __call__(self, x, state=_NO_STATE, *, key=None):
+        del key
+        _check_shape(type(self).__name__, x, self.shape)
+        return _out(_elementwise(type(self)._norm, x, self.weight, self.bias, epsilon=self.eps), state)
+
+
+class LayerNorm(_Elementwise):
     """Layer normalization (Ba et al. 2016) of one example over all of its values, γ and β elementwise of
     ``shape`` (:func:`jaxnorm.layer_norm`); ``eqx.nn.LayerNorm(shape, eps, use_weight, use_bias, dtype)``."""
 
-    weight: Array | None
-    bias: Array | None
-    shape: tuple[int, ...] = eqx.field(static=True)
-    eps: float = eqx.field(static=True)
-
-    def __init__(self, shape, eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True, dtype=None):
-        self.shape, self.eps = _shape(shape), check_epsilon("LayerNorm", eps)
-        self.weight = jnp.ones(self.shape, _dtype(dtype)) if use_weight else None
-        self.bias = jnp.zeros(self.shape, _dtype(dtype)) if use_bias else None
-
-    def __call__(self, x, state=_NO_STATE, *, key=None):
-        del key
-        _check_shape("LayerNorm", x, self.shape)
-        return _out(_elementwise(_norms.layer_norm, x, self.weight, self.bias, epsilon=self.eps), state)
+    _norm = _norms.layer_norm
 
 
-class RMSNorm(eqx.Module):
+class RMSNorm(_Elementwise):
     """RMS normalization (Zhang & Sennrich 2019) of one example over all of its values, ``x/√(mean(x²) + ε)·γ + β``
     (:func:`jaxnorm.rms_norm`, then β); ``eqx.nn.RMSNorm(shape, eps, use_weight, use_bias, dtype)``."""
 
-    weight: Array | None
-    bias: Array | None
-    shape: tuple[int, ...] = eqx.field(static=True)
-    eps: float = eqx.field(static=True)
-
-    def __init__(self, shape, eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True, dtype=None):
-        self.shape, self.eps = _shape(shape), check_epsilon("RMSNorm", eps)
-        self.weight = jnp.ones(self.shape, _dtype(dtype)) if use_weight else None
-        self.bias = jnp.zeros(self.shape, _dtype(dtype)) if use_bias else None
-
-    def __call__(self, x, state=_NO_STATE, *, key=None):
-        del key
-        _check_shape("RMSNorm", x, self.shape)
-        return _out(_elementwise(_norms.rms_norm, x, self.weight, self.bias, epsilon=self.eps), state)
+    _norm = _norms.rms_norm
 
 
 class GroupNorm(eqx.Module):

@@ -523,8 +523,8 @@ class DyT(_Affine):
     alpha_init: float = 0.5
 
     @nn.compact
-    def __call__(self, x, train: bool | None = None):
-        del train  # no statistics: the same map at train and test
+    def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        del train, mask  # no statistics: the same map at train and test, padding or not
         alpha = self.param("alpha", nn.initializers.constant(self.alpha_init), (), self.param_dtype)
         scale, bias = self._affine(jnp.shape(x)[-1])
         return _norms.dyt(x, alpha, scale, bias)

@@ -152,6 +152,16 @@ class BatchMoments(nnx.Variable):
 class _RunningStats(_Affine):
     """``nnx.BatchStat`` running statistics ``mean``, ``var``, ``count`` and the ``use_running_average`` switch."""
 
+    def __init__(self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
+                 epsilon: float = 1e-5, dtype: Any = None, param_dtype: Any = jnp.float32, use_bias: bool = True,
+                 use_scale: bool = True, bias_init: Initializer = nnx.initializers.zeros_init(),
+                 scale_init: Initializer = nnx.initializers.ones_init(), axis_name: str | None = None,
+                 rngs: nnx.Rngs):
+        """The arguments every batch-statistics layer takes, as ``flax.nnx.BatchNorm``."""
+        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
+                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self._init_stats(use_running_average, axis, axis_name)
+
     def _init_stats(self, use_running_average, axis: int, axis_name):
         init = _norms.init_batch_stats(self.num_features)
         self.mean = nnx.BatchStat(init["mean"])
@@ -213,9 +223,9 @@ class BatchNorm(_RunningStats):
                  axis_index_groups: Any = None, convention: str = "flax", virtual_batch_size: int | None = None,
                  rngs: nnx.Rngs):
         name = type(self).__name__
-        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self._init_stats(use_running_average, axis, axis_name)
+        super().__init__(num_features, use_running_average=use_running_average, axis=axis, epsilon=epsilon,
+                         dtype=dtype, param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
+                         bias_init=bias_init, scale_init=scale_init, axis_name=axis_name, rngs=rngs)
         self.convention = check_choice("batch-norm convention", convention, _norms.CONVENTIONS)
         self.momentum = momentum if momentum == "auto" else check_momentum(name, momentum)
         self.axis_index_groups = axis_index_groups
@@ -235,36 +245,49 @@ class BatchNorm(_RunningStats):
 class NoisyBatchNorm(BatchNorm):
     """Batch norm plus Santurkar et al.'s Algorithm 1 noise in training (:func:`jaxnorm.noisy_batch_norm`), drawn
     from the layer's ``rng_collection`` stream (default ``'dropout'``, forked at construction) or the call's
-    ``rngs``: new noise per call. No noise when ``use_running_average`` is True."""
+    ``rngs``: new noise per call. ``use_running_average`` switches the statistics as in :class:`BatchNorm`;
+    ``deterministic`` (like dropout's) switches the noise, so ``model.eval()`` turns off both and
+    :func:`population_batch_stats` collects batch statistics without noise."""
 
     def __init__(self, num_features: int, *, n_mu: float = 0.5, n_sigma: float = 1.25, r_mu: float = 0.1,
-                 r_sigma: float = 0.1, rng_collection: str = "dropout", rngs: nnx.Rngs, **batch_norm_kwargs):
+                 r_sigma: float = 0.1, deterministic: bool | None = False, rng_collection: str = "dropout",
+                 rngs: nnx.Rngs, **batch_norm_kwargs):
         super().__init__(num_features, rngs=rngs, **batch_norm_kwargs)
         _norms.batch_norm_noise(jax.random.key(0), (1, 1), n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu,
                                 r_sigma=r_sigma)  # checks the constants now, not at the first training call
         self.noise = dict(n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma)
+        self.deterministic = deterministic
         self.rng_collection = rng_collection
         self.rngs = _stream(rngs, rng_collection, "NoisyBatchNorm")
 
-    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None, rngs=None):
-        off = _flag(use_running_average, self.use_running_average, "NoisyBatchNorm", "use_running_average")
-        key = None if off is True else _key(rngs, self.rngs, self.rng_collection, "NoisyBatchNorm")
+    def set_view(self, use_running_average: bool | None = None, deterministic: bool | None = None):
+        """``nnx.view(model, use_running_average=..., deterministic=...)``."""
+        super().set_view(use_running_average)
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None,
+                 deterministic: bool | None = None, rngs=None):
+        name = "NoisyBatchNorm"
+        off = _flag(use_running_average, self.use_running_average, name, "use_running_average")
+        quiet = check_train(name, _flag(deterministic, self.deterministic, name, "deterministic"))
+        if not isinstance(quiet, bool):
+            raise TypeError(f"{name}: deterministic (which switches the noise) must be a Python bool, got a traced "
+                            "value; a traced use_running_average is fine")
+        if off is True or quiet:
+            return self._normalize(_norms.batch_norm, x, off, mask, **self._options())
+        key = _key(rngs, self.rngs, self.rng_collection, name)
         return self._normalize(_norms.noisy_batch_norm, x, off, mask, key=key, **self.noise, **self._options())
 
 
 class BatchRenorm(_RunningStats):
     """Batch renormalization (Ioffe 2017); see :func:`jaxnorm.batch_renorm`. ``r_max = 1, d_max = 0`` is batch
-    norm."""
+    norm. The other arguments are :class:`BatchNorm`'s (``use_running_average``, ``axis``, ``epsilon``, ``dtype``,
+    ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``, ``axis_name``, ``rngs``)."""
 
-    def __init__(self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
-                 r_max: float = 3.0, d_max: float = 5.0, momentum: float = 0.99, epsilon: float = 1e-5,
-                 dtype: Any = None, param_dtype: Any = jnp.float32, use_bias: bool = True, use_scale: bool = True,
-                 bias_init: Initializer = nnx.initializers.zeros_init(),
-                 scale_init: Initializer = nnx.initializers.ones_init(), axis_name: str | None = None,
-                 rngs: nnx.Rngs):
-        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self._init_stats(use_running_average, axis, axis_name)
+    def __init__(self, num_features: int, *, r_max: float = 3.0, d_max: float = 5.0, momentum: float = 0.99,
+                 **kwargs):
+        super().__init__(num_features, **kwargs)
         if r_max < 1 or d_max < 0:
             raise ValueError(f"BatchRenorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
         self.r_max, self.d_max = r_max, d_max
@@ -277,17 +300,10 @@ class BatchRenorm(_RunningStats):
 
 class LpBatchNorm(_RunningStats):
     """ℓp batch normalization (Santurkar et al. 2018, §3.3), ``p`` in {1, 2, 'inf'}; see
-    :func:`jaxnorm.lp_batch_norm`."""
+    :func:`jaxnorm.lp_batch_norm`. The other arguments are :class:`BatchNorm`'s."""
 
-    def __init__(self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
-                 p: int | str = 2, momentum: float = 0.99, epsilon: float = 1e-5, dtype: Any = None,
-                 param_dtype: Any = jnp.float32, use_bias: bool = True, use_scale: bool = True,
-                 bias_init: Initializer = nnx.initializers.zeros_init(),
-                 scale_init: Initializer = nnx.initializers.ones_init(), axis_name: str | None = None,
-                 rngs: nnx.Rngs):
-        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self._init_stats(use_running_average, axis, axis_name)
+    def __init__(self, num_features: int, *, p: int | str = 2, momentum: float = 0.99, **kwargs):
+        super().__init__(num_features, **kwargs)
         if p not in _norms.LP_NORMS + (float("inf"),):
             raise ValueError(f"LpBatchNorm: p must be one of 1, 2, 'inf' (Santurkar et al.), got {p!r}")
         self.p = p
@@ -370,8 +386,8 @@ class DyT(_PerExample):
         super().__init__(num_features, **kwargs)
         self.alpha = nnx.Param(jnp.full((), alpha_init, self.param_dtype))
 
-    def __call__(self, x, use_running_average: bool | None = None):
-        del use_running_average
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        del use_running_average, mask  # no statistics: the same map at train and test, padding or not
         return _norms.dyt(self._input(x), self.alpha[...], *self._affine())
 
 
@@ -519,10 +535,12 @@ class SpectralNorm(nnx.Module):
             self.use_running_average = not update_stats
 
     def __call__(self, x, *args, update_stats: bool | None = None, **kwargs):
-        off = self.use_running_average if update_stats is None else not update_stats
-        update = check_train("SpectralNorm", not off)
+        flag = (not _flag(None, self.use_running_average, "SpectralNorm", "use_running_average")
+                if update_stats is None else update_stats)
+        update = check_train("SpectralNorm", flag)
         if not isinstance(update, bool):
-            raise TypeError("SpectralNorm: update_stats must be a Python bool")
+            raise TypeError("SpectralNorm: update_stats must be a Python bool (whether to store the new u and sigma), "
+                            "got a traced value")
         by_name = {_path_name(p): v for p, v in _params_of(self.layer_instance)}
         pairs, updates = [], []
         for name in self.paths:

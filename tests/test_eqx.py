@@ -33,7 +33,8 @@ def highest():
 
 
 def rand(shape, seed=0, loc=0.0, scale=1.0):
-    return (loc + scale * jax.random.normal(jax.random.key(seed), shape)).astype(jnp.float32)
+    """float32 normal data, drawn in numpy (no per-shape compilation)."""
+    return jnp.asarray(loc + scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def close(a, b, tol=TOL, atol=None):
@@ -45,9 +46,14 @@ def f64(a):
     return np.asarray(a, np.float64)
 
 
+# Everything runs compiled: one XLA program per call is much faster on CPU than op-by-op dispatch (arrays traced,
+# Python options static under eqx.filter_jit).
+J = eqx.filter_jit
+
+
 def batched(layer, in_axes=(0, None), out_axes=(0, None)):
-    """The Equinox way of running a stateful layer on a batch: x mapped, state shared."""
-    return jax.vmap(layer, axis_name="batch", in_axes=in_axes, out_axes=out_axes)
+    """The Equinox way of running a stateful layer on a batch: x mapped, state shared (jit-compiled)."""
+    return J(jax.vmap(layer, axis_name="batch", in_axes=in_axes, out_axes=out_axes))
 
 
 def with_affine(layer, c, seed=1):
@@ -96,7 +102,7 @@ def test_batchnorm_matches_equinox_batch_mode_over_steps(shape):
     # hidden averages by 1 - m^k (zero-debias), so the two differ on purpose: each is checked against its formula.
     x = rand(shape, seed=99, loc=3.0, scale=2.0)
     yj, st_after = batched(eqx.nn.inference_mode(ours))(x, st_j)
-    ref, same = jn.batch_norm(x, ours.weight, ours.bias, stats, train=False, axis=1)
+    ref, same = J(jn.batch_norm)(x, ours.weight, ours.bias, stats, train=False, axis=1)
     close(yj, ref)
     close(yj, bn_ref(x, g, b, mean=stats["mean"], var=stats["var"]), 1e-4)
     for k in ("mean", "var", "count"):
@@ -126,10 +132,10 @@ def test_per_example_norms_match_equinox(make):
     theirs = eqx.tree_at(lambda m: (m.weight, m.bias), theirs, tuple(new))
     ours = eqx.tree_at(lambda m: (m.weight, m.bias), ours, tuple(new))
     x = rand((4, 6, 3, 3), loc=1.5, scale=2.0)
-    close(jax.vmap(ours)(x), jax.vmap(theirs)(x), 1e-5, atol=1e-5)
+    close(J(jax.vmap(ours))(x), J(jax.vmap(theirs))(x), 1e-5, atol=1e-5)
     ct = rand(x.shape, 5)
-    g_ours = jax.grad(lambda x: jnp.sum(jax.vmap(ours)(x) * ct))(x)
-    g_theirs = jax.grad(lambda x: jnp.sum(jax.vmap(theirs)(x) * ct))(x)
+    g_ours = J(jax.grad(lambda x: jnp.sum(jax.vmap(ours)(x) * ct)))(x)
+    g_theirs = J(jax.grad(lambda x: jnp.sum(jax.vmap(theirs)(x) * ct)))(x)
     close(g_ours, g_theirs, 1e-4, atol=1e-4)
 
 
@@ -137,8 +143,8 @@ def test_dropout_matches_equinox_same_key_same_mask():
     x = rand((6, 5, 5), loc=2.0)
     for seed in range(3):
         k = jax.random.key(seed)
-        y = je.Dropout(0.3)(x, key=k)
-        np.testing.assert_array_equal(np.asarray(y), np.asarray(eqx.nn.Dropout(0.3)(x, key=k)))
+        y = J(je.Dropout(0.3))(x, key=k)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(J(eqx.nn.Dropout(0.3))(x, key=k)))
         kept = np.asarray(y) != 0
         assert 0.4 < kept.mean() < 0.95
         close(np.asarray(y)[kept], f64(x)[kept] / 0.7)
@@ -157,22 +163,30 @@ def test_vmapped_batchnorm_matches_pure_batch_norm(loc, scale, convention, momen
     ours, st = eqx.nn.make_with_state(je.BatchNorm)(c, "batch", momentum=momentum, convention=convention)
     ours, g, b = with_affine(ours, c)
     stats = jn.init_batch_stats(c)
+    run_mean, run_var = np.zeros(c), np.ones(c)  # float64 running statistics, each convention's formula
     for step in range(2):
         x = rand((6, c, 3, 3), seed=20 + step, loc=loc, scale=scale)
         y, st = batched(ours)(x, st)
-        ref, stats = jn.batch_norm(x, ours.weight, ours.bias, stats, train=True, axis=1, momentum=momentum,
-                                   convention=convention)
+        ref, stats = J(jn.batch_norm)(x, ours.weight, ours.bias, stats, train=True, axis=1, momentum=momentum,
+                                      convention=convention)
         close(y, ref, 1e-5, atol=1e-5)
-        close(y, bn_ref(x, g, b), 1e-4, atol=1e-4)  # float64 two-pass from the same float32 inputs
+        # float64 two-pass from the same float32 inputs: at mean 1e4 a one-pass float32 variance would be noise
+        close(y, bn_ref(x, g, b), 1e-4, atol=1e-4)
         for k in ("mean", "var"):
             close(st.get(ours.state_index)[k], stats[k], 1e-5)
+        xf = f64(x)
+        mu, var = xf.mean((0, 2, 3)), xf.var((0, 2, 3))
+        n = xf.size // c
+        if momentum is None:  # cumulative average: the k-th batch has weight 1/k
+            w = 1.0 / (step + 1)
+        else:
+            w = momentum if convention == "pytorch" else 1.0 - momentum
+        if convention == "pytorch":
+            var = var * n / (n - 1)
+        run_mean, run_var = (1 - w) * run_mean + w * mu, (1 - w) * run_var + w * var
+        close(st.get(ours.state_index)["mean"], run_mean, 1e-5)
+        close(st.get(ours.state_index)["var"], run_var, 1e-4)
     assert int(st.get(ours.state_index)["count"]) == 2
-    if loc == 1e4:  # no cancellation: the variance is ~1, not 0 or ~1e4 rounding noise
-        x = f64(x)
-        var = ((x - x.mean((0, 2, 3), keepdims=True)) ** 2).mean((0, 2, 3))
-        # two flax steps with m = 0.9 from var 1: 0.81 + 0.09 v1 + 0.1 v2; v2 is this batch's var
-        assert np.all(np.abs(f64(stats["var"]) - 0.81) > 0.05)
-        close(f64(y).std((0, 2, 3)), np.sqrt(var / (var + 1e-5)) * np.abs(g), 1e-4)
 
 
 def test_batchnorm_mask_keeps_nan_padding_out():
@@ -185,7 +199,7 @@ def test_batchnorm_mask_keeps_nan_padding_out():
     y, st = batched(lambda x, s, m: ours(x, s, mask=m), in_axes=(0, None, 0))(x, st, jnp.asarray(valid))
     close(np.asarray(y)[valid], bn_ref(np.asarray(x)[valid], g, b), 1e-4, atol=1e-4)
     stats = st.get(ours.state_index)
-    ref_y, ref = jn.batch_norm(x[valid], ours.weight, ours.bias, jn.init_batch_stats(c), train=True, axis=1,
+    ref_y, ref = J(jn.batch_norm)(x[valid], ours.weight, ours.bias, jn.init_batch_stats(c), train=True, axis=1,
                                momentum=0.9)
     close(np.asarray(y)[valid], ref_y)
     for k in ("mean", "var"):
@@ -193,7 +207,24 @@ def test_batchnorm_mask_keeps_nan_padding_out():
         close(stats[k], ref[k])
     xv = f64(x)[valid]
     close(stats["mean"], 0.1 * xv.mean((0, 2, 3)), 1e-5)
+    close(stats["var"], 0.9 + 0.1 * xv.var((0, 2, 3)), 1e-5)
     assert int(stats["count"]) == 1
+
+    # gradients (finite padding): the valid inputs get the gradient of batch norm on the valid examples alone, the
+    # masked ones exactly zero
+    x = jnp.where(jnp.asarray(valid)[:, None, None, None], x, 100.0)
+    ct = rand(x.shape, 5)
+
+    def loss(x):
+        y, _ = jax.vmap(lambda x, s, m: ours(x, s, mask=m), axis_name="batch", in_axes=(0, None, 0),
+                        out_axes=(0, None))(x, st, jnp.asarray(valid))
+        return jnp.sum(jnp.where(jnp.asarray(valid)[:, None, None, None], y * ct, 0.0))
+
+    gx = np.asarray(J(jax.grad(loss))(x))
+    g_ref = J(jax.grad(lambda xv: jnp.sum(jn.batch_norm(xv, ours.weight, ours.bias, jn.init_batch_stats(c),
+                                                        train=True, axis=1)[0] * ct[valid])))(x[valid])
+    close(gx[valid], g_ref, 1e-4, atol=1e-5)
+    np.testing.assert_array_equal(gx[~valid], 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -226,7 +257,7 @@ def test_inference_mode_switches_every_flag():
     inf = eqx.nn.inference_mode(model)
     assert inf.bn.inference is True and inf.drop.inference is True
     yi, st_i = batched(inf, in_axes=(0, None, 0))(x, st, keys)
-    ref, _ = jn.batch_norm(x, model.bn.weight, model.bn.bias, stats, train=False, axis=1)
+    ref, _ = J(jn.batch_norm)(x, model.bn.weight, model.bn.bias, stats, train=False, axis=1)
     close(yi, ref)  # dropout is the identity, batch norm uses the stored statistics
     close(yi, bn_ref(x, model.bn.weight, model.bn.bias, mean=stats["mean"], var=stats["var"]), 1e-4, atol=1e-5)
     for k in ("mean", "var", "count"):
@@ -317,10 +348,23 @@ def test_batch_renorm_with_r1_d0_is_batch_norm():
         close(yr, yb, 1e-5, atol=1e-5)
         for k in ("mean", "var"):
             close(st_r.get(rn.state_index)[k], st_b.get(bn.state_index)[k])
-    ref, _ = jn.batch_renorm(x, rn.weight, rn.bias, jn.init_batch_stats(c), train=True, r_max=3.0, d_max=5.0,
-                             momentum=0.9, axis=1)  # r, d clipped: differs from batch norm once stats exist
     assert int(st_r.get(rn.state_index)["count"]) == 2
-    assert np.all(np.isfinite(np.asarray(ref)))
+
+
+def test_batch_renorm_matches_pure():
+    c = 4
+    rn, st = eqx.nn.make_with_state(je.BatchRenorm)(c, momentum=0.9)  # r_max 3, d_max 5
+    rn, _, _ = with_affine(rn, c)
+    stats = jn.init_batch_stats(c)
+    for step in range(2):  # the second step has r, d away from 1, 0 (running stats from step one, mean 2 std 3)
+        x = rand((6, c, 3, 3), seed=30 + step, loc=2.0, scale=3.0)
+        y, st = batched(rn)(x, st)
+        ref, stats = J(jn.batch_renorm)(x, rn.weight, rn.bias, stats, train=True, momentum=0.9, axis=1)
+        close(y, ref, 1e-5, atol=1e-5)
+        for k in ("mean", "var"):
+            close(st.get(rn.state_index)[k], stats[k])
+    plain = J(jn.batch_norm)(x, rn.weight, rn.bias, stats, train=True, axis=1)[0]
+    assert float(jnp.abs(y - plain).max()) > 0.05  # renormalization changed the output
 
 
 @pytest.mark.parametrize("p", [2, 1, "inf"])
@@ -332,7 +376,7 @@ def test_lp_batch_norm_matches_pure(p):
     for step in range(2):
         x = rand((6, c, 3, 3), seed=40 + step, loc=1.0, scale=2.0)
         y, st = batched(ours)(x, st)
-        ref, stats = jn.lp_batch_norm(x, ours.weight, ours.bias, stats, train=True, p=p, momentum=0.9, axis=1)
+        ref, stats = J(jn.lp_batch_norm)(x, ours.weight, ours.bias, stats, train=True, p=p, momentum=0.9, axis=1)
         close(y, ref, 1e-5, atol=1e-5)
         for k in ("mean", "var"):
             close(st.get(ours.state_index)[k], stats[k])
@@ -342,7 +386,7 @@ def test_lp_batch_norm_matches_pure(p):
         mu = xf.mean((0, 2, 3))
         close(y, bn_ref(x, g, b, mean=mu, var=s2), 1e-4, atol=1e-4)
     yi, st_i = batched(eqx.nn.inference_mode(ours))(x, st)
-    close(yi, jn.batch_norm(x, ours.weight, ours.bias, stats, train=False, axis=1)[0])
+    close(yi, J(jn.batch_norm)(x, ours.weight, ours.bias, stats, train=False, axis=1)[0])
     for k in ("mean", "var", "count"):  # inference does not move the state
         np.testing.assert_array_equal(np.asarray(st_i.get(ours.state_index)[k]),
                                       np.asarray(st.get(ours.state_index)[k]))
@@ -355,15 +399,15 @@ def test_noisy_batch_norm_matches_pure_on_the_whole_batch():
     x = rand((6, c, 3, 3), loc=1.0, scale=2.0)
     key = jax.random.key(7)
     y, st = batched(functools.partial(ours, key=key))(x, st)  # one shared key (vmap would map a keyword argument)
-    ref, stats = jn.noisy_batch_norm(x, ours.weight, ours.bias, jn.init_batch_stats(c), train=True, key=key, axis=1,
+    ref, stats = J(jn.noisy_batch_norm)(x, ours.weight, ours.bias, jn.init_batch_stats(c), train=True, key=key, axis=1,
                                      momentum=0.9)
     close(y, ref, 1e-5, atol=1e-5)
     for k in ("mean", "var"):
         close(st.get(ours.state_index)[k], stats[k])
-    plain, _ = jn.batch_norm(x, ours.weight, ours.bias, stats, train=True, axis=1, momentum=0.9)
+    plain, _ = J(jn.batch_norm)(x, ours.weight, ours.bias, stats, train=True, axis=1, momentum=0.9)
     assert float(jnp.abs(y - plain).max()) > 0.05  # there is noise
     yi, st_i = batched(eqx.nn.inference_mode(ours))(x, st)  # no noise, no key needed, the state does not move
-    close(yi, jn.batch_norm(x, ours.weight, ours.bias, st.get(ours.state_index), train=False, axis=1)[0])
+    close(yi, J(jn.batch_norm)(x, ours.weight, ours.bias, st.get(ours.state_index), train=False, axis=1)[0])
     for k in ("mean", "var", "count"):
         np.testing.assert_array_equal(np.asarray(st_i.get(ours.state_index)[k]),
                                       np.asarray(st.get(ours.state_index)[k]))
@@ -373,17 +417,17 @@ def test_instance_norm_and_dyt_match_pure():
     c = 4
     x = rand((3, c, 4, 4), loc=2.0, scale=3.0)
     inorm, g, b = with_affine(je.InstanceNorm(c), c)
-    close(jax.vmap(inorm)(x), jn.instance_norm(x, inorm.weight, inorm.bias, axis=1))
+    close(J(jax.vmap(inorm))(x), J(jn.instance_norm)(x, inorm.weight, inorm.bias, axis=1))
     xf = f64(x)
     mu, var = xf.mean((2, 3), keepdims=True), xf.var((2, 3), keepdims=True)
-    close(jax.vmap(inorm)(x), (xf - mu) / np.sqrt(var + 1e-5) * g[:, None, None] + b[:, None, None], 1e-4, atol=1e-5)
+    close(J(jax.vmap(inorm))(x), (xf - mu) / np.sqrt(var + 1e-5) * g[:, None, None] + b[:, None, None], 1e-4, atol=1e-5)
 
     shape = (c, 4, 4)
     dyt = je.DyT(shape)
     w, bb = rand(shape, 1, 1.0, 0.3), rand(shape, 2, 0.0, 0.3)
     dyt = eqx.tree_at(lambda m: (m.alpha, m.weight, m.bias), dyt, (jnp.float32(0.7), w, bb))
-    close(jax.vmap(dyt)(x), jn.dyt(x, 0.7, w, bb))
-    close(jax.vmap(dyt)(x), f64(w) * np.tanh(0.7 * xf) + f64(bb), 1e-5, atol=1e-6)
+    close(J(jax.vmap(dyt))(x), J(jn.dyt)(x, 0.7, w, bb))
+    close(J(jax.vmap(dyt))(x), f64(w) * np.tanh(0.7 * xf) + f64(bb), 1e-5, atol=1e-6)
     assert float(je.DyT(3).alpha) == 0.5
 
 
@@ -396,10 +440,10 @@ def test_standardized_conv_equals_conv_with_standardized_kernel():
     mu, var = w.mean((1, 2, 3), keepdims=True), w.var((1, 2, 3), keepdims=True)
     ws = (w - mu) / np.sqrt(var + 1e-5)
     x = rand((3, 6, 6), loc=1.0)
-    ref = eqx.tree_at(lambda c: c.weight, raw, jnp.asarray(ws, jnp.float32))(x)
-    y = sc(x)
+    ref = J(eqx.tree_at(lambda c: c.weight, raw, jnp.asarray(ws, jnp.float32)))(x)
+    y = J(sc)(x)
     close(y, ref, 1e-5, atol=1e-5)
-    assert float(jnp.abs(y - raw(x)).max()) > 0.1
+    assert float(jnp.abs(y - J(raw)(x)).max()) > 0.1
     np.testing.assert_array_equal(np.asarray(sc.conv.weight), np.asarray(raw.weight))  # the call stores nothing
 
 
@@ -418,13 +462,13 @@ def test_weight_norm_init_gain_and_gradients():
     close(wn(x), w_eff @ f64(x) + f64(lin.bias), 1e-5, atol=1e-6)
 
     ct = rand((4,), 2)
-    grads = eqx.filter_grad(lambda m: jnp.sum(m(x) * ct))(wn)
+    grads = J(eqx.filter_grad(lambda m: jnp.sum(m(x) * ct)))(wn)
 
     def formula(v, g):
         w = g[:, None] * v / jnp.sqrt(jnp.sum(v * v, axis=1, keepdims=True) + 1e-12)
         return jnp.sum((w @ x + lin.bias) * ct)
 
-    gv, gg = jax.grad(formula, (0, 1))(lin.weight, g)
+    gv, gg = J(jax.grad(formula, (0, 1)))(lin.weight, g)
     assert np.all(np.isfinite(np.asarray(grads.layer.weight)))
     close(grads.layer.weight, gv, 1e-5, atol=1e-6)
     close(grads.g, gg, 1e-5, atol=1e-6)
@@ -454,7 +498,7 @@ def test_spectral_norm_sigma_converges_and_inference_is_frozen(kind):
     ref = eqx.tree_at(lambda m: m.weight, layer, layer.weight / stored["sigma"])(x)
     close(y, ref, 1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(sn.layer.weight), np.asarray(layer.weight))
-    yi, st_i = eqx.nn.inference_mode(sn)(x, st)
+    yi, st_i = J(eqx.nn.inference_mode(sn))(x, st)
     close(yi, ref, 1e-4, atol=1e-5)
     for k in ("u", "sigma"):
         np.testing.assert_array_equal(np.asarray(st_i.get(sn.state_index)[k]), np.asarray(stored[k]))
@@ -463,12 +507,12 @@ def test_spectral_norm_sigma_converges_and_inference_is_frozen(kind):
 def test_spatial_dropout_zeroes_whole_channels():
     x = rand((8, 4, 4), loc=2.0) + 0.1
     k = jax.random.key(1)
-    y = np.asarray(je.SpatialDropout(0.5)(x, key=k))
+    y = np.asarray(J(je.SpatialDropout(0.5))(x, key=k))
     dropped = np.all(y == 0, axis=(1, 2))
     kept = np.all(y != 0, axis=(1, 2))
     assert np.all(dropped | kept) and dropped.any() and kept.any()
     close(y[kept], f64(x)[kept] / 0.5)
-    ref = jn.spatial_dropout(jnp.moveaxis(x, 0, -1)[None], 0.5, key=k)[0]
+    ref = J(jn.spatial_dropout)(jnp.moveaxis(x, 0, -1)[None], 0.5, key=k)[0]
     close(y, jnp.moveaxis(ref, -1, 0))
     np.testing.assert_array_equal(np.asarray(je.SpatialDropout(0.5)(x, inference=True)), np.asarray(x))
 
@@ -482,8 +526,8 @@ def test_spatial_dropout_zeroes_whole_channels():
 def test_dropout_variants_match_pure(layer, fn):
     x = rand((6, 5), loc=0.5)
     k = jax.random.key(9)
-    y = layer(0.3)(x, key=k)
-    close(y, fn(x, 0.3, key=k, train=True), 1e-6, atol=1e-6)
+    y = J(layer(0.3))(x, key=k)
+    close(y, J(fn)(x, 0.3, key=k, train=True), 1e-6, atol=1e-6)
     assert float(jnp.abs(y - x).max()) > 0.05
     close(layer(0.3, inference=True)(x), fn(x, 0.3, train=False), 1e-6, atol=1e-6)
     close(eqx.nn.inference_mode(layer(0.3))(x), fn(x, 0.3, train=False), 1e-6, atol=1e-6)
@@ -500,7 +544,7 @@ def test_dropconnect_linear():
     k = jax.random.key(2)
     wd = f64(jn.dropconnect(dc.linear.weight, 0.4, key=k))
     assert 0 < np.mean(wd == 0) < 1
-    close(dc(x, key=k), wd @ f64(x) + b, 1e-5, atol=1e-6)
+    close(J(dc)(x, key=k), wd @ f64(x) + b, 1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -520,14 +564,25 @@ def test_stateless_layers_pass_the_state_through(layer):
     assert same is state
 
 
+def test_sequential_of_stateless_layers():
+    seq = eqx.nn.Sequential([je.LayerNorm((4, 3)), eqx.nn.Lambda(jax.nn.relu), je.Dropout(0.5), je.RMSNorm((4, 3))])
+    x = rand((4, 3), loc=1.0, scale=2.0)
+    k = jax.random.key(0)
+    y = J(seq)(x, key=k)
+    k_drop = jax.random.split(k, 4)[2]  # Sequential splits the key over its layers
+    h = je.Dropout(0.5)(jax.nn.relu(jn.layer_norm(x[None])[0]), key=k_drop)
+    close(y, jn.rms_norm(h[None])[0], 1e-5, atol=1e-5)
+    close(eqx.nn.inference_mode(seq)(x), jn.rms_norm(jax.nn.relu(jn.layer_norm(x[None])))[0], 1e-5, atol=1e-5)
+
+
 def test_sequential_with_batchnorm_and_stateless_layers():
     c = 4
     seq, st = eqx.nn.make_with_state(eqx.nn.Sequential)(
         [je.BatchNorm(c, momentum=0.9), eqx.nn.Lambda(jax.nn.relu), je.LayerNorm((c, 3))])
     x = rand((6, c, 3), loc=2.0, scale=3.0)
     y, st = batched(seq)(x, st)
-    h, stats = jn.batch_norm(x, None, None, jn.init_batch_stats(c), train=True, axis=1, momentum=0.9)
-    close(y, jn.layer_norm(jax.nn.relu(h)), 1e-5, atol=1e-5)
+    h, stats = J(jn.batch_norm)(x, None, None, jn.init_batch_stats(c), train=True, axis=1, momentum=0.9)
+    close(y, J(jn.layer_norm)(jax.nn.relu(h)), 1e-5, atol=1e-5)
     bn_stats = st.get(seq.layers[0].state_index)
     close(bn_stats["mean"], stats["mean"])
     assert int(bn_stats["count"]) == 1
