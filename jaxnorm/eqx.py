@@ -3,9 +3,10 @@
 Equinox's conventions: a layer is an ``equinox.Module`` called on ONE example, channels first (``C×…``, as
 ``eqx.nn.Conv`` and ``eqx.nn.BatchNorm``); the batch axis comes from ``jax.vmap(..., axis_name='batch')``;
 running statistics live in an ``eqx.nn.State`` behind a ``StateIndex``; a stateful layer is called
-``layer(x, state, *, key=None, inference=None) -> (y, state)``, a stateless one ``layer(x, *, key=None) -> y``
-(or ``layer(x, state) -> (y, state)``, so it fits ``eqx.nn.Sequential``); ``eqx.nn.inference_mode(model)``
-switches every ``inference`` flag::
+``layer(x, state, *, key=None, inference=None) -> (y, state)`` (an ``eqx.nn.StatefulLayer``, so
+``eqx.nn.Sequential`` threads the state through it), a stateless one ``layer(x, *, key=None) -> y`` (or
+``layer(x, state) -> (y, state)``, as Equinox's own norms); ``eqx.nn.inference_mode(model)`` switches every
+``inference`` flag::
 
     model, state = eqx.nn.make_with_state(Net)(key)
     batched = jax.vmap(model, axis_name="batch", in_axes=(0, None, 0), out_axes=(0, None))
@@ -93,7 +94,7 @@ def _batch_size(layer: str, axis_name) -> int:
 # batch-statistics norms
 
 
-class _RunningStats(eqx.Module):
+class _RunningStats(eqx.nn.StatefulLayer):  # eqx.nn.Sequential passes the state to StatefulLayers
     weight: Array | None
     bias: Array | None
     state_index: eqx.nn.StateIndex
@@ -447,7 +448,7 @@ class WeightNorm(eqx.Module):
         return eqx.tree_at(lambda m: getattr(m, self.weight_name), self.layer, w)(x)
 
 
-class SpectralNorm(eqx.Module):
+class SpectralNorm(eqx.nn.StatefulLayer):
     """Spectral normalization (Miyato et al. 2018) of a layer's ``weight_name`` array (``out×in×…``, seen as the
     matrix ``(in·…) × out``): divided by its largest singular value σ, estimated by ``num_power_iterations`` power
     iterations per call from the vector ``u`` kept in the state (:func:`jaxnorm.spectral_normalize`).

@@ -376,7 +376,12 @@ def _norm_core_jvp(spec: _Spec, primals, tangents):
     w = -(sr * r * r) * q
     if scale is not None:
         w = w + r * jnp.asarray(sd, dt)
-    yd = xdf * sr + (xs if spec.center else xf) * w
+    xo = xs if spec.center else xf
+    if mask is not None:
+        # padding may hold NaN/inf: the transpose sums ct·xo into w, and 0·NaN would poison every gradient, so
+        # non-finite padded values count as 0 here (finite padding keeps its exact derivative)
+        xo = jnp.where(mask | jnp.isfinite(xo), xo, jnp.zeros((), dt))
+    yd = xdf * sr + xo * w
     u = -(sr * md) - d * w if spec.center else None
     if bias is not None:
         u = jnp.asarray(bd, dt) if u is None else u + jnp.asarray(bd, dt)
@@ -992,7 +997,10 @@ def lp_batch_norm(
             else:
                 s = _psum(jnp.sum(ax, red), axis_name) / jnp.maximum(_per_feature(n, c), 1.0)
             s2 = s * s
-            y = _normalize(x, scale, bias, d, s2.reshape(feat_shape), eps, shift=k)
+            xn = x
+            if mk is not None:  # as in the core's JVP: non-finite padding must not reach the gradients
+                xn = jnp.where(mk | jnp.isfinite(x), x, jnp.zeros((), x.dtype))
+            y = _normalize(xn, scale, bias, d, s2.reshape(feat_shape), eps, shift=k)
         n = _per_feature(n, c)
         new_stats = update_running_stats(st, lax.stop_gradient(mean.reshape(c)), lax.stop_gradient(s2),
                                          lax.stop_gradient(n), momentum=momentum)

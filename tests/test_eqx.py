@@ -102,7 +102,7 @@ def test_batchnorm_matches_equinox_batch_mode_over_steps(shape):
     # hidden averages by 1 - m^k (zero-debias), so the two differ on purpose: each is checked against its formula.
     x = rand(shape, seed=99, loc=3.0, scale=2.0)
     yj, st_after = batched(eqx.nn.inference_mode(ours))(x, st_j)
-    ref, same = J(jn.batch_norm)(x, ours.weight, ours.bias, stats, train=False, axis=1)
+    ref, _ = J(jn.batch_norm)(x, ours.weight, ours.bias, stats, train=False, axis=1)
     close(yj, ref)
     close(yj, bn_ref(x, g, b, mean=stats["mean"], var=stats["var"]), 1e-4)
     for k in ("mean", "var", "count"):
@@ -283,7 +283,7 @@ class TinyNet(eqx.Module):
     def __init__(self, key):
         k1, k2 = jax.random.split(key)
         self.conv = eqx.nn.Conv2d(1, 8, 3, padding=1, key=k1)
-        self.bn = je.BatchNorm(8, momentum=0.5)
+        self.bn = je.BatchNorm(8, momentum=0.5)  # short memory: the averages track the conv as it trains
         self.drop = je.Dropout(0.1)
         self.head = eqx.nn.Linear(8, 2, key=k2)
 
@@ -316,7 +316,7 @@ def test_tiny_cnn_trains_with_optax_under_filter_jit():
         return eqx.apply_updates(model, updates), state, opt_state, loss
 
     losses = []
-    for i, key in enumerate(jax.random.split(jax.random.key(2), 20)):
+    for key in jax.random.split(jax.random.key(2), 20):
         model, state, opt_state, loss = step(model, state, opt_state, imgs, labels, key)
         losses.append(float(loss))
     assert np.all(np.isfinite(losses))
@@ -326,8 +326,8 @@ def test_tiny_cnn_trains_with_optax_under_filter_jit():
     assert float(jnp.abs(stats["mean"]).max()) > 0.1  # moved from 0 towards the conv outputs' means
     assert float(jnp.abs(stats["var"] - 1.0).max()) > 0.01
     # the trained model at inference classifies the training set
-    logits, _ = jax.vmap(eqx.nn.inference_mode(model), axis_name="batch", in_axes=(0, None, None),
-                         out_axes=(0, None))(imgs, state, None)
+    logits, _ = J(jax.vmap(eqx.nn.inference_mode(model), axis_name="batch", in_axes=(0, None, None),
+                           out_axes=(0, None)))(imgs, state, None)
     assert float(jnp.mean(jnp.argmax(logits, -1) == labels)) >= 0.9
 
 

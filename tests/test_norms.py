@@ -577,3 +577,38 @@ def test_noisy_batch_norm_new_noise_each_step_and_none_in_eval():
         layer.apply(v, x, train=True, mutable=["batch_stats"])
     with pytest.raises(ValueError, match=r"n_sigma >= 1"):
         jn.noisy_batch_norm(x, None, None, stats, train=True, key=jax.random.key(1), n_sigma=0.5)
+
+
+@pytest.mark.parametrize("name", ["batch_norm", "ghost", "layer_norm", "group_norm", "instance_norm", "rms_norm",
+                                  "batch_renorm", "lp1", "lp2", "lpinf"])
+def test_nan_in_masked_padding_never_reaches_the_gradients(name):
+    """The loss sees only valid examples; NaN padding must leave every gradient finite and equal to the one with
+    finite padding (it used to reach them as 0·NaN in the transpose of the normalization's JVP)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(2, 3, (8, 3, 4)), jnp.float32)
+    valid = jnp.asarray([1, 1, 0, 1, 1, 0, 1, 1], bool)
+    ct = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    w, b = jnp.asarray(rng.normal(1, .2, 4), jnp.float32), jnp.asarray(rng.normal(0, .2, 4), jnp.float32)
+    st = jn.init_batch_stats(4)
+    f = {
+        "batch_norm": lambda x, w, b: jn.batch_norm(x, w, b, st, train=True, mask=valid)[0],
+        "ghost": lambda x, w, b: jn.batch_norm(x, w, b, st, train=True, mask=valid, virtual_batch_size=4)[0],
+        "layer_norm": lambda x, w, b: jn.layer_norm(x, w, b, mask=valid),
+        "group_norm": lambda x, w, b: jn.group_norm(x, w, b, num_groups=2, mask=valid),
+        "instance_norm": lambda x, w, b: jn.instance_norm(x, w, b, mask=valid),
+        "rms_norm": lambda x, w, b: jn.rms_norm(x, w, mask=valid) + b,
+        "batch_renorm": lambda x, w, b: jn.batch_renorm(x, w, b, st, train=True, mask=valid)[0],
+        "lp1": lambda x, w, b: jn.lp_batch_norm(x, w, b, st, train=True, p=1, mask=valid)[0],
+        "lp2": lambda x, w, b: jn.lp_batch_norm(x, w, b, st, train=True, p=2, mask=valid)[0],
+        "lpinf": lambda x, w, b: jn.lp_batch_norm(x, w, b, st, train=True, p="inf", mask=valid)[0],
+    }[name]
+
+    def loss(x, w, b):
+        return jnp.sum(jnp.where(valid[:, None, None], f(x, w, b) * ct, 0.0))
+
+    g_nan = jax.grad(loss, argnums=(0, 1, 2))(jnp.where(valid[:, None, None], x, jnp.nan), w, b)
+    g_fin = jax.grad(loss, argnums=(0, 1, 2))(x, w, b)
+    for a, ref in zip(g_nan, g_fin):
+        assert bool(jnp.all(jnp.isfinite(a)))
+        np.testing.assert_array_equal(np.where(valid[:, None, None], a, 0) if a.ndim == 3 else a,
+                                      np.where(valid[:, None, None], ref, 0) if ref.ndim == 3 else ref)
