@@ -14,7 +14,9 @@ statistics as the aux output, so the statistics update is part of every timed pr
   ``nnx.jit`` runs it), against the pure function called on the same parameters (``ratio_vs_pure``, target ≤ 1.05);
   ``jn.nnx.BatchNorm`` also against ``flax.nnx.BatchNorm`` (``ratio_vs_flax``, target ≤ 1.0).
 * ``eqx``: the layer called per example under ``jax.vmap(..., axis_name='batch')`` on N×C×H×W (Equinox's
-  channels-first layout), against the pure function on the whole batch with ``axis=1`` (target ≤ 1.05);
+  channels-first layout), against the pure function called the same way, per example under the same vmap
+  (``ratio_vs_pure``, the wrapper's cost; target ≤ 1.05), and against the pure function on the whole batch with
+  ``axis=1`` (``ratio_vs_pure_whole_batch``: what Equinox's per-example convention costs on this backend);
   ``jn.eqx.BatchNorm`` also against ``eqx.nn.BatchNorm(mode='batch')`` for context.
 
 Outputs and gradients of both sides are compared before timing (``max_diff``; ``agree`` false beyond a tolerance).
@@ -135,7 +137,7 @@ def eqx_cases(c: int, spatial):
     affine = {"weight": jnp.ones(c), "bias": jnp.zeros(c)}
     full = {"weight": jnp.ones((c,) + spatial), "bias": jnp.zeros((c,) + spatial)}
     yield ("BatchNorm", eqx.nn.make_with_state(jn.eqx.BatchNorm)(c, "batch"),
-           lambda p, x, s: jn.batch_norm(x, p["weight"], p["bias"], s, train=True, axis=1), affine, bn,
+           lambda p, x, s, **kw: jn.batch_norm(x, p["weight"], p["bias"], s, train=True, axis=1, **kw), affine, bn,
            eqx.nn.make_with_state(eqx.nn.BatchNorm)(c, "batch", mode="batch"))
     yield ("LayerNorm", (jn.eqx.LayerNorm((c,) + spatial), None),
            lambda p, x, s: (jn.layer_norm(x, p["weight"], p["bias"]), s), full, {}, None)
@@ -164,34 +166,52 @@ def _eqx_side(model_state, ct, key=None):
     return _vg(loss), params, state
 
 
+def _per_example(pure, bn: bool):
+    """The pure function called the way an Equinox layer calls it: per example (a batch of one) under
+    ``jax.vmap(axis_name='batch')``, batch norm reducing over the vmapped axis."""
+    if bn:
+        def f(p, x, s):
+            return jax.vmap(lambda xi: (lambda y, st: (y[0], st))(*pure(p, xi[None], s, axis_name="batch")),
+                            axis_name="batch", out_axes=(0, None))(x)
+    else:
+        def f(p, x, s):
+            return jax.vmap(lambda xi: pure(p, xi[None], s)[0][0], axis_name="batch")(x), s
+    return f
+
+
 def run_eqx(x, ct, repeats, base):
     out = []
     key = jax.random.key(1)
     for name, model_state, pure, pparams, stats, eqx_ref in eqx_cases(x.shape[1], tuple(x.shape[2:])):
         k = key if name == "Dropout" else None
-        if pure is None:  # dropout: the same per-example keys, vmapped pure function
+        if pure is None:  # dropout: the same per-example keys, vmapped pure function (the only form there is)
             keys = jax.random.split(key, x.shape[0])
 
             def pure(p, x, s):
                 return jax.vmap(lambda xi, ki: jn.dropout(xi, 0.5, key=ki))(x, keys), s
+            per_example = pure
+        else:
+            per_example = _per_example(pure, name == "BatchNorm")
         f_jn, params, state = _eqx_side(model_state, ct, k)
-        f_pure = _pure_side(pure, ct)
+        f_pure, f_vm = _pure_side(pure, ct), _pure_side(per_example, ct)
         c_jn, t_jn = _compile(f_jn, params, x, state)
         c_pure, t_pure = _compile(f_pure, pparams, x, stats)
+        c_vm, _ = _compile(f_vm, pparams, x, stats)
         (l_jn, _), (gp_jn, gx_jn) = c_jn(params, x, state)
         (l_pure, _), (gp_pure, gx_pure) = c_pure(pparams, x, stats)
         diff = max(_maxdiff(gx_jn, gx_pure, True), _maxdiff(jnp.asarray(l_jn), jnp.asarray(l_pure), True))
-        sides = [(c_jn, (params, x, state)), (c_pure, (pparams, x, stats))]
+        sides = [(c_jn, (params, x, state)), (c_vm, (pparams, x, stats)), (c_pure, (pparams, x, stats))]
         if eqx_ref is not None:
             f_ref, rparams, rstate = _eqx_side(eqx_ref, ct)
             c_ref, t_ref = _compile(f_ref, rparams, x, rstate)
             sides.append((c_ref, (rparams, x, rstate)))
         times = _time_alternating(sides, repeats)
         line = dict(base, library="eqx", layer=name, jaxnorm_ms=times[0][0], pure_ms=times[1][0],
-                    ratio_vs_pure=times[0][0] / times[1][0], target_vs_pure=TARGET_VS_PURE, compile_s=t_jn,
-                    pure_compile_s=t_pure, max_diff=diff, agree=bool(diff < 1e-4))
+                    ratio_vs_pure=times[0][0] / times[1][0], target_vs_pure=TARGET_VS_PURE,
+                    pure_whole_batch_ms=times[2][0], ratio_vs_pure_whole_batch=times[0][0] / times[2][0],
+                    compile_s=t_jn, pure_compile_s=t_pure, max_diff=diff, agree=bool(diff < 1e-4))
         if eqx_ref is not None:
-            line.update(equinox_ms=times[2][0], ratio_vs_equinox=times[0][0] / times[2][0], equinox_compile_s=t_ref)
+            line.update(equinox_ms=times[3][0], ratio_vs_equinox=times[0][0] / times[3][0], equinox_compile_s=t_ref)
         print(json.dumps(line), flush=True)
         out.append(line)
     return out
@@ -200,7 +220,7 @@ def run_eqx(x, ct, repeats, base):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="16×16×16×32 instead of 128×32×32×64")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--only", default="nnx,eqx", help="comma-separated libraries: nnx, eqx")
     args = ap.parse_args(argv)
     shape = (16, 16, 16, 32) if args.small else (128, 32, 32, 64)

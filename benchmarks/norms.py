@@ -88,8 +88,10 @@ def _time_alternating(fns_args, repeats: int, warmup: int = 2) -> list[tuple[flo
         for _ in range(warmup):
             jax.block_until_ready(c(*a))
     times = [[] for _ in fns_args]
-    for _ in range(repeats):
-        for i, (c, a) in enumerate(fns_args):
+    for r in range(repeats):
+        for j in range(len(fns_args)):  # the order rotates each round: no side is always first after the others
+            i = (j + r) % len(fns_args)
+            c, a = fns_args[i]
             times[i].append(_once(c, a))
     return [(1e3 * statistics.median(t), 1e3 * min(t)) for t in times]
 
