@@ -1,8 +1,10 @@
-"""Data parallelism on 4 fake CPU devices: pmap and jit+shard_map steps equal a single-device step on the global
-batch; whole runs agree across modes; two processes on loopback match one process and fail fast when one dies."""
+"""Data parallelism on 4 fake CPU devices: global-view jit (replicated or FSDP-sharded state), jit+shard_map and
+pmap steps equal a single-device step on the global batch; whole runs agree across modes and resume on another
+device count; two processes on loopback match one process and fail fast when one dies."""
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +18,8 @@ import pytest
 
 from jaxnorm import models
 from jaxnorm.train import loop, parallel, steps
+from jax.sharding import PartitionSpec as P
+
 from jaxnorm.train.metrics import read_metrics
 
 from test_train import ROOT, final_state, load_config
@@ -52,7 +56,7 @@ def _assert_trees_close(a, b, tol=1e-5):
         np.testing.assert_allclose(va, vb, atol=tol, rtol=tol, err_msg=jax.tree_util.keystr(pa))
 
 
-@pytest.mark.parametrize("mode", ["pmap", "sharding"])
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_parallel_step_equals_single_device_step_on_global_batch(setup, mode):
     batch, tx = setup
     ref, ref_m = _one_step(parallel.DataParallel.create("none"), _model(), tx, batch)
@@ -69,7 +73,7 @@ def test_parallel_step_equals_single_device_step_on_global_batch(setup, mode):
     assert not np.allclose(ghost.batch_stats["norm_0"]["var"], ref.batch_stats["norm_0"]["var"], atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["pmap", "sharding"])
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_unsynced_bn_equals_ghost_batches_with_averaged_running_stats(setup, mode):
     """sync_bn=False: each device normalizes with its own statistics and the running statistics are averaged over
     devices — exactly ghost batch norm with one virtual batch per device on one device."""
@@ -92,19 +96,100 @@ def test_batch_not_divisible_by_devices_names_both_numbers():
         parallel.resolve_mode("dp")
 
 
-def test_auto_mode_picks_sharding_with_several_devices():
-    assert parallel.resolve_mode("auto") == "sharding"
+def test_mode_names_auto_and_the_modes_that_cannot_be_combined():
+    assert parallel.resolve_mode("auto") == "global"
+    assert parallel.resolve_mode("auto", sync_bn=False) == "shard_map"  # per-device statistics need per-device code
+    assert parallel.resolve_mode("sharding") == "shard_map"  # the name before global view, in old config.json
+    with pytest.raises(ValueError, match="sync_bn=False .* use parallel='shard_map' or 'pmap'"):
+        parallel.resolve_mode("global", sync_bn=False)
+    with pytest.raises(ValueError, match="shard_params=True shards the state over the mesh of parallel='global'"):
+        parallel.DataParallel.create("pmap", shard_params=True)
+    assert parallel.DataParallel.create("global").axis_name is None  # global view: no collectives in the step
+
+
+def test_pmap_says_once_that_it_is_in_maintenance(capsys):
+    parallel._PMAP_NOTE.clear()
+    parallel.DataParallel.create("pmap")
+    parallel.DataParallel.create("pmap")
+    assert capsys.readouterr().err.count("jax.pmap is in maintenance mode upstream") == 1
+
+
+def _dropout_model(**kw):
+    return _model(dropout="dropout", dropout_rate=0.5, **kw)
+
+
+def _steps(dp, model, tx, batch, n=3):
+    state = steps.create_state(_dropout_model(), tx, batch["x"], 0)
+    step = dp.compile(steps.make_train_step(model, tx, optax.constant_schedule(0.1), 0, axis_name=dp.axis_name))
+    placed = dp.put_state(state)
+    for _ in range(n):
+        placed, metrics = step(placed, dp.put_batch(batch))
+    return placed, jax.tree.map(np.asarray, dp.get_state(placed)), jax.tree.map(np.asarray, metrics)
+
+
+@pytest.mark.parametrize("shard_params", [False, True])
+def test_global_view_step_equals_one_device_to_rounding_with_dropout_and_bn(setup, shard_params):
+    """The global-view step is the single-device step: batch norm over the global batch without axis_name, one
+    dropout key for the global batch. Three steps on 4 devices equal three on one device to float32 rounding
+    (XLA sums the statistics per device first, so not bit for bit), with the state replicated or FSDP-sharded."""
+    batch, tx = setup
+    _, ref, ref_m = _steps(parallel.DataParallel.create("none"), _dropout_model(), tx, batch)
+    dp = parallel.DataParallel.create("global", shard_params=shard_params, min_shard_size=16)
+    placed, got, got_m = _steps(dp, _dropout_model(), tx, batch)
+    _assert_trees_close(got.params, ref.params, tol=2e-6)
+    _assert_trees_close(got.opt_state, ref.opt_state, tol=2e-6)
+    _assert_trees_close(got.batch_stats, ref.batch_stats, tol=2e-6)
+    np.testing.assert_allclose(got_m["loss"], ref_m["loss"], rtol=1e-6)
+    specs = {jax.tree_util.keystr(p): v.sharding.spec for p, v in jax.tree_util.tree_leaves_with_path(placed.params)}
+    if shard_params:  # every leaf of >= 16 elements along its largest divisible axis; the state keeps it
+        assert specs["['conv_1']['kernel']"] == P(None, None, None, "batch")  # 3×3×4×8: the 8 output channels
+        assert specs["['head']['kernel']"] == P("batch")  # 8×10: 8 is divisible by 4, 10 is not
+        assert specs["['head']['bias']"] == P()  # 10 elements: replicated
+        mom = jax.tree_util.tree_leaves_with_path(placed.opt_state)
+        assert any(v.sharding.spec == P(None, None, None, "batch") for _, v in mom)  # the momentum buffers too
+    else:
+        assert set(specs.values()) == {P()}
+    # dropout really was on and drew the same masks: without dropout the step differs
+    _, plain, _ = _steps(parallel.DataParallel.create("none"), _model(), tx, batch)
+    assert not np.allclose(plain.params["head"]["kernel"], ref.params["head"]["kernel"], atol=1e-4)
+
+
+def test_fsdp_partition_of_a_leaf_and_the_error_for_a_shape_it_cannot_use():
+    assert parallel.fsdp_spec((3, 3, 16, 64), 4) == P(None, None, None, "batch")  # the largest divisible axis
+    assert parallel.fsdp_spec((128, 10), 4, min_size=1024) == P("batch")
+    assert parallel.fsdp_spec((64,), 4) == P()  # below the size threshold: replicated
+    assert parallel.fsdp_spec((96, 96), 4) == P("batch")  # equal sizes: the first
+    with pytest.raises(ValueError, match=r"\['w'\] of shape \(99, 101\) has no axis divisible by the 4 devices"):
+        parallel.fsdp_spec((99, 101), 4, where="['w']")
+
+
+def test_fsdp_run_checkpoints_gathered_and_resumes_replicated_and_on_one_device(tmp_path):
+    def train(wd, **kw):
+        loop.train_and_evaluate(load_config(log_every=1, checkpoint_every=5, **kw), str(wd))
+        return [r["loss"] for r in read_metrics(str(wd)) if r["split"] == "train"]
+
+    ref = train(tmp_path / "ref", parallel="none", num_steps=10)
+    fsdp = train(tmp_path / "fsdp", parallel="global", shard_params=True, shard_params_min_size=16, num_steps=10)
+    np.testing.assert_allclose(fsdp, ref, rtol=1e-5)
+    shutil.copytree(tmp_path / "ref", tmp_path / "ref15")
+    ref15 = train(tmp_path / "ref15", parallel="none", num_steps=15)  # num_steps moves the schedule: same on both
+    for mode in ("none", "global"):  # the sharded run's checkpoint resumes on one device and replicated
+        shutil.copytree(tmp_path / "fsdp", tmp_path / mode)
+        got = train(tmp_path / mode, parallel=mode, num_steps=15)
+        assert [r["step"] for r in read_metrics(str(tmp_path / mode)) if r["split"] == "train"] == list(range(1, 16))
+        np.testing.assert_allclose(got, ref15, rtol=1e-5)
 
 
 def test_ten_steps_same_losses_in_every_mode_and_resume_on_other_device_count(tmp_path):
     losses = {}
-    for mode in ("none", "pmap", "sharding"):
+    for mode in ("none", "global", "pmap", "shard_map"):
         wd = str(tmp_path / mode)
         loop.train_and_evaluate(load_config(parallel=mode, num_steps=10, log_every=1, checkpoint_every=5), wd)
         losses[mode] = [r["loss"] for r in read_metrics(wd) if r["split"] == "train"]
         assert len(losses[mode]) == 10
     np.testing.assert_allclose(losses["pmap"], losses["none"], atol=1e-4)
-    np.testing.assert_allclose(losses["sharding"], losses["none"], atol=1e-4)
+    np.testing.assert_allclose(losses["shard_map"], losses["none"], atol=1e-4)
+    np.testing.assert_allclose(losses["global"], losses["none"], rtol=1e-5)
     # the checkpoint holds the unreplicated state: a pmap run resumes on one device
     wd = str(tmp_path / "pmap")
     result = loop.train_and_evaluate(load_config(parallel="none", num_steps=15, log_every=1, checkpoint_every=5), wd)
@@ -122,25 +207,26 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(workdir, pid, port, *flags, devices=2):
+def _launch(workdir, pid, port, *flags, devices=2, mode="shard_map"):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "smoke.py"),
-           "--workdir", str(workdir), "--config.parallel=sharding", f"--config.coordinator_address=127.0.0.1:{port}",
+           "--workdir", str(workdir), f"--config.parallel={mode}", f"--config.coordinator_address=127.0.0.1:{port}",
            "--config.num_processes=2", f"--config.process_id={pid}", "--config.heartbeat_timeout=10", *flags]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("mode", ["global", "shard_map"])
+def test_two_processes_match_one_process(tmp_path, mode):
     flags = ["--config.num_steps=6", "--config.checkpoint_every=6", "--config.eval_every=6"]
     port = _free_port()
-    procs = [_launch(tmp_path / "multi", pid, port, *flags) for pid in (0, 1)]
+    procs = [_launch(tmp_path / "multi", pid, port, *flags, mode=mode) for pid in (0, 1)]
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     single = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "smoke.py"),
-         "--workdir", str(tmp_path / "single"), "--config.parallel=sharding", *flags],
+         "--workdir", str(tmp_path / "single"), f"--config.parallel={mode}", *flags],
         capture_output=True, text=True, env=env, timeout=240)
     assert single.returncode == 0, single.stderr[-3000:]
     step_a, a = final_state(tmp_path / "multi")

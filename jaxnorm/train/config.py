@@ -14,7 +14,7 @@ import ml_collections
 
 from jaxnorm._checks import check_choice, check_positive_int, check_rate
 from jaxnorm.models.components import KERNEL_NORMS
-from jaxnorm.train.parallel import MODES
+from jaxnorm.train.parallel import check_mode
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -22,12 +22,14 @@ SCHEDULES = ("constant", "step", "cosine")
 # keys that may change between a run and its resumption without changing its results
 RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "data_dir", "progress", "parallel", "coordinator_address",
-                     "num_processes", "process_id", "heartbeat_timeout")
+                     "num_processes", "process_id", "heartbeat_timeout", "shard_params", "shard_params_min_size",
+                     "compilation_cache", "compilation_cache_dir")
 
 # keys added after runs had been recorded, with the value that reproduces those runs: while a key has that value it
 # is left out of a run's identity (result_affecting), so earlier results and checkpoints, whose configs lack the key,
 # still match and are neither retrained nor refused
-ADDED_KEY_DEFAULTS = {"kernel_norm": "none"}
+ADDED_KEY_DEFAULTS = {"kernel_norm": "none", "shard_params": False, "shard_params_min_size": 2**12,
+                      "compilation_cache": True, "compilation_cache_dir": ""}
 
 # keys of earlier runs' config.json that are now model fields: (old key, model field, old value meaning "the model's
 # default"); read back, such a config is the one it would be written as today (see upgrade)
@@ -106,7 +108,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.pretrain.beta = 0.1  # weight of the sparsity penalty
     c.pretrain.learning_rate = 1e-3  # adam
     # data parallelism (see jaxnorm.train.parallel)
-    c.parallel = "auto"  # auto | none | pmap | sharding
+    c.parallel = "auto"  # auto (global on several devices) | none | global | shard_map | pmap
+    c.shard_params = False  # global mode: shard every large leaf of the state over the devices (FSDP / ZeRO-3)
+    c.shard_params_min_size = 2**12  # leaves with fewer elements stay replicated under shard_params
+    # the persistent XLA compilation cache: a sweep compiles each step once, not once per seed
+    c.compilation_cache = True
+    c.compilation_cache_dir = ""  # "" = $JAXNORM_CACHE_DIR, else $XDG_CACHE_HOME/jaxnorm/xla, else ~/.cache/...
     c.sync_bn = True  # batch statistics over the global batch (psum of sums and counts); False: per device
     c.coordinator_address = ""  # host:port of process 0, for multi-process runs (jax.distributed)
     c.num_processes = 1  # -1: let jax.distributed detect the cluster (TPU pods, SLURM)
@@ -127,7 +134,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     check_choice("optimizer", config.optimizer, OPTIMIZERS)
     check_choice("schedule", config.schedule, SCHEDULES)
-    check_choice("parallel mode", config.parallel, MODES)
+    check_mode(config.parallel)
+    check_positive_int("config", "shard_params_min_size", config.shard_params_min_size)
     check_choice("kernel_norm", config.kernel_norm, KERNEL_NORMS)
     for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints", "population_batches"):
@@ -191,7 +199,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def upgrade(d: dict) -> dict:
     """A config read back from an earlier run's ``config.json`` with its keys as they are named today: the norm
     options that were top-level keys (``norm_momentum``, ``num_groups``) become ``model_kwargs`` entries, and unset
-    (None) ``model_kwargs`` entries are dropped (the model's default either way)."""
+    (None) ``model_kwargs`` entries are dropped (the model's default either way), and keys added since get the
+    value that reproduces the run (``ADDED_KEY_DEFAULTS``)."""
     d = dict(d)
     kwargs = {k: v for k, v in (d.get("model_kwargs") or {}).items() if v is not None}  # None: the model's default
     for old, field, default in MOVED_TO_MODEL_KWARGS:
@@ -201,6 +210,8 @@ def upgrade(d: dict) -> dict:
                 kwargs.setdefault(field, value)
     if kwargs or "model_kwargs" in d:
         d["model_kwargs"] = kwargs
+    for key, value in ADDED_KEY_DEFAULTS.items():  # keys added since: the value that reproduces the run
+        d.setdefault(key, value)
     return d
 
 

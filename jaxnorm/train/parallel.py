@@ -1,15 +1,22 @@
-"""Data parallelism: one code path per mode, all with axis name ``'batch'``.
+"""Data parallelism: one code path per mode, all with the mesh/axis name ``'batch'``.
 
 - ``'none'``: ``jax.jit`` on one device.
-- ``'pmap'``: ``jax.pmap`` over the local devices; the state is replicated per device.
-- ``'sharding'``: ``jax.jit`` of a ``shard_map`` over a device ``Mesh`` with axis ``'batch'``: the state is replicated
-  (``NamedSharding(mesh, P())``) and the global batch sharded along its first axis (``P('batch')``) — the path JAX
-  recommends now that ``pmap`` is in maintenance.
-- ``'auto'``: ``'sharding'`` when there is more than one device, ``'none'`` otherwise.
+- ``'global'``: ``jax.jit`` of the global-view step over arrays sharded with ``NamedSharding(mesh, P('batch'))`` on a
+  ``jax.make_mesh`` mesh (JAX's recommended path). The step is the single-device step: batch norm reduces over
+  the global batch with ordinary reductions (XLA inserts the collectives), dropout draws one mask for the global
+  batch from one key, so neither depends on the device count. With ``shard_params`` every large leaf of the state
+  (parameters and optimizer moments) is sharded along its largest divisible axis (FSDP / ZeRO-3 style) and
+  gathered by XLA where used.
+- ``'shard_map'`` (formerly ``'sharding'``): ``jax.jit`` of a ``shard_map`` over the mesh: explicit per-device code
+  with ``axis_name='batch'`` (sync BN by ``psum``, or per-device "ghost" statistics with ``sync_bn=False``); the
+  dropout key is folded with the device index.
+- ``'pmap'``: ``jax.pmap`` over the local devices (in maintenance upstream; kept because runs use it).
+- ``'auto'``: ``'global'`` when there is more than one device (``'shard_map'`` with ``sync_bn=False``, which needs
+  per-device code), ``'none'`` otherwise.
 
-The step itself (see :func:`jaxnorm.train.steps.make_train_step`) is the same function in every mode; with several
-processes (``jax.distributed``) each process feeds its own slice of the global batch. Checkpoints always hold the
-unreplicated state, so a run can resume on a different number of devices.
+With several processes (``jax.distributed``) each process feeds its own slice of the global batch. Checkpoints
+hold the state gathered to the host, unreplicated and unsharded, so a run resumes on any number of devices and
+with or without ``shard_params``.
 """
 
 from __future__ import annotations
@@ -23,19 +30,50 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxnorm._checks import check_choice
 
-MODES = ("auto", "none", "pmap", "sharding")
+MODES = ("auto", "none", "global", "shard_map", "pmap")
+ALIASES = {"sharding": "shard_map"}  # the names of earlier versions, still accepted (config.json of old runs)
 AXIS = "batch"
+FSDP_MIN_SIZE = 2**12  # leaves with fewer elements stay replicated under shard_params (biases, norm scales)
+_PMAP_NOTE = []  # printed once per process
 
 
-def resolve_mode(mode: str) -> str:
-    check_choice("parallel mode", mode, MODES)
+def check_mode(mode: str) -> str:
+    """``mode`` with an old alias replaced; a ValueError listing the modes if it is not one."""
+    return check_choice("parallel mode", ALIASES.get(mode, mode), MODES)
+
+
+def resolve_mode(mode: str, sync_bn: bool = True) -> str:
+    """The concrete mode of ``mode`` on this machine (``'auto'`` → ``'global'``, ``'shard_map'`` or ``'none'``)."""
+    mode = check_mode(mode)
     if mode == "auto":
-        return "sharding" if jax.device_count() > 1 else "none"
+        if jax.device_count() == 1:
+            return "none"
+        return "global" if sync_bn else "shard_map"
+    if mode == "global" and not sync_bn:
+        raise ValueError("parallel='global' computes batch statistics over the global batch; sync_bn=False "
+                         "(per-device statistics) needs per-device code: use parallel='shard_map' or 'pmap'")
     return mode
+
+
+def fsdp_spec(shape, num_devices: int, min_size: int = FSDP_MIN_SIZE, where: str = "a leaf") -> P:
+    """The FSDP partition of one leaf: along its largest axis divisible by ``num_devices`` (the first of equal
+    ones), replicated when it has fewer than ``min_size`` elements. A large leaf with no divisible axis is a
+    ValueError naming its shape and the device count."""
+    shape = tuple(shape)
+    if num_devices == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    axes = [i for i, n in enumerate(shape) if n % num_devices == 0]
+    if not axes:
+        raise ValueError(
+            f"shard_params: {where} of shape {shape} has no axis divisible by the {num_devices} devices; use a "
+            f"device count that divides one of {shape}, raise shard_params_min_size above its {int(np.prod(shape))} "
+            "elements to replicate it, or set shard_params=False")
+    best = max(axes, key=lambda i: (shape[i], -i))
+    return P(*([None] * best + [AXIS]))
 
 
 def initialize_distributed(config) -> None:
@@ -158,16 +196,30 @@ class DataParallel:
 
     mode: str
     mesh: Mesh | None = None
+    shard_params: bool = False
+    min_shard_size: int = FSDP_MIN_SIZE
+    _state_sharding: Any = None  # the state's shardings in 'global' mode, set by put_state
 
     @classmethod
-    def create(cls, mode: str) -> "DataParallel":
-        mode = resolve_mode(mode)
-        mesh = Mesh(np.asarray(jax.devices()), (AXIS,)) if mode == "sharding" else None
-        return cls(mode, mesh)
+    def create(cls, mode: str, *, sync_bn: bool = True, shard_params: bool = False,
+               min_shard_size: int = FSDP_MIN_SIZE) -> "DataParallel":
+        mode = resolve_mode(mode, sync_bn)
+        if shard_params and mode not in ("global", "none"):
+            raise ValueError(f"shard_params=True shards the state over the mesh of parallel='global'; parallel="
+                             f"{mode!r} replicates it per device: use parallel='global' (or 'auto')")
+        if mode == "pmap" and not _PMAP_NOTE:
+            _PMAP_NOTE.append(True)
+            print("note: jax.pmap is in maintenance mode upstream; parallel='global' (jit over sharded arrays) is "
+                  "JAX's recommended path", file=sys.stderr)
+        mesh = None
+        if mode in ("global", "shard_map"):
+            mesh = jax.make_mesh((jax.device_count(),), (AXIS,), (AxisType.Auto,))
+        return cls(mode, mesh, shard_params and mode == "global", min_shard_size)
 
     @property
     def axis_name(self) -> str | None:
-        return None if self.mode == "none" else AXIS
+        """The axis the step's collectives name: only the per-device modes have one."""
+        return AXIS if self.mode in ("pmap", "shard_map") else None
 
     @property
     def num_devices(self) -> int:
@@ -192,21 +244,39 @@ class DataParallel:
         sharding = NamedSharding(self.mesh, P(AXIS))
         return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
+    def state_sharding(self, state: Any) -> Any:
+        """The tree of shardings the state lives in ('global' mode): replicated, or FSDP with ``shard_params``."""
+        def one(path, v):
+            spec = (fsdp_spec(np.shape(v), self.num_devices, self.min_shard_size, jax.tree_util.keystr(path))
+                    if self.shard_params else P())
+            return NamedSharding(self.mesh, spec)
+
+        return jax.tree_util.tree_map_with_path(one, state)
+
     def put_state(self, state: Any) -> Any:
         if self.mode == "none":
             return state
         if self.mode == "pmap":
             d = jax.local_device_count()  # one copy per local device; pmap places them
             return jax.tree.map(lambda v: np.broadcast_to(np.asarray(v), (d,) + np.shape(v)), state)
-        sharding = NamedSharding(self.mesh, P())
-        return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), state)
+        if self.mode == "global":
+            self._state_sharding = self.state_sharding(state)
+            shardings = self._state_sharding
+        else:
+            shardings = jax.tree.map(lambda _: NamedSharding(self.mesh, P()), state)
+        # every process holds the whole (host) state: each device takes its shard of it
+        return jax.tree.map(lambda v, sh: jax.make_array_from_callback(np.shape(v), sh,
+                                                                       lambda idx, v=v: np.asarray(v)[idx]),
+                            state, shardings)
 
     def get_state(self, state: Any) -> Any:
-        """The unreplicated state on the host (what checkpoints and eval use)."""
+        """The state on the host, unreplicated and unsharded (what checkpoints and eval use)."""
         if self.mode == "none":
             return state
         if self.mode == "pmap":
             return jax.tree.map(lambda v: _host(v[0]), state)
+        if self.shard_params:
+            return jax.tree.map(_gather, state)
         return jax.tree.map(_host, state)
 
     def compile(self, step: Callable) -> Callable:
@@ -221,6 +291,19 @@ class DataParallel:
                 return state, jax.tree.map(lambda m: m[0], metrics)
 
             return run
+        if self.mode == "global":
+            replicated = NamedSharding(self.mesh, P())
+            compiled = {}
+
+            def run(state, batch):  # the state keeps the shardings put_state gave it, step after step
+                if "step" not in compiled:
+                    if self._state_sharding is None:
+                        raise ValueError("DataParallel('global'): place the state with put_state before the first "
+                                         "step")
+                    compiled["step"] = jax.jit(step, out_shardings=(self._state_sharding, replicated))
+                return compiled["step"](state, batch)
+
+            return run
         shard_map = getattr(jax, "shard_map", None)
         if shard_map is None:  # older JAX
             from jax.experimental.shard_map import shard_map
@@ -230,3 +313,12 @@ class DataParallel:
         except TypeError:
             mapped = shard_map(step, check_rep=False, **specs)
         return jax.jit(mapped)
+
+
+def _gather(x):
+    """A sharded array as one host numpy array (every process gets the whole value)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
