@@ -242,6 +242,7 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
                                                       axis_name=dp.axis_name, sync_bn=c.sync_bn, loss=exp.loss,
                                                       embedding_reg=c.embedding_reg))
         eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))
+        dropout_base = rng.rng_stream(c.seed, "dropout")  # an input, not a constant: one program for every seed
         start = int(state.step)
         writer.rewind_to(start)  # the rows (and TensorBoard points) of steps that run again are dropped
         progress = stack.enter_context(contextlib.closing(metrics_lib.Progress(c.num_steps, start,
@@ -251,7 +252,7 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
             batch = _train_batch(exp, step)
             if probe is not None and step % c.probes.every == 0:
                 writer.write(step, "probe", probe(dp.get_state(dstate), batch, step))
-            return train_step(dstate, dp.put_batch(batch))
+            return train_step(dstate, dp.put_batch(batch), dropout_base)
 
         def save(dstate, done):
             if primary:

@@ -280,34 +280,38 @@ class DataParallel:
         return jax.tree.map(_host, state)
 
     def compile(self, step: Callable) -> Callable:
-        """``step(state, batch) -> (state, metrics)`` compiled for this mode; metrics come back unreplicated."""
+        """``step(state, batch, *extra) -> (state, metrics)`` compiled for this mode; ``extra`` arguments (a key)
+        are replicated; metrics come back unreplicated. One program per number of extra arguments."""
+        programs: dict[int, Callable] = {}
+
+        def run(state, batch, *extra):
+            n = len(extra)
+            if n not in programs:
+                programs[n] = self._compile(step, n)
+            return programs[n](state, batch, *extra)
+
+        return run
+
+    def _compile(self, step: Callable, n_extra: int) -> Callable:
         if self.mode == "none":
             return jax.jit(step)
         if self.mode == "pmap":
-            pstep = jax.pmap(step, axis_name=AXIS)
+            pstep = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0) + (None,) * n_extra)
 
-            def run(state, batch):
-                state, metrics = pstep(state, batch)
+            def run(state, batch, *extra):
+                state, metrics = pstep(state, batch, *extra)
                 return state, jax.tree.map(lambda m: m[0], metrics)
 
             return run
         if self.mode == "global":
-            replicated = NamedSharding(self.mesh, P())
-            compiled = {}
-
-            def run(state, batch):  # the state keeps the shardings put_state gave it, step after step
-                if "step" not in compiled:
-                    if self._state_sharding is None:
-                        raise ValueError("DataParallel('global'): place the state with put_state before the first "
-                                         "step")
-                    compiled["step"] = jax.jit(step, out_shardings=(self._state_sharding, replicated))
-                return compiled["step"](state, batch)
-
-            return run
+            if self._state_sharding is None:
+                raise ValueError("DataParallel('global'): place the state with put_state before the first step")
+            # the state keeps the shardings put_state gave it, step after step
+            return jax.jit(step, out_shardings=(self._state_sharding, NamedSharding(self.mesh, P())))
         shard_map = getattr(jax, "shard_map", None)
         if shard_map is None:  # older JAX
             from jax.experimental.shard_map import shard_map
-        specs = dict(mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+        specs = dict(mesh=self.mesh, in_specs=(P(), P(AXIS)) + (P(),) * n_extra, out_specs=(P(), P()))
         try:  # outputs are psum'd/pmean'd, hence replicated; skip the static replication check (renamed over time)
             mapped = shard_map(step, check_vma=False, **specs)
         except TypeError:

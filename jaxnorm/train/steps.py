@@ -59,7 +59,9 @@ def _pmean_floats(tree, axis_name):
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, seed: int, *,
                     axis_name: str | None = None, sync_bn: bool = True, loss: str = "cross_entropy",
                     embedding_reg: float = 0.0) -> Callable:
-    """``train_step(state, batch) -> (state, metrics)``, un-jitted (the caller jits, pmaps or shard_maps it).
+    """``train_step(state, batch[, dropout_base]) -> (state, metrics)``, un-jitted (the caller jits, pmaps or
+    shard_maps it). ``dropout_base`` (default ``rng_stream(seed, 'dropout')``) is the key the step's dropout key
+    ``fold_in(dropout_base, step)`` derives from; passing it keeps the seed out of the compiled program.
 
     With ``axis_name`` the step runs per device inside ``pmap``/``shard_map``: the loss is the global mean over the
     valid examples of all devices (per-device sums over the global count, so uneven masks are exact) and its
@@ -90,8 +92,11 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
             losses = losses + embedding_reg * sq
         return jnp.sum(losses * w) / count, (logits, new_vars.get("batch_stats", {}), count, emb)
 
-    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
-        key = dropout_key(seed, state.step)
+    def train_step(state: TrainState, batch, dropout_base=None) -> tuple[TrainState, dict]:
+        # the run's dropout key may come in as an argument (the trainer passes rng_stream(seed, 'dropout')): the
+        # compiled step is then the same program for every seed, and a sweep's compilation cache serves them all
+        base = rng.rng_stream(seed, "dropout") if dropout_base is None else dropout_base
+        key = jax.random.fold_in(base, state.step)
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         (loss, (logits, batch_stats, count, emb)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -1,0 +1,42 @@
+"""The persistent compilation cache: on by default in its own directory, off on request, never fatal."""
+
+import os
+import subprocess
+import sys
+
+from test_train import ROOT
+
+
+def _train(workdir, *flags):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "smoke.py"),
+           "--workdir", str(workdir), "--config.num_steps=2", "--config.eval_every=2", "--config.checkpoint_every=2",
+           "--config.dropout=dropout", "--config.dropout_rate=0.2", *flags]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def _entries(d):
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def test_the_cache_fills_on_the_first_run_is_reused_by_the_next_and_can_be_turned_off(tmp_path):
+    cache = tmp_path / "cache"
+    first = _train(tmp_path / "a", f"--config.compilation_cache_dir={cache}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    entries = _entries(cache)
+    assert entries, "the first run wrote no compiled program to the cache"
+    second = _train(tmp_path / "b", f"--config.compilation_cache_dir={cache}", "--config.seed=1")
+    assert second.returncode == 0, second.stderr[-2000:]
+    # another seed: the same programs (the seed's keys are inputs of the step), read back, nothing new written
+    assert _entries(cache) == entries
+    off = tmp_path / "off"
+    third = _train(tmp_path / "c", f"--config.compilation_cache_dir={off}", "--config.compilation_cache=False")
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert not os.path.exists(off)
+
+
+def test_an_unwritable_cache_directory_is_a_warning_not_a_failure(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    run = _train(tmp_path / "a", f"--config.compilation_cache_dir={blocker / 'cache'}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "warning: compilation cache off: cannot create" in run.stderr
