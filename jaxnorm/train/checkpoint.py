@@ -97,6 +97,7 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 MANIFEST = "jaxnorm_manifest.json"
+EXTRA = "jaxnorm_extra.json"  # metadata saved with a step (the input pipeline position)
 _MANIFEST_FORMAT = "jaxnorm checkpoint manifest"
 _MESSAGE_CHARS = 150  # of an orbax/TensorStore message quoted in ours (they can be pages long)
 
@@ -225,9 +226,10 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(s for s in self.manager.all_steps() if s not in self._skipped)
 
-    def save(self, step: int, state: Any) -> None:
-        """Write ``state`` as checkpoint ``step`` (a no-op if that step exists), then its manifest. A full disk is a
-        one-line :class:`CheckpointError` and the half-written step is removed."""
+    def save(self, step: int, state: Any, extra: dict | None = None) -> None:
+        """Write ``state`` as checkpoint ``step`` (a no-op if that step exists), then its manifest and ``extra``
+        (small JSON-serializable metadata such as the input pipeline's position, read back by :meth:`extra`). A full
+        disk is a one-line :class:`CheckpointError` and the half-written step is removed."""
         if step in self.manager.all_steps():
             return
         host = jax.device_get(state)
@@ -235,6 +237,8 @@ class Checkpointer:
             # force: a step below the latest (after restore_step=N, or after a corrupt one was moved aside) is saved
             self.manager.save(step, args=ocp.args.StandardSave(host), force=True)
             self.manager.wait_until_finished()
+            if extra is not None:
+                _write_atomically(os.path.join(self._step_dir(step), EXTRA), json.dumps(extra, indent=1))
             self._write_manifest(step, host)
         except Exception as e:
             if not _disk_full(e):
@@ -247,6 +251,14 @@ class Checkpointer:
                 f"the partial step was removed; free at least ~{max(1, math.ceil(nbytes / 1e6))} MB and rerun "
                 "(it resumes from the last checkpoint)") from None
         self._skipped.discard(step)
+
+    def extra(self, step: int) -> dict | None:
+        """The ``extra`` metadata saved with checkpoint ``step`` (None for a checkpoint written without it)."""
+        path = os.path.join(self._step_dir(step), EXTRA)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
 
     def _write_manifest(self, step: int, host: Any) -> None:
         leaves = {}

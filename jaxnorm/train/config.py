@@ -23,13 +23,13 @@ SCHEDULES = ("constant", "step", "cosine")
 RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "data_dir", "progress", "parallel", "coordinator_address",
                      "num_processes", "process_id", "heartbeat_timeout", "shard_params", "shard_params_min_size",
-                     "compilation_cache", "compilation_cache_dir")
+                     "compilation_cache", "compilation_cache_dir", "data_workers")
 
 # keys added after runs had been recorded, with the value that reproduces those runs: while a key has that value it
 # is left out of a run's identity (result_affecting), so earlier results and checkpoints, whose configs lack the key,
 # still match and are neither retrained nor refused
 ADDED_KEY_DEFAULTS = {"kernel_norm": "none", "shard_params": False, "shard_params_min_size": 2**12,
-                      "compilation_cache": True, "compilation_cache_dir": ""}
+                      "compilation_cache": True, "compilation_cache_dir": "", "data_workers": 0}
 
 # keys of earlier runs' config.json that are now model fields: (old key, model field, old value meaning "the model's
 # default"); read back, such a config is the one it would be written as today (see upgrade)
@@ -109,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.pretrain.learning_rate = 1e-3  # adam
     # data parallelism (see jaxnorm.train.parallel)
     c.parallel = "auto"  # auto (global on several devices) | none | global | shard_map | pmap
+    c.data_workers = 0  # input pipeline worker processes (Grain); 0 = read in this process (the CPU default)
     c.shard_params = False  # global mode: shard every large leaf of the state over the devices (FSDP / ZeRO-3)
     c.shard_params_min_size = 2**12  # leaves with fewer elements stay replicated under shard_params
     # the persistent XLA compilation cache: a sweep compiles each step once, not once per seed
@@ -136,6 +137,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("schedule", config.schedule, SCHEDULES)
     check_mode(config.parallel)
     check_positive_int("config", "shard_params_min_size", config.shard_params_min_size)
+    check_positive_int("config", "data_workers", config.data_workers, 0)
     check_choice("kernel_norm", config.kernel_norm, KERNEL_NORMS)
     for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints", "population_batches"):

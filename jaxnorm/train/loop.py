@@ -96,6 +96,20 @@ def _train_batch(exp: Experiment, step: int) -> dict:
                              drop_remainder=c.drop_remainder)
 
 
+def input_pipeline(exp: Experiment, start: int, checkpointer=None) -> data_lib.GrainBatches:
+    """The training batches from step ``start`` on, through Grain (:func:`jaxnorm.data.train_batches`): this
+    process's slice of ``_train_batch(exp, t)`` for every step ``t``, read ahead (in ``data_workers`` worker
+    processes when > 0). When resuming, the position saved with the checkpoint of ``start`` is checked against the
+    run's options."""
+    c = exp.config
+    batches = data_lib.train_batches(exp.dataset.train, c.batch_size, seed=c.seed, augment=c.augment,
+                                     drop_remainder=c.drop_remainder, start_step=start, workers=c.data_workers)
+    saved = checkpointer.extra(start) if checkpointer is not None and start in checkpointer.steps() else None
+    if saved and "input_pipeline" in saved:
+        batches.set_state(saved["input_pipeline"])
+    return batches
+
+
 def evaluate(exp: Experiment, eval_step, variables) -> dict:
     sums = {"loss_sum": 0.0, "correct": 0, "count": 0}
     bs = min(exp.config.eval_batch_size, exp.dataset.info.num_test)
@@ -248,15 +262,20 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
         progress = stack.enter_context(contextlib.closing(metrics_lib.Progress(c.num_steps, start,
                                                                                enabled=progress_on)))
 
+        batches = stack.enter_context(contextlib.closing(input_pipeline(exp, start, checkpointer)))
+
         def step_fn(dstate, step):
-            batch = _train_batch(exp, step)
-            if probe is not None and step % c.probes.every == 0:
-                writer.write(step, "probe", probe(dp.get_state(dstate), batch, step))
-            return train_step(dstate, dp.put_batch(batch), dropout_base)
+            if batches.step != step:  # the stage always asks for the next step; a pure function of it anyway
+                batches.set_state({**batches.get_state(), "step": step})
+            local = next(batches)  # this process's rows of batch `step`
+            if probe is not None and step % c.probes.every == 0:  # the probes see the whole global batch
+                writer.write(step, "probe", probe(dp.get_state(dstate), _train_batch(exp, step), step))
+            return train_step(dstate, dp.put_local_batch(local), dropout_base)
 
         def save(dstate, done):
             if primary:
-                checkpointer.save(done, flax.serialization.to_state_dict(dp.get_state(dstate)))
+                checkpointer.save(done, flax.serialization.to_state_dict(dp.get_state(dstate)),
+                                  extra={"input_pipeline": {**batches.get_state(), "step": done}})
             if watchdog is not None:
                 watchdog.last_checkpoint = done
 

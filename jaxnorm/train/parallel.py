@@ -234,8 +234,13 @@ class DataParallel:
         return {k: v[p * size:(p + 1) * size] for k, v in batch.items()}
 
     def put_batch(self, batch: dict) -> Any:
+        """A global batch on the devices (each process placing its :meth:`local_slice`)."""
         check_batch_size(len(batch["y"]), self.num_devices)
-        local = self.local_slice(batch)
+        return self.put_local_batch(self.local_slice(batch))
+
+    def put_local_batch(self, local: dict) -> Any:
+        """This process's slice of a global batch (what the input pipeline gives each process) on the devices."""
+        check_batch_size(len(local["y"]) * jax.process_count(), self.num_devices)
         if self.mode == "none":
             return local
         if self.mode == "pmap":
