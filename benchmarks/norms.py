@@ -88,9 +88,11 @@ def _time_alternating(fns_args, repeats: int, warmup: int = 2) -> list[tuple[flo
         for _ in range(warmup):
             jax.block_until_ready(c(*a))
     times = [[] for _ in fns_args]
-    for r in range(repeats):
-        for j in range(len(fns_args)):  # the order rotates each round: no side is always first after the others
-            i = (j + r) % len(fns_args)
+    order = np.random.default_rng(0)
+    for _ in range(repeats):
+        # a fresh random order each round: no side always runs first, or always right after the same other side
+        # (a rotation still puts the same predecessor before each side, whose cache and memory state it inherits)
+        for i in order.permutation(len(fns_args)):
             c, a = fns_args[i]
             times[i].append(_once(c, a))
     return [(1e3 * statistics.median(t), 1e3 * min(t)) for t in times]
@@ -197,6 +199,26 @@ def fwd_bwd(fwd, has_stats: bool, has_bias: bool, pattern: str = "fixed"):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def make_inputs(jn, shape, seed: int = 0):
+    """``(xs, ct, scale, bias, jn_stats, flax_stats)``: x ~ 2·N(0, 1) + 0.5 in float32 and bfloat16, a fixed cotangent
+    and per-channel parameters; the same figures for every script that times the norms."""
+    c = shape[-1]
+    kx, ks, kb, kc = jax.random.split(jax.random.key(seed), 4)
+    x32 = jax.random.normal(kx, shape, jnp.float32) * 2.0 + 0.5
+    xs = {"float32": x32, "bfloat16": x32.astype(jnp.bfloat16)}
+    ct = jax.random.normal(kc, shape, jnp.float32)
+    scale = 1.0 + 0.1 * jax.random.normal(ks, (c,), jnp.float32)
+    bias = 0.1 * jax.random.normal(kb, (c,), jnp.float32)
+    return xs, ct, scale, bias, jn.init_batch_stats(c), {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))}
+
+
+def memory_floor(x):
+    """``((compiled, args), compile_s)`` of the memory floor's program: one read+write pass over ``x`` (timed and
+    doubled: two passes, what any fwd+bwd of a normalization must at least pay)."""
+    compiled, t_comp = _compile(lambda v: v * 2 + 1, x)
+    return (compiled, (x,)), t_comp
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true", help="16×16×16×32 instead of 128×32×32×64")
@@ -216,20 +238,10 @@ def main(argv=None) -> int:
     if args.norms_file:
         base["norms_file"] = args.norms_file
 
-    kx, ks, kb, kc = jax.random.split(jax.random.key(args.seed), 4)
-    x32 = jax.random.normal(kx, shape, jnp.float32) * 2.0 + 0.5
-    xs = {"float32": x32, "bfloat16": x32.astype(jnp.bfloat16)}
-    ct = jax.random.normal(kc, shape, jnp.float32)
-    scale = 1.0 + 0.1 * jax.random.normal(ks, (c,), jnp.float32)
-    bias = 0.1 * jax.random.normal(kb, (c,), jnp.float32)
-    jn_stats = jn.init_batch_stats(c)
-    flax_stats = {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))}
-
-    # memory floor: two read+write passes over x
+    xs, ct, scale, bias, jn_stats, flax_stats = make_inputs(jn, shape, args.seed)
     floor_fns = {}
     for dt, x in xs.items():
-        c_floor, t_comp = _compile(lambda v: v * 2 + 1, x)
-        floor_fns[dt] = (c_floor, (x,))
+        floor_fns[dt], t_comp = memory_floor(x)
         ((ms, _),) = _time_alternating([floor_fns[dt]], max(args.repeats, 10))
         print(json.dumps(base | {"name": "memory_floor", "dtype": dt, "shape": list(shape),
                                  "floor_ms": round(2 * ms, 4), "single_pass_ms": round(ms, 4),

@@ -87,7 +87,7 @@ from flax import traverse_util  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
 import norms as norms_bench  # noqa: E402  (benchmarks/norms.py: the norm cases and the timing helpers)
-from norms import _compile, _time_alternating  # noqa: E402
+from norms import _time_alternating  # noqa: E402
 
 from jaxnorm import models  # noqa: E402
 from jaxnorm.train import config as config_lib  # noqa: E402
@@ -591,19 +591,10 @@ def run_norms(args, em: Emitter, budget: Budget) -> bool:
     repeats = args.norm_repeats or (5 if args.small else 20)
     c = shape[-1]
     base = {"bench": "norms", "backend": jax.default_backend(), "device": str(jax.devices()[0])}
-    kx, ks, kb, kc = jax.random.split(jax.random.key(0), 4)
-    x32 = jax.random.normal(kx, shape, jnp.float32) * 2.0 + 0.5
-    xs = {"float32": x32, "bfloat16": x32.astype(jnp.bfloat16)}
-    ct = jax.random.normal(kc, shape, jnp.float32)
-    scale = 1.0 + 0.1 * jax.random.normal(ks, (c,), jnp.float32)
-    bias = 0.1 * jax.random.normal(kb, (c,), jnp.float32)
-    jn_stats = jn.init_batch_stats(c)
-    flax_stats = {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))}
-
+    xs, ct, scale, bias, jn_stats, flax_stats = norms_bench.make_inputs(jn, shape)
     floor_fns = {}
     for dt, x in xs.items():  # the memory floor as norms.py measures it: two read+write passes over x
-        c_floor, t_comp = _compile(lambda v: v * 2 + 1, x)
-        floor_fns[dt] = (c_floor, (x,))
+        floor_fns[dt], t_comp = norms_bench.memory_floor(x)
         ((ms, _),) = _time_alternating([floor_fns[dt]], max(repeats, 10))
         em.emit(base | {"name": "memory_floor", "case": f"norms:memory_floor:{dt}", "dtype": dt, "shape": list(shape),
                         "floor_ms": 2 * ms, "single_pass_ms": ms, "compile_s": t_comp,

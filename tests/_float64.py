@@ -95,3 +95,20 @@ def norm(x, kind, *, scale=None, bias=None, ct=None, eps=1e-5, groups=1, axis=-1
             dx = r * (g - gm) - r**3 * xr * (g * (xr - mu)).mean(1, keepdims=True)
         out["dx"] = back(dx)
     return out
+
+
+def rand(shape, seed=0, loc=0.0, scale=1.0):
+    """float32 normal inputs, drawn with numpy (no per-shape compilation of jax.random in eager mode)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(loc + scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def close(a, b, tol=1e-5, atol=None):
+    """``a`` and ``b`` equal to ``tol`` (relative) and ``atol`` (default ``tol``), compared in float64."""
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol,
+                               atol=tol if atol is None else atol)
+
+
+def f64(a):
+    return np.asarray(a, np.float64)

@@ -17,30 +17,10 @@ import jaxnorm.nnx  # noqa: F401  (jn.nnx)
 
 jnn = jn.nnx
 
+from _float64 import close, f64, rand
+
 TOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def highest():
-    """Full-precision matmuls for the parity tests (restored afterwards: the setting is global)."""
-    old = jax.config.jax_default_matmul_precision
-    jax.config.update("jax_default_matmul_precision", "highest")
-    yield
-    jax.config.update("jax_default_matmul_precision", old)
-
-
-def rand(shape, seed=0, loc=0.0, scale=1.0):
-    """float32 normal inputs, drawn with numpy (no per-shape compilation of jax.random in eager mode)."""
-    return jnp.asarray(loc + scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
-
-
-def close(a, b, tol=TOL, atol=None):
-    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol,
-                               atol=tol if atol is None else atol)
-
-
-def f64(a):
-    return np.asarray(a, np.float64)
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 def set_affine(*layers, c, seed=1):

@@ -10,7 +10,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from jaxnorm.data.builders import BUILDERS, BUNDLED, bundled_key
+from jaxnorm.data.builders import BUILDERS, BUNDLED, SYNTHETIC_IMAGES, bundled_key
 from jaxnorm.data.synthetic import GENERATED
 
 DATA_DIR_ENV = 'JAXNORM_DATA_DIR'
@@ -33,11 +33,11 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> str:
 
 
 def _unknown_dataset_error(name: str) -> UnknownDatasetError:
-    known = list(BUNDLED) + list(GENERATED) + list(tfds.list_builders(with_community_datasets=False))
+    known = [*BUNDLED, *SYNTHETIC_IMAGES, *GENERATED, *tfds.list_builders(with_community_datasets=False)]
     close = difflib.get_close_matches(name, known, n=3)
     hint = f' Did you mean {", ".join(repr(c) for c in close)}?' if close else ''
     return UnknownDatasetError(
-        f'Unknown dataset {name!r}.{hint} Bundled (offline) datasets: {", ".join(BUNDLED + tuple(GENERATED))}; '
+        f'Unknown dataset {name!r}.{hint} Bundled (offline) datasets: {", ".join(BUNDLED + SYNTHETIC_IMAGES + tuple(GENERATED))}; '
         f'any other name must be '
         f'a tensorflow-datasets builder (see the catalog at {TFDS_CATALOG_URL}).'
     )

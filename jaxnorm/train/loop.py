@@ -178,11 +178,14 @@ def _stage(c, directory: str) -> stage_lib.Stage:
 
 def cache_dir(config) -> str:
     """The persistent compilation cache's directory: ``compilation_cache_dir``, else ``$JAXNORM_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/jaxnorm/xla`` (``~/.cache/jaxnorm/xla``): per user, shared by every run and sweep."""
+    JAX's own (``$JAX_COMPILATION_CACHE_DIR``), else ``$XDG_CACHE_HOME/jaxnorm/xla`` (``~/.cache/jaxnorm/xla``): per
+    user, shared by every run and sweep."""
     if config.compilation_cache_dir:
         return os.path.expanduser(config.compilation_cache_dir)
     if os.environ.get("JAXNORM_CACHE_DIR"):
         return os.path.expanduser(os.environ["JAXNORM_CACHE_DIR"])
+    if jax.config.jax_compilation_cache_dir:  # JAX's own setting ($JAX_COMPILATION_CACHE_DIR) is kept
+        return jax.config.jax_compilation_cache_dir
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "jaxnorm", "xla")
 
@@ -202,9 +205,10 @@ def compilation_cache(config) -> None:
         return
     if jax.config.jax_compilation_cache_dir != directory:
         jax.config.update("jax_compilation_cache_dir", directory)
-    # every program, not only those above JAX's 1 s default: a small model's step compiles in well under that
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # JAX's default keeps only programs that took over 1 s; a small model's step compiles in well under that. Not
+    # 0 either: every eager op would then write a file
+    if jax.config.jax_persistent_cache_min_compile_time_secs > 0.1:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
@@ -264,13 +268,20 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
 
         batches = stack.enter_context(contextlib.closing(input_pipeline(exp, start, checkpointer)))
 
+        ahead = {}  # the next step's batch, already on its way to the devices
+
         def step_fn(dstate, step):
-            if batches.step != step:  # the stage always asks for the next step; a pure function of it anyway
-                batches.set_state({**batches.get_state(), "step": step})
-            local = next(batches)  # this process's rows of batch `step`
+            placed = ahead.pop(step, None)
+            if placed is None:
+                if batches.step != step:  # the stage asks for consecutive steps; a pure function of it anyway
+                    batches.set_state({**batches.get_state(), "step": step})
+                placed = dp.put_local_batch(next(batches))  # this process's rows of batch `step`
             if probe is not None and step % c.probes.every == 0:  # the probes see the whole global batch
                 writer.write(step, "probe", probe(dp.get_state(dstate), _train_batch(exp, step), step))
-            return train_step(dstate, dp.put_local_batch(local), dropout_base)
+            out = train_step(dstate, placed, dropout_base)  # dispatched: the devices compute while the host ...
+            if step + 1 < c.num_steps:  # ... reads the next batch and starts its transfer (prefetch to device)
+                ahead[step + 1] = dp.put_local_batch(next(batches))
+            return out
 
         def save(dstate, done):
             if primary:
