@@ -18,15 +18,6 @@ from jaxnorm.train import config as config_lib
 from jaxnorm.train import loop, steps
 
 
-@pytest.fixture
-def highest():
-    """Full-precision matmuls for the parity tests (restored afterwards: the setting is global)."""
-    old = jax.config.jax_default_matmul_precision
-    jax.config.update("jax_default_matmul_precision", "highest")
-    yield
-    jax.config.update("jax_default_matmul_precision", old)
-
-
 def _check_grads64(f, args, order=2, modes=("fwd", "rev")):
     """jax.test_util.check_grads in float64, where finite differences meet its default tolerance (1e-5)."""
     with jax.enable_x64(True):
@@ -156,7 +147,7 @@ def test_weight_norm_errors(args, kw, error, match):
 
 
 @pytest.mark.parametrize("kind", list(LAYERS))
-def test_weight_norm_layer_matches_flax(kind, highest):
+def test_weight_norm_layer_matches_flax(kind, highest_precision):
     make, shape = LAYERS[kind]
     ours, theirs = _wrapped(jnn.WeightNorm, make, False), _wrapped(nn.WeightNorm, make, False)
     x = _normal(1, shape)
@@ -175,7 +166,7 @@ def test_weight_norm_layer_matches_flax(kind, highest):
     _check_grads64(loss(ours), (v["params"],), order=1, modes=("rev",))
 
 
-def test_weight_norm_layer_options_match_flax(highest):
+def test_weight_norm_layer_options_match_flax(highest_precision):
     x = _normal(1, (3, 5))
     for kw in (dict(feature_axes=None), dict(variable_filter=None), dict(use_scale=False),
                dict(scale_init=nn.initializers.constant(2.0), epsilon=1e-3)):
@@ -293,7 +284,7 @@ def test_init_spectral_state_errors():
 
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("kind", list(LAYERS))
-def test_spectral_norm_layer_matches_flax_over_training_steps(kind, n, highest):
+def test_spectral_norm_layer_matches_flax_over_training_steps(kind, n, highest_precision):
     make, shape = LAYERS[kind]
     ours = _wrapped(jnn.SpectralNorm, make, True, n_power_iterations=n)
     theirs = _wrapped(nn.SpectralNorm, make, True, n_steps=n)
@@ -332,7 +323,7 @@ def test_spectral_norm_layer_matches_flax_over_training_steps(kind, n, highest):
     _tree_equal(so["batch_stats"], vt["batch_stats"])
 
 
-def test_spectral_norm_layer_call_convention_and_checks(highest):
+def test_spectral_norm_layer_call_convention_and_checks(highest_precision):
     x = _normal(1, (3, 5))
     layer = _wrapped(jnn.SpectralNorm, lambda: nn.Dense(4), True)
     v = layer.init(jax.random.key(0), x, train=False)
