@@ -153,7 +153,7 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path):
         pass
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])  # two random kill points (each run is ~30 s on 2 cores)
 def test_kill_9_at_a_random_point_then_resume_is_exact(tmp_path, seed):
     """kill -9 while checkpoints are written every step (so often mid-save): the rerun resumes from the newest good
     checkpoint, ends bit-identical to an uninterrupted run, and every (step, split) row appears once."""

@@ -215,7 +215,7 @@ def _launch(workdir, pid, port, *flags, devices=2, mode="shard_map"):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-@pytest.mark.parametrize("mode", ["global", "shard_map"])
+@pytest.mark.parametrize("mode", ["global"])  # the default; the failure tests below run shard_map
 def test_two_processes_match_one_process(tmp_path, mode):
     flags = ["--config.num_steps=6", "--config.checkpoint_every=6", "--config.eval_every=6"]
     port = _free_port()
