@@ -750,7 +750,7 @@ def fold_batch_norm(model: nnx.Module, pairs: Mapping[str, str]) -> nnx.Module:
                 layer.use_bias = True
         else:
             bias[...] = new_bias
-        if isinstance(bn_parent, (list, nnx.List)) if hasattr(nnx, "List") else isinstance(bn_parent, list):
+        if bn_key.lstrip("-").isdigit():  # as _walk reads it: an index into a list of layers
             bn_parent[int(bn_key)] = FoldedBatchNorm()
         else:
             setattr(bn_parent, bn_key, FoldedBatchNorm())

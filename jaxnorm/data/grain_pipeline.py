@@ -52,7 +52,6 @@ workers needs the usual ``if __name__ == '__main__':`` guard.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import warnings
@@ -63,26 +62,13 @@ import numpy as np
 
 from jaxnorm._checks import check_positive_int
 from jaxnorm.data import pipeline as pipeline_lib
-# the pipeline's own pieces (one owner each): the augmentation stream, the batch reader and the batch-size check
-from jaxnorm.data.pipeline import _AUGMENT_STREAM, _check_batch_size, _make_batch  # pylint: disable=protected-access
 from jaxnorm.data.splits import Split
 
 #: The ``kind`` field of a saved state.
 STATE_KIND = 'jaxnorm.data.GrainBatches'
 #: Saved fields that decide which batch a step is: a state is restored only into a pipeline with the same values.
 STREAM_KEYS = ('split', 'num_examples', 'batch_size', 'seed', 'shuffle', 'drop_remainder', 'augment')
-_CROP_PADDING = inspect.signature(pipeline_lib.random_crop_flip).parameters['padding'].default  # batch_at's
 _NUM_STEPS = sys.maxsize  # the length of the step dataset: the stream is endless unless num_steps is given
-
-
-def _crop_flip_rows(x: np.ndarray, offsets: np.ndarray, flips: np.ndarray, padding: int) -> np.ndarray:
-    """:func:`~jaxnorm.data.random_crop_flip` with its draws given: the same gathers, row for row."""
-    b, h, w, _ = x.shape
-    padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    rows = offsets[:, :1] + np.arange(h)  # (b, H)
-    cols = offsets[:, 1:] + np.arange(w)  # (b, W)
-    cols = np.where(flips[:, None], cols[:, ::-1], cols)
-    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 class StepBatch:
@@ -107,17 +93,16 @@ class StepBatch:
                                                shuffle=self.shuffle, drop_remainder=self.drop_remainder)
         idx, mask = idx[self.lo:self.hi], mask[self.lo:self.hi]
         if mask.any():
-            batch = _make_batch(self.split, idx, mask)
+            batch = pipeline_lib.read_batch(self.split, idx, mask)
         else:  # this process's rows are all padding (the last batch of an epoch with drop_remainder=False)
             (x_shape, x_dtype), (y_shape, y_dtype) = self.x_spec, self.y_spec
             batch = {'x': np.zeros((len(mask),) + x_shape, x_dtype), 'y': np.zeros((len(mask),) + y_shape, y_dtype),
                      'mask': mask.copy()}
         if self.augment:
-            rng = np.random.default_rng([self.seed, step, _AUGMENT_STREAM])
             # the draws of random_crop_flip on the whole global batch, in its order; these rows' share of them
-            offsets = rng.integers(0, 2 * _CROP_PADDING + 1, size=(self.batch_size, 2))
-            flips = rng.random(self.batch_size) < 0.5
-            batch['x'] = _crop_flip_rows(batch['x'], offsets[self.lo:self.hi], flips[self.lo:self.hi], _CROP_PADDING)
+            offsets, flips = pipeline_lib.crop_flip_draws(pipeline_lib.augmentation_rng(self.seed, step),
+                                                          self.batch_size)
+            batch['x'] = pipeline_lib.crop_flip(batch['x'], offsets[self.lo:self.hi], flips[self.lo:self.hi])
         return batch
 
 
@@ -176,7 +161,7 @@ class GrainBatches:
         if not isinstance(split, Split):
             raise TypeError(f'train_batches: split must be a jaxnorm.data.Split (e.g. load(name).train), got '
                             f'{type(split).__name__}')
-        batch_size = _check_batch_size('train_batches', batch_size, len(split), f'the split {split.name}')
+        batch_size = pipeline_lib.checked_batch_size('train_batches', batch_size, len(split), f'the split {split.name}')
         seed = check_positive_int('train_batches', 'seed', seed, 0)
         shuffle, drop_remainder = _check_bool('shuffle', shuffle), _check_bool('drop_remainder', drop_remainder)
         augment = _check_bool('augment', augment)

@@ -143,7 +143,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
     )
 
 
-def _check_batch_size(caller: str, batch_size: Any, num_examples: int, split: str) -> int:
+def checked_batch_size(caller: str, batch_size: Any, num_examples: int, split: str) -> int:
+    """``batch_size`` as an int; ValueError unless it is positive and at most the split's size."""
     batch_size = check_positive_int(caller, 'batch_size', batch_size)
     if batch_size > num_examples:
         raise ValueError(
@@ -183,7 +184,7 @@ def batch_indices(num_examples: int, step: int, batch_size: int, *, seed: int = 
     step = check_positive_int('batch_indices', 'step', step, 0)
     per_epoch = num_batches(num_examples, batch_size, drop_remainder)
     if per_epoch == 0:
-        _check_batch_size('batch_indices', batch_size, num_examples, 'the split')  # raises: B > n
+        checked_batch_size('batch_indices', batch_size, num_examples, 'the split')  # raises: B > n
     epoch, i = divmod(step, per_epoch)
     order = epoch_permutation(num_examples, seed, epoch) if shuffle else np.arange(num_examples)
     idx = order[i * batch_size:(i + 1) * batch_size]
@@ -193,7 +194,33 @@ def batch_indices(num_examples: int, step: int, batch_size: int, *, seed: int = 
     return idx, mask
 
 
-def random_crop_flip(x: np.ndarray, rng: np.random.Generator, padding: int = 4) -> np.ndarray:
+CROP_PADDING = 4  # the CIFAR recipe's zero padding before the random crop
+
+
+def augmentation_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator the augmentation of step ``step`` draws from: ``default_rng([seed, step, 1])``."""
+    return np.random.default_rng([seed, step, _AUGMENT_STREAM])
+
+
+def crop_flip_draws(rng: np.random.Generator, batch_size: int, padding: int = CROP_PADDING):
+    """The random draws of :func:`random_crop_flip` for a batch of ``batch_size``, in its order: crop offsets
+    (B, 2) uniform in [0, 2·padding], then flips (B,) with p = 1/2."""
+    offsets = rng.integers(0, 2 * padding + 1, size=(batch_size, 2))
+    flips = rng.random(batch_size) < 0.5
+    return offsets, flips
+
+
+def crop_flip(x: np.ndarray, offsets: np.ndarray, flips: np.ndarray, padding: int = CROP_PADDING) -> np.ndarray:
+    """Zero-pad each NHWC image by ``padding``, cut the (H, W) window at its offset and flip it where ``flips``."""
+    b, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    rows = offsets[:, :1] + np.arange(h)  # (B, H)
+    cols = offsets[:, 1:] + np.arange(w)  # (B, W)
+    cols = np.where(flips[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def random_crop_flip(x: np.ndarray, rng: np.random.Generator, padding: int = CROP_PADDING) -> np.ndarray:
     """Random crop after zero padding, then random horizontal flip (p=1/2), per example of an NHWC batch.
 
     Each image is padded with ``padding`` zeros on every side and an (H, W) window is cut at a uniform offset in
@@ -203,17 +230,10 @@ def random_crop_flip(x: np.ndarray, rng: np.random.Generator, padding: int = 4) 
     if x.ndim != 4:
         raise ValueError(f'random_crop_flip needs an image batch (B, H, W, C); got shape {x.shape}.')
     padding = check_positive_int('random_crop_flip', 'padding', padding, 0)
-    b, h, w, _ = x.shape
-    offsets = rng.integers(0, 2 * padding + 1, size=(b, 2))
-    flips = rng.random(b) < 0.5
-    padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    rows = offsets[:, :1] + np.arange(h)  # (B, H)
-    cols = offsets[:, 1:] + np.arange(w)  # (B, W)
-    cols = np.where(flips[:, None], cols[:, ::-1], cols)
-    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return crop_flip(x, *crop_flip_draws(rng, x.shape[0], padding), padding)
 
 
-def _make_batch(split: Split, idx: np.ndarray, mask: np.ndarray) -> Batch:
+def read_batch(split: Split, idx: np.ndarray, mask: np.ndarray) -> Batch:
     """Reads the valid examples; padded slots get x = 0, y = 0, mask False."""
     x, y = split.take(idx[mask])
     if not mask.all():
@@ -239,14 +259,13 @@ def batch_at(split: Split, step: int, batch_size: int, *, seed: int = 0, shuffle
     Returns:
       {'x': float32 (B, ...), 'y': int32 (B,), 'mask': bool (B,)}.
     """
-    batch_size = _check_batch_size('batch_at', batch_size, len(split), f'the split {split.name}')
+    batch_size = checked_batch_size('batch_at', batch_size, len(split), f'the split {split.name}')
     seed = check_positive_int('batch_at', 'seed', seed, 0)
     idx, mask = batch_indices(len(split), step, batch_size, seed=seed, shuffle=shuffle,
                               drop_remainder=drop_remainder)
-    batch = _make_batch(split, idx, mask)
+    batch = read_batch(split, idx, mask)
     if augment:
-        rng = np.random.default_rng([seed, step, _AUGMENT_STREAM])
-        batch['x'] = random_crop_flip(batch['x'], rng)
+        batch['x'] = random_crop_flip(batch['x'], augmentation_rng(seed, step))
     return batch
 
 
@@ -257,7 +276,7 @@ def batches(split: Split, batch_size: int, *, seed: int = 0, shuffle: bool = Tru
     Yields exactly ``batch_at(split, step, ...)``; resuming at ``start_step`` replays nothing.
     """
     start_step = check_positive_int('batches', 'start_step', start_step, 0)
-    _check_batch_size('batches', batch_size, len(split), f'the split {split.name}')
+    checked_batch_size('batches', batch_size, len(split), f'the split {split.name}')
     if num_steps is not None:
         check_positive_int('batches', 'num_steps', num_steps, 0)
     step = start_step
@@ -277,4 +296,4 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[Batch]:
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)
         mask = idx < n
-        yield _make_batch(split, np.where(mask, idx, 0), mask)
+        yield read_batch(split, np.where(mask, idx, 0), mask)
