@@ -2,6 +2,7 @@
 pmap steps equal a single-device step on the global batch; whole runs agree across modes and resume on another
 device count; two processes on loopback match one process and fail fast when one dies."""
 
+import json
 import os
 import re
 import shutil
@@ -215,18 +216,26 @@ def _launch(workdir, pid, port, *flags, devices=2, mode="shard_map"):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-@pytest.mark.parametrize("mode", ["global"])  # the default; the failure tests below run shard_map
-def test_two_processes_match_one_process(tmp_path, mode):
-    flags = ["--config.num_steps=6", "--config.checkpoint_every=6", "--config.eval_every=6"]
-    port = _free_port()
-    procs = [_launch(tmp_path / "multi", pid, port, *flags, mode=mode) for pid in (0, 1)]
-    outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+def test_two_processes_with_sharded_state_match_one_process_and_fall_back_together(tmp_path):
+    """Two processes × 2 devices, the state sharded over all 4 (each process writes its shards and its manifest
+    part) match one process on 4 devices with a replicated state. Then a shard only process 1 holds is corrupted:
+    process 1 finds it, both fall back to the earlier step together and train it again to the same state."""
+    flags = ["--config.num_steps=6", "--config.checkpoint_every=3", "--config.eval_every=6"]
+    sharded = ["--config.shard_params=True", "--config.shard_params_min_size=16"]
+
+    def two_processes(*extra):
+        port = _free_port()
+        procs = [_launch(tmp_path / "multi", pid, port, *flags, *sharded, *extra, mode="global") for pid in (0, 1)]
+        outs = [p.communicate(timeout=240) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-3000:]
+        return outs
+
+    two_processes()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     single = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "smoke.py"),
-         "--workdir", str(tmp_path / "single"), f"--config.parallel={mode}", *flags],
+         "--workdir", str(tmp_path / "single"), "--config.parallel=global", *flags],
         capture_output=True, text=True, env=env, timeout=240)
     assert single.returncode == 0, single.stderr[-3000:]
     step_a, a = final_state(tmp_path / "multi")
@@ -234,6 +243,20 @@ def test_two_processes_match_one_process(tmp_path, mode):
     assert step_a == step_b == 6
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=1e-5, err_msg=k)
+    step_dir = tmp_path / "multi" / "checkpoints" / "6"
+    parts = [json.loads((step_dir / f"jaxnorm_manifest.{k}-of-2.json").read_text()) for k in (0, 1)]
+    path, entry = next((p, v) for p, v in parts[1]["leaves"].items() if v["shards"])  # a shard process 1 wrote
+    entry["shards"][0]["sha256"] = "0" * 64
+    (step_dir / "jaxnorm_manifest.1-of-2.json").write_text(json.dumps(parts[1]))
+    outs = two_processes("--config.num_steps=6")
+    assert "is corrupt (checksum mismatch in" in outs[1][0] and "resuming from step 3" in outs[1][0], outs[1][0]
+    assert "is corrupt (process 1 found it corrupt)" in outs[0][0] and "resuming from step 3" in outs[0][0], \
+        outs[0][0]
+    assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["3", "6", "corrupt-6"]
+    step_c, c = final_state(tmp_path / "multi")  # steps 4-6 trained again from step 3: the same state
+    assert step_c == 6
+    for k in a:
+        np.testing.assert_array_equal(c[k], a[k], err_msg=k)
 
 
 def _wait_for_training(procs, metrics, timeout=240):

@@ -39,12 +39,18 @@ def run_cli(workdir, *flags, wait=True):
 
 def final_state(workdir):
     """Params and batch stats of the latest checkpoint, as numpy leaves keyed by path."""
+    import jax
     import orbax.checkpoint as ocp
 
     d = os.path.join(workdir, "checkpoints")
     step = max(int(s) for s in os.listdir(d) if s.isdigit())
-    with ocp.StandardCheckpointer() as c:
-        tree = c.restore(os.path.join(d, str(step), "default"))
+    path = os.path.join(d, str(step), "default")
+    with ocp.StandardCheckpointer() as c:  # into host arrays: a sharded checkpoint of another topology reads too
+        meta = c.metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(meta),
+                              is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+        tree = c.restore(path, target)
     flat = {}
 
     def walk(prefix, node):

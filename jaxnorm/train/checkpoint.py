@@ -193,13 +193,22 @@ class Checkpointer:
 
     With several processes, process 0 alone writes (the state is replicated) and each process reads on its own;
     every process verifies what it reads, so all fall back to the same step when a checkpoint is corrupt.
+
+    ``sharded=True`` (the state sharded over the devices, ``shard_params``): the state's ``jax.Array`` s are written
+    as they lie, each process writing the shards its devices hold (orbax, with every process taking part: a file
+    system every process sees), nothing gathered to one host. Each process then records the sha256 of the shards it
+    wrote in its own manifest part ``jaxnorm_manifest.<k>-of-<n>.json``; a step with a part missing (a save cut
+    short) is corrupt. A restore into any sharding, or into host arrays (replicated, on any device count), checks
+    every saved shard the process holds whole, and the processes agree on the verdict before falling back.
     """
 
-    def __init__(self, workdir: str, keep: int):
+    def __init__(self, workdir: str, keep: int, sharded: bool = False):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self._keep = keep
         self._kw = {}
-        if jax.process_count() > 1:
+        self._sharded = sharded
+        self._collective = sharded and jax.process_count() > 1  # every process writes, reads and moves in step
+        if jax.process_count() > 1 and not sharded:
             # process 0 alone writes (the state is replicated); each process reads on its own, with no barrier
             me = jax.process_index()
             self._kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(primary_host=me,
@@ -232,19 +241,22 @@ class Checkpointer:
         disk is a one-line :class:`CheckpointError` and the half-written step is removed."""
         if step in self.manager.all_steps():
             return
-        host = jax.device_get(state)
+        # sharded: the arrays as they lie on the devices (orbax writes each process's shards); else one host copy
+        data = (jax.tree.map(lambda x: np.asarray(x) if isinstance(x, np.generic) else x, state) if self._sharded
+                else jax.device_get(state))
         try:
             # force: a step below the latest (after restore_step=N, or after a corrupt one was moved aside) is saved
-            self.manager.save(step, args=ocp.args.StandardSave(host), force=True)
+            self.manager.save(step, args=ocp.args.StandardSave(data), force=True)
             self.manager.wait_until_finished()
-            if extra is not None:
+            if extra is not None and self._writer:
                 _write_atomically(os.path.join(self._step_dir(step), EXTRA), json.dumps(extra, indent=1))
-            self._write_manifest(step, host)
+            self._write_manifest(step, data)
+            self._barrier(f"jaxnorm_save_{step}")  # every part is written before any process goes on
         except Exception as e:
             if not _disk_full(e):
                 raise
             self._remove_partial(step)
-            nbytes = sum(np.asarray(leaf).nbytes for _, leaf in _leaves(host))
+            nbytes = sum(int(np.prod(np.shape(leaf))) * np.dtype(leaf.dtype).itemsize for _, leaf in _leaves(data))
             raise CheckpointError(
                 f"disk full while writing checkpoint step {step} to {self.directory}: No space left on device "
                 f"(ENOSPC, from {type(e).__name__}); "
@@ -260,18 +272,68 @@ class Checkpointer:
         with open(path) as f:
             return json.load(f)
 
-    def _write_manifest(self, step: int, host: Any) -> None:
+    def _write_manifest(self, step: int, data: Any) -> None:
+        """The whole-leaf manifest (version 1) of a host state, or this process's part (version 2: the shards it
+        wrote, each with its index) of a sharded one."""
+        if not self._sharded:
+            leaves = {}
+            for path, leaf in _leaves(data):
+                a = np.asarray(leaf)
+                leaves[path] = {"dtype": str(a.dtype), "shape": list(a.shape), "sha256": _digest(a)}
+            manifest = {"format": _MANIFEST_FORMAT, "version": 1, "step": step, "leaves": leaves}
+            _write_atomically(os.path.join(self._step_dir(step), MANIFEST), json.dumps(manifest, indent=1))
+            return
+        me, n = jax.process_index(), jax.process_count()
         leaves = {}
-        for path, leaf in _leaves(host):
-            a = np.asarray(leaf)
-            leaves[path] = {"dtype": str(a.dtype), "shape": list(a.shape), "sha256": _digest(a)}
-        manifest = {"format": _MANIFEST_FORMAT, "version": 1, "step": step, "leaves": leaves}
-        _write_atomically(os.path.join(self._step_dir(step), MANIFEST), json.dumps(manifest, indent=1))
+        for path, leaf in _leaves(data):
+            if isinstance(leaf, jax.Array):  # the shards orbax writes from this process: replica 0 of each
+                shards = [{"index": _region(s.index, leaf.shape), "sha256": _digest(np.asarray(s.data))}
+                          for s in leaf.addressable_shards if s.replica_id == 0]
+            else:  # a host value, written by process 0
+                shards = [] if me else [{"index": _region((), np.shape(leaf)), "sha256": _digest(np.asarray(leaf))}]
+            leaves[path] = {"dtype": str(leaf.dtype), "shape": list(np.shape(leaf)), "shards": shards}
+        manifest = {"format": _MANIFEST_FORMAT, "version": 2, "step": step, "process": me, "processes": n,
+                    "leaves": leaves}
+        _write_atomically(os.path.join(self._step_dir(step), _part_name(me, n)), json.dumps(manifest, indent=1))
+
+    def _read_manifest(self, step: int) -> dict | None:
+        """``{path: {"dtype", "shape", "shards": [(region, sha256), ...]}}`` from the step's manifest or its parts
+        merged, None for a step written without one; a ValueError for one unreadable, garbled or incomplete."""
+        d = self._step_dir(step)
+        if os.path.exists(os.path.join(d, MANIFEST)):
+            with open(os.path.join(d, MANIFEST)) as f:
+                m = json.load(f)
+            _check_format(m, {"dtype", "shape", "sha256"})
+            return {p: {**v, "shards": [(_region((), v["shape"]), v["sha256"])]} for p, v in m["leaves"].items()}
+        parts = sorted(n for n in os.listdir(d) if _PART.fullmatch(n))
+        if not parts:
+            return None
+        entries, seen, count = {}, set(), None
+        for name in parts:
+            with open(os.path.join(d, name)) as f:
+                m = json.load(f)
+            _check_format(m, {"dtype", "shape", "shards"})
+            seen.add(m["process"])
+            count = m["processes"]
+            for p, v in m["leaves"].items():
+                e = entries.setdefault(p, {"dtype": v["dtype"], "shape": v["shape"], "shards": []})
+                e["shards"] += [(tuple(tuple(r) for r in s["index"]), s["sha256"]) for s in v["shards"]]
+        missing = sorted(set(range(count)) - seen)
+        if missing:
+            raise ValueError(f"manifest part of process(es) {missing[:4]} of {count} missing (a save cut short)")
+        return entries
+
+    def _barrier(self, name: str) -> None:
+        if self._collective:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
 
     def _remove_partial(self, step: int) -> None:
-        for name in os.listdir(self.directory):
-            if name == str(step) or name.startswith(f"{step}.orbax-checkpoint-tmp"):
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        if self._writer:
+            for name in os.listdir(self.directory):
+                if name == str(step) or name.startswith(f"{step}.orbax-checkpoint-tmp"):
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         self._reload()
 
     def restore(self, target: Any, step: int = -1) -> Any:
@@ -288,7 +350,7 @@ class Checkpointer:
             if step not in steps:
                 raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
             try:
-                return self._restore_verified(target, step)
+                return self._restore_agreed(target, step)
             except _Bad as bad:
                 aside = self._set_aside(step)
                 left = self.steps()
@@ -299,7 +361,7 @@ class Checkpointer:
         lines = []
         for s in reversed(steps):
             try:
-                restored = self._restore_verified(target, s)
+                restored = self._restore_agreed(target, s)
             except _Bad as bad:
                 lines.append(f"checkpoint step {s} in {self.directory} is corrupt ({bad}); {self._set_aside(s, True)}")
                 continue
@@ -314,10 +376,15 @@ class Checkpointer:
             "--config.resume=False to start over (the run is moved into previous-<time>/), or use a new --workdir")
 
     def _set_aside(self, step: int, full_path: bool = False) -> str:
-        """Move a corrupt step out of orbax's sight (process 0); the phrase that says where it went."""
+        """Move a corrupt step out of orbax's sight (process 0); the phrase that says where it went. Sharded, with
+        several processes, all wait for the move and then reload, so that they save (collectively) the same steps."""
         if not self._writer:
-            self._skipped.add(step)
-            return "left for process 0 to move aside"
+            if not self._collective:
+                self._skipped.add(step)
+                return "left for process 0 to move aside"
+            self._barrier(f"jaxnorm_aside_{step}")
+            self._reload()
+            return "moved aside by process 0"
         src, name = self._step_dir(step), f"corrupt-{step}"
         n = 1
         while os.path.lexists(os.path.join(self.directory, name)):
@@ -327,7 +394,9 @@ class Checkpointer:
             os.rename(src, os.path.join(self.directory, name))
         except OSError as e:
             self._skipped.add(step)
+            self._barrier(f"jaxnorm_aside_{step}")
             return f"could not move it aside ({_short(e, self.directory)})"
+        self._barrier(f"jaxnorm_aside_{step}")
         self._reload()
         return f"moved to {os.path.join(self.directory, name) if full_path else name}"
 
@@ -335,16 +404,10 @@ class Checkpointer:
         """The restored state, or :class:`_Bad` naming why checkpoint ``step`` is corrupt; a read failure that is
         not the checkpoint's fault (another tree, memory, permissions) is a :class:`CheckpointError`."""
         manifest, manifest_error = None, None
-        path = os.path.join(self._step_dir(step), MANIFEST)
-        if os.path.exists(path):
-            try:
-                with open(path) as f:
-                    manifest = json.load(f)
-                if manifest.get("format") != _MANIFEST_FORMAT or not all(
-                        {"dtype", "shape", "sha256"} <= set(v) for v in manifest["leaves"].values()):
-                    raise ValueError("not a jaxnorm manifest")
-            except Exception as e:  # truncated, garbled, not ours
-                manifest, manifest_error = None, f"manifest unreadable: {_short(e, self.directory)}"
+        try:
+            manifest = self._read_manifest(step)
+        except Exception as e:  # truncated, garbled, not ours, a part missing
+            manifest_error = f"manifest unreadable: {_short(e, self.directory)}"
         try:
             if self._quiet is None:
                 self._quiet = _ClosedLoopFilter()
@@ -355,7 +418,24 @@ class Checkpointer:
         if manifest_error:
             raise _Bad(manifest_error)
         if manifest is not None:
-            self._verify(restored, manifest["leaves"])
+            self._verify(restored, manifest)
+        return restored
+
+    def _restore_agreed(self, target: Any, step: int) -> Any:
+        """:meth:`_restore_verified`, with every process's verdict shared (sharded, several processes): each checks
+        the shards it holds, so one that finds a bad shard makes all fall back together."""
+        try:
+            restored, reason = self._restore_verified(target, step), None
+        except _Bad as bad:
+            restored, reason = None, str(bad)
+        if self._collective:
+            from jax.experimental import multihost_utils
+
+            flags = np.asarray(multihost_utils.process_allgather(np.int32(reason is not None)))
+            if reason is None and flags.any():
+                reason = f"process {int(np.argmax(flags))} found it corrupt"
+        if reason is not None:
+            raise _Bad(reason)
         return restored
 
     def _check_not_a_mismatch(self, step: int, target: Any, manifest: dict | None, e: Exception) -> None:
@@ -365,7 +445,7 @@ class Checkpointer:
         if _not_the_checkpoint(e):
             raise CheckpointError(f"could not read checkpoint step {step} in {self.directory} "
                                   f"({_short(e, self.directory)}); it was left in place") from None
-        saved = set(manifest["leaves"]) if manifest is not None else _orbax_tree_paths(self._step_dir(step))
+        saved = set(manifest) if manifest is not None else _orbax_tree_paths(self._step_dir(step))
         if saved is None:
             return  # orbax's metadata is unreadable too: corrupt
         wanted = {p for p, _ in _leaves(target)}
@@ -378,20 +458,23 @@ class Checkpointer:
 
     @staticmethod
     def _verify(restored: Any, entries: dict) -> None:
+        """Every saved shard (the whole leaf, for a host checkpoint) that this process holds whole in ``restored``
+        against its sha256; the shards held only by other processes are theirs to check."""
         bad = []
         for path, leaf in _leaves(restored):
             entry = entries.get(path)
             if entry is None:
                 raise _Bad(f"no manifest entry for {path}")
-            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-                continue  # not on this process alone (not how this project restores)
-            a = np.asarray(leaf)
-            if str(a.dtype) != entry["dtype"]:
+            if list(np.shape(leaf)) != list(entry["shape"]):
+                raise _Bad(f"{path} has shape {np.shape(leaf)}, the manifest says {tuple(entry['shape'])}")
+            if str(leaf.dtype) != entry["dtype"]:
                 continue  # converted to the target's dtype on restore: its bytes are not the saved ones
-            if list(a.shape) != list(entry["shape"]):
-                raise _Bad(f"{path} has shape {a.shape}, the manifest says {tuple(entry['shape'])}")
-            if _digest(a) != entry["sha256"]:
-                bad.append(path)
+            pieces = _held_pieces(leaf)
+            for region, sha in entry["shards"]:
+                a = _assemble(region, pieces)
+                if a is not None and _digest(a) != sha:
+                    bad.append(path)
+                    break
         if bad:
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise _Bad(f"checksum mismatch in {', '.join(bad[:3])}{more}")
@@ -401,6 +484,57 @@ class Checkpointer:
         if self._quiet is not None:
             self._quiet.remove()
             self._quiet = None
+
+
+_PART = re.compile(r"jaxnorm_manifest\.(\d+)-of-(\d+)\.json")
+
+
+def _part_name(process: int, count: int) -> str:
+    return f"jaxnorm_manifest.{process}-of-{count}.json"
+
+
+def _check_format(manifest: dict, fields: set) -> None:
+    if manifest.get("format") != _MANIFEST_FORMAT or not all(fields <= set(v) for v in manifest["leaves"].values()):
+        raise ValueError("not a jaxnorm manifest")
+
+
+def _region(index: tuple, shape) -> tuple:
+    """A shard's index (a tuple of slices, shorter for trailing whole axes) as ``((start, stop), ...)``."""
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    return tuple(tuple(int(v) for v in sl.indices(n)[:2]) for sl, n in zip(index, shape))
+
+
+def _held_pieces(leaf) -> list[tuple[tuple, np.ndarray]]:
+    """``(region, values)`` of the distinct parts of ``leaf`` on this process: the whole of a host or fully
+    addressable array, else each addressable shard once."""
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+        a = np.asarray(leaf)
+        return [(_region((), a.shape), a)]
+    pieces = {}
+    for s in leaf.addressable_shards:
+        pieces.setdefault(_region(s.index, leaf.shape), s)
+    return [(r, np.asarray(s.data)) for r, s in pieces.items()]
+
+
+def _assemble(region: tuple, pieces: list) -> np.ndarray | None:
+    """The values of ``region`` from the disjoint ``pieces``, or None if they do not cover it all (another
+    process holds the rest)."""
+    region = tuple(tuple(r) for r in region)
+    for where, values in pieces:  # the common case: one piece holds it (the same or a coarser sharding)
+        if all(a <= lo and hi <= b for (lo, hi), (a, b) in zip(region, where)):
+            return values[tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(region, where))]
+    out = None
+    covered = 0
+    for where, values in pieces:
+        cut = [(max(lo, a), min(hi, b)) for (lo, hi), (a, b) in zip(region, where)]
+        if any(lo >= hi for lo, hi in cut):
+            continue
+        if out is None:
+            out = np.empty([hi - lo for lo, hi in region], values.dtype)
+        out[tuple(slice(lo - r0, hi - r0) for (lo, hi), (r0, _) in zip(cut, region))] = \
+            values[tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(cut, where))]
+        covered += int(np.prod([hi - lo for lo, hi in cut]))
+    return out if out is not None and covered == int(np.prod([hi - lo for lo, hi in region])) else None
 
 
 def _orbax_tree_paths(step_dir: str) -> set[str] | None:

@@ -238,7 +238,8 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
             stack.enter_context(workdir_lib.locked(workdir))
         resume = (ckpt_lib.check_workdir(workdir, c) if primary
                   else os.path.exists(os.path.join(workdir, "config.json")))
-        checkpointer = stack.enter_context(contextlib.closing(ckpt_lib.Checkpointer(workdir, c.keep_checkpoints)))
+        checkpointer = stack.enter_context(contextlib.closing(ckpt_lib.Checkpointer(workdir, c.keep_checkpoints,
+                                                                                   sharded=dp.shard_params)))
         if resume and c.restore_step != -1 and c.restore_step not in checkpointer.steps():
             raise ckpt_lib.CheckpointError(f"no checkpoint for step {c.restore_step} in {checkpointer.directory}; "
                                            f"available: {checkpointer.steps()}")
@@ -250,7 +251,7 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
             params = pretrain_lib.pretrain(exp, state.variables(), workdir, writer, primary, progress=progress_on)
             state = state.replace(params=params, opt_state=exp.tx.init(params))
         if resume and checkpointer.steps():
-            restored = checkpointer.restore(flax.serialization.to_state_dict(state), c.restore_step)
+            restored = checkpointer.restore(_restore_target(dp, state), c.restore_step)
             state = flax.serialization.from_state_dict(state, restored)
             print(f"resumed from step {int(state.step)} in {checkpointer.directory}")
             if watchdog is not None:
@@ -284,9 +285,11 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
             return out
 
         def save(dstate, done):
-            if primary:
-                checkpointer.save(done, flax.serialization.to_state_dict(dp.get_state(dstate)),
-                                  extra={"input_pipeline": {**batches.get_state(), "step": done}})
+            extra = {"input_pipeline": {**batches.get_state(), "step": done}}
+            if dp.shard_params:  # every process writes the shards it holds, nothing is gathered
+                checkpointer.save(done, flax.serialization.to_state_dict(dstate), extra=extra)
+            elif primary:
+                checkpointer.save(done, flax.serialization.to_state_dict(dp.get_state(dstate)), extra=extra)
             if watchdog is not None:
                 watchdog.last_checkpoint = done
 
@@ -296,6 +299,16 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
         if last_eval is None:  # nothing left to train: evaluate the restored state
             last_eval = _evaluate_all(exp, eval_step, dp.get_state(dstate))
     return last_eval
+
+
+def _restore_target(dp: parallel.DataParallel, state) -> dict:
+    """What a checkpoint is restored into: host arrays, or (``shard_params``) the shapes in the shardings the run
+    keeps the state in, so that each process reads only its shards, whatever the device count that wrote them."""
+    target = flax.serialization.to_state_dict(state)
+    if not dp.shard_params:
+        return target
+    return jax.tree.map(lambda v, sh: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sh),
+                        target, dp.state_sharding(target))
 
 
 def load_experiment(workdir: str) -> Experiment:

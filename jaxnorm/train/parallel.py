@@ -15,8 +15,8 @@
   per-device code), ``'none'`` otherwise.
 
 With several processes (``jax.distributed``) each process feeds its own slice of the global batch. Checkpoints
-hold the state gathered to the host, unreplicated and unsharded, so a run resumes on any number of devices and
-with or without ``shard_params``.
+of a replicated state hold one host copy, written by process 0; with ``shard_params`` every process writes its
+shards (nothing is gathered). Either kind resumes on any number of devices, with or without ``shard_params``.
 """
 
 from __future__ import annotations
@@ -269,10 +269,14 @@ class DataParallel:
             shardings = self._state_sharding
         else:
             shardings = jax.tree.map(lambda _: NamedSharding(self.mesh, P()), state)
-        # every process holds the whole (host) state: each device takes its shard of it
-        return jax.tree.map(lambda v, sh: jax.make_array_from_callback(np.shape(v), sh,
-                                                                       lambda idx, v=v: np.asarray(v)[idx]),
-                            state, shardings)
+
+        def place(v, sh):
+            if isinstance(v, jax.Array) and v.sharding == sh:
+                return v  # restored from a sharded checkpoint straight into place
+            # every process holds the whole (host) value: each device takes its shard of it
+            return jax.make_array_from_callback(np.shape(v), sh, lambda idx: np.asarray(v)[idx])
+
+        return jax.tree.map(place, state, shardings)
 
     def get_state(self, state: Any) -> Any:
         """The state on the host, unreplicated and unsharded (what checkpoints and eval use)."""
