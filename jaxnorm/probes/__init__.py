@@ -15,6 +15,11 @@ with ``axis_name=`` (losses and gradients ``pmean``'d: the global-batch result f
     tr = jp.hessian_trace(loss_fn, state.params, batch, key=key, num_samples=50)['trace']
     dens = jp.hessian_spectral_density(loss_fn, state.params, batch, key=key, num_runs=4)
     c = jp.directional_curvature(loss_fn, state.params, batch)           # gᵀHg/‖g‖²
+    # any curvature probe: another operator, a parameter block, the average over a data set
+    jp.hessian_top_eigenvalues(loss_fn, state.params, jp.dataset(batches), key=key, operator='ggn',
+                               params_filter=['conv_0'])              # also 'fisher', 'empirical_fisher'
+    tr = jp.hessian_trace(loss_fn, state.params, batch, key=key, num_samples=60, method='hutch++')
+    table = jp.curvature_per_layer(loss_fn, state.params, batch, key=key)   # {layer: top eigenvalue, trace}
     sl = jp.loss_slice_1d(loss_fn, state.params, batch, key=key, steps=21, span=1.0)
 
     loss_fn = jp.model_state_loss_fn(model)     # the same, with the state as an input: compiled once for all steps
@@ -29,25 +34,33 @@ with ``axis_name=`` (losses and gradients ``pmean``'d: the global-batch result f
 """
 
 from jaxnorm.probes.curvature import (
+    curvature_per_layer,
     directional_curvature,
     hessian_spectral_density,
     hessian_top_eigenvalues,
     hessian_trace,
     hvp,
+    layer_names,
 )
 from jaxnorm.probes.ics import internal_covariate_shift, layer_order
 from jaxnorm.probes.invariance import TRANSFORMS as INVARIANCE_TRANSFORMS, norm_invariances
 from jaxnorm.probes.landscape import filter_normalize, filter_normalized_direction, loss_slice_1d, loss_slice_2d
 from jaxnorm.probes.model import (LOSSES, PROBES, activation_percentiles_fn, eqx_loss_fn, make_probe_fn,
                                   model_loss_fn, model_state_loss_fn, nnx_loss_fn)
+from jaxnorm.probes.operators import OPERATORS, Dataset, SplitLoss, dataset
 from jaxnorm.probes.santurkar import DEFAULT_ETA_MULTIPLIERS, eta_grid, santurkar_probe
 
 __all__ = [
     "DEFAULT_ETA_MULTIPLIERS",
+    "Dataset",
     "INVARIANCE_TRANSFORMS",
     "LOSSES",
+    "OPERATORS",
     "PROBES",
+    "SplitLoss",
     "activation_percentiles_fn",
+    "curvature_per_layer",
+    "dataset",
     "directional_curvature",
     "eqx_loss_fn",
     "eta_grid",
@@ -58,6 +71,7 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "internal_covariate_shift",
+    "layer_names",
     "layer_order",
     "loss_slice_1d",
     "loss_slice_2d",

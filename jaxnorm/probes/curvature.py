@@ -1,6 +1,9 @@
-"""Hessian curvature of a loss: Hessian-vector products, top eigenvalues (power iteration with deflation, or
-Lanczos), the trace (Hutchinson), the eigenvalue density (stochastic Lanczos quadrature) and the curvature along the
-gradient. Anchors: PyHessian (Yao et al. 2020), Ghorbani et al. (2019) for the spectral density."""
+"""Curvature of a loss: operator-vector products, top eigenvalues (power iteration with deflation, or Lanczos), the
+trace (Hutchinson, Hutch++), the eigenvalue density (stochastic Lanczos quadrature), the curvature along the
+gradient, and a per-layer table. Every probe takes ``operator=`` (the Hessian, GGN, true or empirical Fisher),
+``params_filter=`` (a parameter subset) and a batch or a :func:`jaxnorm.probes.dataset` of batches (the
+data-set average operator); see :mod:`jaxnorm.probes.operators`. Anchors: PyHessian (Yao et al. 2020), Ghorbani et
+al. (2019) for the spectral density, Meyer et al. (2021) for Hutch++."""
 
 from __future__ import annotations
 
@@ -8,49 +11,53 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
 from jaxnorm import _checks
 from jaxnorm.probes import _common as C
+from jaxnorm.probes import operators as O
 
 METHODS = ("power", "lanczos")
+TRACE_METHODS = ("hutchinson", "hutch++")
 
 
-def _hvp_fn(loss_fn, params, batch, axis_name):
-    grad = C.grad(loss_fn, axis_name)
-    return lambda v: jax.jvp(lambda p: grad(p, batch), (params,), (v,))[1]
+def _flat_hvp_fn(loss_fn, params, batch, axis_name, operator="hessian", mask=None):
+    """``(matvec, n)`` with ``matvec(v) = M v`` on the raveled (float32) vector of the selected parameters."""
+    matvec, n, _ = O.flat_matvec(loss_fn, params, batch, axis_name, operator, mask)
+    return matvec, n
 
 
-def _flat_hvp_fn(loss_fn, params, batch, axis_name):
-    """``(matvec, n)`` with ``matvec(v) = H v`` on the raveled parameter vector (float32) of size n."""
-    flat, unravel = ravel_pytree(params)
-    tree_hvp = _hvp_fn(loss_fn, params, batch, axis_name)
-
-    def matvec(v):
-        out, _ = ravel_pytree(tree_hvp(unravel(v.astype(flat.dtype))))
-        return out.astype(jnp.float32)
-
-    return matvec, flat.size
+def _check(where, loss_fn, params, batch, operator, params_filter):
+    """The checks every curvature probe makes; returns the static parameter mask."""
+    O.check_operator(where, operator, loss_fn)
+    C.check_scalar_loss(where, loss_fn, params, O.first_batch(batch))
+    return O.select(where, params, params_filter)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
-def _hvp(loss_fn, params, batch, v, *, axis_name):
-    C.check_scalar_loss("hvp", loss_fn, params, batch)
-    return _hvp_fn(loss_fn, params, batch, axis_name)(v)
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name", "operator", "mask"))
+def _hvp(loss_fn, params, batch, v, *, axis_name, operator, mask):
+    matvec, _, unravel = O.flat_matvec(loss_fn, params, batch, axis_name, operator, mask)
+    sub, _ = O.split(v, mask)
+    flat, _ = ravel_pytree(sub)
+    return unravel(matvec(flat.astype(jnp.float32)))
 
 
-def hvp(loss_fn: C.LossFn, params, batch, v, *, axis_name: str | None = None):
-    """The Hessian-vector product ``H v`` with ``H = ∇²_w L(w)`` at ``w = params``, by forward-over-reverse
-    differentiation (``jax.jvp`` of ``jax.grad``): about the cost of 2–3 gradients, no Hessian materialized.
+def hvp(loss_fn: C.LossFn, params, batch, v, *, operator: str = "hessian", params_filter=None,
+        axis_name: str | None = None):
+    """The operator-vector product ``M v``, by default ``H v`` with ``H = ∇²_w L(w)`` at ``w = params``, by
+    forward-over-reverse differentiation (``jax.jvp`` of ``jax.grad``): about the cost of 2–3 gradients, no
+    Hessian materialized. ``operator='ggn' | 'fisher' | 'empirical_fisher'``: ``Jᵀ A J v`` (one ``jvp`` and one
+    ``vjp`` of the model's outputs); ``batch`` a :func:`dataset`: the average over its batches.
 
-    ``v`` is a pytree shaped like ``params``; so is the result. With ``axis_name`` (under pmap) the gradient is
-    ``pmean``'d over the devices, so the product is the global-batch one.
+    ``v`` is a pytree shaped like ``params``; so is the result (with ``params_filter``: the block ``M_SS v_S`` of the
+    selected leaves, ``None`` for the others, whose entries of ``v`` are ignored). With ``axis_name`` (under pmap)
+    the product is ``pmean``'d over the devices, so it is the global-batch one.
     """
     if jax.tree.structure(v) != jax.tree.structure(params):
         raise ValueError(f"hvp: v must be a pytree shaped like params, got {jax.tree.structure(v)} vs "
                          f"{jax.tree.structure(params)}")
-    return _hvp(loss_fn, params, batch, v, axis_name=axis_name)
+    mask = _check("hvp", loss_fn, params, batch, operator, params_filter)
+    return _hvp(loss_fn, params, batch, v, axis_name=axis_name, operator=operator, mask=mask)
 
 
 # ---- top eigenvalues -------------------------------------------------------------------------------------------------
@@ -144,52 +151,54 @@ def _ritz(alpha, beta, basis):
     return theta, (basis.T @ s).T
 
 
-def _top_k(params, vals, vecs, k):
+def _top_k(params, vals, vecs, k, mask=None):
     idx = jnp.argsort(-jnp.abs(vals))[:k]
-    flat, unravel = ravel_pytree(params)
-    return vals[idx], jax.vmap(unravel)(vecs[idx].astype(flat.dtype))
+    sub, _ = O.split(params, mask)
+    _, unravel = ravel_pytree(sub)
+    return vals[idx], jax.vmap(lambda v: O.embed(params, mask, unravel(v)))(vecs[idx])
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "k", "num_iters", "method", "axis_name"))
-def _top_eig(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_name):
-    C.check_scalar_loss("hessian_top_eigenvalues", loss_fn, params, batch)
-    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name)
+@functools.partial(jax.jit, static_argnames=("loss_fn", "k", "num_iters", "method", "axis_name", "operator", "mask"))
+def _top_eig(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_name, operator, mask):
+    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
     if method == "power":
         vals, vecs = _power(matvec, n, k, num_iters, tol, key)
     else:
         m = min(num_iters, n)
         alpha, beta, basis = _lanczos(matvec, jax.random.normal(key, (n,), jnp.float32), m)
         vals, vecs = _ritz(alpha, beta, basis)
-    return _top_k(params, vals, vecs, k)
+    return _top_k(params, vals, vecs, k, mask)
 
 
 # host loop: one compiled call per Hessian-vector product (each cached per loss_fn and shapes)
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
-def _host_power_step(loss_fn, params, batch, vecs, v, *, axis_name):
-    return _power_step(_flat_hvp_fn(loss_fn, params, batch, axis_name)[0], vecs, v)
+_STATIC = ("loss_fn", "axis_name", "operator", "mask")
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
-def _host_power_finish(loss_fn, params, batch, vecs, v, *, axis_name):
-    return _power_finish(_flat_hvp_fn(loss_fn, params, batch, axis_name)[0], vecs, v)
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _host_power_step(loss_fn, params, batch, vecs, v, *, axis_name, operator, mask):
+    return _power_step(_flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)[0], vecs, v)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
-def _host_lanczos_step(loss_fn, params, batch, j, carry, *, axis_name):
-    return _lanczos_step(_flat_hvp_fn(loss_fn, params, batch, axis_name)[0], j, carry)
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _host_power_finish(loss_fn, params, batch, vecs, v, *, axis_name, operator, mask):
+    return _power_finish(_flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)[0], vecs, v)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _host_lanczos_step(loss_fn, params, batch, j, carry, *, axis_name, operator, mask):
+    return _lanczos_step(_flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)[0], j, carry)
 
 
 _jit_power_start = jax.jit(_power_start)
 _jit_lanczos_init = jax.jit(_lanczos_init, static_argnums=(1,))
-_jit_top_k = jax.jit(_top_k, static_argnames=("k",))
+_jit_top_k = jax.jit(_top_k, static_argnames=("k", "mask"))
 _jit_ritz = jax.jit(lambda alpha, beta, basis: _ritz(alpha, beta[:-1], basis))
 
 
-def _top_eig_host(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_name):
-    C.check_scalar_loss("hessian_top_eigenvalues", loss_fn, params, batch)
-    n = otu.tree_size(params)
-    kw = dict(axis_name=axis_name)
+def _top_eig_host(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_name, operator, mask):
+    n = O.size(params, mask)
+    kw = dict(axis_name=axis_name, operator=operator, mask=mask)
     if method == "power":
         vals, vecs = jnp.zeros((k,), jnp.float32), jnp.zeros((k, n), jnp.float32)
         for j, kj in enumerate(jax.random.split(key, k)):
@@ -207,7 +216,7 @@ def _top_eig_host(loss_fn, params, batch, key, tol, *, k, num_iters, method, axi
         for j in range(m):
             carry = _host_lanczos_step(loss_fn, params, batch, jnp.int32(j), carry, **kw)
         vals, vecs = _jit_ritz(carry[1], carry[2], carry[0])
-    return _jit_top_k(params, vals, vecs, k=k)
+    return _jit_top_k(params, vals, vecs, k=k, mask=mask)
 
 
 LOOPS = ("auto", "device", "host")
@@ -215,8 +224,9 @@ LOOPS = ("auto", "device", "host")
 
 def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key: jax.Array, num_iters: int = 100,
                             method: str = "power", tol: float = 1e-5, loop: str = "auto",
-                            axis_name: str | None = None):
-    """The ``k`` Hessian eigenvalues of largest magnitude and their eigenvectors.
+                            operator: str = "hessian", params_filter=None, axis_name: str | None = None):
+    """The ``k`` eigenvalues of largest magnitude of the Hessian (or of ``operator``, of the ``params_filter``
+    block, of a data-set average: see :mod:`jaxnorm.probes.operators`) and their eigenvectors.
 
     Convention: ordered by ``|λ|`` descending, values signed (power iteration converges to the dominant-magnitude
     eigenvalue; a negative one is found where it dominates, as in PyHessian).
@@ -242,7 +252,8 @@ def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key
         raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
     k = _checks.check_positive_int(where, "k", k)
     num_iters = _checks.check_positive_int(where, "num_iters", num_iters)
-    n = otu.tree_size(params)
+    mask = _check(where, loss_fn, params, batch, operator, params_filter)
+    n = O.size(params, mask)
     if k > n:
         raise ValueError(f"{where}: asked for k={k} eigenvalues but params has only {n} entries (the Hessian is "
                          f"{n}×{n}); use k ≤ {n}")
@@ -252,9 +263,9 @@ def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key
     C.check_key(where, key, "the start vectors")
     if _resolve_loop(where, loop, params, batch, key, axis_name) == "host":
         return _top_eig_host(loss_fn, params, batch, key, float(tol), k=k, num_iters=num_iters, method=method,
-                             axis_name=axis_name)
+                             axis_name=axis_name, operator=operator, mask=mask)
     return _top_eig(loss_fn, params, batch, key, jnp.float32(tol), k=k, num_iters=num_iters, method=method,
-                    axis_name=axis_name)
+                    axis_name=axis_name, operator=operator, mask=mask)
 
 
 # ---- trace -----------------------------------------------------------------------------------------------------------
@@ -278,19 +289,26 @@ def _trace_summary(samples, n):
             "num_params": jnp.float32(n)}
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "num_samples", "chunk", "unroll", "axis_name"))
-def _trace(loss_fn, params, batch, key, *, num_samples, chunk, unroll, axis_name):
-    C.check_scalar_loss("hessian_trace", loss_fn, params, batch)
-    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name)
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_samples", "chunk", "unroll", "axis_name", "operator",
+                                             "mask"))
+def _trace(loss_fn, params, batch, key, *, num_samples, chunk, unroll, axis_name, operator, mask):
+    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
     z = jax.random.rademacher(key, (num_samples, n), jnp.float32)
     samples = C.map_chunked(lambda v: jnp.vdot(v, matvec(v)), z, chunk, unroll)
     return _trace_summary(samples, n)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
-def _host_quadratic_forms(loss_fn, params, batch, z, *, axis_name):
-    matvec, _ = _flat_hvp_fn(loss_fn, params, batch, axis_name)
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _host_quadratic_forms(loss_fn, params, batch, z, *, axis_name, operator, mask):
+    matvec, _ = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
     return jax.vmap(lambda v: jnp.vdot(v, matvec(v)))(z)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("chunk", "unroll"))
+def _products(loss_fn, params, batch, vs, *, axis_name, operator, mask, chunk, unroll):
+    """``M vᵢ`` for the rows of ``vs`` (one compiled program; ``chunk`` at a time)."""
+    matvec, _ = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
+    return C.map_chunked(matvec, vs, chunk, unroll)
 
 
 _jit_rademacher = jax.jit(lambda key, num, n: jax.random.rademacher(key, (num, n), jnp.float32),
@@ -298,30 +316,70 @@ _jit_rademacher = jax.jit(lambda key, num, n: jax.random.rademacher(key, (num, n
 _jit_trace_summary = jax.jit(_trace_summary, static_argnums=(1,))
 
 
-def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_samples: int = 100,
-                  chunk: int | str | None = 1, unroll: bool | None = None, loop: str = "auto",
-                  axis_name: str | None = None) -> dict:
-    """Hutchinson's estimate of ``tr H``: the mean of ``zᵀ H z`` over ``num_samples`` Rademacher vectors ``z``
-    (unbiased; variance ``2 Σ_{i≠j} H_ij²`` per sample).
+def _hutch_pp(products, key, n, num_samples):
+    """Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Algorithm 1) with ``num_samples`` products in all: ``k =
+    num_samples // 3`` Rademacher vectors ``S`` sketch the top of the spectrum, ``Q = qr(M S)``; the trace is
+    ``tr(Qᵀ M Q)`` exactly plus Hutchinson's estimate, from the remaining ``num_samples − 2k`` vectors ``G``, of
+    the trace of the deflated ``(I − QQᵀ) M (I − QQᵀ)``. Its variance falls as ``1/m²`` for a matrix with a decaying
+    spectrum (Hutchinson's: ``1/m``). ``std_error`` is that of the Hutchinson part."""
+    k = num_samples // 3
+    k_s, k_g = jax.random.split(key)
+    s_vecs = jax.random.rademacher(k_s, (k, n), jnp.float32)
+    q, _ = jnp.linalg.qr(products(s_vecs).T)  # n × k, orthonormal columns spanning M S
+    exact = jnp.sum(q.T * products(q.T))  # tr(Qᵀ M Q)
+    g = jax.random.rademacher(k_g, (num_samples - 2 * k, n), jnp.float32)
+    g = g - (g @ q) @ q.T
+    samples = jnp.sum(g * products(g), axis=1)
+    out = _trace_summary(samples, n)
+    out["trace"] = exact + out["trace"]
+    return out
 
-    Returns ``{'trace', 'std_error' (of the mean), 'num_params'}``. ``chunk`` Hessian-vector products run at once
-    (a ``vmap``; default 1, sequential — the products are large; ``None`` runs all at once). ``loop='device'``: one
-    program, the sequential groups unrolled or in a loop (``unroll`` as in :func:`santurkar_probe`); ``'host'``: a
-    Python loop of compiled groups; ``'auto'`` (default): host when called eagerly on CPU, as in
+
+def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_samples: int = 100,
+                  method: str = "hutchinson", chunk: int | str | None = 1, unroll: bool | None = None,
+                  loop: str = "auto", operator: str = "hessian", params_filter=None,
+                  axis_name: str | None = None) -> dict:
+    """An estimate of ``tr M`` (``M`` the Hessian, or ``operator``, of the ``params_filter`` block, averaged over a
+    :func:`dataset`) from ``num_samples`` operator-vector products.
+
+    * ``method='hutchinson'`` (default): the mean of ``zᵀ M z`` over Rademacher vectors ``z`` (unbiased; variance
+      ``2 Σ_{i≠j} M_ij²`` per sample).
+    * ``method='hutch++'``: Hutch++ (Meyer et al. 2021): a third of the products find the top of the spectrum, whose
+      trace is then exact; the rest estimate the remainder. Unbiased too, with far less variance when a few
+      eigenvalues dominate (the Hessians of trained networks); needs ``num_samples ≥ 3``.
+
+    Returns ``{'trace', 'std_error' (of the mean of the stochastic part), 'num_params'}``. ``chunk`` products run at
+    once (a ``vmap``; default 1, sequential — the products are large; ``None`` runs all at once). ``loop='device'``:
+    one program, the sequential groups unrolled or in a loop (``unroll`` as in :func:`santurkar_probe`); ``'host'``:
+    a Python loop of compiled groups; ``'auto'`` (default): host when called eagerly on CPU, as in
     :func:`hessian_top_eigenvalues`. The same ``key`` gives the same vectors either way.
     """
     where = "hessian_trace"
     num_samples = _checks.check_positive_int(where, "num_samples", num_samples)
+    method = _checks.check_choice("trace method", method, TRACE_METHODS)
+    if method == "hutch++" and num_samples < 3:
+        raise ValueError(f"{where}: method='hutch++' splits num_samples into three parts, got num_samples="
+                         f"{num_samples}; use num_samples ≥ 3 (≥ 30 for a useful sketch)")
     C.check_key(where, key, "the Rademacher probes")
     chunk = C.check_chunk(where, chunk)
-    if _resolve_loop(where, loop, params, batch, key, axis_name) == "device":
-        return _trace(loss_fn, params, batch, key, num_samples=num_samples, chunk=chunk, unroll=unroll,
-                      axis_name=axis_name)
-    C.check_scalar_loss(where, loss_fn, params, batch)
-    n = otu.tree_size(params)
+    mask = _check(where, loss_fn, params, batch, operator, params_filter)
+    n = O.size(params, mask)
+    kw = dict(axis_name=axis_name, operator=operator, mask=mask)
+    device = _resolve_loop(where, loop, params, batch, key, axis_name) == "device"
+    if method == "hutch++":
+        def products(vs):
+            if device:
+                return _products(loss_fn, params, batch, vs, chunk=chunk, unroll=unroll, **kw)
+            size = vs.shape[0] if C.resolve_chunk(chunk) is None else C.resolve_chunk(chunk)
+            return jnp.concatenate([_products(loss_fn, params, batch, vs[i:i + size], chunk=None, unroll=False, **kw)
+                                    for i in range(0, vs.shape[0], size)])
+
+        return _hutch_pp(products, key, n, num_samples)
+    if device:
+        return _trace(loss_fn, params, batch, key, num_samples=num_samples, chunk=chunk, unroll=unroll, **kw)
     z = _jit_rademacher(key, num_samples, n)
     size = num_samples if C.resolve_chunk(chunk) is None else C.resolve_chunk(chunk)
-    parts = [_host_quadratic_forms(loss_fn, params, batch, z[i:i + size], axis_name=axis_name)
+    parts = [_host_quadratic_forms(loss_fn, params, batch, z[i:i + size], **kw)
              for i in range(0, num_samples, size)]
     return _jit_trace_summary(jnp.concatenate(parts), n)
 
@@ -344,10 +402,10 @@ def _broaden(nodes, weights, sigma, *, num_points):
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_lanczos_steps", "num_runs", "num_points", "chunk",
-                                             "axis_name"))
-def _density(loss_fn, params, batch, key, sigma, *, num_lanczos_steps, num_runs, num_points, chunk, axis_name):
-    C.check_scalar_loss("hessian_spectral_density", loss_fn, params, batch)
-    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name)
+                                             "axis_name", "operator", "mask"))
+def _density(loss_fn, params, batch, key, sigma, *, num_lanczos_steps, num_runs, num_points, chunk, axis_name,
+             operator, mask):
+    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
     m = min(num_lanczos_steps, n)
 
     def run(v0):
@@ -364,8 +422,10 @@ _jit_nodes_weights = jax.jit(lambda alpha, beta: _nodes_weights(alpha, beta[:-1]
 
 def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_lanczos_steps: int = 30,
                              num_runs: int = 1, num_points: int = 1000, sigma: float | None = None,
-                             chunk: int | str | None = 1, loop: str = "auto", axis_name: str | None = None) -> dict:
-    """The Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019; PyHessian).
+                             chunk: int | str | None = 1, loop: str = "auto", operator: str = "hessian",
+                             params_filter=None, axis_name: str | None = None) -> dict:
+    """The Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019; PyHessian); of
+    ``operator``, the ``params_filter`` block or a :func:`dataset` average as in :func:`hessian_top_eigenvalues`.
 
     Each of ``num_runs`` runs starts Lanczos from a normalized Rademacher vector ``v``; the tridiagonal matrix of
     ``num_lanczos_steps`` steps (clipped to the parameter count) gives nodes ``θ_j`` (its eigenvalues) and weights
@@ -390,18 +450,19 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
     C.check_key(where, key, "the Lanczos start vectors")
     chunk = C.check_chunk(where, chunk)
     sigma = jnp.float32(0.0 if sigma is None else sigma)
+    mask = _check(where, loss_fn, params, batch, operator, params_filter)
     if _resolve_loop(where, loop, params, batch, key, axis_name) == "device":
         return _density(loss_fn, params, batch, key, sigma, num_lanczos_steps=m, num_runs=runs, num_points=pts,
-                        chunk=chunk, axis_name=axis_name)
-    C.check_scalar_loss(where, loss_fn, params, batch)
-    n = otu.tree_size(params)
+                        chunk=chunk, axis_name=axis_name, operator=operator, mask=mask)
+    n = O.size(params, mask)
     m = min(m, n)
     v0 = _jit_rademacher(key, runs, n)
     nodes, weights = [], []
     for r in range(runs):
         carry = _jit_lanczos_init(v0[r], m)
         for j in range(m):
-            carry = _host_lanczos_step(loss_fn, params, batch, jnp.int32(j), carry, axis_name=axis_name)
+            carry = _host_lanczos_step(loss_fn, params, batch, jnp.int32(j), carry, axis_name=axis_name,
+                                       operator=operator, mask=mask)
         theta, w = _jit_nodes_weights(carry[1], carry[2])
         nodes.append(theta)
         weights.append(w)
@@ -410,17 +471,58 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
 
 # ---- directional curvature ---------------------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
-def _directional(loss_fn, params, batch, direction, *, axis_name):
-    C.check_scalar_loss("directional_curvature", loss_fn, params, batch)
-    d = C.grad(loss_fn, axis_name)(params, batch) if direction is None else direction
-    hd = _hvp_fn(loss_fn, params, batch, axis_name)(d)
-    return otu.tree_vdot(d, hd) / otu.tree_norm(d, squared=True)
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _directional(loss_fn, params, batch, direction, *, axis_name, operator, mask):
+    matvec, _, _ = O.flat_matvec(loss_fn, params, batch, axis_name, operator, mask)
+    if direction is None:
+        d, _ = ravel_pytree(O.sub_grad(loss_fn, params, batch, axis_name, mask))
+    else:
+        d, _ = ravel_pytree(O.split(direction, mask)[0])
+    d = d.astype(jnp.float32)
+    return jnp.vdot(d, matvec(d)) / jnp.vdot(d, d)
 
 
-def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, axis_name: str | None = None):
-    """The curvature ``dᵀ H d / ‖d‖²`` along ``d``; by default ``d = g = ∇L(w)`` (the curvature the gradient step
-    sees: a step ``−η g`` decreases the loss to second order iff ``η < 2/(gᵀHg/‖g‖²)``). One gradient + one HVP."""
+def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, operator: str = "hessian",
+                          params_filter=None, axis_name: str | None = None):
+    """The curvature ``dᵀ M d / ‖d‖²`` along ``d`` (``M`` the Hessian by default); by default ``d = g = ∇L(w)`` (the
+    curvature the gradient step sees: a step ``−η g`` decreases the loss to second order iff
+    ``η < 2/(gᵀHg/‖g‖²)``), the data-set average gradient for a :func:`dataset`, restricted to the
+    ``params_filter`` leaves. One gradient + one operator-vector product."""
     if direction is not None and jax.tree.structure(direction) != jax.tree.structure(params):
         raise ValueError("directional_curvature: direction must be a pytree shaped like params")
-    return _directional(loss_fn, params, batch, direction, axis_name=axis_name)
+    mask = _check("directional_curvature", loss_fn, params, batch, operator, params_filter)
+    return _directional(loss_fn, params, batch, direction, axis_name=axis_name, operator=operator, mask=mask)
+
+
+# ---- per-layer table -------------------------------------------------------------------------------------------------
+
+def layer_names(params) -> list[str]:
+    """The top-level keys of ``params`` that hold parameters (the layers of a Flax ``params`` dict), in order."""
+    seen = []
+    for p in O.leaf_paths(params):
+        top = p.split("/")[0]
+        if top not in seen:
+            seen.append(top)
+    return seen
+
+
+def curvature_per_layer(loss_fn: C.LossFn, params, batch, *, key: jax.Array, layers=None, num_iters: int = 20,
+                        num_samples: int = 20, operator: str = "hessian", loop: str = "auto",
+                        axis_name: str | None = None) -> dict:
+    """A per-layer curvature table: for each layer ``l`` (default: every top-level key of ``params``), the top
+    eigenvalue (power iteration, ``num_iters`` products) and the trace (Hutchinson, ``num_samples`` products) of
+    its diagonal block ``M_ll`` (the operator restricted to that layer's parameters, the others fixed), and its
+    parameter count. Their traces sum to ``tr M`` (the diagonal blocks hold the whole diagonal).
+
+    Returns ``{layer: {'top_eigenvalue', 'trace', 'trace_std_error', 'num_params'}}``; the same ``key`` for every
+    layer (so two runs compare layer by layer)."""
+    names = layer_names(params) if layers is None else list(layers)
+    table = {}
+    k_eig, k_trace = jax.random.split(key)
+    for name in names:
+        kw = dict(operator=operator, params_filter=[name], loop=loop, axis_name=axis_name)
+        vals, _ = hessian_top_eigenvalues(loss_fn, params, batch, key=k_eig, num_iters=num_iters, **kw)
+        tr = hessian_trace(loss_fn, params, batch, key=k_trace, num_samples=num_samples, **kw)
+        table[name] = {"top_eigenvalue": vals[0], "trace": tr["trace"], "trace_std_error": tr["std_error"],
+                       "num_params": tr["num_params"]}
+    return table

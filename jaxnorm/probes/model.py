@@ -14,6 +14,7 @@ from jaxnorm.probes import curvature as _curv
 from jaxnorm.probes import ics as _ics
 from jaxnorm.probes import landscape as _land
 from jaxnorm.probes import santurkar as _sant
+from jaxnorm.probes.operators import SplitLoss
 
 
 def _unpack(batch, where="model_loss_fn"):
@@ -50,8 +51,8 @@ def model_state_loss_fn(model, *, train: bool = True, loss: str | Callable = "cr
     """
     _check_loss("model_state_loss_fn", loss)
 
-    def loss_fn(params, inputs):
-        x, y, mask = _unpack(inputs["batch"])
+    def outputs_fn(params, inputs):
+        x, _, _ = _unpack(inputs["batch"])
         batch_stats, dropout_key = inputs.get("batch_stats"), inputs.get("dropout_key")
         variables = {"params": params}
         if batch_stats:
@@ -61,9 +62,19 @@ def model_state_loss_fn(model, *, train: bool = True, loss: str | Callable = "cr
             outputs, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
         else:
             outputs = model.apply(variables, x, train=False)
-        return _mean_loss(outputs, y, mask, loss, axis_name)
+        return outputs
 
-    return loss_fn
+    def loss_fn(params, inputs):
+        _, y, mask = _unpack(inputs["batch"])
+        return _mean_loss(outputs_fn(params, inputs), y, mask, loss, axis_name)
+
+    return _split(outputs_fn, loss, loss_fn, axis_name, lambda inputs: _unpack(inputs["batch"])[1:])
+
+
+def _split(outputs_fn, loss, loss_fn, axis_name, targets) -> SplitLoss:
+    """The loss as a :class:`SplitLoss` (its value computed by ``loss_fn`` as before: no number changes), so the
+    GGN and Fisher operators can reach the model's outputs."""
+    return SplitLoss(outputs_fn, loss, targets=targets, value_fn=loss_fn, axis_name=axis_name)
 
 
 def _mean_loss(outputs, y, mask, loss, axis_name):
@@ -102,10 +113,11 @@ def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None,
     _check_loss("model_loss_fn", loss)
     inner = model_state_loss_fn(model, train=train, loss=loss, axis_name=axis_name)
 
-    def loss_fn(params, batch):
-        return inner(params, {"batch": batch, "batch_stats": batch_stats, "dropout_key": dropout_key})
+    def inputs(batch):
+        return {"batch": batch, "batch_stats": batch_stats, "dropout_key": dropout_key}
 
-    return loss_fn
+    return _split(lambda params, batch: inner.outputs(params, inputs(batch)), loss,
+                  lambda params, batch: inner(params, inputs(batch)), axis_name, lambda b: _unpack(b)[1:])
 
 
 def nnx_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entropy",
@@ -132,12 +144,16 @@ def nnx_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entr
     view = nnx.view(model, use_running_average=not train, deterministic=not train, raise_if_not_found=False)
     graphdef, params, rest = nnx.split(view, nnx.Param, ...)
 
-    def loss_fn(params, batch):
-        x, y, mask = _unpack(batch, "nnx_loss_fn")
+    def outputs_fn(params, batch):
+        x, _, _ = _unpack(batch, "nnx_loss_fn")
         # copy=True: a merged module's updates (running statistics, rng counts) must not write into ``rest``
-        return _mean_loss(nnx.merge(graphdef, params, rest, copy=True)(x), y, mask, loss, axis_name)
+        return nnx.merge(graphdef, params, rest, copy=True)(x)
 
-    return loss_fn, params
+    def loss_fn(params, batch):
+        _, y, mask = _unpack(batch, "nnx_loss_fn")
+        return _mean_loss(outputs_fn(params, batch), y, mask, loss, axis_name)
+
+    return _split(outputs_fn, loss, loss_fn, axis_name, lambda b: _unpack(b, "nnx_loss_fn")[1:]), params
 
 
 def eqx_loss_fn(model, state=None, dropout_key: jax.Array | None = None, *, train: bool = True,
@@ -161,8 +177,8 @@ def eqx_loss_fn(model, state=None, dropout_key: jax.Array | None = None, *, trai
     key = dropout_key if train else None
     leaves, treedef = jax.tree.flatten(state)
 
-    def loss_fn(params, batch):
-        x, y, mask = _unpack(batch, "eqx_loss_fn")
+    def outputs_fn(params, batch):
+        x, _, _ = _unpack(batch, "eqx_loss_fn")
         m = eqx.combine(params, static)
         st = jax.tree.unflatten(treedef, leaves)  # a fresh State object: Equinox refuses a State used before
 
@@ -171,10 +187,13 @@ def eqx_loss_fn(model, state=None, dropout_key: jax.Array | None = None, *, trai
             return m(xi, st, **kw)[0] if state is not None else m(xi, **kw)
 
         keys = None if key is None else jax.random.split(key, x.shape[0])
-        outputs = jax.vmap(one, axis_name=batch_axis, in_axes=(0, None if keys is None else 0))(x, keys)
-        return _mean_loss(outputs, y, mask, loss, axis_name)
+        return jax.vmap(one, axis_name=batch_axis, in_axes=(0, None if keys is None else 0))(x, keys)
 
-    return loss_fn, params
+    def loss_fn(params, batch):
+        _, y, mask = _unpack(batch, "eqx_loss_fn")
+        return _mean_loss(outputs_fn(params, batch), y, mask, loss, axis_name)
+
+    return _split(outputs_fn, loss, loss_fn, axis_name, lambda b: _unpack(b, "eqx_loss_fn")[1:]), params
 
 
 PROBES = ("santurkar", "santurkar_random", "ics", "top_eigenvalues", "hessian_trace", "directional_curvature",

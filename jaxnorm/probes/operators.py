@@ -1,0 +1,301 @@
+"""The curvature operators the probes iterate on: the Hessian, the generalized Gauss–Newton (GGN) and the true and
+empirical Fisher, of one batch or averaged over a data set, on all parameters or a subset.
+
+* **Operators** (``operator=``), with ``L(w) = Σ_i c_i ℓ(f(w, x_i), y_i)`` (``c_i = mask_i / Σ mask``), outputs
+  ``z_i = f(w, x_i)`` and ``J_i = ∂z_i/∂w``:
+
+  - ``'hessian'``: ``H = ∇²_w L`` (forward-over-reverse differentiation).
+  - ``'ggn'``: ``G = Σ_i c_i J_iᵀ ∇²_z ℓ_i J_i`` (Schraudolph 2002; Martens 2020, §8): the Hessian without the
+    term of the model's own second derivatives; positive semi-definite for a convex ℓ; ``G = H`` for a model
+    linear in ``w`` under least squares.
+  - ``'fisher'`` (true Fisher): ``F = Σ_i c_i J_iᵀ E_{y~p(y|z_i)}[∇_z log p ∇_z log pᵀ] J_i``, in closed form:
+    ``diag(p) − p pᵀ`` with ``p = softmax(z)`` for cross-entropy, ``2 I`` for ``'mse'`` (``‖z − y‖²`` is the
+    negative log-likelihood of a Gaussian with variance ½). Equals the GGN for both (canonical links; Martens
+    2020, §9.2), computed independently of it.
+  - ``'empirical_fisher'``: ``F̂ = Σ_i c_i ∇_w ℓ_i ∇_w ℓ_iᵀ``, the gradient outer products at the observed labels
+    (Kunstner et al. 2019 on why it is not the Fisher).
+
+  The GGN and Fisher need the loss split as ``ℓ(f(w, x))``: the loss functions of :func:`model_loss_fn`,
+  :func:`model_state_loss_fn`, :func:`nnx_loss_fn` and :func:`eqx_loss_fn` are :class:`SplitLoss` objects; build one
+  for any model with ``SplitLoss(outputs_fn, 'cross_entropy')``.
+* **Data sets** (:func:`dataset`): a batch argument made of ``B`` equal-shaped batches stacked along a leading axis.
+  Every curvature probe given one uses the average operator ``M = (1/B) Σ_b M_b`` (PyHessian's data-loader mode):
+  each product runs the batches one after another (the activations of one batch live at a time). Arrays sharded
+  along their batch axis over a mesh of ``AxisType.Auto`` axes (``NamedSharding(mesh, P(None, 'batch'))``, the
+  mesh of jaxnorm's ``parallel='global'``) make each batch's product run on all the devices (global-view ``jit``;
+  XLA inserts the reductions).
+* **Parameter subsets** (``params_filter=``): the operator restricted to the selected leaves (the diagonal block
+  ``M_SS``), the others held fixed: a list of layer names (a leaf is selected when its path, keys joined by ``/``,
+  is a name or starts with ``name/``) or a predicate ``f(path, leaf) -> bool``. Eigenvectors come back shaped like
+  ``params`` with ``None`` for the leaves left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jaxnorm.losses import per_example_loss
+from jaxnorm.probes import _common as C
+
+OPERATORS = ("hessian", "ggn", "fisher", "empirical_fisher")
+
+
+# ---- data sets -------------------------------------------------------------------------------------------------------
+
+@jax.tree_util.register_pytree_node_class
+class Dataset:
+    """``B`` batches stacked along a leading axis (``stacked``: the pytree of one batch with arrays of ``B × …``): a
+    probe's batch argument meaning "average the operator over these batches". Build it with :func:`dataset`."""
+
+    def __init__(self, stacked):
+        self.stacked = stacked
+
+    @property
+    def num_batches(self) -> int:
+        return int(jax.tree.leaves(self.stacked)[0].shape[0])
+
+    def batch(self, b: int):
+        return jax.tree.map(lambda x: x[b], self.stacked)
+
+    def tree_flatten(self):
+        return (self.stacked,), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(children[0])
+
+    def __repr__(self):
+        return f"Dataset({self.num_batches} batches)"
+
+
+def dataset(batches: Iterable | Any, *, stacked: bool = False) -> Dataset:
+    """A :class:`Dataset` of ``batches``: a list (or any iterable) of batches of equal shapes, stacked here on the
+    host; or, with ``stacked=True``, one pytree whose arrays already have the batch index as their leading axis
+    (for example device arrays sharded along axis 1). Refuses an empty input and batches whose shapes differ (a
+    short last batch: drop it, or pad it and give it a mask)."""
+    if stacked:
+        leaves = jax.tree.leaves(batches)
+        if not leaves or any(np.ndim(x) == 0 for x in leaves):
+            raise ValueError("dataset(stacked=True): every array needs a leading batch-index axis")
+        sizes = {np.shape(x)[0] for x in leaves}
+        if len(sizes) != 1:
+            raise ValueError(f"dataset(stacked=True): the arrays have different numbers of batches {sorted(sizes)}")
+        return Dataset(batches)
+    items = list(batches)
+    if not items:
+        raise ValueError("dataset: no batches given; pass a list of at least one batch")
+    first = jax.tree.structure(items[0])
+    shapes = [tuple(np.shape(x) for x in jax.tree.leaves(b)) for b in items]
+    for i, (b, s) in enumerate(zip(items, shapes)):
+        if jax.tree.structure(b) != first or s != shapes[0]:
+            raise ValueError(f"dataset: batch {i} has shapes {s}, batch 0 {shapes[0]}: the batches must have equal "
+                             "shapes (drop the short last batch, or pad it and mark the padding in a 'mask')")
+    return Dataset(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *items))
+
+
+def first_batch(batch):
+    """One batch (the first of a :class:`Dataset`): what shape checks evaluate."""
+    return batch.batch(0) if isinstance(batch, Dataset) else batch
+
+
+def mean_over_batches(f: Callable, batch):
+    """``f(batch)``, or for a :class:`Dataset` ``(1/B) Σ_b f(batch_b)`` with one batch's ``f`` at a time:
+    straight-line code on CPU up to ``C.MAX_UNROLL`` batches (XLA:CPU runs convolution gradients in loop bodies
+    several times slower, jax-ml/jax#12868), a ``lax.scan`` otherwise."""
+    if not isinstance(batch, Dataset):
+        return f(batch)
+    n = batch.num_batches
+    if C.on_cpu() and n <= C.MAX_UNROLL:
+        total = f(batch.batch(0))
+        for b in range(1, n):
+            total = jax.tree.map(jnp.add, total, f(batch.batch(b)))
+    else:
+        first = f(batch.batch(0))
+        rest = jax.tree.map(lambda x: x[1:], batch.stacked)
+        total, _ = jax.lax.scan(lambda acc, b: (jax.tree.map(jnp.add, acc, f(b)), None), first, rest)
+    return jax.tree.map(lambda t: t / n, total)
+
+
+# ---- losses split into model outputs and a loss of the outputs -------------------------------------------------------
+
+class SplitLoss:
+    """``loss_fn(params, batch) = Σ_i c_i ℓ(f(params, batch)_i, y_i)``, with its parts exposed for the GGN and Fisher
+    operators.
+
+    ``outputs_fn(params, batch) -> z`` (examples on the leading axis) and ``loss``: ``'cross_entropy'`` (integer
+    labels), ``'mse'`` or ``loss(z, y) -> per-example losses``. ``targets(batch) -> (y, mask or None)`` reads the
+    labels (default ``batch['y']``, ``batch.get('mask')``, or ``(x, y[, mask])``). ``value_fn``: the loss computed
+    as the caller defines it (default: the masked mean); kept so that wrapping an existing loss changes no number.
+    ``axis_name``: as :func:`jaxnorm.probes.model_loss_fn` (the weights are the device's share of the global mean).
+    """
+
+    def __init__(self, outputs_fn: Callable, loss: str | Callable = "cross_entropy", *,
+                 targets: Callable | None = None, value_fn: Callable | None = None, axis_name: str | None = None):
+        self.outputs = outputs_fn
+        self.loss = loss
+        self.targets = targets or _targets
+        self.axis_name = axis_name
+        self._value = value_fn
+
+    def weights(self, batch):
+        """``c_i``: the weight of each example in the loss (``mask_i / Σ mask``; under ``axis_name`` the device's
+        share, ``mask_i · D / Σ_devices mask``)."""
+        y, mask = self.targets(batch)
+        w = jnp.ones((np.shape(y)[0],), jnp.float32) if mask is None else mask.astype(jnp.float32)
+        total = jnp.sum(w)
+        if self.axis_name is not None:
+            total = jax.lax.psum(total, self.axis_name) / jax.lax.psum(1.0, self.axis_name)
+        return w / jnp.maximum(total, 1e-12)
+
+    def per_example(self, outputs, batch):
+        y, _ = self.targets(batch)
+        out = self.loss(outputs, y) if callable(self.loss) else per_example_loss(outputs, y, self.loss)
+        return out.astype(jnp.float32)
+
+    def output_loss(self, outputs, batch):
+        """``Σ_i c_i ℓ(z_i, y_i)``: the loss as a function of the outputs (whose Hessian the GGN takes)."""
+        return jnp.sum(self.per_example(outputs, batch) * self.weights(batch))
+
+    def __call__(self, params, batch):
+        if self._value is not None:
+            return self._value(params, batch)
+        return self.output_loss(self.outputs(params, batch), batch)
+
+
+def _targets(batch):
+    if isinstance(batch, dict) and "batch" in batch and "y" not in batch:  # model_state_loss_fn's inputs
+        batch = batch["batch"]
+    if isinstance(batch, dict):
+        return batch["y"], batch.get("mask")
+    return batch[1], batch[2] if len(batch) > 2 else None
+
+
+def check_operator(where: str, operator: str, loss_fn) -> str:
+    if operator not in OPERATORS:
+        raise ValueError(f"{where}: operator must be one of {OPERATORS}, got {operator!r}")
+    if operator != "hessian" and not isinstance(loss_fn, SplitLoss):
+        raise ValueError(
+            f"{where}: operator={operator!r} needs the loss split into model outputs and a loss of them; pass a "
+            "jaxnorm.probes.SplitLoss(outputs_fn, 'cross_entropy') (model_loss_fn, model_state_loss_fn, nnx_loss_fn "
+            f"and eqx_loss_fn return one), got {type(loss_fn).__name__}")
+    if operator == "fisher" and loss_fn.loss not in ("cross_entropy", "mse"):
+        raise ValueError(f"{where}: operator='fisher' (the true Fisher) has a closed form for the 'cross_entropy' and "
+                         f"'mse' losses only, got loss={loss_fn.loss!r}; use operator='ggn' or 'empirical_fisher'")
+    return operator
+
+
+def _output_operator(loss_fn: SplitLoss, operator: str, z, batch):
+    """``u ↦ A u`` on the outputs ``z`` of one batch, ``A`` the operator's output-space matrix (block-diagonal over
+    examples, each block weighted by ``c_i``)."""
+    if operator == "ggn":
+        g = jax.grad(lambda zz: loss_fn.output_loss(zz, batch))
+        return lambda u: jax.jvp(g, (z,), (u,))[1]
+    c = loss_fn.weights(batch)
+    cw = lambda a: a * c.reshape((-1,) + (1,) * (a.ndim - 1))  # noqa: E731
+    if operator == "empirical_fisher":  # Σ c_i e_i (e_i · u_i), e_i = ∇_z ℓ_i at the observed label
+        e = jax.grad(lambda zz: jnp.sum(loss_fn.per_example(zz, batch)))(z)
+        axes = tuple(range(1, z.ndim))
+        return lambda u: cw(e * jnp.sum(e * u, axis=axes, keepdims=True))
+    if loss_fn.loss == "mse":
+        return lambda u: cw(2.0 * u)
+    p = jax.nn.softmax(z.astype(jnp.float32), axis=-1)
+    return lambda u: cw(p * u - p * jnp.sum(p * u, axis=-1, keepdims=True)).astype(z.dtype)
+
+
+# ---- parameter subsets -----------------------------------------------------------------------------------------------
+
+def leaf_paths(params) -> list[str]:
+    """Each leaf's path, its keys joined by ``/`` (``conv_0/kernel``)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    return [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in flat]
+
+
+def select(where: str, params, params_filter) -> tuple[bool, ...] | None:
+    """The static mask of leaves ``params_filter`` selects (None: all); a ValueError when it selects none or names a
+    layer ``params`` does not have."""
+    if params_filter is None:
+        return None
+    paths = leaf_paths(params)
+    leaves = jax.tree.leaves(params)
+    if callable(params_filter):
+        mask = tuple(bool(params_filter(p, x)) for p, x in zip(paths, leaves))
+    else:
+        names = [params_filter] if isinstance(params_filter, str) else list(params_filter)
+        hit = lambda p, n: p == n or p.startswith(n + "/")  # noqa: E731
+        missing = [n for n in names if not any(hit(p, n) for p in paths)]
+        if missing:
+            tops = sorted({p.split("/")[0] for p in paths})
+            raise ValueError(f"{where}: params_filter names {missing}, which are not in params; its layers are {tops}")
+        mask = tuple(any(hit(p, n) for n in names) for p in paths)
+    if not any(mask):
+        raise ValueError(f"{where}: params_filter selects none of the {len(paths)} parameter leaves "
+                         f"({paths[:4]}{' …' if len(paths) > 4 else ''})")
+    return None if all(mask) else mask
+
+
+def split(params, mask):
+    """``(sub, merge)``: the selected leaves as a list and ``merge(sub) -> params`` with the others fixed."""
+    leaves, treedef = jax.tree.flatten(params)
+    if mask is None:
+        return leaves, treedef.unflatten
+    sub = [x for x, m in zip(leaves, mask) if m]
+
+    def merge(s):
+        it = iter(s)
+        return treedef.unflatten([next(it) if m else x for x, m in zip(leaves, mask)])
+
+    return sub, merge
+
+
+def embed(params, mask, sub_leaves):
+    """The selected leaves put back in ``params``' structure, ``None`` for the others."""
+    leaves, treedef = jax.tree.flatten(params)
+    it = iter(sub_leaves)
+    return treedef.unflatten([next(it) if (mask is None or m) else None for m in (mask or [True] * len(leaves))])
+
+
+def size(params, mask) -> int:
+    """The number of selected parameters (the operator's dimension)."""
+    leaves = jax.tree.leaves(params)
+    return sum(int(np.prod(np.shape(x))) for x, m in zip(leaves, mask or (True,) * len(leaves)) if m)
+
+
+# ---- the operator as a matrix-vector product ------------------------------------------------------------------------
+
+def flat_matvec(loss_fn, params, batch, axis_name, operator: str = "hessian", mask=None):
+    """``(matvec, n, unravel)``: ``matvec(v) = M v`` on the raveled (float32) vector of the selected parameters, of
+    size ``n``, ``M`` the operator of ``batch`` (averaged over a :class:`Dataset`); ``unravel(v)`` gives a pytree
+    shaped like ``params`` (``None`` for leaves not selected). With ``axis_name`` the product is ``pmean``'d."""
+    sub, merge = split(params, mask)
+    flat, unravel_sub = ravel_pytree(sub)
+
+    def one(v_tree, b):
+        if operator == "hessian":
+            g = jax.grad(lambda s: loss_fn(merge(s), b))
+            return jax.jvp(g, (sub,), (v_tree,))[1]
+        f = lambda s: loss_fn.outputs(merge(s), b)  # noqa: E731
+        z, f_vjp = jax.vjp(f, sub)
+        u = jax.jvp(f, (sub,), (v_tree,))[1]
+        return f_vjp(_output_operator(loss_fn, operator, z, b)(u))[0]
+
+    def matvec(v):
+        v_tree = unravel_sub(v.astype(flat.dtype))
+        out = mean_over_batches(lambda b: one(v_tree, b), batch)
+        out, _ = ravel_pytree(C.pmean(out, axis_name))
+        return out.astype(jnp.float32)
+
+    return matvec, flat.size, lambda v: embed(params, mask, unravel_sub(v.astype(flat.dtype)))
+
+
+def sub_grad(loss_fn, params, batch, axis_name, mask=None):
+    """The gradient of the (data-set average) loss with respect to the selected leaves, as a list."""
+    sub, merge = split(params, mask)
+    g = mean_over_batches(lambda b: jax.grad(lambda s: loss_fn(merge(s), b))(sub), batch)
+    return C.pmean(g, axis_name)
+
