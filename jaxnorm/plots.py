@@ -9,7 +9,15 @@ overlaid and labelled by its workdir name:
 - ``ics.png``: internal covariate shift per layer (ℓ2 difference and cosine of G, G′; their Fig. 2/3);
 - ``slices.png``: the last 1-D loss slice of each run (Li et al. 2018);
 - ``hessian.png``: top Hessian eigenvalue, trace and directional curvature over training;
-- ``density.png``: the last Hessian eigenvalue density (stochastic Lanczos quadrature) of each run.
+- ``density.png``: the last Hessian eigenvalue density (stochastic Lanczos quadrature) of each run;
+- ``surfaces.png``: contour plots of the last 2-D filter-normalized loss surface of each run (probe
+  ``loss_slice_2d``; Li et al. 2018).
+
+With ``--landscapes`` (computed from the first run's checkpoints, on its first training batch, batch norm as
+``probes.bn_mode``): ``trajectory.png``, the loss on the plane of the training trajectory's top-2 PCA directions with
+the path of the initialization and every kept checkpoint drawn on it (Li et al. 2018, §7; keep more points with
+``--config.keep_checkpoints``), and ``interpolation.png``, the loss on the line from the initialization to the last
+checkpoint (Goodfellow et al. 2015).
 
 - ``ae_filters.png``, ``ae_reconstructions.png``: for a run with autoencoder pretraining, the first layer's filters
   and test inputs with their reconstructions.
@@ -131,6 +139,81 @@ def plot_hessian(runs: dict[str, list[dict]], path: str) -> str | None:
 def plot_density(runs: dict[str, list[dict]], path: str) -> str | None:
     return _plot_last_curve(runs, path, "hessian/density_grid", "hessian/density", xlabel="eigenvalue",
                             ylabel="density", title="Hessian eigenvalue density (SLQ)")
+
+
+def _contour(ax, alphas, betas, losses, coords=None, title: str = ""):
+    """Filled contours of ``log10`` of the loss over the (α, β) grid (``losses[i, j]`` at ``alphas[i], betas[j]``),
+    non-finite points left blank, with an optional path of ``coords`` (T, 2) on top."""
+    z = np.log10(np.ma.masked_invalid(np.asarray(losses, np.float64).T).clip(1e-12))
+    cs = ax.contourf(np.asarray(alphas), np.asarray(betas), z, levels=20, cmap="viridis")
+    ax.contour(np.asarray(alphas), np.asarray(betas), z, levels=10, colors="k", linewidths=0.4)
+    ax.figure.colorbar(cs, ax=ax, label="log₁₀ loss")
+    if coords is not None:
+        c = np.asarray(coords)
+        ax.plot(c[:, 0], c[:, 1], "w.-", lw=1.2, ms=5)
+        ax.plot(c[-1, 0], c[-1, 1], "r*", ms=10)
+    ax.set(xlabel="α", ylabel="β", title=title)
+
+
+def plot_surface(result: dict, path: str, title: str = "loss surface") -> str:
+    """A contour plot of one 2-D surface: the dict of :func:`jaxnorm.probes.loss_slice_2d` or
+    :func:`jaxnorm.probes.trajectory_surface` (whose ``coords`` path is drawn on it, the last point starred)."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    extra = ""
+    if "explained_variance" in result:
+        ev = np.asarray(result["explained_variance"])
+        extra = f" (PCA: {100 * ev[0]:.1f}% + {100 * ev[1]:.1f}%)"
+    _contour(ax, result["alphas"], result["betas"], result["losses"], result.get("coords"), title + extra)
+    return _save(fig, path)
+
+
+def plot_surfaces(runs: dict[str, list[dict]], path: str) -> str | None:
+    last = {}
+    for name, rows in runs.items():
+        found = [r for r in rows if "slice_2d/losses" in r]
+        if found:
+            last[name] = found[-1]
+    if not last:
+        return None
+    fig, axes = plt.subplots(1, len(last), figsize=(6 * len(last), 5), squeeze=False)
+    for ax, (name, r) in zip(axes[0], last.items()):
+        _contour(ax, r["slice_2d/alphas"], r["slice_2d/betas"], r["slice_2d/losses"],
+                 title=f"{name} (step {r['step']}, BN {r.get('bn_mode', 'train')} mode)")
+    return _save(fig, path)
+
+
+def landscape_figures(workdir: str, out: str, steps: int = 21) -> list[str]:
+    """``trajectory.png`` and ``interpolation.png`` of one run (see the module docstring); the initialization and
+    the kept checkpoints are restored (verified) from ``workdir``."""
+    import jax
+
+    import jaxnorm.probes as jp
+    from jaxnorm.train import loop
+
+    exp, states = loop.restore_trajectory(workdir)
+    batch = loop.train_batch(exp, 0)
+    final = states[-1][1]
+    loss_fn = jp.model_state_loss_fn(exp.eval_model, train=exp.config.probes.get("bn_mode", "train") == "train",
+                                     loss=exp.loss)
+    key = jax.random.key(exp.config.seed)
+    inputs = lambda s: {"batch": batch, "batch_stats": s.batch_stats, "dropout_key": key}  # noqa: E731
+    made = []
+    line = jp.interpolate(loss_fn, states[0][1].params, final.params, inputs(final), steps=41)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.asarray(line["alphas"]), np.asarray(line["losses"]))
+    ax.axvline(0, color="gray", lw=0.5)
+    ax.axvline(1, color="gray", lw=0.5)
+    ax.set(xlabel=f"α (0 = initialization, 1 = step {states[-1][0]})", ylabel="training loss", yscale="log",
+           title="linear interpolation (Goodfellow et al. 2015)")
+    made.append(_save(fig, os.path.join(out, "interpolation.png")))
+    if len(states) >= 3:
+        surf = jp.trajectory_surface(loss_fn, [s.params for _, s in states], inputs(final), steps=steps)
+        made.append(plot_surface(surf, os.path.join(out, "trajectory.png"),
+                                 f"trajectory, steps {states[0][0]}–{states[-1][0]}"))
+    else:
+        print(f"{workdir}: {len(states) - 1} checkpoint(s) kept: a trajectory plane needs the initialization and at "
+              "least 2 checkpoints (raise --config.keep_checkpoints)")
+    return made
 
 
 def _mean_series(runs: list[list[dict]], split: str, key: str):
@@ -257,8 +340,10 @@ def plot_autoencoder(workdir: str, out: str, num_images: int = 8) -> list[str]:
     return paths
 
 
-def make_plots(workdirs: list[str], out: str | None = None, labels: list[str] | None = None) -> list[str]:
-    """Write every figure that the runs' metrics support; returns the PNG paths. Runs are labelled by ``labels`` or
+def make_plots(workdirs: list[str], out: str | None = None, labels: list[str] | None = None,
+               landscapes: bool = False) -> list[str]:
+    """Write every figure that the runs' metrics support (and, with ``landscapes``, the first run's trajectory and
+    interpolation figures, :func:`landscape_figures`); returns the PNG paths. Runs are labelled by ``labels`` or
     their directory names."""
     if not workdirs:
         raise ValueError("make_plots: give at least one run directory")
@@ -278,6 +363,7 @@ def make_plots(workdirs: list[str], out: str | None = None, labels: list[str] | 
         plot_slices(runs, os.path.join(out, "slices.png")),
         plot_hessian(runs, os.path.join(out, "hessian.png")),
         plot_density(runs, os.path.join(out, "density.png")),
+        plot_surfaces(runs, os.path.join(out, "surfaces.png")),
     ]
     made = [p for p in made if p]
     for w, label in zip(workdirs, labels):  # runs with autoencoder pretraining: filters and reconstructions
@@ -285,6 +371,8 @@ def make_plots(workdirs: list[str], out: str | None = None, labels: list[str] | 
             sub = os.path.join(out, label) if len(workdirs) > 1 else out
             os.makedirs(sub, exist_ok=True)
             made += plot_autoencoder(w, sub)
+    if landscapes:
+        made += landscape_figures(workdirs[0], out)
     return made
 
 
@@ -292,10 +380,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxnorm.plots", description=__doc__.split("\n\n")[0])
     p.add_argument("workdirs", nargs="+", help="run directories (each with a metrics.jsonl)")
     p.add_argument("--out", default=None, help="where the PNGs go (default: FIRST_WORKDIR/plots)")
+    p.add_argument("--landscapes", action="store_true",
+                   help="also the first run's trajectory plane and init→final interpolation, from its checkpoints")
     args = p.parse_args(argv)
+    from jaxnorm.train.checkpoint import CheckpointError
+
     try:
-        paths = make_plots(args.workdirs, args.out)
-    except (FileNotFoundError, ValueError) as e:
+        paths = make_plots(args.workdirs, args.out, landscapes=args.landscapes)
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
         print(f"error: {e}")
         return 1
     for path in paths:

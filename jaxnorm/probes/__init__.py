@@ -21,6 +21,9 @@ with ``axis_name=`` (losses and gradients ``pmean``'d: the global-batch result f
     tr = jp.hessian_trace(loss_fn, state.params, batch, key=key, num_samples=60, method='hutch++')
     table = jp.curvature_per_layer(loss_fn, state.params, batch, key=key)   # {layer: top eigenvalue, trace}
     sl = jp.loss_slice_1d(loss_fn, state.params, batch, key=key, steps=21, span=1.0)
+    surf = jp.loss_slice_2d(loss_fn, state.params, batch, key=key, steps=21)   # biases and BN left out by default
+    line = jp.interpolate(loss_fn, init_params, state.params, batch)          # Goodfellow et al.: init → trained
+    path = jp.trajectory_surface(loss_fn, [ckpt_1, ckpt_2, ckpt_3, state.params], batch)   # top-2 PCA plane
 
     loss_fn = jp.model_state_loss_fn(model)     # the same, with the state as an input: compiled once for all steps
     s = jp.santurkar_probe(loss_fn, state.params, {'batch': batch, 'batch_stats': state.batch_stats,
@@ -44,7 +47,8 @@ from jaxnorm.probes.curvature import (
 )
 from jaxnorm.probes.ics import internal_covariate_shift, layer_order
 from jaxnorm.probes.invariance import TRANSFORMS as INVARIANCE_TRANSFORMS, norm_invariances
-from jaxnorm.probes.landscape import filter_normalize, filter_normalized_direction, loss_slice_1d, loss_slice_2d
+from jaxnorm.probes.landscape import (filter_normalize, filter_normalized_direction, interpolate, loss_slice_1d,
+                                      loss_slice_2d, trajectory_pca, trajectory_surface)
 from jaxnorm.probes.model import (LOSSES, PROBES, activation_percentiles_fn, eqx_loss_fn, make_probe_fn,
                                   model_loss_fn, model_state_loss_fn, nnx_loss_fn)
 from jaxnorm.probes.operators import OPERATORS, Dataset, SplitLoss, dataset
@@ -71,6 +75,7 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "internal_covariate_shift",
+    "interpolate",
     "layer_names",
     "layer_order",
     "loss_slice_1d",
@@ -81,4 +86,6 @@ __all__ = [
     "nnx_loss_fn",
     "norm_invariances",
     "santurkar_probe",
+    "trajectory_pca",
+    "trajectory_surface",
 ]

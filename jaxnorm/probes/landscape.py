@@ -1,5 +1,11 @@
-"""Loss-landscape slices along filter-normalized random directions (Li et al. 2018, "Visualizing the Loss Landscape
-of Neural Nets")."""
+"""Loss landscapes: slices along filter-normalized random directions (Li et al. 2018, "Visualizing the Loss Landscape
+of Neural Nets"), the line between two parameter vectors (Goodfellow, Vinyals & Saxe 2015, "Qualitatively
+characterizing neural network optimization problems") and the surface spanned by a training trajectory's top-2 PCA
+directions (Li et al. 2018, §7).
+
+Random directions leave the biases and normalization parameters (leaves of rank ≤ 1) at zero by default: Li et al.'s
+"ignore biasbn", which the loss-landscape code's users needed to avoid NaN surfaces (a perturbed BN scale near 0 or
+a shift of the norm of the weights makes batch norm's output blow up); ``include_1d=True`` perturbs them too."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax.tree_utils as otu
+from jax.flatten_util import ravel_pytree
 
 from jaxnorm import _checks
 from jaxnorm.probes import _common as C
@@ -123,3 +130,86 @@ def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
     losses = _slice(loss_fn, params, batch, dirs, coords, chunk=C.check_chunk(where, chunk), unroll=unroll,
                     axis_name=axis_name)
     return {"alphas": alphas, "betas": betas, "losses": losses.reshape(sa, sb)}
+
+
+def interpolate(loss_fn: C.LossFn, params_a, params_b, batch, *, steps: int = 25, span=(-0.5, 1.5),
+                chunk: int | str | None = None, unroll: bool | None = None, axis_name: str | None = None) -> dict:
+    """``L((1 − α)·a + α·b)`` for ``steps`` values of ``α`` evenly spaced over ``span`` (default ``[−0.5, 1.5]``):
+    the loss on the line through two parameter vectors, e.g. the initialization and the trained weights (Goodfellow
+    et al. 2015; ``α = 0`` is ``a``, ``α = 1`` is ``b``) or two checkpoints. Every leaf is interpolated, biases and
+    normalization parameters included. Returns ``{'alphas' (steps,), 'losses' (steps,)}``."""
+    where = "interpolate"
+    if jax.tree.structure(params_a) != jax.tree.structure(params_b):
+        raise ValueError(f"{where}: params_a and params_b must have the same structure, got "
+                         f"{jax.tree.structure(params_a)} vs {jax.tree.structure(params_b)}")
+    shapes = [(np.shape(a), np.shape(b)) for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b))]
+    bad = [sa for sa, sb in shapes if sa != sb]
+    if bad:
+        raise ValueError(f"{where}: params_a and params_b differ in leaf shapes ({bad[0]} vs the other's); "
+                         "interpolate between parameters of the same model")
+    steps = _checks.check_positive_int(where, "steps", steps)
+    lo, hi = _span(where, span)
+    d = jax.tree.map(lambda a, b: b - a, params_a, params_b)
+    alphas = jnp.linspace(lo, hi, steps, dtype=jnp.float32)
+    losses = _slice(loss_fn, params_a, batch, (d,), alphas[:, None], chunk=C.check_chunk(where, chunk),
+                    unroll=unroll, axis_name=axis_name)
+    return {"alphas": alphas, "losses": losses}
+
+
+def trajectory_pca(trajectory, *, center=None) -> dict:
+    """The top-2 PCA directions of a training trajectory (Li et al. 2018, §7): the rows ``θ_t − θ_c`` (``θ_c`` the
+    last point, or ``center``) of the parameter vectors, their two leading right singular vectors ``d₁, d₂``
+    (unit vectors in parameter space, shaped like the parameters) and each point's coordinates ``(θ_t − θ_c)·dᵢ``.
+
+    ``trajectory``: a sequence of at least 3 parameter pytrees (checkpoints of one run). Computed through the
+    ``T × T`` Gram matrix (memory ``T × n``, no ``n × n`` matrix). Returns ``{'directions': (d₁, d₂), 'coords'
+    (T, 2), 'explained_variance' (2,)}``, the last the fraction of the rows' squared norm each direction captures."""
+    points = list(trajectory)
+    if len(points) < 3:
+        raise ValueError(f"trajectory_pca: needs at least 3 parameter vectors (2 directions from the differences to "
+                         f"the center), got {len(points)}")
+    flats = [ravel_pytree(p)[0].astype(jnp.float32) for p in points]
+    sizes = {f.size for f in flats}
+    if len(sizes) != 1:
+        raise ValueError(f"trajectory_pca: the points have different sizes {sorted(sizes)}: use one model's params")
+    _, unravel = ravel_pytree(points[-1])
+    c = flats[-1] if center is None else ravel_pytree(center)[0].astype(jnp.float32)
+    m = jnp.stack(flats) - c
+    gram = np.asarray(m @ m.T, np.float64)
+    evals, evecs = np.linalg.eigh(gram)
+    order = np.argsort(evals)[::-1][:2]
+    s = np.sqrt(np.maximum(evals[order], 0.0))
+    if not s[1] > 1e-12 * max(s[0], 1e-30):
+        raise ValueError("trajectory_pca: the trajectory spans fewer than 2 directions (all points on a line or "
+                         "equal); use checkpoints from more of the run")
+    dirs = (m.T @ jnp.asarray(evecs[:, order] / s, jnp.float32)).T  # (2, n), unit rows
+    coords = m @ dirs.T
+    return {"directions": tuple(unravel(d) for d in dirs), "coords": coords,
+            "explained_variance": jnp.asarray(s ** 2 / max(float(np.sum(evals.clip(0))), 1e-30), jnp.float32)}
+
+
+def trajectory_surface(loss_fn: C.LossFn, trajectory, batch, *, steps: int | tuple[int, int] = 21,
+                       margin: float = 0.25, chunk: int | str | None = None, unroll: bool | None = None,
+                       axis_name: str | None = None) -> dict:
+    """The loss on the plane through the trajectory's last point spanned by its top-2 PCA directions
+    (:func:`trajectory_pca`), on a ``steps × steps`` grid covering the trajectory's coordinates plus ``margin`` of
+    their range on each side. Returns ``{'alphas', 'betas', 'losses' (Sα, Sβ), 'coords' (T, 2),
+    'explained_variance'}`` (``losses[i, j]`` at ``θ_c + alphas[i]·d₁ + betas[j]·d₂``; the path is ``coords``)."""
+    where = "trajectory_surface"
+    sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)
+    sa, sb = _checks.check_positive_int(where, "steps", sa), _checks.check_positive_int(where, "steps", sb)
+    if not margin >= 0:
+        raise ValueError(f"{where}: margin must be >= 0 (a fraction of the trajectory's extent), got {margin!r}")
+    pca = trajectory_pca(trajectory)
+    center = list(trajectory)[-1]
+    coords = np.asarray(pca["coords"])
+    axes = []
+    for i, num in enumerate((sa, sb)):
+        lo, hi = float(coords[:, i].min()), float(coords[:, i].max())
+        pad = margin * max(hi - lo, 1e-6)
+        axes.append(jnp.linspace(lo - pad, hi + pad, num, dtype=jnp.float32))
+    grid = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    losses = _slice(loss_fn, center, batch, pca["directions"], grid, chunk=C.check_chunk(where, chunk),
+                    unroll=unroll, axis_name=axis_name)
+    return {"alphas": axes[0], "betas": axes[1], "losses": losses.reshape(sa, sb), "coords": pca["coords"],
+            "explained_variance": pca["explained_variance"]}

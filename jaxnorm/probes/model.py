@@ -197,7 +197,7 @@ def eqx_loss_fn(model, state=None, dropout_key: jax.Array | None = None, *, trai
 
 
 PROBES = ("santurkar", "santurkar_random", "ics", "top_eigenvalues", "hessian_trace", "directional_curvature",
-          "spectral_density", "loss_slice_1d", "activation_percentiles")
+          "spectral_density", "loss_slice_1d", "loss_slice_2d", "activation_percentiles")
 
 
 def activation_percentiles_fn(model, *, unit: int = 0, percentiles=(15.0, 50.0, 85.0), train: bool = True,
@@ -253,7 +253,8 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
     Args:
       probes: names from ``PROBES``: ``'santurkar'`` (along the gradient), ``'santurkar_random'``, ``'ics'``,
         ``'top_eigenvalues'``, ``'hessian_trace'``, ``'directional_curvature'``, ``'spectral_density'``,
-        ``'loss_slice_1d'``, ``'activation_percentiles'`` (see :func:`activation_percentiles_fn`).
+        ``'loss_slice_1d'``, ``'loss_slice_2d'`` (an 11 × 11 filter-normalized surface by default),
+        ``'activation_percentiles'`` (see :func:`activation_percentiles_fn`).
       lr: the learning rate (a float or a schedule ``lr(step)``): the Santurkar grid ``[0.5, 4]·lr`` and the ICS
         SGD update.
       tx: if given, ICS updates the earlier layers with this optimizer's step from ``state.opt_state`` instead of SGD.
@@ -265,7 +266,8 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
     ``santurkar/losses`` (K,); ``ics/l2/<layer>``, ``ics/cos/<layer>``, ``ics/grad_norm/<layer>``;
     ``hessian/top_eigenvalues`` (k,), ``hessian/top_eigenvalue``, ``hessian/trace``,
     ``hessian/directional_curvature``; ``hessian/density_grid``, ``hessian/density`` (stochastic Lanczos quadrature);
-    ``slice_1d/alphas``, ``slice_1d/losses``; ``activations/<layer>/p15`` (…/p50, …/p85).
+    ``slice_1d/alphas``, ``slice_1d/losses``; ``slice_2d/alphas``, ``slice_2d/betas``, ``slice_2d/losses`` (Sα, Sβ);
+    ``activations/<layer>/p15`` (…/p50, …/p85).
     """
     probes = tuple(probes)
     bad = [p for p in probes if p not in PROBES]
@@ -337,6 +339,10 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
             elif name == "loss_slice_1d":
                 res = _land.loss_slice_1d(loss_fn, params, inputs, key=k_slice, axis_name=axis_name, **kw)
                 out["slice_1d/alphas"], out["slice_1d/losses"] = res["alphas"], res["losses"]
+            elif name == "loss_slice_2d":
+                kw.setdefault("steps", 11)
+                res = _land.loss_slice_2d(loss_fn, params, inputs, key=k_slice, axis_name=axis_name, **kw)
+                out.update({f"slice_2d/{k}": res[k] for k in ("alphas", "betas", "losses")})
         return out
 
     return probe_fn

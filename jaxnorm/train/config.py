@@ -29,7 +29,9 @@ RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_e
 # is left out of a run's identity (result_affecting), so earlier results and checkpoints, whose configs lack the key,
 # still match and are neither retrained nor refused
 ADDED_KEY_DEFAULTS = {"kernel_norm": "none", "shard_params": False, "shard_params_min_size": 2**12,
-                      "compilation_cache": True, "compilation_cache_dir": "", "data_workers": 0}
+                      "compilation_cache": True, "compilation_cache_dir": "", "data_workers": 0,
+                      "probes.bn_mode": "train"}  # a dotted key: one of a group's keys
+BN_MODES = ("train", "eval")
 
 # keys of earlier runs' config.json that are now model fields: (old key, model field, old value meaning "the model's
 # default"); read back, such a config is the one it would be written as today (see upgrade)
@@ -95,9 +97,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.probes = ml_collections.ConfigDict()
     c.probes.every = 0  # 0 = off
     # santurkar (grid of 8 step sizes in [0.5, 4] x the current LR), santurkar_random, ics, top_eigenvalues,
-    # hessian_trace, directional_curvature, loss_slice_1d
+    # hessian_trace, directional_curvature, spectral_density, loss_slice_1d, loss_slice_2d, activation_percentiles
     c.probes.kinds = ("santurkar",)
     c.probes.ics_layers = ()  # () = every layer
+    # batch norm in the probed loss: 'train' (each probed point's own batch statistics, as Santurkar et al.) or
+    # 'eval' (the running statistics); written into every probe row as bn_mode
+    c.probes.bn_mode = "train"
     # greedy layer-wise autoencoder pretraining of the first dense layers (Bengio et al. 2007; see jaxnorm.train.pretrain)
     c.pretrain = ml_collections.ConfigDict()
     c.pretrain.layers = ()  # hidden sizes of the dense layers to pretrain, e.g. (100, 100); () = off
@@ -151,6 +156,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.momentum must be < 1 (the optimizer's momentum; 0.9 is usual), got {config.momentum}")
     if config.probes.every < 0:
         raise ValueError(f"config.probes.every must be >= 0 (0 = no probes), got {config.probes.every}")
+    check_choice("probes.bn_mode", config.probes.get("bn_mode", "train"), BN_MODES)
     for group in ("probes", "pretrain"):
         unknown_sub = sorted(set(config[group].keys()) - set(base[group].keys()))
         if unknown_sub:
@@ -213,7 +219,11 @@ def upgrade(d: dict) -> dict:
     if kwargs or "model_kwargs" in d:
         d["model_kwargs"] = kwargs
     for key, value in ADDED_KEY_DEFAULTS.items():  # keys added since: the value that reproduces the run
-        d.setdefault(key, value)
+        group, _, sub = key.rpartition(".")
+        if not group:
+            d.setdefault(key, value)
+        elif isinstance(d.get(group), dict) and sub not in d[group]:
+            d[group] = {**d[group], sub: value}
     return d
 
 

@@ -146,12 +146,14 @@ def make_probes(exp: Experiment, shapes):
         if bad:
             raise ValueError(f"probes.ics_layers: {bad} are not layers of {exp.config.model}; valid: {valid}")
         options["ics"] = {"layers": list(p.ics_layers)}
+    bn_mode = p.get("bn_mode", "train")
     probe_fn = probes_lib.make_probe_fn(exp.eval_model, probes=tuple(p.kinds), lr=exp.schedule, options=options,
-                                        loss=exp.loss)
+                                        loss=exp.loss, train=bn_mode == "train")
     base_key = rng.rng_stream(exp.config.seed, "probes")
 
     def probe(state, batch, step):
-        return probe_fn(state, {k: jnp.asarray(v) for k, v in batch.items()}, jax.random.fold_in(base_key, step))
+        out = probe_fn(state, {k: jnp.asarray(v) for k, v in batch.items()}, jax.random.fold_in(base_key, step))
+        return {**out, "bn_mode": bn_mode}  # which landscape was probed, with every row
 
     return probe
 
@@ -322,21 +324,43 @@ def load_experiment(workdir: str) -> Experiment:
     return build(config)
 
 
+def initial_state(exp: Experiment) -> steps.TrainState:
+    """The state a run of ``exp`` starts from (step 0: its seed's initialization)."""
+    return steps.create_state(exp.eval_model, exp.tx, _train_batch(exp, 0)["x"], exp.config.seed)
+
+
+def train_batch(exp: Experiment, step: int) -> dict:
+    """The global training batch of ``step`` (a pure function of the seed and the step)."""
+    return _train_batch(exp, step)
+
+
 def restore(workdir: str, step: int = -1) -> tuple[Experiment, steps.TrainState]:
     """The experiment and the trained state of a run directory (its ``config.json`` and the checkpoint of ``step``,
     -1 = the latest), on this process's devices without data parallelism: for analysis after training."""
+    exp, states = restore_trajectory(workdir, [step])
+    return exp, states[0][1]
+
+
+def restore_trajectory(workdir: str, which=None) -> tuple[Experiment, list[tuple[int, steps.TrainState]]]:
+    """The experiment and ``[(step, state), ...]`` of a run directory: the initial state (step 0) and every kept
+    checkpoint (``which=None``), or the checkpoints of the steps in ``which`` (-1 = the latest), each verified.
+    The points of a trajectory for :func:`jaxnorm.probes.trajectory_surface` (keep more of them with
+    ``--config.keep_checkpoints``)."""
     exp = load_experiment(workdir)
-    config = exp.config
-    example = _train_batch(exp, 0)["x"]
-    state = steps.create_state(exp.eval_model, exp.tx, example, config.seed)
-    checkpointer = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+    init = initial_state(exp)
+    checkpointer = ckpt_lib.Checkpointer(workdir, exp.config.keep_checkpoints)
     try:
         if not checkpointer.steps():
             raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoint to restore")
-        restored = checkpointer.restore(flax.serialization.to_state_dict(state), step)
+        wanted = checkpointer.steps() if which is None else list(which)
+        states = [(0, init)] if which is None else []
+        for s in wanted:
+            restored = checkpointer.restore(flax.serialization.to_state_dict(init), s)
+            state = flax.serialization.from_state_dict(init, restored)
+            states.append((int(state.step), state))
     finally:
         checkpointer.close()
-    return exp, flax.serialization.from_state_dict(state, restored)
+    return exp, states
 
 
 def predict(exp: Experiment, variables) -> np.ndarray:
