@@ -70,6 +70,16 @@ def test_santurkar_quadratic_closed_form():
         rc = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, chunk=chunk, unroll=unroll)
         np.testing.assert_allclose(rc["grad_changes"], r["grad_changes"], rtol=1e-5)
         np.testing.assert_allclose(rc["losses"], r["losses"], rtol=1e-5)
+    # the host loop (one compiled value-and-gradient program called K + 1 times) gives the same numbers too
+    host = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, loop="host")
+    for k in r:
+        np.testing.assert_allclose(host[k], r[k], rtol=1e-5, err_msg=k)
+    rnd = dict(lr=0.1, direction="random", key=jax.random.key(3))
+    np.testing.assert_allclose(jp.santurkar_probe(quad_loss, params, batch, loop="host", **rnd)["grad_changes"],
+                               jp.santurkar_probe(quad_loss, params, batch, **rnd)["grad_changes"], rtol=1e-5)
+    with pytest.raises(ValueError, match="loop='host' runs a Python loop of compiled evaluations and cannot be "
+                                         "traced"):
+        jax.jit(lambda p: jp.santurkar_probe(quad_loss, p, batch, lr=0.1, loop="host"))(params)
     lin = jp.eta_grid(0.1, 0.5, 4.0, num=4, spacing="linear")
     np.testing.assert_allclose(lin, [0.05, 0.1666667, 0.2833333, 0.4], rtol=1e-6)
 
@@ -109,6 +119,15 @@ def test_santurkar_compiles_once():
     calls = []
     run_all(chex.assert_max_traces(counting(calls), n=len(first)), 4)
     assert len(calls) == len(first)  # no retrace after the first round
+    # the host loop compiles its one value-and-gradient program once, for every lr, grid and step size
+    host = []
+    loss_fn = counting(host)
+    jp.santurkar_probe(loss_fn, params, batch, lr=0.1, loop="host")
+    once = len(host)
+    for i in range(3):
+        jp.santurkar_probe(loss_fn, {"w": params["w"] + i}, batch, lr=0.1 * (i + 1), loop="host")
+        jp.santurkar_probe(loss_fn, {"w": params["w"] + i}, batch, etas=np.linspace(0.1, 1.0, 5), loop="host")
+    assert len(host) == once, (once, len(host))
 
 
 # ---- curvature on the quadratic ------------------------------------------------------------------------------------
