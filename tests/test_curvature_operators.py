@@ -199,6 +199,16 @@ def test_per_layer_table_matches_the_dense_blocks():
         np.testing.assert_allclose(table[name]["top_eigenvalue"], ev[np.argmax(np.abs(ev))], rtol=2e-2)
         assert abs(table[name]["trace"] - np.trace(block)) < 4 * table[name]["trace_std_error"] + 1e-5
         assert int(table[name]["num_params"]) == sl.stop - sl.start
+    # the layers' traces come from one Hutchinson run on the whole Hessian: they sum to its estimate with that key
+    k_trace = jax.random.split(jax.random.key(4))[1]
+    whole = jp.hessian_trace(CE, params, b, key=k_trace, num_samples=300)["trace"]
+    np.testing.assert_allclose(sum(float(t["trace"]) for t in table.values()), whole, rtol=1e-4)
+    device = jp.curvature_per_layer(CE, params, b, key=jax.random.key(4), num_iters=50, num_samples=5, loop="device")
+    host = jp.curvature_per_layer(CE, params, b, key=jax.random.key(4), num_iters=50, num_samples=5, loop="host")
+    for name in spans:
+        np.testing.assert_allclose(device[name]["trace"], host[name]["trace"], rtol=1e-4)
+    with pytest.raises(ValueError, match=r"'conv_9' is not a layer of params; its layers are \['dense_0', 'head'\]"):
+        jp.curvature_per_layer(CE, params, b, key=jax.random.key(4), layers=["conv_9"])
 
 
 def test_host_and_device_loops_agree_for_an_operator_and_a_block():

@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxnorm import _checks
@@ -506,23 +507,67 @@ def layer_names(params) -> list[str]:
     return seen
 
 
+@functools.partial(jax.jit, static_argnames=_STATIC + ("segments", "chunk"))
+def _layer_forms(loss_fn, params, batch, z, *, axis_name, operator, mask, segments, chunk):
+    """``[z_lᵀ (M z)_l]_l`` for each row ``z`` of ``z``: the per-layer parts of ``zᵀ M z`` (``segments``: each
+    layer's ``(start, stop)`` in the raveled vector). For Rademacher ``z``, part ``l`` is an unbiased estimate of
+    ``tr M_ll`` (the cross terms have mean zero)."""
+    matvec, _ = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
+
+    def one(v):
+        hv = matvec(v)
+        return jnp.stack([jnp.vdot(v[a:b], hv[a:b]) for a, b in segments])
+
+    return C.map_chunked(one, z, chunk)
+
+
 def curvature_per_layer(loss_fn: C.LossFn, params, batch, *, key: jax.Array, layers=None, num_iters: int = 20,
                         num_samples: int = 20, operator: str = "hessian", loop: str = "auto",
                         axis_name: str | None = None) -> dict:
     """A per-layer curvature table: for each layer ``l`` (default: every top-level key of ``params``), the top
-    eigenvalue (power iteration, ``num_iters`` products) and the trace (Hutchinson, ``num_samples`` products) of
-    its diagonal block ``M_ll`` (the operator restricted to that layer's parameters, the others fixed), and its
-    parameter count. Their traces sum to ``tr M`` (the diagonal blocks hold the whole diagonal).
+    eigenvalue of its diagonal block ``M_ll`` (the operator restricted to the layer's parameters, the others fixed;
+    power iteration, at most ``num_iters`` products of the block) and the block's trace, with its parameter count.
+
+    The traces all come from ONE Hutchinson run on the whole operator (``num_samples`` products): for a Rademacher
+    ``z``, ``z_lᵀ (M z)_l`` estimates ``tr M_ll``, so the layers' traces cost no more than the model's and sum to its
+    estimate exactly. The top eigenvalues need one power iteration per layer (a block's eigenvalues are not the
+    whole operator's): ``L × num_iters`` block products.
 
     Returns ``{layer: {'top_eigenvalue', 'trace', 'trace_std_error', 'num_params'}}``; the same ``key`` for every
     layer (so two runs compare layer by layer)."""
+    where = "curvature_per_layer"
     names = layer_names(params) if layers is None else list(layers)
-    table = {}
-    k_eig, k_trace = jax.random.split(key)
+    mask = _check(where, loss_fn, params, batch, operator, None)
+    num_samples = _checks.check_positive_int(where, "num_samples", num_samples)
+    C.check_key(where, key, "the start and Rademacher vectors")
+    paths = O.leaf_paths(params)
+    sizes = [int(np.prod(np.shape(x))) for x in jax.tree.leaves(params)]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    segments, counts = [], []
     for name in names:
-        kw = dict(operator=operator, params_filter=[name], loop=loop, axis_name=axis_name)
-        vals, _ = hessian_top_eigenvalues(loss_fn, params, batch, key=k_eig, num_iters=num_iters, **kw)
-        tr = hessian_trace(loss_fn, params, batch, key=k_trace, num_samples=num_samples, **kw)
-        table[name] = {"top_eigenvalue": vals[0], "trace": tr["trace"], "trace_std_error": tr["std_error"],
-                       "num_params": tr["num_params"]}
+        idx = [i for i, p in enumerate(paths) if p == name or p.startswith(name + "/")]
+        if not idx:
+            raise ValueError(f"{where}: {name!r} is not a layer of params; its layers are {layer_names(params)}")
+        if idx != list(range(idx[0], idx[-1] + 1)):  # ravel order keeps a top-level key's leaves together
+            raise ValueError(f"{where}: the leaves of {name!r} are not contiguous in params; name top-level keys")
+        segments.append((int(starts[idx[0]]), int(starts[idx[-1] + 1])))
+        counts.append(int(starts[idx[-1] + 1] - starts[idx[0]]))
+    k_eig, k_trace = jax.random.split(key)
+    z = _jit_rademacher(k_trace, num_samples, int(starts[-1]))
+    kw = dict(axis_name=axis_name, operator=operator, mask=mask, segments=tuple(segments))
+    if _resolve_loop(where, loop, params, batch, key, axis_name) == "host":  # one compiled product at a time
+        forms = jnp.concatenate([_layer_forms(loss_fn, params, batch, z[i:i + 1], chunk=None, **kw)
+                                 for i in range(num_samples)])
+    else:
+        forms = _layer_forms(loss_fn, params, batch, z, chunk=1, **kw)
+    forms = np.asarray(forms, np.float64)
+    table = {}
+    for j, name in enumerate(names):
+        vals, _ = hessian_top_eigenvalues(loss_fn, params, batch, key=k_eig, num_iters=num_iters, operator=operator,
+                                          params_filter=[name], loop=loop, axis_name=axis_name)
+        col = forms[:, j]
+        table[name] = {"top_eigenvalue": vals[0], "trace": jnp.float32(col.mean()),
+                       "trace_std_error": jnp.float32(col.std(ddof=1) / np.sqrt(len(col)) if len(col) > 1
+                                                      else np.nan),
+                       "num_params": jnp.float32(counts[j])}
     return table
