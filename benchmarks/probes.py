@@ -5,6 +5,7 @@ Prints one JSON line per measurement::
     python benchmarks/probes.py                      # simple_cnn (32, 32, 64, 64), batch norm, 128×28×28×1, K = 8
     python benchmarks/probes.py --small              # channels (8, 16), batch 32, 16×16: quick
     python benchmarks/probes.py --repeats 7 --chunks none,1,4
+    python benchmarks/probes.py --only dataset,surface,per_layer --num-batches 8 --surface-chunks none,1,21
 
 * ``santurkar``: :func:`jaxnorm.probes.santurkar_probe` with K step sizes (K + 1 value-and-gradient evaluations in
   one compiled call; ``chunk=None`` vmaps all K, ``chunk=1`` runs them one at a time, as straight-line code on CPU
@@ -16,10 +17,29 @@ Prints one JSON line per measurement::
   (from :func:`jaxnorm.probes.hessian_top_eigenvalues`: its time over ``--power-iters`` steps + the final Rayleigh
   quotient, per product; ``loop='host'``, one compiled call per step, and ``loop='device'``, one ``while_loop``) vs
   one jitted gradient. Expected ≈ 2–3×. On XLA:CPU the device loop is slow for convolutions (jax-ml/jax#12868).
+* ``dataset``: the data-set average Hessian-vector product, :func:`jaxnorm.probes.hvp` on
+  ``jp.dataset(batches)`` of ``--num-batches`` B batches shaped like the batch (other random draws), one jitted
+  call vs the floor: B calls of the jitted single-batch ``hvp``, one per batch. Target ≤ 1.05× the floor. A second
+  line times one single-batch HVP vs one jitted gradient (target ≤ 2.2×).
+* ``surface``: a 21×21 filter-normalized 2-D loss surface, :func:`jaxnorm.probes.loss_slice_2d` (``steps=21,
+  span=1``, directions from ``jax.random.key(2)``) with each plan of ``--surface-chunks`` (``none``, its default:
+  one vmap of all 441 points; ``1``: one point at a time, in a ``lax.scan`` loop as 441 > 32 groups; ``c``: groups
+  of c, straight-line code on CPU up to 32 groups) vs the floor: the same directions and 441 losses
+  ``L(w + a·d₁ + b·d₂)`` in one jitted ``vmap`` over the ``(441, 2)`` coordinates. Target ≤ 1.1× the floor. Runs
+  on the first ``--surface-batch`` examples of the batch (default 4, 32 with ``--small``: 441 forward passes a
+  call, and XLA:CPU runs the vmap of convolutions with per-point kernels about 10× slower than 441 single passes).
+* ``per_layer``: :func:`jaxnorm.probes.curvature_per_layer` (per layer of :func:`jaxnorm.probes.layer_names`, one
+  top eigenvalue of its diagonal block: ``--power-iters`` power-iteration steps + the final Rayleigh quotient, block
+  products; the layers' traces from one Hutchinson run of ``--trace-samples`` whole-model products) vs the
+  whole-model pair with the same settings: :func:`jaxnorm.probes.hessian_top_eigenvalues` +
+  :func:`jaxnorm.probes.hessian_trace` (all with their default ``tol`` and ``loop``; power iteration may stop
+  early, so the product counts are upper bounds). Target ≤ 1.2× the pair; the line also gives the number of layers,
+  the products each does and the mean time per product, and the sum of the layers' traces next to the model's.
 
 The loss is :func:`jaxnorm.probes.model_loss_fn` (train mode: batch statistics, a fixed dropout key). Each function
 is compiled first (compile time reported), warmed up, then timed as the median wall time of ``--repeats`` calls
-ending in ``jax.block_until_ready``; probe and floor alternate round by round so load drift hits both alike.
+ending in ``jax.block_until_ready`` (``surface`` and ``per_layer``, seconds a call, take their first call as the
+warm-up); probe and floor alternate round by round so load drift hits both alike.
 Benchmarks never assert: they print figures. On a shared CPU the ratios are the meaningful numbers.
 """
 
@@ -38,6 +58,7 @@ import numpy as np
 import optax.tree_utils as otu
 
 import jaxnorm.probes as jp
+from jaxnorm.probes import _common as _pc
 from jaxnorm.models import build_model
 
 
@@ -71,6 +92,14 @@ def _timed_first_call(f):
     return time.perf_counter() - t0
 
 
+def _first_calls(fns: dict) -> tuple[dict, dict]:
+    """Each fn's first call: its time (s; compilation included) and its result."""
+    compile_s, outs = {}, {}
+    for k, f in fns.items():
+        compile_s[k] = _timed_first_call(lambda k=k, f=f: outs.setdefault(k, f()))
+    return compile_s, outs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true")
@@ -85,7 +114,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--power-iters", type=int, default=4)
     ap.add_argument("--power-loops", default="host,device", help="hessian_top_eigenvalues loop modes to time")
-    ap.add_argument("--only", default="santurkar,hvp")
+    ap.add_argument("--num-batches", type=int, default=4, help="batches in the data set of the dataset bench")
+    ap.add_argument("--surface-batch", type=int, default=None,
+                    help="examples per loss of the surface bench (default 4, 32 with --small; at most --batch): 441 "
+                         "forward passes per call, and on XLA:CPU their vmap (the floor) is slow for convolutions")
+    ap.add_argument("--surface-chunks", default="none,1",
+                    help="loss_slice_2d evaluation plans to time, as --chunks (none: its default, one vmap)")
+    ap.add_argument("--trace-samples", type=int, default=4, help="Hutchinson samples of the per_layer bench")
+    ap.add_argument("--only", default="santurkar,hvp,dataset,surface,per_layer")
     args = ap.parse_args(argv)
 
     channels = tuple(int(c) for c in (args.channels or ("8,16" if args.small else "32,32,64,64")).split(","))
@@ -148,9 +184,10 @@ def main(argv=None):
                               "floor_compile_s": round(compile_s["floor"], 2), "retraced_on_new_values": retraced,
                               "repeats": args.repeats, **common}), flush=True)
 
+    v = jax.tree.map(lambda w: jnp.ones_like(w) / np.sqrt(w.size), params)
+    hvp_j = jax.jit(lambda p, b, v: jp.hvp(loss_fn, p, b, v))
+
     if "hvp" in only:
-        v = jax.tree.map(lambda w: jnp.ones_like(w) / np.sqrt(w.size), params)
-        hvp_j = jax.jit(lambda p, b, v: jp.hvp(loss_fn, p, b, v))
         iters = args.power_iters
 
         def power(loop):
@@ -175,6 +212,124 @@ def main(argv=None):
                               "power_total_ms": round(ms[f"power_{loop}"], 2),
                               "compile_s": round(compile_s[f"power_{loop}"], 2), "repeats": args.repeats, **common}),
                   flush=True)
+
+    if "dataset" in only:
+        nb = args.num_batches
+        batches = []
+        for kb in jax.random.split(jax.random.key(3), nb):
+            kbx, kby = jax.random.split(kb)
+            batches.append({"x": jax.random.normal(kbx, x.shape, x.dtype),
+                            "y": jax.random.randint(kby, y.shape, 0, 10)})
+        _block(batches)
+        ds = jp.dataset(batches)  # stacked on the host, as a user builds it
+        hvp_ds = jax.jit(lambda p, d, v: jp.hvp(loss_fn, p, d, v))
+
+        def floor():
+            return [hvp_j(params, b, v) for b in batches]
+
+        fns = {"dataset_hvp": lambda: hvp_ds(params, ds, v), "floor": floor,
+               "grad": lambda: grad_fn(params, batch), "hvp": lambda: hvp_j(params, batch, v)}
+        compile_s, outs = _first_calls(fns)
+        ref = jax.tree.map(lambda *hs: sum(hs) / nb, *outs["floor"])
+        diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(outs["dataset_hvp"]),
+                                                                    jax.tree.leaves(ref)))
+        scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(ref))
+        ms = _time_rounds(fns, args.repeats)
+        print(json.dumps({"bench": "dataset", "impl": f"hvp on jp.dataset of {nb} batches (one jitted call)",
+                          "ms": round(ms["dataset_hvp"], 2), "floor_ms": round(ms["floor"], 2),
+                          "ratio_vs_floor": round(ms["dataset_hvp"] / ms["floor"], 3), "target": 1.05,
+                          "floor": f"{nb} calls of the jitted single-batch hvp", "num_batches": nb,
+                          "dataset_arrays": type(jax.tree.leaves(ds.stacked)[0]).__name__,
+                          "max_abs_diff_vs_floor_mean": diff, "max_abs_floor_mean": scale,
+                          "compile_s": round(compile_s["dataset_hvp"], 2),
+                          "floor_compile_s": round(compile_s["floor"], 2), "repeats": args.repeats, **common}),
+              flush=True)
+        print(json.dumps({"bench": "dataset", "impl": "hvp (jvp of grad), one batch", "ms": round(ms["hvp"], 2),
+                          "grad_ms": round(ms["grad"], 2), "ratio_vs_grad": round(ms["hvp"] / ms["grad"], 3),
+                          "target": 2.2, "compile_s": round(compile_s["hvp"], 2), "repeats": args.repeats,
+                          **common}), flush=True)
+
+    if "surface" in only:
+        steps, span, skey = 21, 1.0, jax.random.key(2)
+        sb = min(args.surface_batch or (32 if args.small else 4), batch_size)
+        sbatch = {"x": x[:sb], "y": y[:sb]}
+        grid = jnp.linspace(-span, span, steps, dtype=jnp.float32)
+        coords = jnp.stack(jnp.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+
+        @jax.jit
+        def surface_floor(p, b, d1, d2, coords):
+            def at(c):
+                return loss_fn(jax.tree.map(lambda w, u, t: w + c[0] * u + c[1] * t, p, d1, d2), b)
+
+            return jax.vmap(at)(coords)
+
+        def floor():
+            k1, k2 = jax.random.split(skey)  # the directions loss_slice_2d draws
+            d1, d2 = jp.filter_normalized_direction(k1, params), jp.filter_normalized_direction(k2, params)
+            return surface_floor(params, sbatch, d1, d2, coords).reshape(steps, steps)
+
+        plans = {f"probe_chunk_{c}": _plan(c) for c in args.surface_chunks.split(",") if c}
+        fns = {"floor": floor}
+        for name, plan in plans.items():
+            fns[name] = (lambda plan=plan: jp.loss_slice_2d(loss_fn, params, sbatch, key=skey, steps=steps,
+                                                            span=span, **plan)["losses"])
+        compile_s, outs = _first_calls(fns)
+        diffs = {name: float(jnp.max(jnp.abs(outs[name] - outs["floor"]))) for name in plans}
+        ms = _time_rounds(fns, args.repeats, warmup=0)  # the first calls were the warm-up (seconds each)
+        n_pts = steps * steps
+        for name, plan in plans.items():
+            chunk = plan["chunk"]
+            chunk = (1 if jax.default_backend() == "cpu" else None) if chunk == "auto" else chunk
+            if chunk is None or chunk >= n_pts:
+                how = f"one vmap of {n_pts}"
+            else:
+                groups = n_pts // chunk
+                unrolled = plan.get("unroll", jax.default_backend() == "cpu" and groups <= _pc.MAX_UNROLL)
+                how = (f"{groups} groups of {chunk}" + (f" + a vmap of {n_pts % chunk}" if n_pts % chunk else "")
+                       + (", straight-line" if unrolled else ", lax.scan loop"))
+            print(json.dumps({"bench": "surface", "impl": name, "plan": plan, "evaluation": how,
+                              "grid": [steps, steps], "ms": round(ms[name], 2), "floor_ms": round(ms["floor"], 2),
+                              "ratio_vs_floor": round(ms[name] / ms["floor"], 3), "target": 1.1,
+                              "floor": f"{n_pts} losses in one jitted vmap", "max_abs_diff_vs_floor": diffs[name],
+                              "compile_s": round(compile_s[name], 2), "floor_compile_s": round(compile_s["floor"], 2),
+                              "repeats": args.repeats, **common, "batch": sb}), flush=True)
+
+    if "per_layer" in only:
+        iters, samples, pkey = args.power_iters, args.trace_samples, jax.random.key(4)
+        k_eig, k_trace = jax.random.split(pkey)  # the keys curvature_per_layer uses for every layer
+        names = jp.layer_names(params)
+
+        def per_layer():
+            t = jp.curvature_per_layer(loss_fn, params, batch, key=pkey, num_iters=iters, num_samples=samples)
+            return [(r["top_eigenvalue"], r["trace"]) for r in t.values()]
+
+        def full():
+            vals, _ = jp.hessian_top_eigenvalues(loss_fn, params, batch, key=k_eig, num_iters=iters)
+            tr = jp.hessian_trace(loss_fn, params, batch, key=k_trace, num_samples=samples)
+            return vals[0], tr["trace"]
+
+        fns = {"per_layer": per_layer, "full": full}
+        compile_s, outs = _first_calls(fns)
+        table, (lam, tr) = outs["per_layer"], outs["full"]
+        traces_before = len(traces)
+        ms = _time_rounds(fns, args.repeats, warmup=0)  # the first calls were the warm-up (every step compiled)
+        retraced = len(traces) != traces_before  # the timed calls must reuse the compiled steps
+        per_full = iters + 1 + samples  # at most: power iteration may stop early
+        per_all = len(names) * (iters + 1) + samples  # block products for the eigenvalues, one trace run
+        print(json.dumps({"bench": "per_layer", "impl": "curvature_per_layer", "ms": round(ms["per_layer"], 2),
+                          "full_ms": round(ms["full"], 2), "ratio_vs_full": round(ms["per_layer"] / ms["full"], 3),
+                          "target": 1.2, "full": "hessian_top_eigenvalues + hessian_trace of the whole model",
+                          "num_layers": len(names), "layers": names, "power_iters": iters, "trace_samples": samples,
+                          "products_at_most": per_all, "full_products_at_most": per_full,
+                          "products": f"{len(names)} x ({iters}+1) block + {samples} whole-model",
+                          "ms_per_product": round(ms["per_layer"] / per_all, 2),
+                          "full_ms_per_product": round(ms["full"] / per_full, 2),
+                          "per_product_ratio": round((ms["per_layer"] / per_all) / (ms["full"] / per_full), 3),
+                          "max_layer_top_eigenvalue": max((float(r[0]) for r in table), key=abs),
+                          "full_top_eigenvalue": float(lam), "sum_layer_traces": float(sum(float(r[1]) for r in table)),
+                          "full_trace": float(tr), "retraced_when_timed": retraced,
+                          "compile_s": round(compile_s["per_layer"], 2), "full_compile_s": round(compile_s["full"], 2),
+                          "repeats": args.repeats, **common}), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ al. (2019) for the spectral density, Meyer et al. (2021) for Hutch++."""
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -498,13 +499,15 @@ def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, o
 # ---- per-layer table -------------------------------------------------------------------------------------------------
 
 def layer_names(params) -> list[str]:
-    """The top-level keys of ``params`` that hold parameters (the layers of a Flax ``params`` dict), in order."""
+    """The top-level keys of ``params`` that hold parameters (the layers of a Flax ``params`` dict), sorted with
+    their numbers as numbers (``conv_2`` before ``conv_10``); the order of the computation is
+    :func:`jaxnorm.probes.layer_order`'s."""
     seen = []
     for p in O.leaf_paths(params):
         top = p.split("/")[0]
         if top not in seen:
             seen.append(top)
-    return seen
+    return sorted(seen, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("segments", "chunk"))

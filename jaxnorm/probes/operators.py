@@ -96,7 +96,10 @@ def dataset(batches: Iterable | Any, *, stacked: bool = False) -> Dataset:
         if jax.tree.structure(b) != first or s != shapes[0]:
             raise ValueError(f"dataset: batch {i} has shapes {s}, batch 0 {shapes[0]}: the batches must have equal "
                              "shapes (drop the short last batch, or pad it and mark the padding in a 'mask')")
-    return Dataset(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *items))
+    # device arrays stay on the devices (a host copy would travel again with every compiled call); host arrays
+    # stay on the host until a probe's program takes them
+    stack = lambda *xs: jnp.stack(xs) if any(isinstance(x, jax.Array) for x in xs) else np.stack(xs)  # noqa: E731
+    return Dataset(jax.tree.map(stack, *items))
 
 
 def first_batch(batch):
