@@ -145,6 +145,12 @@ def test_dataset_average_over_four_batches_equals_the_full_batch_operator():
     np.testing.assert_allclose(vals[0], ev[np.argmax(np.abs(ev))], rtol=2e-3)
     g = ravel_pytree(jax.grad(CE)(params, full))[0]
     np.testing.assert_allclose(jp.directional_curvature(CE, params, ds), g @ mat @ g / (g @ g), rtol=1e-4)
+    # the Santurkar probe on the data set is the probe of the full-batch loss (device and host loops)
+    for loop in ("device", "host"):
+        on_ds = jp.santurkar_probe(CE, params, ds, lr=0.5, loop=loop)
+        on_full = jp.santurkar_probe(CE, params, full, lr=0.5)
+        for k in ("losses", "grad_changes", "beta_smoothness"):
+            np.testing.assert_allclose(on_ds[k], on_full[k], rtol=1e-4, err_msg=k)
     # through a lax.scan (no unrolling) too, and with the batches sharded over the 4 devices along their batch axis
     stacked = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(
         jax.make_mesh((4,), ("batch",), (AxisType.Auto,)), P(None, "batch"))), ds.stacked)

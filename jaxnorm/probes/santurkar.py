@@ -14,6 +14,7 @@ import optax.tree_utils as otu
 
 from jaxnorm import _checks
 from jaxnorm.probes import _common as C
+from jaxnorm.probes import operators as O
 
 #: The default step-size grid, in units of the learning rate: 8 points spaced geometrically over [0.5, 4]
 #: (0.5, 0.67, 0.91, 1.22, 1.64, 2.21, 2.97, 4.0). Santurkar et al. give only the range; the geometric spacing,
@@ -68,12 +69,19 @@ def _check_etas(etas, lr) -> None:
                              f"{e.size}; use e.g. etas=eta_grid(lr, 0.5, 4) (w(η) = w − η·d with η > 0)")
 
 
+def _value_and_grad(loss_fn, axis_name):
+    """``(params, batch) -> (loss, grads)``; for a :func:`jaxnorm.probes.dataset` the averages over its batches
+    (the data-set loss and its gradient, one batch's activations at a time)."""
+    vg = C.value_and_grad(loss_fn, axis_name)
+    return lambda params, batch: O.mean_over_batches(lambda b: vg(params, b), batch)
+
+
 @functools.partial(jax.jit, static_argnames=("loss_fn", "direction", "chunk", "unroll", "axis_name"))
 def _probe(loss_fn, params, batch, etas, lr, key, *, direction, chunk, unroll, axis_name):
-    C.check_scalar_loss("santurkar_probe", loss_fn, params, batch)
+    C.check_scalar_loss("santurkar_probe", loss_fn, params, O.first_batch(batch))
     if etas is None:
         etas = jnp.asarray(lr, jnp.float32) * jnp.asarray(DEFAULT_ETA_MULTIPLIERS, jnp.float32)
-    vg = C.value_and_grad(loss_fn, axis_name)
+    vg = _value_and_grad(loss_fn, axis_name)
     loss, g = vg(params, batch)
     g_norm = otu.tree_norm(g)
     if direction == "gradient":
@@ -113,7 +121,7 @@ def _summary(etas, losses, grad_changes, loss, g_norm, d_norm) -> dict:
 @functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name"))
 def _shifted(loss_fn, params, batch, d, eta, g, *, axis_name):
     """``(L(w − η d), ∇L(w − η d), ‖∇L(w − η d) − g‖)``: every evaluation of the probe, ``w`` itself at ``η = 0``."""
-    loss, grad = C.value_and_grad(loss_fn, axis_name)(otu.tree_add_scale(params, -eta, d), batch)
+    loss, grad = _value_and_grad(loss_fn, axis_name)(otu.tree_add_scale(params, -eta, d), batch)
     return loss, grad, otu.tree_norm(otu.tree_sub(grad, g))
 
 
@@ -131,7 +139,7 @@ _jit_summary = jax.jit(_summary)
 
 
 def _probe_host(loss_fn, params, batch, etas, lr, key, *, direction, axis_name):
-    C.check_scalar_loss("santurkar_probe", loss_fn, params, batch)
+    C.check_scalar_loss("santurkar_probe", loss_fn, params, O.first_batch(batch))
     if etas is None:
         etas = np.float32(lr) * np.asarray(DEFAULT_ETA_MULTIPLIERS, np.float32)
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -163,7 +171,9 @@ def santurkar_probe(loss_fn: C.LossFn, params, batch, *, lr=None, etas=None, dir
         running statistics are discarded; dropout uses one FIXED key, so every ``w(η)`` sees the same masks and the
         probe measures the landscape, not dropout noise).
       params: the parameter pytree ``w``; never modified (nothing is donated).
-      batch: any pytree ``loss_fn`` takes as its second argument (the same batch at every ``η``).
+      batch: any pytree ``loss_fn`` takes as its second argument (the same batch at every ``η``), or a
+        :func:`jaxnorm.probes.dataset` of batches: then ``L`` and ``∇L`` are the averages over its batches (the
+        data-set landscape, as the curvature probes' data-set operators).
       lr: the learning rate; the default grid is ``lr × DEFAULT_ETA_MULTIPLIERS`` (8 points geometrically spaced in
         ``[0.5, 4]·lr``). May be a traced scalar (a schedule's value inside a jitted step).
       etas: an explicit 1-D grid of absolute step sizes (positive), e.g. ``eta_grid(lr, 0.01, 30)``; overrides lr.
