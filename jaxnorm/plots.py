@@ -193,7 +193,7 @@ def landscape_figures(workdir: str, out: str, steps: int = 21) -> list[str]:
     exp, states = loop.restore_trajectory(workdir)
     batch = loop.train_batch(exp, 0)
     final = states[-1][1]
-    loss_fn = jp.model_state_loss_fn(exp.eval_model, train=exp.config.probes.get("bn_mode", "train") == "train",
+    loss_fn = jp.model_state_loss_fn(exp.eval_model, train=exp.config.probes.bn_mode == "train",
                                      loss=exp.loss)
     key = jax.random.key(exp.config.seed)
     inputs = lambda s: {"batch": batch, "batch_stats": s.batch_stats, "dropout_key": key}  # noqa: E731

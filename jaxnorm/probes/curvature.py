@@ -548,7 +548,7 @@ def curvature_per_layer(loss_fn: C.LossFn, params, batch, *, key: jax.Array, lay
     starts = np.concatenate([[0], np.cumsum(sizes)])
     segments, counts = [], []
     for name in names:
-        idx = [i for i, p in enumerate(paths) if p == name or p.startswith(name + "/")]
+        idx = [i for i, p in enumerate(paths) if O.in_layer(p, name)]
         if not idx:
             raise ValueError(f"{where}: {name!r} is not a layer of params; its layers are {layer_names(params)}")
         if idx != list(range(idx[0], idx[-1] + 1)):  # ravel order keeps a top-level key's leaves together

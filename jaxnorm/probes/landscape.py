@@ -207,8 +207,9 @@ def trajectory_surface(loss_fn: C.LossFn, trajectory, batch, *, steps: int | tup
     sa, sb = _checks.check_positive_int(where, "steps", sa), _checks.check_positive_int(where, "steps", sb)
     if not margin >= 0:
         raise ValueError(f"{where}: margin must be >= 0 (a fraction of the trajectory's extent), got {margin!r}")
-    pca = trajectory_pca(trajectory)
-    center = list(trajectory)[-1]
+    points = list(trajectory)
+    pca = trajectory_pca(points)
+    center = points[-1]
     coords = np.asarray(pca["coords"])
     axes = []
     for i, num in enumerate((sa, sb)):

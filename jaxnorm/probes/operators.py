@@ -172,8 +172,6 @@ class SplitLoss:
 
 
 def _targets(batch):
-    if isinstance(batch, dict) and "batch" in batch and "y" not in batch:  # model_state_loss_fn's inputs
-        batch = batch["batch"]
     if isinstance(batch, dict):
         return batch["y"], batch.get("mask")
     return batch[1], batch[2] if len(batch) > 2 else None
@@ -219,6 +217,11 @@ def leaf_paths(params) -> list[str]:
     return [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in flat]
 
 
+def in_layer(path: str, name: str) -> bool:
+    """Whether the leaf at ``path`` belongs to the layer (or sub-tree) ``name``: the path is it or starts with it."""
+    return path == name or path.startswith(name + "/")
+
+
 def select(where: str, params, params_filter) -> tuple[bool, ...] | None:
     """The static mask of leaves ``params_filter`` selects (None: all); a ValueError when it selects none or names a
     layer ``params`` does not have."""
@@ -230,12 +233,11 @@ def select(where: str, params, params_filter) -> tuple[bool, ...] | None:
         mask = tuple(bool(params_filter(p, x)) for p, x in zip(paths, leaves))
     else:
         names = [params_filter] if isinstance(params_filter, str) else list(params_filter)
-        hit = lambda p, n: p == n or p.startswith(n + "/")  # noqa: E731
-        missing = [n for n in names if not any(hit(p, n) for p in paths)]
+        missing = [n for n in names if not any(in_layer(p, n) for p in paths)]
         if missing:
             tops = sorted({p.split("/")[0] for p in paths})
             raise ValueError(f"{where}: params_filter names {missing}, which are not in params; its layers are {tops}")
-        mask = tuple(any(hit(p, n) for n in names) for p in paths)
+        mask = tuple(any(in_layer(p, n) for n in names) for p in paths)
     if not any(mask):
         raise ValueError(f"{where}: params_filter selects none of the {len(paths)} parameter leaves "
                          f"({paths[:4]}{' …' if len(paths) > 4 else ''})")

@@ -242,8 +242,7 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return
         # sharded: the arrays as they lie on the devices (orbax writes each process's shards); else one host copy
-        data = (jax.tree.map(lambda x: np.asarray(x) if isinstance(x, np.generic) else x, state) if self._sharded
-                else jax.device_get(state))
+        data = _no_numpy_scalars(state) if self._sharded else jax.device_get(state)
         try:
             # force: a step below the latest (after restore_step=N, or after a corrupt one was moved aside) is saved
             self.manager.save(step, args=ocp.args.StandardSave(data), force=True)
@@ -345,7 +344,7 @@ class Checkpointer:
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        target = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, np.generic) else x, target)
+        target = _no_numpy_scalars(target)
         if step != -1:
             if step not in steps:
                 raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
@@ -484,6 +483,11 @@ class Checkpointer:
         if self._quiet is not None:
             self._quiet.remove()
             self._quiet = None
+
+
+def _no_numpy_scalars(tree):
+    """``tree`` with numpy scalars as 0-d arrays (orbax refuses ``np.generic`` leaves)."""
+    return jax.tree.map(lambda x: np.asarray(x) if isinstance(x, np.generic) else x, tree)
 
 
 _PART = re.compile(r"jaxnorm_manifest\.(\d+)-of-(\d+)\.json")

@@ -156,7 +156,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.momentum must be < 1 (the optimizer's momentum; 0.9 is usual), got {config.momentum}")
     if config.probes.every < 0:
         raise ValueError(f"config.probes.every must be >= 0 (0 = no probes), got {config.probes.every}")
-    check_choice("probes.bn_mode", config.probes.get("bn_mode", "train"), BN_MODES)
+    check_choice("probes.bn_mode", config.probes.bn_mode, BN_MODES)
     for group in ("probes", "pretrain"):
         unknown_sub = sorted(set(config[group].keys()) - set(base[group].keys()))
         if unknown_sub:

@@ -146,7 +146,7 @@ def make_probes(exp: Experiment, shapes):
         if bad:
             raise ValueError(f"probes.ics_layers: {bad} are not layers of {exp.config.model}; valid: {valid}")
         options["ics"] = {"layers": list(p.ics_layers)}
-    bn_mode = p.get("bn_mode", "train")
+    bn_mode = p.bn_mode
     probe_fn = probes_lib.make_probe_fn(exp.eval_model, probes=tuple(p.kinds), lr=exp.schedule, options=options,
                                         loss=exp.loss, train=bn_mode == "train")
     base_key = rng.rng_stream(exp.config.seed, "probes")
