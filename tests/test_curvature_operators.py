@@ -88,6 +88,27 @@ def test_split_loss_value_is_the_masked_mean():
     np.testing.assert_allclose(CE(params, b), want, rtol=1e-6)
 
 
+def test_masked_padding_holding_nan_or_huge_values_changes_no_operator():
+    """Padded rows (mask 0) may hold anything: every operator's product equals the unpadded batch's."""
+    from jaxnorm.models import SimpleCNN
+
+    model = SimpleCNN(channels=(4,), num_classes=3, norm="layer")
+    r = np.random.default_rng(5)
+    x = r.normal(3.0, 2.0, size=(6, 8, 8, 1)).astype(np.float32)
+    y = np.arange(6, dtype=np.int32) % 3
+    params = model.init(jax.random.key(0), x, train=False)["params"]
+    loss_fn = jp.model_loss_fn(model, train=False)
+    v = jax.tree.map(lambda p: jnp.ones_like(p) / 10, params)
+    for fill in (np.nan, 1e30):
+        padded = {"x": np.concatenate([x, np.full((2, 8, 8, 1), fill, np.float32)]),
+                  "y": np.concatenate([y, [0, 1]]).astype(np.int32), "mask": np.r_[np.ones(6, bool), [False, False]]}
+        np.testing.assert_allclose(loss_fn(params, padded), loss_fn(params, {"x": x, "y": y}), rtol=1e-6)
+        for op in ("hessian", "ggn", "fisher", "empirical_fisher"):
+            want = ravel_pytree(jp.hvp(loss_fn, params, {"x": x, "y": y}, v, operator=op))[0]
+            got = ravel_pytree(jp.hvp(loss_fn, params, padded, v, operator=op))[0]
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()), err_msg=op)
+
+
 @pytest.mark.parametrize("operator", ["hessian", "ggn", "fisher", "empirical_fisher"])
 def test_operator_products_equal_the_dense_matrix(operator):
     params, b = mlp_params(), batches(1)[0]

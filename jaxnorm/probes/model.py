@@ -18,16 +18,23 @@ from jaxnorm.probes.operators import SplitLoss
 
 
 def _unpack(batch, where="model_loss_fn"):
+    """``(x, y, mask)`` of a batch, the inputs of masked-out rows replaced by zeros: padding may hold anything (NaN
+    included), and a NaN input would reach the loss and every gradient through ``0 · NaN`` even with weight 0."""
     if isinstance(batch, Mapping):
         missing = [k for k in ("x", "y") if k not in batch]
         if missing:
             raise ValueError(f"{where}: the batch needs keys 'x' and 'y' (and optionally 'mask'), missing "
                              f"{missing}; got keys {sorted(batch)}")
-        return batch["x"], batch["y"], batch.get("mask")
-    if isinstance(batch, Sequence) and len(batch) in (2, 3):
-        return tuple(batch) + (None,) * (3 - len(batch))
-    raise ValueError(f"{where}: the batch must be a dict with 'x', 'y' (and optionally 'mask') or a tuple "
-                     f"(x, y) / (x, y, mask), got {type(batch).__name__}")
+        x, y, mask = batch["x"], batch["y"], batch.get("mask")
+    elif isinstance(batch, Sequence) and len(batch) in (2, 3):
+        x, y, mask = tuple(batch) + (None,) * (3 - len(batch))
+    else:
+        raise ValueError(f"{where}: the batch must be a dict with 'x', 'y' (and optionally 'mask') or a tuple "
+                         f"(x, y) / (x, y, mask), got {type(batch).__name__}")
+    if mask is not None:
+        keep = jnp.asarray(mask).astype(bool).reshape((-1,) + (1,) * (jnp.ndim(x) - 1))
+        x = jnp.where(keep, x, jnp.zeros((), jnp.asarray(x).dtype))
+    return x, y, mask
 
 
 def _check_loss(where, loss):
