@@ -81,6 +81,9 @@ def _time_rounds(fns: dict, repeats: int, warmup: int = 1) -> dict:
 
 
 def _plan(spec: str) -> dict:
+    if spec.startswith("host"):  # host, host:G — loop='host' with G evaluations per compiled call
+        _, _, group = spec.partition(":")
+        return {"loop": "host", "group": int(group or 1)}
     c, _, loop = spec.partition(":")
     chunk = {"none": None, "auto": "auto"}[c] if c in ("none", "auto") else int(c)
     return {"chunk": chunk, **({"unroll": False} if loop == "loop" else {})}
@@ -108,9 +111,10 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=None, help="image side (default 28)")
     ap.add_argument("--norm", default="batch")
     ap.add_argument("--k", type=int, default=8, help="number of step sizes")
-    ap.add_argument("--chunks", default="auto,none,1:loop",
+    ap.add_argument("--chunks", default="auto,none,host,host:3",
                     help="probe evaluation plans to time: auto (the default), none (one vmap), an int c (groups of c, "
-                         "straight-line on CPU), c:loop (groups of c in a lax.scan loop)")
+                         "straight-line on CPU), c:loop (groups of c in a lax.scan loop), host[:G] (loop='host', G "
+                         "evaluations per compiled call)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--power-iters", type=int, default=4)
     ap.add_argument("--power-loops", default="host,device", help="hessian_top_eigenvalues loop modes to time")
@@ -181,7 +185,11 @@ def main(argv=None):
                               "floor_ms": round(ms["floor"], 2), "ratio_vs_floor": round(ms[name] / ms["floor"], 3),
                               "target": 1.2, "floor": f"{args.k} separate jitted value_and_grad calls",
                               "evaluations": f"{args.k}+1 value_and_grad", "compile_s": round(compile_s[name], 2),
-                              "floor_compile_s": round(compile_s["floor"], 2), "retraced_on_new_values": retraced,
+                              "floor_compile_s": round(compile_s["floor"], 2),
+                              # first call minus one steady call: compiling alone (floor: one value_and_grad)
+                              "compile_only_ratio": round((compile_s[name] - ms[name] / 1e3)
+                                                          / (compile_s["floor"] - ms["floor"] / 1e3 / args.k), 2),
+                              "retraced_on_new_values": retraced,
                               "repeats": args.repeats, **common}), flush=True)
 
     v = jax.tree.map(lambda w: jnp.ones_like(w) / np.sqrt(w.size), params)

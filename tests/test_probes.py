@@ -70,13 +70,21 @@ def test_santurkar_quadratic_closed_form():
         rc = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, chunk=chunk, unroll=unroll)
         np.testing.assert_allclose(rc["grad_changes"], r["grad_changes"], rtol=1e-5)
         np.testing.assert_allclose(rc["losses"], r["losses"], rtol=1e-5)
-    # the host loop (one compiled value-and-gradient program called K + 1 times) gives the same numbers too
-    host = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, loop="host")
-    for k in r:
-        np.testing.assert_allclose(host[k], r[k], rtol=1e-5, err_msg=k)
+    # the host loop (one compiled program of `group` evaluations, called ⌈(K + 1) / group⌉ times; 8 + 1 = 9
+    # evaluations: exact calls for 1 and 3, a padded last call for 2, 4 and 5, one call for 9 and 16)
     rnd = dict(lr=0.1, direction="random", key=jax.random.key(3))
-    np.testing.assert_allclose(jp.santurkar_probe(quad_loss, params, batch, loop="host", **rnd)["grad_changes"],
-                               jp.santurkar_probe(quad_loss, params, batch, **rnd)["grad_changes"], rtol=1e-5)
+    r_rnd = jp.santurkar_probe(quad_loss, params, batch, **rnd)
+    for group in (1, 2, 3, 4, 5, 9, 16):
+        host = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, loop="host", group=group)
+        assert host.keys() == r.keys()
+        for k in r:
+            np.testing.assert_allclose(host[k], r[k], rtol=1e-5, err_msg=f"group={group} {k}")
+        host_rnd = jp.santurkar_probe(quad_loss, params, batch, loop="host", group=group, **rnd)
+        for k in ("losses", "grad_changes", "beta_smoothness", "direction_norm"):
+            np.testing.assert_allclose(host_rnd[k], r_rnd[k], rtol=1e-5, err_msg=f"random group={group} {k}")
+    for bad in (0, -1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="group must be a positive int"):
+            jp.santurkar_probe(quad_loss, params, batch, lr=0.1, loop="host", group=bad)
     with pytest.raises(ValueError, match="loop='host' runs a Python loop of compiled evaluations and cannot be "
                                          "traced"):
         jax.jit(lambda p: jp.santurkar_probe(quad_loss, p, batch, lr=0.1, loop="host"))(params)
