@@ -168,6 +168,19 @@ def verdict(interval: Interval, direction: str, criterion_met: bool = True) -> s
     return "fails" if side < 0 else "inconclusive"
 
 
+def equivalence_verdict(interval: Interval, margin: float) -> str:
+    """An equivalence claim ("no difference") with a pre-registered margin (two one-sided tests at the interval's
+    level): ``'holds'`` when the whole interval lies inside ``(−margin, margin)``, ``'fails'`` when it lies wholly
+    outside, ``'inconclusive'`` otherwise — a non-significant difference alone never makes two arms equal."""
+    if not margin > 0:
+        raise ValueError(f"equivalence_verdict: the margin must be positive, got {margin!r}")
+    if -margin < interval.low and interval.high < margin:
+        return "holds"
+    if interval.low >= margin or interval.high <= -margin:
+        return "fails"
+    return "inconclusive"
+
+
 def compare(a: Mapping, b: Mapping, *, direction: str, level: float = 0.95, method: str = "t",
             criterion=None) -> dict:
     """A paired comparison of two arms (``{seed: outcome}`` each): the per-seed differences ``b − a``, their mean

@@ -45,6 +45,21 @@ def test_paired_comparison_with_a_known_interval_and_its_verdicts():
         stats.paired_differences({0: 1}, {1: 2})
 
 
+def test_equivalence_needs_the_whole_interval_inside_the_margin():
+    iv = lambda lo, hi: stats.Interval((lo + hi) / 2, lo, hi, 5, 0.95, "t")  # noqa: E731
+    assert stats.equivalence_verdict(iv(-0.2, 0.3), 0.5) == "holds"
+    assert stats.equivalence_verdict(iv(-0.2, 0.6), 0.5) == "inconclusive"  # straddles the margin
+    assert stats.equivalence_verdict(iv(-3.0, 3.0), 0.5) == "inconclusive"  # wide: nothing shown either way
+    assert stats.equivalence_verdict(iv(0.5, 0.9), 0.5) == "fails"
+    assert stats.equivalence_verdict(iv(-2.0, -0.7), 0.5) == "fails"
+    # a real paired sample: differences 0.1 ± small noise over 6 seeds are equivalent within 0.5
+    out = stats.compare({s: 1.0 for s in range(6)}, {s: 1.1 + 0.01 * (-1) ** s for s in range(6)},
+                        direction="greater")
+    assert stats.equivalence_verdict(out["interval"], 0.5) == "holds"
+    with pytest.raises(ValueError, match="margin must be positive"):
+        stats.equivalence_verdict(iv(-0.1, 0.1), 0.0)
+
+
 def test_wilson_interval_and_success_rate_count_diverged_and_chance_runs():
     lo, hi = stats.wilson_interval(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)

@@ -4,8 +4,9 @@ numpy pipeline.
 Everything here is numpy (nothing imports TensorFlow), and nothing touches the network unless a caller asks
 ``load(..., download=True)`` for a tfds dataset that is not prepared. The modules, each importing only those above it:
 
-``builders``     the bundled datasets ``mnist1d`` and ``digits`` as tfds builders (``jaxnorm_mnist1d``,
-                 ``jaxnorm_digits``), and the synthetic image sets ``synthetic_images_32`` / ``synthetic_images_64``
+``builders``     the bundled datasets ``mnist1d``, ``mnist1d_10k`` (4000 train / 1000 validation / 10 000 test)
+                 and ``digits`` as tfds builders (``jaxnorm_mnist1d``, ``jaxnorm_mnist1d_10k``, ``jaxnorm_digits``),
+                 and the synthetic image sets ``synthetic_images_32`` / ``synthetic_images_64``
                  (32x32x3 / 64x64x3, 10 classes, for benchmarks at image shapes), all generated locally.
 ``splits``       :class:`Dataset`, :class:`DatasetInfo`, :class:`Split` (materialized or lazy) and normalization.
 ``synthetic``    datasets generated in memory from a seed (``linear_regression``).
@@ -29,11 +30,13 @@ Any other tfds dataset (``mnist``, ``fashion_mnist``, ``cifar10``, ``imagenet201
     >>> ds = load('digits')
     >>> for batch in batches(ds.train, 128, seed=0, num_steps=100): ...
     >>> for batch in eval_batches(ds.test, 256): ...      # every test example exactly once, padded + masked
+    >>> ds = load('digits', train_split='train[:80%]', validation_split='train[80%:]')  # ds.validation: a Split
     >>> it = train_batches(ds.train, 128, seed=0, workers=2)  # this process's slice of batch_at(ds.train, t, 128)
     >>> batch = next(it); saved = it.get_state()             # saved with the checkpoint; it.set_state(saved) resumes
 """
-from jaxnorm.data.builders import (BUILDERS, BUNDLED, SYNTHETIC_IMAGES, DigitsBuilder, Mnist1dBuilder,
-                                   SyntheticImages32Builder, SyntheticImages64Builder, synthetic_images)
+from jaxnorm.data.builders import (BUILDERS, BUNDLED, SYNTHETIC_IMAGES, DigitsBuilder, Mnist1d10kBuilder,
+                                   Mnist1dBuilder, SyntheticImages32Builder, SyntheticImages64Builder,
+                                   synthetic_images)
 from jaxnorm.data.grain_pipeline import GrainBatches, train_batches
 from jaxnorm.data.pipeline import (Batch, batch_at, batch_indices, batches, data_source, epoch_permutation,
                                    eval_batches, load, num_batches, random_crop_flip)
@@ -43,7 +46,7 @@ from jaxnorm.data.synthetic import GENERATED, linear_regression
 
 __all__ = [
     'BUILDERS', 'BUNDLED', 'Batch', 'Dataset', 'DatasetInfo', 'DatasetNotPreparedError', 'DigitsBuilder', 'GENERATED',
-    'GrainBatches', 'Mnist1dBuilder', 'SYNTHETIC_IMAGES', 'Split', 'SyntheticImages32Builder',
+    'GrainBatches', 'Mnist1d10kBuilder', 'Mnist1dBuilder', 'SYNTHETIC_IMAGES', 'Split', 'SyntheticImages32Builder',
     'SyntheticImages64Builder', 'UnknownDatasetError', 'batch_at', 'batch_indices', 'batches', 'channel_stats',
     'data_source', 'default_data_dir', 'epoch_permutation', 'eval_batches', 'linear_regression', 'load',
     'num_batches', 'prepare', 'random_crop_flip', 'synthetic_images', 'train_batches',

@@ -1,6 +1,7 @@
 """Loading a dataset by name, and the deterministic batch pipeline over its splits.
 
-``ds = load('mnist1d')`` gives ``ds.train`` / ``ds.test`` splits, normalized per channel with the *train* statistics
+``ds = load('mnist1d')`` gives ``ds.train`` / ``ds.test`` splits (and ``ds.validation`` when a
+``validation_split`` is asked for), normalized per channel with the *train* statistics
 (uint8 images are scaled to [0, 1] first). Batches are dicts ``{'x': float32, 'y': int32, 'mask': bool}``. The batch
 of global step ``s`` is a pure function of ``(seed, s)``: epoch ``e`` visits the examples in the order
 ``np.random.default_rng([seed, e]).permutation(n)``, and augmentation draws from
@@ -28,12 +29,58 @@ _AUGMENT_STREAM = 1  # third word of the augmentation seed; keeps it apart from 
 Batch = dict  # {'x': float32 (B, ...), 'y': int32 (B,), 'mask': bool (B,)}
 
 
-def _check_split(info: tfds.core.DatasetInfo, name: str, split: str) -> None:
-    """Raises if ``split`` ('train', 'test', 'train[:90%]', ...) does not name a split of the dataset."""
+def _check_split(info: tfds.core.DatasetInfo, name: str, split: str, arg: str | None = None, hint: str = ''
+                 ) -> None:
+    """Raises if ``split`` ('train', 'test', 'train[:90%]', ...) does not name a split of the dataset: one line
+    with the argument that named it (``arg``), tfds's reason, the splits the dataset has and ``hint``."""
     try:
         info.splits[split]
     except (KeyError, ValueError) as e:
-        raise ValueError(f'{name}: {e}') from None
+        reason = ' '.join(str(e).split()).rstrip('.')  # tfds's parse errors span lines
+        if 'Should be one of' not in reason:  # tfds lists the splits only for an unknown name
+            reason += f' (the splits: {list(info.splits)}; slices such as \'train[:80%]\' are allowed)'
+        raise ValueError(f'{name}: {f"{arg}={split!r}: " if arg else ""}{reason}{f"; {hint}" if hint else ""}'
+                         ) from None
+
+
+def _example_ranges(info: tfds.core.DatasetInfo, split: str) -> list[tuple[str, int, int]]:
+    """The stored examples a split or slice reads, as ``(shard file, start, stop)`` ranges: where two splits
+    named differently ('train', 'train[80%:]') can still share examples."""
+    out = []
+    for fi in info.splits[split].file_instructions:
+        take = fi.take if fi.take >= 0 else fi.examples_in_shard - fi.skip  # take -1: to the end of the shard
+        out.append((os.path.basename(fi.filename), fi.skip, fi.skip + take))
+    return out
+
+
+def shared_examples(info: tfds.core.DatasetInfo, a: str, b: str) -> int:
+    """How many stored examples the splits (or slices) ``a`` and ``b`` both read; 0 when they are disjoint."""
+    return sum(max(0, min(stop_a, stop_b) - max(start_a, start_b))
+               for file_a, start_a, stop_a in _example_ranges(info, a)
+               for file_b, start_b, stop_b in _example_ranges(info, b) if file_a == file_b)
+
+
+def _validation_hint(info: tfds.core.DatasetInfo, test_split: str) -> str:
+    """How to configure a held-out validation split for this dataset."""
+    if 'validation' in info.splits and test_split != 'validation':
+        return "use validation_split='validation'"
+    return "hold one out of train, e.g. train_split='train[:80%]' with validation_split='train[80%:]'"
+
+
+def _check_validation_split(info: tfds.core.DatasetInfo, name: str, validation_split: str, train_split: str,
+                            test_split: str) -> None:
+    """Raises unless ``validation_split`` names a split disjoint from the training and the test split: trained on,
+    it would not measure generalization; equal to the test split, choosing on it is choosing on the test set."""
+    _check_split(info, name, validation_split, 'validation_split', _validation_hint(info, test_split))
+    n = info.splits[validation_split].num_examples
+    for arg, other in (('train_split', train_split), ('the test split', test_split)):
+        shared = shared_examples(info, validation_split, other)
+        if not shared:
+            continue
+        relation = (f'is the same split as {arg} {other!r}' if shared == n == info.splits[other].num_examples
+                    else f'shares {shared} of its {n} examples with {arg} {other!r}')
+        raise ValueError(f'{name}: validation_split={validation_split!r} {relation}; a validation split must be '
+                         f'disjoint from both: {_validation_hint(info, test_split)}')
 
 
 def _supervised_keys(info: tfds.core.DatasetInfo, name: str) -> tuple[str, str]:
@@ -68,12 +115,14 @@ def data_source(name: str, split: str, data_dir: str | os.PathLike | None = None
 
 def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
          normalize: bool | tuple[Any, Any] = True, materialize: bool | None = None,
-         train_split: str = 'train', test_split: str | None = None) -> Dataset:
-    """Loads a dataset by name: bundled ('mnist1d', 'digits'), generated ('linear_regression', see
+         train_split: str = 'train', test_split: str | None = None,
+         validation_split: str | None = None) -> Dataset:
+    """Loads a dataset by name: bundled ('mnist1d', 'mnist1d_10k', 'digits'), generated ('linear_regression', see
     :func:`~jaxnorm.data.synthetic.linear_regression`), or any prepared tfds classification dataset.
 
     Args:
-      name: 'mnist1d', 'digits', or a tfds name ('mnist', 'fashion_mnist', 'cifar10', 'imagenet2012', ...).
+      name: 'mnist1d', 'mnist1d_10k', 'digits', or a tfds name ('mnist', 'fashion_mnist', 'cifar10',
+        'imagenet2012', ...).
       data_dir: where datasets live; default $JAXNORM_DATA_DIR, else $TFDS_DATA_DIR, else ~/tensorflow_datasets.
       download: let tfds download and prepare a missing tfds dataset (needs internet; bundled sets never need it).
       normalize: True: per-channel mean/std of the train split (after scaling uint8 to [0, 1]); False: only the
@@ -82,25 +131,41 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
         bundled sets, False for tfds datasets, whose batches are then read from the data source on demand.
       train_split, test_split: tfds split names, slices allowed ('train[:90%]'); test_split defaults to 'test',
         else 'validation'.
+      validation_split: a held-out split to choose hyperparameters on ('validation' for mnist1d_10k,
+        'train[80%:]' with train_split='train[:80%]' for digits); None or '' = none. It must share no example
+        with the train or the test split. Normalized with the train statistics, like the test split.
 
     Returns:
-      A :class:`Dataset`. Its splits give normalized float32 inputs and int32 labels.
+      A :class:`Dataset`. Its splits give normalized float32 inputs and int32 labels; ``validation`` is None
+      without a validation split.
     """
     if name in GENERATED:
+        if validation_split or train_split != 'train':
+            raise ValueError(f'{name} is generated in memory with one split (its test split is the training set): '
+                             f'leave train_split at \'train\' and validation_split empty (got {train_split!r}, '
+                             f'{validation_split!r})')
         return GENERATED[name]()
     data_dir = default_data_dir(data_dir)
     builder = prepare(name, data_dir, download=download)
     info = builder.info
     input_key, label_key = _supervised_keys(info, name)
-    _check_split(info, name, train_split)
+    _check_split(info, name, train_split, 'train_split')
     test_split = _choose_test_split(info, name, test_split)
+    if validation_split:
+        _check_validation_split(info, name, validation_split, train_split, test_split)
     if materialize is None:
         materialize = bundled_key(name) is not None
-    train_src, test_src = builder.as_data_source(split=[train_split, test_split])
+    train_src, test_src, *val_src = builder.as_data_source(
+        split=[train_split, test_split, *([validation_split] if validation_split else [])])
+    val_src = val_src[0] if val_src else None
+
+    def read_all(src, split_name):
+        return read_examples(src, np.arange(len(src)), input_key, label_key, f'{name}/{split_name}')
 
     if materialize:
-        raw_train = read_examples(train_src, np.arange(len(train_src)), input_key, label_key, f'{name}/train')
-        raw_test = read_examples(test_src, np.arange(len(test_src)), input_key, label_key, f'{name}/test')
+        raw_train = read_all(train_src, 'train')
+        raw_test = read_all(test_src, 'test')
+        raw_val = read_all(val_src, 'validation') if val_src is not None else None
         stats_data: Any = raw_train[0]
     else:  # the train statistics from chunks of 1024 examples
         n = len(train_src)
@@ -133,6 +198,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
         num_test=len(test_src),
         train_split=train_split,
         test_split=test_split,
+        num_validation=len(val_src) if val_src is not None else 0,
+        validation_split=validation_split or '',
     )
     return Dataset(
         info=dataset_info,
@@ -140,6 +207,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
         test=make_split(test_split, test_src, raw_test if materialize else None),
         mean=mean,
         std=std,
+        validation=(make_split(validation_split, val_src, raw_val if materialize else None)
+                    if val_src is not None else None),
     )
 
 

@@ -22,6 +22,8 @@ class DatasetInfo:
     train_split: str = 'train'
     test_split: str = 'test'
     task: str = 'classification'  # or 'regression': y is a float vector of num_classes outputs
+    num_validation: int = 0  # 0: no validation split was loaded
+    validation_split: str = ''  # '' when none
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
@@ -119,10 +121,12 @@ class Split:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A loaded dataset: metadata, the train and test splits, and the train statistics used to normalize both."""
+    """A loaded dataset: metadata, the train, test and (optional) validation splits, and the train statistics used
+    to normalize all of them (held-out splits never contribute to the statistics)."""
 
     info: DatasetInfo
     train: Split
     test: Split
     mean: np.ndarray  # per channel, float32
     std: np.ndarray
+    validation: Split | None = None  # for choosing hyperparameters without looking at the test split
