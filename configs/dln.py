@@ -6,7 +6,9 @@ Gaussian samples, full-batch gradient descent, with the landscape probes on; nor
     python -m jaxnorm.plots runs/dln_nobn runs/dln_bn
 
 Expected (2 CPU cores, ~1 minute each): see the results table in README.md. The paper uses LR 1e-6 for a summed
-loss; ours is the per-example mean, so the LR is larger. The probe grid is [0.5, 4]·LR (the paper: [0.01, 30]·LR).
+loss; ours is the per-example mean, so the LR is larger. The training loop's probe grid is [0.5, 4]·LR; the paper's
+[0.01, 30]·LR grid, ICS per time window and 5 seeds of both arms are the DLN points of experiments/santurkar.py
+(its grid takes this file's setting), reported in docs/results.md.
 """
 
 from jaxnorm.train.config import base_config

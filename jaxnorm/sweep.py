@@ -1,4 +1,4 @@
-"""Experiment sweeps: ``python -m jaxnorm.sweep configs/<exp>.py --workdir runs/<exp> [--seeds 3] [--config.k=v]``.
+"""Experiment sweeps: ``python -m jaxnorm.sweep experiments/<exp>.py --workdir runs/<exp> [--seeds N] [--config.k=v]``.
 
 An experiment file is a training config (``get_config()``, runnable alone with ``train.py``) that also declares its
 grid: ``get_sweep(config) -> [overrides, ...]``, one dict of (dotted) config keys per grid point, computed from the
@@ -41,7 +41,7 @@ SUMMARY_KEYS = ("test_accuracy", "test_error", "test_loss", "train_accuracy", "t
 def load_experiment(path: str):
     """The experiment module at ``path`` (needs ``get_config`` and ``get_sweep``)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such experiment file (see configs/ for the experiments)")
+        raise FileNotFoundError(f"{path}: no such experiment file (see experiments/, one file per paper)")
     name = "jaxnorm_experiment_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -211,8 +211,15 @@ def run_one(config, workdir: str, explicit, commit: str = "unknown") -> dict:
 
 
 def summarize_run(workdir: str, result: dict) -> dict:
-    """The final metrics of a run from its ``metrics.jsonl``: test accuracy/error/loss (last eval), the last logged
-    train loss/accuracy, and the generalization gap ``train_accuracy − test_accuracy``."""
+    """The final metrics of a run from its ``metrics.jsonl``: test accuracy/error/loss (last eval), the validation
+    and deterministic-train metrics of that eval when the run measured them (``val_*``, ``train_eval_*``, and their
+    ``population_`` versions, under their own names), the last logged train loss/accuracy (training mode, averaged
+    over the last log window), and the generalization gap.
+
+    ``gap`` is ``train_eval_accuracy − test_accuracy`` when the run evaluated the deterministic network on the
+    training split (``eval_train``): both sides then measure the same network the same way. Otherwise it is the
+    earlier ``train_accuracy − test_accuracy``, which is then also ``gap_minibatch`` when both exist; under dropout
+    its train side is the thinned network's, lower, so it understates the gap of dropout runs."""
     from jaxnorm.train.metrics import read_metrics
 
     row: dict[str, Any] = {"status": result["status"], "wall_s": result.get("wall_s", float("nan"))}
@@ -225,14 +232,22 @@ def summarize_run(workdir: str, result: dict) -> dict:
     last_eval, last_train = (evals[-1] if evals else {}), (trains[-1] if trains else {})
     for k, v in last_eval.items():
         if k not in ("step", "split") and isinstance(v, (int, float)):
-            row[f"test_{k}"] = v
+            # a key that names its split (val_*, train_eval_*, also after population_) keeps its name; the others
+            # are the test split's
+            names_split = k.removeprefix("population_").startswith(("val_", "train_eval_"))
+            row[k if names_split else f"test_{k}"] = v
     if "test_accuracy" in row:
         row["test_error"] = 1.0 - row["test_accuracy"]
     for k in ("loss", "accuracy"):
         if k in last_train:
             row[f"train_{k}"] = last_train[k]
-    if "train_accuracy" in row and "test_accuracy" in row:
-        row["gap"] = row["train_accuracy"] - row["test_accuracy"]
+    if "test_accuracy" in row:
+        if "train_eval_accuracy" in row:
+            row["gap"] = row["train_eval_accuracy"] - row["test_accuracy"]
+            if "train_accuracy" in row:
+                row["gap_minibatch"] = row["train_accuracy"] - row["test_accuracy"]
+        elif "train_accuracy" in row:
+            row["gap"] = row["train_accuracy"] - row["test_accuracy"]
     return row
 
 
@@ -257,7 +272,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-CODE_PATHS = ("jaxnorm", "configs", "train.py", "pyproject.toml")  # what a run executes (not tests, docs)
+CODE_PATHS = ("jaxnorm", "configs", "experiments", "train.py", "pyproject.toml")  # what a run executes (not tests, docs)
 
 
 def git_commit() -> str:

@@ -17,7 +17,8 @@ from jaxnorm.train import config as config_lib
 from jaxnorm.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENT_FILES = {name: os.path.join(ROOT, s.config) for name, s in report.EXPERIMENTS.items()}
+MODULES = report.discover(os.path.join(ROOT, "experiments"))
+EXPERIMENT_FILES = {name: m.__file__ for name, m in MODULES.items()}
 SMOKE = {"size": "smoke", "parallel": "none"}  # one device: the 4 fake test devices would only add compile time
 
 
@@ -71,17 +72,47 @@ def test_rerun_skips_finished_runs(smoke_sweeps):
 def test_report_from_smoke_sweeps(smoke_sweeps, tmp_path):
     _, summaries = smoke_sweeps
     out = tmp_path / "docs" / "results.md"
-    report.write_report(summaries, str(out), "python -m jaxnorm.report --size smoke")
+    report.write_report(summaries, str(out), "python -m jaxnorm.report --size smoke", MODULES)
     text = out.read_text()
-    for section in report.EXPERIMENTS.values():
-        assert f"## {section.title}" in text
-    assert text.count("**Verdict**") == len(report.EXPERIMENTS)
+    for module in MODULES.values():
+        assert f"## {module.TITLE}" in text
+    assert text.count("**Verdict**") == len(MODULES)
     figures = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert len(figures) >= 10
     for fig in figures:
         assert (out.parent / fig).exists(), fig
     assert "12/12" in text  # Ba et al.'s invariance table reproduced exactly
     assert summaries["ba"]["commit"] in text
+    # the claims table: one row per recorded finding, every verdict one of the defined words
+    claims = text.split("## Claims", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in claims.splitlines() if line.startswith("| ") and not line.startswith("| paper")]
+    assert len(rows) >= len(MODULES)
+    for row in rows:
+        assert row.rstrip(" |").split("| ")[-1].strip("* ") in report.VERDICT_ORDER, row
+
+
+def test_every_experiment_file_declares_what_the_report_needs():
+    for name, module in MODULES.items():
+        for attr in report.REQUIRED + ("ORDER", "SEEDS", "PAPER_NAME"):
+            assert hasattr(module, attr), (name, attr)
+        assert module.SEEDS >= 5, name
+    assert sorted(m.ORDER for m in MODULES.values()) == sorted({m.ORDER for m in MODULES.values()})
+
+
+def test_an_analysis_asking_for_a_point_outside_its_grid_is_an_error(smoke_sweeps, tmp_path):
+    _, summaries = smoke_sweeps
+    ctx = report.Context("ba", summaries["ba"], str(tmp_path), str(tmp_path))
+    with pytest.raises(KeyError, match="uses grid point 'no_such_point', which the sweep did not run"):
+        ctx.point("no_such_point")
+    with pytest.raises(KeyError, match="no_such_point"):
+        ctx.outcomes("no_such_point")
+
+
+def test_report_cli_rejects_unknown_experiments(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jaxnorm.report", "--only", "santurkr", "--workdir", str(tmp_path / "w"),
+                        "--out", str(tmp_path / "r.md")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and "santurkr" in r.stderr and "santurkar" in r.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r.md").exists()
 
 
 def test_sweep_cli_errors_before_running(tmp_path):

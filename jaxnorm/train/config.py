@@ -30,7 +30,9 @@ RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_e
 # still match and are neither retrained nor refused
 ADDED_KEY_DEFAULTS = {"kernel_norm": "none", "shard_params": False, "shard_params_min_size": 2**12,
                       "compilation_cache": True, "compilation_cache_dir": "", "data_workers": 0,
-                      "probes.bn_mode": "train"}  # a dotted key: one of a group's keys
+                      "probes.bn_mode": "train",  # a dotted key: one of a group's keys
+                      "train_split": "train", "validation_split": "", "eval_train": False,
+                      "log_embedding_norm": False}
 BN_MODES = ("train", "eval")
 
 # keys of earlier runs' config.json that are now model fields: (old key, model field, old value meaning "the model's
@@ -48,6 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
     # data
     c.dataset = "mnist1d"
     c.data_dir = ""  # '' = $JAXNORM_DATA_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets
+    # tfds split names, slices allowed: the split trained on, and a held-out split evaluated with the test split
+    # (val_loss, val_accuracy in the eval rows) to choose hyperparameters on instead of the test split: 'validation'
+    # for mnist1d_10k; for digits (no validation split) train_split='train[:80%]', validation_split='train[80%:]'.
+    # '' = no validation split. It must share no example with the train or the test split.
+    c.train_split = "train"
+    c.validation_split = ""
     c.batch_size = 128
     c.eval_batch_size = 500
     c.augment = False
@@ -78,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_norm = 0.0  # > 0: project each kernel's incoming-weight vectors onto ‖w‖₂ <= max_norm (Srivastava §5.1)
     # Dauphin & Cubuk (2021) embedding regularization: + embedding_reg · mean_x ‖h(x)‖² (h = the head's input)
     c.embedding_reg = 0.0
+    c.log_embedding_norm = False  # log embedding_norm_sq = mean_x ‖h(x)‖² at every λ, also 0 (the loss is unchanged)
     c.schedule = "cosine"
     c.warmup_steps = 0
     c.decay_boundaries = (0.5, 0.75)  # step schedule: fractions of num_steps where the LR is multiplied by decay_factor
@@ -87,6 +96,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 500
     c.eval_population_stats = False  # also evaluate with recomputed population statistics (Ioffe & Szegedy §3.1)
     c.population_batches = 20
+    # also evaluate the deterministic network (eval mode: no dropout, running statistics) on the whole training split
+    # (train_eval_loss, train_eval_accuracy). The train accuracy logged during training is the training-mode one,
+    # averaged over the minibatches of a log window while the weights moved: under dropout it is the thinned
+    # network's, lower than the deterministic network's, so a gap computed from it favours dropout
+    c.eval_train = False
     c.log_every = 50
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
@@ -166,6 +180,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.size={config.size!r} is not declared by this config; sizes: "
                          f"{['small', *config.sizes.keys()]}")
     check_rate("config.dropout_rate", config.dropout_rate)
+    check_splits(config.train_split, config.validation_split)
+
+
+def check_splits(train_split: str, validation_split: str) -> None:
+    """What can be checked of the split names without the dataset (the dataset checks that it has them and that
+    the validation split shares no example with the train or test split, in ``jaxnorm.data.load``)."""
+    if not isinstance(train_split, str) or not train_split:
+        raise ValueError(f"config.train_split must name a split of the dataset ('train', 'train[:80%]'), got "
+                         f"{train_split!r}")
+    if not isinstance(validation_split, str):
+        raise ValueError(f"config.validation_split must be a split name or '' (none), got {validation_split!r}")
+    if validation_split == train_split:
+        raise ValueError(f"config.validation_split={validation_split!r} is train_split itself: a validation split "
+                         "must be held out from training; e.g. train_split='train[:80%]' with "
+                         "validation_split='train[80%:]' (digits), or validation_split='validation' (mnist1d_10k)")
 
 
 def resolve_size(config: ml_collections.ConfigDict, explicit=()) -> ml_collections.ConfigDict:

@@ -72,7 +72,10 @@ def _build(config) -> Experiment:
     dp = parallel.DataParallel.create(config.parallel, sync_bn=config.sync_bn, shard_params=config.shard_params,
                                       min_shard_size=config.shard_params_min_size)
     parallel.check_batch_size(config.batch_size, dp.num_devices)
-    dataset = data_lib.load(config.dataset, config.data_dir or None)
+    # the split names are checked here (the dataset has them, the validation split is disjoint from the others),
+    # before the workdir is touched
+    dataset = data_lib.load(config.dataset, config.data_dir or None, train_split=config.train_split,
+                            validation_split=config.validation_split or None)
     n = dataset.info.num_train
     if config.batch_size > n:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {config.dataset} training set "
@@ -110,10 +113,14 @@ def input_pipeline(exp: Experiment, start: int, checkpointer=None) -> data_lib.G
     return batches
 
 
-def evaluate(exp: Experiment, eval_step, variables) -> dict:
+def evaluate(exp: Experiment, eval_step, variables, split: data_lib.Split | None = None) -> dict:
+    """Mean loss (and accuracy, for classification) of ``variables`` in eval mode over every example of ``split``
+    (default: the test split) exactly once, in batches of ``eval_batch_size`` (at most the split), the last one
+    padded and masked."""
+    split = exp.dataset.test if split is None else split
     sums = {"loss_sum": 0.0, "correct": 0, "count": 0}
-    bs = min(exp.config.eval_batch_size, exp.dataset.info.num_test)
-    for batch in data_lib.eval_batches(exp.dataset.test, bs):
+    bs = min(exp.config.eval_batch_size, len(split))
+    for batch in data_lib.eval_batches(split, bs):
         out = jax.device_get(eval_step(variables, batch))
         for k in sums:
             sums[k] += out[k]
@@ -121,6 +128,24 @@ def evaluate(exp: Experiment, eval_step, variables) -> dict:
     if exp.loss == "cross_entropy":
         result["accuracy"] = sums["correct"] / sums["count"]
     return result
+
+
+def eval_splits(exp: Experiment) -> dict[str, data_lib.Split]:
+    """The splits every evaluation measures, by the prefix of their eval-row keys: the test split (no prefix:
+    ``loss``, ``accuracy``, as in every earlier run), the validation split (``val_``) when ``validation_split`` is
+    set, and the training split (``train_eval_``) when ``eval_train`` is on."""
+    splits = {"": exp.dataset.test}
+    if exp.dataset.validation is not None:
+        splits["val_"] = exp.dataset.validation
+    if exp.config.eval_train:
+        splits["train_eval_"] = exp.dataset.train
+    return splits
+
+
+def _evaluate_splits(exp: Experiment, eval_step, variables) -> dict:
+    """:func:`evaluate` of ``variables`` on every split of :func:`eval_splits`, with its keys prefixed."""
+    return {f"{prefix}{k}": v for prefix, split in eval_splits(exp).items()
+            for k, v in evaluate(exp, eval_step, variables, split).items()}
 
 
 def population_variables(exp: Experiment, variables) -> dict:
@@ -261,7 +286,8 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
 
         train_step = dp.compile(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed,
                                                       axis_name=dp.axis_name, sync_bn=c.sync_bn, loss=exp.loss,
-                                                      embedding_reg=c.embedding_reg))
+                                                      embedding_reg=c.embedding_reg,
+                                                      log_embedding=c.log_embedding_norm))
         eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))
         dropout_base = rng.rng_stream(c.seed, "dropout")  # an input, not a constant: one program for every seed
         start = int(state.step)
@@ -363,21 +389,25 @@ def restore_trajectory(workdir: str, which=None) -> tuple[Experiment, list[tuple
     return exp, states
 
 
-def predict(exp: Experiment, variables) -> np.ndarray:
-    """The model's outputs (eval mode) on the whole test split, in order, as one N×… array."""
+def predict(exp: Experiment, variables, split: data_lib.Split | None = None) -> np.ndarray:
+    """The model's outputs (eval mode) on the whole ``split`` (default: the test split), in order, as one N×…
+    array."""
+    split = exp.dataset.test if split is None else split
     apply = jax.jit(lambda v, x: exp.eval_model.apply(v, x, train=False))
-    bs = min(exp.config.eval_batch_size, exp.dataset.info.num_test)
+    bs = min(exp.config.eval_batch_size, len(split))
     outs = []
-    for batch in data_lib.eval_batches(exp.dataset.test, bs):
+    for batch in data_lib.eval_batches(split, bs):
         out = np.asarray(jax.device_get(apply(variables, batch["x"])))
         outs.append(out[np.asarray(batch["mask"])])
     return np.concatenate(outs)
 
 
 def _evaluate_all(exp: Experiment, eval_step, state) -> dict:
-    result = evaluate(exp, eval_step, state.variables())
+    """One eval row: the splits of :func:`eval_splits` with the running statistics, and again with recomputed
+    population statistics (``population_`` keys) when ``eval_population_stats`` is on and the model has any."""
+    result = _evaluate_splits(exp, eval_step, state.variables())
     if exp.config.eval_population_stats and state.batch_stats:
-        pop = evaluate(exp, eval_step, population_variables(exp, state.variables()))
+        pop = _evaluate_splits(exp, eval_step, population_variables(exp, state.variables()))
         result.update({f"population_{k}": v for k, v in pop.items()})
     return result
 

@@ -58,7 +58,7 @@ def _pmean_floats(tree, axis_name):
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, seed: int, *,
                     axis_name: str | None = None, sync_bn: bool = True, loss: str = "cross_entropy",
-                    embedding_reg: float = 0.0) -> Callable:
+                    embedding_reg: float = 0.0, log_embedding: bool = False) -> Callable:
     """``train_step(state, batch[, dropout_base]) -> (state, metrics)``, un-jitted (the caller jits, pmaps or
     shard_maps it). ``dropout_base`` (default ``rng_stream(seed, 'dropout')``) is the key the step's dropout key
     ``fold_in(dropout_base, step)`` derives from; passing it keeps the seed out of the compiled program.
@@ -72,24 +72,28 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
 
     ``embedding_reg`` λ > 0 adds Dauphin & Cubuk (2021)'s penalty on the final layer's input h (the model's
     ``return_features``): loss = mean_x ℓ(x) + λ · mean_x ‖h(x)‖², means over the valid examples; the reported
-    ``loss`` is the total and ``embedding_norm_sq`` the mean ‖h‖².
+    ``loss`` is the total and ``embedding_norm_sq`` the mean ‖h‖². ``log_embedding`` reports
+    ``embedding_norm_sq`` at any λ, also λ = 0 (the loss and its gradient are then unchanged: ‖h‖² is only
+    measured), so the growth of ‖h‖² without the penalty is on record for every arm.
     """
 
     kind = loss  # the name `loss` is the scalar below
+    features_on = bool(embedding_reg) or bool(log_embedding)
 
     def loss_fn(params, state, batch, key):
         variables = {"params": params, "batch_stats": state.batch_stats}
         out, new_vars = model.apply(variables, batch["x"], train=True, mutable=["batch_stats"],
-                                    rngs={"dropout": key}, **({"return_features": True} if embedding_reg else {}))
-        logits, features = out if embedding_reg else (out, None)
+                                    rngs={"dropout": key}, **({"return_features": True} if features_on else {}))
+        logits, features = out if features_on else (out, None)
         losses = losses_lib.per_example_loss(logits, batch["y"], kind)
         w = batch["mask"].astype(losses.dtype)
         count = jnp.maximum(_psum(jnp.sum(w), axis_name), 1.0)
         emb = jnp.zeros((), losses.dtype)
-        if embedding_reg:
+        if features_on:
             sq = jnp.sum(jnp.square(features.reshape(features.shape[0], -1).astype(jnp.float32)), axis=-1)
             emb = jnp.sum(sq * w) / count
-            losses = losses + embedding_reg * sq
+            if embedding_reg:
+                losses = losses + embedding_reg * sq
         return jnp.sum(losses * w) / count, (logits, new_vars.get("batch_stats", {}), count, emb)
 
     def train_step(state: TrainState, batch, dropout_base=None) -> tuple[TrainState, dict]:
@@ -116,7 +120,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
         }
         if kind == "cross_entropy":
             metrics["accuracy"] = correct / count
-        if embedding_reg:
+        if features_on:
             metrics["embedding_norm_sq"] = emb
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new, metrics
