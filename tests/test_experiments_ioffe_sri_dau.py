@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnorm import report, stats, sweep
+from jaxnorm import report, sweep
 from jaxnorm.train import config as config_lib
 from jaxnorm.train import loop, steps
 
