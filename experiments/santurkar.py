@@ -8,7 +8,7 @@ change ‖∇L(w − ηg) − g‖, effective β-smoothness; η ∈ [0.5, 4]·LR
 landscape probed after training from its checkpoints on their [0.01, 30]·LR grid (the training loop's probe grid is
 [0.5, 4]·LR).
 
-    python -m jaxnorm.sweep experiments/santurkar.py --workdir runs/santurkar            # the grid below, 5 seeds
+    python -m jaxnorm.sweep experiments/santurkar.py --workdir runs/santurkar            # the grid below, 10 seeds
     python -m jaxnorm.report --only santurkar                                            # sweep + report section
     python train.py --config experiments/santurkar.py --workdir runs/sant_bn_lr0.1       # one run (BN, LR 0.1)
     python train.py --config experiments/santurkar.py --workdir runs/sant_none_lr0.1 --config.norm=none
@@ -33,7 +33,7 @@ from jaxnorm.train.config import base_config
 TITLE = "1. Santurkar et al. (2018): how does batch norm help optimization?"
 ORDER = 1
 PAPER_NAME = "Santurkar et al. 2018"
-SEEDS = 5
+SEEDS = 10  # a run takes under 30 s (7–18 s on 2 CPU cores)
 
 # ---- the paper's numbers, with their source ------------------------------------------------------------------------
 PAPER_TEST_ACC = {"batch": 0.83, "none": 0.80}  # §1.1 / Fig. 1 (VGG on CIFAR-10, LR 0.1): 83% with BN, 80% without
