@@ -81,22 +81,18 @@ class Context:
         self.point(point)
         return [r for r in self.summary["runs"] if r["point"] == point]
 
-    def metrics(self, point: str, status: str = "finished") -> list[list[dict]]:
+    def _rows(self, run: dict) -> list[dict]:
         # Sections read the same runs for tables, figures and verdicts: load each metrics file once.
-        for r in self.runs(point):
-            if r["status"] == status and r["workdir"] not in self._loaded:
-                self._loaded[r["workdir"]] = metrics_lib.read_metrics(r["workdir"])
-        return [self._loaded[r["workdir"]] for r in self.runs(point) if r["status"] == status]
+        if run["workdir"] not in self._loaded:
+            self._loaded[run["workdir"]] = metrics_lib.read_metrics(run["workdir"])
+        return self._loaded[run["workdir"]]
+
+    def metrics(self, point: str, status: str = "finished") -> list[list[dict]]:
+        return [self._rows(r) for r in self.runs(point) if r["status"] == status]
 
     def seed_metrics(self, point: str) -> dict[int, list[dict]]:
         """``{seed: metrics rows}`` of the finished runs of ``point``."""
-        out = {}
-        for r in self.runs(point):
-            if r["status"] == "finished":
-                if r["workdir"] not in self._loaded:
-                    self._loaded[r["workdir"]] = metrics_lib.read_metrics(r["workdir"])
-                out[r["seed"]] = self._loaded[r["workdir"]]
-        return out
+        return {r["seed"]: self._rows(r) for r in self.runs(point) if r["status"] == "finished"}
 
     def outcomes(self, point: str, metric: str = "test_accuracy", *, diverged: float | None = None
                  ) -> dict[int, float]:
