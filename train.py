@@ -67,7 +67,7 @@ def _supervise(argv, config, workdir: str) -> int:
               f"({config.heartbeat_timeout * 3} s = 3 × heartbeat_timeout); start all {config.num_processes} "
               "processes with the same --config.coordinator_address", file=sys.stderr)
         return 1
-    from jaxnorm.train.checkpoint import saved_steps
+    from jaxnorm.lab.train.checkpoint import saved_steps
 
     saved = saved_steps(workdir)
     print(f"error: process {config.process_id} of {config.num_processes}: a peer process or the coordinator stopped "
@@ -113,11 +113,11 @@ def cli(argv) -> int:
     if cfg.num_processes != 1 and not os.environ.get("_JAXNORM_SUPERVISED"):
         return _supervise(argv, cfg, workdir.value)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    import jaxnorm.train  # after flag parsing, so --help is fast
+    import jaxnorm.lab.train  # after flag parsing, so --help is fast
 
     # keys given as --config.KEY=... win over the preset that --config.size=NAME applies
     explicit = [name[len("config."):] for name in fv if name.startswith("config.") and fv[name].present]
-    return jaxnorm.train.main(cfg, workdir.value, explicit)
+    return jaxnorm.lab.train.main(cfg, workdir.value, explicit)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Run by the suite in a subprocess (so that its CUDA context, allocator and thread
 
     python benchmarks/_torch_resnet.py --spec spec.json      # prints one JSON line per case
 
-The network mirrors ``jaxnorm.models.ResNet`` with ``stem='cifar'``: a 3×3 stride-1 stem conv → norm → ReLU (no
+The network mirrors ``jaxnorm.lab.models.ResNet`` with ``stem='cifar'``: a 3×3 stride-1 stem conv → norm → ReLU (no
 max pool), basic blocks (3×3 → norm → ReLU → 3×3 → norm, plus the shortcut: identity, or 1×1 conv with the stride →
 norm when the shape changes; ReLU after the addition), the first block of stages 2–4 with stride 2, global average pool,
 a dense head. Convs have no bias before batch norm and a bias before group norm (jaxnorm's rule: only a norm that

@@ -1,13 +1,13 @@
 """Input pipeline throughput next to the train step it feeds: images/s delivered by the Grain pipeline alone
-(``jaxnorm.data.train_batches``, workers 0 and, on a machine with more than one core, 2), by the old numpy
-``jaxnorm.data.batches``, and consumed by the jitted train step, for
+(``jaxnorm.lab.data.train_batches``, workers 0 and, on a machine with more than one core, 2), by the old numpy
+``jaxnorm.lab.data.batches``, and consumed by the jitted train step, for
 
 (a) the default run (``configs/default.py``: mnist1d, batch 128, the 1-D CNN with BN and dropout), and
 (b) synthetic 32x32x3 images (``synthetic_images_32``) with crop + flip augmentation at batch 256 into a ResNet-18
     (CIFAR stem, full width) with BN; the pipeline reads the tfds data source (PNG decoding included), as for a
     prepared cifar10 or imagenet, and also the materialized arrays.
 
-The experiment (dataset, model, optimizer, compiled step) is built by the trainer's own ``jaxnorm.train.loop.build``
+The experiment (dataset, model, optimizer, compiled step) is built by the trainer's own ``jaxnorm.lab.train.loop.build``
 and ``steps.make_train_step`` on ``DataParallel.compile``, as ``train.py`` does. Prints one JSON line per figure;
 ``ratio`` = pipeline images/s / train-step images/s (the goal is >= 5, so the input never starves the step).
 Timings are medians or means of steady-state runs and are never asserted on.
@@ -27,9 +27,9 @@ import time
 
 import jax
 
-from jaxnorm import data
-from jaxnorm.train import config as config_lib
-from jaxnorm.train import loop, steps
+from jaxnorm.lab import data
+from jaxnorm.lab.train import config as config_lib
+from jaxnorm.lab.train import loop, steps
 
 GOAL_RATIO = 5.0
 

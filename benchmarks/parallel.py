@@ -37,8 +37,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxnorm import models  # noqa: E402
-from jaxnorm.train import parallel, steps  # noqa: E402
+from jaxnorm.lab import models  # noqa: E402
+from jaxnorm.lab.train import parallel, steps  # noqa: E402
 
 CHANNELS = (32, 32, 64, 64)
 

@@ -59,7 +59,7 @@ import optax.tree_utils as otu
 
 import jaxnorm.probes as jp
 from jaxnorm.probes import _common as _pc
-from jaxnorm.models import build_model
+from jaxnorm.lab.models import build_model
 
 
 def _block(x):

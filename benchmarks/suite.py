@@ -15,7 +15,7 @@ first and a tight budget drops group norm's ``torch.compile`` cases first):
   32×32×3, batch 256, ``norm='batch'`` and ``'group'`` (32 groups), float32 and bfloat16 (the zoo's ``dtype``:
   bf16 convs/dense, float32 parameters and statistics), SGD with momentum 0.9, lr 0.1:
 
-  - ``jaxnorm``: the trainer's step, built as ``jaxnorm.train.loop`` builds it (``loop.model_kwargs`` →
+  - ``jaxnorm``: the trainer's step, built as ``jaxnorm.lab.train.loop`` builds it (``loop.model_kwargs`` →
     ``models.build_model('resnet18', ...)``, ``optim.make_optimizer`` of a base config with ``optimizer='momentum'``,
     ``weight_decay=0``, a constant schedule, ``steps.make_train_step``, ``jax.jit`` as the trainer's single-device
     mode compiles it);
@@ -89,9 +89,9 @@ from flax.training import train_state  # noqa: E402
 import norms as norms_bench  # noqa: E402  (benchmarks/norms.py: the norm cases and the timing helpers)
 from norms import _time_alternating  # noqa: E402
 
-from jaxnorm import models  # noqa: E402
-from jaxnorm.train import config as config_lib  # noqa: E402
-from jaxnorm.train import loop, optim, steps  # noqa: E402
+from jaxnorm.lab import models  # noqa: E402
+from jaxnorm.lab.train import config as config_lib  # noqa: E402
+from jaxnorm.lab.train import loop, optim, steps  # noqa: E402
 
 SUITE = "jaxnorm-bench-suite"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -471,7 +471,7 @@ def run_resnet_pair(norm: str, dtype: str, shapes: dict, em: Emitter, check_dir:
                "peak_memory_note": "process-wide peak_bytes_in_use so far (JAX cannot reset it); null on CPU",
                "step_memory_bytes": _step_bytes(c), "first_loss": float(metrics[impl]["loss"]),
                "first_grad_norm": float(metrics[impl]["grad_norm"]), "repeats": shapes["repeats"],
-               "step": ("jaxnorm.train.steps.make_train_step (the trainer's), jax.jit" if impl == "jaxnorm" else
+               "step": ("jaxnorm.lab.train.steps.make_train_step (the trainer's), jax.jit" if impl == "jaxnorm" else
                         "plain Flax TrainState step, jax.jit, same metrics")}
         if impl == "jaxnorm":
             rec |= {"ratio_vs_flax": ms / fms, "images_per_s_ratio_vs_flax": fms / ms}

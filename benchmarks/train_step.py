@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnorm import models
-from jaxnorm.train import steps
+from jaxnorm.lab import models
+from jaxnorm.lab.train import steps
 
 
 class PlainFlaxCNN(nn.Module):

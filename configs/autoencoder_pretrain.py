@@ -7,10 +7,10 @@ previous layer's output), then fine-tuned; compare with random initialization (-
 
 Expected (2 CPU cores, ~10 s): test accuracy 0.969 ± 0.004 pretrained vs 0.959 ± 0.006 random init (seeds 0-2);
 faster convergence: 0.914 ± 0.005 vs 0.811 ± 0.014 after 250 fine-tuning steps.
-Figures: python -m jaxnorm.plots runs/ae_pretrain (ae_filters.png, ae_reconstructions.png).
+Figures: python -m jaxnorm.lab.plots runs/ae_pretrain (ae_filters.png, ae_reconstructions.png).
 """
 
-from jaxnorm.train.config import base_config
+from jaxnorm.lab.train.config import base_config
 
 
 def get_config():

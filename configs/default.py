@@ -6,7 +6,7 @@ Expected: about 30 s on 2 CPU cores, test accuracy 0.988 (seed 0; 0.989 on seeds
 CNN baseline is 0.94).
 """
 
-from jaxnorm.train.config import base_config
+from jaxnorm.lab.train.config import base_config
 
 
 def get_config():

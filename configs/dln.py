@@ -3,7 +3,7 @@ Gaussian samples, full-batch gradient descent, with the landscape probes on; nor
 
     python train.py --config configs/dln.py --workdir runs/dln_nobn --config.norm=none
     python train.py --config configs/dln.py --workdir runs/dln_bn --config.norm=batch
-    python -m jaxnorm.plots runs/dln_nobn runs/dln_bn
+    python -m jaxnorm.lab.plots runs/dln_nobn runs/dln_bn
 
 Expected (2 CPU cores, ~1 minute each): see the results table in README.md. The paper uses LR 1e-6 for a summed
 loss; ours is the per-example mean, so the LR is larger. The training loop's probe grid is [0.5, 4]·LR; the paper's
@@ -11,7 +11,7 @@ loss; ours is the per-example mean, so the LR is larger. The training loop's pro
 (its grid takes this file's setting), reported in docs/results.md.
 """
 
-from jaxnorm.train.config import base_config
+from jaxnorm.lab.train.config import base_config
 
 
 def get_config():

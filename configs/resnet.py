@@ -9,7 +9,7 @@ Expected (digits, 800 steps, ~40 s on 2 CPU cores): test accuracy 0.986 with BN 
 Paper (ResNet-50, ImageNet, batch 32/GPU): top-1 error BN 23.6, GN 24.1, LN 25.3, IN 28.4.
 """
 
-from jaxnorm.train.config import base_config
+from jaxnorm.lab.train.config import base_config
 
 
 def get_config():

@@ -5,7 +5,7 @@
 Expected: finishes in seconds; the loss goes down; accuracy is not the point.
 """
 
-from jaxnorm.train.config import base_config
+from jaxnorm.lab.train.config import base_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ Expected (digits, 1000 steps, ~1.5 minutes on 2 CPU cores): test accuracy 0.983 
 80% without.
 """
 
-from jaxnorm.train.config import base_config
+from jaxnorm.lab.train.config import base_config
 
 
 def get_config():

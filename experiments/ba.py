@@ -3,7 +3,7 @@ MNIST-1D with a 10 000-example test set (``mnist1d_10k``), 1000 steps (32 epochs
 compared in pairs over seeds; and the invariance table of their §5.1 (Table 1), measured exactly by
 ``jaxnorm.probes.norm_invariances`` (no training).
 
-    python -m jaxnorm.sweep experiments/ba.py --workdir runs/ba                  # 3 norms × 10 seeds
+    python -m jaxnorm.lab.sweep experiments/ba.py --workdir runs/ba                  # 3 norms × 10 seeds
 
 One run takes about 21 s measured on 2 CPU cores shared with three other jobs (load ~9), an estimated 6-8 s on idle
 cores: the 30 runs about 3-4 minutes.
@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 
-from jaxnorm import plots, stats
-from jaxnorm import report as R
-from jaxnorm.train import metrics as metrics_lib
-from jaxnorm.train.config import base_config
+from jaxnorm import stats
+from jaxnorm.lab import plots
+from jaxnorm.lab import report as R
+from jaxnorm.lab.train import metrics as metrics_lib
+from jaxnorm.lab.train.config import base_config
 
 TITLE = "6. Ba et al. (2016): layer norm"
 ORDER = 6

@@ -5,7 +5,7 @@ embedding regularization λ·mean‖h(x)‖² on the final layer's input h, at e
 validation split. ‖h‖² is logged in every arm (``log_embedding_norm``), so the premise — without BN, ‖h‖² grows —
 is measured, not assumed.
 
-    python -m jaxnorm.sweep experiments/dauphin.py --workdir runs/dauphin
+    python -m jaxnorm.lab.sweep experiments/dauphin.py --workdir runs/dauphin
     python train.py --config experiments/dauphin.py --workdir runs/emb --config.norm=none --config.embedding_reg=1e-3
 
 --config.size=full: ResNet-50 on a prepared imagenet2012 (paper: without BN, the regularization recovers +2.9% top-1
@@ -18,9 +18,10 @@ import math
 
 import numpy as np
 
-from jaxnorm import plots, report, stats
-from jaxnorm.train import metrics as metrics_lib
-from jaxnorm.train.config import base_config
+from jaxnorm import stats
+from jaxnorm.lab import plots, report
+from jaxnorm.lab.train import metrics as metrics_lib
+from jaxnorm.lab.train.config import base_config
 
 TITLE = "5. Dauphin & Cubuk (2021): does penalizing the final layer's input recover batch norm's benefit?"
 ORDER = 5

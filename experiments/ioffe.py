@@ -13,7 +13,7 @@ every 50 steps in the 1× arms (their Fig. 1b,c); their drift is measured in uni
 The final networks of BN-Baseline and BN-x30 are also evaluated with population statistics (§3.1, Algorithm 2),
 recomputed from their checkpoints in the analysis.
 
-    python -m jaxnorm.sweep experiments/ioffe.py --workdir runs/ioffe          # 5 arms × SEEDS seeds
+    python -m jaxnorm.lab.sweep experiments/ioffe.py --workdir runs/ioffe          # 5 arms × SEEDS seeds
     python train.py --config experiments/ioffe.py --workdir runs/ioffe_bn      # one run (BN, 1×)
     python train.py --config experiments/ioffe.py --workdir runs/ioffe_nobn --config.norm=none
 
@@ -28,9 +28,10 @@ import os
 
 import numpy as np
 
-from jaxnorm import plots, report, stats
-from jaxnorm.train import metrics as metrics_lib
-from jaxnorm.train.config import base_config
+from jaxnorm import stats
+from jaxnorm.lab import plots, report
+from jaxnorm.lab.train import metrics as metrics_lib
+from jaxnorm.lab.train.config import base_config
 
 TITLE = "3. Ioffe & Szegedy (2015): batch norm reaches a target accuracy in fewer steps"
 ORDER = 3
@@ -183,10 +184,10 @@ def percentile_drift(rows: list[dict], layer: str = PERCENTILE_LAYER) -> float |
 def population_accuracy(workdir: str) -> tuple[float, float]:
     """``(running, population)``: a run's final test accuracy with the running-average statistics and with
     population statistics recomputed over ``population_batches`` training batches (§3.1, Algorithm 2; the same
-    :func:`jaxnorm.train.loop.population_variables` that ``eval_population_stats`` uses)."""
+    :func:`jaxnorm.lab.train.loop.population_variables` that ``eval_population_stats`` uses)."""
     import jax
 
-    from jaxnorm.train import loop, steps
+    from jaxnorm.lab.train import loop, steps
 
     exp, state = loop.restore(workdir)
     eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))

@@ -8,8 +8,8 @@ change ‖∇L(w − ηg) − g‖, effective β-smoothness; η ∈ [0.5, 4]·LR
 landscape probed after training from its checkpoints on their [0.01, 30]·LR grid (the training loop's probe grid is
 [0.5, 4]·LR).
 
-    python -m jaxnorm.sweep experiments/santurkar.py --workdir runs/santurkar            # the grid below, 10 seeds
-    python -m jaxnorm.report --only santurkar                                            # sweep + report section
+    python -m jaxnorm.lab.sweep experiments/santurkar.py --workdir runs/santurkar            # the grid below, 10 seeds
+    python -m jaxnorm.lab.report --only santurkar                                            # sweep + report section
     python train.py --config experiments/santurkar.py --workdir runs/sant_bn_lr0.1       # one run (BN, LR 0.1)
     python train.py --config experiments/santurkar.py --workdir runs/sant_none_lr0.1 --config.norm=none
 
@@ -28,7 +28,7 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxnorm.train.config import base_config
+from jaxnorm.lab.train.config import base_config
 
 TITLE = "1. Santurkar et al. (2018): how does batch norm help optimization?"
 ORDER = 1
@@ -232,7 +232,7 @@ def ratio_text(result: dict | None) -> str:
 
 
 def diff_text(result: dict | None, scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
-    from jaxnorm import report
+    from jaxnorm.lab import report
 
     return "—" if result is None else report.ci(result["interval"], scale, digits, unit)
 
@@ -250,7 +250,7 @@ class _Runs:
     divergence measured its landscape: leaving them out would keep only the smooth runs), read once."""
 
     def __init__(self, ctx):
-        from jaxnorm.train import metrics as metrics_lib
+        from jaxnorm.lab.train import metrics as metrics_lib
 
         self.ctx, self._read, self._cache = ctx, metrics_lib.read_metrics, {}
 
@@ -284,8 +284,8 @@ def activation_stats(workdir: str, layers=None) -> dict[str, dict[str, np.ndarra
     import jax
     import jax.numpy as jnp
 
-    from jaxnorm.train import loop
-    from jaxnorm.train import steps as steps_lib
+    from jaxnorm.lab.train import loop
+    from jaxnorm.lab.train import steps as steps_lib
 
     exp, states = loop.restore_trajectory(workdir)
     model = exp.eval_model
@@ -331,15 +331,15 @@ def instability(stats_: dict[str, np.ndarray], min_step: int = 1) -> tuple[float
 
 
 def metrics_rows(workdir: str) -> list[dict]:
-    from jaxnorm.train import metrics as metrics_lib
+    from jaxnorm.lab.train import metrics as metrics_lib
 
     return metrics_lib.read_metrics(workdir)
 
 
 def ckpt_steps(workdir: str) -> list[int]:
     """The steps of a run's kept checkpoints."""
-    from jaxnorm.train import checkpoint as ckpt_lib
-    from jaxnorm.train import loop
+    from jaxnorm.lab.train import checkpoint as ckpt_lib
+    from jaxnorm.lab.train import loop
 
     exp = loop.load_experiment(workdir)
     checkpointer = ckpt_lib.Checkpointer(workdir, exp.config.keep_checkpoints)
@@ -357,8 +357,8 @@ def dln_posthoc(workdir: str, num: int = 10) -> list[dict]:
     import jax.numpy as jnp
 
     from jaxnorm import probes as probes_lib
-    from jaxnorm import rng
-    from jaxnorm.train import loop
+    from jaxnorm.lab import rng
+    from jaxnorm.lab.train import loop
 
     exp = loop.load_experiment(workdir)
     wins = windows(exp.config.num_steps)
@@ -381,7 +381,8 @@ def dln_posthoc(workdir: str, num: int = 10) -> list[dict]:
 
 
 def section(ctx) -> str:
-    from jaxnorm import plots, report, stats
+    from jaxnorm import stats
+    from jaxnorm.lab import plots, report
 
     runs = _Runs(ctx)
     cfg_steps = _num_steps(ctx)
@@ -641,7 +642,7 @@ def section(ctx) -> str:
 
 
 def _acc(result: dict | None, what: str = "") -> str:
-    from jaxnorm import report
+    from jaxnorm.lab import report
 
     return ("—" if result is None else (what + " " if what else "") + report.compared(result))
 

@@ -10,7 +10,7 @@ train − test gap is not biased in dropout's favour by training-mode minibatch 
 (k sampled thinned networks, their softmax outputs averaged) vs weight scaling (the deterministic network) is
 computed from each seed's final checkpoint of the selected arm on the test split, with fixed mask keys.
 
-    python -m jaxnorm.sweep experiments/srivastava.py --workdir runs/srivastava
+    python -m jaxnorm.lab.sweep experiments/srivastava.py --workdir runs/srivastava
     python train.py --config experiments/srivastava.py --workdir runs/dropout --config.dropout=dropout
 
 --config.size=full: the paper's network (3×1024, dropout 0.5 hidden / 0.2 input) on a prepared tfds MNIST with
@@ -24,8 +24,9 @@ import math
 
 import numpy as np
 
-from jaxnorm import plots, report, stats
-from jaxnorm.train.config import base_config
+from jaxnorm import stats
+from jaxnorm.lab import plots, report
+from jaxnorm.lab.train.config import base_config
 
 TITLE = "4. Srivastava et al. (2014): dropout reduces overfitting; weight scaling approximates model averaging"
 ORDER = 4
@@ -129,8 +130,8 @@ def mc_accuracies(workdir: str, ks=MC_KS, seed: int = MC_SEED) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jaxnorm import data as data_lib
-    from jaxnorm.train import loop
+    from jaxnorm.lab import data as data_lib
+    from jaxnorm.lab.train import loop
 
     exp, state = loop.restore(workdir)
     variables = state.variables()

@@ -14,7 +14,7 @@ Three networks (``ARCHS``):
 - ``mlp``: a 3×128 ReLU MLP, whose BN units see exactly the batch (2 values at batch 2): the positive control, where
   the effect must show if the pipeline can see it at all.
 
-    python -m jaxnorm.sweep experiments/wu_he.py --workdir runs/wu_he                 # the grid below, 5 seeds
+    python -m jaxnorm.lab.sweep experiments/wu_he.py --workdir runs/wu_he                 # the grid below, 5 seeds
 
 Time per run measured on 2 CPU cores shared with three other jobs (load 4-9), at 6 epochs: about 8-13 s at batch 32,
 10 s at batch 8 and 26-45 s (cnn), 76 s (deep) and 55 s (mlp) at batch 2 (12 000 steps); on idle cores, from the
@@ -35,9 +35,10 @@ import math
 
 import ml_collections
 
-from jaxnorm import plots, stats
-from jaxnorm import report as R
-from jaxnorm.train.config import base_config
+from jaxnorm import stats
+from jaxnorm.lab import plots
+from jaxnorm.lab import report as R
+from jaxnorm.lab.train.config import base_config
 
 TITLE = "2. Wu & He (2018): group norm across batch sizes"
 ORDER = 2

@@ -1,14 +1,18 @@
 """jaxnorm: normalization and dropout for JAX/Flax.
 
-Pure transforms with explicit statistics and PRNG keys (``jaxnorm.batch_norm``, ``jaxnorm.dropout``, ...), layers
-over them for every JAX style (``jaxnorm.nn`` for Flax linen, ``jaxnorm.nnx`` for Flax NNX, ``jaxnorm.eqx`` for
-Equinox, an optional extra), training runs (``train.py``) and optimization-landscape probes.
+The library: pure transforms with explicit statistics and PRNG keys (``jaxnorm.batch_norm``, ``jaxnorm.dropout``,
+...), layers over them for every JAX style (``jaxnorm.nn`` for Flax linen, ``jaxnorm.nnx`` for Flax NNX,
+``jaxnorm.eqx`` for Equinox, the ``[equinox]`` extra), optimization-landscape probes over a ``loss_fn``
+(``jaxnorm.probes``) and the statistics of seed-paired comparisons (``jaxnorm.stats``).
+
+The lab, ``jaxnorm.lab`` (training runs, data, models, sweeps, reports, plots), comes with the ``[train]`` extra and
+is never imported by ``import jaxnorm``.
 """
 
 import importlib
 
 from jaxnorm import nn
-from jaxnorm.dropout import (
+from jaxnorm.dropouts import (
     alpha_dropout,
     dropconnect,
     dropout,
@@ -41,16 +45,14 @@ from jaxnorm.norms import (
     weight_standardize,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name):
-    # jaxnorm.nnx and jaxnorm.eqx load on first use: Equinox is optional, and linen users need not import flax.nnx
-    if name in ("nnx", "eqx"):
+    # the other front-ends load on first use: Equinox is optional, and linen users need not import flax.nnx
+    if name in ("nnx", "eqx", "probes", "stats"):
         return importlib.import_module(f"jaxnorm.{name}")
     raise AttributeError(f"module 'jaxnorm' has no attribute {name!r}")
-
-
 
 __all__ = [
     "CONVENTIONS",

@@ -1,4 +1,4 @@
-"""Equinox layers: thin wrappers over the pure transforms in :mod:`jaxnorm.norms` and :mod:`jaxnorm.dropout`.
+"""Equinox layers: thin wrappers over the pure transforms in :mod:`jaxnorm.norms` and :mod:`jaxnorm.dropouts`.
 
 Equinox's conventions: a layer is an ``equinox.Module`` called on ONE example, channels first (``C×…``, as
 ``eqx.nn.Conv`` and ``eqx.nn.BatchNorm``); the batch axis comes from ``jax.vmap(..., axis_name='batch')``;
@@ -37,8 +37,7 @@ from jaxnorm import norms as _norms
 from jaxnorm._checks import check_choice, check_epsilon, check_groups, check_momentum, check_positive_int, \
     check_rate, check_train
 
-# the package re-exports the function jaxnorm.dropout under the module's name: fetch the module itself
-_do = importlib.import_module("jaxnorm.dropout")
+from jaxnorm import dropouts as _do
 
 Array = jax.Array
 

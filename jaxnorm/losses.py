@@ -49,7 +49,7 @@ def masking_noise(x: Array, fraction: float, *, key: Array | None = None) -> Arr
     the others are kept *unscaled* (unlike inverted dropout there is no ``1/(1 − fraction)`` rescale).
 
     The mask is ``jax.random.bernoulli(key, 1 − fraction, x.shape)``, the same draw as
-    :func:`jaxnorm.dropout.dropout` with ``rate=fraction`` and the same key (same zero pattern), so the same key gives
+    :func:`jaxnorm.dropouts.dropout` with ``rate=fraction`` and the same key (same zero pattern), so the same key gives
     the same mask everywhere. ``fraction=0`` is the identity (no key needed); ``fraction`` must be in [0, 1)
     (a traced fraction is clipped to it).
     """

@@ -1,4 +1,4 @@
-"""Flax linen layers: thin wrappers over the pure transforms in :mod:`jaxnorm.norms` and :mod:`jaxnorm.dropout`.
+"""Flax linen layers: thin wrappers over the pure transforms in :mod:`jaxnorm.norms` and :mod:`jaxnorm.dropouts`.
 
 Running statistics live in the ``batch_stats`` collection (``mean``, ``var``, ``count``), dropout masks come from
 the ``dropout`` rng stream, and every layer takes ``train`` (as an attribute or a call argument), so::
@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxnorm import dropout as _do
+from jaxnorm import dropouts as _do
 from jaxnorm import norms as _norms
 from jaxnorm._checks import check_rate, check_train, is_traced
 

@@ -1,4 +1,4 @@
-"""Flax NNX layers: thin wrappers over the pure transforms in :mod:`jaxnorm.norms` and :mod:`jaxnorm.dropout`.
+"""Flax NNX layers: thin wrappers over the pure transforms in :mod:`jaxnorm.norms` and :mod:`jaxnorm.dropouts`.
 
 The constructor and call conventions are those of ``flax.nnx``: parameters are ``nnx.Param``, running statistics
 ``nnx.BatchStat`` (``mean``, ``var`` and the ``count`` of batches a cumulative average needs), random numbers come
@@ -32,8 +32,7 @@ from jaxnorm import norms as _norms
 from jaxnorm._checks import (check_choice, check_epsilon, check_groups, check_momentum, check_positive_int,
                              check_rate, check_train, is_traced)
 
-# the package re-exports the function jaxnorm.dropout under the module's name: fetch the module itself
-_do = importlib.import_module("jaxnorm.dropout")
+from jaxnorm import dropouts as _do
 
 Array = jax.Array
 Initializer = Callable[..., Array]

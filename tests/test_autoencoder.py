@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxnorm.dropout import dropout
-from jaxnorm.models.autoencoder import (
+from jaxnorm.dropouts import dropout
+from jaxnorm.lab.models.autoencoder import (
     ConvAutoencoder,
     TiedAutoencoder,
     UntiedAutoencoder,

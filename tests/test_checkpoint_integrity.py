@@ -11,8 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxnorm.train import checkpoint as ckpt_lib
-from jaxnorm.train import loop
+from jaxnorm.lab.train import checkpoint as ckpt_lib
+from jaxnorm.lab.train import loop
 from test_train import load_config
 
 

@@ -6,7 +6,7 @@ import sys
 
 import jax
 
-from jaxnorm.train import loop
+from jaxnorm.lab.train import loop
 
 from test_train import ROOT, load_config
 

@@ -90,7 +90,7 @@ def test_split_loss_value_is_the_masked_mean():
 
 def test_masked_padding_holding_nan_or_huge_values_changes_no_operator():
     """Padded rows (mask 0) may hold anything: every operator's product equals the unpadded batch's."""
-    from jaxnorm.models import SimpleCNN
+    from jaxnorm.lab.models import SimpleCNN
 
     model = SimpleCNN(channels=(4,), num_classes=3, norm="layer")
     r = np.random.default_rng(5)
@@ -292,7 +292,7 @@ def test_quadratic_hessian_eigenvalues_trace_and_density_moments():
 
 
 def test_operators_on_a_flax_model_with_batch_norm():
-    from jaxnorm.models import SimpleCNN
+    from jaxnorm.lab.models import SimpleCNN
 
     model = SimpleCNN(channels=(4, 8), num_classes=3, norm="batch")
     x = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype(np.float32)

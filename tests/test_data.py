@@ -1,4 +1,4 @@
-"""Tests for jaxnorm.data: bundled tfds builders (offline, array_record), tfds errors, the deterministic pipeline."""
+"""Tests for jaxnorm.lab.data: bundled tfds builders (offline, array_record), tfds errors, the deterministic pipeline."""
 import io
 import os
 import socket
@@ -8,9 +8,9 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxnorm import data
-from jaxnorm.data import builders
-from jaxnorm.train import parallel
+from jaxnorm.lab import data
+from jaxnorm.lab.data import builders
+from jaxnorm.lab.train import parallel
 
 
 class FakeCifar(builders.OfflineBuilder):
@@ -54,7 +54,7 @@ def _digits_reference():
 
 
 def _no_network(*args, **kwargs):
-    raise AssertionError(f'jaxnorm.data tried to open a network connection: {args}')
+    raise AssertionError(f'jaxnorm.lab.data tried to open a network connection: {args}')
 
 
 @pytest.fixture(scope='module')

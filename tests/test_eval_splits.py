@@ -10,11 +10,11 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxnorm import data, sweep
-from jaxnorm.data import builders
-from jaxnorm.train import config as config_lib
-from jaxnorm.train import loop
-from jaxnorm.train.metrics import read_metrics
+from jaxnorm.lab import data, sweep
+from jaxnorm.lab.data import builders
+from jaxnorm.lab.train import config as config_lib
+from jaxnorm.lab.train import loop
+from jaxnorm.lab.train.metrics import read_metrics
 
 SIZES = {'train': 4000, 'validation': 1000, 'test': 10_000}
 

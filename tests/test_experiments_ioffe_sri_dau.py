@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnorm import report, sweep
-from jaxnorm.train import config as config_lib
-from jaxnorm.train import loop, steps
+from jaxnorm.lab import report, sweep
+from jaxnorm.lab.train import config as config_lib
+from jaxnorm.lab.train import loop, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IOFFE = sweep.load_experiment(os.path.join(ROOT, "experiments", "ioffe.py"))
@@ -56,7 +56,7 @@ def test_logging_the_embedding_norm_at_lambda_zero_changes_nothing():
 def test_log_embedding_norm_config_key_logs_every_arm(tmp_path):
     c = _smoke(log_embedding_norm=True, log_every=1, eval_every=2, checkpoint_every=2)
     loop.train_and_evaluate(c, str(tmp_path / "w"))
-    from jaxnorm.train.metrics import read_metrics, series
+    from jaxnorm.lab.train.metrics import read_metrics, series
 
     _, v = series(read_metrics(str(tmp_path / "w")), "train", "embedding_norm_sq")
     assert len(v) == 2 and all(x > 0 for x in v)

@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 
-from jaxnorm import report, stats, sweep
+from jaxnorm import stats
+from jaxnorm.lab import report, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATH = os.path.join(ROOT, "experiments", "santurkar.py")
@@ -27,7 +28,7 @@ def test_every_point_the_analysis_reads_is_in_the_grid():
     dln = by_name[S.dln("batch")]
     assert (dln.model, dln.batch_size, dln.model_kwargs.width) == ("deep_linear", 1000, None)
     assert dln.probes.kinds == ("ics",)
-    from jaxnorm.models import DeepLinear
+    from jaxnorm.lab.models import DeepLinear
 
     d = S.dln_config()  # the DLN points take configs/dln.py's setting; its 25×10 is DeepLinear's default
     assert (d.model_kwargs.depth, d.model_kwargs.width) == (DeepLinear.depth, DeepLinear.width)
@@ -122,7 +123,7 @@ def test_section_on_hand_made_runs_gives_the_expected_verdicts(tmp_path):
 def test_dln_point_trains_and_its_wide_grid_probe_reads_its_checkpoints(tmp_path):
     """The DLN points are not in the smoke grid (no test accuracy): a 4-step run of the point at smoke size, then the
     analysis's [0.01, 30]·LR probe on its checkpoints."""
-    from jaxnorm.train import config as config_lib
+    from jaxnorm.lab.train import config as config_lib
 
     base = config_lib.resolve_size(S.get_config(), ())
     base.size = "smoke"

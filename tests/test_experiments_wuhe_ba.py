@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from jaxnorm import report, sweep
+from jaxnorm.lab import report, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WU_HE = sweep.load_experiment(os.path.join(ROOT, "experiments", "wu_he.py"))

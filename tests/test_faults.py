@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from jaxnorm.train import loop, workdir as workdir_lib
-from jaxnorm.train.metrics import read_metrics
+from jaxnorm.lab.train import loop, workdir as workdir_lib
+from jaxnorm.lab.train.metrics import read_metrics
 
 from test_train import ROOT, final_state, load_config, run_cli
 
@@ -138,7 +138,7 @@ def test_a_failed_restore_step_leaves_the_workdir_byte_identical(tmp_path):
 def test_the_lock_is_released_when_its_holder_dies(tmp_path):
     wd = tmp_path / "run"
     code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from jaxnorm.train import workdir\n"
+            "from jaxnorm.lab.train import workdir\n"
             "with workdir.locked(%r):\n    print('locked', flush=True); time.sleep(60)\n") % (ROOT, str(wd))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-"""Tests for jaxnorm.data.grain_pipeline (the Grain input pipeline) and the synthetic image builders."""
+"""Tests for jaxnorm.lab.data.grain_pipeline (the Grain input pipeline) and the synthetic image builders."""
 import json
 import os
 import socket
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxnorm import data
-from jaxnorm.data import builders, grain_pipeline
+from jaxnorm.lab import data
+from jaxnorm.lab.data import builders, grain_pipeline
 
 B = 100  # digits: 1437 train examples = 14 full batches + 37, so 31 steps cover more than two epochs
 
 
 def _no_network(*args, **kwargs):
-    raise AssertionError(f'jaxnorm.data tried to open a network connection: {args}')
+    raise AssertionError(f'jaxnorm.lab.data tried to open a network connection: {args}')
 
 
 @pytest.fixture(scope='module')
@@ -237,7 +237,7 @@ def test_argument_errors(digits):
     signals = data.Split.from_arrays(np.zeros((10, 40, 1)), np.arange(10), name='signals')
     with pytest.raises(ValueError, match=r'augment=True .* needs image examples .* shape \(40, 1\)'):
         data.train_batches(signals, 5, augment=True, process_index=0, process_count=1)
-    with pytest.raises(TypeError, match='must be a jaxnorm.data.Split'):
+    with pytest.raises(TypeError, match='must be a jaxnorm.lab.data.Split'):
         data.train_batches(np.zeros((10, 3)), 5)
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxnorm import _checks, losses, rng
-from jaxnorm.train import config as config_lib
-from jaxnorm.train import loop, stage
-from jaxnorm.train.checkpoint import check_workdir
+from jaxnorm import _checks, losses
+from jaxnorm.lab import rng
+from jaxnorm.lab.train import config as config_lib
+from jaxnorm.lab.train import loop, stage
+from jaxnorm.lab.train.checkpoint import check_workdir
 
 from test_pretrain import small
 from test_train import load_config

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from jaxnorm.train import checkpoint, loop
-from jaxnorm.train.metrics import read_metrics
+from jaxnorm.lab.train import checkpoint, loop
+from jaxnorm.lab.train.metrics import read_metrics
 
 from test_train import load_config
 

@@ -1,6 +1,6 @@
 """2-D landscapes: the surface and the interpolation of a quadratic equal the formula at every grid point; the
 trajectory PCA recovers a known plane; in the training loop the ``loss_slice_2d`` probe (with the caller's batch-norm
-mode, recorded in every row) and ``python -m jaxnorm.plots RUN --landscapes`` draw contour plots."""
+mode, recorded in every row) and ``python -m jaxnorm.lab.plots RUN --landscapes`` draw contour plots."""
 
 import json
 import os
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import jaxnorm.probes as jp
-from jaxnorm import plots
-from jaxnorm.train import config as config_lib
-from jaxnorm.train import loop
-from jaxnorm.train.metrics import read_metrics
+from jaxnorm.lab import plots
+from jaxnorm.lab.train import config as config_lib
+from jaxnorm.lab.train import loop
+from jaxnorm.lab.train.metrics import read_metrics
 
 from test_train import load_config
 
@@ -126,7 +126,7 @@ def test_bn_mode_is_checked_and_earlier_runs_without_it_still_resume():
 
 
 def test_the_filter_normalized_surface_leaves_batch_norm_parameters_out_by_default():
-    from jaxnorm.models import SimpleCNN
+    from jaxnorm.lab.models import SimpleCNN
 
     model = SimpleCNN(channels=(4,), num_classes=3, norm="batch")
     x = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype(np.float32)

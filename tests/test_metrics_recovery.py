@@ -8,9 +8,9 @@ import struct
 
 import pytest
 
-from jaxnorm import sweep
-from jaxnorm.train import metrics
-from jaxnorm.train.metrics import MetricWriter, read_metrics
+from jaxnorm.lab import sweep
+from jaxnorm.lab.train import metrics
+from jaxnorm.lab.train.metrics import MetricWriter, read_metrics
 
 try:  # TensorBoard's own Python loader, when the tensorboard package is installed (it is not a dependency)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -323,7 +323,7 @@ def test_a_disabled_writer_writes_nothing(tmp_path):
 
 
 def test_a_torn_result_json_is_no_result_with_a_warning_naming_it(tmp_path, capsys):
-    from jaxnorm.train import config as config_lib
+    from jaxnorm.lab.train import config as config_lib
 
     config = config_lib.base_config()
     path = tmp_path / "result.json"
@@ -338,7 +338,7 @@ def test_a_torn_result_json_is_no_result_with_a_warning_naming_it(tmp_path, caps
 def test_a_sweep_regenerates_a_torn_result_json(tmp_path, capsys):
     exp = tmp_path / "exp.py"
     exp.write_text(
-        "from jaxnorm.train.config import base_config\n"
+        "from jaxnorm.lab.train.config import base_config\n"
         "def get_config():\n"
         "    c = base_config(); c.dataset = 'digits'; c.model = 'mlp'; c.norm = 'none'; c.optimizer = 'sgd'\n"
         "    c.schedule = 'constant'; c.batch_size = 32; c.num_steps = 4; c.eval_every = 4; c.log_every = 2\n"

@@ -1,4 +1,4 @@
-"""Tests of the model zoo (jaxnorm.models): every model × norm trains and evaluates; placement, bias rule, registries,
+"""Tests of the model zoo (jaxnorm.lab.models): every model × norm trains and evaluates; placement, bias rule, registries,
 presets (Ioffe's MLP, Santurkar's DLN, ResNet depths). Tiny widths and inputs keep the file fast."""
 
 import functools
@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxnorm.models as zoo
-from jaxnorm.models import (
+import jaxnorm.lab.models as zoo
+from jaxnorm.lab.models import (
     DROPOUTS,
     MODELS,
     NORMS,

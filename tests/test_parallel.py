@@ -17,11 +17,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxnorm import models
-from jaxnorm.train import loop, parallel, steps
+from jaxnorm.lab import models
+from jaxnorm.lab.train import loop, parallel, steps
 from jax.sharding import PartitionSpec as P
 
-from jaxnorm.train.metrics import read_metrics
+from jaxnorm.lab.train.metrics import read_metrics
 
 from test_train import ROOT, final_state, load_config
 

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from jaxnorm import data as data_lib
-from jaxnorm import rng
-from jaxnorm.train import loop
-from jaxnorm.train.metrics import read_metrics
+from jaxnorm.lab import data as data_lib
+from jaxnorm.lab import rng
+from jaxnorm.lab.train import loop
+from jaxnorm.lab.train.metrics import read_metrics
 
 from test_train import ROOT, final_state, load_config
 
@@ -39,7 +39,7 @@ def test_pretrain_then_finetune_through_train_py(tmp_path):
     assert [x["layer"] for x in pre] == [0, 1]  # logged at the end of each layer (log_every=50 > 10 steps) and all(np.isfinite(x["loss"]) for x in pre)
     assert any(x["split"] == "eval" for x in rows)
     assert os.listdir(wd / "pretrain" / "checkpoints") and os.listdir(wd / "checkpoints")
-    from jaxnorm import plots
+    from jaxnorm.lab import plots
 
     paths = plots.make_plots([str(wd)], str(tmp_path / "figs"))
     assert {"curves.png", "ae_filters.png", "ae_reconstructions.png"} <= {os.path.basename(p) for p in paths}
@@ -128,7 +128,7 @@ def test_tied_conv_decoder_is_the_transpose_of_the_encoder():
     import jax
     import jax.numpy as jnp
 
-    from jaxnorm.models.autoencoder import tied_decode, tied_encode
+    from jaxnorm.lab.models.autoencoder import tied_decode, tied_encode
 
     k = jax.random.split(jax.random.key(0), 3)
     ae = {"kernel": jax.random.normal(k[0], (3, 3, 2, 5)), "bias": jnp.zeros(5), "bias_out": jnp.zeros(2)}

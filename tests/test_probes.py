@@ -10,8 +10,8 @@ import optax
 import pytest
 
 import jaxnorm.probes as jp
-from jaxnorm.models import build_model
-from jaxnorm.train.steps import create_state
+from jaxnorm.lab.models import build_model
+from jaxnorm.lab.train.steps import create_state
 
 N = 10
 D = 4

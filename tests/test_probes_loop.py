@@ -4,9 +4,9 @@ import os
 
 import numpy as np
 
-from jaxnorm import plots
-from jaxnorm.train import loop
-from jaxnorm.train.metrics import read_metrics
+from jaxnorm.lab import plots
+from jaxnorm.lab.train import loop
+from jaxnorm.lab.train.metrics import read_metrics
 
 from test_train import final_state, load_config
 
@@ -73,7 +73,7 @@ def test_deep_linear_network_config_regression_with_probes(tmp_path):
 
 
 def test_linear_regression_dataset_is_a_fixed_linear_map():
-    from jaxnorm import data
+    from jaxnorm.lab import data
 
     ds = data.linear_regression()
     assert ds.info.task == "regression" and ds.info.num_train == 1000 and ds.train.x.shape == (1000, 10)

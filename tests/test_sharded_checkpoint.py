@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxnorm.train import checkpoint as ckpt_lib
-from jaxnorm.train import loop
-from jaxnorm.train.metrics import read_metrics
+from jaxnorm.lab.train import checkpoint as ckpt_lib
+from jaxnorm.lab.train import loop
+from jaxnorm.lab.train.metrics import read_metrics
 
 from test_checkpoint_integrity import data_files, flip, one_line
 from test_train import load_config

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnorm import report, sweep
-from jaxnorm.train import config as config_lib
-from jaxnorm.train import loop
+from jaxnorm.lab import report, sweep
+from jaxnorm.lab.train import config as config_lib
+from jaxnorm.lab.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = report.discover(os.path.join(ROOT, "experiments"))
@@ -72,7 +72,7 @@ def test_rerun_skips_finished_runs(smoke_sweeps):
 def test_report_from_smoke_sweeps(smoke_sweeps, tmp_path):
     _, summaries = smoke_sweeps
     out = tmp_path / "docs" / "results.md"
-    report.write_report(summaries, str(out), "python -m jaxnorm.report --size smoke", MODULES)
+    report.write_report(summaries, str(out), "python -m jaxnorm.lab.report --size smoke", MODULES)
     text = out.read_text()
     for module in MODULES.values():
         assert f"## {module.TITLE}" in text
@@ -109,14 +109,14 @@ def test_an_analysis_asking_for_a_point_outside_its_grid_is_an_error(smoke_sweep
 
 
 def test_report_cli_rejects_unknown_experiments(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "jaxnorm.report", "--only", "santurkr", "--workdir", str(tmp_path / "w"),
+    r = subprocess.run([sys.executable, "-m", "jaxnorm.lab.report", "--only", "santurkr", "--workdir", str(tmp_path / "w"),
                         "--out", str(tmp_path / "r.md")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 1 and "santurkr" in r.stderr and "santurkar" in r.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "r.md").exists()
 
 
 def test_sweep_cli_errors_before_running(tmp_path):
-    cmd = [sys.executable, "-m", "jaxnorm.sweep", EXPERIMENT_FILES["ba"], "--workdir", str(tmp_path / "w")]
+    cmd = [sys.executable, "-m", "jaxnorm.lab.sweep", EXPERIMENT_FILES["ba"], "--workdir", str(tmp_path / "w")]
     bad = subprocess.run(cmd + ["--config.nrom=batch"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 1 and "nrom" in bad.stderr
     grid_key = subprocess.run(cmd + ["--config.norm=group"], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -131,7 +131,7 @@ def test_sweep_cli_errors_before_running(tmp_path):
 def test_diverged_run_is_a_result_and_is_not_rerun(tmp_path):
     exp = tmp_path / "exp.py"
     exp.write_text(
-        "from jaxnorm.train.config import base_config\n"
+        "from jaxnorm.lab.train.config import base_config\n"
         "def get_config():\n"
         "    c = base_config(); c.dataset = 'digits'; c.model = 'mlp'; c.norm = 'none'; c.optimizer = 'sgd'\n"
         "    c.schedule = 'constant'; c.batch_size = 32; c.num_steps = 20; c.eval_every = 10; c.log_every = 5\n"
@@ -187,7 +187,7 @@ def _smoke(**overrides):
 
 def test_embedding_regularization_loss_and_gradient():
     from jaxnorm import losses
-    from jaxnorm.train import steps
+    from jaxnorm.lab.train import steps
 
     exp = loop.build(_smoke())
     batch = {k: jnp.asarray(v) for k, v in loop._train_batch(exp, 0).items()}
@@ -227,7 +227,7 @@ def test_restore_and_predict_match_the_final_eval(tmp_path):
     exp, state = loop.restore(str(tmp_path / "w"))
     logits = loop.predict(exp, state.variables())
     labels = np.concatenate([np.asarray(b["y"])[np.asarray(b["mask"])]
-                             for b in __import__("jaxnorm.data", fromlist=["eval_batches"]).eval_batches(
+                             for b in __import__("jaxnorm.lab.data", fromlist=["eval_batches"]).eval_batches(
                                  exp.dataset.test, 500)])
     assert logits.shape == (exp.dataset.info.num_test, 10)
     assert np.mean(logits.argmax(-1) == labels) == pytest.approx(final["accuracy"])
@@ -235,7 +235,7 @@ def test_restore_and_predict_match_the_final_eval(tmp_path):
 
 def test_original_dropout_is_inverted_dropout_rescaled():
     import jaxnorm as jn
-    from jaxnorm.models import build_model
+    from jaxnorm.lab.models import build_model
 
     x = jax.random.normal(jax.random.key(0), (64, 32))
     key = jax.random.key(1)
@@ -256,7 +256,7 @@ def test_original_dropout_is_inverted_dropout_rescaled():
 
 
 def test_activation_percentiles_probe_matches_numpy():
-    from jaxnorm.models import build_model
+    from jaxnorm.lab.models import build_model
     from jaxnorm.probes import activation_percentiles_fn
 
     model = build_model("ioffe_mlp", norm="none")
@@ -288,7 +288,7 @@ def test_norm_invariances_reproduce_ba_table_1():
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENT_FILES))
 def test_full_size_presets_resolve_and_need_a_prepared_dataset(name, tmp_path):
-    from jaxnorm import data as data_lib
+    from jaxnorm.lab import data as data_lib
 
     base, points, _ = sweep.plan(EXPERIMENT_FILES[name], 1, {"size": "full", "data_dir": str(tmp_path / "data")})
     assert base.dataset in ("cifar10", "imagenet2012", "mnist") and base.num_steps >= 15000

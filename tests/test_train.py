@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from jaxnorm.train import checkpoint as ckpt_lib
-from jaxnorm.train import loop
-from jaxnorm.train.metrics import read_metrics
+from jaxnorm.lab.train import checkpoint as ckpt_lib
+from jaxnorm.lab.train import loop
+from jaxnorm.lab.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

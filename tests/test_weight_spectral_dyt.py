@@ -12,10 +12,10 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxnorm as jn
-import jaxnorm.models as zoo
+import jaxnorm.lab.models as zoo
 from jaxnorm import nn as jnn
-from jaxnorm.train import config as config_lib
-from jaxnorm.train import loop, steps
+from jaxnorm.lab.train import config as config_lib
+from jaxnorm.lab.train import loop, steps
 
 
 def _check_grads64(f, args, order=2, modes=("fwd", "rev")):
@@ -509,7 +509,7 @@ def test_zoo_kernel_norm_errors():
         zoo.SimpleCNN(**CNN, kernel_norm="batch")
     with pytest.raises(ValueError, match=r"weight_standardize=True and kernel_norm='weight' both reparametrize"):
         zoo.SimpleCNN(**CNN, weight_standardize=True, kernel_norm="weight")
-    from jaxnorm.models.autoencoder import UntiedAutoencoder
+    from jaxnorm.lab.models.autoencoder import UntiedAutoencoder
     with pytest.raises(ValueError, match=r"UntiedAutoencoder: kernel_norm='spectral'.*not supported"):
         UntiedAutoencoder(kernel_norm="spectral")
     with pytest.raises(ValueError, match=r"kernel_norm='spectral' needs train=True/False"):

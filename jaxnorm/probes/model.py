@@ -252,7 +252,7 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
     the eigenvalue iteration then runs as a host loop, see :func:`hessian_top_eigenvalues`) or ``jax.jit`` it (one
     program); under ``pmap``/``shard_map`` pass ``axis_name`` and map it (it is traced there).
 
-    ``state`` is a :class:`jaxnorm.train.steps.TrainState` (``step``, ``params``, ``batch_stats``, ``opt_state``),
+    ``state`` is a :class:`jaxnorm.lab.train.steps.TrainState` (``step``, ``params``, ``batch_stats``, ``opt_state``),
     never modified; ``batch`` is ``{'x', 'y'[, 'mask']}``; ``key`` a PRNG key for this probe call: one fixed dropout
     key for every evaluation (folded with the device index under ``axis_name``) and the random vectors (the same on
     all devices).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from jaxnorm.dropout import max_norm
+from jaxnorm.dropouts import max_norm
 
 
 def learning_rate_schedule(config) -> optax.Schedule:

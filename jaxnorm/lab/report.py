@@ -1,8 +1,8 @@
-"""The results report: ``python -m jaxnorm.report [--experiments experiments] [--workdir runs/results]
+"""The results report: ``python -m jaxnorm.lab.report [--experiments experiments] [--workdir runs/results]
 [--out docs/results.md] [--seeds N] [--size small] [--only NAME ...]``.
 
 The experiments are the files of ``experiments/`` (one per paper, read by path; a new paper is one new file). Each
-holds its training config and grid (``get_config``, ``get_sweep``: :mod:`jaxnorm.sweep` runs it), ``TITLE``,
+holds its training config and grid (``get_config``, ``get_sweep``: :mod:`jaxnorm.lab.sweep` runs it), ``TITLE``,
 ``ORDER`` (its place in the report), ``SEEDS``, the paper's numbers with their sources, and ``section(ctx) -> str``:
 its analysis and report section, which records one :class:`Finding` per claim with ``ctx.claim(...)``. This module
 runs (or finishes: finished runs are skipped) every experiment's sweep, then writes ``docs/results.md`` and its
@@ -29,10 +29,11 @@ from typing import Callable
 
 import numpy as np
 
-from jaxnorm import stats, sweep
-from jaxnorm.train import metrics as metrics_lib
+from jaxnorm import stats
+from jaxnorm.lab import sweep
+from jaxnorm.lab.train import metrics as metrics_lib
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS_DIR = "experiments"
 
 
@@ -273,7 +274,7 @@ def discover(directory: str | None = None) -> dict[str, object]:
         missing = [a for a in REQUIRED if not hasattr(module, a)]
         if missing:
             raise ValueError(f"{os.path.join(d, fname)} defines no {', '.join(missing)}: an experiment file needs "
-                             f"{', '.join(REQUIRED)} (see jaxnorm.report)")
+                             f"{', '.join(REQUIRED)} (see jaxnorm.lab.report)")
         found[os.path.splitext(fname)[0]] = module
     if not found:
         raise FileNotFoundError(f"{d}: no experiment files (*.py)")
@@ -334,7 +335,7 @@ def _anchor(title: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxnorm.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jaxnorm.lab.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiments", default=None, help="the folder of experiment files (default: experiments/)")
     p.add_argument("--workdir", default="runs/results", help="where the sweeps run (one folder per experiment)")
     p.add_argument("--out", default=os.path.join("docs", "results.md"), help="the markdown report")
@@ -358,7 +359,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    command = "python -m jaxnorm.report" + "".join(
+    command = "python -m jaxnorm.lab.report" + "".join(
         f" {flag} {val}" for flag, val in (("--workdir", args.workdir), ("--out", args.out)) if val) + (
         f" --experiments {args.experiments}" if args.experiments else "") + (
         f" --seeds {args.seeds}" if args.seeds else "") + (f" --size {args.size}" if args.size != "small" else "") + (

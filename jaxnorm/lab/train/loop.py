@@ -21,17 +21,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxnorm import data as data_lib
-from jaxnorm import models as models_lib
+from jaxnorm.lab import data as data_lib
+from jaxnorm.lab import models as models_lib
 from jaxnorm import nn as jnn
 from jaxnorm import probes as probes_lib
-from jaxnorm import rng
-from jaxnorm.train import checkpoint as ckpt_lib
-from jaxnorm.train import config as config_lib
-from jaxnorm.train import metrics as metrics_lib
-from jaxnorm.train import optim, parallel, pretrain as pretrain_lib, stage as stage_lib, steps
-from jaxnorm.train import workdir as workdir_lib
-from jaxnorm.train.stage import NonFiniteLossError
+from jaxnorm.lab import rng
+from jaxnorm.lab.train import checkpoint as ckpt_lib
+from jaxnorm.lab.train import config as config_lib
+from jaxnorm.lab.train import metrics as metrics_lib
+from jaxnorm.lab.train import optim, parallel, pretrain as pretrain_lib, stage as stage_lib, steps
+from jaxnorm.lab.train import workdir as workdir_lib
+from jaxnorm.lab.train.stage import NonFiniteLossError
 
 
 @dataclasses.dataclass
@@ -100,7 +100,7 @@ def _train_batch(exp: Experiment, step: int) -> dict:
 
 
 def input_pipeline(exp: Experiment, start: int, checkpointer=None) -> data_lib.GrainBatches:
-    """The training batches from step ``start`` on, through Grain (:func:`jaxnorm.data.train_batches`): this
+    """The training batches from step ``start`` on, through Grain (:func:`jaxnorm.lab.data.train_batches`): this
     process's slice of ``_train_batch(exp, t)`` for every step ``t``, read ahead (in ``data_workers`` worker
     processes when > 0). When resuming, the position saved with the checkpoint of ``start`` is checked against the
     run's options."""

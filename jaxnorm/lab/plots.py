@@ -1,4 +1,4 @@
-"""Figures from runs' ``metrics.jsonl``: ``python -m jaxnorm.plots WORKDIR [WORKDIR ...] [--out DIR]``.
+"""Figures from runs' ``metrics.jsonl``: ``python -m jaxnorm.lab.plots WORKDIR [WORKDIR ...] [--out DIR]``.
 
 Writes PNGs (matplotlib, Agg) into ``--out`` (default: the first workdir's ``plots/``), one figure per kind, every run
 overlaid and labelled by its workdir name:
@@ -34,7 +34,7 @@ from collections import defaultdict
 import matplotlib
 import numpy as np
 
-from jaxnorm.train import metrics as metrics_lib
+from jaxnorm.lab.train import metrics as metrics_lib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -188,7 +188,7 @@ def landscape_figures(workdir: str, out: str, steps: int = 21) -> list[str]:
     import jax
 
     import jaxnorm.probes as jp
-    from jaxnorm.train import loop
+    from jaxnorm.lab.train import loop
 
     exp, states = loop.restore_trajectory(workdir)
     batch = loop.train_batch(exp, 0)
@@ -297,10 +297,10 @@ def _save(fig, path: str) -> str:
 
 def plot_autoencoder(workdir: str, out: str, num_images: int = 8) -> list[str]:
     """First-layer filters and reconstructions of test inputs through the first pretrained tied autoencoder of a run
-    with ``pretrain.layers`` (its pretraining checkpoint, restored by :func:`jaxnorm.train.pretrain.restore_autoencoders`;
+    with ``pretrain.layers`` (its pretraining checkpoint, restored by :func:`jaxnorm.lab.train.pretrain.restore_autoencoders`;
     imports jax lazily)."""
-    from jaxnorm.models import autoencoder, components
-    from jaxnorm.train import loop, pretrain
+    from jaxnorm.lab.models import autoencoder, components
+    from jaxnorm.lab.train import loop, pretrain
 
     exp = loop.load_experiment(workdir)
     step, aes = pretrain.restore_autoencoders(exp, workdir)
@@ -377,13 +377,13 @@ def make_plots(workdirs: list[str], out: str | None = None, labels: list[str] | 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxnorm.plots", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jaxnorm.lab.plots", description=__doc__.split("\n\n")[0])
     p.add_argument("workdirs", nargs="+", help="run directories (each with a metrics.jsonl)")
     p.add_argument("--out", default=None, help="where the PNGs go (default: FIRST_WORKDIR/plots)")
     p.add_argument("--landscapes", action="store_true",
                    help="also the first run's trajectory plane and init→final interpolation, from its checkpoints")
     args = p.parse_args(argv)
-    from jaxnorm.train.checkpoint import CheckpointError
+    from jaxnorm.lab.train.checkpoint import CheckpointError
 
     try:
         paths = make_plots(args.workdirs, args.out, landscapes=args.landscapes)

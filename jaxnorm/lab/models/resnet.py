@@ -7,8 +7,8 @@ from typing import Callable, Sequence
 import flax.linen as nn
 
 from jaxnorm._checks import check_choice
-from jaxnorm.models.base import ConvModel, as_images, global_avg_pool, max_pool
-from jaxnorm.models.components import DropoutFactory, NormFactory
+from jaxnorm.lab.models.base import ConvModel, as_images, global_avg_pool, max_pool
+from jaxnorm.lab.models.components import DropoutFactory, NormFactory
 
 # depth → (block, blocks per stage)
 RESNET_DEPTHS = {

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxnorm import losses as losses_lib
-from jaxnorm import rng
+from jaxnorm.lab import rng
 
 
 @flax.struct.dataclass
@@ -37,7 +37,7 @@ def create_state(model, tx: optax.GradientTransformation, example_x, seed: int) 
 
 
 def dropout_key(seed: int, step) -> jax.Array:
-    """The dropout key of a training step: a pure function of (seed, step) (see :mod:`jaxnorm.rng`)."""
+    """The dropout key of a training step: a pure function of (seed, step) (see :mod:`jaxnorm.lab.rng`)."""
     return jax.random.fold_in(rng.rng_stream(seed, "dropout"), step)
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxnorm import nn as jnn
 from jaxnorm._checks import check_choice, check_positive_int
-from jaxnorm.models.components import (
+from jaxnorm.lab.models.components import (
     ACTIVATIONS,
     KERNEL_NORMS,
     NORM_POSITIONS,
@@ -41,9 +41,9 @@ class ZooModel(nn.Module):
     * ``norm``: one of ``NORMS``; ``norm_position``: ``'before'`` (layer → norm → activation, Ioffe & Szegedy's
       placement, the default) or ``'after'`` (layer → activation → norm).
     * Norm options, each forwarded only to the norms that use it: ``num_groups`` (group norm; ``None`` = 32, clamped to
-      the channel count, see :func:`jaxnorm.models.resolve_num_groups`), ``momentum``/``epsilon``/``axis_name``
+      the channel count, see :func:`jaxnorm.lab.models.resolve_num_groups`), ``momentum``/``epsilon``/``axis_name``
       (``None`` = the layer's default; ``axis_name='batch'`` gives sync batch norm), ``p`` (ℓp batch norm).
-      ``norm_kwargs``: any further options, passed to :func:`jaxnorm.models.make_norm` and checked strictly.
+      ``norm_kwargs``: any further options, passed to :func:`jaxnorm.lab.models.make_norm` and checked strictly.
     * ``dropout``: one of ``DROPOUTS``, at rate ``dropout_rate`` (default 0.5, Srivastava's hidden rate; ignored for
       ``'none'``), applied at the end of each block (after its activation, or after its norm when
       ``norm_position='after'``), i.e. just before the next weight layer.
@@ -58,7 +58,7 @@ class ZooModel(nn.Module):
     * ``kernel_norm``: a reparametrization of the weights of every hidden conv/dense layer (the projection shortcuts
       of ResNets included): ``'none'``, ``'weight'`` (weight norm, Salimans & Kingma 2016: ``w = g·v/‖v‖`` per output
       unit) or ``'spectral'`` (spectral norm, Miyato et al. 2018: ``W/σ(W)``, its power-iteration state in
-      ``'batch_stats'``, updated in training only); see :func:`jaxnorm.models.components.wrap_kernel_norm`. It
+      ``'batch_stats'``, updated in training only); see :func:`jaxnorm.lab.models.components.wrap_kernel_norm`. It
       combines with any ``norm``. ``kernel_norm_head``: also wrap the dense head (and DeepLinear's last layer);
       off by default, because a spectrally normalized head bounds the logits (every layer 1-Lipschitz: the logits
       cannot grow beyond the features' scale, which slows cross-entropy training), and a plain head leaves the

@@ -266,7 +266,7 @@ class SyntheticImagesBuilder(OfflineBuilder, skip_registration=True):
     IMAGE_SIZE = 0
     NUM_CLASSES = 10
     VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'jaxnorm.data.builders.synthetic_images: blob + grating + colour per class, seed 0.'}
+    RELEASE_NOTES = {'1.0.0': 'jaxnorm.lab.data.builders.synthetic_images: blob + grating + colour per class, seed 0.'}
 
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.IMAGE_SIZE

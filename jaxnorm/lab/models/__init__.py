@@ -15,7 +15,7 @@ create the ``'batch_stats'`` collection; the others create none. ``'noisy_batch_
 ``'dropout'`` rng stream. ``kernel_norm='weight'`` / ``'spectral'`` reparametrize the hidden conv/dense kernels
 (weight norm, spectral norm; the latter keeps its power-iteration vectors in ``'batch_stats'`` too, see
 :func:`wrap_kernel_norm`). Shared fields (norm options, placement, dropout, activation, bias rule, dtype, kernel norm)
-are documented on :class:`~jaxnorm.models.base.ZooModel`.
+are documented on :class:`~jaxnorm.lab.models.base.ZooModel`.
 
 Registries: ``NORMS``, ``DROPOUTS``, ``ACTIVATIONS``, ``MODELS``; :func:`make_norm`, :func:`make_dropout`,
 :func:`build_model`; :func:`register_norm` adds a norm (``'noisy_batch_norm'`` is registered that way) and
@@ -29,10 +29,10 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from jaxnorm.models import components as _components
-from jaxnorm.models.base import ConvModel, ZooModel
-from jaxnorm.models.cnn import CNN1D, VGG, VGG_CONFIGS, SimpleCNN
-from jaxnorm.models.components import (
+from jaxnorm.lab.models import components as _components
+from jaxnorm.lab.models.base import ConvModel, ZooModel
+from jaxnorm.lab.models.cnn import CNN1D, VGG, VGG_CONFIGS, SimpleCNN
+from jaxnorm.lab.models.components import (
     ACTIVATIONS,
     KERNEL_NORMS,
     NORM_POSITIONS,
@@ -53,8 +53,8 @@ from jaxnorm.models.components import (
     unregister_norm,
     wrap_kernel_norm,
 )
-from jaxnorm.models.mlp import MLP, DeepLinear, ioffe_mlp, srivastava_mlp
-from jaxnorm.models.resnet import RESNET_DEPTHS, ResidualBlock, ResNet
+from jaxnorm.lab.models.mlp import MLP, DeepLinear, ioffe_mlp, srivastava_mlp
+from jaxnorm.lab.models.resnet import RESNET_DEPTHS, ResidualBlock, ResNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,

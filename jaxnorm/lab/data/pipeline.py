@@ -7,7 +7,7 @@ of global step ``s`` is a pure function of ``(seed, s)``: epoch ``e`` visits the
 ``np.random.default_rng([seed, e]).permutation(n)``, and augmentation draws from
 ``np.random.default_rng([seed, s, 1])``; so a run resumes bit-exactly at any step with :func:`batch_at` or
 ``batches(..., start_step=s)`` without replaying earlier batches. Placing a batch on devices is the trainer's job
-(:meth:`jaxnorm.train.parallel.DataParallel.put_batch`).
+(:meth:`jaxnorm.lab.train.parallel.DataParallel.put_batch`).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxnorm._checks import check_positive_int
-from jaxnorm.data.builders import bundled_key
-from jaxnorm.data.preparation import default_data_dir, prepare
-from jaxnorm.data.splits import Dataset, DatasetInfo, Split, channel_stats, read_examples, standardize
-from jaxnorm.data.synthetic import GENERATED
+from jaxnorm.lab.data.builders import bundled_key
+from jaxnorm.lab.data.preparation import default_data_dir, prepare
+from jaxnorm.lab.data.splits import Dataset, DatasetInfo, Split, channel_stats, read_examples, standardize
+from jaxnorm.lab.data.synthetic import GENERATED
 
 _AUGMENT_STREAM = 1  # third word of the augmentation seed; keeps it apart from the permutation seed [seed, epoch]
 
@@ -87,7 +87,7 @@ def _supervised_keys(info: tfds.core.DatasetInfo, name: str) -> tuple[str, str]:
     keys = info.supervised_keys
     if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
         raise ValueError(
-            f'{name}: jaxnorm.data handles classification datasets with (input, label) supervised_keys, such as '
+            f'{name}: jaxnorm.lab.data handles classification datasets with (input, label) supervised_keys, such as '
             f'mnist or cifar10; this one has supervised_keys={keys!r}.'
         )
     return keys[0], keys[1]
@@ -118,7 +118,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
          train_split: str = 'train', test_split: str | None = None,
          validation_split: str | None = None) -> Dataset:
     """Loads a dataset by name: bundled ('mnist1d', 'mnist1d_10k', 'digits'), generated ('linear_regression', see
-    :func:`~jaxnorm.data.synthetic.linear_regression`), or any prepared tfds classification dataset.
+    :func:`~jaxnorm.lab.data.synthetic.linear_regression`), or any prepared tfds classification dataset.
 
     Args:
       name: 'mnist1d', 'mnist1d_10k', 'digits', or a tfds name ('mnist', 'fashion_mnist', 'cifar10',

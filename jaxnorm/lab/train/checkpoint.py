@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxnorm.train.config import ADDED_KEY_DEFAULTS, result_affecting
+from jaxnorm.lab.train.config import ADDED_KEY_DEFAULTS, result_affecting
 
 
 class CheckpointError(RuntimeError):

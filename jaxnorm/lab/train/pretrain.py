@@ -12,7 +12,7 @@ bias: BN's β takes its place), and fine-tuning runs as a normal training run.
 
 Pretraining step ``p`` trains layer ``p // steps`` on the batch ``batch_at(train, p, seed=stream_seed(seed,
 'pretrain_data'))`` with the masking-noise key ``fold_in(rng_stream(seed, 'pretrain_noise'), p)`` (see
-:mod:`jaxnorm.rng`); it runs on the same stage driver as the supervised stage (:mod:`jaxnorm.train.stage`). Its state
+:mod:`jaxnorm.lab.rng`); it runs on the same stage driver as the supervised stage (:mod:`jaxnorm.lab.train.stage`). Its state
 (every layer's autoencoder and optimizer state, a fixed structure) is checkpointed under ``WORKDIR/pretrain``, so a
 run stopped mid-pretraining resumes there bit-identically.
 """
@@ -29,13 +29,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnorm import _checks, losses, rng
-from jaxnorm import data as data_lib
-from jaxnorm.models import autoencoder as ae_lib
-from jaxnorm.models import components
-from jaxnorm.train import checkpoint as ckpt_lib
-from jaxnorm.train import metrics as metrics_lib
-from jaxnorm.train import stage as stage_lib
+from jaxnorm import _checks, losses
+from jaxnorm.lab import rng
+from jaxnorm.lab import data as data_lib
+from jaxnorm.lab.models import autoencoder as ae_lib
+from jaxnorm.lab.models import components
+from jaxnorm.lab.train import checkpoint as ckpt_lib
+from jaxnorm.lab.train import metrics as metrics_lib
+from jaxnorm.lab.train import stage as stage_lib
 
 KINDS = ("denoising", "sparse", "both")
 

@@ -13,8 +13,8 @@ import math
 import ml_collections
 
 from jaxnorm._checks import check_choice, check_positive_int, check_rate
-from jaxnorm.models.components import KERNEL_NORMS
-from jaxnorm.train.parallel import check_mode
+from jaxnorm.lab.models.components import KERNEL_NORMS
+from jaxnorm.lab.train.parallel import check_mode
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -65,14 +65,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.norm = "batch"
     c.norm_position = "before"
     # reparametrize the hidden conv/dense kernels: none | weight (Salimans & Kingma 2016) | spectral (Miyato et al.
-    # 2018, its power-iteration state in batch_stats); combines with any norm (see jaxnorm.models.ZooModel)
+    # 2018, its power-iteration state in batch_stats); combines with any norm (see jaxnorm.lab.models.ZooModel)
     c.kernel_norm = "none"
     c.dropout = "none"
     c.dropout_rate = 0.0
     c.activation = "relu"
     # every other field of the model, by the model's own name and with the model's own default when absent: norm
     # options (momentum, num_groups, epsilon, ...) and architecture (channels, depth, width, ...); see
-    # jaxnorm.models.ZooModel and the model's class
+    # jaxnorm.lab.models.ZooModel and the model's class
     c.model_kwargs = ml_collections.ConfigDict()
     # declared (unset: None) so that the command line can set them on any config; None = the model's default
     c.model_kwargs.momentum = ml_collections.config_dict.placeholder(float)
@@ -117,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     # batch norm in the probed loss: 'train' (each probed point's own batch statistics, as Santurkar et al.) or
     # 'eval' (the running statistics); written into every probe row as bn_mode
     c.probes.bn_mode = "train"
-    # greedy layer-wise autoencoder pretraining of the first dense layers (Bengio et al. 2007; see jaxnorm.train.pretrain)
+    # greedy layer-wise autoencoder pretraining of the first dense layers (Bengio et al. 2007; see jaxnorm.lab.train.pretrain)
     c.pretrain = ml_collections.ConfigDict()
     c.pretrain.layers = ()  # hidden sizes of the dense layers to pretrain, e.g. (100, 100); () = off
     c.pretrain.steps = 500  # per layer
@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.pretrain.rho = 0.05  # target mean activation (sparse)
     c.pretrain.beta = 0.1  # weight of the sparsity penalty
     c.pretrain.learning_rate = 1e-3  # adam
-    # data parallelism (see jaxnorm.train.parallel)
+    # data parallelism (see jaxnorm.lab.train.parallel)
     c.parallel = "auto"  # auto (global on several devices) | none | global | shard_map | pmap
     c.data_workers = 0  # input pipeline worker processes (Grain); 0 = read in this process (the CPU default)
     c.shard_params = False  # global mode: shard every large leaf of the state over the devices (FSDP / ZeRO-3)
@@ -185,7 +185,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def check_splits(train_split: str, validation_split: str) -> None:
     """What can be checked of the split names without the dataset (the dataset checks that it has them and that
-    the validation split shares no example with the train or test split, in ``jaxnorm.data.load``)."""
+    the validation split shares no example with the train or test split, in ``jaxnorm.lab.data.load``)."""
     if not isinstance(train_split, str) or not train_split:
         raise ValueError(f"config.train_split must name a split of the dataset ('train', 'train[:80%]'), got "
                          f"{train_split!r}")

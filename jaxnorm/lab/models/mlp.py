@@ -8,14 +8,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxnorm._checks import check_positive_int
-from jaxnorm.models.base import ZooModel
+from jaxnorm.lab.models.base import ZooModel
 
 
 class MLP(ZooModel):
     """A multilayer perceptron: input (flattened) → [dense → norm/activation → dropout] × len(hidden) → dense head.
 
     Each hidden block is ``dense → norm → act`` (``norm_position='before'``) or ``dense → act → norm`` (``'after'``),
-    then dropout (see :class:`~jaxnorm.models.base.ZooModel`); ``input_dropout_rate`` drops input units first
+    then dropout (see :class:`~jaxnorm.lab.models.base.ZooModel`); ``input_dropout_rate`` drops input units first
     (Srivastava et al. 2014 use 0.2 on inputs, 0.5 on hidden units) with the model's dropout kind, or standard dropout
     when ``dropout='none'``. The input of each activation is sown as ``intermediates/preact_{i}`` (read it with
     ``mutable=['intermediates']``: Ioffe & Szegedy's sigmoid-input percentiles). Instance norm and spatial dropout

@@ -10,8 +10,8 @@ import os
 
 import tensorflow_datasets as tfds
 
-from jaxnorm.data.builders import BUILDERS, BUNDLED, SYNTHETIC_IMAGES, bundled_key
-from jaxnorm.data.synthetic import GENERATED
+from jaxnorm.lab.data.builders import BUILDERS, BUNDLED, SYNTHETIC_IMAGES, bundled_key
+from jaxnorm.lab.data.synthetic import GENERATED
 
 DATA_DIR_ENV = 'JAXNORM_DATA_DIR'
 DEFAULT_DATA_DIR = '~/tensorflow_datasets'
@@ -66,7 +66,7 @@ def _not_prepared_error(name: str, builder: tfds.core.DatasetBuilder, data_dir: 
         f'      {_prepare_command(name, data_dir)}\n'
         f'    and copy {os.path.join(data_dir, builder.name)} to the same place here (or point ${DATA_DIR_ENV} or '
         f'data_dir= at the copy); or\n'
-        f'  * call jaxnorm.data.load({name!r}, data_dir={data_dir!r}, download=True) here.{manual_note}'
+        f'  * call jaxnorm.lab.data.load({name!r}, data_dir={data_dir!r}, download=True) here.{manual_note}'
     )
 
 

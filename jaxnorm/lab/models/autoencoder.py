@@ -16,7 +16,7 @@ is learnt by minimising ``reconstruction_loss(X', X)``. Its kernel math is the p
 * **weight decay**: :func:`weight_decay` ``(λ/2) Σ ‖W‖²`` over the kernels.
 
 The losses live in :mod:`jaxnorm.losses` and are re-exported here. Models follow the zoo's conventions
-(:class:`~jaxnorm.models.base.ZooModel`): ``norm=``, ``norm_position=``, ``dropout=``/``dropout_rate=`` and
+(:class:`~jaxnorm.lab.models.base.ZooModel`): ``norm=``, ``norm_position=``, ``dropout=``/``dropout_rate=`` and
 ``activation=`` by name. The norm sits in the encoder (after the encoder's weight layer, before/after its
 activation); dropout is applied to the code in training (the code returned is the one *before* dropout, which is
 what the sparsity penalty measures). ``num_classes`` is unused. Channels-last::
@@ -46,8 +46,8 @@ from jaxnorm.losses import (
     sparsity_penalty,
     weight_decay,
 )
-from jaxnorm.models.base import ZooModel, as_images
-from jaxnorm.models.components import ACTIVATIONS, get_activation
+from jaxnorm.lab.models.base import ZooModel, as_images
+from jaxnorm.lab.models.components import ACTIVATIONS, get_activation
 
 Array = jax.Array
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from jaxnorm._checks import check_choice
-from jaxnorm.models.base import ConvModel, as_images, global_avg_pool, max_pool
+from jaxnorm.lab.models.base import ConvModel, as_images, global_avg_pool, max_pool
 
 
 class SimpleCNN(ConvModel):

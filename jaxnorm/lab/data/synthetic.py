@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxnorm import rng as rng_lib
-from jaxnorm.data.splits import Dataset, DatasetInfo, Split
+from jaxnorm.lab import rng as rng_lib
+from jaxnorm.lab.data.splits import Dataset, DatasetInfo, Split
 
 
 def linear_regression(num_examples: int = 1000, dim: int = 10, seed: int = 0) -> Dataset:
     """Santurkar et al.'s deep-linear-network problem (their §3 and App. A): ``x ~ N(0, I_dim)``, target ``y = A·x``
     with a fixed random ``A`` (entries N(0, 1/dim)), drawn from the run's ``'synthetic_data'`` stream
-    (:func:`jaxnorm.rng.numpy_stream`). Full-batch training fits it, so the test split is the training set itself."""
+    (:func:`jaxnorm.lab.rng.numpy_stream`). Full-batch training fits it, so the test split is the training set itself."""
     rng = rng_lib.numpy_stream(seed, 'synthetic_data')
     a = rng.normal(size=(dim, dim)) / np.sqrt(dim)
     x = rng.normal(size=(num_examples, dim)).astype(np.float32)

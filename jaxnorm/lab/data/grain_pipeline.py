@@ -1,11 +1,11 @@
-"""The training input pipeline on Grain: this process's slice of :func:`~jaxnorm.data.batch_at`'s batches, read ahead
+"""The training input pipeline on Grain: this process's slice of :func:`~jaxnorm.lab.data.batch_at`'s batches, read ahead
 in worker processes or threads, with a position that is saved with the checkpoint.
 
-Batch ``t`` is the same pure function of ``(seed, t)`` as in :mod:`jaxnorm.data.pipeline` (epoch ``e`` visits the
+Batch ``t`` is the same pure function of ``(seed, t)`` as in :mod:`jaxnorm.lab.data.pipeline` (epoch ``e`` visits the
 examples in the order ``default_rng([seed, e]).permutation(n)``, the last partial batch of an epoch is padded and
 masked when ``drop_remainder=False``, crop + flip augmentation draws from ``default_rng([seed, t, 1])``), and the
 pipeline yields it bit for bit: process ``p`` of ``P`` gets rows ``[p B/P, (p+1) B/P)`` of the global batch
-``batch_at(split, t, B, ...)``, which is what :meth:`jaxnorm.train.parallel.DataParallel.local_slice` cuts today.
+``batch_at(split, t, B, ...)``, which is what :meth:`jaxnorm.lab.train.parallel.DataParallel.local_slice` cuts today.
 Each process reads (and decodes and augments) only those rows: the augmentation draws the whole global batch's
 offsets and flips from the step's generator and applies this process's rows of them.
 
@@ -18,7 +18,7 @@ random-access data source (``tfds.data_source`` / ``builder.as_data_source``, de
 CPU runs and for materialized splits) reads in this process with ``prefetch`` batches read ahead by a thread. The
 number of workers and the read-ahead change the speed only, never a batch.
 
-Wiring it into the trainer (``jaxnorm.train.loop``), in place of ``_train_batch(exp, step)`` per step::
+Wiring it into the trainer (``jaxnorm.lab.train.loop``), in place of ``_train_batch(exp, step)`` per step::
 
     batches = train_batches(exp.dataset.train, c.batch_size, seed=c.seed, augment=c.augment,
                             drop_remainder=c.drop_remainder, start_step=start, workers=c.data_workers)
@@ -43,7 +43,7 @@ builds the pipeline straight from a saved state. Because batch ``t`` depends on 
 ``start_step=int(state.step)`` resumes identically even without the saved state; the state adds the check that the
 options did not change (batch size, seed, shuffling, augmentation, remainder, split). ``workers``, ``prefetch`` and
 the process layout may change between a run and its resumption. Probes and population statistics that need a
-whole batch keep using :func:`~jaxnorm.data.batch_at` (``GrainBatches.batch_at(t)`` gives this process's slice).
+whole batch keep using :func:`~jaxnorm.lab.data.batch_at` (``GrainBatches.batch_at(t)`` gives this process's slice).
 
 Workers start with ``spawn`` (importing ``jaxnorm``: a few seconds each, once) and receive the split pickled: a tfds
 data source reopens its files in the worker; a materialized split is copied into each worker, so for a large
@@ -61,11 +61,11 @@ import grain
 import numpy as np
 
 from jaxnorm._checks import check_positive_int
-from jaxnorm.data import pipeline as pipeline_lib
-from jaxnorm.data.splits import Split
+from jaxnorm.lab.data import pipeline as pipeline_lib
+from jaxnorm.lab.data.splits import Split
 
 #: The ``kind`` field of a saved state.
-STATE_KIND = 'jaxnorm.data.GrainBatches'
+STATE_KIND = 'jaxnorm.lab.data.GrainBatches'
 #: Saved fields that decide which batch a step is: a state is restored only into a pipeline with the same values.
 STREAM_KEYS = ('split', 'num_examples', 'batch_size', 'seed', 'shuffle', 'drop_remainder', 'augment')
 _NUM_STEPS = sys.maxsize  # the length of the step dataset: the stream is endless unless num_steps is given
@@ -159,7 +159,7 @@ class GrainBatches:
                  num_steps: int | None = None, workers: int = 0, process_index: int | None = None,
                  process_count: int | None = None, prefetch: int = 2):
         if not isinstance(split, Split):
-            raise TypeError(f'train_batches: split must be a jaxnorm.data.Split (e.g. load(name).train), got '
+            raise TypeError(f'train_batches: split must be a jaxnorm.lab.data.Split (e.g. load(name).train), got '
                             f'{type(split).__name__}')
         batch_size = pipeline_lib.checked_batch_size('train_batches', batch_size, len(split), f'the split {split.name}')
         seed = check_positive_int('train_batches', 'seed', seed, 0)
@@ -336,7 +336,7 @@ def train_batches(split: Split, batch_size: int, *, seed: int = 0, shuffle: bool
     Args:
       split: ``load(name).train`` (materialized arrays or a tfds data source, ``load(..., materialize=False)``).
       batch_size: the global batch size (all processes); divisible by ``process_count``.
-      seed, shuffle, drop_remainder, augment: as in :func:`~jaxnorm.data.batch_at`.
+      seed, shuffle, drop_remainder, augment: as in :func:`~jaxnorm.lab.data.batch_at`.
       start_step: the first step (a resumed run's ``state.step``).
       num_steps: how many batches, or None for an endless stream.
       workers: worker processes that read, decode and augment (0: in this process, the CPU default). More than

@@ -34,15 +34,15 @@ Any other tfds dataset (``mnist``, ``fashion_mnist``, ``cifar10``, ``imagenet201
     >>> it = train_batches(ds.train, 128, seed=0, workers=2)  # this process's slice of batch_at(ds.train, t, 128)
     >>> batch = next(it); saved = it.get_state()             # saved with the checkpoint; it.set_state(saved) resumes
 """
-from jaxnorm.data.builders import (BUILDERS, BUNDLED, SYNTHETIC_IMAGES, DigitsBuilder, Mnist1d10kBuilder,
+from jaxnorm.lab.data.builders import (BUILDERS, BUNDLED, SYNTHETIC_IMAGES, DigitsBuilder, Mnist1d10kBuilder,
                                    Mnist1dBuilder, SyntheticImages32Builder, SyntheticImages64Builder,
                                    synthetic_images)
-from jaxnorm.data.grain_pipeline import GrainBatches, train_batches
-from jaxnorm.data.pipeline import (Batch, batch_at, batch_indices, batches, data_source, epoch_permutation,
+from jaxnorm.lab.data.grain_pipeline import GrainBatches, train_batches
+from jaxnorm.lab.data.pipeline import (Batch, batch_at, batch_indices, batches, data_source, epoch_permutation,
                                    eval_batches, load, num_batches, random_crop_flip)
-from jaxnorm.data.preparation import DatasetNotPreparedError, UnknownDatasetError, default_data_dir, prepare
-from jaxnorm.data.splits import Dataset, DatasetInfo, Split, channel_stats
-from jaxnorm.data.synthetic import GENERATED, linear_regression
+from jaxnorm.lab.data.preparation import DatasetNotPreparedError, UnknownDatasetError, default_data_dir, prepare
+from jaxnorm.lab.data.splits import Dataset, DatasetInfo, Split, channel_stats
+from jaxnorm.lab.data.synthetic import GENERATED, linear_regression
 
 __all__ = [
     'BUILDERS', 'BUNDLED', 'Batch', 'Dataset', 'DatasetInfo', 'DatasetNotPreparedError', 'DigitsBuilder', 'GENERATED',

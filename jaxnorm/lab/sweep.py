@@ -1,4 +1,4 @@
-"""Experiment sweeps: ``python -m jaxnorm.sweep experiments/<exp>.py --workdir runs/<exp> [--seeds N] [--config.k=v]``.
+"""Experiment sweeps: ``python -m jaxnorm.lab.sweep experiments/<exp>.py --workdir runs/<exp> [--seeds N] [--config.k=v]``.
 
 An experiment file is a training config (``get_config()``, runnable alone with ``train.py``) that also declares its
 grid: ``get_sweep(config) -> [overrides, ...]``, one dict of (dotted) config keys per grid point, computed from the
@@ -11,7 +11,7 @@ resumes from its checkpoint. Then:
 - ``WORKDIR/summary.json``: the rows, and per grid point the mean, std (ddof=1) and count over the seeds that
   finished, with the command, the size and the commits of the code that trained the runs (``+dirty``: with
   uncommitted changes);
-- ``WORKDIR/plots/``: :func:`jaxnorm.plots.make_plots` over the first seed of every grid point.
+- ``WORKDIR/plots/``: :func:`jaxnorm.lab.plots.make_plots` over the first seed of every grid point.
 
 A run that diverges (non-finite loss) is a result, not a failure: its status is ``diverged`` and it is left out of
 the means. A run that cannot start (bad config, a workdir of another run) is ``failed`` and makes the exit status 1.
@@ -69,7 +69,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def _apply(config, overrides: dict):
-    from jaxnorm.train import config as config_lib
+    from jaxnorm.lab.train import config as config_lib
 
     flat = {}
     for key, value in overrides.items():
@@ -101,7 +101,7 @@ def _fmt(v) -> str:
 def plan(path: str, seeds: int | None = None, overrides: dict | None = None):
     """``(base_config, points, seeds)``: the size-resolved base config and the grid, each point a dict with its
     ``name``, ``overrides`` and ``explicit`` keys. Checks every point's config before anything runs."""
-    from jaxnorm.train import config as config_lib
+    from jaxnorm.lab.train import config as config_lib
 
     module = load_experiment(path)
     overrides = dict(overrides or {})
@@ -137,7 +137,7 @@ def plan(path: str, seeds: int | None = None, overrides: dict | None = None):
 
 def _status(workdir: str, config) -> dict | None:
     """The recorded result of a finished (or diverged) run with this config, or None."""
-    from jaxnorm.train import config as config_lib
+    from jaxnorm.lab.train import config as config_lib
 
     result = _read_result(os.path.join(workdir, RESULT_FILE))
     if result is None:
@@ -188,8 +188,8 @@ def _jsonable(v):
 def run_one(config, workdir: str, explicit, commit: str = "unknown") -> dict:
     """Train one run (skipping it when finished); returns its result: status finished | diverged | failed, and the
     ``commit`` of the code that trained it (kept from the first time for a skipped run)."""
-    from jaxnorm.train import config as config_lib
-    from jaxnorm.train import loop
+    from jaxnorm.lab.train import config as config_lib
+    from jaxnorm.lab.train import loop
 
     resolved = config_lib.resolve_size(config, explicit)
     done = _status(workdir, resolved)
@@ -220,7 +220,7 @@ def summarize_run(workdir: str, result: dict) -> dict:
     training split (``eval_train``): both sides then measure the same network the same way. Otherwise it is the
     earlier ``train_accuracy − test_accuracy``, which is then also ``gap_minibatch`` when both exist; under dropout
     its train side is the thinned network's, lower, so it understates the gap of dropout runs."""
-    from jaxnorm.train.metrics import read_metrics
+    from jaxnorm.lab.train.metrics import read_metrics
 
     row: dict[str, Any] = {"status": result["status"], "wall_s": result.get("wall_s", float("nan"))}
     if result["status"] != "finished":
@@ -277,7 +277,7 @@ CODE_PATHS = ("jaxnorm", "configs", "experiments", "train.py", "pyproject.toml")
 
 def git_commit() -> str:
     """The commit of the code that ran (``+dirty`` when ``CODE_PATHS`` have uncommitted changes), or 'unknown'."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
@@ -332,14 +332,14 @@ def run_sweep(path: str, workdir: str, seeds: int | None = None, overrides: dict
             log(f"[{n}/{total}] {point['name']} seed {seed}: {what}{acc}  ({row['wall_s']:.1f} s){msg}")
     meta = {"experiment": os.path.splitext(os.path.basename(path))[0], "config_file": path, "size": base.size,
             "seeds": seeds, "overrides": {k: v for k, v in overrides.items() if k != "progress"},
-            "commit": ", ".join(sorted({r["commit"] for r in rows})), "command": "python -m jaxnorm.sweep " + " ".join(
+            "commit": ", ".join(sorted({r["commit"] for r in rows})), "command": "python -m jaxnorm.lab.sweep " + " ".join(
                 [path, "--workdir", workdir, "--seeds", str(seeds)]
                 + [f"--config.{k}={v}" for k, v in overrides.items() if k != "progress"]),
             "total_wall_s": sum(r["wall_s"] for r in rows if math.isfinite(r["wall_s"])),  # incl. earlier runs
             "elapsed_s": time.perf_counter() - t_start}
     summary = write_summary(workdir, rows, meta)
     if plots:
-        from jaxnorm import plots as plots_lib
+        from jaxnorm.lab import plots as plots_lib
 
         firsts = [r for r in rows if r["seed"] == 0 and os.path.exists(os.path.join(r["workdir"], "metrics.jsonl"))]
         if firsts:
@@ -349,7 +349,7 @@ def run_sweep(path: str, workdir: str, seeds: int | None = None, overrides: dict
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxnorm.sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jaxnorm.lab.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="experiment file with get_config() and get_sweep(config)")
     p.add_argument("--workdir", required=True, help="where the runs, summary.csv/json and plots/ go")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per grid point (default: the file's SEEDS or "
