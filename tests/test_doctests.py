@@ -1,0 +1,34 @@
+"""Every example in a docstring runs (doctest), in every module of the package, the lab included.
+
+An example is a ``>>>`` block; its printed output is compared with ELLIPSIS and NORMALIZE_WHITESPACE. Examples
+that only show a call (no expected output) still have to run without raising.
+"""
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import jaxnorm
+
+OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+
+def _module_names():
+    names = ["jaxnorm"]
+    for info in pkgutil.walk_packages(jaxnorm.__path__, "jaxnorm."):
+        names.append(info.name)
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", _module_names())
+def test_docstring_examples_run(name, capsys):
+    module = importlib.import_module(name)
+    tests = doctest.DocTestFinder(exclude_empty=True).find(module, name)
+    runner = doctest.DocTestRunner(optionflags=OPTIONS)
+    for test in tests:
+        if test.examples and test.name.startswith(name):  # not the docstrings of names it imports
+            runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed:\n" + capsys.readouterr().out
