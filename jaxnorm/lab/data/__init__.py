@@ -27,12 +27,21 @@ Any other tfds dataset (``mnist``, ``fashion_mnist``, ``cifar10``, ``imagenet201
     decoded by tfds with PIL/OpenCV (no TensorFlow). Preparing an image dataset, however, does need TensorFlow
     (tfds encodes images with ``tf.image``), so prepare those on a machine that has it and copy the directory.
 
-    >>> ds = load('digits')
-    >>> for batch in batches(ds.train, 128, seed=0, num_steps=100): ...
-    >>> for batch in eval_batches(ds.test, 256): ...      # every test example exactly once, padded + masked
-    >>> ds = load('digits', train_split='train[:80%]', validation_split='train[80%:]')  # ds.validation: a Split
-    >>> it = train_batches(ds.train, 128, seed=0, workers=2)  # this process's slice of batch_at(ds.train, t, 128)
-    >>> batch = next(it); saved = it.get_state()             # saved with the checkpoint; it.set_state(saved) resumes
+    >>> import tempfile
+    >>> data_dir = tempfile.mkdtemp()                      # prepared here offline (default: see Storage)
+    >>> ds = load('digits', data_dir, train_split='train[:80%]', validation_split='train[80%:]')  # doctest: +ELLIPSIS
+    Downloading and preparing dataset ...
+    >>> len(ds.train), len(ds.validation) > 0
+    (1150, True)
+    >>> batch = next(batches(ds.train, 128, seed=0, num_steps=100))
+    >>> batch['x'].shape, batch['y'].shape
+    ((128, 8, 8, 1), (128,))
+    >>> n = sum(int(b['mask'].sum()) for b in eval_batches(ds.test, 256))   # every test example once, padded
+    >>> n == len(ds.test)
+    True
+    >>> it = train_batches(ds.train, 128, seed=0)            # Grain: this process's slice of batch_at(ds.train, t, 128)
+    >>> _ = next(it); saved = it.get_state()               # saved with the checkpoint; it.set_state(saved) resumes
+    >>> it.close()
 """
 from jaxnorm.lab.data.builders import (BUILDERS, BUNDLED, SYNTHETIC_IMAGES, DigitsBuilder, Mnist1d10kBuilder,
                                    Mnist1dBuilder, SyntheticImages32Builder, SyntheticImages64Builder,

@@ -81,7 +81,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """The model ``name`` (a key of ``MODELS``; case, '-' and '_' are ignored: 'ResNet-18' is 'resnet18') built
     with ``kwargs``; unknown names raise a ValueError listing ``MODELS``.
 
-    >>> build_model('resnet18', norm='batch', width=0.125, num_classes=10)
+    >>> model = build_model('ResNet-18', norm='batch', width=0.125, num_classes=10)
+    >>> type(model).__name__
+    'ResNet'
     """
     def squash(s):
         return s.lower().replace("-", "").replace("_", "")

@@ -253,6 +253,8 @@ def make_norm(name: str, **kwargs) -> NormFactory:
 
     >>> norm = make_norm('group', num_groups=8)
     >>> layer = norm(64, name='norm1')      # inside a compact method; layer(x, train=train)
+    >>> type(layer).__name__, layer.num_groups
+    ('GroupNorm', 8)
     """
     spec = norm_spec(name)
     bad = sorted(set(kwargs) - set(spec.options))
