@@ -1,39 +1,41 @@
-"""Optimization-landscape probes: Santurkar et al. (2018)'s loss/gradient/β-smoothness probes, internal covariate
-shift (their Definition 2.1), Hessian curvature and filter-normalized loss slices.
+"""Optimization-landscape probes: Santurkar et al. (2018)'s loss, gradient and β-smoothness probes, internal
+covariate shift (their Definition 2.1), Hessian curvature (top eigenvalues, trace, spectral density, per layer) and
+loss-landscape slices (Li et al. 2018; Goodfellow et al. 2015).
 
-Every probe takes ``loss_fn(params, batch) -> scalar`` (pure), ``params`` and ``batch``, returns arrays, is
-jit-compiled (cached per ``loss_fn`` object and shapes), vmapped over its step sizes / probe vectors / grid points
-(``chunk=`` bounds memory), never modifies or donates its inputs, and runs per device under ``pmap``/``shard_map``
-with ``axis_name=`` (losses and gradients ``pmean``'d: the global-batch result for equal shards)::
+Every probe takes ``loss_fn(params, batch) -> scalar`` (pure), ``params`` and ``batch``, and returns arrays. The
+probes are jit-compiled (cached per ``loss_fn`` object and shapes), never modify their inputs, and run per device
+under ``pmap``/``shard_map`` with ``axis_name=``. The curvature probes and :func:`santurkar_probe` also take a data
+set, a list of batches or ``dataset(batches)``, and average over it. :func:`model_loss_fn` builds ``loss_fn`` for a
+Flax linen model (train mode: batch statistics, the running ones left unchanged).
 
-    import jaxnorm.probes as jp
+Example: a small MLP with batch norm, two batches of 16 examples.
 
-    loss_fn = jp.model_loss_fn(model, state.batch_stats, dropout_key)   # train mode, fixed dropout key
-    s = jp.santurkar_probe(loss_fn, state.params, batch, lr=0.1)         # losses, grad_changes, beta_smoothness …
-    ics = jp.internal_covariate_shift(loss_fn, state.params, batch, lr=0.1)   # {'l2': {layer: …}, 'cos': …}
-    vals, vecs = jp.hessian_top_eigenvalues(loss_fn, state.params, batch, k=2, key=key)
-    tr = jp.hessian_trace(loss_fn, state.params, batch, key=key, num_samples=50)['trace']
-    dens = jp.hessian_spectral_density(loss_fn, state.params, batch, key=key, num_runs=4)
-    c = jp.directional_curvature(loss_fn, state.params, batch)           # gᵀHg/‖g‖²
-    # any curvature probe: another operator, a parameter block, the average over a data set
-    jp.hessian_top_eigenvalues(loss_fn, state.params, jp.dataset(batches), key=key, operator='ggn',
-                               params_filter=['conv_0'])              # also 'fisher', 'empirical_fisher'
-    tr = jp.hessian_trace(loss_fn, state.params, batch, key=key, num_samples=60, method='hutch++')
-    table = jp.curvature_per_layer(loss_fn, state.params, batch, key=key)   # {layer: top eigenvalue, trace}
-    sl = jp.loss_slice_1d(loss_fn, state.params, batch, key=key, steps=21, span=1.0)
-    surf = jp.loss_slice_2d(loss_fn, state.params, batch, key=key, steps=21)   # biases and BN left out by default
-    line = jp.interpolate(loss_fn, init_params, state.params, batch)          # Goodfellow et al.: init → trained
-    path = jp.trajectory_surface(loss_fn, [ckpt_1, ckpt_2, ckpt_3, state.params], batch)   # top-2 PCA plane
-
-    loss_fn = jp.model_state_loss_fn(model)     # the same, with the state as an input: compiled once for all steps
-    s = jp.santurkar_probe(loss_fn, state.params, {'batch': batch, 'batch_stats': state.batch_stats,
-                                                   'dropout_key': dropout_key}, lr=0.1)
-
-    loss_fn, params = jp.nnx_loss_fn(nnx_model)                 # Flax NNX: nnx.split, train-mode BN
-    loss_fn, params = jp.eqx_loss_fn(eqx_model, state, key)    # Equinox: eqx.partition, vmapped over the batch
-
-    probe_fn = jp.make_probe_fn(model, probes=('santurkar', 'ics'), lr=0.1)   # for the training loop
-    metrics = probe_fn(state, batch, key)        # {'santurkar/beta_smoothness': …}; eager, jit or pmap
+>>> import jax
+>>> import flax.linen as nn
+>>> import jaxnorm.nn
+>>> import jaxnorm.probes as jp
+>>> class MLP(nn.Module):
+...     @nn.compact
+...     def __call__(self, x, train=True):
+...         h = nn.Dense(8, name='dense_0')(x)
+...         h = jaxnorm.nn.BatchNorm(name='norm_0')(h, train=train)
+...         return nn.Dense(3, name='head')(nn.relu(h))
+>>> x = jax.random.normal(jax.random.key(0), (2, 16, 4))
+>>> y = jax.random.randint(jax.random.key(1), (2, 16), 0, 3)
+>>> batches = [{'x': x[i], 'y': y[i]} for i in range(2)]
+>>> model = MLP()
+>>> variables = model.init(jax.random.key(2), x[0], train=False)
+>>> params = variables['params']
+>>> loss_fn = jp.model_loss_fn(model, variables['batch_stats'])
+>>> s = jp.santurkar_probe(loss_fn, params, batches[0], etas=[0.05, 0.1, 0.2])
+>>> s['losses'].shape, bool(s['beta_smoothness'] > 0)
+((3,), True)
+>>> vals, vecs = jp.hessian_top_eigenvalues(loss_fn, params, jp.dataset(batches), k=2, key=jax.random.key(3),
+...                                         method='lanczos', num_iters=12)
+>>> vals.shape, vecs['head']['kernel'].shape      # |λ₁| ≥ |λ₂| of the two batches' average Hessian
+((2,), (2, 8, 3))
+>>> bool(abs(vals[0]) >= abs(vals[1]))
+True
 """
 
 from jaxnorm.probes.curvature import (

@@ -30,10 +30,12 @@ def _flat_hvp_fn(loss_fn, params, batch, axis_name, operator="hessian", mask=Non
 
 
 def _check(where, loss_fn, params, batch, operator, params_filter):
-    """The checks every curvature probe makes; returns the static parameter mask."""
+    """The checks every curvature probe makes; returns ``(batch, mask)``: the batch argument normalized (a list of
+    batches made a :func:`dataset`, :func:`jaxnorm.probes.operators.as_batch`) and the static parameter mask."""
+    batch = O.as_batch(where, batch)
     O.check_operator(where, operator, loss_fn)
     C.check_scalar_loss(where, loss_fn, params, O.first_batch(batch))
-    return O.select(where, params, params_filter)
+    return batch, O.select(where, params, params_filter)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name", "operator", "mask"))
@@ -58,7 +60,7 @@ def hvp(loss_fn: C.LossFn, params, batch, v, *, operator: str = "hessian", param
     if jax.tree.structure(v) != jax.tree.structure(params):
         raise ValueError(f"hvp: v must be a pytree shaped like params, got {jax.tree.structure(v)} vs "
                          f"{jax.tree.structure(params)}")
-    mask = _check("hvp", loss_fn, params, batch, operator, params_filter)
+    batch, mask = _check("hvp", loss_fn, params, batch, operator, params_filter)
     return _hvp(loss_fn, params, batch, v, axis_name=axis_name, operator=operator, mask=mask)
 
 
@@ -254,7 +256,7 @@ def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key
         raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
     k = _checks.check_positive_int(where, "k", k)
     num_iters = _checks.check_positive_int(where, "num_iters", num_iters)
-    mask = _check(where, loss_fn, params, batch, operator, params_filter)
+    batch, mask = _check(where, loss_fn, params, batch, operator, params_filter)
     n = O.size(params, mask)
     if k > n:
         raise ValueError(f"{where}: asked for k={k} eigenvalues but params has only {n} entries (the Hessian is "
@@ -364,7 +366,7 @@ def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_sampl
                          f"{num_samples}; use num_samples ≥ 3 (≥ 30 for a useful sketch)")
     C.check_key(where, key, "the Rademacher probes")
     chunk = C.check_chunk(where, chunk)
-    mask = _check(where, loss_fn, params, batch, operator, params_filter)
+    batch, mask = _check(where, loss_fn, params, batch, operator, params_filter)
     n = O.size(params, mask)
     kw = dict(axis_name=axis_name, operator=operator, mask=mask)
     device = _resolve_loop(where, loop, params, batch, key, axis_name) == "device"
@@ -452,7 +454,7 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
     C.check_key(where, key, "the Lanczos start vectors")
     chunk = C.check_chunk(where, chunk)
     sigma = jnp.float32(0.0 if sigma is None else sigma)
-    mask = _check(where, loss_fn, params, batch, operator, params_filter)
+    batch, mask = _check(where, loss_fn, params, batch, operator, params_filter)
     if _resolve_loop(where, loop, params, batch, key, axis_name) == "device":
         return _density(loss_fn, params, batch, key, sigma, num_lanczos_steps=m, num_runs=runs, num_points=pts,
                         chunk=chunk, axis_name=axis_name, operator=operator, mask=mask)
@@ -492,7 +494,7 @@ def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, o
     ``params_filter`` leaves. One gradient + one operator-vector product."""
     if direction is not None and jax.tree.structure(direction) != jax.tree.structure(params):
         raise ValueError("directional_curvature: direction must be a pytree shaped like params")
-    mask = _check("directional_curvature", loss_fn, params, batch, operator, params_filter)
+    batch, mask = _check("directional_curvature", loss_fn, params, batch, operator, params_filter)
     return _directional(loss_fn, params, batch, direction, axis_name=axis_name, operator=operator, mask=mask)
 
 
@@ -540,7 +542,7 @@ def curvature_per_layer(loss_fn: C.LossFn, params, batch, *, key: jax.Array, lay
     layer (so two runs compare layer by layer)."""
     where = "curvature_per_layer"
     names = layer_names(params) if layers is None else list(layers)
-    mask = _check(where, loss_fn, params, batch, operator, None)
+    batch, mask = _check(where, loss_fn, params, batch, operator, None)
     num_samples = _checks.check_positive_int(where, "num_samples", num_samples)
     C.check_key(where, key, "the start and Rademacher vectors")
     paths = O.leaf_paths(params)

@@ -15,6 +15,7 @@ import optax.tree_utils as otu
 
 from jaxnorm import _checks
 from jaxnorm.probes import _common as C
+from jaxnorm.probes import operators as O
 
 
 def _top_level_names(where: str, params) -> list:
@@ -54,6 +55,7 @@ def layer_order(loss_fn: C.LossFn, params, batch, *, axis_name: str | None = Non
     after one training step the dict order is no longer the forward order. Pass an explicit ``order`` to
     :func:`internal_covariate_shift` to override. Cached per ``(loss_fn, shapes)``.
     """
+    batch = O.as_batch("layer_order", batch, data_set=False)
     names = _top_level_names("layer_order", params)
     pl, pt = jax.tree.flatten(_abstract(params))
     bl, bt = jax.tree.flatten(_abstract(batch))
@@ -211,6 +213,7 @@ def internal_covariate_shift(loss_fn: C.LossFn, params, batch, *, lr=None, layer
       not first) gradient evaluations.
     """
     where = "internal_covariate_shift"
+    batch = O.as_batch(where, batch, data_set=False)
     order, layers = _resolve_layers(where, params, order, layers, loss_fn, batch, axis_name)
     if tx is not None and update_fn is not None:
         raise ValueError(f"{where}: pass tx= (with opt_state=) or update_fn=, not both")

@@ -19,6 +19,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnorm import _checks
 from jaxnorm.probes import _common as C
+from jaxnorm.probes import operators as O
 
 
 @functools.partial(jax.jit, static_argnames=("include_1d", "epsilon"))
@@ -107,6 +108,7 @@ def loss_slice_1d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
     Returns ``{'alphas' (steps,), 'losses' (steps,)}``.
     """
     where = "loss_slice_1d"
+    batch = O.as_batch(where, batch, data_set=False)
     steps = _checks.check_positive_int(where, "steps", steps)
     lo, hi = _span(where, span)
     (d,) = _directions(where, key, params, direction, 1, include_1d)
@@ -127,6 +129,7 @@ def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
     betas[j]·d₂)``. Use ``chunk`` to bound memory: the grid is evaluated ``chunk`` points at a time.
     """
     where = "loss_slice_2d"
+    batch = O.as_batch(where, batch, data_set=False)
     sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)
     sa, sb = _checks.check_positive_int(where, "steps", sa), _checks.check_positive_int(where, "steps", sb)
     lo, hi = _span(where, span)
@@ -146,6 +149,7 @@ def interpolate(loss_fn: C.LossFn, params_a, params_b, batch, *, steps: int = 25
     et al. 2015; ``α = 0`` is ``a``, ``α = 1`` is ``b``) or two checkpoints. Every leaf is interpolated, biases and
     normalization parameters included. Returns ``{'alphas' (steps,), 'losses' (steps,)}``."""
     where = "interpolate"
+    batch = O.as_batch(where, batch, data_set=False)
     if jax.tree.structure(params_a) != jax.tree.structure(params_b):
         raise ValueError(f"{where}: params_a and params_b must have the same structure, got "
                          f"{jax.tree.structure(params_a)} vs {jax.tree.structure(params_b)}")
@@ -203,6 +207,7 @@ def trajectory_surface(loss_fn: C.LossFn, trajectory, batch, *, steps: int | tup
     their range on each side. Returns ``{'alphas', 'betas', 'losses' (Sα, Sβ), 'coords' (T, 2),
     'explained_variance'}`` (``losses[i, j]`` at ``θ_c + alphas[i]·d₁ + betas[j]·d₂``; the path is ``coords``)."""
     where = "trajectory_surface"
+    batch = O.as_batch(where, batch, data_set=False)
     sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)
     sa, sb = _checks.check_positive_int(where, "steps", sa), _checks.check_positive_int(where, "steps", sb)
     if not margin >= 0:

@@ -32,7 +32,7 @@ empirical Fisher, of one batch or averaged over a data set, on all parameters or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -100,6 +100,32 @@ def dataset(batches: Iterable | Any, *, stacked: bool = False) -> Dataset:
     # stay on the host until a probe's program takes them
     stack = lambda *xs: jnp.stack(xs) if any(isinstance(x, jax.Array) for x in xs) else np.stack(xs)  # noqa: E731
     return Dataset(jax.tree.map(stack, *items))
+
+
+def _is_batch_list(batch) -> bool:
+    """Whether ``batch`` is a plain ``list`` that can only mean a data set: its elements all Mappings, or all of one
+    pytree structure and not arrays (a ``list`` of arrays, like every ``tuple``, stays one batch)."""
+    if type(batch) is not list or not batch:
+        return False
+    if all(isinstance(b, Mapping) for b in batch):
+        return True
+    if any(isinstance(b, (jax.Array, np.ndarray, np.generic, int, float, complex)) for b in batch):
+        return False
+    first = jax.tree.structure(batch[0])
+    return all(jax.tree.structure(b) == first for b in batch[1:])
+
+
+def as_batch(where: str, batch, *, data_set: bool = True):
+    """The ``batch`` argument of a probe, normalized: a plain ``list`` of batches (see :func:`_is_batch_list`)
+    becomes ``dataset(batch)``. With ``data_set=False`` (a probe that evaluates one batch) a list of batches or a
+    :class:`Dataset` raises a ValueError."""
+    is_list = _is_batch_list(batch)
+    if not data_set and (is_list or isinstance(batch, Dataset)):
+        what = f"a list of {len(batch)} batches" if is_list else repr(batch)
+        raise ValueError(f"{where}: got {what}, but {where} evaluates one batch and cannot average over a data set; "
+                         "pass one batch (e.g. batches[0]); the probes that average over a data set (the curvature "
+                         "probes, santurkar_probe) take a list of batches or jp.dataset(batches)")
+    return dataset(batch) if is_list else batch
 
 
 def first_batch(batch):

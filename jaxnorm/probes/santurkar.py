@@ -223,6 +223,7 @@ def santurkar_probe(loss_fn: C.LossFn, params, batch, *, lr=None, etas=None, dir
     recompiling (new ``params``, ``batch``, ``lr`` or ``etas`` values of the same shapes reuse it; see
     :func:`jaxnorm.probes.model_state_loss_fn`). Safe inside ``jit``, ``pmap`` and ``shard_map``.
     """
+    batch = O.as_batch("santurkar_probe", batch)
     if direction not in DIRECTIONS:
         raise ValueError(f"santurkar_probe: direction must be one of {DIRECTIONS}, got {direction!r}")
     _check_etas(etas, lr)
