@@ -16,10 +16,10 @@ OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
 def _module_names():
-    names = ["jaxnorm"]
-    for info in pkgutil.walk_packages(jaxnorm.__path__, "jaxnorm."):
-        names.append(info.name)
-    return sorted(names)
+    """Every module of the package; the lab's marked ``lab`` (they need the [train] extra)."""
+    names = ["jaxnorm"] + [info.name for info in pkgutil.walk_packages(jaxnorm.__path__, "jaxnorm.")]
+    return [pytest.param(n, marks=pytest.mark.lab) if n.split(".")[:2] == ["jaxnorm", "lab"] else n
+            for n in sorted(names)]
 
 
 @pytest.mark.parametrize("name", _module_names())
