@@ -24,9 +24,11 @@ def _flag_error(e: BaseException) -> str:
     if isinstance(e, (KeyError, AttributeError)):  # ml_collections: an unknown key, with its own suggestion
         key = re.search(r"'([^'\\]+)", text)
         hint = re.search(r'Did you mean "([^"]+)"', text)
-        return (f"unknown config key {key.group(1) if key else text!r}"
-                + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-                + "; python train.py --help lists the config's keys")
+        return (
+            f"unknown config key {key.group(1) if key else text!r}"
+            + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+            + "; python train.py --help lists the config's keys"
+        )
     missing = re.search(r"No such file or directory: '([^']+)'", text)
     if missing:
         return f"config file {missing.group(1)} not found; pass --config configs/NAME.py (e.g. configs/default.py)"
@@ -46,8 +48,14 @@ def _supervise(argv, config, workdir: str) -> int:
     stderr, SIGINT/SIGTERM sent to this process are passed on, and an abort becomes ``error: ... stopped
     responding; last checkpoint step N`` with exit status 1."""
     env = {**os.environ, "_JAXNORM_SUPERVISED": "1"}
-    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv[1:]], stderr=subprocess.PIPE,
-                             text=True, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *argv[1:]],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: child.send_signal(signum))
     muted, dump = False, []  # from the coordination service's first error on, the rest is the abort's dump
@@ -62,17 +70,23 @@ def _supervise(argv, config, workdir: str) -> int:
     if rc != -signal.SIGABRT:
         return rc if rc >= 0 else 128 - rc
     if any("RegisterTask" in line for line in dump):  # it never got past connecting
-        print(f"error: process {config.process_id} of {config.num_processes}: not every process connected to the "
-              f"coordinator {config.coordinator_address} within the initialization timeout "
-              f"({config.heartbeat_timeout * 3} s = 3 × heartbeat_timeout); start all {config.num_processes} "
-              "processes with the same --config.coordinator_address", file=sys.stderr)
+        print(
+            f"error: process {config.process_id} of {config.num_processes}: not every process connected to the "
+            f"coordinator {config.coordinator_address} within the initialization timeout "
+            f"({config.heartbeat_timeout * 3} s = 3 × heartbeat_timeout); start all {config.num_processes} "
+            "processes with the same --config.coordinator_address",
+            file=sys.stderr,
+        )
         return 1
     from jaxnorm.lab.train.checkpoint import saved_steps
 
     saved = saved_steps(workdir)
-    print(f"error: process {config.process_id} of {config.num_processes}: a peer process or the coordinator stopped "
-          f"responding (the JAX distributed service reported it); last checkpoint step "
-          f"{saved[-1] if saved else 'none'}. Restart every process with the same command to resume", file=sys.stderr)
+    print(
+        f"error: process {config.process_id} of {config.num_processes}: a peer process or the coordinator stopped "
+        f"responding (the JAX distributed service reported it); last checkpoint step "
+        f"{saved[-1] if saved else 'none'}. Restart every process with the same command to resume",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -90,10 +104,14 @@ def cli(argv) -> int:
     fv = flags.FlagValues()
     try:
         config = config_flags.DEFINE_config_file(
-            "config", os.path.join(_HERE, "configs", "default.py"), "Path to a config file (get_config()).",
-            flag_values=fv)
-        workdir = flags.DEFINE_string("workdir", "runs/default", "Where metrics, checkpoints and the config go.",
-                                      flag_values=fv)
+            "config",
+            os.path.join(_HERE, "configs", "default.py"),
+            "Path to a config file (get_config()).",
+            flag_values=fv,
+        )
+        workdir = flags.DEFINE_string(
+            "workdir", "runs/default", "Where metrics, checkpoints and the config go.", flag_values=fv
+        )
         wants_help = any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv[1:])
         rest = fv([a for a in argv if a not in ("-h", "--help", "--helpfull", "--helpshort")])
         if len(rest) > 1:
@@ -102,13 +120,17 @@ def cli(argv) -> int:
             raise flags.Error("--workdir is empty: give the run directory, e.g. --workdir runs/mine")
         cfg = config.value
         cfg.to_dict()  # a config file that failed to load raises here, not at first use
-    except Exception as e:  # noqa: BLE001 - every way a config or flag can fail to load ends as one line
+    except Exception as e:
         if os.environ.get("JAXNORM_DEBUG"):
             raise
         print(f"error: {_flag_error(e)}", file=sys.stderr)
         return 1
     if wants_help:
-        print(__doc__ + "\nOptions: --config FILE, --workdir DIR, and every config key as --config.KEY=VALUE:\n\n" + str(cfg))
+        print(
+            __doc__
+            + "\nOptions: --config FILE, --workdir DIR, and every config key as --config.KEY=VALUE:\n\n"
+            + str(cfg)
+        )
         return 0
     if cfg.num_processes != 1 and not os.environ.get("_JAXNORM_SUPERVISED"):
         return _supervise(argv, cfg, workdir.value)
@@ -116,7 +138,7 @@ def cli(argv) -> int:
     import jaxnorm.lab.train  # after flag parsing, so --help is fast
 
     # keys given as --config.KEY=... win over the preset that --config.size=NAME applies
-    explicit = [name[len("config."):] for name in fv if name.startswith("config.") and fv[name].present]
+    explicit = [name[len("config.") :] for name in fv if name.startswith("config.") and fv[name].present]
     return jaxnorm.lab.train.main(cfg, workdir.value, explicit)
 
 

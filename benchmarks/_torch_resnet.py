@@ -93,8 +93,16 @@ class BasicBlock(tnn.Module):
 class ResNet(tnn.Module):
     """CIFAR ResNet with basic blocks; ``stage_sizes=(2, 2, 2, 2)``, ``channels=(64, 128, 256, 512)``: ResNet-18."""
 
-    def __init__(self, stage_sizes=(2, 2, 2, 2), channels=(64, 128, 256, 512), num_classes=10, norm="batch",
-                 num_groups=32, in_channels=3, tf_same_padding=False):
+    def __init__(
+        self,
+        stage_sizes=(2, 2, 2, 2),
+        channels=(64, 128, 256, 512),
+        num_classes=10,
+        norm="batch",
+        num_groups=32,
+        in_channels=3,
+        tf_same_padding=False,
+    ):
         super().__init__()
         c0 = channels[0]
         self.stem_conv = Conv(in_channels, c0, 3, 1, norm != "batch", tf_same_padding)
@@ -104,8 +112,7 @@ class ResNet(tnn.Module):
         for s, (n, c) in enumerate(zip(stage_sizes, channels)):
             for b in range(n):
                 name = f"stage{s + 1}_block{b + 1}"
-                setattr(self, name, BasicBlock(cin, c, 2 if s > 0 and b == 0 else 1, norm, num_groups,
-                                               tf_same_padding))
+                setattr(self, name, BasicBlock(cin, c, 2 if s > 0 and b == 0 else 1, norm, num_groups, tf_same_padding))
                 self.blocks.append(name)
                 cin = c
         self.head = tnn.Linear(cin, num_classes)
@@ -155,9 +162,15 @@ def _check_loss(spec, case, device) -> dict:
     """Train-mode loss of the 'SAME'-padded twin loaded with jaxnorm's parameters, in float32 (TF32 off), against
     jaxnorm's loss on the same batch."""
     ref = np.load(case["check_npz"])
-    flat = {k[len("param:"):]: ref[k] for k in ref.files if k.startswith("param:")}
-    model = ResNet(spec["stage_sizes"], spec["channels"], spec["num_classes"], case["norm"], spec["num_groups"],
-                   tf_same_padding=True)
+    flat = {k[len("param:") :]: ref[k] for k in ref.files if k.startswith("param:")}
+    model = ResNet(
+        spec["stage_sizes"],
+        spec["channels"],
+        spec["num_classes"],
+        case["norm"],
+        spec["num_groups"],
+        tf_same_padding=True,
+    )
     load_jax_params(model, flat)
     model = model.to(device).train()
     x = torch.from_numpy(np.ascontiguousarray(ref["x"].transpose(0, 3, 1, 2))).to(device)
@@ -172,9 +185,14 @@ def _check_loss(spec, case, device) -> dict:
     jax_loss = float(ref["loss"])
     rel = abs(loss - jax_loss) / max(abs(jax_loss), 1e-30)
     tol = 1e-5 if device.type == "cpu" else 1e-4
-    return {"check_loss_torch": loss, "check_loss_jaxnorm": jax_loss, "check_loss_rel_diff": rel,
-            "check_tol": tol, "loss_agree": bool(rel <= tol),
-            "check": "train-mode loss from jaxnorm's parameters, 'SAME'-padded twin, float32 (TF32 off)"}
+    return {
+        "check_loss_torch": loss,
+        "check_loss_jaxnorm": jax_loss,
+        "check_loss_rel_diff": rel,
+        "check_tol": tol,
+        "loss_agree": bool(rel <= tol),
+        "check": "train-mode loss from jaxnorm's parameters, 'SAME'-padded twin, float32 (TF32 off)",
+    }
 
 
 def run_case(spec, case, device) -> dict:
@@ -220,10 +238,15 @@ def run_case(spec, case, device) -> dict:
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     rec = {
-        "step_ms": 1e3 * med, "step_min_ms": 1e3 * min(times), "images_per_s": b / med,
-        "first_call_s": first, "compile_s": max(first - med, 0.0) if case["impl"] == "torch_compile" else None,
+        "step_ms": 1e3 * med,
+        "step_min_ms": 1e3 * min(times),
+        "images_per_s": b / med,
+        "first_call_s": first,
+        "compile_s": max(first - med, 0.0) if case["impl"] == "torch_compile" else None,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
-        "param_count": n_params, "first_loss": float(loss), "repeats": spec["repeats"],
+        "param_count": n_params,
+        "first_loss": float(loss),
+        "repeats": spec["repeats"],
         "memory_format": "channels_last" if fmt is torch.channels_last else "contiguous",
         "autocast": "bfloat16" if bf16 else None,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
@@ -243,22 +266,31 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    base = {"torch": torch.__version__, "torch_device": str(device),
-            "torch_device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-            "torch_threads": torch.get_num_threads()}
+    base = {
+        "torch": torch.__version__,
+        "torch_device": str(device),
+        "torch_device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }
     # first guesses of a case's duration (then the last like case's): ResNet-18's torch.compile takes about a minute
     last = {"torch_eager": 10.0, "torch_compile": 60.0} if device.type == "cuda" else {}
     for case in spec["cases"]:
         rec = {"case": case["id"], **base}
         if case["impl"] == "torch_compile" and device.type == "cpu" and not spec["compile_on_cpu"]:
-            rec |= {"skipped": True, "reason": "torch.compile skipped on CPU (inductor's C++ build takes minutes on a "
-                                               "small CPU); pass --torch-compile on to run it"}
+            rec |= {
+                "skipped": True,
+                "reason": "torch.compile skipped on CPU (inductor's C++ build takes minutes on a "
+                "small CPU); pass --torch-compile on to run it",
+            }
         else:
             est = last.get(case["impl"], 0.0)
             left = spec["deadline"] - time.time()
             if left <= est:
-                rec |= {"skipped": True, "reason": f"time budget: {max(left, 0):.0f} s left, a {case['impl']} case "
-                                                   f"is expected to take {est:.0f} s"}
+                rec |= {
+                    "skipped": True,
+                    "reason": f"time budget: {max(left, 0):.0f} s left, a {case['impl']} case "
+                    f"is expected to take {est:.0f} s",
+                }
             else:
                 t0 = time.perf_counter()
                 try:

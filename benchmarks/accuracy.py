@@ -24,12 +24,12 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-import _float64 as ref  # noqa: E402
+import _float64 as ref
 
 EPS = 1e-5
 SHAPE = (32, 8, 8, 16)
@@ -66,15 +66,18 @@ def cases(jn, c):
         return y, o["var"], o2["dx"] * r
 
     def ghost_ref(x, s, b, ct):
-        parts = [ref.norm(x[i:i + 8], "batch", scale=s, bias=b, ct=ct[i:i + 8], eps=EPS) for i in range(0, 32, 8)]
-        return (np.concatenate([p["y"] for p in parts]), np.mean([p["var"] for p in parts], 0),
-                np.concatenate([p["dx"] for p in parts]))
+        parts = [ref.norm(x[i : i + 8], "batch", scale=s, bias=b, ct=ct[i : i + 8], eps=EPS) for i in range(0, 32, 8)]
+        return (
+            np.concatenate([p["y"] for p in parts]),
+            np.mean([p["var"] for p in parts], 0),
+            np.concatenate([p["dx"] for p in parts]),
+        )
 
     def per_example(kind, mode="standard", groups=1):
         def f(x, s, b, ct):
-            o = ref.norm(x, kind, scale=s, bias=None if mode == "rms" else b, ct=ct, eps=EPS, groups=groups,
-                         mode=mode)
+            o = ref.norm(x, kind, scale=s, bias=None if mode == "rms" else b, ct=ct, eps=EPS, groups=groups, mode=mode)
             return o["y"], None, o["dx"]
+
         return f
 
     def lp2_ref(x, s, b, ct):
@@ -98,14 +101,18 @@ def cases(jn, c):
         "batch_norm": (lambda x, s, b: _bn(jn.batch_norm(x, s, b, fresh, train=True, **m0)), bn_ref),
         "batch_norm_masked_nan": (lambda x, s, b, pad=jnp.nan: _bn(masked(x, s, b, pad)), masked_ref, "masked"),
         "batch_norm_synced_pmap4": (synced, bn_ref),
-        "batch_norm_ghost8": (lambda x, s, b: _bn(jn.batch_norm(x, s, b, fresh, train=True, virtual_batch_size=8, **m0)),
-                              ghost_ref),
+        "batch_norm_ghost8": (
+            lambda x, s, b: _bn(jn.batch_norm(x, s, b, fresh, train=True, virtual_batch_size=8, **m0)),
+            ghost_ref,
+        ),
         "batch_renorm": (lambda x, s, b: _bn(jn.batch_renorm(x, s, b, fresh, train=True, **m0)), renorm_ref),
         "lp_batch_norm_p2": (lambda x, s, b: (jn.lp_batch_norm(x, s, b, fresh, train=True, p=2)[0], None), lp2_ref),
         "layer_norm": (lambda x, s, b: (jn.layer_norm(x, s, b, epsilon=EPS), None), per_example("layer")),
         "instance_norm": (lambda x, s, b: (jn.instance_norm(x, s, b, epsilon=EPS), None), per_example("instance")),
-        "group_norm": (lambda x, s, b: (jn.group_norm(x, s, b, num_groups=GROUPS, epsilon=EPS), None),
-                       per_example("group", groups=GROUPS)),
+        "group_norm": (
+            lambda x, s, b: (jn.group_norm(x, s, b, num_groups=GROUPS, epsilon=EPS), None),
+            per_example("group", groups=GROUPS),
+        ),
         "rms_norm": (lambda x, s, b: (jn.rms_norm(x, s, epsilon=EPS), None), per_example("layer", "rms")),
         "batch_moments": (lambda x, s, b: (None, jn.batch_moments(x)["var"]), bn_ref),
     }
@@ -153,9 +160,10 @@ def constant_channels(jn):
     """Variance of constant channels at large offsets, relative to mean² (target ≤ 1e-6)."""
     x = jnp.broadcast_to(jnp.array([-1000.1, 10000.3, 5.0, 1e5], jnp.float32), (64, 4, 4))
     out = {}
-    for name, var in (("batch_norm", jn.batch_norm(x, None, None, jn.init_batch_stats(4), train=True,
-                                                momentum=0.0)[1]["var"]),
-                      ("batch_moments", jn.batch_moments(x)["var"])):
+    for name, var in (
+        ("batch_norm", jn.batch_norm(x, None, None, jn.init_batch_stats(4), train=True, momentum=0.0)[1]["var"]),
+        ("batch_moments", jn.batch_moments(x)["var"]),
+    ):
         mean = np.asarray(x[0, 0], np.float64)
         out[name] = [float(v) / float(mm) ** 2 for v, mm in zip(np.asarray(var), mean)]
     return out

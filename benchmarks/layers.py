@@ -38,9 +38,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from norms import _compile, _maxdiff, _time_alternating  # noqa: E402  (the timing helpers of the norm benchmark)
+from norms import _compile, _maxdiff, _time_alternating
 
-import jaxnorm as jn  # noqa: E402
+import jaxnorm as jn
 
 TARGET_VS_PURE = 1.05
 TARGET_VS_FLAX = 1.0
@@ -79,17 +79,46 @@ def nnx_cases(c: int, key):
     g = min(32, c)
     bn = {"mean": jnp.zeros(c), "var": jnp.ones(c), "count": jnp.zeros((), jnp.int32)}
     affine = {"scale": jnp.ones(c), "bias": jnp.zeros(c)}
-    yield ("BatchNorm", jn.nnx.BatchNorm(c, rngs=rngs),
-           lambda p, x, s: jn.batch_norm(x, p["scale"], p["bias"], s, train=True), affine, bn,
-           nnx.BatchNorm(c, rngs=rngs))
-    yield ("LayerNorm", jn.nnx.LayerNorm(c, rngs=rngs),
-           lambda p, x, s: (jn.layer_norm(x, p["scale"], p["bias"]), s), affine, {}, None)
-    yield ("GroupNorm", jn.nnx.GroupNorm(c, g, rngs=rngs),
-           lambda p, x, s: (jn.group_norm(x, p["scale"], p["bias"], num_groups=g), s), affine, {}, None)
-    yield ("InstanceNorm", jn.nnx.InstanceNorm(c, rngs=rngs),
-           lambda p, x, s: (jn.instance_norm(x, p["scale"], p["bias"]), s), affine, {}, None)
-    yield ("RMSNorm", jn.nnx.RMSNorm(c, rngs=rngs),
-           lambda p, x, s: (jn.rms_norm(x, p["scale"]), s), {"scale": jnp.ones(c)}, {}, None)
+    yield (
+        "BatchNorm",
+        jn.nnx.BatchNorm(c, rngs=rngs),
+        lambda p, x, s: jn.batch_norm(x, p["scale"], p["bias"], s, train=True),
+        affine,
+        bn,
+        nnx.BatchNorm(c, rngs=rngs),
+    )
+    yield (
+        "LayerNorm",
+        jn.nnx.LayerNorm(c, rngs=rngs),
+        lambda p, x, s: (jn.layer_norm(x, p["scale"], p["bias"]), s),
+        affine,
+        {},
+        None,
+    )
+    yield (
+        "GroupNorm",
+        jn.nnx.GroupNorm(c, g, rngs=rngs),
+        lambda p, x, s: (jn.group_norm(x, p["scale"], p["bias"], num_groups=g), s),
+        affine,
+        {},
+        None,
+    )
+    yield (
+        "InstanceNorm",
+        jn.nnx.InstanceNorm(c, rngs=rngs),
+        lambda p, x, s: (jn.instance_norm(x, p["scale"], p["bias"]), s),
+        affine,
+        {},
+        None,
+    )
+    yield (
+        "RMSNorm",
+        jn.nnx.RMSNorm(c, rngs=rngs),
+        lambda p, x, s: (jn.rms_norm(x, p["scale"]), s),
+        {"scale": jnp.ones(c)},
+        {},
+        None,
+    )
     # a dropout layer draws its key from its forked stream: the pure side gets the key that stream draws first
     drop = jn.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1))
     k = nnx.clone(drop).rngs()
@@ -106,20 +135,37 @@ def run_nnx(x, ct, repeats, base):
         c_pure, t_pure = _compile(f_pure, pparams, x, stats)
         (l_jn, _), (gp_jn, gx_jn) = c_jn(params, x, rest)
         (l_pure, _), (gp_pure, gx_pure) = c_pure(pparams, x, stats)
-        diff = max(_maxdiff(gx_jn, gx_pure, True), _maxdiff(jnp.asarray(l_jn), jnp.asarray(l_pure), True),
-                   _maxdiff(jax.tree.leaves(gp_jn.to_pure_dict()) if gp_jn else [], jax.tree.leaves(gp_pure), True))
+        diff = max(
+            _maxdiff(gx_jn, gx_pure, True),
+            _maxdiff(jnp.asarray(l_jn), jnp.asarray(l_pure), True),
+            _maxdiff(jax.tree.leaves(gp_jn.to_pure_dict()) if gp_jn else [], jax.tree.leaves(gp_pure), True),
+        )
         sides = [(c_jn, (params, x, rest)), (c_pure, (pparams, x, stats))]
         if flax_layer is not None:
             f_fx, fparams, frest = _nnx_side(flax_layer, ct)
             c_fx, t_fx = _compile(f_fx, fparams, x, frest)
             sides.append((c_fx, (fparams, x, frest)))
         times = _time_alternating(sides, repeats)
-        line = dict(base, library="nnx", layer=name, jaxnorm_ms=times[0][0], pure_ms=times[1][0],
-                    ratio_vs_pure=times[0][0] / times[1][0], target_vs_pure=TARGET_VS_PURE,
-                    compile_s=t_jn, pure_compile_s=t_pure, max_diff=diff, agree=bool(diff < 1e-4))
+        line = dict(
+            base,
+            library="nnx",
+            layer=name,
+            jaxnorm_ms=times[0][0],
+            pure_ms=times[1][0],
+            ratio_vs_pure=times[0][0] / times[1][0],
+            target_vs_pure=TARGET_VS_PURE,
+            compile_s=t_jn,
+            pure_compile_s=t_pure,
+            max_diff=diff,
+            agree=bool(diff < 1e-4),
+        )
         if flax_layer is not None:
-            line.update(flax_ms=times[2][0], ratio_vs_flax=times[0][0] / times[2][0], target_vs_flax=TARGET_VS_FLAX,
-                        flax_compile_s=t_fx)
+            line.update(
+                flax_ms=times[2][0],
+                ratio_vs_flax=times[0][0] / times[2][0],
+                target_vs_flax=TARGET_VS_FLAX,
+                flax_compile_s=t_fx,
+            )
         print(json.dumps(line), flush=True)
         out.append(line)
     return out
@@ -136,13 +182,30 @@ def eqx_cases(c: int, spatial):
     bn = jn.init_batch_stats(c)
     affine = {"weight": jnp.ones(c), "bias": jnp.zeros(c)}
     full = {"weight": jnp.ones((c,) + spatial), "bias": jnp.zeros((c,) + spatial)}
-    yield ("BatchNorm", eqx.nn.make_with_state(jn.eqx.BatchNorm)(c, "batch"),
-           lambda p, x, s, **kw: jn.batch_norm(x, p["weight"], p["bias"], s, train=True, axis=1, **kw), affine, bn,
-           eqx.nn.make_with_state(eqx.nn.BatchNorm)(c, "batch", mode="batch"))
-    yield ("LayerNorm", (jn.eqx.LayerNorm((c,) + spatial), None),
-           lambda p, x, s: (jn.layer_norm(x, p["weight"], p["bias"]), s), full, {}, None)
-    yield ("GroupNorm", (jn.eqx.GroupNorm(g, c), None),
-           lambda p, x, s: (jn.group_norm(x, p["weight"], p["bias"], num_groups=g, axis=1), s), affine, {}, None)
+    yield (
+        "BatchNorm",
+        eqx.nn.make_with_state(jn.eqx.BatchNorm)(c, "batch"),
+        lambda p, x, s, **kw: jn.batch_norm(x, p["weight"], p["bias"], s, train=True, axis=1, **kw),
+        affine,
+        bn,
+        eqx.nn.make_with_state(eqx.nn.BatchNorm)(c, "batch", mode="batch"),
+    )
+    yield (
+        "LayerNorm",
+        (jn.eqx.LayerNorm((c,) + spatial), None),
+        lambda p, x, s: (jn.layer_norm(x, p["weight"], p["bias"]), s),
+        full,
+        {},
+        None,
+    )
+    yield (
+        "GroupNorm",
+        (jn.eqx.GroupNorm(g, c), None),
+        lambda p, x, s: (jn.group_norm(x, p["weight"], p["bias"], num_groups=g, axis=1), s),
+        affine,
+        {},
+        None,
+    )
     yield ("Dropout", (jn.eqx.Dropout(0.5), None), None, {}, {}, None)
 
 
@@ -170,12 +233,18 @@ def _per_example(pure, bn: bool):
     """The pure function called the way an Equinox layer calls it: per example (a batch of one) under
     ``jax.vmap(axis_name='batch')``, batch norm reducing over the vmapped axis."""
     if bn:
+
         def f(p, x, s):
-            return jax.vmap(lambda xi: (lambda y, st: (y[0], st))(*pure(p, xi[None], s, axis_name="batch")),
-                            axis_name="batch", out_axes=(0, None))(x)
+            return jax.vmap(
+                lambda xi: (lambda y, st: (y[0], st))(*pure(p, xi[None], s, axis_name="batch")),
+                axis_name="batch",
+                out_axes=(0, None),
+            )(x)
     else:
+
         def f(p, x, s):
             return jax.vmap(lambda xi: pure(p, xi[None], s)[0][0], axis_name="batch")(x), s
+
     return f
 
 
@@ -189,6 +258,7 @@ def run_eqx(x, ct, repeats, base):
 
             def pure(p, x, s):
                 return jax.vmap(lambda xi, ki: jn.dropout(xi, 0.5, key=ki))(x, keys), s
+
             per_example = pure
         else:
             per_example = _per_example(pure, name == "BatchNorm")
@@ -206,10 +276,21 @@ def run_eqx(x, ct, repeats, base):
             c_ref, t_ref = _compile(f_ref, rparams, x, rstate)
             sides.append((c_ref, (rparams, x, rstate)))
         times = _time_alternating(sides, repeats)
-        line = dict(base, library="eqx", layer=name, jaxnorm_ms=times[0][0], pure_ms=times[1][0],
-                    ratio_vs_pure=times[0][0] / times[1][0], target_vs_pure=TARGET_VS_PURE,
-                    pure_whole_batch_ms=times[2][0], ratio_vs_pure_whole_batch=times[0][0] / times[2][0],
-                    compile_s=t_jn, pure_compile_s=t_pure, max_diff=diff, agree=bool(diff < 1e-4))
+        line = dict(
+            base,
+            library="eqx",
+            layer=name,
+            jaxnorm_ms=times[0][0],
+            pure_ms=times[1][0],
+            ratio_vs_pure=times[0][0] / times[1][0],
+            target_vs_pure=TARGET_VS_PURE,
+            pure_whole_batch_ms=times[2][0],
+            ratio_vs_pure_whole_batch=times[0][0] / times[2][0],
+            compile_s=t_jn,
+            pure_compile_s=t_pure,
+            max_diff=diff,
+            agree=bool(diff < 1e-4),
+        )
         if eqx_ref is not None:
             line.update(equinox_ms=times[3][0], ratio_vs_equinox=times[0][0] / times[3][0], equinox_compile_s=t_ref)
         print(json.dumps(line), flush=True)
@@ -227,8 +308,14 @@ def main(argv=None) -> int:
     kx, kc = jax.random.split(jax.random.key(0))
     x = 2.0 * jax.random.normal(kx, shape, jnp.float32) + 1.0
     ct = jax.random.normal(kc, shape, jnp.float32)
-    base = dict(shape=list(shape), dtype="float32", backend=jax.default_backend(),
-                device=jax.devices()[0].device_kind, machine=platform.machine(), repeats=args.repeats)
+    base = dict(
+        shape=list(shape),
+        dtype="float32",
+        backend=jax.default_backend(),
+        device=jax.devices()[0].device_kind,
+        machine=platform.machine(),
+        repeats=args.repeats,
+    )
     only = set(args.only.split(","))
     lines = []
     if "nnx" in only:
@@ -236,9 +323,19 @@ def main(argv=None) -> int:
     if "eqx" in only:
         lines += run_eqx(jnp.moveaxis(x, -1, 1), jnp.moveaxis(ct, -1, 1), args.repeats, base)
     met = [l for l in lines if l["ratio_vs_pure"] <= TARGET_VS_PURE and l.get("ratio_vs_flax", 0) <= TARGET_VS_FLAX]
-    print(json.dumps(dict(base, summary=True, cases=len(lines), targets_met=len(met),
-                          missed=[f"{l['library']}.{l['layer']}" for l in lines if l not in met],
-                          all_agree=all(l["agree"] for l in lines))), flush=True)
+    print(
+        json.dumps(
+            dict(
+                base,
+                summary=True,
+                cases=len(lines),
+                targets_met=len(met),
+                missed=[f"{l['library']}.{l['layer']}" for l in lines if l not in met],
+                all_agree=all(l["agree"] for l in lines),
+            )
+        ),
+        flush=True,
+    )
     return 0
 
 

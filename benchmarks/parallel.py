@@ -27,7 +27,9 @@ _args.add_argument("--weak-scaling", default="", help="comma-separated device co
 _args.add_argument("--per-device-batch", type=int, default=32)
 ARGS = _args.parse_args()
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
+    )
 
 import json  # noqa: E402
 import statistics  # noqa: E402
@@ -66,14 +68,21 @@ def bench(mode: str, batch: dict) -> dict:
         state, m = step(state, dbatch)
         jax.block_until_ready((state, m))
         times.append(time.perf_counter() - t0)
-    return {"step_ms": 1e3 * statistics.median(times), "first_call_s": compile_s, "loss": float(m["loss"]),
-            "devices": dp.num_devices}
+    return {
+        "step_ms": 1e3 * statistics.median(times),
+        "first_call_s": compile_s,
+        "loss": float(m["loss"]),
+        "devices": dp.num_devices,
+    }
 
 
 def _batch(b: int) -> dict:
     rng = np.random.default_rng(0)
-    return {"x": rng.normal(size=(b, 28, 28, 1)).astype(np.float32), "y": rng.integers(0, 10, b).astype(np.int32),
-            "mask": np.ones(b, bool)}
+    return {
+        "x": rng.normal(size=(b, 28, 28, 1)).astype(np.float32),
+        "y": rng.integers(0, 10, b).astype(np.int32),
+        "mask": np.ones(b, bool),
+    }
 
 
 def weak_scaling(counts: list[int]) -> None:
@@ -81,18 +90,43 @@ def weak_scaling(counts: list[int]) -> None:
     rows = []
     for n in counts:
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--devices", str(n), "--batch",
-                              str(n * ARGS.per_device_batch), "--repeats", str(ARGS.repeats), "--modes",
-                              "none" if n == 1 else "global"], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--devices",
+                str(n),
+                "--batch",
+                str(n * ARGS.per_device_batch),
+                "--repeats",
+                str(ARGS.repeats),
+                "--modes",
+                "none" if n == 1 else "global",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base_ms = rows[0]["step_ms"]
     for r in rows:
-        print(json.dumps({"bench": "weak_scaling", "backend": r["backend"], "devices": r["devices"],
-                          "per_device_batch": ARGS.per_device_batch, "batch": r["batch"], "step_ms": r["step_ms"],
-                          "overhead_vs_1_device": r["step_ms"] / base_ms,
-                          # on fake CPU devices the work grows with n on the same cores: the per-example cost is
-                          # the comparable figure there
-                          "ms_per_example_ratio": (r["step_ms"] / r["batch"]) / (base_ms / rows[0]["batch"])}))
+        print(
+            json.dumps(
+                {
+                    "bench": "weak_scaling",
+                    "backend": r["backend"],
+                    "devices": r["devices"],
+                    "per_device_batch": ARGS.per_device_batch,
+                    "batch": r["batch"],
+                    "step_ms": r["step_ms"],
+                    "overhead_vs_1_device": r["step_ms"] / base_ms,
+                    # on fake CPU devices the work grows with n on the same cores: the per-example cost is
+                    # the comparable figure there
+                    "ms_per_example_ratio": (r["step_ms"] / r["batch"]) / (base_ms / rows[0]["batch"]),
+                }
+            )
+        )
     sys.stdout.flush()
 
 

@@ -58,8 +58,8 @@ import numpy as np
 import optax.tree_utils as otu
 
 import jaxnorm.probes as jp
-from jaxnorm.probes import _common as _pc
 from jaxnorm.lab.models import build_model
+from jaxnorm.probes import _common as _pc
 
 
 def _block(x):
@@ -111,19 +111,29 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=None, help="image side (default 28)")
     ap.add_argument("--norm", default="batch")
     ap.add_argument("--k", type=int, default=8, help="number of step sizes")
-    ap.add_argument("--chunks", default="auto,none,host,host:3",
-                    help="probe evaluation plans to time: auto (the default), none (one vmap), an int c (groups of c, "
-                         "straight-line on CPU), c:loop (groups of c in a lax.scan loop), host[:G] (loop='host', G "
-                         "evaluations per compiled call)")
+    ap.add_argument(
+        "--chunks",
+        default="auto,none,host,host:3",
+        help="probe evaluation plans to time: auto (the default), none (one vmap), an int c (groups of c, "
+        "straight-line on CPU), c:loop (groups of c in a lax.scan loop), host[:G] (loop='host', G "
+        "evaluations per compiled call)",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--power-iters", type=int, default=4)
     ap.add_argument("--power-loops", default="host,device", help="hessian_top_eigenvalues loop modes to time")
     ap.add_argument("--num-batches", type=int, default=4, help="batches in the data set of the dataset bench")
-    ap.add_argument("--surface-batch", type=int, default=None,
-                    help="examples per loss of the surface bench (default 4, 32 with --small; at most --batch): 441 "
-                         "forward passes per call, and on XLA:CPU their vmap (the floor) is slow for convolutions")
-    ap.add_argument("--surface-chunks", default="none,1",
-                    help="loss_slice_2d evaluation plans to time, as --chunks (none: its default, one vmap)")
+    ap.add_argument(
+        "--surface-batch",
+        type=int,
+        default=None,
+        help="examples per loss of the surface bench (default 4, 32 with --small; at most --batch): 441 "
+        "forward passes per call, and on XLA:CPU their vmap (the floor) is slow for convolutions",
+    )
+    ap.add_argument(
+        "--surface-chunks",
+        default="none,1",
+        help="loss_slice_2d evaluation plans to time, as --chunks (none: its default, one vmap)",
+    )
     ap.add_argument("--trace-samples", type=int, default=4, help="Hutchinson samples of the per_layer bench")
     ap.add_argument("--only", default="santurkar,hvp,dataset,surface,per_layer")
     args = ap.parse_args(argv)
@@ -146,10 +156,18 @@ def main(argv=None):
         return model_loss(p, b)
 
     lr = 0.1
-    common = {"model": "simple_cnn", "channels": list(channels), "norm": args.norm, "batch": batch_size,
-              "input": [size, size, 1], "params": otu.tree_size(params),
-              "backend": jax.default_backend(), "cpu_count": os.cpu_count(), "host": platform.node(),
-              "load_avg_1m": round(os.getloadavg()[0], 2)}
+    common = {
+        "model": "simple_cnn",
+        "channels": list(channels),
+        "norm": args.norm,
+        "batch": batch_size,
+        "input": [size, size, 1],
+        "params": otu.tree_size(params),
+        "backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "host": platform.node(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
     only = set(args.only.split(","))
 
     vg = jax.jit(jax.value_and_grad(loss_fn))
@@ -168,7 +186,7 @@ def main(argv=None):
         compile_s = {"floor": _timed_first_call(lambda: vg(params, batch))}
         plans = {f"probe_chunk_{c}": _plan(c) for c in args.chunks.split(",")}
         for name, plan in plans.items():
-            fns[name] = (lambda plan=plan: jp.santurkar_probe(loss_fn, params, batch, etas=etas, **plan))
+            fns[name] = lambda plan=plan: jp.santurkar_probe(loss_fn, params, batch, etas=etas, **plan)
             compile_s[name] = _timed_first_call(fns[name])
         # no recompilation: new parameters and step sizes of the same shapes reuse the compiled probe
         traces_before = len(traces)
@@ -180,17 +198,32 @@ def main(argv=None):
         for name in fns:
             if name == "floor":
                 continue
-            print(json.dumps({"bench": "santurkar", "impl": name, "plan": plans[name], "k": args.k,
-                              "ms": round(ms[name], 2),
-                              "floor_ms": round(ms["floor"], 2), "ratio_vs_floor": round(ms[name] / ms["floor"], 3),
-                              "target": 1.2, "floor": f"{args.k} separate jitted value_and_grad calls",
-                              "evaluations": f"{args.k}+1 value_and_grad", "compile_s": round(compile_s[name], 2),
-                              "floor_compile_s": round(compile_s["floor"], 2),
-                              # first call minus one steady call: compiling alone (floor: one value_and_grad)
-                              "compile_only_ratio": round((compile_s[name] - ms[name] / 1e3)
-                                                          / (compile_s["floor"] - ms["floor"] / 1e3 / args.k), 2),
-                              "retraced_on_new_values": retraced,
-                              "repeats": args.repeats, **common}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "santurkar",
+                        "impl": name,
+                        "plan": plans[name],
+                        "k": args.k,
+                        "ms": round(ms[name], 2),
+                        "floor_ms": round(ms["floor"], 2),
+                        "ratio_vs_floor": round(ms[name] / ms["floor"], 3),
+                        "target": 1.2,
+                        "floor": f"{args.k} separate jitted value_and_grad calls",
+                        "evaluations": f"{args.k}+1 value_and_grad",
+                        "compile_s": round(compile_s[name], 2),
+                        "floor_compile_s": round(compile_s["floor"], 2),
+                        # first call minus one steady call: compiling alone (floor: one value_and_grad)
+                        "compile_only_ratio": round(
+                            (compile_s[name] - ms[name] / 1e3) / (compile_s["floor"] - ms["floor"] / 1e3 / args.k), 2
+                        ),
+                        "retraced_on_new_values": retraced,
+                        "repeats": args.repeats,
+                        **common,
+                    }
+                ),
+                flush=True,
+            )
 
     v = jax.tree.map(lambda w: jnp.ones_like(w) / np.sqrt(w.size), params)
     hvp_j = jax.jit(lambda p, b, v: jp.hvp(loss_fn, p, b, v))
@@ -199,35 +232,64 @@ def main(argv=None):
         iters = args.power_iters
 
         def power(loop):
-            return lambda: jp.hessian_top_eigenvalues(loss_fn, params, batch, k=1, key=jax.random.key(1),
-                                                      num_iters=iters, tol=0.0, loop=loop)[0]
+            return lambda: jp.hessian_top_eigenvalues(
+                loss_fn, params, batch, k=1, key=jax.random.key(1), num_iters=iters, tol=0.0, loop=loop
+            )[0]
 
         loops = [lp for lp in args.power_loops.split(",") if lp]
-        fns = {"grad": lambda: grad_fn(params, batch), "hvp": lambda: hvp_j(params, batch, v),
-               **{f"power_{lp}": power(lp) for lp in loops}}
+        fns = {
+            "grad": lambda: grad_fn(params, batch),
+            "hvp": lambda: hvp_j(params, batch, v),
+            **{f"power_{lp}": power(lp) for lp in loops},
+        }
         compile_s = {k: _timed_first_call(f) for k, f in fns.items()}
         ms = _time_rounds(fns, args.repeats)
-        print(json.dumps({"bench": "hvp", "impl": "hvp (jvp of grad)", "ms": round(ms["hvp"], 2),
-                          "grad_ms": round(ms["grad"], 2), "ratio_vs_grad": round(ms["hvp"] / ms["grad"], 3),
-                          "expected": "2-3x", "compile_s": round(compile_s["hvp"], 2), "repeats": args.repeats,
-                          **common}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "hvp",
+                    "impl": "hvp (jvp of grad)",
+                    "ms": round(ms["hvp"], 2),
+                    "grad_ms": round(ms["grad"], 2),
+                    "ratio_vs_grad": round(ms["hvp"] / ms["grad"], 3),
+                    "expected": "2-3x",
+                    "compile_s": round(compile_s["hvp"], 2),
+                    "repeats": args.repeats,
+                    **common,
+                }
+            ),
+            flush=True,
+        )
         for loop in loops:
             # power iteration: `iters` steps + 1 final Rayleigh-quotient HVP
             per_step = ms[f"power_{loop}"] / (iters + 1)
-            print(json.dumps({"bench": "hvp", "impl": f"power_iteration_step (loop={loop!r})", "ms": round(per_step, 2),
-                              "grad_ms": round(ms["grad"], 2), "ratio_vs_grad": round(per_step / ms["grad"], 3),
-                              "expected": "2-3x", "power_iters": iters,
-                              "power_total_ms": round(ms[f"power_{loop}"], 2),
-                              "compile_s": round(compile_s[f"power_{loop}"], 2), "repeats": args.repeats, **common}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "hvp",
+                        "impl": f"power_iteration_step (loop={loop!r})",
+                        "ms": round(per_step, 2),
+                        "grad_ms": round(ms["grad"], 2),
+                        "ratio_vs_grad": round(per_step / ms["grad"], 3),
+                        "expected": "2-3x",
+                        "power_iters": iters,
+                        "power_total_ms": round(ms[f"power_{loop}"], 2),
+                        "compile_s": round(compile_s[f"power_{loop}"], 2),
+                        "repeats": args.repeats,
+                        **common,
+                    }
+                ),
+                flush=True,
+            )
 
     if "dataset" in only:
         nb = args.num_batches
         batches = []
         for kb in jax.random.split(jax.random.key(3), nb):
             kbx, kby = jax.random.split(kb)
-            batches.append({"x": jax.random.normal(kbx, x.shape, x.dtype),
-                            "y": jax.random.randint(kby, y.shape, 0, 10)})
+            batches.append(
+                {"x": jax.random.normal(kbx, x.shape, x.dtype), "y": jax.random.randint(kby, y.shape, 0, 10)}
+            )
         _block(batches)
         ds = jp.dataset(batches)  # stacked on the host, as a user builds it
         hvp_ds = jax.jit(lambda p, d, v: jp.hvp(loss_fn, p, d, v))
@@ -235,27 +297,57 @@ def main(argv=None):
         def floor():
             return [hvp_j(params, b, v) for b in batches]
 
-        fns = {"dataset_hvp": lambda: hvp_ds(params, ds, v), "floor": floor,
-               "grad": lambda: grad_fn(params, batch), "hvp": lambda: hvp_j(params, batch, v)}
+        fns = {
+            "dataset_hvp": lambda: hvp_ds(params, ds, v),
+            "floor": floor,
+            "grad": lambda: grad_fn(params, batch),
+            "hvp": lambda: hvp_j(params, batch, v),
+        }
         compile_s, outs = _first_calls(fns)
         ref = jax.tree.map(lambda *hs: sum(hs) / nb, *outs["floor"])
-        diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(outs["dataset_hvp"]),
-                                                                    jax.tree.leaves(ref)))
+        diff = max(
+            float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(outs["dataset_hvp"]), jax.tree.leaves(ref))
+        )
         scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(ref))
         ms = _time_rounds(fns, args.repeats)
-        print(json.dumps({"bench": "dataset", "impl": f"hvp on jp.dataset of {nb} batches (one jitted call)",
-                          "ms": round(ms["dataset_hvp"], 2), "floor_ms": round(ms["floor"], 2),
-                          "ratio_vs_floor": round(ms["dataset_hvp"] / ms["floor"], 3), "target": 1.05,
-                          "floor": f"{nb} calls of the jitted single-batch hvp", "num_batches": nb,
-                          "dataset_arrays": type(jax.tree.leaves(ds.stacked)[0]).__name__,
-                          "max_abs_diff_vs_floor_mean": diff, "max_abs_floor_mean": scale,
-                          "compile_s": round(compile_s["dataset_hvp"], 2),
-                          "floor_compile_s": round(compile_s["floor"], 2), "repeats": args.repeats, **common}),
-              flush=True)
-        print(json.dumps({"bench": "dataset", "impl": "hvp (jvp of grad), one batch", "ms": round(ms["hvp"], 2),
-                          "grad_ms": round(ms["grad"], 2), "ratio_vs_grad": round(ms["hvp"] / ms["grad"], 3),
-                          "target": 2.2, "compile_s": round(compile_s["hvp"], 2), "repeats": args.repeats,
-                          **common}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "dataset",
+                    "impl": f"hvp on jp.dataset of {nb} batches (one jitted call)",
+                    "ms": round(ms["dataset_hvp"], 2),
+                    "floor_ms": round(ms["floor"], 2),
+                    "ratio_vs_floor": round(ms["dataset_hvp"] / ms["floor"], 3),
+                    "target": 1.05,
+                    "floor": f"{nb} calls of the jitted single-batch hvp",
+                    "num_batches": nb,
+                    "dataset_arrays": type(jax.tree.leaves(ds.stacked)[0]).__name__,
+                    "max_abs_diff_vs_floor_mean": diff,
+                    "max_abs_floor_mean": scale,
+                    "compile_s": round(compile_s["dataset_hvp"], 2),
+                    "floor_compile_s": round(compile_s["floor"], 2),
+                    "repeats": args.repeats,
+                    **common,
+                }
+            ),
+            flush=True,
+        )
+        print(
+            json.dumps(
+                {
+                    "bench": "dataset",
+                    "impl": "hvp (jvp of grad), one batch",
+                    "ms": round(ms["hvp"], 2),
+                    "grad_ms": round(ms["grad"], 2),
+                    "ratio_vs_grad": round(ms["hvp"] / ms["grad"], 3),
+                    "target": 2.2,
+                    "compile_s": round(compile_s["hvp"], 2),
+                    "repeats": args.repeats,
+                    **common,
+                }
+            ),
+            flush=True,
+        )
 
     if "surface" in only:
         steps, span, skey = 21, 1.0, jax.random.key(2)
@@ -279,8 +371,9 @@ def main(argv=None):
         plans = {f"probe_chunk_{c}": _plan(c) for c in args.surface_chunks.split(",") if c}
         fns = {"floor": floor}
         for name, plan in plans.items():
-            fns[name] = (lambda plan=plan: jp.loss_slice_2d(loss_fn, params, sbatch, key=skey, steps=steps,
-                                                            span=span, **plan)["losses"])
+            fns[name] = lambda plan=plan: jp.loss_slice_2d(
+                loss_fn, params, sbatch, key=skey, steps=steps, span=span, **plan
+            )["losses"]
         compile_s, outs = _first_calls(fns)
         diffs = {name: float(jnp.max(jnp.abs(outs[name] - outs["floor"]))) for name in plans}
         ms = _time_rounds(fns, args.repeats, warmup=0)  # the first calls were the warm-up (seconds each)
@@ -293,14 +386,34 @@ def main(argv=None):
             else:
                 groups = n_pts // chunk
                 unrolled = plan.get("unroll", jax.default_backend() == "cpu" and groups <= _pc.MAX_UNROLL)
-                how = (f"{groups} groups of {chunk}" + (f" + a vmap of {n_pts % chunk}" if n_pts % chunk else "")
-                       + (", straight-line" if unrolled else ", lax.scan loop"))
-            print(json.dumps({"bench": "surface", "impl": name, "plan": plan, "evaluation": how,
-                              "grid": [steps, steps], "ms": round(ms[name], 2), "floor_ms": round(ms["floor"], 2),
-                              "ratio_vs_floor": round(ms[name] / ms["floor"], 3), "target": 1.1,
-                              "floor": f"{n_pts} losses in one jitted vmap", "max_abs_diff_vs_floor": diffs[name],
-                              "compile_s": round(compile_s[name], 2), "floor_compile_s": round(compile_s["floor"], 2),
-                              "repeats": args.repeats, **common, "batch": sb}), flush=True)
+                how = (
+                    f"{groups} groups of {chunk}"
+                    + (f" + a vmap of {n_pts % chunk}" if n_pts % chunk else "")
+                    + (", straight-line" if unrolled else ", lax.scan loop")
+                )
+            print(
+                json.dumps(
+                    {
+                        "bench": "surface",
+                        "impl": name,
+                        "plan": plan,
+                        "evaluation": how,
+                        "grid": [steps, steps],
+                        "ms": round(ms[name], 2),
+                        "floor_ms": round(ms["floor"], 2),
+                        "ratio_vs_floor": round(ms[name] / ms["floor"], 3),
+                        "target": 1.1,
+                        "floor": f"{n_pts} losses in one jitted vmap",
+                        "max_abs_diff_vs_floor": diffs[name],
+                        "compile_s": round(compile_s[name], 2),
+                        "floor_compile_s": round(compile_s["floor"], 2),
+                        "repeats": args.repeats,
+                        **common,
+                        "batch": sb,
+                    }
+                ),
+                flush=True,
+            )
 
     if "per_layer" in only:
         iters, samples, pkey = args.power_iters, args.trace_samples, jax.random.key(4)
@@ -324,20 +437,39 @@ def main(argv=None):
         retraced = len(traces) != traces_before  # the timed calls must reuse the compiled steps
         per_full = iters + 1 + samples  # at most: power iteration may stop early
         per_all = len(names) * (iters + 1) + samples  # block products for the eigenvalues, one trace run
-        print(json.dumps({"bench": "per_layer", "impl": "curvature_per_layer", "ms": round(ms["per_layer"], 2),
-                          "full_ms": round(ms["full"], 2), "ratio_vs_full": round(ms["per_layer"] / ms["full"], 3),
-                          "target": 1.2, "full": "hessian_top_eigenvalues + hessian_trace of the whole model",
-                          "num_layers": len(names), "layers": names, "power_iters": iters, "trace_samples": samples,
-                          "products_at_most": per_all, "full_products_at_most": per_full,
-                          "products": f"{len(names)} x ({iters}+1) block + {samples} whole-model",
-                          "ms_per_product": round(ms["per_layer"] / per_all, 2),
-                          "full_ms_per_product": round(ms["full"] / per_full, 2),
-                          "per_product_ratio": round((ms["per_layer"] / per_all) / (ms["full"] / per_full), 3),
-                          "max_layer_top_eigenvalue": max((float(r[0]) for r in table), key=abs),
-                          "full_top_eigenvalue": float(lam), "sum_layer_traces": float(sum(float(r[1]) for r in table)),
-                          "full_trace": float(tr), "retraced_when_timed": retraced,
-                          "compile_s": round(compile_s["per_layer"], 2), "full_compile_s": round(compile_s["full"], 2),
-                          "repeats": args.repeats, **common}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "per_layer",
+                    "impl": "curvature_per_layer",
+                    "ms": round(ms["per_layer"], 2),
+                    "full_ms": round(ms["full"], 2),
+                    "ratio_vs_full": round(ms["per_layer"] / ms["full"], 3),
+                    "target": 1.2,
+                    "full": "hessian_top_eigenvalues + hessian_trace of the whole model",
+                    "num_layers": len(names),
+                    "layers": names,
+                    "power_iters": iters,
+                    "trace_samples": samples,
+                    "products_at_most": per_all,
+                    "full_products_at_most": per_full,
+                    "products": f"{len(names)} x ({iters}+1) block + {samples} whole-model",
+                    "ms_per_product": round(ms["per_layer"] / per_all, 2),
+                    "full_ms_per_product": round(ms["full"] / per_full, 2),
+                    "per_product_ratio": round((ms["per_layer"] / per_all) / (ms["full"] / per_full), 3),
+                    "max_layer_top_eigenvalue": max((float(r[0]) for r in table), key=abs),
+                    "full_top_eigenvalue": float(lam),
+                    "sum_layer_traces": float(sum(float(r[1]) for r in table)),
+                    "full_trace": float(tr),
+                    "retraced_when_timed": retraced,
+                    "compile_s": round(compile_s["per_layer"], 2),
+                    "full_compile_s": round(compile_s["full"], 2),
+                    "repeats": args.repeats,
+                    **common,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

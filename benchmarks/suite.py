@@ -61,18 +61,19 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before jax is imported: torch shares the GPU
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+import argparse
+import contextlib
+import io
+import json
+import math
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -81,12 +82,11 @@ sys.path.insert(1, os.path.dirname(HERE))  # the repository root: jaxnorm withou
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import norms as norms_bench  # noqa: E402  (benchmarks/norms.py: the norm cases and the timing helpers)
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import traverse_util  # noqa: E402
 from flax.training import train_state  # noqa: E402
-
-import norms as norms_bench  # noqa: E402  (benchmarks/norms.py: the norm cases and the timing helpers)
 from norms import _time_alternating  # noqa: E402
 
 from jaxnorm.lab import models  # noqa: E402
@@ -217,8 +217,10 @@ class Budget:
         left = self.left()
         if left > est:
             return True, ""
-        return False, (f"time budget: {max(left, 0):.0f} s of --time-budget {self.seconds:.0f} s left, a {kind} case "
-                       f"is expected to take {est:.0f} s")
+        return False, (
+            f"time budget: {max(left, 0):.0f} s of --time-budget {self.seconds:.0f} s left, a {kind} case "
+            f"is expected to take {est:.0f} s"
+        )
 
     @contextlib.contextmanager
     def timed(self, kind: str):
@@ -235,10 +237,24 @@ def resnet_shapes(small: bool) -> dict:
     if small:
         # two stages of one block: the stem, an identity block, a stride-2 block with its projection shortcut; four
         # stages would double the compile time (≈ 4 s per program on this 2-core CPU) for no new code path
-        return {"name": "resnet_small", "stage_sizes": (1, 1), "width": 0.125, "batch": 16, "image_size": 16,
-                "warmup": 1, "repeats": 3}
-    return {"name": "resnet18", "stage_sizes": (2, 2, 2, 2), "width": 1.0, "batch": 256, "image_size": 32,
-            "warmup": 3, "repeats": 20}
+        return {
+            "name": "resnet_small",
+            "stage_sizes": (1, 1),
+            "width": 0.125,
+            "batch": 16,
+            "image_size": 16,
+            "warmup": 1,
+            "repeats": 3,
+        }
+    return {
+        "name": "resnet18",
+        "stage_sizes": (2, 2, 2, 2),
+        "width": 1.0,
+        "batch": 256,
+        "image_size": 32,
+        "warmup": 3,
+        "repeats": 20,
+    }
 
 
 def _channels(shapes: dict) -> tuple[int, ...]:
@@ -260,8 +276,12 @@ def build_jaxnorm(norm: str, dtype: str, shapes: dict):
     """(model, raw train step, jit of it as the trainer compiles it, tx) of the trainer for this case."""
     cfg = trainer_config(norm)
     kw = loop.model_kwargs(cfg, 10)
-    kw |= {"width": shapes["width"], "stage_sizes": tuple(shapes["stage_sizes"]), "block": "basic",
-           "dtype": DTYPES[dtype]}
+    kw |= {
+        "width": shapes["width"],
+        "stage_sizes": tuple(shapes["stage_sizes"]),
+        "block": "basic",
+        "dtype": DTYPES[dtype],
+    }
     model = models.build_model(cfg.model, **kw)
     tx, schedule = optim.make_optimizer(cfg)
     raw = steps.make_train_step(model, tx, schedule, cfg.seed, loss="cross_entropy")
@@ -337,9 +357,13 @@ def plain_flax_step(schedule):
 
         (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new = state.apply_gradients(grads=grads, batch_stats=new_stats)
-        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["y"]),
-                   "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads),
-                   "param_norm": optax.global_norm(new.params)}
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["y"]),
+            "learning_rate": schedule(state.step),
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(new.params),
+        }
         return new, metrics
 
     return step
@@ -372,7 +396,7 @@ def _rel(a, b) -> float:
 def _peak_bytes():
     try:
         stats = jax.devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001  (backends without allocator statistics)
+    except Exception:
         return None
     return None if not stats else stats.get("peak_bytes_in_use")
 
@@ -381,7 +405,7 @@ def _step_bytes(compiled):
     try:
         m = compiled.memory_analysis()
         return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -389,8 +413,11 @@ def run_resnet_pair(norm: str, dtype: str, shapes: dict, em: Emitter, check_dir:
     """Times jaxnorm's trainer step and the plain-Flax step on one batch; returns ({impl: record}, all agree)."""
     b, hw = shapes["batch"], shapes["image_size"]
     kx, ky = jax.random.split(jax.random.key(0))
-    batch = {"x": jax.random.normal(kx, (b, hw, hw, 3), jnp.float32),
-             "y": jax.random.randint(ky, (b,), 0, 10), "mask": jnp.ones((b,), bool)}
+    batch = {
+        "x": jax.random.normal(kx, (b, hw, hw, 3), jnp.float32),
+        "y": jax.random.randint(ky, (b,), 0, 10),
+        "mask": jnp.ones((b,), bool),
+    }
     jmodel, jstep, tx, schedule, cfg = build_jaxnorm(norm, dtype, shapes)
     # the trainer's create_state, jitted and with the 'rbg' PRNG: un-jitted, every initializer compiles on its own,
     # and threefry's unrolled hash makes the jitted init slow to compile (23 s vs 4 s for the small ResNet on a busy
@@ -406,24 +433,39 @@ def run_resnet_pair(norm: str, dtype: str, shapes: dict, em: Emitter, check_dir:
     fvars = {"params": fshapes["params"]}
     if "batch_stats" in fshapes:
         fvars["batch_stats"] = jax.tree_util.tree_map_with_path(
-            lambda path, v: (jnp.ones if path[-1].key == "var" else jnp.zeros)(v.shape, v.dtype),
-            fshapes["batch_stats"])
+            lambda path, v: (jnp.ones if path[-1].key == "var" else jnp.zeros)(v.shape, v.dtype), fshapes["batch_stats"]
+        )
     n_j, n_f = _count(jstate.params), _count(fvars["params"])
     shapes_j = jax.tree.map(lambda v: v.shape, jstate.params)
     shapes_f = jax.tree.map(lambda v: v.shape, fvars["params"])
     assert shapes_j == shapes_f, f"jaxnorm and plain-Flax parameter trees differ:\n{shapes_j}\n{shapes_f}"
     assert n_j == n_f, (n_j, n_f)
-    print(f"{shapes['name']} norm={norm} dtype={dtype}: {n_j} parameters (jaxnorm) == {n_f} (plain Flax)",
-          file=sys.stderr)
+    print(
+        f"{shapes['name']} norm={norm} dtype={dtype}: {n_j} parameters (jaxnorm) == {n_f} (plain Flax)", file=sys.stderr
+    )
     # the plain-Flax state starts from jaxnorm's parameters, so both steps compute the same thing
-    fstate = PlainState.create(apply_fn=fmodel.apply, params=jstate.params, tx=optax.sgd(0.1, momentum=0.9),
-                               batch_stats=fvars.get("batch_stats", {}))
+    fstate = PlainState.create(
+        apply_fn=fmodel.apply,
+        params=jstate.params,
+        tx=optax.sgd(0.1, momentum=0.9),
+        batch_stats=fvars.get("batch_stats", {}),
+    )
     fstep = jax.jit(plain_flax_step(optax.constant_schedule(0.1)))
 
-    common = {"name": shapes["name"], "norm": norm, "dtype": dtype, "batch": b, "image": [hw, hw, 3],
-              "stage_sizes": list(shapes["stage_sizes"]), "channels": list(channels), "param_count": n_j,
-              "param_count_flax": n_f, "param_counts_equal": n_j == n_f, "optimizer": "SGD momentum 0.9, lr 0.1",
-              "model_dtype_option": "ZooModel.dtype (bf16 convs/dense; float32 params and statistics)"}
+    common = {
+        "name": shapes["name"],
+        "norm": norm,
+        "dtype": dtype,
+        "batch": b,
+        "image": [hw, hw, 3],
+        "stage_sizes": list(shapes["stage_sizes"]),
+        "channels": list(channels),
+        "param_count": n_j,
+        "param_count_flax": n_f,
+        "param_counts_equal": n_j == n_f,
+        "optimizer": "SGD momentum 0.9, lr 0.1",
+        "model_dtype_option": "ZooModel.dtype (bf16 convs/dense; float32 params and statistics)",
+    }
 
     # checks: the same train-mode loss from the same parameters ('highest' precision, float32)
     checks = {}
@@ -433,13 +475,22 @@ def run_resnet_pair(norm: str, dtype: str, shapes: dict, em: Emitter, check_dir:
         with jax.default_matmul_precision("highest"):
             lj = float(_fwd_loss(jmodel)(jvars, batch["x"], batch["y"]))
             lf = float(_fwd_loss(fmodel)(fvars_same, batch["x"], batch["y"]))
-        checks |= {"check_loss_jaxnorm": lj, "check_loss_flax": lf, "check_loss_rel_diff": _rel(lf, lj),
-                   "check": "train-mode loss from the same parameters, float32, matmul precision 'highest'"}
+        checks |= {
+            "check_loss_jaxnorm": lj,
+            "check_loss_flax": lf,
+            "check_loss_rel_diff": _rel(lf, lj),
+            "check": "train-mode loss from the same parameters, float32, matmul precision 'highest'",
+        }
         if check_dir is not None:  # for the torch twin
             flat = traverse_util.flatten_dict(jax.device_get(jstate.params), sep="/")
             path = os.path.join(check_dir, f"check_{norm}.npz")
-            np.savez(path, x=np.asarray(batch["x"]), y=np.asarray(batch["y"]), loss=np.float64(lj),
-                     **{f"param:{k}": np.asarray(v) for k, v in flat.items()})
+            np.savez(
+                path,
+                x=np.asarray(batch["x"]),
+                y=np.asarray(batch["y"]),
+                loss=np.float64(lj),
+                **{f"param:{k}": np.asarray(v) for k, v in flat.items()},
+            )
             checks["check_npz"] = path
 
     out, agree = {}, True
@@ -458,26 +509,48 @@ def run_resnet_pair(norm: str, dtype: str, shapes: dict, em: Emitter, check_dir:
     backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
     stol = STEP_TOL[(backend, dtype)]
     loss_ok = (checks["check_loss_rel_diff"] if dtype == "float32" else step_loss_rel) <= LOSS_TOL[dtype]
-    agree = bool(loss_ok and step_loss_rel <= stol and gn_rel <= stol
-                 and all(math.isfinite(float(metrics[i]["loss"])) for i in metrics))
+    agree = bool(
+        loss_ok
+        and step_loss_rel <= stol
+        and gn_rel <= stol
+        and all(math.isfinite(float(metrics[i]["loss"])) for i in metrics)
+    )
 
-    (jms, jmin), (fms, fmin) = _time_alternating([(jc, (jstate, batch)), (fc, (fstate, batch))], shapes["repeats"],
-                                                 warmup=shapes["warmup"])
+    (jms, jmin), (fms, fmin) = _time_alternating(
+        [(jc, (jstate, batch)), (fc, (fstate, batch))], shapes["repeats"], warmup=shapes["warmup"]
+    )
     peak = _peak_bytes()
     for impl, ms, mn, comp, c in (("jaxnorm", jms, jmin, jt, jc), ("flax", fms, fmin, ft, fc)):
-        rec = {**common, "case": f"resnet:{norm}:{dtype}:{impl}", "impl": impl,
-               "images_per_s": b / (ms / 1e3), "step_ms": ms, "step_min_ms": mn, "compile_s": comp,
-               "first_call_s": comp + times_first[impl], "peak_memory_bytes": peak,
-               "peak_memory_note": "process-wide peak_bytes_in_use so far (JAX cannot reset it); null on CPU",
-               "step_memory_bytes": _step_bytes(c), "first_loss": float(metrics[impl]["loss"]),
-               "first_grad_norm": float(metrics[impl]["grad_norm"]), "repeats": shapes["repeats"],
-               "step": ("jaxnorm.lab.train.steps.make_train_step (the trainer's), jax.jit" if impl == "jaxnorm" else
-                        "plain Flax TrainState step, jax.jit, same metrics")}
+        rec = {
+            **common,
+            "case": f"resnet:{norm}:{dtype}:{impl}",
+            "impl": impl,
+            "images_per_s": b / (ms / 1e3),
+            "step_ms": ms,
+            "step_min_ms": mn,
+            "compile_s": comp,
+            "first_call_s": comp + times_first[impl],
+            "peak_memory_bytes": peak,
+            "peak_memory_note": "process-wide peak_bytes_in_use so far (JAX cannot reset it); null on CPU",
+            "step_memory_bytes": _step_bytes(c),
+            "first_loss": float(metrics[impl]["loss"]),
+            "first_grad_norm": float(metrics[impl]["grad_norm"]),
+            "repeats": shapes["repeats"],
+            "step": (
+                "jaxnorm.lab.train.steps.make_train_step (the trainer's), jax.jit"
+                if impl == "jaxnorm"
+                else "plain Flax TrainState step, jax.jit, same metrics"
+            ),
+        }
         if impl == "jaxnorm":
             rec |= {"ratio_vs_flax": ms / fms, "images_per_s_ratio_vs_flax": fms / ms}
         rec |= {k: v for k, v in checks.items() if k != "check_npz"}
-        rec |= {"step_loss_rel_diff": step_loss_rel, "step_grad_norm_rel_diff": gn_rel, "step_tol": stol,
-                "agree": agree}
+        rec |= {
+            "step_loss_rel_diff": step_loss_rel,
+            "step_grad_norm_rel_diff": gn_rel,
+            "step_tol": stol,
+            "agree": agree,
+        }
         out[impl] = em.emit(rec, "resnet")
     out["check_npz"] = checks.get("check_npz")
     return out, agree
@@ -493,13 +566,14 @@ def torch_available() -> tuple[bool, str]:
 
         if importlib.util.find_spec("torch") is None:
             return False, "torch is not installed"
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return False, f"torch cannot be found: {e}"
     return True, ""
 
 
-def run_torch(norm: str, shapes: dict, em: Emitter, budget: Budget, compile_mode: str, check_npz: str | None,
-              spec_dir: str) -> list[dict]:
+def run_torch(
+    norm: str, shapes: dict, em: Emitter, budget: Budget, compile_mode: str, check_npz: str | None, spec_dir: str
+) -> list[dict]:
     cases = []
     for dtype in DTYPES:
         for impl in ("torch_eager", "torch_compile"):
@@ -507,19 +581,38 @@ def run_torch(norm: str, shapes: dict, em: Emitter, budget: Budget, compile_mode
             if dtype == "float32" and impl == "torch_eager" and check_npz:
                 case["check_npz"] = check_npz
             cases.append(case)
-    common = {"name": shapes["name"], "norm": norm, "batch": shapes["batch"],
-              "image": [shapes["image_size"], shapes["image_size"], 3], "stage_sizes": list(shapes["stage_sizes"]),
-              "channels": list(_channels(shapes))}
+    common = {
+        "name": shapes["name"],
+        "norm": norm,
+        "batch": shapes["batch"],
+        "image": [shapes["image_size"], shapes["image_size"], 3],
+        "stage_sizes": list(shapes["stage_sizes"]),
+        "channels": list(_channels(shapes)),
+    }
     ok, why = torch_available()
     if ok and budget.left() <= 0:
         ok, why = False, f"time budget: --time-budget {budget.seconds:.0f} s spent"
     if not ok:
-        return [em.emit({**common, "case": c["id"], "impl": c["impl"], "dtype": c["dtype"], "skipped": True,
-                         "reason": why}, "resnet") for c in cases]
-    spec = {"stage_sizes": list(shapes["stage_sizes"]), "channels": list(_channels(shapes)),
-            "num_classes": 10, "num_groups": NUM_GROUPS, "batch": shapes["batch"],
-            "image_size": shapes["image_size"], "warmup": shapes["warmup"], "repeats": shapes["repeats"],
-            "deadline": time.time() + budget.left(), "compile_on_cpu": compile_mode == "on", "cases": cases}
+        return [
+            em.emit(
+                {**common, "case": c["id"], "impl": c["impl"], "dtype": c["dtype"], "skipped": True, "reason": why},
+                "resnet",
+            )
+            for c in cases
+        ]
+    spec = {
+        "stage_sizes": list(shapes["stage_sizes"]),
+        "channels": list(_channels(shapes)),
+        "num_classes": 10,
+        "num_groups": NUM_GROUPS,
+        "batch": shapes["batch"],
+        "image_size": shapes["image_size"],
+        "warmup": shapes["warmup"],
+        "repeats": shapes["repeats"],
+        "deadline": time.time() + budget.left(),
+        "compile_on_cpu": compile_mode == "on",
+        "cases": cases,
+    }
     if compile_mode == "off":
         spec["cases"] = [c for c in cases if c["impl"] != "torch_compile"]
     path = os.path.join(spec_dir, f"torch_spec_{norm}.json")
@@ -527,8 +620,12 @@ def run_torch(norm: str, shapes: dict, em: Emitter, budget: Budget, compile_mode
         json.dump(spec, f)
     seen, records = set(), []
     stderr = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_torch_resnet.py"), "--spec", path],
-                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "_torch_resnet.py"), "--spec", path],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
     grace = 60.0
     killer = threading.Timer(max(budget.left(), 0) + grace, proc.kill)  # a torch.compile that overruns the budget
     killer.start()
@@ -551,10 +648,17 @@ def run_torch(norm: str, shapes: dict, em: Emitter, budget: Budget, compile_mode
     for c in cases:
         if c["id"] in seen:
             continue
-        why = ("torch.compile turned off (--torch-compile off)" if compile_mode == "off" and c["impl"] ==
-               "torch_compile" else f"the torch subprocess ended (exit {proc.returncode}) before this case: {tail}")
-        records.append(em.emit({**common, "case": c["id"], "impl": c["impl"], "dtype": c["dtype"], "skipped": True,
-                                "reason": why}, "resnet"))
+        why = (
+            "torch.compile turned off (--torch-compile off)"
+            if compile_mode == "off" and c["impl"] == "torch_compile"
+            else f"the torch subprocess ended (exit {proc.returncode}) before this case: {tail}"
+        )
+        records.append(
+            em.emit(
+                {**common, "case": c["id"], "impl": c["impl"], "dtype": c["dtype"], "skipped": True, "reason": why},
+                "resnet",
+            )
+        )
     return records
 
 
@@ -596,9 +700,20 @@ def run_norms(args, em: Emitter, budget: Budget) -> bool:
     for dt, x in xs.items():  # the memory floor as norms.py measures it: two read+write passes over x
         floor_fns[dt], t_comp = norms_bench.memory_floor(x)
         ((ms, _),) = _time_alternating([floor_fns[dt]], max(repeats, 10))
-        em.emit(base | {"name": "memory_floor", "case": f"norms:memory_floor:{dt}", "dtype": dt, "shape": list(shape),
-                        "floor_ms": 2 * ms, "single_pass_ms": ms, "compile_s": t_comp,
-                        "what": "2 x time(jit(lambda x: x*2+1))"}, "norms")
+        em.emit(
+            base
+            | {
+                "name": "memory_floor",
+                "case": f"norms:memory_floor:{dt}",
+                "dtype": dt,
+                "shape": list(shape),
+                "floor_ms": 2 * ms,
+                "single_pass_ms": ms,
+                "compile_s": t_comp,
+                "what": "2 x time(jit(lambda x: x*2+1))",
+            },
+            "norms",
+        )
 
     pairs = norms_bench.make_pairs(jn, c, None) + bf16_pairs(jn, c)
     patterns = ("fixed",) if args.small else norms_bench.PATTERNS
@@ -610,23 +725,36 @@ def run_norms(args, em: Emitter, budget: Budget) -> bool:
             ok, why = budget.fits("norm group", 0.0)
             if not ok:
                 for p in group:
-                    em.emit(base | {"name": p[0], "dtype": dt, "cotangent": pattern, "case":
-                                    f"norms:{p[0]}:{dt}:{pattern}", "skipped": True, "reason": why}, "norms")
+                    em.emit(
+                        base
+                        | {
+                            "name": p[0],
+                            "dtype": dt,
+                            "cotangent": pattern,
+                            "case": f"norms:{p[0]}:{dt}:{pattern}",
+                            "skipped": True,
+                            "reason": why,
+                        },
+                        "norms",
+                    )
                 continue
             tee = _LineTee(em, "norms", {})
             try:
                 with budget.timed("norm group"), contextlib.redirect_stdout(tee):
-                    res = norms_bench.run_pattern(jn, group, pattern, xs, scale, bias, ct, jn_stats, flax_stats,
-                                                  floor_fns, base, shape, repeats)
-            except Exception as e:  # noqa: BLE001
+                    res = norms_bench.run_pattern(
+                        jn, group, pattern, xs, scale, bias, ct, jn_stats, flax_stats, floor_fns, base, shape, repeats
+                    )
+            except Exception as e:
                 tee.flush()
                 err = f"{type(e).__name__}: {str(e)[:800]}"
                 done = {r.get("case") for r in em.records}
                 for p in group:
                     case = f"norms:{p[0]}:{dt}:{pattern}"
                     if case not in done:
-                        em.emit(base | {"name": p[0], "dtype": dt, "cotangent": pattern, "case": case,
-                                        "error": err}, "norms")
+                        em.emit(
+                            base | {"name": p[0], "dtype": dt, "cotangent": pattern, "case": case, "error": err},
+                            "norms",
+                        )
                 all_agree = False
                 continue
             tee.flush()
@@ -649,18 +777,37 @@ def run_resnet_norm(norm: str, shapes: dict, em: Emitter, budget: Budget, compil
         ok, why = budget.fits("resnet pair")
         if not ok:
             for impl in ("jaxnorm", "flax"):
-                em.emit({"name": shapes["name"], "case": f"resnet:{norm}:{dtype}:{impl}", "impl": impl, "norm": norm,
-                         "dtype": dtype, "skipped": True, "reason": why}, "resnet")
+                em.emit(
+                    {
+                        "name": shapes["name"],
+                        "case": f"resnet:{norm}:{dtype}:{impl}",
+                        "impl": impl,
+                        "norm": norm,
+                        "dtype": dtype,
+                        "skipped": True,
+                        "reason": why,
+                    },
+                    "resnet",
+                )
             continue
         try:
             with budget.timed("resnet pair"):
                 recs, ok_pair = run_resnet_pair(norm, dtype, shapes, em, tmp)
-        except Exception as e:  # noqa: BLE001  (e.g. out of memory: the other cases still run; the status is 1)
+        except Exception as e:
             err = f"{type(e).__name__}: {str(e)[:800]}"
             print(f"resnet {norm} {dtype}: {err}", file=sys.stderr)
             for impl in ("jaxnorm", "flax"):
-                em.emit({"name": shapes["name"], "case": f"resnet:{norm}:{dtype}:{impl}", "impl": impl, "norm": norm,
-                         "dtype": dtype, "error": err}, "resnet")
+                em.emit(
+                    {
+                        "name": shapes["name"],
+                        "case": f"resnet:{norm}:{dtype}:{impl}",
+                        "impl": impl,
+                        "norm": norm,
+                        "dtype": dtype,
+                        "error": err,
+                    },
+                    "resnet",
+                )
             all_agree = False
             continue
         all_agree &= ok_pair
@@ -669,23 +816,42 @@ def run_resnet_norm(norm: str, shapes: dict, em: Emitter, budget: Budget, compil
     for r in run_torch(norm, shapes, em, budget, compile_mode, check_npz, tmp):
         if r.get("param_count") is not None and jn_count is not None:
             eq = r["param_count"] == jn_count
-            em.emit({"name": "param_count_check", "case": f"{r['case']}:param_count", "norm": norm,
-                     "impl": r["impl"], "dtype": r["dtype"], "param_count_torch": r["param_count"],
-                     "param_count_jaxnorm": jn_count, "param_counts_equal": eq}, "resnet")
+            em.emit(
+                {
+                    "name": "param_count_check",
+                    "case": f"{r['case']}:param_count",
+                    "norm": norm,
+                    "impl": r["impl"],
+                    "dtype": r["dtype"],
+                    "param_count_torch": r["param_count"],
+                    "param_count_jaxnorm": jn_count,
+                    "param_counts_equal": eq,
+                },
+                "resnet",
+            )
             all_agree &= eq
         all_agree &= r.get("loss_agree", True)
         if r.get("error"):
             print(f"{r['case']}: {r['error']}", file=sys.stderr)
     for dtype in DTYPES:
-        row = {i: em_lookup(em, f"resnet:{norm}:{dtype}:{i}") for i in ("jaxnorm", "flax", "torch_eager",
-                                                                          "torch_compile")}
+        row = {
+            i: em_lookup(em, f"resnet:{norm}:{dtype}:{i}") for i in ("jaxnorm", "flax", "torch_eager", "torch_compile")
+        }
         j = row["jaxnorm"]
         if j is None:
             continue
-        em.emit({"name": "resnet_ratios", "case": f"resnet:{norm}:{dtype}:ratios", "norm": norm, "dtype": dtype,
-                 "jaxnorm_images_per_s": j,
-                 **{f"jaxnorm_over_{i}_images_per_s": (j / v if v else None) for i, v in row.items() if i != "jaxnorm"},
-                 "jaxnorm_step_time_over_flax": (row["flax"] / j if row["flax"] else None)}, "resnet")
+        em.emit(
+            {
+                "name": "resnet_ratios",
+                "case": f"resnet:{norm}:{dtype}:ratios",
+                "norm": norm,
+                "dtype": dtype,
+                "jaxnorm_images_per_s": j,
+                **{f"jaxnorm_over_{i}_images_per_s": (j / v if v else None) for i, v in row.items() if i != "jaxnorm"},
+                "jaxnorm_step_time_over_flax": (row["flax"] / j if row["flax"] else None),
+            },
+            "resnet",
+        )
     return all_agree
 
 
@@ -702,14 +868,18 @@ def summarize(em: Emitter, args, t_total: float) -> dict:
         for dtype in DTYPES:
             j, f, te, tc = (ips(norm, dtype, i) for i in ("jaxnorm", "flax", "torch_eager", "torch_compile"))
             key = f"{norm}:{dtype}"
-            ratios[key] = {"vs_flax_step_time": None if not (j and f) else f / j,
-                           "vs_torch_eager_images_per_s": None if not (j and te) else j / te,
-                           "vs_torch_compile_images_per_s": None if not (j and tc) else j / tc}
+            ratios[key] = {
+                "vs_flax_step_time": None if not (j and f) else f / j,
+                "vs_torch_eager_images_per_s": None if not (j and te) else j / te,
+                "vs_torch_compile_images_per_s": None if not (j and tc) else j / tc,
+            }
             if norm == "batch":
                 goals[f"resnet18_bn_{dtype}_ge_{GOAL_VS_TORCH_EAGER}x_torch_eager"] = (
-                    None if not (j and te) else j / te >= GOAL_VS_TORCH_EAGER)
+                    None if not (j and te) else j / te >= GOAL_VS_TORCH_EAGER
+                )
                 goals[f"resnet18_bn_{dtype}_within_{GOAL_VS_FLAX}x_flax"] = (
-                    None if not (j and f) else f / j <= GOAL_VS_FLAX)
+                    None if not (j and f) else f / j <= GOAL_VS_FLAX
+                )
     agree_flags = [r["agree"] for r in recs if "agree" in r] + [r["all_agree"] for r in recs if "all_agree" in r]
     agree_flags += [r["loss_agree"] for r in recs if "loss_agree" in r]
     pc = [r["param_counts_equal"] for r in recs if r.get("param_counts_equal") is not None]
@@ -720,14 +890,26 @@ def summarize(em: Emitter, args, t_total: float) -> dict:
     goals[f"under_{int(TOTAL_GOAL_S)}s"] = t_total <= TOTAL_GOAL_S
     norm_sums = [r for r in recs if r.get("bench") == "norms" and r.get("name") == "summary"]
     skipped = [r["case"] for r in recs if r.get("skipped")]
-    return {"name": "summary", "case": "summary", "goals": goals, "met": [k for k, v in goals.items() if v is True],
-            "not_met": [k for k, v in goals.items() if v is False],
-            "unknown": [k for k, v in goals.items() if v is None], "resnet_ratios": ratios,
-            "norms_le_1.0x_flax": {r["cotangent"]: r["le_1.0x_flax"] for r in norm_sums},
-            "norms_le_1.3x_floor": {r["cotangent"]: r["le_1.3x_floor"] for r in norm_sums},
-            "skipped": skipped, "errors": errors, "total_s": t_total, "time_budget_s": args.time_budget,
-            "goals_note": ("--small: tiny shapes on this machine; the goals are for the full run on a GPU"
-                           if args.small else "full run")}
+    return {
+        "name": "summary",
+        "case": "summary",
+        "goals": goals,
+        "met": [k for k, v in goals.items() if v is True],
+        "not_met": [k for k, v in goals.items() if v is False],
+        "unknown": [k for k, v in goals.items() if v is None],
+        "resnet_ratios": ratios,
+        "norms_le_1.0x_flax": {r["cotangent"]: r["le_1.0x_flax"] for r in norm_sums},
+        "norms_le_1.3x_floor": {r["cotangent"]: r["le_1.3x_floor"] for r in norm_sums},
+        "skipped": skipped,
+        "errors": errors,
+        "total_s": t_total,
+        "time_budget_s": args.time_budget,
+        "goals_note": (
+            "--small: tiny shapes on this machine; the goals are for the full run on a GPU"
+            if args.small
+            else "full run"
+        ),
+    }
 
 
 def main(argv=None) -> int:
@@ -736,8 +918,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="append every JSON line to this file")
     ap.add_argument("--only", default="resnet,norms", help="comma-separated sections: resnet, norms")
     ap.add_argument("--time-budget", type=float, default=TOTAL_GOAL_S, help="seconds; later cases are skipped")
-    ap.add_argument("--torch-compile", choices=("auto", "on", "off"), default="auto",
-                    help="auto: on CUDA only (inductor's CPU build takes minutes on a small CPU)")
+    ap.add_argument(
+        "--torch-compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="auto: on CUDA only (inductor's CPU build takes minutes on a small CPU)",
+    )
     ap.add_argument("--norms", default=",".join(RESNET_NORMS), help="ResNet norms (batch, group)")
     ap.add_argument("--norm-repeats", type=int, default=None, help="timed calls per norm case")
     args = ap.parse_args(argv)
@@ -751,16 +937,25 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     dev = jax.devices()[0]
-    base = {"backend": jax.default_backend(), "device": str(dev), "device_kind": dev.device_kind,
-            "small": args.small}
+    base = {"backend": jax.default_backend(), "device": str(dev), "device_kind": dev.device_kind, "small": args.small}
     em = Emitter(args.out, base, t0)
     budget = Budget(args.time_budget, em)
-    em.emit({"name": "environment", "case": "environment", "jax": jax.__version__,
-             "flax": getattr(sys.modules.get("flax"), "__version__", None), "python": platform.python_version(),
-             "host": platform.node(), "cpu_count": os.cpu_count(), "sections": sections,
-             "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
-             "jax_compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
-             "time_budget_s": args.time_budget}, "suite")
+    em.emit(
+        {
+            "name": "environment",
+            "case": "environment",
+            "jax": jax.__version__,
+            "flax": getattr(sys.modules.get("flax"), "__version__", None),
+            "python": platform.python_version(),
+            "host": platform.node(),
+            "cpu_count": os.cpu_count(),
+            "sections": sections,
+            "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+            "jax_compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
+            "time_budget_s": args.time_budget,
+        },
+        "suite",
+    )
     # the order: the goals' figures (batch norm) first, then the norm section, group norm last, so that a tight
     # budget drops group norm's torch.compile cases first
     plan = [("resnet", n) for n in resnet_norms if n == "batch" and "resnet" in sections]
@@ -773,8 +968,7 @@ def main(argv=None) -> int:
                 if section == "norms":
                     all_agree &= run_norms(args, em, budget)
                 else:
-                    all_agree &= run_resnet_norm(norm, resnet_shapes(args.small), em, budget, args.torch_compile,
-                                                 tmp)
+                    all_agree &= run_resnet_norm(norm, resnet_shapes(args.small), em, budget, args.torch_compile, tmp)
         em.emit(summarize(em, args, em.elapsed()), "suite")
     finally:
         em.close()

@@ -71,12 +71,25 @@ def main():
     }
     ours = models.build_model("simple_cnn", channels=(32, 32, 64, 64), norm="batch", momentum=0.9)
     results = {"jaxnorm": time_step(ours, batch, args.repeats), "flax": time_step(PlainFlaxCNN(), batch, args.repeats)}
-    base = {"bench": "train_step", "backend": jax.default_backend(), "device": str(jax.devices()[0]),
-            "batch": args.batch, "input": "28x28x1"}
+    base = {
+        "bench": "train_step",
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
+        "batch": args.batch,
+        "input": "28x28x1",
+    }
     for name, r in results.items():
         print(json.dumps({**base, "impl": name, **r}))
-    print(json.dumps({**base, "figure": "ratio", "step_ratio": results["jaxnorm"]["step_ms"] / results["flax"]["step_ms"],
-                      "compile_ratio": results["jaxnorm"]["compile_s"] / results["flax"]["compile_s"]}))
+    print(
+        json.dumps(
+            {
+                **base,
+                "figure": "ratio",
+                "step_ratio": results["jaxnorm"]["step_ms"] / results["flax"]["step_ms"],
+                "compile_ratio": results["jaxnorm"]["compile_s"] / results["flax"]["compile_s"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -66,20 +66,33 @@ def get_config():
     c.eval_batch_size = 5000
     c.log_every = 50
     c.checkpoint_every = 1000
-    c.sizes.smoke = dict(num_steps=4, eval_every=2, log_every=2, checkpoint_every=4, warmup_steps=0,
-                         eval_batch_size=500)
-    c.sizes.full = dict(dataset="imagenet2012", validation_split="", model="resnet50",
-                        model_kwargs=dict(stem="imagenet"), batch_size=256, learning_rate=0.1, weight_decay=1e-4,
-                        warmup_steps=5000, num_steps=450_000, eval_every=5000, log_every=1000,
-                        checkpoint_every=10_000, augment=True)
+    c.sizes.smoke = dict(
+        num_steps=4, eval_every=2, log_every=2, checkpoint_every=4, warmup_steps=0, eval_batch_size=500
+    )
+    c.sizes.full = dict(
+        dataset="imagenet2012",
+        validation_split="",
+        model="resnet50",
+        model_kwargs=dict(stem="imagenet"),
+        batch_size=256,
+        learning_rate=0.1,
+        weight_decay=1e-4,
+        warmup_steps=5000,
+        num_steps=450_000,
+        eval_every=5000,
+        log_every=1000,
+        checkpoint_every=10_000,
+        augment=True,
+    )
     return c
 
 
 def get_sweep(config):
     """BN; no norm; no norm + embedding regularization at each λ."""
-    return ([{"name": BN, "norm": "batch", "embedding_reg": 0.0},
-             {"name": NONE, "norm": "none", "embedding_reg": 0.0}]
-            + [{"name": emb_arm(lam), "norm": "none", "embedding_reg": lam} for lam in LAMBDAS])
+    return [
+        {"name": BN, "norm": "batch", "embedding_reg": 0.0},
+        {"name": NONE, "norm": "none", "embedding_reg": 0.0},
+    ] + [{"name": emb_arm(lam), "norm": "none", "embedding_reg": lam} for lam in LAMBDAS]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -91,8 +104,7 @@ def select_lambda(ctx) -> tuple[float | None, dict]:
     means = {}
     for lam in LAMBDAS:
         if ctx.has(emb_arm(lam)):
-            vals = [v for v in ctx.outcomes(emb_arm(lam), "val_accuracy", diverged=CHANCE).values()
-                    if math.isfinite(v)]
+            vals = [v for v in ctx.outcomes(emb_arm(lam), "val_accuracy", diverged=CHANCE).values() if math.isfinite(v)]
             if vals:
                 means[lam] = float(np.mean(vals))
     return (max(means, key=means.get) if means else None), means
@@ -108,8 +120,9 @@ def embedding_growth(ctx, point: str) -> tuple[dict, dict]:
     return final, growth
 
 
-def recovered_fraction(none: dict, bn: dict, reg: dict, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
-                       ) -> stats.Interval | None:
+def recovered_fraction(
+    none: dict, bn: dict, reg: dict, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> stats.Interval | None:
     """The fraction of BN's benefit the regularization recovers, ``mean(reg − none) / mean(bn − none)`` over the
     seeds all three arms share, with a 95% percentile bootstrap interval over seeds (resampled together, so the
     pairing is kept). None with fewer than 2 shared seeds or a non-positive BN benefit (nothing to recover)."""
@@ -138,46 +151,83 @@ def section(ctx) -> str:
     lam, val_means = select_lambda(ctx)
     sel = emb_arm(lam) if lam is not None else None
     tab = report.error_table(ctx, order)
-    fig = plots.plot_mean_curves([("test accuracy", {p: ctx.metrics(p) for p in order})], ctx.path("accuracy"),
-                                 ylim=(0.0, 1.0))
-    fig_emb = plots.plot_mean_curves([("‖h(x)‖², training batches", {p: ctx.metrics(p) for p in order})],
-                                     ctx.path("embedding_norm"), key="embedding_norm_sq", split="train",
-                                     ylabel="mean ‖h(x)‖²", yscale="log")
+    fig = plots.plot_mean_curves(
+        [("test accuracy", {p: ctx.metrics(p) for p in order})], ctx.path("accuracy"), ylim=(0.0, 1.0)
+    )
+    fig_emb = plots.plot_mean_curves(
+        [("‖h(x)‖², training batches", {p: ctx.metrics(p) for p in order})],
+        ctx.path("embedding_norm"),
+        key="embedding_norm_sq",
+        split="train",
+        ylabel="mean ‖h(x)‖²",
+        yscale="log",
+    )
     finals, growths, emb_rows = {}, {}, []
     for p in order:
         finals[p], growths[p] = embedding_growth(ctx, p)
         if finals[p]:
-            emb_rows.append([p, report.mean_std(finals[p].values()),
-                             report.mean_std([math.exp(g) for g in growths[p].values()], ".3g")])
-    emb = report.table(["run", "mean ‖h(x)‖² at the end (training batches)", "end / first logged"],
-                       emb_rows) if emb_rows else ""
-    selection = ("λ selected on the validation split (mean validation accuracy over seeds): "
-                 + ", ".join(f"{v:g}: {100 * m:.2f}%" for v, m in val_means.items()) + f" → **{lam:g}**; the test "
-                 "split is used only to report it." if sel else "No validation accuracy was logged: no λ selected.")
+            emb_rows.append(
+                [
+                    p,
+                    report.mean_std(finals[p].values()),
+                    report.mean_std([math.exp(g) for g in growths[p].values()], ".3g"),
+                ]
+            )
+    emb = (
+        report.table(["run", "mean ‖h(x)‖² at the end (training batches)", "end / first logged"], emb_rows)
+        if emb_rows
+        else ""
+    )
+    selection = (
+        "λ selected on the validation split (mean validation accuracy over seeds): "
+        + ", ".join(f"{v:g}: {100 * m:.2f}%" for v, m in val_means.items())
+        + f" → **{lam:g}**; the test "
+        "split is used only to report it."
+        if sel
+        else "No validation accuracy was logged: no λ selected."
+    )
 
     findings, texts = [], {}
     r1 = report.safe_compare(ctx, NONE, BN, "test_accuracy", direction="greater", diverged=CHANCE)
     texts[1] = report.compared(r1) if r1 else "—"
-    findings.append(ctx.claim("premise: BN generalizes better than no normalization", PAPER_SOURCE,
-                              "1-D CNN, mnist1d_10k, BN vs none", f"test accuracy {texts[1]}",
-                              report.verdict_of(r1)))
+    findings.append(
+        ctx.claim(
+            "premise: BN generalizes better than no normalization",
+            PAPER_SOURCE,
+            "1-D CNN, mnist1d_10k, BN vs none",
+            f"test accuracy {texts[1]}",
+            report.verdict_of(r1),
+        )
+    )
     r2 = None
     if len(set(growths.get(NONE, {})) & set(growths.get(BN, {}))) >= 2:
         r2 = stats.compare(growths[BN], growths[NONE], direction="greater")
     texts[2] = report.ci(r2["interval"], 1, 2, " (log ratio)") if r2 else "—"
-    findings.append(ctx.claim(
-        "premise: without BN the final layer's input ‖h‖² grows (more than with BN)", "§3–4",
-        "log(end / first logged mean ‖h‖²), no norm − BN", texts[2], report.verdict_of(r2)))
+    findings.append(
+        ctx.claim(
+            "premise: without BN the final layer's input ‖h‖² grows (more than with BN)",
+            "§3–4",
+            "log(end / first logged mean ‖h‖²), no norm − BN",
+            texts[2],
+            report.verdict_of(r2),
+        )
+    )
     r3 = report.safe_compare(ctx, NONE, sel, "test_accuracy", direction="greater", diverged=CHANCE) if sel else None
     texts[3] = report.compared(r3) if r3 else "—"
-    findings.append(ctx.claim(
-        f"embedding regularization improves the network without BN (+{PAPER_GAIN_POINTS} pts top-1)", PAPER_SOURCE,
-        f"no norm, λ = {lam:g} (selected on validation)" if sel else "—", f"test accuracy {texts[3]}",
-        report.verdict_of(r3)))
+    findings.append(
+        ctx.claim(
+            f"embedding regularization improves the network without BN (+{PAPER_GAIN_POINTS} pts top-1)",
+            PAPER_SOURCE,
+            f"no norm, λ = {lam:g} (selected on validation)" if sel else "—",
+            f"test accuracy {texts[3]}",
+            report.verdict_of(r3),
+        )
+    )
     rec = None
     if sel:
-        rec = recovered_fraction(ctx.outcomes(NONE, diverged=CHANCE), ctx.outcomes(BN, diverged=CHANCE),
-                                 ctx.outcomes(sel, diverged=CHANCE))
+        rec = recovered_fraction(
+            ctx.outcomes(NONE, diverged=CHANCE), ctx.outcomes(BN, diverged=CHANCE), ctx.outcomes(sel, diverged=CHANCE)
+        )
     shared = (set(ctx.outcomes(NONE)) & set(ctx.outcomes(BN)) & set(ctx.outcomes(sel))) if sel else set()
     if rec is None:
         texts[4] = "— (fewer than 2 seeds)" if len(shared) < 2 else "— (no positive BN benefit to recover)"
@@ -186,26 +236,40 @@ def section(ctx) -> str:
     else:
         texts[4] = f"{100 * rec.estimate:.0f}% [no interval: BN's benefit is not clearly positive] (n = {rec.n})"
     v4 = "inconclusive" if rec is None else stats.verdict(rec, "greater", rec.estimate >= RECOVERY_CRITERION)
-    findings.append(ctx.claim(
-        "it recovers a large part of BN's benefit", PAPER_SOURCE,
-        f"(reg − none) / (BN − none), λ selected on validation; criterion ≥ {100 * RECOVERY_CRITERION:.0f}%",
-        texts[4], v4))
+    findings.append(
+        ctx.claim(
+            "it recovers a large part of BN's benefit",
+            PAPER_SOURCE,
+            f"(reg − none) / (BN − none), λ selected on validation; criterion ≥ {100 * RECOVERY_CRITERION:.0f}%",
+            texts[4],
+            v4,
+        )
+    )
     verdict = (
         f"**Verdict**: BN vs no normalization: {texts[1]} — {findings[0]}. ‖h‖² growth over training, no norm − BN "
         f"(log ratio): {texts[2]} — {findings[1]}. With λ = {lam if lam is None else f'{lam:g}'} (selected on "
         f"validation), embedding regularization vs no normalization: {texts[3]} — {findings[2]}; it recovers "
-        f"{texts[4]} of BN's benefit (bootstrap over seeds) — {findings[3]}.")
-    return "\n\n".join(filter(None, [
-        "**Claim** (Dauphin & Cubuk 2021): much of batch norm's generalization benefit comes from preventing the "
-        "explosive growth of the final layer's input; penalizing it (embedding regularization λ·mean‖h(x)‖², our "
-        f"form) in a network without BN recovers a large part of the benefit (+{PAPER_GAIN_POINTS}% top-1 on "
-        "ResNet-50 ImageNet).",
-        "**Our setting**: " + report.setting(ctx) + f" Test noise floor (binomial SE, {NONE}): "
-        f"{report.noise_floor(ctx, NONE, 10000) if ctx.has(NONE) else '—'} pts on 10 000 signals.",
-        selection,
-        tab, ctx.figure(fig), emb, ctx.figure(fig_emb),
-        "*What to look for*: ‖h‖² of the no-norm curve rising above BN's; the regularized no-norm accuracy curves "
-        "between the no-norm and the BN curve.",
-        verdict,
-        report.status_note(ctx),
-    ]))
+        f"{texts[4]} of BN's benefit (bootstrap over seeds) — {findings[3]}."
+    )
+    return "\n\n".join(
+        filter(
+            None,
+            [
+                "**Claim** (Dauphin & Cubuk 2021): much of batch norm's generalization benefit comes from preventing the "
+                "explosive growth of the final layer's input; penalizing it (embedding regularization λ·mean‖h(x)‖², our "
+                f"form) in a network without BN recovers a large part of the benefit (+{PAPER_GAIN_POINTS}% top-1 on "
+                "ResNet-50 ImageNet).",
+                "**Our setting**: " + report.setting(ctx) + f" Test noise floor (binomial SE, {NONE}): "
+                f"{report.noise_floor(ctx, NONE, 10000) if ctx.has(NONE) else '—'} pts on 10 000 signals.",
+                selection,
+                tab,
+                ctx.figure(fig),
+                emb,
+                ctx.figure(fig_emb),
+                "*What to look for*: ‖h‖² of the no-norm curve rising above BN's; the regularized no-norm accuracy curves "
+                "between the no-norm and the BN curve.",
+                verdict,
+                report.status_note(ctx),
+            ],
+        )
+    )

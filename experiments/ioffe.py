@@ -58,10 +58,20 @@ PROBE_EVERY = 50
 
 # grid points: name -> (norm, LR multiplier, schedule); defined once, read by get_sweep and section
 BASELINE, BN_BASELINE, BN_X5, BN_X30, BN_X5_STEP = "none_x1", "batch_x1", "batch_x5", "batch_x30", "batch_x5_step"
-ARMS = {BASELINE: ("none", 1, "constant"), BN_BASELINE: ("batch", 1, "constant"), BN_X5: ("batch", 5, "constant"),
-        BN_X30: ("batch", 30, "constant"), BN_X5_STEP: ("batch", 5, "step")}
-LABELS = {BASELINE: "no BN (baseline)", BN_BASELINE: "BN-Baseline (1×)", BN_X5: "BN-x5", BN_X30: "BN-x30",
-          BN_X5_STEP: "BN-x5, step decay"}
+ARMS = {
+    BASELINE: ("none", 1, "constant"),
+    BN_BASELINE: ("batch", 1, "constant"),
+    BN_X5: ("batch", 5, "constant"),
+    BN_X30: ("batch", 30, "constant"),
+    BN_X5_STEP: ("batch", 5, "step"),
+}
+LABELS = {
+    BASELINE: "no BN (baseline)",
+    BN_BASELINE: "BN-Baseline (1×)",
+    BN_X5: "BN-x5",
+    BN_X30: "BN-x30",
+    BN_X5_STEP: "BN-x5, step decay",
+}
 PROBED = (BASELINE, BN_BASELINE)
 # the arms whose final networks are also evaluated with population statistics (each a checkpoint restore in the
 # analysis): BN-Baseline (the claim) and BN-x30, where the running averages lag the fast-moving weights most
@@ -90,10 +100,12 @@ def get_config():
     c.eval_population_stats = False
     c.log_every = 250
     c.checkpoint_every = 2000
-    c.sizes.smoke = dict(num_steps=6, eval_every=2, log_every=2, checkpoint_every=6, eval_batch_size=500,
-                         population_batches=2)
-    c.sizes.full = dict(dataset="mnist", num_steps=50000, eval_every=100, log_every=500, checkpoint_every=5000,
-                        eval_batch_size=1000)
+    c.sizes.smoke = dict(
+        num_steps=6, eval_every=2, log_every=2, checkpoint_every=6, eval_batch_size=500, population_batches=2
+    )
+    c.sizes.full = dict(
+        dataset="mnist", num_steps=50000, eval_every=100, log_every=500, checkpoint_every=5000, eval_batch_size=1000
+    )
     return c
 
 
@@ -101,10 +113,14 @@ def get_sweep(config):
     """The five arms of ``ARMS``; the percentile probes in the 1× arms (every seed)."""
     grid = []
     for name, (norm, mult, schedule) in ARMS.items():
-        point = {"name": name, "norm": norm, "learning_rate": config.learning_rate * mult, "schedule": schedule,
-                 "probes.every": (PROBE_EVERY if config.size != "smoke" else config.eval_every) if name in PROBED
-                 else 0,
-                 "probes.kinds": ("activation_percentiles",)}
+        point = {
+            "name": name,
+            "norm": norm,
+            "learning_rate": config.learning_rate * mult,
+            "schedule": schedule,
+            "probes.every": (PROBE_EVERY if config.size != "smoke" else config.eval_every) if name in PROBED else 0,
+            "probes.kinds": ("activation_percentiles",),
+        }
         if schedule == "step":
             point.update(STEP_DECAY)
         grid.append(point)
@@ -171,8 +187,9 @@ def percentile_drift(rows: list[dict], layer: str = PERCENTILE_LAYER) -> float |
     """The drift of the {15, 50, 85}th percentiles of one unit's input over training, in units of the run's own
     spread: the mean over the percentiles of (max − min over the probes) / mean over the probes of (p85 − p15).
     Scale-free, so a network whose inputs are wide (no BN) is not favoured or penalized by its scale."""
-    series = {q: np.asarray(metrics_lib.series(rows, "probe", f"activations/{layer}/p{q}")[1], float)
-              for q in PERCENTILES}
+    series = {
+        q: np.asarray(metrics_lib.series(rows, "probe", f"activations/{layer}/p{q}")[1], float) for q in PERCENTILES
+    }
     if any(len(v) < 2 for v in series.values()):
         return None
     spread = float(np.mean(series[PERCENTILES[-1]] - series[PERCENTILES[0]]))
@@ -207,65 +224,112 @@ def section(ctx) -> str:
         vs_base[p] = speedup(base, reach[p]) if p != BASELINE else None
         hit = sum(r for _, r in reach[p].values())
         lr = pts[p]["overrides"]["learning_rate"]
-        rows.append([LABELS[p], f"{lr:g}", pts[p]["overrides"]["schedule"],
-                     report.pm(pts[p]["metrics"].get("test_accuracy"), 100, 2),
-                     f"{hit}/{len(reach[p])}", _fmt_steps(km_median(reach[p])),
-                     _fmt_factor(vs_base[p]) if p != BASELINE else "1 (reference)",
-                     f"{pts[p]['finished']}/{pts[p]['seeds']}"])
-    tab = report.table(["arm", "LR", "schedule", "final test accuracy %", f"seeds reaching {100 * target:.0f}%",
-                        "Kaplan–Meier median steps", "speed-up vs no BN (geometric mean, 95% CI)",
-                        "seeds finished"], rows)
-    fig_curves = plots.plot_mean_curves([("test accuracy", {LABELS[p]: ctx.metrics(p) for p in order})],
-                                        ctx.path("accuracy"), hlines={"target": target}, ylim=(0.0, 1.0))
+        rows.append(
+            [
+                LABELS[p],
+                f"{lr:g}",
+                pts[p]["overrides"]["schedule"],
+                report.pm(pts[p]["metrics"].get("test_accuracy"), 100, 2),
+                f"{hit}/{len(reach[p])}",
+                _fmt_steps(km_median(reach[p])),
+                _fmt_factor(vs_base[p]) if p != BASELINE else "1 (reference)",
+                f"{pts[p]['finished']}/{pts[p]['seeds']}",
+            ]
+        )
+    tab = report.table(
+        [
+            "arm",
+            "LR",
+            "schedule",
+            "final test accuracy %",
+            f"seeds reaching {100 * target:.0f}%",
+            "Kaplan–Meier median steps",
+            "speed-up vs no BN (geometric mean, 95% CI)",
+            "seeds finished",
+        ],
+        rows,
+    )
+    fig_curves = plots.plot_mean_curves(
+        [("test accuracy", {LABELS[p]: ctx.metrics(p) for p in order})],
+        ctx.path("accuracy"),
+        hlines={"target": target},
+        ylim=(0.0, 1.0),
+    )
 
     findings = []
     # 1. BN alone (BN-Baseline) needs fewer steps than the network without BN: paired log reach steps
     r1 = vs_base.get(BN_BASELINE)
     v1 = report.verdict_of(r1)
-    findings.append(ctx.claim(
-        f"BN alone reaches the target in fewer steps (BN-Baseline {PAPER_BN_BASELINE_SPEEDUP:.1f}×)", PAPER_SOURCE,
-        f"3×100 sigmoid MLP, mnist1d_10k, target {100 * target:.0f}% test accuracy",
-        f"{_fmt_factor(r1)} fewer steps", v1))
+    findings.append(
+        ctx.claim(
+            f"BN alone reaches the target in fewer steps (BN-Baseline {PAPER_BN_BASELINE_SPEEDUP:.1f}×)",
+            PAPER_SOURCE,
+            f"3×100 sigmoid MLP, mnist1d_10k, target {100 * target:.0f}% test accuracy",
+            f"{_fmt_factor(r1)} fewer steps",
+            v1,
+        )
+    )
     # 2. BN-x5 with a step-decay schedule needs fewer steps than BN-Baseline (paper 13.3M → 2.1M, 6.3×); the 14×
     r2 = speedup(reach.get(BN_BASELINE, {}), reach.get(BN_X5_STEP, {})) if BN_X5_STEP in reach else None
     v2 = report.verdict_of(r2)
-    findings.append(ctx.claim(
-        f"BN-x5 (5× LR, faster decay) is faster still than BN-Baseline "
-        f"({PAPER_STEPS['BN-Baseline'] / PAPER_STEPS['BN-x5']:.1f}×; {PAPER_BN_X5_SPEEDUP:.0f}× vs Inception)",
-        PAPER_SOURCE,
-        "BN, 5× LR, step decay vs BN 1× constant",
-        f"{_fmt_factor(r2)} fewer steps than BN-Baseline; {_fmt_factor(vs_base.get(BN_X5_STEP))} vs no BN", v2))
+    findings.append(
+        ctx.claim(
+            f"BN-x5 (5× LR, faster decay) is faster still than BN-Baseline "
+            f"({PAPER_STEPS['BN-Baseline'] / PAPER_STEPS['BN-x5']:.1f}×; {PAPER_BN_X5_SPEEDUP:.0f}× vs Inception)",
+            PAPER_SOURCE,
+            "BN, 5× LR, step decay vs BN 1× constant",
+            f"{_fmt_factor(r2)} fewer steps than BN-Baseline; {_fmt_factor(vs_base.get(BN_X5_STEP))} vs no BN",
+            v2,
+        )
+    )
     # 3. BN-x30 trains (paper: reaches the target in 2.7M steps): the fraction of seeds that reach the target
     if BN_X30 in reach and reach[BN_X30]:
         outcomes = [1.0 if r else math.nan for _, r in reach[BN_X30].values()]
         sr = stats.success_rate(outcomes)
         v3 = "holds" if sr["low"] > 0.5 else "fails" if sr["high"] < 0.5 else "inconclusive"
-        findings.append(ctx.claim(
-            "BN-x30 (30× LR) still trains and reaches the target", PAPER_SOURCE, "BN, 30× LR, constant",
-            f"{sr['successes']}/{sr['n']} seeds reach it (Wilson 95% [{100 * sr['low']:.0f}, {100 * sr['high']:.0f}]%)"
-            f"; {_fmt_factor(vs_base.get(BN_X30))} fewer steps than no BN", v3))
+        findings.append(
+            ctx.claim(
+                "BN-x30 (30× LR) still trains and reaches the target",
+                PAPER_SOURCE,
+                "BN, 30× LR, constant",
+                f"{sr['successes']}/{sr['n']} seeds reach it (Wilson 95% [{100 * sr['low']:.0f}, {100 * sr['high']:.0f}]%)"
+                f"; {_fmt_factor(vs_base.get(BN_X30))} fewer steps than no BN",
+                v3,
+            )
+        )
         x30 = f"{sr['successes']}/{sr['n']} BN-x30 seeds reach the target"
     else:
         v3, x30 = "inconclusive", "BN-x30 did not run"
 
     # 4. percentile drift (Fig. 1b,c), each run in units of its own spread
-    drift = {p: {s: d for s, rows_ in ctx.seed_metrics(p).items() if (d := percentile_drift(rows_)) is not None}
-             for p in PROBED if p in pts}
+    drift = {
+        p: {s: d for s, rows_ in ctx.seed_metrics(p).items() if (d := percentile_drift(rows_)) is not None}
+        for p in PROBED
+        if p in pts
+    }
     r4 = None
     if all(len(drift.get(p, {})) for p in PROBED):
         common = set(drift[BASELINE]) & set(drift[BN_BASELINE])
         if len(common) >= 2:
             r4 = stats.compare(drift[BASELINE], drift[BN_BASELINE], direction="less")
     v4 = report.verdict_of(r4)
-    findings.append(ctx.claim(
-        "BN keeps a sigmoid input's distribution stable during training", "§4.1, Fig. 1(b, c)",
-        f"{{15, 50, 85}}th percentiles of {PERCENTILE_LAYER} unit 0, every {PROBE_EVERY} steps, 1× arms",
-        ("BN − no BN drift (range / own 15–85 spread): " + report.compared(r4, 1, 2, "")) if r4 else "—", v4))
+    findings.append(
+        ctx.claim(
+            "BN keeps a sigmoid input's distribution stable during training",
+            "§4.1, Fig. 1(b, c)",
+            f"{{15, 50, 85}}th percentiles of {PERCENTILE_LAYER} unit 0, every {PROBE_EVERY} steps, 1× arms",
+            ("BN − no BN drift (range / own 15–85 spread): " + report.compared(r4, 1, 2, "")) if r4 else "—",
+            v4,
+        )
+    )
     firsts = {LABELS[p]: ctx.metrics(p)[0] for p in PROBED if p in pts and ctx.metrics(p)}
     fig_pct = plots.plot_percentiles(firsts, ctx.path("percentiles"), layer=PERCENTILE_LAYER)
     drift_rows = [[LABELS[p], report.mean_std(drift[p].values(), ".2f"), str(len(drift[p]))] for p in drift]
-    drift_tab = report.table(["arm", "percentile drift in units of the run's own 15–85 spread", "seeds"],
-                             drift_rows) if drift_rows else ""
+    drift_tab = (
+        report.table(["arm", "percentile drift in units of the run's own 15–85 spread", "seeds"], drift_rows)
+        if drift_rows
+        else ""
+    )
 
     # 5. inference with population statistics (§3.1) vs the running averages, BN arms
     pop_rows, r5 = [], None
@@ -273,16 +337,22 @@ def section(ctx) -> str:
     for p in bn_arms:
         acc = {r["seed"]: population_accuracy(r["workdir"]) for r in ctx.runs(p) if r["status"] == "finished"}
         if len(acc) >= 2:
-            res = stats.compare({s: v[0] for s, v in acc.items()}, {s: v[1] for s, v in acc.items()},
-                                direction="greater")
+            res = stats.compare(
+                {s: v[0] for s, v in acc.items()}, {s: v[1] for s, v in acc.items()}, direction="greater"
+            )
             pop_rows.append([LABELS[p], report.compared(res)])
             if p == BN_BASELINE:
                 r5 = res
     v5 = stats.equivalence_verdict(r5["interval"], POPULATION_MARGIN) if r5 else "inconclusive"
-    findings.append(ctx.claim(
-        "inference with population statistics matches the running averages", "§3.1, Algorithm 2",
-        "BN-Baseline, population statistics over training batches vs momentum-0.9 running averages",
-        (report.compared(r5) + f" (equivalence margin ±{100 * POPULATION_MARGIN:.1f} pts)") if r5 else "—", v5))
+    findings.append(
+        ctx.claim(
+            "inference with population statistics matches the running averages",
+            "§3.1, Algorithm 2",
+            "BN-Baseline, population statistics over training batches vs momentum-0.9 running averages",
+            (report.compared(r5) + f" (equivalence margin ±{100 * POPULATION_MARGIN:.1f} pts)") if r5 else "—",
+            v5,
+        )
+    )
     pop_tab = report.table(["arm", "population − running statistics, test accuracy"], pop_rows) if pop_rows else ""
 
     k_base, k_bn = km_median(base), km_median(reach.get(BN_BASELINE, {}))
@@ -293,30 +363,45 @@ def section(ctx) -> str:
         f"{_fmt_factor(r2)} — {findings[1]} (paper 6.3×; {_fmt_factor(vs_base.get(BN_X5_STEP))} vs no BN, paper "
         f"{PAPER_BN_X5_SPEEDUP:.0f}× with all of §4.2.1's changes, of which only the higher LR and the faster decay "
         f"apply here). {x30} — {findings[2]}. Percentile drift (BN − no BN, in units of each run's own spread): "
-        + (report.compared(r4, 1, 2, "") if r4 else "—") + f" — {findings[3]}. Population vs running statistics "
-        "(BN-Baseline): " + (report.compared(r5) if r5 else "—") + f" — {findings[4]}.")
+        + (report.compared(r4, 1, 2, "") if r4 else "—")
+        + f" — {findings[3]}. Population vs running statistics "
+        "(BN-Baseline): " + (report.compared(r5) if r5 else "—") + f" — {findings[4]}."
+    )
     censored = {p: sum(not r for _, r in reach[p].values()) for p in order}
-    note = ("Censoring: " + ", ".join(f"{LABELS[p]} {n}" for p, n in censored.items() if n)
-            + " seeds never reached the target; they enter the Kaplan–Meier medians as censored and the paired "
-            "log-step comparisons at their last step (a lower bound on their reach time)."
-            if any(censored.values()) else "")
-    return "\n\n".join(filter(None, [
-        "**Claim** (Ioffe & Szegedy 2015, §4.2.2, Fig. 2/3): batch norm alone reaches Inception's accuracy in "
-        "13.3M instead of 31.0M steps (2.3×); BN-x5 — 5× the learning rate plus §4.2.1's changes (no dropout, "
-        "less L2, 6× faster decay, …) — in 2.1M (14×); BN-x30 also trains (2.7M). §4.1, Fig. 1(b, c): with BN the "
-        "{15, 50, 85}th percentiles of a sigmoid's input stay stable over training. §3.1: inference normalizes "
-        "with population statistics.",
-        "**Our setting**: " + report.setting(ctx) + f" The target ({100 * target:.0f}% test accuracy) was fixed "
-        "before the sweep; test accuracy is evaluated every 10 steps on the 10 000 test signals (binomial noise "
-        f"floor {report.noise_floor(ctx, BASELINE, 10000) if BASELINE in pts else '—'} pts). Speed-ups are "
-        "paired over seeds: the mean of the per-seed differences of log reach steps, with its t interval, "
-        "exponentiated (a geometric-mean ratio). No arm is picked after the fact: each claim names its arm.",
-        tab, ctx.figure(fig_curves),
-        "*What to look for*: the BN curves crossing the target line well before the curve without BN.",
-        drift_tab, ctx.figure(fig_pct),
-        "*What to look for*: without BN the percentiles move relative to their spread; with BN they stay put.",
-        pop_tab,
-        verdict,
-        note,
-        report.status_note(ctx),
-    ]))
+    note = (
+        "Censoring: "
+        + ", ".join(f"{LABELS[p]} {n}" for p, n in censored.items() if n)
+        + " seeds never reached the target; they enter the Kaplan–Meier medians as censored and the paired "
+        "log-step comparisons at their last step (a lower bound on their reach time)."
+        if any(censored.values())
+        else ""
+    )
+    return "\n\n".join(
+        filter(
+            None,
+            [
+                "**Claim** (Ioffe & Szegedy 2015, §4.2.2, Fig. 2/3): batch norm alone reaches Inception's accuracy in "
+                "13.3M instead of 31.0M steps (2.3×); BN-x5 — 5× the learning rate plus §4.2.1's changes (no dropout, "
+                "less L2, 6× faster decay, …) — in 2.1M (14×); BN-x30 also trains (2.7M). §4.1, Fig. 1(b, c): with BN the "
+                "{15, 50, 85}th percentiles of a sigmoid's input stay stable over training. §3.1: inference normalizes "
+                "with population statistics.",
+                "**Our setting**: "
+                + report.setting(ctx)
+                + f" The target ({100 * target:.0f}% test accuracy) was fixed "
+                "before the sweep; test accuracy is evaluated every 10 steps on the 10 000 test signals (binomial noise "
+                f"floor {report.noise_floor(ctx, BASELINE, 10000) if BASELINE in pts else '—'} pts). Speed-ups are "
+                "paired over seeds: the mean of the per-seed differences of log reach steps, with its t interval, "
+                "exponentiated (a geometric-mean ratio). No arm is picked after the fact: each claim names its arm.",
+                tab,
+                ctx.figure(fig_curves),
+                "*What to look for*: the BN curves crossing the target line well before the curve without BN.",
+                drift_tab,
+                ctx.figure(fig_pct),
+                "*What to look for*: without BN the percentiles move relative to their spread; with BN they stay put.",
+                pop_tab,
+                verdict,
+                note,
+                report.status_note(ctx),
+            ],
+        )
+    )

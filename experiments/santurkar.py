@@ -97,11 +97,26 @@ def get_config():
     c.probes.every = 50
     c.probes.kinds = ("santurkar", "ics")
     c.probes.ics_layers = ICS_LAYERS
-    c.sizes.smoke = dict(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2, keep_checkpoints=3,
-                         probes=dict(every=2), eval_batch_size=500)
-    c.sizes.full = dict(dataset="cifar10", model="vgg11", model_kwargs=dict(width=1.0), num_steps=15000,
-                        eval_every=500, log_every=100, checkpoint_every=1000, keep_checkpoints=16,
-                        probes=dict(every=100))
+    c.sizes.smoke = dict(
+        num_steps=4,
+        eval_every=2,
+        log_every=2,
+        checkpoint_every=2,
+        keep_checkpoints=3,
+        probes=dict(every=2),
+        eval_batch_size=500,
+    )
+    c.sizes.full = dict(
+        dataset="cifar10",
+        model="vgg11",
+        model_kwargs=dict(width=1.0),
+        num_steps=15000,
+        eval_every=500,
+        log_every=100,
+        checkpoint_every=1000,
+        keep_checkpoints=16,
+        probes=dict(every=100),
+    )
     return c
 
 
@@ -116,8 +131,21 @@ def dln_config():
     return module.get_config()
 
 
-DLN_KEYS = ("dataset", "model", "activation", "batch_size", "eval_batch_size", "optimizer", "learning_rate",
-            "weight_decay", "schedule", "num_steps", "eval_every", "log_every", "probes.every")
+DLN_KEYS = (
+    "dataset",
+    "model",
+    "activation",
+    "batch_size",
+    "eval_batch_size",
+    "optimizer",
+    "learning_rate",
+    "weight_decay",
+    "schedule",
+    "num_steps",
+    "eval_every",
+    "log_every",
+    "probes.every",
+)
 
 
 def _dln_overrides(config, norm: str) -> dict:
@@ -125,11 +153,19 @@ def _dln_overrides(config, norm: str) -> dict:
     in training, checkpoints every 50 steps for the [0.01, 30]·LR landscape afterwards."""
     d = dln_config()
     over = {k: d[k.split(".")[0]][k.split(".")[1]] if "." in k else d[k] for k in DLN_KEYS}
-    over.update({"name": dln(norm), "norm": norm, "model_kwargs.width": None,  # DeepLinear's default: 10 (= dln.py)
-                 "probes.kinds": ("ics",), "probes.ics_layers": DLN_ICS_LAYERS})
+    over.update(
+        {
+            "name": dln(norm),
+            "norm": norm,
+            "model_kwargs.width": None,  # DeepLinear's default: 10 (= dln.py)
+            "probes.kinds": ("ics",),
+            "probes.ics_layers": DLN_ICS_LAYERS,
+        }
+    )
     if config.size == "smoke":
-        over.update(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2, keep_checkpoints=3,
-                    **{"probes.every": 2})
+        over.update(
+            num_steps=4, eval_every=2, log_every=2, checkpoint_every=2, keep_checkpoints=3, **{"probes.every": 2}
+        )
     else:
         over.update(checkpoint_every=50, keep_checkpoints=over["num_steps"] // 50 + 1)
     return over
@@ -140,8 +176,15 @@ def get_sweep(config):
     smoke = config.size == "smoke"
     grid = [{"name": vgg(n, lr), "norm": n, "learning_rate": lr} for lr in LRS for n in vgg_norms(lr, smoke)]
     if not smoke:  # ℓ1 BN: the landscape probe only (no claim reads its ICS)
-        grid.append({"name": vgg(LP_NORM, LRS[0]), "norm": LP_NORM, "learning_rate": LRS[0], "model_kwargs.p": LP_P,
-                     "probes.kinds": ("santurkar",)})
+        grid.append(
+            {
+                "name": vgg(LP_NORM, LRS[0]),
+                "norm": LP_NORM,
+                "learning_rate": LRS[0],
+                "model_kwargs.p": LP_P,
+                "probes.kinds": ("santurkar",),
+            }
+        )
     # the DLN is a regression (no test accuracy): left out of the smoke grid, whose test reads every run's accuracy
     grid += [_dln_overrides(config, n) for n in (DLN_NORMS if not smoke else ())]
     return grid
@@ -169,8 +212,10 @@ def _value(row: dict, fn) -> float:
 def windows(num_steps: int) -> dict:
     """The time windows of the landscape and ICS figures: ``early`` (steps ≤ EARLY) and ``late`` (the last third)."""
     late = LATE_FRACTION * num_steps
-    return {"early": (lambda s: s <= EARLY, f"steps ≤ {EARLY}"),
-            "late": (lambda s: s >= late, f"steps ≥ {math.ceil(late)}")}
+    return {
+        "early": (lambda s: s <= EARLY, f"steps ≤ {EARLY}"),
+        "late": (lambda s: s >= late, f"steps ≥ {math.ceil(late)}"),
+    }
 
 
 def window_mean(rows: list[dict], fn, window, split: str = "probe") -> float:
@@ -182,6 +227,7 @@ def window_mean(rows: list[dict], fn, window, split: str = "probe") -> float:
 
 def ics_fn(layers, quantity: str = "cos"):
     """A row's ICS averaged over ``layers``: ``'cos'`` = cos(G, G′), ``'rel'`` = ‖G − G′‖/‖G‖ (both scale-free)."""
+
     def fn(r):
         vals = []
         for layer in layers:
@@ -193,6 +239,7 @@ def ics_fn(layers, quantity: str = "cos"):
                 g = r.get(f"ics/grad_norm/{layer}", 0.0)
                 vals.append(r[f"ics/l2/{layer}"] / g if g else math.nan)
         return float(np.mean(vals)) if vals else math.nan
+
     return fn
 
 
@@ -210,8 +257,12 @@ def paired_ratio(a: dict[int, float], b: dict[int, float], *, criterion=None) ->
     common = [s for s in set(a) & set(b) if a[s] > 0 and b[s] > 0]
     if len(common) < 2:
         return None
-    return stats.compare({s: math.log(a[s]) for s in common}, {s: math.log(b[s]) for s in common},
-                         direction="greater", criterion=criterion)
+    return stats.compare(
+        {s: math.log(a[s]) for s in common},
+        {s: math.log(b[s]) for s in common},
+        direction="greater",
+        criterion=criterion,
+    )
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float], direction: str) -> dict | None:
@@ -293,10 +344,14 @@ def activation_stats(workdir: str, layers=None) -> dict[str, dict[str, np.ndarra
 
         @jax.jit
         def capture(variables, x, key):
-            _, st = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                                rngs={"dropout": key},
-                                capture_intermediates=lambda m, name: name == "__call__"
-                                and (m.name or "").startswith("norm_"))
+            _, st = model.apply(
+                variables,
+                x,
+                train=True,
+                mutable=["batch_stats", "intermediates"],
+                rngs={"dropout": key},
+                capture_intermediates=lambda m, name: name == "__call__" and (m.name or "").startswith("norm_"),
+            )
             out = {}
             for name, v in st["intermediates"].items():
                 if name.startswith("norm_"):
@@ -312,8 +367,9 @@ def activation_stats(workdir: str, layers=None) -> dict[str, dict[str, np.ndarra
     acc: dict[str, dict[str, list]] = {}
     for step, state in states:
         batch = loop.train_batch(exp, step)
-        res = jax.device_get(capture(state.variables(), jnp.asarray(batch["x"]),
-                                     steps_lib.dropout_key(exp.config.seed, step)))
+        res = jax.device_get(
+            capture(state.variables(), jnp.asarray(batch["x"]), steps_lib.dropout_key(exp.config.seed, step))
+        )
         for name, (m, s) in res.items():
             if layers is None or name in layers:
                 d = acc.setdefault(name, {"steps": [], "mean": [], "std": []})
@@ -367,16 +423,16 @@ def dln_posthoc(workdir: str, num: int = 10) -> list[dict]:
     etas = probes_lib.eta_grid(exp.config.learning_rate, *DLN_ETA_RANGE, num=num)
     key = (exp.eval_model, exp.loss, num, float(exp.config.learning_rate))
     if key not in _PROBE_FNS:  # one loss function per network: its compiled probe programs are shared by the seeds
-        _PROBE_FNS[key] = probes_lib.make_probe_fn(exp.eval_model, probes=("santurkar",),
-                                                   options={"santurkar": {"etas": etas}}, loss=exp.loss, train=True)
+        _PROBE_FNS[key] = probes_lib.make_probe_fn(
+            exp.eval_model, probes=("santurkar",), options={"santurkar": {"etas": etas}}, loss=exp.loss, train=True
+        )
     probe_fn = _PROBE_FNS[key]
     base = rng.rng_stream(exp.config.seed, "probes")
     rows = []
     for step, state in states:
         batch = {k: jnp.asarray(v) for k, v in loop.train_batch(exp, step).items()}
         out = jax.device_get(probe_fn(state, batch, jax.random.fold_in(base, step)))
-        rows.append({"step": int(step), "split": "probe",
-                     **{k: float(v) for k, v in out.items() if np.ndim(v) == 0}})
+        rows.append({"step": int(step), "split": "probe", **{k: float(v) for k, v in out.items() if np.ndim(v) == 0}})
     return rows
 
 
@@ -392,19 +448,23 @@ def section(ctx) -> str:
     out: list[str] = []
     setting = f"vgg_small ×0.5 on digits, SGD, {cfg_steps} steps, {ctx.summary['seeds']} seeds"
 
-    out.append("**Claims** (Santurkar et al. 2018): batch norm's benefit is not a reduction of internal covariate "
-               "shift (ICS, Definition 2.1; §2): noisy BN, whose layer inputs are deliberately unstable, trains as "
-               "well "
-               "as BN (§2.1, Fig. 2), and BN does not reduce ICS (§2.2). Instead BN makes the landscape smoother "
-               "(§3.2, Fig. 4): along the gradient the loss changes less, the gradient stays more predictive (the "
-               "gap is \"close to two orders of magnitude\" early in training) and the effective β-smoothness is "
-               "lower; the same holds for ℓp normalizations (§3.3) and the 25-layer deep linear network (DLN). VGG "
-               "on CIFAR-10 at LR 0.1: 83% test accuracy with BN, 80% without (§1.1).")
-    out.append("**Our setting**: " + report.setting(ctx) + f" Probes every {_probe_every(ctx)} steps at both "
-               f"learning rates; windows: early = {win['early'][1]}, late = {win['late'][1]}. Ratios are the "
-               "geometric mean over seeds of the per-seed ratio standard/BN (a run's value: its mean over the "
-               "window's probes), with a 95% t interval on the log scale; diverged runs keep their probes up to the "
-               "divergence and score chance accuracy. Nothing is selected: every arm is reported.")
+    out.append(
+        "**Claims** (Santurkar et al. 2018): batch norm's benefit is not a reduction of internal covariate "
+        "shift (ICS, Definition 2.1; §2): noisy BN, whose layer inputs are deliberately unstable, trains as "
+        "well "
+        "as BN (§2.1, Fig. 2), and BN does not reduce ICS (§2.2). Instead BN makes the landscape smoother "
+        "(§3.2, Fig. 4): along the gradient the loss changes less, the gradient stays more predictive (the "
+        'gap is "close to two orders of magnitude" early in training) and the effective β-smoothness is '
+        "lower; the same holds for ℓp normalizations (§3.3) and the 25-layer deep linear network (DLN). VGG "
+        "on CIFAR-10 at LR 0.1: 83% test accuracy with BN, 80% without (§1.1)."
+    )
+    out.append(
+        "**Our setting**: " + report.setting(ctx) + f" Probes every {_probe_every(ctx)} steps at both "
+        f"learning rates; windows: early = {win['early'][1]}, late = {win['late'][1]}. Ratios are the "
+        "geometric mean over seeds of the per-seed ratio standard/BN (a run's value: its mean over the "
+        "window's probes), with a 95% t interval on the log scale; diverged runs keep their probes up to the "
+        "divergence and score chance accuracy. Nothing is selected: every arm is reported."
+    )
 
     # ---- accuracy and success rates ---------------------------------------------------------------------------------
     arms = [n for n in (*VGG_NORMS, LP_NORM) if any(has(vgg(n, lr)) for lr in LRS)]
@@ -419,25 +479,48 @@ def section(ctx) -> str:
             raw = ctx.outcomes(p, "test_accuracy")  # NaN = diverged
             sr = stats.success_rate(list(raw.values()), chance=CHANCE, margin=CHANCE_MARGIN) if raw else None
             acc = ctx.outcomes(p, "test_accuracy", diverged=CHANCE)
-            row += [report.mean_std([100 * v for v in acc.values()], ".1f"),
-                    "—" if sr is None else f"{sr['successes']}/{sr['n']} [{100 * sr['low']:.0f}, "
-                                           f"{100 * sr['high']:.0f}]%" + (f", {sr['diverged']} diverged"
-                                                                            if sr["diverged"] else "")]
+            row += [
+                report.mean_std([100 * v for v in acc.values()], ".1f"),
+                "—"
+                if sr is None
+                else f"{sr['successes']}/{sr['n']} [{100 * sr['low']:.0f}, "
+                f"{100 * sr['high']:.0f}]%" + (f", {sr['diverged']} diverged" if sr["diverged"] else ""),
+            ]
         rows.append(row)
-    out.append(report.table(["network"] + [h for lr in LRS for h in (f"test accuracy %, LR {lr:g} (diverged = "
-                                                                       "chance)", f"success rate, LR {lr:g}")], rows))
+    out.append(
+        report.table(
+            ["network"]
+            + [
+                h for lr in LRS for h in (f"test accuracy %, LR {lr:g} (diverged = chance)", f"success rate, LR {lr:g}")
+            ],
+            rows,
+        )
+    )
     panels = [(f"LR {lr:g}", {LABEL[n]: ctx.metrics(vgg(n, lr)) for n in arms if has(vgg(n, lr))}) for lr in LRS]
     out.append(ctx.figure(plots.plot_mean_curves(panels, ctx.path("accuracy"), ylim=(0, 1))))
-    out.append(f"Success: test accuracy above chance + {100 * CHANCE_MARGIN:.0f} points, with diverged runs "
-               "counted as failures (Wilson 95% interval). The curves average the runs that finished.")
+    out.append(
+        f"Success: test accuracy above chance + {100 * CHANCE_MARGIN:.0f} points, with diverged runs "
+        "counted as failures (Wilson 95% interval). The curves average the runs that finished."
+    )
 
-    acc_cmp = {lr: report.safe_compare(ctx, vgg("none", lr), vgg("batch", lr), direction="greater",
-                                       diverged=CHANCE) for lr in LRS}
-    v_acc0 = ctx.claim("BN trains to higher test accuracy (LR 0.1)", "§1.1, Fig. 1 (83% vs 80%)",
-                       setting + ", LR 0.1", _acc(acc_cmp[lr0], "BN − standard"), report.verdict_of(acc_cmp[lr0]))
-    v_acc1 = ctx.claim("BN keeps training at the larger LR 0.5", "Fig. 1 (LR 0.5); §1.1",
-                       setting + ", LR 0.5, diverged = chance", _acc(acc_cmp[lr1], "BN − standard"),
-                       report.verdict_of(acc_cmp[lr1]))
+    acc_cmp = {
+        lr: report.safe_compare(ctx, vgg("none", lr), vgg("batch", lr), direction="greater", diverged=CHANCE)
+        for lr in LRS
+    }
+    v_acc0 = ctx.claim(
+        "BN trains to higher test accuracy (LR 0.1)",
+        "§1.1, Fig. 1 (83% vs 80%)",
+        setting + ", LR 0.1",
+        _acc(acc_cmp[lr0], "BN − standard"),
+        report.verdict_of(acc_cmp[lr0]),
+    )
+    v_acc1 = ctx.claim(
+        "BN keeps training at the larger LR 0.5",
+        "Fig. 1 (LR 0.5); §1.1",
+        setting + ", LR 0.5, diverged = chance",
+        _acc(acc_cmp[lr1], "BN − standard"),
+        report.verdict_of(acc_cmp[lr1]),
+    )
 
     # ---- landscape: β and ‖Δg‖/‖g‖ per seed, paired ratios ----------------------------------------------------------
     ratios = {}  # (quantity, lr, window, arm) -> comparison of standard / arm
@@ -449,61 +532,119 @@ def section(ctx) -> str:
                 row = [qlabel, f"{lr:g}", wlabel]
                 for n in ("batch", "noisy_batch_norm", LP_NORM):
                     other = runs(vgg(n, lr))
-                    crit = ((lambda iv: iv.low > math.log(MAGNITUDE)) if q == "grad_band" else None)
-                    r = paired_ratio(per_seed(other, fn, wfn), per_seed(base, fn, wfn), criterion=crit) \
-                        if other and base else None
+                    crit = (lambda iv: iv.low > math.log(MAGNITUDE)) if q == "grad_band" else None
+                    r = (
+                        paired_ratio(per_seed(other, fn, wfn), per_seed(base, fn, wfn), criterion=crit)
+                        if other and base
+                        else None
+                    )
                     ratios[q, lr, w, n] = r
                     row.append(ratio_text(r))
                 row.insert(3, report.mean_std(per_seed(base, fn, wfn).values()))
                 row.insert(4, report.mean_std(per_seed(runs(vgg("batch", lr)), fn, wfn).values()))
                 lrows.append(row)
-    out.append(report.table(["quantity", "LR", "window", "standard (mean ± std over seeds)", "batch norm",
-                             "standard / BN", "standard / noisy BN", "standard / ℓ1 BN"], lrows))
+    out.append(
+        report.table(
+            [
+                "quantity",
+                "LR",
+                "window",
+                "standard (mean ± std over seeds)",
+                "batch norm",
+                "standard / BN",
+                "standard / noisy BN",
+                "standard / ℓ1 BN",
+            ],
+            lrows,
+        )
+    )
 
     def series(points, key_fn, name):
-        return {LABEL[n] if not isinstance(n, tuple) else n[1]: [[{**r, name: _value(r, key_fn)} for r in rows]
-                                                                 for rows in runs(p).values()]
-                for n, p in points if has(p)}
+        return {
+            LABEL[n] if not isinstance(n, tuple) else n[1]: [
+                [{**r, name: _value(r, key_fn)} for r in rows] for rows in runs(p).values()
+            ]
+            for n, p in points
+            if has(p)
+        }
 
     for q in ("beta", "rel_grad"):
         qlabel, fn = QUANTITIES[q]
         panels = [(f"{qlabel}, LR {lr:g}", series([(n, vgg(n, lr)) for n in arms], fn, q)) for lr in LRS]
-        out.append(ctx.figure(plots.plot_mean_curves(panels, ctx.path(q), key=q, split="probe", ylabel=qlabel,
-                                                     yscale="log")))
+        out.append(
+            ctx.figure(plots.plot_mean_curves(panels, ctx.path(q), key=q, split="probe", ylabel=qlabel, yscale="log"))
+        )
     firsts = {LABEL[n]: ctx.metrics(vgg(n, lr0))[0] for n in arms if has(vgg(n, lr0)) and ctx.metrics(vgg(n, lr0))}
     out.append(ctx.figure(plots.plot_santurkar(firsts, ctx.path("bands"))))
-    out.append("*What to look for*: β and ‖Δg‖/‖g‖ (the largest relative change of the gradient over the step sizes "
-               "η ∈ [0.5, 4]·LR along it) are the headline figures (mean ± std over seeds, log scale): lower is "
-               "smoother. The last figure shows seed 0's bands (min–max over η) at LR 0.1.")
+    out.append(
+        "*What to look for*: β and ‖Δg‖/‖g‖ (the largest relative change of the gradient over the step sizes "
+        "η ∈ [0.5, 4]·LR along it) are the headline figures (mean ± std over seeds, log scale): lower is "
+        "smoother. The last figure shows seed 0's bands (min–max over η) at LR 0.1."
+    )
 
-    b0, g0, band0 = ratios.get(("beta", lr0, "early", "batch")), ratios.get(("rel_grad", lr0, "early", "batch")), \
-        ratios.get(("grad_band", lr0, "early", "batch"))
+    b0, g0, band0 = (
+        ratios.get(("beta", lr0, "early", "batch")),
+        ratios.get(("rel_grad", lr0, "early", "batch")),
+        ratios.get(("grad_band", lr0, "early", "batch")),
+    )
     b1 = ratios.get(("beta", lr1, "early", "batch"))
-    v_beta = ctx.claim("BN lowers the effective β-smoothness", "§3.2, Fig. 4(c)",
-                       setting + f", LR 0.1, {win['early'][1]}",
-                       "standard/BN " + ratio_text(b0), report.verdict_of(b0))
-    v_grad = ctx.claim("BN makes the gradient more predictive (‖Δg‖/‖g‖ lower)", "§3.2, Fig. 4(b)",
-                       setting + f", LR 0.1, {win['early'][1]}", "standard/BN " + ratio_text(g0), report.verdict_of(g0))
-    v_band = ctx.claim(f"gradient-change gap \"close to two orders of magnitude\" early "
-                       f"(criterion: CI > {MAGNITUDE:g}×)",
-                       "§3.2, Fig. 4(b)", setting + f", LR 0.1, {win['early'][1]}", "standard/BN " + ratio_text(band0),
-                       report.verdict_of(band0))
-    v_beta1 = ctx.claim("BN lowers β at LR 0.5 too", "§3.2, Fig. 4 (probed at both LRs here)",
-                        setting + f", LR 0.5, {win['early'][1]}", "standard/BN " + ratio_text(b1),
-                        report.verdict_of(b1))
+    v_beta = ctx.claim(
+        "BN lowers the effective β-smoothness",
+        "§3.2, Fig. 4(c)",
+        setting + f", LR 0.1, {win['early'][1]}",
+        "standard/BN " + ratio_text(b0),
+        report.verdict_of(b0),
+    )
+    v_grad = ctx.claim(
+        "BN makes the gradient more predictive (‖Δg‖/‖g‖ lower)",
+        "§3.2, Fig. 4(b)",
+        setting + f", LR 0.1, {win['early'][1]}",
+        "standard/BN " + ratio_text(g0),
+        report.verdict_of(g0),
+    )
+    v_band = ctx.claim(
+        f'gradient-change gap "close to two orders of magnitude" early (criterion: CI > {MAGNITUDE:g}×)',
+        "§3.2, Fig. 4(b)",
+        setting + f", LR 0.1, {win['early'][1]}",
+        "standard/BN " + ratio_text(band0),
+        report.verdict_of(band0),
+    )
+    v_beta1 = ctx.claim(
+        "BN lowers β at LR 0.5 too",
+        "§3.2, Fig. 4 (probed at both LRs here)",
+        setting + f", LR 0.5, {win['early'][1]}",
+        "standard/BN " + ratio_text(b1),
+        report.verdict_of(b1),
+    )
     lp_b = ratios.get(("beta", lr0, "early", LP_NORM))
-    v_lp = (ctx.claim("ℓp BN (here ℓ1) also smooths the landscape (β lower than standard)", "§3.3",
-                      setting + f", ℓ1 BN, LR 0.1, {win['early'][1]}", "standard/ℓ1 BN " + ratio_text(lp_b),
-                      report.verdict_of(lp_b)) if has(vgg(LP_NORM, lr0)) else None)
+    v_lp = (
+        ctx.claim(
+            "ℓp BN (here ℓ1) also smooths the landscape (β lower than standard)",
+            "§3.3",
+            setting + f", ℓ1 BN, LR 0.1, {win['early'][1]}",
+            "standard/ℓ1 BN " + ratio_text(lp_b),
+            report.verdict_of(lp_b),
+        )
+        if has(vgg(LP_NORM, lr0))
+        else None
+    )
     lp_acc = report.safe_compare(ctx, vgg("none", lr0), vgg(LP_NORM, lr0), direction="greater", diverged=CHANCE)
 
     # ---- noisy BN: trains as well as BN; its distributions are unstable (Fig. 2) ------------------------------------
-    noisy_acc = report.safe_compare(ctx, vgg("batch", lr0), vgg("noisy_batch_norm", lr0), direction="greater",
-                                    diverged=CHANCE)
-    v_noisy = (ctx.claim(f"noisy BN trains as well as BN (non-inferiority: CI of noisy − BN > "
-                         f"−{100 * NONINFERIORITY:g} "
-                         "pts)", "§2.1, Fig. 2 (left)", setting + ", LR 0.1", _acc(noisy_acc, "noisy − BN"),
-                         noninferiority(noisy_acc, NONINFERIORITY)) if has(vgg("noisy_batch_norm", lr0)) else None)
+    noisy_acc = report.safe_compare(
+        ctx, vgg("batch", lr0), vgg("noisy_batch_norm", lr0), direction="greater", diverged=CHANCE
+    )
+    v_noisy = (
+        ctx.claim(
+            f"noisy BN trains as well as BN (non-inferiority: CI of noisy − BN > −{100 * NONINFERIORITY:g} pts)",
+            "§2.1, Fig. 2 (left)",
+            setting + ", LR 0.1",
+            _acc(noisy_acc, "noisy − BN"),
+            noninferiority(noisy_acc, NONINFERIORITY),
+        )
+        if has(vgg("noisy_batch_norm", lr0))
+        else None
+    )
     inst = {}  # arm -> {seed: {layer: (mean instability, std instability)}}
     missing = []
     for n in VGG_NORMS:
@@ -521,63 +662,131 @@ def section(ctx) -> str:
     irows = []
     for n in VGG_NORMS:
         if n in inst:
-            irows.append([LABEL[n]] + [report.mean_std([d[lay][0] for d in inst[n].values() if lay in d], ".3f") + " / "
-                                       + report.mean_std([d[lay][1] for d in inst[n].values() if lay in d], ".3f")
-                                       for lay in layers])
+            irows.append(
+                [LABEL[n]]
+                + [
+                    report.mean_std([d[lay][0] for d in inst[n].values() if lay in d], ".3f")
+                    + " / "
+                    + report.mean_std([d[lay][1] for d in inst[n].values() if lay in d], ".3f")
+                    for lay in layers
+                ]
+            )
     inst_cmp = None
     if deep and "batch" in inst and "noisy_batch_norm" in inst:
-        inst_cmp = paired_ratio({s: d[deep][0] for s, d in inst["batch"].items() if deep in d},
-                                {s: d[deep][0] for s, d in inst["noisy_batch_norm"].items() if deep in d})
+        inst_cmp = paired_ratio(
+            {s: d[deep][0] for s, d in inst["batch"].items() if deep in d},
+            {s: d[deep][0] for s, d in inst["noisy_batch_norm"].items() if deep in d},
+        )
     if irows:
-        out.append(report.table([f"network (LR {lr0:g}): std over checkpoints of a channel's mean / of its std, in "
-                                 "units of the channel std"] + layers, irows))
-        out.append("*How it is measured*: at every checkpoint (every "
-                   f"{_checkpoint_every(ctx)} steps) the training-mode output of each norm layer (the ReLU's input; "
-                   "the conv output for the standard network) on that step's batch with that step's noise, per "
-                   "channel; the instability is the spread of those per-channel moments across steps (their Fig. 2 "
-                   "shows the same as histograms).")
-    v_inst = (ctx.claim("noisy BN's activation distributions are less stable across steps than BN's",
-                        "§2.1, Fig. 2 (right)", setting + f", LR 0.1, layer {deep or '—'}, channel means",
-                        "noisy/BN " + ratio_text(inst_cmp), report.verdict_of(inst_cmp))
-              if has(vgg("noisy_batch_norm", lr0)) else None)
+        out.append(
+            report.table(
+                [
+                    f"network (LR {lr0:g}): std over checkpoints of a channel's mean / of its std, in "
+                    "units of the channel std"
+                ]
+                + layers,
+                irows,
+            )
+        )
+        out.append(
+            "*How it is measured*: at every checkpoint (every "
+            f"{_checkpoint_every(ctx)} steps) the training-mode output of each norm layer (the ReLU's input; "
+            "the conv output for the standard network) on that step's batch with that step's noise, per "
+            "channel; the instability is the spread of those per-channel moments across steps (their Fig. 2 "
+            "shows the same as histograms)."
+        )
+    v_inst = (
+        ctx.claim(
+            "noisy BN's activation distributions are less stable across steps than BN's",
+            "§2.1, Fig. 2 (right)",
+            setting + f", LR 0.1, layer {deep or '—'}, channel means",
+            "noisy/BN " + ratio_text(inst_cmp),
+            report.verdict_of(inst_cmp),
+        )
+        if has(vgg("noisy_batch_norm", lr0))
+        else None
+    )
 
     # ---- ICS per window (VGG at both LRs, and the DLN) --------------------------------------------------------------
     ics_rows, ics_cmp = [], {}
-    for label, a_pt, b_pt, lay, wins in (
-            [(f"VGG, LR {lr:g}", vgg("none", lr), vgg("batch", lr), ICS_LAYERS, win) for lr in LRS]
-            + [("DLN", dln("none"), dln("batch"), DLN_ICS_LAYERS, windows(_dln_steps(ctx)))]):
+    for label, a_pt, b_pt, lay, wins in [
+        (f"VGG, LR {lr:g}", vgg("none", lr), vgg("batch", lr), ICS_LAYERS, win) for lr in LRS
+    ] + [("DLN", dln("none"), dln("batch"), DLN_ICS_LAYERS, windows(_dln_steps(ctx)))]:
         ra, rb = runs(a_pt), runs(b_pt)
         for w, (wfn, wlabel) in wins.items():
             cos_a, cos_b = per_seed(ra, ics_fn(lay), wfn), per_seed(rb, ics_fn(lay), wfn)
             rel_a, rel_b = per_seed(ra, ics_fn(lay, "rel"), wfn), per_seed(rb, ics_fn(lay, "rel"), wfn)
             c = paired_difference(cos_a, cos_b, "less")  # BN − standard; the paper: not higher with BN
             ics_cmp[label, w] = c
-            ics_rows.append([label, wlabel, report.mean_std(cos_a.values(), ".3f"),
-                             report.mean_std(cos_b.values(), ".3f"),
-                             diff_text(c), report.mean_std(rel_a.values()), report.mean_std(rel_b.values()),
-                             ratio_text(paired_ratio(rel_a, rel_b))])
-    out.append(report.table(["network", "window", "cos(G, G′) standard", "cos(G, G′) BN", "BN − standard (95% CI)",
-                             "‖G − G′‖/‖G‖ standard", "‖G − G′‖/‖G‖ BN", "BN / standard"], ics_rows))
-    ics_panels = [(f"VGG LR {lr0:g}", series([(n, vgg(n, lr0)) for n in VGG_NORMS], ics_fn(ICS_LAYERS), "ics_cos")),
-                  ("DLN", series([(("x", "standard DLN"), dln("none")), (("x", "BN DLN"), dln("batch"))],
-                                 ics_fn(DLN_ICS_LAYERS), "ics_cos"))]
-    out.append(ctx.figure(plots.plot_mean_curves(ics_panels, ctx.path("ics"), key="ics_cos", split="probe",
-                                                 ylabel="mean cos(G, G′) over layers")))
-    out.append("*What to look for*: ICS (Definition 2.1) is the change of a layer's gradient when the earlier layers "
-               "take their step first: cos(G, G′) = 1 and ‖G − G′‖/‖G‖ = 0 mean none. Averaged over "
-               f"{', '.join(ICS_LAYERS)} (VGG) and {', '.join(DLN_ICS_LAYERS)} (DLN). The paper's claim is that BN's "
-               "network has no less ICS; a lower cosine with BN supports it, a higher one contradicts it.")
+            ics_rows.append(
+                [
+                    label,
+                    wlabel,
+                    report.mean_std(cos_a.values(), ".3f"),
+                    report.mean_std(cos_b.values(), ".3f"),
+                    diff_text(c),
+                    report.mean_std(rel_a.values()),
+                    report.mean_std(rel_b.values()),
+                    ratio_text(paired_ratio(rel_a, rel_b)),
+                ]
+            )
+    out.append(
+        report.table(
+            [
+                "network",
+                "window",
+                "cos(G, G′) standard",
+                "cos(G, G′) BN",
+                "BN − standard (95% CI)",
+                "‖G − G′‖/‖G‖ standard",
+                "‖G − G′‖/‖G‖ BN",
+                "BN / standard",
+            ],
+            ics_rows,
+        )
+    )
+    ics_panels = [
+        (f"VGG LR {lr0:g}", series([(n, vgg(n, lr0)) for n in VGG_NORMS], ics_fn(ICS_LAYERS), "ics_cos")),
+        (
+            "DLN",
+            series(
+                [(("x", "standard DLN"), dln("none")), (("x", "BN DLN"), dln("batch"))],
+                ics_fn(DLN_ICS_LAYERS),
+                "ics_cos",
+            ),
+        ),
+    ]
+    out.append(
+        ctx.figure(
+            plots.plot_mean_curves(
+                ics_panels, ctx.path("ics"), key="ics_cos", split="probe", ylabel="mean cos(G, G′) over layers"
+            )
+        )
+    )
+    out.append(
+        "*What to look for*: ICS (Definition 2.1) is the change of a layer's gradient when the earlier layers "
+        "take their step first: cos(G, G′) = 1 and ‖G − G′‖/‖G‖ = 0 mean none. Averaged over "
+        f"{', '.join(ICS_LAYERS)} (VGG) and {', '.join(DLN_ICS_LAYERS)} (DLN). The paper's claim is that BN's "
+        "network has no less ICS; a lower cosine with BN supports it, a higher one contradicts it."
+    )
     v_ics = {}
-    for key, src in ((("VGG, LR 0.1", "early"), "§2.2, Def. 2.1 (VGG)"),
-                     (("VGG, LR 0.1", "late"), "§2.2, Def. 2.1 (VGG)"),
-                     (("DLN", "early"), "§2.2, Def. 2.1 (DLN)"), (("DLN", "late"), "§2.2, Def. 2.1 (DLN)")):
+    for key, src in (
+        (("VGG, LR 0.1", "early"), "§2.2, Def. 2.1 (VGG)"),
+        (("VGG, LR 0.1", "late"), "§2.2, Def. 2.1 (VGG)"),
+        (("DLN", "early"), "§2.2, Def. 2.1 (DLN)"),
+        (("DLN", "late"), "§2.2, Def. 2.1 (DLN)"),
+    ):
         if key[0] == "DLN" and not (has(dln("none")) and has(dln("batch"))):
             continue
         c = ics_cmp.get(key)
         wl = (win if key[0] != "DLN" else windows(_dln_steps(ctx)))[key[1]][1]
-        v_ics[key] = ctx.claim(f"BN does not reduce ICS ({key[0]}, {key[1]})", src,
-                               (setting if key[0] != "DLN" else "25×10 DLN, full-batch GD") + f", {wl}",
-                               "cos BN − standard " + diff_text(c), report.verdict_of(c))
+        v_ics[key] = ctx.claim(
+            f"BN does not reduce ICS ({key[0]}, {key[1]})",
+            src,
+            (setting if key[0] != "DLN" else "25×10 DLN, full-batch GD") + f", {wl}",
+            "cos BN − standard " + diff_text(c),
+            report.verdict_of(c),
+        )
 
     # ---- the DLN's landscape on [0.01, 30]·LR -----------------------------------------------------------------------
     dln_runs, missing = {}, []
@@ -600,43 +809,86 @@ def section(ctx) -> str:
             drows.append([qlabel, wlabel, report.mean_std(b.values()), report.mean_std(a.values()), ratio_text(r)])
     v_dln = None
     if "none" in dln_runs and "batch" in dln_runs:
-        out.append(report.table([f"DLN quantity (η ∈ [{DLN_ETA_RANGE[0]:g}, {DLN_ETA_RANGE[1]:g}]·LR)", "window",
-                                 "standard", "batch norm", "standard / BN"], drows))
-        out.append(ctx.figure(plots.plot_mean_curves(
-            [("DLN β", {f"{LABEL[n]} DLN": [[{**r, "beta": _value(r, QUANTITIES['beta'][1])} for r in rows]
-                                              for rows in dln_runs[n].values()] for n in DLN_NORMS})],
-            ctx.path("dln_beta"), key="beta", split="probe", ylabel="effective β-smoothness", yscale="log")))
-        v_dln = ctx.claim("BN smooths the DLN's landscape (β lower)", "§3.2 and App. (DLN, η ∈ [0.01, 30]·LR)",
-                          f"25×10 DLN, full-batch GD, LR {_config_of(ctx, dln('none')).get('learning_rate', 0):g}, "
-                          f"{dwin['early'][1]}",
-                          "standard/BN " + ratio_text(dcmp["beta", "early"]), report.verdict_of(dcmp["beta", "early"]))
+        out.append(
+            report.table(
+                [
+                    f"DLN quantity (η ∈ [{DLN_ETA_RANGE[0]:g}, {DLN_ETA_RANGE[1]:g}]·LR)",
+                    "window",
+                    "standard",
+                    "batch norm",
+                    "standard / BN",
+                ],
+                drows,
+            )
+        )
+        out.append(
+            ctx.figure(
+                plots.plot_mean_curves(
+                    [
+                        (
+                            "DLN β",
+                            {
+                                f"{LABEL[n]} DLN": [
+                                    [{**r, "beta": _value(r, QUANTITIES["beta"][1])} for r in rows]
+                                    for rows in dln_runs[n].values()
+                                ]
+                                for n in DLN_NORMS
+                            },
+                        )
+                    ],
+                    ctx.path("dln_beta"),
+                    key="beta",
+                    split="probe",
+                    ylabel="effective β-smoothness",
+                    yscale="log",
+                )
+            )
+        )
+        v_dln = ctx.claim(
+            "BN smooths the DLN's landscape (β lower)",
+            "§3.2 and App. (DLN, η ∈ [0.01, 30]·LR)",
+            f"25×10 DLN, full-batch GD, LR {_config_of(ctx, dln('none')).get('learning_rate', 0):g}, "
+            f"{dwin['early'][1]}",
+            "standard/BN " + ratio_text(dcmp["beta", "early"]),
+            report.verdict_of(dcmp["beta", "early"]),
+        )
 
     # ---- verdict ----------------------------------------------------------------------------------------------------
-    parts = [f"landscape at LR 0.1, {win['early'][1]}: standard/BN β {ratio_text(b0)} ({v_beta}), ‖Δg‖/‖g‖ "
-             f"{ratio_text(g0)} ({v_grad}), absolute gradient-change band {ratio_text(band0)} against the paper's "
-             f"≈{PAPER_GRAD_GAP:g}× ({v_band}: the criterion is a CI above {MAGNITUDE:g}×); β at LR 0.5 "
-             f"{ratio_text(b1)} ({v_beta1})",
-             f"test accuracy BN − standard: LR 0.1 {_acc(acc_cmp[lr0])} ({v_acc0}; paper +3 points), LR 0.5 "
-             f"{_acc(acc_cmp[lr1])} ({v_acc1})"]
+    parts = [
+        f"landscape at LR 0.1, {win['early'][1]}: standard/BN β {ratio_text(b0)} ({v_beta}), ‖Δg‖/‖g‖ "
+        f"{ratio_text(g0)} ({v_grad}), absolute gradient-change band {ratio_text(band0)} against the paper's "
+        f"≈{PAPER_GRAD_GAP:g}× ({v_band}: the criterion is a CI above {MAGNITUDE:g}×); β at LR 0.5 "
+        f"{ratio_text(b1)} ({v_beta1})",
+        f"test accuracy BN − standard: LR 0.1 {_acc(acc_cmp[lr0])} ({v_acc0}; paper +3 points), LR 0.5 "
+        f"{_acc(acc_cmp[lr1])} ({v_acc1})",
+    ]
     if v_noisy:
-        parts.append(f"noisy BN − BN accuracy {_acc(noisy_acc)} ({v_noisy}), and its channel means move "
-                     f"{ratio_text(inst_cmp)} as much as BN's across steps ({v_inst})")
+        parts.append(
+            f"noisy BN − BN accuracy {_acc(noisy_acc)} ({v_noisy}), and its channel means move "
+            f"{ratio_text(inst_cmp)} as much as BN's across steps ({v_inst})"
+        )
     if v_lp:
         parts.append(f"ℓ1 BN: standard/ℓ1 β {ratio_text(lp_b)} ({v_lp}), accuracy ℓ1 − standard {_acc(lp_acc)}")
     if v_ics:
-        parts.append("ICS (cos BN − standard): " + "; ".join(
-            f"{k[0]} {k[1]} {diff_text(ics_cmp.get(k))} ({v})" for k, v in v_ics.items()))
+        parts.append(
+            "ICS (cos BN − standard): "
+            + "; ".join(f"{k[0]} {k[1]} {diff_text(ics_cmp.get(k))} ({v})" for k, v in v_ics.items())
+        )
     if v_dln:
         lr_dln = _config_of(ctx, dln("batch")).get("learning_rate", 0) or math.nan
         beta_bn = per_seed(dln_runs.get("batch", {}), QUANTITIES["beta"][1], dwin["late"][0])
-        parts.append(f"DLN β standard/BN {ratio_text(dcmp['beta', 'early'])} ({v_dln}); the BN DLN's late β is "
-                     f"{report.mean_std([b * lr_dln / 2 for b in beta_bn.values()], '.2f')} × 2/LR (reading it as "
-                     "gradient descent's edge of stability is untested here)")
-    out.append("**Verdict**: " + "; ".join(parts) + ". Each verdict is the paired interval's: *holds* when it "
-               "excludes no-effect in the paper's direction (and meets the stated criterion), *fails* when it "
-               "excludes it the other way. Where our result differs from the paper's no explanation was tested "
-               f"here (untested: the scale of the task, digits at 8×8 and {cfg_steps} steps, against CIFAR-10 and "
-               "15k).")
+        parts.append(
+            f"DLN β standard/BN {ratio_text(dcmp['beta', 'early'])} ({v_dln}); the BN DLN's late β is "
+            f"{report.mean_std([b * lr_dln / 2 for b in beta_bn.values()], '.2f')} × 2/LR (reading it as "
+            "gradient descent's edge of stability is untested here)"
+        )
+    out.append(
+        "**Verdict**: " + "; ".join(parts) + ". Each verdict is the paired interval's: *holds* when it "
+        "excludes no-effect in the paper's direction (and meets the stated criterion), *fails* when it "
+        "excludes it the other way. Where our result differs from the paper's no explanation was tested "
+        f"here (untested: the scale of the task, digits at 8×8 and {cfg_steps} steps, against CIFAR-10 and "
+        "15k)."
+    )
     out.append(report.status_note(ctx))
     return "\n\n".join(x for x in out if x)
 
@@ -644,7 +896,7 @@ def section(ctx) -> str:
 def _acc(result: dict | None, what: str = "") -> str:
     from jaxnorm.lab import report
 
-    return ("—" if result is None else (what + " " if what else "") + report.compared(result))
+    return "—" if result is None else (what + " " if what else "") + report.compared(result)
 
 
 def _config_of(ctx, point: str) -> dict:

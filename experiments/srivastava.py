@@ -86,12 +86,25 @@ def get_config():
     c.eval_batch_size = 5000
     c.log_every = 100
     c.checkpoint_every = 2500
-    c.sizes.smoke = dict(num_steps=4, eval_every=2, log_every=2, checkpoint_every=4, eval_batch_size=500,
-                         model_kwargs=dict(hidden=(32, 32, 32)))
-    c.sizes.full = dict(dataset="mnist", train_split="train[:50000]", validation_split="train[50000:]",
-                        model_kwargs=dict(hidden=(1024, 1024, 1024), input_dropout_rate=0.2),
-                        num_steps=100_000, eval_every=5000, log_every=1000, checkpoint_every=10_000,
-                        eval_batch_size=1000)
+    c.sizes.smoke = dict(
+        num_steps=4,
+        eval_every=2,
+        log_every=2,
+        checkpoint_every=4,
+        eval_batch_size=500,
+        model_kwargs=dict(hidden=(32, 32, 32)),
+    )
+    c.sizes.full = dict(
+        dataset="mnist",
+        train_split="train[:50000]",
+        validation_split="train[50000:]",
+        model_kwargs=dict(hidden=(1024, 1024, 1024), input_dropout_rate=0.2),
+        num_steps=100_000,
+        eval_every=5000,
+        log_every=1000,
+        checkpoint_every=10_000,
+        eval_batch_size=1000,
+    )
     return c
 
 
@@ -100,8 +113,7 @@ def get_sweep(config):
     return [
         {"name": standard(), "dropout": "none", "dropout_rate": 0.0, "max_norm": 0.0},
         *[{"name": dropout_arm(r), "dropout": "dropout", "dropout_rate": r, "max_norm": 0.0} for r in RATES],
-        {"name": maxnorm_arm(MAX_NORM_RATE), "dropout": "dropout", "dropout_rate": MAX_NORM_RATE,
-         "max_norm": MAX_NORM},
+        {"name": maxnorm_arm(MAX_NORM_RATE), "dropout": "dropout", "dropout_rate": MAX_NORM_RATE, "max_norm": MAX_NORM},
     ]
 
 
@@ -115,8 +127,9 @@ def select_rate(ctx) -> tuple[float | None, dict]:
     means = {}
     for r in RATES:
         if ctx.has(dropout_arm(r)):
-            vals = [v for v in ctx.outcomes(dropout_arm(r), "val_accuracy", diverged=CHANCE).values()
-                    if math.isfinite(v)]
+            vals = [
+                v for v in ctx.outcomes(dropout_arm(r), "val_accuracy", diverged=CHANCE).values() if math.isfinite(v)
+            ]
             if vals:
                 means[r] = float(np.mean(vals))
     return (max(means, key=means.get) if means else None), means
@@ -144,16 +157,19 @@ def mc_accuracies(workdir: str, ks=MC_KS, seed: int = MC_SEED) -> dict:
 
     logits = loop.predict(exp, variables)
     bs = min(exp.config.eval_batch_size, exp.dataset.info.num_test)
-    batches = [(jnp.asarray(b["x"]), np.asarray(b["y"]), np.asarray(b["mask"]))
-               for b in data_lib.eval_batches(exp.dataset.test, bs)]
+    batches = [
+        (jnp.asarray(b["x"]), np.asarray(b["y"]), np.asarray(b["mask"]))
+        for b in data_lib.eval_batches(exp.dataset.test, bs)
+    ]
     labels = np.concatenate([y[m] for _, y, m in batches])
     out = {"weight_scaling": float(np.mean(logits.argmax(-1) == labels))}
     total = None
     base = jax.random.key(seed)
     for i in range(max(ks)):
         key = jax.random.fold_in(base, i)
-        probs = np.concatenate([np.asarray(thinned(variables, x, jax.random.fold_in(key, j)))[m]
-                                for j, (x, _, m) in enumerate(batches)])
+        probs = np.concatenate(
+            [np.asarray(thinned(variables, x, jax.random.fold_in(key, j)))[m] for j, (x, _, m) in enumerate(batches)]
+        )
         total = probs if total is None else total + probs
         if i + 1 in ks:
             out[i + 1] = float(np.mean(total.argmax(-1) == labels))
@@ -165,12 +181,29 @@ def _gap_table(ctx, order) -> str:
     rows = []
     for p in order:
         m = pts[p]["metrics"]
-        rows.append([p, report.pm(m.get("val_accuracy"), 100, 2), report.pm(m.get("test_error"), 100, 2),
-                     report.pm(m.get("train_eval_accuracy"), 100, 2), report.pm(m.get("gap"), 100, 2),
-                     report.pm(m.get("gap_minibatch"), 100, 2), f"{pts[p]['finished']}/{pts[p]['seeds']}"])
-    return report.table(["run", "validation accuracy %", "test error %", "train accuracy % (eval mode)",
-                         "train − test (pts, eval mode)", "train − test (pts, training-mode minibatches, biased)",
-                         "seeds finished"], rows)
+        rows.append(
+            [
+                p,
+                report.pm(m.get("val_accuracy"), 100, 2),
+                report.pm(m.get("test_error"), 100, 2),
+                report.pm(m.get("train_eval_accuracy"), 100, 2),
+                report.pm(m.get("gap"), 100, 2),
+                report.pm(m.get("gap_minibatch"), 100, 2),
+                f"{pts[p]['finished']}/{pts[p]['seeds']}",
+            ]
+        )
+    return report.table(
+        [
+            "run",
+            "validation accuracy %",
+            "test error %",
+            "train accuracy % (eval mode)",
+            "train − test (pts, eval mode)",
+            "train − test (pts, training-mode minibatches, biased)",
+            "seeds finished",
+        ],
+        rows,
+    )
 
 
 def section(ctx) -> str:
@@ -180,35 +213,61 @@ def section(ctx) -> str:
     sel = dropout_arm(rate) if rate is not None else None
     tab = _gap_table(ctx, order)
     fig = plots.plot_mean_curves([("test accuracy", {p: ctx.metrics(p) for p in order})], ctx.path("accuracy"))
-    fig_train = plots.plot_mean_curves([("training loss", {p: ctx.metrics(p) for p in order})],
-                                       ctx.path("train_loss"), key="loss", split="train", ylabel="training loss",
-                                       yscale="log")
-    selection = ("Dropout rate selected on the validation split (mean validation accuracy over seeds): "
-                 + ", ".join(f"{r:g}: {100 * v:.2f}%" for r, v in val_means.items())
-                 + f" → **{rate:g}**; the test split is used only to report it." if sel else
-                 "No validation accuracy was logged, so no rate is selected.")
+    fig_train = plots.plot_mean_curves(
+        [("training loss", {p: ctx.metrics(p) for p in order})],
+        ctx.path("train_loss"),
+        key="loss",
+        split="train",
+        ylabel="training loss",
+        yscale="log",
+    )
+    selection = (
+        "Dropout rate selected on the validation split (mean validation accuracy over seeds): "
+        + ", ".join(f"{r:g}: {100 * v:.2f}%" for r, v in val_means.items())
+        + f" → **{rate:g}**; the test split is used only to report it."
+        if sel
+        else "No validation accuracy was logged, so no rate is selected."
+    )
 
     findings, texts = [], {}
-    r1 = report.safe_compare(ctx, standard(), sel, "test_accuracy", direction="greater", diverged=CHANCE) if sel \
+    r1 = (
+        report.safe_compare(ctx, standard(), sel, "test_accuracy", direction="greater", diverged=CHANCE)
+        if sel
         else None
+    )
     texts[1] = report.compared(r1) if r1 else "—"
-    findings.append(ctx.claim(
-        "dropout lowers the test error of the same network", f"{PAPER_TABLE}, §6.1",
-        f"3×256 ReLU MLP, mnist1d_10k, rate {rate:g} (selected on validation)" if sel else "—",
-        f"test accuracy {texts[1]}", report.verdict_of(r1)))
+    findings.append(
+        ctx.claim(
+            "dropout lowers the test error of the same network",
+            f"{PAPER_TABLE}, §6.1",
+            f"3×256 ReLU MLP, mnist1d_10k, rate {rate:g} (selected on validation)" if sel else "—",
+            f"test accuracy {texts[1]}",
+            report.verdict_of(r1),
+        )
+    )
     r2 = report.safe_compare(ctx, standard(), sel, "gap", direction="less", diverged=0.0) if sel else None
     texts[2] = report.compared(r2) if r2 else "—"
-    findings.append(ctx.claim(
-        "dropout reduces overfitting (train − test gap)", "§6.1, Fig. 4",
-        "train accuracy of the deterministic network on the whole training split", f"gap {texts[2]}",
-        report.verdict_of(r2)))
+    findings.append(
+        ctx.claim(
+            "dropout reduces overfitting (train − test gap)",
+            "§6.1, Fig. 4",
+            "train accuracy of the deterministic network on the whole training split",
+            f"gap {texts[2]}",
+            report.verdict_of(r2),
+        )
+    )
     mx, mx_base = maxnorm_arm(MAX_NORM_RATE), dropout_arm(MAX_NORM_RATE)
     r3 = report.safe_compare(ctx, mx_base, mx, "test_accuracy", direction="greater", diverged=CHANCE)
     texts[3] = report.compared(r3) if r3 else "—"
-    findings.append(ctx.claim(
-        f"max-norm improves dropout ({PAPER_ERROR['dropout']}% → {PAPER_ERROR['dropout + max-norm']}% error)",
-        PAPER_TABLE, f"rate {MAX_NORM_RATE:g}, ‖w‖₂ ≤ {MAX_NORM:g}", f"test accuracy {texts[3]}",
-        report.verdict_of(r3)))
+    findings.append(
+        ctx.claim(
+            f"max-norm improves dropout ({PAPER_ERROR['dropout']}% → {PAPER_ERROR['dropout + max-norm']}% error)",
+            PAPER_TABLE,
+            f"rate {MAX_NORM_RATE:g}, ‖w‖₂ ≤ {MAX_NORM:g}",
+            f"test accuracy {texts[3]}",
+            report.verdict_of(r3),
+        )
+    )
 
     # Monte-Carlo model averaging vs weight scaling, from the final checkpoints of the selected arm
     mc = {}
@@ -219,29 +278,50 @@ def section(ctx) -> str:
     mc_rows, mc_res = [], {}
     if mc:
         ws = {s: v["weight_scaling"] for s, v in mc.items()}
-        mc_rows.append(["weight scaling (deterministic network)", report.mean_std([100 * v for v in ws.values()],
-                                                                                   ".2f"), "—"])
+        mc_rows.append(
+            ["weight scaling (deterministic network)", report.mean_std([100 * v for v in ws.values()], ".2f"), "—"]
+        )
         for k in MC_KS:
             mk = {s: v[k] for s, v in mc.items()}
             res = stats.compare(ws, mk, direction="less") if len(mk) >= 2 else None
             mc_res[k] = res
-            mc_rows.append([f"Monte-Carlo average of k = {k}", report.mean_std([100 * v for v in mk.values()], ".2f"),
-                            report.compared(res) if res else "—"])
-    mc_tab = report.table(["test-time inference (selected arm)", "test accuracy %",
-                           "minus weight scaling, paired (95% CI)"], mc_rows) if mc_rows else ""
+            mc_rows.append(
+                [
+                    f"Monte-Carlo average of k = {k}",
+                    report.mean_std([100 * v for v in mk.values()], ".2f"),
+                    report.compared(res) if res else "—",
+                ]
+            )
+    mc_tab = (
+        report.table(
+            ["test-time inference (selected arm)", "test accuracy %", "minus weight scaling, paired (95% CI)"], mc_rows
+        )
+        if mc_rows
+        else ""
+    )
     r4 = mc_res.get(PAPER_MC_K)
     v4 = stats.equivalence_verdict(r4["interval"], EQUIVALENCE_MARGIN) if r4 else "inconclusive"
     texts[4] = report.compared(r4) if r4 else "—"
-    findings.append(ctx.claim(
-        f"weight scaling ≈ Monte-Carlo averaging of k ≈ {PAPER_MC_K} thinned nets", MC_SOURCE,
-        f"selected arm, k = {PAPER_MC_K} masks, equivalence margin ±{100 * EQUIVALENCE_MARGIN:.1f} pts",
-        f"MC − weight scaling {texts[4]}", v4))
+    findings.append(
+        ctx.claim(
+            f"weight scaling ≈ Monte-Carlo averaging of k ≈ {PAPER_MC_K} thinned nets",
+            MC_SOURCE,
+            f"selected arm, k = {PAPER_MC_K} masks, equivalence margin ±{100 * EQUIVALENCE_MARGIN:.1f} pts",
+            f"MC − weight scaling {texts[4]}",
+            v4,
+        )
+    )
     r5 = mc_res.get(1)
     texts[5] = report.compared(r5) if r5 else "—"
-    findings.append(ctx.claim(
-        "one sampled thinned net is worse than weight scaling (MC error falls with k)", MC_SOURCE,
-        "selected arm, k = 1", f"MC(1) − weight scaling {texts[5]}",
-        "inconclusive" if r5 is None else stats.verdict(r5["interval"], "less")))
+    findings.append(
+        ctx.claim(
+            "one sampled thinned net is worse than weight scaling (MC error falls with k)",
+            MC_SOURCE,
+            "selected arm, k = 1",
+            f"MC(1) − weight scaling {texts[5]}",
+            "inconclusive" if r5 is None else stats.verdict(r5["interval"], "less"),
+        )
+    )
 
     verdict = (
         f"**Verdict**: with the validation-selected rate ({rate:g}), dropout changes the test accuracy by "
@@ -249,26 +329,39 @@ def section(ctx) -> str:
         f"— {findings[1]}. Max-norm on top of dropout {MAX_NORM_RATE:g}: {texts[3]} — {findings[2]}. Monte-Carlo "
         f"averaging of {PAPER_MC_K} thinned networks minus weight scaling: {texts[4]} — {findings[3]} (equivalence "
         f"within ±{100 * EQUIVALENCE_MARGIN:.1f} pts, pre-registered); a single thinned network: {texts[5]} — "
-        f"{findings[4]}." if sel else "**Verdict**: no dropout arm logged a validation accuracy; nothing to select.")
-    return "\n\n".join(filter(None, [
-        "**Claim** (Srivastava et al. 2014): dropout reduces overfitting — lower test error than the same network "
-        f"without it and a smaller train − test gap (§6.1; MNIST, {PAPER_TABLE}: 3×1024 ReLU nets with dropout "
-        f"{PAPER_ERROR['dropout']}% error, with dropout + max-norm {PAPER_ERROR['dropout + max-norm']}%); at test "
-        "time, scaling the weights by the keep probability approximates averaging the exponentially many thinned "
-        f"networks: the Monte-Carlo average of k sampled ones matches it from about k = {PAPER_MC_K} "
-        f"({MC_SOURCE}).",
-        "**Our setting**: " + report.setting(ctx) + f" Test noise floor (binomial SE, {standard()}): "
-        f"{report.noise_floor(ctx, standard(), 10000) if ctx.has(standard()) else '—'} pts on 10 000 signals.",
-        selection,
-        tab, ctx.figure(fig), ctx.figure(fig_train),
-        "*What to look for*: the standard network's training loss falls to ~0 while its test accuracy stalls; "
-        "dropout keeps the training loss higher and the test accuracy higher. The gap column uses the "
-        "deterministic network on the training split; the minibatch column (dropout on) is shown only to make its "
-        "bias visible.",
-        mc_tab,
-        (f"Monte-Carlo averaging: each of the {len(mc)} seeds' final networks of {sel}, k masks drawn with fixed "
-         f"keys (seed {MC_SEED}), the softmax outputs averaged; the k's are nested (the first k of one sequence)."
-         if mc else ""),
-        verdict,
-        report.status_note(ctx),
-    ]))
+        f"{findings[4]}."
+        if sel
+        else "**Verdict**: no dropout arm logged a validation accuracy; nothing to select."
+    )
+    return "\n\n".join(
+        filter(
+            None,
+            [
+                "**Claim** (Srivastava et al. 2014): dropout reduces overfitting — lower test error than the same network "
+                f"without it and a smaller train − test gap (§6.1; MNIST, {PAPER_TABLE}: 3×1024 ReLU nets with dropout "
+                f"{PAPER_ERROR['dropout']}% error, with dropout + max-norm {PAPER_ERROR['dropout + max-norm']}%); at test "
+                "time, scaling the weights by the keep probability approximates averaging the exponentially many thinned "
+                f"networks: the Monte-Carlo average of k sampled ones matches it from about k = {PAPER_MC_K} "
+                f"({MC_SOURCE}).",
+                "**Our setting**: " + report.setting(ctx) + f" Test noise floor (binomial SE, {standard()}): "
+                f"{report.noise_floor(ctx, standard(), 10000) if ctx.has(standard()) else '—'} pts on 10 000 signals.",
+                selection,
+                tab,
+                ctx.figure(fig),
+                ctx.figure(fig_train),
+                "*What to look for*: the standard network's training loss falls to ~0 while its test accuracy stalls; "
+                "dropout keeps the training loss higher and the test accuracy higher. The gap column uses the "
+                "deterministic network on the training split; the minibatch column (dropout on) is shown only to make its "
+                "bias visible.",
+                mc_tab,
+                (
+                    f"Monte-Carlo averaging: each of the {len(mc)} seeds' final networks of {sel}, k masks drawn with fixed "
+                    f"keys (seed {MC_SEED}), the softmax outputs averaged; the k's are nested (the first k of one sequence)."
+                    if mc
+                    else ""
+                ),
+                verdict,
+                report.status_note(ctx),
+            ],
+        )
+    )

@@ -57,12 +57,19 @@ EQUIVALENCE_MARGIN = 0.005  # error (0.5 points, about 2 binomial SEs on 10 000 
 
 # The networks: model and model_kwargs (None = the model's default)
 ARCHS = {
-    "cnn": {"model": "cnn1d", "model_kwargs.channels": None, "model_kwargs.strides": None,
-            "model_kwargs.hidden": None},
-    "deep": {"model": "cnn1d", "model_kwargs.channels": (32, 32, 32, 32, 32), "model_kwargs.strides": (1, 2, 2, 2, 2),
-             "model_kwargs.hidden": None},
-    "mlp": {"model": "mlp", "model_kwargs.channels": None, "model_kwargs.strides": None,
-            "model_kwargs.hidden": (128, 128, 128)},
+    "cnn": {"model": "cnn1d", "model_kwargs.channels": None, "model_kwargs.strides": None, "model_kwargs.hidden": None},
+    "deep": {
+        "model": "cnn1d",
+        "model_kwargs.channels": (32, 32, 32, 32, 32),
+        "model_kwargs.strides": (1, 2, 2, 2, 2),
+        "model_kwargs.hidden": None,
+    },
+    "mlp": {
+        "model": "mlp",
+        "model_kwargs.channels": None,
+        "model_kwargs.strides": None,
+        "model_kwargs.hidden": (128, 128, 128),
+    },
 }
 ARCH_LABEL = {"cnn": "1-D CNN (3 BN layers)", "deep": "deep strided 1-D CNN (5 BN layers)", "mlp": "3×128 MLP"}
 # values per channel each BN layer pools at batch 2 (batch × length; the MLP: the batch)
@@ -121,9 +128,18 @@ def get_config():
     # emulated by the global batch on one device)
     c.parallel = "none"
     c.sizes.smoke = dict(num_steps=4, eval_every=4, log_every=2, checkpoint_every=4, population_batches=1)
-    c.sizes.full = dict(dataset="imagenet2012", model="resnet50", model_kwargs=dict(stem="imagenet", num_groups=32),
-                        learning_rate=0.0125, weight_decay=1e-4, num_steps=4_000_000, eval_every=40_000,
-                        log_every=1000, checkpoint_every=40_000, augment=True)
+    c.sizes.full = dict(
+        dataset="imagenet2012",
+        model="resnet50",
+        model_kwargs=dict(stem="imagenet", num_groups=32),
+        learning_rate=0.0125,
+        weight_decay=1e-4,
+        num_steps=4_000_000,
+        eval_every=40_000,
+        log_every=1000,
+        checkpoint_every=40_000,
+        augment=True,
+    )
     return c
 
 
@@ -132,17 +148,24 @@ def get_sweep(config):
     BN runs also evaluated with population statistics over the same number of examples at every batch size."""
     grid = []
     full = config.size == "full"
-    for arch, norms, sizes in (SMOKE_GRID if config.size == "smoke" else GRID):
+    for arch, norms, sizes in SMOKE_GRID if config.size == "smoke" else GRID:
         if full and arch != "cnn":
             continue  # at full size the network is ResNet-50 (config.sizes.full): the other archs are CPU tests
         for norm in norms:
             for bs in sizes:
                 k = BASE_BATCH // bs
-                g = {"name": point(arch, norm, bs), "norm": norm, "batch_size": bs,
-                     "learning_rate": config.learning_rate * bs / BASE_BATCH, "num_steps": config.num_steps * k,
-                     "eval_every": config.eval_every * k, "log_every": config.log_every * k,
-                     "checkpoint_every": config.checkpoint_every * k,
-                     "eval_population_stats": norm == "batch", "population_batches": config.population_batches * k}
+                g = {
+                    "name": point(arch, norm, bs),
+                    "norm": norm,
+                    "batch_size": bs,
+                    "learning_rate": config.learning_rate * bs / BASE_BATCH,
+                    "num_steps": config.num_steps * k,
+                    "eval_every": config.eval_every * k,
+                    "log_every": config.log_every * k,
+                    "checkpoint_every": config.checkpoint_every * k,
+                    "eval_population_stats": norm == "batch",
+                    "population_batches": config.population_batches * k,
+                }
                 if not full:
                     g.update(ARCHS[arch])
                 grid.append(g)
@@ -197,8 +220,10 @@ def _ours(result, digits: int = 2) -> str:
 
 
 def _sizes(ctx, arch: str, norm: str) -> list[int]:
-    return sorted({p["overrides"]["batch_size"] for p in ctx.summary["points"]
-                   if p["point"].startswith(f"{arch}_{norm}_b")}, reverse=True)
+    return sorted(
+        {p["overrides"]["batch_size"] for p in ctx.summary["points"] if p["point"].startswith(f"{arch}_{norm}_b")},
+        reverse=True,
+    )
 
 
 def _error_cell(ctx, name: str, metric: str = "test_accuracy") -> str:
@@ -214,12 +239,19 @@ def _tables(ctx, arch: str) -> str:
     norms = [n for n in NORMS if _sizes(ctx, arch, n)]
     rows = []
     for n in norms:
-        rows.append([LABEL[n]] + [_error_cell(ctx, point(arch, n, b)) if ctx.has(point(arch, n, b)) else "—"
-                                  for b in sizes])
+        rows.append(
+            [LABEL[n]] + [_error_cell(ctx, point(arch, n, b)) if ctx.has(point(arch, n, b)) else "—" for b in sizes]
+        )
         if n == "batch":
-            rows.append(["BN, population statistics"] + [
-                _error_cell(ctx, point(arch, n, b), "test_population_accuracy") if ctx.has(point(arch, n, b))
-                else "—" for b in sizes])
+            rows.append(
+                ["BN, population statistics"]
+                + [
+                    _error_cell(ctx, point(arch, n, b), "test_population_accuracy")
+                    if ctx.has(point(arch, n, b))
+                    else "—"
+                    for b in sizes
+                ]
+            )
     diffs = []
     for b in sizes:
         bn, gn = point(arch, "batch", b), point(arch, "group", b)
@@ -236,15 +268,21 @@ def _figure(ctx, arch: str) -> str:
         if len(sizes) < 2:
             continue
         for label, metric in ((LABEL[n], "test_accuracy"),) + (
-                (("BN, population stats", "test_population_accuracy"),) if n == "batch" else ()):
+            (("BN, population stats", "test_population_accuracy"),) if n == "batch" else ()
+        ):
             vals = [[100 * e for e in errors(ctx, point(arch, n, b), metric).values()] for b in sizes]
-            series[label] = (sizes, [sum(v) / len(v) if v else math.nan for v in vals],
-                             [stats_std(v) for v in vals])
+            series[label] = (sizes, [sum(v) / len(v) if v else math.nan for v in vals], [stats_std(v) for v in vals])
     if not series:
         return ""
-    made = plots.plot_lines(series, ctx.path(f"{arch}_error_vs_batch"), xlabel="batch size", ylabel="test error %",
-                            title=f"{ARCH_LABEL[arch]}: test error vs batch size (mean ± std over seeds)", logx=True,
-                            xticks=sorted({b for s in series.values() for b in s[0]}))
+    made = plots.plot_lines(
+        series,
+        ctx.path(f"{arch}_error_vs_batch"),
+        xlabel="batch size",
+        ylabel="test error %",
+        title=f"{ARCH_LABEL[arch]}: test error vs batch size (mean ± std over seeds)",
+        logx=True,
+        xticks=sorted({b for s in series.values() for b in s[0]}),
+    )
     return ctx.figure(made)
 
 
@@ -259,53 +297,83 @@ def section(ctx) -> str:
     small = min(b for _, _, sizes in GRID for b in sizes)
     setting_small = f"batch {small} vs {BASE_BATCH}, {EPOCHS} epochs, {ctx.summary['seeds']} seeds"
     paper_inter = (PAPER_TABLE2["batch"][-1] - PAPER_TABLE2["batch"][0]) - (
-        PAPER_TABLE2["group"][-1] - PAPER_TABLE2["group"][0])
+        PAPER_TABLE2["group"][-1] - PAPER_TABLE2["group"][0]
+    )
     lines = []
 
     # 1. the port: the default 1-D CNN
     r_int = {arch: interaction(ctx, arch, small) for arch in ARCHS}
     r_pop = {arch: interaction(ctx, arch, small, bn_metric="test_population_accuracy") for arch in ARCHS}
-    v_cnn = ctx.claim("BN's error grows as the batch shrinks while GN's stays flat: (BN₂ − BN₃₂) − (GN₂ − GN₃₂) > 0",
-                      PAPER_TABLE2_SOURCE, f"3-layer 1-D CNN, MNIST-1D, {setting_small}", _ours(r_int["cnn"]),
-                      R.verdict_of(r_int["cnn"]))
+    v_cnn = ctx.claim(
+        "BN's error grows as the batch shrinks while GN's stays flat: (BN₂ − BN₃₂) − (GN₂ − GN₃₂) > 0",
+        PAPER_TABLE2_SOURCE,
+        f"3-layer 1-D CNN, MNIST-1D, {setting_small}",
+        _ours(r_int["cnn"]),
+        R.verdict_of(r_int["cnn"]),
+    )
     gn_flat = None
     if ctx.has(point("cnn", "group", small)) and ctx.has(point("cnn", "group", BASE_BATCH)):
-        gn_flat = paired(errors(ctx, point("cnn", "group", BASE_BATCH)), errors(ctx, point("cnn", "group", small)),
-                         "greater")
-    v_flat = ctx.claim(f"GN's error is flat across batch sizes (GN₂ − GN₃₂ within ±{100 * EQUIVALENCE_MARGIN:.1f} "
-                       "pts)", PAPER_TABLE2_SOURCE, f"3-layer 1-D CNN, {setting_small}",
-                       _ours(gn_flat) + f" (equivalence margin ±{100 * EQUIVALENCE_MARGIN:.1f} pts)",
-                       stats.equivalence_verdict(gn_flat["interval"], EQUIVALENCE_MARGIN) if gn_flat else "inconclusive")
+        gn_flat = paired(
+            errors(ctx, point("cnn", "group", BASE_BATCH)), errors(ctx, point("cnn", "group", small)), "greater"
+        )
+    v_flat = ctx.claim(
+        f"GN's error is flat across batch sizes (GN₂ − GN₃₂ within ±{100 * EQUIVALENCE_MARGIN:.1f} pts)",
+        PAPER_TABLE2_SOURCE,
+        f"3-layer 1-D CNN, {setting_small}",
+        _ours(gn_flat) + f" (equivalence margin ±{100 * EQUIVALENCE_MARGIN:.1f} pts)",
+        stats.equivalence_verdict(gn_flat["interval"], EQUIVALENCE_MARGIN) if gn_flat else "inconclusive",
+    )
     bn2, gn2 = point("cnn", "batch", small), point("cnn", "group", small)
     r_small = paired(errors(ctx, gn2), errors(ctx, bn2), "greater") if ctx.has(bn2) and ctx.has(gn2) else None
-    v_small = ctx.claim(f"at batch 2, GN's error is below BN's (paper: {PAPER_TABLE2['batch'][-1]} vs "
-                        f"{PAPER_TABLE2['group'][-1]})", PAPER_TABLE2_SOURCE, f"3-layer 1-D CNN, batch {small}",
-                        "BN − GN: " + _ours(r_small), R.verdict_of(r_small))
+    v_small = ctx.claim(
+        f"at batch 2, GN's error is below BN's (paper: {PAPER_TABLE2['batch'][-1]} vs {PAPER_TABLE2['group'][-1]})",
+        PAPER_TABLE2_SOURCE,
+        f"3-layer 1-D CNN, batch {small}",
+        "BN − GN: " + _ours(r_small),
+        R.verdict_of(r_small),
+    )
     # Table 1: the order at batch 32
     at32 = {n: point("cnn", n, BASE_BATCH) for n in NORMS}
     order = []
     for lo, hi in (("batch", "group"), ("group", "layer"), ("layer", "instance")):
         ok = ctx.has(at32[lo]) and ctx.has(at32[hi])
         order.append(paired(errors(ctx, at32[lo]), errors(ctx, at32[hi]), "greater") if ok else None)
-    v_order = ctx.claim("at batch 32, error BN < GN < LN < IN (paper: 23.6 < 24.1 < 25.3 < 28.4)",
-                        PAPER_TABLE1_SOURCE, "3-layer 1-D CNN, batch 32",
-                        "; ".join(f"{LABEL[hi]} − {LABEL[lo]}: {_ours(r)}" for (lo, hi), r in zip(
-                            (("batch", "group"), ("group", "layer"), ("layer", "instance")), order)),
-                        combined_verdict(order))
+    v_order = ctx.claim(
+        "at batch 32, error BN < GN < LN < IN (paper: 23.6 < 24.1 < 25.3 < 28.4)",
+        PAPER_TABLE1_SOURCE,
+        "3-layer 1-D CNN, batch 32",
+        "; ".join(
+            f"{LABEL[hi]} − {LABEL[lo]}: {_ours(r)}"
+            for (lo, hi), r in zip((("batch", "group"), ("group", "layer"), ("layer", "instance")), order)
+        ),
+        combined_verdict(order),
+    )
 
     # 2. the redesign: small-sample BN statistics, and the MLP positive control
-    v_deep = ctx.claim("BN's error grows as the batch shrinks while GN's stays flat (last BN layers pool 10 and 6 "
-                       "values per channel at batch 2)", PAPER_TABLE2_SOURCE,
-                       f"5-layer strided 1-D CNN, {setting_small}", _ours(r_int["deep"]), R.verdict_of(r_int["deep"]))
-    v_mlp = ctx.claim("positive control: the same interaction where BN pools 2 values per unit",
-                      PAPER_TABLE2_SOURCE, f"3×128 MLP, {setting_small}", _ours(r_int["mlp"]),
-                      R.verdict_of(r_int["mlp"]))
+    v_deep = ctx.claim(
+        "BN's error grows as the batch shrinks while GN's stays flat (last BN layers pool 10 and 6 "
+        "values per channel at batch 2)",
+        PAPER_TABLE2_SOURCE,
+        f"5-layer strided 1-D CNN, {setting_small}",
+        _ours(r_int["deep"]),
+        R.verdict_of(r_int["deep"]),
+    )
+    v_mlp = ctx.claim(
+        "positive control: the same interaction where BN pools 2 values per unit",
+        PAPER_TABLE2_SOURCE,
+        f"3×128 MLP, {setting_small}",
+        _ours(r_int["mlp"]),
+        R.verdict_of(r_int["mlp"]),
+    )
     # 3. running vs population statistics: is BN's small-batch error a test-time estimation artifact?
-    v_pop = ctx.claim("BN's small-batch degradation persists when BN is evaluated with population statistics "
-                      "(so it is not the running averages' estimation error at test time)",
-                      "Wu & He 2018, abstract ('inaccurate batch statistics estimation'); Ioffe & Szegedy 2015, §3.1",
-                      f"5-layer strided 1-D CNN, {setting_small}, BN with population statistics over 2048 examples",
-                      _ours(r_pop["deep"]), R.verdict_of(r_pop["deep"]))
+    v_pop = ctx.claim(
+        "BN's small-batch degradation persists when BN is evaluated with population statistics "
+        "(so it is not the running averages' estimation error at test time)",
+        "Wu & He 2018, abstract ('inaccurate batch statistics estimation'); Ioffe & Szegedy 2015, §3.1",
+        f"5-layer strided 1-D CNN, {setting_small}, BN with population statistics over 2048 examples",
+        _ours(r_pop["deep"]),
+        R.verdict_of(r_pop["deep"]),
+    )
 
     pop_rows = []
     for arch in ARCHS:
@@ -313,20 +381,53 @@ def section(ctx) -> str:
             name = point(arch, "batch", b)
             run_e, pop_e = errors(ctx, name), errors(ctx, name, "test_population_accuracy")
             r = paired(run_e, pop_e, "less")
-            pop_rows.append([ARCH_LABEL[arch], str(b), _error_cell(ctx, name),
-                             _error_cell(ctx, name, "test_population_accuracy"), _ours(r) if r else "—"])
-    pop_table = R.table(["BN network", "batch", "test error %, running statistics",
-                         "test error %, population statistics", "population − running (paired, 95% CI)"], pop_rows)
+            pop_rows.append(
+                [
+                    ARCH_LABEL[arch],
+                    str(b),
+                    _error_cell(ctx, name),
+                    _error_cell(ctx, name, "test_population_accuracy"),
+                    _ours(r) if r else "—",
+                ]
+            )
+    pop_table = R.table(
+        [
+            "BN network",
+            "batch",
+            "test error %, running statistics",
+            "test error %, population statistics",
+            "population − running (paired, 95% CI)",
+        ],
+        pop_rows,
+    )
 
-    inter_rows = [[ARCH_LABEL[a], " / ".join(str(v) for v in POOLED_AT_2[a]), _ours(r_int[a]),
-                   R.verdict_of(r_int[a]), _ours(r_pop[a]), R.verdict_of(r_pop[a])] for a in ARCHS]
-    inter_table = R.table(["network", "values per channel pooled by each BN layer at batch 2",
-                           "(BN₂ − BN₃₂) − (GN₂ − GN₃₂), running statistics", "verdict",
-                           "the same, BN with population statistics", "verdict"], inter_rows)
+    inter_rows = [
+        [
+            ARCH_LABEL[a],
+            " / ".join(str(v) for v in POOLED_AT_2[a]),
+            _ours(r_int[a]),
+            R.verdict_of(r_int[a]),
+            _ours(r_pop[a]),
+            R.verdict_of(r_pop[a]),
+        ]
+        for a in ARCHS
+    ]
+    inter_table = R.table(
+        [
+            "network",
+            "values per channel pooled by each BN layer at batch 2",
+            "(BN₂ − BN₃₂) − (GN₂ − GN₃₂), running statistics",
+            "verdict",
+            "the same, BN with population statistics",
+            "verdict",
+        ],
+        inter_rows,
+    )
     paper_rows = [[LABEL[n]] + [f"{v:.1f}" for v in PAPER_TABLE2[n]] for n in ("batch", "group")]
     paper_rows.append(["BN − GN"] + [f"{b - g:+.1f}" for b, g in zip(PAPER_TABLE2["batch"], PAPER_TABLE2["group"])])
-    theirs = R.table(["ResNet-50 ImageNet top-1 error % (Wu & He Table 2)"]
-                     + [f"{b}/GPU" for b in PAPER_BATCH_SIZES], paper_rows)
+    theirs = R.table(
+        ["ResNet-50 ImageNet top-1 error % (Wu & He Table 2)"] + [f"{b}/GPU" for b in PAPER_BATCH_SIZES], paper_rows
+    )
     floor_point = point("cnn", "batch", BASE_BATCH)
     floor = R.noise_floor(ctx, floor_point, NUM_TEST) if ctx.has(floor_point) else "—"
     mlp32 = point("mlp", "batch", BASE_BATCH)
@@ -349,53 +450,70 @@ def section(ctx) -> str:
         "at batch 32 (the intervals below include it: each run is scored on the same 10 000 signals). Comparisons "
         "are paired over seeds (the arms share seeds); a diverged run counts as chance accuracy. The port's batch sizes are 32, 8 and 2 (three of the paper's five: the budget).",
         theirs,
-        _tables(ctx, "cnn"), _figure(ctx, "cnn"),
+        _tables(ctx, "cnn"),
+        _figure(ctx, "cnn"),
         "*What to look for*: the BN line rising at the small batch sizes while GN (and LN, IN: no batch dependence "
         "by construction) stay flat. The 3-layer CNN's BN layers pool 80, 80 and 40 values per channel even at batch "
         "2, so its batch statistics are never small-sample; the next two networks are the redesigned test.",
-        _tables(ctx, "deep"), _figure(ctx, "deep"),
-        _tables(ctx, "mlp"), _figure(ctx, "mlp"),
+        _tables(ctx, "deep"),
+        _figure(ctx, "deep"),
+        _tables(ctx, "mlp"),
+        _figure(ctx, "mlp"),
         "The interaction per network (per seed: BN's change from batch 32 to 2 minus GN's change; paper: "
         f"{paper_inter:+.1f} points):",
         inter_table,
         "BN evaluated with running vs population statistics (paired over seeds):",
         pop_table,
-        verdict_text(v_cnn, v_flat, v_small, v_order, v_deep, v_mlp, v_pop, r_int, r_pop, gn_flat, r_small,
-                     paper_inter, est),
+        verdict_text(
+            v_cnn, v_flat, v_small, v_order, v_deep, v_mlp, v_pop, r_int, r_pop, gn_flat, r_small, paper_inter, est
+        ),
         R.status_note(ctx),
     ]
     return "\n\n".join(x for x in lines if x)
 
 
-def verdict_text(v_cnn, v_flat, v_small, v_order, v_deep, v_mlp, v_pop, r_int, r_pop, gn_flat, r_small, paper_inter,
-                 est) -> str:
+def verdict_text(
+    v_cnn, v_flat, v_small, v_order, v_deep, v_mlp, v_pop, r_int, r_pop, gn_flat, r_small, paper_inter, est
+) -> str:
     """The section's verdict paragraph; an explanation of a verdict that differs from the paper is offered only
     where a run of this grid tests it (the deep CNN: the sample BN pools; population statistics: the estimate)."""
     bare = {v: v.strip("*") for v in (v_cnn, v_deep, v_mlp, v_pop)}
-    text = (f"**Verdict**: in the port (3-layer 1-D CNN) the interaction (BN₂ − BN₃₂) − (GN₂ − GN₃₂) is "
-            f"{est(r_int['cnn'])} ({v_cnn}; paper {paper_inter:+.1f}); GN's change from batch 32 to 2 is "
-            f"{est(gn_flat)} (flat within ±{100 * EQUIVALENCE_MARGIN:.1f} points: {v_flat}); at batch 2, BN − GN is "
-            f"{est(r_small)} ({v_small}); the batch-32 order BN < GN < LN < IN: {v_order}. With genuinely "
-            f"small-sample statistics (the 5-layer strided CNN, whose last BN layers pool 10 and 6 values per channel "
-            f"at batch 2) the interaction is {est(r_int['deep'])} ({v_deep}); in the MLP positive control (2 values "
-            f"per unit) {est(r_int['mlp'])} ({v_mlp}). ")
+    text = (
+        f"**Verdict**: in the port (3-layer 1-D CNN) the interaction (BN₂ − BN₃₂) − (GN₂ − GN₃₂) is "
+        f"{est(r_int['cnn'])} ({v_cnn}; paper {paper_inter:+.1f}); GN's change from batch 32 to 2 is "
+        f"{est(gn_flat)} (flat within ±{100 * EQUIVALENCE_MARGIN:.1f} points: {v_flat}); at batch 2, BN − GN is "
+        f"{est(r_small)} ({v_small}); the batch-32 order BN < GN < LN < IN: {v_order}. With genuinely "
+        f"small-sample statistics (the 5-layer strided CNN, whose last BN layers pool 10 and 6 values per channel "
+        f"at batch 2) the interaction is {est(r_int['deep'])} ({v_deep}); in the MLP positive control (2 values "
+        f"per unit) {est(r_int['mlp'])} ({v_mlp}). "
+    )
     if bare[v_cnn] != "holds" and bare[v_deep] == "holds":
-        text += ("So the port's weaker result is explained by the size of the sample BN's statistics pool — the "
-                 "3-layer CNN pools 40 or more values per channel even at batch 2 — and this explanation is tested: "
-                 "the same recipe with 5 BN layers whose last ones pool ≤ 10 values shows the effect. ")
+        text += (
+            "So the port's weaker result is explained by the size of the sample BN's statistics pool — the "
+            "3-layer CNN pools 40 or more values per channel even at batch 2 — and this explanation is tested: "
+            "the same recipe with 5 BN layers whose last ones pool ≤ 10 values shows the effect. "
+        )
     elif bare[v_cnn] != "holds" and r_int["deep"] is None:
         text += "Whether the size of BN's sample explains the port's result is untested here (no deep CNN runs). "
     elif bare[v_cnn] != "holds":
-        text += ("The port's result is not explained by the size of BN's sample either: the deep CNN, which pools "
-                 "≤ 10 values, does not show the effect " + ("although the MLP control does. " if bare[v_mlp] ==
-                                                               "holds" else "(nor does the MLP control). "))
+        text += (
+            "The port's result is not explained by the size of BN's sample either: the deep CNN, which pools "
+            "≤ 10 values, does not show the effect "
+            + ("although the MLP control does. " if bare[v_mlp] == "holds" else "(nor does the MLP control). ")
+        )
     if bare[v_pop] == "holds":
-        text += (f"Evaluated with population statistics instead of running averages, the deep CNN's interaction is "
-                 f"{est(r_pop['deep'])} ({v_pop}): BN's small-batch error is not the test-time estimate of the "
-                 "statistics; it comes from training on the noisy statistics of small batches. ")
+        text += (
+            f"Evaluated with population statistics instead of running averages, the deep CNN's interaction is "
+            f"{est(r_pop['deep'])} ({v_pop}): BN's small-batch error is not the test-time estimate of the "
+            "statistics; it comes from training on the noisy statistics of small batches. "
+        )
     else:
-        text += (f"Evaluated with population statistics instead of running averages, the deep CNN's interaction is "
-                 f"{est(r_pop['deep'])} ({v_pop}): a test-time estimation error of the running averages is not "
-                 "excluded as (part of) the cause. ")
-    return text + ("Anything else that differs from the paper's setting (ImageNet's difficulty, ResNet-50's depth and "
-                   "residual connections, 8-GPU training) is untested here.")
+        text += (
+            f"Evaluated with population statistics instead of running averages, the deep CNN's interaction is "
+            f"{est(r_pop['deep'])} ({v_pop}): a test-time estimation error of the running averages is not "
+            "excluded as (part of) the cause. "
+        )
+    return text + (
+        "Anything else that differs from the paper's setting (ImageNet's difficulty, ResNet-50's depth and "
+        "residual connections, 8-GPU training) is untested here."
+    )

@@ -62,8 +62,13 @@ opt_state = tx.init(variables["params"])
 @jax.jit
 def step(params, batch_stats, opt_state, key):
     def loss_fn(p):
-        logits, upd = net.apply({"params": p, "batch_stats": batch_stats}, inputs, train=True,
-                                mutable=["batch_stats"], rngs={"dropout": key})
+        logits, upd = net.apply(
+            {"params": p, "batch_stats": batch_stats},
+            inputs,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": key},
+        )
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), upd
 
     (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

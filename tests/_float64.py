@@ -21,15 +21,19 @@ def rows(shape, kind: str, *, groups: int = 1, axis: int = -1):
     s = int(np.prod(cl[1:-1])) if nd > 2 else 1
 
     if kind == "batch":  # per channel over everything else
+
         def to(a):
             return np.transpose(a, perm_c).reshape(-1, c).T
     elif kind == "layer":  # per example over everything else
+
         def to(a):
             return np.transpose(a, perm_c).reshape(n, -1)
     elif kind == "instance":  # per (example, channel) over space
+
         def to(a):
             return np.transpose(np.transpose(a, perm_c).reshape(n, s, c), (0, 2, 1)).reshape(n * c, s)
     elif kind == "group":  # per (example, group) over space and the group's channels
+
         def to(a):
             b = np.transpose(a, perm_c).reshape(n, s, groups, c // groups)
             return np.transpose(b, (0, 2, 1, 3)).reshape(n * groups, s * (c // groups))
@@ -106,8 +110,9 @@ def rand(shape, seed=0, loc=0.0, scale=1.0):
 
 def close(a, b, tol=1e-5, atol=None):
     """``a`` and ``b`` equal to ``tol`` (relative) and ``atol`` (default ``tol``), compared in float64."""
-    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol,
-                               atol=tol if atol is None else atol)
+    np.testing.assert_allclose(
+        np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol if atol is None else atol
+    )
 
 
 def f64(a):

@@ -1,6 +1,7 @@
 """Test set-up, before jax is imported: fake four CPU devices so pmap/sharding tests run on CPU, and share one
 persistent compilation cache between the tests and the train.py subprocesses they start (the same small programs
 are compiled many times otherwise)."""
+
 import os
 import tempfile
 

@@ -22,7 +22,6 @@ from jaxnorm.lab.models.autoencoder import (
     weight_decay,
 )
 
-
 # ---- sparse penalty: the closed-form δ term of Ng's "Sparse autoencoder" -----------------------------------------
 
 
@@ -143,8 +142,11 @@ def test_tied_functions_agree_with_tied_autoencoder_and_numpy(act_name, act):
     x = jax.random.normal(jax.random.key(0), (5, 2, 3))  # flattened to 6 inputs by the model
     model = TiedAutoencoder(hidden=4, activation=act_name, output_activation="identity")
     params = model.init(jax.random.key(1), x)["params"]
-    params = {**params, "bias": jax.random.normal(jax.random.key(2), (4,)),
-              "bias_out": jax.random.normal(jax.random.key(3), (6,))}  # non-zero biases
+    params = {
+        **params,
+        "bias": jax.random.normal(jax.random.key(2), (4,)),
+        "bias_out": jax.random.normal(jax.random.key(3), (6,)),
+    }  # non-zero biases
     h = x.reshape(5, -1)
     z = tied_encode(params, h, act)
     x_hat = tied_decode(params, z, h.shape)
@@ -163,27 +165,33 @@ def test_tied_functions_agree_with_tied_autoencoder_and_numpy(act_name, act):
     np.testing.assert_array_equal(tied_preactivation(no_bias, h), h @ params["kernel"])
 
 
-@pytest.mark.parametrize("shape,strides", [((2, 7, 6, 3), None), ((2, 8, 6, 3), (2, 2)), ((2, 7, 6, 3), (2, 2)),
-                                           ((2, 9, 3), (2,))])
+@pytest.mark.parametrize(
+    "shape,strides", [((2, 7, 6, 3), None), ((2, 8, 6, 3), (2, 2)), ((2, 7, 6, 3), (2, 2)), ((2, 9, 3), (2,))]
+)
 def test_tied_functions_conv_kernels(shape, strides):
     nd = len(shape) - 2
     ks = jax.random.split(jax.random.key(4), 4)
     x = jax.random.normal(ks[0], shape)
-    params = {"kernel": jax.random.normal(ks[1], (3,) * nd + (3, 5)), "bias": jax.random.normal(ks[2], (5,)),
-              "bias_out": jax.random.normal(ks[3], (3,))}
+    params = {
+        "kernel": jax.random.normal(ks[1], (3,) * nd + (3, 5)),
+        "bias": jax.random.normal(ks[2], (5,)),
+        "bias_out": jax.random.normal(ks[3], (3,)),
+    }
     sp = "DHW"[-nd:]
     dims = (f"N{sp}C", f"{sp}IO", f"N{sp}C")
     st = strides or (1,) * nd
     z = tied_encode(params, x, jnp.tanh, strides)
-    want_z = jnp.tanh(jax.lax.conv_general_dilated(x, params["kernel"], st, "SAME", dimension_numbers=dims)
-                      + params["bias"])
+    want_z = jnp.tanh(
+        jax.lax.conv_general_dilated(x, params["kernel"], st, "SAME", dimension_numbers=dims) + params["bias"]
+    )
     assert z.shape == (shape[0],) + tuple(-(-s // t) for s, t in zip(shape[1:-1], st)) + (5,)
     np.testing.assert_array_equal(z, want_z)
     x_hat = tied_decode(params, z, x.shape, strides)
     assert x_hat.shape == x.shape  # cropped to the input's spatial size
     full = jax.lax.conv_transpose(z, params["kernel"], st, "SAME", dimension_numbers=dims, transpose_kernel=True)
-    np.testing.assert_array_equal(x_hat, full[(slice(None),) + tuple(slice(0, s) for s in shape[1:-1])]
-                                  + params["bias_out"])
+    np.testing.assert_array_equal(
+        x_hat, full[(slice(None),) + tuple(slice(0, s) for s in shape[1:-1])] + params["bias_out"]
+    )
     if all(s % t == 0 for s, t in zip(shape[1:-1], st)):
         # then the decoder is the adjoint of the encoder's convolution: <conv(x), z> = <x, X′ − b′> (with 'SAME'
         # padding a size not divisible by the stride pads the two differently)
@@ -194,16 +202,21 @@ def test_tied_functions_conv_kernels(shape, strides):
 def test_tied_decode_of_a_1x1_conv_is_the_dense_formula():
     ks = jax.random.split(jax.random.key(5), 4)
     w = jax.random.normal(ks[0], (3, 5))
-    params = {"kernel": w[None, None], "bias": jax.random.normal(ks[1], (5,)),
-              "bias_out": jax.random.normal(ks[2], (3,))}
+    params = {
+        "kernel": w[None, None],
+        "bias": jax.random.normal(ks[1], (5,)),
+        "bias_out": jax.random.normal(ks[2], (3,)),
+    }
     dense = {**params, "kernel": w}
     x = jax.random.normal(ks[3], (2, 4, 4, 3))
     z = tied_encode(params, x, jax.nn.sigmoid)
-    np.testing.assert_allclose(z, tied_encode(dense, x.reshape(-1, 3), jax.nn.sigmoid).reshape(z.shape),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        z, tied_encode(dense, x.reshape(-1, 3), jax.nn.sigmoid).reshape(z.shape), rtol=1e-6, atol=1e-6
+    )
     x_hat = tied_decode(params, z, x.shape)
-    np.testing.assert_allclose(x_hat, (z.reshape(-1, 5) @ w.T + params["bias_out"]).reshape(x.shape),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        x_hat, (z.reshape(-1, 5) @ w.T + params["bias_out"]).reshape(x.shape), rtol=1e-5, atol=1e-5
+    )
 
 
 # ---- models and losses ---------------------------------------------------------------------------------------------

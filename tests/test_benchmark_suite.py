@@ -34,8 +34,14 @@ def _env() -> dict:
 
 
 def _run(out, *args, timeout=600):
-    return subprocess.run([sys.executable, SUITE, "--small", "--out", str(out), *args], env=_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, SUITE, "--small", "--out", str(out), *args],
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _parse(text: str) -> list[dict]:
@@ -92,8 +98,17 @@ def test_resnet_figures_and_checks(records):
             for impl in ("jaxnorm", "flax"):
                 r = records[f"resnet:{norm}:{dt}:{impl}"]
                 assert not r.get("skipped"), r
-                _positive(r, "images_per_s", "step_ms", "step_min_ms", "compile_s", "first_call_s",
-                          "step_memory_bytes", "first_loss", "first_grad_norm")
+                _positive(
+                    r,
+                    "images_per_s",
+                    "step_ms",
+                    "step_min_ms",
+                    "compile_s",
+                    "first_call_s",
+                    "step_memory_bytes",
+                    "first_loss",
+                    "first_grad_norm",
+                )
                 assert r["first_call_s"] >= r["compile_s"]
                 assert r["agree"] is True, r
                 assert r["param_counts_equal"] is True and r["param_count"] == r["param_count_flax"], r

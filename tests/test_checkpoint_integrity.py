@@ -10,10 +10,10 @@ import re
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from test_train import load_config
 
 from jaxnorm.lab.train import checkpoint as ckpt_lib
 from jaxnorm.lab.train import loop
-from test_train import load_config
 
 
 def state(k=3, n=6):
@@ -57,8 +57,11 @@ def assert_fell_back(ck, capsys, restored, reason):
     """Step 20 was corrupt: one printed line, moved to corrupt-20, step 10 restored; orbax no longer lists 20."""
     out = capsys.readouterr().out.strip()
     one_line(out, ck.directory)
-    assert re.fullmatch(rf"checkpoint step 20 in {re.escape(ck.directory)} is corrupt \(.*{reason}.*\); moved to "
-                        rf"{re.escape(ck.directory)}/corrupt-20; resuming from step 10", out), out
+    assert re.fullmatch(
+        rf"checkpoint step 20 in {re.escape(ck.directory)} is corrupt \(.*{reason}.*\); moved to "
+        rf"{re.escape(ck.directory)}/corrupt-20; resuming from step 10",
+        out,
+    ), out
     assert int(restored["step"]) == 10 and np.array_equal(restored["params"]["w"], state(10)["params"]["w"])
     assert sorted(os.listdir(ck.directory)) == ["10", "corrupt-20"]
     assert ck.steps() == [10] and list(ck.manager.all_steps()) == [10]
@@ -68,8 +71,12 @@ def assert_fell_back(ck, capsys, restored, reason):
 def test_manifest_records_every_leaf_and_a_clean_restore_passes(tmp_path):
     ck = saved(tmp_path)
     step_dir = os.path.join(ck.directory, "20")
-    assert sorted(os.listdir(step_dir)) == ["_CHECKPOINT_METADATA", "commit_success.txt", "default",
-                                            "jaxnorm_manifest.json"]  # no tmp file left
+    assert sorted(os.listdir(step_dir)) == [
+        "_CHECKPOINT_METADATA",
+        "commit_success.txt",
+        "default",
+        "jaxnorm_manifest.json",
+    ]  # no tmp file left
     manifest = json.load(open(os.path.join(step_dir, "jaxnorm_manifest.json")))
     assert manifest["format"] == "jaxnorm checkpoint manifest" and manifest["step"] == 20
     w = state(20)["params"]["w"]
@@ -170,8 +177,9 @@ def test_requested_truncated_step_is_raised_in_test_train_wording(tmp_path, caps
     for root, _, files in os.walk(os.path.join(ck.directory, "20")):
         for f in files:
             open(os.path.join(root, f), "w").close()
-    with pytest.raises(ckpt_lib.CheckpointError, match=r"step 20 .* unreadable.*Earlier checkpoints are kept: \[10\]"
-                       ) as err:
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match=r"step 20 .* unreadable.*Earlier checkpoints are kept: \[10\]"
+    ) as err:
         ck.restore(target(), step=20)
     one_line(str(err.value))
     assert ck.steps() == [10] and sorted(os.listdir(ck.directory)) == ["10", "corrupt-20"]
@@ -191,8 +199,11 @@ def test_checkpoint_without_manifest_restores_as_before(tmp_path, capsys):
 def test_requested_corrupt_step_is_moved_aside_and_raised(tmp_path, capsys):
     ck = saved(tmp_path, steps=(10, 20, 30))
     flip(data_files(ck, 20)[-1])
-    with pytest.raises(ckpt_lib.CheckpointError, match=r"step 20 .* is corrupt \(.*\); moved to corrupt-20\. "
-                                                        r"Remaining checkpoints are kept: \[10, 30\]") as err:
+    with pytest.raises(
+        ckpt_lib.CheckpointError,
+        match=r"step 20 .* is corrupt \(.*\); moved to corrupt-20\. "
+        r"Remaining checkpoints are kept: \[10, 30\]",
+    ) as err:
         ck.restore(target(), step=20)
     one_line(str(err.value))
     assert sorted(os.listdir(ck.directory)) == ["10", "30", "corrupt-20"] and ck.steps() == [10, 30]
@@ -211,9 +222,12 @@ def test_requested_corrupt_step_is_moved_aside_and_raised(tmp_path, capsys):
 def test_no_good_checkpoint_left_is_one_line(tmp_path, capsys):
     ck = saved(tmp_path, steps=(10,))
     os.remove(data_files(ck, 10)[-1])
-    with pytest.raises(ckpt_lib.CheckpointError, match=r"no good checkpoint remains in .*: steps \[10\] are "
-                                                        r"corrupt \(moved aside to corrupt-<step>\); pass "
-                                                        r"--config.resume=False") as err:
+    with pytest.raises(
+        ckpt_lib.CheckpointError,
+        match=r"no good checkpoint remains in .*: steps \[10\] are "
+        r"corrupt \(moved aside to corrupt-<step>\); pass "
+        r"--config.resume=False",
+    ) as err:
         ck.restore(target())
     one_line(str(err.value))
     out = capsys.readouterr().out.strip()
@@ -226,8 +240,11 @@ def test_no_good_checkpoint_left_is_one_line(tmp_path, capsys):
 def test_a_different_tree_is_an_error_and_the_checkpoint_stays(tmp_path):
     ck = saved(tmp_path)
     other = {"params": {"w": np.zeros((2, 3)), "b": np.zeros(3)}, "step": np.int32(0)}
-    with pytest.raises(ckpt_lib.CheckpointError, match=r"step 20 .* different tree .*only in the state: "
-                                                        r"\['params/b'\].*left in place") as err:
+    with pytest.raises(
+        ckpt_lib.CheckpointError,
+        match=r"step 20 .* different tree .*only in the state: "
+        r"\['params/b'\].*left in place",
+    ) as err:
         ck.restore(other)
     one_line(str(err.value))
     assert ck.steps() == [10, 20] and sorted(os.listdir(ck.directory)) == ["10", "20"]
@@ -255,13 +272,16 @@ def test_disk_full_is_one_line_and_removes_the_partial_step(tmp_path, monkeypatc
     ck = saved(tmp_path, steps=(10,))
     big = {"params": {"w": np.zeros((999, 1000))}, "step": np.int32(20)}  # 7.99 MB
     if where == "orbax":
+
         def full(step, args, **kw):  # how TensorStore reports ENOSPC, after a part of the step is written
             partial = os.path.join(ck.directory, f"{step}.orbax-checkpoint-tmp")
             os.makedirs(os.path.join(partial, "default.orbax-checkpoint-tmp"))
             open(os.path.join(partial, "_CHECKPOINT_METADATA"), "w").close()
-            raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at local file "'
-                             f'{partial}": Failed to write 261949 bytes to file 14: No space left on device '
-                             "[os_error_code='28']\n" + "tensorstore detail\n" * 50)
+            raise ValueError(
+                'RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at local file "'
+                f'{partial}": Failed to write 261949 bytes to file 14: No space left on device '
+                "[os_error_code='28']\n" + "tensorstore detail\n" * 50
+            )
 
         monkeypatch.setattr(ck.manager, "save", full)
     else:
@@ -273,8 +293,11 @@ def test_disk_full_is_one_line_and_removes_the_partial_step(tmp_path, monkeypatc
             return real_open(path, *a, **kw)
 
         monkeypatch.setattr("builtins.open", full_open)
-    with pytest.raises(ckpt_lib.CheckpointError, match=r"^disk full while writing checkpoint step 20 to .*: No space "
-                                                        r"left on device .*free at least ~8 MB") as err:
+    with pytest.raises(
+        ckpt_lib.CheckpointError,
+        match=r"^disk full while writing checkpoint step 20 to .*: No space "
+        r"left on device .*free at least ~8 MB",
+    ) as err:
         ck.save(20, big)
     monkeypatch.undo()
     one_line(str(err.value))
@@ -308,8 +331,9 @@ def test_training_resumes_from_the_earlier_checkpoint_after_a_flipped_byte(tmp_p
     d = os.path.join(wd, "checkpoints")
     assert sorted(os.listdir(d)) == ["10", "20"]
     assert all(os.path.exists(os.path.join(d, s, "jaxnorm_manifest.json")) for s in ("10", "20"))
-    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(d, "20")) for f in fs
-             if os.path.basename(r) == "d"]
+    files = [
+        os.path.join(r, f) for r, _, fs in os.walk(os.path.join(d, "20")) for f in fs if os.path.basename(r) == "d"
+    ]
     flip(max(files, key=os.path.getsize))
     capsys.readouterr()
     result = loop.train_and_evaluate(load_config(**cfg), wd)
@@ -317,8 +341,11 @@ def test_training_resumes_from_the_earlier_checkpoint_after_a_flipped_byte(tmp_p
     lines = [line for line in out.splitlines() if "corrupt" in line]
     assert len(lines) == 1, out
     one_line(lines[0], d)
-    assert re.fullmatch(rf"checkpoint step 20 in {re.escape(d)} is corrupt \(.+\); moved to {re.escape(d)}/corrupt-20; "
-                        r"resuming from step 10", lines[0]), lines[0]
+    assert re.fullmatch(
+        rf"checkpoint step 20 in {re.escape(d)} is corrupt \(.+\); moved to {re.escape(d)}/corrupt-20; "
+        r"resuming from step 10",
+        lines[0],
+    ), lines[0]
     assert f"resumed from step 10 in {d}" in out
     assert sorted(os.listdir(d)) == ["10", "20", "corrupt-20"]  # step 20 trained and saved again
     assert os.path.exists(os.path.join(d, "20", "jaxnorm_manifest.json"))
@@ -326,8 +353,17 @@ def test_training_resumes_from_the_earlier_checkpoint_after_a_flipped_byte(tmp_p
     # the real state's tree (optax's empty states included) against orbax's metadata: a file missing from a
     # checkpoint without manifest is corruption, not a different tree
     os.remove(os.path.join(d, "20", "jaxnorm_manifest.json"))
-    os.remove(max((os.path.join(r, f) for r, _, fs in os.walk(os.path.join(d, "20")) for f in fs
-                   if os.path.basename(r) == "d"), key=os.path.getsize))
+    os.remove(
+        max(
+            (
+                os.path.join(r, f)
+                for r, _, fs in os.walk(os.path.join(d, "20"))
+                for f in fs
+                if os.path.basename(r) == "d"
+            ),
+            key=os.path.getsize,
+        )
+    )
     _, restored = loop.restore(wd)
     out = capsys.readouterr().out.strip()
     one_line(out, d)

@@ -5,16 +5,26 @@ import subprocess
 import sys
 
 import jax
+from test_train import ROOT, load_config
 
 from jaxnorm.lab.train import loop
 
-from test_train import ROOT, load_config
-
 
 def _train(workdir, *flags):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "smoke.py"),
-           "--workdir", str(workdir), "--config.num_steps=2", "--config.eval_every=2", "--config.checkpoint_every=2",
-           "--config.dropout=dropout", "--config.dropout_rate=0.2", *flags]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "smoke.py"),
+        "--workdir",
+        str(workdir),
+        "--config.num_steps=2",
+        "--config.eval_every=2",
+        "--config.checkpoint_every=2",
+        "--config.dropout=dropout",
+        "--config.dropout_rate=0.2",
+        *flags,
+    ]
     # every program is written whatever its compile time: a time threshold near a small program's compile time
     # made the comparison of two runs' entries depend on the machine's load
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}

@@ -18,8 +18,9 @@ OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 def _module_names():
     """Every module of the package; the lab's marked ``lab`` (they need the [train] extra)."""
     names = ["jaxnorm"] + [info.name for info in pkgutil.walk_packages(jaxnorm.__path__, "jaxnorm.")]
-    return [pytest.param(n, marks=pytest.mark.lab) if n.split(".")[:2] == ["jaxnorm", "lab"] else n
-            for n in sorted(names)]
+    return [
+        pytest.param(n, marks=pytest.mark.lab) if n.split(".")[:2] == ["jaxnorm", "lab"] else n for n in sorted(names)
+    ]
 
 
 @pytest.mark.parametrize("name", _module_names())
@@ -31,4 +32,6 @@ def test_docstring_examples_run(name, capsys):
         if test.examples and test.name.startswith(name):  # not the docstrings of names it imports
             runner.run(test)
     result = runner.summarize(verbose=False)
-    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed:\n" + capsys.readouterr().out
+    assert result.failed == 0, (
+        f"{result.failed} of {result.attempted} examples in {name} failed:\n" + capsys.readouterr().out
+    )

@@ -50,7 +50,7 @@ def test_logging_the_embedding_norm_at_lambda_zero_changes_nothing():
     # what is logged is the mean ‖h‖² of the step's batch (before its update)
     _, m = logged(state, batch)
     _, h = exp.model.apply(state.variables(), batch["x"], train=False, return_features=True)
-    np.testing.assert_allclose(m["embedding_norm_sq"], jnp.mean(jnp.sum(h ** 2, -1)), rtol=1e-5)
+    np.testing.assert_allclose(m["embedding_norm_sq"], jnp.mean(jnp.sum(h**2, -1)), rtol=1e-5)
 
 
 def test_log_embedding_norm_config_key_logs_every_arm(tmp_path):
@@ -71,11 +71,19 @@ def test_log_embedding_norm_config_key_logs_every_arm(tmp_path):
 
 @pytest.mark.parametrize("size", ["small", "smoke"])
 def test_analysis_names_are_grid_points(size):
-    for module, names in ((IOFFE, list(IOFFE.ARMS) + list(IOFFE.PROBED) + list(IOFFE.POPULATION_ARMS)),
-                          (SRIVASTAVA, [SRIVASTAVA.standard(), *map(SRIVASTAVA.dropout_arm, SRIVASTAVA.RATES),
-                                        SRIVASTAVA.maxnorm_arm(SRIVASTAVA.MAX_NORM_RATE),
-                                        SRIVASTAVA.dropout_arm(SRIVASTAVA.MAX_NORM_RATE)]),
-                          (DAUPHIN, [DAUPHIN.BN, DAUPHIN.NONE, *map(DAUPHIN.emb_arm, DAUPHIN.LAMBDAS)])):
+    for module, names in (
+        (IOFFE, list(IOFFE.ARMS) + list(IOFFE.PROBED) + list(IOFFE.POPULATION_ARMS)),
+        (
+            SRIVASTAVA,
+            [
+                SRIVASTAVA.standard(),
+                *map(SRIVASTAVA.dropout_arm, SRIVASTAVA.RATES),
+                SRIVASTAVA.maxnorm_arm(SRIVASTAVA.MAX_NORM_RATE),
+                SRIVASTAVA.dropout_arm(SRIVASTAVA.MAX_NORM_RATE),
+            ],
+        ),
+        (DAUPHIN, [DAUPHIN.BN, DAUPHIN.NONE, *map(DAUPHIN.emb_arm, DAUPHIN.LAMBDAS)]),
+    ):
         c = module.get_config()
         c.size = size
         _, points, _ = sweep.plan(module.__file__, 5, {"size": size} if size != "small" else {})
@@ -96,8 +104,16 @@ def test_selection_and_unbiased_metrics_are_configured():
 
 
 def _percentile_rows(p15, p50, p85):
-    return [{"step": 10 * t, "split": "probe", "activations/preact_2/p15": a, "activations/preact_2/p50": b,
-             "activations/preact_2/p85": c} for t, (a, b, c) in enumerate(zip(p15, p50, p85))]
+    return [
+        {
+            "step": 10 * t,
+            "split": "probe",
+            "activations/preact_2/p15": a,
+            "activations/preact_2/p50": b,
+            "activations/preact_2/p85": c,
+        }
+        for t, (a, b, c) in enumerate(zip(p15, p50, p85))
+    ]
 
 
 def test_percentile_drift_is_in_units_of_the_runs_own_spread():
@@ -144,19 +160,45 @@ def test_dauphin_section_selects_lambda_on_validation_and_gives_the_verdicts(tmp
     runs = []
     for seed in range(5):
         noise = 0.001 * rng.standard_normal()
-        arms = {DAUPHIN.BN: (0.90, 0.90, 10.0, 10.0), DAUPHIN.NONE: (0.80, 0.80, 10.0, 200.0),
-                DAUPHIN.emb_arm(1e-4): (0.86, 0.88, 10.0, 20.0), DAUPHIN.emb_arm(1e-3): (0.84, 0.87, 10.0, 15.0),
-                DAUPHIN.emb_arm(1e-2): (0.89, 0.86, 10.0, 5.0)}
+        arms = {
+            DAUPHIN.BN: (0.90, 0.90, 10.0, 10.0),
+            DAUPHIN.NONE: (0.80, 0.80, 10.0, 200.0),
+            DAUPHIN.emb_arm(1e-4): (0.86, 0.88, 10.0, 20.0),
+            DAUPHIN.emb_arm(1e-3): (0.84, 0.87, 10.0, 15.0),
+            DAUPHIN.emb_arm(1e-2): (0.89, 0.86, 10.0, 5.0),
+        }
         for point, (test, val, h0, h1) in arms.items():
-            rows = [{"step": 0, "split": "train", "embedding_norm_sq": h0},
-                    {"step": 100, "split": "train", "embedding_norm_sq": h1 * (1 + noise)}]
-            runs.append(_fake_run(str(tmp_path), point, seed, rows, test_accuracy=test + noise,
-                                  val_accuracy=val + noise, wall_s=1.0))
-    points = [{"point": p, "overrides": {}, "seeds": 5, "finished": 5, "diverged": 0, "failed": 0,
-               "metrics": {"test_accuracy": {"mean": 0.8, "std": 0.0, "n": 5}}}
-              for p in dict.fromkeys(r["point"] for r in runs)]
-    summary = {"runs": runs, "points": points, "config_file": "experiments/dauphin.py", "size": "small",
-               "seeds": 5, "total_wall_s": 25.0, "command": "x", "commit": "c"}
+            rows = [
+                {"step": 0, "split": "train", "embedding_norm_sq": h0},
+                {"step": 100, "split": "train", "embedding_norm_sq": h1 * (1 + noise)},
+            ]
+            runs.append(
+                _fake_run(
+                    str(tmp_path), point, seed, rows, test_accuracy=test + noise, val_accuracy=val + noise, wall_s=1.0
+                )
+            )
+    points = [
+        {
+            "point": p,
+            "overrides": {},
+            "seeds": 5,
+            "finished": 5,
+            "diverged": 0,
+            "failed": 0,
+            "metrics": {"test_accuracy": {"mean": 0.8, "std": 0.0, "n": 5}},
+        }
+        for p in dict.fromkeys(r["point"] for r in runs)
+    ]
+    summary = {
+        "runs": runs,
+        "points": points,
+        "config_file": "experiments/dauphin.py",
+        "size": "small",
+        "seeds": 5,
+        "total_wall_s": 25.0,
+        "command": "x",
+        "commit": "c",
+    }
     ctx = report.Context("dauphin", summary, str(tmp_path / "fig"), str(tmp_path), paper=DAUPHIN.PAPER_NAME)
     os.makedirs(ctx.figures_dir)
     text = DAUPHIN.section(ctx)

@@ -69,12 +69,24 @@ def _write_run(workdir, seed, *, beta, cos, acc, rng, steps=300, every=50):
     rows = []
     for t in range(0, steps, every):
         b = beta * math.exp(0.1 * rng.normal())
-        row = {"step": t, "split": "probe", "santurkar/beta_smoothness": b, "santurkar/grad_norm": 1.0,
-               "santurkar/grad_change_min": 0.1 * b, "santurkar/grad_change_max": b,
-               "santurkar/loss_min": 0.1, "santurkar/loss_max": 0.1 + b}
+        row = {
+            "step": t,
+            "split": "probe",
+            "santurkar/beta_smoothness": b,
+            "santurkar/grad_norm": 1.0,
+            "santurkar/grad_change_min": 0.1 * b,
+            "santurkar/grad_change_max": b,
+            "santurkar/loss_min": 0.1,
+            "santurkar/loss_max": 0.1 + b,
+        }
         for layer in S.ICS_LAYERS:
-            row.update({f"ics/cos/{layer}": cos + 0.005 * rng.normal(), f"ics/l2/{layer}": 1 - cos,
-                        f"ics/grad_norm/{layer}": 1.0})
+            row.update(
+                {
+                    f"ics/cos/{layer}": cos + 0.005 * rng.normal(),
+                    f"ics/l2/{layer}": 1 - cos,
+                    f"ics/grad_norm/{layer}": 1.0,
+                }
+            )
         rows.append(row)
         rows.append({"step": t + every, "split": "eval", "accuracy": acc + 0.002 * rng.normal(), "loss": 0.1})
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
@@ -96,12 +108,26 @@ def test_section_on_hand_made_runs_gives_the_expected_verdicts(tmp_path):
                 wd = str(tmp_path / S.vgg(norm, lr) / f"seed{seed}")
                 diverged = lr == S.LRS[1] and norm == "none" and seed < 4
                 a = _write_run(wd, seed, beta=beta, cos=cos, acc=acc, rng=rng)
-                row = {"point": S.vgg(norm, lr), "overrides": {"norm": norm, "learning_rate": lr}, "seed": seed,
-                       "workdir": wd, "wall_s": 1.0, "commit": "x"}
+                row = {
+                    "point": S.vgg(norm, lr),
+                    "overrides": {"norm": norm, "learning_rate": lr},
+                    "seed": seed,
+                    "workdir": wd,
+                    "wall_s": 1.0,
+                    "commit": "x",
+                }
                 row.update({"status": "diverged"} if diverged else {"status": "finished", "test_accuracy": a})
                 runs.append(row)
-    summary = {"runs": runs, "points": sweep.aggregate(runs), "config_file": PATH, "size": "small", "seeds": 5,
-               "total_wall_s": 60.0, "command": "x", "commit": "x"}
+    summary = {
+        "runs": runs,
+        "points": sweep.aggregate(runs),
+        "config_file": PATH,
+        "size": "small",
+        "seeds": 5,
+        "total_wall_s": 60.0,
+        "command": "x",
+        "commit": "x",
+    }
     ctx = report.Context("santurkar", summary, str(tmp_path / "fig"), str(tmp_path), paper=S.PAPER_NAME)
     os.makedirs(ctx.figures_dir)
     text = S.section(ctx)
@@ -128,8 +154,9 @@ def test_dln_point_trains_and_its_wide_grid_probe_reads_its_checkpoints(tmp_path
     base = config_lib.resolve_size(S.get_config(), ())
     base.size = "smoke"
     over = S._dln_overrides(base, "batch")
-    cfg = sweep._apply(S.get_config(), {**{k: v for k, v in over.items() if k != "name"}, "parallel": "none",
-                                        "progress": False})
+    cfg = sweep._apply(
+        S.get_config(), {**{k: v for k, v in over.items() if k != "name"}, "parallel": "none", "progress": False}
+    )
     result = sweep.run_one(cfg, str(tmp_path / "dln"), sorted(set(over) - {"name"}))
     assert result["status"] == "finished", result.get("message")
     rows = S.dln_posthoc(str(tmp_path / "dln"))

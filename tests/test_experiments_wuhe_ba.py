@@ -29,8 +29,14 @@ def _summary(path, accuracies, tmp_path, diverged=(), metrics=None):
             workdir.mkdir(parents=True)
             if metrics is not None:
                 (workdir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in metrics(p["name"], s)))
-            row = {"point": p["name"], "overrides": p["overrides"], "seed": s, "workdir": str(workdir),
-                   "status": "finished", "wall_s": 1.0}
+            row = {
+                "point": p["name"],
+                "overrides": p["overrides"],
+                "seed": s,
+                "workdir": str(workdir),
+                "status": "finished",
+                "wall_s": 1.0,
+            }
             if (p["name"], s) in diverged:
                 row["status"] = "diverged"
             else:
@@ -40,8 +46,15 @@ def _summary(path, accuracies, tmp_path, diverged=(), metrics=None):
                     row["test_population_accuracy"] = pop + JITTER[s]
             rows.append(row)
         aggs.append(p["name"])
-    summary = {"config_file": path, "size": "small", "seeds": SEEDS, "runs": rows, "total_wall_s": 1.0,
-               "commit": "test", "command": "test"}
+    summary = {
+        "config_file": path,
+        "size": "small",
+        "seeds": SEEDS,
+        "runs": rows,
+        "total_wall_s": 1.0,
+        "commit": "test",
+        "command": "test",
+    }
     summary["points"] = sweep.aggregate(rows)
     return summary
 
@@ -160,15 +173,17 @@ def test_wu_he_grid_names_and_small_sample_design():
 def _ba_metrics(accs):
     def rows(name, seed):
         early, final = accs[name]
-        return [{"step": 500, "split": "eval", "accuracy": early + JITTER[seed]},
-                {"step": 2000, "split": "eval", "accuracy": final + JITTER[seed]}]
+        return [
+            {"step": 500, "split": "eval", "accuracy": early + JITTER[seed]},
+            {"step": 2000, "split": "eval", "accuracy": final + JITTER[seed]},
+        ]
+
     return rows
 
 
 def test_ba_paired_comparisons_and_invariance_table(tmp_path):
     accs = {"none": (0.80, 0.95), "batch": (0.90, 0.98), "layer": (0.88, 0.97)}
-    summary = _summary(BA.__file__, {k: (v[1], None) for k, v in accs.items()}, tmp_path,
-                       metrics=_ba_metrics(accs))
+    summary = _summary(BA.__file__, {k: (v[1], None) for k, v in accs.items()}, tmp_path, metrics=_ba_metrics(accs))
     ctx = _ctx(summary, tmp_path)
     assert BA.early_accuracy(ctx, "layer")[0] == pytest.approx(0.88)
     text = BA.section(ctx)
@@ -180,8 +195,13 @@ def test_ba_paired_comparisons_and_invariance_table(tmp_path):
 
 def test_ba_bn_below_ln_fails_and_diverged_counts(tmp_path):
     accs = {"none": (0.80, 0.95), "batch": (0.90, 0.96), "layer": (0.88, 0.97)}
-    summary = _summary(BA.__file__, {k: (v[1], None) for k, v in accs.items()}, tmp_path,
-                       diverged={("none", 2)}, metrics=_ba_metrics(accs))
+    summary = _summary(
+        BA.__file__,
+        {k: (v[1], None) for k, v in accs.items()},
+        tmp_path,
+        diverged={("none", 2)},
+        metrics=_ba_metrics(accs),
+    )
     ctx = _ctx(summary, tmp_path)
     BA.section(ctx)
     f = {x.claim.split(" (")[0]: x for x in ctx.findings}

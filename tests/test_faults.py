@@ -10,11 +10,11 @@ import sys
 import time
 
 import pytest
-
-from jaxnorm.lab.train import loop, workdir as workdir_lib
-from jaxnorm.lab.train.metrics import read_metrics
-
 from test_train import ROOT, final_state, load_config, run_cli
+
+from jaxnorm.lab.train import loop
+from jaxnorm.lab.train import workdir as workdir_lib
+from jaxnorm.lab.train.metrics import read_metrics
 
 
 def _snapshot(path):
@@ -46,8 +46,14 @@ def _wait_for_rows(wd, p, n=1, timeout=240):
 
 def test_a_second_run_into_a_locked_workdir_exits_at_once(tmp_path):
     wd = tmp_path / "run"
-    first = run_cli(wd, "--config.num_steps=100000", "--config.log_every=1", "--config.checkpoint_every=1000",
-                    "--config.eval_every=1000", wait=False)
+    first = run_cli(
+        wd,
+        "--config.num_steps=100000",
+        "--config.log_every=1",
+        "--config.checkpoint_every=1000",
+        "--config.eval_every=1000",
+        wait=False,
+    )
     try:
         _wait_for_rows(wd, first)
         t0 = time.time()
@@ -67,8 +73,12 @@ def test_a_second_run_into_a_locked_workdir_exits_at_once(tmp_path):
 
 def test_sigterm_saves_at_a_step_boundary_and_exits_143(tmp_path):
     wd = tmp_path / "run"
-    flags = ["--config.num_steps=100000", "--config.log_every=1", "--config.checkpoint_every=1000",
-             "--config.eval_every=1000"]
+    flags = [
+        "--config.num_steps=100000",
+        "--config.log_every=1",
+        "--config.checkpoint_every=1000",
+        "--config.eval_every=1000",
+    ]
     p = run_cli(wd, *flags, wait=False)
     _wait_for_rows(wd, p, n=2)
     t0 = time.time()
@@ -83,15 +93,18 @@ def test_sigterm_saves_at_a_step_boundary_and_exits_143(tmp_path):
     assert train_steps[-1] == stopped  # the steps since the last row got their row
 
 
-@pytest.mark.parametrize("flag,match", [
-    ("--config.nrom=batch", r"unknown config key 'nrom' \(did you mean 'norm'\?\)"),
-    ("--config.model_kwargs.chanels=3", r"unknown config key 'chanels' \(did you mean 'channels'\?\)"),
-    ("--config.batch_size=abc", r"batch_size=abc"),
-    ("--config.momentum=-1", r"config.momentum must be a finite number >= 0"),
-    ("--config.weight_decay=-1", r"config.weight_decay must be a finite number >= 0"),
-    ("--config.learning_rate=nan", r"config.learning_rate must be a finite number > 0, got nan"),
-    ("--config=configs/nope.py", r"config file .*nope.py not found"),
-])
+@pytest.mark.parametrize(
+    "flag,match",
+    [
+        ("--config.nrom=batch", r"unknown config key 'nrom' \(did you mean 'norm'\?\)"),
+        ("--config.model_kwargs.chanels=3", r"unknown config key 'chanels' \(did you mean 'channels'\?\)"),
+        ("--config.batch_size=abc", r"batch_size=abc"),
+        ("--config.momentum=-1", r"config.momentum must be a finite number >= 0"),
+        ("--config.weight_decay=-1", r"config.weight_decay must be a finite number >= 0"),
+        ("--config.learning_rate=nan", r"config.learning_rate must be a finite number > 0, got nan"),
+        ("--config=configs/nope.py", r"config file .*nope.py not found"),
+    ],
+)
 def test_bad_values_are_one_line_and_touch_nothing(tmp_path, flag, match):
     wd = tmp_path / "run"
     line = _one_line_error(run_cli(wd, flag))
@@ -108,8 +121,11 @@ def test_bad_workdirs_are_one_line(tmp_path):
     import unittest.mock
 
     with unittest.mock.patch.object(workdir_lib.os, "access", lambda path, mode: False):
-        with pytest.raises(workdir_lib.WorkdirError, match=r"the workdir .*/ro/run is not writable \(.* does not "
-                                                           r"allow writing\)"):
+        with pytest.raises(
+            workdir_lib.WorkdirError,
+            match=r"the workdir .*/ro/run is not writable \(.* does not "
+            r"allow writing\)",
+        ):
             workdir_lib.check(str(tmp_path / "ro" / "run"))
     assert not (tmp_path / "ro").exists()
 
@@ -117,9 +133,13 @@ def test_bad_workdirs_are_one_line(tmp_path):
 def test_a_broken_config_file_is_one_line(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def get_config(:\n")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", str(bad), "--workdir",
-                        str(tmp_path / "wd")], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--config", str(bad), "--workdir", str(tmp_path / "wd")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert "the config file does not parse" in _one_line_error(r)
 
 
@@ -127,8 +147,14 @@ def test_a_failed_restore_step_leaves_the_workdir_byte_identical(tmp_path):
     wd = tmp_path / "run"
     loop.train_and_evaluate(load_config(num_steps=10, checkpoint_every=5, log_every=5, eval_every=10), str(wd))
     before = _snapshot(wd)
-    r = run_cli(wd, "--config.num_steps=10", "--config.checkpoint_every=5", "--config.log_every=5",
-                "--config.eval_every=10", "--config.restore_step=7")
+    r = run_cli(
+        wd,
+        "--config.num_steps=10",
+        "--config.checkpoint_every=5",
+        "--config.log_every=5",
+        "--config.eval_every=10",
+        "--config.restore_step=7",
+    )
     assert "no checkpoint for step 7" in _one_line_error(r)
     after = _snapshot(wd)
     after.pop(workdir_lib.LOCK_NAME, None), before.pop(workdir_lib.LOCK_NAME, None)
@@ -137,9 +163,11 @@ def test_a_failed_restore_step_leaves_the_workdir_byte_identical(tmp_path):
 
 def test_the_lock_is_released_when_its_holder_dies(tmp_path):
     wd = tmp_path / "run"
-    code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from jaxnorm.lab.train import workdir\n"
-            "with workdir.locked(%r):\n    print('locked', flush=True); time.sleep(60)\n") % (ROOT, str(wd))
+    code = (
+        f"import sys, time; sys.path.insert(0, {ROOT!r})\n"
+        "from jaxnorm.lab.train import workdir\n"
+        f"with workdir.locked({str(wd)!r}):\n    print('locked', flush=True); time.sleep(60)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked"
@@ -161,8 +189,13 @@ def test_kill_9_at_a_random_point_then_resume_is_exact(tmp_path, seed):
 
     import numpy as np
 
-    flags = ["--config.num_steps=60", "--config.log_every=3", "--config.checkpoint_every=1",
-             "--config.eval_every=30", "--config.keep_checkpoints=2"]
+    flags = [
+        "--config.num_steps=60",
+        "--config.log_every=3",
+        "--config.checkpoint_every=1",
+        "--config.eval_every=30",
+        "--config.keep_checkpoints=2",
+    ]
     ref = tmp_path / "ref"
     assert run_cli(ref, *flags).returncode == 0
     wd = tmp_path / "run"

@@ -10,6 +10,8 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from test_pretrain import small
+from test_train import load_config
 
 from jaxnorm import _checks, losses
 from jaxnorm.lab import rng
@@ -17,18 +19,18 @@ from jaxnorm.lab.train import config as config_lib
 from jaxnorm.lab.train import loop, stage
 from jaxnorm.lab.train.checkpoint import check_workdir
 
-from test_pretrain import small
-from test_train import load_config
-
-
 # ---- the stage driver ----------------------------------------------------------------------------------------------
+
 
 def test_a_nan_during_pretraining_is_one_clear_line_and_no_checkpoint_after_it(tmp_path, capsys):
     c = small()
     c.pretrain.learning_rate = 1e30
     wd = tmp_path / "wd"
-    with pytest.raises(loop.NonFiniteLossError, match=r"the pretraining loss is (nan|inf) at pretraining step \d+ "
-                                                     r"\(layer dense_\d\); no checkpoint was written after it"):
+    with pytest.raises(
+        loop.NonFiniteLossError,
+        match=r"the pretraining loss is (nan|inf) at pretraining step \d+ "
+        r"\(layer dense_\d\); no checkpoint was written after it",
+    ):
         loop.train_and_evaluate(c, str(wd))
     assert loop.NonFiniteLossError is stage.NonFiniteLossError  # one class for both stages
     assert not os.listdir(wd / "checkpoints")  # fine-tuning never started
@@ -38,10 +40,18 @@ def test_a_nan_during_pretraining_is_one_clear_line_and_no_checkpoint_after_it(t
 
 
 def _toy_stage(total, **kw):
-    return stage.Stage(name="training", step_label="step", split="train", total=total, checkpoint_dir="DIR",
-                       log_at=lambda d: d % 2 == 0, checkpoint_at=lambda d: d % 3 == 0,
-                       summarize=lambda rows: {"loss": float(np.mean([r["loss"] for r in rows]))},
-                       hint="Fix it.", **kw)
+    return stage.Stage(
+        name="training",
+        step_label="step",
+        split="train",
+        total=total,
+        checkpoint_dir="DIR",
+        log_at=lambda d: d % 2 == 0,
+        checkpoint_at=lambda d: d % 3 == 0,
+        summarize=lambda rows: {"loss": float(np.mean([r["loss"] for r in rows]))},
+        hint="Fix it.",
+        **kw,
+    )
 
 
 class _Writer:
@@ -58,11 +68,22 @@ def test_run_stage_cadence_resume_and_interrupt():
     def step_fn(state, s):
         return state + 1, {"loss": jnp.asarray(float(s))}
 
-    state, ev = stage.run_stage(_toy_stage(7, eval_at=lambda d: d == 4), 0, 0, step_fn,
-                                lambda st, d: saved.append((st, d)), writer=writer, evaluate=lambda st: {"e": st})
+    state, ev = stage.run_stage(
+        _toy_stage(7, eval_at=lambda d: d == 4),
+        0,
+        0,
+        step_fn,
+        lambda st, d: saved.append((st, d)),
+        writer=writer,
+        evaluate=lambda st: {"e": st},
+    )
     assert state == 7 and ev == {"e": 7}
-    assert [(s, sp) for s, sp, _ in writer.rows if sp == "train"] == [(2, "train"), (4, "train"), (6, "train"),
-                                                                       (7, "train")]
+    assert [(s, sp) for s, sp, _ in writer.rows if sp == "train"] == [
+        (2, "train"),
+        (4, "train"),
+        (6, "train"),
+        (7, "train"),
+    ]
     assert [r[2]["loss"] for r in writer.rows if r[1] == "train"] == [0.5, 2.5, 4.5, 6.0]  # means since last row
     assert [(s, v) for s, sp, v in writer.rows if sp == "eval"] == [(4, {"e": 4}), (7, {"e": 7})]
     assert saved == [(3, 3), (6, 6), (7, 7)]  # every 3 and the last
@@ -91,6 +112,7 @@ def test_run_stage_checks_the_loss_before_it_saves():
 
 # ---- named random streams ------------------------------------------------------------------------------------------
 
+
 def test_random_streams_are_the_recorded_derivations():
     def same(a, b):
         return np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
@@ -101,13 +123,15 @@ def test_random_streams_are_the_recorded_derivations():
         assert same(rng.rng_stream(seed, "probes"), jax.random.key(seed + 2))
         assert rng.stream_seed(seed, "pretrain_data") == seed + 3
         assert same(rng.rng_stream(seed, "pretrain_noise"), jax.random.key(seed + 4))
-        np.testing.assert_array_equal(rng.numpy_stream(seed, "synthetic_data").random(4),
-                                      np.random.default_rng([seed, 7]).random(4))
+        np.testing.assert_array_equal(
+            rng.numpy_stream(seed, "synthetic_data").random(4), np.random.default_rng([seed, 7]).random(4)
+        )
     with pytest.raises(ValueError, match=r"unknown random stream 'dropuot'; the streams are 'params', 'dropout'"):
         rng.rng_stream(0, "dropuot")
 
 
 # ---- config keys -------------------------------------------------------------------------------------------------
+
 
 def test_norm_options_are_model_fields_with_one_default():
     c = config_lib.base_config()
@@ -144,16 +168,19 @@ def test_a_config_json_of_an_earlier_run_still_resumes(tmp_path):
 
 # ---- shared losses and checks --------------------------------------------------------------------------------------
 
+
 def test_per_example_losses_against_references():
     rs = np.random.default_rng(0)
     logits, y = rs.normal(size=(5, 4)).astype(np.float32), np.array([0, 3, 1, 1, 2])
     ref = -np.log(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))[np.arange(5), y]
     np.testing.assert_allclose(losses.per_example_loss(logits, y, "cross_entropy"), ref, rtol=1e-5)
     out, target = rs.normal(size=(5, 2, 3)), rs.normal(size=(5, 2, 3))
-    np.testing.assert_allclose(losses.per_example_loss(out, target, "mse"), ((out - target) ** 2).sum((1, 2)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.per_example_loss(out, target, "mse"), ((out - target) ** 2).sum((1, 2)), rtol=1e-5
+    )
     assert int(losses.correct_count(logits, y, np.array([True, True, True, False, False]))) == int(
-        np.sum((logits.argmax(-1) == y)[:3]))
+        np.sum((logits.argmax(-1) == y)[:3])
+    )
     with pytest.raises(ValueError, match=r"unknown loss 'hinge'; valid losses: 'cross_entropy', 'mse'"):
         losses.per_example_loss(logits, y, "hinge")
 
@@ -168,7 +195,7 @@ def test_shared_checks():
             _checks.check_positive_int("f", "n", bad)
     with pytest.raises(ValueError, match=r"the sparsity weight beta must be >= 0, got -1"):
         _checks.check_beta(-1.0)
-    assert _checks.is_concrete({"a": jnp.ones(2)}) and not jax.jit(lambda x: _checks.is_concrete(x) or x)(1.0) is True
+    assert _checks.is_concrete({"a": jnp.ones(2)}) and jax.jit(lambda x: _checks.is_concrete(x) or x)(1.0) is not True
 
 
 def test_max_norm_is_an_optax_transformation():

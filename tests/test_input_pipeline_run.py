@@ -6,11 +6,10 @@ import os
 import shutil
 
 import pytest
+from test_train import load_config
 
 from jaxnorm.lab.train import checkpoint, loop
 from jaxnorm.lab.train.metrics import read_metrics
-
-from test_train import load_config
 
 
 def _losses(wd):

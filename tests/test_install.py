@@ -18,17 +18,31 @@ import pathlib
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLOORED = ("jax", "flax", "optax")  # jaxlib is pinned with jax
-LAB_PACKAGES = ("tensorflow-datasets", "grain", "orbax-checkpoint", "tensorboardx", "matplotlib", "scikit-learn",
-                "mnist1d", "pyarrow", "ml-collections", "array-record", "equinox")
+LAB_PACKAGES = (
+    "tensorflow-datasets",
+    "grain",
+    "orbax-checkpoint",
+    "tensorboardx",
+    "matplotlib",
+    "scikit-learn",
+    "mnist1d",
+    "pyarrow",
+    "ml-collections",
+    "array-record",
+    "equinox",
+)
 # what marks a test file as needing more than the core install and the test tools
-_NEEDS_EXTRA = re.compile(r"^\s*(from|import) jaxnorm\.lab|^\s*(from|import) (ml_collections|tensorflow_datasets|grain"
-                          r"|matplotlib)|train\.py|sphinx|ruff|mypy|benchmarks|_core_script", re.M)
+_NEEDS_EXTRA = re.compile(
+    r"^\s*(from|import) jaxnorm\.lab|^\s*(from|import) (ml_collections|tensorflow_datasets|grain"
+    r"|matplotlib)|train\.py|sphinx|ruff|mypy|benchmarks|_core_script",
+    re.M,
+)
 
 
 def _normalize(name: str) -> str:
@@ -58,8 +72,9 @@ def _run(cmd, **kw):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "JAX_COMPILATION_CACHE", "PYTHON"))}
     env["JAX_PLATFORMS"] = "cpu"
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
-    assert res.returncode == 0, f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n{res.stdout[-4000:]}\n" \
-                                f"{res.stderr[-4000:]}"
+    assert res.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    )
     return res.stdout
 
 
@@ -74,8 +89,10 @@ def core_venv(tmp_path_factory):
     _run([sys.executable, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
     _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT), *_pins()])
-    installed = {_normalize(p["name"]): p["version"] for p in json.loads(
-        _run([python, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"]))}
+    installed = {
+        _normalize(p["name"]): p["version"]
+        for p in json.loads(_run([python, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"]))
+    }
     closure = json.loads(_run([python, "-c", _FLAX_CLOSURE]))
     return python, installed, set(closure)
 

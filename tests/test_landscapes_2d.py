@@ -9,14 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train import load_config
 
 import jaxnorm.probes as jp
 from jaxnorm.lab import plots
 from jaxnorm.lab.train import config as config_lib
 from jaxnorm.lab.train import loop
 from jaxnorm.lab.train.metrics import read_metrics
-
-from test_train import load_config
 
 R = np.random.default_rng(0)
 A = R.normal(size=(6, 6))
@@ -135,6 +134,7 @@ def test_the_filter_normalized_surface_leaves_batch_norm_parameters_out_by_defau
     assert not np.any(np.asarray(d["norm_0"]["scale"])) and not np.any(np.asarray(d["norm_0"]["bias"]))
     assert np.any(np.asarray(d["conv_0"]["kernel"]))
     loss_fn = jp.model_loss_fn(model, variables["batch_stats"])
-    out = jp.loss_slice_2d(loss_fn, variables["params"], {"x": x, "y": np.arange(8) % 3}, key=jax.random.key(1),
-                           steps=5, span=3.0)
+    out = jp.loss_slice_2d(
+        loss_fn, variables["params"], {"x": x, "y": np.arange(8) % 3}, key=jax.random.key(1), steps=5, span=3.0
+    )
     assert np.all(np.isfinite(out["losses"]))

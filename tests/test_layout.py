@@ -6,9 +6,9 @@ import importlib
 import pathlib
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 import jaxnorm
 
@@ -20,10 +20,12 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_jaxnorm_never_imports_the_lab():
-    res = _python("import sys, jaxnorm, jaxnorm.nn, jaxnorm.nnx, jaxnorm.probes, jaxnorm.stats\n"
-                  "bad = sorted(m for m in sys.modules if m.startswith('jaxnorm.lab') or m.split('.')[0] in "
-                  "('tensorflow_datasets', 'grain', 'orbax', 'tensorboardX', 'matplotlib', 'sklearn', 'mnist1d', "
-                  "'ml_collections', 'equinox'))\nprint(bad)")
+    res = _python(
+        "import sys, jaxnorm, jaxnorm.nn, jaxnorm.nnx, jaxnorm.probes, jaxnorm.stats\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('jaxnorm.lab') or m.split('.')[0] in "
+        "('tensorflow_datasets', 'grain', 'orbax', 'tensorboardX', 'matplotlib', 'sklearn', 'mnist1d', "
+        "'ml_collections', 'equinox'))\nprint(bad)"
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
 

@@ -64,12 +64,15 @@ def test_torn_last_line_is_ignored_by_read_metrics_and_dropped_on_reopen(tmp_pat
     assert not (tmp_path / "metrics.jsonl.tmp").exists()
 
 
-@pytest.mark.parametrize("tail,kept", [
-    (b'{"step": 3, "split": "train", "loss": 0.5', 2),  # cut inside the row
-    (b"\x00\x00\x00\x00", 2),  # a crash can leave zeros at the end of a file
-    (b"\x00\x00\n", 2),  # not JSON, even with a newline
-    (b'{"step": 3, "split": "train", "loss": 0.5}', 3),  # complete, only its newline is missing: kept
-])
+@pytest.mark.parametrize(
+    "tail,kept",
+    [
+        (b'{"step": 3, "split": "train", "loss": 0.5', 2),  # cut inside the row
+        (b"\x00\x00\x00\x00", 2),  # a crash can leave zeros at the end of a file
+        (b"\x00\x00\n", 2),  # not JSON, even with a newline
+        (b'{"step": 3, "split": "train", "loss": 0.5}', 3),  # complete, only its newline is missing: kept
+    ],
+)
 def test_reopen_repairs_every_kind_of_torn_end(tmp_path, tail, kept):
     good = b'{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "split": "train", "loss": 0.7}\n'
     (tmp_path / "metrics.jsonl").write_bytes(good + tail)
@@ -85,8 +88,10 @@ def test_reopen_repairs_every_kind_of_torn_end(tmp_path, tail, kept):
 
 def test_a_bad_line_in_the_middle_is_named_with_its_line_number(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1, "split": "train"}\n\n{"step": 2, "split": "tr{"step": 3, "split": "train"}\n'
-                    '{"step": 4, "split": "train"}\n')
+    path.write_text(
+        '{"step": 1, "split": "train"}\n\n{"step": 2, "split": "tr{"step": 3, "split": "train"}\n'
+        '{"step": 4, "split": "train"}\n'
+    )
     with pytest.raises(ValueError, match=rf"{path}, line 3: not a metrics row"):
         read_metrics(str(tmp_path))
     w = MetricWriter(str(tmp_path))  # the end is fine: opening works; rewinding reads every line
@@ -126,8 +131,10 @@ def test_rewind_keeps_exactly_the_rows_of_the_predicate_and_survives_reopening(t
     w = MetricWriter(str(tmp_path))
     w.write(100, "train", {"loss": 0.0})
     w.close()
-    assert read_metrics(str(tmp_path)) == after + [{"step": 99, "split": "train", "loss": 0.0},
-                                                   {"step": 100, "split": "train", "loss": 0.0}]
+    assert read_metrics(str(tmp_path)) == after + [
+        {"step": 99, "split": "train", "loss": 0.0},
+        {"step": 100, "split": "train", "loss": 0.0},
+    ]
     assert not (tmp_path / "metrics.jsonl.tmp").exists()
 
 
@@ -193,10 +200,10 @@ def _events(tb_dir):
             data = f.read()
         pos = 0
         while pos + 12 <= len(data):
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
             if pos + 12 + n + 4 > len(data):
                 break
-            e = Event.FromString(data[pos + 12:pos + 12 + n])
+            e = Event.FromString(data[pos + 12 : pos + 12 + n])
             pos += 12 + n + 4
             if e.HasField("session_log") and e.session_log.status == SessionLog.START:
                 out.append(("start", e.step))
@@ -345,7 +352,8 @@ def test_a_sweep_regenerates_a_torn_result_json(tmp_path, capsys):
         "    c.checkpoint_every = 4; c.model_kwargs.hidden = (8,); c.learning_rate = 0.1\n"
         "    return c\n"
         "def get_sweep(config):\n"
-        "    return [{'name': 'p'}]\n")
+        "    return [{'name': 'p'}]\n"
+    )
     run = lambda: sweep.run_sweep(str(exp), str(tmp_path / "w"), 1, {}, plots=False, log=lambda *_: None)  # noqa
     first = run()["runs"][0]
     result = tmp_path / "w" / "p" / "seed0" / "result.json"

@@ -12,12 +12,12 @@ import pytest
 
 import jaxnorm.lab.models as zoo
 from jaxnorm.lab.models import (
+    CNN1D,
     DROPOUTS,
+    MLP,
     MODELS,
     NORMS,
-    CNN1D,
     DeepLinear,
-    MLP,
     ResNet,
     SimpleCNN,
     build_model,
@@ -124,8 +124,19 @@ def test_registries_list_the_expected_names():
     assert NORMS[:8] == ("none", "batch", "layer", "instance", "group", "rms", "batch_renorm", "lp_batch_norm")
     assert NORMS[8:] in (("dyt",), ("noisy_batch_norm", "dyt"))  # noisy BN: registered when jaxnorm.nn has it
     assert DROPOUTS == ("none", "dropout", "original", "spatial", "gaussian", "alpha")
-    for name in ("mlp", "ioffe_mlp", "deep_linear", "simple_cnn", "cnn1d", "vgg", "vgg11", "vgg_small", "resnet18",
-                 "resnet34", "resnet50"):
+    for name in (
+        "mlp",
+        "ioffe_mlp",
+        "deep_linear",
+        "simple_cnn",
+        "cnn1d",
+        "vgg",
+        "vgg11",
+        "vgg_small",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+    ):
         assert name in MODELS
 
 
@@ -189,10 +200,15 @@ def test_norm_position_changes_output_with_same_parameters():
 def test_no_bias_on_convs_followed_by_batch_norm(name):
     model_name, base, shape, _ = TINY[name]
     x = _x(shape)
-    for norm, pos, expect_bias in [("batch", "before", False), ("batch_renorm", "before", False),
-                                   ("instance", "before", False), ("layer", "before", True),
-                                   ("group", "before", True), ("none", "before", True),
-                                   ("lp_batch_norm", "before", True)]:
+    for norm, pos, expect_bias in [
+        ("batch", "before", False),
+        ("batch_renorm", "before", False),
+        ("instance", "before", False),
+        ("layer", "before", True),
+        ("group", "before", True),
+        ("none", "before", True),
+        ("lp_batch_norm", "before", True),
+    ]:
         params = _shapes(build_model(model_name, **base, norm=norm, norm_position=pos), x)["params"]
         convs = {p[:-1] for p, _ in _paths(params) if any("conv" in str(k) for k in p)}
         with_bias = {p[:-1] for p, _ in _paths(params) if any("conv" in str(k) for k in p) and p[-1] == "bias"}
@@ -277,10 +293,10 @@ def test_model_norm_options_reach_the_layers():
     model = SimpleCNN(**CNN, norm="batch", momentum=0.5)
     variables = model.init(KEY, x, train=False)
     _, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    conv_out = nn.Conv(4, (3, 3), padding="SAME", use_bias=False).apply(
-        {"params": variables["params"]["conv_0"]}, x)
-    np.testing.assert_allclose(state["batch_stats"]["norm_0"]["mean"], 0.5 * np.asarray(conv_out.mean((0, 1, 2))),
-                               rtol=1e-4, atol=1e-6)
+    conv_out = nn.Conv(4, (3, 3), padding="SAME", use_bias=False).apply({"params": variables["params"]["conv_0"]}, x)
+    np.testing.assert_allclose(
+        state["batch_stats"]["norm_0"]["mean"], 0.5 * np.asarray(conv_out.mean((0, 1, 2))), rtol=1e-4, atol=1e-6
+    )
     # a model-level option that a norm does not take is ignored for it (sweeps over NORMS keep one config)
     _shapes(SimpleCNN(**CNN, norm="layer", momentum=0.5), x)
     # norm_kwargs are strict
@@ -364,8 +380,9 @@ def test_ioffe_mlp_has_three_hidden_layers_of_100_sigmoid_units():
     assert set(shapes["batch_stats"]) == {"norm_0", "norm_1", "norm_2"}
     x = _x((2, 16))  # a small input: the same hidden layers, cheaper to compile
     variables = model.init(KEY, x, train=False)
-    (logits, feats), state = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                                         return_features=True)
+    (logits, feats), state = model.apply(
+        variables, x, train=True, mutable=["batch_stats", "intermediates"], return_features=True
+    )
     assert feats.shape == (2, 100) and float(feats.min()) > 0 and float(feats.max()) < 1  # sigmoid outputs
     preact = state["intermediates"]
     assert set(preact) == {"preact_0", "preact_1", "preact_2"}  # the sigmoid inputs (Ioffe's percentiles)
@@ -427,8 +444,9 @@ def _blocks(params):
     return tuple(len(blocks[s]) for s in sorted(blocks))
 
 
-@pytest.mark.parametrize("depth,sizes,block", [(18, (2, 2, 2, 2), "basic"), (34, (3, 4, 6, 3), "basic"),
-                                               (50, (3, 4, 6, 3), "bottleneck")])
+@pytest.mark.parametrize(
+    "depth,sizes,block", [(18, (2, 2, 2, 2), "basic"), (34, (3, 4, 6, 3), "basic"), (50, (3, 4, 6, 3), "bottleneck")]
+)
 def test_resnet_depths(depth, sizes, block):
     model = build_model(f"resnet{depth}", width=1 / 32, norm="batch")
     x = jnp.zeros((1, 16, 16, 3))
@@ -464,8 +482,9 @@ def test_resnet_stems_and_zero_init():
         assert seen[0][1:3] == (spatial, spatial)  # cifar: no downsampling; imagenet: /2 conv, /2 max pool
         assert shapes["params"]["stem_conv"]["kernel"].shape[:2] == ((3, 3) if stem == "cifar" else (7, 7))
     model_name, base, shape, _ = TINY["resnet_bottleneck"]
-    params = build_model(model_name, **base, norm="batch", zero_init_residual=True).init(
-        KEY, _x(shape), train=False)["params"]
+    params = build_model(model_name, **base, norm="batch", zero_init_residual=True).init(KEY, _x(shape), train=False)[
+        "params"
+    ]
     block = params["stage1_block1"]
     assert float(jnp.abs(block["norm3"]["scale"]).sum()) == 0  # the branch's last norm starts at γ = 0
     assert float(block["norm2"]["scale"].sum()) > 0 and float(block["proj_norm"]["scale"].sum()) > 0
@@ -505,8 +524,9 @@ def test_cnn1d_defaults_and_input_shapes():
     assert params["head"]["kernel"].shape == (20 * 32, 10)  # flatten head on a 20×32 map
     model, x = _tiny("cnn1d")
     variables = model.init(KEY, x, train=False)
-    np.testing.assert_array_equal(model.apply(variables, x, train=False),
-                                  model.apply(variables, x[..., 0], train=False))  # N×L is read as N×L×1
+    np.testing.assert_array_equal(
+        model.apply(variables, x, train=False), model.apply(variables, x[..., 0], train=False)
+    )  # N×L is read as N×L×1
     with pytest.raises(ValueError, match="N×L×C"):
         model.init(KEY, jnp.zeros((2, 4, 4, 4, 1)), train=False)
 

@@ -2,6 +2,7 @@
 (NaN/inf padding), per-channel parameters on any feature axis, strict input checks, empty and all-masked batches,
 traced ``train``, half precision. The reference is ``tests/_float64.py`` (numpy, float64, closed-form gradients)."""
 
+import _float64 as ref
 import flax.linen as fnn
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,6 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxnorm as jn
-import _float64 as ref
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -45,16 +45,21 @@ M0 = {"momentum": 0.0}  # the new running variance is then the batch variance
 # name → (f(x, s, b) → (y, batch var or None), reference kwargs for _float64.norm)
 NORMS = {
     "batch": (lambda x, s, b: _bn(jn.batch_norm(x, s, b, FRESH, train=True, **M0)), dict(kind="batch")),
-    "batch_renorm_r1d0": (lambda x, s, b: _bn(jn.batch_renorm(x, s, b, FRESH, train=True, r_max=1.0, d_max=0.0,
-                                                             **M0)), dict(kind="batch")),
-    "lp_batch_norm_p2": (lambda x, s, b: (jn.lp_batch_norm(x, s, b, FRESH, train=True, p=2)[0], None),
-                         dict(kind="batch", mode="lp2")),
+    "batch_renorm_r1d0": (
+        lambda x, s, b: _bn(jn.batch_renorm(x, s, b, FRESH, train=True, r_max=1.0, d_max=0.0, **M0)),
+        dict(kind="batch"),
+    ),
+    "lp_batch_norm_p2": (
+        lambda x, s, b: (jn.lp_batch_norm(x, s, b, FRESH, train=True, p=2)[0], None),
+        dict(kind="batch", mode="lp2"),
+    ),
     "layer": (lambda x, s, b: (jn.layer_norm(x, s, b, epsilon=EPS), None), dict(kind="layer")),
     "instance": (lambda x, s, b: (jn.instance_norm(x, s, b, epsilon=EPS), None), dict(kind="instance")),
-    "group4": (lambda x, s, b: (jn.group_norm(x, s, b, num_groups=4, epsilon=EPS), None),
-               dict(kind="group", groups=4)),
-    "group16": (lambda x, s, b: (jn.group_norm(x, s, b, num_groups=16, epsilon=EPS), None),
-                dict(kind="group", groups=16)),
+    "group4": (lambda x, s, b: (jn.group_norm(x, s, b, num_groups=4, epsilon=EPS), None), dict(kind="group", groups=4)),
+    "group16": (
+        lambda x, s, b: (jn.group_norm(x, s, b, num_groups=16, epsilon=EPS), None),
+        dict(kind="group", groups=16),
+    ),
     "rms": (lambda x, s, b: (jn.rms_norm(x, s, epsilon=EPS), None), dict(kind="layer", mode="rms")),
 }
 
@@ -86,19 +91,21 @@ def test_batch_moments_population_stats_and_variants_at_large_means(m, sd):
     np.testing.assert_allclose(np.asarray(mo["var"], np.float64), o["var"], rtol=1e-4)
     np.testing.assert_allclose(np.asarray(mo["mean"], np.float64), o["mean"], rtol=1e-6, atol=1e-6 * abs(m))
     # population statistics of 4 batches: E[μ_B] and m/(m−1)·E[σ²_B], from float64 batch moments
-    parts = [x[i:i + 8] for i in range(0, 32, 8)]
+    parts = [x[i : i + 8] for i in range(0, 32, 8)]
     pop = jn.population_stats(jn.batch_moments(p) for p in parts)
     ms = [ref.norm(*f64(p), "batch") for p in parts]
     n = 8 * 8 * 8
-    np.testing.assert_allclose(np.asarray(pop["var"], np.float64), n / (n - 1) * np.mean([q["var"] for q in ms], 0),
-                               rtol=1e-4)
-    np.testing.assert_allclose(np.asarray(pop["mean"], np.float64), np.mean([q["mean"] for q in ms], 0),
-                               rtol=1e-6, atol=1e-6 * abs(m))
+    np.testing.assert_allclose(
+        np.asarray(pop["var"], np.float64), n / (n - 1) * np.mean([q["var"] for q in ms], 0), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        np.asarray(pop["mean"], np.float64), np.mean([q["mean"] for q in ms], 0), rtol=1e-6, atol=1e-6 * abs(m)
+    )
     # ghost batch norm: each virtual batch of 8 against its own float64 statistics
     y, st = jn.batch_norm(x, s, b, FRESH, train=True, virtual_batch_size=8, **M0)
     for i, p in enumerate(parts):
         out = ref.norm(*f64(p), "batch", scale=s, bias=b, eps=EPS)
-        assert np.max(np.abs(np.asarray(y[8 * i:8 * i + 8], np.float64) - out["y"])) < 1e-3 * np.std(out["y"])
+        assert np.max(np.abs(np.asarray(y[8 * i : 8 * i + 8], np.float64) - out["y"])) < 1e-3 * np.std(out["y"])
     np.testing.assert_allclose(np.asarray(st["var"], np.float64), np.mean([q["var"] for q in ms], 0), rtol=1e-4)
 
 
@@ -108,7 +115,7 @@ def test_population_stats_weights_batches_by_their_counts():
     sizes = [12, 10, 8]
     batches, masks, start = [], [], 0
     for n in sizes:
-        batches.append(jnp.concatenate([x[start:start + n], jnp.full((12 - n, 4), jnp.nan)]))
+        batches.append(jnp.concatenate([x[start : start + n], jnp.full((12 - n, 4), jnp.nan)]))
         masks.append(jnp.arange(12) < n)
         start += n
     batches.append(jnp.full((12, 4), jnp.inf))
@@ -126,8 +133,10 @@ def test_population_stats_weights_batches_by_their_counts():
 def test_constant_channels_have_zero_variance():
     x = jnp.broadcast_to(jnp.array([-1000.1, 10000.3, 5.0, 1e5], jnp.float32), (64, 4, 4))
     mean = np.asarray(x[0, 0], np.float64)
-    for var in (jn.batch_norm(x, None, None, jn.init_batch_stats(4), train=True, momentum=0.0)[1]["var"],
-                jn.batch_moments(x)["var"]):
+    for var in (
+        jn.batch_norm(x, None, None, jn.init_batch_stats(4), train=True, momentum=0.0)[1]["var"],
+        jn.batch_moments(x)["var"],
+    ):
         assert np.all(np.asarray(var, np.float64) <= 1e-6 * mean**2), var
     # per example: a constant example normalizes to the bias
     y = jn.layer_norm(jnp.full((2, 5, 3), 10000.3), None, jnp.arange(3.0))
@@ -140,12 +149,14 @@ def test_sync_batch_norm_uneven_masked_shards_at_large_mean():
     counts = [4, 4, 3, 2]
     shards, masks, start = [], [], 0
     for n in counts:
-        shards.append(jnp.concatenate([x_real[start:start + n], jnp.full((4 - n, 3, 5), jnp.nan)]))
+        shards.append(jnp.concatenate([x_real[start : start + n], jnp.full((4 - n, 3, 5), jnp.nan)]))
         masks.append(jnp.arange(4) < n)
         start += n
     stats = jn.init_batch_stats(5)
-    f = jax.pmap(lambda x, m: jn.batch_norm(x, None, None, stats, train=True, momentum=0.0, axis_name="batch",
-                                            mask=m), axis_name="batch")
+    f = jax.pmap(
+        lambda x, m: jn.batch_norm(x, None, None, stats, train=True, momentum=0.0, axis_name="batch", mask=m),
+        axis_name="batch",
+    )
     y, s = f(jnp.stack(shards), jnp.stack(masks))
     out = ref.norm(*f64(x_real), "batch", eps=EPS)
     got = np.concatenate([np.asarray(y[i, :n], np.float64) for i, n in enumerate(counts)])
@@ -186,8 +197,9 @@ def test_masked_batch_statistics_ignore_nan_and_inf_padding(name, pad):
     ct = jnp.concatenate([data(0.0, shape=(12, 3, 4), seed=3)[0], jnp.zeros((4, 3, 4))])
     if np.isfinite(pad):
         g = jax.grad(lambda x: jnp.sum(f(x, mask, st)[0] * ct))(xp)
-        g_ref = jax.grad(lambda x: jnp.sum(f(x, None if name != "batch_ghost" else jnp.ones(12, bool), st)[0]
-                                           * ct[:12]))(x)
+        g_ref = jax.grad(
+            lambda x: jnp.sum(f(x, None if name != "batch_ghost" else jnp.ones(12, bool), st)[0] * ct[:12])
+        )(x)
         np.testing.assert_allclose(np.asarray(g[:12]), np.asarray(g_ref), rtol=1e-4, atol=1e-5)
 
 
@@ -199,14 +211,17 @@ def test_masked_per_example_norms_select(name, pad):
     lengths = [10, 6, 1 if name in ("layer", "rms", "group") else 2]
     mask = jnp.arange(10)[None, :] < jnp.array(lengths)[:, None]
     xp = jnp.where(mask[..., None], x, pad)
-    fs = {"layer": lambda x, m: jn.layer_norm(x, mask=m), "rms": lambda x, m: jn.rms_norm(x, mask=m),
-          "instance": lambda x, m: jn.instance_norm(x, mask=m),
-          "group": lambda x, m: jn.group_norm(x, num_groups=2, mask=m)}
+    fs = {
+        "layer": lambda x, m: jn.layer_norm(x, mask=m),
+        "rms": lambda x, m: jn.rms_norm(x, mask=m),
+        "instance": lambda x, m: jn.instance_norm(x, mask=m),
+        "group": lambda x, m: jn.group_norm(x, num_groups=2, mask=m),
+    }
     f = fs[name]
     y = f(xp, mask)
     for i, n in enumerate(lengths):
-        y_ref = f(x[i:i + 1, :n], None)
-        np.testing.assert_allclose(np.asarray(y[i:i + 1, :n]), np.asarray(y_ref), rtol=1e-4, atol=2e-4)
+        y_ref = f(x[i : i + 1, :n], None)
+        np.testing.assert_allclose(np.asarray(y[i : i + 1, :n]), np.asarray(y_ref), rtol=1e-4, atol=2e-4)
 
 
 def test_masked_batch_norm_matches_flax_with_nan_padding():
@@ -226,11 +241,13 @@ def test_masked_batch_norm_matches_flax_with_nan_padding():
 def test_all_false_mask_and_empty_batch_leave_running_statistics_unchanged():
     stats = {"mean": jnp.arange(3.0), "var": jnp.full(3, 2.0), "count": jnp.array(5, jnp.int32)}
     x = jnp.full((4, 2, 3), jnp.nan)
-    for fn in (lambda x, m: jn.batch_norm(x, None, None, stats, train=True, mask=m),
-               lambda x, m: jn.batch_norm(x, None, None, stats, train=True, mask=m, momentum=None),
-               lambda x, m: jn.batch_norm(x, None, None, stats, train=True, mask=m, convention="pytorch"),
-               lambda x, m: jn.batch_renorm(x, None, None, stats, train=True, mask=m),
-               lambda x, m: jn.lp_batch_norm(x, None, None, stats, train=True, mask=m, p=1)):
+    for fn in (
+        lambda x, m: jn.batch_norm(x, None, None, stats, train=True, mask=m),
+        lambda x, m: jn.batch_norm(x, None, None, stats, train=True, mask=m, momentum=None),
+        lambda x, m: jn.batch_norm(x, None, None, stats, train=True, mask=m, convention="pytorch"),
+        lambda x, m: jn.batch_renorm(x, None, None, stats, train=True, mask=m),
+        lambda x, m: jn.lp_batch_norm(x, None, None, stats, train=True, mask=m, p=1),
+    ):
         _, st = fn(x, jnp.zeros(4, bool))
         for k in stats:
             np.testing.assert_array_equal(np.asarray(st[k]), np.asarray(stats[k]))
@@ -288,8 +305,11 @@ def test_nchw_batch_norm_matches_pytorch_formula_and_eval_mode():
     np.testing.assert_allclose(np.asarray(st["var"]), 0.9 + 0.1 * out["var"] * n / (n - 1), rtol=1e-5)
     y_eval, _ = jn.batch_norm(x, s, b, st, train=False, axis=1)
     mean, var = (np.asarray(st[k], np.float64).reshape(1, 4, 1, 1) for k in ("mean", "var"))
-    np.testing.assert_allclose(np.asarray(y_eval, np.float64), (f64(x)[0] - mean) / np.sqrt(var + EPS)
-                               * np.asarray(s).reshape(1, 4, 1, 1) + np.asarray(b).reshape(1, 4, 1, 1), rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(y_eval, np.float64),
+        (f64(x)[0] - mean) / np.sqrt(var + EPS) * np.asarray(s).reshape(1, 4, 1, 1) + np.asarray(b).reshape(1, 4, 1, 1),
+        rtol=1e-4,
+    )
     with pytest.raises(ValueError, match=r"scale of shape \(3,\).*shape \(4,\) for the 4 channels on axis 1"):
         jn.batch_norm(x, jnp.ones(3), None, jn.init_batch_stats(4), train=True, axis=1)
 
@@ -325,8 +345,9 @@ def test_hessian_vector_products_match_a_plain_two_pass_formula():
     ours = lambda x: jnp.sum(jn.batch_norm(x, s, b, fresh, train=True)[0] ** 3 * ct)  # noqa: E731
     hv_ours = jax.jvp(jax.grad(ours), (x,), (v,))[1]
     hv_plain = jax.jvp(jax.grad(plain), (x,), (v,))[1]
-    np.testing.assert_allclose(np.asarray(hv_ours), np.asarray(hv_plain), rtol=2e-3,
-                               atol=2e-3 * float(jnp.max(jnp.abs(hv_plain))))
+    np.testing.assert_allclose(
+        np.asarray(hv_ours), np.asarray(hv_plain), rtol=2e-3, atol=2e-3 * float(jnp.max(jnp.abs(hv_plain)))
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -392,7 +413,10 @@ ALL_FNS = {
 def test_integer_bool_and_complex_inputs_are_refused(name):
     f = ALL_FNS[name]
     for x in NON_FLOAT:
-        with pytest.raises(TypeError, match=rf"{name.removesuffix('_eval')}: the input has dtype {x.dtype}.*cast to a float dtype first"):
+        with pytest.raises(
+            TypeError,
+            match=rf"{name.removesuffix('_eval')}: the input has dtype {x.dtype}.*cast to a float dtype first",
+        ):
             f(x)
     with pytest.raises(TypeError, match=r"complex dtype complex64"):
         f(jnp.ones((4, 3, 2), jnp.complex64))
@@ -401,13 +425,17 @@ def test_integer_bool_and_complex_inputs_are_refused(name):
 @pytest.mark.parametrize("bad", [-1e-5, float("nan"), float("inf")])
 def test_bad_epsilon(bad):
     x = jnp.ones((4, 3, 2))
-    for f in (lambda: jn.batch_norm(x, None, None, jn.init_batch_stats(2), train=True, epsilon=bad),
-              lambda: jn.batch_norm(x, None, None, jn.init_batch_stats(2), train=False, epsilon=bad),
-              lambda: jn.batch_renorm(x, None, None, jn.init_batch_stats(2), train=True, epsilon=bad),
-              lambda: jn.lp_batch_norm(x, None, None, jn.init_batch_stats(2), train=True, epsilon=bad),
-              lambda: jn.layer_norm(x, epsilon=bad), lambda: jn.instance_norm(x, epsilon=bad),
-              lambda: jn.group_norm(x, num_groups=2, epsilon=bad), lambda: jn.rms_norm(x, epsilon=bad),
-              lambda: jn.weight_standardize(x, epsilon=bad)):
+    for f in (
+        lambda: jn.batch_norm(x, None, None, jn.init_batch_stats(2), train=True, epsilon=bad),
+        lambda: jn.batch_norm(x, None, None, jn.init_batch_stats(2), train=False, epsilon=bad),
+        lambda: jn.batch_renorm(x, None, None, jn.init_batch_stats(2), train=True, epsilon=bad),
+        lambda: jn.lp_batch_norm(x, None, None, jn.init_batch_stats(2), train=True, epsilon=bad),
+        lambda: jn.layer_norm(x, epsilon=bad),
+        lambda: jn.instance_norm(x, epsilon=bad),
+        lambda: jn.group_norm(x, num_groups=2, epsilon=bad),
+        lambda: jn.rms_norm(x, epsilon=bad),
+        lambda: jn.weight_standardize(x, epsilon=bad),
+    ):
         with pytest.raises(ValueError, match=r"epsilon must be a finite number >= 0.*got"):
             f()
 
@@ -416,12 +444,14 @@ def test_bad_epsilon(bad):
 def test_train_must_be_a_bool(bad):
     x = jnp.ones((4, 3, 2))
     st = jn.init_batch_stats(2)
-    for name, f in (("batch_norm", lambda t: jn.batch_norm(x, None, None, st, train=t)),
-                    ("batch_renorm", lambda t: jn.batch_renorm(x, None, None, st, train=t)),
-                    ("lp_batch_norm", lambda t: jn.lp_batch_norm(x, None, None, st, train=t)),
-                    ("noisy_batch_norm", lambda t: jn.noisy_batch_norm(x, None, None, st, train=t)),
-                    ("dropout", lambda t: jn.dropout(x, 0.5, key=jax.random.key(0), train=t)),
-                    ("alpha_dropout", lambda t: jn.alpha_dropout(x, 0.5, key=jax.random.key(0), train=t))):
+    for name, f in (
+        ("batch_norm", lambda t: jn.batch_norm(x, None, None, st, train=t)),
+        ("batch_renorm", lambda t: jn.batch_renorm(x, None, None, st, train=t)),
+        ("lp_batch_norm", lambda t: jn.lp_batch_norm(x, None, None, st, train=t)),
+        ("noisy_batch_norm", lambda t: jn.noisy_batch_norm(x, None, None, st, train=t)),
+        ("dropout", lambda t: jn.dropout(x, 0.5, key=jax.random.key(0), train=t)),
+        ("alpha_dropout", lambda t: jn.alpha_dropout(x, 0.5, key=jax.random.key(0), train=t)),
+    ):
         with pytest.raises(TypeError, match=rf"{name}: train must be a Python bool.*got"):
             f(bad)
     with pytest.raises(TypeError, match=r"BatchNorm: train must be a Python bool"):

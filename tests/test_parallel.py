@@ -16,14 +16,12 @@ import jax
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
+from test_train import ROOT, final_state, load_config
 
 from jaxnorm.lab import models
 from jaxnorm.lab.train import loop, parallel, steps
-from jax.sharding import PartitionSpec as P
-
 from jaxnorm.lab.train.metrics import read_metrics
-
-from test_train import ROOT, final_state, load_config
 
 B, D = 16, 4
 
@@ -32,8 +30,11 @@ B, D = 16, 4
 def setup():
     assert jax.device_count() >= D, "tests/conftest.py fakes 4 CPU devices"
     rng = np.random.default_rng(0)
-    batch = {"x": rng.normal(size=(B, 8, 8, 1)).astype(np.float32) * 2 + 1,
-             "y": rng.integers(0, 10, size=B).astype(np.int32), "mask": np.ones(B, bool)}
+    batch = {
+        "x": rng.normal(size=(B, 8, 8, 1)).astype(np.float32) * 2 + 1,
+        "y": rng.integers(0, 10, size=B).astype(np.int32),
+        "mask": np.ones(B, bool),
+    }
     tx = optax.sgd(0.1, momentum=0.9)
     return batch, tx
 
@@ -44,8 +45,9 @@ def _model(**kw):
 
 def _one_step(dp, model, tx, batch, sync_bn=True):
     state = steps.create_state(_model(), tx, batch["x"], 0)
-    step = dp.compile(steps.make_train_step(model, tx, optax.constant_schedule(0.1), 0, axis_name=dp.axis_name,
-                                            sync_bn=sync_bn))
+    step = dp.compile(
+        steps.make_train_step(model, tx, optax.constant_schedule(0.1), 0, axis_name=dp.axis_name, sync_bn=sync_bn)
+    )
     new, metrics = step(dp.put_state(state), dp.put_batch(batch))
     return jax.tree.map(np.asarray, dp.get_state(new)), jax.tree.map(np.asarray, metrics)
 
@@ -210,9 +212,20 @@ def _free_port():
 
 def _launch(workdir, pid, port, *flags, devices=2, mode="shard_map"):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "smoke.py"),
-           "--workdir", str(workdir), f"--config.parallel={mode}", f"--config.coordinator_address=127.0.0.1:{port}",
-           "--config.num_processes=2", f"--config.process_id={pid}", "--config.heartbeat_timeout=10", *flags]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "smoke.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.parallel={mode}",
+        f"--config.coordinator_address=127.0.0.1:{port}",
+        "--config.num_processes=2",
+        f"--config.process_id={pid}",
+        "--config.heartbeat_timeout=10",
+        *flags,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -234,9 +247,21 @@ def test_two_processes_with_sharded_state_match_one_process_and_fall_back_togeth
     two_processes()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     single = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "smoke.py"),
-         "--workdir", str(tmp_path / "single"), "--config.parallel=global", *flags],
-        capture_output=True, text=True, env=env, timeout=240)
+        [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            "--config",
+            os.path.join(ROOT, "configs", "smoke.py"),
+            "--workdir",
+            str(tmp_path / "single"),
+            "--config.parallel=global",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     step_a, a = final_state(tmp_path / "multi")
     step_b, b = final_state(tmp_path / "single")
@@ -250,8 +275,7 @@ def test_two_processes_with_sharded_state_match_one_process_and_fall_back_togeth
     (step_dir / "jaxnorm_manifest.1-of-2.json").write_text(json.dumps(parts[1]))
     outs = two_processes("--config.num_steps=6")
     assert "is corrupt (checksum mismatch in" in outs[1][0] and "resuming from step 3" in outs[1][0], outs[1][0]
-    assert "is corrupt (process 1 found it corrupt)" in outs[0][0] and "resuming from step 3" in outs[0][0], \
-        outs[0][0]
+    assert "is corrupt (process 1 found it corrupt)" in outs[0][0] and "resuming from step 3" in outs[0][0], outs[0][0]
     assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["3", "6", "corrupt-6"]
     step_c, c = final_state(tmp_path / "multi")  # steps 4-6 trained again from step 3: the same state
     assert step_c == 6
@@ -269,8 +293,12 @@ def _wait_for_training(procs, metrics, timeout=240):
 
 def test_killed_process_makes_the_other_fail_fast(tmp_path):
     port = _free_port()
-    flags = ["--config.num_steps=100000", "--config.log_every=1", "--config.checkpoint_every=100000",
-             "--config.eval_every=100000"]
+    flags = [
+        "--config.num_steps=100000",
+        "--config.log_every=1",
+        "--config.checkpoint_every=100000",
+        "--config.eval_every=100000",
+    ]
     procs = [_launch(tmp_path / "run", pid, port, *flags) for pid in (0, 1)]
     _wait_for_training(procs, tmp_path / "run" / "metrics.jsonl")
     procs[1].send_signal(signal.SIGKILL)
@@ -288,8 +316,12 @@ def test_killed_process_makes_the_other_fail_fast(tmp_path):
 
 def test_killed_coordinator_makes_the_other_exit_with_one_line(tmp_path):
     port = _free_port()
-    flags = ["--config.num_steps=100000", "--config.log_every=1", "--config.checkpoint_every=100000",
-             "--config.eval_every=100000"]
+    flags = [
+        "--config.num_steps=100000",
+        "--config.log_every=1",
+        "--config.checkpoint_every=100000",
+        "--config.eval_every=100000",
+    ]
     procs = [_launch(tmp_path / "run", pid, port, *flags) for pid in (0, 1)]
     _wait_for_training(procs, tmp_path / "run" / "metrics.jsonl")
     procs[0].send_signal(signal.SIGKILL)
@@ -307,8 +339,12 @@ def test_killed_coordinator_makes_the_other_exit_with_one_line(tmp_path):
 
 def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path):
     port = _free_port()
-    flags = ["--config.num_steps=100000", "--config.log_every=1", "--config.checkpoint_every=100000",
-             "--config.eval_every=100000"]
+    flags = [
+        "--config.num_steps=100000",
+        "--config.log_every=1",
+        "--config.checkpoint_every=100000",
+        "--config.eval_every=100000",
+    ]
     procs = [_launch(tmp_path / "run", pid, port, *flags) for pid in (0, 1)]
     _wait_for_training(procs, tmp_path / "run" / "metrics.jsonl")
     procs[1].send_signal(signal.SIGTERM)  # as a scheduler preempting one host would
@@ -333,14 +369,24 @@ def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path):
 def test_a_peer_that_never_starts_is_an_initialization_timeout(tmp_path):
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "smoke.py"),
-           "--workdir", str(tmp_path / "run"), f"--config.coordinator_address=127.0.0.1:{port}",
-           "--config.num_processes=2", "--config.process_id=0", "--config.heartbeat_timeout=3"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "smoke.py"),
+        "--workdir",
+        str(tmp_path / "run"),
+        f"--config.coordinator_address=127.0.0.1:{port}",
+        "--config.num_processes=2",
+        "--config.process_id=0",
+        "--config.heartbeat_timeout=3",
+    ]
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 1 and lines[-1].startswith("error: process 0 of 2: not every process connected"), \
-        r.stderr[-3000:]
+    assert r.returncode == 1 and lines[-1].startswith("error: process 0 of 2: not every process connected"), r.stderr[
+        -3000:
+    ]
     assert "initialization timeout (9 s" in lines[-1]
     assert time.time() - t0 < 60
     assert not (tmp_path / "run").exists()

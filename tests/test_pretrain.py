@@ -6,13 +6,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_train import ROOT, final_state, load_config
 
 from jaxnorm.lab import data as data_lib
 from jaxnorm.lab import rng
 from jaxnorm.lab.train import loop
 from jaxnorm.lab.train.metrics import read_metrics
-
-from test_train import ROOT, final_state, load_config
 
 
 def small(**kw):
@@ -28,15 +27,30 @@ def small(**kw):
 def test_pretrain_then_finetune_through_train_py(tmp_path):
     wd = tmp_path / "run"
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs",
-                                                                                "autoencoder_pretrain.py"),
-         "--workdir", str(wd), "--config.num_steps=20", "--config.pretrain.steps=10",
-         "--config.pretrain.layers=(100,100)", "--config.progress=False"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            "--config",
+            os.path.join(ROOT, "configs", "autoencoder_pretrain.py"),
+            "--workdir",
+            str(wd),
+            "--config.num_steps=20",
+            "--config.pretrain.steps=10",
+            "--config.pretrain.layers=(100,100)",
+            "--config.progress=False",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_metrics(wd)
     pre = [x for x in rows if x["split"] == "pretrain"]
-    assert [x["layer"] for x in pre] == [0, 1]  # logged at the end of each layer (log_every=50 > 10 steps) and all(np.isfinite(x["loss"]) for x in pre)
+    assert [x["layer"] for x in pre] == [
+        0,
+        1,
+    ]  # logged at the end of each layer (log_every=50 > 10 steps) and all(np.isfinite(x["loss"]) for x in pre)
     assert any(x["split"] == "eval" for x in rows)
     assert os.listdir(wd / "pretrain" / "checkpoints") and os.listdir(wd / "checkpoints")
     from jaxnorm.lab import plots
@@ -86,13 +100,22 @@ def test_resume_mid_pretraining_is_bit_identical(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"layers": (16, 9)}, r"pretrain.layers=\[16, 9\] does not match the first layers of 'mlp', whose sizes "
-                          r"are \[16, 8\]"),
-    ({"rho": 1.5}, r"pretrain.rho: the target activation rho must be strictly inside \(0, 1\)"),
-    ({"corruption": 1.0}, r"pretrain.corruption: the masking fraction .* must be in \[0, 1\)"),
-    ({"kind": "contractive"}, r"unknown pretrain.kind 'contractive'; valid pretrain.kinds: 'denoising', 'sparse', 'both'"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (
+            {"layers": (16, 9)},
+            r"pretrain.layers=\[16, 9\] does not match the first layers of 'mlp', whose sizes "
+            r"are \[16, 8\]",
+        ),
+        ({"rho": 1.5}, r"pretrain.rho: the target activation rho must be strictly inside \(0, 1\)"),
+        ({"corruption": 1.0}, r"pretrain.corruption: the masking fraction .* must be in \[0, 1\)"),
+        (
+            {"kind": "contractive"},
+            r"unknown pretrain.kind 'contractive'; valid pretrain.kinds: 'denoising', 'sparse', 'both'",
+        ),
+    ],
+)
 def test_bad_pretraining_config(tmp_path, change, match):
     with pytest.raises(ValueError, match=match):
         loop.train_and_evaluate(small(**change), str(tmp_path / "wd"))

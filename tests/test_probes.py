@@ -45,6 +45,7 @@ def _quadratic(eigs, seed=0):
 
 # ---- Santurkar probes on the quadratic -----------------------------------------------------------------------------
 
+
 def test_santurkar_quadratic_closed_form():
     a, b, w, params, batch = _quadratic(SPD)
     g = a @ w + b
@@ -54,7 +55,7 @@ def test_santurkar_quadratic_closed_form():
     np.testing.assert_allclose(r["etas"], etas, rtol=1e-6)
     loss0 = 0.5 * w @ a @ w + b @ w
     # L(w − ηg) = L(w) − η‖g‖² + ½η² gᵀAg ; ∇L(w − ηg) − g = −ηAg
-    np.testing.assert_allclose(r["losses"], loss0 - etas * (g @ g) + 0.5 * etas ** 2 * (g @ ag), rtol=1e-4)
+    np.testing.assert_allclose(r["losses"], loss0 - etas * (g @ g) + 0.5 * etas**2 * (g @ ag), rtol=1e-4)
     np.testing.assert_allclose(r["grad_changes"], etas * np.linalg.norm(ag), rtol=1e-4)
     beta = np.linalg.norm(ag) / np.linalg.norm(g)
     np.testing.assert_allclose(r["beta_smoothness"], beta, rtol=1e-4)
@@ -62,8 +63,9 @@ def test_santurkar_quadratic_closed_form():
     np.testing.assert_allclose(r["loss"], loss0, rtol=1e-5)
     np.testing.assert_allclose(r["grad_norm"], np.linalg.norm(g), rtol=1e-5)
     np.testing.assert_allclose([r["loss_min"], r["loss_max"]], [r["losses"].min(), r["losses"].max()])
-    np.testing.assert_allclose([r["grad_change_min"], r["grad_change_max"]],
-                               [r["grad_changes"][0], r["grad_changes"][-1]], rtol=1e-6)
+    np.testing.assert_allclose(
+        [r["grad_change_min"], r["grad_change_max"]], [r["grad_changes"][0], r["grad_changes"][-1]], rtol=1e-6
+    )
     # every evaluation plan gives the same numbers: one vmap, groups of 3 (+ a remainder of 2) unrolled or in a
     # scan loop, one at a time
     for chunk, unroll in ((None, None), (3, True), (3, False), (1, False)):
@@ -85,8 +87,7 @@ def test_santurkar_quadratic_closed_form():
     for bad in (0, -1, 1.5, True, "3"):
         with pytest.raises(ValueError, match="group must be a positive int"):
             jp.santurkar_probe(quad_loss, params, batch, lr=0.1, loop="host", group=bad)
-    with pytest.raises(ValueError, match="loop='host' runs a Python loop of compiled evaluations and cannot be "
-                                         "traced"):
+    with pytest.raises(ValueError, match="loop='host' runs a Python loop of compiled evaluations and cannot be traced"):
         jax.jit(lambda p: jp.santurkar_probe(quad_loss, p, batch, lr=0.1, loop="host"))(params)
     lin = jp.eta_grid(0.1, 0.5, 4.0, num=4, spacing="linear")
     np.testing.assert_allclose(lin, [0.05, 0.1666667, 0.2833333, 0.4], rtol=1e-6)
@@ -112,6 +113,7 @@ def test_santurkar_compiles_once():
         def loss(p, bt):
             calls.append(1)
             return quad_loss(p, bt)
+
         return loss
 
     def run_all(loss_fn, rounds):
@@ -140,15 +142,20 @@ def test_santurkar_compiles_once():
 
 # ---- curvature on the quadratic ------------------------------------------------------------------------------------
 
+
 def test_hvp_and_directional_curvature():
     a, b, w, params, batch = _quadratic(INDEF)
     v = np.random.default_rng(5).normal(size=N)
-    np.testing.assert_allclose(jp.hvp(quad_loss, params, batch, {"w": jnp.asarray(v, jnp.float32)})["w"], a @ v,
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        jp.hvp(quad_loss, params, batch, {"w": jnp.asarray(v, jnp.float32)})["w"], a @ v, rtol=1e-4, atol=1e-4
+    )
     g = a @ w + b
     np.testing.assert_allclose(jp.directional_curvature(quad_loss, params, batch), g @ a @ g / (g @ g), rtol=1e-4)
-    np.testing.assert_allclose(jp.directional_curvature(quad_loss, params, batch, {"w": jnp.asarray(v, jnp.float32)}),
-                               v @ a @ v / (v @ v), rtol=1e-4)
+    np.testing.assert_allclose(
+        jp.directional_curvature(quad_loss, params, batch, {"w": jnp.asarray(v, jnp.float32)}),
+        v @ a @ v / (v @ v),
+        rtol=1e-4,
+    )
 
 
 @pytest.mark.parametrize("eigs", [SPD, INDEF], ids=["spd", "indefinite"])
@@ -158,8 +165,17 @@ def test_top_eigenvalues_match_eigh(method, eigs):
     lam, q = np.linalg.eigh(a)
     order = np.argsort(-np.abs(lam))[:3]
     for loop in ("device", "host"):
-        vals, vecs = jp.hessian_top_eigenvalues(quad_loss, params, batch, k=3, key=jax.random.key(0), method=method,
-                                                num_iters=150 if method == "power" else N, tol=1e-7, loop=loop)
+        vals, vecs = jp.hessian_top_eigenvalues(
+            quad_loss,
+            params,
+            batch,
+            k=3,
+            key=jax.random.key(0),
+            method=method,
+            num_iters=150 if method == "power" else N,
+            tol=1e-7,
+            loop=loop,
+        )
         np.testing.assert_allclose(vals, lam[order], rtol=1e-3, atol=1e-3)  # signed, by magnitude
         assert vecs["w"].shape == (3, N)
         overlap = np.abs(np.sum(np.asarray(vecs["w"], np.float64) * q[:, order].T, axis=1))
@@ -174,7 +190,7 @@ def test_hessian_trace_hutchinson():
     dev = jp.hessian_trace(quad_loss, params, batch, key=jax.random.key(1), num_samples=7, chunk=3, loop="device")
     np.testing.assert_allclose(host["trace"], dev["trace"], rtol=1e-5)
     off = a - np.diag(np.diag(a))
-    se = np.sqrt(2 * np.sum(off ** 2) / 4000)  # the exact standard error of the mean
+    se = np.sqrt(2 * np.sum(off**2) / 4000)  # the exact standard error of the mean
     assert abs(float(r["trace"]) - np.trace(a)) < 4 * se
     np.testing.assert_allclose(r["std_error"], se, rtol=0.15)
     assert float(r["num_params"]) == N
@@ -183,10 +199,23 @@ def test_hessian_trace_hutchinson():
 def test_spectral_density():
     a, _, _, params, batch = _quadratic(SPD)
     runs = 400
-    r = jp.hessian_spectral_density(quad_loss, params, batch, key=jax.random.key(2), num_lanczos_steps=N,
-                                    num_runs=runs, num_points=2000, chunk=None, loop="device")
-    few = [jp.hessian_spectral_density(quad_loss, params, batch, key=jax.random.key(2), num_lanczos_steps=N,
-                                       num_runs=2, num_points=50, loop=loop) for loop in ("host", "device")]
+    r = jp.hessian_spectral_density(
+        quad_loss,
+        params,
+        batch,
+        key=jax.random.key(2),
+        num_lanczos_steps=N,
+        num_runs=runs,
+        num_points=2000,
+        chunk=None,
+        loop="device",
+    )
+    few = [
+        jp.hessian_spectral_density(
+            quad_loss, params, batch, key=jax.random.key(2), num_lanczos_steps=N, num_runs=2, num_points=50, loop=loop
+        )
+        for loop in ("host", "device")
+    ]
     np.testing.assert_allclose(few[0]["nodes"], few[1]["nodes"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(few[0]["density"], few[1]["density"], rtol=1e-3, atol=1e-5)
     grid, dens = np.asarray(r["grid"], np.float64), np.asarray(r["density"], np.float64)
@@ -195,13 +224,14 @@ def test_spectral_density():
     # N Lanczos steps on an N×N matrix: the nodes are its eigenvalues
     np.testing.assert_allclose(np.sort(np.asarray(r["nodes"][0])), SPD[::-1], rtol=1e-3, atol=1e-3)
     off = a - np.diag(np.diag(a))
-    se = np.sqrt(2 * np.sum(off ** 2)) / N / np.sqrt(runs)  # std error of the mean of vᵀAv/N
+    se = np.sqrt(2 * np.sum(off**2)) / N / np.sqrt(runs)  # std error of the mean of vᵀAv/N
     mean = np.trapezoid(dens * grid, grid)
     assert abs(mean - np.trace(a) / N) < 4 * se + 1e-3
     np.testing.assert_allclose(mean, np.mean(np.sum(r["nodes"] * r["weights"], axis=1)), rtol=1e-3)
 
 
 # ---- internal covariate shift ---------------------------------------------------------------------------------------
+
 
 def _two_layer():
     rng = np.random.default_rng(7)
@@ -214,7 +244,7 @@ def _two_layer():
 
 def lin2_loss(params, batch):  # ½‖W2 W1 X − Y‖²_F
     r = params["layer2"] @ params["layer1"] @ batch["x"] - batch["y"]
-    return 0.5 * jnp.sum(r ** 2)
+    return 0.5 * jnp.sum(r**2)
 
 
 def _lin2_grads(w1, w2, x, y):
@@ -244,8 +274,14 @@ def test_ics_two_layer_linear_by_hand():
     opt_state = tx.init(params)
     ro = jp.internal_covariate_shift(lin2_loss, params, batch, tx=tx, opt_state=opt_state, chunk=None)
     np.testing.assert_allclose(ro["l2"]["layer2"], r["l2"]["layer2"], rtol=1e-5)
-    ru = jp.internal_covariate_shift(lin2_loss, params, batch, chunk=1, unroll=False,
-                                     update_fn=lambda p, g: optax.apply_updates(p, tx.update(g, opt_state, p)[0]))
+    ru = jp.internal_covariate_shift(
+        lin2_loss,
+        params,
+        batch,
+        chunk=1,
+        unroll=False,
+        update_fn=lambda p, g: optax.apply_updates(p, tx.update(g, opt_state, p)[0]),
+    )
     np.testing.assert_allclose(ru["l2"]["layer2"], r["l2"]["layer2"], rtol=1e-5)
     # Adam's first step moves every entry by ≈ lr·sign(g): a different W1′, so a different G′
     adam = optax.adam(lr)
@@ -263,27 +299,38 @@ def test_layer_order_follows_the_computation_not_the_keys():
     assert jp.layer_order(loss, params, jnp.ones((5, 4))) == ("z_first", "a_last", "unused")
     model = build_model("simple_cnn", channels=(2, 3), norm="batch", num_classes=2)
     x = jnp.ones((2, 4, 4, 1))
-    v = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype),  # shapes suffice: nothing runs
-                     jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
+    v = jax.tree.map(
+        lambda t: jnp.zeros(t.shape, t.dtype),  # shapes suffice: nothing runs
+        jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)),
+    )
     sorted_params = v["params"]  # as an optimizer step returns them: jax.tree.map sorts dict keys
     assert list(sorted_params) == ["conv_0", "conv_1", "head", "norm_0", "norm_1"]
     lf = jp.model_loss_fn(model, v["batch_stats"])
     assert jp.layer_order(lf, sorted_params, (x, jnp.zeros(2, jnp.int32))) == (
-        "conv_0", "norm_0", "conv_1", "norm_1", "head")
+        "conv_0",
+        "norm_0",
+        "conv_1",
+        "norm_1",
+        "head",
+    )
 
 
 # ---- loss slices and filter normalization ---------------------------------------------------------------------------
 
+
 def test_filter_normalization():
     rng = np.random.default_rng(0)
-    params = {"conv": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": rng.normal(size=4)},
-              "dense": {"kernel": 3.0 * rng.normal(size=(5, 3))}, "norm": {"scale": np.full(4, 2.0)}}
+    params = {
+        "conv": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": rng.normal(size=4)},
+        "dense": {"kernel": 3.0 * rng.normal(size=(5, 3))},
+        "norm": {"scale": np.full(4, 2.0)},
+    }
     params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params)
     key = jax.random.key(3)
     d = jp.filter_normalized_direction(key, params)
     for name, axes in (("conv", (0, 1, 2)), ("dense", (0,))):
         w, dk = np.asarray(params[name]["kernel"]), np.asarray(d[name]["kernel"])
-        np.testing.assert_allclose(np.sqrt((dk ** 2).sum(axes)), np.sqrt((w ** 2).sum(axes)), rtol=1e-5)
+        np.testing.assert_allclose(np.sqrt((dk**2).sum(axes)), np.sqrt((w**2).sum(axes)), rtol=1e-5)
     assert not np.any(np.asarray(d["conv"]["bias"])) and not np.any(np.asarray(d["norm"]["scale"]))
     d1 = jp.filter_normalized_direction(key, params, include_1d=True)
     np.testing.assert_allclose(np.linalg.norm(d1["norm"]["scale"]), np.linalg.norm(params["norm"]["scale"]), rtol=1e-5)
@@ -299,7 +346,7 @@ def test_loss_slices_quadratic():
     np.testing.assert_allclose(np.linalg.norm(d), np.linalg.norm(w), rtol=1e-5)  # a 1-D leaf as one filter
     al = np.asarray(s["alphas"])
     np.testing.assert_allclose(al, [-2, -1, 0, 1, 2])
-    np.testing.assert_allclose(s["losses"], loss0 + al * (g @ d) + 0.5 * al ** 2 * (d @ a @ d), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(s["losses"], loss0 + al * (g @ d) + 0.5 * al**2 * (d @ a @ d), rtol=1e-4, atol=1e-4)
     # w is 1-D: by default the direction is zero and the slice is flat
     flat = jp.loss_slice_1d(quad_loss, params, batch, key=jax.random.key(0), steps=3)
     np.testing.assert_allclose(flat["losses"], loss0, rtol=1e-5)
@@ -316,6 +363,7 @@ def test_loss_slices_quadratic():
 
 # ---- Flax model: the training state stays untouched ------------------------------------------------------------------
 
+
 def _bn_state():
     model = build_model("mlp", hidden=(6,), norm="batch", dropout="dropout", dropout_rate=0.3, num_classes=3)
     x = jax.random.normal(jax.random.key(0), (8, 5))
@@ -326,8 +374,9 @@ def _bn_state():
     def make():
         state = create_state(model, tx, x, 0)
         # non-trivial running statistics and momentum trace
-        _, new_vars = model.apply(state.variables(), x, train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": jax.random.key(1)})
+        _, new_vars = model.apply(
+            state.variables(), x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}
+        )
         _, opt_state = tx.update(jax.tree.map(jnp.ones_like, state.params), state.opt_state, state.params)
         return state.replace(batch_stats=new_vars["batch_stats"], opt_state=opt_state)
 
@@ -338,12 +387,23 @@ def test_probes_leave_training_state_untouched():
     model, tx, state, batch = _bn_state()
     before = jax.tree.map(lambda v: np.array(v, copy=True), state)
     vmapped = {"chunk": None}  # one vmap: the smallest program to compile (CPU defaults unroll K evaluations)
-    probe_fn = jax.jit(jp.make_probe_fn(
-        model, probes=("santurkar", "ics", "directional_curvature"), lr=0.1, tx=tx,
-        options={"santurkar": vmapped, "ics": {"layers": ["dense_0", "head"], **vmapped}}))
+    probe_fn = jax.jit(
+        jp.make_probe_fn(
+            model,
+            probes=("santurkar", "ics", "directional_curvature"),
+            lr=0.1,
+            tx=tx,
+            options={"santurkar": vmapped, "ics": {"layers": ["dense_0", "head"], **vmapped}},
+        )
+    )
     out = probe_fn(state, batch, jax.random.key(4))
-    assert {"santurkar/beta_smoothness", "santurkar/losses", "ics/l2/head", "ics/cos/dense_0",
-            "hessian/directional_curvature"} <= set(out)
+    assert {
+        "santurkar/beta_smoothness",
+        "santurkar/losses",
+        "ics/l2/head",
+        "ics/cos/dense_0",
+        "hessian/directional_curvature",
+    } <= set(out)
     assert out["santurkar/losses"].shape == (8,)
     chex.assert_tree_all_finite(out)
     assert float(out["ics/l2/dense_0"]) == 0.0  # dense_0 is the first layer
@@ -368,8 +428,9 @@ def test_probe_fn_eager_compiles_once_per_shape():
             traces.append(1)
             return model.apply(*args, **kwargs)
 
-    probe_fn = jp.make_probe_fn(Counting(), probes=("santurkar",), lr=lambda step: 0.1 + 0.01 * step,
-                                options={"santurkar": {"chunk": None}})
+    probe_fn = jp.make_probe_fn(
+        Counting(), probes=("santurkar",), lr=lambda step: 0.1 + 0.01 * step, options={"santurkar": {"chunk": None}}
+    )
     out = probe_fn(state, batch, jax.random.key(0))
     np.testing.assert_allclose(out["santurkar/etas"], 0.1 * np.geomspace(0.5, 4, 8), rtol=1e-6)
     size = len(traces)
@@ -381,6 +442,7 @@ def test_probe_fn_eager_compiles_once_per_shape():
 
 
 # ---- pmap over 4 fake devices = one device on the global batch ------------------------------------------------------
+
 
 def test_pmap_probe_equals_global_batch():
     """make_probe_fn under pmap (axis_name='batch': losses, gradients and HVPs pmean'd; model_loss_fn's per-device
@@ -394,14 +456,23 @@ def test_pmap_probe_equals_global_batch():
     batch = {"x": x, "y": np.arange(16) % 3, "mask": mask}
     state = jax.jit(lambda: create_state(model, optax.sgd(0.5), x, 1))()
     key = jax.random.key(2)
-    kw = dict(probes=("santurkar_random", "directional_curvature"), lr=0.5,
-              options={"santurkar_random": {"chunk": 2, "unroll": False}})  # groups of 2 in a lax.scan loop
+    kw = dict(
+        probes=("santurkar_random", "directional_curvature"),
+        lr=0.5,
+        options={"santurkar_random": {"chunk": 2, "unroll": False}},
+    )  # groups of 2 in a lax.scan loop
     one = jax.jit(jp.make_probe_fn(model, **kw))(state, batch, key)
     many = jax.pmap(jp.make_probe_fn(model, axis_name="batch", **kw), axis_name="batch", in_axes=(None, 0, None))(
-        state, {k: v.reshape((D, 4) + v.shape[1:]) for k, v in batch.items()}, key)
+        state, {k: v.reshape((D, 4) + v.shape[1:]) for k, v in batch.items()}, key
+    )
     assert set(many) == set(one)
-    for name in ("santurkar_random/losses", "santurkar_random/grad_changes", "santurkar_random/beta_smoothness",
-                 "santurkar_random/grad_norm", "hessian/directional_curvature"):
+    for name in (
+        "santurkar_random/losses",
+        "santurkar_random/grad_changes",
+        "santurkar_random/beta_smoothness",
+        "santurkar_random/grad_norm",
+        "hessian/directional_curvature",
+    ):
         got = np.asarray(many[name])
         np.testing.assert_allclose(got[0], one[name], rtol=3e-5, atol=1e-6, err_msg=name)
         np.testing.assert_array_equal(got[0], got[3])  # the same on every device
@@ -419,14 +490,15 @@ def test_pmap_sync_batch_norm_equals_global_batch():
     kw = dict(probes=("ics",), lr=0.5, options={"ics": {"chunk": None}})
     one = jax.jit(jp.make_probe_fn(local, **kw))(state, batch, jax.random.key(0))
     many = jax.pmap(jp.make_probe_fn(synced, axis_name="batch", **kw), axis_name="batch", in_axes=(None, 0, None))(
-        state, {k: v.reshape((D, 4) + v.shape[1:]) for k, v in batch.items()}, jax.random.key(0))
+        state, {k: v.reshape((D, 4) + v.shape[1:]) for k, v in batch.items()}, jax.random.key(0)
+    )
     for layer in ("dense_0", "norm_0", "head"):
-        np.testing.assert_allclose(np.asarray(many[f"ics/l2/{layer}"])[0], one[f"ics/l2/{layer}"], rtol=1e-4,
-                                   atol=1e-7)
+        np.testing.assert_allclose(np.asarray(many[f"ics/l2/{layer}"])[0], one[f"ics/l2/{layer}"], rtol=1e-4, atol=1e-7)
     assert float(one["ics/l2/head"]) > 0
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
+
 
 def test_bad_inputs_raise_clear_errors():
     _, _, _, params, batch = _quadratic(SPD)
@@ -462,19 +534,20 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"k=11 eigenvalues but params has only 10 entries.*use k ≤ 10"):
         jp.hessian_top_eigenvalues(quad_loss, params, batch, k=11, key=jax.random.key(0))
     with pytest.raises(ValueError, match=r"num_iters ≥ k"):
-        jp.hessian_top_eigenvalues(quad_loss, params, batch, k=3, key=jax.random.key(0), method="lanczos",
-                                   num_iters=2)
+        jp.hessian_top_eigenvalues(quad_loss, params, batch, k=3, key=jax.random.key(0), method="lanczos", num_iters=2)
     with pytest.raises(ValueError, match=r"method must be one of"):
         jp.hessian_top_eigenvalues(quad_loss, params, batch, key=jax.random.key(0), method="arnoldi")
 
     def vector_loss(p, bt):
         return p["w"] * 2.0
 
-    for probe in (lambda: jp.santurkar_probe(vector_loss, params, batch, lr=0.1),
-                  lambda: jp.hvp(vector_loss, params, batch, params),
-                  lambda: jp.hessian_trace(vector_loss, params, batch, key=jax.random.key(0)),
-                  lambda: jp.loss_slice_1d(vector_loss, params, batch, key=jax.random.key(0)),
-                  lambda: jp.internal_covariate_shift(vector_loss, params, batch, lr=0.1)):
+    for probe in (
+        lambda: jp.santurkar_probe(vector_loss, params, batch, lr=0.1),
+        lambda: jp.hvp(vector_loss, params, batch, params),
+        lambda: jp.hessian_trace(vector_loss, params, batch, key=jax.random.key(0)),
+        lambda: jp.loss_slice_1d(vector_loss, params, batch, key=jax.random.key(0)),
+        lambda: jp.internal_covariate_shift(vector_loss, params, batch, lr=0.1),
+    ):
         with pytest.raises(ValueError, match=r"must return a scalar, got shape \(10,\).*jnp\.mean"):
             probe()
 

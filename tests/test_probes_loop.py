@@ -3,12 +3,11 @@
 import os
 
 import numpy as np
+from test_train import final_state, load_config
 
 from jaxnorm.lab import plots
 from jaxnorm.lab.train import loop
 from jaxnorm.lab.train.metrics import read_metrics
-
-from test_train import final_state, load_config
 
 
 def test_probes_in_the_loop_leave_training_unchanged_and_plot(tmp_path):
@@ -69,7 +68,9 @@ def test_deep_linear_network_config_regression_with_probes(tmp_path):
     grid = np.asarray(probes[0]["hessian/density_grid"])
     assert abs(np.sum(density) * (grid[1] - grid[0]) - 1.0) < 0.05  # a density: integrates to 1
     paths = plots.make_plots([str(tmp_path / "dln")])
-    assert {"density.png", "hessian.png", "slices.png", "santurkar.png", "ics.png"} <= {os.path.basename(p) for p in paths}
+    assert {"density.png", "hessian.png", "slices.png", "santurkar.png", "ics.png"} <= {
+        os.path.basename(p) for p in paths
+    }
 
 
 def test_linear_regression_dataset_is_a_fixed_linear_map():

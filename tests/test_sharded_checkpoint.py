@@ -10,14 +10,14 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from test_checkpoint_integrity import data_files, flip, one_line
+from test_train import load_config
 
 from jaxnorm.lab.train import checkpoint as ckpt_lib
 from jaxnorm.lab.train import loop
 from jaxnorm.lab.train.metrics import read_metrics
-
-from test_checkpoint_integrity import data_files, flip, one_line
-from test_train import load_config
 
 
 def mesh(n):
@@ -26,25 +26,33 @@ def mesh(n):
 
 def values(k):
     rng = np.random.default_rng(k)
-    return {"params": {"w": rng.standard_normal((16, 8)).astype(np.float32),
-                       "b": rng.standard_normal(3).astype(np.float32)}, "step": np.asarray(k, np.int32)}
+    return {
+        "params": {
+            "w": rng.standard_normal((16, 8)).astype(np.float32),
+            "b": rng.standard_normal(3).astype(np.float32),
+        },
+        "step": np.asarray(k, np.int32),
+    }
 
 
 def placed(k, n=4, spec=P("batch")):
     """``values(k)`` on ``n`` devices: ``w`` sharded by ``spec``, the rest replicated."""
     v = values(k)
     m = mesh(n)
-    return {"params": {"w": jax.device_put(v["params"]["w"], NamedSharding(m, spec)),
-                       "b": jax.device_put(v["params"]["b"], NamedSharding(m, P()))},
-            "step": jax.device_put(v["step"], NamedSharding(m, P()))}
+    return {
+        "params": {
+            "w": jax.device_put(v["params"]["w"], NamedSharding(m, spec)),
+            "b": jax.device_put(v["params"]["b"], NamedSharding(m, P())),
+        },
+        "step": jax.device_put(v["step"], NamedSharding(m, P())),
+    }
 
 
 def abstract(n, spec):
     v = values(0)
     m = mesh(n)
     sds = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(m, s))  # noqa: E731
-    return {"params": {"w": sds(v["params"]["w"], spec), "b": sds(v["params"]["b"], P())},
-            "step": sds(v["step"], P())}
+    return {"params": {"w": sds(v["params"]["w"], spec), "b": sds(v["params"]["b"], P())}, "step": sds(v["step"], P())}
 
 
 def host_target():
@@ -73,7 +81,7 @@ def test_shards_are_written_as_they_lie_with_a_manifest_part_hashing_each(tmp_pa
     w = values(20)["params"]["w"]
     shards = part["leaves"]["params/w"]["shards"]
     assert [s["index"] for s in shards] == [[[4 * i, 4 * i + 4], [0, 8]] for i in range(4)]  # one per device
-    assert [s["sha256"] for s in shards] == [ckpt_lib._digest(w[4 * i:4 * i + 4]) for i in range(4)]
+    assert [s["sha256"] for s in shards] == [ckpt_lib._digest(w[4 * i : 4 * i + 4]) for i in range(4)]
     assert len(part["leaves"]["params/b"]["shards"]) == 1  # a replicated leaf: its replica 0 only
     # orbax recorded the sharding it was written with
     sharding = json.load(open(os.path.join(step_dir, "default", "_sharding")))
@@ -118,8 +126,11 @@ def test_a_shard_whose_hash_differs_falls_back_to_the_earlier_step(tmp_path, cap
     restored = ck.restore(abstract(4, P("batch")) if into == "sharded" else host_target())
     out = capsys.readouterr().out.strip()
     one_line(out, ck.directory)
-    assert re.fullmatch(rf"checkpoint step 20 in {re.escape(ck.directory)} is corrupt \(checksum mismatch in "
-                        rf"params/w\); moved to {re.escape(ck.directory)}/corrupt-20; resuming from step 10", out), out
+    assert re.fullmatch(
+        rf"checkpoint step 20 in {re.escape(ck.directory)} is corrupt \(checksum mismatch in "
+        rf"params/w\); moved to {re.escape(ck.directory)}/corrupt-20; resuming from step 10",
+        out,
+    ), out
     assert_values(restored, 10)
     assert ck.steps() == [10]
     ck.save(20, placed(20))  # the step can be written again
@@ -147,8 +158,10 @@ def test_a_missing_manifest_part_is_a_save_cut_short(tmp_path, capsys):
     os.remove(os.path.join(d, "jaxnorm_manifest.0-of-1.json"))
     restored = ck.restore(host_target())
     out = capsys.readouterr().out.strip()
-    assert "is corrupt (manifest unreadable: ValueError: manifest part of process(es) [1] of 2 missing (a save cut " \
-           "short)); moved to" in out, out
+    assert (
+        "is corrupt (manifest unreadable: ValueError: manifest part of process(es) [1] of 2 missing (a save cut "
+        "short)); moved to" in out
+    ), out
     assert_values(restored, 10)
     ck.close()
 
@@ -159,10 +172,20 @@ def test_a_process_checks_the_shards_it_holds_and_leaves_the_others_to_theirs(tm
     entries = ck._read_manifest(20)
     restored = ck.manager.restore(20, args=ckpt_lib.ocp.args.StandardRestore(abstract(4, P("batch"))))
     every = ckpt_lib._held_pieces
-    monkeypatch.setattr(ckpt_lib, "_held_pieces", lambda leaf: every(leaf)[:1] if leaf.ndim == 0 else [
-        (ckpt_lib._region(s.index, leaf.shape), np.asarray(s.data)) for s in leaf.addressable_shards[:2]])
-    bad = lambda shard: {**entries, "params/w": {**entries["params/w"], "shards": [  # noqa: E731
-        (r, "0" * 64 if i == shard else h) for i, (r, h) in enumerate(entries["params/w"]["shards"])]}}
+    monkeypatch.setattr(
+        ckpt_lib,
+        "_held_pieces",
+        lambda leaf: (
+            every(leaf)[:1]
+            if leaf.ndim == 0
+            else [(ckpt_lib._region(s.index, leaf.shape), np.asarray(s.data)) for s in leaf.addressable_shards[:2]]
+        ),
+    )
+
+    def bad(shard):
+        shards = [(r, "0" * 64 if i == shard else h) for i, (r, h) in enumerate(entries["params/w"]["shards"])]
+        return {**entries, "params/w": {**entries["params/w"], "shards": shards}}
+
     ck._verify(restored, bad(3))  # shard 3 is on another process's devices
     with pytest.raises(ckpt_lib._Bad, match="checksum mismatch in params/w"):
         ck._verify(restored, bad(1))
@@ -171,7 +194,7 @@ def test_a_process_checks_the_shards_it_holds_and_leaves_the_others_to_theirs(tm
 
 def test_assemble_a_region_from_pieces_or_none_when_another_process_holds_part_of_it():
     a = np.arange(64.0).reshape(8, 8)
-    quarters = [(((r, r + 4), (c, c + 4)), a[r:r + 4, c:c + 4]) for r in (0, 4) for c in (0, 4)]
+    quarters = [(((r, r + 4), (c, c + 4)), a[r : r + 4, c : c + 4]) for r in (0, 4) for c in (0, 4)]
     np.testing.assert_array_equal(ckpt_lib._assemble(((2, 6), (0, 8)), quarters), a[2:6])  # across four pieces
     np.testing.assert_array_equal(ckpt_lib._assemble(((4, 8), (4, 6)), quarters), a[4:, 4:6])  # inside one
     assert ckpt_lib._assemble(((0, 8), (0, 8)), quarters[:3]) is None

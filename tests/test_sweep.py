@@ -63,8 +63,7 @@ def test_smoke_sweep_writes_summary_and_figures(smoke_sweeps, name):
 def test_rerun_skips_finished_runs(smoke_sweeps):
     root, summaries = smoke_sweeps
     lines = []
-    again = sweep.run_sweep(EXPERIMENT_FILES["ba"], str(root / "ba"), 1, SMOKE, plots=False,
-                            log=lines.append)
+    again = sweep.run_sweep(EXPERIMENT_FILES["ba"], str(root / "ba"), 1, SMOKE, plots=False, log=lines.append)
     assert all(r["skipped"] for r in again["runs"]) and all("finished before" in line for line in lines)
     assert [r["test_accuracy"] for r in again["runs"]] == [r["test_accuracy"] for r in summaries["ba"]["runs"]]
 
@@ -109,8 +108,23 @@ def test_an_analysis_asking_for_a_point_outside_its_grid_is_an_error(smoke_sweep
 
 
 def test_report_cli_rejects_unknown_experiments(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "jaxnorm.lab.report", "--only", "santurkr", "--workdir", str(tmp_path / "w"),
-                        "--out", str(tmp_path / "r.md")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxnorm.lab.report",
+            "--only",
+            "santurkr",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--out",
+            str(tmp_path / "r.md"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 1 and "santurkr" in r.stderr and "santurkar" in r.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "r.md").exists()
 
@@ -138,7 +152,8 @@ def test_diverged_run_is_a_result_and_is_not_rerun(tmp_path):
         "    c.checkpoint_every = 10; c.model_kwargs.hidden = (16,)\n"
         "    return c\n"
         "def get_sweep(config):\n"
-        "    return [{'learning_rate': 0.1}, {'learning_rate': 1e12}]\n")
+        "    return [{'learning_rate': 0.1}, {'learning_rate': 1e12}]\n"
+    )
     s = sweep.run_sweep(str(exp), str(tmp_path / "w"), 1, {}, plots=False, log=lambda *_: None)
     status = {r["point"]: r["status"] for r in s["runs"]}
     assert status == {"learning_rate-0.1": "finished", "learning_rate-1e+12": "diverged"}
@@ -169,9 +184,22 @@ def test_size_presets_and_explicit_keys_win():
 
 def test_train_py_size_flag_with_explicit_override(tmp_path):
     wd = tmp_path / "w"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", EXPERIMENT_FILES["ba"],
-                        "--workdir", str(wd), "--config.size=smoke", "--config.num_steps=3"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            "--config",
+            EXPERIMENT_FILES["ba"],
+            "--workdir",
+            str(wd),
+            "--config.size=smoke",
+            "--config.num_steps=3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     saved = json.loads((wd / "config.json").read_text())
     assert saved["num_steps"] == 3 and saved["eval_every"] == 2  # the explicit key won, the preset applied
@@ -179,8 +207,20 @@ def test_train_py_size_flag_with_explicit_override(tmp_path):
 
 def _smoke(**overrides):
     c = config_lib.base_config()
-    c.update(dict(dataset="digits", model="mlp", norm="none", batch_size=32, num_steps=3, eval_every=3,
-                  log_every=1, checkpoint_every=3, progress=False, **overrides))
+    c.update(
+        dict(
+            dataset="digits",
+            model="mlp",
+            norm="none",
+            batch_size=32,
+            num_steps=3,
+            eval_every=3,
+            log_every=1,
+            checkpoint_every=3,
+            progress=False,
+            **overrides,
+        )
+    )
     c.model_kwargs.hidden = (16,)
     return c
 
@@ -198,18 +238,17 @@ def test_embedding_regularization_loss_and_gradient():
     _, m0 = plain(state, batch)
     _, m1 = reg(state, batch)
     logits, h = exp.model.apply(state.variables(), batch["x"], train=False, return_features=True)
-    sq = jnp.mean(jnp.sum(h ** 2, -1))
+    sq = jnp.mean(jnp.sum(h**2, -1))
     np.testing.assert_allclose(m1["embedding_norm_sq"], sq, rtol=1e-5)
     np.testing.assert_allclose(m1["loss"], m0["loss"] + lam * sq, rtol=1e-5)
 
     def total(params):
         out, hh = exp.model.apply({"params": params}, batch["x"], train=False, return_features=True)
         ce = losses.per_example_loss(out, batch["y"], "cross_entropy")
-        return jnp.mean(ce + lam * jnp.sum(hh ** 2, -1))
+        return jnp.mean(ce + lam * jnp.sum(hh**2, -1))
 
     g = jax.grad(total)(state.params)
-    np.testing.assert_allclose(m1["grad_norm"], jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(g))),
-                               rtol=1e-5)
+    np.testing.assert_allclose(m1["grad_norm"], jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g))), rtol=1e-5)
 
 
 def test_max_norm_config_constrains_every_kernel(tmp_path):
@@ -226,9 +265,12 @@ def test_restore_and_predict_match_the_final_eval(tmp_path):
     final = loop.train_and_evaluate(_smoke(), str(tmp_path / "w"))
     exp, state = loop.restore(str(tmp_path / "w"))
     logits = loop.predict(exp, state.variables())
-    labels = np.concatenate([np.asarray(b["y"])[np.asarray(b["mask"])]
-                             for b in __import__("jaxnorm.lab.data", fromlist=["eval_batches"]).eval_batches(
-                                 exp.dataset.test, 500)])
+    labels = np.concatenate(
+        [
+            np.asarray(b["y"])[np.asarray(b["mask"])]
+            for b in __import__("jaxnorm.lab.data", fromlist=["eval_batches"]).eval_batches(exp.dataset.test, 500)
+        ]
+    )
     assert logits.shape == (exp.dataset.info.num_test, 10)
     assert np.mean(logits.argmax(-1) == labels) == pytest.approx(final["accuracy"])
 
@@ -248,7 +290,8 @@ def test_original_dropout_is_inverted_dropout_rescaled():
     inv = build_model("mlp", hidden=(32,), dropout="dropout", dropout_rate=0.3)
     v = orig.init(jax.random.key(2), x, train=False)
     v_inv = jax.tree_util.tree_map_with_path(
-        lambda p, w: w * 0.7 if "head" in jax.tree_util.keystr(p) and "kernel" in jax.tree_util.keystr(p) else w, v)
+        lambda p, w: w * 0.7 if "head" in jax.tree_util.keystr(p) and "kernel" in jax.tree_util.keystr(p) else w, v
+    )
     for train in (False, True):
         a = orig.apply(v, x, train=train, rngs={"dropout": key})
         b = inv.apply(v_inv, x, train=train, rngs={"dropout": key})

@@ -29,8 +29,15 @@ def load_config(name="smoke", **overrides):
 
 
 def run_cli(workdir, *flags, wait=True):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "smoke.py"),
-           "--workdir", str(workdir), *flags]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "smoke.py"),
+        "--workdir",
+        str(workdir),
+        *flags,
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -48,8 +55,11 @@ def final_state(workdir):
     with ocp.StandardCheckpointer() as c:  # into host arrays: a sharded checkpoint of another topology reads too
         meta = c.metadata(path)
         meta = getattr(meta, "item_metadata", meta)
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(meta),
-                              is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+        target = jax.tree.map(
+            lambda m: np.zeros(m.shape, m.dtype),
+            dict(meta),
+            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
+        )
         tree = c.restore(path, target)
     flat = {}
 
@@ -81,10 +91,20 @@ def test_smoke_run_through_train_py(tmp_path):
 
 
 def test_ctrl_c_saves_and_resume_is_bit_identical(tmp_path):
-    flags = ["--config.num_steps=120", "--config.log_every=1", "--config.checkpoint_every=1000",
-             "--config.eval_every=1000", "--config.dropout=dropout", "--config.dropout_rate=0.2"]
-    loop.train_and_evaluate(load_config(num_steps=120, log_every=1, checkpoint_every=1000, eval_every=1000,
-                                        dropout="dropout", dropout_rate=0.2), str(tmp_path / "ref"))
+    flags = [
+        "--config.num_steps=120",
+        "--config.log_every=1",
+        "--config.checkpoint_every=1000",
+        "--config.eval_every=1000",
+        "--config.dropout=dropout",
+        "--config.dropout_rate=0.2",
+    ]
+    loop.train_and_evaluate(
+        load_config(
+            num_steps=120, log_every=1, checkpoint_every=1000, eval_every=1000, dropout="dropout", dropout_rate=0.2
+        ),
+        str(tmp_path / "ref"),
+    )
 
     wd = tmp_path / "interrupted"
     p = run_cli(wd, *flags, wait=False)
@@ -119,7 +139,10 @@ def test_ctrl_c_saves_and_resume_is_bit_identical(tmp_path):
         ({"model": "resnet7"}, r"resnet7.*resnet18"),
         ({"norm": "batchnorm"}, r"batchnorm.*group"),
         ({"dataset": "nosuchset"}, r"nosuchset.*mnist1d"),
-        ({"optimizer": "lamb"}, r"unknown optimizer 'lamb'; valid optimizers: 'sgd', 'momentum', 'nesterov', 'adam', 'adamw'"),
+        (
+            {"optimizer": "lamb"},
+            r"unknown optimizer 'lamb'; valid optimizers: 'sgd', 'momentum', 'nesterov', 'adam', 'adamw'",
+        ),
         ({"batch_size": 5000}, r"batch_size=5000 is larger than the digits training set \(1437 examples\)"),
     ],
 )
@@ -142,8 +165,7 @@ def test_unknown_config_key_lists_valid_keys(tmp_path):
 
 def test_unprepared_tfds_dataset_offline(tmp_path):
     with pytest.raises(Exception, match=r"cifar10.*not prepared|cifar10.*prepare"):
-        loop.train_and_evaluate(load_config(dataset="cifar10", data_dir=str(tmp_path / "data")),
-                                str(tmp_path / "wd"))
+        loop.train_and_evaluate(load_config(dataset="cifar10", data_dir=str(tmp_path / "data")), str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
 
 
@@ -162,8 +184,15 @@ def test_workdir_with_different_config_is_refused(tmp_path):
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     wd = str(tmp_path / "wd")
-    c = load_config(norm="none", learning_rate=1e9, schedule="constant", num_steps=40, checkpoint_every=1,
-                    log_every=1, weight_decay=0.0)
+    c = load_config(
+        norm="none",
+        learning_rate=1e9,
+        schedule="constant",
+        num_steps=40,
+        checkpoint_every=1,
+        log_every=1,
+        weight_decay=0.0,
+    )
     with pytest.raises(loop.NonFiniteLossError, match=r"the training loss is (nan|inf) at step \d+"):
         loop.train_and_evaluate(c, wd)
     steps = sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")))

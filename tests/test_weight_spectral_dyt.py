@@ -73,8 +73,9 @@ def test_weight_norm_sets_each_output_units_length_to_g(kind):
     np.testing.assert_allclose(norms, np.abs(g64), rtol=1e-6)  # ‖w_j‖ = |g_j|
     np.testing.assert_allclose(w / g64, v64 / np.linalg.norm(v64, axis=0), rtol=1e-5, atol=1e-7)  # direction v_j/‖v_j‖
     # g = None is g = 1; ε sits inside the square root
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(jn.weight_norm(v), np.float64).reshape(-1, shape[-1]), axis=0),
-                               1.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.linalg.norm(np.asarray(jn.weight_norm(v), np.float64).reshape(-1, shape[-1]), axis=0), 1.0, rtol=1e-6
+    )
     eps = 0.5
     want = v64 / np.sqrt((v64**2).sum(0) + eps) * g64
     np.testing.assert_allclose(np.asarray(jn.weight_norm(v, g, epsilon=eps)).reshape(-1, shape[-1]), want, rtol=1e-5)
@@ -129,15 +130,27 @@ def test_float64_stays_float64():
         assert w.dtype == jnp.float64 and u.dtype == jnp.float32 and s.dtype == jnp.float64
 
 
-@pytest.mark.parametrize("args, kw, error, match", [
-    ((jnp.ones((3, 4), jnp.int32),), {}, TypeError, r"weight_norm: the kernel v has dtype int32.*cast to a float dtype first"),
-    ((jnp.ones((3, 4), jnp.complex64),), {}, TypeError, r"complex64.*cast to a float dtype first"),
-    ((jnp.ones((4,)),), {}, ValueError, r"rank >= 2 .*got shape \(4,\); pass axes=0"),
-    ((jnp.ones((3, 4)), jnp.ones((3,))), {}, ValueError,
-     r"g of shape \(3,\) does not broadcast against the axes of v that are kept, shape \(4,\).*shape \(4,\)"),
-    ((jnp.ones((3, 4)),), {"axes": 2}, ValueError, r"axis 2 is out of range for v of shape \(3, 4\)"),
-    ((jnp.ones((3, 4)),), {"epsilon": -1.0}, ValueError, r"epsilon must be a finite number >= 0"),
-])
+@pytest.mark.parametrize(
+    "args, kw, error, match",
+    [
+        (
+            (jnp.ones((3, 4), jnp.int32),),
+            {},
+            TypeError,
+            r"weight_norm: the kernel v has dtype int32.*cast to a float dtype first",
+        ),
+        ((jnp.ones((3, 4), jnp.complex64),), {}, TypeError, r"complex64.*cast to a float dtype first"),
+        ((jnp.ones((4,)),), {}, ValueError, r"rank >= 2 .*got shape \(4,\); pass axes=0"),
+        (
+            (jnp.ones((3, 4)), jnp.ones((3,))),
+            {},
+            ValueError,
+            r"g of shape \(3,\) does not broadcast against the axes of v that are kept, shape \(4,\).*shape \(4,\)",
+        ),
+        ((jnp.ones((3, 4)),), {"axes": 2}, ValueError, r"axis 2 is out of range for v of shape \(3, 4\)"),
+        ((jnp.ones((3, 4)),), {"epsilon": -1.0}, ValueError, r"epsilon must be a finite number >= 0"),
+    ],
+)
 def test_weight_norm_errors(args, kw, error, match):
     with pytest.raises(error, match=match):
         jn.weight_norm(*args, **kw)
@@ -156,8 +169,9 @@ def test_weight_norm_layer_matches_flax(kind, highest_precision):
     assert set(v["params"]["WeightNorm_0"]) == {f"{make().__class__.__name__}_0/kernel/scale"}
     # a gain away from 1 and a kernel away from its init, so that the formula is exercised
     v = jax.tree.map(lambda p: p * 1.7 + 0.1, v)
-    np.testing.assert_allclose(np.asarray(ours.apply(v, x, train=True)), np.asarray(theirs.apply(v, x, train=True)),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ours.apply(v, x, train=True)), np.asarray(theirs.apply(v, x, train=True)), rtol=1e-6, atol=1e-6
+    )
 
     def loss(m):
         return lambda p: jnp.sum(jnp.sin(m.apply({"params": p}, x, train=True)))
@@ -168,15 +182,20 @@ def test_weight_norm_layer_matches_flax(kind, highest_precision):
 
 def test_weight_norm_layer_options_match_flax(highest_precision):
     x = _normal(1, (3, 5))
-    for kw in (dict(feature_axes=None), dict(variable_filter=None), dict(use_scale=False),
-               dict(scale_init=nn.initializers.constant(2.0), epsilon=1e-3)):
+    for kw in (
+        dict(feature_axes=None),
+        dict(variable_filter=None),
+        dict(use_scale=False),
+        dict(scale_init=nn.initializers.constant(2.0), epsilon=1e-3),
+    ):
         ours = _wrapped(jnn.WeightNorm, lambda: nn.Dense(4), False, **kw)
         theirs = _wrapped(nn.WeightNorm, lambda: nn.Dense(4), False, **kw)
         v = theirs.init(jax.random.key(0), x, train=False)
         _tree_equal(ours.init(jax.random.key(0), x, train=False), v)
         v = jax.tree.map(lambda p: p * 0.7 + 0.2, v)
-        np.testing.assert_allclose(np.asarray(ours.apply(v, x, train=True)),
-                                   np.asarray(theirs.apply(v, x, train=True)), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(ours.apply(v, x, train=True)), np.asarray(theirs.apply(v, x, train=True)), rtol=1e-6, atol=1e-6
+        )
 
 
 # ---- spectral norm: the formula ----------------------------------------------------------------------------------
@@ -250,23 +269,65 @@ def test_spectral_norm_gradient_at_convergence_is_the_gradient_of_w_over_sigma_m
     _check_grads64(lambda w: jn.spectral_normalize(w, u, n_power_iterations=50)[0], (w,), order=1, modes=("rev",))
 
 
-@pytest.mark.parametrize("w, u, kw, error, match", [
-    (jnp.ones((4,)), jnp.ones((1, 4)), {}, ValueError, r"spectral_normalize: expected a kernel of rank >= 2.*\(4,\)"),
-    (jnp.ones((3, 4)), jnp.ones((1, 3)), {}, ValueError,
-     r"u has shape \(1, 3\) but the kernel of shape \(3, 4\) needs \(1, 4\).*jaxnorm.init_spectral_state\(key, w\)"),
-    (jnp.ones((3, 4)), jnp.ones((4,)), {}, ValueError, r"u has shape \(4,\) .* needs \(1, 4\)"),
-    (jnp.ones((3, 4)), jnp.ones((1, 4)), {"n_power_iterations": 0}, ValueError,
-     r"n_power_iterations must be a positive int, got 0"),
-    (jnp.ones((3, 4)), jnp.ones((1, 4)), {"n_power_iterations": 1.5}, ValueError, r"positive int, got 1.5"),
-    (jnp.ones((3, 4)), jnp.ones((1, 4)), {"n_power_iterations": True}, ValueError, r"positive int, got True"),
-    (jnp.ones((3, 4)), jnp.ones((1, 4)), {"epsilon": -1e-3}, ValueError, r"epsilon must be a finite number >= 0"),
-    (jnp.ones((3, 4), jnp.int32), jnp.ones((1, 4)), {}, TypeError, r"the kernel w has dtype int32.*cast to a float dtype first"),
-    (jnp.ones((3, 4), jnp.complex64), jnp.ones((1, 4)), {}, TypeError, r"complex64.*cast to a float dtype first"),
-    (jnp.ones((3, 4)), jnp.ones((1, 4), jnp.int32), {}, TypeError, r"the power-iteration vector u has dtype int32.*cast to a float dtype"),
-    (jnp.ones((3, 4)), jnp.ones((1, 4)), {"sigma": 2.0}, ValueError, r"sigma= replaces the power iteration in eval"),
-    (jnp.ones((3, 4)), jnp.ones((1, 4)), {"sigma": jnp.ones(2), "train": False}, ValueError,
-     r"sigma must be a scalar"),
-])
+@pytest.mark.parametrize(
+    "w, u, kw, error, match",
+    [
+        (
+            jnp.ones((4,)),
+            jnp.ones((1, 4)),
+            {},
+            ValueError,
+            r"spectral_normalize: expected a kernel of rank >= 2.*\(4,\)",
+        ),
+        (
+            jnp.ones((3, 4)),
+            jnp.ones((1, 3)),
+            {},
+            ValueError,
+            r"u has shape \(1, 3\) but the kernel of shape \(3, 4\) needs \(1, 4\).*jaxnorm.init_spectral_state\(key, w\)",
+        ),
+        (jnp.ones((3, 4)), jnp.ones((4,)), {}, ValueError, r"u has shape \(4,\) .* needs \(1, 4\)"),
+        (
+            jnp.ones((3, 4)),
+            jnp.ones((1, 4)),
+            {"n_power_iterations": 0},
+            ValueError,
+            r"n_power_iterations must be a positive int, got 0",
+        ),
+        (jnp.ones((3, 4)), jnp.ones((1, 4)), {"n_power_iterations": 1.5}, ValueError, r"positive int, got 1.5"),
+        (jnp.ones((3, 4)), jnp.ones((1, 4)), {"n_power_iterations": True}, ValueError, r"positive int, got True"),
+        (jnp.ones((3, 4)), jnp.ones((1, 4)), {"epsilon": -1e-3}, ValueError, r"epsilon must be a finite number >= 0"),
+        (
+            jnp.ones((3, 4), jnp.int32),
+            jnp.ones((1, 4)),
+            {},
+            TypeError,
+            r"the kernel w has dtype int32.*cast to a float dtype first",
+        ),
+        (jnp.ones((3, 4), jnp.complex64), jnp.ones((1, 4)), {}, TypeError, r"complex64.*cast to a float dtype first"),
+        (
+            jnp.ones((3, 4)),
+            jnp.ones((1, 4), jnp.int32),
+            {},
+            TypeError,
+            r"the power-iteration vector u has dtype int32.*cast to a float dtype",
+        ),
+        (
+            jnp.ones((3, 4)),
+            jnp.ones((1, 4)),
+            {"sigma": 2.0},
+            ValueError,
+            r"sigma= replaces the power iteration in eval",
+        ),
+        (
+            jnp.ones((3, 4)),
+            jnp.ones((1, 4)),
+            {"sigma": jnp.ones(2), "train": False},
+            ValueError,
+            r"sigma must be a scalar",
+        ),
+    ],
+)
 def test_spectral_norm_errors(w, u, kw, error, match):
     with pytest.raises(error, match=match):
         jn.spectral_normalize(w, u, **kw)
@@ -300,8 +361,9 @@ def test_spectral_norm_layer_matches_flax_over_training_steps(kind, n, highest_p
 
     def step(model, variables):
         def loss(p):
-            y, st = model.apply({"params": p, "batch_stats": variables["batch_stats"]}, x, train=True,
-                                mutable=["batch_stats"])
+            y, st = model.apply(
+                {"params": p, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+            )
             return jnp.sum(jnp.sin(y)), (y, st)
 
         (_, (y, st)), g = jax.value_and_grad(loss, has_aux=True)(variables["params"])
@@ -327,6 +389,7 @@ def test_spectral_norm_layer_call_convention_and_checks(highest_precision):
     x = _normal(1, (3, 5))
     layer = _wrapped(jnn.SpectralNorm, lambda: nn.Dense(4), True)
     v = layer.init(jax.random.key(0), x, train=False)
+
     # the update_stats attribute form (used by the zoo) is the call form
     class Attr(nn.Module):
         @nn.compact
@@ -343,8 +406,11 @@ def test_spectral_norm_layer_call_convention_and_checks(highest_precision):
         def __call__(self, x):
             return jnn.SpectralNorm(nn.Dense(4))(x)
 
-    with pytest.raises(ValueError, match=r"SpectralNorm: pass update_stats=True in training .*"
-                                         r"mutable=\['batch_stats'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"SpectralNorm: pass update_stats=True in training .*"
+        r"mutable=\['batch_stats'\]",
+    ):
         Missing().init(jax.random.key(0), x)
 
     class Strict(nn.Module):
@@ -357,8 +423,12 @@ def test_spectral_norm_layer_call_convention_and_checks(highest_precision):
     # gradients of the layer w.r.t. the parameters, in eval (u fixed, converged)
     conv = _wrapped(jnn.SpectralNorm, lambda: nn.Dense(4), True, n_power_iterations=50)
     vc = conv.init(jax.random.key(0), x, train=True)  # init with update_stats=True stores the iterated u (flax too)
-    _check_grads64(lambda p: conv.apply({"params": p, "batch_stats": vc["batch_stats"]}, x, train=False),
-                   (vc["params"],), order=1, modes=("rev",))
+    _check_grads64(
+        lambda p: conv.apply({"params": p, "batch_stats": vc["batch_stats"]}, x, train=False),
+        (vc["params"],),
+        order=1,
+        modes=("rev",),
+    )
 
 
 # ---- dynamic tanh ------------------------------------------------------------------------------------------------
@@ -380,20 +450,28 @@ def test_dyt_formula_grads_jit_vmap_dtypes():
         xl = x.astype(dt)
         out = jn.dyt(xl, 0.7, g, b)
         assert out.dtype == dt
-        np.testing.assert_array_equal(np.asarray(out, np.float32),
-                                      np.asarray(jn.dyt(xl.astype(jnp.float32), 0.7, g, b).astype(dt), np.float32))
+        np.testing.assert_array_equal(
+            np.asarray(out, np.float32), np.asarray(jn.dyt(xl.astype(jnp.float32), 0.7, g, b).astype(dt), np.float32)
+        )
 
 
-@pytest.mark.parametrize("x, kw, error, match", [
-    (jnp.ones((2, 3), jnp.int32), {}, TypeError, r"dyt: the input has dtype int32.*cast to a float dtype first"),
-    (jnp.ones((2, 3), bool), {}, TypeError, r"dyt: the input has dtype bool.*cast to a float dtype first"),
-    (jnp.ones((2, 3), jnp.complex64), {}, TypeError, r"dyt: the input has complex dtype complex64"),
-    (jnp.ones((2, 3)), {"scale": jnp.ones(4)}, ValueError,
-     r"dyt: scale of shape \(4,\) does not broadcast against the input of shape \(2, 3\); pass one value per channel, "
-     r"shape \(3,\)"),
-    (jnp.ones((2, 3)), {"alpha": jnp.ones(5)}, ValueError, r"dyt: alpha of shape \(5,\).*a scalar"),
-    (jnp.ones((2, 3)), {"alpha": 1j}, TypeError, r"alpha is complex"),
-])
+@pytest.mark.parametrize(
+    "x, kw, error, match",
+    [
+        (jnp.ones((2, 3), jnp.int32), {}, TypeError, r"dyt: the input has dtype int32.*cast to a float dtype first"),
+        (jnp.ones((2, 3), bool), {}, TypeError, r"dyt: the input has dtype bool.*cast to a float dtype first"),
+        (jnp.ones((2, 3), jnp.complex64), {}, TypeError, r"dyt: the input has complex dtype complex64"),
+        (
+            jnp.ones((2, 3)),
+            {"scale": jnp.ones(4)},
+            ValueError,
+            r"dyt: scale of shape \(4,\) does not broadcast against the input of shape \(2, 3\); pass one value per channel, "
+            r"shape \(3,\)",
+        ),
+        (jnp.ones((2, 3)), {"alpha": jnp.ones(5)}, ValueError, r"dyt: alpha of shape \(5,\).*a scalar"),
+        (jnp.ones((2, 3)), {"alpha": 1j}, TypeError, r"alpha is complex"),
+    ],
+)
 def test_dyt_errors(x, kw, error, match):
     kw = {"alpha": 0.5, **kw}
     with pytest.raises(error, match=match):
@@ -440,8 +518,15 @@ def test_zoo_dyt_norm():
     assert "batch_stats" not in v and not state
     assert float(v["params"]["norm_0"]["alpha"]) == 0.5 and "bias" in v["params"]["conv_0"]  # bias kept
     # zero-initialized residual branches set γ = 0, options pass through make_norm
-    r = zoo.ResNet(stage_sizes=(1,), block="basic", width=1 / 16, norm="dyt", zero_init_residual=True,
-                   norm_kwargs={"alpha_init": 1.5}, num_classes=3)
+    r = zoo.ResNet(
+        stage_sizes=(1,),
+        block="basic",
+        width=1 / 16,
+        norm="dyt",
+        zero_init_residual=True,
+        norm_kwargs={"alpha_init": 1.5},
+        num_classes=3,
+    )
     _, vr, _, _ = _init_train(r)
     assert not np.any(np.asarray(vr["params"]["stage1_block1"]["norm2"]["scale"]))
     assert float(vr["params"]["stem_norm"]["alpha"]) == 1.5
@@ -467,8 +552,9 @@ def test_zoo_weight_norm_option():
 
 def test_zoo_spectral_norm_option_updates_u_in_training_only():
     # where the wrappers go in a ResNet (shapes only: no compilation): every conv, the projection shortcut too
-    resnet = zoo.ResNet(stage_sizes=(1, 1), block="basic", width=1 / 16, norm="group", kernel_norm="spectral",
-                        num_classes=3)
+    resnet = zoo.ResNet(
+        stage_sizes=(1, 1), block="basic", width=1 / 16, norm="group", kernel_norm="spectral", num_classes=3
+    )
     shapes = jax.eval_shape(lambda x: resnet.init(jax.random.key(0), x, train=False), jnp.ones(X_IMG))
     bs = shapes["batch_stats"]
     assert "stem_conv_spectral_norm" in bs and "proj_conv_spectral_norm" in bs["stage2_block1"]
@@ -477,8 +563,11 @@ def test_zoo_spectral_norm_option_updates_u_in_training_only():
     model = zoo.SimpleCNN(**CNN, norm="group", kernel_norm="spectral")
     x, v, y, state = _init_train(model)
     bs, new = v["batch_stats"], state["batch_stats"]
-    us = [(a, b) for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(bs), jax.tree.leaves(new))
-          if jax.tree_util.keystr(path).endswith("/u']")]
+    us = [
+        (a, b)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(bs), jax.tree.leaves(new))
+        if jax.tree_util.keystr(path).endswith("/u']")
+    ]
     assert len(us) == 2 and all(not np.allclose(a, b) for a, b in us)  # training moved every u
     for a, b in us:
         np.testing.assert_allclose(np.linalg.norm(np.asarray(b)), 1.0, rtol=1e-5)
@@ -497,19 +586,24 @@ def test_zoo_spectral_norm_option_updates_u_in_training_only():
     np.testing.assert_allclose(np.linalg.norm(np.asarray(u1)), 1.0, rtol=1e-5)
     # the head with kernel_norm_head; DeepLinear's last layer counts as its head
     vh = zoo.MLP(hidden=(4,), kernel_norm="spectral", kernel_norm_head=True, num_classes=3).init(
-        jax.random.key(0), jnp.ones((2, 5)), train=False)
+        jax.random.key(0), jnp.ones((2, 5)), train=False
+    )
     assert {"dense_0_spectral_norm", "head_spectral_norm"} == set(vh["batch_stats"])
     vd = zoo.DeepLinear(depth=3, width=4, kernel_norm="spectral").init(jax.random.key(0), jnp.ones((2, 4)), train=False)
     assert set(vd["batch_stats"]) == {"dense_0_spectral_norm", "dense_1_spectral_norm"}
 
 
 def test_zoo_kernel_norm_errors():
-    with pytest.raises(ValueError, match=r"unknown kernel_norm 'batch'; valid kernel_norms: 'none', 'weight', "
-                                         r"'spectral'"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown kernel_norm 'batch'; valid kernel_norms: 'none', 'weight', "
+        r"'spectral'",
+    ):
         zoo.SimpleCNN(**CNN, kernel_norm="batch")
     with pytest.raises(ValueError, match=r"weight_standardize=True and kernel_norm='weight' both reparametrize"):
         zoo.SimpleCNN(**CNN, weight_standardize=True, kernel_norm="weight")
     from jaxnorm.lab.models.autoencoder import UntiedAutoencoder
+
     with pytest.raises(ValueError, match=r"UntiedAutoencoder: kernel_norm='spectral'.*not supported"):
         UntiedAutoencoder(kernel_norm="spectral")
     with pytest.raises(ValueError, match=r"kernel_norm='spectral' needs train=True/False"):
@@ -528,5 +622,7 @@ def test_config_kernel_norm_plumbing():
     assert loop.model_kwargs(c, 10)["kernel_norm"] == "weight"
     assert "kernel_norm" not in loop.model_kwargs(config_lib.base_config(), 10)
     c.kernel_norm = "spectal"
-    with pytest.raises(ValueError, match=r"unknown kernel_norm 'spectal'; valid kernel_norms: 'none', 'weight', 'spectral'"):
+    with pytest.raises(
+        ValueError, match=r"unknown kernel_norm 'spectal'; valid kernel_norms: 'none', 'weight', 'spectral'"
+    ):
         config_lib.validate(c)

@@ -18,8 +18,18 @@ it. The packages, each importing only those above it:
 import importlib.util
 
 # The [train] extra's import names (pyproject.toml is the one list of their distributions and floors).
-_REQUIRED = ("absl", "array_record", "grain", "matplotlib", "ml_collections", "mnist1d", "orbax.checkpoint", "sklearn",
-             "tensorboardX", "tensorflow_datasets")
+_REQUIRED = (
+    "absl",
+    "array_record",
+    "grain",
+    "matplotlib",
+    "ml_collections",
+    "mnist1d",
+    "orbax.checkpoint",
+    "sklearn",
+    "tensorboardX",
+    "tensorflow_datasets",
+)
 
 
 def _missing(names=_REQUIRED):
@@ -34,6 +44,8 @@ def _missing(names=_REQUIRED):
 
 
 if _missing():
-    raise ImportError(f"jaxnorm.lab (training, data, sweeps, reports, plots) needs the [train] extra; missing: "
-                      f"{', '.join(_missing())}. Install it with: pip install 'jaxnorm[train]' "
-                      f"(from a clone: pip install -e '.[train]')")
+    raise ImportError(
+        f"jaxnorm.lab (training, data, sweeps, reports, plots) needs the [train] extra; missing: "
+        f"{', '.join(_missing())}. Install it with: pip install 'jaxnorm[train]' "
+        f"(from a clone: pip install -e '.[train]')"
+    )

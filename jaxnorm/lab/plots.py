@@ -37,7 +37,7 @@ import numpy as np
 from jaxnorm.lab.train import metrics as metrics_lib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _label(workdir: str) -> str:
@@ -118,13 +118,23 @@ def _plot_last_curve(runs, path, xkey, ykey, **axis) -> str | None:
 
 
 def plot_slices(runs: dict[str, list[dict]], path: str) -> str | None:
-    return _plot_last_curve(runs, path, "slice_1d/alphas", "slice_1d/losses", xlabel="α (filter-normalized direction)",
-                            ylabel="loss", title="1-D loss slice")
+    return _plot_last_curve(
+        runs,
+        path,
+        "slice_1d/alphas",
+        "slice_1d/losses",
+        xlabel="α (filter-normalized direction)",
+        ylabel="loss",
+        title="1-D loss slice",
+    )
 
 
 def plot_hessian(runs: dict[str, list[dict]], path: str) -> str | None:
-    keys = [k for k in ("hessian/top_eigenvalue", "hessian/trace", "hessian/directional_curvature")
-            if any(k in r for rows in runs.values() for r in rows)]
+    keys = [
+        k
+        for k in ("hessian/top_eigenvalue", "hessian/trace", "hessian/directional_curvature")
+        if any(k in r for rows in runs.values() for r in rows)
+    ]
     if not keys:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
@@ -137,8 +147,15 @@ def plot_hessian(runs: dict[str, list[dict]], path: str) -> str | None:
 
 
 def plot_density(runs: dict[str, list[dict]], path: str) -> str | None:
-    return _plot_last_curve(runs, path, "hessian/density_grid", "hessian/density", xlabel="eigenvalue",
-                            ylabel="density", title="Hessian eigenvalue density (SLQ)")
+    return _plot_last_curve(
+        runs,
+        path,
+        "hessian/density_grid",
+        "hessian/density",
+        xlabel="eigenvalue",
+        ylabel="density",
+        title="Hessian eigenvalue density (SLQ)",
+    )
 
 
 def _contour(ax, alphas, betas, losses, coords=None, title: str = ""):
@@ -177,8 +194,13 @@ def plot_surfaces(runs: dict[str, list[dict]], path: str) -> str | None:
         return None
     fig, axes = plt.subplots(1, len(last), figsize=(6 * len(last), 5), squeeze=False)
     for ax, (name, r) in zip(axes[0], last.items()):
-        _contour(ax, r["slice_2d/alphas"], r["slice_2d/betas"], r["slice_2d/losses"],
-                 title=f"{name} (step {r['step']}, BN {r.get('bn_mode', 'train')} mode)")
+        _contour(
+            ax,
+            r["slice_2d/alphas"],
+            r["slice_2d/betas"],
+            r["slice_2d/losses"],
+            title=f"{name} (step {r['step']}, BN {r.get('bn_mode', 'train')} mode)",
+        )
     return _save(fig, path)
 
 
@@ -193,8 +215,7 @@ def landscape_figures(workdir: str, out: str, steps: int = 21) -> list[str]:
     exp, states = loop.restore_trajectory(workdir)
     batch = loop.train_batch(exp, 0)
     final = states[-1][1]
-    loss_fn = jp.model_state_loss_fn(exp.eval_model, train=exp.config.probes.bn_mode == "train",
-                                     loss=exp.loss)
+    loss_fn = jp.model_state_loss_fn(exp.eval_model, train=exp.config.probes.bn_mode == "train", loss=exp.loss)
     key = jax.random.key(exp.config.seed)
     inputs = lambda s: {"batch": batch, "batch_stats": s.batch_stats, "dropout_key": key}  # noqa: E731
     made = []
@@ -203,16 +224,23 @@ def landscape_figures(workdir: str, out: str, steps: int = 21) -> list[str]:
     ax.plot(np.asarray(line["alphas"]), np.asarray(line["losses"]))
     ax.axvline(0, color="gray", lw=0.5)
     ax.axvline(1, color="gray", lw=0.5)
-    ax.set(xlabel=f"α (0 = initialization, 1 = step {states[-1][0]})", ylabel="training loss", yscale="log",
-           title="linear interpolation (Goodfellow et al. 2015)")
+    ax.set(
+        xlabel=f"α (0 = initialization, 1 = step {states[-1][0]})",
+        ylabel="training loss",
+        yscale="log",
+        title="linear interpolation (Goodfellow et al. 2015)",
+    )
     made.append(_save(fig, os.path.join(out, "interpolation.png")))
     if len(states) >= 3:
         surf = jp.trajectory_surface(loss_fn, [s.params for _, s in states], inputs(final), steps=steps)
-        made.append(plot_surface(surf, os.path.join(out, "trajectory.png"),
-                                 f"trajectory, steps {states[0][0]}–{states[-1][0]}"))
+        made.append(
+            plot_surface(surf, os.path.join(out, "trajectory.png"), f"trajectory, steps {states[0][0]}–{states[-1][0]}")
+        )
     else:
-        print(f"{workdir}: {len(states) - 1} checkpoint(s) kept: a trajectory plane needs the initialization and at "
-              "least 2 checkpoints (raise --config.keep_checkpoints)")
+        print(
+            f"{workdir}: {len(states) - 1} checkpoint(s) kept: a trajectory plane needs the initialization and at "
+            "least 2 checkpoints (raise --config.keep_checkpoints)"
+        )
     return made
 
 
@@ -226,12 +254,21 @@ def _mean_series(runs: list[list[dict]], split: str, key: str):
     return steps, vals.mean(0) if len(steps) else vals, vals.std(0) if len(steps) else vals
 
 
-def plot_mean_curves(panels: list[tuple[str, dict[str, list[list[dict]]]]], path: str, key: str = "accuracy",
-                     split: str = "eval", ylabel: str = "test accuracy", yscale: str = "linear",
-                     hlines: dict[str, float] | None = None, ylim=None) -> str | None:
+def plot_mean_curves(
+    panels: list[tuple[str, dict[str, list[list[dict]]]]],
+    path: str,
+    key: str = "accuracy",
+    split: str = "eval",
+    ylabel: str = "test accuracy",
+    yscale: str = "linear",
+    hlines: dict[str, float] | None = None,
+    ylim=None,
+) -> str | None:
     """One panel per ``(title, {label: [rows of each seed]})``: the mean of ``split/key`` over seeds against the step,
     with a ±1 std band; ``hlines`` draws labelled horizontal reference lines on every panel."""
-    if not any(metrics_lib.series(rows, split, key)[0] for _, groups in panels for runs in groups.values() for rows in runs):
+    if not any(
+        metrics_lib.series(rows, split, key)[0] for _, groups in panels for runs in groups.values() for rows in runs
+    ):
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, groups) in zip(axes[0], panels):
@@ -249,8 +286,16 @@ def plot_mean_curves(panels: list[tuple[str, dict[str, list[list[dict]]]]], path
     return _save(fig, path)
 
 
-def plot_lines(series: dict[str, tuple[list, list, list]], path: str, *, xlabel: str, ylabel: str, title: str = "",
-               logx: bool = False, xticks=None) -> str:
+def plot_lines(
+    series: dict[str, tuple[list, list, list]],
+    path: str,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    xticks=None,
+) -> str:
     """``{label: (xs, means, stds)}`` as lines with error bars (e.g. test error against the batch size per norm)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (xs, means, stds) in series.items():
@@ -297,7 +342,8 @@ def _save(fig, path: str) -> str:
 
 def plot_autoencoder(workdir: str, out: str, num_images: int = 8) -> list[str]:
     """First-layer filters and reconstructions of test inputs through the first pretrained tied autoencoder of a run
-    with ``pretrain.layers`` (its pretraining checkpoint, restored by :func:`jaxnorm.lab.train.pretrain.restore_autoencoders`;
+    with ``pretrain.layers`` (its pretraining checkpoint, restored by
+    :func:`jaxnorm.lab.train.pretrain.restore_autoencoders`;
     imports jax lazily)."""
     from jaxnorm.lab.models import autoencoder, components
     from jaxnorm.lab.train import loop, pretrain
@@ -340,8 +386,9 @@ def plot_autoencoder(workdir: str, out: str, num_images: int = 8) -> list[str]:
     return paths
 
 
-def make_plots(workdirs: list[str], out: str | None = None, labels: list[str] | None = None,
-               landscapes: bool = False) -> list[str]:
+def make_plots(
+    workdirs: list[str], out: str | None = None, labels: list[str] | None = None, landscapes: bool = False
+) -> list[str]:
     """Write every figure that the runs' metrics support (and, with ``landscapes``, the first run's trajectory and
     interpolation figures, :func:`landscape_figures`); returns the PNG paths. Runs are labelled by ``labels`` or
     their directory names."""
@@ -380,8 +427,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxnorm.lab.plots", description=__doc__.split("\n\n")[0])
     p.add_argument("workdirs", nargs="+", help="run directories (each with a metrics.jsonl)")
     p.add_argument("--out", default=None, help="where the PNGs go (default: FIRST_WORKDIR/plots)")
-    p.add_argument("--landscapes", action="store_true",
-                   help="also the first run's trajectory plane and init→final interpolation, from its checkpoints")
+    p.add_argument(
+        "--landscapes",
+        action="store_true",
+        help="also the first run's trajectory plane and init→final interpolation, from its checkpoints",
+    )
     args = p.parse_args(argv)
     from jaxnorm.lab.train.checkpoint import CheckpointError
 

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -73,9 +73,11 @@ class Context:
         (an analysis asking for a point its grid does not define)."""
         pts = self.points()
         if name not in pts:
-            raise KeyError(f"{self.name}: the analysis uses grid point {name!r}, which the sweep did not run "
-                           f"(its points: {sorted(pts)}); define the name once and use it in get_sweep and the "
-                           "analysis")
+            raise KeyError(
+                f"{self.name}: the analysis uses grid point {name!r}, which the sweep did not run "
+                f"(its points: {sorted(pts)}); define the name once and use it in get_sweep and the "
+                "analysis"
+            )
         return pts[name]
 
     def runs(self, point: str) -> list[dict]:
@@ -95,8 +97,7 @@ class Context:
         """``{seed: metrics rows}`` of the finished runs of ``point``."""
         return {r["seed"]: self._rows(r) for r in self.runs(point) if r["status"] == "finished"}
 
-    def outcomes(self, point: str, metric: str = "test_accuracy", *, diverged: float | None = None
-                 ) -> dict[int, float]:
+    def outcomes(self, point: str, metric: str = "test_accuracy", *, diverged: float | None = None) -> dict[int, float]:
         """``{seed: final metric}`` over the runs of ``point``. A diverged run gives ``diverged`` (e.g. the chance
         accuracy) or NaN when None; a failed run (it never trained) is absent."""
         out = {}
@@ -107,12 +108,24 @@ class Context:
                 out[r["seed"]] = math.nan if diverged is None else float(diverged)
         return out
 
-    def compare(self, a: str, b: str, metric: str = "test_accuracy", *, direction: str, diverged: float | None = None,
-                criterion: Callable | None = None) -> dict:
+    def compare(
+        self,
+        a: str,
+        b: str,
+        metric: str = "test_accuracy",
+        *,
+        direction: str,
+        diverged: float | None = None,
+        criterion: Callable | None = None,
+    ) -> dict:
         """The paired comparison ``b − a`` of ``metric`` over the seeds both points ran (:func:`jaxnorm.stats.compare`,
         t interval); ``direction`` is the paper's: ``'greater'`` when it says b's metric is larger."""
-        return stats.compare(self.outcomes(a, metric, diverged=diverged), self.outcomes(b, metric, diverged=diverged),
-                             direction=direction, criterion=criterion)
+        return stats.compare(
+            self.outcomes(a, metric, diverged=diverged),
+            self.outcomes(b, metric, diverged=diverged),
+            direction=direction,
+            criterion=criterion,
+        )
 
     def claim(self, claim: str, source: str, setting: str, ours: str, verdict: str) -> str:
         """Record a finding for the claims table; returns the verdict in bold, for the section's text."""
@@ -166,10 +179,14 @@ def status_note(ctx: Context) -> str:
     bad = [p for p in ctx.summary["points"] if p["diverged"] or p["failed"]]
     if not bad:
         return ""
-    parts = [f"{p['point']}: {p['diverged']} of {p['seeds']} diverged" + (f", {p['failed']} failed" if p["failed"]
-                                                                          else "") for p in bad]
-    return ("Runs that did not finish: " + "; ".join(parts) + ". They are left out of the mean ± std columns but "
-            "counted in every paired comparison and success rate (a diverged run scores chance accuracy).")
+    parts = [
+        f"{p['point']}: {p['diverged']} of {p['seeds']} diverged" + (f", {p['failed']} failed" if p["failed"] else "")
+        for p in bad
+    ]
+    return (
+        "Runs that did not finish: " + "; ".join(parts) + ". They are left out of the mean ± std columns but "
+        "counted in every paired comparison and success rate (a diverged run scores chance accuracy)."
+    )
 
 
 def error_table(ctx: Context, points: list[str], labels: dict[str, str] | None = None) -> str:
@@ -177,10 +194,19 @@ def error_table(ctx: Context, points: list[str], labels: dict[str, str] | None =
     rows = []
     for p in points:
         m = pts[p]["metrics"]
-        rows.append([(labels or {}).get(p, p), pm(m.get("test_error"), 100, 2), pm(m.get("train_accuracy"), 100, 2),
-                     pm(m.get("gap"), 100, 2), pm(m.get("test_loss"), 1, 3), f"{pts[p]['finished']}/{pts[p]['seeds']}"])
-    return table(["run", "test error %", "train accuracy %", "train − test accuracy (pts)", "test loss",
-                  "seeds finished"], rows)
+        rows.append(
+            [
+                (labels or {}).get(p, p),
+                pm(m.get("test_error"), 100, 2),
+                pm(m.get("train_accuracy"), 100, 2),
+                pm(m.get("gap"), 100, 2),
+                pm(m.get("test_loss"), 1, 3),
+                f"{pts[p]['finished']}/{pts[p]['seeds']}",
+            ]
+        )
+    return table(
+        ["run", "test error %", "train accuracy %", "train − test accuracy (pts)", "test loss", "seeds finished"], rows
+    )
 
 
 def first_step_reaching(rows: list[dict], target: float) -> int | None:
@@ -190,12 +216,12 @@ def first_step_reaching(rows: list[dict], target: float) -> int | None:
     return None
 
 
-
-
 def ci(interval: stats.Interval, scale: float = 100.0, digits: int = 2, unit: str = " pts") -> str:
     """``+0.52 [−0.10, +1.14] pts (n = 5)``: a paired difference and its 95% interval, scaled (100: points)."""
-    return (f"{signed(interval.estimate * scale, digits)} [{signed(interval.low * scale, digits)}, "
-            f"{signed(interval.high * scale, digits)}]{unit} (n = {interval.n})")
+    return (
+        f"{signed(interval.estimate * scale, digits)} [{signed(interval.low * scale, digits)}, "
+        f"{signed(interval.high * scale, digits)}]{unit} (n = {interval.n})"
+    )
 
 
 def compared(result: dict, scale: float = 100.0, digits: int = 2, unit: str = " pts") -> str:
@@ -228,10 +254,11 @@ def noise_floor(ctx: Context, point: str, num_test: int) -> str:
 
 def setting(ctx: Context) -> str:
     s = ctx.summary
-    return (f"`{os.path.relpath(s['config_file'], _ROOT) if os.path.isabs(s['config_file']) else s['config_file']}` "
-            f"at size `{s['size']}`, {s['seeds']} seed{'s' if s['seeds'] != 1 else ''} per grid point "
-            f"({len(s['runs'])} runs, {s['total_wall_s'] / 60:.1f} min of training on this machine). "
-            + config_line(ctx))
+    return (
+        f"`{os.path.relpath(s['config_file'], _ROOT) if os.path.isabs(s['config_file']) else s['config_file']}` "
+        f"at size `{s['size']}`, {s['seeds']} seed{'s' if s['seeds'] != 1 else ''} per grid point "
+        f"({len(s['runs'])} runs, {s['total_wall_s'] / 60:.1f} min of training on this machine). " + config_line(ctx)
+    )
 
 
 def config_line(ctx: Context) -> str:
@@ -242,9 +269,11 @@ def config_line(ctx: Context) -> str:
     with open(path) as f:
         c = json.load(f)
     kw = ", ".join(f"{k}={v}" for k, v in c.get("model_kwargs", {}).items() if v is not None)
-    return (f"Model `{c['model']}`{' (' + kw + ')' if kw else ''} on `{c['dataset']}`, {c['optimizer']} "
-            f"(LR {c['learning_rate']:g}, {c['schedule']} schedule, weight decay {c['weight_decay']:g}), batch "
-            f"{c['batch_size']}, {c['num_steps']} steps (values of the first grid point; the grid changes some).")
+    return (
+        f"Model `{c['model']}`{' (' + kw + ')' if kw else ''} on `{c['dataset']}`, {c['optimizer']} "
+        f"(LR {c['learning_rate']:g}, {c['schedule']} schedule, weight decay {c['weight_decay']:g}), batch "
+        f"{c['batch_size']}, {c['num_steps']} steps (values of the first grid point; the grid changes some)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -253,11 +282,13 @@ def config_line(ctx: Context) -> str:
 
 def experiments_dir(directory: str | None = None) -> str:
     """``directory``, else ``./experiments`` when it exists, else the repository's ``experiments/``."""
-    for d in ([directory] if directory else [EXPERIMENTS_DIR, os.path.join(_ROOT, EXPERIMENTS_DIR)]):
+    for d in [directory] if directory else [EXPERIMENTS_DIR, os.path.join(_ROOT, EXPERIMENTS_DIR)]:
         if os.path.isdir(d):
             return d
-    raise FileNotFoundError(f"no experiments directory ({directory or EXPERIMENTS_DIR}); pass --experiments DIR, "
-                            "the folder of one file per paper")
+    raise FileNotFoundError(
+        f"no experiments directory ({directory or EXPERIMENTS_DIR}); pass --experiments DIR, "
+        "the folder of one file per paper"
+    )
 
 
 REQUIRED = ("TITLE", "get_config", "get_sweep", "section")
@@ -273,8 +304,10 @@ def discover(directory: str | None = None) -> dict[str, object]:
         module = sweep.load_experiment(os.path.join(d, fname))
         missing = [a for a in REQUIRED if not hasattr(module, a)]
         if missing:
-            raise ValueError(f"{os.path.join(d, fname)} defines no {', '.join(missing)}: an experiment file needs "
-                             f"{', '.join(REQUIRED)} (see jaxnorm.lab.report)")
+            raise ValueError(
+                f"{os.path.join(d, fname)} defines no {', '.join(missing)}: an experiment file needs "
+                f"{', '.join(REQUIRED)} (see jaxnorm.lab.report)"
+            )
         found[os.path.splitext(fname)[0]] = module
     if not found:
         raise FileNotFoundError(f"{d}: no experiment files (*.py)")
@@ -305,21 +338,32 @@ def write_report(summaries: dict[str, dict], out: str, command: str, modules: di
         analysis_s = time.perf_counter() - t0
         findings += ctx.findings
         # the runs' own wall times (kept from when they trained: a rerun that skips them reports the same)
-        extra = (f" ({summary.get('total_wall_s', math.nan) / 60:.1f} min of training on this machine, "
-                 f"{analysis_s / 60:.1f} min for the analysis)")
+        extra = (
+            f" ({summary.get('total_wall_s', math.nan) / 60:.1f} min of training on this machine, "
+            f"{analysis_s / 60:.1f} min for the analysis)"
+        )
         sections += [f"## {module.TITLE}", "", f"Command: `{summary['command']}`{extra}", "", body, ""]
-    parts = ["# Results: reproducing the seeds' claims", "",
-             "<!-- generated by `" + command + "`; do not edit by hand -->", "",
-             f"Every number and figure below comes from runs of jaxnorm at commit `{', '.join(commits)}`, "
-             f"analysed and rendered at commit `{sweep.git_commit()}` by `{command}` (finished runs are skipped, so a "
-             "rerun only rebuilds the report). "
-             "Comparisons are paired over seeds (arms share seeds): the mean of the per-seed differences with its "
-             "95% t interval; diverged runs count (chance accuracy), never dropped. A claim *holds* when the "
-             "interval excludes zero in the paper's direction and its stated criterion is met, *fails* when it "
-             "excludes zero the other way, and is *inconclusive* otherwise (no difference is never read as "
-             "equivalence). Hyperparameters are selected on validation splits only. The runs are CPU-sized "
-             "(2 cores); each experiment's config runs at paper scale with `--config.size=full` on a GPU with a "
-             "prepared tfds dataset.", "", "## Claims", "", claims_table(findings), ""]
+    parts = [
+        "# Results: reproducing the seeds' claims",
+        "",
+        "<!-- generated by `" + command + "`; do not edit by hand -->",
+        "",
+        f"Every number and figure below comes from runs of jaxnorm at commit `{', '.join(commits)}`, "
+        f"analysed and rendered at commit `{sweep.git_commit()}` by `{command}` (finished runs are skipped, so a "
+        "rerun only rebuilds the report). "
+        "Comparisons are paired over seeds (arms share seeds): the mean of the per-seed differences with its "
+        "95% t interval; diverged runs count (chance accuracy), never dropped. A claim *holds* when the "
+        "interval excludes zero in the paper's direction and its stated criterion is met, *fails* when it "
+        "excludes zero the other way, and is *inconclusive* otherwise (no difference is never read as "
+        "equivalence). Hyperparameters are selected on validation splits only. The runs are CPU-sized "
+        "(2 cores); each experiment's config runs at paper scale with `--config.size=full` on a GPU with a "
+        "prepared tfds dataset.",
+        "",
+        "## Claims",
+        "",
+        claims_table(findings),
+        "",
+    ]
     parts += [f"- [{modules[n].TITLE}](#{_anchor(modules[n].TITLE)})" for n in summaries] + [""]
     text = "\n".join(parts + sections)
     tmp = out + ".tmp"
@@ -359,11 +403,14 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    command = "python -m jaxnorm.lab.report" + "".join(
-        f" {flag} {val}" for flag, val in (("--workdir", args.workdir), ("--out", args.out)) if val) + (
-        f" --experiments {args.experiments}" if args.experiments else "") + (
-        f" --seeds {args.seeds}" if args.seeds else "") + (f" --size {args.size}" if args.size != "small" else "") + (
-        f" --only {' '.join(args.only)}" if args.only else "")
+    command = (
+        "python -m jaxnorm.lab.report"
+        + "".join(f" {flag} {val}" for flag, val in (("--workdir", args.workdir), ("--out", args.out)) if val)
+        + (f" --experiments {args.experiments}" if args.experiments else "")
+        + (f" --seeds {args.seeds}" if args.seeds else "")
+        + (f" --size {args.size}" if args.size != "small" else "")
+        + (f" --only {' '.join(args.only)}" if args.only else "")
+    )
     print(write_report(summaries, args.out, command, {n: modules[n] for n in names}))
     return 0
 

@@ -22,8 +22,10 @@ STREAM_IDS = {"params": 0, "dropout": 1, "probes": 2, "pretrain_data": 3, "pretr
 
 def _stream_id(name: str) -> int:
     if name not in STREAM_IDS:
-        raise ValueError(f"unknown random stream {name!r}; the streams are {', '.join(map(repr, STREAM_IDS))} "
-                         "(jaxnorm.lab.rng.STREAM_IDS)")
+        raise ValueError(
+            f"unknown random stream {name!r}; the streams are {', '.join(map(repr, STREAM_IDS))} "
+            "(jaxnorm.lab.rng.STREAM_IDS)"
+        )
     return STREAM_IDS[name]
 
 

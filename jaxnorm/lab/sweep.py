@@ -1,4 +1,5 @@
-"""Experiment sweeps: ``python -m jaxnorm.lab.sweep experiments/<exp>.py --workdir runs/<exp> [--seeds N] [--config.k=v]``.
+"""Experiment sweeps:
+``python -m jaxnorm.lab.sweep experiments/<exp>.py --workdir runs/<exp> [--seeds N] [--config.k=v]``.
 
 An experiment file is a training config (``get_config()``, runnable alone with ``train.py``) that also declares its
 grid: ``get_sweep(config) -> [overrides, ...]``, one dict of (dotted) config keys per grid point, computed from the
@@ -48,8 +49,10 @@ def load_experiment(path: str):
     spec.loader.exec_module(module)
     missing = [f for f in ("get_config", "get_sweep") if not hasattr(module, f)]
     if missing:
-        raise ValueError(f"{path} defines no {' or '.join(missing)}: a sweep file needs get_config() (the base run) "
-                         "and get_sweep(config) -> list of override dicts (the grid)")
+        raise ValueError(
+            f"{path} defines no {' or '.join(missing)}: a sweep file needs get_config() (the base run) "
+            "and get_sweep(config) -> list of override dicts (the grid)"
+        )
     return module
 
 
@@ -60,7 +63,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     for arg in args:
         if not arg.startswith("--config.") or "=" not in arg:
             raise ValueError(f"unexpected argument {arg!r}: overrides are --config.KEY=VALUE")
-        key, value = arg[len("--config."):].split("=", 1)
+        key, value = arg[len("--config.") :].split("=", 1)
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -130,8 +133,9 @@ def plan(path: str, seeds: int | None = None, overrides: dict | None = None):
             raise ValueError(f"--config.{clash[0]} is a grid key of {path}; the grid sets it per point")
         cfg = _apply(config_lib.resolve_size(base, overrides), over)
         config_lib.validate(cfg)
-        points.append({"name": name, "overrides": over, "explicit": sorted(set(over) | set(overrides) | {"seed"}),
-                       "config": cfg})
+        points.append(
+            {"name": name, "overrides": over, "explicit": sorted(set(over) | set(overrides) | {"seed"}), "config": cfg}
+        )
     return base, points, seeds
 
 
@@ -143,8 +147,9 @@ def _status(workdir: str, config) -> dict | None:
     if result is None:
         return None
     # both sides through result_affecting: a result recorded under earlier key names still matches
-    same = (config_lib.result_affecting(result.get("config") or {})
-            == json.loads(json.dumps(config_lib.result_affecting(config))))
+    same = config_lib.result_affecting(result.get("config") or {}) == json.loads(
+        json.dumps(config_lib.result_affecting(config))
+    )
     return result if same and result.get("num_steps") == config.num_steps else None
 
 
@@ -161,12 +166,18 @@ def _read_result(path: str) -> dict | None:
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         problem = f"not valid JSON: {e}"
     else:
-        if (isinstance(result, dict) and isinstance(result.get("status"), str)
-                and isinstance(result.get("config") or {}, dict)):
+        if (
+            isinstance(result, dict)
+            and isinstance(result.get("status"), str)
+            and isinstance(result.get("config") or {}, dict)
+        ):
             return result
         problem = "not a result object"
-    print(f"warning: {path} is {problem}; treating the run as not finished (it resumes from its checkpoint and "
-          "writes the file again)", file=sys.stderr)
+    print(
+        f"warning: {path} is {problem}; treating the run as not finished (it resumes from its checkpoint and "
+        "writes the file again)",
+        file=sys.stderr,
+    )
     return None
 
 
@@ -196,8 +207,11 @@ def run_one(config, workdir: str, explicit, commit: str = "unknown") -> dict:
     if done is not None:
         return {**done, "skipped": True}
     t0 = time.perf_counter()
-    result = {"config": json.loads(json.dumps(config_lib.result_affecting(resolved))),
-              "num_steps": resolved.num_steps, "commit": commit}
+    result = {
+        "config": json.loads(json.dumps(config_lib.result_affecting(resolved))),
+        "num_steps": resolved.num_steps,
+        "commit": commit,
+    }
     try:
         final = loop.train_and_evaluate(config, workdir, explicit)
         result.update(status="finished", final=final)
@@ -264,25 +278,44 @@ def aggregate(rows: list[dict]) -> list[dict]:
         for k in keys:
             vals = np.array([m[k] for m in ok if isinstance(m.get(k), (int, float))], float)
             if len(vals):
-                metrics[k] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                              "n": len(vals)}
-        out.append({"point": point, "overrides": members[0]["overrides"], "seeds": len(members),
-                    "finished": len(ok), "diverged": sum(m["status"] == "diverged" for m in members),
-                    "failed": sum(m["status"] == "failed" for m in members), "metrics": metrics})
+                metrics[k] = {
+                    "mean": float(vals.mean()),
+                    "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                    "n": len(vals),
+                }
+        out.append(
+            {
+                "point": point,
+                "overrides": members[0]["overrides"],
+                "seeds": len(members),
+                "finished": len(ok),
+                "diverged": sum(m["status"] == "diverged" for m in members),
+                "failed": sum(m["status"] == "failed" for m in members),
+                "metrics": metrics,
+            }
+        )
     return out
 
 
-CODE_PATHS = ("jaxnorm", "configs", "experiments", "train.py", "pyproject.toml")  # what a run executes (not tests, docs)
+CODE_PATHS = (
+    "jaxnorm",
+    "configs",
+    "experiments",
+    "train.py",
+    "pyproject.toml",
+)  # what a run executes (not tests, docs)
 
 
 def git_commit() -> str:
     """The commit of the code that ran (``+dirty`` when ``CODE_PATHS`` have uncommitted changes), or 'unknown'."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -299,14 +332,19 @@ def write_summary(workdir: str, rows: list[dict], meta: dict) -> dict:
         w = csv.DictWriter(f, fieldnames=fields + extra, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({**{k: _fmt(v) for k, v in r["overrides"].items()},
-                        **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k != "overrides"}})
+            w.writerow(
+                {
+                    **{k: _fmt(v) for k, v in r["overrides"].items()},
+                    **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k != "overrides"},
+                }
+            )
     os.replace(tmp, os.path.join(workdir, "summary.csv"))
     return summary
 
 
-def run_sweep(path: str, workdir: str, seeds: int | None = None, overrides: dict | None = None,
-              plots: bool = True, log=print) -> dict:
+def run_sweep(
+    path: str, workdir: str, seeds: int | None = None, overrides: dict | None = None, plots: bool = True, log=print
+) -> dict:
     """Run (or finish) every run of the experiment at ``path`` into ``workdir``; returns the summary dict."""
     base, points, seeds = plan(path, seeds, overrides)
     overrides = dict(overrides or {})
@@ -316,35 +354,50 @@ def run_sweep(path: str, workdir: str, seeds: int | None = None, overrides: dict
     rows = []
     total = len(points) * seeds
     t_start = time.perf_counter()
-    for i, point in enumerate(points):
+    for point in points:
         for seed in range(seeds):
             cfg = _apply(point["config"].copy_and_resolve_references(), {"seed": seed, "progress": False})
             run_dir = os.path.join(workdir, point["name"], f"seed{seed}")
             result = run_one(cfg, run_dir, point["explicit"], commit)
-            row = {"point": point["name"], "overrides": point["overrides"], "seed": seed, "workdir": run_dir,
-                   "skipped": result["skipped"], "commit": result.get("commit", "unknown"),
-                   **summarize_run(run_dir, result)}
+            row = {
+                "point": point["name"],
+                "overrides": point["overrides"],
+                "seed": seed,
+                "workdir": run_dir,
+                "skipped": result["skipped"],
+                "commit": result.get("commit", "unknown"),
+                **summarize_run(run_dir, result),
+            }
             rows.append(row)
             n = len(rows)
             what = "finished before" if result["skipped"] else result["status"]
             acc = f"  test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
             msg = f"  {row.get('message', '')[:160]}" if result["status"] != "finished" else ""
             log(f"[{n}/{total}] {point['name']} seed {seed}: {what}{acc}  ({row['wall_s']:.1f} s){msg}")
-    meta = {"experiment": os.path.splitext(os.path.basename(path))[0], "config_file": path, "size": base.size,
-            "seeds": seeds, "overrides": {k: v for k, v in overrides.items() if k != "progress"},
-            "commit": ", ".join(sorted({r["commit"] for r in rows})), "command": "python -m jaxnorm.lab.sweep " + " ".join(
-                [path, "--workdir", workdir, "--seeds", str(seeds)]
-                + [f"--config.{k}={v}" for k, v in overrides.items() if k != "progress"]),
-            "total_wall_s": sum(r["wall_s"] for r in rows if math.isfinite(r["wall_s"])),  # incl. earlier runs
-            "elapsed_s": time.perf_counter() - t_start}
+    meta = {
+        "experiment": os.path.splitext(os.path.basename(path))[0],
+        "config_file": path,
+        "size": base.size,
+        "seeds": seeds,
+        "overrides": {k: v for k, v in overrides.items() if k != "progress"},
+        "commit": ", ".join(sorted({r["commit"] for r in rows})),
+        "command": "python -m jaxnorm.lab.sweep "
+        + " ".join(
+            [path, "--workdir", workdir, "--seeds", str(seeds)]
+            + [f"--config.{k}={v}" for k, v in overrides.items() if k != "progress"]
+        ),
+        "total_wall_s": sum(r["wall_s"] for r in rows if math.isfinite(r["wall_s"])),  # incl. earlier runs
+        "elapsed_s": time.perf_counter() - t_start,
+    }
     summary = write_summary(workdir, rows, meta)
     if plots:
         from jaxnorm.lab import plots as plots_lib
 
         firsts = [r for r in rows if r["seed"] == 0 and os.path.exists(os.path.join(r["workdir"], "metrics.jsonl"))]
         if firsts:
-            summary["plots"] = plots_lib.make_plots([r["workdir"] for r in firsts], os.path.join(workdir, "plots"),
-                                                    labels=[r["point"] for r in firsts])
+            summary["plots"] = plots_lib.make_plots(
+                [r["workdir"] for r in firsts], os.path.join(workdir, "plots"), labels=[r["point"] for r in firsts]
+            )
     return summary
 
 
@@ -352,8 +405,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxnorm.lab.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="experiment file with get_config() and get_sweep(config)")
     p.add_argument("--workdir", required=True, help="where the runs, summary.csv/json and plots/ go")
-    p.add_argument("--seeds", type=int, default=None, help=f"seeds per grid point (default: the file's SEEDS or "
-                   f"{DEFAULT_SEEDS})")
+    p.add_argument(
+        "--seeds", type=int, default=None, help=f"seeds per grid point (default: the file's SEEDS or {DEFAULT_SEEDS})"
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     args, rest = p.parse_known_args(argv)
     try:
@@ -366,8 +420,7 @@ def main(argv=None) -> int:
         print("interrupted; rerun the same command to finish the sweep (finished runs are skipped)")
         return 130
     failed = [r for r in summary["runs"] if r["status"] == "failed"]
-    print(f"summary: {os.path.join(args.workdir, 'summary.csv')} ({len(summary['runs'])} runs, "
-          f"{len(failed)} failed)")
+    print(f"summary: {os.path.join(args.workdir, 'summary.csv')} ({len(summary['runs'])} runs, {len(failed)} failed)")
     return 1 if failed else 0
 
 

@@ -43,20 +43,65 @@ Any other tfds dataset (``mnist``, ``fashion_mnist``, ``cifar10``, ``imagenet201
     >>> _ = next(it); saved = it.get_state()               # saved with the checkpoint; it.set_state(saved) resumes
     >>> it.close()
 """
-from jaxnorm.lab.data.builders import (BUILDERS, BUNDLED, SYNTHETIC_IMAGES, DigitsBuilder, Mnist1d10kBuilder,
-                                   Mnist1dBuilder, SyntheticImages32Builder, SyntheticImages64Builder,
-                                   synthetic_images)
+
+from jaxnorm.lab.data.builders import (
+    BUILDERS,
+    BUNDLED,
+    SYNTHETIC_IMAGES,
+    DigitsBuilder,
+    Mnist1d10kBuilder,
+    Mnist1dBuilder,
+    SyntheticImages32Builder,
+    SyntheticImages64Builder,
+    synthetic_images,
+)
 from jaxnorm.lab.data.grain_pipeline import GrainBatches, train_batches
-from jaxnorm.lab.data.pipeline import (Batch, batch_at, batch_indices, batches, data_source, epoch_permutation,
-                                   eval_batches, load, num_batches, random_crop_flip)
+from jaxnorm.lab.data.pipeline import (
+    Batch,
+    batch_at,
+    batch_indices,
+    batches,
+    data_source,
+    epoch_permutation,
+    eval_batches,
+    load,
+    num_batches,
+    random_crop_flip,
+)
 from jaxnorm.lab.data.preparation import DatasetNotPreparedError, UnknownDatasetError, default_data_dir, prepare
 from jaxnorm.lab.data.splits import Dataset, DatasetInfo, Split, channel_stats
 from jaxnorm.lab.data.synthetic import GENERATED, linear_regression
 
 __all__ = [
-    'BUILDERS', 'BUNDLED', 'Batch', 'Dataset', 'DatasetInfo', 'DatasetNotPreparedError', 'DigitsBuilder', 'GENERATED',
-    'GrainBatches', 'Mnist1d10kBuilder', 'Mnist1dBuilder', 'SYNTHETIC_IMAGES', 'Split', 'SyntheticImages32Builder',
-    'SyntheticImages64Builder', 'UnknownDatasetError', 'batch_at', 'batch_indices', 'batches', 'channel_stats',
-    'data_source', 'default_data_dir', 'epoch_permutation', 'eval_batches', 'linear_regression', 'load',
-    'num_batches', 'prepare', 'random_crop_flip', 'synthetic_images', 'train_batches',
+    "BUILDERS",
+    "BUNDLED",
+    "Batch",
+    "Dataset",
+    "DatasetInfo",
+    "DatasetNotPreparedError",
+    "DigitsBuilder",
+    "GENERATED",
+    "GrainBatches",
+    "Mnist1d10kBuilder",
+    "Mnist1dBuilder",
+    "SYNTHETIC_IMAGES",
+    "Split",
+    "SyntheticImages32Builder",
+    "SyntheticImages64Builder",
+    "UnknownDatasetError",
+    "batch_at",
+    "batch_indices",
+    "batches",
+    "channel_stats",
+    "data_source",
+    "default_data_dir",
+    "epoch_permutation",
+    "eval_batches",
+    "linear_regression",
+    "load",
+    "num_batches",
+    "prepare",
+    "random_crop_flip",
+    "synthetic_images",
+    "train_batches",
 ]

@@ -30,13 +30,14 @@ us clear of any present or future tfds dataset (and of user code) called ``digit
 builder class registers it, so ``tfds.data_source('jaxnorm_digits', data_dir=...)`` works once this module is
 imported.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import io
 import random
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -51,7 +52,7 @@ def _make_mnist1d(**args) -> dict[str, np.ndarray]:
     dataset_args = mnist1d.data.get_dataset_args()
     for key, value in args.items():
         if not hasattr(dataset_args, key):
-            raise TypeError(f'_make_mnist1d: mnist1d has no dataset argument {key!r}')
+            raise TypeError(f"_make_mnist1d: mnist1d has no dataset argument {key!r}")
         setattr(dataset_args, key, value)
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
@@ -63,7 +64,10 @@ def _make_mnist1d(**args) -> dict[str, np.ndarray]:
 
 #: the index ranges [start, stop) of the shuffled 15000 examples that form each split of mnist1d_10k
 MNIST1D_10K_SPLITS: Mapping[str, tuple[int, int]] = {
-    'train': (0, 4000), 'validation': (4000, 5000), 'test': (5000, 15000)}
+    "train": (0, 4000),
+    "validation": (4000, 5000),
+    "test": (5000, 15000),
+}
 
 
 def _split_mnist1d_10k() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -74,9 +78,9 @@ def _split_mnist1d_10k() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """
     num_samples = max(stop for _, stop in MNIST1D_10K_SPLITS.values())
     data = _make_mnist1d(num_samples=num_samples, train_split=1.0)
-    x, y = np.concatenate([data['x'], data['x_test']]), np.concatenate([data['y'], data['y_test']])
+    x, y = np.concatenate([data["x"], data["x_test"]]), np.concatenate([data["y"], data["y_test"]])
     if len(y) != num_samples:  # make_dataset draws num_samples // 10 per class: 15000 is a multiple of 10
-        raise AssertionError(f'mnist1d.make_dataset gave {len(y)} examples, not {num_samples}')
+        raise AssertionError(f"mnist1d.make_dataset gave {len(y)} examples, not {num_samples}")
     return {split: (x[start:stop], y[start:stop]) for split, (start, stop) in MNIST1D_10K_SPLITS.items()}
 
 
@@ -100,7 +104,7 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def __init_subclass__(cls, skip_registration: bool | None = None, **kwargs):
         if skip_registration is None:
-            skip_registration = cls.__dict__.get('name') in getattr(registered, '_DATASET_REGISTRY', {})
+            skip_registration = cls.__dict__.get("name") in getattr(registered, "_DATASET_REGISTRY", {})
         super().__init_subclass__(skip_registration=skip_registration, **kwargs)
 
     @tfds.core.utils.classproperty
@@ -115,22 +119,24 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class Mnist1dBuilder(OfflineBuilder):
     """MNIST-1D (Greydanus 2020), generated offline: 4000 train / 1000 test float32 signals (40, 1), 10 classes."""
 
-    name = 'jaxnorm_mnist1d'
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'mnist1d.data.make_dataset(mnist1d.data.get_dataset_args()), seed 42.'}
-    DESCRIPTION = 'MNIST-1D: 1D signals of length 40 built from digit templates (generated offline).'
+    name = "jaxnorm_mnist1d"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "mnist1d.data.make_dataset(mnist1d.data.get_dataset_args()), seed 42."}
+    DESCRIPTION = "MNIST-1D: 1D signals of length 40 built from digit templates (generated offline)."
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.DESCRIPTION,
-            features=tfds.features.FeaturesDict({
-                'signal': tfds.features.Tensor(shape=(40, 1), dtype=np.float32),
-                'label': tfds.features.ClassLabel(num_classes=10),
-            }),
-            supervised_keys=('signal', 'label'),
-            homepage='https://github.com/greydanus/mnist1d',
-            citation='Greydanus, S. (2020). Scaling down deep learning. arXiv:2011.14439.',
+            features=tfds.features.FeaturesDict(
+                {
+                    "signal": tfds.features.Tensor(shape=(40, 1), dtype=np.float32),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
+            ),
+            supervised_keys=("signal", "label"),
+            homepage="https://github.com/greydanus/mnist1d",
+            citation="Greydanus, S. (2020). Scaling down deep learning. arXiv:2011.14439.",
             disable_shuffling=True,  # keep the generator's order: record i of a split is example i of mnist1d
         )
 
@@ -138,26 +144,30 @@ class Mnist1dBuilder(OfflineBuilder):
         del dl_manager  # nothing to download
         data = _make_mnist1d()
         return {
-            'train': self._generate_examples(data['x'], data['y']),
-            'test': self._generate_examples(data['x_test'], data['y_test']),
+            "train": self._generate_examples(data["x"], data["y"]),
+            "test": self._generate_examples(data["x_test"], data["y_test"]),
         }
 
     def _generate_examples(self, signals, labels):
         for i, (signal, label) in enumerate(zip(signals, labels)):
-            yield i, {'signal': np.asarray(signal, np.float32)[:, None], 'label': int(label)}
+            yield i, {"signal": np.asarray(signal, np.float32)[:, None], "label": int(label)}
 
 
 class Mnist1d10kBuilder(Mnist1dBuilder):
     """MNIST-1D with 15000 examples, generated offline: 4000 train / 1000 validation / 10 000 test float32 signals
     (40, 1), 10 classes (see :func:`_split_mnist1d_10k`)."""
 
-    name = 'jaxnorm_mnist1d_10k'
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'mnist1d.data.make_dataset(get_dataset_args() with num_samples=15000, '
-                              'train_split=1.0), seed 42; train [0, 4000), validation [4000, 5000), '
-                              'test [5000, 15000).'}
-    DESCRIPTION = ('MNIST-1D (generated offline) with 15000 examples: 4000 train, 1000 validation and 10 000 test '
-                   'signals of length 40, contiguous index ranges of one shuffled draw.')
+    name = "jaxnorm_mnist1d_10k"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "mnist1d.data.make_dataset(get_dataset_args() with num_samples=15000, "
+        "train_split=1.0), seed 42; train [0, 4000), validation [4000, 5000), "
+        "test [5000, 15000)."
+    }
+    DESCRIPTION = (
+        "MNIST-1D (generated offline) with 15000 examples: 4000 train, 1000 validation and 10 000 test "
+        "signals of length 40, contiguous index ranges of one shuffled draw."
+    )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
@@ -167,31 +177,33 @@ class Mnist1d10kBuilder(Mnist1dBuilder):
 class DigitsBuilder(OfflineBuilder):
     """scikit-learn's 8x8 digits: 1437 train / 360 test float32 images (8, 8, 1) in [0, 1], 10 classes."""
 
-    name = 'jaxnorm_digits'
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'load_digits() / 16; train_test_split(test_size=0.2, stratify=y, random_state=0).'}
+    name = "jaxnorm_digits"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "load_digits() / 16; train_test_split(test_size=0.2, stratify=y, random_state=0)."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description='UCI optical handwritten digits as bundled with scikit-learn (8x8, 16 grey levels).',
-            features=tfds.features.FeaturesDict({
-                'image': tfds.features.Tensor(shape=(8, 8, 1), dtype=np.float32),
-                'label': tfds.features.ClassLabel(num_classes=10),
-            }),
-            supervised_keys=('image', 'label'),
-            homepage='https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html',
+            description="UCI optical handwritten digits as bundled with scikit-learn (8x8, 16 grey levels).",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.float32),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
             disable_shuffling=True,
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         x_train, x_test, y_train, y_test = _split_digits()
-        return {'train': self._generate_examples(x_train, y_train), 'test': self._generate_examples(x_test, y_test)}
+        return {"train": self._generate_examples(x_train, y_train), "test": self._generate_examples(x_test, y_test)}
 
     def _generate_examples(self, images, labels):
         for i, (image, label) in enumerate(zip(images, labels)):
-            yield i, {'image': image, 'label': int(label)}
+            yield i, {"image": image, "label": int(label)}
 
 
 @dataclasses.dataclass
@@ -206,8 +218,9 @@ class SyntheticImagesConfig(tfds.core.BuilderConfig):
 _SYNTHETIC_CHUNK = 1000  # images drawn per generator; image i of a split comes from chunk i // 1000
 
 
-def synthetic_images(num_examples: int, size: int, *, seed: int = 0, split: int = 0, num_classes: int = 10
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_images(
+    num_examples: int, size: int, *, seed: int = 0, split: int = 0, num_classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic class-dependent RGB images: uint8 ``(n, size, size, 3)`` and int64 labels in [0, num_classes).
 
     Image i of a split is drawn from ``np.random.default_rng([seed, split, i // 1000])`` (so a larger split begins
@@ -223,8 +236,12 @@ def synthetic_images(num_examples: int, size: int, *, seed: int = 0, split: int 
 
     Labels are balanced in every chunk of 1000 (100 of each class for K = 10), in a random order.
     """
-    chunks = [_synthetic_chunk(start // _SYNTHETIC_CHUNK, min(_SYNTHETIC_CHUNK, num_examples - start), size, seed,
-                               split, num_classes) for start in range(0, num_examples, _SYNTHETIC_CHUNK)]
+    chunks = [
+        _synthetic_chunk(
+            start // _SYNTHETIC_CHUNK, min(_SYNTHETIC_CHUNK, num_examples - start), size, seed, split, num_classes
+        )
+        for start in range(0, num_examples, _SYNTHETIC_CHUNK)
+    ]
     if not chunks:
         return np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.int64)
     return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
@@ -234,7 +251,7 @@ def _synthetic_chunk(chunk: int, n: int, size: int, seed: int, split: int, k: in
     """The first ``n`` images of chunk ``chunk`` (images ``1000 chunk ...``) of :func:`synthetic_images`."""
     rng = np.random.default_rng([seed, split, chunk])
     grid = (np.arange(size, dtype=np.float64) + 0.5) / size - 0.5  # pixel centres in (-1/2, 1/2)
-    yy, xx = np.meshgrid(grid, grid, indexing='ij')
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
     n_all = _SYNTHETIC_CHUNK  # always draw the whole chunk, so image i does not depend on the split's size
     y = rng.permutation(np.arange(n_all) % k)
     hue = (y / k + rng.normal(0, 0.06, n_all)) % 1.0
@@ -243,7 +260,7 @@ def _synthetic_chunk(chunk: int, n: int, size: int, seed: int, split: int, k: in
     angle = 2 * np.pi * y / k
     cy = 0.25 * np.sin(angle) + rng.uniform(-0.1, 0.1, n_all)
     cx = 0.25 * np.cos(angle) + rng.uniform(-0.1, 0.1, n_all)
-    blob = np.exp(-((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2) / (2 * 0.08 ** 2))
+    blob = np.exp(-((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2) / (2 * 0.08**2))
     theta = np.pi * y / k + rng.uniform(-np.pi / (4 * k), np.pi / (4 * k), n_all)
     cycles = 3 + y % 3
     phase = rng.uniform(0, 2 * np.pi, n_all)
@@ -265,54 +282,72 @@ class SyntheticImagesBuilder(OfflineBuilder, skip_registration=True):
 
     IMAGE_SIZE = 0
     NUM_CLASSES = 10
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'jaxnorm.lab.data.builders.synthetic_images: blob + grating + colour per class, seed 0.'}
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "jaxnorm.lab.data.builders.synthetic_images: blob + grating + colour per class, seed 0."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.IMAGE_SIZE
         return tfds.core.DatasetInfo(
             builder=self,
-            description=f'Synthetic {s}x{s} RGB images of {self.NUM_CLASSES} classes (a class-positioned blob, a '
-                        f'class-oriented grating, a class colour, noise), generated offline for benchmarks.',
-            features=tfds.features.FeaturesDict({
-                'image': tfds.features.Image(shape=(s, s, 3), encoding_format='png'),
-                'label': tfds.features.ClassLabel(num_classes=self.NUM_CLASSES),
-            }),
-            supervised_keys=('image', 'label'),
+            description=f"Synthetic {s}x{s} RGB images of {self.NUM_CLASSES} classes (a class-positioned blob, a "
+            f"class-oriented grating, a class colour, noise), generated offline for benchmarks.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(num_classes=self.NUM_CLASSES),
+                }
+            ),
+            supervised_keys=("image", "label"),
             disable_shuffling=True,  # record i of a split is image i of synthetic_images(...)
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         c = self.builder_config
-        return {'train': self._generate_examples(c.num_train, c.seed, 0),
-                'test': self._generate_examples(c.num_test, c.seed, 1)}
+        return {
+            "train": self._generate_examples(c.num_train, c.seed, 0),
+            "test": self._generate_examples(c.num_test, c.seed, 1),
+        }
 
     def _generate_examples(self, num_examples, seed, split):
         import PIL.Image  # pylint: disable=g-import-not-at-top
 
         for start in range(0, num_examples, _SYNTHETIC_CHUNK):  # one chunk in memory at a time (full 64: 600 MB)
-            images, labels = _synthetic_chunk(start // _SYNTHETIC_CHUNK, min(_SYNTHETIC_CHUNK, num_examples - start),
-                                              self.IMAGE_SIZE, seed, split, self.NUM_CLASSES)
+            images, labels = _synthetic_chunk(
+                start // _SYNTHETIC_CHUNK,
+                min(_SYNTHETIC_CHUNK, num_examples - start),
+                self.IMAGE_SIZE,
+                seed,
+                split,
+                self.NUM_CLASSES,
+            )
             for j, (image, label) in enumerate(zip(images, labels)):
                 buffer = io.BytesIO()
-                PIL.Image.fromarray(image).save(buffer, format='PNG')
-                yield start + j, {'image': buffer.getvalue(), 'label': int(label)}
+                PIL.Image.fromarray(image).save(buffer, format="PNG")
+                yield start + j, {"image": buffer.getvalue(), "label": int(label)}
 
 
 def _synthetic_configs(small_train: int, small_test: int) -> list[SyntheticImagesConfig]:
     return [
-        SyntheticImagesConfig(name='small', num_train=small_train, num_test=small_test,
-                              description=f'{small_train} train / {small_test} test images (prepared in seconds).'),
-        SyntheticImagesConfig(name='full', num_train=50_000, num_test=10_000,
-                              description='50 000 train / 10 000 test images (the CIFAR sizes).'),
+        SyntheticImagesConfig(
+            name="small",
+            num_train=small_train,
+            num_test=small_test,
+            description=f"{small_train} train / {small_test} test images (prepared in seconds).",
+        ),
+        SyntheticImagesConfig(
+            name="full",
+            num_train=50_000,
+            num_test=10_000,
+            description="50 000 train / 10 000 test images (the CIFAR sizes).",
+        ),
     ]
 
 
 class SyntheticImages32Builder(SyntheticImagesBuilder):
     """Synthetic 32x32x3 images, 10 classes: ``small`` 10 000 / 2 000 (default), ``full`` 50 000 / 10 000."""
 
-    name = 'jaxnorm_synthetic_images_32'
+    name = "jaxnorm_synthetic_images_32"
     IMAGE_SIZE = 32
     BUILDER_CONFIGS = _synthetic_configs(10_000, 2_000)
 
@@ -320,22 +355,22 @@ class SyntheticImages32Builder(SyntheticImagesBuilder):
 class SyntheticImages64Builder(SyntheticImagesBuilder):
     """Synthetic 64x64x3 images, 10 classes: ``small`` 2 500 / 500 (default), ``full`` 50 000 / 10 000."""
 
-    name = 'jaxnorm_synthetic_images_64'
+    name = "jaxnorm_synthetic_images_64"
     IMAGE_SIZE = 64
     BUILDER_CONFIGS = _synthetic_configs(2_500, 500)
 
 
 BUILDERS: Mapping[str, type[tfds.core.GeneratorBasedBuilder]] = {
-    'mnist1d': Mnist1dBuilder,
-    'mnist1d_10k': Mnist1d10kBuilder,
-    'digits': DigitsBuilder,
-    'synthetic_images_32': SyntheticImages32Builder,
-    'synthetic_images_64': SyntheticImages64Builder,
+    "mnist1d": Mnist1dBuilder,
+    "mnist1d_10k": Mnist1d10kBuilder,
+    "digits": DigitsBuilder,
+    "synthetic_images_32": SyntheticImages32Builder,
+    "synthetic_images_64": SyntheticImages64Builder,
 }
 #: the small real datasets shipped with the package (the default and test runs use them)
-BUNDLED: tuple[str, ...] = ('mnist1d', 'digits', 'mnist1d_10k')
+BUNDLED: tuple[str, ...] = ("mnist1d", "digits", "mnist1d_10k")
 #: generated image sets at image shapes, for benchmarks (prepared offline through BUILDERS like the bundled ones)
-SYNTHETIC_IMAGES: tuple[str, ...] = ('synthetic_images_32', 'synthetic_images_64')
+SYNTHETIC_IMAGES: tuple[str, ...] = ("synthetic_images_32", "synthetic_images_64")
 
 
 def bundled_key(name: str) -> str | None:

@@ -9,11 +9,13 @@ of global step ``s`` is a pure function of ``(seed, s)``: epoch ``e`` visits the
 ``batches(..., start_step=s)`` without replaying earlier batches. Placing a batch on devices is the trainer's job
 (:meth:`jaxnorm.lab.train.parallel.DataParallel.put_batch`).
 """
+
 from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -29,18 +31,18 @@ _AUGMENT_STREAM = 1  # third word of the augmentation seed; keeps it apart from 
 Batch = dict  # {'x': float32 (B, ...), 'y': int32 (B,), 'mask': bool (B,)}
 
 
-def _check_split(info: tfds.core.DatasetInfo, name: str, split: str, arg: str | None = None, hint: str = ''
-                 ) -> None:
+def _check_split(info: tfds.core.DatasetInfo, name: str, split: str, arg: str | None = None, hint: str = "") -> None:
     """Raises if ``split`` ('train', 'test', 'train[:90%]', ...) does not name a split of the dataset: one line
     with the argument that named it (``arg``), tfds's reason, the splits the dataset has and ``hint``."""
     try:
         info.splits[split]
     except (KeyError, ValueError) as e:
-        reason = ' '.join(str(e).split()).rstrip('.')  # tfds's parse errors span lines
-        if 'Should be one of' not in reason:  # tfds lists the splits only for an unknown name
-            reason += f' (the splits: {list(info.splits)}; slices such as \'train[:80%]\' are allowed)'
-        raise ValueError(f'{name}: {f"{arg}={split!r}: " if arg else ""}{reason}{f"; {hint}" if hint else ""}'
-                         ) from None
+        reason = " ".join(str(e).split()).rstrip(".")  # tfds's parse errors span lines
+        if "Should be one of" not in reason:  # tfds lists the splits only for an unknown name
+            reason += f" (the splits: {list(info.splits)}; slices such as 'train[:80%]' are allowed)"
+        raise ValueError(
+            f"{name}: {f'{arg}={split!r}: ' if arg else ''}{reason}{f'; {hint}' if hint else ''}"
+        ) from None
 
 
 def _example_ranges(info: tfds.core.DatasetInfo, split: str) -> list[tuple[str, int, int]]:
@@ -55,68 +57,85 @@ def _example_ranges(info: tfds.core.DatasetInfo, split: str) -> list[tuple[str, 
 
 def shared_examples(info: tfds.core.DatasetInfo, a: str, b: str) -> int:
     """How many stored examples the splits (or slices) ``a`` and ``b`` both read; 0 when they are disjoint."""
-    return sum(max(0, min(stop_a, stop_b) - max(start_a, start_b))
-               for file_a, start_a, stop_a in _example_ranges(info, a)
-               for file_b, start_b, stop_b in _example_ranges(info, b) if file_a == file_b)
+    return sum(
+        max(0, min(stop_a, stop_b) - max(start_a, start_b))
+        for file_a, start_a, stop_a in _example_ranges(info, a)
+        for file_b, start_b, stop_b in _example_ranges(info, b)
+        if file_a == file_b
+    )
 
 
 def _validation_hint(info: tfds.core.DatasetInfo, test_split: str) -> str:
     """How to configure a held-out validation split for this dataset."""
-    if 'validation' in info.splits and test_split != 'validation':
+    if "validation" in info.splits and test_split != "validation":
         return "use validation_split='validation'"
     return "hold one out of train, e.g. train_split='train[:80%]' with validation_split='train[80%:]'"
 
 
-def _check_validation_split(info: tfds.core.DatasetInfo, name: str, validation_split: str, train_split: str,
-                            test_split: str) -> None:
+def _check_validation_split(
+    info: tfds.core.DatasetInfo, name: str, validation_split: str, train_split: str, test_split: str
+) -> None:
     """Raises unless ``validation_split`` names a split disjoint from the training and the test split: trained on,
     it would not measure generalization; equal to the test split, choosing on it is choosing on the test set."""
-    _check_split(info, name, validation_split, 'validation_split', _validation_hint(info, test_split))
+    _check_split(info, name, validation_split, "validation_split", _validation_hint(info, test_split))
     n = info.splits[validation_split].num_examples
-    for arg, other in (('train_split', train_split), ('the test split', test_split)):
+    for arg, other in (("train_split", train_split), ("the test split", test_split)):
         shared = shared_examples(info, validation_split, other)
         if not shared:
             continue
-        relation = (f'is the same split as {arg} {other!r}' if shared == n == info.splits[other].num_examples
-                    else f'shares {shared} of its {n} examples with {arg} {other!r}')
-        raise ValueError(f'{name}: validation_split={validation_split!r} {relation}; a validation split must be '
-                         f'disjoint from both: {_validation_hint(info, test_split)}')
+        relation = (
+            f"is the same split as {arg} {other!r}"
+            if shared == n == info.splits[other].num_examples
+            else f"shares {shared} of its {n} examples with {arg} {other!r}"
+        )
+        raise ValueError(
+            f"{name}: validation_split={validation_split!r} {relation}; a validation split must be "
+            f"disjoint from both: {_validation_hint(info, test_split)}"
+        )
 
 
 def _supervised_keys(info: tfds.core.DatasetInfo, name: str) -> tuple[str, str]:
     keys = info.supervised_keys
     if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
         raise ValueError(
-            f'{name}: jaxnorm.lab.data handles classification datasets with (input, label) supervised_keys, such as '
-            f'mnist or cifar10; this one has supervised_keys={keys!r}.'
+            f"{name}: jaxnorm.lab.data handles classification datasets with (input, label) supervised_keys, such as "
+            f"mnist or cifar10; this one has supervised_keys={keys!r}."
         )
     return keys[0], keys[1]
 
 
 def _choose_test_split(info: tfds.core.DatasetInfo, name: str, test_split: str | None) -> str:
     if test_split is None:
-        for candidate in ('test', 'validation'):
+        for candidate in ("test", "validation"):
             if candidate in info.splits:
                 return candidate
         raise ValueError(
-            f'{name}: no test or validation split (available splits: {sorted(info.splits)}); pass test_split=.'
+            f"{name}: no test or validation split (available splits: {sorted(info.splits)}); pass test_split=."
         )
     _check_split(info, name, test_split)
     return test_split
 
 
-def data_source(name: str, split: str, data_dir: str | os.PathLike | None = None, *, download: bool = False
-                ) -> Sequence[dict[str, Any]]:
+def data_source(
+    name: str, split: str, data_dir: str | os.PathLike | None = None, *, download: bool = False
+) -> Sequence[dict[str, Any]]:
     """The tfds random-access data source of one split (``len(src)``, ``src[i]`` -> dict of numpy values)."""
     builder = prepare(name, data_dir, download=download)
     _check_split(builder.info, name, split)
     return builder.as_data_source(split=split)
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
-         normalize: bool | tuple[Any, Any] = True, materialize: bool | None = None,
-         train_split: str = 'train', test_split: str | None = None,
-         validation_split: str | None = None) -> Dataset:
+def load(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = False,
+    normalize: bool | tuple[Any, Any] = True,
+    materialize: bool | None = None,
+    train_split: str = "train",
+    test_split: str | None = None,
+    validation_split: str | None = None,
+) -> Dataset:
     """Loads a dataset by name: bundled ('mnist1d', 'mnist1d_10k', 'digits'), generated ('linear_regression', see
     :func:`~jaxnorm.lab.data.synthetic.linear_regression`), or any prepared tfds classification dataset.
 
@@ -140,37 +159,40 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
       without a validation split.
     """
     if name in GENERATED:
-        if validation_split or train_split != 'train':
-            raise ValueError(f'{name} is generated in memory with one split (its test split is the training set): '
-                             f'leave train_split at \'train\' and validation_split empty (got {train_split!r}, '
-                             f'{validation_split!r})')
+        if validation_split or train_split != "train":
+            raise ValueError(
+                f"{name} is generated in memory with one split (its test split is the training set): "
+                f"leave train_split at 'train' and validation_split empty (got {train_split!r}, "
+                f"{validation_split!r})"
+            )
         return GENERATED[name]()
     data_dir = default_data_dir(data_dir)
     builder = prepare(name, data_dir, download=download)
     info = builder.info
     input_key, label_key = _supervised_keys(info, name)
-    _check_split(info, name, train_split, 'train_split')
+    _check_split(info, name, train_split, "train_split")
     test_split = _choose_test_split(info, name, test_split)
     if validation_split:
         _check_validation_split(info, name, validation_split, train_split, test_split)
     if materialize is None:
         materialize = bundled_key(name) is not None
     train_src, test_src, *val_src = builder.as_data_source(
-        split=[train_split, test_split, *([validation_split] if validation_split else [])])
+        split=[train_split, test_split, *([validation_split] if validation_split else [])]
+    )
     val_src = val_src[0] if val_src else None
 
     def read_all(src, split_name):
-        return read_examples(src, np.arange(len(src)), input_key, label_key, f'{name}/{split_name}')
+        return read_examples(src, np.arange(len(src)), input_key, label_key, f"{name}/{split_name}")
 
     if materialize:
-        raw_train = read_all(train_src, 'train')
-        raw_test = read_all(test_src, 'test')
-        raw_val = read_all(val_src, 'validation') if val_src is not None else None
+        raw_train = read_all(train_src, "train")
+        raw_test = read_all(test_src, "test")
+        raw_val = read_all(val_src, "validation") if val_src is not None else None
         stats_data: Any = raw_train[0]
     else:  # the train statistics from chunks of 1024 examples
         n = len(train_src)
         stats_data = (
-            read_examples(train_src, np.arange(s, min(s + 1024, n)), input_key, label_key, f'{name}/train')[0]
+            read_examples(train_src, np.arange(s, min(s + 1024, n)), input_key, label_key, f"{name}/train")[0]
             for s in range(0, n, 1024)
         )
 
@@ -183,7 +205,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
         mean, std = (np.asarray(v, np.float32) for v in normalize)
 
     def make_split(split_name, src, raw):
-        common = dict(name=f'{name}/{split_name}', num_examples=len(src), mean=mean, std=std)
+        common = dict(name=f"{name}/{split_name}", num_examples=len(src), mean=mean, std=std)
         if materialize:
             return Split(x=standardize(raw[0], mean, std), y=raw[1], **common)
         return Split(source=src, input_key=input_key, label_key=label_key, **common)
@@ -199,7 +221,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
         train_split=train_split,
         test_split=test_split,
         num_validation=len(val_src) if val_src is not None else 0,
-        validation_split=validation_split or '',
+        validation_split=validation_split or "",
     )
     return Dataset(
         info=dataset_info,
@@ -207,25 +229,26 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, download: bool
         test=make_split(test_split, test_src, raw_test if materialize else None),
         mean=mean,
         std=std,
-        validation=(make_split(validation_split, val_src, raw_val if materialize else None)
-                    if val_src is not None else None),
+        validation=(
+            make_split(validation_split, val_src, raw_val if materialize else None) if val_src is not None else None
+        ),
     )
 
 
 def checked_batch_size(caller: str, batch_size: Any, num_examples: int, split: str) -> int:
     """``batch_size`` as an int; ValueError unless it is positive and at most the split's size."""
-    batch_size = check_positive_int(caller, 'batch_size', batch_size)
+    batch_size = check_positive_int(caller, "batch_size", batch_size)
     if batch_size > num_examples:
         raise ValueError(
-            f'batch_size={batch_size} is larger than {split} ({num_examples} examples); '
-            f'use batch_size <= {num_examples}.'
+            f"batch_size={batch_size} is larger than {split} ({num_examples} examples); "
+            f"use batch_size <= {num_examples}."
         )
     return batch_size
 
 
 def num_batches(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
     """Batches per epoch: floor(n / B) when dropping the remainder, else ceil(n / B)."""
-    check_positive_int('num_batches', 'batch_size', batch_size)
+    check_positive_int("num_batches", "batch_size", batch_size)
     return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
 
 
@@ -238,25 +261,26 @@ def _cached_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     """The order in which epoch ``epoch`` visits the examples: ``default_rng([seed, epoch]).permutation(n)``."""
-    seed = check_positive_int('epoch_permutation', 'seed', seed, 0)
-    epoch = check_positive_int('epoch_permutation', 'epoch', epoch, 0)
+    seed = check_positive_int("epoch_permutation", "seed", seed, 0)
+    epoch = check_positive_int("epoch_permutation", "epoch", epoch, 0)
     return _cached_permutation(int(num_examples), seed, epoch)
 
 
-def batch_indices(num_examples: int, step: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-                  drop_remainder: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def batch_indices(
+    num_examples: int, step: int, batch_size: int, *, seed: int = 0, shuffle: bool = True, drop_remainder: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Example indices and validity mask, both of length ``batch_size``, of global step ``step``.
 
     Step ``s`` is batch ``s % k`` of epoch ``s // k`` with ``k = num_batches(n, B, drop_remainder)``. With
     ``drop_remainder=False`` the last batch of an epoch is short; it is padded with index 0 and mask False.
     """
-    step = check_positive_int('batch_indices', 'step', step, 0)
+    step = check_positive_int("batch_indices", "step", step, 0)
     per_epoch = num_batches(num_examples, batch_size, drop_remainder)
     if per_epoch == 0:
-        checked_batch_size('batch_indices', batch_size, num_examples, 'the split')  # raises: B > n
+        checked_batch_size("batch_indices", batch_size, num_examples, "the split")  # raises: B > n
     epoch, i = divmod(step, per_epoch)
     order = epoch_permutation(num_examples, seed, epoch) if shuffle else np.arange(num_examples)
-    idx = order[i * batch_size:(i + 1) * batch_size]
+    idx = order[i * batch_size : (i + 1) * batch_size]
     valid = len(idx)
     mask = np.arange(batch_size) < valid
     idx = np.concatenate([idx, np.zeros(batch_size - valid, idx.dtype)])
@@ -297,8 +321,8 @@ def random_crop_flip(x: np.ndarray, rng: np.random.Generator, padding: int = CRO
     """
     x = np.asarray(x)
     if x.ndim != 4:
-        raise ValueError(f'random_crop_flip needs an image batch (B, H, W, C); got shape {x.shape}.')
-    padding = check_positive_int('random_crop_flip', 'padding', padding, 0)
+        raise ValueError(f"random_crop_flip needs an image batch (B, H, W, C); got shape {x.shape}.")
+    padding = check_positive_int("random_crop_flip", "padding", padding, 0)
     return crop_flip(x, *crop_flip_draws(rng, x.shape[0], padding), padding)
 
 
@@ -309,11 +333,19 @@ def read_batch(split: Split, idx: np.ndarray, mask: np.ndarray) -> Batch:
         pad = len(mask) - len(y)
         x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
         y = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)])
-    return {'x': x, 'y': y, 'mask': mask.copy()}
+    return {"x": x, "y": y, "mask": mask.copy()}
 
 
-def batch_at(split: Split, step: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-             drop_remainder: bool = True, augment: bool = False) -> Batch:
+def batch_at(
+    split: Split,
+    step: int,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+    augment: bool = False,
+) -> Batch:
     """The training batch of global step ``step``: a pure function of (seed, step) and the options.
 
     Args:
@@ -328,30 +360,39 @@ def batch_at(split: Split, step: int, batch_size: int, *, seed: int = 0, shuffle
     Returns:
       {'x': float32 (B, ...), 'y': int32 (B,), 'mask': bool (B,)}.
     """
-    batch_size = checked_batch_size('batch_at', batch_size, len(split), f'the split {split.name}')
-    seed = check_positive_int('batch_at', 'seed', seed, 0)
-    idx, mask = batch_indices(len(split), step, batch_size, seed=seed, shuffle=shuffle,
-                              drop_remainder=drop_remainder)
+    batch_size = checked_batch_size("batch_at", batch_size, len(split), f"the split {split.name}")
+    seed = check_positive_int("batch_at", "seed", seed, 0)
+    idx, mask = batch_indices(len(split), step, batch_size, seed=seed, shuffle=shuffle, drop_remainder=drop_remainder)
     batch = read_batch(split, idx, mask)
     if augment:
-        batch['x'] = random_crop_flip(batch['x'], augmentation_rng(seed, step))
+        batch["x"] = random_crop_flip(batch["x"], augmentation_rng(seed, step))
     return batch
 
 
-def batches(split: Split, batch_size: int, *, seed: int = 0, shuffle: bool = True, drop_remainder: bool = True,
-            augment: bool = False, start_step: int = 0, num_steps: int | None = None) -> Iterator[Batch]:
+def batches(
+    split: Split,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+    augment: bool = False,
+    start_step: int = 0,
+    num_steps: int | None = None,
+) -> Iterator[Batch]:
     """Training batches for steps start_step, start_step + 1, ... (forever, or ``num_steps`` of them).
 
     Yields exactly ``batch_at(split, step, ...)``; resuming at ``start_step`` replays nothing.
     """
-    start_step = check_positive_int('batches', 'start_step', start_step, 0)
-    checked_batch_size('batches', batch_size, len(split), f'the split {split.name}')
+    start_step = check_positive_int("batches", "start_step", start_step, 0)
+    checked_batch_size("batches", batch_size, len(split), f"the split {split.name}")
     if num_steps is not None:
-        check_positive_int('batches', 'num_steps', num_steps, 0)
+        check_positive_int("batches", "num_steps", num_steps, 0)
     step = start_step
     while num_steps is None or step < start_step + num_steps:
-        yield batch_at(split, step, batch_size, seed=seed, shuffle=shuffle, drop_remainder=drop_remainder,
-                       augment=augment)
+        yield batch_at(
+            split, step, batch_size, seed=seed, shuffle=shuffle, drop_remainder=drop_remainder, augment=augment
+        )
         step += 1
 
 
@@ -360,7 +401,7 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[Batch]:
 
     ``batch_size`` may exceed the split (one padded batch). Weight each example's metric by ``batch['mask']``.
     """
-    batch_size = check_positive_int('eval_batches', 'batch_size', batch_size)
+    batch_size = check_positive_int("eval_batches", "batch_size", batch_size)
     n = len(split)
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)

@@ -1,9 +1,11 @@
 """A dataset in memory: its metadata, its splits (materialized arrays or a lazy tfds data source) and the
 per-channel normalization applied to both."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,11 +21,11 @@ class DatasetInfo:
     num_classes: int
     num_train: int
     num_test: int
-    train_split: str = 'train'
-    test_split: str = 'test'
-    task: str = 'classification'  # or 'regression': y is a float vector of num_classes outputs
+    train_split: str = "train"
+    test_split: str = "test"
+    task: str = "classification"  # or 'regression': y is a float vector of num_classes outputs
     num_validation: int = 0  # 0: no validation split was loaded
-    validation_split: str = ''  # '' when none
+    validation_split: str = ""  # '' when none
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
@@ -39,8 +41,7 @@ def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((_to_float(x) - mean) / std).astype(np.float32, copy=False)
 
 
-def channel_stats(chunks: np.ndarray | Iterable[np.ndarray], min_std: float = 1e-6
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def channel_stats(chunks: np.ndarray | Iterable[np.ndarray], min_std: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (last axis) mean and std over all other axes, accumulated in float64 over one array or chunks.
 
     uint8 data is scaled to [0, 1] first. A channel with std below ``min_std`` (constant) gets std 1.
@@ -56,24 +57,25 @@ def channel_stats(chunks: np.ndarray | Iterable[np.ndarray], min_std: float = 1e
         total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
         count += x.shape[0]
     if not count:
-        raise ValueError('channel_stats: no data (an empty split?)')
+        raise ValueError("channel_stats: no data (an empty split?)")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
     std = np.where(std < min_std, 1.0, std)
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def read_examples(source: Sequence[dict[str, Any]], indices: np.ndarray, input_key: str, label_key: str,
-                  where: str) -> tuple[np.ndarray, np.ndarray]:
+def read_examples(
+    source: Sequence[dict[str, Any]], indices: np.ndarray, input_key: str, label_key: str, where: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw (x, y int32) of ``indices`` from a tfds data source, stacked."""
     keys = [int(i) for i in indices]
-    examples = source.__getitems__(keys) if hasattr(source, '__getitems__') else [source[k] for k in keys]
+    examples = source.__getitems__(keys) if hasattr(source, "__getitems__") else [source[k] for k in keys]
     xs = [np.asarray(e[input_key]) for e in examples]
     shapes = {x.shape for x in xs}
     if len(shapes) > 1:
         raise ValueError(
-            f'{where}: examples have different shapes {sorted(shapes)[:4]}; batching needs one fixed shape. '
-            f'Resize the images first (e.g. prepare a resized variant of the dataset).'
+            f"{where}: examples have different shapes {sorted(shapes)[:4]}; batching needs one fixed shape. "
+            f"Resize the images first (e.g. prepare a resized variant of the dataset)."
         )
     y = np.asarray([e[label_key] for e in examples], dtype=np.int32)
     if not xs:
@@ -94,17 +96,17 @@ class Split:
     x: np.ndarray | None = None
     y: np.ndarray | None = None
     source: Sequence[dict[str, Any]] | None = None
-    input_key: str = ''
-    label_key: str = ''
+    input_key: str = ""
+    label_key: str = ""
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
 
     @classmethod
-    def from_arrays(cls, x: np.ndarray, y: np.ndarray, name: str = 'arrays') -> Split:
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, name: str = "arrays") -> Split:
         """A materialized split of your own arrays, used as they are (cast to float32 / int32, not normalized)."""
         x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
         if len(x) != len(y):
-            raise ValueError(f'Split.from_arrays: x has {len(x)} examples but y has {len(y)}.')
+            raise ValueError(f"Split.from_arrays: x has {len(x)} examples but y has {len(y)}.")
         return cls(name=name, num_examples=len(y), x=x, y=y)
 
     def __len__(self) -> int:

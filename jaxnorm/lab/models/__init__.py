@@ -25,7 +25,8 @@ Registries: ``NORMS``, ``DROPOUTS``, ``ACTIVATIONS``, ``MODELS``; :func:`make_no
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 
@@ -85,6 +86,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     >>> type(model).__name__
     'ResNet'
     """
+
     def squash(s):
         return s.lower().replace("-", "").replace("_", "")
 

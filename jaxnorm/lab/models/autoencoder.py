@@ -31,13 +31,16 @@ what the sparsity penalty measures). ``num_classes`` is unused. Channels-last::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxnorm import _checks, losses
+from jaxnorm.lab.models.base import ZooModel, as_images
+from jaxnorm.lab.models.components import ACTIVATIONS, get_activation
 from jaxnorm.losses import (
     RECONSTRUCTION_LOSSES,
     kl_bernoulli,
@@ -46,8 +49,6 @@ from jaxnorm.losses import (
     sparsity_penalty,
     weight_decay,
 )
-from jaxnorm.lab.models.base import ZooModel, as_images
-from jaxnorm.lab.models.components import ACTIVATIONS, get_activation
 
 Array = jax.Array
 
@@ -93,14 +94,21 @@ def tied_preactivation(params: Any, x: Array, strides: Sequence[int] | None = No
     return y + _cast(params["bias"], dtype) if "bias" in params else y
 
 
-def tied_encode(params: Any, x: Array, activation: Callable[[Array], Array], strides: Sequence[int] | None = None,
-                *, dtype: Any = None) -> Array:
+def tied_encode(
+    params: Any,
+    x: Array,
+    activation: Callable[[Array], Array],
+    strides: Sequence[int] | None = None,
+    *,
+    dtype: Any = None,
+) -> Array:
     """The tied encoder ``Z = f(X W + b)``, or ``f(conv(X, W) + b)`` for a conv kernel; ``activation`` is f."""
     return activation(tied_preactivation(params, x, strides, dtype=dtype))
 
 
-def tied_decode(params: Any, z: Array, out_shape: Sequence[int], strides: Sequence[int] | None = None, *,
-                dtype: Any = None) -> Array:
+def tied_decode(
+    params: Any, z: Array, out_shape: Sequence[int], strides: Sequence[int] | None = None, *, dtype: Any = None
+) -> Array:
     """The tied decoder ``X′ = Z Wᵀ + b′`` (``params['bias_out']`` is b′); for a conv kernel the transposed
     convolution of Z with the same kernel (``transpose_kernel=True``), cropped to ``out_shape``'s spatial size.
     ``dtype``: Wᵀ and b′ are cast to it first (None: as they are)."""
@@ -108,8 +116,9 @@ def tied_decode(params: Any, z: Array, out_shape: Sequence[int], strides: Sequen
     if w.ndim == 2:
         return z @ _cast(w.T, dtype) + _cast(params["bias_out"], dtype)
     nd = w.ndim - 2
-    y = jax.lax.conv_transpose(z, _cast(w, dtype), strides or (1,) * nd, "SAME", dimension_numbers=_dims(nd),
-                               transpose_kernel=True)
+    y = jax.lax.conv_transpose(
+        z, _cast(w, dtype), strides or (1,) * nd, "SAME", dimension_numbers=_dims(nd), transpose_kernel=True
+    )
     y = y[(slice(None),) + tuple(slice(0, s) for s in out_shape[1:-1])]
     return y + _cast(params["bias_out"], dtype)
 
@@ -134,9 +143,11 @@ class _AutoencoderBase(ZooModel):
         if self.kernel_norm != "none" or self.kernel_norm_head:
             # the tied kernel serves as encoder and (transposed) decoder, and the layer-wise pretraining copies raw
             # kernels into the classifier: a reparametrized kernel has no single meaning there
-            raise ValueError(f"{where}: kernel_norm={self.kernel_norm!r} (kernel_norm_head={self.kernel_norm_head}) "
-                             "is not supported by the autoencoders; it applies to the classifiers (MLP, DeepLinear, "
-                             "SimpleCNN, VGG, CNN1D, ResNet)")
+            raise ValueError(
+                f"{where}: kernel_norm={self.kernel_norm!r} (kernel_norm_head={self.kernel_norm_head}) "
+                "is not supported by the autoencoders; it applies to the classifiers (MLP, DeepLinear, "
+                "SimpleCNN, VGG, CNN1D, ResNet)"
+            )
 
     @property
     def out_activation_name(self) -> str:
@@ -180,7 +191,6 @@ class TiedAutoencoder(_DenseAutoencoder):
     error the optimum spans the top-``hidden`` principal subspace of the (centered) data.
     """
 
-
     @nn.compact
     def _forward(self, x, train: bool, encode_only: bool, return_logits: bool = False):
         norm, drop, act = self.norm_factory(), self.dropout_factory(), self.act_fn()
@@ -203,7 +213,6 @@ class TiedAutoencoder(_DenseAutoencoder):
 class UntiedAutoencoder(_DenseAutoencoder):
     """Separate encoder and decoder: ``Z = f(norm(encoder(X)))``, ``X' = g(decoder(Z))``.
     Modules: ``encoder`` (Dense in→hidden), ``norm_0``, ``dropout_0``, ``decoder`` (Dense hidden→in)."""
-
 
     @nn.compact
     def _forward(self, x, train: bool, encode_only: bool, return_logits: bool = False):
@@ -237,11 +246,13 @@ class ConvAutoencoder(_AutoencoderBase):
     def _check_config(self) -> None:
         super()._check_config()
         if not self.channels or any(not isinstance(c, int) or c <= 0 for c in self.channels):
-            raise ValueError(f"ConvAutoencoder: channels must be a non-empty sequence of positive ints, "
-                             f"got {self.channels!r}")
+            raise ValueError(
+                f"ConvAutoencoder: channels must be a non-empty sequence of positive ints, got {self.channels!r}"
+            )
         if self.spatial_dims not in (1, 2):
-            raise ValueError(f"ConvAutoencoder: spatial_dims must be 1 (N×L×C) or 2 (N×H×W×C), "
-                             f"got {self.spatial_dims!r}")
+            raise ValueError(
+                f"ConvAutoencoder: spatial_dims must be 1 (N×L×C) or 2 (N×H×W×C), got {self.spatial_dims!r}"
+            )
 
     @nn.compact
     def _forward(self, x, train: bool, encode_only: bool, return_logits: bool = False):
@@ -252,8 +263,16 @@ class ConvAutoencoder(_AutoencoderBase):
         h = x
         code = None
         for i, c in enumerate(self.channels):
-            h = nn.Conv(c, ks, strides=st, padding="SAME", use_bias=self.layer_bias(norm),
-                        kernel_init=self.init_fn(), dtype=self.dtype, name=f"conv_{i}")(h)
+            h = nn.Conv(
+                c,
+                ks,
+                strides=st,
+                padding="SAME",
+                use_bias=self.layer_bias(norm),
+                kernel_init=self.init_fn(),
+                dtype=self.dtype,
+                name=f"conv_{i}",
+            )(h)
             h = self.norm_act(h, norm(c, name=f"norm_{i}", where="ConvAutoencoder"), act, train)
             code = h
             if i < len(self.channels) - 1 or not encode_only:
@@ -262,8 +281,9 @@ class ConvAutoencoder(_AutoencoderBase):
             return code
         outs = list(self.channels[-2::-1]) + [x.shape[-1]]
         for i, c in enumerate(outs):
-            h = nn.ConvTranspose(c, ks, strides=st, padding="SAME", kernel_init=self.init_fn(), dtype=self.dtype,
-                                 name=f"deconv_{i}")(h)
+            h = nn.ConvTranspose(
+                c, ks, strides=st, padding="SAME", kernel_init=self.init_fn(), dtype=self.dtype, name=f"deconv_{i}"
+            )(h)
             if i < len(outs) - 1:
                 h = act(h)
         h = h[(slice(None),) + tuple(slice(0, s) for s in x.shape[1:-1])]
@@ -311,8 +331,10 @@ def autoencoder_loss(
     x = jnp.asarray(x)
     needs_key = train and (_checks.is_traced(corruption) or float(corruption) > 0 or model.dropout_factory().active)
     if needs_key and key is None:
-        raise ValueError("autoencoder_loss: corruption > 0 or dropout in training needs a PRNG key: pass "
-                         "key=jax.random.key(seed) (split it per step)")
+        raise ValueError(
+            "autoencoder_loss: corruption > 0 or dropout in training needs a PRNG key: pass "
+            "key=jax.random.key(seed) (split it per step)"
+        )
     if key is not None:
         k_noise, k_drop = jax.random.split(key)
     else:

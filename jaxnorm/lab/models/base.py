@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
-from flax.core import FrozenDict
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from jaxnorm import nn as jnn
 from jaxnorm._checks import check_choice, check_positive_int
@@ -115,8 +116,7 @@ class ZooModel(nn.Module):
 
     def norm_factory(self) -> NormFactory:
         spec = norm_spec(self.norm)
-        kw = {k: getattr(self, k) for k in _COMMON_NORM_OPTIONS
-              if getattr(self, k) is not None and k in spec.options}
+        kw = {k: getattr(self, k) for k in _COMMON_NORM_OPTIONS if getattr(self, k) is not None and k in spec.options}
         kw.update(dict(self.norm_kwargs or {}))
         return make_norm(self.norm, **kw)
 
@@ -151,8 +151,9 @@ class ZooModel(nn.Module):
             self.sow("intermediates", sow_name, h)
         return norm_layer(act(h), train=train)
 
-    def dense(self, features: int, use_bias: bool, name: str, *, train: bool | None = None,
-              head: bool = False) -> nn.Module:
+    def dense(
+        self, features: int, use_bias: bool, name: str, *, train: bool | None = None, head: bool = False
+    ) -> nn.Module:
         """A hidden dense layer, wrapped by ``kernel_norm`` (``head=True``: an output layer, wrapped only with
         ``kernel_norm_head``); ``train`` is needed by ``kernel_norm='spectral'``."""
         layer = nn.Dense(features, use_bias=use_bias, kernel_init=self.init_fn(), dtype=self.dtype, name=name)
@@ -197,10 +198,19 @@ class ConvModel(ZooModel):
         def conv(features: int, kernel_size, strides=1, use_bias: bool = True, name: str | None = None):
             ks = tuple(kernel_size)
             if ws:
-                return jnn.StandardizedConv(features, ks, strides=strides, padding="SAME", use_bias=use_bias,
-                                            kernel_init=init, name=name)
-            layer = nn.Conv(features, ks, strides=strides, padding="SAME", use_bias=use_bias, kernel_init=init,
-                            dtype=dtype, name=name)
+                return jnn.StandardizedConv(
+                    features, ks, strides=strides, padding="SAME", use_bias=use_bias, kernel_init=init, name=name
+                )
+            layer = nn.Conv(
+                features,
+                ks,
+                strides=strides,
+                padding="SAME",
+                use_bias=use_bias,
+                kernel_init=init,
+                dtype=dtype,
+                name=name,
+            )
             return wrap_kernel_norm(kind, layer, train=train, where=where)
 
         return conv

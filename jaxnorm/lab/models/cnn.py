@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 
@@ -69,8 +69,11 @@ class VGG(ConvModel):
             raise ValueError(f"VGG: width must be > 0, got {self.width!r}")
 
     def _layers(self) -> tuple[int | str, ...]:
-        cfg = VGG_CONFIGS[check_choice("VGG cfg", self.cfg, tuple(VGG_CONFIGS))] if isinstance(self.cfg, str) \
+        cfg = (
+            VGG_CONFIGS[check_choice("VGG cfg", self.cfg, tuple(VGG_CONFIGS))]
+            if isinstance(self.cfg, str)
             else tuple(self.cfg)
+        )
         for v in cfg:
             if v != "M" and (not isinstance(v, int) or v <= 0):
                 raise ValueError(f"VGG: cfg entries must be positive ints or 'M', got {v!r} in {cfg}")
@@ -122,8 +125,9 @@ class CNN1D(ConvModel):
         super()._check_config()
         check_choice("CNN1D head_type", self.head_type, ("flatten", "avg"))
         if len(self.strides) != len(self.channels):
-            raise ValueError(f"CNN1D: strides {tuple(self.strides)} needs one entry per channel entry "
-                             f"{tuple(self.channels)}")
+            raise ValueError(
+                f"CNN1D: strides {tuple(self.strides)} needs one entry per channel entry {tuple(self.channels)}"
+            )
 
     @nn.compact
     def __call__(self, x, train: bool, return_features: bool = False):

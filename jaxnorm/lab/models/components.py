@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,11 +42,11 @@ from jaxnorm._checks import check_choice, check_positive_int
 
 __all__ = [
     "ACTIVATIONS",
-    "DROPOUTS",
+    "DROPOUTS",  # noqa: F822 (module __getattr__: a live view of the registry)
     "DropoutFactory",
     "Identity",
     "KERNEL_NORMS",
-    "NORMS",
+    "NORMS",  # noqa: F822 (module __getattr__: a live view of the registry)
     "NORM_POSITIONS",
     "NormFactory",
     "NormSpec",
@@ -129,31 +130,53 @@ def unregister_norm(name: str) -> NormSpec:
 
 register_norm("none", Identity, options=(), has_scale=False)
 register_norm(
-    "batch", jnn.BatchNorm,
+    "batch",
+    jnn.BatchNorm,
     options=("momentum", "epsilon", "axis_name", "axis_index_groups", "convention", "virtual_batch_size") + _AFFINE,
-    batch_stats=True, absorbs_bias=True,
+    batch_stats=True,
+    absorbs_bias=True,
 )
 register_norm("layer", jnn.LayerNorm, options=("epsilon", "axes") + _AFFINE)
 register_norm("instance", jnn.InstanceNorm, options=("epsilon",) + _AFFINE, absorbs_bias=True, needs_spatial=True)
 register_norm("group", jnn.GroupNorm, options=("num_groups", "group_size", "epsilon") + _AFFINE)
 register_norm("rms", jnn.RMSNorm, options=("epsilon", "axes", "use_scale", "scale_init", "param_dtype"))
 register_norm(
-    "batch_renorm", jnn.BatchRenorm, options=("momentum", "epsilon", "axis_name", "r_max", "d_max") + _AFFINE,
-    batch_stats=True, absorbs_bias=True,
+    "batch_renorm",
+    jnn.BatchRenorm,
+    options=("momentum", "epsilon", "axis_name", "r_max", "d_max") + _AFFINE,
+    batch_stats=True,
+    absorbs_bias=True,
 )
 # ℓp batch norm divides by the ℓp norm of the activations *before* the mean shift (Santurkar et al. §3.3), so a
 # bias of the preceding layer changes the scale: it is not redundant and is kept.
 register_norm(
-    "lp_batch_norm", jnn.LpBatchNorm, options=("p", "momentum", "epsilon", "axis_name") + _AFFINE,
-    batch_stats=True, absorbs_bias=False,
+    "lp_batch_norm",
+    jnn.LpBatchNorm,
+    options=("p", "momentum", "epsilon", "axis_name") + _AFFINE,
+    batch_stats=True,
+    absorbs_bias=False,
 )
 # Santurkar et al. (2018, Algorithm 1): batch norm followed by per-unit random shifts and scales, drawn in training
 # from the 'dropout' rng stream (the layer's rng_collection). Registered like any other norm: this is the hook.
 register_norm(
-    "noisy_batch_norm", jnn.NoisyBatchNorm,
-    options=("momentum", "epsilon", "axis_name", "axis_index_groups", "convention", "virtual_batch_size",
-             "n_mu", "n_sigma", "r_mu", "r_sigma", "rng_collection") + _AFFINE,
-    batch_stats=True, absorbs_bias=True,
+    "noisy_batch_norm",
+    jnn.NoisyBatchNorm,
+    options=(
+        "momentum",
+        "epsilon",
+        "axis_name",
+        "axis_index_groups",
+        "convention",
+        "virtual_batch_size",
+        "n_mu",
+        "n_sigma",
+        "r_mu",
+        "r_sigma",
+        "rng_collection",
+    )
+    + _AFFINE,
+    batch_stats=True,
+    absorbs_bias=True,
 )
 # Dynamic Tanh (Zhu et al. 2025) replaces layer norm by γ·tanh(α·x) + β: nothing is subtracted, so the bias of the
 # layer before it shifts where tanh saturates and is kept.
@@ -299,8 +322,10 @@ def wrap_kernel_norm(kind: str, layer: nn.Module, *, train: bool | None = None, 
         return jnn.WeightNorm(layer, name=name)
     if train is None:
         label = f"{where}: " if where else ""
-        raise ValueError(f"{label}kernel_norm='spectral' needs train=True/False where the layer is built (the power "
-                         "iteration is stored in training only)")
+        raise ValueError(
+            f"{label}kernel_norm='spectral' needs train=True/False where the layer is built (the power "
+            "iteration is stored in training only)"
+        )
     return jnn.SpectralNorm(layer, update_stats=bool(train), name=name)
 
 
@@ -319,8 +344,14 @@ class DropoutSpec:
 _DROPOUT_REGISTRY: dict[str, DropoutSpec] = {}
 
 
-def register_dropout(name: str, layer: Callable[..., nn.Module] | None, *, needs_spatial: bool = False,
-                     rate_below_one: bool = False, overwrite: bool = False) -> DropoutSpec:
+def register_dropout(
+    name: str,
+    layer: Callable[..., nn.Module] | None,
+    *,
+    needs_spatial: bool = False,
+    rate_below_one: bool = False,
+    overwrite: bool = False,
+) -> DropoutSpec:
     """Add a dropout kind to ``DROPOUTS``: ``layer(rate=..., name=...)`` called as ``layer(x, train=train)``."""
     if name in _DROPOUT_REGISTRY and not overwrite:
         raise ValueError(f"register_dropout: {name!r} is already registered; pass overwrite=True to replace it")

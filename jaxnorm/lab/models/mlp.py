@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -64,8 +64,14 @@ def ioffe_mlp(norm: str = "batch", **kwargs) -> MLP:
 def srivastava_mlp(**kwargs) -> MLP:
     """Srivastava et al. (2014)'s MNIST dropout network: 3 hidden layers of 1024 ReLU units, dropout 0.5 on hidden
     units and 0.2 on the inputs (keep 0.5 / 0.8). Use with ``jaxnorm.max_norm(3.0)`` for their max-norm variant."""
-    cfg = dict(hidden=(1024, 1024, 1024), activation="relu", num_classes=10, dropout="dropout", dropout_rate=0.5,
-               input_dropout_rate=0.2)
+    cfg = dict(
+        hidden=(1024, 1024, 1024),
+        activation="relu",
+        num_classes=10,
+        dropout="dropout",
+        dropout_rate=0.5,
+        input_dropout_rate=0.2,
+    )
     cfg.update(kwargs)
     return MLP(**cfg)
 

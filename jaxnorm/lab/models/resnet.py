@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 
@@ -109,8 +109,10 @@ class ResNet(ConvModel):
             check_choice("ResNet block", self.block, BLOCKS)
         if self.stage_sizes is None or self.block is None:
             if self.depth not in RESNET_DEPTHS:
-                raise ValueError(f"ResNet: unknown depth {self.depth!r}; valid depths: "
-                                 f"{', '.join(map(str, RESNET_DEPTHS))} (or give stage_sizes and block)")
+                raise ValueError(
+                    f"ResNet: unknown depth {self.depth!r}; valid depths: "
+                    f"{', '.join(map(str, RESNET_DEPTHS))} (or give stage_sizes and block)"
+                )
         if not self.width > 0:
             raise ValueError(f"ResNet: width must be > 0, got {self.width!r}")
 
@@ -125,8 +127,12 @@ class ResNet(ConvModel):
     @nn.compact
     def __call__(self, x, train: bool, return_features: bool = False):
         norm, drop, act = self.norm_factory(), self.dropout_factory(), self.act_fn()
-        conv = self.conv_builder(self.kernel_init if self.kernel_init is not None
-                                 else nn.initializers.variance_scaling(2.0, "fan_out", "normal"), train=train)
+        conv = self.conv_builder(
+            self.kernel_init
+            if self.kernel_init is not None
+            else nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            train=train,
+        )
 
         h = as_images(x, 4, "ResNet").astype(self.dtype)
         c0 = self._channels(64)
@@ -141,9 +147,17 @@ class ResNet(ConvModel):
         for s, n in enumerate(sizes):
             for b in range(n):
                 h = ResidualBlock(
-                    features=self._channels(64 * 2**s), strides=2 if s > 0 and b == 0 else 1, block=block,
-                    norm=norm, drop=drop, act=act, conv=conv, norm_position=self.norm_position,
-                    use_bias=self.use_bias, zero_init=self.zero_init_residual, name=f"stage{s + 1}_block{b + 1}",
+                    features=self._channels(64 * 2**s),
+                    strides=2 if s > 0 and b == 0 else 1,
+                    block=block,
+                    norm=norm,
+                    drop=drop,
+                    act=act,
+                    conv=conv,
+                    norm_position=self.norm_position,
+                    use_bias=self.use_bias,
+                    zero_init=self.zero_init_residual,
+                    name=f"stage{s + 1}_block{b + 1}",
                 )(h, train=train)
         feats = global_avg_pool(h)
         logits = self.head(feats, train=train)

@@ -50,6 +50,7 @@ def check_workdir(workdir: str, config) -> bool:
     old = result_affecting(old)  # also drops later-added keys at the value of the runs recorded before them
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
+
         def shown(d, k):  # a later-added key left out at its default shows that default
             return d.get(k, ADDED_KEY_DEFAULTS.get(k))
 
@@ -129,7 +130,7 @@ def _short(e: BaseException, strip: str = "") -> str:
     if strip:
         msg = msg.replace(strip + os.sep, "").replace(strip, ".")
     if len(msg) > _MESSAGE_CHARS:
-        msg = msg[:_MESSAGE_CHARS - 3] + "..."
+        msg = msg[: _MESSAGE_CHARS - 3] + "..."
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
@@ -149,8 +150,12 @@ def _disk_full(e: BaseException) -> bool:
 def _not_the_checkpoint(e: BaseException) -> bool:
     """Read failures that say nothing about the checkpoint's bytes (memory, permissions): never moved aside."""
     msg = str(e)
-    return (isinstance(e, (MemoryError, PermissionError)) or "PERMISSION_DENIED" in msg
-            or "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg)
+    return (
+        isinstance(e, (MemoryError, PermissionError))
+        or "PERMISSION_DENIED" in msg
+        or "RESOURCE_EXHAUSTED" in msg
+        or "Out of memory" in msg
+    )
 
 
 class _ClosedLoopFilter:
@@ -211,8 +216,9 @@ class Checkpointer:
         if jax.process_count() > 1 and not sharded:
             # process 0 alone writes (the state is replicated); each process reads on its own, with no barrier
             me = jax.process_index()
-            self._kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(primary_host=me,
-                                                                                    active_processes={me})
+            self._kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+                primary_host=me, active_processes={me}
+            )
         self._writer = jax.process_index() == 0
         self._skipped: set[int] = set()  # corrupt steps another process (process 0) moves aside
         self._quiet: _ClosedLoopFilter | None = None
@@ -220,8 +226,9 @@ class Checkpointer:
         self.manager = self._manager()
 
     def _manager(self) -> ocp.CheckpointManager:
-        options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=not self._kw,
-                                               enable_async_checkpointing=False, **self._kw)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self._keep, create=not self._kw, enable_async_checkpointing=False, **self._kw
+        )
         return ocp.CheckpointManager(self.directory, options=options)
 
     def _reload(self) -> None:
@@ -260,7 +267,8 @@ class Checkpointer:
                 f"disk full while writing checkpoint step {step} to {self.directory}: No space left on device "
                 f"(ENOSPC, from {type(e).__name__}); "
                 f"the partial step was removed; free at least ~{max(1, math.ceil(nbytes / 1e6))} MB and rerun "
-                "(it resumes from the last checkpoint)") from None
+                "(it resumes from the last checkpoint)"
+            ) from None
         self._skipped.discard(step)
 
     def extra(self, step: int) -> dict | None:
@@ -286,13 +294,22 @@ class Checkpointer:
         leaves = {}
         for path, leaf in _leaves(data):
             if isinstance(leaf, jax.Array):  # the shards orbax writes from this process: replica 0 of each
-                shards = [{"index": _region(s.index, leaf.shape), "sha256": _digest(np.asarray(s.data))}
-                          for s in leaf.addressable_shards if s.replica_id == 0]
+                shards = [
+                    {"index": _region(s.index, leaf.shape), "sha256": _digest(np.asarray(s.data))}
+                    for s in leaf.addressable_shards
+                    if s.replica_id == 0
+                ]
             else:  # a host value, written by process 0
                 shards = [] if me else [{"index": _region((), np.shape(leaf)), "sha256": _digest(np.asarray(leaf))}]
             leaves[path] = {"dtype": str(leaf.dtype), "shape": list(np.shape(leaf)), "shards": shards}
-        manifest = {"format": _MANIFEST_FORMAT, "version": 2, "step": step, "process": me, "processes": n,
-                    "leaves": leaves}
+        manifest = {
+            "format": _MANIFEST_FORMAT,
+            "version": 2,
+            "step": step,
+            "process": me,
+            "processes": n,
+            "leaves": leaves,
+        }
         _write_atomically(os.path.join(self._step_dir(step), _part_name(me, n)), json.dumps(manifest, indent=1))
 
     def _read_manifest(self, step: int) -> dict | None:
@@ -356,7 +373,8 @@ class Checkpointer:
                 which = "Earlier" if all(s < step for s in left) else "Remaining"
                 raise CheckpointError(
                     f"checkpoint step {step} in {self.directory} is corrupt ({bad}); {aside}. {which} checkpoints "
-                    f"are kept: {left or 'none'}; restore one with --config.restore_step=N") from None
+                    f"are kept: {left or 'none'}; restore one with --config.restore_step=N"
+                ) from None
         lines = []
         for s in reversed(steps):
             try:
@@ -372,7 +390,8 @@ class Checkpointer:
         where = "moved aside to corrupt-<step>" if self._writer else "left for process 0 to move aside"
         raise CheckpointError(
             f"no good checkpoint remains in {self.directory}: steps {steps} are corrupt ({where}); pass "
-            "--config.resume=False to start over (the run is moved into previous-<time>/), or use a new --workdir")
+            "--config.resume=False to start over (the run is moved into previous-<time>/), or use a new --workdir"
+        )
 
     def _set_aside(self, step: int, full_path: bool = False) -> str:
         """Move a corrupt step out of orbax's sight (process 0); the phrase that says where it went. Sharded, with
@@ -442,8 +461,10 @@ class Checkpointer:
         the checkpoint's bytes: a tree that differs from ``target`` (by the manifest, else orbax's own metadata),
         memory or permissions."""
         if _not_the_checkpoint(e):
-            raise CheckpointError(f"could not read checkpoint step {step} in {self.directory} "
-                                  f"({_short(e, self.directory)}); it was left in place") from None
+            raise CheckpointError(
+                f"could not read checkpoint step {step} in {self.directory} "
+                f"({_short(e, self.directory)}); it was left in place"
+            ) from None
         saved = set(manifest) if manifest is not None else _orbax_tree_paths(self._step_dir(step))
         if saved is None:
             return  # orbax's metadata is unreadable too: corrupt
@@ -453,7 +474,8 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} holds a different tree than the state restored into "
                 f"(only in the checkpoint: {only_saved}; only in the state: {only_wanted}); it was left in place: "
-                "restore it with the code that wrote it, or use a new --workdir") from None
+                "restore it with the code that wrote it, or use a new --workdir"
+            ) from None
 
     @staticmethod
     def _verify(restored: Any, entries: dict) -> None:
@@ -535,8 +557,9 @@ def _assemble(region: tuple, pieces: list) -> np.ndarray | None:
             continue
         if out is None:
             out = np.empty([hi - lo for lo, hi in region], values.dtype)
-        out[tuple(slice(lo - r0, hi - r0) for (lo, hi), (r0, _) in zip(cut, region))] = \
-            values[tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(cut, where))]
+        out[tuple(slice(lo - r0, hi - r0) for (lo, hi), (r0, _) in zip(cut, region))] = values[
+            tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(cut, where))
+        ]
         covered += int(np.prod([hi - lo for lo, hi in cut]))
     return out if out is not None and covered == int(np.prod([hi - lo for lo, hi in region])) else None
 
@@ -547,7 +570,10 @@ def _orbax_tree_paths(step_dir: str) -> set[str] | None:
     try:
         with open(os.path.join(step_dir, "default", "_METADATA")) as f:
             tree = json.load(f)["tree_metadata"]
-        return {"/".join(str(k) for k in ast.literal_eval(key)) for key, entry in tree.items()
-                if not entry.get("value_metadata", {}).get("skip_deserialize", False)}
+        return {
+            "/".join(str(k) for k in ast.literal_eval(key))
+            for key, entry in tree.items()
+            if not entry.get("value_metadata", {}).get("skip_deserialize", False)
+        }
     except Exception:
         return None

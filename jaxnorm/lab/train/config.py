@@ -20,19 +20,44 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 
 # keys that may change between a run and its resumption without changing its results
-RESUMABLE_CHANGES = ("resume", "restore_step", "num_steps", "log_every", "eval_every", "checkpoint_every",
-                     "keep_checkpoints", "data_dir", "progress", "parallel", "coordinator_address",
-                     "num_processes", "process_id", "heartbeat_timeout", "shard_params", "shard_params_min_size",
-                     "compilation_cache", "compilation_cache_dir", "data_workers")
+RESUMABLE_CHANGES = (
+    "resume",
+    "restore_step",
+    "num_steps",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "data_dir",
+    "progress",
+    "parallel",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "heartbeat_timeout",
+    "shard_params",
+    "shard_params_min_size",
+    "compilation_cache",
+    "compilation_cache_dir",
+    "data_workers",
+)
 
 # keys added after runs had been recorded, with the value that reproduces those runs: while a key has that value it
 # is left out of a run's identity (result_affecting), so earlier results and checkpoints, whose configs lack the key,
 # still match and are neither retrained nor refused
-ADDED_KEY_DEFAULTS = {"kernel_norm": "none", "shard_params": False, "shard_params_min_size": 2**12,
-                      "compilation_cache": True, "compilation_cache_dir": "", "data_workers": 0,
-                      "probes.bn_mode": "train",  # a dotted key: one of a group's keys
-                      "train_split": "train", "validation_split": "", "eval_train": False,
-                      "log_embedding_norm": False}
+ADDED_KEY_DEFAULTS = {
+    "kernel_norm": "none",
+    "shard_params": False,
+    "shard_params_min_size": 2**12,
+    "compilation_cache": True,
+    "compilation_cache_dir": "",
+    "data_workers": 0,
+    "probes.bn_mode": "train",  # a dotted key: one of a group's keys
+    "train_split": "train",
+    "validation_split": "",
+    "eval_train": False,
+    "log_embedding_norm": False,
+}
 BN_MODES = ("train", "eval")
 
 # keys of earlier runs' config.json that are now model fields: (old key, model field, old value meaning "the model's
@@ -117,7 +142,8 @@ def base_config() -> ml_collections.ConfigDict:
     # batch norm in the probed loss: 'train' (each probed point's own batch statistics, as Santurkar et al.) or
     # 'eval' (the running statistics); written into every probe row as bn_mode
     c.probes.bn_mode = "train"
-    # greedy layer-wise autoencoder pretraining of the first dense layers (Bengio et al. 2007; see jaxnorm.lab.train.pretrain)
+    # greedy layer-wise autoencoder pretraining of the first dense layers
+    # (Bengio et al. 2007; see jaxnorm.lab.train.pretrain)
     c.pretrain = ml_collections.ConfigDict()
     c.pretrain.layers = ()  # hidden sizes of the dense layers to pretrain, e.g. (100, 100); () = off
     c.pretrain.steps = 500  # per layer
@@ -158,8 +184,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_positive_int("config", "shard_params_min_size", config.shard_params_min_size)
     check_positive_int("config", "data_workers", config.data_workers, 0)
     check_choice("kernel_norm", config.kernel_norm, KERNEL_NORMS)
-    for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
-                "keep_checkpoints", "population_batches"):
+    for key in (
+        "batch_size",
+        "eval_batch_size",
+        "num_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "population_batches",
+    ):
         check_positive_int("config", key, config[key])
     if not math.isfinite(config.learning_rate) or config.learning_rate <= 0:
         raise ValueError(f"config.learning_rate must be a finite number > 0, got {config.learning_rate}")
@@ -174,11 +208,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for group in ("probes", "pretrain"):
         unknown_sub = sorted(set(config[group].keys()) - set(base[group].keys()))
         if unknown_sub:
-            raise ValueError(f"unknown config keys {[group + '.' + k for k in unknown_sub]}. "
-                             f"Valid: {sorted(group + '.' + k for k in base[group].keys())}")
+            raise ValueError(
+                f"unknown config keys {[group + '.' + k for k in unknown_sub]}. "
+                f"Valid: {sorted(group + '.' + k for k in base[group].keys())}"
+            )
     if config.size != "small" and config.size not in config.sizes:
-        raise ValueError(f"config.size={config.size!r} is not declared by this config; sizes: "
-                         f"{['small', *config.sizes.keys()]}")
+        raise ValueError(
+            f"config.size={config.size!r} is not declared by this config; sizes: {['small', *config.sizes.keys()]}"
+        )
     check_rate("config.dropout_rate", config.dropout_rate)
     check_splits(config.train_split, config.validation_split)
 
@@ -187,14 +224,17 @@ def check_splits(train_split: str, validation_split: str) -> None:
     """What can be checked of the split names without the dataset (the dataset checks that it has them and that
     the validation split shares no example with the train or test split, in ``jaxnorm.lab.data.load``)."""
     if not isinstance(train_split, str) or not train_split:
-        raise ValueError(f"config.train_split must name a split of the dataset ('train', 'train[:80%]'), got "
-                         f"{train_split!r}")
+        raise ValueError(
+            f"config.train_split must name a split of the dataset ('train', 'train[:80%]'), got {train_split!r}"
+        )
     if not isinstance(validation_split, str):
         raise ValueError(f"config.validation_split must be a split name or '' (none), got {validation_split!r}")
     if validation_split == train_split:
-        raise ValueError(f"config.validation_split={validation_split!r} is train_split itself: a validation split "
-                         "must be held out from training; e.g. train_split='train[:80%]' with "
-                         "validation_split='train[80%:]' (digits), or validation_split='validation' (mnist1d_10k)")
+        raise ValueError(
+            f"config.validation_split={validation_split!r} is train_split itself: a validation split "
+            "must be held out from training; e.g. train_split='train[:80%]' with "
+            "validation_split='train[80%:]' (digits), or validation_split='validation' (mnist1d_10k)"
+        )
 
 
 def resolve_size(config: ml_collections.ConfigDict, explicit=()) -> ml_collections.ConfigDict:
@@ -205,8 +245,10 @@ def resolve_size(config: ml_collections.ConfigDict, explicit=()) -> ml_collectio
     if config.size == "small":
         return out
     if config.size not in config.sizes:
-        raise ValueError(f"--config.size={config.size!r}: this config declares the sizes "
-                         f"{['small', *config.sizes.keys()]}; add c.sizes.{config.size} = {{...}} to its file")
+        raise ValueError(
+            f"--config.size={config.size!r}: this config declares the sizes "
+            f"{['small', *config.sizes.keys()]}; add c.sizes.{config.size} = {{...}} to its file"
+        )
     preset = config.sizes[config.size].to_dict()
     explicit = set(explicit)
     for key, value in _flatten(preset).items():
@@ -260,5 +302,8 @@ def result_affecting(config: ml_collections.ConfigDict | dict) -> dict:
     """The config (or a config already read back as a dict) without the keys that may change on resumption, and
     without the later-added keys that still have the value of the runs recorded before them."""
     d = upgrade(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config))
-    return {k: v for k, v in d.items()
-            if k not in RESUMABLE_CHANGES and not (k in ADDED_KEY_DEFAULTS and v == ADDED_KEY_DEFAULTS[k])}
+    return {
+        k: v
+        for k, v in d.items()
+        if k not in RESUMABLE_CHANGES and not (k in ADDED_KEY_DEFAULTS and v == ADDED_KEY_DEFAULTS[k])
+    }

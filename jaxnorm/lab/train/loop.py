@@ -21,15 +21,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxnorm.lab import data as data_lib
-from jaxnorm.lab import models as models_lib
 from jaxnorm import nn as jnn
 from jaxnorm import probes as probes_lib
+from jaxnorm.lab import data as data_lib
+from jaxnorm.lab import models as models_lib
 from jaxnorm.lab import rng
 from jaxnorm.lab.train import checkpoint as ckpt_lib
 from jaxnorm.lab.train import config as config_lib
 from jaxnorm.lab.train import metrics as metrics_lib
-from jaxnorm.lab.train import optim, parallel, pretrain as pretrain_lib, stage as stage_lib, steps
+from jaxnorm.lab.train import optim, parallel, steps
+from jaxnorm.lab.train import pretrain as pretrain_lib
+from jaxnorm.lab.train import stage as stage_lib
 from jaxnorm.lab.train import workdir as workdir_lib
 from jaxnorm.lab.train.stage import NonFiniteLossError
 
@@ -53,8 +55,12 @@ class Experiment:
 
 def model_kwargs(config, num_classes: int) -> dict:
     kw = dict(
-        num_classes=num_classes, norm=config.norm, norm_position=config.norm_position, dropout=config.dropout,
-        dropout_rate=config.dropout_rate, activation=config.activation,
+        num_classes=num_classes,
+        norm=config.norm,
+        norm_position=config.norm_position,
+        dropout=config.dropout,
+        dropout_rate=config.dropout_rate,
+        activation=config.activation,
     )
     if config.kernel_norm != "none":  # only when set: a registered model need not know the field
         kw["kernel_norm"] = config.kernel_norm
@@ -69,22 +75,33 @@ def build(config) -> Experiment:
 
 
 def _build(config) -> Experiment:
-    dp = parallel.DataParallel.create(config.parallel, sync_bn=config.sync_bn, shard_params=config.shard_params,
-                                      min_shard_size=config.shard_params_min_size)
+    dp = parallel.DataParallel.create(
+        config.parallel,
+        sync_bn=config.sync_bn,
+        shard_params=config.shard_params,
+        min_shard_size=config.shard_params_min_size,
+    )
     parallel.check_batch_size(config.batch_size, dp.num_devices)
     # the split names are checked here (the dataset has them, the validation split is disjoint from the others),
     # before the workdir is touched
-    dataset = data_lib.load(config.dataset, config.data_dir or None, train_split=config.train_split,
-                            validation_split=config.validation_split or None)
+    dataset = data_lib.load(
+        config.dataset,
+        config.data_dir or None,
+        train_split=config.train_split,
+        validation_split=config.validation_split or None,
+    )
     n = dataset.info.num_train
     if config.batch_size > n:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the {config.dataset} training set "
-                         f"({n} examples); use batch_size <= {n}")
+        raise ValueError(
+            f"batch_size={config.batch_size} is larger than the {config.dataset} training set "
+            f"({n} examples); use batch_size <= {n}"
+        )
     if not config.drop_remainder and models_lib.norm_spec(config.norm).batch_stats:
         raise ValueError(
             "drop_remainder=False pads the last batch of each epoch, and a batch-statistics norm would count the "
             "padding in its statistics; keep drop_remainder=True with norm="
-            f"{config.norm!r}, or use a per-example norm")
+            f"{config.norm!r}, or use a per-example norm"
+        )
     kwargs = model_kwargs(config, dataset.info.num_classes)
     eval_model = models_lib.build_model(config.model, **kwargs)
     sync = dp.axis_name is not None and config.sync_bn
@@ -95,8 +112,9 @@ def _build(config) -> Experiment:
 
 def _train_batch(exp: Experiment, step: int) -> dict:
     c = exp.config
-    return data_lib.batch_at(exp.dataset.train, step, c.batch_size, seed=c.seed, augment=c.augment,
-                             drop_remainder=c.drop_remainder)
+    return data_lib.batch_at(
+        exp.dataset.train, step, c.batch_size, seed=c.seed, augment=c.augment, drop_remainder=c.drop_remainder
+    )
 
 
 def input_pipeline(exp: Experiment, start: int, checkpointer=None) -> data_lib.GrainBatches:
@@ -105,8 +123,15 @@ def input_pipeline(exp: Experiment, start: int, checkpointer=None) -> data_lib.G
     processes when > 0). When resuming, the position saved with the checkpoint of ``start`` is checked against the
     run's options."""
     c = exp.config
-    batches = data_lib.train_batches(exp.dataset.train, c.batch_size, seed=c.seed, augment=c.augment,
-                                     drop_remainder=c.drop_remainder, start_step=start, workers=c.data_workers)
+    batches = data_lib.train_batches(
+        exp.dataset.train,
+        c.batch_size,
+        seed=c.seed,
+        augment=c.augment,
+        drop_remainder=c.drop_remainder,
+        start_step=start,
+        workers=c.data_workers,
+    )
     saved = checkpointer.extra(start) if checkpointer is not None and start in checkpointer.steps() else None
     if saved and "input_pipeline" in saved:
         batches.set_state(saved["input_pipeline"])
@@ -144,16 +169,20 @@ def eval_splits(exp: Experiment) -> dict[str, data_lib.Split]:
 
 def _evaluate_splits(exp: Experiment, eval_step, variables) -> dict:
     """:func:`evaluate` of ``variables`` on every split of :func:`eval_splits`, with its keys prefixed."""
-    return {f"{prefix}{k}": v for prefix, split in eval_splits(exp).items()
-            for k, v in evaluate(exp, eval_step, variables, split).items()}
+    return {
+        f"{prefix}{k}": v
+        for prefix, split in eval_splits(exp).items()
+        for k, v in evaluate(exp, eval_step, variables, split).items()
+    }
 
 
 def population_variables(exp: Experiment, variables) -> dict:
     """``variables`` with batch statistics recomputed as population statistics over training batches."""
     c = exp.config
     batches = (_train_batch(exp, i)["x"] for i in range(c.population_batches))
-    return jnn.population_batch_stats(exp.eval_model.apply, variables, batches,
-                                      rngs={"dropout": steps.dropout_key(c.seed, 0)})
+    return jnn.population_batch_stats(
+        exp.eval_model.apply, variables, batches, rngs={"dropout": steps.dropout_key(c.seed, 0)}
+    )
 
 
 def make_probes(exp: Experiment, shapes):
@@ -172,8 +201,9 @@ def make_probes(exp: Experiment, shapes):
             raise ValueError(f"probes.ics_layers: {bad} are not layers of {exp.config.model}; valid: {valid}")
         options["ics"] = {"layers": list(p.ics_layers)}
     bn_mode = p.bn_mode
-    probe_fn = probes_lib.make_probe_fn(exp.eval_model, probes=tuple(p.kinds), lr=exp.schedule, options=options,
-                                        loss=exp.loss, train=bn_mode == "train")
+    probe_fn = probes_lib.make_probe_fn(
+        exp.eval_model, probes=tuple(p.kinds), lr=exp.schedule, options=options, loss=exp.loss, train=bn_mode == "train"
+    )
     base_key = rng.rng_stream(exp.config.seed, "probes")
 
     def probe(state, batch, step):
@@ -196,11 +226,18 @@ def _stage(c, directory: str) -> stage_lib.Stage:
         return lambda done: any(done % n == 0 for n in periods)
 
     return stage_lib.Stage(
-        name="training", step_label="step", split="train", total=c.num_steps, checkpoint_dir=directory,
-        log_at=every(c.log_every, c.checkpoint_every, c.eval_every), checkpoint_at=every(c.checkpoint_every),
-        eval_at=every(c.eval_every), summarize=_summarize,
+        name="training",
+        step_label="step",
+        split="train",
+        total=c.num_steps,
+        checkpoint_dir=directory,
+        log_at=every(c.log_every, c.checkpoint_every, c.eval_every),
+        checkpoint_at=every(c.checkpoint_every),
+        eval_at=every(c.eval_every),
+        summarize=_summarize,
         detail=lambda m: f" (learning rate {float(jax.device_get(m['learning_rate'])):.4g})",
-        hint="Lower --config.learning_rate, add warm-up (--config.warmup_steps) or a normalization layer")
+        hint="Lower --config.learning_rate, add warm-up (--config.warmup_steps) or a normalization layer",
+    )
 
 
 def cache_dir(config) -> str:
@@ -263,13 +300,15 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
         watchdog = stack.enter_context(parallel.PeerWatchdog(c.heartbeat_timeout)) if jax.process_count() > 1 else None
         if primary:  # held until the run ends; taken before resume=False moves anything
             stack.enter_context(workdir_lib.locked(workdir))
-        resume = (ckpt_lib.check_workdir(workdir, c) if primary
-                  else os.path.exists(os.path.join(workdir, "config.json")))
-        checkpointer = stack.enter_context(contextlib.closing(ckpt_lib.Checkpointer(workdir, c.keep_checkpoints,
-                                                                                   sharded=dp.shard_params)))
+        resume = ckpt_lib.check_workdir(workdir, c) if primary else os.path.exists(os.path.join(workdir, "config.json"))
+        checkpointer = stack.enter_context(
+            contextlib.closing(ckpt_lib.Checkpointer(workdir, c.keep_checkpoints, sharded=dp.shard_params))
+        )
         if resume and c.restore_step != -1 and c.restore_step not in checkpointer.steps():
-            raise ckpt_lib.CheckpointError(f"no checkpoint for step {c.restore_step} in {checkpointer.directory}; "
-                                           f"available: {checkpointer.steps()}")
+            raise ckpt_lib.CheckpointError(
+                f"no checkpoint for step {c.restore_step} in {checkpointer.directory}; "
+                f"available: {checkpointer.steps()}"
+            )
         if primary:  # only once every check has passed: a failed command leaves config.json as it was
             ckpt_lib.save_config(workdir, c)
         writer = stack.enter_context(contextlib.closing(metrics_lib.MetricWriter(workdir, enabled=primary)))
@@ -284,16 +323,26 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
             if watchdog is not None:
                 watchdog.last_checkpoint = int(state.step)
 
-        train_step = dp.compile(steps.make_train_step(exp.model, exp.tx, exp.schedule, c.seed,
-                                                      axis_name=dp.axis_name, sync_bn=c.sync_bn, loss=exp.loss,
-                                                      embedding_reg=c.embedding_reg,
-                                                      log_embedding=c.log_embedding_norm))
+        train_step = dp.compile(
+            steps.make_train_step(
+                exp.model,
+                exp.tx,
+                exp.schedule,
+                c.seed,
+                axis_name=dp.axis_name,
+                sync_bn=c.sync_bn,
+                loss=exp.loss,
+                embedding_reg=c.embedding_reg,
+                log_embedding=c.log_embedding_norm,
+            )
+        )
         eval_step = jax.jit(steps.make_eval_step(exp.eval_model, exp.loss))
         dropout_base = rng.rng_stream(c.seed, "dropout")  # an input, not a constant: one program for every seed
         start = int(state.step)
         writer.rewind_to(start)  # the rows (and TensorBoard points) of steps that run again are dropped
-        progress = stack.enter_context(contextlib.closing(metrics_lib.Progress(c.num_steps, start,
-                                                                               enabled=progress_on)))
+        progress = stack.enter_context(
+            contextlib.closing(metrics_lib.Progress(c.num_steps, start, enabled=progress_on))
+        )
 
         batches = stack.enter_context(contextlib.closing(input_pipeline(exp, start, checkpointer)))
 
@@ -322,8 +371,15 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
                 watchdog.last_checkpoint = done
 
         dstate, last_eval = stage_lib.run_stage(
-            _stage(c, checkpointer.directory), dp.put_state(state), start, step_fn, save, writer=writer,
-            progress=progress, evaluate=lambda d: _evaluate_all(exp, eval_step, dp.get_state(d)))
+            _stage(c, checkpointer.directory),
+            dp.put_state(state),
+            start,
+            step_fn,
+            save,
+            writer=writer,
+            progress=progress,
+            evaluate=lambda d: _evaluate_all(exp, eval_step, dp.get_state(d)),
+        )
         if last_eval is None:  # nothing left to train: evaluate the restored state
             last_eval = _evaluate_all(exp, eval_step, dp.get_state(dstate))
     return last_eval
@@ -335,8 +391,11 @@ def _restore_target(dp: parallel.DataParallel, state) -> dict:
     target = flax.serialization.to_state_dict(state)
     if not dp.shard_params:
         return target
-    return jax.tree.map(lambda v, sh: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sh),
-                        target, dp.state_sharding(target))
+    return jax.tree.map(
+        lambda v, sh: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sh),
+        target,
+        dp.state_sharding(target),
+    )
 
 
 def load_experiment(workdir: str) -> Experiment:
@@ -422,8 +481,15 @@ def main(config, workdir: str, explicit=()) -> int:
     except KeyboardInterrupt as e:
         print(str(e) or "interrupted")
         return 130
-    except (ValueError, KeyError, ckpt_lib.CheckpointError, NonFiniteLossError, data_lib.DatasetNotPreparedError,
-            workdir_lib.WorkdirError, parallel.DistributedError) as e:
+    except (
+        ValueError,
+        KeyError,
+        ckpt_lib.CheckpointError,
+        NonFiniteLossError,
+        data_lib.DatasetNotPreparedError,
+        workdir_lib.WorkdirError,
+        parallel.DistributedError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except jax.errors.JaxRuntimeError as e:
@@ -431,15 +497,22 @@ def main(config, workdir: str, explicit=()) -> int:
             raise
         # a collective whose peer is gone: one line, then exit at once (a normal shutdown would wait on the peer)
         saved = ckpt_lib.saved_steps(workdir)
-        print(f"error: process {jax.process_index()} of {jax.process_count()}: a peer process stopped responding "
-              f"({' '.join(str(e).split())[:120]}); last checkpoint step {saved[-1] if saved else 'none'}. Restart "
-              "every process with the same command to resume", file=sys.stderr, flush=True)
+        print(
+            f"error: process {jax.process_index()} of {jax.process_count()}: a peer process stopped responding "
+            f"({' '.join(str(e).split())[:120]}); last checkpoint step {saved[-1] if saved else 'none'}. Restart "
+            "every process with the same command to resume",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(1)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        print(f"error: disk full while writing {e.filename or workdir}: free space on that file system and rerun "
-              "the same command to resume", file=sys.stderr)
+        print(
+            f"error: disk full while writing {e.filename or workdir}: free space on that file system and rerun "
+            "the same command to resume",
+            file=sys.stderr,
+        )
         return 1
     print("final eval: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
     return 0

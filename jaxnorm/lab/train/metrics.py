@@ -18,7 +18,7 @@ import struct
 import sys
 import time
 from collections import Counter
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -171,8 +171,9 @@ def read_metrics(workdir: str) -> list[dict]:
     file and the line."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {str(workdir)!r} a jaxnorm run directory (python train.py "
-                                "--workdir ...)?")
+        raise FileNotFoundError(
+            f"{path} not found: is {str(workdir)!r} a jaxnorm run directory (python train.py --workdir ...)?"
+        )
     with open(path, "rb") as f:
         data = f.read()
     return [row for _, row in _parse(path, data, torn_ok=True)[0]]
@@ -193,8 +194,10 @@ def _parse(path: str, data: bytes, torn_ok: bool) -> tuple[list[tuple[bytes, dic
                 torn = True
                 break
             snippet = line[:120].decode("utf-8", "replace")
-            raise ValueError(f"{path}, line {i + 1}: not a metrics row ({err}): {snippet!r}; the file is damaged "
-                             "there: delete or mend that line")
+            raise ValueError(
+                f"{path}, line {i + 1}: not a metrics row ({err}): {snippet!r}; the file is damaged "
+                "there: delete or mend that line"
+            )
         out.append((line, row))
     return out, torn
 
@@ -260,7 +263,7 @@ def _replace(path: str, chunks) -> None:
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            for c in ([chunks] if isinstance(chunks, bytes) else chunks):
+            for c in [chunks] if isinstance(chunks, bytes) else chunks:
                 f.write(c)
             f.flush()
             os.fsync(f.fileno())
@@ -275,8 +278,11 @@ def _replace(path: str, chunks) -> None:
 
 def _scalars(split, row: dict) -> list[tuple[str, float]]:
     """The TensorBoard points of a row: ``(<split>/<name>, value)`` of its finite scalars."""
-    return [(f"{split}/{k}", v) for k, v in row.items()
-            if k not in ("step", "split") and isinstance(v, (int, float)) and math.isfinite(v)]
+    return [
+        (f"{split}/{k}", v)
+        for k, v in row.items()
+        if k not in ("step", "split") and isinstance(v, (int, float)) and math.isfinite(v)
+    ]
 
 
 _INVALID_TAG_CHARACTERS = re.compile(r"[^-/\w\.]")
@@ -332,8 +338,11 @@ def _read_events(tb_dir: str) -> list[tuple]:
                 if e.session_log.status == SessionLog.START:
                     out.append(("start", None, e.step, None, None))
             elif e.HasField("summary"):
-                out.extend(("scalar", v.tag, e.step, v.simple_value, e.wall_time) for v in e.summary.value
-                           if v.HasField("simple_value"))
+                out.extend(
+                    ("scalar", v.tag, e.step, v.simple_value, e.wall_time)
+                    for v in e.summary.value
+                    if v.HasField("simple_value")
+                )
     return out
 
 

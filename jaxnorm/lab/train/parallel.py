@@ -26,11 +26,13 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxnorm._checks import check_choice
 
@@ -54,8 +56,10 @@ def resolve_mode(mode: str, sync_bn: bool = True) -> str:
             return "none"
         return "global" if sync_bn else "shard_map"
     if mode == "global" and not sync_bn:
-        raise ValueError("parallel='global' computes batch statistics over the global batch; sync_bn=False "
-                         "(per-device statistics) needs per-device code: use parallel='shard_map' or 'pmap'")
+        raise ValueError(
+            "parallel='global' computes batch statistics over the global batch; sync_bn=False "
+            "(per-device statistics) needs per-device code: use parallel='shard_map' or 'pmap'"
+        )
     return mode
 
 
@@ -71,7 +75,8 @@ def fsdp_spec(shape, num_devices: int, min_size: int = FSDP_MIN_SIZE, where: str
         raise ValueError(
             f"shard_params: {where} of shape {shape} has no axis divisible by the {num_devices} devices; use a "
             f"device count that divides one of {shape}, raise shard_params_min_size above its {int(np.prod(shape))} "
-            "elements to replicate it, or set shard_params=False")
+            "elements to replicate it, or set shard_params=False"
+        )
     best = max(axes, key=lambda i: (shape[i], -i))
     return P(*([None] * best + [AXIS]))
 
@@ -91,20 +96,26 @@ def initialize_distributed(config) -> None:
     if not config.coordinator_address or config.num_processes < 2 or not 0 <= config.process_id < config.num_processes:
         raise ValueError(
             f"multi-process training needs coordinator_address (host:port), num_processes >= 2 and 0 <= process_id "
-            f"< num_processes; got {config.coordinator_address!r}, {config.num_processes}, {config.process_id}")
+            f"< num_processes; got {config.coordinator_address!r}, {config.num_processes}, {config.process_id}"
+        )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
     timeout = config.heartbeat_timeout * 3
     try:
         jax.distributed.initialize(
-            coordinator_address=config.coordinator_address, num_processes=config.num_processes,
-            process_id=config.process_id, heartbeat_timeout_seconds=config.heartbeat_timeout,
-            initialization_timeout=timeout, shutdown_timeout_seconds=config.heartbeat_timeout)
-    except Exception as e:  # noqa: BLE001 - XLA raises its runtime error type for every connection failure
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+            heartbeat_timeout_seconds=config.heartbeat_timeout,
+            initialization_timeout=timeout,
+            shutdown_timeout_seconds=config.heartbeat_timeout,
+        )
+    except Exception as e:
         raise DistributedError(
             f"process {config.process_id} of {config.num_processes}: not every process connected to the coordinator "
             f"{config.coordinator_address} within the initialization timeout ({timeout} s = 3 × heartbeat_timeout); "
             f"start all {config.num_processes} processes with the same --config.coordinator_address "
-            f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+            f"({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+        ) from None
 
 
 class DistributedError(RuntimeError):
@@ -142,9 +153,13 @@ class PeerWatchdog:
     def _die(self, who: int) -> None:
         if self._stop.is_set():
             return
-        print(f"error: process {who} of {self.n} stopped responding (no heartbeat for {self.timeout:.0f} s); last "
-              f"checkpoint step {self.last_checkpoint if self.last_checkpoint is not None else 'none'}. Restart "
-              "every process with the same command to resume", file=sys.stderr, flush=True)
+        print(
+            f"error: process {who} of {self.n} stopped responding (no heartbeat for {self.timeout:.0f} s); last "
+            f"checkpoint step {self.last_checkpoint if self.last_checkpoint is not None else 'none'}. Restart "
+            "every process with the same command to resume",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(1)
 
     def _beat(self) -> None:
@@ -158,11 +173,11 @@ class PeerWatchdog:
                 for k, (value, since) in seen.items():
                     try:
                         v = self.client.key_value_try_get(f"jaxnorm/alive/{k}")
-                    except Exception:  # noqa: BLE001 - not written yet
+                    except Exception:
                         v = value
                     seen[k] = (v, now) if v != value else (value, since)
                 self._last_answer = time.monotonic()
-            except Exception:  # noqa: BLE001 - the coordinator (process 0) is gone
+            except Exception:
                 self._die(0)
             for k, (_, since) in seen.items():
                 if since is not None and now - since > self.timeout:
@@ -180,7 +195,8 @@ def check_batch_size(batch_size: int, num_devices: int) -> None:
         raise ValueError(
             f"the global batch_size={batch_size} is not divisible by the {num_devices} devices "
             f"({jax.process_count()} process(es) × {jax.local_device_count()} local); use a multiple of "
-            f"{num_devices} such as {max(lower, num_devices)} or {lower + num_devices}")
+            f"{num_devices} such as {max(lower, num_devices)} or {lower + num_devices}"
+        )
 
 
 def _host(x):
@@ -201,16 +217,22 @@ class DataParallel:
     _state_sharding: Any = None  # the state's shardings in 'global' mode, set by put_state
 
     @classmethod
-    def create(cls, mode: str, *, sync_bn: bool = True, shard_params: bool = False,
-               min_shard_size: int = FSDP_MIN_SIZE) -> "DataParallel":
+    def create(
+        cls, mode: str, *, sync_bn: bool = True, shard_params: bool = False, min_shard_size: int = FSDP_MIN_SIZE
+    ) -> DataParallel:
         mode = resolve_mode(mode, sync_bn)
         if shard_params and mode not in ("global", "none"):
-            raise ValueError(f"shard_params=True shards the state over the mesh of parallel='global'; parallel="
-                             f"{mode!r} replicates it per device: use parallel='global' (or 'auto')")
+            raise ValueError(
+                f"shard_params=True shards the state over the mesh of parallel='global'; parallel="
+                f"{mode!r} replicates it per device: use parallel='global' (or 'auto')"
+            )
         if mode == "pmap" and not _PMAP_NOTE:
             _PMAP_NOTE.append(True)
-            print("note: jax.pmap is in maintenance mode upstream; parallel='global' (jit over sharded arrays) is "
-                  "JAX's recommended path", file=sys.stderr)
+            print(
+                "note: jax.pmap is in maintenance mode upstream; parallel='global' (jit over sharded arrays) is "
+                "JAX's recommended path",
+                file=sys.stderr,
+            )
         mesh = None
         if mode in ("global", "shard_map"):
             mesh = jax.make_mesh((jax.device_count(),), (AXIS,), (AxisType.Auto,))
@@ -231,7 +253,7 @@ class DataParallel:
         if n == 1:
             return batch
         size = len(batch["y"]) // n
-        return {k: v[p * size:(p + 1) * size] for k, v in batch.items()}
+        return {k: v[p * size : (p + 1) * size] for k, v in batch.items()}
 
     def put_batch(self, batch: dict) -> Any:
         """A global batch on the devices (each process placing its :meth:`local_slice`)."""
@@ -251,9 +273,13 @@ class DataParallel:
 
     def state_sharding(self, state: Any) -> Any:
         """The tree of shardings the state lives in ('global' mode): replicated, or FSDP with ``shard_params``."""
+
         def one(path, v):
-            spec = (fsdp_spec(np.shape(v), self.num_devices, self.min_shard_size, jax.tree_util.keystr(path))
-                    if self.shard_params else P())
+            spec = (
+                fsdp_spec(np.shape(v), self.num_devices, self.min_shard_size, jax.tree_util.keystr(path))
+                if self.shard_params
+                else P()
+            )
             return NamedSharding(self.mesh, spec)
 
         return jax.tree_util.tree_map_with_path(one, state)

@@ -12,7 +12,8 @@ bias: BN's β takes its place), and fine-tuning runs as a normal training run.
 
 Pretraining step ``p`` trains layer ``p // steps`` on the batch ``batch_at(train, p, seed=stream_seed(seed,
 'pretrain_data'))`` with the masking-noise key ``fold_in(rng_stream(seed, 'pretrain_noise'), p)`` (see
-:mod:`jaxnorm.lab.rng`); it runs on the same stage driver as the supervised stage (:mod:`jaxnorm.lab.train.stage`). Its state
+:mod:`jaxnorm.lab.rng`); it runs on the same stage driver as the supervised stage (:mod:`jaxnorm.lab.train.stage`).
+Its state
 (every layer's autoencoder and optimizer state, a fixed structure) is checkpointed under ``WORKDIR/pretrain``, so a
 run stopped mid-pretraining resumes there bit-identically.
 """
@@ -30,8 +31,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxnorm import _checks, losses
-from jaxnorm.lab import rng
 from jaxnorm.lab import data as data_lib
+from jaxnorm.lab import rng
 from jaxnorm.lab.models import autoencoder as ae_lib
 from jaxnorm.lab.models import components
 from jaxnorm.lab.train import checkpoint as ckpt_lib
@@ -43,6 +44,7 @@ KINDS = ("denoising", "sparse", "both")
 
 def layer_stack(params) -> list[str]:
     """The model's convolutions then dense layers (``conv_0, …, dense_0, …``) in order; the head is excluded."""
+
     def ordered(prefix):
         names = [n for n in params if re.fullmatch(prefix + r"_\d+", n)]
         return sorted(names, key=lambda n: int(n.split("_")[1]))
@@ -60,21 +62,27 @@ def plan(config, params) -> list[str]:
     _checks.check_choice("pretrain.kind", p.kind, KINDS)
     _checks.check_positive_int("config", "pretrain.steps (steps per layer)", p.steps)
     if p.kind in ("sparse", "both") and config.activation != "sigmoid":
-        raise ValueError(f"pretrain.kind={p.kind!r} needs sigmoid codes (ρ̂_j in (0, 1)); set --config.activation="
-                         f"sigmoid or pretrain.kind='denoising' (activation is {config.activation!r})")
+        raise ValueError(
+            f"pretrain.kind={p.kind!r} needs sigmoid codes (ρ̂_j in (0, 1)); set --config.activation="
+            f"sigmoid or pretrain.kind='denoising' (activation is {config.activation!r})"
+        )
     _checks.check_rho(p.rho, "pretrain.rho")
     _checks.check_beta(p.beta, "pretrain.beta")
     _checks.check_fraction(p.corruption, "pretrain.corruption")
     names = layer_stack(params)
     if not names:
-        raise ValueError(f"pretraining needs dense or conv layers to initialize (conv_0, …, dense_0, …), and model "
-                         f"{config.model!r} has none (its layers: {sorted(params)}); use e.g. mlp, ioffe_mlp, "
-                         "simple_cnn or cnn1d")
+        raise ValueError(
+            f"pretraining needs dense or conv layers to initialize (conv_0, …, dense_0, …), and model "
+            f"{config.model!r} has none (its layers: {sorted(params)}); use e.g. mlp, ioffe_mlp, "
+            "simple_cnn or cnn1d"
+        )
     widths = [int(params[n]["kernel"].shape[-1]) for n in names]
     if len(sizes) > len(widths) or tuple(widths[: len(sizes)]) != sizes:
-        raise ValueError(f"pretrain.layers={list(sizes)} does not match the first layers of {config.model!r}, whose "
-                         f"sizes are {widths} ({', '.join(names)}); use a prefix such as "
-                         f"{widths[: max(1, len(sizes))]}")
+        raise ValueError(
+            f"pretrain.layers={list(sizes)} does not match the first layers of {config.model!r}, whose "
+            f"sizes are {widths} ({', '.join(names)}); use a prefix such as "
+            f"{widths[: max(1, len(sizes))]}"
+        )
     return names[: len(sizes)]
 
 
@@ -82,8 +90,11 @@ def _init_state(params, names, tx):
     aes = {}
     for n in names:
         k = params[n]["kernel"]
-        aes[n] = {"kernel": k, "bias": params[n].get("bias", jnp.zeros(k.shape[-1], k.dtype)),
-                  "bias_out": jnp.zeros(k.shape[-2], k.dtype)}
+        aes[n] = {
+            "kernel": k,
+            "bias": params[n].get("bias", jnp.zeros(k.shape[-1], k.dtype)),
+            "bias_out": jnp.zeros(k.shape[-2], k.dtype),
+        }
     return {"step": jnp.zeros((), jnp.int32), "aes": aes, "opts": {n: tx.init(aes[n]) for n in names}}
 
 
@@ -140,11 +151,17 @@ def _layer_io_fn(model, name):
 def _stage(c, names, directory: str) -> stage_lib.Stage:
     p = c.pretrain
     return stage_lib.Stage(
-        name="pretraining", step_label="pretraining step", split="pretrain", total=len(names) * p.steps,
-        checkpoint_dir=directory, log_at=lambda done: done % c.log_every == 0 or done % p.steps == 0,
+        name="pretraining",
+        step_label="pretraining step",
+        split="pretrain",
+        total=len(names) * p.steps,
+        checkpoint_dir=directory,
+        log_at=lambda done: done % c.log_every == 0 or done % p.steps == 0,
         checkpoint_at=lambda done: done % c.checkpoint_every == 0,
         summarize=lambda rows: {"loss": float(rows[-1]["loss"]), "layer": int(rows[-1]["layer"])},
-        detail=lambda m: f" (layer {names[int(m['layer'])]})", hint="Lower --config.pretrain.learning_rate")
+        detail=lambda m: f" (layer {names[int(m['layer'])]})",
+        hint="Lower --config.pretrain.learning_rate",
+    )
 
 
 def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
@@ -167,14 +184,13 @@ def pretrain(exp, variables, workdir: str, writer, primary: bool, progress: bool
     steps_fn = {}
     for n in names:  # a strided conv: its stride from the ratio of input to output size
         h_in, h_out = jax.eval_shape(io[n], variables, _batch(exp, 0))
-        steps_fn[n] = _make_step(c, tx, act, tuple(a // b for a, b in zip(h_in.shape[1:-1], h_out.shape[1:-1]))
-                                 or None)
+        steps_fn[n] = _make_step(c, tx, act, tuple(a // b for a, b in zip(h_in.shape[1:-1], h_out.shape[1:-1])) or None)
     noise_key = rng.rng_stream(c.seed, "pretrain_noise")
 
     def step_fn(state, s):
         n = names[s // c.pretrain.steps]
         # the input of layer n in the network, the layers before it already pretrained
-        learned = {m: state["aes"][m] for m in names[:names.index(n)]}
+        learned = {m: state["aes"][m] for m in names[: names.index(n)]}
         h, _ = io[n]({**variables, "params": _with_layers(params, learned)}, _batch(exp, s))
         ae, opt, loss = steps_fn[n](state["aes"][n], state["opts"][n], h, jax.random.fold_in(noise_key, s))
         new = {"step": jnp.asarray(s + 1, jnp.int32), "aes": {**state["aes"], n: ae}, "opts": {**state["opts"], n: opt}}
@@ -208,10 +224,13 @@ def restore_autoencoders(exp, workdir: str) -> tuple[int, dict]:
         raise ValueError(f"{workdir} is not a run with autoencoder pretraining (config.pretrain.layers is empty)")
     tx = optax.adam(exp.config.pretrain.learning_rate)
     target = flax.serialization.to_state_dict(
-        jax.eval_shape(lambda params: _init_state(params, names, tx), variables["params"]))
+        jax.eval_shape(lambda params: _init_state(params, names, tx), variables["params"])
+    )
     with contextlib.closing(_checkpointer(workdir)) as ckpt:
         if not ckpt.steps():
-            raise FileNotFoundError(f"{ckpt.directory} has no pretraining checkpoint: was the run started with "
-                                    "--config.pretrain.layers=...?")
+            raise FileNotFoundError(
+                f"{ckpt.directory} has no pretraining checkpoint: was the run started with "
+                "--config.pretrain.layers=...?"
+            )
         state = ckpt.restore(target)
     return int(state["step"]), {n: state["aes"][n] for n in names}

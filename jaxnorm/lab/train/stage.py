@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import signal
 import threading
 import time
-from typing import Any, Callable
-
-import itertools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -92,11 +92,21 @@ def check_finite(stage: Stage, pending: list) -> None:
         if not np.isfinite(loss):
             raise NonFiniteLossError(
                 f"the {stage.name} loss is {loss} at {stage.step_label} {step}{stage.detail(m)}; no checkpoint was "
-                f"written after it. {stage.hint}")
+                f"written after it. {stage.hint}"
+            )
 
 
-def run_stage(stage: Stage, state: Any, start: int, step_fn: Callable, save_fn: Callable, *, writer,
-              progress=None, evaluate: Callable | None = None) -> tuple[Any, dict | None]:
+def run_stage(
+    stage: Stage,
+    state: Any,
+    start: int,
+    step_fn: Callable,
+    save_fn: Callable,
+    *,
+    writer,
+    progress=None,
+    evaluate: Callable | None = None,
+) -> tuple[Any, dict | None]:
     """Run steps ``start … stage.total − 1`` and return ``(state, last evaluation or None)``.
 
     ``save_fn(state, done)`` writes a checkpoint after ``done`` steps; ``evaluate(state) -> dict`` is written as an
@@ -149,6 +159,8 @@ def run_stage(stage: Stage, state: Any, start: int, step_fn: Callable, save_fn: 
             write_row()
         save_fn(state, done)
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        raise type(e)(f"{how} at {stage.step_label} {done}; checkpoint saved in {stage.checkpoint_dir}. Rerun the "
-                      "same command to resume.") from None
+        raise type(e)(
+            f"{how} at {stage.step_label} {done}; checkpoint saved in {stage.checkpoint_dir}. Rerun the "
+            "same command to resume."
+        ) from None
     return state, last_eval

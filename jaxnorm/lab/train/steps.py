@@ -1,12 +1,14 @@
 """Training state and the jitted train/eval steps.
 
 The state is a plain pytree (step, params, batch_stats, opt_state); the dropout key of step ``t`` is
-``fold_in(rng_stream(seed, 'dropout'), t)``, so a run resumed at step ``t`` draws the same masks as an uninterrupted one.
+``fold_in(rng_stream(seed, 'dropout'), t)``, so a run resumed at step ``t`` draws the same masks as an uninterrupted
+one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -25,15 +27,18 @@ class TrainState:
     opt_state: Any
 
     def variables(self) -> dict:
-        return {"params": self.params, "batch_stats": self.batch_stats} if self.batch_stats else {
-            "params": self.params}
+        return {"params": self.params, "batch_stats": self.batch_stats} if self.batch_stats else {"params": self.params}
 
 
 def create_state(model, tx: optax.GradientTransformation, example_x, seed: int) -> TrainState:
     variables = model.init(rng.rng_stream(seed, "params"), example_x, train=False)
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(params))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+    )
 
 
 def dropout_key(seed: int, step) -> jax.Array:
@@ -52,13 +57,21 @@ def _psum(x, axis_name):
 
 
 def _pmean_floats(tree, axis_name):
-    return jax.tree.map(
-        lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
+    return jax.tree.map(lambda v: jax.lax.pmean(v, axis_name) if jnp.issubdtype(v.dtype, jnp.floating) else v, tree)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, seed: int, *,
-                    axis_name: str | None = None, sync_bn: bool = True, loss: str = "cross_entropy",
-                    embedding_reg: float = 0.0, log_embedding: bool = False) -> Callable:
+def make_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    schedule: Callable,
+    seed: int,
+    *,
+    axis_name: str | None = None,
+    sync_bn: bool = True,
+    loss: str = "cross_entropy",
+    embedding_reg: float = 0.0,
+    log_embedding: bool = False,
+) -> Callable:
     """``train_step(state, batch[, dropout_base]) -> (state, metrics)``, un-jitted (the caller jits, pmaps or
     shard_maps it). ``dropout_base`` (default ``rng_stream(seed, 'dropout')``) is the key the step's dropout key
     ``fold_in(dropout_base, step)`` derives from; passing it keeps the seed out of the compiled program.
@@ -82,8 +95,14 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
 
     def loss_fn(params, state, batch, key):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        out, new_vars = model.apply(variables, batch["x"], train=True, mutable=["batch_stats"],
-                                    rngs={"dropout": key}, **({"return_features": True} if features_on else {}))
+        out, new_vars = model.apply(
+            variables,
+            batch["x"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": key},
+            **({"return_features": True} if features_on else {}),
+        )
         logits, features = out if features_on else (out, None)
         losses = losses_lib.per_example_loss(logits, batch["y"], kind)
         w = batch["mask"].astype(losses.dtype)
@@ -104,7 +123,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         (loss, (logits, batch_stats, count, emb)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state, batch, key)
+            state.params, state, batch, key
+        )
         if axis_name is not None:
             grads, loss, emb = _psum((grads, loss, emb), axis_name)
             if not sync_bn:

@@ -34,8 +34,10 @@ def check(workdir: str) -> None:
     while not os.path.exists(existing):  # the nearest existing ancestor is where the directory would be created
         existing = os.path.dirname(existing)
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise WorkdirError(f"the workdir {path} is not writable ({existing} does not allow writing); use another "
-                           "--workdir or fix its permissions")
+        raise WorkdirError(
+            f"the workdir {path} is not writable ({existing} does not allow writing); use another "
+            "--workdir or fix its permissions"
+        )
 
 
 @contextlib.contextmanager
@@ -51,11 +53,17 @@ def locked(workdir: str):
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise WorkdirError(f"{os.path.abspath(workdir)} is in use by another run ({_holder(path)}); wait for it "
-                               "to finish, stop it, or use another --workdir") from None
+            raise WorkdirError(
+                f"{os.path.abspath(workdir)} is in use by another run ({_holder(path)}); wait for it "
+                "to finish, stop it, or use another --workdir"
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            ).encode(),
+        )
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
