@@ -48,14 +48,54 @@ def _hvp(loss_fn, params, batch, v, *, axis_name, operator, mask):
 
 def hvp(loss_fn: C.LossFn, params, batch, v, *, operator: str = "hessian", params_filter=None,
         axis_name: str | None = None):
-    """The operator-vector product ``M v``, by default ``H v`` with ``H = ∇²_w L(w)`` at ``w = params``, by
-    forward-over-reverse differentiation (``jax.jvp`` of ``jax.grad``): about the cost of 2–3 gradients, no
-    Hessian materialized. ``operator='ggn' | 'fisher' | 'empirical_fisher'``: ``Jᵀ A J v`` (one ``jvp`` and one
-    ``vjp`` of the model's outputs); ``batch`` a :func:`dataset`: the average over its batches.
+    """The operator-vector product ``M v``, by default the Hessian-vector product ``H v``.
 
-    ``v`` is a pytree shaped like ``params``; so is the result (with ``params_filter``: the block ``M_SS v_S`` of the
-    selected leaves, ``None`` for the others, whose entries of ``v`` are ignored). With ``axis_name`` (under pmap)
-    the product is ``pmean``'d over the devices, so it is the global-batch one.
+    Formula: ``H v = ∇_w (∇_w L(w) · v)`` at ``w = params``, by forward-over-reverse differentiation (``jax.jvp`` of
+    ``jax.grad``; about the cost of 2–3 gradients, no Hessian materialized). For ``operator='ggn' | 'fisher' |
+    'empirical_fisher'``: ``Jᵀ A J v`` with ``J`` the Jacobian of the model's outputs (one ``jvp`` and one
+    ``vjp``). With a data set: ``(1/B) Σ_b M_b v``.
+
+    Reference: Pearlmutter (1994), Fast Exact Multiplication by the Hessian.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      params: the parameter pytree ``w``.
+      batch: the second argument of ``loss_fn``: one batch (a tuple such as ``(x, y)`` is one batch), or a data
+        set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays) or
+        :func:`jaxnorm.probes.dataset` of them, which are the same: the operator is then the average
+        ``M = (1/B) Σ_b M_b`` over its ``B`` batches.
+      v: a pytree shaped like ``params``; with ``params_filter`` its entries outside the block are ignored.
+      operator: ``'hessian'`` (default), ``'ggn'``, ``'fisher'`` or ``'empirical_fisher'`` (the last three need a
+        :class:`jaxnorm.probes.SplitLoss`, e.g. from :func:`jaxnorm.probes.model_loss_fn`); see
+        :mod:`jaxnorm.probes.operators`.
+      params_filter: None (all parameters), a list of layer names or a predicate ``f(path, leaf) -> bool``: the
+        operator restricted to the selected leaves (the diagonal block ``M_SS``), the others held fixed.
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the products are ``pmean``'d over it (the
+        global-batch operator for equal shards).
+
+    Returns:
+      ``M v``, a pytree shaped like ``params`` (with ``params_filter``: ``M_SS v_S`` on the selected leaves,
+      ``None`` for the others).
+
+    Raises:
+      ValueError: ``v`` is not shaped like ``params``.
+      ValueError: ``loss_fn(params, batch)`` is not a real scalar; ``operator`` is unknown or needs a
+        :class:`jaxnorm.probes.SplitLoss` it did not get; ``params_filter`` selects nothing or names a missing
+        layer; a list of batches of unequal shapes.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                    # 0.5·wᵀAw: its Hessian is A
+    ...     w = jnp.concatenate([params['a'], params['b']])
+    ...     return 0.5 * w @ batch['A'] @ w
+    >>> params = {'a': jnp.array([1.0, 2.0]), 'b': jnp.array([-1.0])}
+    >>> batch = {'A': jnp.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.5]])}   # eigenvalues 3, 1, 0.5
+    >>> hv = jp.hvp(loss_fn, params, batch, params)      # A·w
+    >>> print(jnp.round(hv['a'], 3), jnp.round(hv['b'], 3))
+    [4. 5.] [-0.5]
     """
     if jax.tree.structure(v) != jax.tree.structure(params):
         raise ValueError(f"hvp: v must be a pytree shaped like params, got {jax.tree.structure(v)} vs "
@@ -229,27 +269,76 @@ LOOPS = ("auto", "device", "host")
 def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key: jax.Array, num_iters: int = 100,
                             method: str = "power", tol: float = 1e-5, loop: str = "auto",
                             operator: str = "hessian", params_filter=None, axis_name: str | None = None):
-    """The ``k`` eigenvalues of largest magnitude of the Hessian (or of ``operator``, of the ``params_filter``
-    block, of a data-set average: see :mod:`jaxnorm.probes.operators`) and their eigenvectors.
+    """The ``k`` eigenvalues of largest magnitude of the Hessian (or of another operator) and their eigenvectors.
 
-    Convention: ordered by ``|λ|`` descending, values signed (power iteration converges to the dominant-magnitude
-    eigenvalue; a negative one is found where it dominates, as in PyHessian).
+    Formula: power iteration with deflation, ``v ← P M v / ‖P M v‖`` with ``P`` the projection out of the pairs
+    already found, until the Rayleigh quotient ``λ = vᵀ M v`` changes by at most ``tol·|λ|``; or Lanczos with full
+    reorthogonalization and the top-``k`` Ritz pairs of its tridiagonal matrix. Ordered by ``|λ|`` descending, values
+    signed (a negative eigenvalue is found where it dominates, as in PyHessian).
 
-    * ``method='power'`` (default): power iteration with deflation, ``num_iters`` Hessian-vector products at most per
-      eigenvalue (stops early when the Rayleigh quotient changes by ≤ ``tol``·|λ|; ``tol=0`` runs all). Each new
-      vector is kept orthogonal to the pairs already found. Converges slowly when ``|λ_{j+1}/λ_j| ≈ 1`` and not at
-      all for a ``±λ`` pair.
-    * ``method='lanczos'``: ``num_iters`` Lanczos steps (clipped to the parameter count) with full
-      reorthogonalization, then the top-``k`` Ritz pairs; needs ``num_iters ≥ k`` and stores ``num_iters`` vectors
-      of the parameter size. Usually far fewer products than power iteration for ``k > 1``.
-    * ``loop``: ``'device'`` runs the iteration as one compiled program (``while_loop``; jit/pmap-traceable);
-      ``'host'`` runs a Python loop of compiled single steps (one Hessian-vector product per call, each compiled
-      once per ``loss_fn`` and shapes; not traceable). XLA:CPU runs convolution gradients inside loop bodies several
-      times slower (jax-ml/jax#12868), so ``'auto'`` (default) picks ``'host'`` when called eagerly on CPU and
-      ``'device'`` otherwise (under a trace, or on GPU/TPU).
+    Reduces over: the batch (the loss's own mean), and over the batches of a data set (the average operator).
 
-    Returns ``(eigenvalues (k,) float32, eigenvectors)``, the eigenvectors a pytree shaped like ``params`` with a
-    leading axis of ``k``, unit norm. ``key`` draws the start vectors (the same key on every device under pmap).
+    Reference: Yao, Gholami, Keutzer & Mahoney (2020), PyHessian: Neural Networks Through the Lens of the Hessian;
+    Lanczos (1950), An Iteration Method for the Solution of the Eigenvalue Problem of Linear Differential and
+    Integral Operators.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      params: the parameter pytree ``w``.
+      batch: the second argument of ``loss_fn``: one batch (a tuple such as ``(x, y)`` is one batch), or a data
+        set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays) or
+        :func:`jaxnorm.probes.dataset` of them, which are the same: the operator is then the average
+        ``M = (1/B) Σ_b M_b`` over its ``B`` batches.
+      k: how many eigenpairs (at most the parameter count).
+      key: PRNG key of the start vectors (the same key on every device under pmap).
+      num_iters: ``'power'``: at most this many products per eigenvalue; ``'lanczos'``: this many steps (clipped to
+        the parameter count; needs ``num_iters ≥ k``; stores ``num_iters`` vectors of the parameter size).
+      method: ``'power'`` (default; slow when ``|λ_(j+1)/λ_j| ≈ 1``, no convergence for a ``±λ`` pair) or
+        ``'lanczos'`` (usually far fewer products for ``k > 1``).
+      tol: the relative change of the Rayleigh quotient that stops power iteration (``0`` runs all iterations).
+      loop: ``'device'``: one compiled program (jit/pmap-traceable); ``'host'``: a Python loop of compiled
+        single steps (not traceable); ``'auto'`` (default): ``'host'`` when called eagerly on CPU (XLA:CPU runs
+        convolution gradients inside loop bodies slowly, jax-ml/jax#12868), ``'device'`` otherwise.
+      operator: ``'hessian'`` (default), ``'ggn'``, ``'fisher'`` or ``'empirical_fisher'`` (the last three need a
+        :class:`jaxnorm.probes.SplitLoss`, e.g. from :func:`jaxnorm.probes.model_loss_fn`); see
+        :mod:`jaxnorm.probes.operators`.
+      params_filter: None (all parameters), a list of layer names or a predicate ``f(path, leaf) -> bool``: the
+        operator restricted to the selected leaves (the diagonal block ``M_SS``), the others held fixed.
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the products are ``pmean``'d over it (the
+        global-batch operator for equal shards).
+
+    Returns:
+      ``(eigenvalues, eigenvectors)``: a ``(k,)`` float32 array and a pytree shaped like ``params`` with a leading
+      axis of ``k`` (unit-norm vectors; ``None`` for leaves outside ``params_filter``).
+
+    Raises:
+      ValueError: unknown ``method`` or ``loop``; ``k`` or ``num_iters`` not a positive int; ``k`` larger than the
+        parameter count; ``method='lanczos'`` with ``num_iters < k``; no ``key``; ``loop='host'`` under a trace.
+      ValueError: ``loss_fn(params, batch)`` is not a real scalar; ``operator`` is unknown or needs a
+        :class:`jaxnorm.probes.SplitLoss` it did not get; ``params_filter`` selects nothing or names a missing
+        layer; a list of batches of unequal shapes.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                    # 0.5·wᵀAw: its Hessian is A
+    ...     w = jnp.concatenate([params['a'], params['b']])
+    ...     return 0.5 * w @ batch['A'] @ w
+    >>> params = {'a': jnp.array([1.0, 2.0]), 'b': jnp.array([-1.0])}
+    >>> batch = {'A': jnp.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.5]])}   # eigenvalues 3, 1, 0.5
+    >>> vals, vecs = jp.hessian_top_eigenvalues(loss_fn, params, batch, k=2, key=jax.random.key(0))
+    >>> [round(float(v), 3) for v in vals]
+    [3.0, 1.0]
+    >>> vecs['a'].shape, vecs['b'].shape
+    ((2, 2), (2, 1))
+
+    A list of batches is a data set: the eigenvalues of the average Hessian ``(A + 3A)/2 = 2A``.
+
+    >>> vals, _ = jp.hessian_top_eigenvalues(loss_fn, params, [batch, {'A': 3 * batch['A']}], key=jax.random.key(0))
+    >>> round(float(vals[0]), 3)
+    6.0
     """
     where = "hessian_top_eigenvalues"
     if method not in METHODS:
@@ -343,20 +432,70 @@ def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_sampl
                   method: str = "hutchinson", chunk: int | str | None = 1, unroll: bool | None = None,
                   loop: str = "auto", operator: str = "hessian", params_filter=None,
                   axis_name: str | None = None) -> dict:
-    """An estimate of ``tr M`` (``M`` the Hessian, or ``operator``, of the ``params_filter`` block, averaged over a
-    :func:`dataset`) from ``num_samples`` operator-vector products.
+    """An estimate of the trace of the Hessian (or of another operator) from ``num_samples`` operator-vector products.
 
-    * ``method='hutchinson'`` (default): the mean of ``zᵀ M z`` over Rademacher vectors ``z`` (unbiased; variance
-      ``2 Σ_{i≠j} M_ij²`` per sample).
-    * ``method='hutch++'``: Hutch++ (Meyer et al. 2021): a third of the products find the top of the spectrum, whose
-      trace is then exact; the rest estimate the remainder. Unbiased too, with far less variance when a few
-      eigenvalues dominate (the Hessians of trained networks); needs ``num_samples ≥ 3``.
+    Formula: Hutchinson's estimator ``tr M ≈ (1/m) Σ_i z_iᵀ M z_i`` over Rademacher vectors ``z_i`` (unbiased;
+    variance ``2 Σ_(i≠j) M_ij²`` per sample). Hutch++: ``k = m // 3`` vectors ``S`` sketch the top of the spectrum,
+    ``Q = qr(M S)``; then ``tr M = tr(Qᵀ M Q) + tr((I − QQᵀ) M (I − QQᵀ))``, the first term exact and the second by
+    Hutchinson from the remaining ``m − 2k`` vectors (far less variance when a few eigenvalues dominate).
 
-    Returns ``{'trace', 'std_error' (of the mean of the stochastic part), 'num_params'}``. ``chunk`` products run at
-    once (a ``vmap``; default 1, sequential — the products are large; ``None`` runs all at once). ``loop='device'``:
-    one program, the sequential groups unrolled or in a loop (``unroll`` as in :func:`santurkar_probe`); ``'host'``:
-    a Python loop of compiled groups; ``'auto'`` (default): host when called eagerly on CPU, as in
-    :func:`hessian_top_eigenvalues`. The same ``key`` gives the same vectors either way.
+    Reduces over: the ``num_samples`` probe vectors (and the batches of a data set: the average operator).
+
+    Reference: Hutchinson (1989), A Stochastic Estimator of the Trace of the Influence Matrix for Laplacian
+    Smoothing Splines; Meyer, Musco, Musco & Woodruff (2021), Hutch++: Optimal Stochastic Trace Estimation.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      params: the parameter pytree ``w``.
+      batch: the second argument of ``loss_fn``: one batch (a tuple such as ``(x, y)`` is one batch), or a data
+        set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays) or
+        :func:`jaxnorm.probes.dataset` of them, which are the same: the operator is then the average
+        ``M = (1/B) Σ_b M_b`` over its ``B`` batches.
+      key: PRNG key of the Rademacher vectors (the same key gives the same vectors for every ``loop``).
+      num_samples: the number of products ``m`` (``'hutch++'``: at least 3).
+      method: ``'hutchinson'`` (default) or ``'hutch++'``.
+      chunk: products run at once (a ``vmap``): 1 (default, sequential), an int, ``None`` (all at once) or
+        ``'auto'`` (1 on CPU, all on accelerators).
+      unroll: ``loop='device'`` only: sequential groups as straight-line code (True) or a ``lax.scan`` (False);
+        default: unrolled on CPU for up to 32 groups.
+      loop: ``'device'``: one compiled program (jit/pmap-traceable); ``'host'``: a Python loop of compiled
+        single steps (not traceable); ``'auto'`` (default): ``'host'`` when called eagerly on CPU (XLA:CPU runs
+        convolution gradients inside loop bodies slowly, jax-ml/jax#12868), ``'device'`` otherwise.
+      operator: ``'hessian'`` (default), ``'ggn'``, ``'fisher'`` or ``'empirical_fisher'`` (the last three need a
+        :class:`jaxnorm.probes.SplitLoss`, e.g. from :func:`jaxnorm.probes.model_loss_fn`); see
+        :mod:`jaxnorm.probes.operators`.
+      params_filter: None (all parameters), a list of layer names or a predicate ``f(path, leaf) -> bool``: the
+        operator restricted to the selected leaves (the diagonal block ``M_SS``), the others held fixed.
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the products are ``pmean``'d over it (the
+        global-batch operator for equal shards).
+
+    Returns:
+      ``{'trace', 'std_error', 'num_params'}``: the estimate, the standard error of the mean of its stochastic
+      part (NaN for one sample) and the operator's dimension, float32 scalars.
+
+    Raises:
+      ValueError: ``num_samples`` not a positive int; unknown ``method``; ``'hutch++'`` with ``num_samples < 3``; no
+        ``key``; a bad ``chunk`` or ``loop``.
+      ValueError: ``loss_fn(params, batch)`` is not a real scalar; ``operator`` is unknown or needs a
+        :class:`jaxnorm.probes.SplitLoss` it did not get; ``params_filter`` selects nothing or names a missing
+        layer; a list of batches of unequal shapes.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                    # 0.5·wᵀAw: its Hessian is A
+    ...     w = jnp.concatenate([params['a'], params['b']])
+    ...     return 0.5 * w @ batch['A'] @ w
+    >>> params = {'a': jnp.array([1.0, 2.0]), 'b': jnp.array([-1.0])}
+    >>> batch = {'A': jnp.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.5]])}   # eigenvalues 3, 1, 0.5
+    >>> tr = jp.hessian_trace(loss_fn, params, batch, key=jax.random.key(0), num_samples=9, method='hutch++')
+    >>> round(float(tr['trace']), 3), int(tr['num_params'])    # tr A = 4.5 (exact: the sketch spans all 3 dims)
+    (4.5, 3)
+    >>> tr = jp.hessian_trace(loss_fn, params, batch, key=jax.random.key(0), num_samples=200)
+    >>> bool(abs(tr['trace'] - 4.5) < 4 * tr['std_error'])
+    True
     """
     where = "hessian_trace"
     num_samples = _checks.check_positive_int(where, "num_samples", num_samples)
@@ -428,22 +567,71 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
                              num_runs: int = 1, num_points: int = 1000, sigma: float | None = None,
                              chunk: int | str | None = 1, loop: str = "auto", operator: str = "hessian",
                              params_filter=None, axis_name: str | None = None) -> dict:
-    """The Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019; PyHessian); of
-    ``operator``, the ``params_filter`` block or a :func:`dataset` average as in :func:`hessian_top_eigenvalues`.
+    """The eigenvalue density of the Hessian (or of another operator) by stochastic Lanczos quadrature.
 
-    Each of ``num_runs`` runs starts Lanczos from a normalized Rademacher vector ``v``; the tridiagonal matrix of
-    ``num_lanczos_steps`` steps (clipped to the parameter count) gives nodes ``θ_j`` (its eigenvalues) and weights
-    ``τ_j`` (squared first components of its eigenvectors, summing to 1): the quadrature of ``vᵀ f(H) v``, whose
-    average over runs estimates ``tr f(H)/n``. The density is ``φ(t) = (1/runs) Σ_runs Σ_j τ_j 𝒩(t; θ_j, σ²)``.
+    Formula: each of ``num_runs`` runs starts Lanczos from a normalized Rademacher vector ``v``; the ``m × m``
+    tridiagonal matrix of ``m = num_lanczos_steps`` steps gives nodes ``θ_j`` (its eigenvalues) and weights ``τ_j``
+    (the squared first components of its eigenvectors, summing to 1), the Gauss quadrature of ``vᵀ f(M) v``. The
+    density is ``φ(t) = (1/runs) Σ_runs Σ_j τ_j 𝒩(t; θ_j, σ²)``; its mean ``Σ τ θ`` estimates ``tr M / n``.
 
-    Returns ``{'grid' (num_points,), 'density' (num_points,), 'nodes' (runs, m), 'weights' (runs, m), 'sigma'}``:
-    the density integrates to 1 over the grid (which spans the nodes ± 6σ); its mean ``Σ τ θ`` estimates
-    ``tr H / n``. ``sigma`` is the Gaussian broadening; default 1% of the node range.
+    Reduces over: the ``num_runs`` runs (and the batches of a data set: the average operator).
 
-    ``loop='device'``: one program, runs ``chunk`` at a time (``None``: all in one vmap), each run a ``fori_loop``
-    of Hessian-vector products; ``'host'``: a Python loop of compiled Lanczos steps, one run after another;
-    ``'auto'`` (default): host when called eagerly on CPU (XLA:CPU runs convolution gradients inside loops several
-    times slower, jax-ml/jax#12868), device otherwise. The same ``key`` gives the same result either way.
+    Reference: Ghorbani, Krishnan & Xiao (2019), An Investigation into Neural Net Optimization via Hessian
+    Eigenvalue Density; Lin, Saad & Yang (2016), Approximating Spectral Densities of Large Matrices.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      params: the parameter pytree ``w``.
+      batch: the second argument of ``loss_fn``: one batch (a tuple such as ``(x, y)`` is one batch), or a data
+        set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays) or
+        :func:`jaxnorm.probes.dataset` of them, which are the same: the operator is then the average
+        ``M = (1/B) Σ_b M_b`` over its ``B`` batches.
+      key: PRNG key of the start vectors (the same key gives the same result for every ``loop``).
+      num_lanczos_steps: Lanczos steps per run (clipped to the parameter count).
+      num_runs: independent start vectors.
+      num_points: points of the output grid (at least 2); the grid spans the nodes ± 6σ.
+      sigma: the Gaussian broadening σ (positive); default 1% of the node range.
+      chunk: ``loop='device'`` only: runs at once (1 by default; ``None``: all in one vmap).
+      loop: ``'device'``: one compiled program (jit/pmap-traceable); ``'host'``: a Python loop of compiled
+        single steps (not traceable); ``'auto'`` (default): ``'host'`` when called eagerly on CPU (XLA:CPU runs
+        convolution gradients inside loop bodies slowly, jax-ml/jax#12868), ``'device'`` otherwise.
+      operator: ``'hessian'`` (default), ``'ggn'``, ``'fisher'`` or ``'empirical_fisher'`` (the last three need a
+        :class:`jaxnorm.probes.SplitLoss`, e.g. from :func:`jaxnorm.probes.model_loss_fn`); see
+        :mod:`jaxnorm.probes.operators`.
+      params_filter: None (all parameters), a list of layer names or a predicate ``f(path, leaf) -> bool``: the
+        operator restricted to the selected leaves (the diagonal block ``M_SS``), the others held fixed.
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the products are ``pmean``'d over it (the
+        global-batch operator for equal shards).
+
+    Returns:
+      ``{'grid' (num_points,), 'density' (num_points,), 'nodes' (runs, m), 'weights' (runs, m), 'sigma'}``; the
+      density integrates to 1 over the grid.
+
+    Raises:
+      ValueError: ``num_lanczos_steps``, ``num_runs`` or ``num_points`` not a positive int (``num_points < 2``); a
+        non-positive ``sigma``; no ``key``; a bad ``chunk`` or ``loop``.
+      ValueError: ``loss_fn(params, batch)`` is not a real scalar; ``operator`` is unknown or needs a
+        :class:`jaxnorm.probes.SplitLoss` it did not get; ``params_filter`` selects nothing or names a missing
+        layer; a list of batches of unequal shapes.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                    # 0.5·wᵀAw: its Hessian is A
+    ...     w = jnp.concatenate([params['a'], params['b']])
+    ...     return 0.5 * w @ batch['A'] @ w
+    >>> params = {'a': jnp.array([1.0, 2.0]), 'b': jnp.array([-1.0])}
+    >>> batch = {'A': jnp.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.5]])}   # eigenvalues 3, 1, 0.5
+    >>> d = jp.hessian_spectral_density(loss_fn, params, batch, key=jax.random.key(0), num_lanczos_steps=3,
+    ...                                 num_runs=4, num_points=400)
+    >>> d['nodes'].shape, d['density'].shape
+    ((4, 3), (400,))
+    >>> round(float(jnp.sum(d['density']) * (d['grid'][1] - d['grid'][0])), 2)     # ∫ φ = 1
+    1.0
+    >>> round(float(jnp.max(d['nodes'])), 3)                                        # λ_max of A
+    3.0
     """
     where = "hessian_spectral_density"
     m = _checks.check_positive_int(where, "num_lanczos_steps", num_lanczos_steps)
@@ -488,10 +676,60 @@ def _directional(loss_fn, params, batch, direction, *, axis_name, operator, mask
 
 def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, operator: str = "hessian",
                           params_filter=None, axis_name: str | None = None):
-    """The curvature ``dᵀ M d / ‖d‖²`` along ``d`` (``M`` the Hessian by default); by default ``d = g = ∇L(w)`` (the
-    curvature the gradient step sees: a step ``−η g`` decreases the loss to second order iff
-    ``η < 2/(gᵀHg/‖g‖²)``), the data-set average gradient for a :func:`dataset`, restricted to the
-    ``params_filter`` leaves. One gradient + one operator-vector product."""
+    """The curvature of the loss along a direction, by default along the gradient.
+
+    Formula: ``c = dᵀ M d / ‖d‖²`` (``M`` the Hessian by default), with ``d = g = ∇L(w)`` unless ``direction`` is
+    given: the curvature a gradient step sees (a step ``−η g`` decreases the loss to second order iff
+    ``η < 2/c``). With ``params_filter`` both are restricted to the selected leaves. One gradient and one
+    operator-vector product.
+
+    Reduces over: the batches of a data set (the average gradient and operator).
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
+    (§3.2, the curvature along the gradient).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      params: the parameter pytree ``w``.
+      batch: the second argument of ``loss_fn``: one batch (a tuple such as ``(x, y)`` is one batch), or a data
+        set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays) or
+        :func:`jaxnorm.probes.dataset` of them, which are the same: the operator is then the average
+        ``M = (1/B) Σ_b M_b`` over its ``B`` batches.
+      direction: a pytree shaped like ``params``; default the gradient.
+      operator: ``'hessian'`` (default), ``'ggn'``, ``'fisher'`` or ``'empirical_fisher'`` (the last three need a
+        :class:`jaxnorm.probes.SplitLoss`, e.g. from :func:`jaxnorm.probes.model_loss_fn`); see
+        :mod:`jaxnorm.probes.operators`.
+      params_filter: None (all parameters), a list of layer names or a predicate ``f(path, leaf) -> bool``: the
+        operator restricted to the selected leaves (the diagonal block ``M_SS``), the others held fixed.
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the products are ``pmean``'d over it (the
+        global-batch operator for equal shards).
+
+    Returns:
+      A float32 scalar.
+
+    Raises:
+      ValueError: ``direction`` is not shaped like ``params``.
+      ValueError: ``loss_fn(params, batch)`` is not a real scalar; ``operator`` is unknown or needs a
+        :class:`jaxnorm.probes.SplitLoss` it did not get; ``params_filter`` selects nothing or names a missing
+        layer; a list of batches of unequal shapes.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                    # 0.5·wᵀAw: its Hessian is A
+    ...     w = jnp.concatenate([params['a'], params['b']])
+    ...     return 0.5 * w @ batch['A'] @ w
+    >>> params = {'a': jnp.array([1.0, 2.0]), 'b': jnp.array([-1.0])}
+    >>> batch = {'A': jnp.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.5]])}   # eigenvalues 3, 1, 0.5
+    >>> c = jp.directional_curvature(loss_fn, params, batch)        # g = A·w = (4, 5, −0.5)
+    >>> round(float(c), 4)                                          # gᵀAg / gᵀg = 122.125 / 41.25
+    2.9606
+    >>> e = {'a': jnp.array([1.0, 1.0]), 'b': jnp.array([0.0])}     # the top eigenvector of A
+    >>> round(float(jp.directional_curvature(loss_fn, params, batch, e)), 4)
+    3.0
+    """
     if direction is not None and jax.tree.structure(direction) != jax.tree.structure(params):
         raise ValueError("directional_curvature: direction must be a pytree shaped like params")
     batch, mask = _check("directional_curvature", loss_fn, params, batch, operator, params_filter)
@@ -501,9 +739,23 @@ def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, o
 # ---- per-layer table -------------------------------------------------------------------------------------------------
 
 def layer_names(params) -> list[str]:
-    """The top-level keys of ``params`` that hold parameters (the layers of a Flax ``params`` dict), sorted with
-    their numbers as numbers (``conv_2`` before ``conv_10``); the order of the computation is
-    :func:`jaxnorm.probes.layer_order`'s."""
+    """The top-level keys of ``params`` that hold parameters, sorted with their numbers as numbers.
+
+    ``conv_2`` comes before ``conv_10``. These are the layers of a Flax ``params`` dict; the order of the computation
+    is :func:`jaxnorm.probes.layer_order`'s.
+
+    Args:
+      params: a parameter pytree (a mapping of layer name → parameters).
+
+    Returns:
+      A list of strings.
+
+    Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> jp.layer_names({'head': jnp.ones(2), 'conv_10': {'kernel': jnp.ones(3)}, 'conv_2': {'kernel': jnp.ones(3)}})
+    ['conv_2', 'conv_10', 'head']
+    """
     seen = []
     for p in O.leaf_paths(params):
         top = p.split("/")[0]
@@ -529,17 +781,60 @@ def _layer_forms(loss_fn, params, batch, z, *, axis_name, operator, mask, segmen
 def curvature_per_layer(loss_fn: C.LossFn, params, batch, *, key: jax.Array, layers=None, num_iters: int = 20,
                         num_samples: int = 20, operator: str = "hessian", loop: str = "auto",
                         axis_name: str | None = None) -> dict:
-    """A per-layer curvature table: for each layer ``l`` (default: every top-level key of ``params``), the top
-    eigenvalue of its diagonal block ``M_ll`` (the operator restricted to the layer's parameters, the others fixed;
-    power iteration, at most ``num_iters`` products of the block) and the block's trace, with its parameter count.
+    """A per-layer curvature table: each layer's top eigenvalue and trace of its diagonal block.
 
-    The traces all come from ONE Hutchinson run on the whole operator (``num_samples`` products): for a Rademacher
-    ``z``, ``z_lᵀ (M z)_l`` estimates ``tr M_ll``, so the layers' traces cost no more than the model's and sum to its
-    estimate exactly. The top eigenvalues need one power iteration per layer (a block's eigenvalues are not the
-    whole operator's): ``L × num_iters`` block products.
+    Formula: for each layer ``l``, the top eigenvalue of the block ``M_ll`` (the operator restricted to the layer's
+    parameters, the others fixed; power iteration, at most ``num_iters`` block products) and ``tr M_ll`` from ONE
+    Hutchinson run on the whole operator: for Rademacher ``z``, ``z_lᵀ (M z)_l`` estimates ``tr M_ll``, so the
+    layers' traces cost no more than the model's and sum to its estimate exactly.
 
-    Returns ``{layer: {'top_eigenvalue', 'trace', 'trace_std_error', 'num_params'}}``; the same ``key`` for every
-    layer (so two runs compare layer by layer)."""
+    Reduces over: the ``num_samples`` Rademacher vectors (and the batches of a data set: the average operator).
+
+    Reference: Hutchinson (1989), A Stochastic Estimator of the Trace of the Influence Matrix for Laplacian
+    Smoothing Splines; Yao, Gholami, Keutzer & Mahoney (2020), PyHessian: Neural Networks Through the Lens of the
+    Hessian.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      params: a mapping of layer name → parameters.
+      batch: the second argument of ``loss_fn``: one batch (a tuple such as ``(x, y)`` is one batch), or a data
+        set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays) or
+        :func:`jaxnorm.probes.dataset` of them, which are the same: the operator is then the average
+        ``M = (1/B) Σ_b M_b`` over its ``B`` batches.
+      key: PRNG key of the start and Rademacher vectors (the same for every layer, so two runs compare layer by
+        layer).
+      layers: the layer names (default :func:`layer_names` of ``params``).
+      num_iters: power-iteration products per layer at most.
+      num_samples: Hutchinson samples for the traces.
+      operator: as in :func:`hessian_top_eigenvalues`.
+      loop: ``'device'``: one compiled program (jit/pmap-traceable); ``'host'``: a Python loop of compiled
+        single steps (not traceable); ``'auto'`` (default): ``'host'`` when called eagerly on CPU (XLA:CPU runs
+        convolution gradients inside loop bodies slowly, jax-ml/jax#12868), ``'device'`` otherwise.
+      axis_name: as in :func:`hessian_top_eigenvalues`.
+
+    Returns:
+      ``{layer: {'top_eigenvalue', 'trace', 'trace_std_error', 'num_params'}}`` of float32 scalars.
+
+    Raises:
+      ValueError: a name in ``layers`` is not a layer of ``params`` or its leaves are not contiguous;
+        ``num_samples`` not a positive int; no ``key``; ``loss_fn`` not scalar; a bad ``operator`` or ``loop``.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                    # 0.5·wᵀAw: its Hessian is A
+    ...     w = jnp.concatenate([params['a'], params['b']])
+    ...     return 0.5 * w @ batch['A'] @ w
+    >>> params = {'a': jnp.array([1.0, 2.0]), 'b': jnp.array([-1.0])}
+    >>> batch = {'A': jnp.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.5]])}   # eigenvalues 3, 1, 0.5
+    >>> table = jp.curvature_per_layer(loss_fn, params, batch, key=jax.random.key(0), num_samples=8)
+    >>> {name: round(float(row['top_eigenvalue']), 3) for name, row in table.items()}   # blocks [[2, 1], [1, 2]], [0.5]
+    {'a': 3.0, 'b': 0.5}
+    >>> int(table['a']['num_params']), int(table['b']['num_params'])
+    (2, 1)
+    """
     where = "curvature_per_layer"
     names = layer_names(params) if layers is None else list(layers)
     batch, mask = _check(where, loss_fn, params, batch, operator, None)

@@ -50,17 +50,45 @@ OPERATORS = ("hessian", "ggn", "fisher", "empirical_fisher")
 
 @jax.tree_util.register_pytree_node_class
 class Dataset:
-    """``B`` batches stacked along a leading axis (``stacked``: the pytree of one batch with arrays of ``B × …``): a
-    probe's batch argument meaning "average the operator over these batches". Build it with :func:`dataset`."""
+    """A data set for the probes: ``B`` batches of equal shapes stacked along a leading axis.
+
+    A probe given a ``Dataset`` as its batch averages over its batches: the curvature probes use the average
+    operator ``M = (1/B) Σ_b M_b`` and :func:`jaxnorm.probes.santurkar_probe` the average loss and gradient, one
+    batch's activations at a time. Build it with :func:`dataset` (or pass a plain list of batches, which the probes
+    turn into one). A pytree: it passes through ``jax.jit``.
+
+    Args:
+      stacked: the pytree of one batch whose arrays have the batch index as their leading axis (``B × …``).
+
+    Examples:
+    >>> import numpy as np
+    >>> import jaxnorm.probes as jp
+    >>> ds = jp.Dataset({'x': np.zeros((3, 8, 2)), 'y': np.zeros((3, 8))})
+    >>> ds, ds.num_batches, ds.batch(0)['x'].shape
+    (Dataset(3 batches), 3, (8, 2))
+    """
 
     def __init__(self, stacked):
         self.stacked = stacked
 
     @property
     def num_batches(self) -> int:
+        """The number of batches ``B`` (the leading axis of the stacked arrays).
+
+        Returns:
+          An int.
+        """
         return int(jax.tree.leaves(self.stacked)[0].shape[0])
 
     def batch(self, b: int):
+        """Batch ``b``: every stacked array indexed at ``b`` along its leading axis.
+
+        Args:
+          b: the batch index, ``0 ≤ b < num_batches``.
+
+        Returns:
+          A pytree shaped like one batch.
+        """
         return jax.tree.map(lambda x: x[b], self.stacked)
 
     def tree_flatten(self):
@@ -75,10 +103,38 @@ class Dataset:
 
 
 def dataset(batches: Iterable | Any, *, stacked: bool = False) -> Dataset:
-    """A :class:`Dataset` of ``batches``: a list (or any iterable) of batches of equal shapes, stacked here on the
-    host; or, with ``stacked=True``, one pytree whose arrays already have the batch index as their leading axis
-    (for example device arrays sharded along axis 1). Refuses an empty input and batches whose shapes differ (a
-    short last batch: drop it, or pad it and give it a mask)."""
+    """A :class:`Dataset` of ``batches``: the data-set form of a probe's batch argument.
+
+    Formula: ``stacked = tree_map(stack, *batches)``; a probe then averages over the batches, ``(1/B) Σ_b f(batch_b)``
+    (the curvature probes: the operator; :func:`jaxnorm.probes.santurkar_probe`: the loss and gradient). A plain
+    ``list`` of batches passed to a probe is turned into ``dataset(list)``, with the same result. Device arrays stay
+    on their devices; host arrays stay on the host until a probe's program takes them.
+
+    Reference: Yao, Gholami, Keutzer & Mahoney (2020), PyHessian: Neural Networks Through the Lens of the Hessian
+    (its data-loader mode).
+
+    Args:
+      batches: a list (or any iterable) of batches of equal structure and shapes; or, with ``stacked=True``, one
+        pytree whose arrays already have the batch index as their leading axis (e.g. device arrays sharded along
+        axis 1).
+      stacked: whether ``batches`` is already stacked.
+
+    Returns:
+      A :class:`Dataset`.
+
+    Raises:
+      ValueError: no batches; batches of different structures or shapes (a short last batch: drop it, or pad it
+        and mark the padding in a ``'mask'``); with ``stacked=True``, a scalar leaf or leaves with different
+        numbers of batches.
+
+    Examples:
+    >>> import numpy as np
+    >>> import jaxnorm.probes as jp
+    >>> batches = [{'x': np.ones((8, 2)), 'y': np.zeros(8)} for _ in range(4)]
+    >>> ds = jp.dataset(batches)
+    >>> ds, ds.stacked['x'].shape
+    (Dataset(4 batches), (4, 8, 2))
+    """
     if stacked:
         leaves = jax.tree.leaves(batches)
         if not leaves or any(np.ndim(x) == 0 for x in leaves):
@@ -154,14 +210,39 @@ def mean_over_batches(f: Callable, batch):
 # ---- losses split into model outputs and a loss of the outputs -------------------------------------------------------
 
 class SplitLoss:
-    """``loss_fn(params, batch) = Σ_i c_i ℓ(f(params, batch)_i, y_i)``, with its parts exposed for the GGN and Fisher
-    operators.
+    """A loss split into the model's outputs and a loss of the outputs, for the GGN and Fisher operators.
 
-    ``outputs_fn(params, batch) -> z`` (examples on the leading axis) and ``loss``: ``'cross_entropy'`` (integer
-    labels), ``'mse'`` or ``loss(z, y) -> per-example losses``. ``targets(batch) -> (y, mask or None)`` reads the
-    labels (default ``batch['y']``, ``batch.get('mask')``, or ``(x, y[, mask])``). ``value_fn``: the loss computed
-    as the caller defines it (default: the masked mean); kept so that wrapping an existing loss changes no number.
-    ``axis_name``: as :func:`jaxnorm.probes.model_loss_fn` (the weights are the device's share of the global mean).
+    Formula: ``loss_fn(params, batch) = Σ_i c_i ℓ(z_i, y_i)`` with outputs ``z = outputs_fn(params, batch)``
+    (examples on the leading axis) and weights ``c_i = mask_i / Σ mask`` (the masked mean). The GGN is then
+    ``Σ_i c_i J_iᵀ ∇²_z ℓ_i J_i`` with ``J_i = ∂z_i/∂w``; see :mod:`jaxnorm.probes.operators`.
+
+    Reduces over: the examples of the batch (the leading axis of the outputs), weighted by ``c_i``.
+
+    Reference: Schraudolph (2002), Fast Curvature Matrix-Vector Products for Second-Order Gradient Descent;
+    Martens (2020), New Insights and Perspectives on the Natural Gradient Method.
+
+    Args:
+      outputs_fn: ``outputs_fn(params, batch) -> z``.
+      loss: ``'cross_entropy'`` (integer labels), ``'mse'`` or ``loss(z, y) -> per-example losses``.
+      targets: ``targets(batch) -> (y, mask or None)``; default ``batch['y']`` and ``batch.get('mask')`` for a
+        dict, or ``(x, y[, mask])``.
+      value_fn: the loss value as the caller computes it (default: the masked mean above); kept so that wrapping
+        an existing loss changes no number.
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the weights are the device's share of the global
+        mean, as in :func:`jaxnorm.probes.model_loss_fn`.
+
+    Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> loss_fn = jp.SplitLoss(lambda w, b: b['x'] @ w, 'mse')      # least squares: the GGN is the Hessian
+    >>> batch = {'x': jnp.array([[1.0, 0.0], [1.0, 1.0]]), 'y': jnp.zeros((2,))}
+    >>> w = jnp.array([1.0, -1.0])
+    >>> round(float(loss_fn(w, batch)), 3)                          # mean of (1², 0²)
+    0.5
+    >>> g = jp.hvp(loss_fn, w, batch, jnp.array([1.0, 0.0]), operator='ggn')
+    >>> h = jp.hvp(loss_fn, w, batch, jnp.array([1.0, 0.0]))
+    >>> print(g, h)
+    [2. 1.] [2. 1.]
     """
 
     def __init__(self, outputs_fn: Callable, loss: str | Callable = "cross_entropy", *,
@@ -173,8 +254,17 @@ class SplitLoss:
         self._value = value_fn
 
     def weights(self, batch):
-        """``c_i``: the weight of each example in the loss (``mask_i / Σ mask``; under ``axis_name`` the device's
-        share, ``mask_i · D / Σ_devices mask``)."""
+        """The weight ``c_i`` of each example in the loss.
+
+        Formula: ``c_i = mask_i / Σ mask`` (all ones without a mask); under ``axis_name`` the device's share
+        ``mask_i · D / Σ_devices mask`` (``D`` devices).
+
+        Args:
+          batch: one batch.
+
+        Returns:
+          A float32 array of shape ``(examples,)``.
+        """
         y, mask = self.targets(batch)
         w = jnp.ones((np.shape(y)[0],), jnp.float32) if mask is None else mask.astype(jnp.float32)
         total = jnp.sum(w)
@@ -183,15 +273,41 @@ class SplitLoss:
         return w / jnp.maximum(total, 1e-12)
 
     def per_example(self, outputs, batch):
+        """The per-example losses ``ℓ(z_i, y_i)`` of ``outputs``, as float32.
+
+        Args:
+          outputs: the model's outputs ``z`` (examples on the leading axis).
+          batch: the batch (its targets).
+
+        Returns:
+          A float32 array of shape ``(examples,)``.
+        """
         y, _ = self.targets(batch)
         out = self.loss(outputs, y) if callable(self.loss) else per_example_loss(outputs, y, self.loss)
         return out.astype(jnp.float32)
 
     def output_loss(self, outputs, batch):
-        """``Σ_i c_i ℓ(z_i, y_i)``: the loss as a function of the outputs (whose Hessian the GGN takes)."""
+        """The loss as a function of the outputs, ``Σ_i c_i ℓ(z_i, y_i)`` (whose Hessian in ``z`` the GGN takes).
+
+        Args:
+          outputs: the model's outputs ``z``.
+          batch: the batch (its targets and mask).
+
+        Returns:
+          A float32 scalar.
+        """
         return jnp.sum(self.per_example(outputs, batch) * self.weights(batch))
 
     def __call__(self, params, batch):
+        """The loss ``loss_fn(params, batch)``: ``value_fn`` if given, else ``output_loss(outputs_fn(params, batch))``.
+
+        Args:
+          params: the parameters.
+          batch: one batch.
+
+        Returns:
+          A scalar.
+        """
         if self._value is not None:
             return self._value(params, batch)
         return self.output_loss(self.outputs(params, batch), batch)
