@@ -18,10 +18,8 @@ def tree_normal_like(key: jax.Array, tree: PyTree) -> PyTree:
     """Standard normal entries shaped like ``tree``: ONE float32 draw of the total size, cut into the leaves (and
     cast to their dtypes).
 
-    Not ``optax.tree_utils.tree_random_like``, which draws once per leaf (other numbers for the same key): measured
-    on XLA:CPU with simple_cnn (8, 16) / (32, 32, 64, 64), 8 / 14 leaves, its draw compiles 12× / 4.6× slower,
-    ``filter_normalized_direction`` 4.5× / 4.0× and the whole random-direction ``santurkar_probe`` 2.3× / 1.1×,
-    with run times equal within noise."""
+    Not ``optax.tree_utils.tree_random_like``, which draws once per leaf (other numbers for the same key) and
+    compiles to a larger program (see benchmarks/ for the figures)."""
     flat, unravel = ravel_pytree(tree)
     return unravel(jax.random.normal(key, flat.shape, jnp.float32).astype(flat.dtype))
 
@@ -101,7 +99,7 @@ def map_chunked(f: Callable, xs, chunk, unroll: bool | None = None):
 
     Sequential groups run as straight-line code (``unroll=True``) or in a ``lax.scan`` loop (``unroll=False``). The
     default unrolls on CPU when there are at most ``MAX_UNROLL`` groups: XLA:CPU runs convolution gradients inside
-    loop bodies several times slower than outside (jax-ml/jax#12868; 10× measured on a small CNN), while unrolled
+    loop bodies several times slower than outside (jax-ml/jax#12868), while unrolled
     code costs compile time proportional to the number of groups.
     """
     chunk = resolve_chunk(chunk)

@@ -79,11 +79,10 @@ def _directions(where, key, params, directions, count, include_1d):
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk", "unroll", "axis_name"))
 def _slice(loss_fn, params, batch, dirs, coords, *, chunk, unroll, axis_name):
     """The loss at ``params + Σᵢ cᵢ dᵢ`` for every row ``c`` of ``coords``. ``chunk='auto'`` (the default of the
-    slices): one point at a time on CPU, where a vmap over weights turns each convolution into a grouped one (8–11×
-    slower measured for a 21 × 21 surface, and the activations of every point at once), all in one vmap on
-    accelerators. Sequential points run in a ``lax.scan`` unless ``unroll``: forward passes do not slow down in
-    loops on XLA:CPU (441 points: 8.85 s in a scan, 8.76 s as separate calls), and unrolling would cost compile
-    time per point."""
+    slices): one point at a time on CPU, where a vmap over weights turns each convolution into a slower grouped one
+    (and holds the activations of every point at once), all in one vmap on accelerators. Sequential points run in a
+    ``lax.scan`` unless ``unroll``: forward passes do not slow down in loops on XLA:CPU, and unrolling would cost
+    compile time per point."""
     C.check_scalar_loss("loss_slice", loss_fn, params, batch)
     unroll = False if unroll is None else unroll
     value = C.loss_value(loss_fn, axis_name)

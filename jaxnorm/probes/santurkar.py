@@ -25,11 +25,33 @@ DIRECTIONS = ("gradient", "random")
 
 
 def eta_grid(lr, low: float = 0.5, high: float = 4.0, num: int = 8, spacing: str = "geometric") -> jax.Array:
-    """Step sizes ``η = lr·m`` for ``num`` multipliers ``m`` spaced ``'geometric'``-ally or ``'linear'``-ly over
-    ``[low, high]`` (Santurkar et al.: [0.5, 4] for the VGG, [0.01, 30] for the deep linear network).
+    """A grid of step sizes for :func:`santurkar_probe`, in units of the learning rate.
 
-    >>> eta_grid(0.1)                      # the default grid of santurkar_probe at lr = 0.1
-    >>> eta_grid(1e-6, 0.01, 30, num=10)   # the DLN grid
+    Formula: ``η_i = lr·m_i`` for ``num`` multipliers ``m_i`` spaced ``'geometric'``-ally (``low·(high/low)^(i/(num−1))``)
+    or ``'linear'``-ly over ``[low, high]``.
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization? ([0.5, 4]
+    for the VGG, [0.01, 30] for the deep linear network).
+
+    Args:
+      lr: the learning rate (a scalar).
+      low: the smallest multiplier (positive).
+      high: the largest multiplier (finite, at least ``low``).
+      num: the number of points (a positive int).
+      spacing: ``'geometric'`` (default) or ``'linear'``.
+
+    Returns:
+      A ``(num,)`` float32 array.
+
+    Raises:
+      ValueError: ``num`` not a positive int; not ``0 < low ≤ high < inf``; an unknown ``spacing``.
+
+    Examples:
+    >>> import jaxnorm.probes as jp
+    >>> [round(float(e), 4) for e in jp.eta_grid(0.1, num=4)]       # lr · [0.5, 1, 2, 4]
+    [0.05, 0.1, 0.2, 0.4]
+    >>> jp.eta_grid(1e-6, 0.01, 30, num=10).shape                   # the deep linear network's grid
+    (10,)
     """
     _checks.check_positive_int("eta_grid", "num", num)
     if not (0 < low <= high and math.isfinite(high)):
@@ -171,14 +193,20 @@ LOOPS = ("device", "host")
 def santurkar_probe(loss_fn: C.LossFn, params, batch, *, lr=None, etas=None, direction: str = "gradient",
                     key: jax.Array | None = None, chunk: int | str | None = "auto", unroll: bool | None = None,
                     loop: str = "device", group: int = 3, axis_name: str | None = None) -> dict:
-    """Santurkar et al. (2018)'s landscape probes at ``w = params`` on one batch.
+    """Santurkar et al.'s landscape probes at ``w = params``: loss variation, gradient predictiveness, β-smoothness.
 
-    With ``g = ∇L(w)`` and a direction ``d`` (``'gradient'``: ``d = g``; ``'random'``: a Gaussian direction drawn
-    from ``key`` and scaled to ``‖d‖ = ‖g‖``), for every step size ``η`` of the grid, ``w(η) = w − η·d`` and
+    Formula: with ``g = ∇L(w)``, a direction ``d`` (``'gradient'``: ``d = g``; ``'random'``: a Gaussian direction
+    scaled to ``‖d‖ = ‖g‖``) and ``w(η) = w − η·d`` for every step size ``η`` of the grid:
 
     * loss variation: ``L(w(η))``, summarized by the band ``[min_η, max_η]``;
     * gradient predictiveness: ``‖∇L(w(η)) − g‖₂``, and its band;
     * effective β-smoothness: ``β = max_η ‖∇L(w(η)) − g‖₂ / ‖η·d‖₂``.
+
+    Reduces over: the step sizes (the bands and ``β``); ``L`` is the loss's own mean over the batch, or the average
+    over the batches of a data set (the data-set landscape).
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization? (§3.2,
+    Fig. 4).
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, pure. For a Flax model build it with
@@ -186,28 +214,26 @@ def santurkar_probe(loss_fn: C.LossFn, params, batch, *, lr=None, etas=None, dir
         running statistics are discarded; dropout uses one FIXED key, so every ``w(η)`` sees the same masks and the
         probe measures the landscape, not dropout noise).
       params: the parameter pytree ``w``; never modified (nothing is donated).
-      batch: any pytree ``loss_fn`` takes as its second argument (the same batch at every ``η``), or a
-        :func:`jaxnorm.probes.dataset` of batches: then ``L`` and ``∇L`` are the averages over its batches (the
-        data-set landscape, as the curvature probes' data-set operators).
+      batch: the second argument of ``loss_fn`` (the same batch at every ``η``; a tuple such as ``(x, y)`` is one
+        batch), or a data set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays)
+        or :func:`jaxnorm.probes.dataset` of them, which are the same: ``L`` and ``∇L`` are then the averages over
+        its batches.
       lr: the learning rate; the default grid is ``lr × DEFAULT_ETA_MULTIPLIERS`` (8 points geometrically spaced in
         ``[0.5, 4]·lr``). May be a traced scalar (a schedule's value inside a jitted step).
       etas: an explicit 1-D grid of absolute step sizes (positive), e.g. ``eta_grid(lr, 0.01, 30)``; overrides lr.
       direction: ``'gradient'`` (the paper's probe) or ``'random'`` (the paper's remark: random directions behave
         similarly).
       key: PRNG key of the random direction (use the same key on every device under pmap).
-      chunk: how many step sizes are evaluated at once: ``None`` all ``K`` in one ``vmap`` (batched weights: on
-        GPU/TPU one wide program); an int ``c`` groups of ``c`` vmapped evaluations one after another (memory of
-        ``c`` evaluations); ``'auto'`` (default) is 1 on CPU (where a vmap over weights turns convolutions into slow
-        grouped convolutions, 3–4× the cost of separate calls) and None on accelerators.
+      chunk: how many step sizes are evaluated at once: ``None`` all ``K`` in one ``vmap`` (batched weights: one
+        wide program); an int ``c``: groups of ``c`` vmapped evaluations one after another (memory of ``c``
+        evaluations); ``'auto'`` (default): 1 on CPU (where a vmap over weights turns convolutions into slower
+        grouped convolutions) and None on accelerators.
       unroll: run sequential groups as straight-line code (True) or a ``lax.scan`` loop (False); default: unrolled
-        on CPU for up to 32 groups (XLA:CPU runs convolution gradients inside loops ~10× slower, jax-ml/jax#12868).
+        on CPU for up to 32 groups (XLA:CPU runs convolution gradients inside loops slowly, jax-ml/jax#12868).
       loop: ``'device'`` (default): the ``K + 1`` evaluations in one compiled program (traceable; on CPU unrolled,
-        so its compile time grows with ``K``: 6.5× one gradient's, running in 0.78× the time of the ``K`` separate
-        calls; simple_cnn (32, 32, 64, 64) at batch 128, K = 8, 2-core CPU). ``'host'``: a Python loop calling ONE
-        compiled program of ``group`` straight-line evaluations ``⌈(K + 1) / group⌉`` times, so its compile time
-        does not grow with ``K``; not traceable. Same setting, compile time alone (first call minus a steady one)
-        against one ``value_and_grad``'s and run time against the ``K`` calls: ``group=1`` 1.6× / 1.17×,
-        ``group=3`` 3.2× / 1.0×. ``chunk``/``unroll`` apply to ``'device'``, ``group`` to ``'host'``.
+        so its compile time grows with ``K``). ``'host'``: a Python loop calling ONE compiled program of ``group``
+        straight-line evaluations ``⌈(K + 1) / group⌉`` times, so its compile time does not grow with ``K``; not
+        traceable. ``chunk``/``unroll`` apply to ``'device'``, ``group`` to ``'host'``.
       group: evaluations per compiled call of ``loop='host'`` (a positive int; the last call is padded with repeats
         of the last step size, whose results are dropped).
       axis_name: inside ``pmap``/``shard_map``, the device axis: losses and gradients are ``pmean``'d over it (the
@@ -216,12 +242,30 @@ def santurkar_probe(loss_fn: C.LossFn, params, batch, *, lr=None, etas=None, dir
     Returns:
       A dict of arrays: ``etas`` (K,), ``losses`` (K,), ``grad_changes`` (K,), ``loss`` ``L(w)``, ``grad_norm``
       ``‖g‖``, ``direction_norm`` ``‖d‖``, ``loss_min``, ``loss_max``, ``grad_change_min``, ``grad_change_max``,
-      ``beta_smoothness``.
+      ``beta_smoothness``. Cost: ``K + 1`` value-and-gradient evaluations; the compiled program is cached per
+      ``(loss_fn, shapes, direction, chunk, unroll, axis_name)``, so pass the same ``loss_fn`` object to avoid
+      recompiling (see :func:`jaxnorm.probes.model_state_loss_fn`). Safe inside ``jit``, ``pmap`` and
+      ``shard_map``.
 
-    Cost: ``K + 1`` value-and-gradient evaluations in one compiled call; the compiled program is cached per
-    ``(loss_fn, shapes, direction, chunk, unroll, axis_name)``: pass the same ``loss_fn`` object to avoid
-    recompiling (new ``params``, ``batch``, ``lr`` or ``etas`` values of the same shapes reuse it; see
-    :func:`jaxnorm.probes.model_state_loss_fn`). Safe inside ``jit``, ``pmap`` and ``shard_map``.
+    Raises:
+      ValueError: unknown ``direction`` or ``loop``; neither ``lr`` nor ``etas``; a non-positive or non-scalar
+        ``lr``; an empty, non-1-D or non-positive ``etas``; ``direction='random'`` without ``key``; a bad
+        ``chunk`` or ``group``; ``loop='host'`` under a trace; a list of batches of unequal shapes; ``loss_fn``
+        not a scalar.
+
+    Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                    # 0.5·wᵀAw: ∇L(w(η)) − g = −η·A·g
+    ...     w = jnp.concatenate([params['a'], params['b']])
+    ...     return 0.5 * w @ batch['A'] @ w
+    >>> params = {'a': jnp.array([1.0, 2.0]), 'b': jnp.array([-1.0])}
+    >>> batch = {'A': jnp.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.5]])}   # eigenvalues 3, 1, 0.5
+    >>> s = jp.santurkar_probe(loss_fn, params, batch, lr=0.1)
+    >>> s['losses'].shape
+    (8,)
+    >>> round(float(s['beta_smoothness']), 4)          # ‖A·g‖ / ‖g‖ ≤ λ_max = 3
+    2.9749
     """
     batch = O.as_batch("santurkar_probe", batch)
     if direction not in DIRECTIONS:
