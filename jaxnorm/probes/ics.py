@@ -45,15 +45,38 @@ def _sub_jaxpr(eqn):
 
 
 def layer_order(loss_fn: C.LossFn, params, batch, *, axis_name: str | None = None) -> tuple:
-    """The top-level keys of ``params`` in forward order: the order in which ``loss_fn(params, batch)`` first reads
-    a parameter of each key (found by tracing the loss to a jaxpr and walking its equations, inner jaxprs of jit /
-    custom_jvp / scan included; nothing runs). Keys the loss never reads come last, in ``params``' order; ties (two
-    layers first read by one opaque equation) keep ``params``' order.
+    """The top-level keys of ``params`` in forward order: the order in which the loss first reads each layer.
 
-    Why not the dict order: Flax creates ``params`` in the order the modules are called, but every
-    ``jax.tree.map`` (an optimizer update) returns dicts with *sorted* keys (``conv_0, conv_1, head, norm_0``), so
-    after one training step the dict order is no longer the forward order. Pass an explicit ``order`` to
-    :func:`internal_covariate_shift` to override. Cached per ``(loss_fn, shapes)``.
+    Found by tracing ``loss_fn(params, batch)`` to a jaxpr and walking its equations (the inner jaxprs of jit,
+    custom_jvp and scan included; nothing runs). Keys the loss never reads come last, in ``params``' order; ties
+    (two layers first read by one opaque equation) keep ``params``' order. Why not the dict order: Flax creates
+    ``params`` in call order, but every ``jax.tree.map`` (an optimizer update) returns dicts with sorted keys.
+    Cached per ``(loss_fn, shapes)``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``.
+      params: a non-empty mapping of layer name → parameters.
+      batch: one batch (a list of batches or a :func:`jaxnorm.probes.dataset` is refused).
+      axis_name: the device axis name the loss uses (``pmean``, ``psum``), bound to one device while tracing.
+
+    Returns:
+      A tuple of the keys.
+
+    Raises:
+      ValueError: ``params`` is not a non-empty mapping; ``batch`` is a list of batches or a data set (pass one
+        batch).
+
+    Examples:
+
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                 # a two-layer linear model, 'body' then 'head'
+    ...     h = batch['x'] @ params['body']
+    ...     return jnp.mean((h @ params['head'] - batch['y']) ** 2)
+    >>> params = {'head': jnp.array([[1.0], [-1.0]]), 'body': jnp.eye(3, 2)}   # keys not in forward order
+    >>> batch = {'x': jnp.arange(12.0).reshape(4, 3) / 10, 'y': jnp.ones((4, 1))}
+    >>> jp.layer_order(loss_fn, params, batch)
+    ('body', 'head')
     """
     batch = O.as_batch("layer_order", batch, data_set=False)
     names = _top_level_names("layer_order", params)
@@ -180,37 +203,66 @@ def internal_covariate_shift(loss_fn: C.LossFn, params, batch, *, lr=None, layer
                              unroll: bool | None = None, axis_name: str | None = None) -> dict:
     """Internal covariate shift of each layer (Santurkar et al. 2018, Definition 2.1) on one batch.
 
-    Layers are the top-level keys of ``params`` (``conv_0``, ``norm_0``, ``head`` … of a Flax model), taken in
-    forward order ``W_1 … W_k``. For layer ``i``, with ``W^{t+1} = update(W^t, ∇L(W^t))``::
+    Formula: layers are the top-level keys of ``params`` in forward order ``W_1 … W_k``; with
+    ``W^(t+1) = update(W^t, ∇L(W^t))``, for layer ``i``::
 
-        G  = ∇_{W_i} L(W_1^t, …, W_k^t)
-        G′ = ∇_{W_i} L(W_1^{t+1}, …, W_{i−1}^{t+1}, W_i^t, …, W_k^t)     (the earlier layers already updated)
+        G  = ∇_(W_i) L(W_1^t, …, W_k^t)
+        G′ = ∇_(W_i) L(W_1^(t+1), …, W_(i−1)^(t+1), W_i^t, …, W_k^t)     (the earlier layers already updated)
 
     and the probe reports ``‖G − G′‖₂`` and ``cos(G, G′)``. The first layer has nothing before it: ``G′ = G``
     (0 and 1 exactly).
 
+    Reduces over: each layer's parameters (the norms and cosines); ``L`` is the loss's own mean over the batch.
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
+    (Definition 2.1, Fig. 3).
+
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar`` (see :func:`jaxnorm.probes.model_loss_fn`).
       params: a mapping of layer name → parameter pytree; never modified.
-      batch: the second argument of ``loss_fn`` (the same batch for G and G′).
-      lr: the SGD step ``W − lr·∇L`` (Santurkar et al. use plain SGD); ignored with ``update_fn``.
-      layers: names of the layers to report (default: all); unknown names raise a ValueError listing the valid ones.
-        Every earlier layer in forward order takes its update, reported or not.
-      order: the forward order as a list of all top-level keys; default: inferred by :func:`layer_order` (the order
-        the loss first reads each layer's parameters).
-      tx, opt_state: update with an optax optimizer instead of SGD:
-        ``optax.apply_updates(W, tx.update(∇L, opt_state, W)[0])`` (the new optimizer state is discarded). The
-        compiled program is cached per ``tx`` object; ``opt_state`` may change between calls.
-      update_fn: any ``update_fn(params, grads) -> new params`` instead; it is part of the compiled program's cache
-        key, so keep the same object between calls (a fresh closure recompiles).
-      chunk, unroll: how the shifted gradients are evaluated, as in :func:`jaxnorm.probes.santurkar_probe`
-        (``'auto'``: one at a time as straight-line code on CPU, all in one ``vmap`` on accelerators).
+      batch: the second argument of ``loss_fn`` (the same batch for G and G′); one batch: a list of batches or a
+        :func:`jaxnorm.probes.dataset` raises a ValueError.
+      lr: the SGD step ``W − lr·∇L`` (Santurkar et al. use plain SGD); ignored with ``update_fn`` or ``tx``.
+      layers: names of the layers to report (default: all). Every earlier layer in forward order takes its
+        update, reported or not.
+      order: the forward order as a list of all top-level keys; default: inferred by :func:`layer_order`.
+      update_fn: any ``update_fn(params, grads) -> new params`` instead of SGD; part of the compiled program's
+        cache key, so keep the same object between calls.
+      tx: update with an optax optimizer instead: ``optax.apply_updates(W, tx.update(∇L, opt_state, W)[0])`` (the
+        new optimizer state is discarded); the compiled program is cached per ``tx`` object.
+      opt_state: the optimizer state for ``tx`` (may change between calls).
+      chunk: how the shifted gradients are evaluated, as in :func:`jaxnorm.probes.santurkar_probe` (``'auto'``: one
+        at a time on CPU, all in one ``vmap`` on accelerators).
+      unroll: as in :func:`jaxnorm.probes.santurkar_probe`.
       axis_name: device axis under pmap/shard_map: gradients are ``pmean``'d over it.
 
     Returns:
-      ``{'l2': {layer: ‖G−G′‖}, 'cos': {layer: cos(G, G′)}, 'grad_norm': {layer: ‖G‖},
-      'grad_norm_shifted': {layer: ‖G′‖}}`` for the reported layers. Cost: 1 + (number of reported layers that are
+      ``{'l2': {layer: ‖G−G′‖}, 'cos': {layer: cos(G, G′)}, 'grad_norm': {layer: ‖G‖}, 'grad_norm_shifted':
+      {layer: ‖G′‖}}`` for the reported layers, in forward order. Cost: 1 + (number of reported layers that are
       not first) gradient evaluations.
+
+    Raises:
+      ValueError: ``params`` not a non-empty mapping; an ``order`` that does not list every key once; unknown or
+        empty ``layers``; both ``tx`` and ``update_fn``; ``tx`` without ``opt_state``; no ``lr`` (without
+        ``update_fn``/``tx``) or a non-positive one; a bad ``chunk``; a list of batches or a data set;
+        ``update_fn`` returning another structure.
+
+    Examples:
+
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                 # a two-layer linear model, 'body' then 'head'
+    ...     h = batch['x'] @ params['body']
+    ...     return jnp.mean((h @ params['head'] - batch['y']) ** 2)
+    >>> params = {'head': jnp.array([[1.0], [-1.0]]), 'body': jnp.eye(3, 2)}   # keys not in forward order
+    >>> batch = {'x': jnp.arange(12.0).reshape(4, 3) / 10, 'y': jnp.ones((4, 1))}
+    >>> ics = jp.internal_covariate_shift(loss_fn, params, batch, lr=0.1)
+    >>> list(ics['l2'])                                       # forward order
+    ['body', 'head']
+    >>> float(ics['l2']['body']), float(ics['cos']['body'])   # the first layer: G′ = G
+    (0.0, 1.0)
+    >>> bool(ics['l2']['head'] > 0)
+    True
     """
     where = "internal_covariate_shift"
     batch = O.as_batch(where, batch, data_set=False)

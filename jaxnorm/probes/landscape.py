@@ -24,13 +24,33 @@ from jaxnorm.probes import operators as O
 
 @functools.partial(jax.jit, static_argnames=("include_1d", "epsilon"))
 def filter_normalize(direction, params, *, include_1d: bool = False, epsilon: float = 1e-10):
-    """Li et al.'s filter normalization of ``direction`` against ``params`` (both pytrees of the same structure).
+    """Li et al.'s filter normalization of ``direction`` against ``params``.
 
-    * Kernels (leaves of rank ≥ 2; Flax layout, the LAST axis indexes the output filters: conv ``(kh, kw, in, out)``,
-      dense ``(in, out)``): each filter ``d[..., j]`` is rescaled to the norm of the weights' filter ``w[..., j]``:
-      ``d_j ← d_j / (‖d_j‖ + ε) · ‖w_j‖``.
-    * Leaves of rank ≤ 1 (biases, norm scales and shifts): zero by default (Li et al. "ignore biasbn");
-      ``include_1d=True`` rescales the whole leaf to the norm of the weight leaf instead.
+    Formula: for kernels (leaves of rank ≥ 2; Flax layout, the LAST axis indexes the output filters: conv
+    ``(kh, kw, in, out)``, dense ``(in, out)``) each filter is rescaled to the norm of the weights' filter,
+    ``d_j ← d_j / (‖d_j‖ + ε) · ‖w_j‖``. Leaves of rank ≤ 1 (biases, norm scales and shifts) become zero (Li et
+    al.'s "ignore biasbn"), or with ``include_1d=True`` the whole leaf is rescaled to the norm of the weight leaf.
+
+    Reduces over: every axis of a kernel but the last (each filter's norm); the whole leaf for rank ≤ 1.
+
+    Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets.
+
+    Args:
+      direction: a pytree of the structure of ``params``.
+      params: the parameter pytree whose filter norms the direction takes.
+      include_1d: rescale the leaves of rank ≤ 1 instead of zeroing them.
+      epsilon: added to each filter norm of the direction.
+
+    Returns:
+      A pytree shaped like ``direction``.
+
+    Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> params = {'kernel': jnp.array([[3.0, 0.0], [4.0, 1.0]]), 'bias': jnp.ones(2)}   # filter norms 5 and 1
+    >>> d = jp.filter_normalize({'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}, params)
+    >>> print(jnp.round(jnp.linalg.norm(d['kernel'], axis=0), 4), d['bias'])
+    [5. 1.] [0. 0.]
     """
 
     def one(d, w):
@@ -49,7 +69,30 @@ def filter_normalize(direction, params, *, include_1d: bool = False, epsilon: fl
 
 @functools.partial(jax.jit, static_argnames=("include_1d",))
 def filter_normalized_direction(key: jax.Array, params, *, include_1d: bool = False):
-    """A Gaussian random direction shaped like ``params``, filter-normalized (:func:`filter_normalize`)."""
+    """A Gaussian random direction shaped like ``params``, filter-normalized (:func:`filter_normalize`).
+
+    Formula: ``d = filter_normalize(z, params)`` with ``z ~ 𝒩(0, I)`` (one draw of the total size cut into the
+    leaves).
+
+    Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets.
+
+    Args:
+      key: PRNG key.
+      params: the parameter pytree.
+      include_1d: perturb the leaves of rank ≤ 1 too (rescaled to their weight leaf's norm) instead of zeroing them.
+
+    Returns:
+      A pytree shaped like ``params``.
+
+    Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> params = {'kernel': jnp.array([[3.0, 0.0], [4.0, 1.0]]), 'bias': jnp.ones(2)}
+    >>> d = jp.filter_normalized_direction(jax.random.key(0), params)
+    >>> print(jnp.round(jnp.linalg.norm(d['kernel'], axis=0), 4), d['bias'])
+    [5. 1.] [0. 0.]
+    """
     return filter_normalize(C.tree_normal_like(key, params), params, include_1d=include_1d)
 
 
@@ -99,12 +142,47 @@ def _slice(loss_fn, params, batch, dirs, coords, *, chunk, unroll, axis_name):
 def loss_slice_1d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = None, direction=None,
                   steps: int = 25, span=1.0, include_1d: bool = False, chunk: int | str | None = "auto",
                   unroll: bool | None = None, axis_name: str | None = None) -> dict:
-    """``L(w + α·d)`` for ``steps`` values of ``α`` evenly spaced over ``span`` (``s`` → ``[−s, s]``, or ``(lo, hi)``),
-    ``d = filter_normalized_direction(key, params, include_1d=include_1d)`` (biases and norm parameters zero unless
-    ``include_1d``) or the given ``direction``. ``chunk``: points evaluated at once (``'auto'``, the default: one at
-    a time in a loop on CPU, all in one ``vmap`` on accelerators; ``None``: one vmap; an int: groups).
+    """The loss along a filter-normalized random direction: a 1-D slice of the landscape.
 
-    Returns ``{'alphas' (steps,), 'losses' (steps,)}``.
+    Formula: ``L(w + α·d)`` for ``steps`` values of ``α`` evenly spaced over ``span``, with
+    ``d = filter_normalized_direction(key, params)`` or the given ``direction``.
+
+    Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      params: the parameter pytree ``w``.
+      batch: the second argument of ``loss_fn``, one batch (the same at every point); a list of batches or a
+        :func:`jaxnorm.probes.dataset` raises a ValueError.
+      key: PRNG key of the random direction (or pass ``direction``).
+      direction: a pytree shaped like ``params``, used as is.
+      steps: the number of points.
+      span: ``s`` for ``[−s, s]``, or a pair ``(lo, hi)``.
+      include_1d: perturb biases and normalization parameters too (zero in the direction by default).
+      chunk: points evaluated at once: ``'auto'`` (default: one at a time on CPU, all in one ``vmap`` on
+        accelerators), ``None`` (one vmap) or an int (groups of that many; bounds memory).
+      unroll: sequential points as straight-line code (True) or in a ``lax.scan`` (False, the default).
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the losses are ``pmean``'d over it.
+
+    Returns:
+      ``{'alphas' (steps,), 'losses' (steps,)}``.
+
+    Raises:
+      ValueError: ``steps`` not a positive int; a bad ``span``; neither ``key`` nor ``direction``; a direction not
+        shaped like ``params``; a list of batches or a data set.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                     # 0.5·s·‖W‖²: 13 at W below
+    ...     return 0.5 * batch['s'] * jnp.sum(params['kernel'] ** 2)
+    >>> params = {'kernel': jnp.array([[3.0, 0.0], [4.0, 1.0]]), 'bias': jnp.zeros(2)}
+    >>> batch = {'s': jnp.float32(1.0)}
+    >>> sl = jp.loss_slice_1d(loss_fn, params, batch, direction=params, steps=3)   # L((1 + α)·W) = 13·(1 + α)²
+    >>> print(sl['alphas'], sl['losses'])
+    [-1.  0.  1.] [ 0. 13. 52.]
     """
     where = "loss_slice_1d"
     batch = O.as_batch(where, batch, data_set=False)
@@ -120,12 +198,49 @@ def loss_slice_1d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
 def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = None, directions=None,
                   steps: int | tuple[int, int] = 25, span=1.0, include_1d: bool = False, chunk: int | str | None = "auto",
                   unroll: bool | None = None, axis_name: str | None = None) -> dict:
-    """``L(w + α·d₁ + β·d₂)`` on a ``steps × steps`` grid (or ``(steps_α, steps_β)``) over ``span`` in both
-    directions, ``d₁, d₂`` independent filter-normalized random directions drawn from ``jax.random.split(key)``
-    (nearly orthogonal in high dimension, as in Li et al.) or the given pair ``directions``.
+    """The loss on the plane of two filter-normalized random directions: a 2-D surface of the landscape.
 
-    Returns ``{'alphas' (Sα,), 'betas' (Sβ,), 'losses' (Sα, Sβ)}`` with ``losses[i, j] = L(w + alphas[i]·d₁ +
-    betas[j]·d₂)``. Use ``chunk`` to bound memory: the grid is evaluated ``chunk`` points at a time.
+    Formula: ``L(w + α·d₁ + β·d₂)`` on a ``steps × steps`` grid over ``span`` in both directions, ``d₁, d₂``
+    independent filter-normalized random directions drawn from ``jax.random.split(key)`` (nearly orthogonal in high
+    dimension) or the given pair.
+
+    Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      params: the parameter pytree ``w``.
+      batch: the second argument of ``loss_fn``, one batch (the same at every point); a list of batches or a
+        :func:`jaxnorm.probes.dataset` raises a ValueError.
+      key: PRNG key of the random directions (or pass ``directions``).
+      directions: a pair of pytrees shaped like ``params``, used as is.
+      steps: the grid size ``S`` or a pair ``(Sα, Sβ)``.
+      span: ``s`` for ``[−s, s]``, or a pair ``(lo, hi)``; the same for both axes.
+      include_1d: perturb biases and normalization parameters too.
+      chunk: points evaluated at once: ``'auto'`` (default: one at a time on CPU, all in one ``vmap`` on
+        accelerators), ``None`` (one vmap) or an int (groups of that many; bounds memory).
+      unroll: sequential points as straight-line code (True) or in a ``lax.scan`` (False, the default).
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the losses are ``pmean``'d over it.
+
+    Returns:
+      ``{'alphas' (Sα,), 'betas' (Sβ,), 'losses' (Sα, Sβ)}`` with
+      ``losses[i, j] = L(w + alphas[i]·d₁ + betas[j]·d₂)``.
+
+    Raises:
+      ValueError: ``steps`` not positive ints; a bad ``span``; neither ``key`` nor ``directions``; directions not
+        two pytrees shaped like ``params``; a list of batches or a data set.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                     # 0.5·s·‖W‖²: 13 at W below
+    ...     return 0.5 * batch['s'] * jnp.sum(params['kernel'] ** 2)
+    >>> params = {'kernel': jnp.array([[3.0, 0.0], [4.0, 1.0]]), 'bias': jnp.zeros(2)}
+    >>> batch = {'s': jnp.float32(1.0)}
+    >>> surf = jp.loss_slice_2d(loss_fn, params, batch, key=jax.random.key(0), steps=(3, 5))
+    >>> surf['losses'].shape, round(float(surf['losses'][1, 2]), 3)       # the centre is w itself
+    ((3, 5), 13.0)
     """
     where = "loss_slice_2d"
     batch = O.as_batch(where, batch, data_set=False)
@@ -143,10 +258,47 @@ def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
 
 def interpolate(loss_fn: C.LossFn, params_a, params_b, batch, *, steps: int = 25, span=(-0.5, 1.5),
                 chunk: int | str | None = "auto", unroll: bool | None = None, axis_name: str | None = None) -> dict:
-    """``L((1 − α)·a + α·b)`` for ``steps`` values of ``α`` evenly spaced over ``span`` (default ``[−0.5, 1.5]``):
-    the loss on the line through two parameter vectors, e.g. the initialization and the trained weights (Goodfellow
-    et al. 2015; ``α = 0`` is ``a``, ``α = 1`` is ``b``) or two checkpoints. Every leaf is interpolated, biases and
-    normalization parameters included. Returns ``{'alphas' (steps,), 'losses' (steps,)}``."""
+    """The loss on the line through two parameter vectors, e.g. the initialization and the trained weights.
+
+    Formula: ``L((1 − α)·a + α·b)`` for ``steps`` values of ``α`` evenly spaced over ``span`` (``α = 0`` is ``a``,
+    ``α = 1`` is ``b``). Every leaf is interpolated, biases and normalization parameters included.
+
+    Reference: Goodfellow, Vinyals & Saxe (2015), Qualitatively Characterizing Neural Network Optimization Problems.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      params_a: the parameters at ``α = 0``.
+      params_b: the parameters at ``α = 1`` (same structure and shapes).
+      batch: the second argument of ``loss_fn``, one batch (the same at every point); a list of batches or a
+        :func:`jaxnorm.probes.dataset` raises a ValueError.
+      steps: the number of points.
+      span: ``(lo, hi)`` (default ``(−0.5, 1.5)``) or ``s`` for ``[−s, s]``.
+      chunk: points evaluated at once: ``'auto'`` (default: one at a time on CPU, all in one ``vmap`` on
+        accelerators), ``None`` (one vmap) or an int (groups of that many; bounds memory).
+      unroll: sequential points as straight-line code (True) or in a ``lax.scan`` (False, the default).
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the losses are ``pmean``'d over it.
+
+    Returns:
+      ``{'alphas' (steps,), 'losses' (steps,)}``.
+
+    Raises:
+      ValueError: the two parameter pytrees differ in structure or shapes; ``steps`` not a positive int; a bad
+        ``span``; a list of batches or a data set.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                     # 0.5·s·‖W‖²: 13 at W below
+    ...     return 0.5 * batch['s'] * jnp.sum(params['kernel'] ** 2)
+    >>> params = {'kernel': jnp.array([[3.0, 0.0], [4.0, 1.0]]), 'bias': jnp.zeros(2)}
+    >>> batch = {'s': jnp.float32(1.0)}
+    >>> zeros = jax.tree.map(jnp.zeros_like, params)
+    >>> line = jp.interpolate(loss_fn, zeros, params, batch, steps=5)          # 13·α²
+    >>> print(line['alphas'], line['losses'])
+    [-0.5  0.   0.5  1.   1.5] [ 3.25  0.    3.25 13.   29.25]
+    """
     where = "interpolate"
     batch = O.as_batch(where, batch, data_set=False)
     if jax.tree.structure(params_a) != jax.tree.structure(params_b):
@@ -167,13 +319,35 @@ def interpolate(loss_fn: C.LossFn, params_a, params_b, batch, *, steps: int = 25
 
 
 def trajectory_pca(trajectory, *, center=None) -> dict:
-    """The top-2 PCA directions of a training trajectory (Li et al. 2018, §7): the rows ``θ_t − θ_c`` (``θ_c`` the
-    last point, or ``center``) of the parameter vectors, their two leading right singular vectors ``d₁, d₂``
-    (unit vectors in parameter space, shaped like the parameters) and each point's coordinates ``(θ_t − θ_c)·dᵢ``.
+    """The top-2 PCA directions of a training trajectory and each point's coordinates in them.
 
-    ``trajectory``: a sequence of at least 3 parameter pytrees (checkpoints of one run). Computed through the
-    ``T × T`` Gram matrix (memory ``T × n``, no ``n × n`` matrix). Returns ``{'directions': (d₁, d₂), 'coords'
-    (T, 2), 'explained_variance' (2,)}``, the last the fraction of the rows' squared norm each direction captures."""
+    Formula: the rows ``θ_t − θ_c`` (``θ_c`` the last point, or ``center``) of the flattened parameter vectors, their
+    two leading right singular vectors ``d₁, d₂`` (unit vectors) and the coordinates ``(θ_t − θ_c)·dᵢ``, computed
+    through the ``T × T`` Gram matrix (memory ``T × n``, no ``n × n`` matrix).
+
+    Reduces over: the ``T`` points of the trajectory.
+
+    Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets (§7).
+
+    Args:
+      trajectory: a sequence of at least 3 parameter pytrees (checkpoints of one run).
+      center: the point ``θ_c`` (default: the last one).
+
+    Returns:
+      ``{'directions': (d₁, d₂), 'coords' (T, 2), 'explained_variance' (2,)}``: the directions shaped like the
+      parameters; the fraction of the rows' squared norm each direction captures.
+
+    Raises:
+      ValueError: fewer than 3 points; points of different sizes; a trajectory spanning fewer than 2 directions.
+
+    Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> path = [{'w': jnp.array([2.0, 0.0, 0.0])}, {'w': jnp.array([0.0, 1.0, 0.0])}, {'w': jnp.zeros(3)}]
+    >>> pca = jp.trajectory_pca(path)
+    >>> pca['coords'].shape, [round(float(v), 3) for v in pca['explained_variance']]
+    ((3, 2), [0.8, 0.2])
+    """
     points = list(trajectory)
     if len(points) < 3:
         raise ValueError(f"trajectory_pca: needs at least 3 parameter vectors (2 directions from the differences to "
@@ -201,10 +375,48 @@ def trajectory_pca(trajectory, *, center=None) -> dict:
 def trajectory_surface(loss_fn: C.LossFn, trajectory, batch, *, steps: int | tuple[int, int] = 21,
                        margin: float = 0.25, chunk: int | str | None = "auto", unroll: bool | None = None,
                        axis_name: str | None = None) -> dict:
-    """The loss on the plane through the trajectory's last point spanned by its top-2 PCA directions
-    (:func:`trajectory_pca`), on a ``steps × steps`` grid covering the trajectory's coordinates plus ``margin`` of
-    their range on each side. Returns ``{'alphas', 'betas', 'losses' (Sα, Sβ), 'coords' (T, 2),
-    'explained_variance'}`` (``losses[i, j]`` at ``θ_c + alphas[i]·d₁ + betas[j]·d₂``; the path is ``coords``)."""
+    """The loss on the plane spanned by a training trajectory's top-2 PCA directions.
+
+    Formula: ``L(θ_c + α·d₁ + β·d₂)`` on a ``steps × steps`` grid covering the trajectory's coordinates
+    (:func:`trajectory_pca`) plus ``margin`` of their range on each side, ``θ_c`` the last point.
+
+    Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets (§7).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, pure.
+      trajectory: a sequence of at least 3 parameter pytrees.
+      batch: the second argument of ``loss_fn``, one batch (the same at every point); a list of batches or a
+        :func:`jaxnorm.probes.dataset` raises a ValueError.
+      steps: the grid size ``S`` or a pair ``(Sα, Sβ)``.
+      margin: the fraction of the trajectory's extent added on each side (≥ 0).
+      chunk: points evaluated at once: ``'auto'`` (default: one at a time on CPU, all in one ``vmap`` on
+        accelerators), ``None`` (one vmap) or an int (groups of that many; bounds memory).
+      unroll: sequential points as straight-line code (True) or in a ``lax.scan`` (False, the default).
+      axis_name: inside ``pmap``/``shard_map``, the device axis: the losses are ``pmean``'d over it.
+
+    Returns:
+      ``{'alphas', 'betas', 'losses' (Sα, Sβ), 'coords' (T, 2), 'explained_variance'}``: ``losses[i, j]`` at
+      ``θ_c + alphas[i]·d₁ + betas[j]·d₂``; the path is ``coords``.
+
+    Raises:
+      ValueError: ``steps`` not positive ints; a negative ``margin``; a trajectory :func:`trajectory_pca` refuses;
+        a list of batches or a data set.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.probes as jp
+    >>> def loss_fn(params, batch):                     # 0.5·s·‖W‖²: 13 at W below
+    ...     return 0.5 * batch['s'] * jnp.sum(params['kernel'] ** 2)
+    >>> params = {'kernel': jnp.array([[3.0, 0.0], [4.0, 1.0]]), 'bias': jnp.zeros(2)}
+    >>> batch = {'s': jnp.float32(1.0)}
+    >>> path = [jax.tree.map(lambda x: c * x, params) for c in (0.0, 0.5, 1.0)]
+    >>> path[1]['bias'] = jnp.ones(2)
+    >>> surf = jp.trajectory_surface(loss_fn, path, batch, steps=4)
+    >>> surf['losses'].shape, surf['coords'].shape
+    ((4, 4), (3, 2))
+    """
     where = "trajectory_surface"
     batch = O.as_batch(where, batch, data_set=False)
     sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)
