@@ -44,17 +44,51 @@ def _check_loss(where, loss):
 
 def model_state_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entropy",
                         axis_name: str | None = None) -> Callable:
-    """``loss_fn(params, inputs) -> scalar`` with ``inputs = {'batch', 'batch_stats', 'dropout_key'}``: the loss of
-    :func:`model_loss_fn` with the state it would close over passed in instead.
+    """The loss of a Flax linen model with its state as an input: ``loss_fn(params, inputs) -> scalar``.
 
-    One ``loss_fn`` serves every step: the probes' compiled programs are cached per ``loss_fn`` object, so repeated
-    stand-alone probe calls with new states compile once::
+    Formula: ``inputs = {'batch', 'batch_stats', 'dropout_key'}`` and ``loss_fn(params, inputs) = Σ_i m_i ℓ(f(x_i),
+    y_i) / Σ_i m_i`` (``m`` the batch's mask, all ones by default), the model applied as :func:`model_loss_fn`
+    does. One ``loss_fn`` serves every training step: the probes' compiled programs are cached per ``loss_fn``
+    object, so stand-alone probe calls with new states do not recompile.
 
-        loss_fn = model_state_loss_fn(model)                     # once
-        inputs = {'batch': batch, 'batch_stats': state.batch_stats, 'dropout_key': key}
-        santurkar_probe(loss_fn, state.params, inputs, lr=lr)   # every N steps: no recompilation
+    Reduces over: the valid examples of the batch (the masked mean).
 
-    ``batch_stats`` may be ``{}`` (no running statistics) and ``dropout_key`` ``None`` (no dropout).
+    Args:
+      model: a Flax linen module called as ``model.apply(variables, x, train=...)``.
+      train: batch statistics and dropout (True) or running statistics and no dropout (False).
+      loss: ``'cross_entropy'`` (integer labels), ``'mse'`` (``‖f(x) − y‖²`` per example) or
+        ``loss(outputs, y) -> per-example losses``.
+      axis_name: the device axis: the loss returned is the device's share ``Σ_local ℓ·mask / Σ_devices mask ×
+        num_devices``, so the probes' ``pmean`` gives the global mean over valid examples (use with the probes'
+        ``axis_name``).
+
+    Returns:
+      A :class:`jaxnorm.probes.SplitLoss` (also usable with the GGN and Fisher operators). ``batch_stats`` may be
+      ``{}`` and ``dropout_key`` ``None``.
+
+    Raises:
+      ValueError: an unknown ``loss``; at call time, a batch that is neither ``{'x', 'y'[, 'mask']}`` nor
+        ``(x, y[, mask])``.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import jaxnorm.nn
+    >>> import jaxnorm.probes as jp
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x, train=True):
+    ...         return nn.Dense(3)(jaxnorm.nn.BatchNorm()(x, train=train))
+    >>> batch = {'x': jnp.arange(24.0).reshape(8, 3) / 10, 'y': jnp.array([0, 1, 2, 0, 1, 2, 0, 1])}
+    >>> model = Net()
+    >>> variables = model.init(jax.random.key(0), batch['x'], train=False)
+    >>> loss_fn = jp.model_state_loss_fn(model)
+    >>> inputs = {'batch': batch, 'batch_stats': variables['batch_stats'], 'dropout_key': None}
+    >>> s = jp.santurkar_probe(loss_fn, variables['params'], inputs, etas=[0.1, 0.2])
+    >>> s['losses'].shape
+    (2,)
     """
     _check_loss("model_state_loss_fn", loss)
 
@@ -96,26 +130,63 @@ def _mean_loss(outputs, y, mask, loss, axis_name):
 
 def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None, *, train: bool = True,
                   loss: str | Callable = "cross_entropy", axis_name: str | None = None) -> Callable:
-    """``loss_fn(params, batch) -> scalar`` for a Flax model, the input every probe takes.
+    """The loss of a Flax linen model, ``loss_fn(params, batch) -> scalar``: the input every probe takes.
 
-    * ``train=True`` (the Santurkar setting): ``model.apply({'params', 'batch_stats'}, x, train=True,
-      mutable=['batch_stats'], rngs={'dropout': dropout_key})``; batch norm normalizes with the statistics of the
-      batch (of each probed point's own activations), and the updated running statistics are DISCARDED, so probing
-      never changes the training state. ``train=False`` uses the running statistics and no dropout.
-    * ``dropout_key``: one FIXED key: every point a probe evaluates sees the same dropout masks, so the probe
-      measures the landscape, not dropout noise. Needed in train mode when the model has dropout.
-    * ``loss``: ``'cross_entropy'`` (integer labels, as the train step), ``'mse'`` (``‖f(x) − y‖²`` per example, the
-      deep linear network's loss) or ``loss(outputs, y) -> per-example losses``.
-    * The batch is ``{'x', 'y'[, 'mask']}`` or ``(x, y[, mask])``; the loss is the mean over valid examples.
-    * ``axis_name`` (use with the probe's ``axis_name``): the loss returned is the device's share
-      ``Σ_local ℓ·mask / Σ_devices mask × num_devices``, so the probes' ``pmean`` gives exactly the global mean over
-      valid examples, even with uneven masks. Batch norm then normalizes with per-device statistics unless the model
-      was built with ``axis_name='batch'`` (sync batch norm); with per-device ("ghost") statistics the probed
-      landscape is the average of the per-device landscapes, not the global-batch one.
+    Formula: ``L(params) = Σ_i m_i ℓ(f(params, x_i), y_i) / Σ_i m_i`` over the batch (``m`` its mask, all ones by
+    default; masked-out inputs are replaced by zeros). ``train=True`` (the Santurkar setting) applies
+    ``model.apply({'params', 'batch_stats'}, x, train=True, mutable=['batch_stats'], rngs={'dropout':
+    dropout_key})``: batch norm normalizes with the statistics of each probed point's own activations, and the
+    updated running statistics are DISCARDED, so probing never changes the training state. ``dropout_key`` is one
+    FIXED key: every point a probe evaluates sees the same dropout masks. ``train=False`` uses the running
+    statistics and no dropout.
 
-    The closure is a new function for ``jax.jit``: each new ``model_loss_fn`` compiles the probes anew. For repeated
-    stand-alone calls use :func:`model_state_loss_fn` (the state travels in the second argument), or
-    :func:`make_probe_fn`.
+    Reduces over: the valid examples of the batch (the masked mean).
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization? (the
+    probes' train-mode loss).
+
+    Args:
+      model: a Flax linen module called as ``model.apply(variables, x, train=...)``.
+      batch_stats: the model's running statistics (``None`` or ``{}`` for none).
+      dropout_key: the fixed dropout key (needed in train mode when the model has dropout).
+      train: see above.
+      loss: ``'cross_entropy'`` (integer labels), ``'mse'`` (``‖f(x) − y‖²`` per example) or
+        ``loss(outputs, y) -> per-example losses``.
+      axis_name: the device axis: the loss returned is the device's share ``Σ_local ℓ·mask / Σ_devices mask ×
+        num_devices``, so the probes' ``pmean`` gives the global mean over valid examples (use with the probes'
+        ``axis_name``). Batch norm then normalizes with per-device statistics unless the model syncs them
+        (``axis_name='batch'``).
+
+    Returns:
+      A :class:`jaxnorm.probes.SplitLoss` taking batches ``{'x', 'y'[, 'mask']}`` or ``(x, y[, mask])``. Each
+      new ``model_loss_fn`` is a new function for ``jax.jit`` (the probes compile anew); for repeated calls use
+      :func:`model_state_loss_fn` or :func:`make_probe_fn`.
+
+    Raises:
+      ValueError: an unknown ``loss``; at call time, a batch that is neither a dict with ``'x'`` and ``'y'`` nor a
+        tuple ``(x, y[, mask])``.
+
+    Examples:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import jaxnorm.nn
+    >>> import jaxnorm.probes as jp
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x, train=True):
+    ...         return nn.Dense(3)(jaxnorm.nn.BatchNorm()(x, train=train))
+    >>> batch = {'x': jnp.arange(24.0).reshape(8, 3) / 10, 'y': jnp.array([0, 1, 2, 0, 1, 2, 0, 1])}
+    >>> model = Net()
+    >>> variables = model.init(jax.random.key(0), batch['x'], train=False)
+    >>> loss_fn = jp.model_loss_fn(model, variables['batch_stats'])
+    >>> loss_fn(variables['params'], batch).shape, isinstance(loss_fn, jp.SplitLoss)
+    ((), True)
+    >>> vals, _ = jp.hessian_top_eigenvalues(loss_fn, variables['params'], batch, key=jax.random.key(1),
+    ...                                      method='lanczos', num_iters=10)
+    >>> bool(vals[0] > 0)
+    True
     """
     _check_loss("model_loss_fn", loss)
     inner = model_state_loss_fn(model, train=train, loss=loss, axis_name=axis_name)
@@ -131,19 +202,42 @@ def nnx_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entr
                 axis_name: str | None = None) -> tuple[Callable, Any]:
     """``(loss_fn, params)`` for a Flax NNX model: ``loss_fn(params, batch) -> scalar`` is what every probe takes.
 
-    The model is split once, ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``; ``loss_fn`` merges
-    ``params`` (the argument the probes perturb) with the fixed ``rest`` into a fresh copy and calls it on
-    ``batch['x']``, so probing never changes the model. As :func:`model_loss_fn` for linen:
+    Formula: the masked mean loss ``Σ_i m_i ℓ(f(params, x_i), y_i) / Σ_i m_i`` as in :func:`model_loss_fn`. The
+    model is split once, ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``; ``loss_fn`` merges
+    ``params`` (the argument the probes perturb) with the fixed ``rest`` into a fresh copy, so probing never changes
+    the model. ``train=True``: every ``use_running_average`` and ``deterministic`` is False (batch statistics; the
+    updated running statistics discarded; the dropout streams restart from their state at this call, a fixed key);
+    ``train=False``: running statistics, no dropout.
 
-    * ``train=True``: every ``use_running_average`` is False (batch norm normalizes with each probed point's own
-      batch statistics; the updated running statistics are discarded) and every ``deterministic`` False; the
-      dropout streams start from the state they had when ``nnx_loss_fn`` was called at every evaluation, so every
-      point a probe evaluates sees the same dropout masks (a fixed key). ``train=False``: running statistics, no
-      dropout.
-    * ``loss``, the batch format (``{'x', 'y'[, 'mask']}`` or ``(x, y[, mask])``) and ``axis_name``: as in
-      :func:`model_loss_fn`.
+    Reduces over: the valid examples of the batch (the masked mean).
 
-    ``params`` is an ``nnx.State`` of the model's ``nnx.Param`` leaves.
+    Args:
+      model: an ``nnx.Module`` called as ``model(x)``.
+      train: see above.
+      loss: ``'cross_entropy'`` (integer labels), ``'mse'`` (``‖f(x) − y‖²`` per example) or
+        ``loss(outputs, y) -> per-example losses``.
+      axis_name: the device axis: the loss returned is the device's share ``Σ_local ℓ·mask / Σ_devices mask ×
+        num_devices``, so the probes' ``pmean`` gives the global mean over valid examples (use with the probes'
+        ``axis_name``).
+
+    Returns:
+      ``(loss_fn, params)``: a :class:`jaxnorm.probes.SplitLoss` and the ``nnx.State`` of the model's
+      ``nnx.Param`` leaves.
+
+    Raises:
+      ValueError: an unknown ``loss``; at call time, a batch of another format.
+
+    Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import jaxnorm.probes as jp
+    >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> loss_fn, params = jp.nnx_loss_fn(model, loss='mse')
+    >>> batch = {'x': jnp.ones((4, 3)), 'y': jnp.zeros((4, 2))}
+    >>> tr = jp.hessian_trace(loss_fn, params, batch, key=jax.random.key(0), num_samples=24, method='hutch++')
+    >>> round(float(tr['trace']), 3)      # mean ‖Wx + b‖² with x = 1: 2 per weight and bias, 8 of them
+    16.0
     """
     from flax import nnx
 
@@ -166,16 +260,46 @@ def nnx_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entr
 def eqx_loss_fn(model, state=None, dropout_key: jax.Array | None = None, *, train: bool = True,
                 loss: str | Callable = "cross_entropy", batch_axis: str = "batch",
                 axis_name: str | None = None) -> tuple[Callable, Any]:
-    """``(loss_fn, params)`` for an Equinox model called per example, ``model(x, state, *, key) -> (y, state)``
-    (or ``model(x, *, key) -> y`` when ``state`` is None): ``loss_fn(params, batch) -> scalar`` for the probes.
+    """``(loss_fn, params)`` for an Equinox model called per example: ``loss_fn(params, batch) -> scalar``.
 
-    ``params, static = eqx.partition(model, eqx.is_inexact_array)`` (build the model with
-    ``eqx.nn.make_with_state`` so no initial state is left inside it); ``loss_fn`` recombines them and runs
-    ``jax.vmap(model, axis_name=batch_axis)`` over ``batch['x']`` with ``state`` fixed and the new state discarded.
-    ``train=True``: ``eqx.nn.inference_mode(model, False)`` (batch statistics; dropout on, with the per-example keys
-    ``jax.random.split(dropout_key, n)`` — one FIXED key, so every probed point sees the same masks; without a key
-    the model is called with ``key=None``); ``train=False``: inference mode. ``loss``, the batch format and
-    ``axis_name``: as in :func:`model_loss_fn`.
+    Formula: the masked mean loss ``Σ_i m_i ℓ(f(params, x_i), y_i) / Σ_i m_i`` as in :func:`model_loss_fn`, with
+    ``params, static = eqx.partition(model, eqx.is_inexact_array)`` and the outputs
+    ``jax.vmap(model, axis_name=batch_axis)`` over ``batch['x']`` (``model(x, state, *, key) -> (y, state)`` with
+    ``state`` fixed and the new state discarded, or ``model(x, *, key) -> y`` when ``state`` is None).
+    ``train=True``: ``eqx.nn.inference_mode(model, False)`` (batch statistics; dropout with the per-example keys
+    ``jax.random.split(dropout_key, n)`` of one FIXED key); ``train=False``: inference mode.
+
+    Reduces over: the valid examples of the batch (the masked mean).
+
+    Args:
+      model: an Equinox module (build stateful ones with ``eqx.nn.make_with_state``).
+      state: its ``eqx.nn.State``, or None for a stateless model.
+      dropout_key: the fixed dropout key (None: the model is called with ``key=None``).
+      train: see above.
+      loss: ``'cross_entropy'`` (integer labels), ``'mse'`` (``‖f(x) − y‖²`` per example) or
+        ``loss(outputs, y) -> per-example losses``.
+      batch_axis: the name of the vmapped example axis (the ``axis_name`` of ``eqx.nn.BatchNorm``).
+      axis_name: the device axis: the loss returned is the device's share ``Σ_local ℓ·mask / Σ_devices mask ×
+        num_devices``, so the probes' ``pmean`` gives the global mean over valid examples (use with the probes'
+        ``axis_name``).
+
+    Returns:
+      ``(loss_fn, params)``: a :class:`jaxnorm.probes.SplitLoss` and the model's inexact-array leaves.
+
+    Raises:
+      ValueError: an unknown ``loss``; at call time, a batch of another format.
+
+    Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import equinox as eqx
+    >>> import jaxnorm.probes as jp
+    >>> model = eqx.nn.Linear(3, 2, key=jax.random.key(0))
+    >>> loss_fn, params = jp.eqx_loss_fn(model, loss='mse')
+    >>> batch = {'x': jnp.ones((4, 3)), 'y': jnp.zeros((4, 2))}
+    >>> tr = jp.hessian_trace(loss_fn, params, batch, key=jax.random.key(0), num_samples=24, method='hutch++')
+    >>> round(float(tr['trace']), 3)      # mean ‖Wx + b‖² with x = 1: 2 per weight and bias, 8 of them
+    16.0
     """
     import equinox as eqx
 
