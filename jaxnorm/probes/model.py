@@ -333,11 +333,46 @@ PROBES = ("santurkar", "santurkar_random", "ics", "top_eigenvalues", "hessian_tr
 
 def activation_percentiles_fn(model, *, unit: int = 0, percentiles=(15.0, 50.0, 85.0), train: bool = True,
                               layers=None) -> Callable:
-    """``fn(variables, x, dropout_key) -> {'<layer>/p<q>': value}``: the ``percentiles`` of one ``unit``'s
-    activation input over the batch, for every input the model sows as ``intermediates/<layer>`` (the zoo's MLP
-    sows ``preact_{i}``, the input of its i-th activation) or the named ``layers``. Ioffe & Szegedy (2015, Fig. 1b,c)
-    plot the {15, 50, 85}th percentiles of one sigmoid's input over training. Jitted once; train mode uses the
-    batch's statistics (what the activation sees in training), and discards the updated running statistics."""
+    """A jitted function giving percentiles of one unit's activation input over the batch, per sown layer.
+
+    Formula: ``fn(variables, x, dropout_key) -> {'<layer>/p<q>': percentile_q(a[..., unit])}`` for every input the
+    model sows as ``intermediates/<layer>`` (the zoo's MLP sows ``preact_{i}``, the input of its i-th activation) or
+    the named ``layers``. Train mode uses the batch's statistics (what the activation sees in training) and discards
+    the updated running statistics.
+
+    Reduces over: every axis of the sown activation but the last (the examples, and positions for a conv).
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift (Fig. 1b,c: the {15, 50, 85}th percentiles of one sigmoid's input over training).
+
+    Args:
+      model: a Flax linen module that sows its activation inputs with ``self.sow('intermediates', name, a)``.
+      unit: the unit (last-axis index).
+      percentiles: the percentiles ``q`` in [0, 100].
+      train: batch statistics (True) or running statistics (False).
+      layers: the sown names to report (default: all, sorted).
+
+    Returns:
+      ``fn(variables, x, dropout_key) -> dict`` of float32 scalars. It raises a ValueError (at its first call)
+      when the model sows none of ``layers`` or ``unit`` is out of range.
+
+    Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import jaxnorm.probes as jp
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x, train=True):
+    ...         a = nn.Dense(2)(x)
+    ...         self.sow('intermediates', 'preact_0', a)
+    ...         return nn.sigmoid(a)
+    >>> x = jnp.linspace(-1.0, 1.0, 30).reshape(10, 3)
+    >>> variables = Net().init(jax.random.key(0), x)
+    >>> fn = jp.activation_percentiles_fn(Net())
+    >>> sorted(fn({'params': variables['params']}, x, jax.random.key(1)))
+    ['preact_0/p15', 'preact_0/p50', 'preact_0/p85']
+    """
 
     @jax.jit
     def fn(variables, x, dropout_key):
@@ -369,8 +404,11 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
                   tx: optax.GradientTransformation | None = None, loss: str | Callable = "cross_entropy",
                   train: bool = True, axis_name: str | None = None,
                   options: Mapping[str, Mapping[str, Any]] | None = None) -> Callable:
-    """``probe_fn(state, batch, key) -> dict`` of named arrays for the training loop, which calls it every N steps on
-    the current batch, BEFORE the train step on that batch (so ``g`` is the gradient that step takes).
+    """A probe step for the training loop: ``probe_fn(state, batch, key) -> dict`` of named arrays.
+
+    The training loop calls it every N steps on the current batch, BEFORE the train step on that batch (so ``g`` is
+    the gradient that step takes); each probe runs on :func:`model_state_loss_fn` of the model (one ``loss_fn`` for
+    every step, so nothing recompiles). See the probes for their formulas and references.
 
     Call it eagerly (each probe is a compiled program cached across calls: one ``loss_fn`` serves every step; on CPU
     the eigenvalue iteration then runs as a host loop, see :func:`hessian_top_eigenvalues`) or ``jax.jit`` it (one
@@ -399,6 +437,31 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
     ``hessian/directional_curvature``; ``hessian/density_grid``, ``hessian/density`` (stochastic Lanczos quadrature);
     ``slice_1d/alphas``, ``slice_1d/losses``; ``slice_2d/alphas``, ``slice_2d/betas``, ``slice_2d/losses`` (Sα, Sβ);
     ``activations/<layer>/p15`` (…/p50, …/p85).
+
+    Raises:
+      ValueError: unknown or no ``probes``; ``options`` for a probe not in ``probes``; a Santurkar or ICS probe
+        without ``lr`` (and without ``etas``, ``tx`` or ``update_fn``).
+
+    Examples:
+    >>> import types
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import jaxnorm.nn
+    >>> import jaxnorm.probes as jp
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x, train=True):
+    ...         return nn.Dense(3, name='head')(jaxnorm.nn.BatchNorm(name='norm')(x, train=train))
+    >>> batch = {'x': jnp.arange(24.0).reshape(8, 3) / 10, 'y': jnp.array([0, 1, 2, 0, 1, 2, 0, 1])}
+    >>> variables = Net().init(jax.random.key(0), batch['x'], train=False)
+    >>> state = types.SimpleNamespace(step=0, params=variables['params'], batch_stats=variables['batch_stats'],
+    ...                               opt_state=None)
+    >>> probe_fn = jp.make_probe_fn(Net(), probes=('santurkar', 'ics'), lr=0.1,
+    ...                             options={'santurkar': {'etas': [0.05, 0.1]}})
+    >>> metrics = probe_fn(state, batch, jax.random.key(1))
+    >>> metrics['santurkar/losses'].shape, sorted(k for k in metrics if k.startswith('ics/l2'))
+    ((2,), ['ics/l2/head', 'ics/l2/norm'])
     """
     probes = tuple(probes)
     bad = [p for p in probes if p not in PROBES]
