@@ -427,7 +427,7 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
       lr: the learning rate (a float or a schedule ``lr(step)``): the Santurkar grid ``[0.5, 4]·lr`` and the ICS
         SGD update.
       tx: if given, ICS updates the earlier layers with this optimizer's step from ``state.opt_state`` instead of SGD.
-      loss, train, axis_name: as in :func:`model_loss_fn` (``axis_name`` also ``pmean``s inside the probes).
+      loss, train, axis_name: as in :func:`model_loss_fn` (``axis_name`` is also the axis of the probes' ``pmean``).
       options: per-probe keyword arguments, e.g. ``{'santurkar': {'chunk': 2}, 'ics': {'layers': ['conv_1']},
         'top_eigenvalues': {'k': 2, 'num_iters': 20}, 'hessian_trace': {'num_samples': 10}}``.
 
