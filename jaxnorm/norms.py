@@ -1171,7 +1171,8 @@ def spectral_normalize(
 ) -> tuple[Array, Array, Array]:
     """Spectral normalization (Miyato et al. 2018): ``w/σ(W)``, σ the largest singular value of ``W``, the kernel
     seen as a matrix (every axis but the last flattened × the last: ``(…·C_in) × C_out``, as
-    ``flax.linen.SpectralNorm``), so that the normalized layer is 1-Lipschitz as a linear map of its flattened input patch.
+    ``flax.linen.SpectralNorm``), so that the normalized layer is 1-Lipschitz as a linear map of its flattened
+    input patch.
 
     σ is estimated by power iteration whose vector ``u`` (``1×C_out``, from :func:`init_spectral_state`) is state
     carried from call to call: ``n_power_iterations`` times ``v = n(u Wᵀ)``, ``u = n(v W)`` with
