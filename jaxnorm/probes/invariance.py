@@ -66,9 +66,41 @@ def transform(name: str, x: jax.Array, w: jax.Array, *, key: jax.Array, delta: f
 def norm_invariances(norms=("batch", "layer", "group", "rms"), *, key: jax.Array | None = None, n: int = 64,
                      d: int = 32, h: int = 16, num_groups: int = 4, delta: float = 3.7,
                      epsilon: float = 1e-10) -> dict[str, dict[str, float]]:
-    """``{norm: {transform: max_i |y'_i − y_i|}}`` on a random N×D batch and D×H weight matrix (the normalized
-    outputs have unit scale, so a change of order 1 means "not invariant" and one near float32 round-off means
-    invariant). ``epsilon`` is kept tiny so that ε does not blur the answer."""
+    """Measures which weight and data transformations each normalization's output is invariant to.
+
+    Formula: for a dense layer ``a = x W`` (``x``: N×D, ``W``: D×H) followed by ``y = norm(a)``, and each
+    transformation of ``INVARIANCE_TRANSFORMS`` giving ``(x′, W′)``, the change ``max_i |y′_i − y_i|`` with
+    ``y′ = norm(x′ W′)``. The outputs have unit scale: a change of order 1 means "not invariant", one near float32
+    round-off means invariant.
+
+    Reduces over: every entry of the N×H output (the maximum).
+
+    Reference: Ba, Kiros & Hinton (2016), Layer Normalization (§5.1, Table 1).
+
+    Args:
+      norms: names among ``'batch'``, ``'layer'``, ``'group'``, ``'rms'``.
+      key: PRNG key of the data, weights and transformations (default ``jax.random.key(0)``).
+      n: examples N.
+      d: inputs D.
+      h: units H.
+      num_groups: groups of group norm.
+      delta: the re-scaling factor δ.
+      epsilon: the normalizations' ε, tiny so that it does not blur the answer.
+
+    Returns:
+      ``{norm: {transform: max change}}`` of Python floats.
+
+    Raises:
+      ValueError: an unknown norm name.
+
+    Examples:
+    >>> import jaxnorm.probes as jp
+    >>> table = jp.norm_invariances(('batch', 'layer'), n=16, d=8, h=4)
+    >>> {t: table['batch'][t] < 1e-4 for t in ('weight_matrix_rescaling', 'single_case_rescaling')}
+    {'weight_matrix_rescaling': True, 'single_case_rescaling': False}
+    >>> {t: table['layer'][t] < 1e-4 for t in ('weight_vector_rescaling', 'single_case_rescaling')}
+    {'weight_vector_rescaling': False, 'single_case_rescaling': True}
+    """
     key = jax.random.key(0) if key is None else key
     kx, kw, kt = jax.random.split(key, 3)
     x = jax.random.normal(kx, (n, d), jnp.float32) + 0.5
