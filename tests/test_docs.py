@@ -43,7 +43,7 @@ def _docs_conf():
     return conf
 
 
-# ---- shell blocks -----------------------------------------------------------------------------------------------------
+# ---- shell blocks ----------------------------------------------------------------------------------------------------
 
 
 def _extras() -> set[str]:
@@ -150,7 +150,7 @@ def check_shell_block(code: str, where: str) -> None:
                 check_command(cmd.strip(), where)
 
 
-# ---- the build --------------------------------------------------------------------------------------------------------
+# ---- the build -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_every_public_name_is_in_the_reference(built_docs):
     assert not undocumented, f"public functions and classes without a docstring: {undocumented}"
 
 
-# ---- the examples -----------------------------------------------------------------------------------------------------
+# ---- the examples ----------------------------------------------------------------------------------------------------
 
 PAGES = sorted(p for p in DOCS.glob("*.md") if p.name != "results.md")
 
