@@ -71,7 +71,19 @@ def _resolve_momentum(momentum: Any, convention: str) -> float | None:
     return check_momentum("batch norm", momentum)
 
 
-def _check_stats(name: str, stats: Mapping[str, Array], num_features: int) -> None:
+def _nchw_hint(name: str, what: str, size: int, x: Array | None, axis: Any) -> str | None:
+    """The message for a per-channel parameter of ``size`` entries that matches axis 1 of ``x`` (PyTorch's NCHW)
+    rather than the feature axis ``axis``, or None; ``x`` None: the caller has no ``axis`` argument to suggest."""
+    if x is None or x.ndim < 3 or axis % x.ndim == 1 or x.shape[1] != size or x.shape[axis] == size:
+        return None
+    return (f"{name}: {what} has {size} entries but x has {x.shape[axis]} channels on axis {axis} "
+            f"(x.shape={tuple(x.shape)}); for PyTorch's NCHW layout pass axis=1")
+
+
+def _check_stats(name: str, stats: Mapping[str, Array], num_features: int, x: Array | None = None,
+                 axis: Any = -1) -> None:
+    """ValueError unless ``stats`` holds 'mean' and 'var' of shape (num_features,); given ``x`` and the caller's
+    ``axis``, a size that matches axis 1 of ``x`` gets the NCHW advice (``axis=1``) rather than new stats."""
     if not isinstance(stats, Mapping) or not {"mean", "var"} <= set(stats):
         got = sorted(stats) if isinstance(stats, Mapping) else type(stats).__name__
         raise ValueError(
@@ -79,17 +91,21 @@ def _check_stats(name: str, stats: Mapping[str, Array], num_features: int) -> No
             f"create them with jaxnorm.init_batch_stats({num_features})"
         )
     for k in ("mean", "var"):
-        if tuple(jnp.shape(stats[k])) != (num_features,):
+        shape = tuple(jnp.shape(stats[k]))
+        if shape != (num_features,):
+            hint = _nchw_hint(name, f"stats[{k!r}]", shape[0], x, axis) if len(shape) == 1 else None
+            if hint:
+                raise ValueError(hint)
             raise ValueError(
-                f"{name}: stats[{k!r}] has shape {tuple(jnp.shape(stats[k]))} but the input has {num_features} "
+                f"{name}: stats[{k!r}] has shape {shape} but the input has {num_features} "
                 f"channels on its feature axis; create matching stats with jaxnorm.init_batch_stats({num_features})"
             )
 
 
-def _affine(name: str, x: Array, scale: Array | None, bias: Array | None, fax: int = -1):
+def _affine(name: str, x: Array, scale: Array | None, bias: Array | None, fax: int = -1, axis: Any = None):
     """``(scale, bias)`` ready to broadcast against ``x``: a 1-D parameter of length C (the size of the feature axis
     ``fax``) is per channel on that axis, as in PyTorch's NCHW layout; any other shape must broadcast from the
-    right."""
+    right. ``axis``: the caller's ``axis`` argument as given (None if it has none), for the NCHW advice."""
     fax = fax % x.ndim
     c = x.shape[fax]
     feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
@@ -109,9 +125,12 @@ def _affine(name: str, x: Array, scale: Array | None, bias: Array | None, fax: i
             except ValueError:
                 ok = False
         if not ok:
+            hint = _nchw_hint(name, pname, shape[0], x, axis) if len(shape) == 1 and axis is not None else None
+            if hint:
+                raise ValueError(hint)
             raise ValueError(
-                f"{name}: {pname} of shape {shape} does not broadcast against the input of shape {tuple(x.shape)}: pass one value "
-                f"per channel, shape ({c},) for the {c} channels on axis {fax}"
+                f"{name}: {pname} of shape {shape} does not broadcast against the input of shape {tuple(x.shape)}: "
+                f"pass one value per channel, shape ({c},) for the {c} channels on axis {fax}"
             )
         out.append(p)
     return tuple(out)
@@ -807,7 +826,7 @@ def group_norm(
     fax = _feature_axis("group_norm", x, axis)
     if fax == 0:
         raise ValueError("group_norm: axis 0 is the batch axis; pass the channel axis (-1 for NHWC, 1 for NCHW)")
-    scale, bias = _affine("group_norm", x, scale, bias, fax)
+    scale, bias = _affine("group_norm", x, scale, bias, fax, axis)
     g = check_groups("group_norm", x.shape[fax], num_groups, group_size)
     red = [i for i in range(1, x.ndim) if i != fax]  # per-(example, channel) sums, then per group
     spec = _per_example_spec("group_norm", x, red, epsilon, groups=g, group_axis=fax)
@@ -832,7 +851,7 @@ def instance_norm(
     fax = _feature_axis("instance_norm", x, axis)
     if fax == 0:
         raise ValueError("instance_norm: axis 0 is the batch axis; pass the channel axis (-1 for NHWC, 1 for NCHW)")
-    scale, bias = _affine("instance_norm", x, scale, bias, fax)
+    scale, bias = _affine("instance_norm", x, scale, bias, fax, axis)
     red = [i for i in range(1, x.ndim) if i != fax]
     if mask is None and math.prod(x.shape[i] for i in red) == 1 and x.size:
         raise ValueError(
@@ -871,8 +890,8 @@ def _bn_setup(name, x, scale, bias, stats, train, epsilon, axis):
     eps = check_epsilon(name, epsilon)
     fax = _feature_axis(name, x, axis)
     c = x.shape[fax]
-    _check_stats(name, stats, c)
-    scale, bias = _affine(name, x, scale, bias, fax)
+    _check_stats(name, stats, c, x, axis)
+    scale, bias = _affine(name, x, scale, bias, fax, axis)
     red = [i for i in range(x.ndim) if i != fax]
     return x, train, eps, fax, c, scale, bias, red
 
@@ -1017,9 +1036,7 @@ def batch_norm_noise(key: Array, shape: Sequence[int], *, n_mu: float = 0.5, n_s
     """The multiplicative and additive noise ``(s, m)`` of Santurkar et al.'s Algorithm 1 for activations of
     ``shape``: per unit j (channel, on ``axis``), ``μ_j ~ U(−n_μ, n_μ)``, ``σ_j ~ U(1, n_σ)``; per sample i and unit
     j (every spatial position counts as a sample), ``m_ij ~ U(μ_j − r_μ, μ_j + r_μ)``, ``s_ij ~ N(σ_j, r_σ)``."""
-    if n_mu < 0 or n_sigma < 1 or r_mu < 0 or r_sigma < 0:
-        raise ValueError(f"noisy batch norm: need n_mu >= 0, n_sigma >= 1, r_mu >= 0, r_sigma >= 0; got "
-                         f"n_mu={n_mu}, n_sigma={n_sigma}, r_mu={r_mu}, r_sigma={r_sigma}")
+    _check_noise(n_mu, n_sigma, r_mu, r_sigma)
     fax = axis % len(shape)
     c = shape[fax]
     feat_shape = [c if i == fax else 1 for i in range(len(shape))]
@@ -1049,18 +1066,38 @@ def noisy_batch_norm(
     each output of :func:`batch_norm` (after γ, β), with ``(s, m)`` from :func:`batch_norm_noise` drawn from
     ``key`` — a new key every step gives new noise. Eval mode (``train=False``) adds no noise and needs no key.
     The paper's constants are the defaults: n_μ = 0.5, n_σ = 1.25, r_μ = r_σ = 0.1."""
-    x = _input("noisy_batch_norm", x)
-    train = check_train("noisy_batch_norm", train)
+    # batch_norm's checks, under this function's name (the messages then name the function the user called)
+    x, train = _bn_setup("noisy_batch_norm", x, scale, bias, stats, train, batch_norm_kwargs.get("epsilon", 1e-5),
+                         batch_norm_kwargs.get("axis", -1))[:2]
     y, new_stats = batch_norm(x, scale, bias, stats, train=train, **batch_norm_kwargs)
     if train is False:
         return y, new_stats
     if key is None:
         raise ValueError("noisy_batch_norm: train=True (or a traced train) needs key= (a new PRNG key every step), "
                          "or train=False")
-    s, m = batch_norm_noise(key, y.shape, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma,
-                            axis=batch_norm_kwargs.get("axis", -1))
+    return _add_noise(y, key, train, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma,
+                      axis=batch_norm_kwargs.get("axis", -1)), new_stats
+
+
+def _check_noise(n_mu: float, n_sigma: float, r_mu: float, r_sigma: float) -> None:
+    """ValueError unless Algorithm 1's constants are valid (the layers check them at construction)."""
+    if n_mu < 0 or n_sigma < 1 or r_mu < 0 or r_sigma < 0:
+        raise ValueError(f"noisy batch norm: need n_mu >= 0, n_sigma >= 1, r_mu >= 0, r_sigma >= 0; got "
+                         f"n_mu={n_mu}, n_sigma={n_sigma}, r_mu={r_mu}, r_sigma={r_sigma}")
+
+
+def _add_noise(y: Array, key: Array, train, *, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float,
+               axis: int = -1, row: tuple[int, Array] | None = None) -> Array:
+    """``s ⊙ y + m`` with ``(s, m)`` from :func:`batch_norm_noise` where ``train`` (a bool or a traced bool), else
+    ``y``: the one place the noise is applied (:func:`noisy_batch_norm` and the layers call it). ``row=(n, i)``:
+    ``y`` is example i of a batch of n (a per-example layer under ``vmap``; ``axis`` counts the batch axis); the
+    batch's noise is drawn and row i taken, so the result equals the whole batch's."""
+    shape = tuple(y.shape) if row is None else (row[0],) + tuple(y.shape)
+    s, m = batch_norm_noise(key, shape, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma, axis=axis)
+    if row is not None:
+        s, m = s[row[1]], m[row[1]]
     noisy = (y.astype(jnp.float32) * s + m).astype(y.dtype)
-    return (noisy if train is True else jnp.where(train, noisy, y)), new_stats
+    return noisy if train is True else jnp.where(train, noisy, y)
 
 
 # --------------------------------------------------------------------------------------------------------------------

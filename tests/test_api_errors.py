@@ -1,0 +1,142 @@
+"""Shape-mismatch messages of the per-channel checks: a PyTorch-layout (NCHW) input passed with the default
+``axis=-1`` gets the advice ``axis=1`` with the numbers, not new statistics for the width; and a correct NCHW call
+(``axis=1``) equals the channels-last computation and a float64 numpy two-pass reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnorm as jn
+
+EPS = 1e-5
+SHAPE = (8, 3, 16, 16)  # N C H W: C = 3, W = 16
+
+
+def _x(shape=SHAPE, seed=0, loc=2.0):
+    return loc + jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def _noisy(x, scale, bias, stats, **kw):
+    return jn.noisy_batch_norm(x, scale, bias, stats, key=jax.random.key(1), **kw)
+
+
+BATCH_STAT_NORMS = {
+    "batch_norm": jn.batch_norm,
+    "batch_renorm": jn.batch_renorm,
+    "lp_batch_norm": jn.lp_batch_norm,
+    "noisy_batch_norm": _noisy,
+}
+
+
+def _assert_nchw_advice(err, name, what):
+    msg = str(err)
+    assert msg.startswith(f"{name}: "), msg
+    assert "axis=1" in msg, msg
+    assert "NCHW" in msg, msg
+    assert f"{what} has 3 entries" in msg, msg
+    assert "16 channels on axis -1" in msg, msg
+    assert "x.shape=(8, 3, 16, 16)" in msg, msg
+    assert "init_batch_stats(16)" not in msg, msg  # the old, wrong advice
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
+@pytest.mark.parametrize("train", [True, False])
+def test_nchw_stats_for_axis_1_suggest_axis_1(name, train):
+    fn = BATCH_STAT_NORMS[name]
+    with pytest.raises(ValueError) as err:
+        fn(_x(), jnp.ones(3), jnp.zeros(3), jn.init_batch_stats(3), train=train)
+    _assert_nchw_advice(err.value, name, "stats['mean']")
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
+@pytest.mark.parametrize("param", ["scale", "bias"])
+def test_nchw_scale_or_bias_for_axis_1_suggest_axis_1(name, param):
+    fn = BATCH_STAT_NORMS[name]
+    args = {"scale": None, "bias": None, param: jnp.ones(3)}
+    with pytest.raises(ValueError) as err:  # stats match axis -1: the parameter is what is wrong
+        fn(_x(), args["scale"], args["bias"], jn.init_batch_stats(16), train=True)
+    _assert_nchw_advice(err.value, name, param)
+
+
+def test_nchw_per_channel_scale_of_instance_and_group_norm_suggest_axis_1():
+    with pytest.raises(ValueError) as err:
+        jn.instance_norm(_x(), jnp.ones(3), jnp.zeros(3))
+    _assert_nchw_advice(err.value, "instance_norm", "scale")
+    with pytest.raises(ValueError) as err:
+        jn.group_norm(_x(), None, jnp.zeros(3), num_groups=4)
+    _assert_nchw_advice(err.value, "group_norm", "bias")
+
+
+def test_the_existing_advice_stays_when_no_other_axis_matches():
+    x = _x((8, 5, 16, 16))
+    with pytest.raises(ValueError) as err:
+        jn.batch_norm(x, None, None, jn.init_batch_stats(3), train=True)
+    msg = str(err.value)
+    assert "axis=1" not in msg and "init_batch_stats(16)" in msg, msg
+    with pytest.raises(ValueError) as err:
+        jn.batch_norm(x, jnp.ones(3), None, jn.init_batch_stats(16), train=True)
+    msg = str(err.value)
+    assert "axis=1" not in msg and "shape (16,) for the 16 channels on axis 3" in msg, msg
+    # channels already on axis 1: a wrong size is not a layout problem
+    with pytest.raises(ValueError) as err:
+        jn.batch_norm(_x(), jnp.ones(16), None, jn.init_batch_stats(3), train=True, axis=1)
+    msg = str(err.value)
+    assert "NCHW" not in msg and "shape (3,) for the 3 channels on axis 1" in msg, msg
+    # layer_norm has no axis argument: no advice to pass one
+    with pytest.raises(ValueError) as err:
+        jn.layer_norm(_x(), jnp.ones(3))
+    assert "axis=1" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the correct NCHW call
+
+
+def _two_pass(x64, reduce_axes, scale, bias):
+    """float64 two-pass reference: μ = mean(x), σ² = mean((x − μ)²), y = γ·(x − μ)/√(σ² + ε) + β over NCHW."""
+    mean = x64.mean(reduce_axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(reduce_axes, keepdims=True)
+    y = (x64 - mean) / np.sqrt(var + EPS)
+    return y * np.asarray(scale, np.float64).reshape(1, -1, 1, 1) + np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
+
+
+def _params(c=3):
+    return (1.0 + 0.3 * jax.random.normal(jax.random.key(2), (c,)), 0.3 * jax.random.normal(jax.random.key(3), (c,)))
+
+
+def test_nchw_batch_norm_with_axis_1_equals_channels_last_and_the_reference():
+    x = _x(loc=50.0)
+    scale, bias = _params()
+    y, st = jn.batch_norm(x, scale, bias, jn.init_batch_stats(3), train=True, axis=1)
+    y_last, st_last = jn.batch_norm(jnp.moveaxis(x, 1, -1), scale, bias, jn.init_batch_stats(3), train=True)
+    np.testing.assert_allclose(np.asarray(y), np.moveaxis(np.asarray(y_last), -1, 1), rtol=1e-5, atol=1e-5)
+    for k in ("mean", "var"):
+        np.testing.assert_allclose(np.asarray(st[k]), np.asarray(st_last[k]), rtol=1e-5, atol=1e-6)
+    x64 = np.asarray(x, np.float64)
+    np.testing.assert_allclose(np.asarray(y, np.float64), _two_pass(x64, (0, 2, 3), scale, bias), rtol=1e-4, atol=1e-4)
+    ref_mean = x64.mean((0, 2, 3))
+    np.testing.assert_allclose(np.asarray(st["mean"], np.float64), 0.01 * ref_mean, rtol=1e-5)
+    # eval mode with the running statistics, both layouts
+    y_eval, _ = jn.batch_norm(x, scale, bias, st, train=False, axis=1)
+    y_eval_last, _ = jn.batch_norm(jnp.moveaxis(x, 1, -1), scale, bias, st, train=False)
+    np.testing.assert_allclose(np.asarray(y_eval), np.moveaxis(np.asarray(y_eval_last), -1, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["instance_norm", "group_norm"])
+def test_nchw_instance_and_group_norm_with_axis_1_equal_channels_last_and_the_reference(name):
+    x = _x(loc=-20.0)
+    scale, bias = _params()
+    if name == "instance_norm":
+        fn, reduce_axes = jn.instance_norm, (2, 3)
+    else:  # 3 groups of 1 channel: per (example, channel), as instance norm; then 1 group of 3: layer norm
+        fn, reduce_axes = (lambda *a, **k: jn.group_norm(*a, num_groups=3, **k)), (2, 3)
+    y = fn(x, scale, bias, axis=1)
+    y_last = fn(jnp.moveaxis(x, 1, -1), scale, bias)
+    np.testing.assert_allclose(np.asarray(y), np.moveaxis(np.asarray(y_last), -1, 1), rtol=1e-5, atol=1e-5)
+    x64 = np.asarray(x, np.float64)
+    np.testing.assert_allclose(np.asarray(y, np.float64), _two_pass(x64, reduce_axes, scale, bias), rtol=1e-4, atol=1e-4)
+    if name == "group_norm":
+        y1 = jn.group_norm(x, scale, bias, num_groups=1, axis=1)
+        ref = _two_pass(x64, (1, 2, 3), scale, bias)
+        np.testing.assert_allclose(np.asarray(y1, np.float64), ref, rtol=1e-4, atol=1e-4)
