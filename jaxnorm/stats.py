@@ -57,13 +57,15 @@ class Interval:
 
         Examples:
         >>> from jaxnorm.stats import Interval
-        >>> Interval(0.5, 0.1, 0.9, 5, 0.95, 't').excludes_zero(), Interval(0.1, -0.2, 0.4, 5, 0.95, 't').excludes_zero()
+        >>> above, across = Interval(0.5, 0.1, 0.9, 5, 0.95, 't'), Interval(0.1, -0.2, 0.4, 5, 0.95, 't')
+        >>> above.excludes_zero(), across.excludes_zero()
         (1, 0)
         """
         return 1 if self.low > 0 else -1 if self.high < 0 else 0
 
     def __str__(self) -> str:
-        return f"{self.estimate:+.4g} [{self.low:+.4g}, {self.high:+.4g}] ({100 * self.level:g}% {self.method}, n={self.n})"
+        return (f"{self.estimate:+.4g} [{self.low:+.4g}, {self.high:+.4g}] "
+                f"({100 * self.level:g}% {self.method}, n={self.n})")
 
 
 def _finite(where: str, x) -> np.ndarray:

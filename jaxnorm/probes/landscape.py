@@ -196,7 +196,8 @@ def loss_slice_1d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
 
 
 def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = None, directions=None,
-                  steps: int | tuple[int, int] = 25, span=1.0, include_1d: bool = False, chunk: int | str | None = "auto",
+                  steps: int | tuple[int, int] = 25, span=1.0, include_1d: bool = False,
+                  chunk: int | str | None = "auto",
                   unroll: bool | None = None, axis_name: str | None = None) -> dict:
     """The loss on the plane of two filter-normalized random directions: a 2-D surface of the landscape.
 

@@ -27,8 +27,8 @@ DIRECTIONS = ("gradient", "random")
 def eta_grid(lr, low: float = 0.5, high: float = 4.0, num: int = 8, spacing: str = "geometric") -> jax.Array:
     """A grid of step sizes for :func:`santurkar_probe`, in units of the learning rate.
 
-    Formula: ``η_i = lr·m_i`` for ``num`` multipliers ``m_i`` spaced ``'geometric'``-ally (``low·(high/low)^(i/(num−1))``)
-    or ``'linear'``-ly over ``[low, high]``.
+    Formula: ``η_i = lr·m_i`` for ``num`` multipliers ``m_i`` spaced ``'geometric'``-ally
+    (``low·(high/low)^(i/(num−1))``) or ``'linear'``-ly over ``[low, high]``.
 
     Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization? ([0.5, 4]
     for the VGG, [0.01, 30] for the deep linear network).
