@@ -423,7 +423,30 @@ def _per_example_spec(name, x, axes, epsilon, **kw) -> _Spec:
 
 
 def init_batch_stats(num_features: int, dtype=jnp.float32) -> BatchStats:
-    """Fresh running statistics for ``num_features`` channels: mean 0, var 1, count 0 (the number of batches seen)."""
+    """Fresh running statistics for ``num_features`` channels: mean 0, var 1, count 0 (the number of batches seen).
+
+    Formula: ``{'mean': 0, 'var': 1, 'count': 0}``, so that eval mode before any training step is
+    ``y = γ·x/√(1 + ε) + β``.
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift (the running averages used at inference).
+
+    Args:
+        num_features: the number of channels C (the size of the feature axis of the batch norm's input).
+        dtype: the dtype of ``'mean'`` and ``'var'``; ``'count'`` is int32.
+
+    Returns:
+        A dict ``{'mean': (C,), 'var': (C,), 'count': ()}``.
+
+    Raises:
+        ValueError: if ``num_features`` is not a positive int.
+
+    Examples:
+        >>> import jaxnorm
+        >>> stats = jaxnorm.init_batch_stats(3)
+        >>> print(stats["mean"].shape, stats["var"].tolist(), int(stats["count"]))
+        (3,) [1.0, 1.0, 1.0] 0
+    """
     if not isinstance(num_features, (int,)) or num_features <= 0:
         raise ValueError(f"init_batch_stats: num_features must be a positive int, got {num_features!r}")
     return {
@@ -444,13 +467,46 @@ def update_running_stats(
 ) -> BatchStats:
     """One running-statistics update from a batch's ``mean`` and biased ``var`` over ``n`` values per channel.
 
-    - ``convention='flax'``: ``r ← m·r + (1−m)·stat`` with the biased variance (``m`` = momentum, default 0.99);
+    Formula, per channel:
+
+    - ``convention='flax'``: ``r ← m·r + (1−m)·stat`` with the biased variance (``m`` = momentum; the callers'
+      default is 0.99);
     - ``convention='pytorch'``: ``r ← (1−p)·r + p·stat`` with the unbiased variance ``n/(n−1)·σ²``
-      (``p`` = momentum, default 0.1), as ``torch.nn.BatchNorm``;
+      (``p`` = momentum; the callers' default is 0.1), as ``torch.nn.BatchNorm``;
     - ``momentum=None``: the cumulative average over all batches so far, ``r ← r + (stat − r)/k`` at the k-th batch.
 
     A channel with ``n = 0`` valid values (an all-False mask, an empty batch) keeps its statistics; ``count`` (the
-    number of batches seen) grows only when some channel was updated.
+    number of batches seen) grows only when some channel was updated. Nothing is reduced here: the batch statistics
+    come in already reduced.
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift.
+
+    Args:
+        stats: the running statistics ``{'mean', 'var', 'count'}`` (see :func:`init_batch_stats`).
+        mean: the batch mean per channel, shape (C,).
+        var: the biased batch variance per channel, shape (C,).
+        n: the number of values behind each channel's statistics (a scalar or shape (C,)).
+        momentum: the decay (Flax) or update weight (PyTorch) in [0, 1], or None for the cumulative average.
+        convention: ``'flax'`` or ``'pytorch'``.
+
+    Returns:
+        The new ``{'mean', 'var', 'count'}`` in the dtypes of ``stats``.
+
+    Raises:
+        ValueError: if ``convention`` is not one of :data:`CONVENTIONS`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> st = jaxnorm.init_batch_stats(2)
+        >>> new = jaxnorm.update_running_stats(st, jnp.array([1.0, 2.0]), jnp.array([4.0, 4.0]), 5, momentum=0.9)
+        >>> print([round(v, 4) for v in new["mean"].tolist()], [round(v, 4) for v in new["var"].tolist()])
+        [0.1, 0.2] [1.3, 1.3]
+        >>> new = jaxnorm.update_running_stats(st, jnp.array([1.0, 2.0]), jnp.array([4.0, 4.0]), 5, momentum=0.1,
+        ...                                    convention="pytorch")
+        >>> print([round(v, 4) for v in new["var"].tolist()], int(new["count"]))
+        [1.4, 1.4] 1
     """
     _check_convention(convention)
     old = jnp.asarray(stats.get("count", jnp.zeros((), jnp.int32)))
@@ -555,7 +611,50 @@ def batch_norm(
     has the input's dtype. An empty batch (or an all-False mask) leaves the running statistics unchanged, as in
     PyTorch; one value per channel in training is an error, as in PyTorch.
 
-    Returns ``(y, new_stats)``.
+    Reduces over: every axis but ``axis`` (N, H, W for NHWC input; with ``axis_name`` also across devices).
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift.
+
+    Args:
+        x: the input, any float dtype, e.g. ``N×H×W×C``.
+        scale: γ, one value per channel (shape (C,)), or None for 1.
+        bias: β, one value per channel (shape (C,)), or None for 0.
+        stats: the running statistics ``{'mean', 'var', 'count'}`` for the C channels (:func:`init_batch_stats`).
+        train: True for the batch statistics, False for ``stats``; a traced boolean scalar picks with ``lax.cond``.
+        momentum: see :func:`update_running_stats`; default 0.99 (``'flax'``) or 0.1 (``'pytorch'``).
+        epsilon: ε ≥ 0, added to the variance.
+        axis: the feature (channel) axis; ``axis=1`` for PyTorch's NCHW layout.
+        axis_name: a mapped axis name (``pmap``/``shard_map``) to synchronize the statistics over, or None.
+        axis_index_groups: device groups for the ``psum`` (as in ``lax.psum``).
+        mask: True for the values that enter the statistics; shape (N,), or aligned with ``x``'s leading axes.
+        convention: ``'flax'`` or ``'pytorch'``, the running-statistics update (:func:`update_running_stats`).
+        virtual_batch_size: ghost batch size (a divisor of N), or None for the whole batch.
+
+    Returns:
+        ``(y, new_stats)``: ``y`` with ``x``'s shape and dtype, and the updated statistics (``stats`` itself in
+        eval mode).
+
+    Raises:
+        ValueError: if the stats, scale or bias do not match the channels on ``axis`` (with the advice ``axis=1``
+            when their size is that of axis 1, PyTorch's NCHW), ``axis`` is out of range, ``convention`` is
+            unknown, ``momentum`` is outside [0, 1], ``epsilon`` is negative or not finite, training sees one value
+            per channel, ``mask`` does not fit ``x``, ``axis_name`` is unbound, or ``virtual_batch_size`` does not
+            divide N (or is combined with ``axis_name`` or ``axis=0``).
+        TypeError: if ``x`` is not a float array, ``train`` is not a bool, or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> x = 5.0 + 3.0 * jax.random.normal(jax.random.key(0), (16, 4))
+        >>> y, stats = jaxnorm.batch_norm(x, None, None, jaxnorm.init_batch_stats(4), train=True)
+        >>> print(y.shape, bool(jnp.allclose(y.mean(0), 0.0, atol=1e-5)), bool(jnp.allclose(y.std(0), 1.0, atol=1e-3)))
+        (16, 4) True True
+        >>> x_nchw = jax.random.normal(jax.random.key(1), (8, 3, 5, 5))  # PyTorch layout: channels on axis 1
+        >>> y, stats = jaxnorm.batch_norm(x_nchw, jnp.ones(3), jnp.zeros(3), jaxnorm.init_batch_stats(3),
+        ...                               train=True, axis=1)
+        >>> print(stats["mean"].shape, int(stats["count"]))
+        (3,) 1
     """
     _check_convention(convention)
     momentum = _resolve_momentum(momentum, convention)
@@ -623,7 +722,33 @@ def batch_moments(
     and counts are combined with ``psum``, so uneven or masked shards give exactly the global statistics. ``mask``
     (aligned with the leading axes of ``x``, e.g. shape (N,); True = valid) selects the values that count.
 
-    Returns ``{'mean', 'var', 'count'}`` with ``count`` the number of values per feature (global with ``axis_name``).
+    Reduces over: every axis but ``axis`` (N, H, W for NHWC input; with ``axis_name`` also across devices).
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift (the minibatch mean and variance of Algorithm 1).
+
+    Args:
+        x: the input, any float dtype.
+        axis: the feature axis, or several (their statistics are kept separately).
+        mask: True for the values that count; aligned with the leading axes of ``x``.
+        axis_name: a mapped axis name to combine the devices' sums over, or None.
+        axis_index_groups: device groups for the ``psum``.
+        shift: the per-feature shift ``k`` (same on every device), or None for the data's first valid value.
+
+    Returns:
+        ``{'mean', 'var', 'count'}``, mean and var of the feature shape, ``count`` the number of values per feature
+        (global with ``axis_name``).
+
+    Raises:
+        ValueError: if an axis is out of range or ``mask`` does not fit ``x``.
+        TypeError: if ``x`` is not a float array.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> m = jaxnorm.batch_moments(jnp.array([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]]))
+        >>> print(m["mean"].tolist(), [round(v, 4) for v in m["var"].tolist()], int(m["count"]))
+        [3.0, 10.0] [2.6667, 0.0] 3
     """
     x = _input("batch_moments", x)
     feat = _axes(x.ndim, axis)
@@ -646,10 +771,31 @@ def population_stats(moments: Iterable[Any]) -> Any:
     their counts: ``E[x] = Σ n_B μ_B / Σ n_B``, ``Var[x] = Σ n_B σ²_B / Σ (n_B − 1)`` (the pooled unbiased
     within-batch variance, equal to the formula above when all n_B = m); batches with no valid values add nothing.
     The means are accumulated relative to the first batch's (a shift, as in Chan et al.'s parallel variance), so
-    large means lose nothing to float32 rounding. ``moments`` yields pytrees whose leaves come in dicts
-    ``{'mean', 'var', 'count'}`` (as returned by :func:`batch_moments`, one per layer), computed with the
-    parameters fixed. Returns the same tree of ``{'mean', 'var', 'count'}`` running statistics, with ``count`` the
-    number of batches, ready to use with ``train=False``.
+    large means lose nothing to float32 rounding.
+
+    Reduces over: the batches (the per-batch moments were already reduced over every axis but the feature axis).
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift.
+
+    Args:
+        moments: an iterable of pytrees whose leaves come in dicts ``{'mean', 'var', 'count'}`` (as returned by
+            :func:`batch_moments`, one per layer), computed with the parameters fixed.
+
+    Returns:
+        The same tree of ``{'mean', 'var', 'count'}`` running statistics, with ``count`` the number of batches,
+        ready to use with ``train=False``.
+
+    Raises:
+        ValueError: if ``moments`` is empty or a node is not a nested dict of statistics.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> batches = [jnp.array([[0.0], [2.0]]), jnp.array([[4.0], [6.0]])]
+        >>> pop = jaxnorm.population_stats(jaxnorm.batch_moments(b) for b in batches)
+        >>> print(pop["mean"].tolist(), pop["var"].tolist(), int(pop["count"]))
+        [3.0] [2.0] 2
     """
     def terms(s, r):  # one batch's count-weighted, shifted contributions
         n = jnp.broadcast_to(jnp.asarray(s["count"], jnp.float32), jnp.shape(s["mean"]))
@@ -698,7 +844,33 @@ def fold_batch_norm(
     """Fold batch norm's inference form into the preceding Dense/Conv layer (kernel ``…×C_in×C_out``).
 
     ``BN(Wx + b) = a·(Wx + b) + (β − a·E[x])`` with ``a = γ/√(Var + ε)``, so ``W' = W·a`` (per output channel,
-    the last kernel axis) and ``b' = a·(b − E[x]) + β``. Returns ``(W', b')``; the folded layer needs no BN.
+    the last kernel axis) and ``b' = a·(b − E[x]) + β``. The folded layer needs no BN. Nothing is reduced: the
+    running statistics are already per channel.
+
+    Reference: Jacob et al. (2018), Quantization and Training of Neural Networks for Efficient
+    Integer-Arithmetic-Only Inference (§3.2, batch normalization folding).
+
+    Args:
+        kernel: the layer's kernel ``…×C_in×C_out``.
+        bias: the layer's bias (C_out,), or None for 0.
+        bn_scale: the batch norm's γ (C_out,), or None for 1.
+        bn_bias: the batch norm's β (C_out,), or None for 0.
+        stats: the batch norm's running statistics for the C_out channels.
+        epsilon: the batch norm's ε.
+
+    Returns:
+        ``(W', b')`` in ``kernel``'s dtype.
+
+    Raises:
+        ValueError: if ``stats`` lacks 'mean'/'var' or does not have C_out channels.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> st = {"mean": jnp.array([1.0, -1.0]), "var": jnp.array([4.0, 1.0]), "count": jnp.array(1)}
+        >>> w, b = jaxnorm.fold_batch_norm(jnp.ones((3, 2)), None, None, None, st, epsilon=0.0)
+        >>> print(w[0].tolist(), b.tolist())
+        [0.5, 1.0] [-0.5, 1.0]
     """
     c = kernel.shape[-1]
     _check_stats("fold_batch_norm", stats, c)
@@ -729,7 +901,33 @@ def fold_batch_norm_params(
 
     Returns a new parameter tree (the input is not modified) where each layer gets the folded ``kernel`` and a
     ``bias``, and each folded BN module is removed: apply it with the same network built without those BN layers
-    (and with a bias on the folded layers). Equal to the unfolded network in eval mode.
+    (and with a bias on the folded layers). Equal to the unfolded network in eval mode. Each pair is
+    :func:`fold_batch_norm`: ``W' = W·a``, ``b' = a·(b − E[x]) + β`` with ``a = γ/√(Var + ε)``.
+
+    Reference: Jacob et al. (2018), Quantization and Training of Neural Networks for Efficient
+    Integer-Arithmetic-Only Inference.
+
+    Args:
+        params: the Flax parameter tree (nested dicts).
+        batch_stats: the Flax ``batch_stats`` tree, with the BN paths of ``pairs``.
+        pairs: ``{layer_path: bn_path}``, paths joined with '/'.
+        epsilon: the batch norms' ε.
+
+    Returns:
+        The new parameter tree.
+
+    Raises:
+        KeyError: if a path of ``pairs`` is not in ``params`` or ``batch_stats``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2))},
+        ...           "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.zeros(2)}}
+        >>> stats = {"BatchNorm_0": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}
+        >>> folded = jaxnorm.fold_batch_norm_params(params, stats, {"Dense_0": "BatchNorm_0"}, epsilon=0.0)
+        >>> print(sorted(folded), sorted(folded["Dense_0"]))
+        ['Dense_0'] ['bias', 'kernel']
     """
     out = jax.tree.map(lambda v: v, dict(params))  # structural copy; leaves are immutable arrays
 
@@ -771,6 +969,33 @@ def layer_norm(
     (Flax's ``nn.LayerNorm()`` default). ``scale``/``bias`` broadcast from the right (shape (C,) is per channel).
     ``mask`` (True = valid, e.g. (N, T) for padded tokens) selects the values that enter μ and σ².
     Invariant to re-scaling the incoming weights and to re-scaling a single example (up to ε).
+
+    Reduces over: ``axes``, by default every axis but the batch axis 0 (H, W, C for NHWC input).
+
+    Reference: Ba, Kiros & Hinton (2016), Layer Normalization.
+
+    Args:
+        x: the input ``N×…``, rank ≥ 2, any float dtype.
+        scale: γ, broadcast from the right (e.g. shape (C,)), or None for 1.
+        bias: β, broadcast from the right, or None for 0.
+        epsilon: ε ≥ 0, added to the variance.
+        axes: the axes of each statistic, or None for every non-batch axis.
+        mask: True for the values that enter μ and σ².
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``x`` has rank < 2, an axis is out of range, ``scale``/``bias`` do not broadcast, ``mask``
+            does not fit ``x``, or ``epsilon`` is negative or not finite.
+        TypeError: if ``x`` is not a float array or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> y = jaxnorm.layer_norm(jnp.array([[1.0, 2.0, 3.0, 4.0], [10.0, 10.0, 20.0, 20.0]]))
+        >>> print([round(v, 4) for v in y[1].tolist()])
+        [-1.0, -1.0, 1.0, 1.0]
     """
     x = _input("layer_norm", x)
     _check_rank("layer_norm", x, 2, "a batch axis and at least one feature axis")
@@ -792,6 +1017,32 @@ def rms_norm(
 
     The mean square is over ``axes`` (default every non-batch axis, like :func:`layer_norm`; ``axes=-1`` for
     Flax's ``nn.RMSNorm()`` default); ``mask`` (True = valid) selects the values that enter it.
+
+    Reduces over: ``axes``, by default every axis but the batch axis 0.
+
+    Reference: Zhang & Sennrich (2019), Root Mean Square Layer Normalization.
+
+    Args:
+        x: the input ``N×…``, rank ≥ 2, any float dtype.
+        scale: γ, broadcast from the right, or None for 1.
+        epsilon: ε ≥ 0, added to the mean square.
+        axes: the axes of each statistic, or None for every non-batch axis.
+        mask: True for the values that enter the mean square.
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``x`` has rank < 2, an axis is out of range, ``scale`` does not broadcast, ``mask`` does
+            not fit ``x``, or ``epsilon`` is negative or not finite.
+        TypeError: if ``x`` is not a float array or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> y = jaxnorm.rms_norm(jnp.array([[3.0, -3.0, 3.0, -3.0]]), epsilon=0.0)
+        >>> print(y.tolist())
+        [[1.0, -1.0, 1.0, -1.0]]
     """
     x = _input("rms_norm", x)
     _check_rank("rms_norm", x, 2, "a batch axis and at least one feature axis")
@@ -820,6 +1071,39 @@ def group_norm(
     with 1-D γ, β of length C). Computed from per-(example, channel) sums over space combined per group, so ``x``
     is read in its natural layout (no ``…×G×C/G`` reshape of the activations). A group of one value normalizes to
     0 (the output is β), as in PyTorch, which does not raise either.
+
+    Reduces over: per example, the spatial axes and the C/G channels of each group (H, W and C/G for NHWC input).
+
+    Reference: Wu & He (2018), Group Normalization.
+
+    Args:
+        x: the input ``N×…×C``, rank ≥ 2, any float dtype.
+        scale: γ, one value per channel (shape (C,)), or None for 1.
+        bias: β, one value per channel (shape (C,)), or None for 0.
+        num_groups: G, a divisor of C (give this or ``group_size``).
+        group_size: C/G, a divisor of C (give this or ``num_groups``).
+        epsilon: ε ≥ 0, added to the variance.
+        axis: the channel axis; ``axis=1`` for PyTorch's NCHW layout.
+        mask: True for the values that enter μ and σ².
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``x`` has rank < 2, ``axis`` is 0 or out of range, not exactly one of ``num_groups`` and
+            ``group_size`` is given or it does not divide C, ``scale``/``bias`` do not match the channels (with the
+            advice ``axis=1`` when their size is that of axis 1), ``mask`` does not fit ``x``, or ``epsilon`` is
+            negative or not finite.
+        TypeError: if ``x`` is not a float array or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+        >>> y = jaxnorm.group_norm(x, num_groups=2)
+        >>> g = y.reshape(2, 4, 4, 2, 4)  # per example and group: mean 0, variance 1
+        >>> print(y.shape, bool(jnp.allclose(g.mean((1, 2, 4)), 0.0, atol=1e-5)))
+        (2, 4, 4, 8) True
     """
     x = _input("group_norm", x)
     _check_rank("group_norm", x, 2, "N×…×C")
@@ -845,7 +1129,38 @@ def instance_norm(
     """Instance normalization (Ulyanov et al. 2016): per example and channel, μ and σ² over the spatial axes;
     ``y = γ·(x − μ)/√(σ² + ε) + β``. Needs at least one spatial axis (``N×…×C`` with rank ≥ 3) and, as in PyTorch,
     more than one spatial value (one value normalizes to a constant). ``axis`` is the channel axis (default the
-    last; ``axis=1`` for NCHW, with 1-D γ, β of length C)."""
+    last; ``axis=1`` for NCHW, with 1-D γ, β of length C).
+
+    Reduces over: per example and channel, the spatial axes (H, W for NHWC input).
+
+    Reference: Ulyanov, Vedaldi & Lempitsky (2016), Instance Normalization: The Missing Ingredient for Fast
+    Stylization.
+
+    Args:
+        x: the input ``N×spatial…×C``, rank ≥ 3, any float dtype.
+        scale: γ, one value per channel (shape (C,)), or None for 1.
+        bias: β, one value per channel (shape (C,)), or None for 0.
+        epsilon: ε ≥ 0, added to the variance.
+        axis: the channel axis; ``axis=1`` for PyTorch's NCHW layout.
+        mask: True for the values that enter μ and σ².
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``x`` has rank < 3 or one spatial value (without ``mask``), ``axis`` is 0 or out of range,
+            ``scale``/``bias`` do not match the channels (with the advice ``axis=1`` when their size is that of
+            axis 1), ``mask`` does not fit ``x``, or ``epsilon`` is negative or not finite.
+        TypeError: if ``x`` is not a float array or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> x = jax.random.normal(jax.random.key(0), (2, 3, 4, 4))  # NCHW
+        >>> y = jaxnorm.instance_norm(x, jnp.ones(3), jnp.zeros(3), axis=1)
+        >>> print(y.shape, bool(jnp.allclose(y.mean((2, 3)), 0.0, atol=1e-5)))
+        (2, 3, 4, 4) True
+    """
     x = _input("instance_norm", x)
     _check_rank("instance_norm", x, 3, "N×spatial…×C; an N×C input has nothing to normalize per instance")
     fax = _feature_axis("instance_norm", x, axis)
@@ -866,7 +1181,31 @@ def instance_norm(
 def weight_standardize(kernel: Array, *, epsilon: float = 1e-5) -> Array:
     """Weight standardization (Qiao et al. 2019) of a Dense/Conv kernel ``…×C_in×C_out``: each output channel's
     weights are shifted to mean 0 and scaled to variance 1 over all other axes, ``Ŵ = (W − μ)/√(σ² + ε)``
-    (two-pass mean and variance: a kernel is small). Pairs with group norm for small-batch training."""
+    (two-pass mean and variance: a kernel is small). Pairs with group norm for small-batch training.
+
+    Reduces over: every axis but the last (the output channel's ``…×C_in`` weights).
+
+    Reference: Qiao, Wang, Liu, Shen & Yuille (2019), Micro-Batch Training with Batch-Channel Normalization and
+    Weight Standardization.
+
+    Args:
+        kernel: a Dense or Conv kernel ``…×C_in×C_out``, rank ≥ 2, any float dtype.
+        epsilon: ε ≥ 0, added to the variance.
+
+    Returns:
+        ``Ŵ`` with ``kernel``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``kernel`` has rank < 2, or ``epsilon`` is negative or not finite.
+        TypeError: if ``kernel`` is not a float array or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> w = jaxnorm.weight_standardize(jax.random.normal(jax.random.key(0), (3, 3, 4, 8)))
+        >>> print(w.shape, bool(jnp.allclose(w.mean((0, 1, 2)), 0.0, atol=1e-5)))
+        (3, 3, 4, 8) True
+    """
     kernel = _input("weight_standardize", kernel)
     eps = check_epsilon("weight_standardize", epsilon)
     if kernel.ndim < 2:
@@ -922,6 +1261,44 @@ def batch_renorm(
     statistics and ``sg`` stop-gradient; ``y = γ·x̂ + β``. Statistics per channel (``axis``) over all other axes.
     In eval, the running statistics as in batch norm. r_max = 1, d_max = 0 is batch norm. Running statistics
     update with Flax's convention (``momentum`` decay).
+
+    Reduces over: every axis but ``axis`` (N, H, W for NHWC input; with ``axis_name`` also across devices).
+
+    Reference: Ioffe (2017), Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized
+    Models.
+
+    Args:
+        x: the input, any float dtype.
+        scale: γ, one value per channel (shape (C,)), or None for 1.
+        bias: β, one value per channel (shape (C,)), or None for 0.
+        stats: the running statistics for the C channels (:func:`init_batch_stats`).
+        train: True for training mode, False for eval; a traced boolean scalar picks with ``lax.cond``.
+        r_max: the clip of r, ≥ 1.
+        d_max: the clip of d, ≥ 0.
+        momentum: the running statistics' decay in [0, 1] (None: cumulative average).
+        epsilon: ε ≥ 0, added to the variances.
+        axis: the feature axis; ``axis=1`` for PyTorch's NCHW layout.
+        axis_name: a mapped axis name to synchronize the batch statistics over, or None.
+        mask: True for the values that enter the statistics.
+
+    Returns:
+        ``(y, new_stats)``: ``y`` with ``x``'s shape and dtype, the updated statistics (``stats`` in eval).
+
+    Raises:
+        ValueError: if ``r_max < 1`` or ``d_max < 0``, the stats, scale or bias do not match the channels on
+            ``axis`` (with the advice ``axis=1`` when their size is that of axis 1), ``momentum`` is outside
+            [0, 1], ``epsilon`` is negative, training sees one value per channel, or ``mask`` does not fit ``x``.
+        TypeError: if ``x`` is not a float array, ``train`` is not a bool, or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> x = jax.random.normal(jax.random.key(0), (16, 4))
+        >>> st = jaxnorm.init_batch_stats(4)
+        >>> y, _ = jaxnorm.batch_renorm(x, None, None, st, train=True, r_max=1.0, d_max=0.0)
+        >>> y_bn, _ = jaxnorm.batch_norm(x, None, None, st, train=True)
+        >>> print(bool(jnp.allclose(y, y_bn, atol=1e-5)))
+        True
     """
     x, train, eps, fax, c, scale, bias, red = _bn_setup("batch_renorm", x, scale, bias, stats, train, epsilon, axis)
     _resolve_momentum(momentum, "flax")
@@ -982,8 +1359,42 @@ def lp_batch_norm(
     """ℓp batch normalization (Santurkar et al. 2018, §3.3): subtract the batch mean and divide by the batch
     average ℓp norm of the activations *before* the mean shift, per channel:
     ``s = (mean_b |a_b|^p)^(1/p)`` for p = 1, 2, and ``s = max_b |a_b|`` for p = ∞ (``'inf'``, our reading);
-    ``y = γ·(x − μ_B)/√(s² + ε) + β``. Reduced over the batch and spatial axes (all but ``axis``). The running
-    statistics keep μ in ``'mean'`` and s² in ``'var'`` (Flax convention), which eval mode uses.
+    ``y = γ·(x − μ_B)/√(s² + ε) + β``. The running statistics keep μ in ``'mean'`` and s² in ``'var'`` (Flax
+    convention), which eval mode uses.
+
+    Reduces over: every axis but ``axis``, the batch and spatial axes (N, H, W for NHWC input).
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
+
+    Args:
+        x: the input, any float dtype.
+        scale: γ, one value per channel (shape (C,)), or None for 1.
+        bias: β, one value per channel (shape (C,)), or None for 0.
+        stats: the running statistics for the C channels (:func:`init_batch_stats`).
+        train: True for training mode, False for eval; a traced boolean scalar picks with ``lax.cond``.
+        p: 1, 2, or ``'inf'`` (``float('inf')`` is accepted).
+        momentum: the running statistics' decay in [0, 1] (None: cumulative average).
+        epsilon: ε ≥ 0, added to s².
+        axis: the feature axis; ``axis=1`` for PyTorch's NCHW layout.
+        axis_name: a mapped axis name to synchronize the statistics over, or None.
+        mask: True for the values that enter the statistics.
+
+    Returns:
+        ``(y, new_stats)``: ``y`` with ``x``'s shape and dtype, the updated statistics (``stats`` in eval).
+
+    Raises:
+        ValueError: if ``p`` is not 1, 2 or ``'inf'``, the stats, scale or bias do not match the channels on
+            ``axis`` (with the advice ``axis=1`` when their size is that of axis 1), ``momentum`` is outside
+            [0, 1], ``epsilon`` is negative, training sees one value per channel, or ``mask`` does not fit ``x``.
+        TypeError: if ``x`` is not a float array, ``train`` is not a bool, or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> x = jnp.array([[1.0], [-1.0], [3.0], [-3.0]])  # mean 0, mean |x| = 2
+        >>> y, st = jaxnorm.lp_batch_norm(x, None, None, jaxnorm.init_batch_stats(1), train=True, p=1, epsilon=0.0)
+        >>> print(y[:, 0].tolist(), [round(v, 4) for v in st["var"].tolist()])
+        [0.5, -0.5, 1.5, -1.5] [1.03]
     """
     if p in (float("inf"), "inf", math.inf):
         p = "inf"
@@ -1035,7 +1446,35 @@ def batch_norm_noise(key: Array, shape: Sequence[int], *, n_mu: float = 0.5, n_s
                      r_mu: float = 0.1, r_sigma: float = 0.1, axis: int = -1) -> tuple[Array, Array]:
     """The multiplicative and additive noise ``(s, m)`` of Santurkar et al.'s Algorithm 1 for activations of
     ``shape``: per unit j (channel, on ``axis``), ``μ_j ~ U(−n_μ, n_μ)``, ``σ_j ~ U(1, n_σ)``; per sample i and unit
-    j (every spatial position counts as a sample), ``m_ij ~ U(μ_j − r_μ, μ_j + r_μ)``, ``s_ij ~ N(σ_j, r_σ)``."""
+    j (every spatial position counts as a sample), ``m_ij ~ U(μ_j − r_μ, μ_j + r_μ)``, ``s_ij ~ N(σ_j, r_σ)``.
+
+    Nothing is reduced: one noise value per entry of ``shape``, around one per-channel centre.
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
+    (Algorithm 1).
+
+    Args:
+        key: a PRNG key (a new one every step gives new noise).
+        shape: the shape of the activations.
+        n_mu: the range of the per-channel additive centre μ_j, ≥ 0.
+        n_sigma: the upper end of the per-channel multiplicative centre σ_j, ≥ 1.
+        r_mu: the half-width of the per-sample additive noise, ≥ 0.
+        r_sigma: the standard deviation of the per-sample multiplicative noise, ≥ 0.
+        axis: the channel axis of ``shape``.
+
+    Returns:
+        ``(s, m)``, float32 arrays of ``shape``.
+
+    Raises:
+        ValueError: if ``n_mu < 0``, ``n_sigma < 1``, ``r_mu < 0`` or ``r_sigma < 0``.
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm.norms
+        >>> s, m = jaxnorm.norms.batch_norm_noise(jax.random.key(0), (64, 3))
+        >>> print(s.shape, m.shape, bool(abs(m).max() <= 0.6), bool(s.mean() > 0.5))
+        (64, 3) (64, 3) True True
+    """
     _check_noise(n_mu, n_sigma, r_mu, r_sigma)
     fax = axis % len(shape)
     c = shape[fax]
@@ -1065,7 +1504,45 @@ def noisy_batch_norm(
     """Batch norm followed by Santurkar et al.'s time-varying noise (Algorithm 1): ``a_ij ← s_ij·a_ij + m_ij`` on
     each output of :func:`batch_norm` (after γ, β), with ``(s, m)`` from :func:`batch_norm_noise` drawn from
     ``key`` — a new key every step gives new noise. Eval mode (``train=False``) adds no noise and needs no key.
-    The paper's constants are the defaults: n_μ = 0.5, n_σ = 1.25, r_μ = r_σ = 0.1."""
+    The paper's constants are the defaults: n_μ = 0.5, n_σ = 1.25, r_μ = r_σ = 0.1.
+
+    Reduces over: as :func:`batch_norm`, every axis but ``axis`` (N, H, W for NHWC input).
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
+    (Algorithm 1).
+
+    Args:
+        x: the input, any float dtype.
+        scale: γ, one value per channel, or None for 1.
+        bias: β, one value per channel, or None for 0.
+        stats: the running statistics for the C channels (:func:`init_batch_stats`).
+        train: True for training mode (noise), False for eval (no noise); a traced boolean scalar is accepted.
+        key: a PRNG key, needed when ``train`` is not False.
+        n_mu: see :func:`batch_norm_noise`.
+        n_sigma: see :func:`batch_norm_noise`.
+        r_mu: see :func:`batch_norm_noise`.
+        r_sigma: see :func:`batch_norm_noise`.
+        **batch_norm_kwargs: passed to :func:`batch_norm` (``axis``, ``momentum``, ``epsilon``, ``mask``, ...).
+
+    Returns:
+        ``(y, new_stats)`` as :func:`batch_norm`, with the noise applied to ``y`` in training.
+
+    Raises:
+        ValueError: if ``key`` is missing in training, the noise constants are invalid, or for any of
+            :func:`batch_norm`'s reasons (e.g. stats or scale of the size of axis 1 with the default ``axis=-1``:
+            the advice is ``axis=1``).
+        TypeError: as :func:`batch_norm`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> st = jaxnorm.init_batch_stats(3)
+        >>> y, st = jaxnorm.noisy_batch_norm(x, None, None, st, train=True, key=jax.random.key(1))
+        >>> y_eval, _ = jaxnorm.noisy_batch_norm(x, None, None, st, train=False)  # no noise, no key
+        >>> print(y.shape, int(st["count"]))
+        (8, 3) 1
+    """
     # batch_norm's checks, under this function's name (the messages then name the function the user called)
     x, train = _bn_setup("noisy_batch_norm", x, scale, bias, stats, train, batch_norm_kwargs.get("epsilon", 1e-5),
                          batch_norm_kwargs.get("axis", -1))[:2]
@@ -1141,6 +1618,32 @@ def weight_norm(
     ε sits inside the square root, as in ``flax.linen.WeightNorm`` (whose ``feature_axes`` are the axes *kept*
     here: its default ``feature_axes=-1`` is this function's default). Computed in float32 (or wider), returned in
     ``v``'s dtype.
+
+    Reduces over: ``axes``, by default every axis but the last (``…×C_in`` for each output unit).
+
+    Reference: Salimans & Kingma (2016), Weight Normalization: A Simple Reparameterization to Accelerate Training
+    of Deep Neural Networks.
+
+    Args:
+        v: the direction parameter, a kernel ``in×out`` or ``…×C_in×C_out``.
+        g: the gain, broadcast against the kept axes (shape ``(C_out,)`` for the default), or None for 1.
+        axes: the axes of the norm, or None for every axis but the last.
+        epsilon: ε ≥ 0, inside the square root.
+
+    Returns:
+        ``w`` with ``v``'s shape and dtype.
+
+    Raises:
+        ValueError: if the default axes meet a ``v`` of rank < 2, an axis is out of range, ``g`` does not
+            broadcast against the kept axes, or ``epsilon`` is negative or not finite.
+        TypeError: if ``v`` is not a real float array or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> w = jaxnorm.weight_norm(jnp.array([[3.0, 1.0], [4.0, 0.0]]), jnp.array([10.0, 2.0]), epsilon=0.0)
+        >>> print(w.tolist(), jnp.linalg.norm(w, axis=0).tolist())
+        [[6.0, 2.0], [8.0, 0.0]] [10.0, 2.0]
     """
     v = jnp.asarray(v)
     _real_kernel("weight_norm", "kernel v", v)
@@ -1191,7 +1694,32 @@ def _check_kernel(name: str, w: Array) -> None:
 def init_spectral_state(key: Array, w: Array, dtype: Any = jnp.float32) -> Array:
     """The initial power-iteration vector ``u`` of :func:`spectral_normalize` for the kernel ``w``: shape
     ``(1, C_out)`` with ``C_out = w.shape[-1]``, entries ``N(0, 1)`` — the shape, distribution and dtype of
-    ``flax.linen.SpectralNorm``'s ``'…/u'`` variable (its scale is irrelevant: the first iteration normalizes it)."""
+    ``flax.linen.SpectralNorm``'s ``'…/u'`` variable (its scale is irrelevant: the first iteration normalizes it).
+
+    Formula: ``u ~ N(0, I)`` of shape ``(1, C_out)``; nothing is reduced.
+
+    Reference: Miyato, Kataoka, Koyama & Yoshida (2018), Spectral Normalization for Generative Adversarial
+    Networks.
+
+    Args:
+        key: a PRNG key.
+        w: the kernel, rank ≥ 2 (only its last axis is used).
+        dtype: the dtype of ``u``.
+
+    Returns:
+        ``u`` of shape ``(1, w.shape[-1])``.
+
+    Raises:
+        ValueError: if ``w`` has rank < 2.
+        TypeError: if ``w`` is not a real float array.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> u = jaxnorm.init_spectral_state(jax.random.key(0), jnp.ones((3, 3, 4, 8)))
+        >>> print(u.shape, u.dtype)
+        (1, 8) float32
+    """
     w = jnp.asarray(w)
     _check_kernel("init_spectral_state", w)
     return jax.random.normal(key, (1, w.shape[-1]), dtype)
@@ -1224,6 +1752,36 @@ def spectral_normalize(
       from the stored ``u`` (deterministic given the state) and give σ — the semantics of ``flax.linen.SpectralNorm``
       with ``update_stats=False``. With ``sigma`` (e.g. the σ stored at the last training step) nothing is iterated
       and the kernel is ``w/sigma``.
+
+    Reduces over: the whole kernel (one σ per kernel, through the matrix products of the power iteration).
+
+    Reference: Miyato, Kataoka, Koyama & Yoshida (2018), Spectral Normalization for Generative Adversarial
+    Networks.
+
+    Args:
+        w: the kernel, rank ≥ 2 (``in×out`` or ``…×C_in×C_out``).
+        u: the power-iteration vector, shape ``(1, C_out)``.
+        n_power_iterations: the number of iterations per call, a positive int.
+        train: True to return the iterated ``u``, False to keep it.
+        epsilon: ε ≥ 0 of the vector normalization ``n``.
+        sigma: in eval only, a stored σ to divide by instead of iterating.
+
+    Returns:
+        ``(w/σ, new_u, σ)``.
+
+    Raises:
+        ValueError: if ``w`` has rank < 2, ``u`` does not have shape ``(1, C_out)``, ``n_power_iterations`` is not a
+            positive int, ``sigma`` is given with ``train=True`` or is not a scalar, or ``epsilon`` is negative.
+        TypeError: if ``w`` or ``u`` is not a real float array, or ``epsilon`` is not a Python number.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> w = jnp.diag(jnp.array([3.0, 1.0]))
+        >>> u = jaxnorm.init_spectral_state(jax.random.key(0), w)
+        >>> w_sn, u, sigma = jaxnorm.spectral_normalize(w, u, n_power_iterations=20)
+        >>> print(round(float(sigma), 4), [round(v, 4) for v in jnp.diag(w_sn).tolist()])
+        3.0 [1.0, 0.3333]
     """
     w = jnp.asarray(w)
     _check_kernel("spectral_normalize", w)
@@ -1271,6 +1829,28 @@ def dyt(x: Array, alpha: Array, scale: Array | None = None, bias: Array | None =
     ``tanh`` squashes large activations, which mimics the S-shaped input-output maps of trained layer norms; ``γ``,
     ``β`` are per channel on the last axis (shape ``(C,)``; None = 1 and 0). Computed in float32 for bf16/fp16
     input (float64 stays float64), returned in ``x``'s dtype.
+
+    Reference: Zhu, Chen, He, LeCun & Liu (2025), Transformers without Normalization.
+
+    Args:
+        x: the input, any float dtype.
+        alpha: α, a scalar (or any shape that broadcasts against ``x``).
+        scale: γ, per channel on the last axis, or None for 1.
+        bias: β, per channel on the last axis, or None for 0.
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``alpha``, ``scale`` or ``bias`` does not broadcast against ``x``.
+        TypeError: if ``x`` is not a float array, or a parameter is complex.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> y = jaxnorm.dyt(jnp.array([[0.0, 2.0, -100.0]]), jnp.array(0.5))
+        >>> print([round(v, 4) for v in y[0].tolist()])
+        [0.0, 0.7616, -1.0]
     """
     x = _input("dyt", x)
     for pname, p in (("alpha", alpha), ("scale", scale), ("bias", bias)):
