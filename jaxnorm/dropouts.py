@@ -85,6 +85,32 @@ def dropout(
     ``1 − rate`` at test), with no test-time change. ``broadcast_dims`` share one mask value along those axes
     (as ``flax.linen.Dropout``). rate 1 drops everything (zeros, zero gradients), rate 0 is the identity.
     ``train`` is a Python bool or a traced boolean (then ``lax.cond`` picks; a key is needed).
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        x: the input, any float dtype.
+        rate: the probability of dropping a unit, in [0, 1] (a traced rate is clipped to it).
+        key: a PRNG key, needed in training for rate > 0.
+        train: True to drop, False for the identity.
+        broadcast_dims: axes along which one mask value is shared.
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``rate`` is outside [0, 1], or ``key`` is missing in training.
+        TypeError: if ``x`` is not a float array, ``rate`` is not a number, or ``train`` is not a bool.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> y = jaxnorm.dropout(jnp.ones((4, 1000)), 0.5, key=jax.random.key(0))
+        >>> print(sorted(set(y.ravel().tolist())), bool(abs(float(y.mean()) - 1.0) < 0.05))
+        [0.0, 2.0] True
+        >>> print(bool((jaxnorm.dropout(jnp.ones(3), 0.5, train=False) == 1.0).all()))
+        True
     """
     x, train = _prepare("dropout", x, rate, train)
     if train is False or _is_static_zero(rate):
@@ -106,7 +132,33 @@ def original_dropout(x: Array, rate: float, *, key: Array | None = None, train: 
     """Srivastava et al. (2014)'s original form: ``y = ξ ⊙ x`` with ``ξ ~ Bernoulli(1 − rate)`` in training (no
     rescaling) and ``y = (1 − rate)·x`` at test, which is their "outgoing weights multiplied by p" (``(p·x)W = x(pW)``).
     With the same key it drops exactly the units :func:`dropout` drops; a network trained this way with weights
-    ``W`` computes what an inverted-dropout network with weights ``(1 − rate)·W`` computes, at train and at test."""
+    ``W`` computes what an inverted-dropout network with weights ``(1 − rate)·W`` computes, at train and at test.
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        x: the input, any float dtype.
+        rate: the probability of dropping a unit, in [0, 1].
+        key: a PRNG key, needed in training for rate > 0.
+        train: True to drop, False to scale by ``1 − rate``.
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``rate`` is outside [0, 1], or ``key`` is missing in training.
+        TypeError: if ``x`` is not a float array, ``rate`` is not a number, or ``train`` is not a bool.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> x = jnp.ones((2, 4))
+        >>> print(sorted(set(jaxnorm.original_dropout(x, 0.25, key=jax.random.key(0)).ravel().tolist())) <= [0.0, 1.0])
+        True
+        >>> print(jaxnorm.original_dropout(x, 0.25, train=False)[0].tolist())
+        [0.75, 0.75, 0.75, 0.75]
+    """
     x, train = _prepare("original_dropout", x, rate, train)
     if _is_static_zero(rate):
         return x
@@ -124,7 +176,32 @@ def original_dropout(x: Array, rate: float, *, key: Array | None = None, train: 
 
 def spatial_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
     """Channel ("spatial") dropout (Tompson et al. 2015): one Bernoulli mask value per example and channel of an
-    ``N×…×C`` input, shared over all spatial positions, inverted scaling by ``1/(1 − rate)``."""
+    ``N×…×C`` input, shared over all spatial positions, inverted scaling by ``1/(1 − rate)``:
+    ``y = ξ ⊙ x / (1 − rate)`` with ``ξ_nc ~ Bernoulli(1 − rate)`` broadcast over the spatial axes.
+
+    Reference: Tompson, Goroshin, Jain, LeCun & Bregler (2015), Efficient Object Localization Using Convolutional
+    Networks.
+
+    Args:
+        x: the input ``N×spatial…×C`` (rank ≥ 3), any float dtype.
+        rate: the probability of dropping a channel, in [0, 1].
+        key: a PRNG key, needed in training for rate > 0.
+        train: True to drop, False for the identity.
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``x`` has rank < 3, ``rate`` is outside [0, 1], or ``key`` is missing in training.
+        TypeError: if ``x`` is not a float array, ``rate`` is not a number, or ``train`` is not a bool.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> y = jaxnorm.spatial_dropout(jnp.ones((2, 5, 5, 8)), 0.5, key=jax.random.key(0))
+        >>> print(bool((y == y[:, :1, :1, :]).all()))  # one value per example and channel
+        True
+    """
     x, train = _prepare("spatial_dropout", x, rate, train)
     if x.ndim < 3:
         raise ValueError(
@@ -138,7 +215,32 @@ def spatial_dropout(x: Array, rate: float, *, key: Array | None = None, train: b
 
 def dropconnect(w: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
     """DropConnect (Wan et al. 2013): drop individual *weights* ``w`` (e.g. a Dense kernel) with probability
-    ``rate``, inverted scaling so that ``E[w̃] = w``; apply ``x @ dropconnect(w, ...)``. Identity at test."""
+    ``rate``, inverted scaling so that ``E[w̃] = w``; apply ``x @ dropconnect(w, ...)``. Identity at test.
+
+    Formula: ``w̃ = ξ ⊙ w / (1 − rate)`` with ``ξ ~ Bernoulli(1 − rate)`` per weight.
+
+    Reference: Wan, Zeiler, Zhang, LeCun & Fergus (2013), Regularization of Neural Networks using DropConnect.
+
+    Args:
+        w: the weights, any float dtype.
+        rate: the probability of dropping a weight, in [0, 1].
+        key: a PRNG key, needed in training for rate > 0.
+        train: True to drop, False for the identity.
+
+    Returns:
+        ``w̃`` with ``w``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``rate`` is outside [0, 1], or ``key`` is missing in training.
+        TypeError: if ``w`` is not a float array, ``rate`` is not a number, or ``train`` is not a bool.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> w = jaxnorm.dropconnect(jnp.ones((3, 4)), 0.5, key=jax.random.key(0))
+        >>> print(w.shape, sorted(set(w.ravel().tolist())) <= [0.0, 2.0])
+        (3, 4) True
+    """
     w, train = _prepare("dropconnect", w, rate, train)
     if train is False or _is_static_zero(rate):
         return w
@@ -149,7 +251,31 @@ def dropconnect(w: Array, rate: float, *, key: Array | None = None, train: bool 
 def gaussian_dropout(x: Array, rate: float, *, key: Array | None = None, train: bool = True) -> Array:
     """Gaussian dropout (Srivastava et al. 2014, §10): ``y = x ⊙ ξ`` with ``ξ ~ N(1, rate/(1 − rate))``, the
     multiplicative noise with the same mean and variance as inverted Bernoulli dropout. Identity at test;
-    rate must be < 1."""
+    rate must be < 1.
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        x: the input, any float dtype.
+        rate: the equivalent Bernoulli drop rate, in [0, 1).
+        key: a PRNG key, needed in training for rate > 0.
+        train: True for noise, False for the identity.
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``rate`` is outside [0, 1), or ``key`` is missing in training.
+        TypeError: if ``x`` is not a float array, ``rate`` is not a number, or ``train`` is not a bool.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm
+        >>> y = jaxnorm.gaussian_dropout(jnp.ones(20000), 0.5, key=jax.random.key(0))
+        >>> print(round(float(y.mean()), 1), round(float(y.var()), 1))  # mean 1, variance rate/(1 − rate) = 1
+        1.0 1.0
+    """
     x, train = _prepare("gaussian_dropout", x, rate, train)
     if not is_traced(rate) and float(rate) >= 1.0:
         raise ValueError(
@@ -172,7 +298,33 @@ def alpha_dropout(x: Array, rate: float, *, key: Array | None = None, train: boo
     """Alpha dropout (Klambauer et al. 2017) for SELU networks: dropped units are set to SELU's saturation value
     ``α' = −λα`` and an affine map ``a·(·) + b`` restores zero mean and unit variance,
     ``a = (q + α'²q(1 − q))^(−1/2)``, ``b = −a·(1 − q)·α'`` with ``q = 1 − rate`` the keep probability.
-    Identity at test; rate 1 gives zeros."""
+    Identity at test; rate 1 gives zeros.
+
+    Formula: ``y = a·(ξ ⊙ x + (1 − ξ)·α') + b`` with ``ξ ~ Bernoulli(q)``.
+
+    Reference: Klambauer, Unterthiner, Mayr & Hochreiter (2017), Self-Normalizing Neural Networks.
+
+    Args:
+        x: the input (SELU activations), any float dtype.
+        rate: the probability of dropping a unit, in [0, 1].
+        key: a PRNG key, needed in training for rate > 0.
+        train: True to drop, False for the identity.
+
+    Returns:
+        ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``rate`` is outside [0, 1], or ``key`` is missing in training.
+        TypeError: if ``x`` is not a float array, ``rate`` is not a number, or ``train`` is not a bool.
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm
+        >>> x = jax.random.normal(jax.random.key(0), (50000,))  # mean 0, variance 1
+        >>> y = jaxnorm.alpha_dropout(x, 0.2, key=jax.random.key(1))
+        >>> print(bool(abs(float(y.mean())) < 0.05), round(float(y.var()), 1))  # mean 0 and variance 1 kept
+        True 1.0
+    """
     x, train = _prepare("alpha_dropout", x, rate, train)
     if train is False or _is_static_zero(rate):
         return x
@@ -206,7 +358,30 @@ def _max_norm_leaf(w: Array, c: float) -> Array:
 
 def max_norm_project(params: Any, c: float = 3.0) -> Any:
     """Project every kernel (leaf of rank ≥ 2, ``…×fan_in×units``) so that the incoming weight vector of each unit
-    (last axis) has ``‖w‖₂ ≤ c`` (Srivastava et al. 2014, §5.1: c = 3–4). Biases and scales are left alone."""
+    (last axis) has ``‖w‖₂ ≤ c`` (Srivastava et al. 2014, §5.1: c = 3–4). Biases and scales are left alone.
+
+    Formula: ``w_j ← w_j · min(1, c/‖w_j‖₂)``, the norm over every axis but the last.
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        params: a pytree of parameters.
+        c: the largest norm, > 0.
+
+    Returns:
+        The projected pytree (leaves of rank < 2 unchanged).
+
+    Raises:
+        ValueError: if ``c`` is not > 0.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm
+        >>> p = jaxnorm.max_norm_project({"kernel": jnp.array([[3.0, 0.3], [4.0, 0.4]]), "bias": jnp.ones(2) * 9}, 1.0)
+        >>> print([round(v, 4) for v in p["kernel"][:, 0].tolist()], p["bias"].tolist())
+        [0.6, 0.8] [9.0, 9.0]
+    """
     if not c > 0:
         raise ValueError(f"max_norm: c must be > 0, got {c}")
     return jax.tree.map(lambda w: _max_norm_leaf(w, c), params)
@@ -215,7 +390,33 @@ def max_norm_project(params: Any, c: float = 3.0) -> Any:
 def max_norm(c: float = 3.0) -> optax.GradientTransformation:
     """Max-norm as an optax gradient transformation: turns ``updates`` into ``project(params + updates) − params``
     so that after ``optax.apply_updates`` every unit's incoming weights satisfy ``‖w‖₂ ≤ c``. Use it last:
-    ``optax.chain(optax.sgd(lr, 0.9), jaxnorm.max_norm(3.0))``. ``update`` needs ``params``; no state."""
+    ``optax.chain(optax.sgd(lr, 0.9), jaxnorm.max_norm(3.0))``. ``update`` needs ``params``; no state.
+
+    Formula: ``u ← P(p + u) − p`` with ``P`` :func:`max_norm_project`.
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting (§5.1).
+
+    Args:
+        c: the largest norm of each unit's incoming weights, > 0.
+
+    Returns:
+        An ``optax.GradientTransformation``.
+
+    Raises:
+        ValueError: if ``c`` is not > 0 (and, from ``update``, if ``params`` is not given).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import optax
+        >>> import jaxnorm
+        >>> params = {"kernel": jnp.array([[3.0], [4.0]])}
+        >>> opt = optax.chain(optax.sgd(1.0), jaxnorm.max_norm(1.0))
+        >>> grads = {"kernel": jnp.zeros((2, 1))}
+        >>> updates, _ = opt.update(grads, opt.init(params), params)
+        >>> print([round(v, 4) for v in optax.apply_updates(params, updates)["kernel"][:, 0].tolist()])
+        [0.6, 0.8]
+    """
     if not c > 0:
         raise ValueError(f"max_norm: c must be > 0, got {c}")
 

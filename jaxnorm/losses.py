@@ -30,6 +30,30 @@ def per_example_loss(outputs: Array, y: Array, kind: str = "cross_entropy") -> A
 
     * ``'cross_entropy'``: ``−log softmax(outputs)[y]`` for integer labels ``y`` (N,) and logits (N, K);
     * ``'mse'``: ``‖f(x) − y‖²``, the squared error summed over every non-batch axis.
+
+    Reduces over: the class axis (cross-entropy) or every non-batch axis (``'mse'``); never over the batch.
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization? (the
+    squared loss of their deep linear networks); the cross-entropy is the usual softmax log-loss.
+
+    Args:
+        outputs: logits (N, K), or predictions of ``y``'s shape for ``'mse'``.
+        y: integer labels (N,), or targets for ``'mse'``.
+        kind: ``'cross_entropy'`` or ``'mse'`` (:data:`LOSSES`).
+
+    Returns:
+        The float32 loss per example, shape (N,).
+
+    Raises:
+        ValueError: if ``kind`` is not one of :data:`LOSSES`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxnorm.losses import per_example_loss
+        >>> print([round(v, 4) for v in per_example_loss(jnp.zeros((2, 4)), jnp.array([0, 3])).tolist()])
+        [1.3863, 1.3863]
+        >>> print(per_example_loss(jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 0.0]]), "mse").tolist())
+        [5.0]
     """
     _checks.check_choice("loss", kind, LOSSES)
     if kind == "cross_entropy":
@@ -39,7 +63,30 @@ def per_example_loss(outputs: Array, y: Array, kind: str = "cross_entropy") -> A
 
 
 def correct_count(outputs: Array, y: Array, mask: Array | None = None) -> Array:
-    """The number of examples (of those where ``mask`` is True) whose arg-max over the last axis equals ``y``."""
+    """The number of examples (of those where ``mask`` is True) whose arg-max over the last axis equals ``y``.
+
+    Formula: ``Σ_i mask_i·[argmax_k outputs_ik = y_i]``.
+
+    Reduces over: the last axis (arg-max), then every example.
+
+    Reference: none beyond the usual top-1 accuracy (count divided by the number of examples).
+
+    Args:
+        outputs: scores (N, K).
+        y: integer labels (N,).
+        mask: True for the examples that count, shape (N,), or None for all.
+
+    Returns:
+        The count, an integer scalar.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxnorm.losses import correct_count
+        >>> out = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+        >>> print(int(correct_count(out, jnp.array([1, 1, 1]))), int(correct_count(out, jnp.array([1, 0, 1]),
+        ...       mask=jnp.array([True, True, False]))))
+        2 2
+    """
     hit = jnp.argmax(outputs, -1) == y
     return jnp.sum(hit if mask is None else hit & mask)
 
@@ -52,6 +99,29 @@ def masking_noise(x: Array, fraction: float, *, key: Array | None = None) -> Arr
     :func:`jaxnorm.dropouts.dropout` with ``rate=fraction`` and the same key (same zero pattern), so the same key gives
     the same mask everywhere. ``fraction=0`` is the identity (no key needed); ``fraction`` must be in [0, 1)
     (a traced fraction is clipped to it).
+
+    Formula: ``x̃ = ξ ⊙ x`` with ``ξ ~ Bernoulli(1 − fraction)`` per component.
+
+    Reference: Vincent, Larochelle, Bengio & Manzagol (2008), Extracting and Composing Robust Features with
+    Denoising Autoencoders.
+
+    Args:
+        x: the input.
+        fraction: the probability of zeroing a component, in [0, 1).
+        key: a PRNG key, needed for ``fraction > 0``.
+
+    Returns:
+        ``x̃`` with ``x``'s shape and dtype.
+
+    Raises:
+        ValueError: if ``fraction`` is outside [0, 1), or ``key`` is missing for ``fraction > 0``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxnorm.losses import masking_noise
+        >>> x = masking_noise(jnp.ones(1000), 0.25, key=jax.random.key(0))
+        >>> print(sorted(set(x.tolist())), bool(abs(float(x.mean()) - 0.75) < 0.05))
+        [0.0, 1.0] True
     """
     _checks.check_fraction(fraction)
     x = jnp.asarray(x)
@@ -77,6 +147,34 @@ def reconstruction_loss(x_hat: Array, x: Array, kind: str = "squared", *, from_l
       reconstructions in (0, 1) (sigmoid outputs). With ``from_logits=True`` ``x_hat`` is the pre-sigmoid output and
       the loss is computed stably (``optax.sigmoid_binary_cross_entropy``); otherwise ``x̂`` is clipped to
       ``[eps, 1 − eps]``. The minimum is the entropy of x, not 0, unless x is binary.
+
+    Reduces over: every non-batch axis (sum), then the batch axis 0 (mean).
+
+    Reference: Vincent, Larochelle, Bengio & Manzagol (2008), Extracting and Composing Robust Features with
+    Denoising Autoencoders (the squared and cross-entropy reconstruction errors); Ng, Sparse autoencoder (CS294A
+    lecture notes, 2011).
+
+    Args:
+        x_hat: the reconstruction (or its logits with ``from_logits=True``), ``x``'s shape.
+        x: the input (the target).
+        kind: ``'squared'`` or ``'cross_entropy'``.
+        from_logits: ``x_hat`` is the pre-sigmoid output.
+        eps: the clip of ``x̂`` for the cross-entropy without logits.
+
+    Returns:
+        The float32 scalar loss.
+
+    Raises:
+        ValueError: if ``kind`` is unknown or the shapes differ.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxnorm.losses import reconstruction_loss
+        >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+        >>> print(float(reconstruction_loss(x + 0.5, x)))
+        0.5
+        >>> print(round(float(reconstruction_loss(jnp.full((2, 2), 0.5), x, "cross_entropy")), 4))
+        1.3863
     """
     _checks.check_choice("reconstruction loss kind", kind, RECONSTRUCTION_LOSSES)
     x_hat = jnp.asarray(x_hat, jnp.float32)
@@ -97,7 +195,25 @@ def reconstruction_loss(x_hat: Array, x: Array, kind: str = "squared", *, from_l
 
 
 def kl_bernoulli(rho: float, rho_hat: Array) -> Array:
-    """``KL(ρ ‖ ρ̂) = ρ log(ρ/ρ̂) + (1 − ρ) log((1 − ρ)/(1 − ρ̂))``, elementwise."""
+    """The Kullback–Leibler divergence between Bernoulli distributions of means ρ and ρ̂, elementwise.
+
+    Formula: ``KL(ρ ‖ ρ̂) = ρ log(ρ/ρ̂) + (1 − ρ) log((1 − ρ)/(1 − ρ̂))``; nothing is reduced.
+
+    Reference: Ng, Sparse autoencoder (CS294A lecture notes, 2011).
+
+    Args:
+        rho: the target mean ρ in (0, 1).
+        rho_hat: the observed means ρ̂ in (0, 1), any shape.
+
+    Returns:
+        ``KL(ρ ‖ ρ̂)`` with ``rho_hat``'s shape.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxnorm.losses import kl_bernoulli
+        >>> print([round(v, 4) for v in kl_bernoulli(0.5, jnp.array([0.5, 0.25])).tolist()])
+        [0.0, 0.1438]
+    """
     return rho * (jnp.log(rho) - jnp.log(rho_hat)) + (1.0 - rho) * (jnp.log1p(-rho) - jnp.log1p(-rho_hat))
 
 
@@ -108,6 +224,30 @@ def sparsity_penalty(code: Array, rho: float = 0.05, beta: float = 3.0, *, eps: 
     Codes must lie in (0, 1) (sigmoid activations); ρ̂ is clipped to ``[eps, 1 − eps]``. The gradient with respect
     to the pre-activation ``a_ij`` of ``Z = σ(a)`` over m examples is the notes' sparsity δ term
     ``(1/m) β (−ρ/ρ̂_j + (1 − ρ)/(1 − ρ̂_j)) σ'(a_ij)``. ``rho`` must be in (0, 1) and ``beta`` >= 0.
+
+    Reduces over: every axis but the last for ρ̂ (N, and H, W for conv codes), then the units (sum).
+
+    Reference: Ng, Sparse autoencoder (CS294A lecture notes, 2011).
+
+    Args:
+        code: the hidden activations ``N×…×units`` in (0, 1).
+        rho: the target average activation ρ in (0, 1).
+        beta: the weight β ≥ 0.
+        eps: the clip of ρ̂.
+
+    Returns:
+        The float32 scalar penalty.
+
+    Raises:
+        ValueError: if ``rho`` is outside (0, 1), ``beta`` < 0, or ``code`` has rank < 2.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxnorm.losses import sparsity_penalty
+        >>> print(float(sparsity_penalty(jnp.full((4, 3), 0.05), rho=0.05, beta=3.0)))
+        0.0
+        >>> print(round(float(sparsity_penalty(jnp.full((4, 1), 0.5), rho=0.25, beta=1.0)), 4))  # KL(0.25 ‖ 0.5)
+        0.1308
     """
     _checks.check_rho(rho)
     _checks.check_beta(beta)
@@ -119,7 +259,28 @@ def sparsity_penalty(code: Array, rho: float = 0.05, beta: float = 3.0, *, eps: 
 
 
 def weight_decay(params: Any, lam: float) -> Array:
-    """``(λ/2) Σ ‖W‖²`` over the kernels (leaves of rank >= 2); biases and norm scales are not decayed."""
+    """The L2 weight-decay term ``(λ/2) Σ ‖W‖²`` over the kernels (leaves of rank >= 2).
+
+    Biases and norm scales (leaves of rank < 2) are not decayed. Reduces over: every entry of every kernel.
+
+    Reference: Krogh & Hertz (1992), A Simple Weight Decay Can Improve Generalization.
+
+    Args:
+        params: a pytree of parameters.
+        lam: the coefficient λ ≥ 0.
+
+    Returns:
+        The float32 scalar term.
+
+    Raises:
+        ValueError: if ``lam`` < 0.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxnorm.losses import weight_decay
+        >>> print(round(float(weight_decay({"kernel": jnp.full((2, 2), 2.0), "bias": jnp.ones(2)}, 0.1)), 4))
+        0.8
+    """
     _checks.check_weight_decay(lam)
     leaves = [jnp.sum(jnp.square(jnp.asarray(w, jnp.float32))) for w in jax.tree.leaves(params) if jnp.ndim(w) >= 2]
     total = sum(leaves) if leaves else jnp.zeros((), jnp.float32)
