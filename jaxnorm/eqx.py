@@ -18,9 +18,8 @@ counts), so they are exact for masked examples. Needs Equinox: ``pip install "ja
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Hashable, Sequence
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +32,10 @@ except ImportError as e:  # an optional extra: say which one
         "jaxnorm.eqx needs Equinox, which is not installed: pip install \"jaxnorm[equinox]\" (or pip install equinox)"
     ) from e
 
-from jaxnorm import norms as _norms
-from jaxnorm._checks import check_choice, check_epsilon, check_groups, check_momentum, check_positive_int, \
-    check_rate, check_train
-
+from jaxnorm import _layers
 from jaxnorm import dropouts as _do
+from jaxnorm import norms as _norms
+from jaxnorm._checks import check_choice, check_epsilon, check_groups, check_momentum, check_positive_int, check_rate
 
 Array = jax.Array
 
@@ -51,9 +49,9 @@ _NO_STATE = object()  # "called without a state": a stateless layer then returns
 
 
 def _training(inference, attr, layer: str):
-    """``train`` for the pure functions from Equinox's ``inference`` flag (the call's, else the layer's)."""
-    off = check_train(layer, attr if inference is None else inference)
-    return (not off) if isinstance(off, bool) else jnp.logical_not(off)
+    """``train`` for the pure functions from Equinox's ``inference`` flag (the call's, else the layer's; see
+    :func:`jaxnorm._layers.mode`); errors name ``inference``."""
+    return _layers.mode(layer, "inference", attr, inference)
 
 
 def _dtype(dtype):
@@ -154,11 +152,10 @@ class BatchNorm(_RunningStats):
                  dtype: Any = None, *, convention: str = "flax"):
         self._init_common(input_size, axis_name, eps, channelwise_affine, inference, dtype)
         self.convention = check_choice("batch-norm convention", convention, _norms.CONVENTIONS)
-        self.momentum = momentum if momentum == "auto" else check_momentum("BatchNorm", momentum)
+        self.momentum = _layers.check_batch_momentum(type(self).__name__, momentum)
 
     def _options(self) -> dict:
-        kw = {} if self.momentum == "auto" else {"momentum": self.momentum}
-        return dict(convention=self.convention, **kw)
+        return dict(convention=self.convention, **_layers.momentum_option(type(self).__name__, self.momentum))
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None, mask=None):
         del key
@@ -183,7 +180,7 @@ class NoisyBatchNorm(BatchNorm):
                  r_sigma: float = 0.1, convention: str = "flax"):
         super().__init__(input_size, axis_name, eps, channelwise_affine, momentum, inference, dtype,
                          convention=convention)
-        _norms.batch_norm_noise(jax.random.key(0), (1, 1), n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma)
+        _norms._check_noise(n_mu, n_sigma, r_mu, r_sigma)  # now, not at the first training call
         self.n_mu, self.n_sigma, self.r_mu, self.r_sigma = n_mu, n_sigma, r_mu, r_sigma
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None, mask=None):
@@ -194,12 +191,9 @@ class NoisyBatchNorm(BatchNorm):
         if key is None:
             raise ValueError("NoisyBatchNorm: training needs key= (one key for the whole batch, new every step: "
                              "jax.vmap(model, in_axes=(0, None, None), ...)), or inference=True")
-        n = _batch_size("NoisyBatchNorm", self.axis_name)
-        s, m = _norms.batch_norm_noise(key, (n,) + y.shape, n_mu=self.n_mu, n_sigma=self.n_sigma, r_mu=self.r_mu,
-                                       r_sigma=self.r_sigma, axis=1)
-        i = lax.axis_index(self.axis_name)
-        noisy = (y.astype(jnp.float32) * s[i] + m[i]).astype(y.dtype)
-        return (noisy if train is True else jnp.where(train, noisy, y)), state
+        row = (_batch_size("NoisyBatchNorm", self.axis_name), lax.axis_index(self.axis_name))
+        return _norms._add_noise(y, key, train, n_mu=self.n_mu, n_sigma=self.n_sigma, r_mu=self.r_mu,
+                                 r_sigma=self.r_sigma, axis=1, row=row), state
 
 
 class BatchRenorm(_RunningStats):
@@ -474,9 +468,9 @@ class SpectralNorm(eqx.nn.StatefulLayer):
         self.state_index = eqx.nn.StateIndex({"u": u, "sigma": jnp.ones((), u.dtype)})
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None):
-        update = _training(inference, self.inference, "SpectralNorm")
-        if not isinstance(update, bool):
-            raise TypeError("SpectralNorm: inference must be a Python bool")
+        update = _layers.static_mode("SpectralNorm", "inference", self.inference, inference,
+                                     traced="inference must be a Python bool (whether to store the new u and "
+                                     "sigma), got a traced value")
         st = state.get(self.state_index)
         w = getattr(self.layer, self.weight_name)
         out, u, s = _norms.spectral_normalize(_last(w), st["u"], n_power_iterations=self.num_power_iterations,

@@ -12,24 +12,26 @@ call any of them the same way. As in Flax, running statistics are not updated by
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxnorm import _layers
 from jaxnorm import dropouts as _do
 from jaxnorm import norms as _norms
-from jaxnorm._checks import check_rate, check_train, is_traced
+from jaxnorm._checks import check_rate, is_traced
 
 Array = jax.Array
 Initializer = Callable[..., Array]
 
 
 def _train(module_value: bool | None, call_value: bool | None, name: str):
-    """The merged ``train`` flag: a Python bool, or a traced boolean scalar (the pure functions then use
-    ``lax.cond``); anything else is a TypeError (see :func:`jaxnorm._checks.check_train`)."""
-    return check_train(name, nn.merge_param("train", module_value, call_value))
+    """The merged ``train`` flag (``flax.linen.merge_param``'s rule: exactly one of the attribute and the call
+    argument): a Python bool, or a traced boolean scalar (the pure functions then use ``lax.cond``)."""
+    return _layers.mode(name, "train", module_value, call_value, exclusive=True)
 
 
 class _Affine(nn.Module):
@@ -98,10 +100,12 @@ class BatchNorm(_RunningStats):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
-        kw = {} if self.momentum == "auto" else {"momentum": self.momentum}
+        return self._batch_norm(_norms.batch_norm, type(self).__name__, x, train, mask)
+
+    def _batch_norm(self, fn, name: str, x, train, mask, **kw):
         y, train, axis_name = self._normalize(
-            _norms.batch_norm, "BatchNorm", x, train, mask, axis_index_groups=self.axis_index_groups,
-            convention=self.convention, virtual_batch_size=self.virtual_batch_size, **kw)
+            fn, name, x, train, mask, axis_index_groups=self.axis_index_groups, convention=self.convention,
+            virtual_batch_size=self.virtual_batch_size, **_layers.momentum_option(name, self.momentum), **kw)
         if train is not False:
             self._sow_moments(x, mask, axis_name)
         return y
@@ -120,17 +124,14 @@ class NoisyBatchNorm(BatchNorm):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
-        y = super().__call__(x, train, mask=mask)
-        train = _train(self.train, train, "NoisyBatchNorm")
-        if train is False or self.is_initializing():
-            return y
+        name = "NoisyBatchNorm"
+        if _train(self.train, train, name) is False or self.is_initializing():  # no noise
+            return self._batch_norm(_norms.batch_norm, name, x, train, mask)
         if not self.has_rng(self.rng_collection):
             raise ValueError(f"NoisyBatchNorm: train=True needs a {self.rng_collection!r} PRNG stream: "
                              f"model.apply(..., rngs={{{self.rng_collection!r}: key}}) with a new key every step")
-        s, m = _norms.batch_norm_noise(self.make_rng(self.rng_collection), y.shape, n_mu=self.n_mu,
-                                       n_sigma=self.n_sigma, r_mu=self.r_mu, r_sigma=self.r_sigma)
-        noisy = (y.astype(jnp.float32) * s + m).astype(y.dtype)
-        return noisy if train is True else jnp.where(train, noisy, y)
+        return self._batch_norm(_norms.noisy_batch_norm, name, x, train, mask, key=self.make_rng(self.rng_collection),
+                                n_mu=self.n_mu, n_sigma=self.n_sigma, r_mu=self.r_mu, r_sigma=self.r_sigma)
 
 
 class BatchRenorm(_RunningStats):
@@ -484,7 +485,9 @@ class SpectralNorm(nn.Module):
                 f"mutable=[{self.collection!r}] to keep the new u and sigma) or update_stats=False in eval, at call "
                 "time (layer(x, update_stats=train)) or as an attribute"
             )
-        update = bool(nn.merge_param("update_stats", self.update_stats, update_stats))
+        update = _layers.static_mode("SpectralNorm", "update_stats", self.update_stats, update_stats, exclusive=True,
+                                     traced="update_stats must be a Python bool (whether to store the new u and "
+                                     "sigma), got a traced value")
         return nn.map_variables(
             lambda layer: layer(*args, **kwargs),
             trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(

@@ -21,18 +21,25 @@ do.
 from __future__ import annotations
 
 import contextlib
-import importlib
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnorm import norms as _norms
-from jaxnorm._checks import (check_choice, check_epsilon, check_groups, check_momentum, check_positive_int,
-                             check_rate, check_train, is_traced)
-
+from jaxnorm import _layers
 from jaxnorm import dropouts as _do
+from jaxnorm import norms as _norms
+from jaxnorm._checks import (
+    check_choice,
+    check_epsilon,
+    check_groups,
+    check_momentum,
+    check_positive_int,
+    check_rate,
+    is_traced,
+)
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -49,22 +56,17 @@ __all__ = [
 # shared pieces: mode flags, random streams, affine parameters
 
 
-def _flag(call_value, attr_value, layer: str, flag: str):
-    """The call's value of ``flag`` if given, else the layer's; neither is an error that lists the three ways."""
-    value = attr_value if call_value is None else call_value
-    if value is None:
-        raise ValueError(
-            f"{layer}: no {flag} was given; pass {flag}=True/False to the constructor or to the call, or set it for "
-            f"the whole model with model.train() / model.eval() or nnx.view(model, {flag}=True/False)"
-        )
-    return value
+def _missing(flag: str) -> str:
+    """How to give an NNX layer's ``flag``: the hint of the error when neither the layer nor the call has it."""
+    return (f"pass {flag}=True/False to the constructor or to the call, or set it for the whole model with "
+            f"model.train() / model.eval() or nnx.view(model, {flag}=True/False)")
 
 
-def _training(off, layer: str):
-    """``train`` for the pure functions from a flag that means "not training" (``use_running_average``,
-    ``deterministic``, ``not update_stats``): a Python bool, or a traced boolean scalar (``lax.cond`` then)."""
-    off = check_train(layer, off)
-    return (not off) if isinstance(off, bool) else jnp.logical_not(off)
+def _mode(layer: str, flag: str, attr, call, **kw):
+    """``train`` for the pure functions from an NNX flag (the call's value, else the layer's; see
+    :func:`jaxnorm._layers.mode`): a Python bool, or a traced boolean scalar (``lax.cond`` then); errors name
+    ``flag``."""
+    return _layers.mode(layer, flag, attr, call, missing=_missing(flag), **kw)
 
 
 def _stream(rngs, collection: str, layer: str):
@@ -182,7 +184,7 @@ class _RunningStats(_Affine):
         """``fn(x, scale, bias, stats, train=…, epsilon=…, axis=…, axis_name=…, mask=…, **kw)`` on this layer's
         variables; the new running statistics are written back in training."""
         name = type(self).__name__
-        train = _training(_flag(use_running_average, self.use_running_average, name, "use_running_average"), name)
+        train = _mode(name, "use_running_average", self.use_running_average, use_running_average)
         x = self._input(x, self.axis)
         scale, bias = self._affine()
         stats = {"mean": self.mean[...], "var": self.var[...], "count": self.count[...]}
@@ -226,16 +228,16 @@ class BatchNorm(_RunningStats):
                          dtype=dtype, param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
                          bias_init=bias_init, scale_init=scale_init, axis_name=axis_name, rngs=rngs)
         self.convention = check_choice("batch-norm convention", convention, _norms.CONVENTIONS)
-        self.momentum = momentum if momentum == "auto" else check_momentum(name, momentum)
+        self.momentum = _layers.check_batch_momentum(name, momentum)
         self.axis_index_groups = axis_index_groups
         if virtual_batch_size is not None:
             check_positive_int(name, "virtual_batch_size", virtual_batch_size)
         self.virtual_batch_size = virtual_batch_size
 
     def _options(self) -> dict:
-        kw = {} if self.momentum == "auto" else {"momentum": self.momentum}
         return dict(axis_index_groups=self.axis_index_groups, convention=self.convention,
-                    virtual_batch_size=self.virtual_batch_size, **kw)
+                    virtual_batch_size=self.virtual_batch_size,
+                    **_layers.momentum_option(type(self).__name__, self.momentum))
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
         return self._normalize(_norms.batch_norm, x, use_running_average, mask, **self._options())
@@ -252,8 +254,7 @@ class NoisyBatchNorm(BatchNorm):
                  r_sigma: float = 0.1, deterministic: bool | None = False, rng_collection: str = "dropout",
                  rngs: nnx.Rngs, **batch_norm_kwargs):
         super().__init__(num_features, rngs=rngs, **batch_norm_kwargs)
-        _norms.batch_norm_noise(jax.random.key(0), (1, 1), n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu,
-                                r_sigma=r_sigma)  # checks the constants now, not at the first training call
+        _norms._check_noise(n_mu, n_sigma, r_mu, r_sigma)  # now, not at the first training call
         self.noise = dict(n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma)
         self.deterministic = deterministic
         self.rng_collection = rng_collection
@@ -268,15 +269,16 @@ class NoisyBatchNorm(BatchNorm):
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None,
                  deterministic: bool | None = None, rngs=None):
         name = "NoisyBatchNorm"
-        off = _flag(use_running_average, self.use_running_average, name, "use_running_average")
-        quiet = check_train(name, _flag(deterministic, self.deterministic, name, "deterministic"))
-        if not isinstance(quiet, bool):
-            raise TypeError(f"{name}: deterministic (which switches the noise) must be a Python bool, got a traced "
-                            "value; a traced use_running_average is fine")
-        if off is True or quiet:
-            return self._normalize(_norms.batch_norm, x, off, mask, **self._options())
+        train = _mode(name, "use_running_average", self.use_running_average, use_running_average)
+        noise = _layers.static_mode(name, "deterministic", self.deterministic, deterministic,
+                                    missing=_missing("deterministic"),
+                                    traced="deterministic (which switches the noise) must be a Python bool, got a "
+                                    "traced value; a traced use_running_average is fine")
+        if train is False or not noise:
+            return self._normalize(_norms.batch_norm, x, use_running_average, mask, **self._options())
         key = _key(rngs, self.rngs, self.rng_collection, name)
-        return self._normalize(_norms.noisy_batch_norm, x, off, mask, key=key, **self.noise, **self._options())
+        return self._normalize(_norms.noisy_batch_norm, x, use_running_average, mask, key=key, **self.noise,
+                               **self._options())
 
 
 class BatchRenorm(_RunningStats):
@@ -534,12 +536,12 @@ class SpectralNorm(nnx.Module):
             self.use_running_average = not update_stats
 
     def __call__(self, x, *args, update_stats: bool | None = None, **kwargs):
-        flag = (not _flag(None, self.use_running_average, "SpectralNorm", "use_running_average")
-                if update_stats is None else update_stats)
-        update = check_train("SpectralNorm", flag)
-        if not isinstance(update, bool):
-            raise TypeError("SpectralNorm: update_stats must be a Python bool (whether to store the new u and sigma), "
-                            "got a traced value")
+        traced = "update_stats must be a Python bool (whether to store the new u and sigma), got a traced value"
+        if update_stats is None:  # the layer's switch, as model.train() / model.eval() set it
+            update = _layers.static_mode("SpectralNorm", "use_running_average", self.use_running_average, None,
+                                         missing=_missing("use_running_average"), traced=traced)
+        else:
+            update = _layers.static_mode("SpectralNorm", "update_stats", None, update_stats, traced=traced)
         by_name = {_path_name(p): v for p, v in _params_of(self.layer_instance)}
         pairs, updates = [], []
         for name in self.paths:
@@ -576,7 +578,7 @@ class _Stochastic(nnx.Module):
 
     def _apply(self, fn, x, deterministic, rngs, **kw):
         name = type(self).__name__
-        train = _training(_flag(deterministic, self.deterministic, name, "deterministic"), name)
+        train = _mode(name, "deterministic", self.deterministic, deterministic)
         if train is False or (not is_traced(self.rate) and float(self.rate) == 0.0):
             return fn(x, self.rate, train=False, **kw)  # no key drawn: the stream advances only when it is used
         return fn(x, self.rate, key=_key(rngs, self.rngs, self.rng_collection, name), train=train, **kw)

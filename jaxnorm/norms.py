@@ -41,6 +41,7 @@ _DEFAULT_MOMENTUM = {"flax": 0.99, "pytorch": 0.1}
 
 
 def _axes(ndim: int, axes: int | Sequence[int]) -> tuple[int, ...]:
+    """``axes`` as sorted, non-negative, distinct ints; ValueError for an axis out of range."""
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
     out = []
     for a in axes:
@@ -51,12 +52,14 @@ def _axes(ndim: int, axes: int | Sequence[int]) -> tuple[int, ...]:
 
 
 def _feature_axis(name: str, x: Array, axis: int) -> int:
+    """The one feature axis ``axis`` of ``x``, non-negative; ValueError unless it is an int in range."""
     if not isinstance(axis, int):
         raise ValueError(f"{name}: axis must name one feature axis (an int), got {axis!r}")
     return _axes(x.ndim, axis)[0]
 
 
 def _check_convention(convention: str) -> None:
+    """ValueError, explaining both conventions, unless ``convention`` is one of CONVENTIONS."""
     if convention not in CONVENTIONS:
         raise ValueError(
             f"unknown batch-norm convention {convention!r}; valid: {', '.join(map(repr, CONVENTIONS))} "
@@ -66,6 +69,7 @@ def _check_convention(convention: str) -> None:
 
 
 def _resolve_momentum(momentum: Any, convention: str) -> float | None:
+    """The convention's default momentum when none was given, else the checked ``momentum``."""
     if momentum is _DEFAULT:
         return _DEFAULT_MOMENTUM[convention]
     return check_momentum("batch norm", momentum)
@@ -137,11 +141,13 @@ def _affine(name: str, x: Array, scale: Array | None, bias: Array | None, fax: i
 
 
 def _check_rank(name: str, x: Array, min_ndim: int, what: str) -> None:
+    """ValueError unless ``x`` has rank >= ``min_ndim`` (``what`` says which layout is expected)."""
     if x.ndim < min_ndim:
         raise ValueError(f"{name}: expected an input of rank >= {min_ndim} ({what}), got shape {tuple(x.shape)}")
 
 
 def _input(name: str, x: Any) -> Array:
+    """``x`` as an array; TypeError unless it has a real float dtype."""
     x = jnp.asarray(x)
     check_float_input(name, x)
     return x
@@ -157,6 +163,7 @@ def _stat_dtype(x: Array):
 
 
 def _psum(tree, axis_name, axis_index_groups=None, fn=lax.psum):
+    """``fn`` (psum/pmax) of ``tree`` over ``axis_name`` (identity for None), with a ValueError if it is unbound."""
     if axis_name is None:
         return tree
     try:
@@ -236,6 +243,7 @@ class _Spec(NamedTuple):
 
 def _spec(axes, *, groups=None, group_axis=-1, ndim=None, axis_name=None, axis_index_groups=None, center=True,
           centered_var=True, epsilon=1e-5) -> _Spec:
+    """A hashable _Spec (it is a static argument of the custom JVP), the group axis made non-negative."""
     aig = None if axis_index_groups is None else tuple(tuple(int(i) for i in g) for g in axis_index_groups)
     ga = group_axis % ndim if ndim is not None else group_axis
     return _Spec(tuple(axes), groups, ga, axis_name, aig, bool(center), bool(centered_var), float(epsilon))
@@ -264,11 +272,13 @@ def _stat_sum(t, spec: _Spec, mask):
 
 
 def _stat_psum(tree, spec: _Spec):
+    """The per-device sums of ``tree`` added across ``spec.axis_name`` (nothing without one)."""
     aig = None if spec.axis_index_groups is None else [list(g) for g in spec.axis_index_groups]
     return _psum(tree, spec.axis_name, aig)
 
 
 def _stat_shape(shape, spec: _Spec):
+    """The keep-dims shape of one statistic: 1 on the reduced axes."""
     return tuple(1 if i in spec.axes else n for i, n in enumerate(shape))
 
 
@@ -410,11 +420,13 @@ def _norm_core_jvp(spec: _Spec, primals, tangents):
 
 
 def _mask_for(mask, x):
+    """The boolean mask at ``x``'s rank, under stop_gradient (or None)."""
     m = _expand_mask(mask, x)
     return None if m is None else lax.stop_gradient(m)
 
 
 def _per_example_spec(name, x, axes, epsilon, **kw) -> _Spec:
+    """The _Spec of a per-example norm, ``epsilon`` checked."""
     return _spec(axes, ndim=x.ndim, epsilon=check_epsilon(name, epsilon), **kw)
 
 
@@ -529,6 +541,7 @@ def update_running_stats(
 
 
 def _ghost_view(x: Array, mask, virtual_batch_size: int):
+    """``x`` (and ``mask``) reshaped to (N/v, v, …) ghost batches; ValueError unless v divides N."""
     n = x.shape[0]
     if not isinstance(virtual_batch_size, int) or virtual_batch_size <= 0 or n % virtual_batch_size:
         vbs = virtual_batch_size if isinstance(virtual_batch_size, int) else 1
@@ -544,6 +557,7 @@ def _ghost_view(x: Array, mask, virtual_batch_size: int):
 
 
 def _with_count(stats: Mapping) -> dict:
+    """``stats`` as arrays with a 'count' (0 if absent): both lax.cond branches need the same structure."""
     return {"mean": jnp.asarray(stats["mean"]), "var": jnp.asarray(stats["var"]),
             "count": jnp.asarray(stats.get("count", jnp.zeros((), jnp.int32)))}
 
@@ -569,6 +583,7 @@ def _per_feature(n, c: int):
 
 
 def _check_train_size(name: str, x: Array, c: int, mask, axis_name) -> None:
+    """ValueError for one value per channel in training (as PyTorch): the batch variance would be 0."""
     if mask is None and axis_name is None and x.size // c == 1:
         raise ValueError(
             f"{name}: expected more than 1 value per channel in training, got input shape {tuple(x.shape)}: the "
@@ -819,6 +834,7 @@ def population_stats(moments: Iterable[Any]) -> Any:
 
 
 def _is_stats(node) -> bool:
+    """True for a statistics dict (one with 'mean' and 'var')."""
     return isinstance(node, Mapping) and "mean" in node and "var" in node
 
 
@@ -885,6 +901,7 @@ def fold_batch_norm(
 
 
 def _get(tree: Mapping, path: str, what: str):
+    """The node at the '/'-joined ``path`` of ``tree``; KeyError naming the missing part otherwise."""
     node = tree
     for part in path.split("/"):
         if not isinstance(node, Mapping) or part not in node:
@@ -1683,6 +1700,7 @@ def weight_norm(
 
 
 def _check_kernel(name: str, w: Array) -> None:
+    """TypeError unless ``w`` is a real float kernel, ValueError unless its rank is >= 2."""
     _real_kernel(name, "kernel w", w)
     if w.ndim < 2:
         raise ValueError(
