@@ -16,11 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _float64 import close, f64, rand
 
 import jaxnorm as jn
 import jaxnorm.eqx as je
-
-from _float64 import close, f64, rand
 
 TOL = 1e-5
 pytestmark = pytest.mark.usefixtures("highest_precision")
@@ -613,3 +612,18 @@ def test_import_without_equinox_names_the_extra():
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert r.returncode == 0, r.stderr
     assert "MSG" in r.stdout and "jaxnorm[equinox]" in r.stdout, r.stdout + r.stderr
+
+
+def test_bad_inference_value_names_inference_not_train():
+    bn, st = eqx.nn.make_with_state(je.BatchNorm)(3)
+    with pytest.raises(TypeError) as e:
+        jax.vmap(lambda x, s: bn(x, s, inference="yes"), axis_name="batch", in_axes=(0, None),
+                 out_axes=(0, None))(jnp.ones((4, 3)), st)
+    assert "inference must be a Python bool" in str(e.value) and "got 'yes'" in str(e.value), str(e.value)
+    assert "pass inference=True or inference=False" in str(e.value) and "train=" not in str(e.value)
+    with pytest.raises(TypeError, match=r"Dropout: inference must be a Python bool .*got 'no'"):
+        je.Dropout(0.5, inference="no")(jnp.ones(3), key=jax.random.key(0))
+    sn, st = eqx.nn.make_with_state(je.SpectralNorm)(eqx.nn.Linear(3, 2, key=jax.random.key(0)),
+                                                      key=jax.random.key(1))
+    with pytest.raises(TypeError, match=r"SpectralNorm: inference must be a Python bool .*got 1 \(int\)"):
+        sn(jnp.ones(3), st, inference=1)

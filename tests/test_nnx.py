@@ -13,7 +13,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import jaxnorm as jn
-import jaxnorm.nnx  # noqa: F401  (jn.nnx)
+import jaxnorm.nnx
 
 jnn = jn.nnx
 
@@ -987,3 +987,32 @@ def test_every_norm_layer_takes_mask_so_models_can_swap_them():
                   jnn.BatchNorm(6, rngs=nnx.Rngs(0))):
         y = layer(x, mask=mask)
         assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
+
+
+@pytest.mark.parametrize("make,call,flag", [
+    (lambda: jnn.BatchNorm(4, use_running_average="yes", rngs=nnx.Rngs(0)), {}, "use_running_average"),
+    (lambda: jnn.BatchNorm(4, rngs=nnx.Rngs(0)), {"use_running_average": 1}, "use_running_average"),
+    (lambda: jnn.BatchRenorm(4, rngs=nnx.Rngs(0)), {"use_running_average": "no"}, "use_running_average"),
+    (lambda: jnn.LpBatchNorm(4, use_running_average="yes", rngs=nnx.Rngs(0)), {}, "use_running_average"),
+    (lambda: jnn.NoisyBatchNorm(4, use_running_average="yes", rngs=nnx.Rngs(0)), {}, "use_running_average"),
+    (lambda: jnn.NoisyBatchNorm(4, deterministic="yes", rngs=nnx.Rngs(0)), {}, "deterministic"),
+    (lambda: jnn.Dropout(0.5, deterministic="yes", rngs=nnx.Rngs(dropout=0)), {}, "deterministic"),
+    (lambda: jnn.Dropout(0.5, rngs=nnx.Rngs(dropout=0)), {"deterministic": "no"}, "deterministic"),
+], ids=["bn_ctor", "bn_call_int", "renorm_call", "lp_ctor", "noisy_ura", "noisy_det", "drop_ctor", "drop_call"])
+def test_bad_flag_value_names_the_nnx_argument_not_train(make, call, flag):
+    layer = make()
+    with pytest.raises(TypeError) as e:
+        layer(rand((4, 4)), **call)
+    msg = str(e.value)
+    assert f"{flag} must be a Python bool" in msg and f"pass {flag}=True or {flag}=False" in msg, msg
+    assert "train" not in msg.replace("training", ""), msg  # NNX layers have no train argument
+    assert "'yes'" in msg or "'no'" in msg or "1 (int)" in msg, msg  # the value shown
+
+
+def test_bad_update_stats_names_update_stats():
+    sn = jnn.SpectralNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+    with pytest.raises(TypeError, match=r"SpectralNorm: update_stats must be a Python bool .*got 'yes'"):
+        sn(jnp.ones((1, 3)), update_stats="yes")
+    sn.use_running_average = "yes"  # as a bad nnx.view would set it
+    with pytest.raises(TypeError, match=r"SpectralNorm: use_running_average must be a Python bool .*got 'yes'"):
+        sn(jnp.ones((1, 3)))
