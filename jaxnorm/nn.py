@@ -1,15 +1,20 @@
 """Flax linen layers: thin wrappers over the pure transforms in :mod:`jaxnorm.norms` and :mod:`jaxnorm.dropouts`.
 
 Running statistics live in the ``batch_stats`` collection (``mean``, ``var``, ``count``), dropout masks come from
-the ``dropout`` rng stream, and every layer takes ``train`` (as an attribute or a call argument), so::
+the ``dropout`` rng stream, and every layer takes ``train`` (as an attribute or a call argument, not both), as
+``flax.linen`` layers do. Every norm layer accepts ``train`` (the per-example norms ignore it), so a model can call
+any of them the same way. As in Flax, running statistics are not updated by ``init``.
 
-    y, state = model.apply(variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': key})
-    y = model.apply(variables, x, train=False)
-
-works as with ``flax.linen``. Every norm layer accepts ``train`` (the per-example norms ignore it), so a model can
-call any of them the same way. As in Flax, running statistics are not updated by ``init``.
+Examples:
+    >>> import jax
+    >>> import jaxnorm as jn
+    >>> x = jax.random.normal(jax.random.key(0), (4, 3))
+    >>> model = jn.nn.BatchNorm()
+    >>> variables = model.init(jax.random.key(1), x, train=False)
+    >>> y, state = model.apply(variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(2)})
+    >>> print(model.apply({**variables, **state}, x, train=False).shape)
+    (4, 3)
 """
-
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -83,11 +88,50 @@ class _RunningStats(_Affine):
 
 
 class BatchNorm(_RunningStats):
-    """Batch normalization (Ioffe & Szegedy 2015) over all axes but the last; see :func:`jaxnorm.batch_norm`.
+    """Batch normalization layer (flax.linen): ``y = γ·(x − μ_B)/√(σ²_B + ε) + β`` in training.
 
-    ``momentum='auto'`` is 0.99 for ``convention='flax'`` and 0.1 for ``'pytorch'``; ``None`` is a cumulative
-    average. ``axis_name`` syncs statistics across devices (sums and counts); ``virtual_batch_size`` gives ghost
-    batch norm.
+    See :func:`jaxnorm.batch_norm` for the formula and the options. In training the batch statistics normalize and
+    the running averages in ``batch_stats`` (``mean``, ``var``, ``count``) move; in eval the running statistics
+    normalize. ``init`` does not move them (Flax semantics). In training the batch's moments are also recorded in a
+    ``batch_moments`` collection when it is mutable (see :func:`population_batch_stats`).
+
+    Reduces over: every axis but the last (N, H, W for NHWC input), and over ``axis_name`` when given.
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift.
+
+    Args:
+        train: the mode, if not given at call time.
+        epsilon: ε added to the variance.
+        axis_name: a mapped axis to synchronize the statistics over (sums and counts).
+        momentum: ``'auto'`` (0.99 for ``convention='flax'``, 0.1 for ``'pytorch'``), a number in [0, 1], or None
+            for a cumulative average.
+        axis_index_groups: groups of devices for ``axis_name``.
+        convention: ``'flax'`` (decay momentum, biased running variance) or ``'pytorch'``.
+        virtual_batch_size: normalize each group of that many examples with its own statistics (ghost batch norm).
+        use_scale: learn a per-channel γ (``'scale'``, ``scale_init``, default ones).
+        use_bias: learn a per-channel β (``'bias'``, ``bias_init``, default zeros).
+        scale_init: initializer of γ.
+        bias_init: initializer of β.
+        param_dtype: dtype of γ and β.
+
+    Raises:
+        ValueError: at call, for a momentum outside [0, 1], an unknown convention, or a bad shape (see
+            :func:`jaxnorm.batch_norm`).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> layer = jn.nn.BatchNorm(momentum=0.9)
+        >>> variables = layer.init(jax.random.key(1), x, train=False)
+        >>> y, state = layer.apply(variables, x, train=True, mutable=['batch_stats'],
+        ...                        rngs={'dropout': jax.random.key(2)})
+        >>> print(y.shape, int(state['batch_stats']['count']))
+        (8, 3) 1
+        >>> y_eval = layer.apply({**variables, **state}, x, train=False)  # the running statistics
+        >>> print(y_eval.shape)
+        (8, 3)
     """
 
     train: bool | None = None
@@ -100,6 +144,23 @@ class BatchNorm(_RunningStats):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` (channels last) and, in training, stores the new running statistics.
+
+        Args:
+            x: the input ``N×…×C``.
+            train: True: batch statistics, the running ones updated (apply with ``mutable=['batch_stats']``); False: the
+                running statistics. Give it here or as the attribute, not both; a traced boolean scalar picks the mode
+                with ``lax.cond``.
+            mask: optional, True = valid: shape ``(N,)`` or aligned with ``x``'s leading axes; masked values stay out of
+                the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if ``train`` is given both as the attribute and at call time, or neither.
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         return self._batch_norm(_norms.batch_norm, type(self).__name__, x, train, mask)
 
     def _batch_norm(self, fn, name: str, x, train, mask, **kw):
@@ -112,9 +173,38 @@ class BatchNorm(_RunningStats):
 
 
 class NoisyBatchNorm(BatchNorm):
-    """Batch norm plus Santurkar et al.'s Algorithm 1 noise in training (see :func:`jaxnorm.noisy_batch_norm`),
-    drawn from the ``rng_collection`` stream (default ``'dropout'``, so the usual ``rngs={'dropout': key}`` with a
-    new key per step gives new noise per step); no noise in eval."""
+    """Batch norm plus Santurkar et al.'s Algorithm 1 noise in training: ``a_ij ← s_ij·a_ij + m_ij``.
+
+    See :func:`jaxnorm.noisy_batch_norm` (the layer calls it) and :func:`jaxnorm.batch_norm_noise`. The noise is
+    drawn from the ``rng_collection`` stream (default ``'dropout'``, so ``rngs={'dropout': key}`` with a new key per
+    step gives new noise per step); no noise in eval or at ``init``.
+
+    Reduces over: every axis but the last, as :class:`BatchNorm`.
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
+
+    Args:
+        n_mu: per-unit mean shifts μ_j ~ U(−n_mu, n_mu).
+        n_sigma: per-unit scales σ_j ~ U(1, n_sigma).
+        r_mu: per-sample spread of the additive noise.
+        r_sigma: per-sample standard deviation of the multiplicative noise.
+        rng_collection: the PRNG stream of the noise.
+        others: as :class:`BatchNorm`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> layer = jn.nn.NoisyBatchNorm()
+        >>> variables = layer.init(jax.random.key(1), x, train=False)
+        >>> y, state = layer.apply(variables, x, train=True, mutable=['batch_stats'],
+        ...                        rngs={'dropout': jax.random.key(2)})
+        >>> print(y.shape, int(state['batch_stats']['count']))
+        (8, 3) 1
+        >>> y_eval = layer.apply({**variables, **state}, x, train=False)  # the running statistics
+        >>> print(y_eval.shape)
+        (8, 3)
+    """
 
     n_mu: float = 0.5
     n_sigma: float = 1.25
@@ -124,6 +214,24 @@ class NoisyBatchNorm(BatchNorm):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` (channels last) and, in training, stores the new running statistics.
+
+        Args:
+            x: the input ``N×…×C``.
+            train: True: batch statistics, the running ones updated (apply with ``mutable=['batch_stats']``); False: the
+                running statistics. Give it here or as the attribute, not both; a traced boolean scalar picks the mode
+                with ``lax.cond``.
+            mask: optional, True = valid: shape ``(N,)`` or aligned with ``x``'s leading axes; masked values stay out of
+                the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if ``train`` is given both as the attribute and at call time, or neither, or if training has
+                no ``rng_collection`` stream.
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         name = "NoisyBatchNorm"
         if _train(self.train, train, name) is False or self.is_initializing():  # no noise
             return self._batch_norm(_norms.batch_norm, name, x, train, mask)
@@ -135,7 +243,42 @@ class NoisyBatchNorm(BatchNorm):
 
 
 class BatchRenorm(_RunningStats):
-    """Batch renormalization (Ioffe 2017); see :func:`jaxnorm.batch_renorm`."""
+    """Batch renormalization layer: ``y = γ·((x − μ_B)/σ_B·r + d) + β``, r and d clipped.
+
+    See :func:`jaxnorm.batch_renorm`: ``r = σ_B/σ`` clipped to ``[1/r_max, r_max]``, ``d = (μ_B − μ)/σ`` clipped to
+    ``[−d_max, d_max]`` (μ, σ the running statistics, no gradient through r, d); eval uses the running statistics.
+
+    Reduces over: every axis but the last.
+
+    Reference: Ioffe (2017), Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models.
+
+    Args:
+        train: the mode, if not given at call time.
+        epsilon: ε added to the variance.
+        axis_name: a mapped axis to synchronize the statistics over (sums and counts).
+        r_max: bound on r (>= 1).
+        d_max: bound on |d| (>= 0).
+        momentum: decay of the running averages, in [0, 1].
+        use_scale: learn a per-channel γ (``'scale'``, ``scale_init``, default ones).
+        use_bias: learn a per-channel β (``'bias'``, ``bias_init``, default zeros).
+        scale_init: initializer of γ.
+        bias_init: initializer of β.
+        param_dtype: dtype of γ and β.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> layer = jn.nn.BatchRenorm()
+        >>> variables = layer.init(jax.random.key(1), x, train=False)
+        >>> y, state = layer.apply(variables, x, train=True, mutable=['batch_stats'],
+        ...                        rngs={'dropout': jax.random.key(2)})
+        >>> print(y.shape, int(state['batch_stats']['count']))
+        (8, 3) 1
+        >>> y_eval = layer.apply({**variables, **state}, x, train=False)  # the running statistics
+        >>> print(y_eval.shape)
+        (8, 3)
+    """
 
     train: bool | None = None
     r_max: float = 3.0
@@ -146,12 +289,62 @@ class BatchRenorm(_RunningStats):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` (channels last) and, in training, stores the new running statistics.
+
+        Args:
+            x: the input ``N×…×C``.
+            train: True: batch statistics, the running ones updated (apply with ``mutable=['batch_stats']``); False: the
+                running statistics. Give it here or as the attribute, not both; a traced boolean scalar picks the mode
+                with ``lax.cond``.
+            mask: optional, True = valid: shape ``(N,)`` or aligned with ``x``'s leading axes; masked values stay out of
+                the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if ``train`` is given both as the attribute and at call time, or neither.
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         return self._normalize(_norms.batch_renorm, "BatchRenorm", x, train, mask, r_max=self.r_max,
                                d_max=self.d_max, momentum=self.momentum)[0]
 
 
 class LpBatchNorm(_RunningStats):
-    """ℓp batch normalization (Santurkar et al. 2018, §3.3), p in {1, 2, 'inf'}; see :func:`jaxnorm.lp_batch_norm`."""
+    """ℓp batch normalization layer: ``y = γ·(x − μ_B)/(‖x − μ_B‖_p/m^(1/p) + ε) + β`` per channel.
+
+    See :func:`jaxnorm.lp_batch_norm` for the exact scale of each p in {1, 2, 'inf'}.
+
+    Reduces over: every axis but the last.
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization? (§3.3).
+
+    Args:
+        train: the mode, if not given at call time.
+        epsilon: ε added to the variance.
+        axis_name: a mapped axis to synchronize the statistics over (sums and counts).
+        p: 1, 2 or ``'inf'``.
+        momentum: decay of the running averages, in [0, 1].
+        use_scale: learn a per-channel γ (``'scale'``, ``scale_init``, default ones).
+        use_bias: learn a per-channel β (``'bias'``, ``bias_init``, default zeros).
+        scale_init: initializer of γ.
+        bias_init: initializer of β.
+        param_dtype: dtype of γ and β.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> layer = jn.nn.LpBatchNorm(p=1)
+        >>> variables = layer.init(jax.random.key(1), x, train=False)
+        >>> y, state = layer.apply(variables, x, train=True, mutable=['batch_stats'],
+        ...                        rngs={'dropout': jax.random.key(2)})
+        >>> print(y.shape, int(state['batch_stats']['count']))
+        (8, 3) 1
+        >>> y_eval = layer.apply({**variables, **state}, x, train=False)  # the running statistics
+        >>> print(y_eval.shape)
+        (8, 3)
+    """
 
     train: bool | None = None
     p: int | str = 2
@@ -161,39 +354,154 @@ class LpBatchNorm(_RunningStats):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` (channels last) and, in training, stores the new running statistics.
+
+        Args:
+            x: the input ``N×…×C``.
+            train: True: batch statistics, the running ones updated (apply with ``mutable=['batch_stats']``); False: the
+                running statistics. Give it here or as the attribute, not both; a traced boolean scalar picks the mode
+                with ``lax.cond``.
+            mask: optional, True = valid: shape ``(N,)`` or aligned with ``x``'s leading axes; masked values stay out of
+                the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if ``train`` is given both as the attribute and at call time, or neither.
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         return self._normalize(_norms.lp_batch_norm, "LpBatchNorm", x, train, mask, p=self.p,
                                momentum=self.momentum)[0]
 
 
 class LayerNorm(_Affine):
-    """Layer normalization (Ba et al. 2016) over ``axes`` (default: every non-batch axis), per-channel γ, β;
-    see :func:`jaxnorm.layer_norm`. ``LayerNorm(axes=-1)`` is ``flax.linen.LayerNorm()``."""
+    """Layer normalization layer: ``y = γ·(x − μ)/√(σ² + ε) + β`` per example, per-channel γ, β.
+
+    See :func:`jaxnorm.layer_norm`. ``LayerNorm(axes=-1)`` is ``flax.linen.LayerNorm()``.
+
+    Reduces over: ``axes`` (default every axis but the batch axis 0).
+
+    Reference: Ba, Kiros & Hinton (2016), Layer Normalization.
+
+    Args:
+        epsilon: ε added to the variance.
+        axes: the axes reduced over (None: all but axis 0).
+        use_scale: learn a per-channel γ (``'scale'``, ``scale_init``, default ones).
+        use_bias: learn a per-channel β (``'bias'``, ``bias_init``, default zeros).
+        scale_init: initializer of γ.
+        bias_init: initializer of β.
+        param_dtype: dtype of γ and β.
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+        >>> layer = jn.nn.LayerNorm()
+        >>> variables = layer.init(jax.random.key(1), x)
+        >>> y = layer.apply(variables, x, train=True)  # the same map at train and eval
+        >>> print(y.shape)
+        (2, 4, 4, 8)
+    """
 
     epsilon: float = 1e-5
     axes: int | Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` (channels last); ``train`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            train: ignored (the same map at train and test), so models can call every norm the same way.
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape and dtype.
+        """
         del train  # same computation at train and test
         scale, bias = self._affine(x.shape[-1])
         return _norms.layer_norm(x, scale, bias, epsilon=self.epsilon, axes=self.axes, mask=mask)
 
 
 class InstanceNorm(_Affine):
-    """Instance normalization (Ulyanov et al. 2016) over the spatial axes; see :func:`jaxnorm.instance_norm`."""
+    """Instance normalization layer: ``y = γ·(x − μ)/√(σ² + ε) + β`` per example and channel.
+
+    See :func:`jaxnorm.instance_norm`.
+
+    Reduces over: the spatial axes (H, W for NHWC input).
+
+    Reference: Ulyanov, Vedaldi & Lempitsky (2016), Instance Normalization: The Missing Ingredient for Fast
+    Stylization.
+
+    Args:
+        epsilon: ε added to the variance.
+        use_scale: learn a per-channel γ (``'scale'``, ``scale_init``, default ones).
+        use_bias: learn a per-channel β (``'bias'``, ``bias_init``, default zeros).
+        scale_init: initializer of γ.
+        bias_init: initializer of β.
+        param_dtype: dtype of γ and β.
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+        >>> layer = jn.nn.InstanceNorm()
+        >>> variables = layer.init(jax.random.key(1), x)
+        >>> y = layer.apply(variables, x, train=True)  # the same map at train and eval
+        >>> print(y.shape)
+        (2, 4, 4, 8)
+    """
 
     epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` (channels last); ``train`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            train: ignored (the same map at train and test), so models can call every norm the same way.
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape and dtype.
+        """
         del train
         scale, bias = self._affine(x.shape[-1])
         return _norms.instance_norm(x, scale, bias, epsilon=self.epsilon, mask=mask)
 
 
 class GroupNorm(_Affine):
-    """Group normalization (Wu & He 2018); see :func:`jaxnorm.group_norm`. As in Flax, ``num_groups`` defaults to
-    32; to give ``group_size`` instead pass ``num_groups=None``."""
+    """Group normalization layer: ``y = γ·(x − μ_g)/√(σ²_g + ε) + β`` per example and group of channels.
+
+    See :func:`jaxnorm.group_norm`. As in Flax, ``num_groups`` defaults to 32; to give ``group_size`` instead pass
+    ``num_groups=None``.
+
+    Reduces over: the spatial axes and the channels of each group.
+
+    Reference: Wu & He (2018), Group Normalization.
+
+    Args:
+        num_groups: the number of groups G (C must be divisible by G).
+        group_size: channels per group, with ``num_groups=None``.
+        epsilon: ε added to the variance.
+        use_scale: learn a per-channel γ (``'scale'``, ``scale_init``, default ones).
+        use_bias: learn a per-channel β (``'bias'``, ``bias_init``, default zeros).
+        scale_init: initializer of γ.
+        bias_init: initializer of β.
+        param_dtype: dtype of γ and β.
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+        >>> layer = jn.nn.GroupNorm(num_groups=2)
+        >>> variables = layer.init(jax.random.key(1), x)
+        >>> y = layer.apply(variables, x, train=True)  # the same map at train and eval
+        >>> print(y.shape)
+        (2, 4, 4, 8)
+    """
 
     num_groups: int | None = 32
     group_size: int | None = None
@@ -201,6 +509,16 @@ class GroupNorm(_Affine):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` (channels last); ``train`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            train: ignored (the same map at train and test), so models can call every norm the same way.
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape and dtype.
+        """
         del train
         scale, bias = self._affine(x.shape[-1])
         return _norms.group_norm(x, scale, bias, num_groups=self.num_groups, group_size=self.group_size,
@@ -208,7 +526,31 @@ class GroupNorm(_Affine):
 
 
 class RMSNorm(nn.Module):
-    """RMS normalization (Zhang & Sennrich 2019), per-channel γ; see :func:`jaxnorm.rms_norm`."""
+    """RMS normalization layer: ``y = γ·x/√(mean(x²) + ε)``, per-channel γ, no centring.
+
+    See :func:`jaxnorm.rms_norm`.
+
+    Reduces over: ``axes`` (default every axis but the batch axis 0).
+
+    Reference: Zhang & Sennrich (2019), Root Mean Square Layer Normalization.
+
+    Args:
+        epsilon: ε added to the mean square.
+        axes: the axes reduced over (None: all but axis 0).
+        use_scale: learn γ (``'scale'``, ``scale_init``, default ones).
+        scale_init: initializer of γ.
+        param_dtype: dtype of γ.
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+        >>> layer = jn.nn.RMSNorm()
+        >>> variables = layer.init(jax.random.key(1), x)
+        >>> y = layer.apply(variables, x, train=True)  # the same map at train and eval
+        >>> print(y.shape)
+        (2, 4, 4, 8)
+    """
 
     epsilon: float = 1e-5
     axes: int | Sequence[int] | None = None
@@ -218,15 +560,51 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` (channels last); ``train`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            train: ignored (the same map at train and test), so models can call every norm the same way.
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape and dtype.
+        """
         del train
         scale = self.param("scale", self.scale_init, (x.shape[-1],), self.param_dtype) if self.use_scale else None
         return _norms.rms_norm(x, scale, epsilon=self.epsilon, axes=self.axes, mask=mask)
 
 
 class StandardizedConv(nn.Module):
-    """A channels-last convolution whose kernel is weight-standardized (Qiao et al. 2019) at every call:
-    ``Ŵ = (W − μ)/√(σ² + ε)`` per output channel (see :func:`jaxnorm.weight_standardize`); the raw kernel is the
-    stored parameter. Pairs with :class:`GroupNorm` for small batches. 1-, 2- and 3-D."""
+    """A channels-last convolution whose kernel is weight-standardized at every call: ``Ŵ = (W − μ)/√(σ² + ε)``.
+
+    See :func:`jaxnorm.weight_standardize`; the raw kernel is the stored parameter. Pairs with :class:`GroupNorm` for
+    small batches. 1-, 2- and 3-D.
+
+    Reduces over: every kernel axis but the output-channel axis (per output channel).
+
+    Reference: Qiao, Wang, Liu, Shen & Yuille (2019), Micro-Batch Training with Batch-Channel Normalization and Weight
+    Standardization.
+
+    Args:
+        features: output channels.
+        kernel_size: the window, one int per spatial axis.
+        strides: an int or one per spatial axis.
+        padding: ``'SAME'``, ``'VALID'`` or explicit pairs.
+        use_bias: add a learned bias.
+        epsilon: ε added to the kernel variance.
+        kernel_init: initializer of the raw kernel.
+        bias_init: initializer of the bias.
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+        >>> conv = jn.nn.StandardizedConv(features=4, kernel_size=(3, 3))
+        >>> variables = conv.init(jax.random.key(1), x)
+        >>> print(conv.apply(variables, x).shape)
+        (2, 8, 8, 4)
+    """
 
     features: int
     kernel_size: Sequence[int]
@@ -239,6 +617,17 @@ class StandardizedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        """Convolves ``x`` with the standardized kernel.
+
+        Args:
+            x: the input ``N×spatial…×C``, with as many spatial axes as ``kernel_size``.
+
+        Returns:
+            ``N×spatial'…×features``.
+
+        Raises:
+            ValueError: if ``x`` does not have ``len(kernel_size) + 2`` axes.
+        """
         ks = tuple(self.kernel_size)
         nd = len(ks)
         if x.ndim != nd + 2:
@@ -281,21 +670,95 @@ class _Stochastic(nn.Module):
 
 
 class Dropout(_Stochastic):
-    """Inverted dropout (Srivastava et al. 2014); ``broadcast_dims`` share the mask along those axes."""
+    """Inverted dropout layer: ``y = ξ ⊙ x/(1 − rate)``, ``ξ ~ Bernoulli(1 − rate)``, the identity in eval.
+
+    See :func:`jaxnorm.dropout`; ``broadcast_dims`` share the mask along those axes.
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        rate: the drop probability, in [0, 1].
+        train: the mode, if not given at call time.
+        rng_collection: the PRNG stream of the masks (default ``'dropout'``).
+        broadcast_dims: axes along which the mask is shared.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nn.Dropout(0.5)
+        >>> y, _ = layer.apply({}, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
+        >>> print(y.shape)
+        (4, 2, 2, 3)
+        >>> bool(((y == 0) | (y == 2)).all())
+        True
+    """
 
     broadcast_dims: Sequence[int] = ()
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            train: True: a mask from the ``rng_collection`` stream; False: eval. Give it here or as the attribute, not
+                both.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if ``train`` is given twice or not at all, if ``rate`` is outside [0, 1], or if training has no
+                ``rng_collection`` stream (``rngs={'dropout': key}``).
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         return self._apply(_do.dropout, x, train, "Dropout", broadcast_dims=self.broadcast_dims)
 
 
 class OriginalDropout(_Stochastic):
-    """Srivastava et al.'s original dropout: ``ξ ⊙ x`` in training, ``(1 − rate)·x`` at test
-    (:func:`jaxnorm.original_dropout`); the test-time scaling is not the identity, so it is applied here too."""
+    """Srivastava et al.'s original dropout layer: ``y = ξ ⊙ x`` in training, ``(1 − rate)·x`` in eval.
+
+    See :func:`jaxnorm.original_dropout`; the eval scaling is not the identity, so it is applied at ``train=False``.
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        rate: the drop probability, in [0, 1].
+        train: the mode, if not given at call time.
+        rng_collection: the PRNG stream of the masks.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nn.OriginalDropout(0.5)
+        >>> y, _ = layer.apply({}, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
+        >>> print(y.shape)
+        (4, 2, 2, 3)
+        >>> bool((layer.apply({}, x, train=False) == 0.5).all())
+        True
+    """
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            train: True: a mask from the ``rng_collection`` stream; False: eval. Give it here or as the attribute, not
+                both.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if ``train`` is given twice or not at all, if ``rate`` is outside [0, 1], or if training has no
+                ``rng_collection`` stream (``rngs={'dropout': key}``).
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         train = _train(self.train, train, "OriginalDropout")
         if train is False:
             return _do.original_dropout(x, self.rate, train=False)
@@ -303,31 +766,165 @@ class OriginalDropout(_Stochastic):
 
 
 class SpatialDropout(_Stochastic):
-    """Channel dropout: one mask value per example and channel, shared over space (Tompson et al. 2015)."""
+    """Channel dropout layer: ``y = ξ ⊙ x/(1 − rate)`` with one ξ per example and channel, shared over space.
+
+    See :func:`jaxnorm.spatial_dropout`; the identity in eval.
+
+    Reference: Tompson, Goroshin, Jain, LeCun & Bregler (2015), Efficient Object Localization Using Convolutional
+    Networks.
+
+    Args:
+        rate: the drop probability, in [0, 1].
+        train: the mode, if not given at call time.
+        rng_collection: the PRNG stream of the masks.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nn.SpatialDropout(0.5)
+        >>> y, _ = layer.apply({}, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
+        >>> print(y.shape)
+        (4, 2, 2, 3)
+        >>> bool((y.min(axis=(1, 2)) == y.max(axis=(1, 2))).all())
+        True
+    """
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            train: True: a mask from the ``rng_collection`` stream; False: eval. Give it here or as the attribute, not
+                both.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if ``train`` is given twice or not at all, if ``rate`` is outside [0, 1], or if training has no
+                ``rng_collection`` stream (``rngs={'dropout': key}``).
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         return self._apply(_do.spatial_dropout, x, train, "SpatialDropout")
 
 
 class GaussianDropout(_Stochastic):
-    """Multiplicative Gaussian noise N(1, rate/(1−rate)) (Srivastava et al. 2014, §10)."""
+    """Gaussian dropout layer: ``y = ξ ⊙ x``, ``ξ ~ N(1, rate/(1 − rate))``, the identity in eval.
+
+    See :func:`jaxnorm.gaussian_dropout`.
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting (§10).
+
+    Args:
+        rate: the equivalent drop probability, in [0, 1).
+        train: the mode, if not given at call time.
+        rng_collection: the PRNG stream of the noise.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nn.GaussianDropout(0.5)
+        >>> y, _ = layer.apply({}, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
+        >>> print(y.shape)
+        (4, 2, 2, 3)
+        >>> bool((layer.apply({}, x, train=False) == x).all())
+        True
+    """
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            train: True: a mask from the ``rng_collection`` stream; False: eval. Give it here or as the attribute, not
+                both.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if ``train`` is given twice or not at all, if ``rate`` is outside [0, 1], or if training has no
+                ``rng_collection`` stream (``rngs={'dropout': key}``).
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         return self._apply(_do.gaussian_dropout, x, train, "GaussianDropout")
 
 
 class AlphaDropout(_Stochastic):
-    """Alpha dropout for SELU networks (Klambauer et al. 2017)."""
+    """Alpha dropout layer for SELU networks: dropped units set to SELU's negative saturation, then an affine map that keeps the mean and variance.
+
+    See :func:`jaxnorm.alpha_dropout`; the identity in eval.
+
+    Reference: Klambauer, Unterthiner, Mayr & Hochreiter (2017), Self-Normalizing Neural Networks.
+
+    Args:
+        rate: the drop probability, in [0, 1].
+        train: the mode, if not given at call time.
+        rng_collection: the PRNG stream of the masks.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nn.AlphaDropout(0.5)
+        >>> y, _ = layer.apply({}, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
+        >>> print(y.shape)
+        (4, 2, 2, 3)
+        >>> bool((layer.apply({}, x, train=False) == x).all())
+        True
+    """
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            train: True: a mask from the ``rng_collection`` stream; False: eval. Give it here or as the attribute, not
+                both.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if ``train`` is given twice or not at all, if ``rate`` is outside [0, 1], or if training has no
+                ``rng_collection`` stream (``rngs={'dropout': key}``).
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         return self._apply(_do.alpha_dropout, x, train, "AlphaDropout")
 
 
 class DropConnectDense(_Stochastic):
-    """A Dense layer whose kernel entries are dropped in training (DropConnect, Wan et al. 2013)."""
+    """A Dense layer whose kernel entries are dropped in training: ``y = x @ (ξ ⊙ W/(1 − rate)) + b``.
+
+    See :func:`jaxnorm.dropconnect`; in eval ``y = x @ W + b``.
+
+    Reference: Wan, Zeiler, Zhang, LeCun & Fergus (2013), Regularization of Neural Networks using DropConnect.
+
+    Args:
+        rate: the drop probability of each kernel entry, in [0, 1].
+        train: the mode, if not given at call time.
+        rng_collection: the PRNG stream of the masks.
+        features: output features (a positive int).
+        use_bias: add a learned bias.
+        kernel_init: initializer of the kernel (``in×features``).
+        bias_init: initializer of the bias.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((2, 3))
+        >>> layer = jn.nn.DropConnectDense(rate=0.5, features=4)
+        >>> variables = layer.init(jax.random.key(0), x, train=False)
+        >>> y = layer.apply(variables, x, train=True, rngs={'dropout': jax.random.key(1)})
+        >>> print(y.shape)
+        (2, 4)
+    """
 
     features: int = 0
     use_bias: bool = True
@@ -336,6 +933,21 @@ class DropConnectDense(_Stochastic):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):
+        """``x @ kernel + bias``, the kernel dropped in training.
+
+        Args:
+            x: the input ``…×in``.
+            train: True: a mask from the ``rng_collection`` stream; False: eval. Give it here or as the attribute, not
+                both.
+
+        Returns:
+            ``…×features``.
+
+        Raises:
+            ValueError: if ``train`` is given twice or not at all, if ``rate`` is outside [0, 1], if ``features`` is not positive, or if training has no
+                ``rng_collection`` stream (``rngs={'dropout': key}``).
+            TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
+        """
         if self.features <= 0:
             raise ValueError(f"DropConnectDense: features must be a positive int, got {self.features}")
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
@@ -397,17 +1009,38 @@ def _collection(path) -> str:
 
 
 class WeightNorm(nn.Module):
-    """Weight normalization (Salimans & Kingma 2016) of a wrapped layer: ``w = g·v/√(Σ v² + ε)`` applied to the
-    layer's kernel before every call (:func:`jaxnorm.weight_norm`), ``g`` a learnable gain per feature.
+    """Weight normalization of a wrapped layer: ``w = g·v/√(Σ v² + ε)`` applied to its kernel before every call.
 
-    ``WeightNorm(nn.Dense(4))(x)``: the call convention, attributes and variable names of ``flax.linen.WeightNorm``.
-    The norm is over every axis except ``feature_axes`` (default -1: one norm per output unit of a Dense, Conv or
-    DenseGeneral kernel; None: one norm of the whole array). ``variable_filter`` selects the variables whose path
-    (e.g. ``'Dense_1/kernel'``) contains one of its strings (default ``{'kernel'}``: biases are left alone; None or
-    empty: every variable, a rank-1 bias then being normalized entry by entry, as in flax). The gain is this
-    module's parameter ``'<layer>/<path>/scale'`` (``scale_init``, default ones: at init ``‖w_j‖ = 1``); ``v`` stays
-    the wrapped layer's own ``'kernel'``. ``dtype`` (None: inferred from the kernel and the gain) is the dtype of the
-    kernel handed to the layer.
+    See :func:`jaxnorm.weight_norm`. ``WeightNorm(nn.Dense(4))(x)`` has the call convention, attributes and variable
+    names of ``flax.linen.WeightNorm``. The gain is this module's parameter ``'<layer>/<path>/scale'`` (``scale_init``,
+    default ones: at init ``‖w_j‖ = 1``); ``v`` stays the wrapped layer's own ``'kernel'``.
+
+    Reduces over: every kernel axis except ``feature_axes`` (default -1: one norm per output unit; None: the whole
+    array).
+
+    Reference: Salimans & Kingma (2016), Weight Normalization: A Simple Reparameterization to Accelerate Training of
+    Deep Neural Networks.
+
+    Args:
+        layer: the wrapped linen module.
+        epsilon: ε inside the square root.
+        dtype: dtype of the kernel handed to the layer (None: from the kernel and the gain).
+        param_dtype: dtype of the gain.
+        use_scale: learn the gain g (else g = 1).
+        scale_init: initializer of g.
+        feature_axes: the kept axes (int, sequence, or None).
+        variable_filter: strings one of which a variable's path must contain (default ``{'kernel'}``; None or empty:
+            every variable).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import flax.linen as nn
+        >>> import jaxnorm as jn
+        >>> layer = jn.nn.WeightNorm(nn.Dense(4))
+        >>> x = jnp.ones((2, 3))
+        >>> variables = layer.init(jax.random.key(0), x)
+        >>> print(layer.apply(variables, x).shape)
+        (2, 4)
     """
 
     layer: nn.Module
@@ -421,6 +1054,18 @@ class WeightNorm(nn.Module):
 
     @nn.compact
     def __call__(self, *args, **kwargs):
+        """Calls the wrapped layer with its selected variables weight-normalized.
+
+        Args:
+            *args: the wrapped layer's positional arguments.
+            **kwargs: its keyword arguments.
+
+        Returns:
+            What the wrapped layer returns.
+
+        Raises:
+            ValueError: if ``feature_axes`` is out of range for a selected variable.
+        """
         return nn.map_variables(
             lambda layer: layer(*args, **kwargs),
             trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(self._normalize, vs),
@@ -450,22 +1095,40 @@ class WeightNorm(nn.Module):
 
 
 class SpectralNorm(nn.Module):
-    """Spectral normalization (Miyato et al. 2018) of a wrapped layer: every variable of rank >= 2 (the kernel) is
-    divided by its largest singular value σ, estimated by power iteration (:func:`jaxnorm.spectral_normalize`; a
-    Conv kernel ``…×C_in×C_out`` is seen as the matrix ``(…·C_in)×C_out``, as in flax).
+    """Spectral normalization of a wrapped layer: ``W_SN = W/σ(W)``, σ estimated by power iteration.
 
-    ``SpectralNorm(nn.Dense(4))(x, update_stats=train)``: the call convention, attributes (``n_steps`` here is
-    ``n_power_iterations``, ``collection_name`` is ``collection``) and variable names of ``flax.linen.SpectralNorm``.
-    The power-iteration vector and the last σ live in ``collection`` (default ``'batch_stats'``, which the trainer
-    already carries) as ``'<layer>/<path>/u'`` (1×C_out, ``N(0, 1)`` at creation) and ``'<layer>/<path>/sigma'``.
+    See :func:`jaxnorm.spectral_normalize`: every variable of rank >= 2 (a Conv kernel ``…×C_in×C_out`` seen as the
+    matrix ``(…·C_in)×C_out``) is divided by its largest singular value. The call convention, attributes and variable
+    names of ``flax.linen.SpectralNorm``: ``u`` (``1×C_out``) and the last σ live in ``collection`` as
+    ``'<layer>/<path>/u'`` and ``'<layer>/<path>/sigma'``. ``update_stats=True`` (training; apply with
+    ``mutable=['batch_stats']``) stores the iterated u and σ, at ``init`` too; False runs the same iterations from
+    the stored u and stores nothing.
 
-    * ``update_stats=True`` (training; apply with ``mutable=['batch_stats']``): ``n_power_iterations`` iterations
-      from the stored u; the new u and σ are stored — at ``init`` too, as in flax.
-    * ``update_stats=False`` (eval): the same computation from the stored u, nothing stored (flax's semantics:
-      deterministic given the variables).
+    Reduces over: the kernel's matrix (its largest singular value).
 
-    ``update_stats`` may also be set as an attribute (the model zoo passes ``train`` there), the call argument
-    winning over ``None`` only. ``error_on_non_matrix=True`` refuses kernels of rank > 2 instead of flattening them.
+    Reference: Miyato, Kataoka, Koyama & Yoshida (2018), Spectral Normalization for Generative Adversarial Networks.
+
+    Args:
+        layer: the wrapped linen module.
+        n_power_iterations: power iterations per call.
+        epsilon: ε of the vector normalizations.
+        dtype: dtype of the kernel handed to the layer (None: inferred).
+        param_dtype: dtype of u and σ.
+        error_on_non_matrix: refuse kernels of rank > 2 instead of flattening them.
+        collection: the collection of u and σ.
+        update_stats: the mode, if not given at call time.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import flax.linen as nn
+        >>> import jaxnorm as jn
+        >>> layer = jn.nn.SpectralNorm(nn.Dense(4))
+        >>> x = jnp.ones((2, 3))
+        >>> variables = layer.init(jax.random.key(0), x, update_stats=False)
+        >>> y, state = layer.apply(variables, x, update_stats=True, mutable=['batch_stats'])
+        >>> y_eval = layer.apply({**variables, **state}, x, update_stats=False)  # nothing stored
+        >>> print(y.shape, y_eval.shape)
+        (2, 4) (2, 4)
     """
 
     layer: nn.Module
@@ -479,6 +1142,21 @@ class SpectralNorm(nn.Module):
 
     @nn.compact
     def __call__(self, *args, update_stats: bool | None = None, **kwargs):
+        """Calls the wrapped layer with its kernels spectrally normalized.
+
+        Args:
+            *args: the wrapped layer's positional arguments.
+            update_stats: True: store the iterated u and σ; False: store nothing. Here or as the attribute, not both.
+            **kwargs: its keyword arguments.
+
+        Returns:
+            What the wrapped layer returns.
+
+        Raises:
+            ValueError: if ``update_stats`` is given neither here nor as the attribute, or both, or a kernel has rank > 2
+                with ``error_on_non_matrix=True``.
+            TypeError: if ``update_stats`` is not a Python bool.
+        """
         if self.update_stats is None and update_stats is None:
             raise ValueError(
                 "SpectralNorm: pass update_stats=True in training (power iteration; apply with "
@@ -518,15 +1196,48 @@ class SpectralNorm(nn.Module):
 
 
 class DyT(_Affine):
-    """Dynamic Tanh (Zhu, Chen, He, LeCun & Liu 2025): ``y = γ ⊙ tanh(α·x) + β``, a statistics-free replacement for
-    layer norm (see :func:`jaxnorm.dyt`). Parameters: ``'alpha'`` (a scalar, ``alpha_init``: 0.5, the paper's
-    default), ``'scale'`` (γ, ones, ``scale_init``) and ``'bias'`` (β, zeros) per channel on the last axis. Accepts
-    ``train`` like the other norm layers and ignores it."""
+    """Dynamic Tanh layer: ``y = γ ⊙ tanh(α·x) + β``, a statistics-free replacement for layer norm.
+
+    See :func:`jaxnorm.dyt`. Parameters: ``'alpha'`` (a scalar, ``alpha_init``), ``'scale'`` (γ) and ``'bias'`` (β)
+    per channel on the last axis.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Zhu, Chen, He, LeCun & Liu (2025), Transformers without Normalization.
+
+    Args:
+        alpha_init: the initial α (0.5, the paper's default).
+        use_scale: learn a per-channel γ (``'scale'``, ``scale_init``, default ones).
+        use_bias: learn a per-channel β (``'bias'``, ``bias_init``, default zeros).
+        scale_init: initializer of γ.
+        bias_init: initializer of β.
+        param_dtype: dtype of γ and β.
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+        >>> layer = jn.nn.DyT()
+        >>> variables = layer.init(jax.random.key(1), x)
+        >>> y = layer.apply(variables, x, train=True)  # the same map at train and eval
+        >>> print(y.shape)
+        (2, 5, 8)
+    """
 
     alpha_init: float = 0.5
 
     @nn.compact
     def __call__(self, x, train: bool | None = None, *, mask: Array | None = None):
+        """Applies ``γ ⊙ tanh(α·x) + β``; ``train`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            train: ignored (the same map at train and test), so models can call every norm the same way.
+            mask: ignored (no statistics).
+
+        Returns:
+            The normalized array, with ``x``'s shape and dtype.
+        """
         del train, mask  # no statistics: the same map at train and test, padding or not
         alpha = self.param("alpha", nn.initializers.constant(self.alpha_init), (), self.param_dtype)
         scale, bias = self._affine(jnp.shape(x)[-1])
