@@ -856,7 +856,9 @@ class GaussianDropout(_Stochastic):
 
 
 class AlphaDropout(_Stochastic):
-    """Alpha dropout layer for SELU networks: dropped units set to SELU's negative saturation, then an affine map that keeps the mean and variance.
+    """Alpha dropout layer for SELU networks: dropped units set to SELU's saturation, then an affine map.
+
+    The affine map keeps the mean and variance of SELU activations.
 
     See :func:`jaxnorm.alpha_dropout`; the identity in eval.
 
@@ -944,7 +946,8 @@ class DropConnectDense(_Stochastic):
             ``…×features``.
 
         Raises:
-            ValueError: if ``train`` is given twice or not at all, if ``rate`` is outside [0, 1], if ``features`` is not positive, or if training has no
+            ValueError: if ``train`` is given twice or not at all, if ``rate`` is outside [0, 1], if ``features`` is
+                not positive, or if training has no
                 ``rng_collection`` stream (``rngs={'dropout': key}``).
             TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
         """
@@ -1153,8 +1156,8 @@ class SpectralNorm(nn.Module):
             What the wrapped layer returns.
 
         Raises:
-            ValueError: if ``update_stats`` is given neither here nor as the attribute, or both, or a kernel has rank > 2
-                with ``error_on_non_matrix=True``.
+            ValueError: if ``update_stats`` is given neither here nor as the attribute, or both, or a kernel has
+                rank > 2 with ``error_on_non_matrix=True``.
             TypeError: if ``update_stats`` is not a Python bool.
         """
         if self.update_stats is None and update_stats is None:
