@@ -206,14 +206,47 @@ _AFFINE_DEFAULTS = dict(use_scale=True, use_bias=True)
 
 
 class BatchNorm(_RunningStats):
-    """Batch normalization (Ioffe & Szegedy 2015) per channel (``axis``, default the last) over every other axis;
-    see :func:`jaxnorm.batch_norm` for the formula and the options.
+    """Batch normalization layer (flax.nnx): ``y = γ·(x − μ_B)/√(σ²_B + ε) + β`` in training.
 
-    ``flax.nnx.BatchNorm``'s constructor and call, plus jaxnorm's options: ``axis_name`` syncs the statistics across
-    devices as sums and counts (exact for uneven and masked shards), ``mask`` (True = valid) keeps padding out of the
-    statistics, ``virtual_batch_size`` gives ghost batch norm, ``convention='pytorch'`` PyTorch's momentum and
-    unbiased running variance, ``momentum=None`` a cumulative average. ``momentum='auto'`` is 0.99 for
-    ``convention='flax'`` (Flax's default) and 0.1 for ``'pytorch'``.
+    See :func:`jaxnorm.batch_norm` for the formula and the options. ``flax.nnx.BatchNorm``'s constructor and call,
+    plus ``axis_name`` (statistics synced as sums and counts), ``mask``, ``virtual_batch_size`` (ghost batch norm),
+    ``convention='pytorch'`` and ``momentum=None`` (a cumulative average).
+
+    Reduces over: every axis but ``axis`` (N, H, W for NHWC input).
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift.
+
+    Args:
+        num_features: the channel count C of ``axis``.
+        use_running_average: the mode if the call gives none (False: training; True: eval; None: must be given at
+            call or by ``model.train()`` / ``model.eval()``).
+        axis: the feature axis (default -1).
+        epsilon: ε added to the variance.
+        dtype: dtype the input is cast to (None: kept).
+        param_dtype: dtype of γ, β.
+        use_bias, use_scale: learn β, γ (``bias_init``, ``scale_init``: zeros, ones).
+        axis_name: a mapped axis to synchronize the statistics over.
+        rngs: an ``nnx.Rngs`` (initializes the parameters).
+        momentum: ``'auto'`` (0.99 for ``convention='flax'``, 0.1 for ``'pytorch'``), a number in [0, 1], or None.
+        axis_index_groups: groups of devices for ``axis_name``.
+        convention: ``'flax'`` or ``'pytorch'``.
+        virtual_batch_size: examples per ghost batch.
+
+    Raises:
+        ValueError: for a bad ``num_features``, ``epsilon``, ``momentum``, ``convention`` or ``virtual_batch_size``.
+        TypeError: if ``rngs`` is not an ``nnx.Rngs``.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> layer = jn.nnx.BatchNorm(3, momentum=0.9, rngs=nnx.Rngs(0, dropout=1))
+        >>> y = layer(x)  # training: batch statistics, running statistics updated
+        >>> y_eval = layer(x, use_running_average=True)
+        >>> print(y.shape, int(layer.count[...]))
+        (8, 3) 1
     """
 
     def __init__(self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
@@ -240,15 +273,57 @@ class BatchNorm(_RunningStats):
                     **_layers.momentum_option(type(self).__name__, self.momentum))
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` and, in training, updates ``mean``, ``var``, ``count`` in place.
+
+        Args:
+            x: the input, C channels on ``axis``.
+            use_running_average: True: the running statistics (eval); False: batch statistics (training); None: the
+                layer's attribute. A traced boolean scalar picks the mode with ``lax.cond``.
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape.
+
+        Raises:
+            ValueError: if no mode is given anywhere, or ``x`` has not ``num_features`` channels on ``axis``.
+            TypeError: if ``use_running_average`` is not a Python bool or a traced boolean scalar.
+        """
         return self._normalize(_norms.batch_norm, x, use_running_average, mask, **self._options())
 
 
 class NoisyBatchNorm(BatchNorm):
-    """Batch norm plus Santurkar et al.'s Algorithm 1 noise in training (:func:`jaxnorm.noisy_batch_norm`), drawn
-    from the layer's ``rng_collection`` stream (default ``'dropout'``, forked at construction) or the call's
-    ``rngs``: new noise per call. ``use_running_average`` switches the statistics as in :class:`BatchNorm`;
-    ``deterministic`` (like dropout's) switches the noise, so ``model.eval()`` turns off both and
-    :func:`population_batch_stats` collects batch statistics without noise."""
+    """Batch norm plus Santurkar et al.'s Algorithm 1 noise in training: ``a_ij ← s_ij·a_ij + m_ij``.
+
+    The layer calls :func:`jaxnorm.noisy_batch_norm`. The noise comes from the layer's ``rng_collection`` stream
+    (forked at construction) or the call's ``rngs``: new noise per call. ``use_running_average`` switches the
+    statistics as in :class:`BatchNorm`; ``deterministic`` switches the noise, so ``model.eval()`` turns off both.
+
+    Reduces over: every axis but ``axis``.
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
+
+    Args:
+        num_features: the channel count C.
+        n_mu, n_sigma, r_mu, r_sigma: Algorithm 1's constants (0.5, 1.25, 0.1, 0.1).
+        deterministic: no noise when True (the mode if the call gives none).
+        rng_collection: the stream of the noise.
+        rngs: an ``nnx.Rngs``.
+        **batch_norm_kwargs: :class:`BatchNorm`'s other arguments.
+
+    Raises:
+        ValueError: for invalid noise constants, or :class:`BatchNorm`'s.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> layer = jn.nnx.NoisyBatchNorm(3, rngs=nnx.Rngs(0, dropout=1))
+        >>> y = layer(x)  # training: batch statistics, running statistics updated
+        >>> y_eval = layer(x, use_running_average=True)
+        >>> print(y.shape, int(layer.count[...]))
+        (8, 3) 1
+    """
 
     def __init__(self, num_features: int, *, n_mu: float = 0.5, n_sigma: float = 1.25, r_mu: float = 0.1,
                  r_sigma: float = 0.1, deterministic: bool | None = False, rng_collection: str = "dropout",
@@ -268,6 +343,24 @@ class NoisyBatchNorm(BatchNorm):
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None,
                  deterministic: bool | None = None, rngs=None):
+        """Normalizes ``x`` and, in training, updates ``mean``, ``var``, ``count`` in place.
+
+        Args:
+            x: the input, C channels on ``axis``.
+            use_running_average: True: the running statistics (eval); False: batch statistics (training); None: the
+                layer's attribute. A traced boolean scalar picks the mode with ``lax.cond``.
+            mask: optional, True = valid: values that enter the statistics.
+            deterministic: True: no noise; None: the layer's attribute.
+            rngs: the call's randomness instead of the layer's stream.
+
+        Returns:
+            The normalized array, with ``x``'s shape.
+
+        Raises:
+            ValueError: if no mode is given anywhere, or ``x`` has not ``num_features`` channels on ``axis``.
+            TypeError: if ``use_running_average`` is not a Python bool or a traced boolean scalar, or
+                ``deterministic`` is not a Python bool.
+        """
         name = "NoisyBatchNorm"
         train = _mode(name, "use_running_average", self.use_running_average, use_running_average)
         noise = _layers.static_mode(name, "deterministic", self.deterministic, deterministic,
@@ -282,9 +375,43 @@ class NoisyBatchNorm(BatchNorm):
 
 
 class BatchRenorm(_RunningStats):
-    """Batch renormalization (Ioffe 2017); see :func:`jaxnorm.batch_renorm`. ``r_max = 1, d_max = 0`` is batch
-    norm. The other arguments are :class:`BatchNorm`'s (``use_running_average``, ``axis``, ``epsilon``, ``dtype``,
-    ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``, ``axis_name``, ``rngs``)."""
+    """Batch renormalization layer: ``y = γ·((x − μ_B)/σ_B·r + d) + β``, r and d clipped.
+
+    See :func:`jaxnorm.batch_renorm`; ``r_max = 1, d_max = 0`` is batch norm.
+
+    Reduces over: every axis but ``axis``.
+
+    Reference: Ioffe (2017), Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models.
+
+    Args:
+        num_features: the channel count C of ``axis``.
+        use_running_average: the mode if the call gives none (False: training; True: eval; None: must be given at
+            call or by ``model.train()`` / ``model.eval()``).
+        axis: the feature axis (default -1).
+        epsilon: ε added to the variance.
+        dtype: dtype the input is cast to (None: kept).
+        param_dtype: dtype of γ, β.
+        use_bias, use_scale: learn β, γ (``bias_init``, ``scale_init``: zeros, ones).
+        axis_name: a mapped axis to synchronize the statistics over.
+        rngs: an ``nnx.Rngs`` (initializes the parameters).
+        r_max: bound on r (>= 1).
+        d_max: bound on |d| (>= 0).
+        momentum: decay of the running averages, in [0, 1].
+
+    Raises:
+        ValueError: if ``r_max < 1`` or ``d_max < 0``, or a bad momentum.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> layer = jn.nnx.BatchRenorm(3, rngs=nnx.Rngs(0, dropout=1))
+        >>> y = layer(x)  # training: batch statistics, running statistics updated
+        >>> y_eval = layer(x, use_running_average=True)
+        >>> print(y.shape, int(layer.count[...]))
+        (8, 3) 1
+    """
 
     def __init__(self, num_features: int, *, r_max: float = 3.0, d_max: float = 5.0, momentum: float = 0.99,
                  **kwargs):
@@ -295,13 +422,62 @@ class BatchRenorm(_RunningStats):
         self.momentum = check_momentum("BatchRenorm", momentum)
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` and, in training, updates ``mean``, ``var``, ``count`` in place.
+
+        Args:
+            x: the input, C channels on ``axis``.
+            use_running_average: True: the running statistics (eval); False: batch statistics (training); None: the
+                layer's attribute. A traced boolean scalar picks the mode with ``lax.cond``.
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape.
+
+        Raises:
+            ValueError: if no mode is given anywhere, or ``x`` has not ``num_features`` channels on ``axis``.
+            TypeError: if ``use_running_average`` is not a Python bool or a traced boolean scalar.
+        """
         return self._normalize(_norms.batch_renorm, x, use_running_average, mask, r_max=self.r_max,
                                d_max=self.d_max, momentum=self.momentum)
 
 
 class LpBatchNorm(_RunningStats):
-    """ℓp batch normalization (Santurkar et al. 2018, §3.3), ``p`` in {1, 2, 'inf'}; see
-    :func:`jaxnorm.lp_batch_norm`. The other arguments are :class:`BatchNorm`'s."""
+    """ℓp batch normalization layer: the batch's ℓp deviation replaces its standard deviation.
+
+    See :func:`jaxnorm.lp_batch_norm` for the scale of each p in {1, 2, 'inf'}.
+
+    Reduces over: every axis but ``axis``.
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
+
+    Args:
+        num_features: the channel count C of ``axis``.
+        use_running_average: the mode if the call gives none (False: training; True: eval; None: must be given at
+            call or by ``model.train()`` / ``model.eval()``).
+        axis: the feature axis (default -1).
+        epsilon: ε added to the variance.
+        dtype: dtype the input is cast to (None: kept).
+        param_dtype: dtype of γ, β.
+        use_bias, use_scale: learn β, γ (``bias_init``, ``scale_init``: zeros, ones).
+        axis_name: a mapped axis to synchronize the statistics over.
+        rngs: an ``nnx.Rngs`` (initializes the parameters).
+        p: 1, 2 or ``'inf'``.
+        momentum: decay of the running averages, in [0, 1].
+
+    Raises:
+        ValueError: for another ``p`` or a bad momentum.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> layer = jn.nnx.LpBatchNorm(3, p=1, rngs=nnx.Rngs(0, dropout=1))
+        >>> y = layer(x)  # training: batch statistics, running statistics updated
+        >>> y_eval = layer(x, use_running_average=True)
+        >>> print(y.shape, int(layer.count[...]))
+        (8, 3) 1
+    """
 
     def __init__(self, num_features: int, *, p: int | str = 2, momentum: float = 0.99, **kwargs):
         super().__init__(num_features, **kwargs)
@@ -311,6 +487,21 @@ class LpBatchNorm(_RunningStats):
         self.momentum = check_momentum("LpBatchNorm", momentum)
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x`` and, in training, updates ``mean``, ``var``, ``count`` in place.
+
+        Args:
+            x: the input, C channels on ``axis``.
+            use_running_average: True: the running statistics (eval); False: batch statistics (training); None: the
+                layer's attribute. A traced boolean scalar picks the mode with ``lax.cond``.
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape.
+
+        Raises:
+            ValueError: if no mode is given anywhere, or ``x`` has not ``num_features`` channels on ``axis``.
+            TypeError: if ``use_running_average`` is not a Python bool or a traced boolean scalar.
+        """
         return self._normalize(_norms.lp_batch_norm, x, use_running_average, mask, p=self.p,
                                momentum=self.momentum)
 
@@ -329,31 +520,131 @@ class _PerExample(_Affine):
 
 
 class LayerNorm(_PerExample):
-    """Layer normalization (Ba et al. 2016) over ``axes`` (default: every non-batch axis), per-channel γ, β; see
-    :func:`jaxnorm.layer_norm`. ``LayerNorm(C, axes=-1, epsilon=1e-6)`` is ``flax.nnx.LayerNorm(C)``."""
+    """Layer normalization layer: ``y = γ·(x − μ)/√(σ² + ε) + β`` per example, per-channel γ, β.
+
+    See :func:`jaxnorm.layer_norm`. ``LayerNorm(C, axes=-1, epsilon=1e-6)`` is ``flax.nnx.LayerNorm(C)``.
+
+    Reduces over: ``axes`` (default every axis but the batch axis 0).
+
+    Reference: Ba, Kiros & Hinton (2016), Layer Normalization.
+
+    Args:
+        num_features: the channel count C (last axis).
+        epsilon: ε added to the variance.
+        dtype: dtype the input is cast to (None: kept).
+        param_dtype: dtype of the parameters.
+        use_bias, use_scale: learn β, γ (``bias_init``, ``scale_init``: zeros, ones).
+        rngs: an ``nnx.Rngs`` (initializes the parameters).
+        axes: the axes reduced over.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+        >>> layer = jn.nnx.LayerNorm(8, rngs=nnx.Rngs(0))
+        >>> print(layer(x).shape)
+        (2, 4, 4, 8)
+    """
 
     def __init__(self, num_features: int, *, axes: int | Sequence[int] | None = None, **kwargs):
         super().__init__(num_features, **kwargs)
         self.axes = axes
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x``; ``use_running_average`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            use_running_average: ignored (the same map at train and test).
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape.
+
+        Raises:
+            ValueError: if ``x`` has not ``num_features`` channels on the last axis.
+        """
         del use_running_average  # the same computation at train and test
         return _norms.layer_norm(self._input(x), *self._affine(), epsilon=self.epsilon, axes=self.axes, mask=mask)
 
 
 class InstanceNorm(_PerExample):
-    """Instance normalization (Ulyanov et al. 2016) per example and channel over the spatial axes; see
-    :func:`jaxnorm.instance_norm`. ``InstanceNorm(C, epsilon=1e-6)`` is ``flax.nnx.InstanceNorm(C)``."""
+    """Instance normalization layer: ``y = γ·(x − μ)/√(σ² + ε) + β`` per example and channel.
+
+    See :func:`jaxnorm.instance_norm`. ``InstanceNorm(C, epsilon=1e-6)`` is ``flax.nnx.InstanceNorm(C)``.
+
+    Reduces over: the spatial axes.
+
+    Reference: Ulyanov, Vedaldi & Lempitsky (2016), Instance Normalization: The Missing Ingredient for Fast Stylization.
+
+    Args:
+        num_features: the channel count C (last axis).
+        epsilon: ε added to the variance.
+        dtype: dtype the input is cast to (None: kept).
+        param_dtype: dtype of the parameters.
+        use_bias, use_scale: learn β, γ (``bias_init``, ``scale_init``: zeros, ones).
+        rngs: an ``nnx.Rngs`` (initializes the parameters).
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+        >>> layer = jn.nnx.InstanceNorm(8, rngs=nnx.Rngs(0))
+        >>> print(layer(x).shape)
+        (2, 4, 4, 8)
+    """
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x``; ``use_running_average`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            use_running_average: ignored (the same map at train and test).
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape.
+
+        Raises:
+            ValueError: if ``x`` has not ``num_features`` channels on the last axis.
+        """
         del use_running_average
         return _norms.instance_norm(self._input(x), *self._affine(), epsilon=self.epsilon, mask=mask)
 
 
 class GroupNorm(_PerExample):
-    """Group normalization (Wu & He 2018); see :func:`jaxnorm.group_norm`. As in Flax, ``num_groups`` defaults to
-    32 and ``group_size`` is given with ``num_groups=None``; the group count is checked at construction.
-    ``GroupNorm(C, G, epsilon=1e-6)`` is ``flax.nnx.GroupNorm(C, G)``."""
+    """Group normalization layer: ``y = γ·(x − μ_g)/√(σ²_g + ε) + β`` per example and group.
+
+    See :func:`jaxnorm.group_norm`. ``GroupNorm(C, G, epsilon=1e-6)`` is ``flax.nnx.GroupNorm(C, G)``.
+
+    Reduces over: the spatial axes and the channels of each group.
+
+    Reference: Wu & He (2018), Group Normalization.
+
+    Args:
+        num_features: the channel count C (last axis).
+        epsilon: ε added to the variance.
+        dtype: dtype the input is cast to (None: kept).
+        param_dtype: dtype of the parameters.
+        use_bias, use_scale: learn β, γ (``bias_init``, ``scale_init``: zeros, ones).
+        rngs: an ``nnx.Rngs`` (initializes the parameters).
+        num_groups: the number of groups (default 32), or None with ``group_size``.
+        group_size: channels per group.
+
+    Raises:
+        ValueError: if the channel count is not divisible into the groups.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+        >>> layer = jn.nnx.GroupNorm(8, 2, rngs=nnx.Rngs(0))
+        >>> print(layer(x).shape)
+        (2, 4, 4, 8)
+    """
 
     def __init__(self, num_features: int, num_groups: int | None = 32, group_size: int | None = None, **kwargs):
         super().__init__(num_features, **kwargs)
@@ -361,33 +652,120 @@ class GroupNorm(_PerExample):
         self.group_size = self.num_features // self.num_groups
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x``; ``use_running_average`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            use_running_average: ignored (the same map at train and test).
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape.
+
+        Raises:
+            ValueError: if ``x`` has not ``num_features`` channels on the last axis.
+        """
         del use_running_average
         return _norms.group_norm(self._input(x), *self._affine(), num_groups=self.num_groups, epsilon=self.epsilon,
                                  mask=mask)
 
 
 class RMSNorm(_PerExample):
-    """RMS normalization (Zhang & Sennrich 2019), per-channel γ, over ``axes`` (default every non-batch axis); see
-    :func:`jaxnorm.rms_norm`. ``RMSNorm(C, axes=-1, epsilon=1e-6)`` is ``flax.nnx.RMSNorm(C)``."""
+    """RMS normalization layer: ``y = γ·x/√(mean(x²) + ε)``, per-channel γ, no centring.
+
+    See :func:`jaxnorm.rms_norm`. ``RMSNorm(C, axes=-1, epsilon=1e-6)`` is ``flax.nnx.RMSNorm(C)``.
+
+    Reduces over: ``axes`` (default every axis but the batch axis 0).
+
+    Reference: Zhang & Sennrich (2019), Root Mean Square Layer Normalization.
+
+    Args:
+        num_features: the channel count C (last axis).
+        epsilon: ε added to the variance.
+        dtype: dtype the input is cast to (None: kept).
+        param_dtype: dtype of the parameters.
+        use_bias, use_scale: learn β, γ (``bias_init``, ``scale_init``: zeros, ones).
+        rngs: an ``nnx.Rngs`` (initializes the parameters).
+        axes: the axes reduced over.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+        >>> layer = jn.nnx.RMSNorm(8, rngs=nnx.Rngs(0))
+        >>> print(layer(x).shape)
+        (2, 4, 4, 8)
+    """
 
     def __init__(self, num_features: int, *, axes: int | Sequence[int] | None = None, **kwargs):
         super().__init__(num_features, use_bias=False, **kwargs)
         self.axes = axes
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        """Normalizes ``x``; ``use_running_average`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            use_running_average: ignored (the same map at train and test).
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape.
+
+        Raises:
+            ValueError: if ``x`` has not ``num_features`` channels on the last axis.
+        """
         del use_running_average
         return _norms.rms_norm(self._input(x), _value(self.scale), epsilon=self.epsilon, axes=self.axes, mask=mask)
 
 
 class DyT(_PerExample):
-    """Dynamic Tanh (Zhu et al. 2025): ``y = γ ⊙ tanh(α·x) + β``, a statistics-free replacement for layer norm
-    (:func:`jaxnorm.dyt`); ``alpha`` a scalar parameter (``alpha_init``, 0.5 as in the paper), γ, β per channel."""
+    """Dynamic Tanh layer: ``y = γ ⊙ tanh(α·x) + β``, a statistics-free replacement for layer norm.
+
+    See :func:`jaxnorm.dyt`; ``alpha`` a scalar parameter, γ, β per channel.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Zhu, Chen, He, LeCun & Liu (2025), Transformers without Normalization.
+
+    Args:
+        num_features: the channel count C (last axis).
+        epsilon: ε added to the variance.
+        dtype: dtype the input is cast to (None: kept).
+        param_dtype: dtype of the parameters.
+        use_bias, use_scale: learn β, γ (``bias_init``, ``scale_init``: zeros, ones).
+        rngs: an ``nnx.Rngs`` (initializes the parameters).
+        alpha_init: the initial α (0.5, the paper's default).
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+        >>> layer = jn.nnx.DyT(8, rngs=nnx.Rngs(0))
+        >>> print(layer(x).shape)
+        (2, 5, 8)
+    """
 
     def __init__(self, num_features: int, *, alpha_init: float = 0.5, **kwargs):
         super().__init__(num_features, **kwargs)
         self.alpha = nnx.Param(jnp.full((), alpha_init, self.param_dtype))
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+        """Applies ``γ ⊙ tanh(α·x) + β``; ``use_running_average`` is accepted and ignored.
+
+        Args:
+            x: the input ``N×…×C``.
+            use_running_average: ignored (the same map at train and test).
+            mask: optional, True = valid: values that enter the statistics.
+
+        Returns:
+            The normalized array, with ``x``'s shape.
+
+        Raises:
+            ValueError: if ``x`` has not ``num_features`` channels on the last axis.
+        """
         del use_running_average, mask  # no statistics: the same map at train and test, padding or not
         return _norms.dyt(self._input(x), self.alpha[...], *self._affine())
 
@@ -585,46 +963,232 @@ class _Stochastic(nnx.Module):
 
 
 class Dropout(_Stochastic):
-    """Inverted dropout (Srivastava et al. 2014): ``ξ ⊙ x/(1 − rate)``, ``ξ ~ Bernoulli(1 − rate)``
-    (:func:`jaxnorm.dropout`); ``broadcast_dims`` share the mask along those axes. The constructor and call of
-    ``flax.nnx.Dropout``: the same ``rngs`` give the same masks."""
+    """Inverted dropout layer: ``y = ξ ⊙ x/(1 − rate)``, ``ξ ~ Bernoulli(1 − rate)``, the identity in eval.
+
+    See :func:`jaxnorm.dropout`; ``broadcast_dims`` share the mask along those axes. The constructor and call of
+    ``flax.nnx.Dropout``: the same ``rngs`` give the same masks.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        rate: the drop probability, in [0, 1].
+        deterministic: the mode if the call gives none (False: training; True: eval).
+        rng_collection: the stream forked from ``rngs`` at construction (default ``'dropout'``).
+        rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` or None (then pass ``rngs=`` at call).
+        broadcast_dims: axes along which the mask is shared.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+        >>> y = layer(x)  # a new mask per call
+        >>> bool(((y == 0) | (y == 2)).all())
+        True
+    """
 
     def __init__(self, rate: float = 0.5, *, broadcast_dims: Sequence[int] = (), **kwargs):
         super().__init__(rate, **kwargs)
         self.broadcast_dims = tuple(broadcast_dims)
 
     def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            deterministic: True: eval; False: training; None: the layer's attribute.
+            rngs: the call's randomness (an ``nnx.Rngs``, an ``nnx.RngStream`` or a key) instead of the layer's stream.
+
+        Returns:
+            An array with ``x``'s shape.
+
+        Raises:
+            ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
+            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+        """
         return self._apply(_do.dropout, x, deterministic, rngs, broadcast_dims=self.broadcast_dims)
 
 
 class OriginalDropout(_Stochastic):
-    """Srivastava et al.'s original dropout: ``ξ ⊙ x`` in training, ``(1 − rate)·x`` at test
-    (:func:`jaxnorm.original_dropout`)."""
+    """Original dropout layer: ``y = ξ ⊙ x`` in training, ``(1 − rate)·x`` in eval.
+
+    See :func:`jaxnorm.original_dropout`.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        rate: the drop probability, in [0, 1].
+        deterministic: the mode if the call gives none (False: training; True: eval).
+        rng_collection: the stream forked from ``rngs`` at construction (default ``'dropout'``).
+        rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` or None (then pass ``rngs=`` at call).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nnx.OriginalDropout(0.5, rngs=nnx.Rngs(dropout=0))
+        >>> y = layer(x)  # a new mask per call
+        >>> bool((layer(x, deterministic=True) == 0.5).all())
+        True
+    """
 
     def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            deterministic: True: eval; False: training; None: the layer's attribute.
+            rngs: the call's randomness (an ``nnx.Rngs``, an ``nnx.RngStream`` or a key) instead of the layer's stream.
+
+        Returns:
+            An array with ``x``'s shape.
+
+        Raises:
+            ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
+            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+        """
         return self._apply(_do.original_dropout, x, deterministic, rngs)
 
 
 class SpatialDropout(_Stochastic):
-    """Channel dropout (Tompson et al. 2015): one mask value per example and channel of ``N×…×C``
-    (:func:`jaxnorm.spatial_dropout`)."""
+    """Channel dropout layer: one mask value per example and channel of ``N×…×C``, shared over space.
+
+    See :func:`jaxnorm.spatial_dropout`; the identity in eval.
+
+    Reduces over: nothing (one mask per channel).
+
+    Reference: Tompson, Goroshin, Jain, LeCun & Bregler (2015), Efficient Object Localization Using Convolutional
+    Networks.
+
+    Args:
+        rate: the drop probability, in [0, 1].
+        deterministic: the mode if the call gives none (False: training; True: eval).
+        rng_collection: the stream forked from ``rngs`` at construction (default ``'dropout'``).
+        rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` or None (then pass ``rngs=`` at call).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nnx.SpatialDropout(0.5, rngs=nnx.Rngs(dropout=0))
+        >>> y = layer(x)  # a new mask per call
+        >>> bool((y.min(axis=(1, 2)) == y.max(axis=(1, 2))).all())
+        True
+    """
 
     def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            deterministic: True: eval; False: training; None: the layer's attribute.
+            rngs: the call's randomness (an ``nnx.Rngs``, an ``nnx.RngStream`` or a key) instead of the layer's stream.
+
+        Returns:
+            An array with ``x``'s shape.
+
+        Raises:
+            ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
+            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+        """
         return self._apply(_do.spatial_dropout, x, deterministic, rngs)
 
 
 class GaussianDropout(_Stochastic):
-    """Multiplicative Gaussian noise ``N(1, rate/(1 − rate))`` (Srivastava et al. 2014, §10;
-    :func:`jaxnorm.gaussian_dropout`)."""
+    """Gaussian dropout layer: ``y = ξ ⊙ x``, ``ξ ~ N(1, rate/(1 − rate))``, the identity in eval.
+
+    See :func:`jaxnorm.gaussian_dropout`.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        rate: the drop probability, in [0, 1].
+        deterministic: the mode if the call gives none (False: training; True: eval).
+        rng_collection: the stream forked from ``rngs`` at construction (default ``'dropout'``).
+        rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` or None (then pass ``rngs=`` at call).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nnx.GaussianDropout(0.5, rngs=nnx.Rngs(dropout=0))
+        >>> y = layer(x)  # a new mask per call
+        >>> bool((layer(x, deterministic=True) == x).all())
+        True
+    """
 
     def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            deterministic: True: eval; False: training; None: the layer's attribute.
+            rngs: the call's randomness (an ``nnx.Rngs``, an ``nnx.RngStream`` or a key) instead of the layer's stream.
+
+        Returns:
+            An array with ``x``'s shape.
+
+        Raises:
+            ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
+            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+        """
         return self._apply(_do.gaussian_dropout, x, deterministic, rngs)
 
 
 class AlphaDropout(_Stochastic):
-    """Alpha dropout for SELU networks (Klambauer et al. 2017; :func:`jaxnorm.alpha_dropout`)."""
+    """Alpha dropout layer for SELU networks; the identity in eval.
+
+    See :func:`jaxnorm.alpha_dropout`.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Klambauer, Unterthiner, Mayr & Hochreiter (2017), Self-Normalizing Neural Networks.
+
+    Args:
+        rate: the drop probability, in [0, 1].
+        deterministic: the mode if the call gives none (False: training; True: eval).
+        rng_collection: the stream forked from ``rngs`` at construction (default ``'dropout'``).
+        rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` or None (then pass ``rngs=`` at call).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 2, 2, 3))
+        >>> layer = jn.nnx.AlphaDropout(0.5, rngs=nnx.Rngs(dropout=0))
+        >>> y = layer(x)  # a new mask per call
+        >>> bool((layer(x, deterministic=True) == x).all())
+        True
+    """
 
     def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        """Applies the dropout in training, its eval map otherwise.
+
+        Args:
+            x: the input.
+            deterministic: True: eval; False: training; None: the layer's attribute.
+            rngs: the call's randomness (an ``nnx.Rngs``, an ``nnx.RngStream`` or a key) instead of the layer's stream.
+
+        Returns:
+            An array with ``x``'s shape.
+
+        Raises:
+            ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
+            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+        """
         return self._apply(_do.alpha_dropout, x, deterministic, rngs)
 
 
