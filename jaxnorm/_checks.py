@@ -16,6 +16,7 @@ import numpy as np
 
 
 def is_traced(value: Any) -> bool:
+    """True when ``value`` is a JAX tracer (under ``jit``/``grad``/``vmap``): it cannot be checked eagerly."""
     return isinstance(value, jax.core.Tracer)
 
 
@@ -161,20 +162,24 @@ def _check_static(value: Any, where: str, ok, what: str, hint: str) -> None:
 
 
 def check_rho(rho: Any, where: str = "sparsity_penalty") -> None:
+    """ValueError unless a static sparsity target ``rho`` lies strictly inside (0, 1)."""
     _check_static(rho, where, lambda r: 0.0 < r < 1.0, "the target activation rho must be strictly inside (0, 1) (a "
                   "Bernoulli mean; KL(rho||rho_hat) is undefined or infinite otherwise)", "use e.g. rho=0.05")
 
 
 def check_beta(beta: Any, where: str = "sparsity_penalty") -> None:
+    """ValueError unless a static sparsity weight ``beta`` is >= 0."""
     _check_static(beta, where, lambda b: b >= 0.0, "the sparsity weight beta must be >= 0",
                   "use e.g. beta=3.0, or beta=0 for no sparsity penalty")
 
 
 def check_fraction(fraction: Any, where: str = "masking_noise") -> None:
+    """ValueError unless a static masking fraction lies in [0, 1)."""
     _check_static(fraction, where, lambda f: 0.0 <= f < 1.0, "the masking fraction (share of input components set "
                   "to zero) must be in [0, 1)", "0 is no corruption, 0.1-0.5 is usual (1 would zero every input)")
 
 
 def check_weight_decay(lam: Any, where: str = "weight_decay") -> None:
+    """ValueError unless a static weight-decay coefficient is >= 0."""
     _check_static(lam, where, lambda v: v >= 0.0, "the weight-decay coefficient must be >= 0",
                   "use e.g. 1e-4, or 0 for none")

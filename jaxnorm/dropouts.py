@@ -24,6 +24,7 @@ _ALPHA_PRIME = -_SELU_SCALE * _SELU_ALPHA
 
 
 def _needs_key(name: str, key: Array | None) -> None:
+    """ValueError when training needs a key and none was given."""
     if key is None:
         raise ValueError(
             f"{name}: train=True needs a PRNG key: pass key=jax.random.key(seed) (split it per step), "
@@ -49,6 +50,7 @@ def _by_mode(train, x, fn):
 
 
 def _is_static_zero(rate) -> bool:
+    """True for a Python (non-traced) rate of 0: the identity, no key needed."""
     return not is_traced(rate) and float(rate) == 0.0
 
 
@@ -61,6 +63,7 @@ def _keep_prob(rate) -> Array:
 
 
 def _keep_mask(key: Array, keep, shape) -> Array:
+    """The Bernoulli(keep) mask of every dropout here (``losses.masking_noise`` makes the same draw)."""
     return jax.random.bernoulli(key, keep, shape)
 
 
@@ -348,6 +351,7 @@ def alpha_dropout(x: Array, rate: float, *, key: Array | None = None, train: boo
 
 
 def _max_norm_leaf(w: Array, c: float) -> Array:
+    """One leaf of max_norm_project: a kernel scaled to per-unit norms ≤ c, any other leaf unchanged."""
     if jnp.ndim(w) < 2:
         return w  # biases, norm scales: unconstrained
     axes = tuple(range(w.ndim - 1))
