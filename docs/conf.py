@@ -13,11 +13,11 @@ import sys
 sys.path.insert(0, os.path.abspath(".."))  # the checkout's jaxnorm, also without an installed copy
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jaxnorm  # noqa: E402
+import jaxnorm
 
 project = "jaxnorm"
 author = "the jaxnorm authors"
-copyright = "the jaxnorm authors"  # noqa: A001
+copyright = "the jaxnorm authors"
 release = version = jaxnorm.__version__
 
 extensions = [

@@ -54,6 +54,7 @@ def __getattr__(name):
         return importlib.import_module(f"jaxnorm.{name}")
     raise AttributeError(f"module 'jaxnorm' has no attribute {name!r}")
 
+
 __all__ = [
     "CONVENTIONS",
     "alpha_dropout",

@@ -8,7 +8,8 @@ and how to fix it. Imports only jax and numpy, so the pure modules stay free of 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +64,10 @@ def check_float_input(name: str, x: Any, what: str = "input") -> None:
 def check_epsilon(name: str, epsilon: Any) -> float:
     """``epsilon`` as a Python float; ValueError if it is negative or not finite (1/√(σ² + ε) is then NaN/inf)."""
     if is_traced(epsilon):
-        raise TypeError(f"{name}: epsilon must be a Python number (it is a static part of the computation), "
-                        "got a traced value; pass a constant such as 1e-5")
+        raise TypeError(
+            f"{name}: epsilon must be a Python number (it is a static part of the computation), "
+            "got a traced value; pass a constant such as 1e-5"
+        )
     try:
         eps = float(epsilon)
     except (TypeError, ValueError):
@@ -152,6 +155,7 @@ def check_momentum(name: str, momentum: Any):
 
 # ---- the autoencoder objective's coefficients (jaxnorm.losses) -----------------------------------------------------
 
+
 def _check_static(value: Any, where: str, ok, what: str, hint: str) -> None:
     """ValueError unless a static ``value`` is a number with ``ok(value)``; a traced value passes."""
     if is_traced(value):
@@ -163,23 +167,40 @@ def _check_static(value: Any, where: str, ok, what: str, hint: str) -> None:
 
 def check_rho(rho: Any, where: str = "sparsity_penalty") -> None:
     """ValueError unless a static sparsity target ``rho`` lies strictly inside (0, 1)."""
-    _check_static(rho, where, lambda r: 0.0 < r < 1.0, "the target activation rho must be strictly inside (0, 1) (a "
-                  "Bernoulli mean; KL(rho||rho_hat) is undefined or infinite otherwise)", "use e.g. rho=0.05")
+    _check_static(
+        rho,
+        where,
+        lambda r: 0.0 < r < 1.0,
+        "the target activation rho must be strictly inside (0, 1) (a "
+        "Bernoulli mean; KL(rho||rho_hat) is undefined or infinite otherwise)",
+        "use e.g. rho=0.05",
+    )
 
 
 def check_beta(beta: Any, where: str = "sparsity_penalty") -> None:
     """ValueError unless a static sparsity weight ``beta`` is >= 0."""
-    _check_static(beta, where, lambda b: b >= 0.0, "the sparsity weight beta must be >= 0",
-                  "use e.g. beta=3.0, or beta=0 for no sparsity penalty")
+    _check_static(
+        beta,
+        where,
+        lambda b: b >= 0.0,
+        "the sparsity weight beta must be >= 0",
+        "use e.g. beta=3.0, or beta=0 for no sparsity penalty",
+    )
 
 
 def check_fraction(fraction: Any, where: str = "masking_noise") -> None:
     """ValueError unless a static masking fraction lies in [0, 1)."""
-    _check_static(fraction, where, lambda f: 0.0 <= f < 1.0, "the masking fraction (share of input components set "
-                  "to zero) must be in [0, 1)", "0 is no corruption, 0.1-0.5 is usual (1 would zero every input)")
+    _check_static(
+        fraction,
+        where,
+        lambda f: 0.0 <= f < 1.0,
+        "the masking fraction (share of input components set to zero) must be in [0, 1)",
+        "0 is no corruption, 0.1-0.5 is usual (1 would zero every input)",
+    )
 
 
 def check_weight_decay(lam: Any, where: str = "weight_decay") -> None:
     """ValueError unless a static weight-decay coefficient is >= 0."""
-    _check_static(lam, where, lambda v: v >= 0.0, "the weight-decay coefficient must be >= 0",
-                  "use e.g. 1e-4, or 0 for none")
+    _check_static(
+        lam, where, lambda v: v >= 0.0, "the weight-decay coefficient must be >= 0", "use e.g. 1e-4, or 0 for none"
+    )

@@ -54,8 +54,9 @@ def merge(layer: str, flag: str, attr: Any, call: Any, *, exclusive: bool = Fals
         if attr is None and call is None:
             raise ValueError(f'Parameter "{flag}" must be passed to the constructor or at call time.')
         if attr is not None and call is not None:
-            raise ValueError(f'Parameter "{flag}" was passed to the constructor and at call time. Should be passed '
-                             "just once.")
+            raise ValueError(
+                f'Parameter "{flag}" was passed to the constructor and at call time. Should be passed just once.'
+            )
     value = attr if call is None else call
     if value is None and missing is not None:
         raise ValueError(f"{layer}: no {flag} was given; {missing}")

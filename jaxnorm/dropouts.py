@@ -6,7 +6,8 @@ drawn from ``jax.random`` only, so the same key gives the same mask on every bac
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

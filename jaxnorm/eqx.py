@@ -29,7 +29,7 @@ try:
     import equinox as eqx
 except ImportError as e:  # an optional extra: say which one
     raise ImportError(
-        "jaxnorm.eqx needs Equinox, which is not installed: pip install \"jaxnorm[equinox]\" (or pip install equinox)"
+        'jaxnorm.eqx needs Equinox, which is not installed: pip install "jaxnorm[equinox]" (or pip install equinox)'
     ) from e
 
 from jaxnorm import _layers
@@ -40,9 +40,24 @@ from jaxnorm._checks import check_choice, check_epsilon, check_groups, check_mom
 Array = jax.Array
 
 __all__ = [
-    "AlphaDropout", "BatchNorm", "BatchRenorm", "DropConnectLinear", "Dropout", "DyT", "GaussianDropout",
-    "GroupNorm", "InstanceNorm", "LayerNorm", "LpBatchNorm", "NoisyBatchNorm", "OriginalDropout", "RMSNorm",
-    "SpatialDropout", "SpectralNorm", "StandardizedConv", "WeightNorm",
+    "AlphaDropout",
+    "BatchNorm",
+    "BatchRenorm",
+    "DropConnectLinear",
+    "Dropout",
+    "DyT",
+    "GaussianDropout",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "LpBatchNorm",
+    "NoisyBatchNorm",
+    "OriginalDropout",
+    "RMSNorm",
+    "SpatialDropout",
+    "SpectralNorm",
+    "StandardizedConv",
+    "WeightNorm",
 ]
 
 _NO_STATE = object()  # "called without a state": a stateless layer then returns y alone, as Equinox's do
@@ -117,15 +132,27 @@ class _RunningStats(eqx.nn.StatefulLayer):  # eqx.nn.Sequential passes the state
         train = _training(inference, self.inference, name)
         x = jnp.asarray(x)
         if x.ndim == 0 or x.shape[0] != self.input_size:
-            raise ValueError(f"{name}: expected one example with input_size={self.input_size} channels first "
-                             f"(C×…), got shape {tuple(x.shape)}; the batch axis comes from jax.vmap")
+            raise ValueError(
+                f"{name}: expected one example with input_size={self.input_size} channels first "
+                f"(C×…), got shape {tuple(x.shape)}; the batch axis comes from jax.vmap"
+            )
         if mask is not None:  # a scalar (this example counts) or one flag per value of x
             mask = jnp.asarray(mask)
             mask = mask.reshape((1,)) if mask.ndim == 0 else mask[None]
         if train is not False:
             _batch_size(name, self.axis_name)
-        y, new = fn(x[None], self.weight, self.bias, state.get(self.state_index), train=train, epsilon=self.eps,
-                    axis=1, axis_name=self.axis_name, mask=mask, **kw)
+        y, new = fn(
+            x[None],
+            self.weight,
+            self.bias,
+            state.get(self.state_index),
+            train=train,
+            epsilon=self.eps,
+            axis=1,
+            axis_name=self.axis_name,
+            mask=mask,
+            **kw,
+        )
         if train is not False:
             state = state.set(self.state_index, new)
         return y[0], state
@@ -147,9 +174,18 @@ class BatchNorm(_RunningStats):
     momentum: Any = eqx.field(static=True)
     convention: str = eqx.field(static=True)
 
-    def __init__(self, input_size: int, axis_name: Hashable | Sequence[Hashable] = "batch", eps: float = 1e-5,
-                 channelwise_affine: bool = True, momentum: float | None | str = "auto", inference: bool = False,
-                 dtype: Any = None, *, convention: str = "flax"):
+    def __init__(
+        self,
+        input_size: int,
+        axis_name: Hashable | Sequence[Hashable] = "batch",
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        momentum: float | None | str = "auto",
+        inference: bool = False,
+        dtype: Any = None,
+        *,
+        convention: str = "flax",
+    ):
         self._init_common(input_size, axis_name, eps, channelwise_affine, inference, dtype)
         self.convention = check_choice("batch-norm convention", convention, _norms.CONVENTIONS)
         self.momentum = _layers.check_batch_momentum(type(self).__name__, momentum)
@@ -174,12 +210,25 @@ class NoisyBatchNorm(BatchNorm):
     r_mu: float = eqx.field(static=True)
     r_sigma: float = eqx.field(static=True)
 
-    def __init__(self, input_size: int, axis_name: Hashable | Sequence[Hashable] = "batch", eps: float = 1e-5,
-                 channelwise_affine: bool = True, momentum: float | None | str = "auto", inference: bool = False,
-                 dtype: Any = None, *, n_mu: float = 0.5, n_sigma: float = 1.25, r_mu: float = 0.1,
-                 r_sigma: float = 0.1, convention: str = "flax"):
-        super().__init__(input_size, axis_name, eps, channelwise_affine, momentum, inference, dtype,
-                         convention=convention)
+    def __init__(
+        self,
+        input_size: int,
+        axis_name: Hashable | Sequence[Hashable] = "batch",
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        momentum: float | None | str = "auto",
+        inference: bool = False,
+        dtype: Any = None,
+        *,
+        n_mu: float = 0.5,
+        n_sigma: float = 1.25,
+        r_mu: float = 0.1,
+        r_sigma: float = 0.1,
+        convention: str = "flax",
+    ):
+        super().__init__(
+            input_size, axis_name, eps, channelwise_affine, momentum, inference, dtype, convention=convention
+        )
         _norms._check_noise(n_mu, n_sigma, r_mu, r_sigma)  # now, not at the first training call
         self.n_mu, self.n_sigma, self.r_mu, self.r_sigma = n_mu, n_sigma, r_mu, r_sigma
 
@@ -189,11 +238,14 @@ class NoisyBatchNorm(BatchNorm):
         if train is False:
             return y, state
         if key is None:
-            raise ValueError("NoisyBatchNorm: training needs key= (one key for the whole batch, new every step: "
-                             "jax.vmap(model, in_axes=(0, None, None), ...)), or inference=True")
+            raise ValueError(
+                "NoisyBatchNorm: training needs key= (one key for the whole batch, new every step: "
+                "jax.vmap(model, in_axes=(0, None, None), ...)), or inference=True"
+            )
         row = (_batch_size("NoisyBatchNorm", self.axis_name), lax.axis_index(self.axis_name))
-        return _norms._add_noise(y, key, train, n_mu=self.n_mu, n_sigma=self.n_sigma, r_mu=self.r_mu,
-                                 r_sigma=self.r_sigma, axis=1, row=row), state
+        return _norms._add_noise(
+            y, key, train, n_mu=self.n_mu, n_sigma=self.n_sigma, r_mu=self.r_mu, r_sigma=self.r_sigma, axis=1, row=row
+        ), state
 
 
 class BatchRenorm(_RunningStats):
@@ -203,9 +255,19 @@ class BatchRenorm(_RunningStats):
     d_max: float = eqx.field(static=True)
     momentum: float = eqx.field(static=True)
 
-    def __init__(self, input_size: int, axis_name: Hashable | Sequence[Hashable] = "batch", eps: float = 1e-5,
-                 channelwise_affine: bool = True, momentum: float = 0.99, inference: bool = False,
-                 dtype: Any = None, *, r_max: float = 3.0, d_max: float = 5.0):
+    def __init__(
+        self,
+        input_size: int,
+        axis_name: Hashable | Sequence[Hashable] = "batch",
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        momentum: float = 0.99,
+        inference: bool = False,
+        dtype: Any = None,
+        *,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+    ):
         self._init_common(input_size, axis_name, eps, channelwise_affine, inference, dtype)
         if r_max < 1 or d_max < 0:
             raise ValueError(f"BatchRenorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
@@ -214,8 +276,9 @@ class BatchRenorm(_RunningStats):
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None, mask=None):
         del key
-        return self._normalize(_norms.batch_renorm, x, state, inference, mask, r_max=self.r_max, d_max=self.d_max,
-                               momentum=self.momentum)
+        return self._normalize(
+            _norms.batch_renorm, x, state, inference, mask, r_max=self.r_max, d_max=self.d_max, momentum=self.momentum
+        )
 
 
 class LpBatchNorm(_RunningStats):
@@ -225,9 +288,18 @@ class LpBatchNorm(_RunningStats):
     p: Any = eqx.field(static=True)
     momentum: float = eqx.field(static=True)
 
-    def __init__(self, input_size: int, axis_name: Hashable | Sequence[Hashable] = "batch", eps: float = 1e-5,
-                 channelwise_affine: bool = True, momentum: float = 0.99, inference: bool = False,
-                 dtype: Any = None, *, p: int | str = 2):
+    def __init__(
+        self,
+        input_size: int,
+        axis_name: Hashable | Sequence[Hashable] = "batch",
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        momentum: float = 0.99,
+        inference: bool = False,
+        dtype: Any = None,
+        *,
+        p: int | str = 2,
+    ):
         self._init_common(input_size, axis_name, eps, channelwise_affine, inference, dtype)
         if p not in _norms.LP_NORMS + (float("inf"),):
             raise ValueError(f"LpBatchNorm: p must be one of 1, 2, 'inf' (Santurkar et al.), got {p!r}")
@@ -249,8 +321,10 @@ def _shape(shape) -> tuple[int, ...]:
 
 def _check_shape(layer: str, x, shape) -> None:
     if tuple(jnp.shape(x)) != shape:
-        raise ValueError(f"{layer}: the input has shape {tuple(jnp.shape(x))} but the layer was built for shape "
-                         f"{shape} (Equinox's convention: one example, x.shape == shape; jax.vmap over the batch)")
+        raise ValueError(
+            f"{layer}: the input has shape {tuple(jnp.shape(x))} but the layer was built for shape "
+            f"{shape} (Equinox's convention: one example, x.shape == shape; jax.vmap over the batch)"
+        )
 
 
 def _elementwise(fn, x, weight, bias, **kw):
@@ -312,8 +386,9 @@ class GroupNorm(eqx.Module):
     channels: int | None = eqx.field(static=True)
     eps: float = eqx.field(static=True)
 
-    def __init__(self, groups: int, channels: int | None = None, eps: float = 1e-5, channelwise_affine: bool = True,
-                 dtype=None):
+    def __init__(
+        self, groups: int, channels: int | None = None, eps: float = 1e-5, channelwise_affine: bool = True, dtype=None
+    ):
         if channels is None and channelwise_affine:
             raise ValueError("GroupNorm: channelwise_affine=True needs channels= (the number of channels C)")
         self.groups = check_positive_int("GroupNorm", "groups", groups)
@@ -326,10 +401,13 @@ class GroupNorm(eqx.Module):
         del key
         xb, state = _one("GroupNorm", x, state)
         if self.channels is not None and xb.shape[1] != self.channels:
-            raise ValueError(f"GroupNorm: expected one example with channels={self.channels} first (C×…), got shape "
-                             f"{tuple(jnp.shape(x))}")
-        return _out(_norms.group_norm(xb, self.weight, self.bias, num_groups=self.groups, epsilon=self.eps,
-                                      axis=1)[0], state)
+            raise ValueError(
+                f"GroupNorm: expected one example with channels={self.channels} first (C×…), got shape "
+                f"{tuple(jnp.shape(x))}"
+            )
+        return _out(
+            _norms.group_norm(xb, self.weight, self.bias, num_groups=self.groups, epsilon=self.eps, axis=1)[0], state
+        )
 
 
 class InstanceNorm(eqx.Module):
@@ -350,8 +428,10 @@ class InstanceNorm(eqx.Module):
         del key
         xb, state = _one("InstanceNorm", x, state)
         if xb.shape[1] != self.channels:
-            raise ValueError(f"InstanceNorm: expected one example with channels={self.channels} first "
-                             f"(C×spatial…), got shape {tuple(jnp.shape(x))}")
+            raise ValueError(
+                f"InstanceNorm: expected one example with channels={self.channels} first "
+                f"(C×spatial…), got shape {tuple(jnp.shape(x))}"
+            )
         return _out(_norms.instance_norm(xb, self.weight, self.bias, epsilon=self.eps, axis=1)[0], state)
 
 
@@ -398,8 +478,17 @@ class StandardizedConv(eqx.Module):
     conv: eqx.nn.Conv
     eps: float = eqx.field(static=True)
 
-    def __init__(self, num_spatial_dims: int, in_channels: int, out_channels: int, kernel_size, *, eps: float = 1e-5,
-                 key, **conv_kwargs):
+    def __init__(
+        self,
+        num_spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        *,
+        eps: float = 1e-5,
+        key,
+        **conv_kwargs,
+    ):
         self.conv = eqx.nn.Conv(num_spatial_dims, in_channels, out_channels, kernel_size, key=key, **conv_kwargs)
         self.eps = check_epsilon("StandardizedConv", eps)
 
@@ -455,12 +544,22 @@ class SpectralNorm(eqx.nn.StatefulLayer):
     num_power_iterations: int = eqx.field(static=True)
     eps: float = eqx.field(static=True)
 
-    def __init__(self, layer: eqx.Module, weight_name: str = "weight", num_power_iterations: int = 1,
-                 eps: float = 1e-12, inference: bool = False, *, key):
+    def __init__(
+        self,
+        layer: eqx.Module,
+        weight_name: str = "weight",
+        num_power_iterations: int = 1,
+        eps: float = 1e-12,
+        inference: bool = False,
+        *,
+        key,
+    ):
         w = getattr(layer, weight_name, None)
         if w is None or jnp.ndim(w) < 2:
-            raise ValueError(f"SpectralNorm: {type(layer).__name__}.{weight_name} must be an array of rank >= 2, "
-                             f"got {None if w is None else tuple(jnp.shape(w))}")
+            raise ValueError(
+                f"SpectralNorm: {type(layer).__name__}.{weight_name} must be an array of rank >= 2, "
+                f"got {None if w is None else tuple(jnp.shape(w))}"
+            )
         self.layer, self.weight_name, self.inference = layer, weight_name, inference
         self.num_power_iterations = check_positive_int("SpectralNorm", "num_power_iterations", num_power_iterations)
         self.eps = check_epsilon("SpectralNorm", eps)
@@ -468,13 +567,18 @@ class SpectralNorm(eqx.nn.StatefulLayer):
         self.state_index = eqx.nn.StateIndex({"u": u, "sigma": jnp.ones((), u.dtype)})
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None):
-        update = _layers.static_mode("SpectralNorm", "inference", self.inference, inference,
-                                     traced="inference must be a Python bool (whether to store the new u and "
-                                     "sigma), got a traced value")
+        update = _layers.static_mode(
+            "SpectralNorm",
+            "inference",
+            self.inference,
+            inference,
+            traced="inference must be a Python bool (whether to store the new u and sigma), got a traced value",
+        )
         st = state.get(self.state_index)
         w = getattr(self.layer, self.weight_name)
-        out, u, s = _norms.spectral_normalize(_last(w), st["u"], n_power_iterations=self.num_power_iterations,
-                                              train=update, epsilon=self.eps)
+        out, u, s = _norms.spectral_normalize(
+            _last(w), st["u"], n_power_iterations=self.num_power_iterations, train=update, epsilon=self.eps
+        )
         if update:
             state = state.set(self.state_index, {"u": u, "sigma": s.astype(st["sigma"].dtype)})
         layer = eqx.tree_at(lambda m: getattr(m, self.weight_name), self.layer, _first(out))
@@ -548,8 +652,17 @@ class DropConnectLinear(_Stochastic):
 
     linear: eqx.nn.Linear
 
-    def __init__(self, in_features: int, out_features: int, use_bias: bool = True, p: float = 0.5,
-                 inference: bool = False, dtype=None, *, key):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        use_bias: bool = True,
+        p: float = 0.5,
+        inference: bool = False,
+        dtype=None,
+        *,
+        key,
+    ):
         super().__init__(p, inference)
         self.linear = eqx.nn.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, key=key)
 

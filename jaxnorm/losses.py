@@ -128,8 +128,10 @@ def masking_noise(x: Array, fraction: float, *, key: Array | None = None) -> Arr
     if not _checks.is_traced(fraction) and float(fraction) == 0.0:
         return x
     if key is None:
-        raise ValueError("masking_noise: a fraction > 0 needs a PRNG key: pass key=jax.random.key(seed) "
-                         "(split it per step), or fraction=0 for no corruption")
+        raise ValueError(
+            "masking_noise: a fraction > 0 needs a PRNG key: pass key=jax.random.key(seed) "
+            "(split it per step), or fraction=0 for no corruption"
+        )
     if _checks.is_traced(fraction):
         keep = 1.0 - jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
     else:
@@ -138,8 +140,9 @@ def masking_noise(x: Array, fraction: float, *, key: Array | None = None) -> Arr
     return jnp.where(mask, x, jnp.zeros((), x.dtype))
 
 
-def reconstruction_loss(x_hat: Array, x: Array, kind: str = "squared", *, from_logits: bool = False,
-                        eps: float = 1e-7) -> Array:
+def reconstruction_loss(
+    x_hat: Array, x: Array, kind: str = "squared", *, from_logits: bool = False, eps: float = 1e-7
+) -> Array:
     """Mean over examples (axis 0) of the sum over all units of the reconstruction error.
 
     * ``'squared'``: ``mean_i ‖x̂_i − x_i‖²`` (the notes' ``Σ_i ‖y³(X^i) − X^i‖²`` divided by m);
@@ -180,8 +183,9 @@ def reconstruction_loss(x_hat: Array, x: Array, kind: str = "squared", *, from_l
     x_hat = jnp.asarray(x_hat, jnp.float32)
     x = jnp.asarray(x, jnp.float32)
     if x_hat.shape != x.shape:
-        raise ValueError(f"reconstruction_loss: reconstruction shape {tuple(x_hat.shape)} != input shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"reconstruction_loss: reconstruction shape {tuple(x_hat.shape)} != input shape {tuple(x.shape)}"
+        )
     axes = tuple(range(1, x.ndim))
     if kind == "squared":
         pred = jax.nn.sigmoid(x_hat) if from_logits else x_hat
@@ -284,4 +288,4 @@ def weight_decay(params: Any, lam: float) -> Array:
     _checks.check_weight_decay(lam)
     leaves = [jnp.sum(jnp.square(jnp.asarray(w, jnp.float32))) for w in jax.tree.leaves(params) if jnp.ndim(w) >= 2]
     total = sum(leaves) if leaves else jnp.zeros((), jnp.float32)
-    return 0.5 * lam * total
+    return 0.5 * lam * total  # type: ignore[return-value]

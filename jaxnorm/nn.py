@@ -15,6 +15,7 @@ Examples:
     >>> print(model.apply({**variables, **state}, x, train=False).shape)
     (4, 3)
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -73,8 +74,17 @@ class _RunningStats(_Affine):
         scale, bias = self._affine(x.shape[-1])
         stats = self._stats(x.shape[-1])
         axis_name = None if self.is_initializing() else self.axis_name
-        y, new = fn(x, scale, bias, {k: v.value for k, v in stats.items()}, train=train, epsilon=self.epsilon,
-                    axis_name=axis_name, mask=mask, **kw)
+        y, new = fn(
+            x,
+            scale,
+            bias,
+            {k: v.value for k, v in stats.items()},
+            train=train,
+            epsilon=self.epsilon,
+            axis_name=axis_name,
+            mask=mask,
+            **kw,
+        )
         if train is not False:  # a traced train: the pure function returned the old statistics in eval
             self._store(stats, new)
         return y, train, axis_name
@@ -165,8 +175,17 @@ class BatchNorm(_RunningStats):
 
     def _batch_norm(self, fn, name: str, x, train, mask, **kw):
         y, train, axis_name = self._normalize(
-            fn, name, x, train, mask, axis_index_groups=self.axis_index_groups, convention=self.convention,
-            virtual_batch_size=self.virtual_batch_size, **_layers.momentum_option(name, self.momentum), **kw)
+            fn,
+            name,
+            x,
+            train,
+            mask,
+            axis_index_groups=self.axis_index_groups,
+            convention=self.convention,
+            virtual_batch_size=self.virtual_batch_size,
+            **_layers.momentum_option(name, self.momentum),
+            **kw,
+        )
         if train is not False:
             self._sow_moments(x, mask, axis_name)
         return y
@@ -236,10 +255,22 @@ class NoisyBatchNorm(BatchNorm):
         if _train(self.train, train, name) is False or self.is_initializing():  # no noise
             return self._batch_norm(_norms.batch_norm, name, x, train, mask)
         if not self.has_rng(self.rng_collection):
-            raise ValueError(f"NoisyBatchNorm: train=True needs a {self.rng_collection!r} PRNG stream: "
-                             f"model.apply(..., rngs={{{self.rng_collection!r}: key}}) with a new key every step")
-        return self._batch_norm(_norms.noisy_batch_norm, name, x, train, mask, key=self.make_rng(self.rng_collection),
-                                n_mu=self.n_mu, n_sigma=self.n_sigma, r_mu=self.r_mu, r_sigma=self.r_sigma)
+            raise ValueError(
+                f"NoisyBatchNorm: train=True needs a {self.rng_collection!r} PRNG stream: "
+                f"model.apply(..., rngs={{{self.rng_collection!r}: key}}) with a new key every step"
+            )
+        return self._batch_norm(
+            _norms.noisy_batch_norm,
+            name,
+            x,
+            train,
+            mask,
+            key=self.make_rng(self.rng_collection),
+            n_mu=self.n_mu,
+            n_sigma=self.n_sigma,
+            r_mu=self.r_mu,
+            r_sigma=self.r_sigma,
+        )
 
 
 class BatchRenorm(_RunningStats):
@@ -306,8 +337,16 @@ class BatchRenorm(_RunningStats):
             ValueError: if ``train`` is given both as the attribute and at call time, or neither.
             TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
         """
-        return self._normalize(_norms.batch_renorm, "BatchRenorm", x, train, mask, r_max=self.r_max,
-                               d_max=self.d_max, momentum=self.momentum)[0]
+        return self._normalize(
+            _norms.batch_renorm,
+            "BatchRenorm",
+            x,
+            train,
+            mask,
+            r_max=self.r_max,
+            d_max=self.d_max,
+            momentum=self.momentum,
+        )[0]
 
 
 class LpBatchNorm(_RunningStats):
@@ -371,8 +410,7 @@ class LpBatchNorm(_RunningStats):
             ValueError: if ``train`` is given both as the attribute and at call time, or neither.
             TypeError: if ``train`` is not a Python bool or a traced boolean scalar.
         """
-        return self._normalize(_norms.lp_batch_norm, "LpBatchNorm", x, train, mask, p=self.p,
-                               momentum=self.momentum)[0]
+        return self._normalize(_norms.lp_batch_norm, "LpBatchNorm", x, train, mask, p=self.p, momentum=self.momentum)[0]
 
 
 class LayerNorm(_Affine):
@@ -521,8 +559,9 @@ class GroupNorm(_Affine):
         """
         del train
         scale, bias = self._affine(x.shape[-1])
-        return _norms.group_norm(x, scale, bias, num_groups=self.num_groups, group_size=self.group_size,
-                                 epsilon=self.epsilon, mask=mask)
+        return _norms.group_norm(
+            x, scale, bias, num_groups=self.num_groups, group_size=self.group_size, epsilon=self.epsilon, mask=mask
+        )
 
 
 class RMSNorm(nn.Module):
@@ -636,7 +675,10 @@ class StandardizedConv(nn.Module):
         strides = (self.strides,) * nd if isinstance(self.strides, int) else tuple(self.strides)
         sp = "DHW"[-nd:]
         y = jax.lax.conv_general_dilated(
-            x, _norms.weight_standardize(kernel, epsilon=self.epsilon).astype(x.dtype), strides, self.padding,
+            x,
+            _norms.weight_standardize(kernel, epsilon=self.epsilon).astype(x.dtype),
+            strides,
+            self.padding,
             dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
         )
         if self.use_bias:
@@ -1008,7 +1050,7 @@ def _wrapped_name(layer: nn.Module, path) -> str:
 
 
 def _collection(path) -> str:
-    return getattr(path[0], "key", None)
+    return getattr(path[0], "key", None)  # type: ignore[return-value]
 
 
 class WeightNorm(nn.Module):
@@ -1087,8 +1129,10 @@ class WeightNorm(nn.Module):
         else:
             fa = (self.feature_axes,) if isinstance(self.feature_axes, int) else tuple(self.feature_axes)
             if any(not -value.ndim <= a < value.ndim for a in fa):
-                raise ValueError(f"WeightNorm: feature_axes={self.feature_axes!r} is out of range for {name} of shape "
-                                 f"{tuple(value.shape)}")
+                raise ValueError(
+                    f"WeightNorm: feature_axes={self.feature_axes!r} is out of range for {name} of shape "
+                    f"{tuple(value.shape)}"
+                )
             fa = {a % value.ndim for a in fa}
             reduced = tuple(i for i in range(value.ndim) if i not in fa)
         kept = tuple(value.shape[i] for i in range(value.ndim) if i not in reduced)
@@ -1166,13 +1210,19 @@ class SpectralNorm(nn.Module):
                 f"mutable=[{self.collection!r}] to keep the new u and sigma) or update_stats=False in eval, at call "
                 "time (layer(x, update_stats=train)) or as an attribute"
             )
-        update = _layers.static_mode("SpectralNorm", "update_stats", self.update_stats, update_stats, exclusive=True,
-                                     traced="update_stats must be a Python bool (whether to store the new u and "
-                                     "sigma), got a traced value")
+        update = _layers.static_mode(
+            "SpectralNorm",
+            "update_stats",
+            self.update_stats,
+            update_stats,
+            exclusive=True,
+            traced="update_stats must be a Python bool (whether to store the new u and sigma), got a traced value",
+        )
         return nn.map_variables(
             lambda layer: layer(*args, **kwargs),
             trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(
-                lambda path, value: self._normalize(path, value, update), vs),
+                lambda path, value: self._normalize(path, value, update), vs
+            ),
             init=self.is_initializing(),
             mutable=True,
         )(self.layer)
@@ -1183,16 +1233,24 @@ class SpectralNorm(nn.Module):
             return value
         name = _wrapped_name(self.layer, path)
         if value.ndim > 2 and self.error_on_non_matrix:
-            raise ValueError(f"SpectralNorm: {name} has shape {tuple(value.shape)} (rank {value.ndim}) and "
-                             "error_on_non_matrix=True; pass error_on_non_matrix=False to normalize it as the matrix "
-                             f"{value.size // value.shape[-1]}×{value.shape[-1]}")
+            raise ValueError(
+                f"SpectralNorm: {name} has shape {tuple(value.shape)} (rank {value.ndim}) and "
+                "error_on_non_matrix=True; pass error_on_non_matrix=False to normalize it as the matrix "
+                f"{value.size // value.shape[-1]}×{value.shape[-1]}"
+            )
         col = self.collection
-        u = self.variable(col, f"{name}/u", _norms.init_spectral_state,
-                          None if self.has_variable(col, f"{name}/u") else self.make_rng("params"), value,
-                          self.param_dtype)
+        u = self.variable(
+            col,
+            f"{name}/u",
+            _norms.init_spectral_state,
+            None if self.has_variable(col, f"{name}/u") else self.make_rng("params"),
+            value,
+            self.param_dtype,
+        )
         sigma = self.variable(col, f"{name}/sigma", jnp.ones, (), self.param_dtype)
-        out, new_u, s = _norms.spectral_normalize(value, u.value, n_power_iterations=self.n_power_iterations,
-                                                  train=update, epsilon=self.epsilon)
+        out, new_u, s = _norms.spectral_normalize(
+            value, u.value, n_power_iterations=self.n_power_iterations, train=update, epsilon=self.epsilon
+        )
         if update:
             u.value, sigma.value = new_u, s.astype(sigma.value.dtype)
         return out.astype(self.dtype or jnp.result_type(value, new_u, s))

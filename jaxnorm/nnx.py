@@ -45,10 +45,28 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 __all__ = [
-    "AlphaDropout", "BatchMoments", "BatchNorm", "BatchRenorm", "DropConnectLinear", "Dropout", "DyT",
-    "FoldedBatchNorm", "GaussianDropout", "GroupNorm", "InstanceNorm", "LayerNorm", "LpBatchNorm", "NoisyBatchNorm",
-    "OriginalDropout", "RMSNorm", "SpatialDropout", "SpectralNorm", "StandardizedConv", "WeightNorm",
-    "fold_batch_norm", "population_batch_stats",
+    "AlphaDropout",
+    "BatchMoments",
+    "BatchNorm",
+    "BatchRenorm",
+    "DropConnectLinear",
+    "Dropout",
+    "DyT",
+    "FoldedBatchNorm",
+    "GaussianDropout",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "LpBatchNorm",
+    "NoisyBatchNorm",
+    "OriginalDropout",
+    "RMSNorm",
+    "SpatialDropout",
+    "SpectralNorm",
+    "StandardizedConv",
+    "WeightNorm",
+    "fold_batch_norm",
+    "population_batch_stats",
 ]
 
 
@@ -58,8 +76,10 @@ __all__ = [
 
 def _missing(flag: str) -> str:
     """How to give an NNX layer's ``flag``: the hint of the error when neither the layer nor the call has it."""
-    return (f"pass {flag}=True/False to the constructor or to the call, or set it for the whole model with "
-            f"model.train() / model.eval() or nnx.view(model, {flag}=True/False)")
+    return (
+        f"pass {flag}=True/False to the constructor or to the call, or set it for the whole model with "
+        f"model.train() / model.eval() or nnx.view(model, {flag}=True/False)"
+    )
 
 
 def _mode(layer: str, flag: str, attr, call, **kw):
@@ -95,8 +115,9 @@ def _key(call_rngs, own, collection: str, layer: str) -> Array:
             f"{layer}: training needs random numbers but the layer has no stream; build it with "
             f"rngs=nnx.Rngs({collection}=0), or pass rngs= (an nnx.Rngs, an nnx.RngStream or a key) to the call"
         )
-    raise TypeError(f"{layer}: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.Array key, got "
-                    f"{type(rngs).__name__}")
+    raise TypeError(
+        f"{layer}: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.Array key, got {type(rngs).__name__}"
+    )
 
 
 def _value(v):
@@ -109,16 +130,19 @@ def _param(use: bool, init: Initializer, rngs: nnx.Rngs, shape, dtype):
 
 def _needs_rngs(layer: str, rngs) -> nnx.Rngs:
     if not isinstance(rngs, nnx.Rngs):
-        raise TypeError(f"{layer}: rngs must be an nnx.Rngs (it initializes the parameters), e.g. rngs=nnx.Rngs(0); "
-                        f"got {type(rngs).__name__}")
+        raise TypeError(
+            f"{layer}: rngs must be an nnx.Rngs (it initializes the parameters), e.g. rngs=nnx.Rngs(0); "
+            f"got {type(rngs).__name__}"
+        )
     return rngs
 
 
 class _Affine(nnx.Module):
     """Per-channel γ/β parameters (``scale``, ``bias``) and the common checks of every norm layer."""
 
-    def _init_affine(self, num_features, epsilon, *, use_scale, use_bias, scale_init, bias_init, param_dtype, dtype,
-                     rngs):
+    def _init_affine(
+        self, num_features, epsilon, *, use_scale, use_bias, scale_init, bias_init, param_dtype, dtype, rngs
+    ):
         name = type(self).__name__
         rngs = _needs_rngs(name, rngs)
         self.num_features = check_positive_int(name, "num_features", num_features)
@@ -153,14 +177,34 @@ class BatchMoments(nnx.Variable):
 class _RunningStats(_Affine):
     """``nnx.BatchStat`` running statistics ``mean``, ``var``, ``count`` and the ``use_running_average`` switch."""
 
-    def __init__(self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
-                 epsilon: float = 1e-5, dtype: Any = None, param_dtype: Any = jnp.float32, use_bias: bool = True,
-                 use_scale: bool = True, bias_init: Initializer = nnx.initializers.zeros_init(),
-                 scale_init: Initializer = nnx.initializers.ones_init(), axis_name: str | None = None,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool | None = False,
+        axis: int = -1,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = nnx.initializers.zeros_init(),
+        scale_init: Initializer = nnx.initializers.ones_init(),
+        axis_name: str | None = None,
+        rngs: nnx.Rngs,
+    ):
         """The arguments every batch-statistics layer takes, as ``flax.nnx.BatchNorm``."""
-        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self._init_affine(
+            num_features,
+            epsilon,
+            use_scale=use_scale,
+            use_bias=use_bias,
+            scale_init=scale_init,
+            bias_init=bias_init,
+            param_dtype=param_dtype,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self._init_stats(use_running_average, axis, axis_name)
 
     def _init_stats(self, use_running_average, axis: int, axis_name):
@@ -188,13 +232,24 @@ class _RunningStats(_Affine):
         x = self._input(x, self.axis)
         scale, bias = self._affine()
         stats = {"mean": self.mean[...], "var": self.var[...], "count": self.count[...]}
-        y, new = fn(x, scale, bias, stats, train=train, epsilon=self.epsilon, axis=self.axis,
-                    axis_name=self.axis_name, mask=mask, **kw)
+        y, new = fn(
+            x,
+            scale,
+            bias,
+            stats,
+            train=train,
+            epsilon=self.epsilon,
+            axis=self.axis,
+            axis_name=self.axis_name,
+            mask=mask,
+            **kw,
+        )
         if train is not False:  # a traced flag: the pure function returned the old statistics in eval
             self.mean[...], self.var[...], self.count[...] = new["mean"], new["var"], new["count"]
             if self.record_moments:
                 self.batch_moments = BatchMoments(
-                    _norms.batch_moments(x, axis=self.axis, mask=mask, axis_name=self.axis_name))
+                    _norms.batch_moments(x, axis=self.axis, mask=mask, axis_name=self.axis_name)
+                )
         return y
 
 
@@ -249,17 +304,41 @@ class BatchNorm(_RunningStats):
         (8, 3) 1
     """
 
-    def __init__(self, num_features: int, *, use_running_average: bool | None = False, axis: int = -1,
-                 momentum: float | None | str = "auto", epsilon: float = 1e-5, dtype: Any = None,
-                 param_dtype: Any = jnp.float32, use_bias: bool = True, use_scale: bool = True,
-                 bias_init: Initializer = nnx.initializers.zeros_init(),
-                 scale_init: Initializer = nnx.initializers.ones_init(), axis_name: str | None = None,
-                 axis_index_groups: Any = None, convention: str = "flax", virtual_batch_size: int | None = None,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool | None = False,
+        axis: int = -1,
+        momentum: float | None | str = "auto",
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = nnx.initializers.zeros_init(),
+        scale_init: Initializer = nnx.initializers.ones_init(),
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        convention: str = "flax",
+        virtual_batch_size: int | None = None,
+        rngs: nnx.Rngs,
+    ):
         name = type(self).__name__
-        super().__init__(num_features, use_running_average=use_running_average, axis=axis, epsilon=epsilon,
-                         dtype=dtype, param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
-                         bias_init=bias_init, scale_init=scale_init, axis_name=axis_name, rngs=rngs)
+        super().__init__(
+            num_features,
+            use_running_average=use_running_average,
+            axis=axis,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_bias=use_bias,
+            use_scale=use_scale,
+            bias_init=bias_init,
+            scale_init=scale_init,
+            axis_name=axis_name,
+            rngs=rngs,
+        )
         self.convention = check_choice("batch-norm convention", convention, _norms.CONVENTIONS)
         self.momentum = _layers.check_batch_momentum(name, momentum)
         self.axis_index_groups = axis_index_groups
@@ -268,9 +347,12 @@ class BatchNorm(_RunningStats):
         self.virtual_batch_size = virtual_batch_size
 
     def _options(self) -> dict:
-        return dict(axis_index_groups=self.axis_index_groups, convention=self.convention,
-                    virtual_batch_size=self.virtual_batch_size,
-                    **_layers.momentum_option(type(self).__name__, self.momentum))
+        return dict(
+            axis_index_groups=self.axis_index_groups,
+            convention=self.convention,
+            virtual_batch_size=self.virtual_batch_size,
+            **_layers.momentum_option(type(self).__name__, self.momentum),
+        )
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
         """Normalizes ``x`` and, in training, updates ``mean``, ``var``, ``count`` in place.
@@ -325,9 +407,19 @@ class NoisyBatchNorm(BatchNorm):
         (8, 3) 1
     """
 
-    def __init__(self, num_features: int, *, n_mu: float = 0.5, n_sigma: float = 1.25, r_mu: float = 0.1,
-                 r_sigma: float = 0.1, deterministic: bool | None = False, rng_collection: str = "dropout",
-                 rngs: nnx.Rngs, **batch_norm_kwargs):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        n_mu: float = 0.5,
+        n_sigma: float = 1.25,
+        r_mu: float = 0.1,
+        r_sigma: float = 0.1,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs,
+        **batch_norm_kwargs,
+    ):
         super().__init__(num_features, rngs=rngs, **batch_norm_kwargs)
         _norms._check_noise(n_mu, n_sigma, r_mu, r_sigma)  # now, not at the first training call
         self.noise = dict(n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma)
@@ -341,8 +433,15 @@ class NoisyBatchNorm(BatchNorm):
         if deterministic is not None:
             self.deterministic = deterministic
 
-    def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None,
-                 deterministic: bool | None = None, rngs=None):
+    def __call__(
+        self,
+        x,
+        use_running_average: bool | None = None,
+        *,
+        mask: Array | None = None,
+        deterministic: bool | None = None,
+        rngs=None,
+    ):
         """Normalizes ``x`` and, in training, updates ``mean``, ``var``, ``count`` in place.
 
         Args:
@@ -363,15 +462,21 @@ class NoisyBatchNorm(BatchNorm):
         """
         name = "NoisyBatchNorm"
         train = _mode(name, "use_running_average", self.use_running_average, use_running_average)
-        noise = _layers.static_mode(name, "deterministic", self.deterministic, deterministic,
-                                    missing=_missing("deterministic"),
-                                    traced="deterministic (which switches the noise) must be a Python bool, got a "
-                                    "traced value; a traced use_running_average is fine")
+        noise = _layers.static_mode(
+            name,
+            "deterministic",
+            self.deterministic,
+            deterministic,
+            missing=_missing("deterministic"),
+            traced="deterministic (which switches the noise) must be a Python bool, got a "
+            "traced value; a traced use_running_average is fine",
+        )
         if train is False or not noise:
             return self._normalize(_norms.batch_norm, x, use_running_average, mask, **self._options())
         key = _key(rngs, self.rngs, self.rng_collection, name)
-        return self._normalize(_norms.noisy_batch_norm, x, use_running_average, mask, key=key, **self.noise,
-                               **self._options())
+        return self._normalize(
+            _norms.noisy_batch_norm, x, use_running_average, mask, key=key, **self.noise, **self._options()
+        )
 
 
 class BatchRenorm(_RunningStats):
@@ -413,8 +518,7 @@ class BatchRenorm(_RunningStats):
         (8, 3) 1
     """
 
-    def __init__(self, num_features: int, *, r_max: float = 3.0, d_max: float = 5.0, momentum: float = 0.99,
-                 **kwargs):
+    def __init__(self, num_features: int, *, r_max: float = 3.0, d_max: float = 5.0, momentum: float = 0.99, **kwargs):
         super().__init__(num_features, **kwargs)
         if r_max < 1 or d_max < 0:
             raise ValueError(f"BatchRenorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
@@ -437,8 +541,15 @@ class BatchRenorm(_RunningStats):
             ValueError: if no mode is given anywhere, or ``x`` has not ``num_features`` channels on ``axis``.
             TypeError: if ``use_running_average`` is not a Python bool or a traced boolean scalar.
         """
-        return self._normalize(_norms.batch_renorm, x, use_running_average, mask, r_max=self.r_max,
-                               d_max=self.d_max, momentum=self.momentum)
+        return self._normalize(
+            _norms.batch_renorm,
+            x,
+            use_running_average,
+            mask,
+            r_max=self.r_max,
+            d_max=self.d_max,
+            momentum=self.momentum,
+        )
 
 
 class LpBatchNorm(_RunningStats):
@@ -502,8 +613,7 @@ class LpBatchNorm(_RunningStats):
             ValueError: if no mode is given anywhere, or ``x`` has not ``num_features`` channels on ``axis``.
             TypeError: if ``use_running_average`` is not a Python bool or a traced boolean scalar.
         """
-        return self._normalize(_norms.lp_batch_norm, x, use_running_average, mask, p=self.p,
-                               momentum=self.momentum)
+        return self._normalize(_norms.lp_batch_norm, x, use_running_average, mask, p=self.p, momentum=self.momentum)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -511,12 +621,30 @@ class LpBatchNorm(_RunningStats):
 
 
 class _PerExample(_Affine):
-    def __init__(self, num_features: int, *, epsilon: float = 1e-5, dtype: Any = None,
-                 param_dtype: Any = jnp.float32, use_bias: bool = True, use_scale: bool = True,
-                 bias_init: Initializer = nnx.initializers.zeros_init(),
-                 scale_init: Initializer = nnx.initializers.ones_init(), rngs: nnx.Rngs):
-        self._init_affine(num_features, epsilon, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                          bias_init=bias_init, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = nnx.initializers.zeros_init(),
+        scale_init: Initializer = nnx.initializers.ones_init(),
+        rngs: nnx.Rngs,
+    ):
+        self._init_affine(
+            num_features,
+            epsilon,
+            use_scale=use_scale,
+            use_bias=use_bias,
+            scale_init=scale_init,
+            bias_init=bias_init,
+            param_dtype=param_dtype,
+            dtype=dtype,
+            rngs=rngs,
+        )
 
 
 class LayerNorm(_PerExample):
@@ -666,8 +794,9 @@ class GroupNorm(_PerExample):
             ValueError: if ``x`` has not ``num_features`` channels on the last axis.
         """
         del use_running_average
-        return _norms.group_norm(self._input(x), *self._affine(), num_groups=self.num_groups, epsilon=self.epsilon,
-                                 mask=mask)
+        return _norms.group_norm(
+            self._input(x), *self._affine(), num_groups=self.num_groups, epsilon=self.epsilon, mask=mask
+        )
 
 
 class RMSNorm(_PerExample):
@@ -822,10 +951,19 @@ class WeightNorm(nnx.Module):
     is substituted only for the call.
     """
 
-    def __init__(self, layer_instance: nnx.Module, *, feature_axes: int | Sequence[int] | None = -1,
-                 use_scale: bool = True, scale_init: Initializer = nnx.initializers.ones, epsilon: float = 1e-12,
-                 dtype: Any = None, param_dtype: Any = jnp.float32,
-                 variable_filter: Any = nnx.PathContains("kernel"), rngs: nnx.Rngs):
+    def __init__(
+        self,
+        layer_instance: nnx.Module,
+        *,
+        feature_axes: int | Sequence[int] | None = -1,
+        use_scale: bool = True,
+        scale_init: Initializer = nnx.initializers.ones,
+        epsilon: float = 1e-12,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        variable_filter: Any = nnx.PathContains("kernel"),
+        rngs: nnx.Rngs,
+    ):
         rngs = _needs_rngs("WeightNorm", rngs)
         self.layer_instance = layer_instance
         self.feature_axes = feature_axes
@@ -836,9 +974,11 @@ class WeightNorm(nnx.Module):
         keep = nnx.filterlib.to_predicate(variable_filter)
         self.paths = [_path_name(p) for p, v in _params_of(layer_instance) if keep(p, v)]
         if not self.paths:
-            raise ValueError(f"WeightNorm: variable_filter={variable_filter!r} selects no parameter of "
-                             f"{type(layer_instance).__name__} (its parameters: "
-                             f"{[_path_name(p) for p, _ in _params_of(layer_instance)]})")
+            raise ValueError(
+                f"WeightNorm: variable_filter={variable_filter!r} selects no parameter of "
+                f"{type(layer_instance).__name__} (its parameters: "
+                f"{[_path_name(p) for p, _ in _params_of(layer_instance)]})"
+            )
         scales = {}
         for path, v in self._selected():
             scales[path] = nnx.Param(scale_init(rngs.params(), self._kept(path, v[...])[1], param_dtype))
@@ -854,9 +994,11 @@ class WeightNorm(nnx.Module):
             return tuple(range(value.ndim)), ()
         fa = (self.feature_axes,) if isinstance(self.feature_axes, int) else tuple(self.feature_axes)
         if any(not -value.ndim <= a < value.ndim for a in fa):
-            raise ValueError(f"WeightNorm: feature_axes={self.feature_axes!r} is out of range for {path} of shape "
-                             f"{tuple(value.shape)}")
-        fa = {a % value.ndim for a in fa}
+            raise ValueError(
+                f"WeightNorm: feature_axes={self.feature_axes!r} is out of range for {path} of shape "
+                f"{tuple(value.shape)}"
+            )
+        fa = {a % value.ndim for a in fa}  # type: ignore[assignment]
         return tuple(i for i in range(value.ndim) if i not in fa), tuple(value.shape[i] for i in sorted(fa))
 
     def _normalized(self, path: str, v):
@@ -883,9 +1025,18 @@ class SpectralNorm(nnx.Module):
     switch it through ``use_running_average`` (= not update_stats), as in Flax.
     """
 
-    def __init__(self, layer_instance: nnx.Module, *, n_steps: int = 1, epsilon: float = 1e-12, dtype: Any = None,
-                 param_dtype: Any = jnp.float32, error_on_non_matrix: bool = False, update_stats: bool = True,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        layer_instance: nnx.Module,
+        *,
+        n_steps: int = 1,
+        epsilon: float = 1e-12,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        error_on_non_matrix: bool = False,
+        update_stats: bool = True,
+        rngs: nnx.Rngs,
+    ):
         rngs = _needs_rngs("SpectralNorm", rngs)
         self.layer_instance = layer_instance
         self.n_steps = check_positive_int("SpectralNorm", "n_steps", n_steps)
@@ -898,9 +1049,11 @@ class SpectralNorm(nnx.Module):
                 continue
             name = _path_name(path)
             if v[...].ndim > 2 and error_on_non_matrix:
-                raise ValueError(f"SpectralNorm: {name} has shape {tuple(v[...].shape)} (rank {v[...].ndim}) and "
-                                 "error_on_non_matrix=True; pass error_on_non_matrix=False to normalize it as the "
-                                 f"matrix {v[...].size // v[...].shape[-1]}×{v[...].shape[-1]}")
+                raise ValueError(
+                    f"SpectralNorm: {name} has shape {tuple(v[...].shape)} (rank {v[...].ndim}) and "
+                    "error_on_non_matrix=True; pass error_on_non_matrix=False to normalize it as the "
+                    f"matrix {v[...].size // v[...].shape[-1]}×{v[...].shape[-1]}"
+                )
             stats[f"{name}/u"] = nnx.BatchStat(_norms.init_spectral_state(rngs.params(), v[...], param_dtype))
             stats[f"{name}/sigma"] = nnx.BatchStat(jnp.ones((), param_dtype))
             self.paths.append(name)
@@ -916,8 +1069,14 @@ class SpectralNorm(nnx.Module):
     def __call__(self, x, *args, update_stats: bool | None = None, **kwargs):
         traced = "update_stats must be a Python bool (whether to store the new u and sigma), got a traced value"
         if update_stats is None:  # the layer's switch, as model.train() / model.eval() set it
-            update = _layers.static_mode("SpectralNorm", "use_running_average", self.use_running_average, None,
-                                         missing=_missing("use_running_average"), traced=traced)
+            update = _layers.static_mode(
+                "SpectralNorm",
+                "use_running_average",
+                self.use_running_average,
+                None,
+                missing=_missing("use_running_average"),
+                traced=traced,
+            )
         else:
             update = _layers.static_mode("SpectralNorm", "update_stats", None, update_stats, traced=traced)
         by_name = {_path_name(p): v for p, v in _params_of(self.layer_instance)}
@@ -925,8 +1084,9 @@ class SpectralNorm(nnx.Module):
         for name in self.paths:
             v = by_name[name]
             u, sigma = self.batch_stats[f"{name}/u"], self.batch_stats[f"{name}/sigma"]
-            out, new_u, s = _norms.spectral_normalize(v[...], u[...], n_power_iterations=self.n_steps, train=update,
-                                                      epsilon=self.epsilon)
+            out, new_u, s = _norms.spectral_normalize(
+                v[...], u[...], n_power_iterations=self.n_steps, train=update, epsilon=self.epsilon
+            )
             pairs.append((v, out.astype(self.dtype or jnp.result_type(v[...], new_u, s))))
             updates.append((u, sigma, new_u, s))
         if update:
@@ -941,8 +1101,14 @@ class SpectralNorm(nnx.Module):
 
 
 class _Stochastic(nnx.Module):
-    def __init__(self, rate: float = 0.5, *, deterministic: bool | None = False, rng_collection: str = "dropout",
-                 rngs: nnx.Rngs | nnx.RngStream | None = None):
+    def __init__(
+        self,
+        rate: float = 0.5,
+        *,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+    ):
         check_rate(type(self).__name__, rate)
         self.rate = rate
         self.deterministic = deterministic
@@ -1197,10 +1363,20 @@ class DropConnectLinear(_Stochastic):
     :func:`jaxnorm.dropconnect`): ``y = x @ (ξ ⊙ W/(1 − rate)) + b``. Parameters ``kernel`` (in×out) and ``bias``;
     the mask comes from the ``'dropout'`` stream forked at construction, or the call's ``rngs``."""
 
-    def __init__(self, in_features: int, out_features: int, *, rate: float = 0.5, use_bias: bool = True,
-                 kernel_init: Initializer = nnx.initializers.lecun_normal(),
-                 bias_init: Initializer = nnx.initializers.zeros_init(), param_dtype: Any = jnp.float32,
-                 deterministic: bool | None = False, rng_collection: str = "dropout", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rate: float = 0.5,
+        use_bias: bool = True,
+        kernel_init: Initializer = nnx.initializers.lecun_normal(),
+        bias_init: Initializer = nnx.initializers.zeros_init(),
+        param_dtype: Any = jnp.float32,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs,
+    ):
         rngs = _needs_rngs("DropConnectLinear", rngs)
         super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
         self.in_features = check_positive_int("DropConnectLinear", "in_features", in_features)
@@ -1211,8 +1387,9 @@ class DropConnectLinear(_Stochastic):
     def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
         x = jnp.asarray(x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"DropConnectLinear: the input of shape {tuple(x.shape)} must end in in_features="
-                             f"{self.in_features}")
+            raise ValueError(
+                f"DropConnectLinear: the input of shape {tuple(x.shape)} must end in in_features={self.in_features}"
+            )
         kernel = self._apply(_do.dropconnect, self.kernel[...], deterministic, rngs)
         y = x @ kernel.astype(x.dtype)
         return y if self.bias is None else y + self.bias[...].astype(y.dtype)
@@ -1239,8 +1416,10 @@ def population_batch_stats(model: nnx.Module, batches: Iterable[Any], **call_kwa
     """
     layers = _stat_layers(model)
     if not layers:
-        raise ValueError("population_batch_stats: the model has no jaxnorm.nnx batch-statistics layer (BatchNorm, "
-                         "BatchRenorm, LpBatchNorm, NoisyBatchNorm)")
+        raise ValueError(
+            "population_batch_stats: the model has no jaxnorm.nnx batch-statistics layer (BatchNorm, "
+            "BatchRenorm, LpBatchNorm, NoisyBatchNorm)"
+        )
     view = nnx.view(model, use_running_average=False, deterministic=True, raise_if_not_found=False)
     for _, layer in _stat_layers(view):
         layer.record_moments = True
@@ -1250,8 +1429,11 @@ def population_batch_stats(model: nnx.Module, batches: Iterable[Any], **call_kwa
     def moments(state, batch):
         copy = nnx.merge(graphdef, state)
         copy(batch, **call_kwargs)
-        return {name: layer.batch_moments.get_value() for name, layer in _stat_layers(copy)
-                if hasattr(layer, "batch_moments")}
+        return {
+            name: layer.batch_moments.get_value()
+            for name, layer in _stat_layers(copy)
+            if hasattr(layer, "batch_moments")
+        }
 
     pop = _norms.population_stats(moments(state, b) for b in batches)
     for name, layer in layers:
@@ -1279,8 +1461,9 @@ def _walk(model, path: str):
         try:
             node = node[int(part)] if part.lstrip("-").isdigit() else getattr(node, part)
         except (AttributeError, IndexError, KeyError, TypeError):
-            raise KeyError(f"fold_batch_norm: path {path!r} not found in {type(model).__name__} (at {part!r})") \
-                from None
+            raise KeyError(
+                f"fold_batch_norm: path {path!r} not found in {type(model).__name__} (at {part!r})"
+            ) from None
     return parent, key, node
 
 
@@ -1296,18 +1479,29 @@ def fold_batch_norm(model: nnx.Module, pairs: Mapping[str, str]) -> nnx.Module:
         _, _, layer = _walk(out, layer_path)
         bn_parent, bn_key, bn = _walk(out, bn_path)
         if not isinstance(getattr(layer, "kernel", None), nnx.Param):
-            raise ValueError(f"fold_batch_norm: {layer_path!r} ({type(layer).__name__}) has no 'kernel' parameter; "
-                             "fold into a Linear or Conv layer")
+            raise ValueError(
+                f"fold_batch_norm: {layer_path!r} ({type(layer).__name__}) has no 'kernel' parameter; "
+                "fold into a Linear or Conv layer"
+            )
         if not all(isinstance(getattr(bn, k, None), nnx.BatchStat) for k in ("mean", "var")):
-            raise ValueError(f"fold_batch_norm: {bn_path!r} ({type(bn).__name__}) has no running 'mean'/'var'; "
-                             "pass a batch-norm layer")
+            raise ValueError(
+                f"fold_batch_norm: {bn_path!r} ({type(bn).__name__}) has no running 'mean'/'var'; "
+                "pass a batch-norm layer"
+            )
         if getattr(bn, "axis", -1) not in (-1, layer.kernel[...].ndim - 1):
-            raise ValueError(f"fold_batch_norm: {bn_path!r} normalizes axis {bn.axis}; folding needs the channel "
-                             "axis -1, the kernel's output axis")
+            raise ValueError(
+                f"fold_batch_norm: {bn_path!r} normalizes axis {bn.axis}; folding needs the channel "
+                "axis -1, the kernel's output axis"
+            )
         bias = getattr(layer, "bias", None)
         kernel, new_bias = _norms.fold_batch_norm(
-            layer.kernel[...], _value(bias), _value(getattr(bn, "scale", None)), _value(getattr(bn, "bias", None)),
-            {"mean": bn.mean[...], "var": bn.var[...]}, epsilon=bn.epsilon)
+            layer.kernel[...],
+            _value(bias),
+            _value(getattr(bn, "scale", None)),
+            _value(getattr(bn, "bias", None)),
+            {"mean": bn.mean[...], "var": bn.var[...]},
+            epsilon=bn.epsilon,
+        )
         layer.kernel[...] = kernel
         if bias is None:
             layer.bias = nnx.Param(new_bias)

@@ -19,8 +19,9 @@ Normalized output: ``x̂ = (x − μ)/√(σ² + ε)``, ``y = γ·x̂ + β``, wi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,12 +81,15 @@ def _nchw_hint(name: str, what: str, size: int, x: Array | None, axis: Any) -> s
     rather than the feature axis ``axis``, or None; ``x`` None: the caller has no ``axis`` argument to suggest."""
     if x is None or x.ndim < 3 or axis % x.ndim == 1 or x.shape[1] != size or x.shape[axis] == size:
         return None
-    return (f"{name}: {what} has {size} entries but x has {x.shape[axis]} channels on axis {axis} "
-            f"(x.shape={tuple(x.shape)}); for PyTorch's NCHW layout pass axis=1")
+    return (
+        f"{name}: {what} has {size} entries but x has {x.shape[axis]} channels on axis {axis} "
+        f"(x.shape={tuple(x.shape)}); for PyTorch's NCHW layout pass axis=1"
+    )
 
 
-def _check_stats(name: str, stats: Mapping[str, Array], num_features: int, x: Array | None = None,
-                 axis: Any = -1) -> None:
+def _check_stats(
+    name: str, stats: Mapping[str, Array], num_features: int, x: Array | None = None, axis: Any = -1
+) -> None:
     """ValueError unless ``stats`` holds 'mean' and 'var' of shape (num_features,); given ``x`` and the caller's
     ``axis``, a size that matches axis 1 of ``x`` gets the NCHW advice (``axis=1``) rather than new stats."""
     if not isinstance(stats, Mapping) or not {"mean", "var"} <= set(stats):
@@ -113,10 +117,10 @@ def _affine(name: str, x: Array, scale: Array | None, bias: Array | None, fax: i
     fax = fax % x.ndim
     c = x.shape[fax]
     feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
-    out = []
+    out = []  # type: ignore[var-annotated]
     for pname, p in (("scale", scale), ("bias", bias)):
         if p is None:
-            out.append(None)
+            out.append(None)  # type: ignore[arg-type]
             continue
         shape = tuple(jnp.shape(p))
         if len(shape) == 1 and shape[0] == c:
@@ -241,8 +245,18 @@ class _Spec(NamedTuple):
     epsilon: float
 
 
-def _spec(axes, *, groups=None, group_axis=-1, ndim=None, axis_name=None, axis_index_groups=None, center=True,
-          centered_var=True, epsilon=1e-5) -> _Spec:
+def _spec(
+    axes,
+    *,
+    groups=None,
+    group_axis=-1,
+    ndim=None,
+    axis_name=None,
+    axis_index_groups=None,
+    center=True,
+    centered_var=True,
+    epsilon=1e-5,
+) -> _Spec:
     """A hashable _Spec (it is a static argument of the custom JVP), the group axis made non-negative."""
     aig = None if axis_index_groups is None else tuple(tuple(int(i) for i in g) for g in axis_index_groups)
     ga = group_axis % ndim if ndim is not None else group_axis
@@ -252,7 +266,7 @@ def _spec(axes, *, groups=None, group_axis=-1, ndim=None, axis_name=None, axis_i
 def _group_split(s, spec: _Spec):
     """``s`` (keep-shaped) with the grouped channel axis split into (G, C/G)."""
     ga, g = spec.group_axis % s.ndim, spec.groups
-    return s.reshape(s.shape[:ga] + (g, s.shape[ga] // g) + s.shape[ga + 1:]), ga + 1
+    return s.reshape(s.shape[:ga] + (g, s.shape[ga] // g) + s.shape[ga + 1 :]), ga + 1
 
 
 def _group_combine(s, spec: _Spec, fn=jnp.sum):
@@ -300,13 +314,14 @@ def _data_shift(xf, spec: _Spec, mask):
     reduction set (0 where there is none), agreed across devices as the mean of the devices' shifts."""
     if any(xf.shape[a] == 0 for a in spec.axes):  # nothing to take a shift from (an empty batch)
         return jnp.zeros(_stat_shape(xf.shape, spec), xf.dtype)
-    first = tuple(slice(0, 1) if (i in spec.axes and (mask is None or mask.shape[i] == 1)) else slice(None)
-                  for i in range(xf.ndim))
+    first = tuple(
+        slice(0, 1) if (i in spec.axes and (mask is None or mask.shape[i] == 1)) else slice(None)
+        for i in range(xf.ndim)
+    )
     k = xf[first]
     valid = None
     if mask is not None:
-        m = mask[tuple(slice(0, 1) if i in spec.axes and mask.shape[i] == 1 else slice(None)
-                       for i in range(mask.ndim))]
+        m = mask[tuple(slice(0, 1) if i in spec.axes and mask.shape[i] == 1 else slice(None) for i in range(mask.ndim))]
         mv = [a for a in spec.axes if mask.shape[a] > 1]  # reduced axes along which validity varies
         if mv:
             rest = [a for a in range(m.ndim) if a not in mv]
@@ -331,7 +346,7 @@ def _data_shift(xf, spec: _Spec, mask):
         # one shift per group: that of the group's first channel with a valid value
         kg, ax = _group_split(k, spec)
         if valid is None:
-            pick = jnp.zeros(kg.shape[:ax] + (1,) + kg.shape[ax + 1:], jnp.int32)
+            pick = jnp.zeros(kg.shape[:ax] + (1,) + kg.shape[ax + 1 :], jnp.int32)
         else:
             vg, _ = _group_split(valid, spec)
             pick = jnp.argmax(vg, ax, keepdims=True)
@@ -531,9 +546,9 @@ def update_running_stats(
     if momentum is None:
         w = 1.0 / jnp.maximum(count, 1).astype(jnp.float32)
     elif convention == "pytorch":
-        w = momentum
+        w = momentum  # type: ignore[assignment]
     else:
-        w = 1.0 - momentum
+        w = 1.0 - momentum  # type: ignore[assignment]
     # (1−w)·r + w·stat, not r + w·(stat − r): the latter cancels when stat ≪ r (σ² = 1e-6 against r = 1)
     new_mean = jnp.where(valid, (1.0 - w) * stats["mean"] + w * mean.astype(rdt), stats["mean"])
     new_var = jnp.where(valid, (1.0 - w) * stats["var"] + w * var.astype(rdt), stats["var"])
@@ -558,8 +573,11 @@ def _ghost_view(x: Array, mask, virtual_batch_size: int):
 
 def _with_count(stats: Mapping) -> dict:
     """``stats`` as arrays with a 'count' (0 if absent): both lax.cond branches need the same structure."""
-    return {"mean": jnp.asarray(stats["mean"]), "var": jnp.asarray(stats["var"]),
-            "count": jnp.asarray(stats.get("count", jnp.zeros((), jnp.int32)))}
+    return {
+        "mean": jnp.asarray(stats["mean"]),
+        "var": jnp.asarray(stats["var"]),
+        "count": jnp.asarray(stats.get("count", jnp.zeros((), jnp.int32))),
+    }
 
 
 def _by_mode(train, train_fn, eval_fn, stats):
@@ -712,8 +730,12 @@ def batch_norm(
         mean, var = mean.reshape(c), var.reshape(c)
         n = _per_feature(n, c)
         new_stats = update_running_stats(
-            st, lax.stop_gradient(mean), lax.stop_gradient(var), lax.stop_gradient(n),
-            momentum=momentum, convention=convention,
+            st,
+            lax.stop_gradient(mean),
+            lax.stop_gradient(var),
+            lax.stop_gradient(n),
+            momentum=momentum,
+            convention=convention,
         )
         return y.astype(x.dtype), new_stats
 
@@ -812,6 +834,7 @@ def population_stats(moments: Iterable[Any]) -> Any:
         >>> print(pop["mean"].tolist(), pop["var"].tolist(), int(pop["count"]))
         [3.0] [2.0] 2
     """
+
     def terms(s, r):  # one batch's count-weighted, shifted contributions
         n = jnp.broadcast_to(jnp.asarray(s["count"], jnp.float32), jnp.shape(s["mean"]))
         has = n > 0
@@ -828,9 +851,16 @@ def population_stats(moments: Iterable[Any]) -> Any:
         k += 1
     if total is None:
         raise ValueError("population_stats: the iterator of batch moments was empty; pass at least one batch")
-    return _map_stats(lambda t, r: {"mean": r["mean"] + t["dm"] / jnp.maximum(t["n"], 1.0),
-                                    "var": t["ss"] / jnp.maximum(t["dof"], 1.0),
-                                    "count": jnp.asarray(k, jnp.int32)}, total, ref, leaf=lambda t: "dm" in t)
+    return _map_stats(
+        lambda t, r: {
+            "mean": r["mean"] + t["dm"] / jnp.maximum(t["n"], 1.0),
+            "var": t["ss"] / jnp.maximum(t["dof"], 1.0),
+            "count": jnp.asarray(k, jnp.int32),
+        },
+        total,
+        ref,
+        leaf=lambda t: "dm" in t,
+    )
 
 
 def _is_stats(node) -> bool:
@@ -1349,8 +1379,9 @@ def batch_renorm(
         beta = jnp.zeros((c,), dt) if bias is None else jnp.asarray(bias, dt).reshape(c)
         y = _norm_core(x, (r * g).reshape(feat_shape), (d * g + beta).reshape(feat_shape), None, mk, spec)[0]
         n = _per_feature(n, c)
-        new_stats = update_running_stats(st, lax.stop_gradient(mean), lax.stop_gradient(var),
-                                         lax.stop_gradient(n), momentum=momentum)
+        new_stats = update_running_stats(
+            st, lax.stop_gradient(mean), lax.stop_gradient(var), lax.stop_gradient(n), momentum=momentum
+        )
         return y.astype(x.dtype), new_stats
 
     return _by_mode(train, train_mode, eval_mode, stats)
@@ -1449,8 +1480,9 @@ def lp_batch_norm(
                 xn = jnp.where(mk | jnp.isfinite(x), x, jnp.zeros((), x.dtype))
             y = _normalize(xn, scale, bias, d, s2.reshape(feat_shape), eps, shift=k)
         n = _per_feature(n, c)
-        new_stats = update_running_stats(st, lax.stop_gradient(mean.reshape(c)), lax.stop_gradient(s2),
-                                         lax.stop_gradient(n), momentum=momentum)
+        new_stats = update_running_stats(
+            st, lax.stop_gradient(mean.reshape(c)), lax.stop_gradient(s2), lax.stop_gradient(n), momentum=momentum
+        )
         return y.astype(x.dtype), new_stats
 
     return _by_mode(train, train_mode, eval_mode, stats)
@@ -1459,8 +1491,17 @@ def lp_batch_norm(
 # --------------------------------------------------------------------------------------------------------------------
 # noisy batch norm (Santurkar et al. 2018, Algorithm 1)
 
-def batch_norm_noise(key: Array, shape: Sequence[int], *, n_mu: float = 0.5, n_sigma: float = 1.25,
-                     r_mu: float = 0.1, r_sigma: float = 0.1, axis: int = -1) -> tuple[Array, Array]:
+
+def batch_norm_noise(
+    key: Array,
+    shape: Sequence[int],
+    *,
+    n_mu: float = 0.5,
+    n_sigma: float = 1.25,
+    r_mu: float = 0.1,
+    r_sigma: float = 0.1,
+    axis: int = -1,
+) -> tuple[Array, Array]:
     """The multiplicative and additive noise ``(s, m)`` of Santurkar et al.'s Algorithm 1 for activations of
     ``shape``: per unit j (channel, on ``axis``), ``μ_j ~ U(−n_μ, n_μ)``, ``σ_j ~ U(1, n_σ)``; per sample i and unit
     j (every spatial position counts as a sample), ``m_ij ~ U(μ_j − r_μ, μ_j + r_μ)``, ``s_ij ~ N(σ_j, r_σ)``.
@@ -1561,27 +1602,49 @@ def noisy_batch_norm(
         (8, 3) 1
     """
     # batch_norm's checks, under this function's name (the messages then name the function the user called)
-    x, train = _bn_setup("noisy_batch_norm", x, scale, bias, stats, train, batch_norm_kwargs.get("epsilon", 1e-5),
-                         batch_norm_kwargs.get("axis", -1))[:2]
+    x, train = _bn_setup(
+        "noisy_batch_norm",
+        x,
+        scale,
+        bias,
+        stats,
+        train,
+        batch_norm_kwargs.get("epsilon", 1e-5),
+        batch_norm_kwargs.get("axis", -1),
+    )[:2]
     y, new_stats = batch_norm(x, scale, bias, stats, train=train, **batch_norm_kwargs)
     if train is False:
         return y, new_stats
     if key is None:
-        raise ValueError("noisy_batch_norm: train=True (or a traced train) needs key= (a new PRNG key every step), "
-                         "or train=False")
-    return _add_noise(y, key, train, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma,
-                      axis=batch_norm_kwargs.get("axis", -1)), new_stats
+        raise ValueError(
+            "noisy_batch_norm: train=True (or a traced train) needs key= (a new PRNG key every step), or train=False"
+        )
+    return _add_noise(
+        y, key, train, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma, axis=batch_norm_kwargs.get("axis", -1)
+    ), new_stats
 
 
 def _check_noise(n_mu: float, n_sigma: float, r_mu: float, r_sigma: float) -> None:
     """ValueError unless Algorithm 1's constants are valid (the layers check them at construction)."""
     if n_mu < 0 or n_sigma < 1 or r_mu < 0 or r_sigma < 0:
-        raise ValueError(f"noisy batch norm: need n_mu >= 0, n_sigma >= 1, r_mu >= 0, r_sigma >= 0; got "
-                         f"n_mu={n_mu}, n_sigma={n_sigma}, r_mu={r_mu}, r_sigma={r_sigma}")
+        raise ValueError(
+            f"noisy batch norm: need n_mu >= 0, n_sigma >= 1, r_mu >= 0, r_sigma >= 0; got "
+            f"n_mu={n_mu}, n_sigma={n_sigma}, r_mu={r_mu}, r_sigma={r_sigma}"
+        )
 
 
-def _add_noise(y: Array, key: Array, train, *, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float,
-               axis: int = -1, row: tuple[int, Array] | None = None) -> Array:
+def _add_noise(
+    y: Array,
+    key: Array,
+    train,
+    *,
+    n_mu: float,
+    n_sigma: float,
+    r_mu: float,
+    r_sigma: float,
+    axis: int = -1,
+    row: tuple[int, Array] | None = None,
+) -> Array:
     """``s ⊙ y + m`` with ``(s, m)`` from :func:`batch_norm_noise` where ``train`` (a bool or a traced bool), else
     ``y``: the one place the noise is applied (:func:`noisy_batch_norm` and the layers call it). ``row=(n, i)``:
     ``y`` is example i of a batch of n (a per-example layer under ``vmap``; ``axis`` counts the batch axis); the
@@ -1606,9 +1669,11 @@ def _real_kernel(name: str, what: str, x) -> None:
     # complex kernel gets a kernel's fix
     dt = jnp.result_type(x)
     if jnp.issubdtype(dt, jnp.complexfloating):
-        raise TypeError(f"{name}: the {what} has complex dtype {dt}; weight and spectral norm are defined here for "
-                        "real kernels: cast to a float dtype first (a complex layer can keep its real and imaginary "
-                        "parts as two real kernels)")
+        raise TypeError(
+            f"{name}: the {what} has complex dtype {dt}; weight and spectral norm are defined here for "
+            "real kernels: cast to a float dtype first (a complex layer can keep its real and imaginary "
+            "parts as two real kernels)"
+        )
     check_float_input(name, x, what)
 
 
@@ -1819,8 +1884,10 @@ def spectral_normalize(
     mat = w.astype(dt).reshape(-1, w.shape[-1])
     if sigma is not None:
         if train:
-            raise ValueError("spectral_normalize: sigma= replaces the power iteration in eval only; pass "
-                             "train=False with it, or drop it in training (σ then comes from u)")
+            raise ValueError(
+                "spectral_normalize: sigma= replaces the power iteration in eval only; pass "
+                "train=False with it, or drop it in training (σ then comes from u)"
+            )
         s = jnp.asarray(sigma, dt)
         if s.ndim:
             raise ValueError(f"spectral_normalize: sigma must be a scalar, got shape {tuple(s.shape)}")
@@ -1881,8 +1948,10 @@ def dyt(x: Array, alpha: Array, scale: Array | None = None, bias: Array | None =
         except ValueError:
             c = x.shape[-1] if x.ndim else 1
             want = "a scalar, shape ()" if pname == "alpha" else f"one value per channel, shape ({c},)"
-            raise ValueError(f"dyt: {pname} of shape {tuple(jnp.shape(p))} does not broadcast against the input of "
-                             f"shape {tuple(x.shape)}; pass {want}") from None
+            raise ValueError(
+                f"dyt: {pname} of shape {tuple(jnp.shape(p))} does not broadcast against the input of "
+                f"shape {tuple(x.shape)}; pass {want}"
+            ) from None
     dt = _stat_dtype(x)
     y = jnp.tanh(jnp.asarray(alpha, dt) * x.astype(dt))
     if scale is not None:

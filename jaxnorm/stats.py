@@ -64,8 +64,10 @@ class Interval:
         return 1 if self.low > 0 else -1 if self.high < 0 else 0
 
     def __str__(self) -> str:
-        return (f"{self.estimate:+.4g} [{self.low:+.4g}, {self.high:+.4g}] "
-                f"({100 * self.level:g}% {self.method}, n={self.n})")
+        return (
+            f"{self.estimate:+.4g} [{self.low:+.4g}, {self.high:+.4g}] "
+            f"({100 * self.level:g}% {self.method}, n={self.n})"
+        )
 
 
 def _finite(where: str, x) -> np.ndarray:
@@ -73,8 +75,10 @@ def _finite(where: str, x) -> np.ndarray:
     if a.size == 0:
         raise ValueError(f"{where}: no values")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{where}: {int(np.sum(~np.isfinite(a)))} of {a.size} values are NaN or infinite; count "
-                         "diverged runs with success_rate, or pass their outcome explicitly")
+        raise ValueError(
+            f"{where}: {int(np.sum(~np.isfinite(a)))} of {a.size} values are NaN or infinite; count "
+            "diverged runs with success_rate, or pass their outcome explicitly"
+        )
     return a
 
 
@@ -157,13 +161,16 @@ def paired_differences(a: Mapping, b: Mapping) -> dict:
     """
     common = sorted(set(a) & set(b))
     if not common:
-        raise ValueError(f"paired_differences: the arms share no seed (a: {sorted(a)}, b: {sorted(b)}); run both "
-                         "arms with the same seeds")
+        raise ValueError(
+            f"paired_differences: the arms share no seed (a: {sorted(a)}, b: {sorted(b)}); run both "
+            "arms with the same seeds"
+        )
     return {s: float(b[s]) - float(a[s]) for s in common}
 
 
-def success_rate(outcomes: Sequence[float], *, chance: float | None = None, margin: float = 0.0,
-                 level: float = 0.95) -> dict:
+def success_rate(
+    outcomes: Sequence[float], *, chance: float | None = None, margin: float = 0.0, level: float = 0.95
+) -> dict:
     """The fraction of runs that succeeded, with a Wilson score interval; diverged and chance-level runs fail.
 
     Formula: a run fails when its outcome is NaN or infinite (diverged) or, with ``chance``, at most
@@ -200,8 +207,15 @@ def success_rate(outcomes: Sequence[float], *, chance: float | None = None, marg
     at_chance = np.zeros_like(diverged) if chance is None else (~diverged & (np.nan_to_num(a) <= chance + margin))
     ok = int(np.sum(~diverged & ~at_chance))
     lo, hi = wilson_interval(ok, a.size, level)
-    return {"successes": ok, "n": int(a.size), "diverged": int(diverged.sum()), "at_chance": int(at_chance.sum()),
-            "rate": ok / a.size, "low": lo, "high": hi}
+    return {
+        "successes": ok,
+        "n": int(a.size),
+        "diverged": int(diverged.sum()),
+        "at_chance": int(at_chance.sum()),
+        "rate": ok / a.size,
+        "low": lo,
+        "high": hi,
+    }
 
 
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -404,8 +418,7 @@ def equivalence_verdict(interval: Interval, margin: float) -> str:
     return "inconclusive"
 
 
-def compare(a: Mapping, b: Mapping, *, direction: str, level: float = 0.95, method: str = "t",
-            criterion=None) -> dict:
+def compare(a: Mapping, b: Mapping, *, direction: str, level: float = 0.95, method: str = "t", criterion=None) -> dict:
     """A paired comparison of two arms over shared seeds, with its interval and verdict.
 
     Formula: the per-seed differences ``d_s = b_s − a_s`` (:func:`paired_differences`), their mean with a

@@ -62,20 +62,33 @@ class Row:
 
 def _bn(cls_name, pure, extra=None, noise=False, eqx_extra=None):
     e = extra or {}
-    return Row("batch", pure, dict(momentum=MOM, epsilon=EPS, **e), {
-        "linen": lambda: getattr(jnn, cls_name)(momentum=MOM, epsilon=EPS, **e),
-        "nnx": lambda: getattr(jnnx, cls_name)(C, momentum=MOM, epsilon=EPS, rngs=nnx.Rngs(0, dropout=1), **e),
-        "eqx": lambda: eqx.nn.make_with_state(getattr(jeqx, cls_name))(C, eps=EPS, momentum=MOM,
-                                                                        **(eqx_extra or e)),
-    }, noise=noise)
+    return Row(
+        "batch",
+        pure,
+        dict(momentum=MOM, epsilon=EPS, **e),
+        {
+            "linen": lambda: getattr(jnn, cls_name)(momentum=MOM, epsilon=EPS, **e),
+            "nnx": lambda: getattr(jnnx, cls_name)(C, momentum=MOM, epsilon=EPS, rngs=nnx.Rngs(0, dropout=1), **e),
+            "eqx": lambda: eqx.nn.make_with_state(getattr(jeqx, cls_name))(
+                C, eps=EPS, momentum=MOM, **(eqx_extra or e)
+            ),
+        },
+        noise=noise,
+    )
 
 
 def _drop(cls_name, pure, spatial=False):
-    return Row("dropout", pure, {}, {
-        "linen": lambda: getattr(jnn, cls_name)(RATE),
-        "nnx": lambda: getattr(jnnx, cls_name)(RATE, rngs=nnx.Rngs(dropout=1)),
-        "eqx": lambda: getattr(jeqx, cls_name)(RATE),
-    }, spatial=spatial)
+    return Row(
+        "dropout",
+        pure,
+        {},
+        {
+            "linen": lambda: getattr(jnn, cls_name)(RATE),
+            "nnx": lambda: getattr(jnnx, cls_name)(RATE, rngs=nnx.Rngs(dropout=1)),
+            "eqx": lambda: getattr(jeqx, cls_name)(RATE),
+        },
+        spatial=spatial,
+    )
 
 
 TABLE: dict[str, Row] = {
@@ -83,50 +96,91 @@ TABLE: dict[str, Row] = {
     "NoisyBatchNorm": _bn("NoisyBatchNorm", jn.noisy_batch_norm, noise=True),
     "BatchRenorm": _bn("BatchRenorm", jn.batch_renorm, dict(r_max=1.5, d_max=0.5)),
     "LpBatchNorm": _bn("LpBatchNorm", jn.lp_batch_norm, dict(p=1)),
-    "LayerNorm": Row("example", jn.layer_norm, dict(epsilon=EPS), {
-        "linen": lambda: jnn.LayerNorm(epsilon=EPS),
-        "nnx": lambda: jnnx.LayerNorm(C, epsilon=EPS, rngs=nnx.Rngs(0)),
-        "eqx": lambda: jeqx.LayerNorm(C, eps=EPS),
-    }),
-    "RMSNorm": Row("example", jn.rms_norm, dict(epsilon=EPS), {
-        "linen": lambda: jnn.RMSNorm(epsilon=EPS),
-        "nnx": lambda: jnnx.RMSNorm(C, epsilon=EPS, rngs=nnx.Rngs(0)),
-        "eqx": lambda: jeqx.RMSNorm(C, eps=EPS, use_bias=False),
-    }, bias=False),
-    "GroupNorm": Row("example", jn.group_norm, dict(epsilon=EPS, num_groups=2), {
-        "linen": lambda: jnn.GroupNorm(num_groups=2, epsilon=EPS),
-        "nnx": lambda: jnnx.GroupNorm(C, 2, epsilon=EPS, rngs=nnx.Rngs(0)),
-        "eqx": lambda: jeqx.GroupNorm(2, C, eps=EPS),
-    }, spatial=True),
-    "InstanceNorm": Row("example", jn.instance_norm, dict(epsilon=EPS), {
-        "linen": lambda: jnn.InstanceNorm(epsilon=EPS),
-        "nnx": lambda: jnnx.InstanceNorm(C, epsilon=EPS, rngs=nnx.Rngs(0)),
-        "eqx": lambda: jeqx.InstanceNorm(C, eps=EPS),
-    }, spatial=True),
-    "DyT": Row("example", jn.dyt, {}, {
-        "linen": lambda: jnn.DyT(), "nnx": lambda: jnnx.DyT(C, rngs=nnx.Rngs(0)), "eqx": lambda: jeqx.DyT(C),
-    }),
+    "LayerNorm": Row(
+        "example",
+        jn.layer_norm,
+        dict(epsilon=EPS),
+        {
+            "linen": lambda: jnn.LayerNorm(epsilon=EPS),
+            "nnx": lambda: jnnx.LayerNorm(C, epsilon=EPS, rngs=nnx.Rngs(0)),
+            "eqx": lambda: jeqx.LayerNorm(C, eps=EPS),
+        },
+    ),
+    "RMSNorm": Row(
+        "example",
+        jn.rms_norm,
+        dict(epsilon=EPS),
+        {
+            "linen": lambda: jnn.RMSNorm(epsilon=EPS),
+            "nnx": lambda: jnnx.RMSNorm(C, epsilon=EPS, rngs=nnx.Rngs(0)),
+            "eqx": lambda: jeqx.RMSNorm(C, eps=EPS, use_bias=False),
+        },
+        bias=False,
+    ),
+    "GroupNorm": Row(
+        "example",
+        jn.group_norm,
+        dict(epsilon=EPS, num_groups=2),
+        {
+            "linen": lambda: jnn.GroupNorm(num_groups=2, epsilon=EPS),
+            "nnx": lambda: jnnx.GroupNorm(C, 2, epsilon=EPS, rngs=nnx.Rngs(0)),
+            "eqx": lambda: jeqx.GroupNorm(2, C, eps=EPS),
+        },
+        spatial=True,
+    ),
+    "InstanceNorm": Row(
+        "example",
+        jn.instance_norm,
+        dict(epsilon=EPS),
+        {
+            "linen": lambda: jnn.InstanceNorm(epsilon=EPS),
+            "nnx": lambda: jnnx.InstanceNorm(C, epsilon=EPS, rngs=nnx.Rngs(0)),
+            "eqx": lambda: jeqx.InstanceNorm(C, eps=EPS),
+        },
+        spatial=True,
+    ),
+    "DyT": Row(
+        "example",
+        jn.dyt,
+        {},
+        {
+            "linen": lambda: jnn.DyT(),
+            "nnx": lambda: jnnx.DyT(C, rngs=nnx.Rngs(0)),
+            "eqx": lambda: jeqx.DyT(C),
+        },
+    ),
     "Dropout": _drop("Dropout", jn.dropout),
     "OriginalDropout": _drop("OriginalDropout", jn.original_dropout),
     "SpatialDropout": _drop("SpatialDropout", jn.spatial_dropout, spatial=True),
     "GaussianDropout": _drop("GaussianDropout", jn.gaussian_dropout),
     "AlphaDropout": _drop("AlphaDropout", jn.alpha_dropout),
-    "DropConnect": Row("dropconnect", jn.dropconnect, {}, {
-        "linen": lambda: jnn.DropConnectDense(rate=RATE, features=3),
-        "nnx": lambda: jnnx.DropConnectLinear(C, 3, rate=RATE, rngs=nnx.Rngs(0, dropout=1)),
-        "eqx": lambda: jeqx.DropConnectLinear(C, 3, p=RATE, key=K),
-    }),
+    "DropConnect": Row(
+        "dropconnect",
+        jn.dropconnect,
+        {},
+        {
+            "linen": lambda: jnn.DropConnectDense(rate=RATE, features=3),
+            "nnx": lambda: jnnx.DropConnectLinear(C, 3, rate=RATE, rngs=nnx.Rngs(0, dropout=1)),
+            "eqx": lambda: jeqx.DropConnectLinear(C, 3, p=RATE, key=K),
+        },
+    ),
 }
 
 # the classes a family names differently from the row (the row's key is the linen/Equinox name otherwise)
-NAMES = {("DropConnect", "linen"): "DropConnectDense", ("DropConnect", "nnx"): "DropConnectLinear",
-         ("DropConnect", "eqx"): "DropConnectLinear"}
+NAMES = {
+    ("DropConnect", "linen"): "DropConnectDense",
+    ("DropConnect", "nnx"): "DropConnectLinear",
+    ("DropConnect", "eqx"): "DropConnectLinear",
+}
 
 # layers no row of TABLE covers, with the reason; checked by test_table_covers_every_layer
 EXCEPTIONS: dict[tuple[str, str], str] = {
-    **{(name, fam): "a kernel reparametrization (its pure function is checked against the layer in test_nn's, "
-                    "test_nnx's and test_eqx's own tests, with the family's own wrapped layer as the reference)"
-       for name in ("StandardizedConv", "WeightNorm", "SpectralNorm") for fam in FAMILIES},
+    **{
+        (name, fam): "a kernel reparametrization (its pure function is checked against the layer in test_nn's, "
+        "test_nnx's and test_eqx's own tests, with the family's own wrapped layer as the reference)"
+        for name in ("StandardizedConv", "WeightNorm", "SpectralNorm")
+        for fam in FAMILIES
+    },
     ("FoldedBatchNorm", "nnx"): "not a norm: the identity fold_batch_norm leaves where a batch norm was folded",
 }
 
@@ -134,9 +188,14 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
 def _layer_classes(module) -> set[str]:
     """The public layer classes a family module defines (its own, not imported ones)."""
     fam = next(f for f, m in FAMILIES.items() if m is module)
-    return {name for name, obj in vars(module).items()
-            if inspect.isclass(obj) and issubclass(obj, BASES[fam]) and obj.__module__ == module.__name__
-            and not name.startswith("_")}
+    return {
+        name
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, BASES[fam])
+        and obj.__module__ == module.__name__
+        and not name.startswith("_")
+    }
 
 
 def test_table_covers_every_layer():
@@ -214,11 +273,13 @@ def _run_eqx(row, built, x):
     if row.kind == "batch":
         layer, state = built
         layer = eqx.tree_at(lambda m: (m.weight, m.bias), layer, (GAMMA, BETA))
-        train = jax.vmap(lambda e, s, k: layer(e, s, key=k), axis_name="batch", in_axes=(0, None, None),
-                         out_axes=(0, None))
+        train = jax.vmap(
+            lambda e, s, k: layer(e, s, key=k), axis_name="batch", in_axes=(0, None, None), out_axes=(0, None)
+        )
         y, state = train(x, state, KEY)
-        ev = jax.vmap(lambda e, s: layer(e, s, inference=True), axis_name="batch", in_axes=(0, None),
-                      out_axes=(0, None))
+        ev = jax.vmap(
+            lambda e, s: layer(e, s, inference=True), axis_name="batch", in_axes=(0, None), out_axes=(0, None)
+        )
         return y, dict(state.get(layer.state_index)), ev(x, state)[0], KEY, None
     if row.kind == "example":
         layer = built
@@ -233,8 +294,7 @@ def _run_eqx(row, built, x):
     if row.kind == "dropconnect":
         return built(x[0], key=KEY), None, built(x[0], inference=True), KEY, built.linear.weight
     if x.ndim > 2:  # spatial dropout sees one example C×spatial…: compare example 0
-        return (_cl(built(_cf(x)[0], key=KEY)[None]), None, _cl(built(_cf(x)[0], inference=True)[None]), KEY,
-                None)
+        return (_cl(built(_cf(x)[0], key=KEY)[None]), None, _cl(built(_cf(x)[0], inference=True)[None]), KEY, None)
     return built(x, key=KEY), None, built(x, inference=True), KEY, None
 
 
@@ -245,8 +305,12 @@ def _close(a, b, what):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=what, **TOL)
 
 
-CASES = [pytest.param(name, fam, id=f"{name}-{fam}") for name, row in TABLE.items() for fam in FAMILIES
-         if row.make.get(fam) is not None]
+CASES = [
+    pytest.param(name, fam, id=f"{name}-{fam}")
+    for name, row in TABLE.items()
+    for fam in FAMILIES
+    if row.make.get(fam) is not None
+]
 
 
 @pytest.mark.parametrize("name,fam", CASES)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import jaxnorm.probes as jp
 from jaxnorm.losses import per_example_loss
@@ -21,10 +22,13 @@ def _precise(highest_precision):
 
 def mlp_params(seed=0, d=5, h=6, c=3):
     r = np.random.default_rng(seed)
-    return {"dense_0": {"kernel": jnp.asarray(r.normal(size=(d, h)) * 0.7, jnp.float32),
-                        "bias": jnp.asarray(r.normal(size=h) * 0.1, jnp.float32)},
-            "head": {"kernel": jnp.asarray(r.normal(size=(h, c)) * 0.7, jnp.float32),
-                     "bias": jnp.zeros(c, jnp.float32)}}
+    return {
+        "dense_0": {
+            "kernel": jnp.asarray(r.normal(size=(d, h)) * 0.7, jnp.float32),
+            "bias": jnp.asarray(r.normal(size=h) * 0.1, jnp.float32),
+        },
+        "head": {"kernel": jnp.asarray(r.normal(size=(h, c)) * 0.7, jnp.float32), "bias": jnp.zeros(c, jnp.float32)},
+    }
 
 
 def mlp_outputs(params, batch):
@@ -34,8 +38,9 @@ def mlp_outputs(params, batch):
 
 def batches(num=4, n=8, d=5, c=3, seed=1):
     r = np.random.default_rng(seed)
-    return [{"x": r.normal(size=(n, d)).astype(np.float32), "y": r.integers(0, c, n).astype(np.int32)}
-            for _ in range(num)]
+    return [
+        {"x": r.normal(size=(n, d)).astype(np.float32), "y": r.integers(0, c, n).astype(np.int32)} for _ in range(num)
+    ]
 
 
 CE = jp.SplitLoss(mlp_outputs, "cross_entropy")
@@ -61,9 +66,14 @@ def dense_ggn(split, params, batch, fisher=False):
         p = np.asarray(jax.nn.softmax(z))
         h_out = np.stack([np.diag(pi) - np.outer(pi, pi) for pi in p])
     else:
-        h_out = np.stack([np.asarray(jax.hessian(lambda zi: per_example_loss(zi[None], batch["y"][i:i + 1],
-                                                                            split.loss)[0])(z[i]))
-                          for i in range(z.shape[0])])
+        h_out = np.stack(
+            [
+                np.asarray(
+                    jax.hessian(lambda zi: per_example_loss(zi[None], batch["y"][i : i + 1], split.loss)[0])(z[i])
+                )
+                for i in range(z.shape[0])
+            ]
+        )
     jac = np.asarray(jac)
     return np.einsum("i,iak,iab,ibl->kl", c, jac, h_out, jac)
 
@@ -100,8 +110,11 @@ def test_masked_padding_holding_nan_or_huge_values_changes_no_operator():
     loss_fn = jp.model_loss_fn(model, train=False)
     v = jax.tree.map(lambda p: jnp.ones_like(p) / 10, params)
     for fill in (np.nan, 1e30):
-        padded = {"x": np.concatenate([x, np.full((2, 8, 8, 1), fill, np.float32)]),
-                  "y": np.concatenate([y, [0, 1]]).astype(np.int32), "mask": np.r_[np.ones(6, bool), [False, False]]}
+        padded = {
+            "x": np.concatenate([x, np.full((2, 8, 8, 1), fill, np.float32)]),
+            "y": np.concatenate([y, [0, 1]]).astype(np.int32),
+            "mask": np.r_[np.ones(6, bool), [False, False]],
+        }
         np.testing.assert_allclose(loss_fn(params, padded), loss_fn(params, {"x": x, "y": y}), rtol=1e-6)
         for op in ("hessian", "ggn", "fisher", "empirical_fisher"):
             want = ravel_pytree(jp.hvp(loss_fn, params, {"x": x, "y": y}, v, operator=op))[0]
@@ -112,9 +125,12 @@ def test_masked_padding_holding_nan_or_huge_values_changes_no_operator():
 @pytest.mark.parametrize("operator", ["hessian", "ggn", "fisher", "empirical_fisher"])
 def test_operator_products_equal_the_dense_matrix(operator):
     params, b = mlp_params(), batches(1)[0]
-    want = {"hessian": lambda: dense(CE, params, b), "ggn": lambda: dense_ggn(CE, params, b),
-            "fisher": lambda: dense_ggn(CE, params, b, fisher=True),
-            "empirical_fisher": lambda: dense_empirical_fisher(CE, params, b)}[operator]()
+    want = {
+        "hessian": lambda: dense(CE, params, b),
+        "ggn": lambda: dense_ggn(CE, params, b),
+        "fisher": lambda: dense_ggn(CE, params, b, fisher=True),
+        "empirical_fisher": lambda: dense_empirical_fisher(CE, params, b),
+    }[operator]()
     got = as_matrix(lambda v: jp.hvp(CE, params, b, v, operator=operator), params)
     np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
     if operator != "hessian":
@@ -128,8 +144,9 @@ def test_ggn_equals_the_hessian_for_least_squares_on_a_linear_model():
     ls = jp.SplitLoss(lambda p, bb: bb["x"] @ p["w"] + p["b"], "mse")
     h = as_matrix(lambda v: jp.hvp(ls, params, b, v), params)
     for op in ("ggn", "fisher"):
-        np.testing.assert_allclose(as_matrix(lambda v: jp.hvp(ls, params, b, v, operator=op), params), h,
-                                   atol=1e-5 * np.abs(h).max())
+        np.testing.assert_allclose(
+            as_matrix(lambda v: jp.hvp(ls, params, b, v, operator=op), params), h, atol=1e-5 * np.abs(h).max()
+        )
     np.testing.assert_allclose(h, dense(ls, params, b), atol=1e-5 * np.abs(h).max())
 
 
@@ -139,15 +156,15 @@ def test_top_eigenvalues_trace_and_density_of_each_operator_match_the_dense_ones
     for operator, mat in (("hessian", dense(CE, params, b)), ("ggn", dense_ggn(CE, params, b))):
         ev = np.linalg.eigvalsh(mat)
         ev = ev[np.argsort(-np.abs(ev))]
-        vals, vecs = jp.hessian_top_eigenvalues(CE, params, b, k=3, key=key, method="lanczos", num_iters=57,
-                                                operator=operator)
+        vals, vecs = jp.hessian_top_eigenvalues(
+            CE, params, b, k=3, key=key, method="lanczos", num_iters=57, operator=operator
+        )
         np.testing.assert_allclose(vals, ev[:3], rtol=1e-3, atol=1e-5)
         v0 = ravel_pytree(jax.tree.map(lambda x: x[0], vecs))[0]
         np.testing.assert_allclose(mat @ v0, vals[0] * v0, atol=2e-3 * abs(vals[0]))
         tr = jp.hessian_trace(CE, params, b, key=key, num_samples=400, operator=operator)
         assert abs(tr["trace"] - np.trace(mat)) < 4 * tr["std_error"] + 1e-4, (operator, tr, np.trace(mat))
-        dens = jp.hessian_spectral_density(CE, params, b, key=key, num_lanczos_steps=57, num_runs=2,
-                                           operator=operator)
+        dens = jp.hessian_spectral_density(CE, params, b, key=key, num_lanczos_steps=57, num_runs=2, operator=operator)
         np.testing.assert_allclose(np.sort(np.asarray(dens["nodes"][0])), np.sort(ev), atol=1e-3 * abs(ev).max())
 
 
@@ -173,12 +190,18 @@ def test_dataset_average_over_four_batches_equals_the_full_batch_operator():
         for k in ("losses", "grad_changes", "beta_smoothness"):
             np.testing.assert_allclose(on_ds[k], on_full[k], rtol=1e-4, err_msg=k)
     # through a lax.scan (no unrolling) too, and with the batches sharded over the 4 devices along their batch axis
-    stacked = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(
-        jax.make_mesh((4,), ("batch",), (AxisType.Auto,)), P(None, "batch"))), ds.stacked)
+    stacked = jax.tree.map(
+        lambda x: jax.device_put(x, NamedSharding(jax.make_mesh((4,), ("batch",), (AxisType.Auto,)), P(None, "batch"))),
+        ds.stacked,
+    )
     sharded = jp.dataset(stacked, stacked=True)
     v = jax.tree.map(jnp.ones_like, params)
-    np.testing.assert_allclose(ravel_pytree(jp.hvp(CE, params, sharded, v))[0],
-                               ravel_pytree(jp.hvp(CE, params, full, v))[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ravel_pytree(jp.hvp(CE, params, sharded, v))[0],
+        ravel_pytree(jp.hvp(CE, params, full, v))[0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_dataset_mean_in_a_scan_equals_the_unrolled_sum(monkeypatch):
@@ -199,8 +222,9 @@ def test_params_filter_gives_the_dense_diagonal_block():
     # ravel order: sorted keys, dense_0/{bias, kernel}, head/{bias, kernel}
     n0 = 6 + 5 * 6
     block = mat[:n0, :n0]
-    vals, vecs = jp.hessian_top_eigenvalues(CE, params, b, k=2, key=jax.random.key(2), method="lanczos",
-                                            num_iters=n0, params_filter=["dense_0"])
+    vals, vecs = jp.hessian_top_eigenvalues(
+        CE, params, b, k=2, key=jax.random.key(2), method="lanczos", num_iters=n0, params_filter=["dense_0"]
+    )
     ev = np.linalg.eigvalsh(block)
     ev = ev[np.argsort(-np.abs(ev))]
     np.testing.assert_allclose(vals, ev[:2], rtol=1e-3, atol=1e-6)
@@ -209,8 +233,9 @@ def test_params_filter_gives_the_dense_diagonal_block():
     assert out["head"] == {"bias": None, "kernel": None}
     np.testing.assert_allclose(ravel_pytree(out)[0], block @ np.ones(n0), rtol=1e-4, atol=1e-6)
     # a predicate: the kernels only
-    kernels = jp.hessian_trace(CE, params, b, key=jax.random.key(3), num_samples=4,
-                               params_filter=lambda path, leaf: path.endswith("kernel"))
+    kernels = jp.hessian_trace(
+        CE, params, b, key=jax.random.key(3), num_samples=4, params_filter=lambda path, leaf: path.endswith("kernel")
+    )
     assert int(kernels["num_params"]) == 5 * 6 + 6 * 3
 
 
@@ -242,9 +267,11 @@ def test_host_and_device_loops_agree_for_an_operator_and_a_block():
     params, b = mlp_params(), batches(1)[0]
     key = jax.random.key(5)
     kw = dict(operator="ggn", params_filter=["head"])
-    for fn, extra in ((jp.hessian_top_eigenvalues, dict(k=2, num_iters=30, tol=0.0)),
-                      (jp.hessian_trace, dict(num_samples=6)), (jp.hessian_trace, dict(num_samples=9,
-                                                                                       method="hutch++"))):
+    for fn, extra in (
+        (jp.hessian_top_eigenvalues, dict(k=2, num_iters=30, tol=0.0)),
+        (jp.hessian_trace, dict(num_samples=6)),
+        (jp.hessian_trace, dict(num_samples=9, method="hutch++")),
+    ):
         host = fn(CE, params, b, key=key, loop="host", **kw, **extra)
         device = fn(CE, params, b, key=key, loop="device", **kw, **extra)
         a, d = (host[0], device[0]) if isinstance(host, tuple) else (host["trace"], device["trace"])
@@ -263,10 +290,13 @@ def test_hutch_plus_plus_has_less_variance_than_hutchinson_at_equal_products():
     eigs = 1.0 / np.arange(1, 101) ** 2  # a decaying spectrum, trace π²/6 − ...
     loss, params, a = quadratic(eigs)
     m = 30  # products per estimate, for both
-    hutch = [float(jp.hessian_trace(loss, params, None, key=jax.random.key(s), num_samples=m)["trace"])
-             for s in range(40)]
-    hpp = [float(jp.hessian_trace(loss, params, None, key=jax.random.key(s), num_samples=m,
-                                  method="hutch++")["trace"]) for s in range(40)]
+    hutch = [
+        float(jp.hessian_trace(loss, params, None, key=jax.random.key(s), num_samples=m)["trace"]) for s in range(40)
+    ]
+    hpp = [
+        float(jp.hessian_trace(loss, params, None, key=jax.random.key(s), num_samples=m, method="hutch++")["trace"])
+        for s in range(40)
+    ]
     true = np.trace(a)
     assert abs(np.mean(hpp) - true) < 3 * np.std(hpp) / np.sqrt(40) + 1e-5  # unbiased
     assert np.var(hpp) < 0.1 * np.var(hutch), (np.var(hpp), np.var(hutch))
@@ -277,8 +307,7 @@ def test_quadratic_hessian_eigenvalues_trace_and_density_moments():
     loss, params, a = quadratic(eigs, seed=1)
     v = {"w": jnp.arange(8.0, dtype=jnp.float32)}
     np.testing.assert_allclose(jp.hvp(loss, params, None, v)["w"], a @ np.arange(8.0), rtol=1e-5, atol=1e-5)
-    vals, _ = jp.hessian_top_eigenvalues(loss, params, None, k=3, key=jax.random.key(0), method="lanczos",
-                                         num_iters=8)
+    vals, _ = jp.hessian_top_eigenvalues(loss, params, None, k=3, key=jax.random.key(0), method="lanczos", num_iters=8)
     np.testing.assert_allclose(vals, [5.0, -3.0, 2.0], atol=1e-4)
     tr = jp.hessian_trace(loss, params, None, key=jax.random.key(0), num_samples=30, method="hutch++")
     np.testing.assert_allclose(tr["trace"], eigs.sum(), atol=1e-4)  # 10 sketch vectors span all 8 directions
@@ -320,8 +349,11 @@ def test_bad_arguments_are_one_clear_error():
     custom = jp.SplitLoss(mlp_outputs, lambda z, y: jnp.sum(z**2, -1))
     with pytest.raises(ValueError, match="closed form for the 'cross_entropy' and 'mse' losses only"):
         jp.hessian_trace(custom, params, b, key=key, operator="fisher")
-    with pytest.raises(ValueError, match=r"params_filter names \['conv_9'\], which are not in params; its layers "
-                                         r"are \['dense_0', 'head'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"params_filter names \['conv_9'\], which are not in params; its layers "
+        r"are \['dense_0', 'head'\]",
+    ):
         jp.hessian_trace(CE, params, b, key=key, params_filter=["conv_9"])
     with pytest.raises(ValueError, match="params_filter selects none of the 4 parameter leaves"):
         jp.hessian_trace(CE, params, b, key=key, params_filter=lambda path, leaf: False)
@@ -332,6 +364,9 @@ def test_bad_arguments_are_one_clear_error():
     with pytest.raises(ValueError, match="dataset: no batches given"):
         jp.dataset([])
     bs = batches(2)
-    with pytest.raises(ValueError, match=r"dataset: batch 1 has shapes \(\(7, 5\), \(7,\)\), batch 0 \(\(8, 5\), "
-                                         r"\(8,\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dataset: batch 1 has shapes \(\(7, 5\), \(7,\)\), batch 0 \(\(8, 5\), "
+        r"\(8,\)\)",
+    ):
         jp.dataset([bs[0], {k: v[:7] for k, v in bs[1].items()}])

@@ -22,9 +22,9 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -69,7 +69,7 @@ def _load_config(path: pathlib.Path):
 
 def _check_config_keys(config, overrides: list[str], name: str, where: str) -> None:
     for a in overrides:
-        key = a[len("--config."):].split("=", 1)[0]
+        key = a[len("--config.") :].split("=", 1)[0]
         assert _config_has(config, key), f"{where}: {name} has no config key {key}"
 
 
@@ -136,8 +136,12 @@ def check_command(cmd: str, where: str) -> None:
     overrides = [a for a in args if a.startswith("--config.")]
     _check_config_keys(_load_config(config_path), overrides, config_path.name, where)
     for a in args:
-        if a.startswith("--") and a not in overrides and a not in ("--config", "--workdir") \
-                and not a.startswith("--workdir="):
+        if (
+            a.startswith("--")
+            and a not in overrides
+            and a not in ("--config", "--workdir")
+            and not a.startswith("--workdir=")
+        ):
             raise AssertionError(f"{where}: train.py has no flag {a}")
 
 
@@ -156,8 +160,13 @@ def check_shell_block(code: str, where: str) -> None:
 @pytest.fixture(scope="module")
 def built_docs(tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("docs_html")
-    r = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert r.returncode == 0, f"the docs build failed (warnings are errors):\n{r.stderr}\n{r.stdout[-3000:]}"
     return out
 
@@ -171,9 +180,11 @@ def test_every_public_name_is_in_the_reference(built_docs):
 
     with open(built_docs / "objects.inv", "rb") as f:
         inventory = InventoryFile.load(f, "", lambda *parts: "/".join(parts))
-    documented = {name for kind, entries in inventory.data.items() if kind.startswith("py:") for name in entries} \
-        if hasattr(inventory, "data") else {name for kind, entries in inventory.items() if kind.startswith("py:")
-                                            for name in entries}
+    documented = (
+        {name for kind, entries in inventory.data.items() if kind.startswith("py:") for name in entries}
+        if hasattr(inventory, "data")
+        else {name for kind, entries in inventory.items() if kind.startswith("py:") for name in entries}
+    )
     conf = _docs_conf()
     missing, undocumented = [], []
     for module_name in conf.PUBLIC_MODULES:
@@ -183,8 +194,9 @@ def test_every_public_name_is_in_the_reference(built_docs):
             if f"{module_name}.{name}" not in documented:
                 missing.append(f"{module_name}.{name}")
             obj = getattr(module, name)
-            if (inspect.isclass(obj) and not obj.__dict__.get("__doc__")) or \
-                    (inspect.isfunction(obj) and not obj.__doc__):
+            if (inspect.isclass(obj) and not obj.__dict__.get("__doc__")) or (
+                inspect.isfunction(obj) and not obj.__doc__
+            ):
                 undocumented.append(f"{module_name}.{name}")
     assert not missing, f"public names not in the built reference: {missing}"
     assert not undocumented, f"public functions and classes without a docstring: {undocumented}"
@@ -202,7 +214,7 @@ def test_every_example_of_a_page_runs(page):
         check_shell_block(code, f"docs/{page.name}:{line}")
     namespace: dict = {"__name__": f"docs_{page.stem}"}
     for line, code in code_blocks(text, "python"):
-        exec(compile("\n" * line + code, f"docs/{page.name}", "exec"), namespace)  # noqa: S102
+        exec(compile("\n" * line + code, f"docs/{page.name}", "exec"), namespace)
     assert not code_blocks(text, "py") and not code_blocks(text, "sh"), f"docs/{page.name}: use ```python / ```bash"
 
 

@@ -146,8 +146,9 @@ def test_vmapped_batchnorm_matches_pure_batch_norm(loc, scale, convention, momen
     for step in range(2):
         x = rand((6, c, 3, 3), seed=20 + step, loc=loc, scale=scale)
         y, st = batched(ours)(x, st)
-        ref, stats = J(jn.batch_norm)(x, ours.weight, ours.bias, stats, train=True, axis=1, momentum=momentum,
-                                      convention=convention)
+        ref, stats = J(jn.batch_norm)(
+            x, ours.weight, ours.bias, stats, train=True, axis=1, momentum=momentum, convention=convention
+        )
         close(y, ref, 1e-5, atol=1e-5)
         # float64 two-pass from the same float32 inputs: at mean 1e4 a one-pass float32 variance would be noise
         close(y, bn_ref(x, g, b), 1e-4, atol=1e-4)
@@ -178,8 +179,9 @@ def test_batchnorm_mask_keeps_nan_padding_out():
     y, st = batched(lambda x, s, m: ours(x, s, mask=m), in_axes=(0, None, 0))(x, st, jnp.asarray(valid))
     close(np.asarray(y)[valid], bn_ref(np.asarray(x)[valid], g, b), 1e-4, atol=1e-4)
     stats = st.get(ours.state_index)
-    ref_y, ref = J(jn.batch_norm)(x[valid], ours.weight, ours.bias, jn.init_batch_stats(c), train=True, axis=1,
-                               momentum=0.9)
+    ref_y, ref = J(jn.batch_norm)(
+        x[valid], ours.weight, ours.bias, jn.init_batch_stats(c), train=True, axis=1, momentum=0.9
+    )
     close(np.asarray(y)[valid], ref_y)
     for k in ("mean", "var"):
         assert np.all(np.isfinite(np.asarray(stats[k])))
@@ -195,13 +197,19 @@ def test_batchnorm_mask_keeps_nan_padding_out():
     ct = rand(x.shape, 5)
 
     def loss(x):
-        y, _ = jax.vmap(lambda x, s, m: ours(x, s, mask=m), axis_name="batch", in_axes=(0, None, 0),
-                        out_axes=(0, None))(x, st, jnp.asarray(valid))
+        y, _ = jax.vmap(
+            lambda x, s, m: ours(x, s, mask=m), axis_name="batch", in_axes=(0, None, 0), out_axes=(0, None)
+        )(x, st, jnp.asarray(valid))
         return jnp.sum(jnp.where(jnp.asarray(valid)[:, None, None, None], y * ct, 0.0))
 
     gx = np.asarray(J(jax.grad(loss))(x))
-    g_ref = J(jax.grad(lambda xv: jnp.sum(jn.batch_norm(xv, ours.weight, ours.bias, jn.init_batch_stats(c),
-                                                        train=True, axis=1)[0] * ct[valid])))(x[valid])
+    g_ref = J(
+        jax.grad(
+            lambda xv: jnp.sum(
+                jn.batch_norm(xv, ours.weight, ours.bias, jn.init_batch_stats(c), train=True, axis=1)[0] * ct[valid]
+            )
+        )
+    )(x[valid])
     close(gx[valid], g_ref, 1e-4, atol=1e-5)
     np.testing.assert_array_equal(gx[~valid], 0.0)
 
@@ -285,7 +293,8 @@ def test_tiny_cnn_trains_with_optax_under_filter_jit():
 
     def loss_fn(model, state, x, y, key):
         logits, state = jax.vmap(model, axis_name="batch", in_axes=(0, None, 0), out_axes=(0, None))(
-            x, state, jax.random.split(key, len(x)))
+            x, state, jax.random.split(key, len(x))
+        )
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), state
 
     @eqx.filter_jit
@@ -305,8 +314,9 @@ def test_tiny_cnn_trains_with_optax_under_filter_jit():
     assert float(jnp.abs(stats["mean"]).max()) > 0.1  # moved from 0 towards the conv outputs' means
     assert float(jnp.abs(stats["var"] - 1.0).max()) > 0.01
     # the trained model at inference classifies the training set
-    logits, _ = J(jax.vmap(eqx.nn.inference_mode(model), axis_name="batch", in_axes=(0, None, None),
-                           out_axes=(0, None)))(imgs, state, None)
+    logits, _ = J(
+        jax.vmap(eqx.nn.inference_mode(model), axis_name="batch", in_axes=(0, None, None), out_axes=(0, None))
+    )(imgs, state, None)
     assert float(jnp.mean(jnp.argmax(logits, -1) == labels)) >= 0.9
 
 
@@ -367,8 +377,9 @@ def test_lp_batch_norm_matches_pure(p):
     yi, st_i = batched(eqx.nn.inference_mode(ours))(x, st)
     close(yi, J(jn.batch_norm)(x, ours.weight, ours.bias, stats, train=False, axis=1)[0])
     for k in ("mean", "var", "count"):  # inference does not move the state
-        np.testing.assert_array_equal(np.asarray(st_i.get(ours.state_index)[k]),
-                                      np.asarray(st.get(ours.state_index)[k]))
+        np.testing.assert_array_equal(
+            np.asarray(st_i.get(ours.state_index)[k]), np.asarray(st.get(ours.state_index)[k])
+        )
 
 
 def test_noisy_batch_norm_matches_pure_on_the_whole_batch():
@@ -378,8 +389,9 @@ def test_noisy_batch_norm_matches_pure_on_the_whole_batch():
     x = rand((6, c, 3, 3), loc=1.0, scale=2.0)
     key = jax.random.key(7)
     y, st = batched(functools.partial(ours, key=key))(x, st)  # one shared key (vmap would map a keyword argument)
-    ref, stats = J(jn.noisy_batch_norm)(x, ours.weight, ours.bias, jn.init_batch_stats(c), train=True, key=key, axis=1,
-                                     momentum=0.9)
+    ref, stats = J(jn.noisy_batch_norm)(
+        x, ours.weight, ours.bias, jn.init_batch_stats(c), train=True, key=key, axis=1, momentum=0.9
+    )
     close(y, ref, 1e-5, atol=1e-5)
     for k in ("mean", "var"):
         close(st.get(ours.state_index)[k], stats[k])
@@ -388,8 +400,9 @@ def test_noisy_batch_norm_matches_pure_on_the_whole_batch():
     yi, st_i = batched(eqx.nn.inference_mode(ours))(x, st)  # no noise, no key needed, the state does not move
     close(yi, J(jn.batch_norm)(x, ours.weight, ours.bias, st.get(ours.state_index), train=False, axis=1)[0])
     for k in ("mean", "var", "count"):
-        np.testing.assert_array_equal(np.asarray(st_i.get(ours.state_index)[k]),
-                                      np.asarray(st.get(ours.state_index)[k]))
+        np.testing.assert_array_equal(
+            np.asarray(st_i.get(ours.state_index)[k]), np.asarray(st.get(ours.state_index)[k])
+        )
 
 
 def test_instance_norm_and_dyt_match_pure():
@@ -498,8 +511,12 @@ def test_spatial_dropout_zeroes_whole_channels():
 
 @pytest.mark.parametrize(
     "layer,fn",
-    [(je.GaussianDropout, jn.gaussian_dropout), (je.AlphaDropout, jn.alpha_dropout),
-     (je.OriginalDropout, jn.original_dropout), (je.Dropout, jn.dropout)],
+    [
+        (je.GaussianDropout, jn.gaussian_dropout),
+        (je.AlphaDropout, jn.alpha_dropout),
+        (je.OriginalDropout, jn.original_dropout),
+        (je.Dropout, jn.dropout),
+    ],
     ids=["gaussian", "alpha", "original", "inverted"],
 )
 def test_dropout_variants_match_pure(layer, fn):
@@ -557,7 +574,8 @@ def test_sequential_of_stateless_layers():
 def test_sequential_with_batchnorm_and_stateless_layers():
     c = 4
     seq, st = eqx.nn.make_with_state(eqx.nn.Sequential)(
-        [je.BatchNorm(c, momentum=0.9), eqx.nn.Lambda(jax.nn.relu), je.LayerNorm((c, 3))])
+        [je.BatchNorm(c, momentum=0.9), eqx.nn.Lambda(jax.nn.relu), je.LayerNorm((c, 3))]
+    )
     x = rand((6, c, 3), loc=2.0, scale=3.0)
     y, st = batched(seq)(x, st)
     h, stats = J(jn.batch_norm)(x, None, None, jn.init_batch_stats(c), train=True, axis=1, momentum=0.9)
@@ -606,10 +624,17 @@ def test_construction_and_call_errors(build, match):
 
 
 def test_import_without_equinox_names_the_extra():
-    code = ("import sys; sys.modules['equinox'] = None\n"
-            "try:\n    import jaxnorm.eqx\nexcept ImportError as e:\n    print('MSG', e)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    code = (
+        "import sys; sys.modules['equinox'] = None\n"
+        "try:\n    import jaxnorm.eqx\nexcept ImportError as e:\n    print('MSG', e)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert r.returncode == 0, r.stderr
     assert "MSG" in r.stdout and "jaxnorm[equinox]" in r.stdout, r.stdout + r.stderr
 
@@ -617,13 +642,13 @@ def test_import_without_equinox_names_the_extra():
 def test_bad_inference_value_names_inference_not_train():
     bn, st = eqx.nn.make_with_state(je.BatchNorm)(3)
     with pytest.raises(TypeError) as e:
-        jax.vmap(lambda x, s: bn(x, s, inference="yes"), axis_name="batch", in_axes=(0, None),
-                 out_axes=(0, None))(jnp.ones((4, 3)), st)
+        jax.vmap(lambda x, s: bn(x, s, inference="yes"), axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
+            jnp.ones((4, 3)), st
+        )
     assert "inference must be a Python bool" in str(e.value) and "got 'yes'" in str(e.value), str(e.value)
     assert "pass inference=True or inference=False" in str(e.value) and "train=" not in str(e.value)
     with pytest.raises(TypeError, match=r"Dropout: inference must be a Python bool .*got 'no'"):
         je.Dropout(0.5, inference="no")(jnp.ones(3), key=jax.random.key(0))
-    sn, st = eqx.nn.make_with_state(je.SpectralNorm)(eqx.nn.Linear(3, 2, key=jax.random.key(0)),
-                                                      key=jax.random.key(1))
+    sn, st = eqx.nn.make_with_state(je.SpectralNorm)(eqx.nn.Linear(3, 2, key=jax.random.key(0)), key=jax.random.key(1))
     with pytest.raises(TypeError, match=r"SpectralNorm: inference must be a Python bool .*got 1 \(int\)"):
         sn(jnp.ones(3), st, inference=1)

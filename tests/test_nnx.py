@@ -17,7 +17,7 @@ import jaxnorm.nnx
 
 jnn = jn.nnx
 
-from _float64 import close, f64, rand
+from _float64 import close, f64, rand  # noqa: E402 (after jnn, which the helpers import)
 
 TOL = 1e-5
 pytestmark = pytest.mark.usefixtures("highest_precision")
@@ -157,8 +157,9 @@ def test_batch_norm_options_against_float64():
     close(nchw.var[...], nhwc.var[...])
     assert int(cum.count[...]) == int(pt.count[...]) == int(nchw.count[...]) == 3
     x = rand((3, 6, 2, 2), seed=89)
-    close(jnp.moveaxis(nchw(x, use_running_average=True), 1, -1),
-          nhwc(jnp.moveaxis(x, 1, -1), use_running_average=True))
+    close(
+        jnp.moveaxis(nchw(x, use_running_average=True), 1, -1), nhwc(jnp.moveaxis(x, 1, -1), use_running_average=True)
+    )
     # a batch without valid values leaves the running statistics alone
     before = stats_of(pt)
     pt(jnp.full((4, 6), jnp.nan), mask=jnp.zeros(4, bool))
@@ -168,18 +169,30 @@ def test_batch_norm_options_against_float64():
 
 PER_EXAMPLE = {
     # name: (ours, flax, input shapes, float64 reference(x, g, b))
-    "layer": (lambda c: jnn.LayerNorm(c, axes=-1, epsilon=1e-6, rngs=nnx.Rngs(0)),
-              lambda c: nnx.LayerNorm(c, rngs=nnx.Rngs(0)), [(8, 6), (2, 3, 3, 6)],
-              lambda x, g, b: ref_norm(x, (-1,), g, b)),
-    "group": (lambda c: jnn.GroupNorm(c, 3, epsilon=1e-6, rngs=nnx.Rngs(0)),
-              lambda c: nnx.GroupNorm(c, 3, rngs=nnx.Rngs(0)), [(8, 6), (2, 3, 3, 6)],
-              lambda x, g, b: ref_group_norm(x, 3, g, b)),
-    "rms": (lambda c: jnn.RMSNorm(c, axes=-1, epsilon=1e-6, rngs=nnx.Rngs(0)),
-            lambda c: nnx.RMSNorm(c, rngs=nnx.Rngs(0)), [(8, 6), (2, 3, 3, 6)],
-            lambda x, g, b: ref_norm(x, (-1,), g, None, rms=True)),
-    "instance": (lambda c: jnn.InstanceNorm(c, epsilon=1e-6, rngs=nnx.Rngs(0)),
-                 lambda c: nnx.InstanceNorm(c, rngs=nnx.Rngs(0)), [(2, 5, 6), (2, 3, 3, 6)],
-                 lambda x, g, b: ref_norm(x, tuple(range(1, x.ndim - 1)), g, b)),
+    "layer": (
+        lambda c: jnn.LayerNorm(c, axes=-1, epsilon=1e-6, rngs=nnx.Rngs(0)),
+        lambda c: nnx.LayerNorm(c, rngs=nnx.Rngs(0)),
+        [(8, 6), (2, 3, 3, 6)],
+        lambda x, g, b: ref_norm(x, (-1,), g, b),
+    ),
+    "group": (
+        lambda c: jnn.GroupNorm(c, 3, epsilon=1e-6, rngs=nnx.Rngs(0)),
+        lambda c: nnx.GroupNorm(c, 3, rngs=nnx.Rngs(0)),
+        [(8, 6), (2, 3, 3, 6)],
+        lambda x, g, b: ref_group_norm(x, 3, g, b),
+    ),
+    "rms": (
+        lambda c: jnn.RMSNorm(c, axes=-1, epsilon=1e-6, rngs=nnx.Rngs(0)),
+        lambda c: nnx.RMSNorm(c, rngs=nnx.Rngs(0)),
+        [(8, 6), (2, 3, 3, 6)],
+        lambda x, g, b: ref_norm(x, (-1,), g, None, rms=True),
+    ),
+    "instance": (
+        lambda c: jnn.InstanceNorm(c, epsilon=1e-6, rngs=nnx.Rngs(0)),
+        lambda c: nnx.InstanceNorm(c, rngs=nnx.Rngs(0)),
+        [(2, 5, 6), (2, 3, 3, 6)],
+        lambda x, g, b: ref_norm(x, tuple(range(1, x.ndim - 1)), g, b),
+    ),
 }
 PER_EXAMPLE_CASES = [(k, s) for k in sorted(PER_EXAMPLE) for s in PER_EXAMPLE[k][2]]
 
@@ -332,12 +345,16 @@ def test_call_time_flags_override_the_attributes():
     np.testing.assert_array_equal(np.asarray(d2(x, deterministic=True)), np.asarray(x))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: jnn.BatchNorm(4, use_running_average=None, rngs=nnx.Rngs(0)),
-    lambda: jnn.BatchRenorm(4, use_running_average=None, rngs=nnx.Rngs(0)),
-    lambda: jnn.LpBatchNorm(4, use_running_average=None, rngs=nnx.Rngs(0)),
-    lambda: jnn.NoisyBatchNorm(4, use_running_average=None, rngs=nnx.Rngs(0)),
-], ids=["bn", "renorm", "lp", "noisy"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jnn.BatchNorm(4, use_running_average=None, rngs=nnx.Rngs(0)),
+        lambda: jnn.BatchRenorm(4, use_running_average=None, rngs=nnx.Rngs(0)),
+        lambda: jnn.LpBatchNorm(4, use_running_average=None, rngs=nnx.Rngs(0)),
+        lambda: jnn.NoisyBatchNorm(4, use_running_average=None, rngs=nnx.Rngs(0)),
+    ],
+    ids=["bn", "renorm", "lp", "noisy"],
+)
 def test_no_mode_anywhere_is_an_error_naming_the_flag(make):
     layer = make()
     with pytest.raises(ValueError, match="use_running_average"):
@@ -581,14 +598,15 @@ def test_lp_batch_norm_matches_the_pure_function(p):
     stats = jn.init_batch_stats(6)
     for step in range(2):
         x = rand((8, 6), seed=40 + step, loc=1.0, scale=2.0)
-        y_ref, stats = jn.lp_batch_norm(x, jnp.asarray(g, jnp.float32), jnp.asarray(b, jnp.float32), stats,
-                                        train=True, p=p, momentum=0.9)
+        y_ref, stats = jn.lp_batch_norm(
+            x, jnp.asarray(g, jnp.float32), jnp.asarray(b, jnp.float32), stats, train=True, p=p, momentum=0.9
+        )
         close(layer(x), y_ref)
         close(layer.mean[...], stats["mean"])
         close(layer.var[...], stats["var"])
     if p == 2:  # ℓ2: s² = mean(x²) (before the mean shift) enters the running 'var'
         x0, x1 = (f64(rand((8, 6), seed=40 + i, loc=1.0, scale=2.0)) for i in range(2))
-        close(layer.var[...], 0.9 * (0.9 + 0.1 * (x0 ** 2).mean(0)) + 0.1 * (x1 ** 2).mean(0))
+        close(layer.var[...], 0.9 * (0.9 + 0.1 * (x0**2).mean(0)) + 0.1 * (x1**2).mean(0))
     x = rand((3, 6), seed=49)
     y_ref, _ = jn.lp_batch_norm(x, jnp.asarray(g, jnp.float32), jnp.asarray(b, jnp.float32), stats, train=False, p=p)
     close(layer(x, use_running_average=True), y_ref)
@@ -601,8 +619,9 @@ def test_noisy_batch_norm_noise_in_training_only():
     g, b = set_affine(layer, plain, c=6)
     gj, bj = jnp.asarray(g, jnp.float32), jnp.asarray(b, jnp.float32)
     # eval: exactly batch norm with the running statistics, no key needed
-    np.testing.assert_array_equal(np.asarray(layer(x, use_running_average=True)),
-                                  np.asarray(plain(x, use_running_average=True)))
+    np.testing.assert_array_equal(
+        np.asarray(layer(x, use_running_average=True)), np.asarray(plain(x, use_running_average=True))
+    )
     # training with the layer's own stream: the key is the one the forked 'dropout' stream draws
     stream = nnx.Rngs(0, dropout=5)["dropout"].fork()
     k1, k2 = stream(), stream()
@@ -626,8 +645,9 @@ def test_noisy_batch_norm_noise_in_training_only():
     close(layer.var[...], stats["var"])
     # an nnx.Rngs passed at the call: its 'dropout' stream's next key
     y4 = layer(x, rngs=nnx.Rngs(dropout=11))
-    y4_ref, stats = jn.noisy_batch_norm(x, gj, bj, stats, train=True, key=nnx.Rngs(dropout=11)["dropout"](),
-                                    momentum=0.9)
+    y4_ref, stats = jn.noisy_batch_norm(
+        x, gj, bj, stats, train=True, key=nnx.Rngs(dropout=11)["dropout"](), momentum=0.9
+    )
     close(y4, y4_ref)
     # eval after training: no noise, the running statistics
     y_eval = layer(x, use_running_average=True)
@@ -664,7 +684,8 @@ def test_standardized_conv_equals_conv_with_standardized_kernel():
     ct = rand((2, 6, 6, 5), seed=2)
     g = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) * ct)))(sc)
     g_ref = jax.jit(jax.grad(lambda k: jnp.sum((conv2d(x, jn.weight_standardize(k)) + sc.bias[...]) * ct)))(
-        jnp.asarray(raw))
+        jnp.asarray(raw)
+    )
     close(g.kernel[...], g_ref, 1e-4)
     assert np.abs(np.asarray(g_ref)).max() > 0
 
@@ -794,8 +815,11 @@ def test_stochastic_layers_match_the_pure_functions(kind):
     for _ in range(2):
         close(layer(x), fn(x, rate, key=stream(), train=True), 1e-6)
     # an RngStream at the call
-    close(layer(x, rngs=nnx.Rngs(dropout=4)["dropout"]), fn(x, rate, key=nnx.Rngs(dropout=4)["dropout"](),
-                                                             train=True), 1e-6)
+    close(
+        layer(x, rngs=nnx.Rngs(dropout=4)["dropout"]),
+        fn(x, rate, key=nnx.Rngs(dropout=4)["dropout"](), train=True),
+        1e-6,
+    )
     close(layer(x, deterministic=True), at_test(f64(x), rate), 1e-6)
     if kind == "spatial":  # one value per example and channel
         assert np.all((np.asarray(y) == 0) == (np.asarray(y)[:, :1, :1] == 0))
@@ -859,18 +883,22 @@ def test_population_batch_stats_needs_a_batch_norm():
 
 class LinBN(nnx.Module):
     def __init__(self, rngs, use_bias=True, conv=False, flax_bn=False):
-        self.lin = (nnx.Conv(3, 5, (3, 3), use_bias=use_bias, rngs=rngs) if conv
-                    else nnx.Linear(4, 5, use_bias=use_bias, rngs=rngs))
+        self.lin = (
+            nnx.Conv(3, 5, (3, 3), use_bias=use_bias, rngs=rngs)
+            if conv
+            else nnx.Linear(4, 5, use_bias=use_bias, rngs=rngs)
+        )
         self.bn = (nnx.BatchNorm if flax_bn else jnn.BatchNorm)(5, momentum=0.5, rngs=rngs)
 
     def __call__(self, x):
         return nnx.relu(self.bn(self.lin(x)))
 
 
-@pytest.mark.parametrize("use_bias,conv,flax_bn", [(True, False, False), (False, False, False),
-                                                   (True, True, False), (False, True, False),
-                                                   (True, False, True)],
-                         ids=["linear", "linear-nobias", "conv", "conv-nobias", "flax-bn"])
+@pytest.mark.parametrize(
+    "use_bias,conv,flax_bn",
+    [(True, False, False), (False, False, False), (True, True, False), (False, True, False), (True, False, True)],
+    ids=["linear", "linear-nobias", "conv", "conv-nobias", "flax-bn"],
+)
 def test_fold_batch_norm_equals_the_model_in_eval(use_bias, conv, flax_bn):
     m = LinBN(nnx.Rngs(0), use_bias=use_bias, conv=conv, flax_bn=flax_bn)
     set_affine(m.bn, c=5)
@@ -913,8 +941,11 @@ def test_fold_batch_norm_in_a_sequential_and_bad_paths():
 
 
 def test_num_features_mismatch_names_the_numbers():
-    for layer in (jnn.BatchNorm(6, rngs=nnx.Rngs(0)), jnn.LayerNorm(6, rngs=nnx.Rngs(0)),
-                  jnn.GroupNorm(6, 3, rngs=nnx.Rngs(0))):
+    for layer in (
+        jnn.BatchNorm(6, rngs=nnx.Rngs(0)),
+        jnn.LayerNorm(6, rngs=nnx.Rngs(0)),
+        jnn.GroupNorm(6, 3, rngs=nnx.Rngs(0)),
+    ):
         with pytest.raises(ValueError, match=r"num_features=6") as e:
             layer(jnp.ones((4, 5)))
         assert "(4, 5)" in str(e.value) and "num_features=5" in str(e.value)
@@ -982,23 +1013,31 @@ def test_spectral_norm_refuses_a_traced_update_stats_with_its_own_message():
 
 def test_every_norm_layer_takes_mask_so_models_can_swap_them():
     x, mask = rand((4, 6), 4), jnp.array([True, True, False, True])
-    for layer in (jnn.DyT(6, rngs=nnx.Rngs(0)), jnn.LayerNorm(6, rngs=nnx.Rngs(0)),
-                  jnn.RMSNorm(6, rngs=nnx.Rngs(0)), jnn.GroupNorm(6, 2, rngs=nnx.Rngs(0)),
-                  jnn.BatchNorm(6, rngs=nnx.Rngs(0))):
+    for layer in (
+        jnn.DyT(6, rngs=nnx.Rngs(0)),
+        jnn.LayerNorm(6, rngs=nnx.Rngs(0)),
+        jnn.RMSNorm(6, rngs=nnx.Rngs(0)),
+        jnn.GroupNorm(6, 2, rngs=nnx.Rngs(0)),
+        jnn.BatchNorm(6, rngs=nnx.Rngs(0)),
+    ):
         y = layer(x, mask=mask)
         assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
 
 
-@pytest.mark.parametrize("make,call,flag", [
-    (lambda: jnn.BatchNorm(4, use_running_average="yes", rngs=nnx.Rngs(0)), {}, "use_running_average"),
-    (lambda: jnn.BatchNorm(4, rngs=nnx.Rngs(0)), {"use_running_average": 1}, "use_running_average"),
-    (lambda: jnn.BatchRenorm(4, rngs=nnx.Rngs(0)), {"use_running_average": "no"}, "use_running_average"),
-    (lambda: jnn.LpBatchNorm(4, use_running_average="yes", rngs=nnx.Rngs(0)), {}, "use_running_average"),
-    (lambda: jnn.NoisyBatchNorm(4, use_running_average="yes", rngs=nnx.Rngs(0)), {}, "use_running_average"),
-    (lambda: jnn.NoisyBatchNorm(4, deterministic="yes", rngs=nnx.Rngs(0)), {}, "deterministic"),
-    (lambda: jnn.Dropout(0.5, deterministic="yes", rngs=nnx.Rngs(dropout=0)), {}, "deterministic"),
-    (lambda: jnn.Dropout(0.5, rngs=nnx.Rngs(dropout=0)), {"deterministic": "no"}, "deterministic"),
-], ids=["bn_ctor", "bn_call_int", "renorm_call", "lp_ctor", "noisy_ura", "noisy_det", "drop_ctor", "drop_call"])
+@pytest.mark.parametrize(
+    "make,call,flag",
+    [
+        (lambda: jnn.BatchNorm(4, use_running_average="yes", rngs=nnx.Rngs(0)), {}, "use_running_average"),
+        (lambda: jnn.BatchNorm(4, rngs=nnx.Rngs(0)), {"use_running_average": 1}, "use_running_average"),
+        (lambda: jnn.BatchRenorm(4, rngs=nnx.Rngs(0)), {"use_running_average": "no"}, "use_running_average"),
+        (lambda: jnn.LpBatchNorm(4, use_running_average="yes", rngs=nnx.Rngs(0)), {}, "use_running_average"),
+        (lambda: jnn.NoisyBatchNorm(4, use_running_average="yes", rngs=nnx.Rngs(0)), {}, "use_running_average"),
+        (lambda: jnn.NoisyBatchNorm(4, deterministic="yes", rngs=nnx.Rngs(0)), {}, "deterministic"),
+        (lambda: jnn.Dropout(0.5, deterministic="yes", rngs=nnx.Rngs(dropout=0)), {}, "deterministic"),
+        (lambda: jnn.Dropout(0.5, rngs=nnx.Rngs(dropout=0)), {"deterministic": "no"}, "deterministic"),
+    ],
+    ids=["bn_ctor", "bn_call_int", "renorm_call", "lp_ctor", "noisy_ura", "noisy_det", "drop_ctor", "drop_call"],
+)
 def test_bad_flag_value_names_the_nnx_argument_not_train(make, call, flag):
     layer = make()
     with pytest.raises(TypeError) as e:

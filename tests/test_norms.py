@@ -66,7 +66,9 @@ def test_batch_norm_gradients_match_flax(train):
     def flax_loss(x, s, b):
         y = fnn.BatchNorm(use_running_average=not train, epsilon=1e-5).apply(
             {"params": {"scale": s, "bias": b}, "batch_stats": {"mean": stats["mean"], "var": stats["var"]}},
-            x, mutable=["batch_stats"])[0]
+            x,
+            mutable=["batch_stats"],
+        )[0]
         return jnp.sum(y * ct)
 
     def ours(x, s, b):
@@ -84,16 +86,32 @@ def _flax_apply(module, x, scale, bias):
 @pytest.mark.parametrize(
     "name,ours,theirs,has_bias",
     [
-        ("layer_all", lambda x, s, b: jn.layer_norm(x, s, b, epsilon=1e-5),
-         fnn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=1e-5), True),
+        (
+            "layer_all",
+            lambda x, s, b: jn.layer_norm(x, s, b, epsilon=1e-5),
+            fnn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=1e-5),
+            True,
+        ),
         ("layer_last", lambda x, s, b: jn.layer_norm(x, s, b, epsilon=1e-6, axes=-1), fnn.LayerNorm(), True),
-        ("group32", lambda x, s, b: jn.group_norm(x, s, b, num_groups=32, epsilon=1e-5),
-         fnn.GroupNorm(num_groups=32, epsilon=1e-5), True),
-        ("group_size4", lambda x, s, b: jn.group_norm(x, s, b, group_size=4, epsilon=1e-5),
-         fnn.GroupNorm(num_groups=None, group_size=4, epsilon=1e-5), True),
+        (
+            "group32",
+            lambda x, s, b: jn.group_norm(x, s, b, num_groups=32, epsilon=1e-5),
+            fnn.GroupNorm(num_groups=32, epsilon=1e-5),
+            True,
+        ),
+        (
+            "group_size4",
+            lambda x, s, b: jn.group_norm(x, s, b, group_size=4, epsilon=1e-5),
+            fnn.GroupNorm(num_groups=None, group_size=4, epsilon=1e-5),
+            True,
+        ),
         ("instance", lambda x, s, b: jn.instance_norm(x, s, b, epsilon=1e-5), fnn.InstanceNorm(epsilon=1e-5), True),
-        ("rms_all", lambda x, s, b: jn.rms_norm(x, s, epsilon=1e-5),
-         fnn.RMSNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=1e-5), False),
+        (
+            "rms_all",
+            lambda x, s, b: jn.rms_norm(x, s, epsilon=1e-5),
+            fnn.RMSNorm(reduction_axes=(1, 2, 3), feature_axes=-1, epsilon=1e-5),
+            False,
+        ),
         ("rms_last", lambda x, s, b: jn.rms_norm(x, s, epsilon=1e-6, axes=-1), fnn.RMSNorm(), False),
     ],
 )
@@ -107,8 +125,9 @@ def test_per_example_norms_match_flax(name, ours, theirs, has_bias):
     args = (x, scale) if bias is None else (x, scale, bias)
     argn = tuple(range(len(args)))
     g_ours = jax.grad(lambda *a: jnp.sum(ours(a[0], a[1], a[2] if len(a) > 2 else None) * ct), argn)(*args)
-    g_flax = jax.grad(lambda *a: jnp.sum(_flax_apply(theirs, a[0], a[1], a[2] if len(a) > 2 else None) * ct),
-                      argn)(*args)
+    g_flax = jax.grad(lambda *a: jnp.sum(_flax_apply(theirs, a[0], a[1], a[2] if len(a) > 2 else None) * ct), argn)(
+        *args
+    )
     for a, b in zip(g_ours, g_flax):
         close(a, b, 1e-4)
 
@@ -222,7 +241,7 @@ def test_sync_batch_norm_uneven_shards_via_mask():
     shards, masks, start = [], [], 0
     for n in counts:
         pad = jnp.full((4 - n, 2, 5), 1e3)
-        shards.append(jnp.concatenate([x_real[start:start + n], pad]))
+        shards.append(jnp.concatenate([x_real[start : start + n], pad]))
         masks.append(jnp.arange(4) < n)
         start += n
     stats = jn.init_batch_stats(5)
@@ -235,7 +254,8 @@ def test_sync_batch_norm_uneven_shards_via_mask():
 
 
 def test_sync_batch_norm_under_shard_map():
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
 
     mesh = Mesh(np.array(jax.devices()[:4]), ("batch",))
     x = rand((16, 6), loc=3.0)
@@ -275,8 +295,9 @@ def test_bn_backward_identity():
     gamma = rand((c,), 1, 1.0, 0.5)
     g = rand((m, c), 2)
     eps = 1e-5
-    dx = jax.grad(lambda x: jnp.sum(jn.batch_norm(x, gamma, None, jn.init_batch_stats(c), train=True,
-                                                  epsilon=eps)[0] * g))(x)
+    dx = jax.grad(
+        lambda x: jnp.sum(jn.batch_norm(x, gamma, None, jn.init_batch_stats(c), train=True, epsilon=eps)[0] * g)
+    )(x)
     xn = np.asarray(x, np.float64)
     sigma = np.sqrt(xn.var(0) + eps)
     xhat = (xn - xn.mean(0)) / sigma
@@ -334,7 +355,7 @@ def test_population_batch_stats_for_a_flax_model():
     batches = [rand(x.shape, s, loc=0.3 * s) for s in range(4)]
     v2 = jn.nn.population_batch_stats(model.apply, v, batches)
     # reference: the conv output of each batch, then the seed formula
-    conv = lambda b: fnn.Conv(8, (3, 3), use_bias=False).apply({"params": v["params"]["conv1"]}, b)
+    conv = lambda b: fnn.Conv(8, (3, 3), use_bias=False).apply({"params": v["params"]["conv1"]}, b)  # noqa: E731
     outs = np.stack([np.asarray(conv(b), np.float64).reshape(-1, 8) for b in batches])
     m = outs.shape[1]
     close(v2["batch_stats"]["bn1"]["mean"], outs.mean(1).mean(0), 1e-4)
@@ -355,8 +376,11 @@ def test_layer_norm_invariant_to_weight_and_example_rescaling():
     close(jn.layer_norm(x2 @ w, epsilon=0.0), base, 1e-4)
     # batch norm is not invariant to re-scaling one example: a sanity check that the test can fail
     st = jn.init_batch_stats(7)
-    assert not np.allclose(jn.batch_norm(x2 @ w, None, None, st, train=True)[0],
-                           jn.batch_norm(x @ w, None, None, st, train=True)[0], atol=1e-3)
+    assert not np.allclose(
+        jn.batch_norm(x2 @ w, None, None, st, train=True)[0],
+        jn.batch_norm(x @ w, None, None, st, train=True)[0],
+        atol=1e-3,
+    )
 
 
 def test_group_norm_special_cases():
@@ -374,7 +398,8 @@ def test_weight_standardize_and_standardized_conv():
     x = rand((2, 5, 5, 4))
     v = conv.init(jax.random.key(0), x)
     ref = fnn.Conv(6, (3, 3), use_bias=False).apply(
-        {"params": {"kernel": jn.weight_standardize(v["params"]["kernel"], epsilon=0.0)}}, x)
+        {"params": {"kernel": jn.weight_standardize(v["params"]["kernel"], epsilon=0.0)}}, x
+    )
     close(conv.apply(v, x), ref, 1e-4)
 
 
@@ -395,7 +420,7 @@ def test_ghost_batch_norm_normalizes_each_virtual_batch():
     x = rand((12, 3), loc=1.0)
     stats = jn.init_batch_stats(3)
     y, s = jn.batch_norm(x, None, None, stats, train=True, virtual_batch_size=4, momentum=0.0)
-    parts = [jn.batch_norm(x[i:i + 4], None, None, stats, train=True, momentum=0.0) for i in (0, 4, 8)]
+    parts = [jn.batch_norm(x[i : i + 4], None, None, stats, train=True, momentum=0.0) for i in (0, 4, 8)]
     close(y, jnp.concatenate([p[0] for p in parts]))
     close(s["mean"], np.mean([p[1]["mean"] for p in parts], 0))
     close(s["var"], np.mean([p[1]["var"] for p in parts], 0))
@@ -467,8 +492,15 @@ def test_check_grads_every_transform(name):
 
 def test_lp_inf_grads():
     x = rand((6, 4), loc=0.4)
-    check_grads(lambda x: jn.lp_batch_norm(x, None, None, STATS4, train=True, p="inf")[0], (x,), order=1,
-                modes=("rev",), atol=5e-2, rtol=5e-2, eps=1e-3)
+    check_grads(
+        lambda x: jn.lp_batch_norm(x, None, None, STATS4, train=True, p="inf")[0],
+        (x,),
+        order=1,
+        modes=("rev",),
+        atol=5e-2,
+        rtol=5e-2,
+        eps=1e-3,
+    )
 
 
 def test_vmap_of_batch_norm_over_independent_batches():
@@ -504,7 +536,9 @@ def test_batch_norm_errors():
     with pytest.raises(ValueError, match=r"more than 1 value per channel.*PyTorch"):
         jn.batch_norm(jnp.ones((1, 4)), None, None, stats, train=True)
     jn.batch_norm(jnp.ones((1, 4)), None, None, stats, train=False)  # eval on one example is fine
-    with pytest.raises(ValueError, match=r"stats\['mean'\] has shape \(4,\) but the input has 6 channels.*init_batch_stats\(6\)"):
+    with pytest.raises(
+        ValueError, match=r"stats\['mean'\] has shape \(4,\) but the input has 6 channels.*init_batch_stats\(6\)"
+    ):
         jn.batch_norm(jnp.ones((3, 6)), None, None, stats, train=True)
     with pytest.raises(ValueError, match=r"'mean', 'var'.*init_batch_stats\(4\)"):
         jn.batch_norm(jnp.ones((3, 4)), None, None, {"mean": jnp.zeros(4)}, train=True)
@@ -571,16 +605,31 @@ def test_noisy_batch_norm_new_noise_each_step_and_none_in_eval():
     a, _ = layer.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(5)})
     b, _ = layer.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(6)})
     assert not np.allclose(a, b)
-    close(layer.apply(v, x, train=False), jn.batch_norm(x, v["params"]["scale"], v["params"]["bias"],
-                                                         v["batch_stats"], train=False)[0])
+    close(
+        layer.apply(v, x, train=False),
+        jn.batch_norm(x, v["params"]["scale"], v["params"]["bias"], v["batch_stats"], train=False)[0],
+    )
     with pytest.raises(ValueError, match=r"needs a 'dropout' PRNG stream"):
         layer.apply(v, x, train=True, mutable=["batch_stats"])
     with pytest.raises(ValueError, match=r"n_sigma >= 1"):
         jn.noisy_batch_norm(x, None, None, stats, train=True, key=jax.random.key(1), n_sigma=0.5)
 
 
-@pytest.mark.parametrize("name", ["batch_norm", "ghost", "layer_norm", "group_norm", "instance_norm", "rms_norm",
-                                  "batch_renorm", "lp1", "lp2", "lpinf"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "batch_norm",
+        "ghost",
+        "layer_norm",
+        "group_norm",
+        "instance_norm",
+        "rms_norm",
+        "batch_renorm",
+        "lp1",
+        "lp2",
+        "lpinf",
+    ],
+)
 def test_nan_in_masked_padding_never_reaches_the_gradients(name):
     """The loss sees only valid examples; NaN padding must leave every gradient finite and equal to the one with
     finite padding (it used to reach them as 0·NaN in the transpose of the normalization's JVP)."""
@@ -588,7 +637,7 @@ def test_nan_in_masked_padding_never_reaches_the_gradients(name):
     x = jnp.asarray(rng.normal(2, 3, (8, 3, 4)), jnp.float32)
     valid = jnp.asarray([1, 1, 0, 1, 1, 0, 1, 1], bool)
     ct = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
-    w, b = jnp.asarray(rng.normal(1, .2, 4), jnp.float32), jnp.asarray(rng.normal(0, .2, 4), jnp.float32)
+    w, b = jnp.asarray(rng.normal(1, 0.2, 4), jnp.float32), jnp.asarray(rng.normal(0, 0.2, 4), jnp.float32)
     st = jn.init_batch_stats(4)
     f = {
         "batch_norm": lambda x, w, b: jn.batch_norm(x, w, b, st, train=True, mask=valid)[0],
@@ -610,5 +659,7 @@ def test_nan_in_masked_padding_never_reaches_the_gradients(name):
     g_fin = jax.grad(loss, argnums=(0, 1, 2))(x, w, b)
     for a, ref in zip(g_nan, g_fin):
         assert bool(jnp.all(jnp.isfinite(a)))
-        np.testing.assert_array_equal(np.where(valid[:, None, None], a, 0) if a.ndim == 3 else a,
-                                      np.where(valid[:, None, None], ref, 0) if ref.ndim == 3 else ref)
+        np.testing.assert_array_equal(
+            np.where(valid[:, None, None], a, 0) if a.ndim == 3 else a,
+            np.where(valid[:, None, None], ref, 0) if ref.ndim == 3 else ref,
+        )

@@ -37,16 +37,14 @@ def _close(x, y):
 
 DATASET_PROBES = {
     "hvp": lambda b: jp.hvp(quad_loss, PARAMS, b, PARAMS),
-    "hessian_top_eigenvalues": lambda b: jp.hessian_top_eigenvalues(quad_loss, PARAMS, b, k=2, key=KEY,
-                                                                     num_iters=50),
+    "hessian_top_eigenvalues": lambda b: jp.hessian_top_eigenvalues(quad_loss, PARAMS, b, k=2, key=KEY, num_iters=50),
     "hessian_trace": lambda b: jp.hessian_trace(quad_loss, PARAMS, b, key=KEY, num_samples=6),
-    "hessian_trace_hutchpp": lambda b: jp.hessian_trace(quad_loss, PARAMS, b, key=KEY, num_samples=6,
-                                                        method="hutch++"),
-    "hessian_spectral_density": lambda b: jp.hessian_spectral_density(quad_loss, PARAMS, b, key=KEY,
-                                                                      num_lanczos_steps=3, num_points=20),
+    "hessian_trace_hutchpp": lambda b: jp.hessian_trace(quad_loss, PARAMS, b, key=KEY, num_samples=6, method="hutch++"),
+    "hessian_spectral_density": lambda b: jp.hessian_spectral_density(
+        quad_loss, PARAMS, b, key=KEY, num_lanczos_steps=3, num_points=20
+    ),
     "directional_curvature": lambda b: jp.directional_curvature(quad_loss, PARAMS, b),
-    "curvature_per_layer": lambda b: jp.curvature_per_layer(quad_loss, PARAMS, b, key=KEY, num_iters=10,
-                                                            num_samples=4),
+    "curvature_per_layer": lambda b: jp.curvature_per_layer(quad_loss, PARAMS, b, key=KEY, num_iters=10, num_samples=4),
     "santurkar_probe": lambda b: jp.santurkar_probe(quad_loss, PARAMS, b, etas=[0.1, 0.2]),
 }
 
@@ -94,8 +92,15 @@ ONE_BATCH_PROBES = {
     "loss_slice_2d": lambda b: jp.loss_slice_2d(quad_loss, PARAMS, b, key=KEY, steps=3),
     "interpolate": lambda b: jp.interpolate(quad_loss, PARAMS, jax.tree.map(jnp.zeros_like, PARAMS), b, steps=3),
     "trajectory_surface": lambda b: jp.trajectory_surface(
-        quad_loss, [PARAMS, {"a": jnp.array([0.0, 1.0]), "b": jnp.array([0.0])},
-                    {"a": jnp.array([0.5, 0.0]), "b": jnp.array([1.0])}], b, steps=3),
+        quad_loss,
+        [
+            PARAMS,
+            {"a": jnp.array([0.0, 1.0]), "b": jnp.array([0.0])},
+            {"a": jnp.array([0.5, 0.0]), "b": jnp.array([1.0])},
+        ],
+        b,
+        steps=3,
+    ),
 }
 
 
@@ -124,8 +129,9 @@ A_KNOWN = np.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.5]], np.float
 
 @pytest.mark.parametrize("method", ["power", "lanczos"])
 def test_top_eigenvalues_of_a_known_quadratic(method):
-    vals, vecs = jp.hessian_top_eigenvalues(quad_loss, PARAMS, {"A": A_KNOWN}, k=2, key=KEY, method=method,
-                                            num_iters=200 if method == "power" else 3, tol=0)
+    vals, vecs = jp.hessian_top_eigenvalues(
+        quad_loss, PARAMS, {"A": A_KNOWN}, k=2, key=KEY, method=method, num_iters=200 if method == "power" else 3, tol=0
+    )
     np.testing.assert_allclose(np.asarray(vals), [3.0, 1.0], rtol=1e-4)
     top = np.concatenate([np.asarray(vecs["a"][0]), np.asarray(vecs["b"][0])])
     assert abs(float(top @ np.array([1.0, 1.0, 0.0]) / np.sqrt(2))) == pytest.approx(1.0, abs=1e-4)

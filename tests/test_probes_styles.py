@@ -1,7 +1,5 @@
 """The probes on Flax NNX and Equinox models: the loss-function helpers against the linen helper and by hand."""
 
-import functools
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -60,9 +58,11 @@ def batch():
 
 
 def _nnx_params_as_linen(model):
-    return {"Dense_0": {"kernel": model.lin1.kernel[...], "bias": model.lin1.bias[...]},
-            "BatchNorm_0": {"scale": model.bn.scale[...], "bias": model.bn.bias[...]},
-            "Dense_1": {"kernel": model.lin2.kernel[...], "bias": model.lin2.bias[...]}}
+    return {
+        "Dense_0": {"kernel": model.lin1.kernel[...], "bias": model.lin1.bias[...]},
+        "BatchNorm_0": {"scale": model.bn.scale[...], "bias": model.bn.bias[...]},
+        "Dense_1": {"kernel": model.lin2.kernel[...], "bias": model.lin2.bias[...]},
+    }
 
 
 def _stats(model):
@@ -86,6 +86,7 @@ def test_nnx_loss_fn_equals_the_linen_loss_of_the_same_network_in_eval(batch):
 def _snapshot(model):
     def arr(v):
         return np.asarray(jax.random.key_data(v) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key) else v)
+
     return jax.tree.map(arr, nnx.state(model).to_pure_dict())
 
 
@@ -140,9 +141,11 @@ def test_eqx_loss_fn_in_inference_mode_matches_the_linen_eval_loss(batch):
     model, state = _eqx_model()
     loss_fn, params = jp.eqx_loss_fn(model, state, train=False)
     st = state.get(model.bn.state_index)
-    linen_params = {"Dense_0": {"kernel": model.lin1.weight.T, "bias": model.lin1.bias},
-                    "BatchNorm_0": {"scale": model.bn.weight, "bias": model.bn.bias},
-                    "Dense_1": {"kernel": model.lin2.weight.T, "bias": model.lin2.bias}}
+    linen_params = {
+        "Dense_0": {"kernel": model.lin1.weight.T, "bias": model.lin1.bias},
+        "BatchNorm_0": {"scale": model.bn.weight, "bias": model.bn.bias},
+        "Dense_1": {"kernel": model.lin2.weight.T, "bias": model.lin2.bias},
+    }
     ref = jp.model_loss_fn(LinenNet(), {"BatchNorm_0": st}, train=False)
     np.testing.assert_allclose(loss_fn(params, batch), ref(linen_params, batch), rtol=1e-6)
     tr = jp.hessian_trace(loss_fn, params, batch, key=jax.random.key(0), num_samples=400)["trace"]

@@ -14,13 +14,13 @@ import re
 
 import numpy as np
 import pytest
-
 from test_docs import check_shell_block, code_blocks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-_MARKED = re.compile(r"<!-- example: (\w+) \((fresh namespace|continues (\w+))\) -->\s*```python\n(.*?)^```",
-                     re.S | re.M)
+_MARKED = re.compile(
+    r"<!-- example: (\w+) \((fresh namespace|continues (\w+))\) -->\s*```python\n(.*?)^```", re.S | re.M
+)
 
 
 def _examples() -> list[tuple[str, str | None, str]]:
@@ -35,7 +35,7 @@ def _run_examples() -> dict[str, dict]:
     namespaces: dict[str, dict] = {}
     for name, continues, code in _examples():
         ns = namespaces[continues] if continues else {"__name__": f"readme_{name}"}
-        exec(compile(code, f"README.md:{name}", "exec"), ns)  # noqa: S102
+        exec(compile(code, f"README.md:{name}", "exec"), ns)
         namespaces[name] = ns
     return namespaces
 

@@ -53,8 +53,7 @@ def test_equivalence_needs_the_whole_interval_inside_the_margin():
     assert stats.equivalence_verdict(iv(0.5, 0.9), 0.5) == "fails"
     assert stats.equivalence_verdict(iv(-2.0, -0.7), 0.5) == "fails"
     # a real paired sample: differences 0.1 ± small noise over 6 seeds are equivalent within 0.5
-    out = stats.compare({s: 1.0 for s in range(6)}, {s: 1.1 + 0.01 * (-1) ** s for s in range(6)},
-                        direction="greater")
+    out = stats.compare({s: 1.0 for s in range(6)}, {s: 1.1 + 0.01 * (-1) ** s for s in range(6)}, direction="greater")
     assert stats.equivalence_verdict(out["interval"], 0.5) == "holds"
     with pytest.raises(ValueError, match="margin must be positive"):
         stats.equivalence_verdict(iv(-0.1, 0.1), 0.0)

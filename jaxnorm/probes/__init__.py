@@ -48,11 +48,27 @@ from jaxnorm.probes.curvature import (
     layer_names,
 )
 from jaxnorm.probes.ics import internal_covariate_shift, layer_order
-from jaxnorm.probes.invariance import TRANSFORMS as INVARIANCE_TRANSFORMS, norm_invariances
-from jaxnorm.probes.landscape import (filter_normalize, filter_normalized_direction, interpolate, loss_slice_1d,
-                                      loss_slice_2d, trajectory_pca, trajectory_surface)
-from jaxnorm.probes.model import (LOSSES, PROBES, activation_percentiles_fn, eqx_loss_fn, make_probe_fn,
-                                  model_loss_fn, model_state_loss_fn, nnx_loss_fn)
+from jaxnorm.probes.invariance import TRANSFORMS as INVARIANCE_TRANSFORMS
+from jaxnorm.probes.invariance import norm_invariances
+from jaxnorm.probes.landscape import (
+    filter_normalize,
+    filter_normalized_direction,
+    interpolate,
+    loss_slice_1d,
+    loss_slice_2d,
+    trajectory_pca,
+    trajectory_surface,
+)
+from jaxnorm.probes.model import (
+    LOSSES,
+    PROBES,
+    activation_percentiles_fn,
+    eqx_loss_fn,
+    make_probe_fn,
+    model_loss_fn,
+    model_state_loss_fn,
+    nnx_loss_fn,
+)
 from jaxnorm.probes.operators import OPERATORS, Dataset, SplitLoss, dataset
 from jaxnorm.probes.santurkar import DEFAULT_ETA_MULTIPLIERS, eta_grid, santurkar_probe
 

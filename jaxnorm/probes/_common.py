@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ def tree_normal_like(key: jax.Array, tree: PyTree) -> PyTree:
 
 
 # ---- the loss and its gradient, averaged over a device axis --------------------------------------------------------
+
 
 def pmean(tree: PyTree, axis_name: str | None) -> PyTree:
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
@@ -51,26 +53,33 @@ def grad(loss_fn: LossFn, axis_name: str | None = None) -> Callable:
 
 # ---- checks ---------------------------------------------------------------------------------------------------------
 
+
 def check_scalar_loss(where: str, loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
     """A ValueError unless ``loss_fn(params, batch)`` is a real scalar (checked abstractly: nothing runs)."""
     try:
         out = jax.eval_shape(loss_fn, params, batch)
     except TypeError:  # eval_shape refuses some exotic inputs; the jitted call will surface real errors
         return
-    if not hasattr(out, "shape") or jax.tree.structure(out).num_leaves != 1:
-        raise ValueError(f"{where}: loss_fn(params, batch) must return one scalar array, got {out!r}; "
-                         "return only the loss (drop aux outputs, e.g. `lambda p, b: f(p, b)[0]`)")
+    if not hasattr(out, "shape") or jax.tree.structure(out).num_leaves != 1:  # type: ignore[attr-defined]
+        raise ValueError(
+            f"{where}: loss_fn(params, batch) must return one scalar array, got {out!r}; "
+            "return only the loss (drop aux outputs, e.g. `lambda p, b: f(p, b)[0]`)"
+        )
     if out.shape != ():
-        raise ValueError(f"{where}: loss_fn(params, batch) must return a scalar, got shape {tuple(out.shape)} "
-                         f"({out.dtype}); reduce it, e.g. `jnp.mean(per_example_losses)`")
+        raise ValueError(
+            f"{where}: loss_fn(params, batch) must return a scalar, got shape {tuple(out.shape)} "
+            f"({out.dtype}); reduce it, e.g. `jnp.mean(per_example_losses)`"
+        )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(f"{where}: loss_fn must return a floating scalar to be differentiated, got {out.dtype}")
 
 
 def check_key(where: str, key, what: str) -> jax.Array:
     if key is None:
-        raise ValueError(f"{where}: {what} needs a PRNG key; pass key=jax.random.key(0) (the same key on every "
-                         "device under pmap, so all devices draw the same vectors)")
+        raise ValueError(
+            f"{where}: {what} needs a PRNG key; pass key=jax.random.key(0) (the same key on every "
+            "device under pmap, so all devices draw the same vectors)"
+        )
     return key
 
 
@@ -108,8 +117,9 @@ def map_chunked(f: Callable, xs, chunk, unroll: bool | None = None):
         return jax.vmap(f)(xs)
     groups, rem = divmod(n, chunk)
     body = f if chunk == 1 else jax.vmap(f)
-    head = jax.tree.map(lambda x: x[:groups * chunk].reshape((groups, chunk) + x.shape[1:]) if chunk > 1
-                        else x[:groups], xs)
+    head = jax.tree.map(
+        lambda x: x[: groups * chunk].reshape((groups, chunk) + x.shape[1:]) if chunk > 1 else x[:groups], xs
+    )
     if unroll is None:
         unroll = on_cpu() and groups <= MAX_UNROLL
     if unroll:
@@ -120,7 +130,7 @@ def map_chunked(f: Callable, xs, chunk, unroll: bool | None = None):
     if chunk > 1:
         ys = jax.tree.map(lambda y: y.reshape((groups * chunk,) + y.shape[2:]), ys)
     if rem:
-        tail = jax.vmap(f)(jax.tree.map(lambda x: x[groups * chunk:], xs))
+        tail = jax.vmap(f)(jax.tree.map(lambda x: x[groups * chunk :], xs))
         ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, tail)
     return ys
 

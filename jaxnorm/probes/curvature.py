@@ -46,8 +46,9 @@ def _hvp(loss_fn, params, batch, v, *, axis_name, operator, mask):
     return unravel(matvec(flat.astype(jnp.float32)))
 
 
-def hvp(loss_fn: C.LossFn, params, batch, v, *, operator: str = "hessian", params_filter=None,
-        axis_name: str | None = None):
+def hvp(
+    loss_fn: C.LossFn, params, batch, v, *, operator: str = "hessian", params_filter=None, axis_name: str | None = None
+):
     """The operator-vector product ``M v``, by default the Hessian-vector product ``H v``.
 
     Formula: ``H v = ∇_w (∇_w L(w) · v)`` at ``w = params``, by forward-over-reverse differentiation (``jax.jvp`` of
@@ -97,14 +98,16 @@ def hvp(loss_fn: C.LossFn, params, batch, v, *, operator: str = "hessian", param
     >>> print(jnp.round(hv['a'], 3), jnp.round(hv['b'], 3))
     [4. 5.] [-0.5]
     """
-    if jax.tree.structure(v) != jax.tree.structure(params):
-        raise ValueError(f"hvp: v must be a pytree shaped like params, got {jax.tree.structure(v)} vs "
-                         f"{jax.tree.structure(params)}")
+    if jax.tree.structure(v) != jax.tree.structure(params):  # type: ignore[operator]
+        raise ValueError(
+            f"hvp: v must be a pytree shaped like params, got {jax.tree.structure(v)} vs {jax.tree.structure(params)}"
+        )
     batch, mask = _check("hvp", loss_fn, params, batch, operator, params_filter)
     return _hvp(loss_fn, params, batch, v, axis_name=axis_name, operator=operator, mask=mask)
 
 
 # ---- top eigenvalues -------------------------------------------------------------------------------------------------
+
 
 def _normalize(v):
     return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(jnp.float32).tiny)
@@ -160,8 +163,14 @@ def _power(matvec, n, k, num_iters, tol, key):
 
 def _lanczos_init(v0, m):
     v0 = _normalize(v0.astype(jnp.float32))
-    return (jnp.zeros((m, v0.shape[0]), jnp.float32), jnp.zeros((m,), jnp.float32), jnp.zeros((m,), jnp.float32),
-            v0, jnp.zeros_like(v0), jnp.float32(0))
+    return (
+        jnp.zeros((m, v0.shape[0]), jnp.float32),
+        jnp.zeros((m,), jnp.float32),
+        jnp.zeros((m,), jnp.float32),
+        v0,
+        jnp.zeros_like(v0),
+        jnp.float32(0),
+    )
 
 
 def _lanczos_step(matvec, j, carry):
@@ -183,7 +192,7 @@ def _lanczos(matvec, v0, m):
     """``m`` Lanczos steps from ``v0`` with full reorthogonalization: (alpha (m,), beta (m−1,), V (m, n)) with
     ``T = tridiag(beta, alpha, beta) = V H Vᵀ``. A breakdown (an invariant subspace found early) leaves zero rows."""
     vecs, alpha, beta, *_ = jax.lax.fori_loop(0, m, lambda j, c: _lanczos_step(matvec, j, c), _lanczos_init(v0, m))
-    return alpha, beta[:m - 1], vecs
+    return alpha, beta[: m - 1], vecs
 
 
 def _tridiag(alpha, beta):
@@ -266,9 +275,21 @@ def _top_eig_host(loss_fn, params, batch, key, tol, *, k, num_iters, method, axi
 LOOPS = ("auto", "device", "host")
 
 
-def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key: jax.Array, num_iters: int = 100,
-                            method: str = "power", tol: float = 1e-5, loop: str = "auto",
-                            operator: str = "hessian", params_filter=None, axis_name: str | None = None):
+def hessian_top_eigenvalues(
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    k: int = 1,
+    *,
+    key: jax.Array,
+    num_iters: int = 100,
+    method: str = "power",
+    tol: float = 1e-5,
+    loop: str = "auto",
+    operator: str = "hessian",
+    params_filter=None,
+    axis_name: str | None = None,
+):
     """The ``k`` eigenvalues of largest magnitude of the Hessian (or of another operator) and their eigenvectors.
 
     Formula: power iteration with deflation, ``v ← P M v / ‖P M v‖`` with ``P`` the projection out of the pairs
@@ -348,20 +369,47 @@ def hessian_top_eigenvalues(loss_fn: C.LossFn, params, batch, k: int = 1, *, key
     batch, mask = _check(where, loss_fn, params, batch, operator, params_filter)
     n = O.size(params, mask)
     if k > n:
-        raise ValueError(f"{where}: asked for k={k} eigenvalues but params has only {n} entries (the Hessian is "
-                         f"{n}×{n}); use k ≤ {n}")
+        raise ValueError(
+            f"{where}: asked for k={k} eigenvalues but params has only {n} entries (the Hessian is "
+            f"{n}×{n}); use k ≤ {n}"
+        )
     if method == "lanczos" and num_iters < k:
-        raise ValueError(f"{where}: method='lanczos' needs num_iters ≥ k Lanczos steps, got num_iters={num_iters} "
-                         f"for k={k}; use num_iters ≥ {max(2 * k, 20)} for accurate Ritz values")
+        raise ValueError(
+            f"{where}: method='lanczos' needs num_iters ≥ k Lanczos steps, got num_iters={num_iters} "
+            f"for k={k}; use num_iters ≥ {max(2 * k, 20)} for accurate Ritz values"
+        )
     C.check_key(where, key, "the start vectors")
     if _resolve_loop(where, loop, params, batch, key, axis_name) == "host":
-        return _top_eig_host(loss_fn, params, batch, key, float(tol), k=k, num_iters=num_iters, method=method,
-                             axis_name=axis_name, operator=operator, mask=mask)
-    return _top_eig(loss_fn, params, batch, key, jnp.float32(tol), k=k, num_iters=num_iters, method=method,
-                    axis_name=axis_name, operator=operator, mask=mask)
+        return _top_eig_host(
+            loss_fn,
+            params,
+            batch,
+            key,
+            float(tol),
+            k=k,
+            num_iters=num_iters,
+            method=method,
+            axis_name=axis_name,
+            operator=operator,
+            mask=mask,
+        )
+    return _top_eig(
+        loss_fn,
+        params,
+        batch,
+        key,
+        jnp.float32(tol),
+        k=k,
+        num_iters=num_iters,
+        method=method,
+        axis_name=axis_name,
+        operator=operator,
+        mask=mask,
+    )
 
 
 # ---- trace -----------------------------------------------------------------------------------------------------------
+
 
 def _resolve_loop(where, loop, params, batch, key, axis_name) -> str:
     if loop not in LOOPS:
@@ -370,20 +418,25 @@ def _resolve_loop(where, loop, params, batch, key, axis_name) -> str:
     if loop == "auto":
         return "host" if (concrete and C.on_cpu() and axis_name is None) else "device"
     if loop == "host" and not concrete:
-        raise ValueError(f"{where}: loop='host' runs a Python loop of compiled steps and cannot be traced "
-                         "(inside jit/pmap/vmap); use loop='device'")
+        raise ValueError(
+            f"{where}: loop='host' runs a Python loop of compiled steps and cannot be traced "
+            "(inside jit/pmap/vmap); use loop='device'"
+        )
     return loop
 
 
 def _trace_summary(samples, n):
     num = samples.shape[0]
-    return {"trace": jnp.mean(samples),
-            "std_error": jnp.std(samples, ddof=1) / jnp.sqrt(num) if num > 1 else jnp.float32(jnp.nan),
-            "num_params": jnp.float32(n)}
+    return {
+        "trace": jnp.mean(samples),
+        "std_error": jnp.std(samples, ddof=1) / jnp.sqrt(num) if num > 1 else jnp.float32(jnp.nan),
+        "num_params": jnp.float32(n),
+    }
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "num_samples", "chunk", "unroll", "axis_name", "operator",
-                                             "mask"))
+@functools.partial(
+    jax.jit, static_argnames=("loss_fn", "num_samples", "chunk", "unroll", "axis_name", "operator", "mask")
+)
 def _trace(loss_fn, params, batch, key, *, num_samples, chunk, unroll, axis_name, operator, mask):
     matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
     z = jax.random.rademacher(key, (num_samples, n), jnp.float32)
@@ -404,8 +457,7 @@ def _products(loss_fn, params, batch, vs, *, axis_name, operator, mask, chunk, u
     return C.map_chunked(matvec, vs, chunk, unroll)
 
 
-_jit_rademacher = jax.jit(lambda key, num, n: jax.random.rademacher(key, (num, n), jnp.float32),
-                          static_argnums=(1, 2))
+_jit_rademacher = jax.jit(lambda key, num, n: jax.random.rademacher(key, (num, n), jnp.float32), static_argnums=(1, 2))
 _jit_trace_summary = jax.jit(_trace_summary, static_argnums=(1,))
 
 
@@ -428,10 +480,21 @@ def _hutch_pp(products, key, n, num_samples):
     return out
 
 
-def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_samples: int = 100,
-                  method: str = "hutchinson", chunk: int | str | None = 1, unroll: bool | None = None,
-                  loop: str = "auto", operator: str = "hessian", params_filter=None,
-                  axis_name: str | None = None) -> dict:
+def hessian_trace(
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    *,
+    key: jax.Array,
+    num_samples: int = 100,
+    method: str = "hutchinson",
+    chunk: int | str | None = 1,
+    unroll: bool | None = None,
+    loop: str = "auto",
+    operator: str = "hessian",
+    params_filter=None,
+    axis_name: str | None = None,
+) -> dict:
     """An estimate of the trace of the Hessian (or of another operator) from ``num_samples`` operator-vector products.
 
     Formula: Hutchinson's estimator ``tr M ≈ (1/m) Σ_i z_iᵀ M z_i`` over Rademacher vectors ``z_i`` (unbiased;
@@ -501,8 +564,10 @@ def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_sampl
     num_samples = _checks.check_positive_int(where, "num_samples", num_samples)
     method = _checks.check_choice("trace method", method, TRACE_METHODS)
     if method == "hutch++" and num_samples < 3:
-        raise ValueError(f"{where}: method='hutch++' splits num_samples into three parts, got num_samples="
-                         f"{num_samples}; use num_samples ≥ 3 (≥ 30 for a useful sketch)")
+        raise ValueError(
+            f"{where}: method='hutch++' splits num_samples into three parts, got num_samples="
+            f"{num_samples}; use num_samples ≥ 3 (≥ 30 for a useful sketch)"
+        )
     C.check_key(where, key, "the Rademacher probes")
     chunk = C.check_chunk(where, chunk)
     batch, mask = _check(where, loss_fn, params, batch, operator, params_filter)
@@ -510,24 +575,29 @@ def hessian_trace(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_sampl
     kw = dict(axis_name=axis_name, operator=operator, mask=mask)
     device = _resolve_loop(where, loop, params, batch, key, axis_name) == "device"
     if method == "hutch++":
+
         def products(vs):
             if device:
                 return _products(loss_fn, params, batch, vs, chunk=chunk, unroll=unroll, **kw)
             size = vs.shape[0] if C.resolve_chunk(chunk) is None else C.resolve_chunk(chunk)
-            return jnp.concatenate([_products(loss_fn, params, batch, vs[i:i + size], chunk=None, unroll=False, **kw)
-                                    for i in range(0, vs.shape[0], size)])
+            return jnp.concatenate(
+                [
+                    _products(loss_fn, params, batch, vs[i : i + size], chunk=None, unroll=False, **kw)
+                    for i in range(0, vs.shape[0], size)
+                ]
+            )
 
         return _hutch_pp(products, key, n, num_samples)
     if device:
         return _trace(loss_fn, params, batch, key, num_samples=num_samples, chunk=chunk, unroll=unroll, **kw)
     z = _jit_rademacher(key, num_samples, n)
     size = num_samples if C.resolve_chunk(chunk) is None else C.resolve_chunk(chunk)
-    parts = [_host_quadratic_forms(loss_fn, params, batch, z[i:i + size], **kw)
-             for i in range(0, num_samples, size)]
+    parts = [_host_quadratic_forms(loss_fn, params, batch, z[i : i + size], **kw) for i in range(0, num_samples, size)]
     return _jit_trace_summary(jnp.concatenate(parts), n)
 
 
 # ---- spectral density --------------------------------------------------------------------------------------------
+
 
 def _nodes_weights(alpha, beta):
     theta, s = jnp.linalg.eigh(_tridiag(alpha, beta))
@@ -544,10 +614,22 @@ def _broaden(nodes, weights, sigma, *, num_points):
     return {"grid": grid, "density": density, "nodes": nodes, "weights": weights, "sigma": width}
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "num_lanczos_steps", "num_runs", "num_points", "chunk",
-                                             "axis_name", "operator", "mask"))
-def _density(loss_fn, params, batch, key, sigma, *, num_lanczos_steps, num_runs, num_points, chunk, axis_name,
-             operator, mask):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "loss_fn",
+        "num_lanczos_steps",
+        "num_runs",
+        "num_points",
+        "chunk",
+        "axis_name",
+        "operator",
+        "mask",
+    ),
+)
+def _density(
+    loss_fn, params, batch, key, sigma, *, num_lanczos_steps, num_runs, num_points, chunk, axis_name, operator, mask
+):
     matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
     m = min(num_lanczos_steps, n)
 
@@ -563,10 +645,22 @@ def _density(loss_fn, params, batch, key, sigma, *, num_lanczos_steps, num_runs,
 _jit_nodes_weights = jax.jit(lambda alpha, beta: _nodes_weights(alpha, beta[:-1]))
 
 
-def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array, num_lanczos_steps: int = 30,
-                             num_runs: int = 1, num_points: int = 1000, sigma: float | None = None,
-                             chunk: int | str | None = 1, loop: str = "auto", operator: str = "hessian",
-                             params_filter=None, axis_name: str | None = None) -> dict:
+def hessian_spectral_density(
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    *,
+    key: jax.Array,
+    num_lanczos_steps: int = 30,
+    num_runs: int = 1,
+    num_points: int = 1000,
+    sigma: float | None = None,
+    chunk: int | str | None = 1,
+    loop: str = "auto",
+    operator: str = "hessian",
+    params_filter=None,
+    axis_name: str | None = None,
+) -> dict:
     """The eigenvalue density of the Hessian (or of another operator) by stochastic Lanczos quadrature.
 
     Formula: each of ``num_runs`` runs starts Lanczos from a normalized Rademacher vector ``v``; the ``m × m``
@@ -644,8 +738,20 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
     sigma = jnp.float32(0.0 if sigma is None else sigma)
     batch, mask = _check(where, loss_fn, params, batch, operator, params_filter)
     if _resolve_loop(where, loop, params, batch, key, axis_name) == "device":
-        return _density(loss_fn, params, batch, key, sigma, num_lanczos_steps=m, num_runs=runs, num_points=pts,
-                        chunk=chunk, axis_name=axis_name, operator=operator, mask=mask)
+        return _density(
+            loss_fn,
+            params,
+            batch,
+            key,
+            sigma,
+            num_lanczos_steps=m,
+            num_runs=runs,
+            num_points=pts,
+            chunk=chunk,
+            axis_name=axis_name,
+            operator=operator,
+            mask=mask,
+        )
     n = O.size(params, mask)
     m = min(m, n)
     v0 = _jit_rademacher(key, runs, n)
@@ -653,8 +759,9 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
     for r in range(runs):
         carry = _jit_lanczos_init(v0[r], m)
         for j in range(m):
-            carry = _host_lanczos_step(loss_fn, params, batch, jnp.int32(j), carry, axis_name=axis_name,
-                                       operator=operator, mask=mask)
+            carry = _host_lanczos_step(
+                loss_fn, params, batch, jnp.int32(j), carry, axis_name=axis_name, operator=operator, mask=mask
+            )
         theta, w = _jit_nodes_weights(carry[1], carry[2])
         nodes.append(theta)
         weights.append(w)
@@ -662,6 +769,7 @@ def hessian_spectral_density(loss_fn: C.LossFn, params, batch, *, key: jax.Array
 
 
 # ---- directional curvature ---------------------------------------------------------------------------------------
+
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _directional(loss_fn, params, batch, direction, *, axis_name, operator, mask):
@@ -674,8 +782,16 @@ def _directional(loss_fn, params, batch, direction, *, axis_name, operator, mask
     return jnp.vdot(d, matvec(d)) / jnp.vdot(d, d)
 
 
-def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, operator: str = "hessian",
-                          params_filter=None, axis_name: str | None = None):
+def directional_curvature(
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    direction=None,
+    *,
+    operator: str = "hessian",
+    params_filter=None,
+    axis_name: str | None = None,
+):
     """The curvature of the loss along a direction, by default along the gradient.
 
     Formula: ``c = dᵀ M d / ‖d‖²`` (``M`` the Hessian by default), with ``d = g = ∇L(w)`` unless ``direction`` is
@@ -730,13 +846,14 @@ def directional_curvature(loss_fn: C.LossFn, params, batch, direction=None, *, o
     >>> round(float(jp.directional_curvature(loss_fn, params, batch, e)), 4)
     3.0
     """
-    if direction is not None and jax.tree.structure(direction) != jax.tree.structure(params):
+    if direction is not None and jax.tree.structure(direction) != jax.tree.structure(params):  # type: ignore[operator]
         raise ValueError("directional_curvature: direction must be a pytree shaped like params")
     batch, mask = _check("directional_curvature", loss_fn, params, batch, operator, params_filter)
     return _directional(loss_fn, params, batch, direction, axis_name=axis_name, operator=operator, mask=mask)
 
 
 # ---- per-layer table -------------------------------------------------------------------------------------------------
+
 
 def layer_names(params) -> list[str]:
     """The top-level keys of ``params`` that hold parameters, sorted with their numbers as numbers.
@@ -778,9 +895,19 @@ def _layer_forms(loss_fn, params, batch, z, *, axis_name, operator, mask, segmen
     return C.map_chunked(one, z, chunk)
 
 
-def curvature_per_layer(loss_fn: C.LossFn, params, batch, *, key: jax.Array, layers=None, num_iters: int = 20,
-                        num_samples: int = 20, operator: str = "hessian", loop: str = "auto",
-                        axis_name: str | None = None) -> dict:
+def curvature_per_layer(
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    *,
+    key: jax.Array,
+    layers=None,
+    num_iters: int = 20,
+    num_samples: int = 20,
+    operator: str = "hessian",
+    loop: str = "auto",
+    axis_name: str | None = None,
+) -> dict:
     """A per-layer curvature table: each layer's top eigenvalue and trace of its diagonal block.
 
     Formula: for each layer ``l``, the top eigenvalue of the block ``M_ll`` (the operator restricted to the layer's
@@ -856,18 +983,30 @@ def curvature_per_layer(loss_fn: C.LossFn, params, batch, *, key: jax.Array, lay
     z = _jit_rademacher(k_trace, num_samples, int(starts[-1]))
     kw = dict(axis_name=axis_name, operator=operator, mask=mask, segments=tuple(segments))
     if _resolve_loop(where, loop, params, batch, key, axis_name) == "host":  # one compiled product at a time
-        forms = jnp.concatenate([_layer_forms(loss_fn, params, batch, z[i:i + 1], chunk=None, **kw)
-                                 for i in range(num_samples)])
+        forms = jnp.concatenate(
+            [_layer_forms(loss_fn, params, batch, z[i : i + 1], chunk=None, **kw) for i in range(num_samples)]
+        )
     else:
         forms = _layer_forms(loss_fn, params, batch, z, chunk=1, **kw)
-    forms = np.asarray(forms, np.float64)
+    forms = np.asarray(forms, np.float64)  # type: ignore[assignment]
     table = {}
     for j, name in enumerate(names):
-        vals, _ = hessian_top_eigenvalues(loss_fn, params, batch, key=k_eig, num_iters=num_iters, operator=operator,
-                                          params_filter=[name], loop=loop, axis_name=axis_name)
+        vals, _ = hessian_top_eigenvalues(
+            loss_fn,
+            params,
+            batch,
+            key=k_eig,
+            num_iters=num_iters,
+            operator=operator,
+            params_filter=[name],
+            loop=loop,
+            axis_name=axis_name,
+        )
         col = forms[:, j]
-        table[name] = {"top_eigenvalue": vals[0], "trace": jnp.float32(col.mean()),
-                       "trace_std_error": jnp.float32(col.std(ddof=1) / np.sqrt(len(col)) if len(col) > 1
-                                                      else np.nan),
-                       "num_params": jnp.float32(counts[j])}
+        table[name] = {
+            "top_eigenvalue": vals[0],
+            "trace": jnp.float32(col.mean()),
+            "trace_std_error": jnp.float32(col.std(ddof=1) / np.sqrt(len(col)) if len(col) > 1 else np.nan),
+            "num_params": jnp.float32(counts[j]),
+        }
     return table

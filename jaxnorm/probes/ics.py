@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from typing import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.extend.core as jcore
@@ -20,8 +19,10 @@ from jaxnorm.probes import operators as O
 
 def _top_level_names(where: str, params) -> list:
     if not isinstance(params, Mapping) or not params:
-        raise ValueError(f"{where}: params must be a non-empty mapping of layer name → parameters (a Flax 'params' "
-                         f"collection), got {type(params).__name__}")
+        raise ValueError(
+            f"{where}: params must be a non-empty mapping of layer name → parameters (a Flax 'params' "
+            f"collection), got {type(params).__name__}"
+        )
     return list(params.keys())
 
 
@@ -34,7 +35,7 @@ def _sub_jaxpr(eqn):
     remat, scan), else None (cond, while: their operands do not map one to one)."""
     found = []
     for v in eqn.params.values():
-        for j in (v if isinstance(v, (tuple, list)) else (v,)):
+        for j in v if isinstance(v, (tuple, list)) else (v,):
             if isinstance(j, jcore.ClosedJaxpr):
                 found.append(j.jaxpr)
             elif isinstance(j, jcore.Jaxpr):
@@ -93,7 +94,7 @@ def _layer_order(loss_fn, names, param_leaves, param_tree, batch_leaves, batch_t
     leaf_layer = [path[0].key if hasattr(path[0], "key") else path[0] for path, _ in flat]
     axis_env = [(axis_name, 1)] if axis_name is not None else None
     closed = jax.make_jaxpr(loss_fn, axis_env=axis_env)(params, batch)
-    env = {v: layer for v, layer in zip(closed.jaxpr.invars[:len(leaf_layer)], leaf_layer)}
+    env = {v: layer for v, layer in zip(closed.jaxpr.invars[: len(leaf_layer)], leaf_layer)}
     first: dict = {}
     clock = [0]
 
@@ -101,8 +102,9 @@ def _layer_order(loss_fn, names, param_leaves, param_tree, batch_leaves, batch_t
         for eqn in jaxpr.eqns:
             sub = _sub_jaxpr(eqn)
             if sub is not None:
-                inner = {iv: env[ov] for ov, iv in zip(eqn.invars, sub.invars)
-                         if isinstance(ov, jcore.Var) and ov in env}
+                inner = {
+                    iv: env[ov] for ov, iv in zip(eqn.invars, sub.invars) if isinstance(ov, jcore.Var) and ov in env
+                }
                 if inner:
                     walk(sub, inner)
             else:
@@ -126,8 +128,10 @@ def _resolve_layers(where: str, params, order, layers, loss_fn, batch, axis_name
         missing = [n for n in names if n not in order]
         dup = sorted({n for n in order if order.count(n) > 1}, key=str)
         if unknown or missing or dup:
-            raise ValueError(f"{where}: order must list every top-level parameter key exactly once; "
-                             f"unknown {unknown}, missing {missing}, repeated {dup}; the keys are {names}")
+            raise ValueError(
+                f"{where}: order must list every top-level parameter key exactly once; "
+                f"unknown {unknown}, missing {missing}, repeated {dup}; the keys are {names}"
+            )
     if layers is None:
         layers = order
     else:
@@ -137,14 +141,17 @@ def _resolve_layers(where: str, params, order, layers, loss_fn, batch, axis_name
             raise ValueError(f"{where}: layers is empty; name at least one of {list(order)} (or None for all)")
         bad = [n for n in layers if n not in params]
         if bad:
-            raise ValueError(f"{where}: no layer named {', '.join(map(repr, bad))}; valid layer names (top-level "
-                             f"parameter keys, forward order) are {list(order)}")
+            raise ValueError(
+                f"{where}: no layer named {', '.join(map(repr, bad))}; valid layer names (top-level "
+                f"parameter keys, forward order) are {list(order)}"
+            )
         layers = tuple(n for n in order if n in set(layers))  # reported in forward order, without repeats
     return tuple(order), layers
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "order", "layers", "update_fn", "tx", "chunk", "unroll",
-                                             "axis_name"))
+@functools.partial(
+    jax.jit, static_argnames=("loss_fn", "order", "layers", "update_fn", "tx", "chunk", "unroll", "axis_name")
+)
 def _ics(loss_fn, params, batch, lr, opt_state, *, order, layers, update_fn, tx, chunk, unroll, axis_name):
     C.check_scalar_loss("internal_covariate_shift", loss_fn, params, batch)
     grad = C.grad(loss_fn, axis_name)
@@ -156,13 +163,16 @@ def _ics(loss_fn, params, batch, lr, opt_state, *, order, layers, update_fn, tx,
     else:
         new = otu.tree_add_scale(params, -jnp.asarray(lr, jnp.float32), g)
     if jax.tree.structure(new) != jax.tree.structure(params):
-        raise ValueError("internal_covariate_shift: update_fn(params, grads) must return a pytree shaped like params, "
-                         f"got {jax.tree.structure(new)} vs {jax.tree.structure(params)}")
+        raise ValueError(
+            "internal_covariate_shift: update_fn(params, grads) must return a pytree shaped like params, "
+            f"got {jax.tree.structure(new)} vs {jax.tree.structure(params)}"
+        )
     pos = {n: i for i, n in enumerate(order)}
     num = len(order)
     # position (in forward order) of the layer each leaf belongs to
     leaf_pos = jax.tree_util.tree_map_with_path(
-        lambda path, _: pos[path[0].key if hasattr(path[0], "key") else path[0]], params)
+        lambda path, _: pos[path[0].key if hasattr(path[0], "key") else path[0]], params
+    )
 
     def per_layer(tree, f):  # per-layer sums of f(leaf, ...) as a vector ordered like `order`
         out = [jnp.zeros((), jnp.float32)] * num
@@ -181,9 +191,11 @@ def _ics(loss_fn, params, batch, lr, opt_state, *, order, layers, update_fn, tx,
         def shifted(c):
             p = jax.tree.map(lambda w, w_new, i: jnp.where(i < c, w_new, w).astype(w.dtype), params, new, leaf_pos)
             gp = grad(p, batch)
-            stats = [per_layer(otu.tree_sub(g, gp), lambda x: jnp.vdot(x, x).astype(jnp.float32)),
-                     per_layer(jax.tree.map(lambda a, b: jnp.vdot(a, b), g, gp), lambda x: x.astype(jnp.float32)),
-                     per_layer(gp, lambda x: jnp.vdot(x, x).astype(jnp.float32))]
+            stats = [
+                per_layer(otu.tree_sub(g, gp), lambda x: jnp.vdot(x, x).astype(jnp.float32)),
+                per_layer(jax.tree.map(lambda a, b: jnp.vdot(a, b), g, gp), lambda x: x.astype(jnp.float32)),
+                per_layer(gp, lambda x: jnp.vdot(x, x).astype(jnp.float32)),
+            ]
             return jnp.stack([s[c] for s in stats])  # only layer cut's own entries: (diff², G·G', ‖G'‖²)
 
         res = C.map_chunked(shifted, jnp.asarray(cut), chunk, unroll)  # (V, 3)
@@ -192,15 +204,29 @@ def _ics(loss_fn, params, batch, lr, opt_state, *, order, layers, update_fn, tx,
             l2[t] = jnp.sqrt(d2)
             cos[t] = dot / (jnp.sqrt(g_sq[pos[t]]) * jnp.sqrt(gp2))
             gp_norm[t] = jnp.sqrt(gp2)
-    return {"l2": l2, "cos": cos, "grad_norm": {n: jnp.sqrt(g_sq[pos[n]]) for n in layers},
-            "grad_norm_shifted": gp_norm}
+    return {
+        "l2": l2,
+        "cos": cos,
+        "grad_norm": {n: jnp.sqrt(g_sq[pos[n]]) for n in layers},
+        "grad_norm_shifted": gp_norm,
+    }
 
 
-def internal_covariate_shift(loss_fn: C.LossFn, params, batch, *, lr=None, layers: Sequence | str | None = None,
-                             order: Sequence | None = None,
-                             update_fn: Callable | None = None, tx: optax.GradientTransformation | None = None,
-                             opt_state=None, chunk: int | str | None = "auto",
-                             unroll: bool | None = None, axis_name: str | None = None) -> dict:
+def internal_covariate_shift(
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    *,
+    lr=None,
+    layers: Sequence | str | None = None,
+    order: Sequence | None = None,
+    update_fn: Callable | None = None,
+    tx: optax.GradientTransformation | None = None,
+    opt_state=None,
+    chunk: int | str | None = "auto",
+    unroll: bool | None = None,
+    axis_name: str | None = None,
+) -> dict:
     """Internal covariate shift of each layer (Santurkar et al. 2018, Definition 2.1) on one batch.
 
     Formula: layers are the top-level keys of ``params`` in forward order ``W_1 … W_k``; with
@@ -281,5 +307,17 @@ def internal_covariate_shift(loss_fn: C.LossFn, params, batch, *, lr=None, layer
         if not isinstance(lr, jax.Array):
             lr = np.float32(lr)
     chunk = C.check_chunk(where, chunk)
-    return _ics(loss_fn, params, batch, lr, opt_state if tx is not None else None, order=order, layers=layers,
-                update_fn=update_fn, tx=tx, chunk=chunk, unroll=unroll, axis_name=axis_name)
+    return _ics(
+        loss_fn,
+        params,
+        batch,
+        lr,
+        opt_state if tx is not None else None,
+        order=order,
+        layers=layers,
+        update_fn=update_fn,
+        tx=tx,
+        chunk=chunk,
+        unroll=unroll,
+        axis_name=axis_name,
+    )

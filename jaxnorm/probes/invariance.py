@@ -22,8 +22,14 @@ import jax.numpy as jnp
 
 from jaxnorm import norms as _norms
 
-TRANSFORMS = ("weight_matrix_rescaling", "weight_matrix_recentering", "weight_vector_rescaling",
-              "dataset_rescaling", "dataset_recentering", "single_case_rescaling")
+TRANSFORMS = (
+    "weight_matrix_rescaling",
+    "weight_matrix_recentering",
+    "weight_vector_rescaling",
+    "dataset_rescaling",
+    "dataset_recentering",
+    "single_case_rescaling",
+)
 
 # Ba et al. (2016), Table 1 (True = invariant)
 PAPER_TABLE = {
@@ -34,8 +40,9 @@ PAPER_TABLE = {
 
 def _norm_fn(name: str, num_groups: int, epsilon: float):
     if name == "batch":
-        return lambda a: _norms.batch_norm(a, None, None, _norms.init_batch_stats(a.shape[-1]), train=True,
-                                           epsilon=epsilon)[0]
+        return lambda a: _norms.batch_norm(
+            a, None, None, _norms.init_batch_stats(a.shape[-1]), train=True, epsilon=epsilon
+        )[0]
     if name == "layer":
         return lambda a: _norms.layer_norm(a, epsilon=epsilon)
     if name == "group":
@@ -63,9 +70,17 @@ def transform(name: str, x: jax.Array, w: jax.Array, *, key: jax.Array, delta: f
     raise ValueError(f"transform: unknown transformation {name!r}; choose from {TRANSFORMS}")
 
 
-def norm_invariances(norms=("batch", "layer", "group", "rms"), *, key: jax.Array | None = None, n: int = 64,
-                     d: int = 32, h: int = 16, num_groups: int = 4, delta: float = 3.7,
-                     epsilon: float = 1e-10) -> dict[str, dict[str, float]]:
+def norm_invariances(
+    norms=("batch", "layer", "group", "rms"),
+    *,
+    key: jax.Array | None = None,
+    n: int = 64,
+    d: int = 32,
+    h: int = 16,
+    num_groups: int = 4,
+    delta: float = 3.7,
+    epsilon: float = 1e-10,
+) -> dict[str, dict[str, float]]:
     """Measures which weight and data transformations each normalization's output is invariant to.
 
     Formula: for a dense layer ``a = x W`` (``x``: N×D, ``W``: D×H) followed by ``y = norm(a)``, and each

@@ -60,8 +60,8 @@ def filter_normalize(direction, params, *, include_1d: bool = False, epsilon: fl
                 return jnp.zeros_like(d)
             return (d32 / (jnp.linalg.norm(d32) + epsilon) * jnp.linalg.norm(w32)).astype(d.dtype)
         axes = tuple(range(jnp.ndim(w) - 1))
-        dn = jnp.sqrt(jnp.sum(d32 ** 2, axis=axes, keepdims=True))
-        wn = jnp.sqrt(jnp.sum(w32 ** 2, axis=axes, keepdims=True))
+        dn = jnp.sqrt(jnp.sum(d32**2, axis=axes, keepdims=True))
+        wn = jnp.sqrt(jnp.sum(w32**2, axis=axes, keepdims=True))
         return (d32 / (dn + epsilon) * wn).astype(d.dtype)
 
     return jax.tree.map(one, direction, params)
@@ -99,8 +99,9 @@ def filter_normalized_direction(key: jax.Array, params, *, include_1d: bool = Fa
 def _span(where: str, span) -> tuple[float, float]:
     lo, hi = (-float(span), float(span)) if np.ndim(span) == 0 else tuple(float(s) for s in span)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"{where}: span must be a positive number s (the range [−s, s]) or a pair lo < hi, "
-                         f"got {span!r}")
+        raise ValueError(
+            f"{where}: span must be a positive number s (the range [−s, s]) or a pair lo < hi, got {span!r}"
+        )
     return lo, hi
 
 
@@ -114,8 +115,10 @@ def _directions(where, key, params, directions, count, include_1d):
         raise ValueError(f"{where}: directions must be {count} pytrees shaped like params, got {len(directions)}")
     for d in directions:
         if jax.tree.structure(d) != jax.tree.structure(params):
-            raise ValueError(f"{where}: a direction must be a pytree shaped like params, got {jax.tree.structure(d)}"
-                             f" vs {jax.tree.structure(params)}")
+            raise ValueError(
+                f"{where}: a direction must be a pytree shaped like params, got {jax.tree.structure(d)}"
+                f" vs {jax.tree.structure(params)}"
+            )
     return directions
 
 
@@ -139,9 +142,20 @@ def _slice(loss_fn, params, batch, dirs, coords, *, chunk, unroll, axis_name):
     return C.map_chunked(at, coords, chunk, unroll)
 
 
-def loss_slice_1d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = None, direction=None,
-                  steps: int = 25, span=1.0, include_1d: bool = False, chunk: int | str | None = "auto",
-                  unroll: bool | None = None, axis_name: str | None = None) -> dict:
+def loss_slice_1d(
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    *,
+    key: jax.Array | None = None,
+    direction=None,
+    steps: int = 25,
+    span=1.0,
+    include_1d: bool = False,
+    chunk: int | str | None = "auto",
+    unroll: bool | None = None,
+    axis_name: str | None = None,
+) -> dict:
     """The loss along a filter-normalized random direction: a 1-D slice of the landscape.
 
     Formula: ``L(w + α·d)`` for ``steps`` values of ``α`` evenly spaced over ``span``, with
@@ -190,15 +204,33 @@ def loss_slice_1d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
     lo, hi = _span(where, span)
     (d,) = _directions(where, key, params, direction, 1, include_1d)
     alphas = jnp.linspace(lo, hi, steps, dtype=jnp.float32)
-    losses = _slice(loss_fn, params, batch, (d,), alphas[:, None], chunk=C.check_chunk(where, chunk),
-                    unroll=unroll, axis_name=axis_name)
+    losses = _slice(
+        loss_fn,
+        params,
+        batch,
+        (d,),
+        alphas[:, None],
+        chunk=C.check_chunk(where, chunk),
+        unroll=unroll,
+        axis_name=axis_name,
+    )
     return {"alphas": alphas, "losses": losses}
 
 
-def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = None, directions=None,
-                  steps: int | tuple[int, int] = 25, span=1.0, include_1d: bool = False,
-                  chunk: int | str | None = "auto",
-                  unroll: bool | None = None, axis_name: str | None = None) -> dict:
+def loss_slice_2d(
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    *,
+    key: jax.Array | None = None,
+    directions=None,
+    steps: int | tuple[int, int] = 25,
+    span=1.0,
+    include_1d: bool = False,
+    chunk: int | str | None = "auto",
+    unroll: bool | None = None,
+    axis_name: str | None = None,
+) -> dict:
     """The loss on the plane of two filter-normalized random directions: a 2-D surface of the landscape.
 
     Formula: ``L(w + α·d₁ + β·d₂)`` on a ``steps × steps`` grid over ``span`` in both directions, ``d₁, d₂``
@@ -245,20 +277,31 @@ def loss_slice_2d(loss_fn: C.LossFn, params, batch, *, key: jax.Array | None = N
     """
     where = "loss_slice_2d"
     batch = O.as_batch(where, batch, data_set=False)
-    sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)
+    sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)  # type: ignore[arg-type]
     sa, sb = _checks.check_positive_int(where, "steps", sa), _checks.check_positive_int(where, "steps", sb)
     lo, hi = _span(where, span)
     dirs = _directions(where, key, params, directions, 2, include_1d)
     alphas = jnp.linspace(lo, hi, sa, dtype=jnp.float32)
     betas = jnp.linspace(lo, hi, sb, dtype=jnp.float32)
     coords = jnp.stack(jnp.meshgrid(alphas, betas, indexing="ij"), -1).reshape(-1, 2)
-    losses = _slice(loss_fn, params, batch, dirs, coords, chunk=C.check_chunk(where, chunk), unroll=unroll,
-                    axis_name=axis_name)
+    losses = _slice(
+        loss_fn, params, batch, dirs, coords, chunk=C.check_chunk(where, chunk), unroll=unroll, axis_name=axis_name
+    )
     return {"alphas": alphas, "betas": betas, "losses": losses.reshape(sa, sb)}
 
 
-def interpolate(loss_fn: C.LossFn, params_a, params_b, batch, *, steps: int = 25, span=(-0.5, 1.5),
-                chunk: int | str | None = "auto", unroll: bool | None = None, axis_name: str | None = None) -> dict:
+def interpolate(
+    loss_fn: C.LossFn,
+    params_a,
+    params_b,
+    batch,
+    *,
+    steps: int = 25,
+    span=(-0.5, 1.5),
+    chunk: int | str | None = "auto",
+    unroll: bool | None = None,
+    axis_name: str | None = None,
+) -> dict:
     """The loss on the line through two parameter vectors, e.g. the initialization and the trained weights.
 
     Formula: ``L((1 − α)·a + α·b)`` for ``steps`` values of ``α`` evenly spaced over ``span`` (``α = 0`` is ``a``,
@@ -302,20 +345,32 @@ def interpolate(loss_fn: C.LossFn, params_a, params_b, batch, *, steps: int = 25
     """
     where = "interpolate"
     batch = O.as_batch(where, batch, data_set=False)
-    if jax.tree.structure(params_a) != jax.tree.structure(params_b):
-        raise ValueError(f"{where}: params_a and params_b must have the same structure, got "
-                         f"{jax.tree.structure(params_a)} vs {jax.tree.structure(params_b)}")
+    if jax.tree.structure(params_a) != jax.tree.structure(params_b):  # type: ignore[operator]
+        raise ValueError(
+            f"{where}: params_a and params_b must have the same structure, got "
+            f"{jax.tree.structure(params_a)} vs {jax.tree.structure(params_b)}"
+        )
     shapes = [(np.shape(a), np.shape(b)) for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b))]
     bad = [sa for sa, sb in shapes if sa != sb]
     if bad:
-        raise ValueError(f"{where}: params_a and params_b differ in leaf shapes ({bad[0]} vs the other's); "
-                         "interpolate between parameters of the same model")
+        raise ValueError(
+            f"{where}: params_a and params_b differ in leaf shapes ({bad[0]} vs the other's); "
+            "interpolate between parameters of the same model"
+        )
     steps = _checks.check_positive_int(where, "steps", steps)
     lo, hi = _span(where, span)
     d = jax.tree.map(lambda a, b: b - a, params_a, params_b)
     alphas = jnp.linspace(lo, hi, steps, dtype=jnp.float32)
-    losses = _slice(loss_fn, params_a, batch, (d,), alphas[:, None], chunk=C.check_chunk(where, chunk),
-                    unroll=unroll, axis_name=axis_name)
+    losses = _slice(
+        loss_fn,
+        params_a,
+        batch,
+        (d,),
+        alphas[:, None],
+        chunk=C.check_chunk(where, chunk),
+        unroll=unroll,
+        axis_name=axis_name,
+    )
     return {"alphas": alphas, "losses": losses}
 
 
@@ -351,8 +406,10 @@ def trajectory_pca(trajectory, *, center=None) -> dict:
     """
     points = list(trajectory)
     if len(points) < 3:
-        raise ValueError(f"trajectory_pca: needs at least 3 parameter vectors (2 directions from the differences to "
-                         f"the center), got {len(points)}")
+        raise ValueError(
+            f"trajectory_pca: needs at least 3 parameter vectors (2 directions from the differences to "
+            f"the center), got {len(points)}"
+        )
     flats = [ravel_pytree(p)[0].astype(jnp.float32) for p in points]
     sizes = {f.size for f in flats}
     if len(sizes) != 1:
@@ -365,17 +422,30 @@ def trajectory_pca(trajectory, *, center=None) -> dict:
     order = np.argsort(evals)[::-1][:2]
     s = np.sqrt(np.maximum(evals[order], 0.0))
     if not s[1] > 1e-12 * max(s[0], 1e-30):
-        raise ValueError("trajectory_pca: the trajectory spans fewer than 2 directions (all points on a line or "
-                         "equal); use checkpoints from more of the run")
+        raise ValueError(
+            "trajectory_pca: the trajectory spans fewer than 2 directions (all points on a line or "
+            "equal); use checkpoints from more of the run"
+        )
     dirs = (m.T @ jnp.asarray(evecs[:, order] / s, jnp.float32)).T  # (2, n), unit rows
     coords = m @ dirs.T
-    return {"directions": tuple(unravel(d) for d in dirs), "coords": coords,
-            "explained_variance": jnp.asarray(s ** 2 / max(float(np.sum(evals.clip(0))), 1e-30), jnp.float32)}
+    return {
+        "directions": tuple(unravel(d) for d in dirs),
+        "coords": coords,
+        "explained_variance": jnp.asarray(s**2 / max(float(np.sum(evals.clip(0))), 1e-30), jnp.float32),
+    }
 
 
-def trajectory_surface(loss_fn: C.LossFn, trajectory, batch, *, steps: int | tuple[int, int] = 21,
-                       margin: float = 0.25, chunk: int | str | None = "auto", unroll: bool | None = None,
-                       axis_name: str | None = None) -> dict:
+def trajectory_surface(
+    loss_fn: C.LossFn,
+    trajectory,
+    batch,
+    *,
+    steps: int | tuple[int, int] = 21,
+    margin: float = 0.25,
+    chunk: int | str | None = "auto",
+    unroll: bool | None = None,
+    axis_name: str | None = None,
+) -> dict:
     """The loss on the plane spanned by a training trajectory's top-2 PCA directions.
 
     Formula: ``L(θ_c + α·d₁ + β·d₂)`` on a ``steps × steps`` grid covering the trajectory's coordinates
@@ -420,7 +490,7 @@ def trajectory_surface(loss_fn: C.LossFn, trajectory, batch, *, steps: int | tup
     """
     where = "trajectory_surface"
     batch = O.as_batch(where, batch, data_set=False)
-    sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)
+    sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)  # type: ignore[arg-type]
     sa, sb = _checks.check_positive_int(where, "steps", sa), _checks.check_positive_int(where, "steps", sb)
     if not margin >= 0:
         raise ValueError(f"{where}: margin must be >= 0 (a fraction of the trajectory's extent), got {margin!r}")
@@ -434,7 +504,20 @@ def trajectory_surface(loss_fn: C.LossFn, trajectory, batch, *, steps: int | tup
         pad = margin * max(hi - lo, 1e-6)
         axes.append(jnp.linspace(lo - pad, hi + pad, num, dtype=jnp.float32))
     grid = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
-    losses = _slice(loss_fn, center, batch, pca["directions"], grid, chunk=C.check_chunk(where, chunk),
-                    unroll=unroll, axis_name=axis_name)
-    return {"alphas": axes[0], "betas": axes[1], "losses": losses.reshape(sa, sb), "coords": pca["coords"],
-            "explained_variance": pca["explained_variance"]}
+    losses = _slice(
+        loss_fn,
+        center,
+        batch,
+        pca["directions"],
+        grid,
+        chunk=C.check_chunk(where, chunk),
+        unroll=unroll,
+        axis_name=axis_name,
+    )
+    return {
+        "alphas": axes[0],
+        "betas": axes[1],
+        "losses": losses.reshape(sa, sb),
+        "coords": pca["coords"],
+        "explained_variance": pca["explained_variance"],
+    }

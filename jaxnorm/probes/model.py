@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +23,18 @@ def _unpack(batch, where="model_loss_fn"):
     if isinstance(batch, Mapping):
         missing = [k for k in ("x", "y") if k not in batch]
         if missing:
-            raise ValueError(f"{where}: the batch needs keys 'x' and 'y' (and optionally 'mask'), missing "
-                             f"{missing}; got keys {sorted(batch)}")
+            raise ValueError(
+                f"{where}: the batch needs keys 'x' and 'y' (and optionally 'mask'), missing "
+                f"{missing}; got keys {sorted(batch)}"
+            )
         x, y, mask = batch["x"], batch["y"], batch.get("mask")
     elif isinstance(batch, Sequence) and len(batch) in (2, 3):
         x, y, mask = tuple(batch) + (None,) * (3 - len(batch))
     else:
-        raise ValueError(f"{where}: the batch must be a dict with 'x', 'y' (and optionally 'mask') or a tuple "
-                         f"(x, y) / (x, y, mask), got {type(batch).__name__}")
+        raise ValueError(
+            f"{where}: the batch must be a dict with 'x', 'y' (and optionally 'mask') or a tuple "
+            f"(x, y) / (x, y, mask), got {type(batch).__name__}"
+        )
     if mask is not None:
         keep = jnp.asarray(mask).astype(bool).reshape((-1,) + (1,) * (jnp.ndim(x) - 1))
         x = jnp.where(keep, x, jnp.zeros((), jnp.asarray(x).dtype))
@@ -42,8 +46,9 @@ def _check_loss(where, loss):
         raise ValueError(f"{where}: loss must be one of {LOSSES} or a callable, got {loss!r}")
 
 
-def model_state_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entropy",
-                        axis_name: str | None = None) -> Callable:
+def model_state_loss_fn(
+    model, *, train: bool = True, loss: str | Callable = "cross_entropy", axis_name: str | None = None
+) -> Callable:
     """The loss of a Flax linen model with its state as an input: ``loss_fn(params, inputs) -> scalar``.
 
     Formula: ``inputs = {'batch', 'batch_stats', 'dropout_key'}`` and ``loss_fn(params, inputs) = Σ_i m_i ℓ(f(x_i),
@@ -128,8 +133,15 @@ def _mean_loss(outputs, y, mask, loss, axis_name):
     return jnp.sum(per_example * w) / jnp.maximum(total, 1e-12)
 
 
-def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None, *, train: bool = True,
-                  loss: str | Callable = "cross_entropy", axis_name: str | None = None) -> Callable:
+def model_loss_fn(
+    model,
+    batch_stats=None,
+    dropout_key: jax.Array | None = None,
+    *,
+    train: bool = True,
+    loss: str | Callable = "cross_entropy",
+    axis_name: str | None = None,
+) -> Callable:
     """The loss of a Flax linen model, ``loss_fn(params, batch) -> scalar``: the input every probe takes.
 
     Formula: ``L(params) = Σ_i m_i ℓ(f(params, x_i), y_i) / Σ_i m_i`` over the batch (``m`` its mask, all ones by
@@ -194,12 +206,18 @@ def model_loss_fn(model, batch_stats=None, dropout_key: jax.Array | None = None,
     def inputs(batch):
         return {"batch": batch, "batch_stats": batch_stats, "dropout_key": dropout_key}
 
-    return _split(lambda params, batch: inner.outputs(params, inputs(batch)), loss,
-                  lambda params, batch: inner(params, inputs(batch)), axis_name, lambda b: _unpack(b)[1:])
+    return _split(
+        lambda params, batch: inner.outputs(params, inputs(batch)),  # type: ignore[attr-defined]
+        loss,
+        lambda params, batch: inner(params, inputs(batch)),
+        axis_name,
+        lambda b: _unpack(b)[1:],
+    )
 
 
-def nnx_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entropy",
-                axis_name: str | None = None) -> tuple[Callable, Any]:
+def nnx_loss_fn(
+    model, *, train: bool = True, loss: str | Callable = "cross_entropy", axis_name: str | None = None
+) -> tuple[Callable, Any]:
     """``(loss_fn, params)`` for a Flax NNX model: ``loss_fn(params, batch) -> scalar`` is what every probe takes.
 
     Formula: the masked mean loss ``Σ_i m_i ℓ(f(params, x_i), y_i) / Σ_i m_i`` as in :func:`model_loss_fn`. The
@@ -243,7 +261,7 @@ def nnx_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entr
 
     _check_loss("nnx_loss_fn", loss)
     view = nnx.view(model, use_running_average=not train, deterministic=not train, raise_if_not_found=False)
-    graphdef, params, rest = nnx.split(view, nnx.Param, ...)
+    graphdef, params, rest = nnx.split(view, nnx.Param, ...)  # type: ignore[misc]
 
     def outputs_fn(params, batch):
         x, _, _ = _unpack(batch, "nnx_loss_fn")
@@ -257,9 +275,16 @@ def nnx_loss_fn(model, *, train: bool = True, loss: str | Callable = "cross_entr
     return _split(outputs_fn, loss, loss_fn, axis_name, lambda b: _unpack(b, "nnx_loss_fn")[1:]), params
 
 
-def eqx_loss_fn(model, state=None, dropout_key: jax.Array | None = None, *, train: bool = True,
-                loss: str | Callable = "cross_entropy", batch_axis: str = "batch",
-                axis_name: str | None = None) -> tuple[Callable, Any]:
+def eqx_loss_fn(
+    model,
+    state=None,
+    dropout_key: jax.Array | None = None,
+    *,
+    train: bool = True,
+    loss: str | Callable = "cross_entropy",
+    batch_axis: str = "batch",
+    axis_name: str | None = None,
+) -> tuple[Callable, Any]:
     """``(loss_fn, params)`` for an Equinox model called per example: ``loss_fn(params, batch) -> scalar``.
 
     Formula: the masked mean loss ``Σ_i m_i ℓ(f(params, x_i), y_i) / Σ_i m_i`` as in :func:`model_loss_fn`, with
@@ -327,12 +352,23 @@ def eqx_loss_fn(model, state=None, dropout_key: jax.Array | None = None, *, trai
     return _split(outputs_fn, loss, loss_fn, axis_name, lambda b: _unpack(b, "eqx_loss_fn")[1:]), params
 
 
-PROBES = ("santurkar", "santurkar_random", "ics", "top_eigenvalues", "hessian_trace", "directional_curvature",
-          "spectral_density", "loss_slice_1d", "loss_slice_2d", "activation_percentiles")
+PROBES = (
+    "santurkar",
+    "santurkar_random",
+    "ics",
+    "top_eigenvalues",
+    "hessian_trace",
+    "directional_curvature",
+    "spectral_density",
+    "loss_slice_1d",
+    "loss_slice_2d",
+    "activation_percentiles",
+)
 
 
-def activation_percentiles_fn(model, *, unit: int = 0, percentiles=(15.0, 50.0, 85.0), train: bool = True,
-                              layers=None) -> Callable:
+def activation_percentiles_fn(
+    model, *, unit: int = 0, percentiles=(15.0, 50.0, 85.0), train: bool = True, layers=None
+) -> Callable:
     """A jitted function giving percentiles of one unit's activation input over the batch, per sown layer.
 
     Formula: ``fn(variables, x, dropout_key) -> {'<layer>/p<q>': percentile_q(a[..., unit])}`` for every input the
@@ -377,16 +413,19 @@ def activation_percentiles_fn(model, *, unit: int = 0, percentiles=(15.0, 50.0, 
     @jax.jit
     def fn(variables, x, dropout_key):
         if train:
-            _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                                   rngs={"dropout": dropout_key})
+            _, state = model.apply(
+                variables, x, train=True, mutable=["batch_stats", "intermediates"], rngs={"dropout": dropout_key}
+            )
         else:
             _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
         sown = state.get("intermediates", {})
         names = sorted(sown) if layers is None else list(layers)
         missing = [n for n in names if n not in sown]
         if missing or not names:
-            raise ValueError(f"activation_percentiles: the model sows {sorted(sown)} in 'intermediates', not "
-                             f"{missing or 'anything'}; use a model that sows its activation inputs (the MLP)")
+            raise ValueError(
+                f"activation_percentiles: the model sows {sorted(sown)} in 'intermediates', not "
+                f"{missing or 'anything'}; use a model that sows its activation inputs (the MLP)"
+            )
         out = {}
         for name in names:
             v = sown[name][0]
@@ -400,10 +439,17 @@ def activation_percentiles_fn(model, *, unit: int = 0, percentiles=(15.0, 50.0, 
     return fn
 
 
-def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | Callable | None = None,
-                  tx: optax.GradientTransformation | None = None, loss: str | Callable = "cross_entropy",
-                  train: bool = True, axis_name: str | None = None,
-                  options: Mapping[str, Mapping[str, Any]] | None = None) -> Callable:
+def make_probe_fn(
+    model,
+    *,
+    probes: Sequence[str] = ("santurkar",),
+    lr: float | Callable | None = None,
+    tx: optax.GradientTransformation | None = None,
+    loss: str | Callable = "cross_entropy",
+    train: bool = True,
+    axis_name: str | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Callable:
     """A probe step for the training loop: ``probe_fn(state, batch, key) -> dict`` of named arrays.
 
     The training loop calls it every N steps on the current batch, BEFORE the train step on that batch (so ``g`` is
@@ -466,20 +512,32 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
     probes = tuple(probes)
     bad = [p for p in probes if p not in PROBES]
     if bad or not probes:
-        raise ValueError(f"make_probe_fn: unknown probes {bad}; choose from {PROBES}" if bad else
-                         f"make_probe_fn: probes is empty; choose from {PROBES}")
+        raise ValueError(
+            f"make_probe_fn: unknown probes {bad}; choose from {PROBES}"
+            if bad
+            else f"make_probe_fn: probes is empty; choose from {PROBES}"
+        )
     options = {k: dict(v) for k, v in (options or {}).items()}
     unknown = [k for k in options if k not in probes]
     if unknown:
         raise ValueError(f"make_probe_fn: options given for {unknown}, which are not among probes={probes}")
-    needs_lr = [p for p in probes if (p.startswith("santurkar") and "etas" not in options.get(p, {}))
-                or (p == "ics" and tx is None and "update_fn" not in options.get(p, {}))]
+    needs_lr = [
+        p
+        for p in probes
+        if (p.startswith("santurkar") and "etas" not in options.get(p, {}))
+        or (p == "ics" and tx is None and "update_fn" not in options.get(p, {}))
+    ]
     if needs_lr and lr is None:
-        raise ValueError(f"make_probe_fn: probes {needs_lr} need lr= (a float or a schedule lr(step)): the Santurkar "
-                         "grid is [0.5, 4]·lr and ICS takes an SGD step of lr")
+        raise ValueError(
+            f"make_probe_fn: probes {needs_lr} need lr= (a float or a schedule lr(step)): the Santurkar "
+            "grid is [0.5, 4]·lr and ICS takes an SGD step of lr"
+        )
     loss_fn = model_state_loss_fn(model, train=train, loss=loss, axis_name=axis_name)  # one function: cached
-    percentiles_fn = (activation_percentiles_fn(model, train=train, **options.get("activation_percentiles", {}))
-                      if "activation_percentiles" in probes else None)
+    percentiles_fn = (
+        activation_percentiles_fn(model, train=train, **options.get("activation_percentiles", {}))
+        if "activation_percentiles" in probes
+        else None
+    )
 
     def probe_fn(state, batch, key) -> dict:
         k_drop, k_dir, k_eig, k_trace, k_slice = jax.random.split(key, 5)
@@ -520,15 +578,19 @@ def make_probe_fn(model, *, probes: Sequence[str] = ("santurkar",), lr: float | 
                 out["hessian/trace_std_error"] = res["std_error"]
             elif name == "directional_curvature":
                 out["hessian/directional_curvature"] = _curv.directional_curvature(
-                    loss_fn, params, inputs, axis_name=axis_name, **kw)
+                    loss_fn, params, inputs, axis_name=axis_name, **kw
+                )
             elif name == "spectral_density":
                 kw.setdefault("num_lanczos_steps", 20)
                 kw.setdefault("num_points", 200)
                 res = _curv.hessian_spectral_density(loss_fn, params, inputs, key=k_eig, axis_name=axis_name, **kw)
                 out["hessian/density_grid"], out["hessian/density"] = res["grid"], res["density"]
             elif name == "activation_percentiles":
-                res = percentiles_fn({"params": params, **({"batch_stats": state.batch_stats}
-                                                           if state.batch_stats else {})}, batch["x"], k_drop)
+                res = percentiles_fn(  # type: ignore[misc]
+                    {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})},
+                    batch["x"],
+                    k_drop,
+                )
                 out.update({f"activations/{k}": v for k, v in res.items()})
             elif name == "loss_slice_1d":
                 res = _land.loss_slice_1d(loss_fn, params, inputs, key=k_slice, axis_name=axis_name, **kw)

@@ -48,6 +48,7 @@ OPERATORS = ("hessian", "ggn", "fisher", "empirical_fisher")
 
 # ---- data sets -------------------------------------------------------------------------------------------------------
 
+
 @jax.tree_util.register_pytree_node_class
 class Dataset:
     """A data set for the probes: ``B`` batches of equal shapes stacked along a leading axis.
@@ -149,9 +150,11 @@ def dataset(batches: Iterable | Any, *, stacked: bool = False) -> Dataset:
     first = jax.tree.structure(items[0])
     shapes = [tuple(np.shape(x) for x in jax.tree.leaves(b)) for b in items]
     for i, (b, s) in enumerate(zip(items, shapes)):
-        if jax.tree.structure(b) != first or s != shapes[0]:
-            raise ValueError(f"dataset: batch {i} has shapes {s}, batch 0 {shapes[0]}: the batches must have equal "
-                             "shapes (drop the short last batch, or pad it and mark the padding in a 'mask')")
+        if jax.tree.structure(b) != first or s != shapes[0]:  # type: ignore[operator]
+            raise ValueError(
+                f"dataset: batch {i} has shapes {s}, batch 0 {shapes[0]}: the batches must have equal "
+                "shapes (drop the short last batch, or pad it and mark the padding in a 'mask')"
+            )
     # device arrays stay on the devices (a host copy would travel again with every compiled call); host arrays
     # stay on the host until a probe's program takes them
     stack = lambda *xs: jnp.stack(xs) if any(isinstance(x, jax.Array) for x in xs) else np.stack(xs)  # noqa: E731
@@ -168,7 +171,7 @@ def _is_batch_list(batch) -> bool:
     if any(isinstance(b, (jax.Array, np.ndarray, np.generic, int, float, complex)) for b in batch):
         return False
     first = jax.tree.structure(batch[0])
-    return all(jax.tree.structure(b) == first for b in batch[1:])
+    return all(jax.tree.structure(b) == first for b in batch[1:])  # type: ignore[operator]
 
 
 def as_batch(where: str, batch, *, data_set: bool = True):
@@ -178,9 +181,11 @@ def as_batch(where: str, batch, *, data_set: bool = True):
     is_list = _is_batch_list(batch)
     if not data_set and (is_list or isinstance(batch, Dataset)):
         what = f"a list of {len(batch)} batches" if is_list else repr(batch)
-        raise ValueError(f"{where}: got {what}, but {where} evaluates one batch and cannot average over a data set; "
-                         "pass one batch (e.g. batches[0]); the probes that average over a data set (the curvature "
-                         "probes, santurkar_probe) take a list of batches or jp.dataset(batches)")
+        raise ValueError(
+            f"{where}: got {what}, but {where} evaluates one batch and cannot average over a data set; "
+            "pass one batch (e.g. batches[0]); the probes that average over a data set (the curvature "
+            "probes, santurkar_probe) take a list of batches or jp.dataset(batches)"
+        )
     return dataset(batch) if is_list else batch
 
 
@@ -208,6 +213,7 @@ def mean_over_batches(f: Callable, batch):
 
 
 # ---- losses split into model outputs and a loss of the outputs -------------------------------------------------------
+
 
 class SplitLoss:
     """A loss split into the model's outputs and a loss of the outputs, for the GGN and Fisher operators.
@@ -245,8 +251,15 @@ class SplitLoss:
     [2. 1.] [2. 1.]
     """
 
-    def __init__(self, outputs_fn: Callable, loss: str | Callable = "cross_entropy", *,
-                 targets: Callable | None = None, value_fn: Callable | None = None, axis_name: str | None = None):
+    def __init__(
+        self,
+        outputs_fn: Callable,
+        loss: str | Callable = "cross_entropy",
+        *,
+        targets: Callable | None = None,
+        value_fn: Callable | None = None,
+        axis_name: str | None = None,
+    ):
         self.outputs = outputs_fn
         self.loss = loss
         self.targets = targets or _targets
@@ -326,10 +339,13 @@ def check_operator(where: str, operator: str, loss_fn) -> str:
         raise ValueError(
             f"{where}: operator={operator!r} needs the loss split into model outputs and a loss of them; pass a "
             "jaxnorm.probes.SplitLoss(outputs_fn, 'cross_entropy') (model_loss_fn, model_state_loss_fn, nnx_loss_fn "
-            f"and eqx_loss_fn return one), got {type(loss_fn).__name__}")
+            f"and eqx_loss_fn return one), got {type(loss_fn).__name__}"
+        )
     if operator == "fisher" and loss_fn.loss not in ("cross_entropy", "mse"):
-        raise ValueError(f"{where}: operator='fisher' (the true Fisher) has a closed form for the 'cross_entropy' and "
-                         f"'mse' losses only, got loss={loss_fn.loss!r}; use operator='ggn' or 'empirical_fisher'")
+        raise ValueError(
+            f"{where}: operator='fisher' (the true Fisher) has a closed form for the 'cross_entropy' and "
+            f"'mse' losses only, got loss={loss_fn.loss!r}; use operator='ggn' or 'empirical_fisher'"
+        )
     return operator
 
 
@@ -352,6 +368,7 @@ def _output_operator(loss_fn: SplitLoss, operator: str, z, batch):
 
 
 # ---- parameter subsets -----------------------------------------------------------------------------------------------
+
 
 def leaf_paths(params) -> list[str]:
     """Each leaf's path, its keys joined by ``/`` (``conv_0/kernel``)."""
@@ -381,8 +398,10 @@ def select(where: str, params, params_filter) -> tuple[bool, ...] | None:
             raise ValueError(f"{where}: params_filter names {missing}, which are not in params; its layers are {tops}")
         mask = tuple(any(in_layer(p, n) for n in names) for p in paths)
     if not any(mask):
-        raise ValueError(f"{where}: params_filter selects none of the {len(paths)} parameter leaves "
-                         f"({paths[:4]}{' …' if len(paths) > 4 else ''})")
+        raise ValueError(
+            f"{where}: params_filter selects none of the {len(paths)} parameter leaves "
+            f"({paths[:4]}{' …' if len(paths) > 4 else ''})"
+        )
     return None if all(mask) else mask
 
 
@@ -415,6 +434,7 @@ def size(params, mask) -> int:
 
 # ---- the operator as a matrix-vector product ------------------------------------------------------------------------
 
+
 def flat_matvec(loss_fn, params, batch, axis_name, operator: str = "hessian", mask=None):
     """``(matvec, n, unravel)``: ``matvec(v) = M v`` on the raveled (float32) vector of the selected parameters, of
     size ``n``, ``M`` the operator of ``batch`` (averaged over a :class:`Dataset`); ``unravel(v)`` gives a pytree
@@ -445,4 +465,3 @@ def sub_grad(loss_fn, params, batch, axis_name, mask=None):
     sub, merge = split(params, mask)
     g = mean_over_batches(lambda b: jax.grad(lambda s: loss_fn(merge(s), b))(sub), batch)
     return C.pmean(g, axis_name)
-

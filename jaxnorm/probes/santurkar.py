@@ -69,26 +69,31 @@ def _check_etas(etas, lr) -> None:
     where = "santurkar_probe"
     if etas is None:
         if lr is None:
-            raise ValueError(f"{where}: pass lr= (the default grid is lr × {DEFAULT_ETA_MULTIPLIERS[0]:g}…"
-                             f"{DEFAULT_ETA_MULTIPLIERS[-1]:g}, 8 points) or an explicit etas= grid")
+            raise ValueError(
+                f"{where}: pass lr= (the default grid is lr × {DEFAULT_ETA_MULTIPLIERS[0]:g}…"
+                f"{DEFAULT_ETA_MULTIPLIERS[-1]:g}, 8 points) or an explicit etas= grid"
+            )
         if jnp.ndim(lr) != 0:
             raise ValueError(f"{where}: lr must be a scalar, got shape {jnp.shape(lr)}")
         if _checks.is_concrete(lr):
             v = float(lr)
             if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"{where}: lr must be a positive finite number (the grid is lr × [0.5, 4]), "
-                                 f"got {v!r}")
+                raise ValueError(f"{where}: lr must be a positive finite number (the grid is lr × [0.5, 4]), got {v!r}")
         return
     shape = jnp.shape(etas)
     if len(shape) != 1 or shape[0] == 0:
-        raise ValueError(f"{where}: etas must be a non-empty 1-D grid of step sizes, got shape {shape}; e.g. "
-                         "etas=jaxnorm.probes.eta_grid(lr) (8 points in [0.5, 4]·lr)")
+        raise ValueError(
+            f"{where}: etas must be a non-empty 1-D grid of step sizes, got shape {shape}; e.g. "
+            "etas=jaxnorm.probes.eta_grid(lr) (8 points in [0.5, 4]·lr)"
+        )
     if _checks.is_concrete(etas):
         e = np.asarray(etas, np.float64)
         bad = e[~(np.isfinite(e) & (e > 0))]
         if bad.size:
-            raise ValueError(f"{where}: step sizes must be positive and finite, got {bad.tolist()} in a grid of "
-                             f"{e.size}; use e.g. etas=eta_grid(lr, 0.5, 4) (w(η) = w − η·d with η > 0)")
+            raise ValueError(
+                f"{where}: step sizes must be positive and finite, got {bad.tolist()} in a grid of "
+                f"{e.size}; use e.g. etas=eta_grid(lr, 0.5, 4) (w(η) = w − η·d with η > 0)"
+            )
 
 
 def _value_and_grad(loss_fn, axis_name):
@@ -144,6 +149,7 @@ def _summary(etas, losses, grad_changes, loss, g_norm, d_norm) -> dict:
 # host loop: ONE compiled program of ``group`` straight-line evaluations, called ⌈(K + 1) / group⌉ times (its compile
 # time does not grow with K; straight-line evaluations share the batch's work, which separate calls cannot)
 
+
 @functools.partial(jax.jit, static_argnames=("loss_fn", "direction", "axis_name"))
 def _host_group(loss_fn, params, batch, d, g, etas, first, key, *, direction, axis_name):
     """``L(w − η d)`` and ``‖∇L(w − η d) − g‖`` for each η of ``etas``, one after another. On the ``first`` call
@@ -176,23 +182,45 @@ def _probe_host(loss_fn, params, batch, etas, lr, key, *, direction, group, axis
     zeros = jax.tree.map(jnp.zeros_like, params)
     d, g, losses, changes = zeros, zeros, [], []
     for c in range(calls):
-        out = _host_group(loss_fn, params, batch, d, g, todo[c * group:(c + 1) * group], np.bool_(c == 0), key,
-                          direction=direction, axis_name=axis_name)
+        out = _host_group(
+            loss_fn,
+            params,
+            batch,
+            d,
+            g,
+            todo[c * group : (c + 1) * group],
+            np.bool_(c == 0),
+            key,
+            direction=direction,
+            axis_name=axis_name,
+        )
         losses.append(out[0])
         changes.append(out[1])
         if c == 0:
             _, _, g, d, g_norm, d_norm = out
     losses, changes = jnp.concatenate(losses), jnp.concatenate(changes)
     k = etas.size
-    return _jit_summary(etas, losses[1:k + 1], changes[1:k + 1], losses[0], g_norm, d_norm)
+    return _jit_summary(etas, losses[1 : k + 1], changes[1 : k + 1], losses[0], g_norm, d_norm)
 
 
 LOOPS = ("device", "host")
 
 
-def santurkar_probe(loss_fn: C.LossFn, params, batch, *, lr=None, etas=None, direction: str = "gradient",
-                    key: jax.Array | None = None, chunk: int | str | None = "auto", unroll: bool | None = None,
-                    loop: str = "device", group: int = 3, axis_name: str | None = None) -> dict:
+def santurkar_probe(
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    *,
+    lr=None,
+    etas=None,
+    direction: str = "gradient",
+    key: jax.Array | None = None,
+    chunk: int | str | None = "auto",
+    unroll: bool | None = None,
+    loop: str = "device",
+    group: int = 3,
+    axis_name: str | None = None,
+) -> dict:
     """Santurkar et al.'s landscape probes at ``w = params``: loss variation, gradient predictiveness, β-smoothness.
 
     Formula: with ``g = ∇L(w)``, a direction ``d`` (``'gradient'``: ``d = g``; ``'random'``: a Gaussian direction
@@ -280,15 +308,36 @@ def santurkar_probe(loss_fn: C.LossFn, params, batch, *, lr=None, etas=None, dir
         lr = np.float32(lr)  # python ints and floats share one compiled program
     _checks.check_choice("santurkar_probe loop", loop, LOOPS)
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1:
-        raise ValueError(f"santurkar_probe: group must be a positive int (evaluations per compiled call of "
-                         f"loop='host'), got {group!r}")
+        raise ValueError(
+            f"santurkar_probe: group must be a positive int (evaluations per compiled call of "
+            f"loop='host'), got {group!r}"
+        )
     if loop == "host":
         if not _checks.is_concrete((params, batch, etas, lr, key)):
-            raise ValueError("santurkar_probe: loop='host' runs a Python loop of compiled evaluations and cannot be "
-                             "traced (inside jit/pmap/vmap); use loop='device'")
-        return _probe_host(loss_fn, params, batch, etas, None if etas is not None else lr,
-                           key if direction == "random" else None, direction=direction, group=group,
-                           axis_name=axis_name)
-    return _probe(loss_fn, params, batch, etas, None if etas is not None else lr,
-                  key if direction == "random" else None, direction=direction, chunk=chunk, unroll=unroll,
-                  axis_name=axis_name)
+            raise ValueError(
+                "santurkar_probe: loop='host' runs a Python loop of compiled evaluations and cannot be "
+                "traced (inside jit/pmap/vmap); use loop='device'"
+            )
+        return _probe_host(
+            loss_fn,
+            params,
+            batch,
+            etas,
+            None if etas is not None else lr,
+            key if direction == "random" else None,
+            direction=direction,
+            group=group,
+            axis_name=axis_name,
+        )
+    return _probe(
+        loss_fn,
+        params,
+        batch,
+        etas,
+        None if etas is not None else lr,
+        key if direction == "random" else None,
+        direction=direction,
+        chunk=chunk,
+        unroll=unroll,
+        axis_name=axis_name,
+    )
