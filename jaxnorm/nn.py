@@ -288,7 +288,7 @@ class BatchRenorm(_RunningStats):
         epsilon: ε added to the variance.
         axis_name: a mapped axis to synchronize the statistics over (sums and counts).
         r_max: bound on r (>= 1).
-        d_max: bound on |d| (>= 0).
+        d_max: bound on ``|d|`` (>= 0).
         momentum: decay of the running averages, in [0, 1].
         use_scale: learn a per-channel γ (``'scale'``, ``scale_init``, default ones).
         use_bias: learn a per-channel β (``'bias'``, ``bias_init``, default zeros).

@@ -500,7 +500,7 @@ class BatchRenorm(_RunningStats):
         axis_name: a mapped axis to synchronize the statistics over.
         rngs: an ``nnx.Rngs`` (initializes the parameters).
         r_max: bound on r (>= 1).
-        d_max: bound on |d| (>= 0).
+        d_max: bound on ``|d|`` (>= 0).
         momentum: decay of the running averages, in [0, 1].
 
     Raises:
