@@ -288,4 +288,4 @@ def weight_decay(params: Any, lam: float) -> Array:
     _checks.check_weight_decay(lam)
     leaves = [jnp.sum(jnp.square(jnp.asarray(w, jnp.float32))) for w in jax.tree.leaves(params) if jnp.ndim(w) >= 2]
     total = sum(leaves) if leaves else jnp.zeros((), jnp.float32)
-    return 0.5 * lam * total  # type: ignore[return-value]
+    return jnp.asarray(0.5 * lam * total)

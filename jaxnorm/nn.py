@@ -30,6 +30,28 @@ from jaxnorm import dropouts as _do
 from jaxnorm import norms as _norms
 from jaxnorm._checks import check_rate, is_traced
 
+__all__ = [
+    "AlphaDropout",
+    "BatchNorm",
+    "BatchRenorm",
+    "DropConnectDense",
+    "Dropout",
+    "DyT",
+    "GaussianDropout",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "LpBatchNorm",
+    "NoisyBatchNorm",
+    "OriginalDropout",
+    "RMSNorm",
+    "SpatialDropout",
+    "SpectralNorm",
+    "StandardizedConv",
+    "WeightNorm",
+    "population_batch_stats",
+]
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -1049,8 +1071,9 @@ def _wrapped_name(layer: nn.Module, path) -> str:
     return f"{layer.name}/" + jax.tree_util.keystr(tuple(path[1:]), simple=True, separator="/")
 
 
-def _collection(path) -> str:
-    return getattr(path[0], "key", None)  # type: ignore[return-value]
+def _collection(path) -> str | None:
+    """The collection a ``tree_flatten_with_path`` path over a variables dict starts in (None if not a dict key)."""
+    return getattr(path[0], "key", None)
 
 
 class WeightNorm(nn.Module):

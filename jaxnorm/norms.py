@@ -33,7 +33,7 @@ Array = jax.Array
 BatchStats = dict  # {'mean': (C,), 'var': (C,), 'count': ()} -- see init_batch_stats
 
 CONVENTIONS = ("flax", "pytorch")
-_DEFAULT = object()  # sentinel: "momentum not given", whose default depends on the convention
+_DEFAULT: Any = object()  # sentinel: "momentum not given", whose default depends on the convention
 _DEFAULT_MOMENTUM = {"flax": 0.99, "pytorch": 0.1}
 
 
@@ -117,10 +117,10 @@ def _affine(name: str, x: Array, scale: Array | None, bias: Array | None, fax: i
     fax = fax % x.ndim
     c = x.shape[fax]
     feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
-    out = []  # type: ignore[var-annotated]
+    out: list[Array | None] = []
     for pname, p in (("scale", scale), ("bias", bias)):
         if p is None:
-            out.append(None)  # type: ignore[arg-type]
+            out.append(None)
             continue
         shape = tuple(jnp.shape(p))
         if len(shape) == 1 and shape[0] == c:
@@ -543,12 +543,13 @@ def update_running_stats(
     count = old + jnp.any(valid).astype(old.dtype)
     if convention == "pytorch":
         var = var * (n / jnp.maximum(n - 1.0, 1.0))
+    w: Array | float
     if momentum is None:
         w = 1.0 / jnp.maximum(count, 1).astype(jnp.float32)
     elif convention == "pytorch":
-        w = momentum  # type: ignore[assignment]
+        w = momentum
     else:
-        w = 1.0 - momentum  # type: ignore[assignment]
+        w = 1.0 - momentum
     # (1−w)·r + w·stat, not r + w·(stat − r): the latter cancels when stat ≪ r (σ² = 1e-6 against r = 1)
     new_mean = jnp.where(valid, (1.0 - w) * stats["mean"] + w * mean.astype(rdt), stats["mean"])
     new_var = jnp.where(valid, (1.0 - w) * stats["var"] + w * var.astype(rdt), stats["var"])
@@ -617,7 +618,7 @@ def batch_norm(
     stats: BatchStats,
     *,
     train: bool,
-    momentum: float | None = _DEFAULT,  # type: ignore[assignment]
+    momentum: float | None = _DEFAULT,
     epsilon: float = 1e-5,
     axis: int = -1,
     axis_name: str | None = None,

@@ -23,6 +23,22 @@ from scipy import stats as _st
 VERDICTS = ("holds", "inconclusive", "fails")
 DIRECTIONS = ("greater", "less")
 
+__all__ = [
+    "DIRECTIONS",
+    "VERDICTS",
+    "Interval",
+    "binomial_se",
+    "compare",
+    "equivalence_verdict",
+    "kaplan_meier_median",
+    "mean_ci",
+    "paired_differences",
+    "reach_time",
+    "success_rate",
+    "verdict",
+    "wilson_interval",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Interval:

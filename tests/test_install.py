@@ -97,19 +97,23 @@ def core_venv(tmp_path_factory):
     return python, installed, set(closure)
 
 
-# flax's dependency closure, from the installed metadata: what a core install holds whatever jaxnorm declares
+# flax's dependency closure, from the installed metadata: what a core install holds whatever jaxnorm declares.
+# Environment markers are evaluated (orbax-checkpoint needs nest_asyncio on Windows only) with pip's own packaging.
 _FLAX_CLOSURE = """
-import json, re
+import json
 from importlib import metadata
+from pip._vendor.packaging.requirements import Requirement
+from pip._vendor.packaging.utils import canonicalize_name
 seen, todo = set(), ["flax"]
 while todo:
-    name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+    name = canonicalize_name(todo.pop())
     if name in seen:
         continue
     seen.add(name)
-    for req in metadata.requires(name) or []:
-        if "extra ==" not in req:
-            todo.append(re.match(r"[A-Za-z0-9_.-]+", req).group(0))
+    for spec in metadata.requires(name) or []:
+        req = Requirement(spec)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            todo.append(req.name)
 print(json.dumps(sorted(seen)))
 """
 

@@ -70,6 +70,22 @@ def test_module_and_function_names_are_unambiguous():
         assert importlib.util.find_spec(f"jaxnorm.{name}") is None or not callable(getattr(jaxnorm, name)), name
 
 
+@pytest.mark.parametrize("name", ["jaxnorm.nn", "jaxnorm.nnx", "jaxnorm.eqx", "jaxnorm.probes", "jaxnorm.stats"])
+def test_public_modules_declare_every_public_name(name):
+    """``from jaxnorm.X import *`` and the API reference see exactly the module's public names: its ``__all__``
+    lists every public class and function it defines, and nothing it lacks."""
+    pytest.importorskip("equinox") if name == "jaxnorm.eqx" else None
+    module = importlib.import_module(name)
+    assert hasattr(module, "__all__"), f"{name} has no __all__"
+    defined = {
+        n
+        for n, obj in vars(module).items()
+        if not n.startswith("_") and getattr(obj, "__module__", None) == name and callable(obj)
+    }
+    assert defined <= set(module.__all__), f"{name}: public but not in __all__: {sorted(defined - set(module.__all__))}"
+    assert all(hasattr(module, n) for n in module.__all__), [n for n in module.__all__ if not hasattr(module, n)]
+
+
 def test_version_is_one_number():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert jaxnorm.__version__ == meta["version"]

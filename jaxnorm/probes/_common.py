@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from jax.tree_util import PyTreeDef
 
 from jaxnorm import _checks
 
@@ -54,13 +55,19 @@ def grad(loss_fn: LossFn, axis_name: str | None = None) -> Callable:
 # ---- checks ---------------------------------------------------------------------------------------------------------
 
 
+def structure(tree: PyTree) -> PyTreeDef:
+    """``jax.tree.structure(tree)``, annotated: jax's own stub leaves its return type unresolved for type checkers,
+    so comparing two structures would not type-check."""
+    return jax.tree.structure(tree)
+
+
 def check_scalar_loss(where: str, loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
     """A ValueError unless ``loss_fn(params, batch)`` is a real scalar (checked abstractly: nothing runs)."""
     try:
         out = jax.eval_shape(loss_fn, params, batch)
     except TypeError:  # eval_shape refuses some exotic inputs; the jitted call will surface real errors
         return
-    if not hasattr(out, "shape") or jax.tree.structure(out).num_leaves != 1:  # type: ignore[attr-defined]
+    if not hasattr(out, "shape") or structure(out).num_leaves != 1:
         raise ValueError(
             f"{where}: loss_fn(params, batch) must return one scalar array, got {out!r}; "
             "return only the loss (drop aux outputs, e.g. `lambda p, b: f(p, b)[0]`)"

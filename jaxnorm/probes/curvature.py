@@ -98,7 +98,7 @@ def hvp(
     >>> print(jnp.round(hv['a'], 3), jnp.round(hv['b'], 3))
     [4. 5.] [-0.5]
     """
-    if jax.tree.structure(v) != jax.tree.structure(params):  # type: ignore[operator]
+    if C.structure(v) != jax.tree.structure(params):
         raise ValueError(
             f"hvp: v must be a pytree shaped like params, got {jax.tree.structure(v)} vs {jax.tree.structure(params)}"
         )
@@ -846,7 +846,7 @@ def directional_curvature(
     >>> round(float(jp.directional_curvature(loss_fn, params, batch, e)), 4)
     3.0
     """
-    if direction is not None and jax.tree.structure(direction) != jax.tree.structure(params):  # type: ignore[operator]
+    if direction is not None and C.structure(direction) != jax.tree.structure(params):
         raise ValueError("directional_curvature: direction must be a pytree shaped like params")
     batch, mask = _check("directional_curvature", loss_fn, params, batch, operator, params_filter)
     return _directional(loss_fn, params, batch, direction, axis_name=axis_name, operator=operator, mask=mask)
@@ -988,7 +988,7 @@ def curvature_per_layer(
         )
     else:
         forms = _layer_forms(loss_fn, params, batch, z, chunk=1, **kw)
-    forms = np.asarray(forms, np.float64)  # type: ignore[assignment]
+    forms64 = np.asarray(forms, np.float64)
     table = {}
     for j, name in enumerate(names):
         vals, _ = hessian_top_eigenvalues(
@@ -1002,7 +1002,7 @@ def curvature_per_layer(
             loop=loop,
             axis_name=axis_name,
         )
-        col = forms[:, j]
+        col = forms64[:, j]
         table[name] = {
             "top_eigenvalue": vals[0],
             "trace": jnp.float32(col.mean()),

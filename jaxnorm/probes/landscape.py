@@ -114,7 +114,7 @@ def _directions(where, key, params, directions, count, include_1d):
     if len(directions) != count:
         raise ValueError(f"{where}: directions must be {count} pytrees shaped like params, got {len(directions)}")
     for d in directions:
-        if jax.tree.structure(d) != jax.tree.structure(params):
+        if C.structure(d) != jax.tree.structure(params):
             raise ValueError(
                 f"{where}: a direction must be a pytree shaped like params, got {jax.tree.structure(d)}"
                 f" vs {jax.tree.structure(params)}"
@@ -277,7 +277,7 @@ def loss_slice_2d(
     """
     where = "loss_slice_2d"
     batch = O.as_batch(where, batch, data_set=False)
-    sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)  # type: ignore[arg-type]
+    sa, sb = (steps, steps) if isinstance(steps, int) or np.ndim(steps) == 0 else tuple(steps)
     sa, sb = _checks.check_positive_int(where, "steps", sa), _checks.check_positive_int(where, "steps", sb)
     lo, hi = _span(where, span)
     dirs = _directions(where, key, params, directions, 2, include_1d)
@@ -345,7 +345,7 @@ def interpolate(
     """
     where = "interpolate"
     batch = O.as_batch(where, batch, data_set=False)
-    if jax.tree.structure(params_a) != jax.tree.structure(params_b):  # type: ignore[operator]
+    if C.structure(params_a) != jax.tree.structure(params_b):
         raise ValueError(
             f"{where}: params_a and params_b must have the same structure, got "
             f"{jax.tree.structure(params_a)} vs {jax.tree.structure(params_b)}"
@@ -490,7 +490,7 @@ def trajectory_surface(
     """
     where = "trajectory_surface"
     batch = O.as_batch(where, batch, data_set=False)
-    sa, sb = (steps, steps) if np.ndim(steps) == 0 else tuple(steps)  # type: ignore[arg-type]
+    sa, sb = (steps, steps) if isinstance(steps, int) or np.ndim(steps) == 0 else tuple(steps)
     sa, sb = _checks.check_positive_int(where, "steps", sa), _checks.check_positive_int(where, "steps", sb)
     if not margin >= 0:
         raise ValueError(f"{where}: margin must be >= 0 (a fraction of the trajectory's extent), got {margin!r}")

@@ -48,7 +48,7 @@ def _check_loss(where, loss):
 
 def model_state_loss_fn(
     model, *, train: bool = True, loss: str | Callable = "cross_entropy", axis_name: str | None = None
-) -> Callable:
+) -> SplitLoss:
     """The loss of a Flax linen model with its state as an input: ``loss_fn(params, inputs) -> scalar``.
 
     Formula: ``inputs = {'batch', 'batch_stats', 'dropout_key'}`` and ``loss_fn(params, inputs) = Σ_i m_i ℓ(f(x_i),
@@ -207,7 +207,7 @@ def model_loss_fn(
         return {"batch": batch, "batch_stats": batch_stats, "dropout_key": dropout_key}
 
     return _split(
-        lambda params, batch: inner.outputs(params, inputs(batch)),  # type: ignore[attr-defined]
+        lambda params, batch: inner.outputs(params, inputs(batch)),
         loss,
         lambda params, batch: inner(params, inputs(batch)),
         axis_name,
@@ -261,7 +261,8 @@ def nnx_loss_fn(
 
     _check_loss("nnx_loss_fn", loss)
     view = nnx.view(model, use_running_average=not train, deterministic=not train, raise_if_not_found=False)
-    graphdef, params, rest = nnx.split(view, nnx.Param, ...)  # type: ignore[misc]
+    graphdef, params, *others = nnx.split(view, nnx.Param, ...)
+    (rest,) = others  # two filters: exactly one state besides the parameters
 
     def outputs_fn(params, batch):
         x, _, _ = _unpack(batch, "nnx_loss_fn")
@@ -439,6 +440,11 @@ def activation_percentiles_fn(
     return fn
 
 
+def _not_requested(*args):
+    """Stands in for a probe function that was not requested (never called)."""
+    raise AssertionError("a probe that was not requested was called")
+
+
 def make_probe_fn(
     model,
     *,
@@ -533,10 +539,10 @@ def make_probe_fn(
             "grid is [0.5, 4]·lr and ICS takes an SGD step of lr"
         )
     loss_fn = model_state_loss_fn(model, train=train, loss=loss, axis_name=axis_name)  # one function: cached
-    percentiles_fn = (
+    percentiles_fn: Callable = (
         activation_percentiles_fn(model, train=train, **options.get("activation_percentiles", {}))
         if "activation_percentiles" in probes
-        else None
+        else _not_requested
     )
 
     def probe_fn(state, batch, key) -> dict:
@@ -586,7 +592,7 @@ def make_probe_fn(
                 res = _curv.hessian_spectral_density(loss_fn, params, inputs, key=k_eig, axis_name=axis_name, **kw)
                 out["hessian/density_grid"], out["hessian/density"] = res["grid"], res["density"]
             elif name == "activation_percentiles":
-                res = percentiles_fn(  # type: ignore[misc]
+                res = percentiles_fn(
                     {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})},
                     batch["x"],
                     k_drop,

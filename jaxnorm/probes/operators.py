@@ -150,7 +150,7 @@ def dataset(batches: Iterable | Any, *, stacked: bool = False) -> Dataset:
     first = jax.tree.structure(items[0])
     shapes = [tuple(np.shape(x) for x in jax.tree.leaves(b)) for b in items]
     for i, (b, s) in enumerate(zip(items, shapes)):
-        if jax.tree.structure(b) != first or s != shapes[0]:  # type: ignore[operator]
+        if C.structure(b) != first or s != shapes[0]:
             raise ValueError(
                 f"dataset: batch {i} has shapes {s}, batch 0 {shapes[0]}: the batches must have equal "
                 "shapes (drop the short last batch, or pad it and mark the padding in a 'mask')"
@@ -171,7 +171,7 @@ def _is_batch_list(batch) -> bool:
     if any(isinstance(b, (jax.Array, np.ndarray, np.generic, int, float, complex)) for b in batch):
         return False
     first = jax.tree.structure(batch[0])
-    return all(jax.tree.structure(b) == first for b in batch[1:])  # type: ignore[operator]
+    return all(C.structure(b) == first for b in batch[1:])
 
 
 def as_batch(where: str, batch, *, data_set: bool = True):
