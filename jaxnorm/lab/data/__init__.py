@@ -30,7 +30,7 @@ Any other tfds dataset (``mnist``, ``fashion_mnist``, ``cifar10``, ``imagenet201
     >>> import tempfile
     >>> data_dir = tempfile.mkdtemp()                      # prepared here offline (default: see Storage)
     >>> ds = load('digits', data_dir, train_split='train[:80%]', validation_split='train[80%:]')  # doctest: +ELLIPSIS
-    Downloading and preparing dataset ...
+    preparing digits (generated offline) in ...
     >>> len(ds.train), len(ds.validation) > 0
     (1150, True)
     >>> batch = next(batches(ds.train, 128, seed=0, num_steps=100))

@@ -115,6 +115,13 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # beside it and, finding none, expects no downloads.
         return tfds.core.Path(inspect.getfile(cls))
 
+    def _log_download_bytes(self) -> None:
+        """Nothing: tfds's "Downloading and preparing dataset Unknown size ..." notice is wrong for a dataset generated
+        here (:func:`jaxnorm.lab.data.prepare` says ``preparing NAME (generated offline) in DATA_DIR ...``)."""
+
+    def _log_download_done(self) -> None:
+        """Nothing: tfds's "Dataset ... downloaded and prepared to ..." notice is wrong for a generated dataset."""
+
 
 class Mnist1dBuilder(OfflineBuilder):
     """MNIST-1D (Greydanus 2020), generated offline: 4000 train / 1000 test float32 signals (40, 1), 10 classes."""

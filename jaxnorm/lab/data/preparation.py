@@ -6,10 +6,13 @@ prepared by tfds when asked (``download=True``), and otherwise :class:`DatasetNo
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 import os
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from jaxnorm.lab.data.builders import BUILDERS, BUNDLED, SYNTHETIC_IMAGES, bundled_key
 from jaxnorm.lab.data.synthetic import GENERATED
@@ -74,6 +77,27 @@ def _not_prepared_error(
     )
 
 
+@contextlib.contextmanager
+def _quiet_generation():
+    """Silences tfds's notices while a dataset we generate offline is built, and restores them afterwards.
+
+    tfds treats every build as a download: constructing the builder of a dataset not yet prepared logs an absl
+    warning (``Variant folder ... has no dataset_info.json``), and the build draws progress bars. Warnings and
+    below of the ``absl`` logger (tfds logs through absl) and the progress bars are off inside; absl errors and
+    exceptions pass. (The "Downloading and preparing" notice is :class:`~jaxnorm.lab.data.builders.OfflineBuilder`'s
+    to leave out.)
+    """
+    absl_logger = logging.getLogger("absl")
+    level, bars = absl_logger.level, getattr(tqdm_utils, "_active", True)
+    absl_logger.setLevel(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+        tfds.display_progress_bar(bars)
+
+
 def _has_random_access_format(builder: tfds.core.DatasetBuilder) -> bool:
     formats = builder.info.available_file_formats()
     return bool(formats & set(tfds.core.FileFormat.with_random_access()))
@@ -84,7 +108,9 @@ def prepare(
 ) -> tfds.core.DatasetBuilder:
     """Returns the tfds builder of ``name``, prepared in ``data_dir`` in array_record format.
 
-    Bundled datasets are generated offline on first use and reused afterwards (the generator is not run again).
+    Bundled datasets are generated offline on first use and reused afterwards (the generator is not run again); the
+    first use prints one line, ``preparing NAME (generated offline) in DATA_DIR ...``, and tfds's download notices,
+    progress bars and absl warnings are silenced while it builds.
     Other tfds datasets must already be prepared there; with ``download=True`` tfds downloads and prepares them.
 
     Raises:
@@ -95,18 +121,20 @@ def prepare(
     data_dir = default_data_dir(data_dir)
     key = bundled_key(name)
     if key is not None:
-        builder = BUILDERS[key](data_dir=data_dir)
-        if not builder.is_prepared():
-            try:
-                builder.download_and_prepare(
-                    file_format="array_record",
-                    download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-                )
-            except OSError:
-                # Another process (another host on a shared disk) may have finished the same build first.
-                builder = BUILDERS[key](data_dir=data_dir)
-                if not builder.is_prepared():
-                    raise
+        with _quiet_generation():
+            builder = BUILDERS[key](data_dir=data_dir)
+            if not builder.is_prepared():
+                print(f"preparing {name} (generated offline) in {data_dir} ...", flush=True)
+                try:
+                    builder.download_and_prepare(
+                        file_format="array_record",
+                        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+                    )
+                except OSError:
+                    # Another process (another host on a shared disk) may have finished the same build first.
+                    builder = BUILDERS[key](data_dir=data_dir)
+                    if not builder.is_prepared():
+                        raise
         return builder
 
     try:
