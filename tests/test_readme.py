@@ -52,6 +52,7 @@ def test_the_first_screen_has_the_run_and_test_commands():
     assert re.search(r'<!-- test -->\s*```bash\npip install -e "\.\[test\]" && python -m pytest\n```', head)
 
 
+@pytest.mark.lab  # the commands name lab modules and configs: checked with the [train] extra
 def test_every_shell_command_names_real_things():
     text = README.read_text()
     for line, code in code_blocks(text, "bash"):
