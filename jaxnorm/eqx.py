@@ -70,10 +70,12 @@ def _training(inference, attr, layer: str):
 
 
 def _dtype(dtype):
+    """The parameter dtype: ``dtype`` if given, else float32 (float64 with ``jax_enable_x64``)."""
     return jnp.float64 if dtype is None and jax.config.jax_enable_x64 else (dtype or jnp.float32)
 
 
 def _affine(use: bool, shape, dtype):
+    """``(γ, β)`` of ``shape`` (ones, zeros) if ``use``, else ``(None, None)``."""
     return (jnp.ones(shape, _dtype(dtype)), jnp.zeros(shape, _dtype(dtype))) if use else (None, None)
 
 
@@ -86,6 +88,7 @@ def _one(layer: str, x, state):
 
 
 def _out(y, state):
+    """``y`` alone when the layer was called without a state, else ``(y, state)``."""
     return y if state is _NO_STATE else (y, state)
 
 
@@ -107,6 +110,8 @@ def _batch_size(layer: str, axis_name) -> int:
 
 
 class _RunningStats(eqx.nn.StatefulLayer):  # eqx.nn.Sequential passes the state to StatefulLayers
+    """Per-channel γ, β, the running statistics in an ``eqx.nn.State`` and the ``inference`` switch."""
+
     weight: Array | None
     bias: Array | None
     state_index: eqx.nn.StateIndex
@@ -117,6 +122,7 @@ class _RunningStats(eqx.nn.StatefulLayer):  # eqx.nn.Sequential passes the state
     channelwise_affine: bool = eqx.field(static=True)
 
     def _init_common(self, input_size, axis_name, eps, channelwise_affine, inference, dtype):
+        """The checks and fields every batch-statistics layer's constructor shares."""
         name = type(self).__name__
         self.input_size = check_positive_int(name, "input_size", input_size)
         self.axis_name = axis_name
@@ -128,6 +134,7 @@ class _RunningStats(eqx.nn.StatefulLayer):  # eqx.nn.Sequential passes the state
         self.state_index = eqx.nn.StateIndex(init)
 
     def _normalize(self, fn, x, state, inference, mask, **kw):
+        """``fn`` on one example seen as a batch of one (statistics over ``axis_name``); the new state in training."""
         name = type(self).__name__
         train = _training(inference, self.inference, name)
         x = jnp.asarray(x)
@@ -159,16 +166,52 @@ class _RunningStats(eqx.nn.StatefulLayer):  # eqx.nn.Sequential passes the state
 
 
 class BatchNorm(_RunningStats):
-    """Batch normalization (Ioffe & Szegedy 2015) of one example ``C×…`` with statistics over the vmapped batch
-    axis ``axis_name`` and the spatial axes (:func:`jaxnorm.batch_norm`).
+    """Batch normalization layer (Equinox): ``y = γ·(x − μ_B)/√(σ²_B + ε) + β`` in training.
 
-    ``eqx.nn.BatchNorm(input_size, axis_name, eps, channelwise_affine, momentum, inference, dtype)`` with its
-    ``mode='batch'`` semantics in training (batch statistics; the running averages ``m·r + (1−m)·stat``), plus
-    jaxnorm's options: ``mask`` at call (a boolean scalar per example: padded examples stay out of the
-    statistics), ``convention='pytorch'``, ``momentum=None`` (cumulative average), ``virtual_batch_size`` is not
-    available here (ghost batches need the whole batch in one call; use :mod:`jaxnorm.nn` or :mod:`jaxnorm.nnx`).
-    At inference the running statistics are used as stored, as in Flax and PyTorch (``eqx.nn.BatchNorm`` in
-    ``'batch'`` mode divides them by ``1 − m^k`` first). ``momentum='auto'`` is 0.99 (flax) / 0.1 (pytorch).
+    See :func:`jaxnorm.batch_norm` for the formula and the options. ``eqx.nn.BatchNorm``'s arguments in its order
+    (one example ``C×…`` per call, the batch from ``jax.vmap(..., axis_name=axis_name)``, the running statistics in
+    an ``eqx.nn.State``) with its ``mode='batch'`` semantics in training: batch statistics, running averages
+    ``m·r + (1 − m)·stat``. Plus jaxnorm's options: ``mask`` at call (padded examples stay out of the statistics,
+    which are reduced over the vmapped axis as sums and counts, so they are exact), ``convention='pytorch'`` and
+    ``momentum=None`` (a cumulative average). ``virtual_batch_size`` is not available here: ghost batches need the
+    whole batch in one call (use :mod:`jaxnorm.nn` or :mod:`jaxnorm.nnx`). At inference the running statistics are
+    used as stored, as in Flax and PyTorch (``eqx.nn.BatchNorm`` in ``'batch'`` mode first divides them by
+    ``1 − m^k``), and no batch axis is needed.
+
+    Reduces over: the vmapped batch axis ``axis_name`` and every axis of the example but its channel axis 0 (N, H, W
+    for a batch of ``C×H×W`` examples).
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift.
+
+    Args:
+        input_size: the channel count C (the first axis of each example).
+        axis_name: the name of the vmapped batch axis (default ``'batch'``), or a tuple of names to reduce over all
+            of them.
+        eps: ε added to the variance (default 1e-5).
+        channelwise_affine: learn per-channel γ (``weight``, ones) and β (``bias``, zeros).
+        momentum: ``'auto'`` (0.99 for ``convention='flax'``, 0.1 for ``'pytorch'``), a number in [0, 1], or None
+            (a cumulative average).
+        inference: the mode if the call gives none (False: training; True: the running statistics).
+        dtype: dtype of γ, β and the running statistics (None: float32, float64 with ``jax_enable_x64``).
+        convention: ``'flax'`` (``r ← m·r + (1 − m)·stat``, biased variance) or ``'pytorch'``
+            (``r ← (1 − m)·r + m·stat``, unbiased variance).
+
+    Raises:
+        ValueError: for a bad ``input_size``, ``eps``, ``momentum`` or ``convention``.
+        TypeError: if ``eps`` or ``momentum`` is not a number.
+
+    Examples:
+        >>> import equinox as eqx
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (4, 3))  # 4 examples of 3 channels
+        >>> layer, state = eqx.nn.make_with_state(jn.eqx.BatchNorm)(3, momentum=0.9)
+        >>> batched = jax.vmap(layer, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+        >>> y, state = batched(x, state)  # training: batch statistics, running statistics updated
+        >>> y0, _ = layer(x[0], state, inference=True)  # the running statistics: no batch axis needed
+        >>> print(y.shape, y0.shape, int(state.get(layer.state_index)["count"]))
+        (4, 3) (3,) 1
     """
 
     momentum: Any = eqx.field(static=True)
@@ -191,19 +234,82 @@ class BatchNorm(_RunningStats):
         self.momentum = _layers.check_batch_momentum(type(self).__name__, momentum)
 
     def _options(self) -> dict:
+        """The keyword arguments of :func:`jaxnorm.batch_norm` this layer fixes."""
         return dict(convention=self.convention, **_layers.momentum_option(type(self).__name__, self.momentum))
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None, mask=None):
+        """Normalizes one example and, in training, returns the state with the new running statistics.
+
+        Args:
+            x: one example ``C×…`` with ``C = input_size`` channels first.
+            state: the ``eqx.nn.State`` that holds the running statistics.
+            key: ignored (accepted so that ``eqx.nn.Sequential`` can pass one).
+            inference: True: the running statistics (the state does not move); False: the statistics of the vmapped
+                batch (training); None: the layer's attribute. A traced boolean scalar picks the mode with
+                ``lax.cond``.
+            mask: optional, True = valid: a boolean scalar (whether this example enters the statistics) or one flag
+                per value of ``x``.
+
+        Returns:
+            ``(y, state)``: ``y`` with ``x``'s shape and dtype, and ``state`` with the updated running statistics in
+            training (unchanged at inference).
+
+        Raises:
+            ValueError: if ``x`` is not one example with ``input_size`` channels first, or ``mask`` does not fit it.
+            NameError: in training, if ``axis_name`` is not bound by an enclosing ``jax.vmap``.
+            TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
+                scalar.
+        """
         del key
         return self._normalize(_norms.batch_norm, x, state, inference, mask, **self._options())
 
 
 class NoisyBatchNorm(BatchNorm):
-    """Batch norm plus Santurkar et al.'s Algorithm 1 noise in training (:func:`jaxnorm.noisy_batch_norm`).
+    """Batch norm layer plus Santurkar et al.'s Algorithm 1 noise in training: ``a_ij ← s_ij·a_ij + m_ij``.
 
-    ``key`` must be the SAME for every example of the batch (``jax.vmap(..., in_axes=(0, None, None))``) and new
-    every step: the per-unit draws μ_j, σ_j are shared by the batch, and each example takes its row of the batch's
-    per-sample noise (by ``lax.axis_index``), so the result equals the pure function on the whole batch."""
+    The noise of :func:`jaxnorm.noisy_batch_norm`, added to :class:`BatchNorm`'s output (after γ, β). ``key`` must
+    be the SAME for every example of the batch and new every step: bind it outside the vmap
+    (``jax.vmap(functools.partial(layer, key=key), ...)``, or a ``lambda`` with ``in_axes=(0, None, None)``;
+    ``jax.vmap`` would map a keyword argument over the batch). The per-unit draws μ_j, σ_j are shared by the batch
+    and each example takes its row of the batch's per-sample noise (by ``lax.axis_index``), so the result equals
+    the pure function on the whole batch. At inference no noise is added and no key is needed.
+
+    Reduces over: as :class:`BatchNorm`, the vmapped batch axis ``axis_name`` and every axis of the example but its
+    channel axis 0.
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
+
+    Args:
+        input_size: the channel count C (the first axis of each example).
+        axis_name: the name of the vmapped batch axis (default ``'batch'``), or a tuple of names to reduce over all
+            of them.
+        eps: ε added to the variance (default 1e-5).
+        channelwise_affine: learn per-channel γ (``weight``, ones) and β (``bias``, zeros).
+        momentum: ``'auto'`` (0.99 for ``convention='flax'``, 0.1 for ``'pytorch'``), a number in [0, 1], or None.
+        inference: the mode if the call gives none (False: training; True: the running statistics).
+        dtype: dtype of γ, β and the running statistics (None: float32, float64 with ``jax_enable_x64``).
+        n_mu, n_sigma, r_mu, r_sigma: Algorithm 1's constants (default 0.5, 1.25, 0.1, 0.1).
+        convention: ``'flax'`` or ``'pytorch'``, as :class:`BatchNorm`.
+
+    Raises:
+        ValueError: for invalid noise constants (``n_mu``, ``r_mu`` or ``r_sigma`` < 0, ``n_sigma`` < 1), or for
+            :class:`BatchNorm`'s reasons.
+        TypeError: if ``eps`` or ``momentum`` is not a number.
+
+    Examples:
+        >>> import functools
+        >>> import equinox as eqx
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (4, 3))
+        >>> layer, state = eqx.nn.make_with_state(jn.eqx.NoisyBatchNorm)(3)
+        >>> noisy = functools.partial(layer, key=jax.random.key(1))  # one key for the whole batch
+        >>> batched = jax.vmap(noisy, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+        >>> y, state = batched(x, state)  # training: batch statistics and noise
+        >>> y0, _ = layer(x[0], state, inference=True)  # no noise, no key
+        >>> print(y.shape, y0.shape, int(state.get(layer.state_index)["count"]))
+        (4, 3) (3,) 1
+    """
 
     n_mu: float = eqx.field(static=True)
     n_sigma: float = eqx.field(static=True)
@@ -233,6 +339,28 @@ class NoisyBatchNorm(BatchNorm):
         self.n_mu, self.n_sigma, self.r_mu, self.r_sigma = n_mu, n_sigma, r_mu, r_sigma
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None, mask=None):
+        """Normalizes one example, adds the noise in training, and returns the state with the new statistics.
+
+        Args:
+            x: one example ``C×…`` with ``C = input_size`` channels first.
+            state: the ``eqx.nn.State`` that holds the running statistics.
+            key: a PRNG key, the same for every example of the batch and new every step; needed in training.
+            inference: True: the running statistics, no noise (the state does not move); False: training; None:
+                the layer's attribute. A traced boolean scalar picks the mode with ``lax.cond``.
+            mask: optional, True = valid: a boolean scalar (whether this example enters the statistics) or one flag
+                per value of ``x``.
+
+        Returns:
+            ``(y, state)``: ``y`` with ``x``'s shape and dtype, and ``state`` with the updated running statistics in
+            training (unchanged at inference).
+
+        Raises:
+            ValueError: if training has no ``key``, ``x`` is not one example with ``input_size`` channels first, or
+                ``mask`` does not fit it.
+            NameError: in training, if ``axis_name`` is not bound by an enclosing ``jax.vmap``.
+            TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
+                scalar.
+        """
         y, state = self._normalize(_norms.batch_norm, x, state, inference, mask, **self._options())
         train = _training(inference, self.inference, "NoisyBatchNorm")
         if train is False:
@@ -249,7 +377,45 @@ class NoisyBatchNorm(BatchNorm):
 
 
 class BatchRenorm(_RunningStats):
-    """Batch renormalization (Ioffe 2017) of one example over the vmapped batch; see :func:`jaxnorm.batch_renorm`."""
+    """Batch renormalization layer (Equinox): ``y = γ·((x − μ_B)/σ_B·r + d) + β``, r and d clipped.
+
+    See :func:`jaxnorm.batch_renorm`; ``r_max = 1, d_max = 0`` is batch norm. One example ``C×…`` per call, the
+    batch from ``jax.vmap(..., axis_name=axis_name)``, the running statistics (updated with Flax's convention,
+    ``m·r + (1 − m)·stat``) in an ``eqx.nn.State``; at inference they are used as in :class:`BatchNorm`.
+
+    Reduces over: the vmapped batch axis ``axis_name`` and every axis of the example but its channel axis 0 (N, H, W
+    for a batch of ``C×H×W`` examples).
+
+    Reference: Ioffe (2017), Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models.
+
+    Args:
+        input_size: the channel count C (the first axis of each example).
+        axis_name: the name of the vmapped batch axis (default ``'batch'``), or a tuple of names to reduce over all
+            of them.
+        eps: ε added to the variance (default 1e-5).
+        channelwise_affine: learn per-channel γ (``weight``, ones) and β (``bias``, zeros).
+        momentum: decay of the running averages, in [0, 1] (default 0.99), or None for a cumulative average.
+        inference: the mode if the call gives none (False: training; True: the running statistics).
+        dtype: dtype of γ, β and the running statistics (None: float32, float64 with ``jax_enable_x64``).
+        r_max: bound on r (>= 1, default 3).
+        d_max: bound on ``|d|`` (>= 0, default 5).
+
+    Raises:
+        ValueError: if ``r_max < 1`` or ``d_max < 0``, or for a bad ``input_size``, ``eps`` or ``momentum``.
+        TypeError: if ``eps`` or ``momentum`` is not a number.
+
+    Examples:
+        >>> import equinox as eqx
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (4, 3))
+        >>> layer, state = eqx.nn.make_with_state(jn.eqx.BatchRenorm)(3)
+        >>> batched = jax.vmap(layer, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+        >>> y, state = batched(x, state)  # training: batch statistics, running statistics updated
+        >>> y0, _ = layer(x[0], state, inference=True)
+        >>> print(y.shape, y0.shape, int(state.get(layer.state_index)["count"]))
+        (4, 3) (3,) 1
+    """
 
     r_max: float = eqx.field(static=True)
     d_max: float = eqx.field(static=True)
@@ -275,6 +441,28 @@ class BatchRenorm(_RunningStats):
         self.momentum = check_momentum("BatchRenorm", momentum)
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None, mask=None):
+        """Normalizes one example and, in training, returns the state with the new running statistics.
+
+        Args:
+            x: one example ``C×…`` with ``C = input_size`` channels first.
+            state: the ``eqx.nn.State`` that holds the running statistics.
+            key: ignored (accepted so that ``eqx.nn.Sequential`` can pass one).
+            inference: True: the running statistics (the state does not move); False: the statistics of the vmapped
+                batch (training); None: the layer's attribute. A traced boolean scalar picks the mode with
+                ``lax.cond``.
+            mask: optional, True = valid: a boolean scalar (whether this example enters the statistics) or one flag
+                per value of ``x``.
+
+        Returns:
+            ``(y, state)``: ``y`` with ``x``'s shape and dtype, and ``state`` with the updated running statistics in
+            training (unchanged at inference).
+
+        Raises:
+            ValueError: if ``x`` is not one example with ``input_size`` channels first, or ``mask`` does not fit it.
+            NameError: in training, if ``axis_name`` is not bound by an enclosing ``jax.vmap``.
+            TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
+                scalar.
+        """
         del key
         return self._normalize(
             _norms.batch_renorm, x, state, inference, mask, r_max=self.r_max, d_max=self.d_max, momentum=self.momentum
@@ -282,8 +470,45 @@ class BatchRenorm(_RunningStats):
 
 
 class LpBatchNorm(_RunningStats):
-    """ℓp batch normalization (Santurkar et al. 2018, §3.3) of one example over the vmapped batch, ``p`` in
-    {1, 2, 'inf'}; see :func:`jaxnorm.lp_batch_norm`."""
+    """ℓp batch normalization layer (Equinox): the batch's ℓp deviation replaces its standard deviation.
+
+    See :func:`jaxnorm.lp_batch_norm`: ``y = γ·(x − μ_B)/√(s² + ε) + β`` with ``s = (mean |x|^p)^(1/p)`` over the
+    batch before the mean shift (``s = max |x|`` for ``p = 'inf'``). One example ``C×…`` per call, the batch from
+    ``jax.vmap(..., axis_name=axis_name)``, the running μ and s² (Flax's convention) in an ``eqx.nn.State``, used at
+    inference.
+
+    Reduces over: the vmapped batch axis ``axis_name`` and every axis of the example but its channel axis 0 (N, H, W
+    for a batch of ``C×H×W`` examples).
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization? (§3.3).
+
+    Args:
+        input_size: the channel count C (the first axis of each example).
+        axis_name: the name of the vmapped batch axis (default ``'batch'``), or a tuple of names to reduce over all
+            of them.
+        eps: ε added to the variance (default 1e-5).
+        channelwise_affine: learn per-channel γ (``weight``, ones) and β (``bias``, zeros).
+        momentum: decay of the running averages, in [0, 1] (default 0.99), or None for a cumulative average.
+        inference: the mode if the call gives none (False: training; True: the running statistics).
+        dtype: dtype of γ, β and the running statistics (None: float32, float64 with ``jax_enable_x64``).
+        p: 1, 2 (default) or ``'inf'``.
+
+    Raises:
+        ValueError: for another ``p``, or a bad ``input_size``, ``eps`` or ``momentum``.
+        TypeError: if ``eps`` or ``momentum`` is not a number.
+
+    Examples:
+        >>> import equinox as eqx
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (4, 3))
+        >>> layer, state = eqx.nn.make_with_state(jn.eqx.LpBatchNorm)(3, p=1)
+        >>> batched = jax.vmap(layer, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+        >>> y, state = batched(x, state)  # training: batch statistics, running statistics updated
+        >>> y0, _ = layer(x[0], state, inference=True)
+        >>> print(y.shape, y0.shape, int(state.get(layer.state_index)["count"]))
+        (4, 3) (3,) 1
+    """
 
     p: Any = eqx.field(static=True)
     momentum: float = eqx.field(static=True)
@@ -307,6 +532,28 @@ class LpBatchNorm(_RunningStats):
         self.momentum = check_momentum("LpBatchNorm", momentum)
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None, mask=None):
+        """Normalizes one example and, in training, returns the state with the new running statistics.
+
+        Args:
+            x: one example ``C×…`` with ``C = input_size`` channels first.
+            state: the ``eqx.nn.State`` that holds the running statistics.
+            key: ignored (accepted so that ``eqx.nn.Sequential`` can pass one).
+            inference: True: the running statistics (the state does not move); False: the statistics of the vmapped
+                batch (training); None: the layer's attribute. A traced boolean scalar picks the mode with
+                ``lax.cond``.
+            mask: optional, True = valid: a boolean scalar (whether this example enters the statistics) or one flag
+                per value of ``x``.
+
+        Returns:
+            ``(y, state)``: ``y`` with ``x``'s shape and dtype, and ``state`` with the updated running statistics in
+            training (unchanged at inference).
+
+        Raises:
+            ValueError: if ``x`` is not one example with ``input_size`` channels first, or ``mask`` does not fit it.
+            NameError: in training, if ``axis_name`` is not bound by an enclosing ``jax.vmap``.
+            TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
+                scalar.
+        """
         del key
         return self._normalize(_norms.lp_batch_norm, x, state, inference, mask, p=self.p, momentum=self.momentum)
 
@@ -316,10 +563,12 @@ class LpBatchNorm(_RunningStats):
 
 
 def _shape(shape) -> tuple[int, ...]:
+    """An int or a sequence of ints as a shape tuple."""
     return (shape,) if isinstance(shape, int) else tuple(shape)
 
 
 def _check_shape(layer: str, x, shape) -> None:
+    """ValueError unless one example ``x`` has the layer's ``shape``."""
     if tuple(jnp.shape(x)) != shape:
         raise ValueError(
             f"{layer}: the input has shape {tuple(jnp.shape(x))} but the layer was built for shape "
@@ -329,8 +578,11 @@ def _check_shape(layer: str, x, shape) -> None:
 
 def _elementwise(fn, x, weight, bias, **kw):
     """``fn`` (layer or RMS norm, no affine) over one example, then Equinox's elementwise ``γ ⊙ x̂ + β``, in float32
-    (or wider) and cast back once. γ and β stay outside the pure function on purpose: vmapped over the examples, an
-    unbatched elementwise γ inside its hand-written JVP made fwd+bwd 3.9× slower on XLA:CPU (16×32×16×16)."""
+    (or wider) and cast back once. γ and β stay outside the pure function on purpose: inside it, an elementwise γ
+    (one value per entry of the example, not per channel) would turn the small per-statistic coefficients of its
+    hand-written JVP (``γ·r``, and ``r·γ̇`` in the coefficient of ``x − μ``) into full-size arrays, broadcast over
+    the batch under ``jax.vmap``; outside, the affine map is a plain elementwise product that JAX differentiates and
+    batches itself."""
     x = jnp.asarray(x)
     dt = jnp.promote_types(x.dtype, jnp.float32)
     y = fn(x[None].astype(dt), epsilon=kw.pop("epsilon"), **kw)[0]
@@ -356,29 +608,132 @@ class _Elementwise(eqx.Module):
         self.bias = jnp.zeros(self.shape, _dtype(dtype)) if use_bias else None
 
     def __call__(self, x, state=_NO_STATE, *, key=None):
+        """Normalizes one example of the layer's ``shape`` over all of its values.
+
+        Args:
+            x: one example, ``x.shape == shape``.
+            state: optional; when given it is returned with ``y``, unchanged (Equinox's norms' convention, so that
+                ``eqx.nn.Sequential`` can thread it).
+            key: ignored.
+
+        Returns:
+            ``y`` with ``x``'s shape and dtype, or ``(y, state)`` when a state was given.
+
+        Raises:
+            ValueError: if ``x.shape`` is not ``shape``.
+        """
         del key
         _check_shape(type(self).__name__, x, self.shape)
         return _out(_elementwise(type(self)._norm, x, self.weight, self.bias, epsilon=self.eps), state)
 
 
 class LayerNorm(_Elementwise):
-    """Layer normalization (Ba et al. 2016) of one example over all of its values, γ and β elementwise of
-    ``shape`` (:func:`jaxnorm.layer_norm`); ``eqx.nn.LayerNorm(shape, eps, use_weight, use_bias, dtype)``."""
+    """Layer normalization layer (Equinox): ``y = γ ⊙ (x − μ)/√(σ² + ε) + β`` over all of one example's values.
+
+    See :func:`jaxnorm.layer_norm` (on the example seen as a batch of one), then Equinox's elementwise γ, β of
+    ``shape``; computed in float32 (or wider), returned in ``x``'s dtype. ``eqx.nn.LayerNorm(shape, eps,
+    use_weight, use_bias, dtype)``'s arguments. Called as ``layer(x) -> y`` or ``layer(x, state) -> (y, state)``
+    (the state passed through, as Equinox's norms); ``jax.vmap`` it over the batch.
+
+    Reduces over: every axis of the example (all of ``shape``).
+
+    Reference: Ba, Kiros & Hinton (2016), Layer Normalization.
+
+    Args:
+        shape: the shape of one example (an int for a vector).
+        eps: ε added to the variance (default 1e-5).
+        use_weight: learn the elementwise γ (``weight``, ones of ``shape``).
+        use_bias: learn the elementwise β (``bias``, zeros of ``shape``).
+        dtype: dtype of γ, β (None: float32, float64 with ``jax_enable_x64``).
+
+    Raises:
+        ValueError: if ``eps`` is negative or not finite.
+        TypeError: if ``eps`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (4, 3))  # 4 examples of 3 features
+        >>> layer = jn.eqx.LayerNorm(3)
+        >>> y = jax.vmap(layer)(x)
+        >>> print(y.shape, bool(jnp.allclose(y.mean(-1), 0.0, atol=1e-6)))
+        (4, 3) True
+    """
 
     _norm = _norms.layer_norm
 
 
 class RMSNorm(_Elementwise):
-    """RMS normalization (Zhang & Sennrich 2019) of one example over all of its values, ``x/√(mean(x²) + ε)·γ + β``
-    (:func:`jaxnorm.rms_norm`, then β); ``eqx.nn.RMSNorm(shape, eps, use_weight, use_bias, dtype)``."""
+    """RMS normalization layer (Equinox): ``y = γ ⊙ x/√(mean(x²) + ε) + β`` over all of one example's values.
+
+    See :func:`jaxnorm.rms_norm` (on the example seen as a batch of one; no mean subtraction), then Equinox's
+    elementwise γ, β of ``shape``; computed in float32 (or wider), returned in ``x``'s dtype.
+    ``eqx.nn.RMSNorm(shape, eps, use_weight, use_bias, dtype)``'s arguments (β included by default, as there).
+    Called as ``layer(x) -> y`` or ``layer(x, state) -> (y, state)``; ``jax.vmap`` it over the batch.
+
+    Reduces over: every axis of the example (all of ``shape``).
+
+    Reference: Zhang & Sennrich (2019), Root Mean Square Layer Normalization.
+
+    Args:
+        shape: the shape of one example (an int for a vector).
+        eps: ε added to the mean square (default 1e-5).
+        use_weight: learn the elementwise γ (``weight``, ones of ``shape``).
+        use_bias: learn the elementwise β (``bias``, zeros of ``shape``).
+        dtype: dtype of γ, β (None: float32, float64 with ``jax_enable_x64``).
+
+    Raises:
+        ValueError: if ``eps`` is negative or not finite.
+        TypeError: if ``eps`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (4, 3))
+        >>> layer = jn.eqx.RMSNorm(3)
+        >>> y = jax.vmap(layer)(x)
+        >>> print(y.shape, bool(jnp.allclose((y**2).mean(-1), 1.0, atol=1e-3)))
+        (4, 3) True
+    """
 
     _norm = _norms.rms_norm
 
 
 class GroupNorm(eqx.Module):
-    """Group normalization (Wu & He 2018) of one example ``C×…``: per group of C/G channels over the group's
-    channels and the spatial axes (:func:`jaxnorm.group_norm`); ``eqx.nn.GroupNorm(groups, channels, eps,
-    channelwise_affine, dtype)``. The group count is checked at construction when ``channels`` is given."""
+    """Group normalization layer (Equinox): ``y = γ·(x − μ_g)/√(σ²_g + ε) + β`` per group of one example ``C×…``.
+
+    See :func:`jaxnorm.group_norm` (on the example seen as a batch of one, channels on axis 1); per-channel γ, β.
+    ``eqx.nn.GroupNorm(groups, channels, eps, channelwise_affine, dtype)``'s arguments. The group count is checked at
+    construction when ``channels`` is given, else at the call. Called as ``layer(x) -> y`` or
+    ``layer(x, state) -> (y, state)``; ``jax.vmap`` it over the batch.
+
+    Reduces over: per group, its C/G channels and every other axis of the example (spatial axes).
+
+    Reference: Wu & He (2018), Group Normalization.
+
+    Args:
+        groups: the number of groups G, a divisor of C.
+        channels: the channel count C (the first axis of each example), or None (then ``channelwise_affine`` must
+            be False).
+        eps: ε added to the variance (default 1e-5).
+        channelwise_affine: learn per-channel γ (``weight``, ones) and β (``bias``, zeros); needs ``channels``.
+        dtype: dtype of γ, β (None: float32, float64 with ``jax_enable_x64``).
+
+    Raises:
+        ValueError: if ``channelwise_affine`` is True without ``channels``, ``groups`` or ``channels`` is not a
+            positive int, G does not divide C, or ``eps`` is negative or not finite.
+        TypeError: if ``eps`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (4, 3))  # one example: 4 channels, 3 positions
+        >>> layer = jn.eqx.GroupNorm(2, 4)
+        >>> print(layer(x).shape)
+        (4, 3)
+    """
 
     weight: Array | None
     bias: Array | None
@@ -398,6 +753,21 @@ class GroupNorm(eqx.Module):
         self.weight, self.bias = _affine(channelwise_affine, (channels,), dtype)
 
     def __call__(self, x, state=_NO_STATE, *, key=None):
+        """Normalizes one example ``C×…`` per group.
+
+        Args:
+            x: one example, channels first.
+            state: optional; when given it is returned with ``y``, unchanged.
+            key: ignored.
+
+        Returns:
+            ``y`` with ``x``'s shape and dtype, or ``(y, state)`` when a state was given.
+
+        Raises:
+            ValueError: if ``x`` is a scalar, has not ``channels`` channels first, or G does not divide its channel
+                count.
+            TypeError: if ``x`` is not a float array.
+        """
         del key
         xb, state = _one("GroupNorm", x, state)
         if self.channels is not None and xb.shape[1] != self.channels:
@@ -411,8 +781,36 @@ class GroupNorm(eqx.Module):
 
 
 class InstanceNorm(eqx.Module):
-    """Instance normalization (Ulyanov et al. 2016) of one example ``C×spatial…``: per channel over the spatial
-    axes (:func:`jaxnorm.instance_norm`), per-channel γ, β."""
+    """Instance normalization layer (Equinox): ``y = γ·(x − μ)/√(σ² + ε) + β`` per channel of one example.
+
+    See :func:`jaxnorm.instance_norm` (on the example ``C×spatial…`` seen as a batch of one, channels on axis 1);
+    per-channel γ, β. Called as ``layer(x) -> y`` or ``layer(x, state) -> (y, state)``; ``jax.vmap`` it over the
+    batch.
+
+    Reduces over: per channel, the spatial axes of the example.
+
+    Reference: Ulyanov, Vedaldi & Lempitsky (2016), Instance Normalization: The Missing Ingredient for Fast
+    Stylization.
+
+    Args:
+        channels: the channel count C (the first axis of each example).
+        eps: ε added to the variance (default 1e-5).
+        channelwise_affine: learn per-channel γ (``weight``, ones) and β (``bias``, zeros).
+        dtype: dtype of γ, β (None: float32, float64 with ``jax_enable_x64``).
+
+    Raises:
+        ValueError: if ``channels`` is not a positive int, or ``eps`` is negative or not finite.
+        TypeError: if ``eps`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (4, 3))  # one example: 4 channels, 3 positions
+        >>> y = jn.eqx.InstanceNorm(4)(x)
+        >>> print(y.shape, bool(jnp.allclose(y.mean(-1), 0.0, atol=1e-6)))
+        (4, 3) True
+    """
 
     weight: Array | None
     bias: Array | None
@@ -425,6 +823,21 @@ class InstanceNorm(eqx.Module):
         self.weight, self.bias = _affine(channelwise_affine, (channels,), dtype)
 
     def __call__(self, x, state=_NO_STATE, *, key=None):
+        """Normalizes one example ``C×spatial…`` per channel.
+
+        Args:
+            x: one example, channels first, with at least one spatial axis.
+            state: optional; when given it is returned with ``y``, unchanged.
+            key: ignored.
+
+        Returns:
+            ``y`` with ``x``'s shape and dtype, or ``(y, state)`` when a state was given.
+
+        Raises:
+            ValueError: if ``x`` is a scalar, has not ``channels`` channels first, has no spatial axis, or has one
+                spatial value per channel.
+            TypeError: if ``x`` is not a float array.
+        """
         del key
         xb, state = _one("InstanceNorm", x, state)
         if xb.shape[1] != self.channels:
@@ -436,9 +849,30 @@ class InstanceNorm(eqx.Module):
 
 
 class DyT(eqx.Module):
-    """Dynamic Tanh (Zhu et al. 2025): ``y = γ ⊙ tanh(α·x) + β`` on one example of ``shape`` (:func:`jaxnorm.dyt`),
-    α a scalar (``alpha_init`` 0.5, as in the paper), γ and β elementwise of ``shape``: a drop-in for
-    :class:`LayerNorm`."""
+    """Dynamic Tanh layer (Equinox): ``y = γ ⊙ tanh(α·x) + β``, a statistics-free replacement for layer norm.
+
+    See :func:`jaxnorm.dyt`; α a learnable scalar (``alpha``), γ and β elementwise of ``shape``: a drop-in for
+    :class:`LayerNorm`. Called as ``layer(x) -> y`` or ``layer(x, state) -> (y, state)``.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Zhu, Chen, He, LeCun & Liu (2025), Transformers without Normalization.
+
+    Args:
+        shape: the shape of one example (an int for a vector).
+        alpha_init: the initial α (default 0.5, the paper's).
+        use_weight: learn the elementwise γ (``weight``, ones of ``shape``).
+        use_bias: learn the elementwise β (``bias``, zeros of ``shape``).
+        dtype: dtype of α, γ, β (None: float32, float64 with ``jax_enable_x64``).
+
+    Examples:
+        >>> import jax
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (4, 3))
+        >>> layer = jn.eqx.DyT(3)
+        >>> print(jax.vmap(layer)(x).shape)
+        (4, 3)
+    """
 
     alpha: Array
     weight: Array | None
@@ -452,6 +886,20 @@ class DyT(eqx.Module):
         self.bias = jnp.zeros(self.shape, _dtype(dtype)) if use_bias else None
 
     def __call__(self, x, state=_NO_STATE, *, key=None):
+        """Applies ``γ ⊙ tanh(α·x) + β`` to one example.
+
+        Args:
+            x: one example, ``x.shape == shape``.
+            state: optional; when given it is returned with ``y``, unchanged.
+            key: ignored.
+
+        Returns:
+            ``y`` with ``x``'s shape and dtype, or ``(y, state)`` when a state was given.
+
+        Raises:
+            ValueError: if ``x.shape`` is not ``shape``.
+            TypeError: if ``x`` is not a float array.
+        """
         del key
         _check_shape("DyT", x, self.shape)
         return _out(_norms.dyt(x, self.alpha, self.weight, self.bias), state)
@@ -463,17 +911,48 @@ class DyT(eqx.Module):
 
 
 def _last(w):
+    """An Equinox kernel ``out×in×…`` as the pure functions' ``in×…×out`` (the first axis moved last)."""
     return jnp.moveaxis(w, 0, -1)
 
 
 def _first(w):
+    """The inverse of :func:`_last`: the last axis moved first."""
     return jnp.moveaxis(w, -1, 0)
 
 
 class StandardizedConv(eqx.Module):
-    """``eqx.nn.Conv`` whose kernel is weight-standardized (Qiao et al. 2019) at every call:
-    ``Ŵ = (W − μ)/√(σ² + ε)`` per output channel over all other axes (:func:`jaxnorm.weight_standardize`); the raw
-    kernel is the stored ``conv.weight``. Takes ``eqx.nn.Conv``'s arguments plus ``eps``."""
+    """Weight-standardized convolution (Equinox): ``eqx.nn.Conv`` with the kernel ``Ŵ = (W − μ)/√(σ² + ε)``.
+
+    See :func:`jaxnorm.weight_standardize`. The stored kernel ``conv.weight`` stays raw: every call standardizes it
+    and runs the convolution with ``Ŵ`` (gradients reach ``conv.weight`` through the standardization). Takes
+    ``eqx.nn.Conv``'s arguments plus ``eps``; pairs with :class:`GroupNorm` for small-batch training.
+
+    Reduces over: per output channel, every other axis of the kernel (``C_in`` and the window).
+
+    Reference: Qiao, Wang, Liu, Shen & Yuille (2019), Micro-Batch Training with Batch-Channel Normalization and
+    Weight Standardization.
+
+    Args:
+        num_spatial_dims: the number of spatial axes (1, 2, 3, ...).
+        in_channels: the input channels C_in.
+        out_channels: the output channels C_out.
+        kernel_size: the window size (an int or a sequence of ints).
+        eps: ε added to the variance (default 1e-5).
+        key: a PRNG key for the convolution's initialization.
+        **conv_kwargs: ``eqx.nn.Conv``'s other arguments (``stride``, ``padding``, ``use_bias``, ...).
+
+    Raises:
+        ValueError: if ``eps`` is negative or not finite.
+        TypeError: if ``eps`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> layer = jn.eqx.StandardizedConv(1, 3, 4, 3, key=jax.random.key(0))  # 1-D, 3 -> 4 channels, width 3
+        >>> print(layer(jnp.ones((3, 8))).shape)  # one example C_in×W; eqx.nn.Conv's default padding is 0
+        (4, 6)
+    """
 
     conv: eqx.nn.Conv
     eps: float = eqx.field(static=True)
@@ -493,15 +972,55 @@ class StandardizedConv(eqx.Module):
         self.eps = check_epsilon("StandardizedConv", eps)
 
     def __call__(self, x, *, key=None):
+        """Convolves one example with the standardized kernel.
+
+        Args:
+            x: one example ``C_in×spatial…``, as ``eqx.nn.Conv`` takes it.
+            key: passed to ``eqx.nn.Conv`` (which ignores it).
+
+        Returns:
+            ``eqx.nn.Conv``'s output ``C_out×spatial…``, computed with ``Ŵ``.
+        """
         w = _first(_norms.weight_standardize(_last(self.conv.weight), epsilon=self.eps))
         return eqx.tree_at(lambda c: c.weight, self.conv, w)(x, key=key)
 
 
 class WeightNorm(eqx.Module):
-    """Weight normalization (Salimans & Kingma 2016) of a layer's ``weight_name`` array: ``w = g·v/√(Σ v² + ε)``
-    with the norm over every axis except ``axis`` (default 0, the output axis of ``eqx.nn.Linear``/``Conv``;
-    None: one norm of the whole array), :func:`jaxnorm.weight_norm`. As ``eqx.nn.WeightNorm``: ``g`` starts at
-    ``‖v‖``, so the wrapped layer computes what it did before wrapping."""
+    """Weight normalization wrapper (Equinox): ``w = g·v/√(Σ v² + ε)`` for one array of a wrapped layer.
+
+    See :func:`jaxnorm.weight_norm`. As ``eqx.nn.WeightNorm``: ``g`` (one gain per index of ``axis``) starts at
+    ``‖v‖``, so the wrapped layer computes what it did before wrapping. The wrapped layer keeps the raw direction
+    ``v`` as its ``weight_name`` array; every call runs it with ``w`` instead.
+
+    Reduces over: every axis of the array but ``axis`` (for ``eqx.nn.Linear``'s ``out×in`` weight: ``in``, one norm
+    per output unit); all of them for ``axis=None``.
+
+    Reference: Salimans & Kingma (2016), Weight Normalization: A Simple Reparameterization to Accelerate Training
+    of Deep Neural Networks.
+
+    Args:
+        layer: the wrapped Equinox layer, e.g. ``eqx.nn.Linear`` or ``eqx.nn.Conv``.
+        weight_name: the name of the array to normalize (default ``'weight'``).
+        axis: the kept axis, one norm per index (default 0, the output axis of Equinox kernels), or None for one
+            norm of the whole array.
+        eps: ε inside the square root (default 1e-12).
+
+    Raises:
+        ValueError: if ``layer`` has no array ``weight_name``, ``axis`` is out of range, or ``eps`` is negative or
+            not finite.
+        TypeError: if ``eps`` is not a number.
+
+    Examples:
+        >>> import equinox as eqx
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> linear = eqx.nn.Linear(3, 4, key=jax.random.key(0))
+        >>> layer = jn.eqx.WeightNorm(linear)
+        >>> x = jnp.ones(3)
+        >>> print(layer(x).shape, layer.g.shape, bool(jnp.allclose(layer(x), linear(x), atol=1e-5)))
+        (4,) (4,) True
+    """
 
     layer: eqx.Module
     g: Array
@@ -521,9 +1040,19 @@ class WeightNorm(eqx.Module):
         self.g = jnp.sqrt(jnp.sum(jnp.square(v.astype(jnp.float32)), axis=reduced)).astype(v.dtype)
 
     def _reduced(self, v):
+        """The axes of the norm: all of ``v``'s, or all but ``axis``."""
         return tuple(range(v.ndim)) if self.axis is None else tuple(i for i in range(v.ndim) if i != self.axis)
 
     def __call__(self, x, *, key=None):
+        """Runs the wrapped layer with the normalized array.
+
+        Args:
+            x: the wrapped layer's input.
+            key: ignored (not passed to the wrapped layer).
+
+        Returns:
+            The wrapped layer's output.
+        """
         del key
         v = getattr(self.layer, self.weight_name)
         w = _norms.weight_norm(v, self.g, axes=self._reduced(v), epsilon=self.eps)
@@ -531,11 +1060,47 @@ class WeightNorm(eqx.Module):
 
 
 class SpectralNorm(eqx.nn.StatefulLayer):
-    """Spectral normalization (Miyato et al. 2018) of a layer's ``weight_name`` array (``out×in×…``, seen as the
-    matrix ``(in·…) × out``): divided by its largest singular value σ, estimated by ``num_power_iterations`` power
-    iterations per call from the vector ``u`` kept in the state (:func:`jaxnorm.spectral_normalize`).
-    ``layer(x, state, *, key=None, inference=None) -> (y, state)``; at inference the same iterations run from
-    the stored ``u`` and the state does not move."""
+    """Spectral normalization wrapper (Equinox): a wrapped layer's array divided by its largest singular value σ.
+
+    See :func:`jaxnorm.spectral_normalize`. The ``weight_name`` array (``out×in×…``) is seen as the matrix
+    ``(in·…) × out``; σ is estimated by ``num_power_iterations`` power iterations per call from the vector ``u``
+    kept in the state (``{'u', 'sigma'}`` behind ``state_index``; ``u`` of shape ``1×out``, drawn ``N(0, 1)`` from
+    ``key``). A stateful layer, built with ``eqx.nn.make_with_state``:
+    ``layer(x, state, *, key=None, inference=None) -> (y, state)``. In training the iterated ``u`` and the new σ
+    are stored; at inference the same iterations run from the stored ``u`` and the state does not move.
+
+    Reduces over: the whole array (one σ per array, through the power iteration's matrix products).
+
+    Reference: Miyato, Kataoka, Koyama & Yoshida (2018), Spectral Normalization for Generative Adversarial
+    Networks.
+
+    Args:
+        layer: the wrapped Equinox layer, e.g. ``eqx.nn.Linear`` or ``eqx.nn.Conv``.
+        weight_name: the name of the array to normalize, rank >= 2 (default ``'weight'``).
+        num_power_iterations: power iterations per call (default 1).
+        eps: ε of the vector normalization (default 1e-12).
+        inference: the mode if the call gives none (False: training, the state moves).
+        key: a PRNG key for the initial ``u``.
+
+    Raises:
+        ValueError: if ``layer`` has no array ``weight_name`` of rank >= 2, ``num_power_iterations`` is not a
+            positive int, or ``eps`` is negative or not finite.
+        TypeError: if ``eps`` is not a number.
+
+    Examples:
+        >>> import equinox as eqx
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> linear = eqx.nn.Linear(3, 4, key=jax.random.key(0))
+        >>> layer, state = eqx.nn.make_with_state(jn.eqx.SpectralNorm)(linear, key=jax.random.key(1))
+        >>> x = jnp.ones(3)
+        >>> y, state = layer(x, state)  # training: u and sigma stored
+        >>> y_eval, state_eval = layer(x, state, inference=True)  # the state does not move
+        >>> u = state.get(layer.state_index)["u"]
+        >>> print(y.shape, u.shape, bool((state_eval.get(layer.state_index)["u"] == u).all()))
+        (4,) (1, 4) True
+    """
 
     layer: eqx.Module
     state_index: eqx.nn.StateIndex
@@ -567,6 +1132,22 @@ class SpectralNorm(eqx.nn.StatefulLayer):
         self.state_index = eqx.nn.StateIndex({"u": u, "sigma": jnp.ones((), u.dtype)})
 
     def __call__(self, x, state, *, key=None, inference: bool | None = None):
+        """Runs the wrapped layer with the normalized array and, in training, stores the new ``u`` and σ.
+
+        Args:
+            x: the wrapped layer's input.
+            state: the ``eqx.nn.State`` that holds ``u`` and σ.
+            key: passed to the wrapped layer when given.
+            inference: True: iterate from the stored ``u`` and keep it; False: store the iterated ``u`` and σ; None:
+                the layer's attribute. Must be a Python bool (it decides what is stored).
+
+        Returns:
+            ``(y, state)``: the wrapped layer's output, and ``state`` with the new ``u`` and σ in training
+            (unchanged at inference).
+
+        Raises:
+            TypeError: if ``inference`` is not a Python bool (a traced value included).
+        """
         update = _layers.static_mode(
             "SpectralNorm",
             "inference",
@@ -590,6 +1171,8 @@ class SpectralNorm(eqx.nn.StatefulLayer):
 
 
 class _Stochastic(eqx.Module):
+    """The drop probability ``p`` and the ``inference`` switch every dropout layer shares."""
+
     p: float = eqx.field(static=True)
     inference: bool
 
@@ -598,6 +1181,7 @@ class _Stochastic(eqx.Module):
         self.p, self.inference = p, inference
 
     def _apply(self, fn, x, key, inference, **kw):
+        """``fn(x, p, key=…, train=…)``: its eval map (no key needed) at inference or for ``p = 0``."""
         train = _training(inference, self.inference, type(self).__name__)
         if train is False or float(self.p) == 0.0:
             return fn(x, self.p, train=False, **kw)
@@ -605,50 +1189,296 @@ class _Stochastic(eqx.Module):
 
 
 class Dropout(_Stochastic):
-    """Inverted dropout (Srivastava et al. 2014): ``ξ ⊙ x/(1 − p)``, ``ξ ~ Bernoulli(1 − p)``
-    (:func:`jaxnorm.dropout`); ``eqx.nn.Dropout(p, inference)``: the same key gives the same mask."""
+    """Inverted dropout layer (Equinox): ``y = ξ ⊙ x/(1 − p)``, ``ξ ~ Bernoulli(1 − p)``, the identity at inference.
+
+    See :func:`jaxnorm.dropout`. ``eqx.nn.Dropout(p, inference)``'s constructor and call: the same key gives the
+    same mask. ``p`` is the drop probability (Equinox's name); ``p = 0`` is the identity and needs no key.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        p: the drop probability, in [0, 1] (default 0.5).
+        inference: the mode if the call gives none (False: training; True: the identity).
+
+    Raises:
+        ValueError: if ``p`` is outside [0, 1].
+        TypeError: if ``p`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 3))
+        >>> layer = jn.eqx.Dropout(0.5)
+        >>> y = layer(x, key=jax.random.key(0))  # a new key per step gives a new mask
+        >>> print(bool(((y == 0) | (y == 2)).all()), bool((layer(x, inference=True) == x).all()))
+        True True
+    """
 
     def __call__(self, x, *, key=None, inference: bool | None = None):
+        """Applies the dropout in training, its inference map otherwise.
+
+        Args:
+            x: the input, any shape.
+            key: a PRNG key, needed in training for ``p > 0`` (under ``jax.vmap``, one key per example gives each
+                example its own mask).
+            inference: True: the inference map; False: training; None: the layer's attribute. A traced boolean
+                scalar picks the mode with ``lax.cond``.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if training has no ``key``.
+            TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
+                scalar.
+        """
         return self._apply(_do.dropout, x, key, inference)
 
 
 class OriginalDropout(_Stochastic):
-    """Srivastava et al.'s original dropout: ``ξ ⊙ x`` in training, ``(1 − p)·x`` at inference
-    (:func:`jaxnorm.original_dropout`)."""
+    """Original dropout layer (Equinox): ``y = ξ ⊙ x`` in training, ``(1 − p)·x`` at inference.
+
+    See :func:`jaxnorm.original_dropout`: no rescaling in training; with the same key it drops exactly the units
+    :class:`Dropout` drops.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        p: the drop probability, in [0, 1] (default 0.5).
+        inference: the mode if the call gives none (False: training; True: ``(1 − p)·x``).
+
+    Raises:
+        ValueError: if ``p`` is outside [0, 1].
+        TypeError: if ``p`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 3))
+        >>> layer = jn.eqx.OriginalDropout(0.5)
+        >>> y = layer(x, key=jax.random.key(0))
+        >>> print(bool(((y == 0) | (y == 1)).all()), layer(x, inference=True)[0].tolist())
+        True [0.5, 0.5, 0.5]
+    """
 
     def __call__(self, x, *, key=None, inference: bool | None = None):
+        """Applies the dropout in training, its inference map otherwise.
+
+        Args:
+            x: the input, any shape.
+            key: a PRNG key, needed in training for ``p > 0`` (under ``jax.vmap``, one key per example gives each
+                example its own mask).
+            inference: True: the inference map; False: training; None: the layer's attribute. A traced boolean
+                scalar picks the mode with ``lax.cond``.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if training has no ``key``.
+            TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
+                scalar.
+        """
         return self._apply(_do.original_dropout, x, key, inference)
 
 
 class SpatialDropout(_Stochastic):
-    """Channel dropout (Tompson et al. 2015) of one example ``C×spatial…``: one mask value per channel
-    (:func:`jaxnorm.spatial_dropout` on the example seen as ``1×spatial…×C``)."""
+    """Channel dropout layer (Equinox): one mask value per channel of one example ``C×spatial…``, shared over space.
+
+    See :func:`jaxnorm.spatial_dropout` (on the example seen as ``1×spatial…×C``): ``y = ξ ⊙ x/(1 − p)`` with
+    ``ξ_c ~ Bernoulli(1 − p)``; the identity at inference.
+
+    Reduces over: nothing (one mask value per channel).
+
+    Reference: Tompson, Goroshin, Jain, LeCun & Bregler (2015), Efficient Object Localization Using Convolutional
+    Networks.
+
+    Args:
+        p: the drop probability, in [0, 1] (default 0.5).
+        inference: the mode if the call gives none (False: training; True: the identity).
+
+    Raises:
+        ValueError: if ``p`` is outside [0, 1].
+        TypeError: if ``p`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 3))  # one example: 4 channels, 3 positions
+        >>> y = jn.eqx.SpatialDropout(0.5)(x, key=jax.random.key(0))
+        >>> print(y.shape, bool((y == y[:, :1]).all()))  # each channel kept or dropped whole
+        (4, 3) True
+    """
 
     def __call__(self, x, *, key=None, inference: bool | None = None):
+        """Applies the dropout in training, its inference map otherwise.
+
+        Args:
+            x: one example ``C×spatial…`` (rank >= 2), channels first.
+            key: a PRNG key, needed in training for ``p > 0`` (under ``jax.vmap``, one key per example gives each
+                example its own mask).
+            inference: True: the inference map; False: training; None: the layer's attribute. A traced boolean
+                scalar picks the mode with ``lax.cond``.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if training has no ``key``, or ``x`` has rank < 2.
+            TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
+                scalar.
+        """
         x = jnp.asarray(x)
         y = self._apply(_do.spatial_dropout, _last(x)[None], key, inference)
         return _first(y[0])
 
 
 class GaussianDropout(_Stochastic):
-    """Multiplicative Gaussian noise ``N(1, p/(1 − p))`` (Srivastava et al. 2014, §10;
-    :func:`jaxnorm.gaussian_dropout`)."""
+    """Gaussian dropout layer (Equinox): ``y = ξ ⊙ x``, ``ξ ~ N(1, p/(1 − p))``, the identity at inference.
+
+    See :func:`jaxnorm.gaussian_dropout`: the multiplicative noise with the mean and variance of inverted Bernoulli
+    dropout (Srivastava et al. 2014, §10). ``p`` must be < 1: ``p = 1`` passes the constructor's check but every
+    call raises.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov (2014), Dropout: A Simple Way to Prevent
+    Neural Networks from Overfitting.
+
+    Args:
+        p: the drop probability, in [0, 1] (default 0.5), < 1 for a call.
+        inference: the mode if the call gives none (False: training; True: the identity).
+
+    Raises:
+        ValueError: if ``p`` is outside [0, 1].
+        TypeError: if ``p`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 3))
+        >>> layer = jn.eqx.GaussianDropout(0.5)
+        >>> y = layer(x, key=jax.random.key(0))
+        >>> print(y.shape, bool((layer(x, inference=True) == x).all()))
+        (4, 3) True
+    """
 
     def __call__(self, x, *, key=None, inference: bool | None = None):
+        """Applies the dropout in training, its inference map otherwise.
+
+        Args:
+            x: the input, any shape.
+            key: a PRNG key, needed in training for ``p > 0`` (under ``jax.vmap``, one key per example gives each
+                example its own mask).
+            inference: True: the inference map; False: training; None: the layer's attribute. A traced boolean
+                scalar picks the mode with ``lax.cond``.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if training has no ``key``, or ``p`` is 1 (even at inference).
+            TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
+                scalar.
+        """
         return self._apply(_do.gaussian_dropout, x, key, inference)
 
 
 class AlphaDropout(_Stochastic):
-    """Alpha dropout for SELU networks (Klambauer et al. 2017; :func:`jaxnorm.alpha_dropout`)."""
+    """Alpha dropout layer for SELU networks (Equinox): ``y = a·(ξ ⊙ x + (1 − ξ)·α') + b``, the identity at inference.
+
+    See :func:`jaxnorm.alpha_dropout`: dropped units are set to SELU's saturation value ``α' = −λα`` and the affine
+    map ``a·(·) + b`` keeps zero mean and unit variance; ``ξ ~ Bernoulli(1 − p)``.
+
+    Reduces over: nothing (elementwise).
+
+    Reference: Klambauer, Unterthiner, Mayr & Hochreiter (2017), Self-Normalizing Neural Networks.
+
+    Args:
+        p: the drop probability, in [0, 1] (default 0.5).
+        inference: the mode if the call gives none (False: training; True: the identity).
+
+    Raises:
+        ValueError: if ``p`` is outside [0, 1].
+        TypeError: if ``p`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 3))
+        >>> layer = jn.eqx.AlphaDropout(0.5)
+        >>> y = layer(x, key=jax.random.key(0))
+        >>> print(y.shape, bool((layer(x, inference=True) == x).all()))
+        (4, 3) True
+    """
 
     def __call__(self, x, *, key=None, inference: bool | None = None):
+        """Applies the dropout in training, its inference map otherwise.
+
+        Args:
+            x: the input (SELU activations), any shape.
+            key: a PRNG key, needed in training for ``p > 0`` (under ``jax.vmap``, one key per example gives each
+                example its own mask).
+            inference: True: the inference map; False: training; None: the layer's attribute. A traced boolean
+                scalar picks the mode with ``lax.cond``.
+
+        Returns:
+            An array with ``x``'s shape and dtype.
+
+        Raises:
+            ValueError: if training has no ``key``.
+            TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
+                scalar.
+        """
         return self._apply(_do.alpha_dropout, x, key, inference)
 
 
 class DropConnectLinear(_Stochastic):
-    """``eqx.nn.Linear`` whose weights are dropped in training (DropConnect, Wan et al. 2013;
-    :func:`jaxnorm.dropconnect`): ``y = (ξ ⊙ W/(1 − p)) x + b``; the layer's parameters are ``linear.weight``
-    (out×in) and ``linear.bias``."""
+    """DropConnect linear layer (Equinox): ``y = (ξ ⊙ W/(1 − p)) x + b`` in training, ``W x + b`` at inference.
+
+    See :func:`jaxnorm.dropconnect`: each weight is dropped on its own (``ξ ~ Bernoulli(1 − p)`` per entry of
+    ``W``), not each unit. The parameters are those of the wrapped ``eqx.nn.Linear``: ``linear.weight`` (``out×in``)
+    and ``linear.bias``. Under ``jax.vmap``, one key per example gives each example its own weight mask; one shared
+    key, one mask for the batch.
+
+    Reduces over: nothing (one mask value per weight).
+
+    Reference: Wan, Zeiler, Zhang, LeCun & Fergus (2013), Regularization of Neural Networks using DropConnect.
+
+    Args:
+        in_features: the input size.
+        out_features: the output size.
+        use_bias: learn a bias ``b`` (default True).
+        p: the drop probability of each weight, in [0, 1] (default 0.5).
+        inference: the mode if the call gives none (False: training; True: the plain linear map).
+        dtype: the parameters' dtype, passed to ``eqx.nn.Linear`` (None: its default).
+        key: a PRNG key for the initialization.
+
+    Raises:
+        ValueError: if ``p`` is outside [0, 1].
+        TypeError: if ``p`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> layer = jn.eqx.DropConnectLinear(3, 4, key=jax.random.key(0))
+        >>> x = jnp.ones(3)
+        >>> y = layer(x, key=jax.random.key(1))  # training: a new weight mask per key
+        >>> print(y.shape, bool((layer(x, inference=True) == layer.linear(x)).all()))
+        (4,) True
+    """
 
     linear: eqx.nn.Linear
 
@@ -667,5 +1497,20 @@ class DropConnectLinear(_Stochastic):
         self.linear = eqx.nn.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, key=key)
 
     def __call__(self, x, *, key=None, inference: bool | None = None):
+        """Applies the linear map with a dropped weight in training, the plain one otherwise.
+
+        Args:
+            x: one example, as ``eqx.nn.Linear`` takes it (shape ``(in_features,)``).
+            key: a PRNG key, needed in training for ``p > 0``.
+            inference: True: the plain linear map; False: training; None: the layer's attribute. A traced boolean
+                scalar picks the mode with ``lax.cond``.
+
+        Returns:
+            The output, shape ``(out_features,)``.
+
+        Raises:
+            ValueError: if training has no ``key``.
+            TypeError: if ``inference`` is not a Python bool or a traced boolean scalar.
+        """
         w = self._apply(_do.dropconnect, self.linear.weight, key, inference)
         return eqx.tree_at(lambda m: m.weight, self.linear, w)(x)

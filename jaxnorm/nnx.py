@@ -121,14 +121,17 @@ def _key(call_rngs, own, collection: str, layer: str) -> Array:
 
 
 def _value(v):
+    """The value of an optional variable (None stays None)."""
     return None if v is None else v[...]
 
 
 def _param(use: bool, init: Initializer, rngs: nnx.Rngs, shape, dtype):
+    """An ``nnx.Param`` initialized by ``init`` if ``use``, else a None data attribute."""
     return nnx.Param(init(rngs.params(), shape, dtype)) if use else nnx.data(None)
 
 
 def _needs_rngs(layer: str, rngs) -> nnx.Rngs:
+    """``rngs`` if it is an ``nnx.Rngs``, else a TypeError that shows how to pass one."""
     if not isinstance(rngs, nnx.Rngs):
         raise TypeError(
             f"{layer}: rngs must be an nnx.Rngs (it initializes the parameters), e.g. rngs=nnx.Rngs(0); "
@@ -143,6 +146,7 @@ class _Affine(nnx.Module):
     def _init_affine(
         self, num_features, epsilon, *, use_scale, use_bias, scale_init, bias_init, param_dtype, dtype, rngs
     ):
+        """The checks and the γ, β parameters every norm layer's constructor shares."""
         name = type(self).__name__
         rngs = _needs_rngs(name, rngs)
         self.num_features = check_positive_int(name, "num_features", num_features)
@@ -154,6 +158,7 @@ class _Affine(nnx.Module):
         self.bias = _param(use_bias, bias_init, rngs, (num_features,), param_dtype)
 
     def _input(self, x, axis: int = -1):
+        """``x`` cast to ``dtype``; ValueError unless it has ``num_features`` channels on ``axis``."""
         x = jnp.asarray(x)
         if self.dtype is not None:
             x = x.astype(self.dtype)
@@ -167,6 +172,7 @@ class _Affine(nnx.Module):
         return x
 
     def _affine(self):
+        """The values of γ and β (None where not learned)."""
         return _value(self.scale), _value(self.bias)
 
 
@@ -208,6 +214,7 @@ class _RunningStats(_Affine):
         self._init_stats(use_running_average, axis, axis_name)
 
     def _init_stats(self, use_running_average, axis: int, axis_name):
+        """The ``nnx.BatchStat`` running statistics and the mode, axis and axis-name attributes."""
         init = _norms.init_batch_stats(self.num_features)
         self.mean = nnx.BatchStat(init["mean"])
         self.var = nnx.BatchStat(init["var"])
@@ -347,6 +354,7 @@ class BatchNorm(_RunningStats):
         self.virtual_batch_size = virtual_batch_size
 
     def _options(self) -> dict:
+        """The keyword arguments of :func:`jaxnorm.batch_norm` this layer fixes."""
         return dict(
             axis_index_groups=self.axis_index_groups,
             convention=self.convention,
@@ -621,6 +629,8 @@ class LpBatchNorm(_RunningStats):
 
 
 class _PerExample(_Affine):
+    """The constructor every per-example norm shares (γ, β per channel; no running statistics)."""
+
     def __init__(
         self,
         num_features: int,
@@ -918,37 +928,107 @@ def _substituted(pairs: Sequence[tuple[nnx.Variable, Array]]):
 
 
 def _params_of(layer) -> list[tuple[tuple, nnx.Param]]:
+    """``(path, parameter)`` of every ``nnx.Param`` of ``layer``."""
     return [(tuple(path), node) for path, node in nnx.iter_graph(layer) if isinstance(node, nnx.Param)]
 
 
 def _path_name(path) -> str:
+    """A graph path as a '/'-joined name ('block/conv/kernel')."""
     return "/".join(str(p) for p in path)
 
 
 class StandardizedConv(nnx.Conv):
-    """``flax.nnx.Conv`` whose kernel is weight-standardized (Qiao et al. 2019) at every call:
-    ``Ŵ = (W − μ)/√(σ² + ε)`` per output channel over all other axes (:func:`jaxnorm.weight_standardize`); the raw
-    kernel is the stored parameter. Takes ``nnx.Conv``'s arguments plus ``epsilon``; pairs with :class:`GroupNorm`."""
+    """Weight-standardized convolution (flax.nnx): ``nnx.Conv`` with the kernel ``Ŵ = (W − μ)/√(σ² + ε)``.
+
+    See :func:`jaxnorm.weight_standardize`. The stored ``kernel`` stays raw: at every call the standardized kernel
+    is substituted for it while ``nnx.Conv`` runs (gradients reach the stored kernel through the standardization),
+    then the raw one is put back. Takes ``nnx.Conv``'s arguments plus ``epsilon``; pairs with :class:`GroupNorm` for
+    small-batch training.
+
+    Reduces over: per output channel, every other axis of the kernel (the window and ``C_in``).
+
+    Reference: Qiao, Wang, Liu, Shen & Yuille (2019), Micro-Batch Training with Batch-Channel Normalization and
+    Weight Standardization.
+
+    Args:
+        in_features: the input channels C_in.
+        out_features: the output channels C_out.
+        kernel_size: the window size (an int or a sequence of ints).
+        epsilon: ε added to the variance (default 1e-5).
+        **conv_kwargs: ``nnx.Conv``'s other arguments (``strides``, ``padding``, ``use_bias``, ..., and ``rngs``).
+
+    Raises:
+        ValueError: if ``epsilon`` is negative or not finite.
+        TypeError: if ``epsilon`` is not a number.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jax.random.normal(jax.random.key(0), (2, 8, 3))  # N×W×C_in
+        >>> layer = jn.nnx.StandardizedConv(3, 4, (3,), rngs=nnx.Rngs(0))
+        >>> print(layer(x).shape, layer.kernel[...].shape)  # nnx.Conv's default padding is 'SAME'
+        (2, 8, 4) (3, 3, 4)
+    """
 
     def __init__(self, in_features: int, out_features: int, kernel_size, *, epsilon: float = 1e-5, **conv_kwargs):
         super().__init__(in_features, out_features, kernel_size, **conv_kwargs)
         self.epsilon = check_epsilon("StandardizedConv", epsilon)
 
     def __call__(self, x):
+        """Convolves ``x`` with the standardized kernel.
+
+        Args:
+            x: the input ``N×spatial…×C_in``, as ``nnx.Conv`` takes it.
+
+        Returns:
+            ``nnx.Conv``'s output, computed with ``Ŵ``.
+        """
         with _substituted([(self.kernel, _norms.weight_standardize(self.kernel[...], epsilon=self.epsilon))]):
             return super().__call__(x)
 
 
 class WeightNorm(nnx.Module):
-    """Weight normalization (Salimans & Kingma 2016) of a wrapped layer: ``w = g·v/√(Σ v² + ε)`` for every selected
-    parameter before each call (:func:`jaxnorm.weight_norm`), ``g`` a learnable gain per kept index.
+    """Weight normalization wrapper (flax.nnx): ``w = g·v/√(Σ v² + ε)`` for each selected parameter of a layer.
 
-    ``WeightNorm(nnx.Linear(3, 4, rngs=rngs), rngs=rngs)``: the arguments of ``flax.nnx.WeightNorm``. The norm is
-    over every axis except ``feature_axes`` (default -1: one norm per output unit of a Linear or Conv kernel; None:
-    one norm of the whole array); ``variable_filter`` (an nnx filter, default ``nnx.PathContains('kernel')``)
-    selects the parameters. The gains are ``nnx.Param`` in ``scales['<path>']`` (``scale_init``, default ones: at
-    init ``‖w_j‖ = 1``). Unlike ``flax.nnx.WeightNorm``, the wrapped layer keeps its raw ``v``: the normalized kernel
-    is substituted only for the call.
+    See :func:`jaxnorm.weight_norm`. The arguments of ``flax.nnx.WeightNorm``, e.g.
+    ``WeightNorm(nnx.Linear(3, 4, rngs=rngs), rngs=rngs)``. ``variable_filter`` selects the parameters; the gains
+    ``g`` (one per index of the kept axes) are ``nnx.Param`` in ``scales['<path>']``, initialized by ``scale_init``
+    (default ones: at init ``‖w_j‖ = 1``, so the wrapped layer computes something else than before wrapping unless
+    its kernel had unit norms). Unlike ``flax.nnx.WeightNorm``, the wrapped layer keeps its raw ``v``: the
+    normalized kernel is substituted only for the call.
+
+    Reduces over: every axis of each selected parameter except ``feature_axes`` (default: all but the last, one norm
+    per output unit of a Linear or Conv kernel); all of them for ``feature_axes=None``.
+
+    Reference: Salimans & Kingma (2016), Weight Normalization: A Simple Reparameterization to Accelerate Training
+    of Deep Neural Networks.
+
+    Args:
+        layer_instance: the wrapped layer.
+        feature_axes: the axes kept, one norm per index of them (default -1), or None for one norm of the whole
+            parameter.
+        use_scale: learn the gains ``g`` (False: ``g = 1``).
+        scale_init: the gains' initializer (default ``nnx.initializers.ones``).
+        epsilon: ε inside the square root (default 1e-12).
+        dtype: dtype of the normalized parameters (None: the result type of ``v`` and ``g``).
+        param_dtype: dtype of the gains.
+        variable_filter: an nnx filter of the parameters to normalize (default ``nnx.PathContains('kernel')``).
+        rngs: an ``nnx.Rngs`` (initializes the gains).
+
+    Raises:
+        ValueError: if ``variable_filter`` selects no parameter, ``feature_axes`` is out of range for one, or
+            ``epsilon`` is negative or not finite.
+        TypeError: if ``rngs`` is not an ``nnx.Rngs``, or ``epsilon`` is not a number.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> layer = jn.nnx.WeightNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+        >>> w = layer(jnp.eye(3))  # the rows of the normalized kernel (the bias is zero at init)
+        >>> print(w.shape, layer.scales["kernel"][...].shape, bool(jnp.allclose(jnp.linalg.norm(w, axis=0), 1.0)))
+        (3, 4) (4,) True
     """
 
     def __init__(
@@ -985,6 +1065,7 @@ class WeightNorm(nnx.Module):
         self.scales = nnx.data(scales if use_scale else {})
 
     def _selected(self):
+        """``(path, variable)`` of each selected parameter of the wrapped layer."""
         by_name = {_path_name(p): v for p, v in _params_of(self.layer_instance)}
         return [(p, by_name[p]) for p in self.paths]
 
@@ -998,10 +1079,11 @@ class WeightNorm(nnx.Module):
                 f"WeightNorm: feature_axes={self.feature_axes!r} is out of range for {path} of shape "
                 f"{tuple(value.shape)}"
             )
-        fa = {a % value.ndim for a in fa}  # type: ignore[assignment]
-        return tuple(i for i in range(value.ndim) if i not in fa), tuple(value.shape[i] for i in sorted(fa))
+        kept: set[int] = {a % value.ndim for a in fa}
+        return tuple(i for i in range(value.ndim) if i not in kept), tuple(value.shape[i] for i in sorted(kept))
 
     def _normalized(self, path: str, v):
+        """The normalized value of one selected parameter, in ``dtype`` (else the result type of ``v`` and ``g``)."""
         value = v[...]
         reduced, _ = self._kept(path, value)
         g = self.scales[path][...] if self.use_scale else None
@@ -1009,20 +1091,63 @@ class WeightNorm(nnx.Module):
         return out.astype(self.dtype or jnp.result_type(value, *(() if g is None else (g,))))
 
     def __call__(self, x, *args, **kwargs):
+        """Runs the wrapped layer with the normalized parameters.
+
+        Args:
+            x: the wrapped layer's input.
+            *args: the wrapped layer's other positional arguments.
+            **kwargs: the wrapped layer's keyword arguments.
+
+        Returns:
+            The wrapped layer's output.
+        """
         with _substituted([(v, self._normalized(p, v)) for p, v in self._selected()]):
             return self.layer_instance(x, *args, **kwargs)
 
 
 class SpectralNorm(nnx.Module):
-    """Spectral normalization (Miyato et al. 2018) of a wrapped layer: every parameter of rank >= 2 (the kernel,
-    seen as the matrix ``(…·C_in) × C_out``) is divided by its largest singular value σ, estimated by power
-    iteration (:func:`jaxnorm.spectral_normalize`).
+    """Spectral normalization wrapper (flax.nnx): each kernel of a layer divided by its largest singular value σ.
 
-    The arguments of ``flax.nnx.SpectralNorm`` (``n_steps`` power iterations, ``update_stats``). The power-iteration
-    vector and the last σ are ``nnx.BatchStat`` in ``batch_stats['<path>/u']`` (``1×C_out``, ``N(0, 1)`` at
-    creation) and ``batch_stats['<path>/sigma']``. ``update_stats=True`` (training) stores the iterated u and σ;
-    False (eval) runs the same iterations from the stored u and stores nothing. ``model.train()`` / ``model.eval()``
-    switch it through ``use_running_average`` (= not update_stats), as in Flax.
+    See :func:`jaxnorm.spectral_normalize`. Every parameter of rank >= 2 (a kernel ``…×C_in×C_out``, seen as the
+    matrix ``(…·C_in) × C_out``) is normalized, σ estimated by ``n_steps`` power iterations per call; the arguments
+    of ``flax.nnx.SpectralNorm``. The power-iteration vector and the last σ are ``nnx.BatchStat`` in
+    ``batch_stats['<path>/u']`` (``1×C_out``, ``N(0, 1)`` at creation) and ``batch_stats['<path>/sigma']``.
+    ``update_stats=True`` (training) stores the iterated u and σ; False (eval) runs the same iterations from the
+    stored u and stores nothing. ``model.train()`` / ``model.eval()`` switch it through ``use_running_average``
+    (= not update_stats), as in Flax. The wrapped layer keeps its raw kernels: the normalized ones are substituted
+    only for the call.
+
+    Reduces over: each kernel as a whole (one σ per kernel, through the power iteration's matrix products).
+
+    Reference: Miyato, Kataoka, Koyama & Yoshida (2018), Spectral Normalization for Generative Adversarial
+    Networks.
+
+    Args:
+        layer_instance: the wrapped layer.
+        n_steps: power iterations per call (default 1).
+        epsilon: ε of the vector normalization (default 1e-12).
+        dtype: dtype of the normalized kernels (None: the result type of the kernel, u and σ).
+        param_dtype: dtype of ``u`` and σ.
+        error_on_non_matrix: raise for a parameter of rank > 2 instead of normalizing it as a matrix.
+        update_stats: the mode if the call gives none (True: training, store u and σ; False: eval).
+        rngs: an ``nnx.Rngs`` (draws each initial ``u`` from its ``params`` stream).
+
+    Raises:
+        ValueError: if ``n_steps`` is not a positive int, ``epsilon`` is negative or not finite, or a parameter has
+            rank > 2 with ``error_on_non_matrix=True``.
+        TypeError: if ``rngs`` is not an ``nnx.Rngs``, or ``epsilon`` is not a number.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> layer = jn.nnx.SpectralNorm(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+        >>> x = jnp.ones((2, 3))
+        >>> y = layer(x)  # training: the iterated u and sigma stored
+        >>> u = layer.batch_stats["kernel/u"][...]
+        >>> y_eval = layer(x, update_stats=False)  # eval: the state does not move
+        >>> print(y.shape, u.shape, bool((layer.batch_stats["kernel/u"][...] == u).all()))
+        (2, 4) (1, 4) True
     """
 
     def __init__(
@@ -1067,6 +1192,22 @@ class SpectralNorm(nnx.Module):
             self.use_running_average = not update_stats
 
     def __call__(self, x, *args, update_stats: bool | None = None, **kwargs):
+        """Runs the wrapped layer with the normalized kernels and, in training, stores the new u and σ.
+
+        Args:
+            x: the wrapped layer's input.
+            *args: the wrapped layer's other positional arguments.
+            update_stats: True: store the iterated u and σ (training); False: iterate from the stored u and keep it
+                (eval); None: the layer's ``use_running_average`` (= not update_stats). Must be a Python bool.
+            **kwargs: the wrapped layer's keyword arguments.
+
+        Returns:
+            The wrapped layer's output.
+
+        Raises:
+            ValueError: if no mode is given anywhere.
+            TypeError: if the mode is not a Python bool (a traced value included).
+        """
         traced = "update_stats must be a Python bool (whether to store the new u and sigma), got a traced value"
         if update_stats is None:  # the layer's switch, as model.train() / model.eval() set it
             update = _layers.static_mode(
@@ -1101,6 +1242,8 @@ class SpectralNorm(nnx.Module):
 
 
 class _Stochastic(nnx.Module):
+    """The rate, the ``deterministic`` switch and the random stream every dropout layer shares."""
+
     def __init__(
         self,
         rate: float = 0.5,
@@ -1121,6 +1264,7 @@ class _Stochastic(nnx.Module):
             self.deterministic = deterministic
 
     def _apply(self, fn, x, deterministic, rngs, **kw):
+        """``fn(x, rate, key=…, train=…)``: its eval map (no key drawn) in eval or for rate 0."""
         name = type(self).__name__
         train = _mode(name, "deterministic", self.deterministic, deterministic)
         if train is False or (not is_traced(self.rate) and float(self.rate) == 0.0):
@@ -1359,9 +1503,44 @@ class AlphaDropout(_Stochastic):
 
 
 class DropConnectLinear(_Stochastic):
-    """``flax.nnx.Linear`` whose kernel entries are dropped in training (DropConnect, Wan et al. 2013;
-    :func:`jaxnorm.dropconnect`): ``y = x @ (ξ ⊙ W/(1 − rate)) + b``. Parameters ``kernel`` (in×out) and ``bias``;
-    the mask comes from the ``'dropout'`` stream forked at construction, or the call's ``rngs``."""
+    """DropConnect linear layer (flax.nnx): ``y = x @ (ξ ⊙ W/(1 − rate)) + b`` in training, ``x @ W + b`` in eval.
+
+    See :func:`jaxnorm.dropconnect`: each kernel entry is dropped on its own (``ξ ~ Bernoulli(1 − rate)`` per
+    weight), one mask for the whole batch of a call. Parameters ``kernel`` (``in×out``) and ``bias``, as
+    ``flax.nnx.Linear``; the mask comes from the ``rng_collection`` stream forked at construction, or the call's
+    ``rngs``.
+
+    Reduces over: nothing (one mask value per weight).
+
+    Reference: Wan, Zeiler, Zhang, LeCun & Fergus (2013), Regularization of Neural Networks using DropConnect.
+
+    Args:
+        in_features: the input size (the last axis of ``x``).
+        out_features: the output size.
+        rate: the drop probability of each weight, in [0, 1] (default 0.5).
+        use_bias: learn a bias ``b`` (default True).
+        kernel_init: the kernel's initializer (default LeCun normal).
+        bias_init: the bias's initializer (default zeros).
+        param_dtype: dtype of the parameters.
+        deterministic: the mode if the call gives none (False: training; True: eval).
+        rng_collection: the stream forked from ``rngs`` at construction (default ``'dropout'``).
+        rngs: an ``nnx.Rngs`` (initializes the parameters and gives the mask stream).
+
+    Raises:
+        ValueError: if ``rate`` is outside [0, 1], or ``in_features`` or ``out_features`` is not a positive int.
+        TypeError: if ``rngs`` is not an ``nnx.Rngs``, or ``rate`` is not a number.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 3))
+        >>> layer = jn.nnx.DropConnectLinear(3, 2, rngs=nnx.Rngs(0, dropout=1))
+        >>> y = layer(x)  # a new weight mask per call
+        >>> y_eval = layer(x, deterministic=True)  # x @ kernel + bias
+        >>> print(y.shape, bool(jnp.allclose(y_eval, x @ layer.kernel[...] + layer.bias[...])))
+        (4, 2) True
+    """
 
     def __init__(
         self,
@@ -1385,6 +1564,20 @@ class DropConnectLinear(_Stochastic):
         self.bias = _param(use_bias, bias_init, rngs, (out_features,), param_dtype)
 
     def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
+        """Applies the linear map with a dropped kernel in training, the plain kernel otherwise.
+
+        Args:
+            x: the input ``…×in_features``.
+            deterministic: True: eval; False: training; None: the layer's attribute.
+            rngs: the call's randomness (an ``nnx.Rngs``, an ``nnx.RngStream`` or a key) instead of the layer's stream.
+
+        Returns:
+            An array ``…×out_features`` in ``x``'s dtype.
+
+        Raises:
+            ValueError: if ``x`` does not end in ``in_features``, or no mode is given anywhere.
+            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+        """
         x = jnp.asarray(x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
@@ -1400,6 +1593,7 @@ class DropConnectLinear(_Stochastic):
 
 
 def _stat_layers(model) -> list[tuple[str, _RunningStats]]:
+    """``(path name, layer)`` of every jaxnorm batch-statistics layer of ``model``."""
     return [(_path_name(p), m) for p, m in nnx.iter_graph(model) if isinstance(m, _RunningStats)]
 
 
@@ -1446,10 +1640,38 @@ def population_batch_stats(model: nnx.Module, batches: Iterable[Any], **call_kwa
 
 
 class FoldedBatchNorm(nnx.Module):
-    """The identity that :func:`fold_batch_norm` puts where a batch norm was folded into the preceding layer;
-    accepts the norm's call arguments and ignores them."""
+    """The identity layer that :func:`fold_batch_norm` puts where a batch norm was folded into the preceding layer.
+
+    The fold itself is :func:`jaxnorm.fold_batch_norm` (``W' = W·a``, ``b' = a·(b − E[x]) + β`` with
+    ``a = γ/√(Var + ε)``); what is left in the norm's place accepts the norm's call arguments
+    (``use_running_average``, ``mask``, ...) and ignores them, so the folded model is called as before. It has no
+    arguments, parameters or statistics.
+
+    Reduces over: nothing (the identity).
+
+    Reference: Jacob et al. (2018), Quantization and Training of Neural Networks for Efficient
+    Integer-Arithmetic-Only Inference (§3.2, batch normalization folding).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> x = jnp.ones((4, 3))
+        >>> layer = jn.nnx.FoldedBatchNorm()
+        >>> print(bool((layer(x, use_running_average=True) == x).all()))
+        True
+    """
 
     def __call__(self, x, *args, **kwargs):
+        """Returns ``x`` unchanged.
+
+        Args:
+            x: the input.
+            *args: ignored (the folded norm's positional arguments).
+            **kwargs: ignored (the folded norm's keyword arguments).
+
+        Returns:
+            ``x`` itself.
+        """
         return x
 
 
