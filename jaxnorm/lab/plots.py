@@ -44,6 +44,40 @@ def _label(workdir: str) -> str:
     return os.path.basename(os.path.normpath(workdir))
 
 
+ACCURACY_BOUNDS = (0.0, 1.0)
+Y_MARGIN = 0.05  # of the data's span, above and below
+
+
+def data_ylim(values, bounds=None, hard=None, margin: float = Y_MARGIN) -> tuple[float, float] | None:
+    """Y limits that follow the data: the range of the finite ``values`` widened by ``margin`` of its span on each
+    side (a flat series by a small amount). ``bounds`` ``(low, high)`` (either None) is the range the quantity
+    lives in: a margin never crosses it, but the data does (a bound never hides data: accuracies at chance under a
+    bound of 0.5 still show). ``hard`` bounds are never crossed (accuracies: [0, 1]). None without finite values."""
+    v = np.asarray([x for x in np.ravel(np.asarray(values, float)) if np.isfinite(x)])
+    if not v.size:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    pad = margin * (hi - lo) if hi > lo else max(margin * abs(hi), 1e-3)
+    low, high = lo - pad, hi + pad
+    b_lo, b_hi = bounds if bounds is not None else (None, None)
+    if b_lo is not None and lo >= b_lo:
+        low = max(low, b_lo)
+    if b_hi is not None and hi <= b_hi:
+        high = min(high, b_hi)
+    if hard is not None:
+        low, high = max(low, hard[0]), min(high, hard[1])
+        if high <= low:  # every value outside the hard range: show the range
+            low, high = hard
+    return low, high
+
+
+def _autoscale_y(ax, values, bounds=None, hard=None) -> None:
+    """Sets ``ax``'s y limits with :func:`data_ylim` (nothing without finite values: matplotlib's own)."""
+    lim = data_ylim(values, bounds, hard)
+    if lim is not None:
+        ax.set_ylim(*lim)
+
+
 def plot_curves(runs: dict[str, list[dict]], path: str) -> str | None:
     if not any(metrics_lib.series(rows, "train", "loss")[0] for rows in runs.values()):
         return None
@@ -91,11 +125,15 @@ def plot_ics(runs: dict[str, list[dict]], path: str) -> str | None:
         return None
     fig, axes = plt.subplots(2, len(per_run), figsize=(5 * len(per_run), 7), squeeze=False)
     for j, (name, (rows, layers)) in enumerate(per_run.items()):
+        cosines = []
         for layer in layers:
             axes[0, j].plot(*metrics_lib.series(rows, "probe", f"ics/l2/{layer}"), label=layer)
-            axes[1, j].plot(*metrics_lib.series(rows, "probe", f"ics/cos/{layer}"), label=layer)
+            steps, cos = metrics_lib.series(rows, "probe", f"ics/cos/{layer}")
+            axes[1, j].plot(steps, cos, label=layer)
+            cosines += cos
         axes[0, j].set(title=f"{name}: ‖G − G′‖₂", yscale="log")
-        axes[1, j].set(title=f"{name}: cos(G, G′)", xlabel="step", ylim=(-1.05, 1.05))
+        axes[1, j].set(title=f"{name}: cos(G, G′)", xlabel="step")
+        _autoscale_y(axes[1, j], cosines, hard=(-1.05, 1.05))  # a cosine: within [-1, 1]
         _decorate(axes[:, j], fontsize=7)
     return _save(fig, path)
 
@@ -265,23 +303,30 @@ def plot_mean_curves(
     ylim=None,
 ) -> str | None:
     """One panel per ``(title, {label: [rows of each seed]})``: the mean of ``split/key`` over seeds against the step,
-    with a ±1 std band; ``hlines`` draws labelled horizontal reference lines on every panel."""
+    with a ±1 std band; ``hlines`` draws labelled horizontal reference lines on every panel.
+
+    On a linear scale the y axis follows the panel's data (the bands and the reference lines, with a margin:
+    :func:`data_ylim`); ``ylim`` ``(low, high)`` is the range the quantity lives in, which the margins stay within
+    but the data may leave (a run at chance accuracy under ``ylim=(0.5, 1)`` is still drawn), and an accuracy
+    (``key`` naming one) never leaves [0, 1]. Other scales: matplotlib's autoscaling, ``ylim`` unused."""
     if not any(
         metrics_lib.series(rows, split, key)[0] for _, groups in panels for runs in groups.values() for rows in runs
     ):
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, groups) in zip(axes[0], panels):
+        shown = list((hlines or {}).values())
         for i, (label, runs) in enumerate(groups.items()):
             steps, mean, std = _mean_series(runs, split, key)
             if steps:
                 ax.plot(steps, mean, color=f"C{i}", label=f"{label} (n={len(runs)})")
                 ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+                shown += [*(mean - std), *(mean + std)]
         for j, (label, y) in enumerate((hlines or {}).items()):
             ax.axhline(y, color="k", ls=("--", ":", "-.")[j % 3], lw=1, label=label)
         ax.set(title=title, xlabel="step", ylabel=ylabel, yscale=yscale)
-        if ylim:
-            ax.set_ylim(*ylim)
+        if yscale == "linear":
+            _autoscale_y(ax, shown, bounds=ylim, hard=ACCURACY_BOUNDS if "accuracy" in key else None)
         _decorate([ax])
     return _save(fig, path)
 
