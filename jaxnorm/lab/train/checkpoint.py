@@ -16,10 +16,12 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxnorm.lab.train.config import ADDED_KEY_DEFAULTS, result_affecting
+from jaxnorm.lab.train import optim
+from jaxnorm.lab.train.config import ADDED_KEY_DEFAULTS, result_affecting, upgrade
 
 
 class CheckpointError(RuntimeError):
@@ -37,7 +39,7 @@ def check_workdir(workdir: str, config) -> bool:
     if not os.path.exists(path):
         return False
     with open(path) as f:
-        old = json.load(f)
+        old = old_full = json.load(f)
     if not config.resume:
         aside = os.path.join(workdir, f"previous-{time.strftime('%Y%m%d-%H%M%S')}")
         os.makedirs(aside)
@@ -59,7 +61,42 @@ def check_workdir(workdir: str, config) -> bool:
             f"{workdir} holds a run with a different config ({details}). Use a new --workdir, or pass "
             "--config.resume=False to start over (the old run is moved into previous-<time>/, not deleted)."
         )
+    check_extension(workdir, ml_collections.ConfigDict(upgrade(old_full)), config)
     return True
+
+
+def check_extension(workdir: str, old, new) -> None:
+    """A change of ``num_steps`` (or ``schedule_steps``) on resumption is never silent.
+
+    The step and cosine schedules span :func:`optim.horizon` steps, so a new horizon would change the learning rate
+    of the steps already taken: the result would match neither run. That is refused (:class:`CheckpointError`, one
+    line naming the jump and the two ways forward). When the horizon stays (a constant schedule, or
+    ``schedule_steps`` pinned to the old horizon), the run goes on and says so: the steps past the horizon run at the
+    schedule's final learning rate."""
+    if old.num_steps == new.num_steps and optim.horizon(old) == optim.horizon(new):
+        return
+    taken = max(saved_steps(workdir), default=0)
+    if taken == 0:  # no step taken: nothing to keep consistent
+        return
+    old_lr, new_lr = optim.learning_rate_schedule(old), optim.learning_rate_schedule(new)
+    if optim.depends_on_horizon(new) and optim.horizon(old) != optim.horizon(new):
+        last = taken - 1
+        raise CheckpointError(
+            f"{workdir} holds {taken} steps of a {new.schedule} schedule over {optim.horizon(old)} steps; "
+            f"num_steps={new.num_steps} would change the learning rate of the steps already taken (step {last}: "
+            f"{float(old_lr(last)):.3g} -> {float(new_lr(last)):.3g}). Train {new.num_steps} steps from the start "
+            "with a new --workdir (or --config.resume=False, which moves this run aside), or keep the schedule of "
+            f"the steps taken with --config.schedule_steps={optim.horizon(old)}: steps after "
+            f"{optim.horizon(old)} then run at its final learning rate "
+            f"({float(old_lr(optim.horizon(old))):.3g})"
+        )
+    what = (
+        f"the learning rate stays {new.learning_rate:g} (constant schedule)"
+        if not optim.depends_on_horizon(new)
+        else f"the {new.schedule} schedule stays over {optim.horizon(new)} steps (schedule_steps); steps after "
+        f"{optim.horizon(new)} run at its final learning rate ({float(new_lr(optim.horizon(new))):.3g})"
+    )
+    print(f"num_steps {old.num_steps} -> {new.num_steps} after {taken} steps taken: {what}")
 
 
 def saved_steps(workdir: str) -> list[int]:

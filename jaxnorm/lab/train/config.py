@@ -24,6 +24,7 @@ RESUMABLE_CHANGES = (
     "resume",
     "restore_step",
     "num_steps",
+    "schedule_steps",  # with num_steps: checked on resumption by the schedule horizon (checkpoint.check_extension)
     "log_every",
     "eval_every",
     "checkpoint_every",
@@ -57,6 +58,7 @@ ADDED_KEY_DEFAULTS = {
     "validation_split": "",
     "eval_train": False,
     "log_embedding_norm": False,
+    "schedule_steps": 0,
 }
 BN_MODES = ("train", "eval")
 
@@ -117,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.decay_boundaries = (0.5, 0.75)  # step schedule: fractions of num_steps where the LR is multiplied by decay_factor
     c.decay_factor = 0.1
     c.num_steps = 1000
+    # the horizon of the step and cosine schedules (0 = num_steps); steps after it run at the schedule's final value.
+    # Set to the old num_steps to extend a run without changing the learning rate of the steps it took
+    c.schedule_steps = 0
     # evaluation, logging, checkpoints
     c.eval_every = 500
     c.eval_population_stats = False  # also evaluate with recomputed population statistics (Ioffe & Szegedy §3.1)
@@ -183,6 +188,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_mode(config.parallel)
     check_positive_int("config", "shard_params_min_size", config.shard_params_min_size)
     check_positive_int("config", "data_workers", config.data_workers, 0)
+    check_positive_int("config", "schedule_steps", config.schedule_steps, 0)
     check_choice("kernel_norm", config.kernel_norm, KERNEL_NORMS)
     for key in (
         "batch_size",

@@ -8,10 +8,21 @@ import optax
 from jaxnorm.dropouts import max_norm
 
 
+def horizon(config) -> int:
+    """The number of steps the step and cosine schedules span: ``schedule_steps``, or ``num_steps`` when it is 0."""
+    return int(config.get("schedule_steps") or config["num_steps"])
+
+
+def depends_on_horizon(config) -> bool:
+    """Whether the learning rate of a step depends on the schedule's horizon (step and cosine; not constant)."""
+    return config["schedule"] in ("step", "cosine")
+
+
 def learning_rate_schedule(config) -> optax.Schedule:
-    """constant | step (×decay_factor at each fraction in decay_boundaries of num_steps) | cosine to 0, each after a
-    linear warm-up of ``warmup_steps`` from 0."""
-    lr, n, warm = config.learning_rate, config.num_steps, config.warmup_steps
+    """constant | step (×decay_factor at each fraction in decay_boundaries of the horizon) | cosine to 0, each after
+    a linear warm-up of ``warmup_steps`` from 0. The horizon is :func:`horizon` (``num_steps`` unless
+    ``schedule_steps`` is set); after it the schedule stays at its final value."""
+    lr, n, warm = config.learning_rate, horizon(config), config.warmup_steps
     if config.schedule == "constant":
         main = optax.constant_schedule(lr)
     elif config.schedule == "step":
