@@ -1,14 +1,20 @@
 """The results report: ``python -m jaxnorm.lab.report [--experiments experiments] [--workdir runs/results]
-[--out docs/results.md] [--seeds N] [--size small] [--only NAME ...]``.
+[--out WORKDIR/results.md] [--seeds N] [--size small] [--only NAME ...]``.
 
 The experiments are the files of ``experiments/`` (one per paper, read by path; a new paper is one new file). Each
 holds its training config and grid (``get_config``, ``get_sweep``: :mod:`jaxnorm.lab.sweep` runs it), ``TITLE``,
 ``ORDER`` (its place in the report), ``SEEDS``, the paper's numbers with their sources, and ``section(ctx) -> str``:
 its analysis and report section, which records one :class:`Finding` per claim with ``ctx.claim(...)``. This module
-runs (or finishes: finished runs are skipped) every experiment's sweep, then writes ``docs/results.md`` and its
-figures (``docs/figures/*.png``): a claims table (paper, claim, source, our setting, our number with its 95%
-confidence interval, verdict), then one section per experiment. Every number comes from the runs; the claims quoted
-from the papers are the only fixed text.
+runs (or finishes: finished runs are skipped) every experiment's sweep, then writes the report (``--out``, by default
+``WORKDIR/results.md``, inside the sweeps' workdir) and its figures (``figures/*.png`` beside it): a claims table
+(paper, claim, source, our setting, our number with its 95% confidence interval, verdict), then one section per
+experiment. Every number comes from the runs; the claims quoted from the papers are the only fixed text. The
+tracked results are rewritten only when asked by name::
+
+    python -m jaxnorm.lab.report --out docs/results.md      # docs/results.md and docs/figures/*.png
+
+A smoke-size report (``--size smoke``: a few steps per run, to check that everything runs) says so at its top and
+gives no verdicts (each reads *smoke: no verdict*); its numbers are shown but are too short-run to judge a claim.
 
 Statistics (:mod:`jaxnorm.stats`): arms share seeds, so a comparison is the mean of the per-seed differences with a
 t interval; a diverged run is not dropped (its accuracy counts as chance, and success rates count it as a failure);
@@ -19,6 +25,8 @@ a verdict is *holds* (the interval excludes zero in the paper's direction and th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import dataclasses
 import json
 import math
@@ -35,6 +43,26 @@ from jaxnorm.lab.train import metrics as metrics_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS_DIR = "experiments"
+DEFAULT_WORKDIR = os.path.join("runs", "results")
+REPORT_NAME = "results.md"  # the default --out, inside --workdir
+SMOKE_SIZE = "smoke"  # the size preset of a quick check: its runs are too short for a verdict
+NO_VERDICT = "smoke: no verdict"
+# True while a smoke-size experiment's section is written: every verdict it asks for reads NO_VERDICT
+_SMOKE: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxnorm_report_smoke", default=False)
+
+
+def is_smoke(summary: dict) -> bool:
+    """Whether a sweep ran at the smoke size preset (a few steps per run: a check that it runs, not a result)."""
+    return summary.get("size") == SMOKE_SIZE
+
+
+@contextlib.contextmanager
+def _smoke_section(smoke: bool):
+    token = _SMOKE.set(smoke)
+    try:
+        yield
+    finally:
+        _SMOKE.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +88,7 @@ class Context:
     out_dir: str
     paper: str = ""
     findings: list = dataclasses.field(default_factory=list)
+    smoke: bool = False  # a smoke-size sweep: claim() records NO_VERDICT whatever the numbers say
     _loaded: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def points(self) -> dict[str, dict]:
@@ -128,7 +157,10 @@ class Context:
         )
 
     def claim(self, claim: str, source: str, setting: str, ours: str, verdict: str) -> str:
-        """Record a finding for the claims table; returns the verdict in bold, for the section's text."""
+        """Record a finding for the claims table; returns the verdict in bold, for the section's text. In a smoke
+        report (``smoke``) the verdict is :data:`NO_VERDICT`: the number is kept, the judgement is not."""
+        if self.smoke or _SMOKE.get():
+            verdict = NO_VERDICT
         self.findings.append(Finding(self.paper, claim, source, setting, ours, verdict))
         return f"**{verdict}**"
 
@@ -241,6 +273,9 @@ def safe_compare(ctx: Context, a: str, b: str, metric: str = "test_accuracy", **
 
 
 def verdict_of(result: dict | None) -> str:
+    """A comparison's verdict (*inconclusive* without one); :data:`NO_VERDICT` inside a smoke-size section."""
+    if _SMOKE.get():
+        return NO_VERDICT
     return "inconclusive" if result is None else result["verdict"]
 
 
@@ -314,7 +349,7 @@ def discover(directory: str | None = None) -> dict[str, object]:
     return dict(sorted(found.items(), key=lambda kv: (getattr(kv[1], "ORDER", 99), kv[0])))
 
 
-VERDICT_ORDER = {"holds": 0, "reproduced": 0, "inconclusive": 1, "fails": 2, "not reproduced": 2}
+VERDICT_ORDER = {"holds": 0, "reproduced": 0, "inconclusive": 1, NO_VERDICT: 1, "fails": 2, "not reproduced": 2}
 
 
 def claims_table(findings: list[Finding]) -> str:
@@ -330,11 +365,15 @@ def write_report(summaries: dict[str, dict], out: str, command: str, modules: di
     os.makedirs(figures, exist_ok=True)
     commits = sorted({c for s in summaries.values() for c in s["commit"].split(", ")})
     sections, findings = [], []
+    smoke = [name for name, summary in summaries.items() if is_smoke(summary)]
     for name, summary in summaries.items():
         module = modules[name]
-        ctx = Context(name, summary, figures, out_dir, paper=getattr(module, "PAPER_NAME", module.TITLE))
+        ctx = Context(
+            name, summary, figures, out_dir, paper=getattr(module, "PAPER_NAME", module.TITLE), smoke=is_smoke(summary)
+        )
         t0 = time.perf_counter()
-        body = module.section(ctx)
+        with _smoke_section(ctx.smoke):
+            body = module.section(ctx)
         analysis_s = time.perf_counter() - t0
         findings += ctx.findings
         # the runs' own wall times (kept from when they trained: a rerun that skips them reports the same)
@@ -348,6 +387,17 @@ def write_report(summaries: dict[str, dict], out: str, command: str, modules: di
         "",
         "<!-- generated by `" + command + "`; do not edit by hand -->",
         "",
+    ]
+    if smoke:
+        which = "every experiment" if len(smoke) == len(summaries) else "the experiments " + ", ".join(smoke)
+        parts += [
+            f"> **Smoke check, not results.** The runs of {which} are at size `{SMOKE_SIZE}`: a few steps each, to "
+            "check that everything runs. They are too short to judge any claim, so no verdicts are given (each reads "
+            f"*{NO_VERDICT}*); the numbers are shown as they came out. Run at size `small` (the default) or `full` "
+            "for results.",
+            "",
+        ]
+    parts += [
         f"Every number and figure below comes from runs of jaxnorm at commit `{', '.join(commits)}`, "
         f"analysed and rendered at commit `{sweep.git_commit()}` by `{command}` (finished runs are skipped, so a "
         "rerun only rebuilds the report). "
@@ -381,12 +431,18 @@ def _anchor(title: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxnorm.lab.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiments", default=None, help="the folder of experiment files (default: experiments/)")
-    p.add_argument("--workdir", default="runs/results", help="where the sweeps run (one folder per experiment)")
-    p.add_argument("--out", default=os.path.join("docs", "results.md"), help="the markdown report")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where the sweeps run (one folder per experiment)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"the markdown report, its figures in figures/ beside it (default: WORKDIR/{REPORT_NAME}; the tracked "
+        "results are rewritten only with an explicit --out docs/results.md)",
+    )
     p.add_argument("--seeds", type=int, default=None, help="seeds per grid point (default: each file's SEEDS)")
     p.add_argument("--only", nargs="*", default=None, help="a subset of experiments (file stems)")
     p.add_argument("--size", default="small", help="the configs' size preset (small; smoke for a quick check)")
     args = p.parse_args(argv)
+    out = args.out or os.path.join(args.workdir, REPORT_NAME)
     try:
         modules = discover(args.experiments)
         unknown = sorted(set(args.only or ()) - set(modules))
@@ -405,13 +461,13 @@ def main(argv=None) -> int:
         return 1
     command = (
         "python -m jaxnorm.lab.report"
-        + "".join(f" {flag} {val}" for flag, val in (("--workdir", args.workdir), ("--out", args.out)) if val)
+        + "".join(f" {flag} {val}" for flag, val in (("--workdir", args.workdir), ("--out", out)) if val)
         + (f" --experiments {args.experiments}" if args.experiments else "")
         + (f" --seeds {args.seeds}" if args.seeds else "")
         + (f" --size {args.size}" if args.size != "small" else "")
         + (f" --only {' '.join(args.only)}" if args.only else "")
     )
-    print(write_report(summaries, args.out, command, {n: modules[n] for n in names}))
+    print(write_report(summaries, out, command, {n: modules[n] for n in names}))
     return 0
 
 

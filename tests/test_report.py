@@ -1,0 +1,151 @@
+"""The results report on a tiny experiment (issue 26, item 6): without ``--out`` it writes inside its workdir and
+leaves the tracked ``docs/results.md`` and ``docs/figures`` byte-identical; ``--out`` puts the figures beside the
+chosen file; a smoke-size report says so at its top and gives no verdicts, but shows the numbers."""
+
+import hashlib
+import os
+import re
+import shutil
+
+import pytest
+
+from jaxnorm.lab import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+EXPERIMENT = """
+from jaxnorm.lab import plots
+from jaxnorm.lab import report as R
+from jaxnorm.lab.train.config import base_config
+
+TITLE = "1. Tiny et al. (2024): a larger step"
+ORDER = 1
+PAPER_NAME = "Tiny et al. 2024"
+SEEDS = 2
+
+
+def get_config():
+    c = base_config()
+    c.dataset, c.model, c.norm, c.dropout = "digits", "mlp", "none", "none"
+    c.optimizer, c.schedule, c.learning_rate, c.weight_decay = "sgd", "constant", 0.1, 0.0
+    c.batch_size, c.num_steps, c.eval_every, c.log_every, c.checkpoint_every = 32, 20, 10, 5, 20
+    c.parallel, c.progress = "none", False
+    c.model_kwargs.hidden = (16,)
+    c.sizes.smoke = dict(num_steps=2, eval_every=1, log_every=1, checkpoint_every=2)
+    return c
+
+
+def get_sweep(config):
+    return [{"name": "slow", "learning_rate": 0.01}, {"name": "fast", "learning_rate": 0.5}]
+
+
+def section(ctx):
+    r = R.safe_compare(ctx, "slow", "fast", direction="greater")
+    v = ctx.claim("a larger step learns faster", "Table 1", "digits MLP", R.compared(r) if r else "—", R.verdict_of(r))
+    ctx.claim("an exact check", "§5", "no training", "12/12 entries agree", "reproduced")  # a verdict of its own
+    fig = plots.plot_mean_curves(
+        [("test accuracy", {p: ctx.metrics(p) for p in ("slow", "fast")})], ctx.path("accuracy"), ylim=(0.5, 1.0)
+    )
+    pairs = R.table(["paired difference", "mean [95% CI]", "verdict"], [["fast − slow", R.compared(r), R.verdict_of(r)]])
+    return "\\n\\n".join([pairs, ctx.figure(fig), f"**Verdict**: fast − slow {R.compared(r)} ({v})."])
+"""
+
+VERDICT_WORDS = re.compile(r"\b(holds|fails|inconclusive|reproduced)\b")
+
+
+def _hashes(directory) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory`` (the tracked results and figures)."""
+    out = {}
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def _tracked(root) -> dict[str, str]:
+    return {
+        "results.md": _hashes(os.path.join(root, "docs")).get("results.md"),
+        **{f"figures/{k}": v for k, v in _hashes(os.path.join(root, "docs", "figures")).items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory):
+    """The report's main run with no --out, at size smoke, from a copy of the repository's docs/ as the current
+    directory (the old default, docs/results.md, resolved there); the hashes of both docs/ before and after."""
+    repo = tmp_path_factory.mktemp("repo")
+    shutil.copytree(os.path.join(ROOT, "docs"), repo / "docs", ignore=shutil.ignore_patterns("_build"))
+    experiments = repo / "my_experiments"
+    experiments.mkdir()
+    (experiments / "tiny.py").write_text(EXPERIMENT)
+    before = {"copy": _tracked(repo), "repository": _tracked(ROOT)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(repo)
+        code = report.main(["--experiments", "my_experiments", "--size", "smoke", "--seeds", "2"])
+    after = {"copy": _tracked(repo), "repository": _tracked(ROOT)}
+    return {"repo": repo, "code": code, "before": before, "after": after}
+
+
+def test_default_out_is_inside_the_workdir_and_docs_are_untouched(smoke_report):
+    repo = smoke_report["repo"]
+    assert smoke_report["code"] == 0
+    assert smoke_report["before"]["copy"]["results.md"] is not None and len(smoke_report["before"]["copy"]) > 1
+    assert smoke_report["after"] == smoke_report["before"]  # docs/results.md and every docs/figures file, byte for byte
+    out = repo / "runs" / "results" / "results.md"
+    assert out.exists()
+    assert (repo / "runs" / "results" / "figures" / "tiny_accuracy.png").exists()  # figures beside the report
+    text = out.read_text()
+    assert "](figures/tiny_accuracy.png)" in text
+    assert "--out runs/results/results.md" in text  # the command it records is the one that reproduces it
+
+
+def test_explicit_out_writes_there_with_figures_beside_it(smoke_report, tmp_path):
+    repo = smoke_report["repo"]
+    out = tmp_path / "elsewhere" / "report.md"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(repo)  # the finished runs of the fixture are reused (skipped), nothing trains again
+        code = report.main(["--experiments", "my_experiments", "--size", "smoke", "--seeds", "2", "--out", str(out)])
+    assert code == 0 and out.exists()
+    assert (tmp_path / "elsewhere" / "figures" / "tiny_accuracy.png").exists()
+    assert _tracked(repo) == smoke_report["before"]["copy"]
+
+
+def _claim_rows(text: str) -> list[str]:
+    claims = text.split("## Claims", 1)[1].split("\n## ", 1)[0]
+    return [line for line in claims.splitlines() if line.startswith("| ") and not line.startswith("| paper")]
+
+
+def test_smoke_report_says_so_and_gives_no_verdicts_but_the_numbers(smoke_report):
+    text = (smoke_report["repo"] / "runs" / "results" / "results.md").read_text()
+    head = text.split("## Claims", 1)[0]
+    assert "Smoke check" in head and "no verdicts" in head  # at the top, before the claims
+    rows = _claim_rows(text)
+    assert len(rows) == 2
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert [c[-1] for c in cells] == [f"**{report.NO_VERDICT}**"] * 2
+    # the numbers are still there: the interval, the exact check's count
+    assert re.search(r"\[[^\]]+\] pts \(n = 2\)", cells[0][-2]) and cells[1][-2] == "12/12 entries agree"
+    assert not any(VERDICT_WORDS.search(row) for row in rows), rows
+    section = text.split("## 1. Tiny", 1)[1]
+    assert not VERDICT_WORDS.search(section), section  # nor in the section's tables and verdict line
+    assert section.count(report.NO_VERDICT) == 2  # the pairs table and the verdict line
+
+
+def test_the_same_runs_at_size_small_get_verdicts(smoke_report, tmp_path, monkeypatch):
+    """What the smoke report withholds is there otherwise: the same summary labelled ``small`` gives a verdict."""
+    import json
+
+    repo = smoke_report["repo"]
+    monkeypatch.chdir(repo)  # the summary names its runs relative to where the report ran
+    summary = json.loads((repo / "runs" / "results" / "tiny" / "summary.json").read_text())
+    assert summary["size"] == "smoke"
+    modules = report.discover(str(repo / "my_experiments"))
+    out = tmp_path / "r.md"
+    report.write_report({"tiny": {**summary, "size": "small"}}, str(out), "cmd", modules)
+    text = out.read_text()
+    rows = _claim_rows(text)
+    assert report.NO_VERDICT not in text and "Smoke check" not in text
+    verdicts = [row.rstrip(" |").split("| ")[-1].strip("* ") for row in rows]
+    assert verdicts[0] in ("holds", "fails", "inconclusive") and verdicts[1] == "reproduced", rows
