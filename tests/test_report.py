@@ -6,6 +6,8 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -128,9 +130,31 @@ def test_smoke_report_says_so_and_gives_no_verdicts_but_the_numbers(smoke_report
     # the numbers are still there: the interval, the exact check's count
     assert re.search(r"\[[^\]]+\] pts \(n = 2\)", cells[0][-2]) and cells[1][-2] == "12/12 entries agree"
     assert not any(VERDICT_WORDS.search(row) for row in rows), rows
+    assert not VERDICT_WORDS.search(text), text  # no verdict word anywhere, nor their definitions
     section = text.split("## 1. Tiny", 1)[1]
     assert not VERDICT_WORDS.search(section), section  # nor in the section's tables and verdict line
     assert section.count(report.NO_VERDICT) == 2  # the pairs table and the verdict line
+
+
+def test_the_command_gives_no_verdicts_either(smoke_report, tmp_path):
+    """``python -m jaxnorm.lab.report``: the module runs as ``__main__`` while the experiment files import
+    ``jaxnorm.lab.report``; the verdicts of the sections' tables (``verdict_of``) are withheld all the same."""
+    repo = smoke_report["repo"]
+    out = tmp_path / "cli.md"
+    args = ["--experiments", "my_experiments", "--size", "smoke", "--seeds", "2", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxnorm.lab.report", *args],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    section = out.read_text().split("## 1. Tiny", 1)[1]
+    assert not VERDICT_WORDS.search(section) and section.count(report.NO_VERDICT) == 2, section
+    assert _tracked(repo) == smoke_report["before"]["copy"]
 
 
 def test_the_same_runs_at_size_small_get_verdicts(smoke_report, tmp_path, monkeypatch):
