@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -100,20 +99,34 @@ def _die_with_parent() -> None:
         pass
 
 
+USAGE = """Usage: python train.py [--config FILE] [--workdir DIR] [--config.KEY=VALUE ...]
+       python train.py --list    the configs, experiments, models, norms, dropouts and datasets
+       python train.py --help    this text, for the config of --config and the model of --config.model
+
+  --config FILE   a config file (get_config()); default configs/default.py
+  --workdir DIR   where metrics, checkpoints, TensorBoard events and the config go; default runs/default"""
+
+_HELP = ("-h", "--help", "--helpfull", "--helpshort")
+
+
 def cli(argv) -> int:
+    if "--list" in argv[1:]:
+        from jaxnorm.lab import cli as lab_cli
+
+        print(lab_cli.list_text(_HERE))
+        return 0
     fv = flags.FlagValues()
+    wants_help = any(a in _HELP for a in argv[1:])
+    argv = [a for a in argv if a not in _HELP]
+    default_config = os.path.join(_HERE, "configs", "default.py")
     try:
-        config = config_flags.DEFINE_config_file(
-            "config",
-            os.path.join(_HERE, "configs", "default.py"),
-            "Path to a config file (get_config()).",
-            flag_values=fv,
-        )
+        from jaxnorm.lab import cli as lab_cli  # light: the registries are imported when needed
+
+        config, argv = lab_cli.define_config(fv, argv, default_config, "Path to a config file (get_config()).")
         workdir = flags.DEFINE_string(
             "workdir", "runs/default", "Where metrics, checkpoints and the config go.", flag_values=fv
         )
-        wants_help = any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv[1:])
-        rest = fv([a for a in argv if a not in ("-h", "--help", "--helpfull", "--helpshort")])
+        rest = fv(argv)
         if len(rest) > 1:
             raise flags.Error(f"unexpected arguments {rest[1:]}: give options as --name=value")
         if not workdir.value:
@@ -126,11 +139,8 @@ def cli(argv) -> int:
         print(f"error: {_flag_error(e)}", file=sys.stderr)
         return 1
     if wants_help:
-        print(
-            __doc__
-            + "\nOptions: --config FILE, --workdir DIR, and every config key as --config.KEY=VALUE:\n\n"
-            + str(cfg)
-        )
+        path = os.path.relpath(lab_cli.config_path(argv, default_config))
+        print(__doc__ + "\n" + lab_cli.help_text(cfg, argv, path, USAGE))
         return 0
     if cfg.num_processes != 1 and not os.environ.get("_JAXNORM_SUPERVISED"):
         return _supervise(argv, cfg, workdir.value)

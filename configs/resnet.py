@@ -14,7 +14,6 @@ from jaxnorm.lab.train.config import base_config
 
 def get_config():
     c = base_config()
-    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.dataset = "digits"
     c.model = "resnet18"
     c.model_kwargs.width = 0.25

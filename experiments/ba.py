@@ -50,7 +50,6 @@ def point(norm: str) -> str:
 
 def get_config():
     c = base_config()
-    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.dataset = "mnist1d_10k"
     c.model = "cnn1d"
     c.norm = "layer"

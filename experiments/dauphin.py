@@ -48,7 +48,6 @@ def emb_arm(lam: float) -> str:
 
 def get_config():
     c = base_config()
-    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.dataset = "mnist1d_10k"
     c.validation_split = "validation"
     c.log_embedding_norm = True  # ‖h‖² in every arm, also λ = 0

@@ -81,7 +81,6 @@ STEP_DECAY = dict(decay_boundaries=(0.2, 0.6), decay_factor=0.3)  # the step-dec
 
 def get_config():
     c = base_config()
-    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.dataset = "mnist1d_10k"
     c.model = "ioffe_mlp"
     c.norm = "batch"

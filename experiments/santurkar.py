@@ -77,7 +77,6 @@ def dln(norm: str) -> str:
 
 def get_config():
     c = base_config()
-    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.model_kwargs.width = ml_collections.config_dict.placeholder(float)
     c.model_kwargs.width = 0.5  # vgg_small at half width; None (the DLN points): the model's default
     c.model_kwargs.p = ml_collections.config_dict.placeholder(int)  # ℓp batch norm's p (None: not that norm)

@@ -67,7 +67,6 @@ def maxnorm_arm(rate: float) -> str:
 
 def get_config():
     c = base_config()
-    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.dataset = "mnist1d_10k"
     c.validation_split = "validation"
     c.eval_train = True  # the deterministic network's accuracy on the whole training split

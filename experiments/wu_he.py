@@ -105,7 +105,6 @@ def point(arch: str, norm: str, batch_size: int) -> str:
 
 def get_config():
     c = base_config()
-    c.model_kwargs.momentum = 0.9  # running-statistics momentum of the batch-statistics norms (models: 0.99)
     c.model_kwargs.channels = ml_collections.config_dict.placeholder(tuple)  # set by the grid (ARCHS)
     c.model_kwargs.strides = ml_collections.config_dict.placeholder(tuple)
     c.model_kwargs.hidden = ml_collections.config_dict.placeholder(tuple)

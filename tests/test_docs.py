@@ -67,10 +67,25 @@ def _load_config(path: pathlib.Path):
     return module.get_config()
 
 
-def _check_config_keys(config, overrides: list[str], name: str, where: str) -> None:
+def _check_config_keys(config, overrides: list[str], name: str, where: str, model_fields: bool = False) -> None:
+    """Every ``--config.KEY`` of ``overrides`` is a key of ``config``; ``model_fields``: or (train.py) a field of the
+    selected model under ``model_kwargs``."""
+    from jaxnorm.lab import cli
+
+    model = cli.selected_model(config, overrides)
     for a in overrides:
         key = a[len("--config.") :].split("=", 1)[0]
+        if model_fields and key.startswith("model_kwargs.") and not _config_has(config, key):
+            field = key.split(".")[1]
+            assert field in _model_fields(model), f"{where}: the model {model} has no field {field}"
+            continue
         assert _config_has(config, key), f"{where}: {name} has no config key {key}"
+
+
+def _model_fields(model: str) -> dict:
+    from jaxnorm.lab.models import model_fields
+
+    return model_fields(model) or {}
 
 
 def _check_flags(args: list[str], source: str, where: str) -> None:
@@ -134,12 +149,12 @@ def check_command(cmd: str, where: str) -> None:
             config_path = ROOT / a.split("=", 1)[1]
     assert config_path.exists(), f"{where}: no config file {config_path.relative_to(ROOT)}"
     overrides = [a for a in args if a.startswith("--config.")]
-    _check_config_keys(_load_config(config_path), overrides, config_path.name, where)
+    _check_config_keys(_load_config(config_path), overrides, config_path.name, where, model_fields=True)
     for a in args:
         if (
             a.startswith("--")
             and a not in overrides
-            and a not in ("--config", "--workdir")
+            and a not in ("--config", "--workdir", "--list", "--help")
             and not a.startswith("--workdir=")
         ):
             raise AssertionError(f"{where}: train.py has no flag {a}")

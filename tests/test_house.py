@@ -136,12 +136,15 @@ def test_random_streams_are_the_recorded_derivations():
 def test_norm_options_are_model_fields_with_one_default():
     c = config_lib.base_config()
     assert "norm_momentum" not in c and "num_groups" not in c
-    assert "momentum" not in loop.model_kwargs(c, 10)  # absent: the model's own default (0.99) applies
-    c.model_kwargs.momentum = 0.9
+    assert "num_groups" not in loop.model_kwargs(c, 10)  # absent: the model's own default applies
+    assert loop.model_kwargs(c, 10)["momentum"] == config_lib.BN_MOMENTUM == 0.9  # stated once, in base_config
+    c.model_kwargs.momentum = None
+    assert "momentum" not in loop.model_kwargs(c, 10)  # None: the layer's own default (0.99)
+    c.model_kwargs.momentum = 0.5
     c.model_kwargs.num_groups = 8
     kw = loop.model_kwargs(c, 10)
-    assert kw["momentum"] == 0.9 and kw["num_groups"] == 8 and c.momentum == 0.9  # c.momentum: the optimizer's
-    assert load_config("default").model_kwargs.momentum == 0.9  # the shipped configs state theirs
+    assert kw["momentum"] == 0.5 and kw["num_groups"] == 8 and c.momentum == 0.9  # c.momentum: the optimizer's
+    assert load_config("default").model_kwargs.momentum == 0.9  # the shipped configs inherit it
 
 
 def test_a_config_json_of_an_earlier_run_still_resumes(tmp_path):

@@ -19,7 +19,9 @@ are documented on :class:`~jaxnorm.lab.models.base.ZooModel`.
 
 Registries: ``NORMS``, ``DROPOUTS``, ``ACTIVATIONS``, ``MODELS``; :func:`make_norm`, :func:`make_dropout`,
 :func:`build_model`; :func:`register_norm` adds a norm (``'noisy_batch_norm'`` is registered that way) and
-:func:`register_model` a model. Unknown names raise a ValueError listing the valid ones.
+:func:`register_model` a model. Unknown names raise a ValueError listing the valid ones. :func:`model_fields` lists the
+fields a config's ``model_kwargs`` may set, and :func:`check_model_config` checks them and the data's shape against
+the model (see :mod:`jaxnorm.lab.models.fields`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from jaxnorm.lab.models.components import (
     unregister_norm,
     wrap_kernel_norm,
 )
+from jaxnorm.lab.models.fields import check_model_config, model_fields
 from jaxnorm.lab.models.mlp import MLP, DeepLinear, ioffe_mlp, srivastava_mlp
 from jaxnorm.lab.models.resnet import RESNET_DEPTHS, ResidualBlock, ResNet
 
@@ -125,11 +128,13 @@ __all__ = [
     "ZooModel",
     "build_model",
     "check_choice",
+    "check_model_config",
     "dropout_names",
     "get_activation",
     "ioffe_mlp",
     "make_dropout",
     "make_norm",
+    "model_fields",
     "norm_names",
     "norm_spec",
     "register_dropout",

@@ -85,6 +85,9 @@ class ZooModel(nn.Module):
     kernel_norm_head: bool = False
 
     _dense = False  # N×C activations everywhere (MLP, DeepLinear): no instance norm, no spatial dropout
+    # the spatial axes the model convolves over: 1 (inputs N×L×C), 2 (N×H×W×C), None: any input (it flattens them);
+    # a class constant, not annotated, so not a field (see jaxnorm.lab.models.fields.check_model_config)
+    _spatial_dims = None
 
     def __post_init__(self):
         # lists and dicts from configs become tuples and FrozenDicts, so that models stay hashable (jit static args)

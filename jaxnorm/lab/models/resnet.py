@@ -102,6 +102,8 @@ class ResNet(ConvModel):
     block: str | None = None
     zero_init_residual: bool = False
 
+    _spatial_dims = 2
+
     def _check_config(self) -> None:
         super()._check_config()
         check_choice("ResNet stem", self.stem, STEMS)

@@ -66,6 +66,10 @@ BN_MODES = ("train", "eval")
 # default"); read back, such a config is the one it would be written as today (see upgrade)
 MOVED_TO_MODEL_KWARGS = (("norm_momentum", "momentum", None), ("num_groups", "num_groups", 0))
 
+# the running-statistics momentum of the batch-statistics norms in every run, stated here only: each config inherits
+# it through base_config (the norm layers' own default, as Flax's, is 0.99; a config may set another value)
+BN_MOMENTUM = 0.9
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -102,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
     # jaxnorm.lab.models.ZooModel and the model's class
     c.model_kwargs = ml_collections.ConfigDict()
     # declared (unset: None) so that the command line can set them on any config; None = the model's default
-    c.model_kwargs.momentum = ml_collections.config_dict.placeholder(float)
+    c.model_kwargs.momentum = ml_collections.FieldReference(BN_MOMENTUM, field_type=float)
     c.model_kwargs.num_groups = ml_collections.config_dict.placeholder(int)
     c.model_kwargs.epsilon = ml_collections.config_dict.placeholder(float)
     # optimization

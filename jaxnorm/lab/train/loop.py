@@ -90,6 +90,7 @@ def _build(config) -> Experiment:
         train_split=config.train_split,
         validation_split=config.validation_split or None,
     )
+    models_lib.check_model_config(config.model, config.model_kwargs.to_dict(), dataset.info.input_shape, config.dataset)
     n = dataset.info.num_train
     if config.batch_size > n:
         raise ValueError(
@@ -515,4 +516,8 @@ def main(config, workdir: str, explicit=()) -> int:
         )
         return 1
     print("final eval: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    if jax.process_index() == 0:  # where the results are and what comes next (jaxnorm.lab.cli.run_summary)
+        from jaxnorm.lab import cli
+
+        print(cli.run_summary(workdir, result), flush=True)
     return 0
