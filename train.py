@@ -1,9 +1,11 @@
 """Train a jaxnorm model: ``python train.py --config configs/default.py --workdir runs/default``.
 
-Overrides: ``--config.norm=group --config.batch_size=32``; ``--config.size=full`` applies the config's paper-scale
-preset (``c.sizes.full``), keys given on the command line still winning. With no flags: the default config (a 1-D CNN
-with batch norm on MNIST-1D, offline) into runs/default. Rerunning the same command resumes from the latest checkpoint.
-Known errors are one line on stderr and exit status 1 (``JAXNORM_DEBUG=1`` shows the traceback).
+Overrides: ``--config.norm=group --config.batch_size=32``, and any field of the model:
+``--config.model_kwargs.channels='(32,64)'`` (tuples quoted for the shell); ``--config.size=full`` applies the
+config's paper-scale preset (``c.sizes.full``), keys given on the command line still winning. With no flags: the
+default config (a 1-D CNN with batch norm on MNIST-1D, offline) into runs/default. Rerunning the same command resumes
+from the latest checkpoint. Known errors are one line on stderr and exit status 1 (``JAXNORM_DEBUG=1`` shows the
+traceback). ``--help`` describes every key and the model's fields; ``--list`` shows the configs and the registries.
 """
 
 import os
