@@ -9,8 +9,10 @@ running statistics live in an ``eqx.nn.State`` behind a ``StateIndex``; a statef
 ``inference`` flag::
 
     model, state = eqx.nn.make_with_state(Net)(key)
-    batched = jax.vmap(model, axis_name="batch", in_axes=(0, None, 0), out_axes=(0, None))
-    y, state = batched(x, state, jax.random.split(key, len(x)))      # one dropout key per example
+    batched = jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+    y, state = batched(x, state, key=jax.random.split(key, len(x)))  # one dropout key per example
+
+(``key`` is keyword-only, as in Equinox's layers; ``jax.vmap`` maps keyword arguments over their first axis.)
 
 Batch norm's statistics are reduced over the vmapped axis with the pure function's ``axis_name`` path (sums and
 counts), so they are exact for masked examples. Needs Equinox: ``pip install "jaxnorm[equinox]"``.
@@ -18,6 +20,7 @@ counts), so they are exact for masked examples. Needs Equinox: ``pip install "ja
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar
 
@@ -35,7 +38,15 @@ except ImportError as e:  # an optional extra: say which one
 from jaxnorm import _layers
 from jaxnorm import dropouts as _do
 from jaxnorm import norms as _norms
-from jaxnorm._checks import check_choice, check_epsilon, check_groups, check_momentum, check_positive_int, check_rate
+from jaxnorm._checks import (
+    check_choice,
+    check_epsilon,
+    check_float_input,
+    check_groups,
+    check_momentum,
+    check_positive_int,
+    is_traced,
+)
 
 Array = jax.Array
 
@@ -264,13 +275,26 @@ class BatchNorm(_RunningStats):
         return self._normalize(_norms.batch_norm, x, state, inference, mask, **self._options())
 
 
+def _noisy_no_key(axis_name) -> str:
+    """The message of :class:`NoisyBatchNorm` in training without a key: the vmap call that binds one key for the
+    whole batch (``key`` is keyword-only, and ``jax.vmap`` maps keyword arguments over the batch)."""
+    name = repr(axis_name) if isinstance(axis_name, str) else "..."
+    return (
+        "NoisyBatchNorm: training (inference=False) needs key=, one PRNG key for the whole batch and a new one every "
+        "step; bind it outside the vmap (key is keyword-only, and jax.vmap would map a keyword argument over the "
+        f"batch): jax.vmap(functools.partial(model, key=key), axis_name={name}, in_axes=(0, None), "
+        "out_axes=(0, None))(x, state); or pass inference=True for the running statistics without noise"
+    )
+
+
 class NoisyBatchNorm(BatchNorm):
     """Batch norm layer plus Santurkar et al.'s Algorithm 1 noise in training: ``a_ij ← s_ij·a_ij + m_ij``.
 
     The noise of :func:`jaxnorm.noisy_batch_norm`, added to :class:`BatchNorm`'s output (after γ, β). ``key`` must
     be the SAME for every example of the batch and new every step: bind it outside the vmap
-    (``jax.vmap(functools.partial(layer, key=key), ...)``, or a ``lambda`` with ``in_axes=(0, None, None)``;
-    ``jax.vmap`` would map a keyword argument over the batch). The per-unit draws μ_j, σ_j are shared by the batch
+    (``jax.vmap(functools.partial(layer, key=key), axis_name="batch", in_axes=(0, None), out_axes=(0, None))``, or
+    ``jax.vmap(lambda x, s, k: layer(x, s, key=k), ..., in_axes=(0, None, None), ...)``; ``key`` is keyword-only
+    and ``jax.vmap`` would map a keyword argument over the batch). The per-unit draws μ_j, σ_j are shared by the batch
     and each example takes its row of the batch's per-sample noise (by ``lax.axis_index``), so the result equals
     the pure function on the whole batch. At inference no noise is added and no key is needed.
 
@@ -361,15 +385,12 @@ class NoisyBatchNorm(BatchNorm):
             TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
                 scalar.
         """
-        y, state = self._normalize(_norms.batch_norm, x, state, inference, mask, **self._options())
         train = _training(inference, self.inference, "NoisyBatchNorm")
+        if train is not False and key is None:
+            raise ValueError(_noisy_no_key(self.axis_name))
+        y, state = self._normalize(_norms.batch_norm, x, state, inference, mask, **self._options())
         if train is False:
             return y, state
-        if key is None:
-            raise ValueError(
-                "NoisyBatchNorm: training needs key= (one key for the whole batch, new every step: "
-                "jax.vmap(model, in_axes=(0, None, None), ...)), or inference=True"
-            )
         row = (_batch_size("NoisyBatchNorm", self.axis_name), lax.axis_index(self.axis_name))
         return _norms._add_noise(
             y, key, train, n_mu=self.n_mu, n_sigma=self.n_sigma, r_mu=self.r_mu, r_sigma=self.r_sigma, axis=1, row=row
@@ -621,9 +642,11 @@ class _Elementwise(eqx.Module):
 
         Raises:
             ValueError: if ``x.shape`` is not ``shape``.
+            TypeError: if ``x`` is not a float array.
         """
         del key
         _check_shape(type(self).__name__, x, self.shape)
+        check_float_input(type(self).__name__, x)  # an integer x would be normalized and cast back to -1, 0, 1
         return _out(_elementwise(type(self)._norm, x, self.weight, self.bias, epsilon=self.eps), state)
 
 
@@ -663,6 +686,37 @@ class LayerNorm(_Elementwise):
 
     _norm = _norms.layer_norm
 
+    def __call__(self, x, state=_NO_STATE, *, key=None):
+        """Layer-normalizes one example over all of its values, then applies the elementwise γ, β.
+
+        Args:
+            x: one example, ``x.shape == shape``, of a float dtype (computed in float32 or wider, returned in
+                ``x``'s dtype).
+            state: optional; when given it is returned with ``y``, unchanged (Equinox's norms' convention, so that
+                ``eqx.nn.Sequential`` can thread it).
+            key: ignored.
+
+        Returns:
+            ``y`` with ``x``'s shape and dtype, or ``(y, state)`` when a state was given.
+
+        Raises:
+            ValueError: if ``x.shape`` is not ``shape``.
+            TypeError: if ``x`` is not a float array (an integer result would be rounded to −1, 0, 1); cast it
+                first, e.g. ``x.astype(jnp.float32)``.
+
+        Examples:
+            >>> import jax.numpy as jnp
+            >>> import jaxnorm as jn
+            >>> layer = jn.eqx.LayerNorm(3)
+            >>> print([round(v, 3) for v in layer(jnp.array([1.0, 2.0, 3.0])).tolist()])
+            [-1.225, 0.0, 1.225]
+            >>> layer(jnp.array([1, 2, 3]))
+            Traceback (most recent call last):
+            ...
+            TypeError: LayerNorm: the input has dtype int32, which is not a float dtype; ...
+        """
+        return super().__call__(x, state, key=key)
+
 
 class RMSNorm(_Elementwise):
     """RMS normalization layer (Equinox): ``y = γ ⊙ x/√(mean(x²) + ε) + β`` over all of one example's values.
@@ -699,6 +753,37 @@ class RMSNorm(_Elementwise):
     """
 
     _norm = _norms.rms_norm
+
+    def __call__(self, x, state=_NO_STATE, *, key=None):
+        """RMS-normalizes one example over all of its values, then applies the elementwise γ, β.
+
+        Args:
+            x: one example, ``x.shape == shape``, of a float dtype (computed in float32 or wider, returned in
+                ``x``'s dtype).
+            state: optional; when given it is returned with ``y``, unchanged (Equinox's norms' convention, so that
+                ``eqx.nn.Sequential`` can thread it).
+            key: ignored.
+
+        Returns:
+            ``y`` with ``x``'s shape and dtype, or ``(y, state)`` when a state was given.
+
+        Raises:
+            ValueError: if ``x.shape`` is not ``shape``.
+            TypeError: if ``x`` is not a float array (an integer result would be rounded); cast it first, e.g.
+                ``x.astype(jnp.float32)``.
+
+        Examples:
+            >>> import jax.numpy as jnp
+            >>> import jaxnorm as jn
+            >>> layer = jn.eqx.RMSNorm(2, use_bias=False)
+            >>> print([round(v, 3) for v in layer(jnp.array([3.0, 4.0])).tolist()])  # x/√(mean(x²) + ε)
+            [0.849, 1.131]
+            >>> layer(jnp.array([3, 4]))
+            Traceback (most recent call last):
+            ...
+            TypeError: RMSNorm: the input has dtype int32, which is not a float dtype; ...
+        """
+        return super().__call__(x, state, key=key)
 
 
 class GroupNorm(eqx.Module):
@@ -1048,15 +1133,16 @@ class WeightNorm(eqx.Module):
 
         Args:
             x: the wrapped layer's input.
-            key: ignored (not passed to the wrapped layer).
+            key: passed to the wrapped layer when given (as :class:`SpectralNorm` does), e.g. for a layer with
+                dropout inside; without one the wrapped layer is called as ``layer(x)``.
 
         Returns:
             The wrapped layer's output.
         """
-        del key
         v = getattr(self.layer, self.weight_name)
         w = _norms.weight_norm(v, self.g, axes=self._reduced(v), epsilon=self.eps)
-        return eqx.tree_at(lambda m: getattr(m, self.weight_name), self.layer, w)(x)
+        layer = eqx.tree_at(lambda m: getattr(m, self.weight_name), self.layer, w)
+        return layer(x, key=key) if key is not None else layer(x)
 
 
 class SpectralNorm(eqx.nn.StatefulLayer):
@@ -1170,21 +1256,58 @@ class SpectralNorm(eqx.nn.StatefulLayer):
 # dropout (``p`` is the drop probability, Equinox's name)
 
 
+def _check_p(layer: str, p: Any, *, below_one: bool = False) -> None:
+    """ValueError unless the drop probability ``p`` is a number in [0, 1] (in [0, 1) if ``below_one``), TypeError
+    unless it is a number; the messages name Equinox's ``p``."""
+    if is_traced(p):
+        raise TypeError(f"{layer}: p must be a Python number (a static field of the layer), got a traced value")
+    try:
+        r = float(p)
+    except (TypeError, ValueError):
+        raise TypeError(f"{layer}: p must be a number in [0, 1] (the drop probability), got {p!r}") from None
+    if math.isnan(r) or not 0.0 <= r <= 1.0:
+        raise ValueError(
+            f"{layer}: p must be in [0, 1] (the probability of dropping a unit), got {p}; "
+            "p=0 keeps everything, p=1 drops everything"
+        )
+    if below_one and r >= 1.0:
+        raise ValueError(
+            f"{layer}: p must be < 1 (the noise variance p/(1 − p) is infinite at p=1), got {p}; "
+            "use p in [0, 1), e.g. p=0.5"
+        )
+
+
+def _no_key(layer: str) -> str:
+    """The message of a dropout layer called in training without a key, in Equinox's terms."""
+    return (
+        f"{layer}: training (inference=False) needs a PRNG key: pass key=jax.random.key(seed) to the call (a new key "
+        "every step; under jax.vmap one key per example, e.g. jax.vmap(layer)(x, key=jax.random.split(key, len(x))), "
+        "as keyword arguments are mapped over their first axis), or inference=True for the inference map (no key)"
+    )
+
+
 class _Stochastic(eqx.Module):
     """The drop probability ``p`` and the ``inference`` switch every dropout layer shares."""
 
     p: float = eqx.field(static=True)
     inference: bool
+    _below_one: ClassVar[bool] = False  # GaussianDropout: p = 1 is an infinite noise variance
 
     def __init__(self, p: float = 0.5, inference: bool = False):
-        check_rate(type(self).__name__, p)
+        _check_p(type(self).__name__, p, below_one=self._below_one)
         self.p, self.inference = p, inference
 
     def _apply(self, fn, x, key, inference, **kw):
-        """``fn(x, p, key=…, train=…)``: its eval map (no key needed) at inference or for ``p = 0``."""
-        train = _training(inference, self.inference, type(self).__name__)
+        """``fn(x, p, key=…, train=…)``: its eval map (no key needed) at inference or for ``p = 0``; a float input
+        and, in training, a key are checked here so that the errors name the layer and Equinox's ``key=`` and
+        ``inference=True``."""
+        name = type(self).__name__
+        train = _training(inference, self.inference, name)
+        check_float_input(name, x)
         if train is False or float(self.p) == 0.0:
             return fn(x, self.p, train=False, **kw)
+        if key is None:
+            raise ValueError(_no_key(name))
         return fn(x, self.p, key=key, train=train, **kw)
 
 
@@ -1338,6 +1461,11 @@ class SpatialDropout(_Stochastic):
                 scalar.
         """
         x = jnp.asarray(x)
+        if x.ndim < 2:  # checked here: the pure function would report the transposed batch of one, 1×spatial…×C
+            raise ValueError(
+                f"SpatialDropout: expected one example C×spatial… (rank >= 2, channels first), got shape "
+                f"{tuple(x.shape)}; a vector has no spatial axis to share the mask over: use Dropout"
+            )
         y = self._apply(_do.spatial_dropout, _last(x)[None], key, inference)
         return _first(y[0])
 
@@ -1346,8 +1474,8 @@ class GaussianDropout(_Stochastic):
     """Gaussian dropout layer (Equinox): ``y = ξ ⊙ x``, ``ξ ~ N(1, p/(1 − p))``, the identity at inference.
 
     See :func:`jaxnorm.gaussian_dropout`: the multiplicative noise with the mean and variance of inverted Bernoulli
-    dropout (Srivastava et al. 2014, §10). ``p`` must be < 1: ``p = 1`` passes the constructor's check but every
-    call raises.
+    dropout (Srivastava et al. 2014, §10). ``p`` must be < 1 (the variance ``p/(1 − p)`` is infinite at 1), which
+    the constructor checks.
 
     Reduces over: nothing (elementwise).
 
@@ -1355,11 +1483,11 @@ class GaussianDropout(_Stochastic):
     Neural Networks from Overfitting.
 
     Args:
-        p: the drop probability, in [0, 1] (default 0.5), < 1 for a call.
+        p: the equivalent Bernoulli drop probability, in [0, 1) (default 0.5).
         inference: the mode if the call gives none (False: training; True: the identity).
 
     Raises:
-        ValueError: if ``p`` is outside [0, 1].
+        ValueError: if ``p`` is outside [0, 1).
         TypeError: if ``p`` is not a number.
 
     Examples:
@@ -1372,6 +1500,8 @@ class GaussianDropout(_Stochastic):
         >>> print(y.shape, bool((layer(x, inference=True) == x).all()))
         (4, 3) True
     """
+
+    _below_one = True
 
     def __call__(self, x, *, key=None, inference: bool | None = None):
         """Applies the dropout in training, its inference map otherwise.
@@ -1387,7 +1517,7 @@ class GaussianDropout(_Stochastic):
             An array with ``x``'s shape and dtype.
 
         Raises:
-            ValueError: if training has no ``key``, or ``p`` is 1 (even at inference).
+            ValueError: if training has no ``key``.
             TypeError: if ``x`` is not a float array, or ``inference`` is not a Python bool or a traced boolean
                 scalar.
         """

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
 
 from jaxnorm import _layers
 from jaxnorm import dropouts as _do
@@ -34,6 +35,7 @@ from jaxnorm import norms as _norms
 from jaxnorm._checks import (
     check_choice,
     check_epsilon,
+    check_float_input,
     check_groups,
     check_momentum,
     check_positive_int,
@@ -112,8 +114,9 @@ def _key(call_rngs, own, collection: str, layer: str) -> Array:
         return rngs
     if rngs is None:
         raise ValueError(
-            f"{layer}: training needs random numbers but the layer has no stream; build it with "
-            f"rngs=nnx.Rngs({collection}=0), or pass rngs= (an nnx.Rngs, an nnx.RngStream or a key) to the call"
+            f"{layer}: training (deterministic=False) needs random numbers but the layer has no stream; build it "
+            f"with rngs=nnx.Rngs({collection}=0), or pass rngs= (an nnx.Rngs, an nnx.RngStream or a key) to the "
+            "call, or pass deterministic=True (or model.eval()) for eval without randomness"
         )
     raise TypeError(
         f"{layer}: rngs must be an nnx.Rngs, an nnx.RngStream or a jax.Array key, got {type(rngs).__name__}"
@@ -177,7 +180,30 @@ class _Affine(nnx.Module):
 
 
 class BatchMoments(nnx.Variable):
-    """A batch-statistics layer's batch mean, variance and count, recorded for :func:`population_batch_stats`."""
+    """The moments of one batch that a batch-statistics layer records for :func:`population_batch_stats`.
+
+    Its value is :func:`jaxnorm.batch_moments` of the layer's input: ``{'mean': μ_B, 'var': σ²_B, 'count': n_B}``
+    with ``μ_B = Σ x/n_B``, ``σ²_B = Σ (x − μ_B)²/n_B`` (biased) and ``n_B`` the number of valid values per channel.
+    A variable type of its own, not ``nnx.BatchStat``: it is written (as the attribute ``batch_moments``) only on
+    the copy that :func:`population_batch_stats` runs, in training mode, so the model's running statistics,
+    ``nnx.state(model, nnx.BatchStat)`` and checkpoints never see it.
+
+    Reduces over: every axis of the input but the layer's ``axis`` (with ``axis_name``, also across devices).
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift (§3.1, the population statistics).
+
+    Args:
+        value: the ``{'mean', 'var', 'count'}`` dict (``nnx.Variable``'s argument).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxnorm as jn
+        >>> moments = jn.nnx.BatchMoments(jn.batch_moments(jnp.array([[0.0, 1.0], [2.0, 5.0]])))
+        >>> m = moments.get_value()
+        >>> print(m["mean"].tolist(), m["var"].tolist(), int(m["count"]))
+        [1.0, 3.0] [1.0, 4.0] 2
+    """
 
 
 class _RunningStats(_Affine):
@@ -1253,6 +1279,7 @@ class _Stochastic(nnx.Module):
         rngs: nnx.Rngs | nnx.RngStream | None = None,
     ):
         check_rate(type(self).__name__, rate)
+        self._check_rate(rate)
         self.rate = rate
         self.deterministic = deterministic
         self.rng_collection = rng_collection
@@ -1263,10 +1290,15 @@ class _Stochastic(nnx.Module):
         if deterministic is not None:
             self.deterministic = deterministic
 
+    def _check_rate(self, rate) -> None:
+        """A layer's own check of ``rate`` beyond [0, 1] (none here)."""
+
     def _apply(self, fn, x, deterministic, rngs, **kw):
-        """``fn(x, rate, key=…, train=…)``: its eval map (no key drawn) in eval or for rate 0."""
+        """``fn(x, rate, key=…, train=…)``: its eval map (no key drawn) in eval or for rate 0; a non-float input is
+        refused here, so that the error names the layer."""
         name = type(self).__name__
         train = _mode(name, "deterministic", self.deterministic, deterministic)
+        check_float_input(name, x)
         if train is False or (not is_traced(self.rate) and float(self.rate) == 0.0):
             return fn(x, self.rate, train=False, **kw)  # no key drawn: the stream advances only when it is used
         return fn(x, self.rate, key=_key(rngs, self.rngs, self.rng_collection, name), train=train, **kw)
@@ -1318,7 +1350,8 @@ class Dropout(_Stochastic):
 
         Raises:
             ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
-            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+            TypeError: if ``x`` is not a float array, or ``deterministic`` is not a Python bool or a traced boolean
+                scalar.
         """
         return self._apply(_do.dropout, x, deterministic, rngs, broadcast_dims=self.broadcast_dims)
 
@@ -1363,7 +1396,8 @@ class OriginalDropout(_Stochastic):
 
         Raises:
             ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
-            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+            TypeError: if ``x`` is not a float array, or ``deterministic`` is not a Python bool or a traced boolean
+                scalar.
         """
         return self._apply(_do.original_dropout, x, deterministic, rngs)
 
@@ -1407,9 +1441,17 @@ class SpatialDropout(_Stochastic):
             An array with ``x``'s shape.
 
         Raises:
-            ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
-            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+            ValueError: if ``x`` has rank < 3, no mode is given anywhere, or training has no stream and no
+                ``rngs``.
+            TypeError: if ``x`` is not a float array, or ``deterministic`` is not a Python bool or a traced boolean
+                scalar.
         """
+        x = jnp.asarray(x)
+        if x.ndim < 3:
+            raise ValueError(
+                f"SpatialDropout: expected N×spatial…×C (rank >= 3, channels last), got shape {tuple(x.shape)}; "
+                "an N×C input has no spatial axis to share the mask over: use Dropout"
+            )
         return self._apply(_do.spatial_dropout, x, deterministic, rngs)
 
 
@@ -1424,10 +1466,15 @@ class GaussianDropout(_Stochastic):
     Neural Networks from Overfitting.
 
     Args:
-        rate: the drop probability, in [0, 1].
+        rate: the equivalent Bernoulli drop probability, in [0, 1) (the noise variance ``rate/(1 − rate)`` is
+            infinite at 1).
         deterministic: the mode if the call gives none (False: training; True: eval).
         rng_collection: the stream forked from ``rngs`` at construction (default ``'dropout'``).
         rngs: an ``nnx.Rngs``, an ``nnx.RngStream`` or None (then pass ``rngs=`` at call).
+
+    Raises:
+        ValueError: if ``rate`` is outside [0, 1).
+        TypeError: if ``rate`` is not a number.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -1439,6 +1486,14 @@ class GaussianDropout(_Stochastic):
         >>> bool((layer(x, deterministic=True) == x).all())
         True
     """
+
+    def _check_rate(self, rate) -> None:
+        """ValueError for ``rate >= 1`` now, not at every call (eval included)."""
+        if not is_traced(rate) and float(rate) >= 1.0:
+            raise ValueError(
+                f"GaussianDropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got "
+                f"{rate}; use a rate in [0, 1), e.g. 0.5"
+            )
 
     def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
         """Applies the dropout in training, its eval map otherwise.
@@ -1453,7 +1508,8 @@ class GaussianDropout(_Stochastic):
 
         Raises:
             ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
-            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+            TypeError: if ``x`` is not a float array, or ``deterministic`` is not a Python bool or a traced boolean
+                scalar.
         """
         return self._apply(_do.gaussian_dropout, x, deterministic, rngs)
 
@@ -1497,7 +1553,8 @@ class AlphaDropout(_Stochastic):
 
         Raises:
             ValueError: if no mode is given anywhere, or training has no stream and no ``rngs``.
-            TypeError: if ``deterministic`` is not a Python bool or a traced boolean scalar.
+            TypeError: if ``x`` is not a float array, or ``deterministic`` is not a Python bool or a traced boolean
+                scalar.
         """
         return self._apply(_do.alpha_dropout, x, deterministic, rngs)
 
@@ -1521,7 +1578,10 @@ class DropConnectLinear(_Stochastic):
         use_bias: learn a bias ``b`` (default True).
         kernel_init: the kernel's initializer (default LeCun normal).
         bias_init: the bias's initializer (default zeros).
-        param_dtype: dtype of the parameters.
+        dtype: the dtype of the computation, as ``flax.nnx.Linear``'s: None (default) promotes the input, the
+            kernel and the bias together (``flax.nnx.nn.dtypes.promote_dtype``: ``jnp.result_type``, and at least
+            float32 for an integer input), else all three are cast to it.
+        param_dtype: dtype of the parameters (default float32).
         deterministic: the mode if the call gives none (False: training; True: eval).
         rng_collection: the stream forked from ``rngs`` at construction (default ``'dropout'``).
         rngs: an ``nnx.Rngs`` (initializes the parameters and gives the mask stream).
@@ -1551,6 +1611,7 @@ class DropConnectLinear(_Stochastic):
         use_bias: bool = True,
         kernel_init: Initializer = nnx.initializers.lecun_normal(),
         bias_init: Initializer = nnx.initializers.zeros_init(),
+        dtype: Any = None,
         param_dtype: Any = jnp.float32,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
@@ -1560,6 +1621,7 @@ class DropConnectLinear(_Stochastic):
         super().__init__(rate, deterministic=deterministic, rng_collection=rng_collection, rngs=rngs)
         self.in_features = check_positive_int("DropConnectLinear", "in_features", in_features)
         self.out_features = check_positive_int("DropConnectLinear", "out_features", out_features)
+        self.dtype, self.param_dtype = dtype, param_dtype
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
         self.bias = _param(use_bias, bias_init, rngs, (out_features,), param_dtype)
 
@@ -1572,7 +1634,8 @@ class DropConnectLinear(_Stochastic):
             rngs: the call's randomness (an ``nnx.Rngs``, an ``nnx.RngStream`` or a key) instead of the layer's stream.
 
         Returns:
-            An array ``…×out_features`` in ``x``'s dtype.
+            An array ``…×out_features`` in ``flax.nnx.Linear``'s dtype: ``dtype`` if set, else the promoted dtype of
+            ``x``, the kernel and the bias (float32 for an integer or bfloat16 input with float32 parameters).
 
         Raises:
             ValueError: if ``x`` does not end in ``in_features``, or no mode is given anywhere.
@@ -1583,9 +1646,10 @@ class DropConnectLinear(_Stochastic):
             raise ValueError(
                 f"DropConnectLinear: the input of shape {tuple(x.shape)} must end in in_features={self.in_features}"
             )
-        kernel = self._apply(_do.dropconnect, self.kernel[...], deterministic, rngs)
-        y = x @ kernel.astype(x.dtype)
-        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
+        kernel = self._apply(_do.dropconnect, self.kernel[...], deterministic, rngs)  # the mask in param_dtype
+        x, kernel, bias = promote_dtype((x, kernel, _value(self.bias)), dtype=self.dtype)  # as nnx.Linear
+        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1598,15 +1662,43 @@ def _stat_layers(model) -> list[tuple[str, _RunningStats]]:
 
 
 def population_batch_stats(model: nnx.Module, batches: Iterable[Any], **call_kwargs) -> nnx.Module:
-    """Replace every batch-statistics layer's running statistics by population statistics (Ioffe & Szegedy 2015,
-    §3.1): ``E[x] = E_B[μ_B]``, ``Var[x] = E_B[m/(m−1)·σ²_B]`` over ``batches`` (see
-    :func:`jaxnorm.population_stats`; batches of different sizes are weighted by their counts).
+    """Replaces every batch-statistics layer's running statistics by population statistics over ``batches``.
 
-    Each batch goes through ``model(batch, **call_kwargs)`` with batch norm in training mode (each layer sees the
-    activations the trained network produces, normalized with batch statistics, as in Ioffe & Szegedy's Algorithm
-    2) and dropout off, in one jitted function of a copy, so the parameters and the running statistics are not
-    touched while the moments are collected. Then the ``mean``, ``var`` and ``count`` (the number of batches) of
-    ``model``'s layers are overwritten in place; the model is returned for convenience.
+    Ioffe & Szegedy's inference statistics (2015, §3.1): ``E[x] = E_B[μ_B]`` and ``Var[x] = E_B[m/(m − 1)·σ²_B]``,
+    ``m`` the number of values per channel in a batch (see :func:`jaxnorm.population_stats`; batches of different
+    sizes are weighted by their counts). Each batch goes through ``model(batch, **call_kwargs)`` with batch norm in
+    training mode (each layer sees the activations the trained network produces, normalized with batch statistics,
+    as in Ioffe & Szegedy's Algorithm 2) and dropout off (``deterministic=True``, the noise of
+    :class:`NoisyBatchNorm` included), in one jitted function of a copy, so the parameters and the running
+    statistics are not touched while the moments (:class:`BatchMoments`) are collected. Then the ``mean``, ``var``
+    and ``count`` (the number of batches) of ``model``'s :class:`BatchNorm`, :class:`BatchRenorm`,
+    :class:`LpBatchNorm` and :class:`NoisyBatchNorm` layers are overwritten in place.
+
+    Reduces over: per layer, every axis of its input but its ``axis`` in each batch, then over the batches.
+
+    Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
+    Covariate Shift.
+
+    Args:
+        model: an NNX model with at least one jaxnorm batch-statistics layer; its parameters should be trained.
+        batches: an iterable of model inputs (e.g. training batches), consumed once.
+        **call_kwargs: further arguments of every ``model(batch, ...)`` call.
+
+    Returns:
+        ``model`` itself, its running statistics replaced (for chaining: ``population_batch_stats(m, b).eval()``).
+
+    Raises:
+        ValueError: if ``model`` has no jaxnorm batch-statistics layer, or ``batches`` is empty.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> model = nnx.Sequential(jn.nnx.BatchNorm(2, rngs=nnx.Rngs(0)))
+        >>> batches = [jnp.array([[0.0, 2.0], [2.0, 6.0]]), jnp.array([[4.0, 2.0], [6.0, 6.0]])]
+        >>> bn = jn.nnx.population_batch_stats(model, batches).layers[0]
+        >>> print(bn.mean[...].tolist(), bn.var[...].tolist(), int(bn.count[...]))  # Var: 2/(2 − 1)·σ²_B
+        [3.0, 4.0] [2.0, 8.0] 2
     """
     layers = _stat_layers(model)
     if not layers:
@@ -1690,12 +1782,46 @@ def _walk(model, path: str):
 
 
 def fold_batch_norm(model: nnx.Module, pairs: Mapping[str, str]) -> nnx.Module:
-    """A copy of ``model`` with each batch norm of ``pairs`` (``{layer_path: bn_path}``, paths of attributes joined
-    with '/') folded into the preceding Linear/Conv layer: ``W' = W·a``, ``b' = a·(b − E[x]) + β`` with
-    ``a = γ/√(Var + ε)`` (:func:`jaxnorm.fold_batch_norm`), and the norm replaced by :class:`FoldedBatchNorm`. The
-    copy in eval mode computes what ``model`` computes in eval mode (running or population statistics), with one
-    layer fewer per pair; ``model`` is not modified. Works for jaxnorm's and Flax's ``nnx.BatchNorm`` (feature axis
-    -1, the kernel's last axis)."""
+    """Returns a copy of ``model`` with each batch norm of ``pairs`` folded into the Linear/Conv layer before it.
+
+    Batch norm's inference form is affine, ``BN(Wx + b) = a·(Wx + b) + β − a·E[x]`` with ``a = γ/√(Var + ε)``, so
+    the layer gets ``W' = W·a`` (per output channel, the kernel's last axis) and ``b' = a·(b − E[x]) + β``
+    (:func:`jaxnorm.fold_batch_norm`; a layer without a bias gets one), and the norm is replaced by
+    :class:`FoldedBatchNorm`. The copy in eval mode computes what ``model`` computes in eval mode (with its running
+    or population statistics), with one layer fewer per pair; ``model`` is not modified. Works for jaxnorm's and
+    Flax's ``nnx.BatchNorm`` (feature axis -1).
+
+    Reduces over: nothing (the running statistics are already per channel).
+
+    Reference: Jacob et al. (2018), Quantization and Training of Neural Networks for Efficient
+    Integer-Arithmetic-Only Inference (§3.2, batch normalization folding).
+
+    Args:
+        model: the NNX model (its batch norms' running statistics are used as stored).
+        pairs: ``{layer_path: bn_path}``, attribute paths joined with '/' (``'block/conv'``; a list index for
+            ``nnx.Sequential``: ``'layers/0'``); each batch norm must directly follow its layer.
+
+    Returns:
+        The folded copy.
+
+    Raises:
+        KeyError: if a path is not found in ``model``.
+        ValueError: if a layer has no ``kernel`` parameter, a norm has no running ``mean``/``var``, or a norm's
+            axis is not the kernel's output axis (-1).
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxnorm as jn
+        >>> model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), jn.nnx.BatchNorm(2, rngs=nnx.Rngs(1)))
+        >>> x = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> _ = model(x)  # training: the running statistics move
+        >>> model.eval()
+        >>> folded = jn.nnx.fold_batch_norm(model, {"layers/0": "layers/1"})
+        >>> print(type(folded.layers[1]).__name__, bool(jnp.allclose(folded(x), model(x), atol=1e-5)))
+        FoldedBatchNorm True
+    """
     out = nnx.clone(model)
     for layer_path, bn_path in pairs.items():
         _, _, layer = _walk(out, layer_path)
