@@ -168,14 +168,14 @@ def test_fsdp_partition_of_a_leaf_and_the_error_for_a_shape_it_cannot_use():
 
 def test_fsdp_run_checkpoints_gathered_and_resumes_replicated_and_on_one_device(tmp_path):
     def train(wd, **kw):
-        loop.train_and_evaluate(load_config(log_every=1, checkpoint_every=5, **kw), str(wd))
+        loop.train_and_evaluate(load_config(log_every=1, checkpoint_every=5, schedule_steps=15, **kw), str(wd))
         return [r["loss"] for r in read_metrics(str(wd)) if r["split"] == "train"]
 
     ref = train(tmp_path / "ref", parallel="none", num_steps=10)
     fsdp = train(tmp_path / "fsdp", parallel="global", shard_params=True, shard_params_min_size=16, num_steps=10)
     np.testing.assert_allclose(fsdp, ref, rtol=1e-5)
     shutil.copytree(tmp_path / "ref", tmp_path / "ref15")
-    ref15 = train(tmp_path / "ref15", parallel="none", num_steps=15)  # num_steps moves the schedule: same on both
+    ref15 = train(tmp_path / "ref15", parallel="none", num_steps=15)  # the schedule spans 15 steps from the start
     for mode in ("none", "global"):  # the sharded run's checkpoint resumes on one device and replicated
         shutil.copytree(tmp_path / "fsdp", tmp_path / mode)
         got = train(tmp_path / mode, parallel=mode, num_steps=15)
@@ -187,7 +187,7 @@ def test_ten_steps_same_losses_in_every_mode_and_resume_on_other_device_count(tm
     losses = {}
     for mode in ("none", "global", "pmap", "shard_map"):
         wd = str(tmp_path / mode)
-        loop.train_and_evaluate(load_config(parallel=mode, num_steps=10, log_every=1, checkpoint_every=5), wd)
+        loop.train_and_evaluate(load_config(parallel=mode, num_steps=10, schedule_steps=15, log_every=1, checkpoint_every=5), wd)
         losses[mode] = [r["loss"] for r in read_metrics(wd) if r["split"] == "train"]
         assert len(losses[mode]) == 10
     np.testing.assert_allclose(losses["pmap"], losses["none"], atol=1e-4)
@@ -195,7 +195,7 @@ def test_ten_steps_same_losses_in_every_mode_and_resume_on_other_device_count(tm
     np.testing.assert_allclose(losses["global"], losses["none"], rtol=1e-5)
     # the checkpoint holds the unreplicated state: a pmap run resumes on one device
     wd = str(tmp_path / "pmap")
-    result = loop.train_and_evaluate(load_config(parallel="none", num_steps=15, log_every=1, checkpoint_every=5), wd)
+    result = loop.train_and_evaluate(load_config(parallel="none", num_steps=15, schedule_steps=15, log_every=1, checkpoint_every=5), wd)
     assert np.isfinite(result["loss"])
     assert [r["step"] for r in read_metrics(wd) if r["split"] == "train"][-5:] == [11, 12, 13, 14, 15]
 

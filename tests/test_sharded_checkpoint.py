@@ -201,7 +201,7 @@ def test_assemble_a_region_from_pieces_or_none_when_another_process_holds_part_o
 
 
 def _train(wd, **kw):
-    loop.train_and_evaluate(load_config(log_every=1, checkpoint_every=5, **kw), str(wd))
+    loop.train_and_evaluate(load_config(log_every=1, checkpoint_every=5, schedule_steps=15, **kw), str(wd))
     return [r["loss"] for r in read_metrics(str(wd)) if r["split"] == "train"]
 
 

@@ -203,11 +203,11 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_truncated_checkpoint_is_moved_aside_and_the_run_resumes_from_the_earlier_one(tmp_path, capsys):
     wd = str(tmp_path / "wd")
-    loop.train_and_evaluate(load_config(num_steps=20), wd)
+    loop.train_and_evaluate(load_config(num_steps=20, schedule_steps=30), wd)
     for root, _, files in os.walk(os.path.join(wd, "checkpoints", "20")):
         for f in files:
             open(os.path.join(root, f), "w").close()  # truncate every file to 0 bytes
-    result = loop.train_and_evaluate(load_config(num_steps=30), wd)
+    result = loop.train_and_evaluate(load_config(num_steps=30, schedule_steps=30), wd)
     out = capsys.readouterr().out
     assert "checkpoint step 20 in" in out and "is corrupt" in out and "resuming from step 10" in out
     assert os.path.isdir(os.path.join(wd, "checkpoints", "corrupt-20"))
@@ -215,7 +215,7 @@ def test_truncated_checkpoint_is_moved_aside_and_the_run_resumes_from_the_earlie
     steps = [(r["step"], r["split"]) for r in read_metrics(wd)]
     assert len(steps) == len(set(steps))  # the replayed steps 11-20 were not logged twice
     with pytest.raises(ckpt_lib.CheckpointError, match=r"no checkpoint for step 7 .*available: \[10, 20, 30\]"):
-        loop.train_and_evaluate(load_config(num_steps=30, restore_step=7), wd)
+        loop.train_and_evaluate(load_config(num_steps=30, schedule_steps=30, restore_step=7), wd)
 
 
 def test_eval_with_recomputed_population_statistics(tmp_path):
