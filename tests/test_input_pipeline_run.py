@@ -18,7 +18,9 @@ def _losses(wd):
 
 def test_the_input_position_is_saved_with_each_checkpoint_and_checked_on_resume(tmp_path):
     wd = tmp_path / "run"
-    loop.train_and_evaluate(load_config(num_steps=10, schedule_steps=12, log_every=1, checkpoint_every=5, augment=False), str(wd))
+    loop.train_and_evaluate(
+        load_config(num_steps=10, schedule_steps=12, log_every=1, checkpoint_every=5, augment=False), str(wd)
+    )
     for step in (5, 10):
         with open(os.path.join(wd, "checkpoints", str(step), checkpoint.EXTRA)) as f:
             state = json.load(f)["input_pipeline"]

@@ -187,7 +187,9 @@ def test_ten_steps_same_losses_in_every_mode_and_resume_on_other_device_count(tm
     losses = {}
     for mode in ("none", "global", "pmap", "shard_map"):
         wd = str(tmp_path / mode)
-        loop.train_and_evaluate(load_config(parallel=mode, num_steps=10, schedule_steps=15, log_every=1, checkpoint_every=5), wd)
+        loop.train_and_evaluate(
+            load_config(parallel=mode, num_steps=10, schedule_steps=15, log_every=1, checkpoint_every=5), wd
+        )
         losses[mode] = [r["loss"] for r in read_metrics(wd) if r["split"] == "train"]
         assert len(losses[mode]) == 10
     np.testing.assert_allclose(losses["pmap"], losses["none"], atol=1e-4)
@@ -195,7 +197,9 @@ def test_ten_steps_same_losses_in_every_mode_and_resume_on_other_device_count(tm
     np.testing.assert_allclose(losses["global"], losses["none"], rtol=1e-5)
     # the checkpoint holds the unreplicated state: a pmap run resumes on one device
     wd = str(tmp_path / "pmap")
-    result = loop.train_and_evaluate(load_config(parallel="none", num_steps=15, schedule_steps=15, log_every=1, checkpoint_every=5), wd)
+    result = loop.train_and_evaluate(
+        load_config(parallel="none", num_steps=15, schedule_steps=15, log_every=1, checkpoint_every=5), wd
+    )
     assert np.isfinite(result["loss"])
     assert [r["step"] for r in read_metrics(wd) if r["split"] == "train"][-5:] == [11, 12, 13, 14, 15]
 
