@@ -147,6 +147,11 @@ def cli(argv) -> int:
     if cfg.num_processes != 1 and not os.environ.get("_JAXNORM_SUPERVISED"):
         return _supervise(argv, cfg, workdir.value)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    line = lab_cli.apply_xla_cpu(
+        lab_cli.selected_model(cfg, argv)
+    )  # before JAX's backend starts: XLA reads XLA_FLAGS once
+    if line:
+        print(line, flush=True)
     import jaxnorm.lab.train  # after flag parsing, so --help is fast
 
     # keys given as --config.KEY=... win over the preset that --config.size=NAME applies

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -19,8 +20,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnorm import xla_cpu
 from jaxnorm.lab import models
 from jaxnorm.lab.train import steps
+
+# the setting a user's 2-D CNN run gets from train.py (JAXNORM_XLA_CPU=off: XLA's defaults; benchmarks/xla_flags.py
+# compares the settings)
+xla_cpu.apply(2)
 
 
 class PlainFlaxCNN(nn.Module):
@@ -77,6 +83,7 @@ def main():
         "device": str(jax.devices()[0]),
         "batch": args.batch,
         "input": "28x28x1",
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     for name, r in results.items():
         print(json.dumps({**base, "impl": name, **r}))

@@ -104,3 +104,7 @@ def test_private_internals_the_lab_relies_on_are_still_there():
     from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
 
     assert hasattr(SharedMemoryArray, "_del_thread_pool")
+    # jaxnorm.xla_cpu asks whether the backends have started (then XLA_FLAGS is read already and left alone)
+    from jax._src import xla_bridge
+
+    assert callable(xla_bridge.backends_are_initialized)

@@ -499,3 +499,17 @@ def run_summary(workdir: str, result: dict, argv: Sequence[str] | None = None) -
         f"  resume       {command or 'rerun the same command'}   (it resumes from the latest checkpoint)",
     ]
     return "\n".join(lines)
+
+
+def apply_xla_cpu(model: str, environ: dict[str, str] | None = None) -> str:
+    """Apply jaxnorm's measured XLA:CPU setting for ``model`` (:func:`jaxnorm.xla_cpu.apply`, before JAX's backend
+    starts) and return the one line that says so, or '' when nothing was added."""
+    from jaxnorm import xla_cpu
+    from jaxnorm.lab.models.fields import spatial_dims
+
+    added = xla_cpu.apply(spatial_dims(model), environ)
+    if not added:
+        return ""
+    return (
+        f"XLA:CPU: {' '.join(added)} (measured faster for 2-D CNNs on x86-64; JAXNORM_XLA_CPU=off keeps XLA's defaults)"
+    )
