@@ -56,10 +56,9 @@ def test_a_second_run_into_a_locked_workdir_exits_at_once(tmp_path):
     )
     try:
         _wait_for_rows(wd, first)
-        t0 = time.time()
         second = run_cli(wd, "--config.num_steps=100000", "--config.log_every=1")
         line = _one_line_error(second)
-        assert time.time() - t0 < 60
+        assert first.poll() is None  # refused while the holder runs: it did not wait for the lock to be released
         assert f"is in use by another run (pid {first.pid} on " in line
         aside = run_cli(wd, "--config.num_steps=100000", "--config.resume=False")  # must not move the running run
         _one_line_error(aside)
@@ -81,11 +80,9 @@ def test_sigterm_saves_at_a_step_boundary_and_exits_143(tmp_path):
     ]
     p = run_cli(wd, *flags, wait=False)
     _wait_for_rows(wd, p, n=2)
-    t0 = time.time()
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(signal.SIGTERM)  # how many steps may follow the signal: tests/test_stopping.py, with slow steps
     out, err = p.communicate(timeout=120)
     assert p.returncode == 143, err[-2000:]
-    assert time.time() - t0 < 10
     assert "terminated (SIGTERM) at step" in out and "Rerun the same command to resume" in out
     stopped, _ = final_state(wd)
     assert 0 < stopped < 100000
