@@ -100,6 +100,16 @@ def check_train(name: str, train: Any):
     )
 
 
+def check_gaussian_rate(name: str, rate: Any) -> None:
+    """ValueError for a static ``rate >= 1`` of Gaussian dropout, whose noise variance rate/(1 − rate) is infinite at 1
+    (layers call it at construction, so that eval-only use does not hide it)."""
+    if not is_traced(rate) and float(rate) >= 1.0:
+        raise ValueError(
+            f"{name}: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got {rate}; "
+            "use a rate in [0, 1), e.g. 0.5"
+        )
+
+
 def check_rate(name: str, rate: Any) -> None:
     """ValueError unless a static ``rate`` lies in [0, 1]; a traced rate is clipped where used."""
     if is_traced(rate):

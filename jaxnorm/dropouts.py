@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxnorm._checks import check_float_input, check_rate, check_train, is_traced
+from jaxnorm._checks import check_float_input, check_gaussian_rate, check_rate, check_train, is_traced
 
 Array = jax.Array
 
@@ -281,11 +281,7 @@ def gaussian_dropout(x: Array, rate: float, *, key: Array | None = None, train: 
         1.0 1.0
     """
     x, train = _prepare("gaussian_dropout", x, rate, train)
-    if not is_traced(rate) and float(rate) >= 1.0:
-        raise ValueError(
-            f"gaussian_dropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got {rate}; "
-            "use a rate in [0, 1), e.g. 0.5"
-        )
+    check_gaussian_rate("gaussian_dropout", rate)
     if train is False or _is_static_zero(rate):
         return x
     _needs_key("gaussian_dropout", key)

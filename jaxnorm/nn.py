@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jaxnorm import _layers
 from jaxnorm import dropouts as _do
 from jaxnorm import norms as _norms
-from jaxnorm._checks import check_rate, is_traced
+from jaxnorm._checks import check_gaussian_rate, check_rate, is_traced
 
 __all__ = [
     "AlphaDropout",
@@ -898,6 +898,12 @@ class GaussianDropout(_Stochastic):
         >>> bool((layer.apply({}, x, train=False) == x).all())
         True
     """
+
+    def __post_init__(self):
+        """ValueError for ``rate >= 1`` at construction, as the NNX and Equinox layers (eval would hide it)."""
+        check_rate("GaussianDropout", self.rate)
+        check_gaussian_rate("GaussianDropout", self.rate)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):

@@ -36,6 +36,7 @@ from jaxnorm._checks import (
     check_choice,
     check_epsilon,
     check_float_input,
+    check_gaussian_rate,
     check_groups,
     check_momentum,
     check_positive_int,
@@ -1489,11 +1490,7 @@ class GaussianDropout(_Stochastic):
 
     def _check_rate(self, rate) -> None:
         """ValueError for ``rate >= 1`` now, not at every call (eval included)."""
-        if not is_traced(rate) and float(rate) >= 1.0:
-            raise ValueError(
-                f"GaussianDropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got "
-                f"{rate}; use a rate in [0, 1), e.g. 0.5"
-            )
+        check_gaussian_rate("GaussianDropout", rate)
 
     def __call__(self, x, *, deterministic: bool | None = None, rngs=None):
         """Applies the dropout in training, its eval map otherwise.

@@ -75,7 +75,7 @@ def test_eqx_noisy_batch_norm_missing_key_advice_runs_as_written():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 3. GaussianDropout with rate 1 is refused at construction (Equinox and NNX)
+# 3. GaussianDropout with rate 1 is refused at construction (Equinox, NNX and linen)
 
 
 def test_gaussian_dropout_rate_one_is_refused_at_construction():
@@ -91,7 +91,14 @@ def test_gaussian_dropout_rate_one_is_refused_at_construction():
         "GaussianDropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got 1.0; "
         "use a rate in [0, 1), e.g. 0.5"
     )
+    with pytest.raises(ValueError) as e:
+        jn.nn.GaussianDropout(1.0)  # linen: before any apply, so eval-only use cannot hide it
+    assert str(e.value) == (
+        "GaussianDropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got 1.0; "
+        "use a rate in [0, 1), e.g. 0.5"
+    )
     x = jnp.ones(3)
+    assert bool((jn.nn.GaussianDropout(0.9).apply({}, x, train=False) == x).all())
     assert bool((je.GaussianDropout(0.9)(x, inference=True) == x).all())  # below 1: fine
     assert bool((jnn.GaussianDropout(0.9)(x, deterministic=True) == x).all())
     assert bool((je.Dropout(1.0)(x, key=KEY) == 0).all())  # Bernoulli dropout's p = 1 stays valid
