@@ -117,9 +117,9 @@ def test_rate_half_doubles_exactly():
 def test_kept_scale_precise_for_large_rates(rate):
     """Kept units must equal x / (1 − rate) to float32 rounding (≤ ~2 ulp) for every rate.
 
-    Currently FAILS for rate ≥ 0.99: dropout.py computes keep = 1 − float32(rate) in float32, so the float32 rounding
-    error of `rate` (up to 3e-8 absolute) becomes a relative error ~3e-8/keep of the scale 1/keep: 1e-6 at 0.99,
-    1.3e-5 at 0.999, 1.7e-4 at 0.9999 (flax.linen.Dropout computes keep = 1 − rate in float64 and is exact).
+    Computing keep = 1 − float32(rate) in float32 would turn the float32 rounding error of `rate` (up to 3e-8
+    absolute) into a relative error ~3e-8/keep of the scale 1/keep: 1e-6 at 0.99, 1.3e-5 at 0.999, 1.7e-4 at 0.9999;
+    dropouts.py computes keep in float64 from the Python rate, as flax.linen.Dropout does.
     """
     y = np.asarray(jaxnorm.dropout(ONES_N, rate, key=jax.random.key(5)))
     kept = y[y != 0]
@@ -348,7 +348,8 @@ def test_alpha_dropout_traced_rate_matches_eager():
 def test_alpha_dropout_traced_rate_one_matches_eager():
     """Under jit with the rate traced, rate 1 must still give the documented zeros (as the eager path does).
 
-    Currently FAILS: with q = 0, a = (0 + 0)^(−1/2) = inf and a·α' + b = −inf + inf = NaN for every unit.
+    The naive formula gives NaN there: with q = 0, a = (0 + 0)^(−1/2) = inf and a·α' + b = −inf + inf for every
+    unit; alpha_dropout selects the zeros for a traced rate of 1.
     """
     y = jax.jit(lambda x, r: jaxnorm.alpha_dropout(x, r, key=K))(X, 1.0)
     assert np.all(np.isfinite(np.asarray(y)))
@@ -460,10 +461,8 @@ _FNS = ["dropout", "spatial_dropout", "dropconnect", "gaussian_dropout", "alpha_
 @pytest.mark.parametrize("name", _FNS)
 @pytest.mark.parametrize("rate, shown", [(-0.1, r"-0\.1"), (1.5, r"1\.5"), (float("nan"), "nan")])
 def test_bad_rate_raises(name, rate, shown):
-    """Every function rejects rates outside [0, 1], naming itself, the range and the value.
-
-    spatial_dropout currently FAILS: it delegates to dropout, so the message says "dropout: ..." (wrong function).
-    """
+    """Every function rejects rates outside [0, 1], naming itself (spatial_dropout too, though it delegates to
+    dropout), the range and the value."""
     with pytest.raises(ValueError, match=rf"^{name}: rate must be in \[0, 1\].*got {shown}"):
         getattr(jaxnorm, name)(ONES_X, rate, key=K)
 
@@ -476,7 +475,7 @@ def test_bad_rate_raises_even_in_test_mode(name):
 
 @pytest.mark.parametrize("name", _FNS)
 def test_train_without_key_raises(name):
-    """spatial_dropout currently FAILS (message says "dropout: ...", as above)."""
+    """The message names the function called (spatial_dropout, not the dropout it delegates to)."""
     with pytest.raises(ValueError, match=rf"^{name}: train=True needs a PRNG key: pass key=jax\.random\.key"):
         getattr(jaxnorm, name)(ONES_X, 0.5, train=True)
 
@@ -484,8 +483,8 @@ def test_train_without_key_raises(name):
 def test_gaussian_rate_one_raises_naming_the_value():
     """The message should name the value given ("got 1.0"), as every other rate error does.
 
-    Currently FAILS on the "got" part: the message is "gaussian_dropout: rate must be < 1 (the noise variance
-    rate/(1 − rate) is infinite at 1)".
+    The message is "gaussian_dropout: rate must be < 1 (the noise variance rate/(1 − rate) is infinite at 1), got
+    1.0; use a rate in [0, 1), e.g. 0.5".
     """
     with pytest.raises(ValueError, match=r"^gaussian_dropout: rate must be < 1"):
         jaxnorm.gaussian_dropout(ONES_X, 1.0, key=K)
@@ -637,10 +636,10 @@ def test_layer_under_jit():
     "rate, bdims", [(0.1, ()), (0.3, ()), (0.5, ()), (0.7, ()), (0.9, ()), (0.5, (0,)), (0.3, (1, 2))]
 )
 def test_layer_dropout_equals_flax_linen_dropout(rate, bdims):
-    """Same module path and rngs → the same mask and, dividing by the same keep, the same bits as flax.linen.Dropout.
+    """Same module path and rngs → the same mask and the same kept values as flax.linen.Dropout.
 
-    Currently FAILS for rate 0.9 on the last (bitwise) assertion — masks equal, values differ by ≤ 2 ulp: see
-    test_kept_scale_precise_for_large_rates.
+    The kept values agree to rtol 1e-6 (≤ 2 ulp at rate 0.9, where 1/keep rounds differently; see
+    test_kept_scale_precise_for_large_rates).
     """
     rng = jax.random.key(53)
     ours = jnn.Dropout(rate, broadcast_dims=bdims).apply({}, X, train=True, rngs={"dropout": rng})

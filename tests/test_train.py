@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxnorm.lab.train import checkpoint as ckpt_lib
-from jaxnorm.lab.train import loop
+from jaxnorm.lab.train import loop, steps
 from jaxnorm.lab.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,8 +219,36 @@ def test_truncated_checkpoint_is_moved_aside_and_the_run_resumes_from_the_earlie
 
 
 def test_eval_with_recomputed_population_statistics(tmp_path):
+    import jax
+
     wd = str(tmp_path / "wd")
     result = loop.train_and_evaluate(load_config(num_steps=10, eval_population_stats=True, population_batches=3), wd)
     assert 0.0 <= result["population_accuracy"] <= 1.0 and np.isfinite(result["population_loss"])
     row = [r for r in read_metrics(wd) if r["split"] == "eval"][-1]
     assert "population_accuracy" in row and "accuracy" in row
+    # the statistics really were recomputed: after 10 steps at momentum 0.9 the running averages still lean on their
+    # initial values, so the population evaluation differs from the running one
+    assert row["population_loss"] != row["loss"]
+    # and they are the population statistics of the 3 training batches, computed here another way: the same network
+    # with momentum 0 keeps each batch's own moments; E[x] = mean of the batch means, Var = mean of m/(m-1)·σ²_B
+    exp, state = loop.restore(wd)
+    pop = loop.population_variables(exp, state.variables())["batch_stats"]
+    fresh = exp.eval_model.clone(momentum=0.0)
+    rngs = {"dropout": steps.dropout_key(exp.config.seed, 0)}
+    per_batch = []
+    for i in range(exp.config.population_batches):
+        x = loop._train_batch(exp, i)["x"]
+        _, new = fresh.apply(state.variables(), x, train=True, mutable=["batch_stats"], rngs=rngs)
+        per_batch.append(new["batch_stats"])
+    mean = jax.tree.map(lambda *t: np.mean(np.stack(t), 0), *per_batch)
+    for path, got in jax.tree_util.tree_leaves_with_path(pop):
+        name = jax.tree_util.keystr(path)
+        want = dict(jax.tree_util.tree_leaves_with_path(mean))[path]
+        if name.endswith("['mean']"):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=name)
+        elif name.endswith("['var']"):  # the unbiased correction m/(m-1) is ≥ 1 and close to 1: Var ≥ E[σ²_B]
+            assert np.all(np.asarray(got) >= np.asarray(want) * (1 - 1e-5)), name
+            np.testing.assert_allclose(got, want, rtol=2e-2, err_msg=name)
+    assert not all(
+        np.allclose(a, b) for a, b in zip(jax.tree.leaves(pop), jax.tree.leaves(state.batch_stats), strict=True)
+    )
