@@ -10,7 +10,7 @@ from test_train import ROOT, final_state, load_config
 
 from jaxnorm.lab import data as data_lib
 from jaxnorm.lab import rng
-from jaxnorm.lab.train import loop
+from jaxnorm.lab.train import loop, pretrain
 from jaxnorm.lab.train.metrics import read_metrics
 
 
@@ -47,10 +47,8 @@ def test_pretrain_then_finetune_through_train_py(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_metrics(wd)
     pre = [x for x in rows if x["split"] == "pretrain"]
-    assert [x["layer"] for x in pre] == [
-        0,
-        1,
-    ]  # logged at the end of each layer (log_every=50 > 10 steps) and all(np.isfinite(x["loss"]) for x in pre)
+    assert [x["layer"] for x in pre] == [0, 1]  # logged at the end of each layer (log_every=50 > 10 steps)
+    assert all(np.isfinite(x["loss"]) for x in pre)
     assert any(x["split"] == "eval" for x in rows)
     assert os.listdir(wd / "pretrain" / "checkpoints") and os.listdir(wd / "checkpoints")
     from jaxnorm.lab import plots
@@ -61,18 +59,29 @@ def test_pretrain_then_finetune_through_train_py(tmp_path):
 
 def test_pretrained_weights_initialize_the_supervised_model_and_reduce_reconstruction_loss(tmp_path):
     c = small(kind="both")
-    c.num_steps = 1  # almost no fine-tuning: the first layer is (nearly) the pretrained one
+    c.num_steps = 1  # one fine-tuning step: the layers are (nearly) the pretrained ones
     loop.train_and_evaluate(c, str(tmp_path / "a"))
     pre = [x for x in read_metrics(tmp_path / "a") if x["split"] == "pretrain"]
-    assert pre[1]["loss"] < pre[0]["loss"] * 1.5  # finite and not diverging on layer 0
+    for layer in (0, 1):  # each layer's reconstruction loss falls (rows at its steps 5 and 10)
+        losses = [x["loss"] for x in pre if x["layer"] == layer]
+        assert len(losses) == 2 and losses[1] < losses[0], (layer, losses)
     c0 = small()
     c0.pretrain.layers = ()
     c0.num_steps = 1
     loop.train_and_evaluate(c0, str(tmp_path / "b"))
     _, a = final_state(tmp_path / "a")
     _, b = final_state(tmp_path / "b")
-    assert not np.allclose(a["/params/dense_0/kernel"], b["/params/dense_0/kernel"])  # pretraining changed it
-    np.testing.assert_allclose(a["/params/head/kernel"], b["/params/head/kernel"], atol=0.1)  # head not pretrained
+    # the supervised layers start from the autoencoders' trained kernels: one step away from them, where the run
+    # without pretraining is its random init away (measured Frobenius distances 0.02 vs 2.1 for dense_0, 0.09 vs 1.1
+    # for dense_1; a layer that is never copied gives a ratio near 1)
+    _, aes = pretrain.restore_autoencoders(loop.load_experiment(str(tmp_path / "a")), str(tmp_path / "a"))
+    for name in ("dense_0", "dense_1"):
+        kernel = np.asarray(aes[name]["kernel"])
+        near = np.linalg.norm(a[f"/params/{name}/kernel"] - kernel)
+        far = np.linalg.norm(b[f"/params/{name}/kernel"] - kernel)
+        assert near < 0.2 * far, (name, near, far)
+    # the head is not pretrained: both runs take one step from the same initial head (measured max |Δ| 0.018)
+    np.testing.assert_allclose(a["/params/head/kernel"], b["/params/head/kernel"], atol=0.05)
 
 
 def test_resume_mid_pretraining_is_bit_identical(tmp_path, monkeypatch):
