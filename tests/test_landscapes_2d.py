@@ -110,6 +110,16 @@ def test_2d_probe_in_the_loop_with_eval_mode_batch_norm_and_the_landscape_figure
     made = sorted(os.listdir(tmp_path / "figs"))
     assert {"surfaces.png", "trajectory.png", "interpolation.png"} <= set(made), made
     assert all(os.path.getsize(tmp_path / "figs" / f) > 10_000 for f in made)
+    # bn_mode is honoured, not only recorded: the same run probed with batch statistics (train mode) sees another
+    # surface, the same at the step-0 probe only if the running statistics equalled the batch's (they do not)
+    c.probes.bn_mode = "train"
+    c.probes.kinds = ("loss_slice_2d",)
+    loop.train_and_evaluate(c, str(tmp_path / "train_mode"))
+    train_rows = [r for r in read_metrics(tmp_path / "train_mode") if r["split"] == "probe"]
+    assert [r["bn_mode"] for r in train_rows] == ["train", "train"]
+    for ev, tr in zip(rows, train_rows, strict=True):
+        a, b = np.asarray(ev["slice_2d/losses"]), np.asarray(tr["slice_2d/losses"])
+        assert not np.allclose(a, b, rtol=1e-3), ev["step"]
 
 
 def test_bn_mode_is_checked_and_earlier_runs_without_it_still_resume():
