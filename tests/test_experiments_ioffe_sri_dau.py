@@ -210,7 +210,7 @@ def test_dauphin_section_selects_lambda_on_validation_and_gives_the_verdicts(tmp
 
 def test_monte_carlo_averaging_equals_weight_scaling_without_dropout(tmp_path):
     """With rate 0 every thinned network is the deterministic one: MC(k) = weight scaling for every k; with rate
-    0.5 one thinned network differs from it."""
+    0.5 a thinned network differs from it, and so does the average of three."""
     accs = {}
     for rate in (0.0, 0.5):
         c = SRIVASTAVA.get_config()
@@ -221,3 +221,7 @@ def test_monte_carlo_averaging_equals_weight_scaling_without_dropout(tmp_path):
         accs[rate] = SRIVASTAVA.mc_accuracies(str(tmp_path / f"r{rate}"), ks=(1, 3))
     assert accs[0.0][1] == accs[0.0][3] == accs[0.0]["weight_scaling"]
     assert set(accs[0.5]) == {"weight_scaling", 1, 3}
+    # the thinned networks really drop units: one differs from the deterministic network, and averaging three
+    # differs from one (measured 0.1206, 0.1019, 0.1031 on the 10 000 test images; MC that never turns dropout on
+    # gives the weight-scaling accuracy for every k, as at rate 0)
+    assert accs[0.5][1] != accs[0.5]["weight_scaling"] and accs[0.5][3] != accs[0.5][1]
