@@ -482,25 +482,31 @@ TRANSFORMS = {
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
 def test_check_grads_every_transform(name):
-    x = rand((6, 3, 4), loc=0.4, dtype=jnp.float64) if jax.config.jax_enable_x64 else rand((6, 3, 4), loc=0.4)
-    s, b = affine(4)
     f = TRANSFORMS[name]
-    check_grads(f, (x, s, b), order=1, modes=("rev", "fwd"), atol=5e-2, rtol=5e-2, eps=1e-2)
+    # in float64 with a small step, so that the tolerance catches a backward rule 1e-4 wrong (a 1% error fails by
+    # three orders of magnitude); float32 finite differences would need percent-level tolerances
+    with jax.enable_x64(True):
+        x = rand((6, 3, 4), loc=0.4).astype(jnp.float64)
+        s, b = (v.astype(jnp.float64) for v in affine(4))
+        check_grads(f, (x, s, b), order=1, modes=("rev", "fwd"), atol=1e-5, rtol=1e-5, eps=1e-4)
+    x = rand((6, 3, 4), loc=0.4)
+    s, b = affine(4)
     y = jax.jit(f)(x, s, b)
     close(y, f(x, s, b), 1e-5)
 
 
 def test_lp_inf_grads():
-    x = rand((6, 4), loc=0.4)
-    check_grads(
-        lambda x: jn.lp_batch_norm(x, None, None, STATS4, train=True, p="inf")[0],
-        (x,),
-        order=1,
-        modes=("rev",),
-        atol=5e-2,
-        rtol=5e-2,
-        eps=1e-3,
-    )
+    with jax.enable_x64(True):  # float64 and a small step: see test_check_grads_every_transform
+        x = rand((6, 4), loc=0.4).astype(jnp.float64)
+        check_grads(
+            lambda x: jn.lp_batch_norm(x, None, None, STATS4, train=True, p="inf")[0],
+            (x,),
+            order=1,
+            modes=("rev",),
+            atol=1e-5,
+            rtol=1e-5,
+            eps=1e-4,
+        )
 
 
 def test_vmap_of_batch_norm_over_independent_batches():

@@ -316,18 +316,20 @@ def test_nchw_batch_norm_matches_pytorch_formula_and_eval_mode():
 
 @pytest.mark.parametrize("name", ["batch", "layer_masked", "group_axis1", "rms_masked", "lp1"])
 def test_check_grads_masked_and_axis_variants(name):
-    x = data(0.5, shape=(6, 3, 4))[0]
-    s, b = data(0.0, shape=(4,), seed=1)[1:3]
-    m = jnp.array([True, True, False, True, True, False])
-    st = {"mean": jnp.full(4, 0.3), "var": jnp.full(4, 1.5), "count": jnp.array(1)}
-    fs = {
-        "batch": lambda x: jn.batch_norm(x, s, b, st, train=True, mask=m)[0],
-        "layer_masked": lambda x: jn.layer_norm(x, s, b, mask=m),
-        "group_axis1": lambda x: jn.group_norm(x, jnp.ones(3), jnp.zeros(3), num_groups=3, axis=1),
-        "rms_masked": lambda x: jn.rms_norm(x, s, mask=m),
-        "lp1": lambda x: jn.lp_batch_norm(x, s, b, st, train=True, p=1, mask=m)[0],
-    }
-    check_grads(fs[name], (x,), order=2, modes=("rev", "fwd"), atol=5e-2, rtol=5e-2, eps=1e-2)
+    # float64 and a small step: a second-order rule 1e-4 wrong fails (float32 differences need ~5e-2)
+    with jax.enable_x64(True):
+        x = data(0.5, shape=(6, 3, 4))[0]
+        s, b = data(0.0, shape=(4,), seed=1)[1:3]
+        m = jnp.array([True, True, False, True, True, False])
+        st = {"mean": jnp.full(4, 0.3), "var": jnp.full(4, 1.5), "count": jnp.array(1)}
+        fs = {
+            "batch": lambda x: jn.batch_norm(x, s, b, st, train=True, mask=m)[0],
+            "layer_masked": lambda x: jn.layer_norm(x, s, b, mask=m),
+            "group_axis1": lambda x: jn.group_norm(x, jnp.ones(3), jnp.zeros(3), num_groups=3, axis=1),
+            "rms_masked": lambda x: jn.rms_norm(x, s, mask=m),
+            "lp1": lambda x: jn.lp_batch_norm(x, s, b, st, train=True, p=1, mask=m)[0],
+        }
+        check_grads(fs[name], (x.astype(jnp.float64),), order=2, modes=("rev", "fwd"), atol=1e-5, rtol=1e-5, eps=1e-4)
 
 
 def test_hessian_vector_products_match_a_plain_two_pass_formula():
