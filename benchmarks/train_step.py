@@ -24,10 +24,6 @@ from jaxnorm import xla_cpu
 from jaxnorm.lab import models
 from jaxnorm.lab.train import steps
 
-# the setting a user's 2-D CNN run gets from train.py (JAXNORM_XLA_CPU=off: XLA's defaults; benchmarks/xla_flags.py
-# compares the settings)
-xla_cpu.apply(2)
-
 
 class PlainFlaxCNN(nn.Module):
     """The reference: the same architecture written directly with flax.linen (momentum 0.9 as jaxnorm's default)."""
@@ -69,6 +65,9 @@ def main():
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--batch", type=int, default=128)
     args = p.parse_args()
+    # the setting a user's 2-D CNN run gets from train.py, before the backend starts (JAXNORM_XLA_CPU=off: XLA's
+    # defaults; benchmarks/xla_flags.py compares the settings)
+    xla_cpu.apply(2)
     key = jax.random.key(0)
     batch = {
         "x": jax.random.normal(key, (args.batch, 28, 28, 1)),

@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 # name -> the flags that setting adds to XLA_FLAGS (on top of the user's, with their ynn/xnn fusion flags removed)
 SETTINGS: dict[str, str] = {
@@ -45,53 +43,27 @@ SETTINGS: dict[str, str] = {
 FUSION_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type", "--xla_cpu_experimental_xnn_fusion_type")
 
 
-def _median_ms(fn, args, repeats: int) -> float:
-    import jax
-
-    out = fn(*args)
-    for _ in range(2):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def _step_ms(model, x, repeats: int) -> float:
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from jaxnorm.lab.train import steps
-
-    batch = {"x": x, "y": jnp.zeros((x.shape[0],), jnp.int32), "mask": jnp.ones((x.shape[0],), bool)}
-    tx = optax.sgd(0.1, momentum=0.9)
-    state = steps.create_state(model, tx, x, 0)
-    step = jax.jit(steps.make_train_step(model, tx, optax.constant_schedule(0.1), 0))
-    compiled = step.lower(state, batch).compile()
-    return _median_ms(lambda s: compiled(s, batch)[1]["loss"], (state,), repeats)
-
-
 def measure(repeats: int) -> dict[str, float]:
     """Median ms of every program, in this process (its XLA_FLAGS already set)."""
     import jax
     import jax.numpy as jnp
 
     import jaxnorm as jn
-    from benchmarks.train_step import PlainFlaxCNN
+    from benchmarks.norms import _compile, _time_alternating
+    from benchmarks.train_step import PlainFlaxCNN, time_step
     from jaxnorm.lab import models
 
     key = jax.random.key(0)
-    out = {}
+
+    def step_ms(model, x, n):
+        batch = {"x": x, "y": jax.random.randint(key, (x.shape[0],), 0, 10), "mask": jnp.ones((x.shape[0],), bool)}
+        return time_step(model, batch, n)["step_ms"]
+
     x = jax.random.normal(key, (128, 28, 28, 1))
     cnn = models.build_model("simple_cnn", channels=(32, 32, 64, 64), norm="batch", momentum=0.9)
-    out["simple_cnn_step"] = _step_ms(cnn, x, repeats)
-    out["simple_cnn_step_flax"] = _step_ms(PlainFlaxCNN(), x, repeats)
+    out = {"simple_cnn_step": step_ms(cnn, x, repeats), "simple_cnn_step_flax": step_ms(PlainFlaxCNN(), x, repeats)}
     resnet = models.build_model("resnet", depth=18, width=0.25, norm="batch", num_classes=10)
-    out["resnet18_quarter_step"] = _step_ms(resnet, jax.random.normal(key, (64, 32, 32, 3)), max(repeats // 2, 5))
+    out["resnet18_quarter_step"] = step_ms(resnet, jax.random.normal(key, (64, 32, 32, 3)), max(repeats // 2, 5))
     x = jax.random.normal(key, (128, 32, 32, 64)) * 3 + 1
     scale, bias = jnp.ones(64), jnp.zeros(64)
     norms = {
@@ -101,8 +73,8 @@ def measure(repeats: int) -> dict[str, float]:
         "instance_norm": lambda x: jn.instance_norm(x, scale, bias),
     }
     for name, f in norms.items():
-        fb = jax.jit(jax.value_and_grad(lambda x, f=f: jnp.sum(f(x) ** 2)))
-        out[name] = _median_ms(fb, (x,), repeats)
+        compiled, _ = _compile(jax.value_and_grad(lambda x, f=f: jnp.sum(f(x) ** 2)), x)
+        ((out[name], _),) = _time_alternating([(compiled, (x,))], repeats)
     return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from collections.abc import MutableMapping
 
 __all__ = ["OPTIONS", "X86_64_CONV2D_FLAGS", "apply", "recommended_flags"]
@@ -60,8 +61,6 @@ def apply(
 
 def _backends_started() -> bool:
     """Whether this process's JAX backends exist already (jax imported and a computation or device query made)."""
-    import sys
-
     if "jax" not in sys.modules:
         return False
     from jax._src import xla_bridge  # the one public-API gap: jax has no public "backends initialized" query

@@ -501,13 +501,13 @@ def run_summary(workdir: str, result: dict, argv: Sequence[str] | None = None) -
     return "\n".join(lines)
 
 
-def apply_xla_cpu(model: str, environ: dict[str, str] | None = None) -> str:
+def apply_xla_cpu(model: str) -> str:
     """Apply jaxnorm's measured XLA:CPU setting for ``model`` (:func:`jaxnorm.xla_cpu.apply`, before JAX's backend
     starts) and return the one line that says so, or '' when nothing was added."""
     from jaxnorm import xla_cpu
     from jaxnorm.lab.models.fields import spatial_dims
 
-    added = xla_cpu.apply(spatial_dims(model), environ)
+    added = xla_cpu.apply(spatial_dims(model))
     if not added:
         return ""
     return (
