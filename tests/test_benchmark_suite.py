@@ -123,15 +123,18 @@ def test_resnet_figures_and_checks(records):
         assert len(counts) == 1  # the dtype changes no parameter
 
 
-def test_torch_lines(records):
-    """With torch: eager figures, equal parameter counts and jaxnorm's loss on its parameters; without it (CI): a
-    line per case that says torch is missing. One test either way, nothing skipped."""
-    if not HAS_TORCH:
-        for norm in ("batch", "group"):
-            for dt in DTYPES:
-                r = records[f"resnet:{norm}:{dt}:torch_eager"]
-                assert r["skipped"] is True and "torch" in r["reason"], r
-        return
+@pytest.mark.skipif(HAS_TORCH, reason="torch is installed: test_torch_lines_with_torch checks its lines instead")
+def test_torch_lines_without_torch(records):
+    """Without torch (CI): a line per torch case that says torch is missing."""
+    for norm in ("batch", "group"):
+        for dt in DTYPES:
+            r = records[f"resnet:{norm}:{dt}:torch_eager"]
+            assert r["skipped"] is True and "torch" in r["reason"], r
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (pip install torch): the PyTorch peer is not checked")
+def test_torch_lines_with_torch(records):
+    """With torch: eager figures, equal parameter counts and jaxnorm's loss on its parameters."""
     for norm in ("batch", "group"):
         jn_count = records[f"resnet:{norm}:float32:jaxnorm"]["param_count"]
         for dt in DTYPES:
@@ -204,8 +207,15 @@ def test_full_size_networks_have_equal_parameter_counts():
         pf = jax.eval_shape(lambda k: flax.init(k, x, train=False), jax.random.key(0))["params"]
         assert jax.tree.map(lambda v: v.shape, pj) == jax.tree.map(lambda v: v.shape, pf)
         assert suite._count(pj) == suite._count(pf) == expected[norm], (norm, suite._count(pj))
-        if HAS_TORCH:
-            import _torch_resnet
 
-            t = _torch_resnet.ResNet(shapes["stage_sizes"], suite._channels(shapes), 10, norm, suite.NUM_GROUPS)
-            assert _torch_resnet.param_count(t) == expected[norm]
+
+def test_the_torch_peer_has_resnet18s_parameter_count():
+    pytest.importorskip("torch", reason="torch is not installed (pip install torch): the PyTorch peer is not checked")
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import _torch_resnet
+    import suite
+
+    shapes = suite.resnet_shapes(small=False)
+    for norm, expected in {"batch": 11_173_962, "group": 11_173_962 + 4_800}.items():
+        t = _torch_resnet.ResNet(shapes["stage_sizes"], suite._channels(shapes), 10, norm, suite.NUM_GROUPS)
+        assert _torch_resnet.param_count(t) == expected

@@ -181,7 +181,7 @@ def test_requested_truncated_step_is_raised_in_test_train_wording(tmp_path, caps
         ckpt_lib.CheckpointError, match=r"step 20 .* unreadable.*Earlier checkpoints are kept: \[10\]"
     ) as err:
         ck.restore(target(), step=20)
-    one_line(str(err.value))
+    one_line(str(err.value), ck.directory)
     assert ck.steps() == [10] and sorted(os.listdir(ck.directory)) == ["10", "corrupt-20"]
     assert capsys.readouterr().out == ""
     ck.close()
@@ -205,7 +205,7 @@ def test_requested_corrupt_step_is_moved_aside_and_raised(tmp_path, capsys):
         r"Remaining checkpoints are kept: \[10, 30\]",
     ) as err:
         ck.restore(target(), step=20)
-    one_line(str(err.value))
+    one_line(str(err.value), ck.directory)
     assert sorted(os.listdir(ck.directory)) == ["10", "30", "corrupt-20"] and ck.steps() == [10, 30]
     assert capsys.readouterr().out == ""
     assert int(ck.restore(target(), step=10)["step"]) == 10
@@ -229,7 +229,7 @@ def test_no_good_checkpoint_left_is_one_line(tmp_path, capsys):
         r"--config.resume=False",
     ) as err:
         ck.restore(target())
-    one_line(str(err.value))
+    one_line(str(err.value), ck.directory)
     out = capsys.readouterr().out.strip()
     one_line(out, ck.directory)
     assert out.startswith("checkpoint step 10 in") and "moved to" in out
@@ -246,7 +246,7 @@ def test_a_different_tree_is_an_error_and_the_checkpoint_stays(tmp_path):
         r"\['params/b'\].*left in place",
     ) as err:
         ck.restore(other)
-    one_line(str(err.value))
+    one_line(str(err.value), ck.directory)
     assert ck.steps() == [10, 20] and sorted(os.listdir(ck.directory)) == ["10", "20"]
     os.remove(os.path.join(ck.directory, "20", "jaxnorm_manifest.json"))  # told by orbax's metadata instead
     with pytest.raises(ckpt_lib.CheckpointError, match=r"different tree .*\['params/b'\].*left in place"):
@@ -300,7 +300,7 @@ def test_disk_full_is_one_line_and_removes_the_partial_step(tmp_path, monkeypatc
     ) as err:
         ck.save(20, big)
     monkeypatch.undo()
-    one_line(str(err.value))
+    one_line(str(err.value), ck.directory)
     assert os.listdir(ck.directory) == ["10"] and ck.steps() == [10]
     ck.save(20, state(20))  # once there is room
     assert ck.steps() == [10, 20]

@@ -139,5 +139,6 @@ def test_the_core_tests_pass_at_the_floors(core_venv):
     files = core_test_files()
     assert "tests/test_norms.py" in files and "tests/test_nnx.py" in files and len(files) >= 8, files
     # the test tools, at versions pip finds compatible with the floors (they must not lift jax, flax or optax)
-    _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "pytest", "chex", "equinox", *_pins()])
+    tools = ("pytest", "pytest-xdist", "pytest-randomly", "pytest-timeout", "chex", "equinox")  # pyproject's addopts
+    _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *tools, *_pins()])
     _run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not lab", *files], cwd=ROOT)

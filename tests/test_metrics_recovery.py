@@ -12,12 +12,6 @@ from jaxnorm.lab import sweep
 from jaxnorm.lab.train import metrics
 from jaxnorm.lab.train.metrics import MetricWriter, read_metrics
 
-try:  # TensorBoard's own Python loader, when the tensorboard package is installed (it is not a dependency)
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-except ImportError:
-    EventAccumulator = None
-
-
 def _lines(wd):
     return (wd / "metrics.jsonl").read_bytes().split(b"\n")
 
@@ -215,7 +209,7 @@ def _events(tb_dir):
 def _shown(tb_dir):
     """``{loader: {tag: [steps]}}``: what TensorBoard shows, by its two rules. Python loader (file_version 2): a
     START event at step P drops the points of every tag at steps >= P. Rust loader (the default): START ignored, a
-    point at step s drops the points of its tag at steps >= s. And TensorBoard's own EventAccumulator if installed."""
+    point at step s drops the points of its tag at steps >= s."""
     python, rust = {}, {}
     for tag, step in _events(tb_dir):
         if tag == "start":
@@ -223,22 +217,17 @@ def _shown(tb_dir):
             continue
         python.setdefault(tag, []).append(step)
         rust[tag] = [s for s in rust.get(tag, []) if s < step] + [step]
-    shown = {"python": python, "rust": rust}
-    if EventAccumulator is not None:
-        acc = EventAccumulator(tb_dir)
-        acc.Reload()
-        shown["EventAccumulator"] = {t: [e.step for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
-    return shown
+    return {"python": python, "rust": rust}
 
 
-def _assert_tensorboard_matches(wd):
+def _assert_tensorboard_matches(wd, shown=_shown):
     rows = read_metrics(str(wd))
     want = {}
     for r in rows:
         for k, v in r.items():
             if k not in ("step", "split"):
                 want.setdefault(f"{r['split']}/{k}", []).append(r["step"])
-    for loader, tags in _shown(str(wd / "tensorboard")).items():
+    for loader, tags in shown(str(wd / "tensorboard")).items():
         got = {t: sorted(s) for t, s in tags.items() if s}
         assert got == {t: sorted(s) for t, s in want.items()}, loader
         for tag, steps in got.items():
@@ -368,3 +357,26 @@ def test_a_sweep_regenerates_a_torn_result_json(tmp_path, capsys):
     assert run()["runs"][0]["skipped"]
     rows = read_metrics(str(tmp_path / "w" / "p" / "seed0"))
     assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4]
+
+
+def test_tensorboards_own_loader_shows_every_step_once_after_rewind_and_replay(tmp_path):
+    """The same rewind as above read by TensorBoard's own Python loader (the [tensorboard] extra, in [test])."""
+    pytest.importorskip("tensorboard", reason="the tensorboard package is not installed: pip install 'jaxnorm[test]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def accumulated(tb_dir):
+        acc = EventAccumulator(tb_dir)
+        acc.Reload()
+        return {"EventAccumulator": {t: [e.step for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}}
+
+    w = MetricWriter(str(tmp_path))
+    _log_pretrain(w, 0, 40)
+    _log_steps(w, 0, 10)
+    w.close()
+    w = MetricWriter(str(tmp_path))
+    w.rewind_to(6)
+    _log_steps(w, 6, 10)
+    w.close()
+    got = accumulated(str(tmp_path / "tensorboard"))["EventAccumulator"]
+    assert got and all(len(s) == len(set(s)) for s in got.values()), got  # it did read the points, each once
+    _assert_tensorboard_matches(tmp_path, shown=accumulated)

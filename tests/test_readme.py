@@ -49,7 +49,7 @@ def test_the_first_screen_has_the_run_and_test_commands():
     text = README.read_text()
     head = "\n".join(text.splitlines()[:30])
     assert re.search(r'<!-- run -->\s*```bash\npip install -e "\.\[train\]" && python train\.py\n```', head)
-    assert re.search(r'<!-- test -->\s*```bash\npip install -e "\.\[test\]" && python -m pytest\n```', head)
+    assert re.search(r'<!-- test -->\s*```bash\npip install -e "\.\[test\]" && python -m pytest -n auto\n```', head)
 
 
 @pytest.mark.lab  # the commands name lab modules and configs: checked with the [train] extra
