@@ -30,9 +30,13 @@ def highest_precision():
     jax.config.update("jax_default_matmul_precision", old)
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
+@pytest.hookimpl(
+    wrapper=True, tryfirst=True
+)  # outermost: after pytest-randomly's shuffle (its wrapper is tryfirst too)
 def pytest_collection_modifyitems(config, items):
     """The floor-venv run (tests/test_install.py, about 7 minutes of the suite) goes first: with ``-n`` its worker
     starts it at once instead of leaving it for the end while the other workers idle. Its tests build their own venv,
     so their place in the order changes nothing else."""
+    result = yield
     items.sort(key=lambda item: item.path.name != "test_install.py")
+    return result

@@ -123,8 +123,9 @@ def check_command(cmd: str, where: str) -> None:
             assert args[-2] == "docs", f"{where}: sphinx should build docs/"
             return
         if words[2] == "pytest":
-            for a in args:
-                assert a.startswith("-") or (ROOT / a.split("::")[0]).exists(), f"{where}: no test file {a}"
+            for prev, a in zip(["", *args], args):
+                takes_value = prev in ("-n", "-k", "-m", "-p")  # pytest's and pytest-xdist's options with a value
+                assert a.startswith("-") or takes_value or (ROOT / a.split("::")[0]).exists(), f"{where}: no file {a}"
             return
         source = pathlib.Path(spec.origin).read_text()
         files = [a for a in args if not a.startswith("-") and a.endswith(".py")]

@@ -12,6 +12,7 @@ from jaxnorm.lab import sweep
 from jaxnorm.lab.train import metrics
 from jaxnorm.lab.train.metrics import MetricWriter, read_metrics
 
+
 def _lines(wd):
     return (wd / "metrics.jsonl").read_bytes().split(b"\n")
 
