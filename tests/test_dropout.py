@@ -523,7 +523,7 @@ def test_max_norm_update_without_params_raises():
 # ---------------------------------------------------------------------------------------------------------------------
 # max-norm
 
-C = 3.0
+C = 2.5  # not the default c = 3, so that a projection ignoring its c fails
 
 
 def _col_norms(w):
@@ -722,3 +722,77 @@ def test_layer_bad_rate(cls):
         cls(1.5).apply({}, X, train=True, rngs={"dropout": K})
     with pytest.raises(ValueError, match=r"got -0\.1"):
         cls(-0.1).apply({}, X, train=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# every dropout function: its own name in its errors, train as a traced bool, half precision kept
+
+_DROPOUTS = {
+    "dropout": jaxnorm.dropout,
+    "original_dropout": jaxnorm.original_dropout,
+    "spatial_dropout": jaxnorm.spatial_dropout,
+    "dropconnect": jaxnorm.dropconnect,
+    "gaussian_dropout": jaxnorm.gaussian_dropout,
+    "alpha_dropout": jaxnorm.alpha_dropout,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DROPOUTS))
+def test_each_dropout_names_itself_in_its_errors(name):
+    fn, x = _DROPOUTS[name], jnp.ones((2, 3, 4, 5))
+    with pytest.raises(ValueError, match=rf"^{name}: train=True needs a PRNG key"):
+        fn(x, 0.5)
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        fn(x, 1.5, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=rf"^{name}: "):
+        fn(jnp.ones((2, 3, 4, 5), jnp.int32), 0.5, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=rf"^{name}: "):
+        fn(x, 0.5, key=jax.random.key(0), train="yes")
+
+
+@pytest.mark.parametrize("name", sorted(_DROPOUTS))
+def test_each_dropout_with_a_traced_train_flag_equals_the_static_modes(name):
+    """``train`` as a traced bool under jit selects, per call, exactly what the static True/False compute."""
+    fn, key = _DROPOUTS[name], jax.random.key(3)
+    x = jnp.asarray(_np_normal(50, (4, 3, 3, 8)))
+    traced = jax.jit(lambda x, t: fn(x, 0.3, key=key, train=t))
+    on, off = fn(x, 0.3, key=key, train=True), fn(x, 0.3, key=key, train=False)
+    assert not np.array_equal(np.asarray(on), np.asarray(off))  # the two modes differ, so the check means something
+    np.testing.assert_allclose(np.asarray(traced(x, True)), np.asarray(on), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(traced(x, False)), np.asarray(off), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", sorted(_DROPOUTS))
+def test_each_dropout_keeps_half_precision_in_both_modes(name, dtype):
+    fn, x = _DROPOUTS[name], jnp.asarray(_np_normal(51, (4, 3, 3, 8)), dtype)
+    for train in (True, False):
+        y = fn(x, 0.3, key=jax.random.key(4), train=train)
+        assert y.dtype == dtype and y.shape == x.shape, (train, y.dtype)
+        y = jax.jit(lambda x, t: fn(x, 0.3, key=jax.random.key(4), train=t))(x, train)
+        assert y.dtype == dtype, (train, y.dtype)
+
+
+def test_max_norm_default_is_three():
+    """Srivastava et al.'s c = 3 when none is given, for the projection and for the optax transformation."""
+    params = _max_norm_params()
+    for n in ("dense", "conv"):
+        assert np.any(_col_norms(params[n]["kernel"]) > 3.5)  # some columns far enough above 3 to see another c
+    want = jaxnorm.max_norm_project(params, 3.0)
+    for got in (
+        jaxnorm.max_norm_project(params),
+        optax.apply_updates(params, jaxnorm.max_norm().update(jax.tree.map(jnp.zeros_like, params), None, params)[0]),
+    ):
+        for n in ("dense", "conv"):
+            np.testing.assert_allclose(np.asarray(got[n]["kernel"]), np.asarray(want[n]["kernel"]), rtol=1e-6)
+            assert np.max(_col_norms(got[n]["kernel"])) == pytest.approx(3.0, rel=1e-5)
+
+
+def test_max_norm_below_one_and_a_zero_column():
+    """c < ‖w‖ < 1 is projected too (onto c), and an all-zero unit stays zero, without NaN."""
+    w = np.zeros((4, 3), np.float32)
+    w[:, 0] = [0.4, 0.4, 0.4, 0.4]  # ‖w‖ = 0.8
+    w[:, 1] = [0.1, 0.0, 0.0, 0.0]  # ‖w‖ = 0.1, inside c = 0.5
+    out = np.asarray(jaxnorm.max_norm_project({"kernel": jnp.asarray(w)}, 0.5)["kernel"])
+    np.testing.assert_allclose(out[:, 0], w[:, 0] * (0.5 / 0.8), rtol=1e-6)
+    np.testing.assert_array_equal(out[:, 1:], w[:, 1:])
