@@ -141,3 +141,39 @@ def test_nchw_instance_and_group_norm_with_axis_1_equal_channels_last_and_the_re
         y1 = jn.group_norm(x, scale, bias, num_groups=1, axis=1)
         ref = _two_pass(x64, (1, 2, 3), scale, bias)
         np.testing.assert_allclose(np.asarray(y1, np.float64), ref, rtol=1e-4, atol=1e-4)
+
+
+# --- group counts: the exact message, with the divisors and the nearest one (found by mutation testing) -----------
+
+
+@pytest.mark.parametrize(
+    ("kw", "want"),
+    [
+        (
+            {"num_groups": 5},
+            "num_groups=5; choose a divisor of 12 such as 6 "
+            r"\(divisors: \[1, 2, 3, 4, 6, 12\]\)",
+        ),
+        ({"num_groups": 0}, r"num_groups=0; choose a divisor of 12 such as 1 \(divisors: \[1, 2, 3, 4, 6, 12\]\)"),
+        ({"num_groups": 13}, r"num_groups=13; choose a divisor of 12 such as 12 \(divisors"),
+        ({"num_groups": 2.0}, r"num_groups=2.0; choose a divisor of 12 such as 1 \(divisors"),
+        ({"group_size": 5}, r"group_size=5; choose a divisor of 12: \[1, 2, 3, 4, 6, 12\]$"),
+        ({"group_size": 0}, r"group_size=0; choose a divisor of 12: \[1, 2, 3, 4, 6, 12\]$"),
+        ({"group_size": 4.0}, r"group_size=4.0; choose a divisor of 12"),
+    ],
+)
+def test_group_count_errors_name_the_divisors_and_the_nearest(kw, want):
+    x = jnp.ones((2, 3, 12))
+    with pytest.raises(ValueError, match=rf"^group_norm: 12 channels are not divisible by {want}"):
+        jn.group_norm(x, **kw)
+
+
+def test_group_count_both_or_neither_is_an_error_and_group_size_gives_the_count():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 12)), jnp.float32)
+    for kw in ({}, {"num_groups": 3, "group_size": 4}):
+        with pytest.raises(ValueError, match=r"^group_norm: give exactly one of num_groups and group_size"):
+            jn.group_norm(x, **kw)
+    np.testing.assert_array_equal(
+        np.asarray(jn.group_norm(x, group_size=4)), np.asarray(jn.group_norm(x, num_groups=3))
+    )
+    assert not np.allclose(np.asarray(jn.group_norm(x, group_size=3)), np.asarray(jn.group_norm(x, num_groups=3)))

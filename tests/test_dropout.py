@@ -796,3 +796,23 @@ def test_max_norm_below_one_and_a_zero_column():
     out = np.asarray(jaxnorm.max_norm_project({"kernel": jnp.asarray(w)}, 0.5)["kernel"])
     np.testing.assert_allclose(out[:, 0], w[:, 0] * (0.5 / 0.8), rtol=1e-6)
     np.testing.assert_array_equal(out[:, 1:], w[:, 1:])
+
+
+def test_gaussian_dropout_takes_a_traced_rate_and_refuses_a_static_one_of_one():
+    x = jnp.asarray(_np_normal(52, (64, 32)))
+    key = jax.random.key(5)
+    traced = jax.jit(lambda r: jaxnorm.gaussian_dropout(x, r, key=key))
+    np.testing.assert_allclose(
+        np.asarray(traced(0.3)), np.asarray(jaxnorm.gaussian_dropout(x, 0.3, key=key)), rtol=1e-5, atol=1e-7
+    )  # the traced std is rounded in float32 on the device, the static one on the host: 3.5e-6 relative measured
+    with pytest.raises(ValueError, match=r"^gaussian_dropout: rate must be < 1"):
+        jaxnorm.gaussian_dropout(x, 1.0, key=key)
+
+
+def test_alpha_dropout_at_rate_one_is_zero_with_zero_gradient_even_at_zero_inputs():
+    x = jnp.asarray([[0.0, 1.5, -2.0, 0.0]])
+    y, vjp = jax.vjp(lambda x: jaxnorm.alpha_dropout(x, 1.0, key=jax.random.key(0)), x)
+    np.testing.assert_array_equal(np.asarray(y), np.zeros((1, 4)))
+    np.testing.assert_array_equal(np.asarray(vjp(jnp.ones_like(y))[0]), np.zeros((1, 4)))
+    traced = jax.jit(lambda r: jaxnorm.alpha_dropout(x, r, key=jax.random.key(0)))(1.0)
+    np.testing.assert_array_equal(np.asarray(traced), np.zeros((1, 4)))
