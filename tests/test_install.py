@@ -141,4 +141,9 @@ def test_the_core_tests_pass_at_the_floors(core_venv):
     # the test tools, at versions pip finds compatible with the floors (they must not lift jax, flax or optax)
     tools = ("pytest", "pytest-xdist", "pytest-randomly", "pytest-timeout", "chex", "equinox")  # pyproject's addopts
     _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *tools, *_pins()])
-    _run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not lab", *files], cwd=ROOT)
+    try:
+        _run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not lab", *files], cwd=ROOT)
+    finally:
+        # the venv is shared by this file's tests, in any order: the researcher's script checks that jaxnorm.eqx
+        # says to install [equinox], so the core install must not keep the test tools' equinox
+        _run([python, "-m", "pip", "uninstall", "-q", "-y", "--disable-pip-version-check", "equinox"])
