@@ -30,9 +30,8 @@ def highest_precision():
     jax.config.update("jax_default_matmul_precision", old)
 
 
-@pytest.hookimpl(
-    wrapper=True, tryfirst=True
-)  # outermost: after pytest-randomly's shuffle (its wrapper is tryfirst too)
+# a tryfirst wrapper is outermost, so its code after the yield runs after pytest-randomly's shuffle (also a wrapper)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """The floor-venv run (tests/test_install.py, about 7 minutes of the suite) goes first: with ``-n`` its worker
     starts it at once instead of leaving it for the end while the other workers idle. Its tests build their own venv,

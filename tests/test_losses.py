@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxnorm
 from jaxnorm import losses
 
 
@@ -60,8 +61,6 @@ def test_correct_count_with_and_without_mask():
 
 @pytest.mark.parametrize("fraction", [0.25, 0.5])
 def test_masking_noise_zeroes_the_dropout_pattern_without_rescaling(fraction):
-    import jaxnorm
-
     x = jnp.asarray(_rng(3).uniform(1.0, 2.0, size=(200, 50)), jnp.float32)
     key = jax.random.key(7)
     y = np.asarray(losses.masking_noise(x, fraction, key=key))

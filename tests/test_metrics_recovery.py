@@ -235,18 +235,25 @@ def _assert_tensorboard_matches(wd, shown=_shown):
             assert len(steps) == len(set(steps)), (loader, tag)
 
 
-def test_tensorboard_shows_every_step_once_per_tag_after_rewind_and_replay(tmp_path):
-    """The probe of the restored step runs again but its train row stays; the pretraining rows count another
-    counter (steps 5 … 40, beyond the restored training step 6): one purge step for every tag must not lose them."""
-    w = MetricWriter(str(tmp_path))
+def _rewound_and_replayed(wd):
+    """Pretraining rows and steps 0 … 9, then a resume at step 6 that rewinds and writes steps 6 … 9 again; returns
+    what ``rewind_to(6)`` returned."""
+    w = MetricWriter(str(wd))
     _log_pretrain(w, 0, 40)
     _log_steps(w, 0, 10)
     w.close()
-    w = MetricWriter(str(tmp_path))
-    dropped, purge = w.rewind_to(6)
-    assert dropped == 7 and purge is not None and purge <= 6  # train/eval 7 … 10, probes 6 and 8
+    w = MetricWriter(str(wd))
+    rewound = w.rewind_to(6)
     _log_steps(w, 6, 10)
     w.close()
+    return rewound
+
+
+def test_tensorboard_shows_every_step_once_per_tag_after_rewind_and_replay(tmp_path):
+    """The probe of the restored step runs again but its train row stays; the pretraining rows count another
+    counter (steps 5 … 40, beyond the restored training step 6): one purge step for every tag must not lose them."""
+    dropped, purge = _rewound_and_replayed(tmp_path)
+    assert dropped == 7 and purge is not None and purge <= 6  # train/eval 7 … 10, probes 6 and 8
     _assert_tensorboard_matches(tmp_path)
     shown = _shown(str(tmp_path / "tensorboard"))["python"]
     assert shown["pretrain/loss"] == list(range(5, 41, 5))
@@ -370,14 +377,7 @@ def test_tensorboards_own_loader_shows_every_step_once_after_rewind_and_replay(t
         acc.Reload()
         return {"EventAccumulator": {t: [e.step for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}}
 
-    w = MetricWriter(str(tmp_path))
-    _log_pretrain(w, 0, 40)
-    _log_steps(w, 0, 10)
-    w.close()
-    w = MetricWriter(str(tmp_path))
-    w.rewind_to(6)
-    _log_steps(w, 6, 10)
-    w.close()
+    _rewound_and_replayed(tmp_path)
     got = accumulated(str(tmp_path / "tensorboard"))["EventAccumulator"]
     assert got and all(len(s) == len(set(s)) for s in got.values()), got  # it did read the points, each once
     _assert_tensorboard_matches(tmp_path, shown=accumulated)
