@@ -30,6 +30,15 @@ def highest_precision():
     jax.config.update("jax_default_matmul_precision", old)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--one-case-per-test",
+        action="store_true",
+        help="run each test function once, with the first value of each of its parameters (the floor-venv run: "
+        "every test function at the oldest jax/flax/optax, every case at the current ones)",
+    )
+
+
 # a tryfirst wrapper is outermost, so its code after the yield runs after pytest-randomly's shuffle (also a wrapper)
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_collection_modifyitems(config, items):
@@ -38,4 +47,14 @@ def pytest_collection_modifyitems(config, items):
     so their place in the order changes nothing else."""
     result = yield
     items.sort(key=lambda item: item.path.name != "test_install.py")
+    if config.getoption("one_case_per_test"):
+        keep = [item for item in items if _first_case(item)]
+        config.hook.pytest_deselected(items=[item for item in items if not _first_case(item)])
+        items[:] = keep
     return result
+
+
+def _first_case(item) -> bool:
+    """Whether every parameter of the test has its first value (callspec.indices: positions, not shuffled)."""
+    callspec = getattr(item, "callspec", None)
+    return callspec is None or not any(callspec.indices.values())

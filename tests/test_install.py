@@ -5,7 +5,9 @@ optax pinned to the oldest versions pyproject.toml admits.
   mnist1d, pyarrow, ...) except what flax itself requires (flax's own metadata, read in the venv);
 - a researcher's script (tests/_core_script.py) runs on it: pure batch norm at a large mean, group norm, dropout, a
   linen model with BatchNorm + Dropout, an NNX model with BatchNorm, ``jp.hvp`` on a quadratic, and the extras' errors;
-- the core tests (every test file that needs no extra beyond the test tools) pass at the floors.
+- the core tests (every test file that needs no extra beyond the test tools) pass at the floors: every test function
+  once, with the first value of each parameter (``--one-case-per-test``, tests/conftest.py); every case runs at the
+  current versions in the main suite.
 
 Needs the package index (pip downloads the floors); about 2 minutes for the venv, then the core tests.
 """
@@ -142,7 +144,12 @@ def test_the_core_tests_pass_at_the_floors(core_venv):
     tools = ("pytest", "pytest-xdist", "pytest-randomly", "pytest-timeout", "chex", "equinox")  # pyproject's addopts
     _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *tools, *_pins()])
     try:
-        _run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "not lab", *files], cwd=ROOT)
+        out = _run(
+            [python, "-m", "pytest", "-x", "-p", "no:cacheprovider", "-m", "not lab", "--one-case-per-test", *files],
+            cwd=ROOT,
+        )
+        passed = int(re.search(r"(\d+) passed", out).group(1))
+        assert passed >= 10 * len(files) and " deselected" in out, out[-2000:]
     finally:
         # the venv is shared by this file's tests, in any order: the researcher's script checks that jaxnorm.eqx
         # says to install [equinox], so the core install must not keep the test tools' equinox
