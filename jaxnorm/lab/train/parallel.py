@@ -128,8 +128,8 @@ class PeerWatchdog:
 
     Every process bumps its own counter in the coordination service's key-value store once a second and watches the
     others'; a peer whose counter has not moved for ``timeout`` seconds (or a coordinator that no longer answers) is
-    reported as ``error: process K of N stopped responding; last checkpoint step S`` and the process exits with
-    status 1. ``last_checkpoint`` is kept up to date by the caller."""
+    reported as ``error: process ME of N: peer process K stopped responding ...; last checkpoint step S`` and the
+    process exits with status 1. ``last_checkpoint`` is kept up to date by the caller."""
 
     def __init__(self, timeout: float, interval: float = 1.0):
         from jax._src import distributed  # the client of jax.distributed: no public handle to it exists
@@ -154,7 +154,8 @@ class PeerWatchdog:
         if self._stop.is_set():
             return
         print(
-            f"error: process {who} of {self.n} stopped responding (no heartbeat for {self.timeout:.0f} s); last "
+            f"error: process {self.me} of {self.n}: {'the coordinator, ' if who == 0 else ''}peer process {who} "
+            f"stopped responding (no heartbeat for {self.timeout:.0f} s); last "
             f"checkpoint step {self.last_checkpoint if self.last_checkpoint is not None else 'none'}. Restart "
             "every process with the same command to resume",
             file=sys.stderr,
