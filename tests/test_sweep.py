@@ -129,16 +129,25 @@ def test_report_cli_rejects_unknown_experiments(tmp_path):
     assert not (tmp_path / "w").exists() and not (tmp_path / "r.md").exists()
 
 
-def test_sweep_cli_errors_before_running(tmp_path):
-    cmd = [sys.executable, "-m", "jaxnorm.lab.sweep", EXPERIMENT_FILES["ba"], "--workdir", str(tmp_path / "w")]
-    bad = subprocess.run(cmd + ["--config.nrom=batch"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+def test_sweep_cli_errors_before_running(tmp_path, capsys):
+    args = [EXPERIMENT_FILES["ba"], "--workdir", str(tmp_path / "w")]
+    # the module entry once, as a user types it; the other errors through its main() (the same code, no new process)
+    bad = subprocess.run(
+        [sys.executable, "-m", "jaxnorm.lab.sweep", *args, "--config.nrom=batch"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "nrom" in bad.stderr
-    grid_key = subprocess.run(cmd + ["--config.norm=group"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert grid_key.returncode == 1 and "grid key" in grid_key.stderr
-    size = subprocess.run(cmd + ["--config.size=huge"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert size.returncode == 1 and "'huge'" in size.stderr and "full" in size.stderr
-    seed = subprocess.run(cmd + ["--seeds", "0"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert seed.returncode == 1 and "--seeds" in seed.stderr
+    for flags, expected in (
+        (["--config.norm=group"], ("grid key",)),
+        (["--config.size=huge"], ("'huge'", "full")),
+        (["--seeds", "0"], ("--seeds",)),
+    ):
+        assert sweep.main(args + flags) == 1, flags
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and all(e in err for e in expected), (flags, err)
     assert not (tmp_path / "w").exists()
 
 
