@@ -54,33 +54,27 @@ def flat(params):
 def dense(loss, params, batch):
     """The dense Hessian of ``loss`` at ``params`` on ``batch`` (float32, on the raveled vector)."""
     v, unravel = flat(params)
-    return np.asarray(jax.hessian(lambda w: loss(unravel(w), batch))(v))
+    return np.asarray(jax.jit(jax.hessian(lambda w: loss(unravel(w), batch)))(v))  # one program, not op by op
 
 
 def dense_ggn(split, params, batch, fisher=False):
     v, unravel = flat(params)
-    jac = jax.jacobian(lambda w: split.outputs(unravel(w), batch))(v)  # (N, C, n)
+    jac = jax.jit(jax.jacobian(lambda w: split.outputs(unravel(w), batch)))(v)  # (N, C, n)
     z = split.outputs(params, batch)
     c = np.asarray(split.weights(batch))
     if fisher:  # the expectation over the model's labels of the score outer product
         p = np.asarray(jax.nn.softmax(z))
         h_out = np.stack([np.diag(pi) - np.outer(pi, pi) for pi in p])
     else:
-        h_out = np.stack(
-            [
-                np.asarray(
-                    jax.hessian(lambda zi: per_example_loss(zi[None], batch["y"][i : i + 1], split.loss)[0])(z[i])
-                )
-                for i in range(z.shape[0])
-            ]
-        )
+        h_one = jax.jit(jax.hessian(lambda zi, yi: per_example_loss(zi[None], yi[None], split.loss)[0]))
+        h_out = np.stack([np.asarray(h_one(z[i], jnp.asarray(batch["y"])[i])) for i in range(z.shape[0])])
     jac = np.asarray(jac)
     return np.einsum("i,iak,iab,ibl->kl", c, jac, h_out, jac)
 
 
 def dense_empirical_fisher(split, params, batch):
     v, unravel = flat(params)
-    g = np.asarray(jax.jacobian(lambda w: split.per_example(split.outputs(unravel(w), batch), batch))(v))  # (N, n)
+    g = np.asarray(jax.jit(jax.jacobian(lambda w: split.per_example(split.outputs(unravel(w), batch), batch)))(v))
     return np.einsum("i,ik,il->kl", np.asarray(split.weights(batch)), g, g)
 
 
