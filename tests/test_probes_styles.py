@@ -112,7 +112,7 @@ def test_probes_run_on_an_nnx_model_and_match_dense_curvature(batch):
     model = NnxNet(nnx.Rngs(1))
     loss_fn, params = jp.nnx_loss_fn(model, train=False)
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    dense = jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)
+    dense = jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), batch)))(flat)
     top = np.linalg.eigvalsh(np.asarray(dense, np.float64))[-1]
     vals, _ = jp.hessian_top_eigenvalues(loss_fn, params, batch, k=1, key=jax.random.key(0), num_iters=200)
     np.testing.assert_allclose(vals[0], top, rtol=2e-3)
@@ -150,7 +150,7 @@ def test_eqx_loss_fn_in_inference_mode_matches_the_linen_eval_loss(batch):
     np.testing.assert_allclose(loss_fn(params, batch), ref(linen_params, batch), rtol=1e-6)
     tr = jp.hessian_trace(loss_fn, params, batch, key=jax.random.key(0), num_samples=400)["trace"]
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    exact = np.trace(np.asarray(jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat), np.float64))
+    exact = np.trace(np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), batch)))(flat), np.float64))
     np.testing.assert_allclose(tr, exact, rtol=0.25)  # Hutchinson with 400 probes
 
 
