@@ -488,7 +488,7 @@ def test_check_grads_every_transform(name):
     with jax.enable_x64(True):
         x = rand((6, 3, 4), loc=0.4).astype(jnp.float64)
         s, b = (v.astype(jnp.float64) for v in affine(4))
-        check_grads(f, (x, s, b), order=1, modes=("rev", "fwd"), atol=1e-5, rtol=1e-5, eps=1e-4)
+        check_grads(jax.jit(f), (x, s, b), order=1, modes=("rev", "fwd"), atol=1e-5, rtol=1e-5, eps=1e-4)
     x = rand((6, 3, 4), loc=0.4)
     s, b = affine(4)
     y = jax.jit(f)(x, s, b)
@@ -499,7 +499,7 @@ def test_lp_inf_grads():
     with jax.enable_x64(True):  # float64 and a small step: see test_check_grads_every_transform
         x = rand((6, 4), loc=0.4).astype(jnp.float64)
         check_grads(
-            lambda x: jn.lp_batch_norm(x, None, None, STATS4, train=True, p="inf")[0],
+            jax.jit(lambda x: jn.lp_batch_norm(x, None, None, STATS4, train=True, p="inf")[0]),
             (x,),
             order=1,
             modes=("rev",),
