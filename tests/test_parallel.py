@@ -295,6 +295,11 @@ def _wait_for_training(procs, metrics, timeout=240):
     assert metrics.exists(), "training never started"
 
 
+# whichever notices first speaks, each naming the survivor first: jaxnorm's heartbeat watchdog ("peer process K"),
+# a failed collective ("a peer process") or JAX's distributed service ("a peer process or the coordinator")
+PEER_LOST = r"error: process {} of 2: .*peer process.* stopped responding"
+
+
 def test_killed_process_makes_the_other_fail_fast(tmp_path):
     port = _free_port()
     flags = [
@@ -311,9 +316,7 @@ def test_killed_process_makes_the_other_fail_fast(tmp_path):
     except subprocess.TimeoutExpired:
         procs[0].kill()
         pytest.fail("the surviving process hung for 120 s after its peer died")
-    assert re.match(
-        r"error: process 0 of 2: (peer process 1|a peer process) stopped responding", err.strip().splitlines()[-1]
-    ), err[-3000:]
+    assert re.match(PEER_LOST.format(0), err.strip().splitlines()[-1]), err[-3000:]
     assert len([x for x in err.strip().splitlines() if x.strip()]) == 1, err[-3000:]
     assert procs[0].returncode == 1, (procs[0].returncode, err[-3000:])  # an exit, not an abort (134)
 
@@ -336,7 +339,7 @@ def test_killed_coordinator_makes_the_other_exit_with_one_line(tmp_path):
         pytest.fail("process 1 hung for 120 s after the coordinator died")
     assert procs[1].returncode == 1, (procs[1].returncode, err[-3000:])
     assert re.match(
-        r"error: process 1 of 2: (the coordinator, peer process 0|a peer process) stopped responding",
+        PEER_LOST.format(1),
         err.strip().splitlines()[-1],
     ), err[-3000:]
     assert len([x for x in err.strip().splitlines() if x.strip()]) == 1, err[-3000:]
