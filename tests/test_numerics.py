@@ -130,6 +130,33 @@ def test_population_stats_weights_batches_by_their_counts():
     assert int(pop["count"]) == 4
 
 
+@pytest.mark.parametrize(
+    "name, statistic",
+    [
+        # which values share a statistic with x[0, 1, 1, 0]: its (example, group of 2 channels), (example, channel),
+        # (example) or (channel); every other value must stay finite, in y and in the gradient, as in PyTorch
+        ("group", lambda idx: (idx[0] == 0) & (idx[3] < 2)),
+        ("instance", lambda idx: (idx[0] == 0) & (idx[3] == 0)),
+        ("layer", lambda idx: idx[0] == 0),
+        ("batch", lambda idx: idx[3] == 0),
+    ],
+)
+def test_a_non_finite_value_spoils_only_its_own_statistic(name, statistic):
+    x = np.asarray(data(0.5, shape=(3, 3, 3, 8))[0]).copy()
+    x[0, 1, 1, 0] = np.inf
+    fn = {
+        "group": lambda x: jn.group_norm(x, num_groups=4),
+        "instance": lambda x: jn.instance_norm(x),
+        "layer": lambda x: jn.layer_norm(x, axes=(1, 2, 3)),
+        "batch": lambda x: jn.batch_norm(x, None, None, jn.init_batch_stats(8), train=True)[0],
+    }[name]
+    y, vjp = jax.vjp(fn, jnp.asarray(x))
+    (dx,) = vjp(jnp.ones_like(y))
+    shared = statistic(np.indices(x.shape))
+    assert not np.isfinite(np.asarray(y)[shared]).all()
+    assert np.isfinite(np.asarray(y)[~shared]).all() and np.isfinite(np.asarray(dx)[~shared]).all()
+
+
 def test_constant_channels_have_zero_variance():
     x = jnp.broadcast_to(jnp.array([-1000.1, 10000.3, 5.0, 1e5], jnp.float32), (64, 4, 4))
     mean = np.asarray(x[0, 0], np.float64)
