@@ -71,16 +71,26 @@ from jaxnorm.probes.model import (
 )
 from jaxnorm.probes.operators import OPERATORS, Dataset, SplitLoss, dataset
 from jaxnorm.probes.santurkar import DEFAULT_ETA_MULTIPLIERS, eta_grid, santurkar_probe
+from jaxnorm.probes.sharpness import (
+    MOMENTUM_KINDS,
+    SharpnessTracker,
+    adam_preconditioner,
+    sharpness,
+    stability_threshold,
+)
 
 __all__ = [
     "DEFAULT_ETA_MULTIPLIERS",
     "Dataset",
     "INVARIANCE_TRANSFORMS",
     "LOSSES",
+    "MOMENTUM_KINDS",
     "OPERATORS",
     "PROBES",
+    "SharpnessTracker",
     "SplitLoss",
     "activation_percentiles_fn",
+    "adam_preconditioner",
     "curvature_per_layer",
     "dataset",
     "directional_curvature",
@@ -104,6 +114,8 @@ __all__ = [
     "nnx_loss_fn",
     "norm_invariances",
     "santurkar_probe",
+    "sharpness",
+    "stability_threshold",
     "trajectory_pca",
     "trajectory_surface",
 ]

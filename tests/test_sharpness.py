@@ -1,0 +1,178 @@
+"""Sharpness against the edge of stability (jaxnorm.probes.sharpness): λ_max exact on a quadratic of known spectrum,
+the thresholds checked by their effect (the optimizer diverges just above them and converges just below), λ_max
+equal to the dense Hessian's on a small network during gradient descent, warm starts cheaper than cold ones, and
+Adam's preconditioned sharpness equal to the dense eigenvalue of P⁻¹H built from the optimizer state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxnorm.probes as jp
+
+SPECTRUM = (5.0, 3.0, 1.0, 0.5, -0.2)
+CONVEX = (5.0, 3.0, 1.0, 0.5, 0.2)  # for the divergence tests: a negative direction diverges at any step size
+
+
+def quadratic(spectrum=SPECTRUM):
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))
+    a = jnp.asarray(q @ np.diag(spectrum) @ q.T, jnp.float32)
+    return (lambda w, batch: 0.5 * w @ batch["a"] @ w), {"a": a}
+
+
+def test_lambda_max_of_a_quadratic_is_its_top_eigenvalue():
+    loss_fn, batch = quadratic()
+    out = jp.sharpness(loss_fn, jnp.ones(5), batch, lr=0.3, tol=1e-7, num_iters=500)
+    assert out["lambda_max"] == pytest.approx(5.0, rel=1e-5)
+    assert out["threshold"] == pytest.approx(2 / 0.3) and out["ratio"] == pytest.approx(5.0 * 0.3 / 2, rel=1e-5)
+    assert not out["at_edge"] and not out["above_threshold"]  # ratio 0.75
+    v = ravel_pytree(out["eigenvector"])[0]
+    np.testing.assert_allclose(np.asarray(batch["a"] @ v), 5.0 * np.asarray(v), atol=1e-3)
+
+
+def _diverges(step_fn, w, steps=400):
+    for _ in range(steps):
+        w = step_fn(w)
+    return not bool(jnp.linalg.norm(w) < 10.0)
+
+
+@pytest.mark.parametrize("factor", [0.97, 1.03])
+def test_gradient_descent_diverges_exactly_when_the_tracker_says_it_is_above_the_threshold(factor):
+    loss_fn, batch = quadratic(CONVEX)
+    lr = factor * 2.0 / 5.0
+    grad = jax.jit(jax.grad(loss_fn))
+    diverged = _diverges(lambda w: w - lr * grad(w, batch), jnp.ones(5))
+    out = jp.sharpness(loss_fn, jnp.ones(5), batch, lr=lr, tol=1e-7, num_iters=500)
+    assert diverged == out["above_threshold"] == (factor > 1)
+    assert out["at_edge"]  # within the default band of 0.1
+
+
+@pytest.mark.parametrize("factor", [0.97, 1.03])
+def test_heavy_ball_threshold_by_its_effect(factor):
+    loss_fn, batch = quadratic(CONVEX)
+    beta = 0.9
+    lr = factor * (2 + 2 * beta) / 5.0  # λ_max·η = factor·(2 + 2β)
+    tx = optax.sgd(lr, momentum=beta)
+    w, state = jnp.ones(5), tx.init(jnp.ones(5))
+    grad = jax.jit(jax.grad(loss_fn))
+    for _ in range(2000):
+        u, state = tx.update(grad(w, batch), state)
+        w = optax.apply_updates(w, u)
+    out = jp.sharpness(loss_fn, w if factor < 1 else jnp.ones(5), batch, lr=lr, momentum=beta, tol=1e-7, num_iters=500)
+    assert (not bool(jnp.linalg.norm(w) < 10.0)) == out["above_threshold"] == (factor > 1)
+
+
+@pytest.mark.parametrize("factor", [0.97, 1.03])
+def test_ema_momentum_threshold_by_its_effect(factor):
+    beta, lam = 0.9, 5.0
+    lr = factor * (2 + 2 * beta) / ((1 - beta) * lam)
+    w, m = 1.0, 0.0
+    for _ in range(3000):
+        m = beta * m + (1 - beta) * lam * w
+        w = w - lr * m
+    threshold = jp.stability_threshold(lr, momentum=beta, momentum_kind="ema")
+    assert (not abs(w) < 10.0) == (lam > threshold) == (factor > 1)  # `not <`: a diverged w ends as NaN
+    assert jp.stability_threshold(1.0, momentum=0.9, momentum_kind="ema") == pytest.approx(38.0)  # Cohen et al. 2022
+
+
+def mlp():
+    r = np.random.default_rng(1)
+    params = {
+        "w1": jnp.asarray(r.normal(size=(4, 6)) * 0.8, jnp.float32),
+        "b1": jnp.zeros(6, jnp.float32),
+        "w2": jnp.asarray(r.normal(size=(6, 2)) * 0.8, jnp.float32),
+    }
+    batch = {
+        "x": jnp.asarray(r.normal(size=(16, 4)), jnp.float32),
+        "y": jnp.asarray(r.normal(size=(16, 2)), jnp.float32),
+    }
+
+    def loss_fn(p, b):
+        return 0.5 * jnp.mean(jnp.sum((jnp.tanh(b["x"] @ p["w1"] + p["b1"]) @ p["w2"] - b["y"]) ** 2, -1))
+
+    return loss_fn, params, batch
+
+
+def dense_hessian(loss_fn, params, batch):
+    flat, unravel = ravel_pytree(params)
+    return np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), batch)))(flat), np.float64)
+
+
+def top_by_magnitude(mat):
+    ev = np.linalg.eigvalsh(mat)
+    return ev[np.argmax(np.abs(ev))]
+
+
+def test_the_tracker_equals_the_dense_hessian_during_gradient_descent_and_warm_starts_save_products():
+    loss_fn, params, batch = mlp()
+    lr = 0.2
+    tracker = jp.SharpnessTracker(loss_fn, lr=lr, tol=1e-6, num_iters=500)
+    grad = jax.jit(jax.grad(loss_fn))
+    warm, cold = [], []
+    for step in range(31):
+        if step % 10 == 0:
+            row = tracker(params, batch, step=step)
+            want = top_by_magnitude(dense_hessian(loss_fn, params, batch))
+            assert row["lambda_max"] == pytest.approx(want, rel=1e-3), step
+            assert row["ratio"] == pytest.approx(want * lr / 2, rel=1e-3) and row["step"] == step and row["lr"] == lr
+            warm.append(row["num_products"])
+            cold.append(jp.sharpness(loss_fn, params, batch, lr=lr, tol=1e-6, num_iters=500)["num_products"])
+        params = jax.tree.map(lambda p, g: p - lr * g, params, grad(params, batch))
+    assert sum(warm[1:]) < sum(cold[1:]), (warm, cold)
+
+
+def test_adam_preconditioned_sharpness_equals_the_dense_eigenvalue_of_p_inverse_h():
+    loss_fn, params, batch = mlp()
+    tx = optax.adam(0.01, b1=0.9, b2=0.99)
+    state = tx.init(params)
+    grad = jax.jit(jax.grad(loss_fn))
+    for _ in range(5):
+        u, state = tx.update(grad(params, batch), state)
+        params = optax.apply_updates(params, u)
+    p = jp.adam_preconditioner(state, b2=0.99)
+    adam_state = state[0]
+    want_p = jax.tree.map(lambda n: np.sqrt(np.asarray(n) / (1 - 0.99**5)) + 1e-8, adam_state.nu)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(want_p)):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6)
+    out = jp.sharpness(loss_fn, params, batch, lr=0.01, momentum=0.9, momentum_kind="ema", preconditioner=p,
+                       tol=1e-7, num_iters=2000)  # fmt: skip
+    d = 1.0 / np.sqrt(np.asarray(ravel_pytree(p)[0], np.float64))
+    want = top_by_magnitude(d[:, None] * dense_hessian(loss_fn, params, batch) * d[None, :])
+    assert out["lambda_max"] == pytest.approx(want, rel=1e-3)
+    assert out["threshold"] == pytest.approx(38.0 / 0.01)
+    plain = jp.sharpness(loss_fn, params, batch, lr=0.01, tol=1e-7, num_iters=2000)["lambda_max"]
+    assert abs(plain - out["lambda_max"]) > 0.1 * abs(plain)  # the preconditioner changes the answer
+
+
+def test_rmsprop_preconditioner_is_the_square_root_of_nu_plus_eps():
+    _, params, _ = mlp()
+    tx = optax.rmsprop(0.01, decay=0.9, eps=1e-6)
+    state = tx.init(params)
+    g = jax.tree.map(jnp.ones_like, params)
+    _, state = tx.update(g, state)
+    p = jp.adam_preconditioner(state, eps=1e-6)
+    for leaf in jax.tree.leaves(p):
+        np.testing.assert_allclose(np.asarray(leaf), np.sqrt(0.1 + 1e-6), rtol=1e-6)
+
+
+def test_bad_arguments_are_clear_errors():
+    loss_fn, batch = quadratic()
+    w = jnp.ones(5)
+    with pytest.raises(ValueError, match=r"lr must be a finite step size > 0, got 0.0"):
+        jp.sharpness(loss_fn, w, batch, lr=0.0)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.0"):
+        jp.stability_threshold(0.1, momentum=1.0)
+    with pytest.raises(ValueError, match=r"momentum_kind must be one of \('heavy_ball', 'ema'\), got 'nesterov'"):
+        jp.stability_threshold(0.1, momentum=0.9, momentum_kind="nesterov")
+    with pytest.raises(ValueError, match=r"num_iters must be an int >= 1, got 0"):
+        jp.sharpness(loss_fn, w, batch, lr=0.1, num_iters=0)
+    with pytest.raises(ValueError, match=r"v0 must be a pytree shaped like params \(5 values\)"):
+        jp.sharpness(loss_fn, w, batch, lr=0.1, v0=jnp.ones(4))
+    with pytest.raises(ValueError, match=r"preconditioner must be positive"):
+        jp.sharpness(loss_fn, w, batch, lr=0.1, preconditioner=jnp.zeros(5))
+    with pytest.raises(ValueError, match=r"holds 0 Adam/RMSProp states"):
+        jp.adam_preconditioner(optax.sgd(0.1).init(w))
+    with pytest.raises(ValueError, match=r"lr must be a finite step size > 0, got -1.0"):
+        jp.SharpnessTracker(loss_fn, lr=-1.0)
