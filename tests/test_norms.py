@@ -348,6 +348,29 @@ def test_folded_bn_model_equals_unfolded_in_eval():
     close(folded.apply({"params": fp}, x), model.apply(v, x, train=False), 1e-4)
 
 
+@pytest.mark.parametrize("epsilon", [1e-5, 0.3])
+def test_fold_batch_norm_equals_the_eval_formula_in_float64(epsilon):
+    """W' = W·a, b' = a·(b − E[x]) + β, a = γ/√(Var + ε): against the eval-mode formula, with variances small
+    enough (0.01–0.05) that ε = 0.3 dominates them, so an ε dropped or misplaced fails by orders of magnitude."""
+    r = np.random.default_rng(4)
+    kernel, bias = r.normal(size=(3, 3, 2, 4)), r.normal(size=4)
+    gamma, beta = r.normal(1.0, 0.3, size=4), r.normal(size=4)
+    st = {"mean": r.normal(size=4), "var": r.uniform(0.01, 0.05, size=4), "count": 3}
+    x = r.normal(size=(5, 3, 3, 2))
+    w, b = jn.fold_batch_norm(
+        jnp.asarray(kernel, jnp.float32),
+        jnp.asarray(bias, jnp.float32),
+        jnp.asarray(gamma, jnp.float32),
+        jnp.asarray(beta, jnp.float32),
+        {k: jnp.asarray(v, jnp.float32) for k, v in st.items()},
+        epsilon=epsilon,
+    )
+    z = np.einsum("nhwc,hwcd->nd", x, kernel) + bias
+    want = (z - st["mean"]) / np.sqrt(st["var"] + epsilon) * gamma + beta
+    got = np.einsum("nhwc,hwcd->nd", x, np.asarray(w, np.float64)) + np.asarray(b, np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_population_batch_stats_for_a_flax_model():
     model = ConvBN()
     x = rand((6, 5, 5, 3))

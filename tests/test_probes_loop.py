@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 from test_train import final_state, load_config
 
 from jaxnorm.lab import plots
@@ -12,10 +13,11 @@ from jaxnorm.lab.train.metrics import read_metrics
 
 def test_probes_in_the_loop_leave_training_unchanged_and_plot(tmp_path):
     base = dict(num_steps=10, checkpoint_every=10, eval_every=10, log_every=5, dropout="dropout", dropout_rate=0.1)
+    base.update(schedule="constant", learning_rate=0.05, optimizer="momentum", momentum=0.9)
     loop.train_and_evaluate(load_config(**base), str(tmp_path / "plain"))
     c = load_config(**base)
     c.probes.every = 5
-    c.probes.kinds = ("santurkar", "ics")
+    c.probes.kinds = ("santurkar", "ics", "sharpness")
     c.probes.ics_layers = ("conv_0", "conv_1")
     loop.train_and_evaluate(c, str(tmp_path / "probed"))
     _, a = final_state(tmp_path / "plain")
@@ -27,6 +29,10 @@ def test_probes_in_the_loop_leave_training_unchanged_and_plot(tmp_path):
     assert all(len(r["santurkar/losses"]) == 8 and r["santurkar/beta_smoothness"] > 0 for r in rows)
     assert {"ics/l2/conv_0", "ics/cos/conv_1"} <= set(rows[0]) and "ics/l2/head" not in rows[0]
     assert rows[0]["ics/l2/conv_0"] == 0.0  # nothing precedes the first layer
+    for r in rows:  # heavy-ball momentum 0.9 at η = 0.05: the threshold (2 + 2β)/η = 76
+        assert r["sharpness/threshold"] == pytest.approx(76.0) and r["sharpness/lambda_max"] > 0
+        assert r["sharpness/ratio"] == pytest.approx(r["sharpness/lambda_max"] / 76.0)
+        assert 2 <= r["sharpness/num_products"] <= 20 and r["sharpness/converged"] in (True, False)
     paths = plots.make_plots([str(tmp_path / "probed"), str(tmp_path / "plain")], str(tmp_path / "figs"))
     assert sorted(os.path.basename(p) for p in paths) == ["curves.png", "ics.png", "santurkar.png"]
     assert all(os.path.getsize(p) > 10_000 for p in paths)
@@ -37,7 +43,6 @@ def test_bad_probe_config_is_refused_before_writing(tmp_path):
     c = load_config()
     c.probes.every = 5
     c.probes.kinds = ("santurkar", "hessian_magic")
-    import pytest
 
     with pytest.raises(ValueError, match=r"unknown probes \['hessian_magic'\]"):
         loop.train_and_evaluate(c, str(tmp_path / "wd"))

@@ -28,6 +28,9 @@ def test_lambda_max_of_a_quadratic_is_its_top_eigenvalue():
     assert out["lambda_max"] == pytest.approx(5.0, rel=1e-5)
     assert out["threshold"] == pytest.approx(2 / 0.3) and out["ratio"] == pytest.approx(5.0 * 0.3 / 2, rel=1e-5)
     assert not out["at_edge"] and not out["above_threshold"]  # ratio 0.75
+    assert out["converged"] and out["num_products"] < 500
+    short = jp.sharpness(loss_fn, jnp.ones(5), batch, lr=0.3, tol=1e-7, num_iters=3)
+    assert not short["converged"] and short["num_products"] == 3
     v = ravel_pytree(out["eigenvector"])[0]
     np.testing.assert_allclose(np.asarray(batch["a"] @ v), 5.0 * np.asarray(v), atol=1e-3)
 
@@ -49,19 +52,21 @@ def test_gradient_descent_diverges_exactly_when_the_tracker_says_it_is_above_the
     assert out["at_edge"]  # within the default band of 0.1
 
 
+@pytest.mark.parametrize("kind", ["heavy_ball", "nesterov"])
 @pytest.mark.parametrize("factor", [0.97, 1.03])
-def test_heavy_ball_threshold_by_its_effect(factor):
+def test_sgd_momentum_thresholds_by_their_effect(factor, kind):
     loss_fn, batch = quadratic(CONVEX)
     beta = 0.9
-    lr = factor * (2 + 2 * beta) / 5.0  # λ_max·η = factor·(2 + 2β)
-    tx = optax.sgd(lr, momentum=beta)
+    lr = factor * jp.stability_threshold(1.0, momentum=beta, momentum_kind=kind) / 5.0  # λ_max = factor·threshold
+    tx = optax.sgd(lr, momentum=beta, nesterov=kind == "nesterov")
     w, state = jnp.ones(5), tx.init(jnp.ones(5))
     grad = jax.jit(jax.grad(loss_fn))
     for _ in range(2000):
         u, state = tx.update(grad(w, batch), state)
         w = optax.apply_updates(w, u)
-    out = jp.sharpness(loss_fn, w if factor < 1 else jnp.ones(5), batch, lr=lr, momentum=beta, tol=1e-7, num_iters=500)
+    out = jp.sharpness(loss_fn, jnp.ones(5), batch, lr=lr, momentum=beta, momentum_kind=kind, tol=1e-7, num_iters=500)
     assert (not bool(jnp.linalg.norm(w) < 10.0)) == out["above_threshold"] == (factor > 1)
+    assert out["threshold"] == pytest.approx({"heavy_ball": 3.8, "nesterov": 3.8 / 2.8}[kind] / lr)
 
 
 @pytest.mark.parametrize("factor", [0.97, 1.03])
@@ -164,8 +169,10 @@ def test_bad_arguments_are_clear_errors():
         jp.sharpness(loss_fn, w, batch, lr=0.0)
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.0"):
         jp.stability_threshold(0.1, momentum=1.0)
-    with pytest.raises(ValueError, match=r"momentum_kind must be one of \('heavy_ball', 'ema'\), got 'nesterov'"):
-        jp.stability_threshold(0.1, momentum=0.9, momentum_kind="nesterov")
+    with pytest.raises(
+        ValueError, match=r"momentum_kind must be one of \('heavy_ball', 'nesterov', 'ema'\), got 'polyak'"
+    ):
+        jp.stability_threshold(0.1, momentum=0.9, momentum_kind="polyak")
     with pytest.raises(ValueError, match=r"num_iters must be an int >= 1, got 0"):
         jp.sharpness(loss_fn, w, batch, lr=0.1, num_iters=0)
     with pytest.raises(ValueError, match=r"v0 must be a pytree shaped like params \(5 values\)"):
@@ -176,3 +183,45 @@ def test_bad_arguments_are_clear_errors():
         jp.adam_preconditioner(optax.sgd(0.1).init(w))
     with pytest.raises(ValueError, match=r"lr must be a finite step size > 0, got -1.0"):
         jp.SharpnessTracker(loss_fn, lr=-1.0)
+
+
+def test_the_probe_kind_reads_adams_preconditioner_and_refuses_a_trace():
+    import types
+
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=True):
+            return nn.Dense(3)(jnp.tanh(nn.Dense(8)(x)))
+
+    r = np.random.default_rng(2)
+    batch = {"x": jnp.asarray(r.normal(size=(16, 4)), jnp.float32), "y": jnp.asarray(r.integers(0, 3, 16))}
+    model = Net()
+    params = model.init(jax.random.key(0), batch["x"])["params"]
+    tx = optax.adam(0.01)
+    opt_state = tx.init(params)
+    loss_fn = jp.model_state_loss_fn(model, train=True)
+    inputs = {"batch": batch, "batch_stats": {}, "dropout_key": jax.random.key(1)}
+    for _ in range(3):
+        u, opt_state = tx.update(jax.grad(loss_fn)(params, inputs), opt_state)
+        params = optax.apply_updates(params, u)
+    state = types.SimpleNamespace(step=3, params=params, batch_stats={}, opt_state=opt_state)
+    exact = {"tol": 1e-7, "num_iters": 2000}
+    adam = {"momentum": 0.9, "momentum_kind": "ema", "preconditioner": "adam", **exact}
+    rows = {
+        name: jp.make_probe_fn(model, probes=("sharpness",), lr=0.01, options={"sharpness": opts})(
+            state, batch, jax.random.key(3)
+        )
+        for name, opts in (("adam", adam), ("plain", exact))
+    }
+    want = jp.sharpness(loss_fn, params, inputs, lr=0.01, preconditioner=jp.adam_preconditioner(opt_state), **exact)
+    assert rows["adam"]["sharpness/lambda_max"] == pytest.approx(want["lambda_max"], rel=1e-3)
+    assert rows["adam"]["sharpness/threshold"] == pytest.approx(3800.0)
+    assert rows["plain"]["sharpness/threshold"] == pytest.approx(200.0)
+    assert abs(rows["plain"]["sharpness/lambda_max"] - want["lambda_max"]) > 0.1 * abs(want["lambda_max"])
+    probe_fn = jp.make_probe_fn(model, probes=("sharpness",), lr=0.01)
+    with pytest.raises(ValueError, match=r"'sharpness' probe is a host loop .* call probe_fn eagerly"):
+        jax.jit(lambda p: probe_fn(types.SimpleNamespace(**{**vars(state), "params": p}), batch, jax.random.key(3)))(
+            params
+        )

@@ -14,6 +14,7 @@ from jaxnorm.probes import curvature as _curv
 from jaxnorm.probes import ics as _ics
 from jaxnorm.probes import landscape as _land
 from jaxnorm.probes import santurkar as _sant
+from jaxnorm.probes import sharpness as _sharp
 from jaxnorm.probes.operators import SplitLoss
 
 
@@ -364,6 +365,7 @@ PROBES = (
     "loss_slice_1d",
     "loss_slice_2d",
     "activation_percentiles",
+    "sharpness",
 )
 
 
@@ -475,20 +477,26 @@ def make_probe_fn(
       probes: names from ``PROBES``: ``'santurkar'`` (along the gradient), ``'santurkar_random'``, ``'ics'``,
         ``'top_eigenvalues'``, ``'hessian_trace'``, ``'directional_curvature'``, ``'spectral_density'``,
         ``'loss_slice_1d'``, ``'loss_slice_2d'`` (an 11 × 11 filter-normalized surface by default),
-        ``'activation_percentiles'`` (see :func:`activation_percentiles_fn`).
+        ``'activation_percentiles'`` (see :func:`activation_percentiles_fn`), ``'sharpness'`` (λ_max against the
+        stability threshold, :func:`jaxnorm.probes.sharpness`, warm-started from the previous call's eigenvector;
+        eager calls only).
       lr: the learning rate (a float or a schedule ``lr(step)``): the Santurkar grid ``[0.5, 4]·lr`` and the ICS
         SGD update.
       tx: if given, ICS updates the earlier layers with this optimizer's step from ``state.opt_state`` instead of SGD.
       loss, train, axis_name: as in :func:`model_loss_fn` (``axis_name`` is also the axis of the probes' ``pmean``).
       options: per-probe keyword arguments, e.g. ``{'santurkar': {'chunk': 2}, 'ics': {'layers': ['conv_1']},
-        'top_eigenvalues': {'k': 2, 'num_iters': 20}, 'hessian_trace': {'num_samples': 10}}``.
+        'top_eigenvalues': {'k': 2, 'num_iters': 20}, 'hessian_trace': {'num_samples': 10}}``; for
+        ``'sharpness'``: ``momentum``, ``momentum_kind``, ``band``, ``num_iters`` (20), ``tol`` (1e-3) and
+        ``preconditioner='adam'`` (P from ``state.opt_state``, with ``b2``, ``eps``).
 
     Returns metrics named ``'<probe>/<quantity>'``: ``santurkar/loss_min``, ``santurkar/beta_smoothness``, …,
     ``santurkar/losses`` (K,); ``ics/l2/<layer>``, ``ics/cos/<layer>``, ``ics/grad_norm/<layer>``;
     ``hessian/top_eigenvalues`` (k,), ``hessian/top_eigenvalue``, ``hessian/trace``,
     ``hessian/directional_curvature``; ``hessian/density_grid``, ``hessian/density`` (stochastic Lanczos quadrature);
     ``slice_1d/alphas``, ``slice_1d/losses``; ``slice_2d/alphas``, ``slice_2d/betas``, ``slice_2d/losses`` (Sα, Sβ);
-    ``activations/<layer>/p15`` (…/p50, …/p85).
+    ``activations/<layer>/p15`` (…/p50, …/p85); ``sharpness/lambda_max``, ``sharpness/threshold``,
+    ``sharpness/ratio``, ``sharpness/at_edge``, ``sharpness/above_threshold``, ``sharpness/num_products``,
+    ``sharpness/converged``.
 
     Raises:
       ValueError: unknown or no ``probes``; ``options`` for a probe not in ``probes``; a Santurkar or ICS probe
@@ -531,6 +539,7 @@ def make_probe_fn(
         p
         for p in probes
         if (p.startswith("santurkar") and "etas" not in options.get(p, {}))
+        or p == "sharpness"
         or (p == "ics" and tx is None and "update_fn" not in options.get(p, {}))
     ]
     if needs_lr and lr is None:
@@ -544,6 +553,8 @@ def make_probe_fn(
         if "activation_percentiles" in probes
         else _not_requested
     )
+
+    warm: dict = {"eigenvector": None}  # the sharpness probe's last eigenvector: its next call's start
 
     def probe_fn(state, batch, key) -> dict:
         k_drop, k_dir, k_eig, k_trace, k_slice = jax.random.split(key, 5)
@@ -601,6 +612,25 @@ def make_probe_fn(
             elif name == "loss_slice_1d":
                 res = _land.loss_slice_1d(loss_fn, params, inputs, key=k_slice, axis_name=axis_name, **kw)
                 out["slice_1d/alphas"], out["slice_1d/losses"] = res["alphas"], res["losses"]
+            elif name == "sharpness":
+                if axis_name is not None or any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params)):
+                    raise ValueError(
+                        "make_probe_fn: the 'sharpness' probe is a host loop of Hessian-vector products (it stops "
+                        "when λ converges and keeps its eigenvector between calls); call probe_fn eagerly, "
+                        "outside jit/pmap/shard_map"
+                    )
+                kw.setdefault("num_iters", 20)  # a tracked step: λ to 0.1 % or 20 products, whichever comes first
+                kw.setdefault("tol", 1e-3)
+                pre = kw.pop("preconditioner", None)
+                b2, eps = kw.pop("b2", 0.999), kw.pop("eps", 1e-8)
+                if pre not in (None, "adam"):
+                    raise ValueError(f"make_probe_fn: sharpness preconditioner must be None or 'adam', got {pre!r}")
+                if pre == "adam":
+                    kw["preconditioner"] = _sharp.adam_preconditioner(state.opt_state, b2=b2, eps=eps)
+                assert step_lr is not None  # checked above: the sharpness probe needs lr
+                res = _sharp.sharpness(loss_fn, params, inputs, lr=step_lr, v0=warm["eigenvector"], key=k_eig, **kw)
+                warm["eigenvector"] = res.pop("eigenvector")
+                out.update({f"sharpness/{k}": v for k, v in res.items()})
             elif name == "loss_slice_2d":
                 kw.setdefault("steps", 11)
                 res = _land.loss_slice_2d(loss_fn, params, inputs, key=k_slice, axis_name=axis_name, **kw)

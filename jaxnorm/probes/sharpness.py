@@ -23,17 +23,19 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnorm.probes import _common as C
 
-#: ``'heavy_ball'``: ``v ← g + βv, w ← w − ηv`` (``optax.sgd(momentum=β)``, PyTorch's SGD); ``'ema'``: ``m ← βm +
-#: (1 − β)g, w ← w − ηm`` (Adam's first moment).
-MOMENTUM_KINDS = ("heavy_ball", "ema")
+#: ``'heavy_ball'``: ``v ← g + βv, w ← w − ηv`` (``optax.sgd(momentum=β)``, PyTorch's SGD); ``'nesterov'``: ``v ← g +
+#: βv, w ← w − η(g + βv)`` (``optax.sgd(momentum=β, nesterov=True)``); ``'ema'``: ``m ← βm + (1 − β)g, w ← w − ηm``
+#: (Adam's first moment).
+MOMENTUM_KINDS = ("heavy_ball", "nesterov", "ema")
 
 
 def stability_threshold(lr: float, *, momentum: float = 0.0, momentum_kind: str = "heavy_ball") -> float:
     """The largest curvature λ on which the optimizer's iteration on a quadratic ``½λw²`` is stable.
 
-    Formula: ``2/η`` for gradient descent; ``(2 + 2β)/η`` for heavy-ball momentum β; ``(2 + 2β)/((1 − β)η)`` for
-    EMA momentum (38/η at Adam's β₁ = 0.9, the threshold of the preconditioned sharpness). Each is where the
-    iteration's linear recurrence on the quadratic gets an eigenvalue of modulus 1 at −1.
+    Formula: ``2/η`` for gradient descent; ``(2 + 2β)/η`` for heavy-ball momentum β; ``(2 + 2β)/((1 + 2β)η)`` for
+    Nesterov momentum; ``(2 + 2β)/((1 − β)η)`` for EMA momentum (38/η at Adam's β₁ = 0.9, the threshold of the
+    preconditioned sharpness). Each is where the iteration's linear recurrence on the quadratic gets an eigenvalue
+    of modulus 1 at −1.
 
     Reference: Cohen et al. (2021), Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability;
     Cohen et al. (2022), Adaptive Gradient Methods at the Edge of Stability.
@@ -41,7 +43,7 @@ def stability_threshold(lr: float, *, momentum: float = 0.0, momentum_kind: str 
     Args:
         lr: the step size η > 0.
         momentum: β in [0, 1).
-        momentum_kind: ``'heavy_ball'`` or ``'ema'`` (see ``MOMENTUM_KINDS``).
+        momentum_kind: ``'heavy_ball'``, ``'nesterov'`` or ``'ema'`` (see ``MOMENTUM_KINDS``).
 
     Raises:
         ValueError: ``lr`` not a finite positive number, ``momentum`` outside [0, 1), an unknown ``momentum_kind``.
@@ -60,7 +62,7 @@ def stability_threshold(lr: float, *, momentum: float = 0.0, momentum_kind: str 
     if momentum_kind not in MOMENTUM_KINDS:
         raise ValueError(f"stability_threshold: momentum_kind must be one of {MOMENTUM_KINDS}, got {momentum_kind!r}")
     b = float(momentum)
-    return (2.0 + 2.0 * b) / (lr * (1.0 - b)) if momentum_kind == "ema" else (2.0 + 2.0 * b) / lr
+    return (2.0 + 2.0 * b) / (lr * {"heavy_ball": 1.0, "nesterov": 1.0 + 2.0 * b, "ema": 1.0 - b}[momentum_kind])
 
 
 def adam_preconditioner(opt_state, *, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0):
@@ -162,7 +164,9 @@ def sharpness(
         band: the half-width of the edge band around ratio 1.
 
     Returns:
-        ``{'lambda_max', 'threshold', 'ratio', 'at_edge', 'above_threshold', 'num_products', 'eigenvector'}``; the
+        ``{'lambda_max', 'threshold', 'ratio', 'at_edge', 'above_threshold', 'num_products', 'converged',
+        'eigenvector'}``: ``converged`` is False when ``num_iters`` products ended the iteration first (λ is then
+        the last Rayleigh quotient, short of the dominant eigenvalue's magnitude in exact arithmetic); the
         eigenvector is a pytree like ``params`` (of ``P^{-½}HP^{-½}`` when preconditioned) to pass as the next
         ``v0``.
 
@@ -197,7 +201,7 @@ def sharpness(
     else:
         v = _flat_like("v0", v0, params, n).astype(flat.dtype)
     v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(flat.dtype).tiny)
-    lam, products = math.nan, 0
+    lam, products, converged = math.nan, 0, False
     for _ in range(num_iters):
         v_next, lam_new = _jit_rayleigh_step(loss_fn, params, batch, d, v)
         products += 1
@@ -213,6 +217,7 @@ def sharpness(
         "at_edge": abs(ratio - 1.0) <= band,
         "above_threshold": ratio > 1.0,
         "num_products": products,
+        "converged": converged,
         "eigenvector": unravel(v),
     }
 

@@ -201,6 +201,15 @@ def make_probes(exp: Experiment, shapes):
         if bad:
             raise ValueError(f"probes.ics_layers: {bad} are not layers of {exp.config.model}; valid: {valid}")
         options["ics"] = {"layers": list(p.ics_layers)}
+    if "sharpness" in p.kinds:  # the threshold of the optimizer that takes the step (optim.make_optimizer's)
+        c = exp.config
+        options["sharpness"] = {
+            "sgd": {},
+            "momentum": {"momentum": c.momentum, "momentum_kind": "heavy_ball"},
+            "nesterov": {"momentum": c.momentum, "momentum_kind": "nesterov"},
+            "adam": {"momentum": 0.9, "momentum_kind": "ema", "preconditioner": "adam"},
+            "adamw": {"momentum": 0.9, "momentum_kind": "ema", "preconditioner": "adam"},
+        }[c.optimizer]
     bn_mode = p.bn_mode
     probe_fn = probes_lib.make_probe_fn(
         exp.eval_model, probes=tuple(p.kinds), lr=exp.schedule, options=options, loss=exp.loss, train=bn_mode == "train"
