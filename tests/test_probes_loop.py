@@ -34,7 +34,7 @@ def test_probes_in_the_loop_leave_training_unchanged_and_plot(tmp_path):
         assert r["sharpness/ratio"] == pytest.approx(r["sharpness/lambda_max"] / 76.0)
         assert 2 <= r["sharpness/num_products"] <= 20 and r["sharpness/converged"] in (True, False)
     paths = plots.make_plots([str(tmp_path / "probed"), str(tmp_path / "plain")], str(tmp_path / "figs"))
-    assert sorted(os.path.basename(p) for p in paths) == ["curves.png", "ics.png", "santurkar.png"]
+    assert sorted(os.path.basename(p) for p in paths) == ["curves.png", "ics.png", "santurkar.png", "sharpness.png"]
     assert all(os.path.getsize(p) > 10_000 for p in paths)
     assert plots.main([str(tmp_path / "missing")]) == 1
 

@@ -9,6 +9,8 @@ overlaid and labelled by its workdir name:
 - ``ics.png``: internal covariate shift per layer (ℓ2 difference and cosine of G, G′; their Fig. 2/3);
 - ``slices.png``: the last 1-D loss slice of each run (Li et al. 2018);
 - ``hessian.png``: top Hessian eigenvalue, trace and directional curvature over training;
+- ``sharpness.png``: λ_max with the optimizer's stability threshold (2/η for gradient descent) and their ratio, the
+  edge of stability at 1 (probe ``sharpness``; Cohen et al. 2021);
 - ``density.png``: the last Hessian eigenvalue density (stochastic Lanczos quadrature) of each run;
 - ``surfaces.png``: contour plots of the last 2-D filter-normalized loss surface of each run (probe
   ``loss_slice_2d``; Li et al. 2018).
@@ -181,6 +183,26 @@ def plot_hessian(runs: dict[str, list[dict]], path: str) -> str | None:
             ax.plot(*metrics_lib.series(rows, "probe", key), label=name)
         ax.set(title=key.split("/")[1].replace("_", " "), xlabel="step")
         _decorate([ax])
+    return _save(fig, path)
+
+
+def plot_sharpness(runs: dict[str, list[dict]], path: str) -> str | None:
+    """λ_max over training with each run's stability threshold (dashed, the same colour; 2/η for gradient descent)
+    and the run's ratio λ_max/threshold on a second panel, the edge of stability at 1 (Cohen et al. 2021)."""
+    if not any("sharpness/lambda_max" in r for rows in runs.values() for r in rows):
+        return None
+    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in runs.items():
+        steps, lam = metrics_lib.series(rows, "probe", "sharpness/lambda_max")
+        if not len(steps):
+            continue
+        (line,) = ax.plot(steps, lam, label=name)
+        ax.plot(*metrics_lib.series(rows, "probe", "sharpness/threshold"), "--", color=line.get_color())
+        ax_r.plot(*metrics_lib.series(rows, "probe", "sharpness/ratio"), color=line.get_color(), label=name)
+    ax_r.axhline(1.0, color="k", lw=0.8)
+    ax.set(title="sharpness λ_max (dashed: stability threshold)", xlabel="step")
+    ax_r.set(title="λ_max / threshold (1: edge of stability)", xlabel="step")
+    _decorate([ax, ax_r])
     return _save(fig, path)
 
 
@@ -454,6 +476,7 @@ def make_plots(
         plot_ics(runs, os.path.join(out, "ics.png")),
         plot_slices(runs, os.path.join(out, "slices.png")),
         plot_hessian(runs, os.path.join(out, "hessian.png")),
+        plot_sharpness(runs, os.path.join(out, "sharpness.png")),
         plot_density(runs, os.path.join(out, "density.png")),
         plot_surfaces(runs, os.path.join(out, "surfaces.png")),
     ]

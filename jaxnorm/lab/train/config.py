@@ -145,8 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.probes = ml_collections.ConfigDict()
     c.probes.every = 0  # 0 = off
     # santurkar (grid of 8 step sizes in [0.5, 4] x the current LR), santurkar_random, ics, top_eigenvalues,
-    # hessian_trace, directional_curvature, spectral_density, loss_slice_1d, loss_slice_2d, activation_percentiles
-    c.probes.kinds = ("santurkar",)
+    # hessian_trace, directional_curvature, spectral_density, loss_slice_1d, loss_slice_2d, activation_percentiles,
+    # sharpness (lambda_max against the optimizer's stability threshold, 2/lr for SGD: the edge of stability)
+    c.probes.kinds = ("santurkar", "sharpness")
     c.probes.ics_layers = ()  # () = every layer
     # batch norm in the probed loss: 'train' (each probed point's own batch statistics, as Santurkar et al.) or
     # 'eval' (the running statistics); written into every probe row as bn_mode
