@@ -6,7 +6,7 @@ So a smoothness measurement that reads ``β·η ≈ 2`` measures the step size, 
 row here carries its threshold and the ratio to it. For preconditioned methods (Adam, RMSProp) the quantity that
 equilibrates is the preconditioned sharpness ``λ_max(P⁻¹H)`` (Cohen et al. 2022).
 
-Cost: one Hessian-vector product per power-iteration step. Warm-started from the previous call's eigenvector (the
+Cost: one Hessian-vector product per Lanczos step. Warm-started from the previous call's eigenvector (the
 top eigenvector moves slowly between tracked steps), a tracked step takes a few products instead of tens.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -103,20 +104,43 @@ def adam_preconditioner(opt_state, *, b2: float = 0.999, eps: float = 1e-8, eps_
     return jax.tree.map(lambda n: jnp.sqrt(n / (1.0 - b2**t) + eps_root) + eps, s.nu)
 
 
-def _rayleigh_step(loss_fn, params, batch, d, v):
-    """One power-iteration step on ``A = D H D`` (``D = diag(d)``; ``D = I`` for the Hessian): ``(Av/‖Av‖, vᵀAv)``."""
+def _matvec(loss_fn, params, batch, d, v):
+    """``D H D v`` on the raveled parameters (``D = diag(d)``; ``D = I`` for the Hessian), ``H v`` by
+    forward-over-reverse differentiation."""
     flat, unravel = ravel_pytree(params)
 
     def grad_flat(w):
         return ravel_pytree(jax.grad(loss_fn)(unravel(w), batch))[0]
 
-    hv = jax.jvp(grad_flat, (flat,), ((d * v).astype(flat.dtype),))[1]
-    av = d * hv
-    lam = jnp.vdot(v, av)
-    return av / jnp.maximum(jnp.linalg.norm(av), jnp.finfo(av.dtype).tiny), lam
+    return d * jax.jvp(grad_flat, (flat,), ((d * v).astype(flat.dtype),))[1]
 
 
-_jit_rayleigh_step = jax.jit(_rayleigh_step, static_argnums=(0,))
+_jit_matvec = jax.jit(_matvec, static_argnums=(0,))
+
+
+def _lanczos_top(matvec, v, num_iters, tol):
+    """The largest eigenvalue of the symmetric operator ``matvec`` by Lanczos with full reorthogonalization from
+    the unit vector ``v``: ``(λ, its Ritz vector, products, converged)``, converged when the Ritz pair's residual
+    ``β_j·|s_j|`` (the last Lanczos coefficient times the Ritz vector's last entry) is at most ``tol·|λ|``."""
+    basis, alphas, betas = [v], [], []
+    lam, ritz, converged = math.nan, v, False
+    for j in range(num_iters):
+        w = matvec(basis[j])
+        alphas.append(float(jnp.vdot(basis[j], w)))
+        q = jnp.stack(basis)
+        w = w - q.T @ (q @ w)  # full reorthogonalization, twice (Kahan's "twice is enough")
+        w = w - q.T @ (q @ w)
+        beta = float(jnp.linalg.norm(w))
+        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        theta, s = np.linalg.eigh(t)
+        lam, last = float(theta[-1]), s[:, -1]
+        ritz = q.T @ jnp.asarray(last, q.dtype)
+        if beta * abs(last[-1]) <= tol * max(abs(lam), np.finfo(np.float32).tiny) or beta == 0.0:
+            converged = True
+            break
+        basis.append(w / beta)
+        betas.append(beta)
+    return lam, ritz / jnp.linalg.norm(ritz), len(alphas), converged
 
 
 def sharpness(
@@ -136,15 +160,15 @@ def sharpness(
 ) -> dict:
     """The sharpness ``λ_max`` of ``loss_fn`` at ``params`` and where it stands against the stability threshold.
 
-    Formula: power iteration ``v ← Av/‖Av‖`` on ``A = H`` (or ``P^{-½} H P^{-½}``, whose eigenvalues are those of
-    ``P⁻¹H``, with ``preconditioner=P``), ``H v`` by forward-over-reverse differentiation, until the Rayleigh
-    quotient ``λ = vᵀAv`` changes by at most ``tol·|λ|``. ``ratio = λ / threshold`` with the threshold of
-    :func:`stability_threshold` (``λ·η/2`` for gradient descent); the run is at the edge when
-    ``|ratio − 1| ≤ band``; ``ratio > 1`` is above the threshold (gradient descent on a quadratic of that
-    curvature diverges).
+    Formula: Lanczos iteration with full reorthogonalization on ``A = H`` (or ``P^{-½} H P^{-½}``, whose
+    eigenvalues are those of ``P⁻¹H``, with ``preconditioner=P``), ``H v`` by forward-over-reverse differentiation,
+    started from ``v0`` (a warm start) or a random vector, until the top Ritz pair's residual ``‖Av − λv‖`` is at
+    most ``tol·|λ|``. ``ratio = λ / threshold`` with the threshold of :func:`stability_threshold` (``λ·η/2`` for
+    gradient descent); the run is at the edge when ``|ratio − 1| ≤ band``; ``ratio > 1`` is above the threshold
+    (gradient descent on a quadratic of that curvature diverges).
 
-    The eigenvalue found is the one of largest magnitude: λ_max whenever ``λ_max ≥ |λ_min|``, which holds at and
-    near the edge of stability; a dominant negative eigenvalue is returned negative (``ratio < 0``).
+    ``λ_max`` is the largest (most positive) eigenvalue, also where a negative one dominates in magnitude, as early
+    in training; negative only if every eigenvalue is.
 
     Reduces over: the batch, through ``loss_fn`` (its mean).
 
@@ -159,16 +183,15 @@ def sharpness(
         preconditioner: ``P`` (a pytree like ``params``, positive), e.g. :func:`adam_preconditioner`; None for H.
         v0: a start vector (a pytree like ``params``), e.g. the ``eigenvector`` of the previous call: a warm start.
         key: PRNG key of a random start when ``v0`` is None (default ``jax.random.key(0)``).
-        num_iters: the most Hessian-vector products.
-        tol: relative change of λ at which to stop.
+        num_iters: the most Hessian-vector products (Lanczos steps).
+        tol: the relative residual ``‖Av − λv‖/|λ|`` of the top Ritz pair at which to stop.
         band: the half-width of the edge band around ratio 1.
 
     Returns:
         ``{'lambda_max', 'threshold', 'ratio', 'at_edge', 'above_threshold', 'num_products', 'converged',
         'eigenvector'}``: ``converged`` is False when ``num_iters`` products ended the iteration first (λ is then
-        the last Rayleigh quotient, short of the dominant eigenvalue's magnitude in exact arithmetic); the
-        eigenvector is a pytree like ``params`` (of ``P^{-½}HP^{-½}`` when preconditioned) to pass as the next
-        ``v0``.
+        the last Rayleigh quotient); the eigenvector is a pytree like ``params`` (of ``P^{-½}HP^{-½}`` when
+        preconditioned) to pass as the next ``v0``.
 
     Raises:
         ValueError: ``num_iters < 1``, ``tol`` or ``band`` negative, a ``v0`` or ``preconditioner`` that is not
@@ -201,14 +224,10 @@ def sharpness(
     else:
         v = _flat_like("v0", v0, params, n).astype(flat.dtype)
     v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(flat.dtype).tiny)
-    lam, products, converged = math.nan, 0, False
-    for _ in range(num_iters):
-        v_next, lam_new = _jit_rayleigh_step(loss_fn, params, batch, d, v)
-        products += 1
-        converged = products > 1 and abs(float(lam_new) - lam) <= tol * abs(float(lam_new))
-        v, lam = v_next, float(lam_new)
-        if converged:
-            break
+    lam, v, products, converged = _lanczos_top(
+        lambda u: _jit_matvec(loss_fn, params, batch, d, u), v, min(num_iters, n), tol
+    )
+    converged = converged or products == n  # n steps span the whole space: the Ritz values are the eigenvalues
     ratio = lam / threshold
     return {
         "lambda_max": lam,
