@@ -33,6 +33,14 @@ def test_probes_in_the_loop_leave_training_unchanged_and_plot(tmp_path):
         assert r["sharpness/threshold"] == pytest.approx(76.0) and r["sharpness/lambda_max"] > 0
         assert r["sharpness/ratio"] == pytest.approx(r["sharpness/lambda_max"] / 76.0)
         assert 2 <= r["sharpness/num_products"] <= 20 and r["sharpness/converged"] in (True, False)
+        # the step-size context beside the landscape rows (Cohen et al.'s edge of stability)
+        assert r["santurkar/lr"] == r["ics/lr"] == pytest.approx(0.05)
+        assert r["santurkar/beta_eta"] == pytest.approx(r["santurkar/beta_smoothness"] * 0.05, rel=1e-6)
+        assert r["santurkar/lambda_eta_half"] == pytest.approx(r["sharpness/lambda_max"] * 0.025, rel=1e-6)
+        assert r["santurkar/rel_grad_change"] == pytest.approx(
+            r["santurkar/grad_change_max"] / r["santurkar/grad_norm"], rel=1e-6
+        )
+        assert r["ics/sharpness_ratio"] == r["sharpness/ratio"]
     paths = plots.make_plots([str(tmp_path / "probed"), str(tmp_path / "plain")], str(tmp_path / "figs"))
     assert sorted(os.path.basename(p) for p in paths) == ["curves.png", "ics.png", "santurkar.png", "sharpness.png"]
     assert all(os.path.getsize(p) > 10_000 for p in paths)

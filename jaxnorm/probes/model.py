@@ -496,7 +496,10 @@ def make_probe_fn(
     ``slice_1d/alphas``, ``slice_1d/losses``; ``slice_2d/alphas``, ``slice_2d/betas``, ``slice_2d/losses`` (Sα, Sβ);
     ``activations/<layer>/p15`` (…/p50, …/p85); ``sharpness/lambda_max``, ``sharpness/threshold``,
     ``sharpness/ratio``, ``sharpness/at_edge``, ``sharpness/above_threshold``, ``sharpness/num_products``,
-    ``sharpness/converged``.
+    ``sharpness/converged``; with ``lr``, the step-size context of the Santurkar and ICS rows: ``santurkar/lr``,
+    ``santurkar/beta_eta`` (β·η, about 2 at the edge of stability for gradient descent),
+    ``santurkar/rel_grad_change`` (‖Δg‖/‖g‖), ``santurkar/lambda_eta_half`` (λ_max·η/2), ``ics/lr`` and
+    ``ics/sharpness_ratio`` (the last two of each with the ``'sharpness'`` probe in the same call).
 
     Raises:
       ValueError: unknown or no ``probes``; ``options`` for a probe not in ``probes``; a Santurkar or ICS probe
@@ -635,6 +638,28 @@ def make_probe_fn(
                 kw.setdefault("steps", 11)
                 res = _land.loss_slice_2d(loss_fn, params, inputs, key=k_slice, axis_name=axis_name, **kw)
                 out.update({f"slice_2d/{k}": res[k] for k in ("alphas", "betas", "losses")})
-        return out
+        return {**out, **_step_size_context(out, step_lr)}
 
     return probe_fn
+
+
+def _step_size_context(out: dict, lr) -> dict:
+    """The step size beside the landscape rows, so that a smoothness or ICS figure can be read against the edge of
+    stability (Cohen et al. 2021): ``santurkar/beta_eta`` (β·η; ≈ 2 at the edge for gradient descent),
+    ``santurkar/rel_grad_change`` (‖Δg‖/‖g‖), ``santurkar/lambda_eta_half`` (λ_max·η/2, with the sharpness probe),
+    ``<probe>/lr`` and ``ics/sharpness_ratio`` (λ_max over the optimizer's threshold, with the sharpness probe)."""
+    ctx: dict = {}
+    if lr is None:
+        return ctx
+    lam = out.get("sharpness/lambda_max")
+    if "santurkar/beta_smoothness" in out:
+        ctx["santurkar/lr"] = lr
+        ctx["santurkar/beta_eta"] = out["santurkar/beta_smoothness"] * lr
+        ctx["santurkar/rel_grad_change"] = out["santurkar/grad_change_max"] / out["santurkar/grad_norm"]
+        if lam is not None:
+            ctx["santurkar/lambda_eta_half"] = lam * lr / 2
+    if any(k.startswith("ics/") for k in out):
+        ctx["ics/lr"] = lr
+        if lam is not None:
+            ctx["ics/sharpness_ratio"] = out["sharpness/ratio"]
+    return ctx
