@@ -23,6 +23,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxnorm.probes import _common as C
+from jaxnorm.probes import operators as O
 
 #: ``'heavy_ball'``: ``v ← g + βv, w ← w − ηv`` (``optax.sgd(momentum=β)``, PyTorch's SGD); ``'nesterov'``: ``v ← g +
 #: βv, w ← w − η(g + βv)`` (``optax.sgd(momentum=β, nesterov=True)``); ``'ema'``: ``m ← βm + (1 − β)g, w ← w − ηm``
@@ -105,14 +106,10 @@ def adam_preconditioner(opt_state, *, b2: float = 0.999, eps: float = 1e-8, eps_
 
 
 def _matvec(loss_fn, params, batch, d, v):
-    """``D H D v`` on the raveled parameters (``D = diag(d)``; ``D = I`` for the Hessian), ``H v`` by
-    forward-over-reverse differentiation."""
-    flat, unravel = ravel_pytree(params)
-
-    def grad_flat(w):
-        return ravel_pytree(jax.grad(loss_fn)(unravel(w), batch))[0]
-
-    return d * jax.jvp(grad_flat, (flat,), ((d * v).astype(flat.dtype),))[1]
+    """``D H D v`` on the raveled parameters (``D = diag(d)``; ``D = I`` for the Hessian), ``H v`` the curvature
+    probes' own product (:func:`jaxnorm.probes.operators.flat_matvec`)."""
+    hvp, _, _ = O.flat_matvec(loss_fn, params, batch, None)
+    return d * hvp(d * v)
 
 
 _jit_matvec = jax.jit(_matvec, static_argnums=(0,))
@@ -123,7 +120,7 @@ def _lanczos_top(matvec, v, num_iters, tol):
     the unit vector ``v``: ``(λ, its Ritz vector, products, converged)``, converged when the Ritz pair's residual
     ``β_j·|s_j|`` (the last Lanczos coefficient times the Ritz vector's last entry) is at most ``tol·|λ|``."""
     basis, alphas, betas = [v], [], []
-    lam, ritz, converged = math.nan, v, False
+    lam, last, converged = math.nan, np.ones(1), False
     for j in range(num_iters):
         w = matvec(basis[j])
         alphas.append(float(jnp.vdot(basis[j], w)))
@@ -131,15 +128,14 @@ def _lanczos_top(matvec, v, num_iters, tol):
         w = w - q.T @ (q @ w)  # full reorthogonalization, twice (Kahan's "twice is enough")
         w = w - q.T @ (q @ w)
         beta = float(jnp.linalg.norm(w))
-        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, s = np.linalg.eigh(t)
+        theta, s = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
         lam, last = float(theta[-1]), s[:, -1]
-        ritz = q.T @ jnp.asarray(last, q.dtype)
         if beta * abs(last[-1]) <= tol * max(abs(lam), np.finfo(np.float32).tiny) or beta == 0.0:
             converged = True
             break
         basis.append(w / beta)
         betas.append(beta)
+    ritz = jnp.stack(basis[: len(alphas)]).T @ jnp.asarray(last, v.dtype)  # once, for the last Ritz pair
     return lam, ritz / jnp.linalg.norm(ritz), len(alphas), converged
 
 
