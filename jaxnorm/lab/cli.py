@@ -250,7 +250,7 @@ def choices(config: ml_collections.ConfigDict | None = None) -> dict[str, tuple]
         "optimizer": tuple(config_lib.OPTIMIZERS),
         "schedule": tuple(config_lib.SCHEDULES),
         "parallel": tuple(parallel.MODES),
-        "probes.kinds": tuple(probes.PROBES),
+        "probes.kinds": probes.probe_names(),
         "probes.bn_mode": tuple(config_lib.BN_MODES),
         "pretrain.kind": tuple(pretrain.KINDS),
     }

@@ -50,6 +50,18 @@ from jaxnorm.probes.curvature import (
 from jaxnorm.probes.ics import internal_covariate_shift, layer_order
 from jaxnorm.probes.invariance import TRANSFORMS as INVARIANCE_TRANSFORMS
 from jaxnorm.probes.invariance import norm_invariances
+from jaxnorm.probes.kinds import (
+    BUILT_IN as PROBES,
+)
+from jaxnorm.probes.kinds import (
+    ProbeCall,
+    ProbeKind,
+    make_probe_fn,
+    probe_kind,
+    probe_names,
+    register_probe,
+    unregister_probe,
+)
 from jaxnorm.probes.landscape import (
     filter_normalize,
     filter_normalized_direction,
@@ -61,10 +73,8 @@ from jaxnorm.probes.landscape import (
 )
 from jaxnorm.probes.model import (
     LOSSES,
-    PROBES,
     activation_percentiles_fn,
     eqx_loss_fn,
-    make_probe_fn,
     model_loss_fn,
     model_state_loss_fn,
     nnx_loss_fn,
@@ -87,6 +97,8 @@ __all__ = [
     "MOMENTUM_KINDS",
     "OPERATORS",
     "PROBES",
+    "ProbeCall",
+    "ProbeKind",
     "SharpnessTracker",
     "SplitLoss",
     "activation_percentiles_fn",
@@ -113,9 +125,13 @@ __all__ = [
     "model_state_loss_fn",
     "nnx_loss_fn",
     "norm_invariances",
+    "probe_kind",
+    "probe_names",
+    "register_probe",
     "santurkar_probe",
     "sharpness",
     "stability_threshold",
     "trajectory_pca",
     "trajectory_surface",
+    "unregister_probe",
 ]

@@ -194,13 +194,19 @@ def make_probes(exp: Experiment, shapes):
     p = exp.config.probes
     if not p.every:
         return None
-    options = {}
-    if "ics" in p.kinds and p.ics_layers:
-        valid = list(shapes["params"])
-        bad = [name for name in p.ics_layers if name not in valid]
-        if bad:
-            raise ValueError(f"probes.ics_layers: {bad} are not layers of {exp.config.model}; valid: {valid}")
-        options["ics"] = {"layers": list(p.ics_layers)}
+    options: dict = {}
+    for kind in set(p.kinds) & set(probes_lib.probe_names()):  # each kind's config keys (make_probe_fn names others)
+        for key, option in probes_lib.probe_kind(kind).config_keys.items():
+            value = p.get(key)
+            if value is None or (isinstance(value, (tuple, list)) and not value):
+                continue  # unset: the kind's default
+            if option == "layers":
+                valid = list(shapes["params"])
+                bad = [name for name in value if name not in valid]
+                if bad:
+                    raise ValueError(f"probes.{key}: {bad} are not layers of {exp.config.model}; valid: {valid}")
+                value = list(value)
+            options.setdefault(kind, {})[option] = value
     if "sharpness" in p.kinds:  # the threshold of the optimizer that takes the step (optim.make_optimizer's)
         c = exp.config
         options["sharpness"] = {
