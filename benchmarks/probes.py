@@ -35,6 +35,16 @@ Prints one JSON line per measurement::
   :func:`jaxnorm.probes.hessian_trace` (all with their default ``tol`` and ``loop``; power iteration may stop
   early, so the product counts are upper bounds). Target ≤ 1.2× the pair; the line also gives the number of layers,
   the products each does and the mean time per product, and the sum of the layers' traces next to the model's.
+* ``costs``: every probe's run and compile cost in gradient steps (the unit: one jitted ``value_and_grad`` of the
+  same loss; compile = first call less a steady call), each as the probe step runs it by default: one HVP, a block
+  of ``--block`` HVPs in one ``vmap`` (per vector), the Santurkar probe, top eigenvalues by power iteration and by
+  subspace iteration, Hutchinson's trace one product at a time and as one block, sharpness cold (20 products) and
+  warm-started every ``--track-every`` SGD steps (its mean products per call), the per-layer table, an 11×11
+  surface and ICS.
+* ``sharpness_tol``: the tracked sharpness's residual tolerance against its cost: for each ``--tols`` value,
+  ``--tracked`` warm-started calls ``--track-every`` SGD steps apart, their mean products and time per call (in
+  gradient steps) and the largest relative error of λ_max against a cold run converged to 1e-6 (not in the
+  default ``--only``).
 
 The loss is :func:`jaxnorm.probes.model_loss_fn` (train mode: batch statistics, a fixed dropout key). Each function
 is compiled first (compile time reported), warmed up, then timed as the median wall time of ``--repeats`` calls
@@ -135,7 +145,12 @@ def main(argv=None):
         help="loss_slice_2d evaluation plans to time, as --chunks (none: its default, one vmap)",
     )
     ap.add_argument("--trace-samples", type=int, default=4, help="Hutchinson samples of the per_layer bench")
-    ap.add_argument("--only", default="santurkar,hvp,dataset,surface,per_layer")
+    ap.add_argument("--block", type=int, default=8, help="vectors per block of the costs bench (hvp batched)")
+    ap.add_argument("--track-every", type=int, default=5, help="SGD steps between tracked sharpness calls (costs)")
+    ap.add_argument("--tol", type=float, default=1e-3, help="the tracked sharpness's residual tolerance (costs)")
+    ap.add_argument("--tols", default="1e-3,3e-3,1e-2,3e-2", help="residual tolerances of the sharpness_tol bench")
+    ap.add_argument("--tracked", type=int, default=12, help="tracked calls of the sharpness_tol bench")
+    ap.add_argument("--only", default="santurkar,hvp,dataset,surface,per_layer,costs")
     args = ap.parse_args(argv)
 
     channels = tuple(int(c) for c in (args.channels or ("8,16" if args.small else "32,32,64,64")).split(","))
@@ -470,6 +485,153 @@ def main(argv=None):
             ),
             flush=True,
         )
+
+    if "costs" in only:
+        _costs(args, loss_fn, params, batch, vg, common)
+    if "sharpness_tol" in only:
+        _sharpness_tolerances(args, loss_fn, params, batch, vg, common)
+
+
+def _sharpness_tolerances(args, loss_fn, params, batch, vg, common):
+    """The tracked sharpness's trade-off: for each ``--tols`` value, ``--tracked`` calls ``--track-every`` SGD steps
+    apart, warm-started: the mean products and wall time per call (in gradient steps) against the largest relative
+    error of λ_max, the reference a cold Lanczos run to a residual of 1e-6·|λ| (at most 100 products)."""
+    lr, key = 0.1, jax.random.key(5)
+    states, p = [], params
+    for _ in range(args.tracked):
+        for _ in range(args.track_every):
+            p = jax.tree.map(lambda w, g: w - lr * g, p, vg(p, batch)[1])
+        states.append(p)
+    _block(states)
+    unit_ms = _time_rounds({"grad": lambda: vg(params, batch)}, args.repeats)["grad"]
+    ref = [jp.sharpness(loss_fn, s, batch, lr=lr, key=key, num_iters=100, tol=1e-6)["lambda_max"] for s in states]
+    for tol in (float(t) for t in args.tols.split(",")):
+        v0, products, errors, ms = None, [], [], []
+        for i, s in enumerate(states):
+            t0 = time.perf_counter()
+            res = jp.sharpness(loss_fn, s, batch, lr=lr, v0=v0, key=key, num_iters=20, tol=tol)
+            _block(res["eigenvector"])
+            if i:  # the first call is cold
+                ms.append((time.perf_counter() - t0) * 1e3)
+                products.append(res["num_products"])
+                errors.append(abs(res["lambda_max"] - ref[i]) / abs(ref[i]))
+            v0 = res["eigenvector"]
+        row = {
+            "bench": "sharpness_tol",
+            "tol": tol,
+            "products_per_call": round(float(np.mean(products)), 2),
+            "grad_steps_per_call": round(float(np.mean(ms)) / unit_ms, 2),
+            "max_rel_error": float(f"{max(errors):.2g}"),
+            "mean_rel_error": float(f"{np.mean(errors):.2g}"),
+            "tracked_calls": len(products),
+            "track_every": args.track_every,
+            "lambda_max_range": [round(min(ref), 3), round(max(ref), 3)],
+            "unit_ms": round(unit_ms, 2),
+            **common,
+        }
+        print(json.dumps(row), flush=True)
+
+
+def _costs(args, loss_fn, params, batch, vg, common):
+    """Every probe's run and compile cost in gradient steps of the same model (the unit: one jitted
+    ``value_and_grad``), each probe as ``make_probe_fn`` runs it by default. One JSON line per probe."""
+    unit_first = _timed_first_call(lambda: vg(params, batch))
+
+    def fresh():  # a new loss function per probe: no probe reuses another's compiled programs
+        return lambda p, b: loss_fn(p, b)
+
+    key, lr = jax.random.key(5), 0.1
+    k = args.block
+    vecs = jax.tree.map(lambda w: jax.random.normal(key, (k,) + w.shape, w.dtype), params)
+    one = jax.tree.map(lambda w: w[0], vecs)
+
+    def grad_step(p):  # SGD: the steps the tracked sharpness follows
+        return jax.tree.map(lambda w, g: w - lr * g, p, vg(p, batch)[1])
+
+    # the tracked run: SGD states --track-every steps apart (computed first: only the sharpness calls are timed)
+    states = [params]
+    for _ in range(args.repeats + 2):
+        p = states[-1]
+        for _ in range(args.track_every):
+            p = grad_step(p)
+        states.append(p)
+    _block(states)
+    tracked: dict = {"v0": None, "calls": 0, "products": []}
+    warm_loss = fresh()
+
+    def sharpness_warm():  # the next state's λ_max, warm-started from the last call's eigenvector
+        p = states[tracked["calls"] % len(states)]
+        res = jp.sharpness(warm_loss, p, batch, lr=lr, v0=tracked["v0"], key=key, num_iters=20, tol=args.tol)
+        tracked["calls"] += 1
+        tracked["v0"] = res["eigenvector"]
+        tracked["products"].append(int(res["num_products"]))
+        return res["lambda_max"]
+
+    probes = {
+        "grad (value_and_grad)": (lambda: vg(params, batch), 1),
+        "hvp": (lambda f=fresh(): jp.hvp(f, params, batch, one), 1),
+        f"hvp batched K={k} (per vector)": (lambda f=fresh(): jp.hvp(f, params, batch, vecs, batched=True), k),
+        "santurkar (K=8, default plan)": (lambda f=fresh(): jp.santurkar_probe(f, params, batch, lr=lr), 1),
+        "top_eigenvalues (power, k=1, 20 iters)": (
+            lambda f=fresh(): jp.hessian_top_eigenvalues(f, params, batch, key=key, num_iters=20)[0],
+            1,
+        ),
+        f"top_eigenvalues (subspace, k={k - 2}, 20 iters)": (
+            lambda f=fresh(): jp.hessian_top_eigenvalues(
+                f, params, batch, k=k - 2, key=key, num_iters=20, method="subspace"
+            )[0],
+            1,
+        ),
+        f"top_eigenvalues (power, k={k - 2}, 20 iters)": (
+            lambda f=fresh(): jp.hessian_top_eigenvalues(f, params, batch, k=k - 2, key=key, num_iters=20)[0],
+            1,
+        ),
+        "hessian_trace (10 samples, chunk 1)": (
+            lambda f=fresh(): jp.hessian_trace(f, params, batch, key=key, num_samples=10)["trace"],
+            1,
+        ),
+        "hessian_trace (10 samples, one block)": (
+            lambda f=fresh(): jp.hessian_trace(f, params, batch, key=key, num_samples=10, chunk=None)["trace"],
+            1,
+        ),
+        "sharpness (cold, 20 products)": (
+            lambda f=fresh(): jp.sharpness(f, params, batch, lr=lr, key=key, num_iters=20, tol=0.0)["lambda_max"],
+            1,
+        ),
+        f"sharpness (warm, every {args.track_every} steps)": (sharpness_warm, 1),
+        "curvature_per_layer (20 iters, 20 samples)": (
+            lambda f=fresh(): jp.curvature_per_layer(f, params, batch, key=key, num_iters=20, num_samples=20),
+            1,
+        ),
+        "loss_slice_2d (11x11)": (lambda f=fresh(): jp.loss_slice_2d(f, params, batch, key=key, steps=11)["losses"], 1),
+        "ics (every layer)": (lambda f=fresh(): jp.internal_covariate_shift(f, params, batch, lr=lr), 1),
+    }
+    first = {name: _timed_first_call(f) for name, (f, _) in probes.items()}
+    first["grad (value_and_grad)"] = unit_first
+    ms = _time_rounds({name: f for name, (f, _) in probes.items()}, args.repeats)
+    unit_ms = ms["grad (value_and_grad)"]
+    unit_compile = unit_first - unit_ms / 1e3
+    for name, (_, per) in probes.items():
+        compile_s = max(first[name] - ms[name] / 1e3, 0.0)  # the first call less a steady one: compiling
+        row = {
+            "bench": "costs",
+            "probe": name,
+            "ms": round(ms[name] / per, 2),
+            "grad_steps": round(ms[name] / per / unit_ms, 2),
+            "compile_s": round(compile_s, 2),
+            "compile_grad_steps": round(compile_s / unit_compile, 2),
+            "unit": "one jitted value_and_grad of the same loss",
+            "unit_ms": round(unit_ms, 2),
+            "unit_compile_s": round(unit_compile, 2),
+            "repeats": args.repeats,
+            **common,
+        }
+        if name.startswith("sharpness (warm"):
+            row["products_per_call"] = round(float(np.mean(tracked["products"][1:])), 2)
+            row["tracked_calls"] = len(tracked["products"])
+        if per > 1:
+            row["per"] = f"vector of {per}"
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

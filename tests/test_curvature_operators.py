@@ -162,6 +162,31 @@ def test_top_eigenvalues_trace_and_density_of_each_operator_match_the_dense_ones
         np.testing.assert_allclose(np.sort(np.asarray(dens["nodes"][0])), np.sort(ev), atol=1e-3 * abs(ev).max())
 
 
+def test_block_products_equal_separate_products_and_subspace_iteration_finds_the_top_pairs():
+    """hvp(batched=True) (one vmapped program) equals K separate hvp calls, for an operator and a block; subspace
+    iteration returns the dense top-3 eigenpairs on both loops."""
+    params, b = mlp_params(), batches(1)[0]
+    vs = jax.tree.map(lambda x: jax.random.normal(jax.random.key(7), (4,) + x.shape), params)
+    for kw in ({}, {"operator": "ggn"}, {"params_filter": ["head"]}):
+        block = jp.hvp(CE, params, b, vs, batched=True, **kw)
+        for i in range(4):
+            one = jp.hvp(CE, params, b, jax.tree.map(lambda x, i=i: x[i], vs), **kw)
+            jax.tree.map(lambda a, o, i=i: np.testing.assert_allclose(a[i], o, rtol=1e-5, atol=1e-6), block, one)
+    with pytest.raises(ValueError, match=r"batched=True needs every leaf of v shaped \(K, \*leaf.shape\)"):
+        jp.hvp(CE, params, b, params, batched=True)
+    mat = dense(CE, params, b)
+    ev = np.linalg.eigvalsh(mat)
+    ev = ev[np.argsort(-np.abs(ev))]
+    for loop in ("host", "device"):
+        vals, vecs = jp.hessian_top_eigenvalues(
+            CE, params, b, k=3, key=jax.random.key(0), method="subspace", num_iters=400, tol=1e-7, loop=loop
+        )
+        np.testing.assert_allclose(vals, ev[:3], rtol=2e-3, atol=1e-5)
+        for j in range(3):
+            v = ravel_pytree(jax.tree.map(lambda x, j=j: x[j], vecs))[0]
+            np.testing.assert_allclose(mat @ v, vals[j] * v, atol=1e-2 * abs(vals[0]))
+
+
 def test_dataset_average_over_four_batches_equals_the_full_batch_operator():
     params, bs = mlp_params(), batches(4)
     full = {k: np.concatenate([b[k] for b in bs]) for k in bs[0]}  # equal sizes: the mean of the 4 means
@@ -255,6 +280,49 @@ def test_per_layer_table_matches_the_dense_blocks():
         np.testing.assert_allclose(device[name]["trace"], host[name]["trace"], rtol=1e-4)
     with pytest.raises(ValueError, match=r"'conv_9' is not a layer of params; its layers are \['dense_0', 'head'\]"):
         jp.curvature_per_layer(CE, params, b, key=jax.random.key(4), layers=["conv_9"])
+
+
+def test_per_layer_table_is_one_product_program_equal_to_each_layers_own_probe():
+    """The table's eigenvalues equal hessian_top_eigenvalues restricted to each layer (params_filter), on both loops,
+    and the host table traces the loss a fixed number of times whatever the number of layers (one product program
+    for all layers and the traces; each params_filter probe compiles its own)."""
+    params = {f"dense_{i}": {"kernel": 0.4 * jax.random.normal(jax.random.key(i), (4, 4))} for i in range(4)}
+    x = jax.random.normal(jax.random.key(9), (16, 4))
+    traces = []
+
+    def make_loss():  # a new function each time: nothing cached from an earlier call
+        def loss(p, b):
+            traces.append(1)
+            h = b
+            for i in range(4):
+                h = jnp.tanh(h @ p[f"dense_{i}"]["kernel"])
+            return jnp.mean(jnp.sum(h**2, axis=1))
+
+        return loss
+
+    loss = make_loss()
+    unravel = ravel_pytree(params)[1]
+
+    def count(**kw):
+        del traces[:]
+        table = jp.curvature_per_layer(
+            make_loss(), params, x, key=jax.random.key(1), num_iters=300, num_samples=3, **kw
+        )
+        return table, len(traces)
+
+    two, n_two = count(layers=["dense_0", "dense_1"])
+    four, n_four = count()
+    assert n_two == n_four == 2, (n_two, n_four)  # the scalar check and one product program, whatever the layers
+    device, _ = count(loop="device")
+    mat = np.asarray(jax.jit(jax.hessian(lambda w: loss(unravel(w), x)))(ravel_pytree(params)[0]))
+    for i, name in enumerate(sorted(four)):  # ravel order: the layers' 16 weights one after another
+        ev = np.linalg.eigvalsh(mat[16 * i : 16 * (i + 1), 16 * i : 16 * (i + 1)])
+        top = ev[np.argmax(np.abs(ev))]
+        own, _ = jp.hessian_top_eigenvalues(loss, params, x, key=jax.random.key(1), num_iters=300, params_filter=[name])
+        for table in (four, device):
+            np.testing.assert_allclose(table[name]["top_eigenvalue"], top, rtol=1e-3)
+        np.testing.assert_allclose(four[name]["top_eigenvalue"], own[0], rtol=1e-3)
+    np.testing.assert_array_equal(two["dense_1"]["trace"], four["dense_1"]["trace"])  # same vectors, same product
 
 
 def test_host_and_device_loops_agree_for_an_operator_and_a_block():

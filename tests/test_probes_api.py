@@ -127,10 +127,11 @@ def test_a_list_of_batches_of_different_shapes_names_the_batch():
 A_KNOWN = np.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.5]], np.float32)  # eigenvalues 3, 1, 0.5
 
 
-@pytest.mark.parametrize("method", ["power", "lanczos"])
+@pytest.mark.parametrize("method", ["power", "lanczos", "subspace"])
 def test_top_eigenvalues_of_a_known_quadratic(method):
+    iters = {"power": 200, "lanczos": 3, "subspace": 2}[method]  # the subspace block (k + 2 = 3) is all of R³
     vals, vecs = jp.hessian_top_eigenvalues(
-        quad_loss, PARAMS, {"A": A_KNOWN}, k=2, key=KEY, method=method, num_iters=200 if method == "power" else 3, tol=0
+        quad_loss, PARAMS, {"A": A_KNOWN}, k=2, key=KEY, method=method, num_iters=iters, tol=0
     )
     np.testing.assert_allclose(np.asarray(vals), [3.0, 1.0], rtol=1e-4)
     top = np.concatenate([np.asarray(vecs["a"][0]), np.asarray(vecs["b"][0])])

@@ -19,7 +19,7 @@ from jaxnorm import _checks
 from jaxnorm.probes import _common as C
 from jaxnorm.probes import operators as O
 
-METHODS = ("power", "lanczos")
+METHODS = ("power", "lanczos", "subspace")
 TRACE_METHODS = ("hutchinson", "hutch++")
 
 
@@ -46,15 +46,35 @@ def _hvp(loss_fn, params, batch, v, *, axis_name, operator, mask):
     return unravel(matvec(flat.astype(jnp.float32)))
 
 
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name", "operator", "mask"))
+def _hvp_block(loss_fn, params, batch, vs, *, axis_name, operator, mask):
+    matvec, _, unravel = O.flat_matvec(loss_fn, params, batch, axis_name, operator, mask)
+
+    def flat(v):
+        return ravel_pytree(O.split(v, mask)[0])[0].astype(jnp.float32)
+
+    return jax.vmap(lambda v: unravel(matvec(flat(v))))(vs)
+
+
 def hvp(
-    loss_fn: C.LossFn, params, batch, v, *, operator: str = "hessian", params_filter=None, axis_name: str | None = None
+    loss_fn: C.LossFn,
+    params,
+    batch,
+    v,
+    *,
+    operator: str = "hessian",
+    params_filter=None,
+    batched: bool = False,
+    axis_name: str | None = None,
 ):
     """The operator-vector product ``M v``, by default the Hessian-vector product ``H v``.
 
     Formula: ``H v = ∇_w (∇_w L(w) · v)`` at ``w = params``, by forward-over-reverse differentiation (``jax.jvp`` of
     ``jax.grad``; about the cost of 2–3 gradients, no Hessian materialized). For ``operator='ggn' | 'fisher' |
     'empirical_fisher'``: ``Jᵀ A J v`` with ``J`` the Jacobian of the model's outputs (one ``jvp`` and one
-    ``vjp``). With a data set: ``(1/B) Σ_b M_b v``.
+    ``vjp``). With a data set: ``(1/B) Σ_b M_b v``. With ``batched=True``, ``v`` holds ``K`` vectors along a leading
+    axis and the ``K`` products ``M v_i`` come from one ``vmap``ped program (a block: what subspace iteration and
+    block Hutchinson use; on accelerators it costs less per vector than ``K`` calls).
 
     Reference: Pearlmutter (1994), Fast Exact Multiplication by the Hessian.
 
@@ -65,21 +85,24 @@ def hvp(
         set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays) or
         :func:`jaxnorm.probes.dataset` of them, which are the same: the operator is then the average
         ``M = (1/B) Σ_b M_b`` over its ``B`` batches.
-      v: a pytree shaped like ``params``; with ``params_filter`` its entries outside the block are ignored.
+      v: a pytree shaped like ``params`` (with ``batched=True``: with a leading axis of ``K`` vectors); with
+        ``params_filter`` its entries outside the block are ignored.
       operator: ``'hessian'`` (default), ``'ggn'``, ``'fisher'`` or ``'empirical_fisher'`` (the last three need a
         :class:`jaxnorm.probes.SplitLoss`, e.g. from :func:`jaxnorm.probes.model_loss_fn`); see
         :mod:`jaxnorm.probes.operators`.
       params_filter: None (all parameters), a list of layer names or a predicate ``f(path, leaf) -> bool``: the
         operator restricted to the selected leaves (the diagonal block ``M_SS``), the others held fixed.
+      batched: ``v`` is a block of vectors along a leading axis (the products in one program).
       axis_name: inside ``pmap``/``shard_map``, the device axis: the products are ``pmean``'d over it (the
         global-batch operator for equal shards).
 
     Returns:
       ``M v``, a pytree shaped like ``params`` (with ``params_filter``: ``M_SS v_S`` on the selected leaves,
-      ``None`` for the others).
+      ``None`` for the others); with ``batched=True`` each leaf has the leading axis of ``v``.
 
     Raises:
-      ValueError: ``v`` is not shaped like ``params``.
+      ValueError: ``v`` is not shaped like ``params`` (with ``batched=True``: leaves without one common leading
+        axis).
       ValueError: ``loss_fn(params, batch)`` is not a real scalar; ``operator`` is unknown or needs a
         :class:`jaxnorm.probes.SplitLoss` it did not get; ``params_filter`` selects nothing or names a missing
         layer; a list of batches of unequal shapes.
@@ -97,13 +120,26 @@ def hvp(
     >>> hv = jp.hvp(loss_fn, params, batch, params)      # A·w
     >>> print(jnp.round(hv['a'], 3), jnp.round(hv['b'], 3))
     [4. 5.] [-0.5]
+    >>> block = {'a': jnp.array([[1.0, 0.0], [0.0, 0.0]]), 'b': jnp.array([[0.0], [2.0]])}   # e₁ and 2e₃
+    >>> print(jp.hvp(loss_fn, params, batch, block, batched=True)['a'])
+    [[2. 1.]
+     [0. 0.]]
     """
     if C.structure(v) != jax.tree.structure(params):
         raise ValueError(
             f"hvp: v must be a pytree shaped like params, got {jax.tree.structure(v)} vs {jax.tree.structure(params)}"
         )
     batch, mask = _check("hvp", loss_fn, params, batch, operator, params_filter)
-    return _hvp(loss_fn, params, batch, v, axis_name=axis_name, operator=operator, mask=mask)
+    kw = dict(axis_name=axis_name, operator=operator, mask=mask)
+    if batched:
+        pairs = [(np.shape(a), np.shape(p)) for a, p in zip(jax.tree.leaves(v), jax.tree.leaves(params), strict=True)]
+        if any(len(a) != len(p) + 1 or a[1:] != p for a, p in pairs) or len({a[0] for a, _ in pairs}) != 1:
+            raise ValueError(
+                "hvp: batched=True needs every leaf of v shaped (K, *leaf.shape) with one K, got shapes "
+                f"{[a for a, _ in pairs]} for params shapes {[p for _, p in pairs]}"
+            )
+        return _hvp_block(loss_fn, params, batch, v, **kw)
+    return _hvp(loss_fn, params, batch, v, **kw)
 
 
 # ---- top eigenvalues -------------------------------------------------------------------------------------------------
@@ -211,11 +247,61 @@ def _top_k(params, vals, vecs, k, mask=None):
     return vals[idx], jax.vmap(lambda v: O.embed(params, mask, unravel(v)))(vecs[idx])
 
 
+def _block_size(k: int, n: int) -> int:
+    """The subspace method's block: ``k + 2`` vectors (two guard vectors: the k-th pair converges as
+    ``|λ_(k+3) / λ_k|^i`` instead of ``|λ_(k+1) / λ_k|^i``), at most the parameter count."""
+    return min(n, k + 2)
+
+
+def _orth_rows(m):
+    q, _ = jnp.linalg.qr(m.T)
+    return q.T
+
+
+def _rayleigh_ritz(v, w):
+    """The Ritz pairs of ``M`` on the row space of ``v`` (orthonormal rows) from ``w = v Mᵀ`` (the rows' products):
+    ``T = v wᵀ`` (symmetrized), ``T = S Θ Sᵀ``; returns ``θ`` by ``|θ|`` descending, the Ritz vectors ``Sᵀ v`` and
+    their products ``Sᵀ w``, and the next block ``orth(Sᵀ w)``."""
+    t = v @ w.T
+    theta, s = jnp.linalg.eigh((t + t.T) / 2)
+    order = jnp.argsort(-jnp.abs(theta))
+    theta, s = theta[order], s[:, order]
+    x, mx = s.T @ v, s.T @ w
+    return theta, x, _orth_rows(mx)
+
+
+def _subspace_start(key, b, n):
+    return _orth_rows(jax.random.normal(key, (b, n), jnp.float32))
+
+
+def _subspace(products, n, k, num_iters, tol, key):
+    """Block power iteration with Rayleigh–Ritz (subspace iteration): ``V ← orth(M V)`` on a block of
+    :func:`_block_size` vectors, the block's products in one call, until the top ``k`` Ritz values change by at most
+    ``tol·|θ|``. Returns all the block's Ritz values and vectors (ordered by ``|θ|``)."""
+    b = _block_size(k, n)
+
+    def cond(s):
+        i, _, theta, prev, _ = s
+        return (i < num_iters) & ~((i >= 2) & jnp.all(jnp.abs(theta[:k] - prev[:k]) <= tol * jnp.abs(theta[:k])))
+
+    def body(s):
+        i, v, theta, _, _ = s
+        new, x, v_next = _rayleigh_ritz(v, products(v))
+        return i + 1, v_next, new, theta, x
+
+    zeros = jnp.zeros((b,), jnp.float32)
+    init = (0, _subspace_start(key, b, n), zeros, jnp.full((b,), jnp.inf, jnp.float32), jnp.zeros((b, n)))
+    _, _, theta, _, x = jax.lax.while_loop(cond, body, init)
+    return theta, x
+
+
 @functools.partial(jax.jit, static_argnames=("loss_fn", "k", "num_iters", "method", "axis_name", "operator", "mask"))
 def _top_eig(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_name, operator, mask):
     matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
     if method == "power":
         vals, vecs = _power(matvec, n, k, num_iters, tol, key)
+    elif method == "subspace":
+        vals, vecs = _subspace(lambda v: C.map_chunked(matvec, v, "auto"), n, k, num_iters, tol, key)
     else:
         m = min(num_iters, n)
         alpha, beta, basis = _lanczos(matvec, jax.random.normal(key, (n,), jnp.float32), m)
@@ -247,6 +333,8 @@ _jit_power_start = jax.jit(_power_start)
 _jit_lanczos_init = jax.jit(_lanczos_init, static_argnums=(1,))
 _jit_top_k = jax.jit(_top_k, static_argnames=("k", "mask"))
 _jit_ritz = jax.jit(lambda alpha, beta, basis: _ritz(alpha, beta[:-1], basis))
+_jit_subspace_start = jax.jit(_subspace_start, static_argnums=(1, 2))
+_jit_rayleigh_ritz = jax.jit(_rayleigh_ritz)
 
 
 def _top_eig_host(loss_fn, params, batch, key, tol, *, k, num_iters, method, axis_name, operator, mask):
@@ -263,6 +351,17 @@ def _top_eig_host(loss_fn, params, batch, key, tol, *, k, num_iters, method, axi
                     break
             v, lam = _host_power_finish(loss_fn, params, batch, vecs, v, **kw)
             vals, vecs = vals.at[j].set(lam), vecs.at[j].set(v)
+    elif method == "subspace":  # the block's products: one compiled program, chunk='auto' rows per call
+        v = _jit_subspace_start(key, _block_size(k, n), n)
+        prev = None
+        for i in range(num_iters):
+            w = _block_products(loss_fn, params, batch, v, device=False, chunk="auto", unroll=False, **kw)
+            theta, vecs, v = _jit_rayleigh_ritz(v, w)
+            top = np.asarray(theta[:k], np.float64)
+            if i >= 1 and np.all(np.abs(top - prev) <= tol * np.abs(top)):
+                break
+            prev = top
+        vals = theta
     else:
         m = min(num_iters, n)
         carry = _jit_lanczos_init(jax.random.normal(key, (n,), jnp.float32), m)
@@ -294,8 +393,11 @@ def hessian_top_eigenvalues(
 
     Formula: power iteration with deflation, ``v ← P M v / ‖P M v‖`` with ``P`` the projection out of the pairs
     already found, until the Rayleigh quotient ``λ = vᵀ M v`` changes by at most ``tol·|λ|``; or Lanczos with full
-    reorthogonalization and the top-``k`` Ritz pairs of its tridiagonal matrix. Ordered by ``|λ|`` descending, values
-    signed (a negative eigenvalue is found where it dominates, as in PyHessian).
+    reorthogonalization and the top-``k`` Ritz pairs of its tridiagonal matrix; or subspace iteration (block power
+    iteration with Rayleigh–Ritz): a block ``V`` of ``b = k + 2`` orthonormal vectors, ``T = V M Vᵀ = S Θ Sᵀ``,
+    ``V ← orth(Sᵀ V Mᵀ)``, until the top ``k`` Ritz values change by at most ``tol·|θ|``; the ``b`` products of a
+    step are one ``vmap`` of the product on accelerators. Ordered by ``|λ|`` descending, values signed (a negative
+    eigenvalue is found where it dominates, as in PyHessian).
 
     Reduces over: the batch (the loss's own mean), and over the batches of a data set (the average operator).
 
@@ -313,9 +415,11 @@ def hessian_top_eigenvalues(
       k: how many eigenpairs (at most the parameter count).
       key: PRNG key of the start vectors (the same key on every device under pmap).
       num_iters: ``'power'``: at most this many products per eigenvalue; ``'lanczos'``: this many steps (clipped to
-        the parameter count; needs ``num_iters ≥ k``; stores ``num_iters`` vectors of the parameter size).
+        the parameter count; needs ``num_iters ≥ k``; stores ``num_iters`` vectors of the parameter size);
+        ``'subspace'``: at most this many block steps of ``k + 2`` products each.
       method: ``'power'`` (default; slow when ``|λ_(j+1)/λ_j| ≈ 1``, no convergence for a ``±λ`` pair) or
-        ``'lanczos'`` (usually far fewer products for ``k > 1``).
+        ``'lanczos'`` (usually far fewer products for ``k > 1``) or ``'subspace'`` (every pair converges at once,
+        at rate ``|λ_(k+3)/λ_j|``; its products run as one batched call on accelerators).
       tol: the relative change of the Rayleigh quotient that stops power iteration (``0`` runs all iterations).
       loop: ``'device'``: one compiled program (jit/pmap-traceable); ``'host'``: a Python loop of compiled
         single steps (not traceable); ``'auto'`` (default): ``'host'`` when called eagerly on CPU (XLA:CPU runs
@@ -457,6 +561,24 @@ def _products(loss_fn, params, batch, vs, *, axis_name, operator, mask, chunk, u
     return C.map_chunked(matvec, vs, chunk, unroll)
 
 
+def _block_products(loss_fn, params, batch, vs, *, device, chunk, unroll, **kw):
+    """``M vᵢ`` for the rows of ``vs``: on the device, one program (``chunk`` rows at a time, see
+    :func:`jaxnorm.probes._common.map_chunked`); on the host, groups of ``chunk`` rows, each one call of the same
+    compiled program (the last group padded with zero rows, so that every call has one shape)."""
+    if device:
+        return _products(loss_fn, params, batch, vs, chunk=chunk, unroll=unroll, **kw)
+    rows = vs.shape[0]
+    size = min(C.resolve_chunk(chunk) or rows, rows)
+    pad = -rows % size
+    if pad:
+        vs = jnp.concatenate([vs, jnp.zeros((pad,) + vs.shape[1:], vs.dtype)])
+    parts = [
+        _products(loss_fn, params, batch, vs[i : i + size], chunk=None, unroll=False, **kw)
+        for i in range(0, rows + pad, size)
+    ]
+    return jnp.concatenate(parts)[:rows]
+
+
 _jit_rademacher = jax.jit(lambda key, num, n: jax.random.rademacher(key, (num, n), jnp.float32), static_argnums=(1, 2))
 _jit_trace_summary = jax.jit(_trace_summary, static_argnums=(1,))
 
@@ -577,15 +699,7 @@ def hessian_trace(
     if method == "hutch++":
 
         def products(vs):
-            if device:
-                return _products(loss_fn, params, batch, vs, chunk=chunk, unroll=unroll, **kw)
-            size = vs.shape[0] if C.resolve_chunk(chunk) is None else C.resolve_chunk(chunk)
-            return jnp.concatenate(
-                [
-                    _products(loss_fn, params, batch, vs[i : i + size], chunk=None, unroll=False, **kw)
-                    for i in range(0, vs.shape[0], size)
-                ]
-            )
+            return _block_products(loss_fn, params, batch, vs, device=device, chunk=chunk, unroll=unroll, **kw)
 
         return _hutch_pp(products, key, n, num_samples)
     if device:
@@ -895,6 +1009,77 @@ def _layer_forms(loss_fn, params, batch, z, *, axis_name, operator, mask, segmen
     return C.map_chunked(one, z, chunk)
 
 
+# Layers whose products one host call computes on an accelerator (a vmap; on CPU one at a time: XLA:CPU runs a
+# vmap of convolutions with per-row kernels slowly). Bounds the (block, n) vectors in memory.
+_LAYER_BLOCK = 8
+_LAYER_TOL = 1e-5  # hessian_top_eigenvalues' default: the relative change of λ that stops a layer
+
+
+def _layer_power_host(loss_fn, params, batch, key, segments, n, num_iters, block, kw):
+    """Power iteration on every layer's diagonal block at once, as a host loop of block products of one compiled
+    program: layer ``l``'s vector lives in its segment ``[a, b)``, ``M_ll v = (M [0; v; 0])_[a, b)``; a layer
+    stops when its Rayleigh quotient changes by ≤ 1e-5·|λ| (as :func:`hessian_top_eigenvalues`), and its value is
+    the Rayleigh quotient of its last vector. Returns the (L,) float64 eigenvalues."""
+    start = np.asarray(jax.random.normal(key, (n,), jnp.float32))
+    vs = [start[a:b] / max(np.linalg.norm(start[a:b]), np.finfo(np.float32).tiny) for a, b in segments]
+
+    def products(rows):
+        full = np.zeros((len(rows), n), np.float32)
+        for r, j in enumerate(rows):
+            a, b = segments[j]
+            full[r, a:b] = vs[j]
+        w = np.asarray(
+            _block_products(loss_fn, params, batch, jnp.asarray(full), device=False, chunk=block, unroll=False, **kw)
+        )
+        return [w[r, segments[j][0] : segments[j][1]] for r, j in enumerate(rows)]
+
+    lam = np.zeros(len(segments))
+    done = np.zeros(len(segments), bool)
+    for i in range(num_iters):
+        active = [j for j in range(len(segments)) if not done[j]]
+        if not active:
+            break
+        for j, w in zip(active, products(active), strict=True):
+            new = float(np.dot(vs[j].astype(np.float64), w))
+            vs[j] = w / max(np.linalg.norm(w), np.finfo(np.float32).tiny)
+            done[j] = i >= 1 and abs(new - lam[j]) <= _LAYER_TOL * abs(new)
+            lam[j] = new
+    return np.array([np.dot(v.astype(np.float64), w) for v, w in zip(vs, products(range(len(vs))), strict=True)])
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("segments", "num_iters"))
+def _layer_power_device(loss_fn, params, batch, key, *, segments, num_iters, axis_name, operator, mask):
+    """:func:`_layer_power_host` as one program: the layers' vectors as the rows of an (L, n) matrix, zero outside
+    their segments, the products of a row ``chunk='auto'`` at a time."""
+    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
+    masks = np.zeros((len(segments), n), np.float32)
+    for j, (a, b) in enumerate(segments):
+        masks[j, a:b] = 1.0
+    masks = jnp.asarray(masks)
+
+    def normalize(w):
+        return w / jnp.maximum(jnp.linalg.norm(w, axis=1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+
+    def products(v):
+        return C.map_chunked(matvec, v, "auto") * masks
+
+    def cond(s):
+        i, _, _, done = s
+        return (i < num_iters) & ~jnp.all(done)
+
+    def body(s):
+        i, v, lam, done = s
+        w = products(v)
+        new = jnp.sum(v * w, axis=1)
+        stop = (i >= 1) & (jnp.abs(new - lam) <= _LAYER_TOL * jnp.abs(new))
+        return i + 1, jnp.where(done[:, None], v, normalize(w)), jnp.where(done, lam, new), done | stop
+
+    v0 = normalize(masks * jax.random.normal(key, (n,), jnp.float32))
+    init = (0, v0, jnp.zeros((len(segments),), jnp.float32), jnp.zeros((len(segments),), bool))
+    _, v, _, _ = jax.lax.while_loop(cond, body, init)
+    return jnp.sum(v * products(v), axis=1)
+
+
 def curvature_per_layer(
     loss_fn: C.LossFn,
     params,
@@ -980,31 +1165,25 @@ def curvature_per_layer(
         segments.append((int(starts[idx[0]]), int(starts[idx[-1] + 1])))
         counts.append(int(starts[idx[-1] + 1] - starts[idx[0]]))
     k_eig, k_trace = jax.random.split(key)
-    z = _jit_rademacher(k_trace, num_samples, int(starts[-1]))
-    kw = dict(axis_name=axis_name, operator=operator, mask=mask, segments=tuple(segments))
-    if _resolve_loop(where, loop, params, batch, key, axis_name) == "host":  # one compiled product at a time
-        forms = jnp.concatenate(
-            [_layer_forms(loss_fn, params, batch, z[i : i + 1], chunk=None, **kw) for i in range(num_samples)]
-        )
+    n = int(starts[-1])
+    z = _jit_rademacher(k_trace, num_samples, n)
+    kw = dict(axis_name=axis_name, operator=operator, mask=mask)
+    if _resolve_loop(where, loop, params, batch, key, axis_name) == "host":
+        # one compiled product program serves every layer and the traces: rows of `block` vectors at a time
+        block = 1 if C.on_cpu() else _LAYER_BLOCK
+        w = np.asarray(_block_products(loss_fn, params, batch, z, device=False, chunk=block, unroll=False, **kw))
+        zw = np.asarray(z, np.float64) * w
+        forms64 = np.stack([zw[:, a:b].sum(axis=1) for a, b in segments], axis=1)
+        vals = _layer_power_host(loss_fn, params, batch, k_eig, segments, n, num_iters, block, kw)
     else:
-        forms = _layer_forms(loss_fn, params, batch, z, chunk=1, **kw)
-    forms64 = np.asarray(forms, np.float64)
+        segs = tuple(segments)
+        forms64 = np.asarray(_layer_forms(loss_fn, params, batch, z, chunk=1, segments=segs, **kw), np.float64)
+        vals = _layer_power_device(loss_fn, params, batch, k_eig, segments=segs, num_iters=num_iters, **kw)
     table = {}
     for j, name in enumerate(names):
-        vals, _ = hessian_top_eigenvalues(
-            loss_fn,
-            params,
-            batch,
-            key=k_eig,
-            num_iters=num_iters,
-            operator=operator,
-            params_filter=[name],
-            loop=loop,
-            axis_name=axis_name,
-        )
         col = forms64[:, j]
         table[name] = {
-            "top_eigenvalue": vals[0],
+            "top_eigenvalue": jnp.float32(vals[j]),
             "trace": jnp.float32(col.mean()),
             "trace_std_error": jnp.float32(col.std(ddof=1) / np.sqrt(len(col)) if len(col) > 1 else np.nan),
             "num_params": jnp.float32(counts[j]),
