@@ -284,15 +284,15 @@ def test_per_layer_table_matches_the_dense_blocks():
 
 def test_per_layer_table_is_one_product_program_equal_to_each_layers_own_probe():
     """The table's eigenvalues equal hessian_top_eigenvalues restricted to each layer (params_filter), on both loops,
-    and the host table traces the loss a fixed number of times whatever the number of layers (one product program
-    for all layers and the traces; each params_filter probe compiles its own)."""
+    and the host table lowers the same number of programs whatever the number of layers (one program holds every
+    layer's block product, one the traces' whole-model products; each params_filter probe lowers its own)."""
+    import jax.monitoring
+
     params = {f"dense_{i}": {"kernel": 0.4 * jax.random.normal(jax.random.key(i), (4, 4))} for i in range(4)}
     x = jax.random.normal(jax.random.key(9), (16, 4))
-    traces = []
 
     def make_loss():  # a new function each time: nothing cached from an earlier call
         def loss(p, b):
-            traces.append(1)
             h = b
             for i in range(4):
                 h = jnp.tanh(h @ p[f"dense_{i}"]["kernel"])
@@ -302,17 +302,27 @@ def test_per_layer_table_is_one_product_program_equal_to_each_layers_own_probe()
 
     loss = make_loss()
     unravel = ravel_pytree(params)[1]
+    lowered = []
+
+    def listen(event, secs, **kw):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(event)
 
     def count(**kw):
-        del traces[:]
+        del lowered[:]
         table = jp.curvature_per_layer(
             make_loss(), params, x, key=jax.random.key(1), num_iters=300, num_samples=3, **kw
         )
-        return table, len(traces)
+        return table, len(lowered)
 
-    two, n_two = count(layers=["dense_0", "dense_1"])
-    four, n_four = count()
-    assert n_two == n_four == 2, (n_two, n_four)  # the scalar check and one product program, whatever the layers
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        count(layers=["dense_3"])  # the host glue's own small programs, once
+        two, n_two = count(layers=["dense_0", "dense_1"])
+        four, n_four = count()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert n_two == n_four == 2, (n_two, n_four)  # the layers' products and the traces' products
     device, _ = count(loop="device")
     mat = np.asarray(jax.jit(jax.hessian(lambda w: loss(unravel(w), x)))(ravel_pytree(params)[0]))
     for i, name in enumerate(sorted(four)):  # ravel order: the layers' 16 weights one after another

@@ -32,7 +32,7 @@ def test_probes_in_the_loop_leave_training_unchanged_and_plot(tmp_path):
     for r in rows:  # heavy-ball momentum 0.9 at η = 0.05: the threshold (2 + 2β)/η = 76
         assert r["sharpness/threshold"] == pytest.approx(76.0) and r["sharpness/lambda_max"] > 0
         assert r["sharpness/ratio"] == pytest.approx(r["sharpness/lambda_max"] / 76.0)
-        assert 2 <= r["sharpness/num_products"] <= 20 and r["sharpness/converged"] in (True, False)
+        assert 1 <= r["sharpness/num_products"] <= 20 and r["sharpness/converged"] in (True, False)
         # the step-size context beside the landscape rows (Cohen et al.'s edge of stability)
         assert r["santurkar/lr"] == r["ics/lr"] == pytest.approx(0.05)
         assert r["santurkar/beta_eta"] == pytest.approx(r["santurkar/beta_smoothness"] * 0.05, rel=1e-6)

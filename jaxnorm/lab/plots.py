@@ -192,6 +192,7 @@ def plot_sharpness(runs: dict[str, list[dict]], path: str) -> str | None:
     if not any("sharpness/lambda_max" in r for rows in runs.values() for r in rows):
         return None
     fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
+    values = []
     for name, rows in runs.items():
         steps, lam = metrics_lib.series(rows, "probe", "sharpness/lambda_max")
         if not len(steps):
@@ -199,6 +200,10 @@ def plot_sharpness(runs: dict[str, list[dict]], path: str) -> str | None:
         (line,) = ax.plot(steps, lam, label=name)
         ax.plot(*metrics_lib.series(rows, "probe", "sharpness/threshold"), "--", color=line.get_color())
         ax_r.plot(*metrics_lib.series(rows, "probe", "sharpness/ratio"), color=line.get_color(), label=name)
+        values.extend(np.asarray(lam, np.float64).ravel())
+    if values and np.all(np.asarray(values) > 0):  # λ grows by orders of magnitude towards 2/η: a log axis
+        ax.set_yscale("log")
+        ax_r.set_yscale("log")
     ax_r.axhline(1.0, color="k", lw=0.8)
     ax.set(title="sharpness λ_max (dashed: stability threshold)", xlabel="step")
     ax_r.set(title="λ_max / threshold (1: edge of stability)", xlabel="step")

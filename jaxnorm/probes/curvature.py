@@ -1009,75 +1009,74 @@ def _layer_forms(loss_fn, params, batch, z, *, axis_name, operator, mask, segmen
     return C.map_chunked(one, z, chunk)
 
 
-# Layers whose products one host call computes on an accelerator (a vmap; on CPU one at a time: XLA:CPU runs a
-# vmap of convolutions with per-row kernels slowly). Bounds the (block, n) vectors in memory.
+# Trace vectors whose whole-model products one host call computes on an accelerator (a vmap; on CPU one at a time:
+# XLA:CPU runs a vmap of convolutions with per-row kernels slowly). Bounds the (block, n) vectors in memory.
 _LAYER_BLOCK = 8
 _LAYER_TOL = 1e-5  # hessian_top_eigenvalues' default: the relative change of λ that stops a layer
 
 
-def _layer_power_host(loss_fn, params, batch, key, segments, n, num_iters, block, kw):
-    """Power iteration on every layer's diagonal block at once, as a host loop of block products of one compiled
-    program: layer ``l``'s vector lives in its segment ``[a, b)``, ``M_ll v = (M [0; v; 0])_[a, b)``; a layer
-    stops when its Rayleigh quotient changes by ≤ 1e-5·|λ| (as :func:`hessian_top_eigenvalues`), and its value is
-    the Rayleigh quotient of its last vector. Returns the (L,) float64 eigenvalues."""
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name", "operator", "masks"))
+def _layer_products(loss_fn, params, batch, vs, *, axis_name, operator, masks):
+    """``(M_ll v_l)_l``: each layer's diagonal block times its vector, all in one program. Each product is the
+    operator restricted to the layer's parameters (the others held fixed), so the tangent enters at the layer and
+    no gradient is formed for the others: cheaper than a whole-model product with a zero-padded vector."""
+    return tuple(
+        _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, m)[0](v) for m, v in zip(masks, vs, strict=True)
+    )
+
+
+def _layer_power_host(loss_fn, params, batch, key, segments, masks, n, num_iters, kw):
+    """Power iteration on every layer's diagonal block at once, as a host loop of one compiled program (all the
+    layers' block products, :func:`_layer_products`); a layer's vector freezes when its Rayleigh quotient changes by
+    ≤ 1e-5·|λ| (as :func:`hessian_top_eigenvalues`), and its value is the Rayleigh quotient of its last vector.
+    Returns the (L,) float64 eigenvalues."""
     start = np.asarray(jax.random.normal(key, (n,), jnp.float32))
     vs = [start[a:b] / max(np.linalg.norm(start[a:b]), np.finfo(np.float32).tiny) for a, b in segments]
+    kw = {k: v for k, v in kw.items() if k != "mask"}
 
-    def products(rows):
-        full = np.zeros((len(rows), n), np.float32)
-        for r, j in enumerate(rows):
-            a, b = segments[j]
-            full[r, a:b] = vs[j]
-        w = np.asarray(
-            _block_products(loss_fn, params, batch, jnp.asarray(full), device=False, chunk=block, unroll=False, **kw)
-        )
-        return [w[r, segments[j][0] : segments[j][1]] for r, j in enumerate(rows)]
+    def products():
+        return [np.asarray(w) for w in _layer_products(loss_fn, params, batch, tuple(vs), masks=masks, **kw)]
 
     lam = np.zeros(len(segments))
     done = np.zeros(len(segments), bool)
     for i in range(num_iters):
-        active = [j for j in range(len(segments)) if not done[j]]
-        if not active:
+        if done.all():
             break
-        for j, w in zip(active, products(active), strict=True):
+        for j, w in enumerate(products()):
+            if done[j]:
+                continue
             new = float(np.dot(vs[j].astype(np.float64), w))
             vs[j] = w / max(np.linalg.norm(w), np.finfo(np.float32).tiny)
             done[j] = i >= 1 and abs(new - lam[j]) <= _LAYER_TOL * abs(new)
             lam[j] = new
-    return np.array([np.dot(v.astype(np.float64), w) for v, w in zip(vs, products(range(len(vs))), strict=True)])
+    return np.array([np.dot(v.astype(np.float64), w) for v, w in zip(vs, products(), strict=True)])
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("segments", "num_iters"))
-def _layer_power_device(loss_fn, params, batch, key, *, segments, num_iters, axis_name, operator, mask):
-    """:func:`_layer_power_host` as one program: the layers' vectors as the rows of an (L, n) matrix, zero outside
-    their segments, the products of a row ``chunk='auto'`` at a time."""
-    matvec, n = _flat_hvp_fn(loss_fn, params, batch, axis_name, operator, mask)
-    masks = np.zeros((len(segments), n), np.float32)
-    for j, (a, b) in enumerate(segments):
-        masks[j, a:b] = 1.0
-    masks = jnp.asarray(masks)
+@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name", "operator", "masks", "segments", "num_iters"))
+def _layer_power_device(loss_fn, params, batch, key, *, segments, masks, num_iters, axis_name, operator):
+    """:func:`_layer_power_host` as one program (a ``while_loop`` over the steps; traceable)."""
+    n = max(b for _, b in segments)
+    start = jax.random.normal(key, (max(n, 1),), jnp.float32)
 
-    def normalize(w):
-        return w / jnp.maximum(jnp.linalg.norm(w, axis=1, keepdims=True), jnp.finfo(jnp.float32).tiny)
-
-    def products(v):
-        return C.map_chunked(matvec, v, "auto") * masks
+    def products(vs):
+        return _layer_products(loss_fn, params, batch, vs, axis_name=axis_name, operator=operator, masks=masks)
 
     def cond(s):
         i, _, _, done = s
         return (i < num_iters) & ~jnp.all(done)
 
     def body(s):
-        i, v, lam, done = s
-        w = products(v)
-        new = jnp.sum(v * w, axis=1)
+        i, vs, lam, done = s
+        ws = products(vs)
+        new = jnp.stack([jnp.vdot(v, w) for v, w in zip(vs, ws, strict=True)])
         stop = (i >= 1) & (jnp.abs(new - lam) <= _LAYER_TOL * jnp.abs(new))
-        return i + 1, jnp.where(done[:, None], v, normalize(w)), jnp.where(done, lam, new), done | stop
+        vs = tuple(jnp.where(done[j], v, _normalize(w)) for j, (v, w) in enumerate(zip(vs, ws, strict=True)))
+        return i + 1, vs, jnp.where(done, lam, new), done | stop
 
-    v0 = normalize(masks * jax.random.normal(key, (n,), jnp.float32))
+    v0 = tuple(_normalize(start[a:b]) for a, b in segments)
     init = (0, v0, jnp.zeros((len(segments),), jnp.float32), jnp.zeros((len(segments),), bool))
-    _, v, _, _ = jax.lax.while_loop(cond, body, init)
-    return jnp.sum(v * products(v), axis=1)
+    _, vs, _, _ = jax.lax.while_loop(cond, body, init)
+    return jnp.stack([jnp.vdot(v, w) for v, w in zip(vs, products(vs), strict=True)])
 
 
 def curvature_per_layer(
@@ -1098,7 +1097,9 @@ def curvature_per_layer(
     Formula: for each layer ``l``, the top eigenvalue of the block ``M_ll`` (the operator restricted to the layer's
     parameters, the others fixed; power iteration, at most ``num_iters`` block products) and ``tr M_ll`` from ONE
     Hutchinson run on the whole operator: for Rademacher ``z``, ``z_lᵀ (M z)_l`` estimates ``tr M_ll``, so the
-    layers' traces cost no more than the model's and sum to its estimate exactly.
+    layers' traces cost no more than the model's and sum to its estimate exactly. Every layer's power iteration
+    advances together: one compiled program holds all the layers' block products (each enters the tangent at its
+    layer, so it costs less than a whole-model product), whatever the number of layers.
 
     Reduces over: the ``num_samples`` Rademacher vectors (and the batches of a data set: the average operator).
 
@@ -1168,17 +1169,28 @@ def curvature_per_layer(
     n = int(starts[-1])
     z = _jit_rademacher(k_trace, num_samples, n)
     kw = dict(axis_name=axis_name, operator=operator, mask=mask)
+    masks = tuple(O.select(where, params, [name]) for name in names)  # each layer's leaves: its diagonal block
     if _resolve_loop(where, loop, params, batch, key, axis_name) == "host":
         # one compiled product program serves every layer and the traces: rows of `block` vectors at a time
         block = 1 if C.on_cpu() else _LAYER_BLOCK
         w = np.asarray(_block_products(loss_fn, params, batch, z, device=False, chunk=block, unroll=False, **kw))
         zw = np.asarray(z, np.float64) * w
         forms64 = np.stack([zw[:, a:b].sum(axis=1) for a, b in segments], axis=1)
-        vals = _layer_power_host(loss_fn, params, batch, k_eig, segments, n, num_iters, block, kw)
+        vals = _layer_power_host(loss_fn, params, batch, k_eig, segments, masks, n, num_iters, kw)
     else:
         segs = tuple(segments)
         forms64 = np.asarray(_layer_forms(loss_fn, params, batch, z, chunk=1, segments=segs, **kw), np.float64)
-        vals = _layer_power_device(loss_fn, params, batch, k_eig, segments=segs, num_iters=num_iters, **kw)
+        vals = _layer_power_device(
+            loss_fn,
+            params,
+            batch,
+            k_eig,
+            segments=segs,
+            masks=masks,
+            num_iters=num_iters,
+            axis_name=axis_name,
+            operator=operator,
+        )
     table = {}
     for j, name in enumerate(names):
         col = forms64[:, j]
