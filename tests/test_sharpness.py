@@ -114,7 +114,7 @@ def test_the_tracker_equals_the_dense_hessian_during_gradient_descent_and_warm_s
     loss_fn, params, batch = mlp()
     lr = 0.2
     tracker = jp.SharpnessTracker(loss_fn, lr=lr, tol=1e-6, num_iters=500)
-    # the probe kind's tracking default: a residual of 1e-2·|λ| puts λ within about (1e-2)²·|λ|/gap
+    # the probe kind's tracking default: a residual of 3e-2·|λ| puts λ within about (3e-2)²·|λ|/gap
     probe = jp.probe_kind("sharpness").defaults
     quick = jp.SharpnessTracker(loss_fn, lr=lr, tol=probe["tol"], num_iters=probe["num_iters"])
     grad = jax.jit(jax.grad(loss_fn))
@@ -124,7 +124,7 @@ def test_the_tracker_equals_the_dense_hessian_during_gradient_descent_and_warm_s
             row = tracker(params, batch, step=step)
             want = largest(dense_hessian(loss_fn, params, batch))
             assert row["lambda_max"] == pytest.approx(want, rel=1e-3), step
-            assert quick(params, batch, step=step)["lambda_max"] == pytest.approx(want, rel=1e-3), step
+            assert quick(params, batch, step=step)["lambda_max"] == pytest.approx(want, rel=5e-3), step
             assert row["ratio"] == pytest.approx(want * lr / 2, rel=1e-3) and row["step"] == step and row["lr"] == lr
             warm.append(row["num_products"])
             cold.append(jp.sharpness(loss_fn, params, batch, lr=lr, tol=1e-6, num_iters=500)["num_products"])
