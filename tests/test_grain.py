@@ -313,7 +313,8 @@ def test_synthetic_images_are_deterministic_and_stored_losslessly(synthetic, dat
     np.testing.assert_array_equal([e["label"] for e in stored], y)
 
 
-def test_synthetic_images_are_learnable_by_nearest_class_mean(data_dir):
+def test_synthetic_images_are_learnable_by_nearest_class_mean(synthetic, data_dir):
+    # `synthetic` prepares the data set in data_dir: this test reads it directly (in any order, or alone)
     src_train = tfds.data_source("jaxnorm_synthetic_images_32", split="train", data_dir=data_dir, download=False)
     src_test = tfds.data_source("jaxnorm_synthetic_images_32", split="test", data_dir=data_dir, download=False)
 

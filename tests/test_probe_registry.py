@@ -132,3 +132,13 @@ def test_register_probe_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="already registered"):
         jp.register_probe("sharpness", lambda c, o: {})
     assert "bad" not in jp.probe_names()
+
+
+def test_the_sharpness_kind_warm_starts_from_its_last_eigenvector(state):
+    """The second call on the same state starts from the first call's Ritz vector: its residual is already within
+    tol, so one product ends it; a cold start needs more."""
+    probe_fn = jp.make_probe_fn(Net(), probes=("sharpness",), lr=0.1, options={"sharpness": {"tol": 1e-2}})
+    first = probe_fn(state, BATCH, jax.random.key(6))
+    second = probe_fn(state, BATCH, jax.random.key(7))
+    assert first["sharpness/num_products"] > 1 and second["sharpness/num_products"] == 1, (first, second)
+    np.testing.assert_allclose(second["sharpness/lambda_max"], first["sharpness/lambda_max"], rtol=1e-3)

@@ -140,6 +140,25 @@ def test_santurkar_compiles_once():
     assert len(host) == once, (once, len(host))
 
 
+def test_santurkar_default_plan_is_one_evaluation_per_program_eagerly_on_cpu_and_one_program_traced():
+    """loop='auto': eagerly on CPU, one compiled value-and-gradient evaluation called K + 1 times (the loss traced
+    once, however many step sizes); under jit, the one-program plan (the loss traced once per evaluation)."""
+    _, _, _, params, batch = _quadratic(SPD)
+    traced = []
+
+    def loss(p, b):
+        traced.append(1)
+        return quad_loss(p, b)
+
+    eager = jp.santurkar_probe(loss, params, batch, lr=0.1)  # K = 8
+    n_eager = len(traced)
+    del traced[:]
+    inside = jax.jit(lambda p: jp.santurkar_probe(loss, p, batch, lr=0.1))(params)
+    assert n_eager <= 2 < 9 <= len(traced), (n_eager, len(traced))  # (+1: the scalar-loss check)
+    for k in ("losses", "grad_changes", "beta_smoothness"):
+        np.testing.assert_allclose(eager[k], inside[k], rtol=1e-5)
+
+
 # ---- curvature on the quadratic ------------------------------------------------------------------------------------
 
 
