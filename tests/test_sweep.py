@@ -144,11 +144,15 @@ def test_sweep_cli_errors_before_running(tmp_path, capsys):
         (["--config.norm=group"], ("grid key",)),
         (["--config.size=huge"], ("'huge'", "full")),
         (["--seeds", "0"], ("--seeds",)),
+        (["--config.model_kwargs.kernel_sise=5"], ("kernel_sise", "not a field of the model cnn1d", "kernel_size")),
     ):
         assert sweep.main(args + flags) == 1, flags
         err = capsys.readouterr().err
         assert err.startswith("error: ") and all(e in err for e in expected), (flags, err)
     assert not (tmp_path / "w").exists()
+    # a model field the experiment file does not set is declared, and reaches every point's config
+    _, points, _ = sweep.plan(EXPERIMENT_FILES["ba"], 1, {"size": "smoke", "model_kwargs.kernel_size": 5})
+    assert points and all(p["config"].model_kwargs.kernel_size == 5 for p in points)
 
 
 def test_diverged_run_is_a_result_and_is_not_rerun(tmp_path):

@@ -104,6 +104,7 @@ def _fmt(v) -> str:
 def plan(path: str, seeds: int | None = None, overrides: dict | None = None):
     """``(base_config, points, seeds)``: the size-resolved base config and the grid, each point a dict with its
     ``name``, ``overrides`` and ``explicit`` keys. Checks every point's config before anything runs."""
+    from jaxnorm.lab.models import fields as fields_lib
     from jaxnorm.lab.train import config as config_lib
 
     module = load_experiment(path)
@@ -133,6 +134,8 @@ def plan(path: str, seeds: int | None = None, overrides: dict | None = None):
             raise ValueError(f"--config.{clash[0]} is a grid key of {path}; the grid sets it per point")
         cfg = _apply(config_lib.resolve_size(base, overrides), over)
         config_lib.validate(cfg)
+        # the model's fields too: a misspelt --config.model_kwargs.FIELD fails here, not in every run
+        fields_lib.check_model_kwargs(cfg.model, cfg.model_kwargs.to_dict())
         points.append(
             {"name": name, "overrides": over, "explicit": sorted(set(over) | set(overrides) | {"seed"}), "config": cfg}
         )
