@@ -56,6 +56,7 @@ Benchmarks never assert: they print figures. On a shared CPU the ratios are the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -99,6 +100,13 @@ def _plan(spec: str) -> dict:
     c, _, loop = spec.partition(":")
     chunk = {"none": None, "auto": "auto"}[c] if c in ("none", "auto") else int(c)
     return {"chunk": chunk, **({"unroll": False} if loop == "loop" else {})}
+
+
+def _with_plan(fn, plan: dict):
+    """``fn`` with a plan of ``_plan``: ``chunk`` is an argument, ``loop``/``group``/``unroll`` the probes' private
+    execution knobs (the public functions choose them automatically)."""
+    knobs = {k: v for k, v in plan.items() if k in _pc.KNOBS}
+    return functools.partial(_pc.planned(fn, **knobs), **{k: v for k, v in plan.items() if k not in _pc.KNOBS})
 
 
 def _timed_first_call(f):
@@ -204,13 +212,13 @@ def main(argv=None):
         compile_s = {"floor": _timed_first_call(lambda: vg(params, batch))}
         plans = {f"probe_chunk_{c}": _plan(c) for c in args.chunks.split(",")}
         for name, plan in plans.items():
-            fns[name] = lambda plan=plan: jp.santurkar_probe(loss_fn, params, batch, etas=etas, **plan)
+            fns[name] = lambda plan=plan: _with_plan(jp.santurkar_probe, plan)(loss_fn, params, batch, etas=etas)
             compile_s[name] = _timed_first_call(fns[name])
         # no recompilation: new parameters and step sizes of the same shapes reuse the compiled probe
         traces_before = len(traces)
         p2 = jax.tree.map(lambda w: w * 1.01, params)
         for plan in plans.values():
-            _block(jp.santurkar_probe(loss_fn, p2, batch, etas=etas * 0.5, **plan))
+            _block(_with_plan(jp.santurkar_probe, plan)(loss_fn, p2, batch, etas=etas * 0.5))
         retraced = len(traces) != traces_before
         ms = _time_rounds(fns, args.repeats)
         for name in fns:
@@ -250,8 +258,8 @@ def main(argv=None):
         iters = args.power_iters
 
         def power(loop):
-            return lambda: jp.hessian_top_eigenvalues(
-                loss_fn, params, batch, k=1, key=jax.random.key(1), num_iters=iters, tol=0.0, loop=loop
+            return lambda: _pc.planned(jp.hessian_top_eigenvalues, loop=loop)(
+                loss_fn, params, batch, k=1, key=jax.random.key(1), num_iters=iters, tol=0.0
             )[0]
 
         loops = [lp for lp in args.power_loops.split(",") if lp]
@@ -389,8 +397,8 @@ def main(argv=None):
         plans = {f"probe_chunk_{c}": _plan(c) for c in args.surface_chunks.split(",") if c}
         fns = {"floor": floor}
         for name, plan in plans.items():
-            fns[name] = lambda plan=plan: jp.loss_slice_2d(
-                loss_fn, params, sbatch, key=skey, steps=steps, span=span, **plan
+            fns[name] = lambda plan=plan: _with_plan(jp.loss_slice_2d, plan)(
+                loss_fn, params, sbatch, key=skey, steps=steps, span=span
             )["losses"]
         compile_s, outs = _first_calls(fns)
         diffs = {name: float(jnp.max(jnp.abs(outs[name] - outs["floor"]))) for name in plans}

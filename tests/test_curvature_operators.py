@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxnorm.probes as jp
 from jaxnorm.losses import per_example_loss
+from jaxnorm.probes._common import planned
 
 
 @pytest.fixture(autouse=True)
@@ -178,8 +179,8 @@ def test_block_products_equal_separate_products_and_subspace_iteration_finds_the
     ev = np.linalg.eigvalsh(mat)
     ev = ev[np.argsort(-np.abs(ev))]
     for loop in ("host", "device"):
-        vals, vecs = jp.hessian_top_eigenvalues(
-            CE, params, b, k=3, key=jax.random.key(0), method="subspace", num_iters=400, tol=1e-7, loop=loop
+        vals, vecs = planned(jp.hessian_top_eigenvalues, loop=loop)(
+            CE, params, b, k=3, key=jax.random.key(0), method="subspace", num_iters=400, tol=1e-7
         )
         np.testing.assert_allclose(vals, ev[:3], rtol=2e-3, atol=1e-5)
         for j in range(3):
@@ -204,7 +205,7 @@ def test_dataset_average_over_four_batches_equals_the_full_batch_operator():
     np.testing.assert_allclose(jp.directional_curvature(CE, params, ds), g @ mat @ g / (g @ g), rtol=1e-4)
     # the Santurkar probe on the data set is the probe of the full-batch loss (device and host loops)
     for loop in ("device", "host"):
-        on_ds = jp.santurkar_probe(CE, params, ds, lr=0.5, loop=loop)
+        on_ds = planned(jp.santurkar_probe, loop=loop)(CE, params, ds, lr=0.5)
         on_full = jp.santurkar_probe(CE, params, full, lr=0.5)
         for k in ("losses", "grad_changes", "beta_smoothness"):
             np.testing.assert_allclose(on_ds[k], on_full[k], rtol=1e-4, err_msg=k)
@@ -274,8 +275,10 @@ def test_per_layer_table_matches_the_dense_blocks():
     k_trace = jax.random.split(jax.random.key(4))[1]
     whole = jp.hessian_trace(CE, params, b, key=k_trace, num_samples=300)["trace"]
     np.testing.assert_allclose(sum(float(t["trace"]) for t in table.values()), whole, rtol=1e-4)
-    device = jp.curvature_per_layer(CE, params, b, key=jax.random.key(4), num_iters=50, num_samples=5, loop="device")
-    host = jp.curvature_per_layer(CE, params, b, key=jax.random.key(4), num_iters=50, num_samples=5, loop="host")
+    device, host = (
+        planned(jp.curvature_per_layer, loop=loop)(CE, params, b, key=jax.random.key(4), num_iters=50, num_samples=5)
+        for loop in ("device", "host")
+    )
     for name in spans:
         np.testing.assert_allclose(device[name]["trace"], host[name]["trace"], rtol=1e-4)
     with pytest.raises(ValueError, match=r"'conv_9' is not a layer of params; its layers are \['dense_0', 'head'\]"):
@@ -308,10 +311,10 @@ def test_per_layer_table_is_one_product_program_equal_to_each_layers_own_probe()
         if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
             lowered.append(event)
 
-    def count(**kw):
+    def count(layers=None, loop="auto"):
         del lowered[:]
-        table = jp.curvature_per_layer(
-            make_loss(), params, x, key=jax.random.key(1), num_iters=300, num_samples=3, **kw
+        table = planned(jp.curvature_per_layer, loop=loop)(
+            make_loss(), params, x, key=jax.random.key(1), layers=layers, num_iters=300, num_samples=3
         )
         return table, len(lowered)
 
@@ -344,8 +347,8 @@ def test_host_and_device_loops_agree_for_an_operator_and_a_block():
         (jp.hessian_trace, dict(num_samples=6)),
         (jp.hessian_trace, dict(num_samples=9, method="hutch++")),
     ):
-        host = fn(CE, params, b, key=key, loop="host", **kw, **extra)
-        device = fn(CE, params, b, key=key, loop="device", **kw, **extra)
+        host = planned(fn, loop="host")(CE, params, b, key=key, **kw, **extra)
+        device = planned(fn, loop="device")(CE, params, b, key=key, **kw, **extra)
         a, d = (host[0], device[0]) if isinstance(host, tuple) else (host["trace"], device["trace"])
         np.testing.assert_allclose(a, d, rtol=1e-4)
 

@@ -12,6 +12,7 @@ import pytest
 import jaxnorm.probes as jp
 from jaxnorm.lab.models import build_model
 from jaxnorm.lab.train.steps import create_state
+from jaxnorm.probes._common import execution, planned
 
 N = 10
 D = 4
@@ -69,7 +70,7 @@ def test_santurkar_quadratic_closed_form():
     # every evaluation plan gives the same numbers: one vmap, groups of 3 (+ a remainder of 2) unrolled or in a
     # scan loop, one at a time
     for chunk, unroll in ((None, None), (3, True), (3, False), (1, False)):
-        rc = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, chunk=chunk, unroll=unroll)
+        rc = planned(jp.santurkar_probe, unroll=unroll)(quad_loss, params, batch, lr=0.1, chunk=chunk)
         np.testing.assert_allclose(rc["grad_changes"], r["grad_changes"], rtol=1e-5)
         np.testing.assert_allclose(rc["losses"], r["losses"], rtol=1e-5)
     # the host loop (one compiled program of `group` evaluations, called ⌈(K + 1) / group⌉ times; 8 + 1 = 9
@@ -77,18 +78,18 @@ def test_santurkar_quadratic_closed_form():
     rnd = dict(lr=0.1, direction="random", key=jax.random.key(3))
     r_rnd = jp.santurkar_probe(quad_loss, params, batch, **rnd)
     for group in (1, 2, 3, 4, 5, 9, 16):
-        host = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, loop="host", group=group)
+        host = planned(jp.santurkar_probe, loop="host", group=group)(quad_loss, params, batch, lr=0.1)
         assert host.keys() == r.keys()
         for k in r:
             np.testing.assert_allclose(host[k], r[k], rtol=1e-5, err_msg=f"group={group} {k}")
-        host_rnd = jp.santurkar_probe(quad_loss, params, batch, loop="host", group=group, **rnd)
+        host_rnd = planned(jp.santurkar_probe, loop="host", group=group)(quad_loss, params, batch, **rnd)
         for k in ("losses", "grad_changes", "beta_smoothness", "direction_norm"):
             np.testing.assert_allclose(host_rnd[k], r_rnd[k], rtol=1e-5, err_msg=f"random group={group} {k}")
     for bad in (0, -1, 1.5, True, "3"):
         with pytest.raises(ValueError, match="group must be a positive int"):
-            jp.santurkar_probe(quad_loss, params, batch, lr=0.1, loop="host", group=bad)
+            planned(jp.santurkar_probe, loop="host", group=bad)(quad_loss, params, batch, lr=0.1)
     with pytest.raises(ValueError, match="loop='host' runs a Python loop of compiled evaluations and cannot be traced"):
-        jax.jit(lambda p: jp.santurkar_probe(quad_loss, p, batch, lr=0.1, loop="host"))(params)
+        jax.jit(lambda p: planned(jp.santurkar_probe, loop="host")(quad_loss, p, batch, lr=0.1))(params)
     lin = jp.eta_grid(0.1, 0.5, 4.0, num=4, spacing="linear")
     np.testing.assert_allclose(lin, [0.05, 0.1666667, 0.2833333, 0.4], rtol=1e-6)
 
@@ -132,11 +133,12 @@ def test_santurkar_compiles_once():
     # the host loop compiles its one value-and-gradient program once, for every lr, grid and step size
     host = []
     loss_fn = counting(host)
-    jp.santurkar_probe(loss_fn, params, batch, lr=0.1, loop="host")
+    host_probe = planned(jp.santurkar_probe, loop="host")
+    host_probe(loss_fn, params, batch, lr=0.1)
     once = len(host)
     for i in range(3):
-        jp.santurkar_probe(loss_fn, {"w": params["w"] + i}, batch, lr=0.1 * (i + 1), loop="host")
-        jp.santurkar_probe(loss_fn, {"w": params["w"] + i}, batch, etas=np.linspace(0.1, 1.0, 5), loop="host")
+        host_probe(loss_fn, {"w": params["w"] + i}, batch, lr=0.1 * (i + 1))
+        host_probe(loss_fn, {"w": params["w"] + i}, batch, etas=np.linspace(0.1, 1.0, 5))
     assert len(host) == once, (once, len(host))
 
 
@@ -184,7 +186,7 @@ def test_top_eigenvalues_match_eigh(method, eigs):
     lam, q = np.linalg.eigh(a)
     order = np.argsort(-np.abs(lam))[:3]
     for loop in ("device", "host"):
-        vals, vecs = jp.hessian_top_eigenvalues(
+        vals, vecs = planned(jp.hessian_top_eigenvalues, loop=loop)(
             quad_loss,
             params,
             batch,
@@ -193,7 +195,6 @@ def test_top_eigenvalues_match_eigh(method, eigs):
             method=method,
             num_iters=150 if method == "power" else N,
             tol=1e-7,
-            loop=loop,
         )
         np.testing.assert_allclose(vals, lam[order], rtol=1e-3, atol=1e-3)  # signed, by magnitude
         assert vecs["w"].shape == (3, N)
@@ -203,10 +204,11 @@ def test_top_eigenvalues_match_eigh(method, eigs):
 
 def test_hessian_trace_hutchinson():
     a, _, _, params, batch = _quadratic(INDEF)
-    r = jp.hessian_trace(quad_loss, params, batch, key=jax.random.key(1), num_samples=4000, chunk=None, loop="device")
+    trace_on = {loop: planned(jp.hessian_trace, loop=loop) for loop in ("host", "device")}
+    r = trace_on["device"](quad_loss, params, batch, key=jax.random.key(1), num_samples=4000, chunk=None)
     # the same vectors on the host loop (groups of 3, the last one short) and the device program
-    host = jp.hessian_trace(quad_loss, params, batch, key=jax.random.key(1), num_samples=7, chunk=3, loop="host")
-    dev = jp.hessian_trace(quad_loss, params, batch, key=jax.random.key(1), num_samples=7, chunk=3, loop="device")
+    host = trace_on["host"](quad_loss, params, batch, key=jax.random.key(1), num_samples=7, chunk=3)
+    dev = trace_on["device"](quad_loss, params, batch, key=jax.random.key(1), num_samples=7, chunk=3)
     np.testing.assert_allclose(host["trace"], dev["trace"], rtol=1e-5)
     off = a - np.diag(np.diag(a))
     se = np.sqrt(2 * np.sum(off**2) / 4000)  # the exact standard error of the mean
@@ -218,7 +220,7 @@ def test_hessian_trace_hutchinson():
 def test_spectral_density():
     a, _, _, params, batch = _quadratic(SPD)
     runs = 400
-    r = jp.hessian_spectral_density(
+    r = planned(jp.hessian_spectral_density, loop="device")(
         quad_loss,
         params,
         batch,
@@ -227,11 +229,10 @@ def test_spectral_density():
         num_runs=runs,
         num_points=2000,
         chunk=None,
-        loop="device",
     )
     few = [
-        jp.hessian_spectral_density(
-            quad_loss, params, batch, key=jax.random.key(2), num_lanczos_steps=N, num_runs=2, num_points=50, loop=loop
+        planned(jp.hessian_spectral_density, loop=loop)(
+            quad_loss, params, batch, key=jax.random.key(2), num_lanczos_steps=N, num_runs=2, num_points=50
         )
         for loop in ("host", "device")
     ]
@@ -293,12 +294,11 @@ def test_ics_two_layer_linear_by_hand():
     opt_state = tx.init(params)
     ro = jp.internal_covariate_shift(lin2_loss, params, batch, tx=tx, opt_state=opt_state, chunk=None)
     np.testing.assert_allclose(ro["l2"]["layer2"], r["l2"]["layer2"], rtol=1e-5)
-    ru = jp.internal_covariate_shift(
+    ru = planned(jp.internal_covariate_shift, unroll=False)(
         lin2_loss,
         params,
         batch,
         chunk=1,
-        unroll=False,
         update_fn=lambda p, g: optax.apply_updates(p, tx.update(g, opt_state, p)[0]),
     )
     np.testing.assert_allclose(ru["l2"]["layer2"], r["l2"]["layer2"], rtol=1e-5)
@@ -478,12 +478,13 @@ def test_pmap_probe_equals_global_batch():
     kw = dict(
         probes=("santurkar_random", "directional_curvature"),
         lr=0.5,
-        options={"santurkar_random": {"chunk": 2, "unroll": False}},
-    )  # groups of 2 in a lax.scan loop
-    one = jax.jit(jp.make_probe_fn(model, **kw))(state, batch, key)
-    many = jax.pmap(jp.make_probe_fn(model, axis_name="batch", **kw), axis_name="batch", in_axes=(None, 0, None))(
-        state, {k: v.reshape((D, 4) + v.shape[1:]) for k, v in batch.items()}, key
+        options={"santurkar_random": {"chunk": 2}},
     )
+    with execution(unroll=False):  # groups of 2 in a lax.scan loop
+        one = jax.jit(jp.make_probe_fn(model, **kw))(state, batch, key)
+        many = jax.pmap(jp.make_probe_fn(model, axis_name="batch", **kw), axis_name="batch", in_axes=(None, 0, None))(
+            state, {k: v.reshape((D, 4) + v.shape[1:]) for k, v in batch.items()}, key
+        )
     assert set(many) == set(one)
     for name in (
         "santurkar_random/losses",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -146,3 +148,39 @@ def check_chunk(where: str, chunk):
     if chunk is None or chunk == "auto":
         return chunk
     return _checks.check_positive_int(where, "chunk", chunk)
+
+
+# The probes choose their execution plan themselves (see each probe's docstring): a host loop of compiled steps when
+# called eagerly on CPU, one program when traced or on an accelerator, straight-line code for up to MAX_UNROLL groups
+# on CPU. Tests and benchmarks force a plan with `execution(...)`; it is not public API.
+_EXECUTION: contextvars.ContextVar[dict] = contextvars.ContextVar("jaxnorm_probes_execution", default={})  # noqa: B039
+KNOBS = {"loop": "auto", "unroll": None, "group": 1}
+
+
+@contextlib.contextmanager
+def execution(**knobs) -> Iterator[None]:
+    """Force the probes' execution plan inside the block: ``loop`` (``'auto'``, ``'host'``, ``'device'``),
+    ``unroll`` (None, True, False) and ``group`` (the Santurkar host loop's evaluations per call)."""
+    unknown = sorted(set(knobs) - set(KNOBS))
+    if unknown:
+        raise ValueError(f"execution: unknown knobs {unknown}; choose from {sorted(KNOBS)}")
+    token = _EXECUTION.set({**_EXECUTION.get(), **knobs})
+    try:
+        yield
+    finally:
+        _EXECUTION.reset(token)
+
+
+def knob(name: str):
+    """The execution plan's ``name`` in force (its automatic default outside :func:`execution`)."""
+    return _EXECUTION.get().get(name, KNOBS[name])
+
+
+def planned(fn: Callable, **knobs) -> Callable:
+    """``fn`` called under :func:`execution` with ``knobs`` (tests and benchmarks compare the plans)."""
+
+    def call(*args, **kwargs):
+        with execution(**knobs):
+            return fn(*args, **kwargs)
+
+    return call

@@ -384,7 +384,6 @@ def hessian_top_eigenvalues(
     num_iters: int = 100,
     method: str = "power",
     tol: float = 1e-5,
-    loop: str = "auto",
     operator: str = "hessian",
     params_filter=None,
     axis_name: str | None = None,
@@ -400,6 +399,9 @@ def hessian_top_eigenvalues(
     eigenvalue is found where it dominates, as in PyHessian).
 
     Reduces over: the batch (the loss's own mean), and over the batches of a data set (the average operator).
+
+    Execution: called eagerly on CPU, a host loop of compiled steps (XLA:CPU runs convolution gradients inside loop
+    bodies slowly, jax-ml/jax#12868); traced (``jit``, ``pmap``) or on an accelerator, one compiled program.
 
     Reference: Yao, Gholami, Keutzer & Mahoney (2020), PyHessian: Neural Networks Through the Lens of the Hessian;
     Lanczos (1950), An Iteration Method for the Solution of the Eigenvalue Problem of Linear Differential and
@@ -421,9 +423,6 @@ def hessian_top_eigenvalues(
         ``'lanczos'`` (usually far fewer products for ``k > 1``) or ``'subspace'`` (every pair converges at once,
         at rate ``|λ_(k+3)/λ_j|``; its products run as one batched call on accelerators).
       tol: the relative change of the Rayleigh quotient that stops power iteration (``0`` runs all iterations).
-      loop: ``'device'``: one compiled program (jit/pmap-traceable); ``'host'``: a Python loop of compiled
-        single steps (not traceable); ``'auto'`` (default): ``'host'`` when called eagerly on CPU (XLA:CPU runs
-        convolution gradients inside loop bodies slowly, jax-ml/jax#12868), ``'device'`` otherwise.
       operator: ``'hessian'`` (default), ``'ggn'``, ``'fisher'`` or ``'empirical_fisher'`` (the last three need a
         :class:`jaxnorm.probes.SplitLoss`, e.g. from :func:`jaxnorm.probes.model_loss_fn`); see
         :mod:`jaxnorm.probes.operators`.
@@ -437,8 +436,8 @@ def hessian_top_eigenvalues(
       axis of ``k`` (unit-norm vectors; ``None`` for leaves outside ``params_filter``).
 
     Raises:
-      ValueError: unknown ``method`` or ``loop``; ``k`` or ``num_iters`` not a positive int; ``k`` larger than the
-        parameter count; ``method='lanczos'`` with ``num_iters < k``; no ``key``; ``loop='host'`` under a trace.
+      ValueError: unknown ``method``; ``k`` or ``num_iters`` not a positive int; ``k`` larger than the
+        parameter count; ``method='lanczos'`` with ``num_iters < k``; no ``key``.
       ValueError: ``loss_fn(params, batch)`` is not a real scalar; ``operator`` is unknown or needs a
         :class:`jaxnorm.probes.SplitLoss` it did not get; ``params_filter`` selects nothing or names a missing
         layer; a list of batches of unequal shapes.
@@ -465,6 +464,7 @@ def hessian_top_eigenvalues(
     >>> round(float(vals[0]), 3)
     6.0
     """
+    loop = C.knob("loop")
     where = "hessian_top_eigenvalues"
     if method not in METHODS:
         raise ValueError(f"{where}: method must be one of {METHODS}, got {method!r}")
@@ -611,8 +611,6 @@ def hessian_trace(
     num_samples: int = 100,
     method: str = "hutchinson",
     chunk: int | str | None = 1,
-    unroll: bool | None = None,
-    loop: str = "auto",
     operator: str = "hessian",
     params_filter=None,
     axis_name: str | None = None,
@@ -626,6 +624,9 @@ def hessian_trace(
 
     Reduces over: the ``num_samples`` probe vectors (and the batches of a data set: the average operator).
 
+    Execution: called eagerly on CPU, a host loop of compiled steps (XLA:CPU runs convolution gradients inside loop
+    bodies slowly, jax-ml/jax#12868); traced (``jit``, ``pmap``) or on an accelerator, one compiled program.
+
     Reference: Hutchinson (1989), A Stochastic Estimator of the Trace of the Influence Matrix for Laplacian
     Smoothing Splines; Meyer, Musco, Musco & Woodruff (2021), Hutch++: Optimal Stochastic Trace Estimation.
 
@@ -636,16 +637,11 @@ def hessian_trace(
         set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays) or
         :func:`jaxnorm.probes.dataset` of them, which are the same: the operator is then the average
         ``M = (1/B) Σ_b M_b`` over its ``B`` batches.
-      key: PRNG key of the Rademacher vectors (the same key gives the same vectors for every ``loop``).
+      key: PRNG key of the Rademacher vectors (the same key gives the same vectors on the host and in one program).
       num_samples: the number of products ``m`` (``'hutch++'``: at least 3).
       method: ``'hutchinson'`` (default) or ``'hutch++'``.
       chunk: products run at once (a ``vmap``): 1 (default, sequential), an int, ``None`` (all at once) or
         ``'auto'`` (1 on CPU, all on accelerators).
-      unroll: ``loop='device'`` only: sequential groups as straight-line code (True) or a ``lax.scan`` (False);
-        default: unrolled on CPU for up to 32 groups.
-      loop: ``'device'``: one compiled program (jit/pmap-traceable); ``'host'``: a Python loop of compiled
-        single steps (not traceable); ``'auto'`` (default): ``'host'`` when called eagerly on CPU (XLA:CPU runs
-        convolution gradients inside loop bodies slowly, jax-ml/jax#12868), ``'device'`` otherwise.
       operator: ``'hessian'`` (default), ``'ggn'``, ``'fisher'`` or ``'empirical_fisher'`` (the last three need a
         :class:`jaxnorm.probes.SplitLoss`, e.g. from :func:`jaxnorm.probes.model_loss_fn`); see
         :mod:`jaxnorm.probes.operators`.
@@ -660,7 +656,7 @@ def hessian_trace(
 
     Raises:
       ValueError: ``num_samples`` not a positive int; unknown ``method``; ``'hutch++'`` with ``num_samples < 3``; no
-        ``key``; a bad ``chunk`` or ``loop``.
+        ``key``; a bad ``chunk``.
       ValueError: ``loss_fn(params, batch)`` is not a real scalar; ``operator`` is unknown or needs a
         :class:`jaxnorm.probes.SplitLoss` it did not get; ``params_filter`` selects nothing or names a missing
         layer; a list of batches of unequal shapes.
@@ -682,6 +678,8 @@ def hessian_trace(
     >>> bool(abs(tr['trace'] - 4.5) < 4 * tr['std_error'])
     True
     """
+    unroll = C.knob("unroll")
+    loop = C.knob("loop")
     where = "hessian_trace"
     num_samples = _checks.check_positive_int(where, "num_samples", num_samples)
     method = _checks.check_choice("trace method", method, TRACE_METHODS)
@@ -770,7 +768,6 @@ def hessian_spectral_density(
     num_points: int = 1000,
     sigma: float | None = None,
     chunk: int | str | None = 1,
-    loop: str = "auto",
     operator: str = "hessian",
     params_filter=None,
     axis_name: str | None = None,
@@ -784,6 +781,9 @@ def hessian_spectral_density(
 
     Reduces over: the ``num_runs`` runs (and the batches of a data set: the average operator).
 
+    Execution: called eagerly on CPU, a host loop of compiled steps (XLA:CPU runs convolution gradients inside loop
+    bodies slowly, jax-ml/jax#12868); traced (``jit``, ``pmap``) or on an accelerator, one compiled program.
+
     Reference: Ghorbani, Krishnan & Xiao (2019), An Investigation into Neural Net Optimization via Hessian
     Eigenvalue Density; Lin, Saad & Yang (2016), Approximating Spectral Densities of Large Matrices.
 
@@ -794,15 +794,12 @@ def hessian_spectral_density(
         set: a plain ``list`` of batches (of Mappings, or of one pytree structure and not arrays) or
         :func:`jaxnorm.probes.dataset` of them, which are the same: the operator is then the average
         ``M = (1/B) Σ_b M_b`` over its ``B`` batches.
-      key: PRNG key of the start vectors (the same key gives the same result for every ``loop``).
+      key: PRNG key of the start vectors (the same key gives the same result on the host and in one program).
       num_lanczos_steps: Lanczos steps per run (clipped to the parameter count).
       num_runs: independent start vectors.
       num_points: points of the output grid (at least 2); the grid spans the nodes ± 6σ.
       sigma: the Gaussian broadening σ (positive); default 1% of the node range.
-      chunk: ``loop='device'`` only: runs at once (1 by default; ``None``: all in one vmap).
-      loop: ``'device'``: one compiled program (jit/pmap-traceable); ``'host'``: a Python loop of compiled
-        single steps (not traceable); ``'auto'`` (default): ``'host'`` when called eagerly on CPU (XLA:CPU runs
-        convolution gradients inside loop bodies slowly, jax-ml/jax#12868), ``'device'`` otherwise.
+      chunk: in one program (traced or on an accelerator): runs at once (1 by default; ``None``: all in one vmap).
       operator: ``'hessian'`` (default), ``'ggn'``, ``'fisher'`` or ``'empirical_fisher'`` (the last three need a
         :class:`jaxnorm.probes.SplitLoss`, e.g. from :func:`jaxnorm.probes.model_loss_fn`); see
         :mod:`jaxnorm.probes.operators`.
@@ -817,7 +814,7 @@ def hessian_spectral_density(
 
     Raises:
       ValueError: ``num_lanczos_steps``, ``num_runs`` or ``num_points`` not a positive int (``num_points < 2``); a
-        non-positive ``sigma``; no ``key``; a bad ``chunk`` or ``loop``.
+        non-positive ``sigma``; no ``key``; a bad ``chunk``.
       ValueError: ``loss_fn(params, batch)`` is not a real scalar; ``operator`` is unknown or needs a
         :class:`jaxnorm.probes.SplitLoss` it did not get; ``params_filter`` selects nothing or names a missing
         layer; a list of batches of unequal shapes.
@@ -841,6 +838,7 @@ def hessian_spectral_density(
     >>> round(float(jnp.max(d['nodes'])), 3)                                        # λ_max of A
     3.0
     """
+    loop = C.knob("loop")
     where = "hessian_spectral_density"
     m = _checks.check_positive_int(where, "num_lanczos_steps", num_lanczos_steps)
     runs = _checks.check_positive_int(where, "num_runs", num_runs)
@@ -1089,7 +1087,6 @@ def curvature_per_layer(
     num_iters: int = 20,
     num_samples: int = 20,
     operator: str = "hessian",
-    loop: str = "auto",
     axis_name: str | None = None,
 ) -> dict:
     """A per-layer curvature table: each layer's top eigenvalue and trace of its diagonal block.
@@ -1102,6 +1099,9 @@ def curvature_per_layer(
     layer, so it costs less than a whole-model product), whatever the number of layers.
 
     Reduces over: the ``num_samples`` Rademacher vectors (and the batches of a data set: the average operator).
+
+    Execution: called eagerly on CPU, a host loop of compiled steps (XLA:CPU runs convolution gradients inside loop
+    bodies slowly, jax-ml/jax#12868); traced (``jit``, ``pmap``) or on an accelerator, one compiled program.
 
     Reference: Hutchinson (1989), A Stochastic Estimator of the Trace of the Influence Matrix for Laplacian
     Smoothing Splines; Yao, Gholami, Keutzer & Mahoney (2020), PyHessian: Neural Networks Through the Lens of the
@@ -1120,9 +1120,6 @@ def curvature_per_layer(
       num_iters: power-iteration products per layer at most.
       num_samples: Hutchinson samples for the traces.
       operator: as in :func:`hessian_top_eigenvalues`.
-      loop: ``'device'``: one compiled program (jit/pmap-traceable); ``'host'``: a Python loop of compiled
-        single steps (not traceable); ``'auto'`` (default): ``'host'`` when called eagerly on CPU (XLA:CPU runs
-        convolution gradients inside loop bodies slowly, jax-ml/jax#12868), ``'device'`` otherwise.
       axis_name: as in :func:`hessian_top_eigenvalues`.
 
     Returns:
@@ -1130,7 +1127,7 @@ def curvature_per_layer(
 
     Raises:
       ValueError: a name in ``layers`` is not a layer of ``params`` or its leaves are not contiguous;
-        ``num_samples`` not a positive int; no ``key``; ``loss_fn`` not scalar; a bad ``operator`` or ``loop``.
+        ``num_samples`` not a positive int; no ``key``; ``loss_fn`` not scalar; a bad ``operator``.
 
     Examples:
 
@@ -1148,6 +1145,7 @@ def curvature_per_layer(
     >>> int(table['a']['num_params']), int(table['b']['num_params'])
     (2, 1)
     """
+    loop = C.knob("loop")
     where = "curvature_per_layer"
     names = layer_names(params) if layers is None else list(layers)
     batch, mask = _check(where, loss_fn, params, batch, operator, None)

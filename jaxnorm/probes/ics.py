@@ -224,7 +224,6 @@ def internal_covariate_shift(
     tx: optax.GradientTransformation | None = None,
     opt_state=None,
     chunk: int | str | None = "auto",
-    unroll: bool | None = None,
     axis_name: str | None = None,
 ) -> dict:
     """Internal covariate shift of each layer (Santurkar et al. 2018, Definition 2.1) on one batch.
@@ -239,6 +238,9 @@ def internal_covariate_shift(
     (0 and 1 exactly).
 
     Reduces over: each layer's parameters (the norms and cosines); ``L`` is the loss's own mean over the batch.
+
+    Execution: sequential groups of ``chunk`` points run as straight-line code on CPU for up to 32 groups, else in
+    a ``lax.scan`` loop.
 
     Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization?
     (Definition 2.1, Fig. 3).
@@ -259,7 +261,6 @@ def internal_covariate_shift(
       opt_state: the optimizer state for ``tx`` (may change between calls).
       chunk: how the shifted gradients are evaluated, as in :func:`jaxnorm.probes.santurkar_probe` (``'auto'``: one
         at a time on CPU, all in one ``vmap`` on accelerators).
-      unroll: as in :func:`jaxnorm.probes.santurkar_probe`.
       axis_name: device axis under pmap/shard_map: gradients are ``pmean``'d over it.
 
     Returns:
@@ -290,6 +291,7 @@ def internal_covariate_shift(
     >>> bool(ics['l2']['head'] > 0)
     True
     """
+    unroll = C.knob("unroll")
     where = "internal_covariate_shift"
     batch = O.as_batch(where, batch, data_set=False)
     order, layers = _resolve_layers(where, params, order, layers, loss_fn, batch, axis_name)

@@ -153,13 +153,15 @@ def loss_slice_1d(
     span=1.0,
     include_1d: bool = False,
     chunk: int | str | None = "auto",
-    unroll: bool | None = None,
     axis_name: str | None = None,
 ) -> dict:
     """The loss along a filter-normalized random direction: a 1-D slice of the landscape.
 
     Formula: ``L(w + α·d)`` for ``steps`` values of ``α`` evenly spaced over ``span``, with
     ``d = filter_normalized_direction(key, params)`` or the given ``direction``.
+
+    Execution: sequential groups of ``chunk`` points run as straight-line code on CPU for up to 32 groups, else in
+    a ``lax.scan`` loop.
 
     Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets.
 
@@ -175,7 +177,6 @@ def loss_slice_1d(
       include_1d: perturb biases and normalization parameters too (zero in the direction by default).
       chunk: points evaluated at once: ``'auto'`` (default: one at a time on CPU, all in one ``vmap`` on
         accelerators), ``None`` (one vmap) or an int (groups of that many; bounds memory).
-      unroll: sequential points as straight-line code (True) or in a ``lax.scan`` (False, the default).
       axis_name: inside ``pmap``/``shard_map``, the device axis: the losses are ``pmean``'d over it.
 
     Returns:
@@ -198,6 +199,7 @@ def loss_slice_1d(
     >>> print(sl['alphas'], sl['losses'])
     [-1.  0.  1.] [ 0. 13. 52.]
     """
+    unroll = C.knob("unroll")
     where = "loss_slice_1d"
     batch = O.as_batch(where, batch, data_set=False)
     steps = _checks.check_positive_int(where, "steps", steps)
@@ -228,7 +230,6 @@ def loss_slice_2d(
     span=1.0,
     include_1d: bool = False,
     chunk: int | str | None = "auto",
-    unroll: bool | None = None,
     axis_name: str | None = None,
 ) -> dict:
     """The loss on the plane of two filter-normalized random directions: a 2-D surface of the landscape.
@@ -236,6 +237,9 @@ def loss_slice_2d(
     Formula: ``L(w + α·d₁ + β·d₂)`` on a ``steps × steps`` grid over ``span`` in both directions, ``d₁, d₂``
     independent filter-normalized random directions drawn from ``jax.random.split(key)`` (nearly orthogonal in high
     dimension) or the given pair.
+
+    Execution: sequential groups of ``chunk`` points run as straight-line code on CPU for up to 32 groups, else in
+    a ``lax.scan`` loop.
 
     Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets.
 
@@ -251,7 +255,6 @@ def loss_slice_2d(
       include_1d: perturb biases and normalization parameters too.
       chunk: points evaluated at once: ``'auto'`` (default: one at a time on CPU, all in one ``vmap`` on
         accelerators), ``None`` (one vmap) or an int (groups of that many; bounds memory).
-      unroll: sequential points as straight-line code (True) or in a ``lax.scan`` (False, the default).
       axis_name: inside ``pmap``/``shard_map``, the device axis: the losses are ``pmean``'d over it.
 
     Returns:
@@ -275,6 +278,7 @@ def loss_slice_2d(
     >>> surf['losses'].shape, round(float(surf['losses'][1, 2]), 3)       # the centre is w itself
     ((3, 5), 13.0)
     """
+    unroll = C.knob("unroll")
     where = "loss_slice_2d"
     batch = O.as_batch(where, batch, data_set=False)
     sa, sb = (steps, steps) if isinstance(steps, int) or np.ndim(steps) == 0 else tuple(steps)
@@ -299,13 +303,15 @@ def interpolate(
     steps: int = 25,
     span=(-0.5, 1.5),
     chunk: int | str | None = "auto",
-    unroll: bool | None = None,
     axis_name: str | None = None,
 ) -> dict:
     """The loss on the line through two parameter vectors, e.g. the initialization and the trained weights.
 
     Formula: ``L((1 − α)·a + α·b)`` for ``steps`` values of ``α`` evenly spaced over ``span`` (``α = 0`` is ``a``,
     ``α = 1`` is ``b``). Every leaf is interpolated, biases and normalization parameters included.
+
+    Execution: sequential groups of ``chunk`` points run as straight-line code on CPU for up to 32 groups, else in
+    a ``lax.scan`` loop.
 
     Reference: Goodfellow, Vinyals & Saxe (2015), Qualitatively Characterizing Neural Network Optimization Problems.
 
@@ -319,7 +325,6 @@ def interpolate(
       span: ``(lo, hi)`` (default ``(−0.5, 1.5)``) or ``s`` for ``[−s, s]``.
       chunk: points evaluated at once: ``'auto'`` (default: one at a time on CPU, all in one ``vmap`` on
         accelerators), ``None`` (one vmap) or an int (groups of that many; bounds memory).
-      unroll: sequential points as straight-line code (True) or in a ``lax.scan`` (False, the default).
       axis_name: inside ``pmap``/``shard_map``, the device axis: the losses are ``pmean``'d over it.
 
     Returns:
@@ -343,6 +348,7 @@ def interpolate(
     >>> print(line['alphas'], line['losses'])
     [-0.5  0.   0.5  1.   1.5] [ 3.25  0.    3.25 13.   29.25]
     """
+    unroll = C.knob("unroll")
     where = "interpolate"
     batch = O.as_batch(where, batch, data_set=False)
     if C.structure(params_a) != jax.tree.structure(params_b):
@@ -443,13 +449,15 @@ def trajectory_surface(
     steps: int | tuple[int, int] = 21,
     margin: float = 0.25,
     chunk: int | str | None = "auto",
-    unroll: bool | None = None,
     axis_name: str | None = None,
 ) -> dict:
     """The loss on the plane spanned by a training trajectory's top-2 PCA directions.
 
     Formula: ``L(θ_c + α·d₁ + β·d₂)`` on a ``steps × steps`` grid covering the trajectory's coordinates
     (:func:`trajectory_pca`) plus ``margin`` of their range on each side, ``θ_c`` the last point.
+
+    Execution: sequential groups of ``chunk`` points run as straight-line code on CPU for up to 32 groups, else in
+    a ``lax.scan`` loop.
 
     Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets (§7).
 
@@ -462,7 +470,6 @@ def trajectory_surface(
       margin: the fraction of the trajectory's extent added on each side (≥ 0).
       chunk: points evaluated at once: ``'auto'`` (default: one at a time on CPU, all in one ``vmap`` on
         accelerators), ``None`` (one vmap) or an int (groups of that many; bounds memory).
-      unroll: sequential points as straight-line code (True) or in a ``lax.scan`` (False, the default).
       axis_name: inside ``pmap``/``shard_map``, the device axis: the losses are ``pmean``'d over it.
 
     Returns:
@@ -488,6 +495,7 @@ def trajectory_surface(
     >>> surf['losses'].shape, surf['coords'].shape
     ((4, 4), (3, 2))
     """
+    unroll = C.knob("unroll")
     where = "trajectory_surface"
     batch = O.as_batch(where, batch, data_set=False)
     sa, sb = (steps, steps) if isinstance(steps, int) or np.ndim(steps) == 0 else tuple(steps)

@@ -216,9 +216,6 @@ def santurkar_probe(
     direction: str = "gradient",
     key: jax.Array | None = None,
     chunk: int | str | None = "auto",
-    unroll: bool | None = None,
-    loop: str = "auto",
-    group: int = 1,
     axis_name: str | None = None,
 ) -> dict:
     """Santurkar et al.'s landscape probes at ``w = params``: loss variation, gradient predictiveness, β-smoothness.
@@ -232,6 +229,11 @@ def santurkar_probe(
 
     Reduces over: the step sizes (the bands and ``β``); ``L`` is the loss's own mean over the batch, or the average
     over the batches of a data set (the data-set landscape).
+
+    Execution: called eagerly on CPU with ``chunk='auto'``, a host loop calling one compiled value-and-gradient
+    evaluation ``K + 1`` times (it compiles in about one ``value_and_grad``'s time and runs within 1.2× of ``K``
+    separate calls); traced (``jit``, ``pmap``), on an accelerator or with ``chunk`` set, one program of the
+    ``K + 1`` evaluations (on CPU straight-line code for up to 32 groups, else a ``lax.scan``).
 
     Reference: Santurkar, Tsipras, Ilyas & Madry (2018), How Does Batch Normalization Help Optimization? (§3.2,
     Fig. 4).
@@ -256,16 +258,6 @@ def santurkar_probe(
         wide program); an int ``c``: groups of ``c`` vmapped evaluations one after another (memory of ``c``
         evaluations); ``'auto'`` (default): 1 on CPU (where a vmap over weights turns convolutions into slower
         grouped convolutions) and None on accelerators.
-      unroll: run sequential groups as straight-line code (True) or a ``lax.scan`` loop (False); default: unrolled
-        on CPU for up to 32 groups (XLA:CPU runs convolution gradients inside loops slowly, jax-ml/jax#12868).
-      loop: ``'device'``: the ``K + 1`` evaluations in one compiled program (traceable; on CPU unrolled, so its
-        compile time grows with ``K``). ``'host'``: a Python loop calling ONE compiled program of ``group``
-        straight-line evaluations ``⌈(K + 1) / group⌉`` times, so its compile time does not grow with ``K``; not
-        traceable. ``'auto'`` (default): ``'host'`` when called eagerly on CPU with ``chunk`` and ``unroll`` left at
-        their defaults (compiling about one ``value_and_grad``, running within 1.2× of ``K`` separate calls),
-        ``'device'`` otherwise. ``chunk``/``unroll`` apply to ``'device'``, ``group`` to ``'host'``.
-      group: evaluations per compiled call of ``loop='host'`` (a positive int, default 1; the last call is padded
-        with repeats of the last step size, whose results are dropped).
       axis_name: inside ``pmap``/``shard_map``, the device axis: losses and gradients are ``pmean``'d over it (the
         loss_fn returns the device-local mean; with equal shards the result equals the global-batch probe).
 
@@ -273,15 +265,14 @@ def santurkar_probe(
       A dict of arrays: ``etas`` (K,), ``losses`` (K,), ``grad_changes`` (K,), ``loss`` ``L(w)``, ``grad_norm``
       ``‖g‖``, ``direction_norm`` ``‖d‖``, ``loss_min``, ``loss_max``, ``grad_change_min``, ``grad_change_max``,
       ``beta_smoothness``. Cost: ``K + 1`` value-and-gradient evaluations; the compiled program is cached per
-      ``(loss_fn, shapes, direction, chunk, unroll, axis_name)``, so pass the same ``loss_fn`` object to avoid
+      ``(loss_fn, shapes, direction, chunk, axis_name)``, so pass the same ``loss_fn`` object to avoid
       recompiling (see :func:`jaxnorm.probes.model_state_loss_fn`). Safe inside ``jit``, ``pmap`` and
       ``shard_map``.
 
     Raises:
-      ValueError: unknown ``direction`` or ``loop``; neither ``lr`` nor ``etas``; a non-positive or non-scalar
+      ValueError: unknown ``direction``; neither ``lr`` nor ``etas``; a non-positive or non-scalar
         ``lr``; an empty, non-1-D or non-positive ``etas``; ``direction='random'`` without ``key``; a bad
-        ``chunk`` or ``group``; ``loop='host'`` under a trace; a list of batches of unequal shapes; ``loss_fn``
-        not a scalar.
+        ``chunk``; a list of batches of unequal shapes; ``loss_fn`` not a scalar.
 
     Examples:
     >>> import jax.numpy as jnp
@@ -297,6 +288,9 @@ def santurkar_probe(
     >>> round(float(s['beta_smoothness']), 4)          # ‖A·g‖ / ‖g‖ ≤ λ_max = 3
     2.9749
     """
+    unroll = C.knob("unroll")
+    loop = C.knob("loop")
+    group = C.knob("group")
     batch = O.as_batch("santurkar_probe", batch)
     if direction not in DIRECTIONS:
         raise ValueError(f"santurkar_probe: direction must be one of {DIRECTIONS}, got {direction!r}")
