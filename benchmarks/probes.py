@@ -498,7 +498,7 @@ def main(argv=None):
         )
 
     if "costs" in only:
-        _costs(args, loss_fn, params, batch, vg, common)
+        _costs(args, loss_fn, params, batch, common)
     if "sharpness_tol" in only:
         _sharpness_tolerances(args, loss_fn, params, batch, vg, common)
 
@@ -543,7 +543,7 @@ def _sharpness_tolerances(args, loss_fn, params, batch, vg, common):
         print(json.dumps(row), flush=True)
 
 
-def _costs(args, loss_fn, params, batch, vg, common):
+def _costs(args, loss_fn, params, batch, common):
     """Every probe's run and compile cost in gradient steps of the same model (the unit: one jitted
     ``value_and_grad``), each probe as ``make_probe_fn`` runs it by default. One JSON line per probe."""
 

@@ -38,22 +38,19 @@ def _check(where, loss_fn, params, batch, operator, params_filter):
     return batch, O.select(where, params, params_filter)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name", "operator", "mask"))
-def _hvp(loss_fn, params, batch, v, *, axis_name, operator, mask):
+def _hvp_tree(loss_fn, params, batch, v, *, axis_name, operator, mask):
+    """``M v`` for a pytree ``v`` shaped like ``params`` (its leaves outside ``mask`` ignored)."""
     matvec, _, unravel = O.flat_matvec(loss_fn, params, batch, axis_name, operator, mask)
-    sub, _ = O.split(v, mask)
-    flat, _ = ravel_pytree(sub)
+    flat, _ = ravel_pytree(O.split(v, mask)[0])
     return unravel(matvec(flat.astype(jnp.float32)))
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name", "operator", "mask"))
-def _hvp_block(loss_fn, params, batch, vs, *, axis_name, operator, mask):
-    matvec, _, unravel = O.flat_matvec(loss_fn, params, batch, axis_name, operator, mask)
-
-    def flat(v):
-        return ravel_pytree(O.split(v, mask)[0])[0].astype(jnp.float32)
-
-    return jax.vmap(lambda v: unravel(matvec(flat(v))))(vs)
+_HVP_STATIC = ("loss_fn", "axis_name", "operator", "mask")
+_hvp = jax.jit(_hvp_tree, static_argnames=_HVP_STATIC)
+_hvp_block = jax.jit(
+    lambda loss_fn, params, batch, vs, **kw: jax.vmap(lambda v: _hvp_tree(loss_fn, params, batch, v, **kw))(vs),
+    static_argnames=_HVP_STATIC,
+)
 
 
 def hvp(
@@ -1023,17 +1020,17 @@ def _layer_products(loss_fn, params, batch, vs, *, axis_name, operator, masks):
     )
 
 
-def _layer_power_host(loss_fn, params, batch, key, segments, masks, n, num_iters, kw):
+def _layer_power_host(loss_fn, params, batch, key, segments, masks, n, num_iters, *, axis_name, operator):
     """Power iteration on every layer's diagonal block at once, as a host loop of one compiled program (all the
     layers' block products, :func:`_layer_products`); a layer's vector freezes when its Rayleigh quotient changes by
     ≤ 1e-5·|λ| (as :func:`hessian_top_eigenvalues`), and its value is the Rayleigh quotient of its last vector.
     Returns the (L,) float64 eigenvalues."""
     start = np.asarray(jax.random.normal(key, (n,), jnp.float32))
     vs = [start[a:b] / max(np.linalg.norm(start[a:b]), np.finfo(np.float32).tiny) for a, b in segments]
-    kw = {k: v for k, v in kw.items() if k != "mask"}
+    kw = dict(axis_name=axis_name, operator=operator, masks=masks)
 
     def products():
-        return [np.asarray(w) for w in _layer_products(loss_fn, params, batch, tuple(vs), masks=masks, **kw)]
+        return [np.asarray(w) for w in _layer_products(loss_fn, params, batch, tuple(vs), **kw)]
 
     lam = np.zeros(len(segments))
     done = np.zeros(len(segments), bool)
@@ -1053,8 +1050,7 @@ def _layer_power_host(loss_fn, params, batch, key, segments, masks, n, num_iters
 @functools.partial(jax.jit, static_argnames=("loss_fn", "axis_name", "operator", "masks", "segments", "num_iters"))
 def _layer_power_device(loss_fn, params, batch, key, *, segments, masks, num_iters, axis_name, operator):
     """:func:`_layer_power_host` as one program (a ``while_loop`` over the steps; traceable)."""
-    n = max(b for _, b in segments)
-    start = jax.random.normal(key, (max(n, 1),), jnp.float32)
+    start = jax.random.normal(key, (max(b for _, b in segments),), jnp.float32)
 
     def products(vs):
         return _layer_products(loss_fn, params, batch, vs, axis_name=axis_name, operator=operator, masks=masks)
@@ -1100,8 +1096,8 @@ def curvature_per_layer(
 
     Reduces over: the ``num_samples`` Rademacher vectors (and the batches of a data set: the average operator).
 
-    Execution: called eagerly on CPU, a host loop of compiled steps (XLA:CPU runs convolution gradients inside loop
-    bodies slowly, jax-ml/jax#12868); traced (``jit``, ``pmap``) or on an accelerator, one compiled program.
+    Execution: called on CPU, a host loop of one compiled program of every layer's products; on an accelerator,
+    the power iteration as one compiled program. The table is host numbers: the function is not traceable.
 
     Reference: Hutchinson (1989), A Stochastic Estimator of the Trace of the Influence Matrix for Laplacian
     Smoothing Splines; Yao, Gholami, Keutzer & Mahoney (2020), PyHessian: Neural Networks Through the Lens of the
@@ -1174,7 +1170,9 @@ def curvature_per_layer(
         w = np.asarray(_block_products(loss_fn, params, batch, z, device=False, chunk=block, unroll=False, **kw))
         zw = np.asarray(z, np.float64) * w
         forms64 = np.stack([zw[:, a:b].sum(axis=1) for a, b in segments], axis=1)
-        vals = _layer_power_host(loss_fn, params, batch, k_eig, segments, masks, n, num_iters, kw)
+        vals = _layer_power_host(
+            loss_fn, params, batch, k_eig, segments, masks, n, num_iters, axis_name=axis_name, operator=operator
+        )
     else:
         segs = tuple(segments)
         forms64 = np.asarray(_layer_forms(loss_fn, params, batch, z, chunk=1, segments=segs, **kw), np.float64)

@@ -160,8 +160,8 @@ def loss_slice_1d(
     Formula: ``L(w + α·d)`` for ``steps`` values of ``α`` evenly spaced over ``span``, with
     ``d = filter_normalized_direction(key, params)`` or the given ``direction``.
 
-    Execution: sequential groups of ``chunk`` points run as straight-line code on CPU for up to 32 groups, else in
-    a ``lax.scan`` loop.
+    Execution: sequential groups of ``chunk`` points run in a ``lax.scan`` loop (forward passes do not slow down in
+    loops on XLA:CPU, and unrolling would cost compile time per point).
 
     Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets.
 
@@ -238,8 +238,8 @@ def loss_slice_2d(
     independent filter-normalized random directions drawn from ``jax.random.split(key)`` (nearly orthogonal in high
     dimension) or the given pair.
 
-    Execution: sequential groups of ``chunk`` points run as straight-line code on CPU for up to 32 groups, else in
-    a ``lax.scan`` loop.
+    Execution: sequential groups of ``chunk`` points run in a ``lax.scan`` loop (forward passes do not slow down in
+    loops on XLA:CPU, and unrolling would cost compile time per point).
 
     Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets.
 
@@ -310,8 +310,8 @@ def interpolate(
     Formula: ``L((1 − α)·a + α·b)`` for ``steps`` values of ``α`` evenly spaced over ``span`` (``α = 0`` is ``a``,
     ``α = 1`` is ``b``). Every leaf is interpolated, biases and normalization parameters included.
 
-    Execution: sequential groups of ``chunk`` points run as straight-line code on CPU for up to 32 groups, else in
-    a ``lax.scan`` loop.
+    Execution: sequential groups of ``chunk`` points run in a ``lax.scan`` loop (forward passes do not slow down in
+    loops on XLA:CPU, and unrolling would cost compile time per point).
 
     Reference: Goodfellow, Vinyals & Saxe (2015), Qualitatively Characterizing Neural Network Optimization Problems.
 
@@ -456,8 +456,8 @@ def trajectory_surface(
     Formula: ``L(θ_c + α·d₁ + β·d₂)`` on a ``steps × steps`` grid covering the trajectory's coordinates
     (:func:`trajectory_pca`) plus ``margin`` of their range on each side, ``θ_c`` the last point.
 
-    Execution: sequential groups of ``chunk`` points run as straight-line code on CPU for up to 32 groups, else in
-    a ``lax.scan`` loop.
+    Execution: sequential groups of ``chunk`` points run in a ``lax.scan`` loop (forward passes do not slow down in
+    loops on XLA:CPU, and unrolling would cost compile time per point).
 
     Reference: Li, Xu, Taylor, Studer & Goldstein (2018), Visualizing the Loss Landscape of Neural Nets (§7).
 
