@@ -8,7 +8,14 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+    _flags = (_flags + " --xla_force_host_platform_device_count=4").strip()
+# LLVM at -O0 for the generated loops (XLA's HLO passes and the library kernels for convolutions and matmuls are
+# unchanged): the suite compiles thousands of small programs and runs few of them for long, so compile time is
+# most of it (measured on 2 cores: tests/test_norms.py 96 -> 66 s, the train.py/fault/sweep files 316 -> 293 s).
+# Set XLA_FLAGS=--xla_backend_optimization_level=2 (any value) to test at XLA's default.
+if "xla_backend_optimization_level" not in _flags:
+    _flags = (_flags + " --xla_backend_optimization_level=0").strip()
+os.environ["XLA_FLAGS"] = _flags
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxnorm-test-xla-cache-"))
 # every program, however quick to compile: the test processes repeat many small ones (measured: the core files
 # on 2 workers 213 s at a 0.3 s threshold, 195 s at 0)
@@ -39,20 +46,32 @@ def pytest_addoption(parser):
         help="run each test function once, with the first value of each of its parameters (the floor-venv run: "
         "every test function at the oldest jax/flax/optax, every case at the current ones)",
     )
+    parser.addoption(
+        "--floors",
+        action="store_true",
+        help="also run tests/test_install.py: the core install in a fresh venv at the oldest jax/flax/optax "
+        "pyproject.toml admits, and the core tests there (needs the package index; about 5 minutes on 2 cores). "
+        "CI runs it as its own step (.ci/run); the offline test command leaves it out",
+    )
 
 
-# a tryfirst wrapper is outermost, so its code after the yield runs after pytest-randomly's shuffle (also a wrapper)
+FLOOR_FILE = "test_install.py"
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """The floor-venv run (tests/test_install.py, about 7 minutes of the suite) goes first: with ``-n`` its worker
-    starts it at once instead of leaving it for the end while the other workers idle. Its tests build their own venv,
-    so their place in the order changes nothing else."""
+    """Without ``--floors`` the floor-venv tests are deselected (they download the floors from the package index,
+    and the tests run offline). ``--one-case-per-test`` keeps the first case of each test function."""
     result = yield
-    items.sort(key=lambda item: item.path.name != "test_install.py")
-    if config.getoption("one_case_per_test"):
-        keep = [item for item in items if _first_case(item)]
-        config.hook.pytest_deselected(items=[item for item in items if not _first_case(item)])
-        items[:] = keep
+    floors, one_case = config.getoption("floors"), config.getoption("one_case_per_test")
+
+    def dropped(item) -> bool:
+        return (not floors and item.path.name == FLOOR_FILE) or (one_case and not _first_case(item))
+
+    drop = [item for item in items if dropped(item)]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [item for item in items if not dropped(item)]
     return result
 
 

@@ -758,8 +758,10 @@ def test_each_dropout_with_a_traced_train_flag_equals_the_static_modes(name):
     traced = jax.jit(lambda x, t: fn(x, 0.3, key=key, train=t))
     on, off = fn(x, 0.3, key=key, train=True), fn(x, 0.3, key=key, train=False)
     assert not np.array_equal(np.asarray(on), np.asarray(off))  # the two modes differ, so the check means something
-    np.testing.assert_allclose(np.asarray(traced(x, True)), np.asarray(on), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(traced(x, False)), np.asarray(off), rtol=1e-6, atol=1e-7)
+    # 2e-5: Gaussian dropout's normal sampler (erf_inv) rounds differently fused under jit than op by op, measured
+    # 6.3e-6 relative at LLVM -O0 (tests/conftest.py); a mode that picked the other branch differs by O(1)
+    np.testing.assert_allclose(np.asarray(traced(x, True)), np.asarray(on), rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(traced(x, False)), np.asarray(off), rtol=2e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])

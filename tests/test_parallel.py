@@ -214,8 +214,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _flags_with_devices(n: int) -> str:
+    """The suite's XLA_FLAGS (tests/conftest.py) with the fake device count set to ``n``."""
+    keep = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    return " ".join([*keep, f"--xla_force_host_platform_device_count={n}"])
+
+
 def _launch(workdir, pid, port, *flags, devices=2, mode="shard_map"):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": _flags_with_devices(devices)}
     cmd = [
         sys.executable,
         os.path.join(ROOT, "train.py"),
@@ -249,7 +255,7 @@ def test_two_processes_with_sharded_state_match_one_process_and_fall_back_togeth
         return outs
 
     two_processes()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": _flags_with_devices(4)}
     single = subprocess.run(
         [
             sys.executable,
