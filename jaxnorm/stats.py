@@ -25,15 +25,22 @@ DIRECTIONS = ("greater", "less")
 
 __all__ = [
     "DIRECTIONS",
+    "MAGNITUDE_NOT_REPRODUCED",
     "VERDICTS",
     "Interval",
     "binomial_se",
     "compare",
+    "crossed_bootstrap_ci",
     "equivalence_verdict",
+    "fisher_exact",
+    "holm",
     "kaplan_meier_median",
+    "magnitude_verdict",
     "mean_ci",
     "paired_differences",
     "reach_time",
+    "seeds_for_power",
+    "signed_rank",
     "success_rate",
     "verdict",
     "wilson_interval",
@@ -470,3 +477,313 @@ def compare(a: Mapping, b: Mapping, *, direction: str, level: float = 0.95, meth
     v = verdict(ci, direction, met)
     text = f"b − a = {ci} → {v}" + ("" if met else " (criterion not met)")
     return {"differences": diffs, "interval": ci, "verdict": v, "text": text}
+
+
+def holm(p_values, *, alpha: float = 0.05):
+    """Holm's step-down adjustment of a family of p-values (the family-wise error rate held at ``alpha``).
+
+    Formula: with the ``m`` p-values sorted ascending, ``p_(1) ≤ … ≤ p_(m)``, the adjusted value of the ``i``-th is
+    ``max_(j ≤ i) min(1, (m − j + 1)·p_(j))``; a hypothesis is rejected when its adjusted value is ≤ ``alpha``
+    (the same as Holm's sequential rule: reject while ``p_(i) ≤ alpha/(m − i + 1)``, stop at the first that is not).
+
+    Reduces over: the family (every p-value given).
+
+    Reference: Holm (1979), A Simple Sequentially Rejective Multiple Test Procedure.
+
+    Args:
+      p_values: a sequence of p-values in [0, 1], or a mapping ``{claim: p}``.
+      alpha: the family-wise error rate, in (0, 1).
+
+    Returns:
+      ``(adjusted, reject)`` in the input's structure: two lists, or two dicts keyed like ``p_values``.
+
+    Raises:
+      ValueError: no p-values, a p-value outside [0, 1] or NaN, ``alpha`` outside (0, 1).
+
+    Examples:
+    >>> from jaxnorm.stats import holm
+    >>> adjusted, reject = holm([0.01, 0.04, 0.03, 0.005])
+    >>> [round(p, 3) for p in adjusted], reject
+    ([0.03, 0.06, 0.06, 0.02], [True, False, False, True])
+    """
+    keys = list(p_values) if isinstance(p_values, Mapping) else None
+    p = np.asarray([p_values[k] for k in keys] if keys is not None else list(p_values), np.float64).reshape(-1)
+    if p.size == 0:
+        raise ValueError("holm: no p-values")
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError(f"holm: p-values must be in [0, 1], got {p.tolist()}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"holm: alpha must be in (0, 1), e.g. 0.05, got {alpha!r}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    adjusted = np.empty(m)
+    adjusted[order] = stepped
+    reject = adjusted <= alpha
+    if keys is not None:
+        return {k: float(a) for k, a in zip(keys, adjusted)}, {k: bool(r) for k, r in zip(keys, reject)}
+    return [float(a) for a in adjusted], [bool(r) for r in reject]
+
+
+def _check_direction(where: str, direction: str) -> str:
+    if direction not in (*DIRECTIONS, "two-sided"):
+        raise ValueError(f"{where}: direction must be 'greater', 'less' or 'two-sided', got {direction!r}")
+    return direction
+
+
+def fisher_exact(successes_a: int, n_a: int, successes_b: int, n_b: int, *, direction: str = "two-sided") -> float:
+    """Fisher's exact test of two success counts (diverged or chance-level runs, runs that reached a target): the
+    right test where outcomes are all-or-nothing, which a t interval over 0/1 outcomes is not.
+
+    Formula: conditional on the margins of the 2×2 table ``[[s_b, n_b − s_b], [s_a, n_a − s_a]]``, ``s_b`` is
+    hypergeometric; ``'greater'`` (the claim: b's rate > a's) sums the probabilities of tables with at least the
+    observed ``s_b``, ``'less'`` at most, ``'two-sided'`` every table no more probable than the observed one.
+
+    Reference: Fisher (1935), The Logic of Inductive Inference.
+
+    Args:
+      successes_a: successes of arm a, ``0 ≤ successes_a ≤ n_a``.
+      n_a: runs of arm a (positive).
+      successes_b: successes of arm b.
+      n_b: runs of arm b (positive).
+      direction: ``'greater'``, ``'less'`` or ``'two-sided'``.
+
+    Returns:
+      The p-value.
+
+    Raises:
+      ValueError: counts out of range, an unknown ``direction``.
+
+    Examples:
+    >>> from jaxnorm.stats import fisher_exact
+    >>> round(fisher_exact(6, 10, 10, 10), 3), round(fisher_exact(6, 10, 10, 10, direction='greater'), 3)
+    (0.087, 0.043)
+    """
+    _check_direction("fisher_exact", direction)
+    for s, n, arm in ((successes_a, n_a, "a"), (successes_b, n_b, "b")):
+        if n <= 0 or not 0 <= s <= n:
+            raise ValueError(f"fisher_exact: arm {arm} needs 0 <= successes <= n and n > 0, got {s} of {n}")
+    table = [[successes_b, n_b - successes_b], [successes_a, n_a - successes_a]]
+    return float(_st.fisher_exact(table, alternative=direction).pvalue)
+
+
+def signed_rank(a: Mapping, b: Mapping, *, direction: str = "two-sided") -> dict:
+    """Wilcoxon's signed-rank test of the per-seed differences ``b_s − a_s``: for skewed or heavy-tailed outcomes
+    (drift, reach times), where a t interval's normality is not credible.
+
+    Formula: rank ``|d_s|`` (zero differences dropped, ties given their mean rank), ``W⁺ = Σ_(d_s > 0) rank_s``;
+    the p-value is exact (all ``2ⁿ`` sign patterns) without ties or zeros, else from the normal approximation;
+    the location estimate is the Hodges–Lehmann median of the Walsh averages ``(d_i + d_j)/2, i ≤ j``.
+
+    Reduces over: the seeds both arms ran.
+
+    Reference: Wilcoxon (1945), Individual Comparisons by Ranking Methods; Hodges & Lehmann (1963), Estimates of
+    Location Based on Rank Tests.
+
+    Args:
+      a: ``{seed: outcome}`` of the first arm.
+      b: ``{seed: outcome}`` of the second arm.
+      direction: ``'greater'`` (the claim: b > a), ``'less'`` or ``'two-sided'``.
+
+    Returns:
+      ``{'p', 'statistic', 'estimate', 'n', 'differences'}``.
+
+    Raises:
+      ValueError: no shared seed, a non-finite outcome, every difference zero, an unknown ``direction``.
+
+    Examples:
+    >>> from jaxnorm.stats import signed_rank
+    >>> r = signed_rank({s: 0.0 for s in range(6)}, {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: 5.0, 5: 6.0}, direction='greater')
+    >>> round(r['p'], 4), r['statistic'], r['estimate']
+    (0.0156, 21.0, 3.5)
+    """
+    _check_direction("signed_rank", direction)
+    diffs = paired_differences(a, b)
+    d = _finite("signed_rank", list(diffs.values()))
+    if not np.any(d != 0):
+        raise ValueError(f"signed_rank: all {d.size} differences are zero; there is nothing to rank")
+    res = _st.wilcoxon(d, alternative=direction, zero_method="wilcox")
+    nonzero = d[d != 0]
+    w_plus = float(_st.rankdata(np.abs(nonzero))[nonzero > 0].sum())  # scipy's two-sided statistic is min(W⁺, W⁻)
+    walsh = (d[:, None] + d[None, :])[np.triu_indices(d.size)] / 2
+    return {
+        "p": float(res.pvalue),
+        "statistic": w_plus,
+        "estimate": float(np.median(walsh)),
+        "n": int(d.size),
+        "differences": diffs,
+    }
+
+
+def crossed_bootstrap_ci(
+    correct_a: Mapping, correct_b: Mapping, *, level: float = 0.95, num_resamples: int = 4000, seed: int = 0
+) -> Interval:
+    """The mean paired accuracy difference with an interval that holds both sources of error: the seeds and the
+    finite test set every seed is scored on.
+
+    Formula: ``D[s, i] = b_s(i) − a_s(i)``, the per-example difference (1/0 correctness, or any per-example score)
+    of seed ``s`` on test example ``i``; the estimate is ``mean(D)``. Each resample draws seeds and test examples
+    independently with replacement (multinomial weights ``u`` over the ``S`` seeds and ``v`` over the ``n``
+    examples, the same examples for every seed and both arms, as the test set is shared) and takes
+    ``uᵀ D v / (S n)``; the interval is the ``(1 ± level)/2`` percentiles. A seed-only interval (:func:`compare`)
+    treats the test set as fixed and leaves out its sampling error, ``≈ sd_i(mean_s D[s, i]) / √n``.
+
+    Reduces over: the seeds both arms ran and the test examples.
+
+    Reference: Owen (2007), The Pigeonhole Bootstrap; Efron & Tibshirani (1993), An Introduction to the Bootstrap.
+
+    Args:
+      correct_a: ``{seed: per-example scores}`` of arm a (equal lengths, the same test examples in the same order).
+      correct_b: the same for arm b.
+      level: the confidence level in (0, 1).
+      num_resamples: bootstrap resamples (seeded: the same numbers every call).
+      seed: the bootstrap's seed.
+
+    Returns:
+      An :class:`Interval` (``method='crossed bootstrap'``, ``n`` the number of seeds).
+
+    Raises:
+      ValueError: no shared seed, per-example arrays of different lengths or empty, non-finite scores, a bad
+        ``level``.
+
+    Examples:
+    >>> import numpy as np
+    >>> from jaxnorm.stats import crossed_bootstrap_ci
+    >>> rng = np.random.default_rng(0)
+    >>> a = {s: rng.random(2000) < 0.90 for s in range(5)}
+    >>> b = {s: rng.random(2000) < 0.92 for s in range(5)}
+    >>> ci = crossed_bootstrap_ci(a, b)
+    >>> ci.low < 0.02 < ci.high, ci.method
+    (True, 'crossed bootstrap')
+    """
+    where = "crossed_bootstrap_ci"
+    level = _check_level(where, level)
+    common = sorted(set(correct_a) & set(correct_b))
+    if not common:
+        raise ValueError(f"{where}: the arms share no seed (a: {sorted(correct_a)}, b: {sorted(correct_b)})")
+    sizes = sorted({np.size(correct_a[s]) for s in common} | {np.size(correct_b[s]) for s in common})
+    if len(sizes) != 1 or sizes[0] == 0:
+        raise ValueError(
+            f"{where}: every seed of both arms must score the same, non-empty test set; got per-example lengths "
+            f"{sizes}"
+        )
+    rows = [_finite(where, correct_b[s]) - _finite(where, correct_a[s]) for s in common]
+    d = np.stack(rows)  # S × n
+    num_seeds, n = d.shape
+    rng = np.random.default_rng(seed)
+    est = np.empty(num_resamples)
+    chunk = max(1, min(num_resamples, 2**24 // max(n, 1)))
+    for start in range(0, num_resamples, chunk):
+        r = min(chunk, num_resamples - start)
+        u = rng.multinomial(num_seeds, np.full(num_seeds, 1.0 / num_seeds), size=r)
+        v = rng.multinomial(n, np.full(n, 1.0 / n), size=r)
+        est[start : start + r] = np.einsum("rs,sn,rn->r", u, d, v) / (num_seeds * n)
+    lo, hi = np.quantile(est, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(d.mean()), float(lo), float(hi), num_seeds, level, "crossed bootstrap")
+
+
+MAGNITUDE_NOT_REPRODUCED = "magnitude not reproduced"
+
+
+def magnitude_verdict(interval: Interval, direction: str, paper_effect: float | None = None) -> str:
+    """The verdict of a directional claim judged against the paper's own effect size as well as against zero.
+
+    Formula, for ``direction='greater'`` (mirror for ``'less'``), with ``E`` the paper's effect on the interval's
+    scale (e.g. a log ratio when the interval is of log ratios):
+    - ``'fails'``: the interval lies below 0 (the opposite direction);
+    - ``'magnitude not reproduced'``: the interval lies below ``E`` (``high < E``), whether it excludes 0 (a
+      smaller effect in the paper's direction) or not (a null that excludes the paper's size);
+    - ``'holds'``: it lies above 0 and reaches ``E`` (or beyond: a larger effect in the same direction);
+    - ``'inconclusive'``: it contains 0 and ``E`` alike.
+    Without ``E`` it is :func:`verdict`.
+
+    Args:
+      interval: the :class:`Interval` of the difference ``b − a`` (or its log ratio).
+      direction: ``'greater'`` or ``'less'``, the paper's direction.
+      paper_effect: the paper's effect on the same scale, in ``direction`` (positive for ``'greater'``), or None.
+
+    Returns:
+      ``'holds'``, ``'inconclusive'``, ``'fails'`` or ``'magnitude not reproduced'``.
+
+    Raises:
+      ValueError: an unknown ``direction``; a ``paper_effect`` that is not in ``direction``.
+
+    Examples:
+    >>> from jaxnorm.stats import Interval, magnitude_verdict
+    >>> import math
+    >>> null = Interval(0.0, math.log(0.95), math.log(1.03), 10, 0.95, 't')   # a ratio in [0.95, 1.03]
+    >>> magnitude_verdict(null, 'greater', math.log(6.3)), magnitude_verdict(null, 'greater')
+    ('magnitude not reproduced', 'inconclusive')
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"magnitude_verdict: direction must be one of {DIRECTIONS}, got {direction!r}")
+    if paper_effect is None:
+        return verdict(interval, direction)
+    sign = 1.0 if direction == "greater" else -1.0
+    if not sign * paper_effect > 0:
+        raise ValueError(
+            f"magnitude_verdict: the paper's effect must lie in the claim's direction ({direction}), got "
+            f"{paper_effect!r}; pass the effect on the interval's scale (a log ratio for ratios)"
+        )
+    lo, hi = sorted((sign * interval.low, sign * interval.high))
+    if hi < 0:
+        return "fails"
+    if hi < sign * paper_effect:
+        return MAGNITUDE_NOT_REPRODUCED
+    return "holds" if lo > 0 else "inconclusive"
+
+
+def seeds_for_power(
+    sd: float, effect: float, *, level: float = 0.95, power: float = 0.8, equivalence: bool = False, max_seeds=10_000
+) -> int:
+    """The number of seeds a paired comparison needs, from a pilot's standard deviation of the per-seed differences.
+
+    Formula, with ``α = (1 − level)/2`` (each side of a two-sided ``level`` interval) and ``t_q`` Student's
+    quantile on ``n − 1`` degrees of freedom:
+    - directional (``equivalence=False``): the smallest ``n ≥ 2`` with ``P(interval excludes 0) ≥ power`` when the
+      true mean difference is ``effect``: ``1 − F_nct(t_(1−α); n − 1, effect·√n/sd) ≥ power`` (noncentral t, exact);
+    - equivalence (``equivalence=True``, ``effect`` the margin, true difference 0): the smallest ``n`` with
+      ``√n·margin/sd ≥ t_(1−α) + t_(1−(1−power)/2)``, the two one-sided tests' normal-theory bound (Chow, Shao &
+      Wang (2008), Sample Size Calculations in Clinical Research, §3.2.3).
+
+    Reference: Cohen (1988), Statistical Power Analysis for the Behavioral Sciences.
+
+    Args:
+      sd: the standard deviation of the per-seed differences (a pilot's estimate; positive).
+      effect: the difference to detect (directional) or the margin (equivalence); positive.
+      level: the interval's confidence level.
+      power: the probability of the verdict wanted, in (0, 1).
+      equivalence: size an equivalence test instead of a directional one.
+      max_seeds: give up beyond this many.
+
+    Returns:
+      An int ``n ≥ 2``.
+
+    Raises:
+      ValueError: non-positive ``sd`` or ``effect``; ``level`` or ``power`` outside (0, 1); more than ``max_seeds``
+        needed.
+
+    Examples:
+    >>> from jaxnorm.stats import seeds_for_power
+    >>> seeds_for_power(1.0, 1.0), seeds_for_power(1.0, 1.0, equivalence=True)
+    (10, 13)
+    """
+    where = "seeds_for_power"
+    level = _check_level(where, level)
+    if not (sd > 0 and effect > 0):
+        raise ValueError(f"{where}: sd and effect must be positive, got sd={sd!r}, effect={effect!r}")
+    if not 0 < power < 1:
+        raise ValueError(f"{where}: power must be in (0, 1), e.g. 0.8, got {power!r}")
+    alpha = (1 - level) / 2
+    for n in range(2, int(max_seeds) + 1):
+        t_crit = _st.t.ppf(1 - alpha, n - 1)
+        if equivalence:
+            ok = math.sqrt(n) * effect / sd >= t_crit + _st.t.ppf(1 - (1 - power) / 2, n - 1)
+        else:
+            ok = 1 - _st.nct.cdf(t_crit, n - 1, effect * math.sqrt(n) / sd) >= power
+        if ok:
+            return n
+    raise ValueError(
+        f"{where}: more than {max_seeds} seeds needed (sd={sd}, effect={effect}); the design cannot "
+        "meet this: take a larger effect or margin, or reduce the variance"
+    )

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from jaxnorm import stats
 
@@ -93,3 +94,180 @@ def test_bad_inputs_are_one_clear_error():
         stats.verdict(stats.mean_ci([1.0, 2.0]), "up")
     with pytest.raises(ValueError, match="level must be in"):
         stats.mean_ci([1.0, 2.0], level=95)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# multiplicity, exact and rank tests, the crossed bootstrap, magnitude verdicts and seed counts: each against a
+# reference computed another way (Holm's sequential rule, hypergeometric and sign-pattern enumerations, analytic
+# standard errors, Monte Carlo)
+
+
+def _holm_sequential(p, alpha):
+    """Holm's rule as the paper states it: reject in ascending order while p_(i) <= alpha/(m - i + 1)."""
+    order, m, reject = np.argsort(p, kind="stable"), len(p), [False] * len(p)
+    for i, j in enumerate(order):
+        if p[j] > alpha / (m - i):
+            break
+        reject[j] = True
+    return reject
+
+
+def test_holm_adjusted_values_reject_exactly_what_the_sequential_rule_rejects():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = list(rng.uniform(0, 0.1, rng.integers(1, 9)) ** rng.uniform(0.5, 2))
+        adjusted, _ = stats.holm(p)
+        for alpha in (0.01, 0.02, 0.05, 0.1):
+            assert [a <= alpha for a in adjusted] == _holm_sequential(p, alpha), (p, alpha)
+            assert stats.holm(p, alpha=alpha)[1] == _holm_sequential(p, alpha)
+    # the textbook case, and a dict keeps its keys; Bonferroni's m·p would keep 0.04 at 0.16, Holm lifts it to 0.06
+    adj, rej = stats.holm({"w": 0.01, "x": 0.04, "y": 0.03, "z": 0.005})
+    assert adj == pytest.approx({"w": 0.03, "x": 0.06, "y": 0.06, "z": 0.02}) and rej == {
+        "w": True,
+        "x": False,
+        "y": False,
+        "z": True,
+    }
+    assert stats.holm([0.9, 0.8])[0] == [1.0, 1.0]  # capped at 1
+    for bad, msg in (([], "no p-values"), ([0.1, 1.5], r"in \[0, 1\]"), ([float("nan")], r"in \[0, 1\]")):
+        with pytest.raises(ValueError, match=msg):
+            stats.holm(bad)
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
+        stats.holm([0.1], alpha=5)
+
+
+def _hypergeometric_p(sa, na, sb, nb, direction):
+    """Fisher's p from the hypergeometric probabilities of s_b given the margins, by math.comb."""
+    total, k = na + nb, sa + sb
+
+    def prob(x):
+        return math.comb(nb, x) * math.comb(na, k - x) / math.comb(total, k)
+
+    xs = range(max(0, k - na), min(nb, k) + 1)
+    if direction == "greater":
+        return sum(prob(x) for x in xs if x >= sb)
+    if direction == "less":
+        return sum(prob(x) for x in xs if x <= sb)
+    return sum(prob(x) for x in xs if prob(x) <= prob(sb) * (1 + 1e-7))
+
+
+@pytest.mark.parametrize("direction", ["two-sided", "greater", "less"])
+def test_fisher_exact_equals_the_hypergeometric_sum(direction):
+    for sa, na, sb, nb in [(6, 10, 10, 10), (10, 10, 6, 10), (0, 5, 5, 5), (3, 7, 4, 9), (2, 12, 9, 11), (4, 4, 4, 4)]:
+        got = stats.fisher_exact(sa, na, sb, nb, direction=direction)
+        assert got == pytest.approx(_hypergeometric_p(sa, na, sb, nb, direction), rel=1e-9), (sa, na, sb, nb)
+    # the review's case: all 10 BN runs succeed, 6 of 10 standard ones: p ≈ 0.087 two-sided
+    assert stats.fisher_exact(6, 10, 10, 10) == pytest.approx(0.0867, abs=5e-4)
+
+
+def test_fisher_exact_refuses_impossible_counts():
+    with pytest.raises(ValueError, match="arm b needs 0 <= successes <= n"):
+        stats.fisher_exact(1, 5, 6, 5)
+    with pytest.raises(ValueError, match="direction must be"):
+        stats.fisher_exact(1, 5, 2, 5, direction="up")
+
+
+def test_signed_rank_is_exact_over_every_sign_pattern_and_its_estimate_is_hodges_lehmann():
+    import itertools
+
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.4, 1.0, 9)
+    a = {s: float(rng.normal()) for s in range(9)}
+    b = {s: a[s] + d[s] for s in range(9)}
+    ranks = np.argsort(np.argsort(np.abs(d))) + 1.0
+    w = float(ranks[d > 0].sum())
+    null = np.array([ranks[np.array(signs, bool)].sum() for signs in itertools.product([0, 1], repeat=9)])
+    want = {"greater": np.mean(null >= w), "less": np.mean(null <= w)}
+    want["two-sided"] = min(1.0, 2 * min(want.values()))
+    for direction, p in want.items():
+        r = stats.signed_rank(a, b, direction=direction)
+        assert r["p"] == pytest.approx(p, rel=1e-9) and r["statistic"] == w, direction
+    walsh = [(d[i] + d[j]) / 2 for i in range(9) for j in range(i, 9)]
+    assert r["estimate"] == pytest.approx(np.median(walsh), rel=1e-12) and r["n"] == 9
+    with pytest.raises(ValueError, match="all 3 differences are zero"):
+        stats.signed_rank({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.0, 1: 2.0, 2: 3.0})
+
+
+def test_crossed_bootstrap_holds_the_test_sets_error_and_the_seeds():
+    rng = np.random.default_rng(2)
+    n = 3000
+    # every seed the same per-example differences: only the test set varies, sd = sd(d)/√n
+    shared = rng.choice([-1.0, 0.0, 0.0, 1.0], n, p=[0.05, 0.45, 0.45, 0.05])
+    a = {s: np.zeros(n) for s in range(4)}
+    ci = stats.crossed_bootstrap_ci(a, {s: shared for s in range(4)}, num_resamples=4000)
+    half = 1.959964 * shared.std() / math.sqrt(n)
+    assert ci.estimate == pytest.approx(shared.mean()) and ci.method == "crossed bootstrap" and ci.n == 4
+    # the percentile half-width within 6% (Monte Carlo error of 4000 resamples ~ 2%)
+    assert (ci.high - ci.low) / 2 == pytest.approx(half, rel=0.06)
+    seed_only = stats.mean_ci([float(shared.mean())] * 4 + [float(shared.mean()) + 1e-12])
+    assert seed_only.high - seed_only.low < 1e-9 < ci.high - ci.low  # what a seed-only interval leaves out
+    # seed effects only (each seed shifts every example by the same amount): the seed bootstrap's spread,
+    # sd_s / √S, with the test-set term zero
+    shifts = rng.normal(0.0, 0.05, 40)
+    b = {s: np.full(n, shifts[s]) for s in range(40)}
+    ci = stats.crossed_bootstrap_ci({s: np.zeros(n) for s in range(40)}, b, num_resamples=4000)
+    assert (ci.high - ci.low) / 2 == pytest.approx(1.959964 * shifts.std() / math.sqrt(40), rel=0.08)
+    assert stats.crossed_bootstrap_ci(a, b, seed=3) == stats.crossed_bootstrap_ci(a, b, seed=3)  # seeded
+
+
+def test_crossed_bootstrap_refuses_unpaired_test_sets():
+    with pytest.raises(ValueError, match=r"same, non-empty test set; got per-example lengths \[3, 4\]"):
+        stats.crossed_bootstrap_ci({0: np.zeros(3)}, {0: np.zeros(4)})
+    with pytest.raises(ValueError, match="share no seed"):
+        stats.crossed_bootstrap_ci({0: np.zeros(3)}, {1: np.zeros(3)})
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "want"),
+    [
+        (0.5, 2.5, "holds"),  # above 0 and reaching the paper's 2.0
+        (2.5, 3.0, "holds"),  # larger than the paper's
+        (0.5, 1.5, "magnitude not reproduced"),  # the paper's direction, a smaller effect
+        (-0.2, 1.5, "magnitude not reproduced"),  # a null that excludes the paper's size
+        (-0.2, 2.5, "inconclusive"),
+        (-1.0, -0.1, "fails"),
+    ],
+)
+def test_magnitude_verdict_against_the_papers_effect(low, high, want):
+    ci = stats.Interval((low + high) / 2, low, high, 10, 0.95, "t")
+    assert stats.magnitude_verdict(ci, "greater", 2.0) == want
+    mirrored = stats.Interval(-(low + high) / 2, -high, -low, 10, 0.95, "t")
+    assert stats.magnitude_verdict(mirrored, "less", -2.0) == want
+    assert stats.magnitude_verdict(ci, "greater") == stats.verdict(ci, "greater")
+
+
+def test_magnitude_verdict_refuses_a_paper_effect_against_its_direction():
+    ci = stats.Interval(0.0, -1.0, 1.0, 5, 0.95, "t")
+    with pytest.raises(ValueError, match="must lie in the claim's direction"):
+        stats.magnitude_verdict(ci, "greater", -2.0)
+
+
+def _simulated_rate(n, mean, sd, margin=None, sims=20000, seed=0):
+    """How often a t interval (95%) of n normal differences excludes 0 above, or lies inside ±margin."""
+    x = np.random.default_rng(seed).normal(mean, sd, (sims, n))
+    m, half = x.mean(1), scipy_stats.t.ppf(0.975, n - 1) * x.std(1, ddof=1) / math.sqrt(n)
+    if margin is None:
+        return np.mean(m - half > 0)
+    return np.mean((m - half > -margin) & (m + half < margin))
+
+
+@pytest.mark.parametrize(("sd", "effect"), [(1.0, 1.0), (0.02, 0.015), (3.0, 1.2)])
+def test_seeds_for_power_reach_the_power_and_one_fewer_does_not(sd, effect):
+    n = stats.seeds_for_power(sd, effect)
+    assert _simulated_rate(n, effect, sd) >= 0.8 - 0.01  # Monte Carlo error of 20000 runs ~ 0.003
+    assert _simulated_rate(n - 1, effect, sd) < 0.8 + 0.01 or n == 2
+    m = stats.seeds_for_power(sd, effect, equivalence=True)
+    assert _simulated_rate(m, 0.0, sd, margin=effect) >= 0.8 - 0.01  # the bound is conservative, never short
+
+
+def test_seeds_for_power_can_be_two():
+    assert stats.seeds_for_power(1.0, 30.0) == 2 and _simulated_rate(2, 30.0, 1.0) >= 0.79
+
+
+def test_seeds_for_power_refuses_what_no_design_meets():
+    with pytest.raises(ValueError, match="more than 50 seeds needed"):
+        stats.seeds_for_power(1.0, 0.01, max_seeds=50)
+    with pytest.raises(ValueError, match="sd and effect must be positive"):
+        stats.seeds_for_power(0.0, 1.0)
+    with pytest.raises(ValueError, match=r"power must be in \(0, 1\)"):
+        stats.seeds_for_power(1.0, 1.0, power=80)
