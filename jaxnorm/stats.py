@@ -593,7 +593,7 @@ def signed_rank(a: Mapping, b: Mapping, *, direction: str = "two-sided") -> dict
 
     Examples:
     >>> from jaxnorm.stats import signed_rank
-    >>> r = signed_rank({s: 0.0 for s in range(6)}, {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: 5.0, 5: 6.0}, direction='greater')
+    >>> r = signed_rank(dict.fromkeys(range(6), 0.0), {s: s + 1.0 for s in range(6)}, direction='greater')
     >>> round(r['p'], 4), r['statistic'], r['estimate']
     (0.0156, 21.0, 3.5)
     """
