@@ -664,8 +664,7 @@ def crossed_bootstrap_ci(
     sizes = sorted({np.size(correct_a[s]) for s in common} | {np.size(correct_b[s]) for s in common})
     if len(sizes) != 1 or sizes[0] == 0:
         raise ValueError(
-            f"{where}: every seed of both arms must score the same, non-empty test set; got per-example lengths "
-            f"{sizes}"
+            f"{where}: every seed of both arms must score the same, non-empty test set; got per-example lengths {sizes}"
         )
     rows = [_finite(where, correct_b[s]) - _finite(where, correct_a[s]) for s in common]
     d = np.stack(rows)  # S × n
