@@ -432,3 +432,29 @@ def test_builders_module_can_be_imported_twice(monkeypatch):
     monkeypatch.setitem(sys.modules, "jaxnorm_data_copy", copy)
     spec.loader.exec_module(copy)
     assert copy.DigitsBuilder.name == "jaxnorm_digits"
+
+
+def test_a_process_reads_a_materialized_split_once_read_only_and_again_after_the_files_change(built):
+    """Runs in one process (a sweep) share the decoded splits instead of decoding every example again; no caller
+    can change what the next one gets, and a dataset prepared again is read again."""
+    from jaxnorm.lab.data import pipeline
+
+    first = data.load("digits", built["data_dir"])
+    again = data.load("digits", built["data_dir"], validation_split="train[80%:]", train_split="train[:80%]")
+    second = data.load("digits", built["data_dir"])
+    assert second.train.y is first.train.y and second.test.y is first.test.y  # the same arrays: read once
+    assert again.train.num_examples == 1437 * 4 // 5 + 1 and again.train.y is not first.train.y  # another split
+    np.testing.assert_array_equal(second.train.x, first.train.x)
+    with pytest.raises(ValueError, match="read-only"):
+        second.train.y[0] = 9
+    version_dir = os.path.join(built["data_dir"], "jaxnorm_digits", "1.0.0")
+    info = os.path.join(version_dir, "dataset_info.json")
+    st = os.stat(info)
+    os.utime(info, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as if prepared again
+    try:
+        third = data.load("digits", built["data_dir"])
+        assert third.train.y is not first.train.y
+        np.testing.assert_array_equal(third.train.y, first.train.y)
+    finally:
+        os.utime(info, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert len(pipeline._READ_CACHE) >= 2
