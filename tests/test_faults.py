@@ -178,23 +178,32 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path):
         pass
 
 
+KILL_FLAGS = [
+    "--config.num_steps=60",
+    "--config.log_every=3",
+    "--config.checkpoint_every=1",
+    "--config.eval_every=30",
+    "--config.keep_checkpoints=2",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted run both kill points are compared with."""
+    ref = tmp_path_factory.mktemp("kill") / "ref"
+    assert run_cli(ref, *KILL_FLAGS).returncode == 0
+    return ref
+
+
 @pytest.mark.parametrize("seed", [0, 1])  # two random kill points (each run is ~30 s on 2 cores)
-def test_kill_9_at_a_random_point_then_resume_is_exact(tmp_path, seed):
+def test_kill_9_at_a_random_point_then_resume_is_exact(tmp_path, seed, uninterrupted):
     """kill -9 while checkpoints are written every step (so often mid-save): the rerun resumes from the newest good
     checkpoint, ends bit-identical to an uninterrupted run, and every (step, split) row appears once."""
     import random
 
     import numpy as np
 
-    flags = [
-        "--config.num_steps=60",
-        "--config.log_every=3",
-        "--config.checkpoint_every=1",
-        "--config.eval_every=30",
-        "--config.keep_checkpoints=2",
-    ]
-    ref = tmp_path / "ref"
-    assert run_cli(ref, *flags).returncode == 0
+    flags, ref = KILL_FLAGS, uninterrupted
     wd = tmp_path / "run"
     p = run_cli(wd, *flags, wait=False)
     _wait_for_rows(wd, p)
