@@ -689,11 +689,13 @@ def magnitude_verdict(interval: Interval, direction: str, paper_effect: float | 
 
     Formula, for ``direction='greater'`` (mirror for ``'less'``), with ``E`` the paper's effect on the interval's
     scale (e.g. a log ratio when the interval is of log ratios):
+
     - ``'fails'``: the interval lies below 0 (the opposite direction);
     - ``'magnitude not reproduced'``: the interval lies below ``E`` (``high < E``), whether it excludes 0 (a
       smaller effect in the paper's direction) or not (a null that excludes the paper's size);
     - ``'holds'``: it lies above 0 and reaches ``E`` (or beyond: a larger effect in the same direction);
     - ``'inconclusive'``: it contains 0 and ``E`` alike.
+
     Without ``E`` it is :func:`verdict`.
 
     Args:
@@ -739,6 +741,7 @@ def seeds_for_power(
 
     Formula, with ``α = (1 − level)/2`` (each side of a two-sided ``level`` interval) and ``t_q`` Student's
     quantile on ``n − 1`` degrees of freedom:
+
     - directional (``equivalence=False``): the smallest ``n ≥ 2`` with ``P(interval excludes 0) ≥ power`` when the
       true mean difference is ``effect``: ``1 − F_nct(t_(1−α); n − 1, effect·√n/sd) ≥ power`` (noncentral t, exact);
     - equivalence (``equivalence=True``, ``effect`` the margin, true difference 0): the smallest ``n`` with

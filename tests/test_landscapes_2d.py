@@ -92,6 +92,19 @@ def test_trajectory_pca_recovers_the_plane_of_a_trajectory():
         jp.trajectory_pca([tree(center + t * e1) for t in (0.0, 1.0, 2.0)])
 
 
+def test_trajectory_pca_refuses_every_float32_line_and_keeps_a_thin_plane():
+    """Points on a line in float32 keep ~1e-7 of rounding off it (more at large offsets): still one direction. A
+    plane whose second direction is 1e-3 of the first is still two."""
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        e1, e2 = np.linalg.qr(rng.normal(size=(6, 2)))[0].T
+        center = rng.normal(size=6) * (1.0, 10.0, 100.0)[seed % 3]
+        with pytest.raises(ValueError, match="fewer than 2 directions"):
+            jp.trajectory_pca([tree(center + t * e1) for t in (0.0, 1.0, 2.0)])
+        thin = jp.trajectory_pca([tree(center + t * e1 + 1e-3 * t * t * e2) for t in (0.0, 1.0, 2.0)])
+        assert 0 < float(thin["explained_variance"][1]) < 1e-5
+
+
 def test_2d_probe_in_the_loop_with_eval_mode_batch_norm_and_the_landscape_figures(tmp_path):
     c = load_config(num_steps=12, checkpoint_every=4, eval_every=12, log_every=4, keep_checkpoints=5)
     c.probes.every = 6

@@ -423,14 +423,17 @@ def trajectory_pca(trajectory, *, center=None) -> dict:
     _, unravel = ravel_pytree(points[-1])
     c = flats[-1] if center is None else ravel_pytree(center)[0].astype(jnp.float32)
     m = jnp.stack(flats) - c
-    gram = np.asarray(m @ m.T, np.float64)
-    evals, evecs = np.linalg.eigh(gram)
+    m64 = np.asarray(m, np.float64)
+    # the Gram matrix in float64: in float32 its rounding alone (~1e-7·s₀²) would give a line a second direction of
+    # ~3e-4·s₀; float32 points on a line keep ~1e-7·s₀ of rounding off it, far below the 1e-4 cut
+    evals, evecs = np.linalg.eigh(m64 @ m64.T)
     order = np.argsort(evals)[::-1][:2]
     s = np.sqrt(np.maximum(evals[order], 0.0))
-    if not s[1] > 1e-12 * max(s[0], 1e-30):
+    if not s[1] > 1e-4 * max(s[0], 1e-30):
         raise ValueError(
-            "trajectory_pca: the trajectory spans fewer than 2 directions (all points on a line or "
-            "equal); use checkpoints from more of the run"
+            f"trajectory_pca: the trajectory spans fewer than 2 directions (all points on a line or equal: the "
+            f"second direction's spread is {s[1] / max(s[0], 1e-30):.1e} of the first's, below 1e-4); use "
+            "checkpoints from more of the run"
         )
     dirs = (m.T @ jnp.asarray(evecs[:, order] / s, jnp.float32)).T  # (2, n), unit rows
     coords = m @ dirs.T
