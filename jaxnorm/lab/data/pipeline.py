@@ -211,17 +211,19 @@ def load(
     )
     val_src = val_src[0] if val_src else None
 
-    def read_all(src, split_name):
-        split = {"train": train_split, "test": test_split, "validation": validation_split}[split_name]
-        key = (os.path.realpath(str(builder.data_dir)), split, input_key, label_key, _prepared_stamp(builder))
-        return _read_cached(
-            key, lambda: read_examples(src, np.arange(len(src)), input_key, label_key, f"{name}/{split_name}")
-        )
-
     if materialize:
-        raw_train = read_all(train_src, "train")
-        raw_test = read_all(test_src, "test")
-        raw_val = read_all(val_src, "validation") if val_src is not None else None
+        # the prepared files are stamped once per load, not once per split
+        prepared = (os.path.realpath(str(builder.data_dir)), _prepared_stamp(builder), input_key, label_key)
+
+        def read_all(src, split_name, split):
+            return _read_cached(
+                (*prepared, split),
+                lambda: read_examples(src, np.arange(len(src)), input_key, label_key, f"{name}/{split_name}"),
+            )
+
+        raw_train = read_all(train_src, "train", train_split)
+        raw_test = read_all(test_src, "test", test_split)
+        raw_val = read_all(val_src, "validation", validation_split) if val_src is not None else None
         stats_data: Any = raw_train[0]
     else:  # the train statistics from chunks of 1024 examples
         n = len(train_src)
