@@ -50,7 +50,7 @@ def pytest_addoption(parser):
         "--floors",
         action="store_true",
         help="also run tests/test_install.py: the core install in a fresh venv at the oldest jax/flax/optax "
-        "pyproject.toml admits, and the core tests there (needs the package index; about 5 minutes on 2 cores). "
+        "pyproject.toml admits, and the core tests there (needs the package index; about 4 minutes on 2 cores). "
         "CI runs it as its own step (.ci/run); the offline test command leaves it out",
     )
 
