@@ -439,7 +439,7 @@ def dln_posthoc(workdir: str, num: int = 10) -> list[dict]:
 
 
 def section(ctx) -> str:
-    from jaxnorm import stats
+    from jaxnorm import probes, stats
     from jaxnorm.lab import plots, report
 
     runs = _Runs(ctx)
@@ -572,7 +572,12 @@ def section(ctx) -> str:
 
     for q in ("beta", "rel_grad"):
         qlabel, fn = QUANTITIES[q]
-        panels = [(f"{qlabel}, LR {lr:g}", series([(n, vgg(n, lr)) for n in arms], fn, q)) for lr in LRS]
+        # β against the stability threshold of plain SGD at the panel's LR: β·η ≈ 2 is the edge of stability
+        panels = [
+            (f"{qlabel}, LR {lr:g}", series([(n, vgg(n, lr)) for n in arms], fn, q))
+            + (({"2/η (edge of stability)": probes.stability_threshold(lr)},) if q == "beta" else ())
+            for lr in LRS
+        ]
         out.append(
             ctx.figure(plots.plot_mean_curves(panels, ctx.path(q), key=q, split="probe", ylabel=qlabel, yscale="log"))
         )
@@ -580,8 +585,9 @@ def section(ctx) -> str:
     out.append(ctx.figure(plots.plot_santurkar(firsts, ctx.path("bands"))))
     out.append(
         "*What to look for*: β and ‖Δg‖/‖g‖ (the largest relative change of the gradient over the step sizes "
-        "η ∈ [0.5, 4]·LR along it) are the headline figures (mean ± std over seeds, log scale): lower is "
-        "smoother. The last figure shows seed 0's bands (min–max over η) at LR 0.1."
+        "η ∈ [0.5, 4]·LR along it) are the headline figures (geometric mean ×/÷ geometric std over seeds, log scale): lower is "
+        "smoother; the dashed line on the β panels is 2/η, where gradient descent at that LR stops being stable. "
+        "The last figure shows the first seed's bands (min–max over η) at LR 0.1."
     )
 
     b0, g0, band0 = (

@@ -93,3 +93,71 @@ def test_data_ylim_margins_stay_within_bounds_but_data_never_hidden():
     low, high = plots.data_ylim([0.1, 0.1, np.nan])  # flat: a small window around it
     assert low < 0.1 < high and high - low < 0.05
     assert plots.data_ylim([np.nan]) is None and plots.data_ylim([]) is None
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Per figure saved, per axes: the y data of its lines and the y range of each band (fill_between)."""
+    seen = []
+    save = plots._save
+
+    def spy(fig, path):
+        seen.append(
+            [
+                (
+                    [np.asarray(line.get_ydata(), float) for line in ax.lines],
+                    [(p.vertices[:, 1].min(), p.vertices[:, 1].max()) for c in ax.collections for p in c.get_paths()],
+                    ax.get_ylim(),
+                )
+                for ax in fig.axes
+            ]
+        )
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    return seen
+
+
+def test_log_axis_bands_are_geometric_and_per_panel_lines_stay_on_their_panel(tmp_path, drawn):
+    # three seeds of a quantity spread over two decades: mean − std is below zero, which a log axis cannot show
+    per_seed = [1.0, 1.0, 100.0]
+    rows = [[{"split": "probe", "step": s, "beta": v * (1 + s)} for s in range(3)] for v in per_seed]
+    panels = [("LR 0.1", {"bn": rows}, {"2/η": 20.0}), ("LR 0.5", {"bn": rows}, {"2/η": 4.0})]
+    plots.plot_mean_curves(panels, str(tmp_path / "b.png"), key="beta", split="probe", yscale="log")
+    logs = np.log(per_seed)
+    centre, spread = np.exp(logs.mean()), np.exp(logs.std())
+    (lines0, bands0, (low, high)), (lines1, _, _) = drawn[0]
+    np.testing.assert_allclose(lines0[0], centre * np.arange(1, 4), rtol=1e-12)  # the geometric mean, not 34
+    band_lo, band_hi = bands0[0]
+    assert band_lo == pytest.approx(centre / spread, rel=1e-9) and band_hi == pytest.approx(3 * centre * spread)
+    assert 0 < low < centre / spread and high > 20.0  # the band and the panel's 2/η line in view, a positive axis
+    assert [y[0] for y in lines0[1:]] == [20.0] and [y[0] for y in lines1[1:]] == [4.0]  # each panel its own line
+
+
+def test_long_titles_stay_inside_the_figure(tmp_path, monkeypatch):
+    outside = []
+    save = plots._save
+
+    def spy(fig, path):
+        fig.tight_layout()  # as _save lays it out before writing it
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.bbox
+        for ax in fig.axes:
+            t = ax.title.get_window_extent(renderer)
+            if t.x0 < box.x0 - 0.5 or t.x1 > box.x1 + 0.5 or t.y1 > box.y1 + 0.5:
+                outside.append(ax.get_title())
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    long = "deep strided 1-D CNN (5 BN layers): test error vs batch size (mean ± std over seeds)"  # Wu & He's
+    plots.plot_lines(
+        {"BN": ([2, 8, 32], [9.0, 8.0, 7.5], [1.0, 0.5, 0.4])},
+        str(tmp_path / "l.png"),
+        xlabel="b",
+        ylabel="e",
+        title=long,
+        logx=True,
+    )
+    plots.plot_mean_curves([(long, {"bn": _runs([[0.5, 0.6]])})], str(tmp_path / "m.png"))
+    assert not outside, outside

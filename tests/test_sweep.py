@@ -144,6 +144,9 @@ def test_sweep_cli_errors_before_running(tmp_path, capsys):
         (["--config.norm=group"], ("grid key",)),
         (["--config.size=huge"], ("'huge'", "full")),
         (["--seeds", "0"], ("--seeds",)),
+        (["--first-seed", "-1"], ("--first-seed", "-1")),
+        (["--seed-stride", "0"], ("--seed-stride", "0")),
+        (["--first-seed", str(2**30 - 1), "--seed-stride", str(2**29)], ("int32", "--first-seed")),
         (["--config.model_kwargs.kernel_sise=5"], ("kernel_sise", "not a field of the model cnn1d", "kernel_size")),
     ):
         assert sweep.main(args + flags) == 1, flags
@@ -174,6 +177,33 @@ def test_diverged_run_is_a_result_and_is_not_rerun(tmp_path):
     assert point["diverged"] == 1 and point["finished"] == 0 and "test_accuracy" not in point["metrics"]
     again = sweep.run_sweep(str(exp), str(tmp_path / "w"), 1, {}, plots=False, log=lambda *_: None)
     assert all(r["skipped"] for r in again["runs"])
+
+
+def test_first_seed_and_stride_choose_the_runs_seeds(tmp_path):
+    exp = tmp_path / "exp.py"
+    exp.write_text(
+        "from jaxnorm.lab.train.config import base_config\n"
+        "def get_config():\n"
+        "    c = base_config(); c.dataset = 'digits'; c.model = 'mlp'; c.norm = 'none'; c.optimizer = 'sgd'\n"
+        "    c.schedule = 'constant'; c.batch_size = 32; c.num_steps = 4; c.eval_every = 4; c.log_every = 2\n"
+        "    c.checkpoint_every = 4; c.model_kwargs.hidden = (8,)\n"
+        "    return c\n"
+        "def get_sweep(config):\n"
+        "    return [{'learning_rate': 0.1}]\n"
+    )
+    quiet = dict(plots=False, log=lambda *_: None)
+    s = sweep.run_sweep(str(exp), str(tmp_path / "w"), 2, {}, first_seed=1000, seed_stride=8, **quiet)
+    assert [r["seed"] for r in s["runs"]] == [1000, 1008] and s["seed_list"] == [1000, 1008]
+    assert "--first-seed 1000 --seed-stride 8" in s["command"]
+    assert "(seeds 1000, 1008)" in report.setting(report.Context("exp", s, str(tmp_path), str(tmp_path)))
+    for r in s["runs"]:  # each run trained with its seed: its saved config, and its directory
+        assert json.loads(open(os.path.join(r["workdir"], "config.json")).read())["seed"] == r["seed"]
+        assert r["workdir"].endswith(f"seed{r['seed']}")
+    # the same point at seeds 0, 1 gives other runs (the seeds reach the initialization), and seed 1008 is seed 8 + 1000
+    zero = sweep.run_sweep(str(exp), str(tmp_path / "z"), 2, {}, **quiet)
+    assert [r["seed"] for r in zero["runs"]] == [0, 1]
+    losses = {r["seed"]: r["train_loss"] for r in s["runs"] + zero["runs"]}
+    assert len(set(losses.values())) == 4, losses
 
 
 def test_size_presets_and_explicit_keys_win():

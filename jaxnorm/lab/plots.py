@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from collections import defaultdict
 
 import matplotlib
@@ -309,18 +310,34 @@ def landscape_figures(workdir: str, out: str, steps: int = 21) -> list[str]:
     return made
 
 
-def _mean_series(runs: list[list[dict]], split: str, key: str):
-    """Steps common to all runs and the mean and std (over runs) of ``key`` at those steps."""
+def _mean_series(runs: list[list[dict]], split: str, key: str, log: bool = False):
+    """Steps common to all runs and the centre and band (over runs) of ``key`` at those steps: the mean ± 1 std, or
+    with ``log`` the geometric mean ×/÷ the geometric std, ``exp(m ± s)`` with m, s the mean and std of ``log v``
+    (a band that stays positive and is symmetric on a log axis; a non-positive value has no logarithm: NaN)."""
     series = [dict(zip(*metrics_lib.series(rows, split, key))) for rows in runs]
-    if not series:
-        return [], np.array([]), np.array([])
     steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    if not steps:
+        return [], np.array([]), np.array([]), np.array([])
     vals = np.array([[s[t] for t in steps] for s in series], float)
-    return steps, vals.mean(0) if len(steps) else vals, vals.std(0) if len(steps) else vals
+    if not log:
+        mean, std = vals.mean(0), vals.std(0)
+        return steps, mean, mean - std, mean + std
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(np.where(vals > 0, vals, np.nan))
+    m, sd = logs.mean(0), logs.std(0)
+    return steps, np.exp(m), np.exp(m - sd), np.exp(m + sd)
+
+
+def _autoscale_log_y(ax, values) -> None:
+    """Log-axis y limits from the positive finite ``values``, with :func:`data_ylim`'s margins in decades."""
+    v = np.asarray([x for x in np.ravel(np.asarray(values, float)) if np.isfinite(x) and x > 0])
+    lim = data_ylim(np.log10(v)) if v.size else None
+    if lim is not None:
+        ax.set_ylim(10 ** lim[0], 10 ** lim[1])
 
 
 def plot_mean_curves(
-    panels: list[tuple[str, dict[str, list[list[dict]]]]],
+    panels: list[tuple],
     path: str,
     key: str = "accuracy",
     split: str = "eval",
@@ -329,31 +346,39 @@ def plot_mean_curves(
     hlines: dict[str, float] | None = None,
     ylim=None,
 ) -> str | None:
-    """One panel per ``(title, {label: [rows of each seed]})``: the mean of ``split/key`` over seeds against the step,
-    with a ±1 std band; ``hlines`` draws labelled horizontal reference lines on every panel.
+    """One panel per ``(title, {label: [rows of each seed]}[, {label: y}])``: the centre of ``split/key`` over seeds
+    against the step with a band: on a linear axis the mean ± 1 std, on a log axis (``yscale='log'``) the geometric
+    mean ×/÷ the geometric std (a mean − std below zero has no place on a log axis). ``hlines`` draws labelled
+    horizontal reference lines on every panel, a panel's own third element on that panel only (e.g. 2/η per LR).
 
     On a linear scale the y axis follows the panel's data (the bands and the reference lines, with a margin:
     :func:`data_ylim`); ``ylim`` ``(low, high)`` is the range the quantity lives in, which the margins stay within
     but the data may leave (a run at chance accuracy under ``ylim=(0.5, 1)`` is still drawn), and an accuracy
-    (``key`` naming one) never leaves [0, 1]. Other scales: matplotlib's autoscaling, ``ylim`` unused."""
+    (``key`` naming one) never leaves [0, 1]. On a log scale the axis follows the bands and lines in decades."""
     if not any(
-        metrics_lib.series(rows, split, key)[0] for _, groups in panels for runs in groups.values() for rows in runs
+        metrics_lib.series(rows, split, key)[0] for panel in panels for runs in panel[1].values() for rows in runs
     ):
         return None
+    log = yscale == "log"
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (title, groups) in zip(axes[0], panels):
-        shown = list((hlines or {}).values())
+    for ax, panel in zip(axes[0], panels):
+        title, groups = panel[0], panel[1]
+        lines = {**(hlines or {}), **(panel[2] if len(panel) > 2 else {})}
+        shown = list(lines.values())
         for i, (label, runs) in enumerate(groups.items()):
-            steps, mean, std = _mean_series(runs, split, key)
+            steps, centre, low, high = _mean_series(runs, split, key, log=log)
             if steps:
-                ax.plot(steps, mean, color=f"C{i}", label=f"{label} (n={len(runs)})")
-                ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2)
-                shown += [*(mean - std), *(mean + std)]
-        for j, (label, y) in enumerate((hlines or {}).items()):
+                ax.plot(steps, centre, color=f"C{i}", label=f"{label} (n={len(runs)})")
+                ax.fill_between(steps, low, high, color=f"C{i}", alpha=0.2)
+                shown += [*low, *high]
+        for j, (label, y) in enumerate(lines.items()):
             ax.axhline(y, color="k", ls=("--", ":", "-.")[j % 3], lw=1, label=label)
-        ax.set(title=title, xlabel="step", ylabel=ylabel, yscale=yscale)
+        ax.set(xlabel="step", ylabel=ylabel, yscale=yscale)
+        _fit_title(ax, title)
         if yscale == "linear":
             _autoscale_y(ax, shown, bounds=ylim, hard=ACCURACY_BOUNDS if "accuracy" in key else None)
+        elif log:
+            _autoscale_log_y(ax, shown)
         _decorate([ax])
     return _save(fig, path)
 
@@ -372,7 +397,8 @@ def plot_lines(
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (xs, means, stds) in series.items():
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    _fit_title(ax, title)
     if logx:
         ax.set_xscale("log", base=2)
     if xticks is not None:
@@ -397,6 +423,14 @@ def plot_percentiles(runs: dict[str, list[dict]], path: str, layer: str, unit_la
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("activation input: 15th / 50th / 85th pct")
     return _save(fig, path)
+
+
+def _fit_title(ax, title: str) -> None:
+    """``title`` wrapped to the axes' width (a title wider than its panel is cut off at the figure's edge)."""
+    width_in = ax.get_position().width * ax.figure.get_figwidth()
+    size = matplotlib.font_manager.FontProperties(size=matplotlib.rcParams["axes.titlesize"]).get_size_in_points()
+    chars = max(12, int(width_in * 72 / (0.6 * size)))  # DejaVu Sans averages ~0.6 em per character
+    ax.set_title(textwrap.fill(title, chars) if title else title)
 
 
 def _decorate(axes, fontsize: int = 8) -> None:

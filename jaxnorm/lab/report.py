@@ -287,12 +287,18 @@ def noise_floor(ctx: Context, point: str, num_test: int) -> str:
     return f"{100 * stats.binomial_se(acc, num_test):.2f}"
 
 
+def _seed_range(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds)) if len(seeds) <= 3 else f"{seeds[0]}, {seeds[1]}, …, {seeds[-1]}"
+
+
 def setting(ctx: Context) -> str:
     s = ctx.summary
     return (
         f"`{os.path.relpath(s['config_file'], _ROOT) if os.path.isabs(s['config_file']) else s['config_file']}` "
         f"at size `{s['size']}`, {s['seeds']} seed{'s' if s['seeds'] != 1 else ''} per grid point "
-        f"({len(s['runs'])} runs, {s['total_wall_s'] / 60:.1f} min of training on this machine). " + config_line(ctx)
+        + (f"(seeds {_seed_range(s['seed_list'])}) " if s.get("first_seed") or s.get("seed_stride", 1) != 1 else "")
+        + f"({len(s['runs'])} runs, {s['total_wall_s'] / 60:.1f} min of training on this machine). "
+        + config_line(ctx)
     )
 
 
@@ -444,6 +450,8 @@ def main(argv=None) -> int:
         "results are rewritten only with an explicit --out docs/results.md)",
     )
     p.add_argument("--seeds", type=int, default=None, help="seeds per grid point (default: each file's SEEDS)")
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed F (new seeds for a confirmatory run)")
+    p.add_argument("--seed-stride", type=int, default=1, help="the step S between seeds (8: disjoint random streams)")
     p.add_argument("--only", nargs="*", default=None, help="a subset of experiments (file stems)")
     p.add_argument("--size", default="small", help="the configs' size preset (small; smoke for a quick check)")
     args = p.parse_args(argv)
@@ -460,7 +468,14 @@ def main(argv=None) -> int:
             overrides = {"size": args.size} if args.size != "small" else {}
             path = os.path.relpath(modules[name].__file__)  # the command in the report, as a user types it
             path = modules[name].__file__ if path.startswith("..") else path
-            summaries[name] = sweep.run_sweep(path, os.path.join(args.workdir, name), args.seeds, overrides)
+            summaries[name] = sweep.run_sweep(
+                path,
+                os.path.join(args.workdir, name),
+                args.seeds,
+                overrides,
+                first_seed=args.first_seed,
+                seed_stride=args.seed_stride,
+            )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -469,6 +484,8 @@ def main(argv=None) -> int:
         + "".join(f" {flag} {val}" for flag, val in (("--workdir", args.workdir), ("--out", out)) if val)
         + (f" --experiments {args.experiments}" if args.experiments else "")
         + (f" --seeds {args.seeds}" if args.seeds else "")
+        + (f" --first-seed {args.first_seed}" if args.first_seed else "")
+        + (f" --seed-stride {args.seed_stride}" if args.seed_stride != 1 else "")
         + (f" --size {args.size}" if args.size != "small" else "")
         + (f" --only {' '.join(args.only)}" if args.only else "")
     )

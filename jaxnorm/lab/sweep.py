@@ -4,7 +4,9 @@
 An experiment file is a training config (``get_config()``, runnable alone with ``train.py``) that also declares its
 grid: ``get_sweep(config) -> [overrides, ...]``, one dict of (dotted) config keys per grid point, computed from the
 size-resolved base config (so a grid can derive, e.g., the number of steps from the batch size). ``SEEDS`` in the file
-is the default seed count. Every grid point runs once per seed ``0 … seeds−1`` in ``WORKDIR/<point>/seed<s>``, in this
+is the default seed count. Every grid point runs once per seed ``F + k·S`` for ``k = 0 … seeds−1`` (``--first-seed F``,
+default 0: confirmatory runs take seeds no pilot has seen; ``--seed-stride S``, default 1; 8 makes the runs' random
+streams disjoint, see :mod:`jaxnorm.lab.rng`) in ``WORKDIR/<point>/seed<s>``, in this
 process, one after another; a run whose ``result.json`` records its current config is skipped, an interrupted one
 resumes from its checkpoint. Then:
 
@@ -12,7 +14,7 @@ resumes from its checkpoint. Then:
 - ``WORKDIR/summary.json``: the rows, and per grid point the mean, std (ddof=1) and count over the seeds that
   finished, with the command, the size and the commits of the code that trained the runs (``+dirty``: with
   uncommitted changes);
-- ``WORKDIR/plots/``: :func:`jaxnorm.lab.plots.make_plots` over the first seed of every grid point.
+- ``WORKDIR/plots/``: :func:`jaxnorm.lab.plots.make_plots` over the first seed (``first_seed``) of every grid point.
 
 A run that diverges (non-finite loss) is a result, not a failure: its status is ``diverged`` and it is left out of
 the means. A run that cannot start (bad config, a workdir of another run) is ``failed`` and makes the exit status 1.
@@ -33,6 +35,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from jaxnorm.lab import rng as rng_lib
 
 DEFAULT_SEEDS = 3
 RESULT_FILE = "result.json"
@@ -113,7 +117,9 @@ def plan(path: str, seeds: int | None = None, overrides: dict | None = None):
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds must be a positive int, got {seeds!r}")
     if "seed" in overrides:
-        raise ValueError("--config.seed is set by the sweep (seeds 0 … N−1); use --seeds N")
+        raise ValueError(
+            "--config.seed is set by the sweep (seeds F + k·S); use --seeds N, --first-seed F, --seed-stride S"
+        )
     base = _apply(module.get_config(), overrides)
     config_lib.validate(base)
     base = config_lib.resolve_size(base, overrides)
@@ -346,10 +352,28 @@ def write_summary(workdir: str, rows: list[dict], meta: dict) -> dict:
 
 
 def run_sweep(
-    path: str, workdir: str, seeds: int | None = None, overrides: dict | None = None, plots: bool = True, log=print
+    path: str,
+    workdir: str,
+    seeds: int | None = None,
+    overrides: dict | None = None,
+    plots: bool = True,
+    log=print,
+    *,
+    first_seed: int = 0,
+    seed_stride: int = 1,
 ) -> dict:
-    """Run (or finish) every run of the experiment at ``path`` into ``workdir``; returns the summary dict."""
+    """Run (or finish) every run of the experiment at ``path`` into ``workdir``, seeds ``first_seed + k·seed_stride``
+    for ``k < seeds``; returns the summary dict."""
+    for flag, v, lo in (("--first-seed", first_seed, 0), ("--seed-stride", seed_stride, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < 2**30:
+            raise ValueError(f"{flag} must be an int in [{lo}, 2**30), got {v!r}")
     base, points, seeds = plan(path, seeds, overrides)
+    seed_list = [first_seed + k * seed_stride for k in range(seeds)]
+    if seed_list[-1] + max(rng_lib.STREAM_IDS.values()) >= 2**31:
+        raise ValueError(
+            f"the last seed {seed_list[-1]} (first {first_seed} + {seeds - 1} × stride {seed_stride}) leaves the int32 "
+            "range of the random streams; lower --first-seed or --seed-stride"
+        )
     overrides = dict(overrides or {})
     overrides.setdefault("progress", False)
     os.makedirs(workdir, exist_ok=True)
@@ -358,7 +382,7 @@ def run_sweep(
     total = len(points) * seeds
     t_start = time.perf_counter()
     for point in points:
-        for seed in range(seeds):
+        for seed in seed_list:
             cfg = _apply(point["config"].copy_and_resolve_references(), {"seed": seed, "progress": False})
             run_dir = os.path.join(workdir, point["name"], f"seed{seed}")
             result = run_one(cfg, run_dir, point["explicit"], commit)
@@ -382,11 +406,16 @@ def run_sweep(
         "config_file": path,
         "size": base.size,
         "seeds": seeds,
+        "first_seed": first_seed,
+        "seed_stride": seed_stride,
+        "seed_list": seed_list,
         "overrides": {k: v for k, v in overrides.items() if k != "progress"},
         "commit": ", ".join(sorted({r["commit"] for r in rows})),
         "command": "python -m jaxnorm.lab.sweep "
         + " ".join(
             [path, "--workdir", workdir, "--seeds", str(seeds)]
+            + (["--first-seed", str(first_seed)] if first_seed else [])
+            + (["--seed-stride", str(seed_stride)] if seed_stride != 1 else [])
             + [f"--config.{k}={v}" for k, v in overrides.items() if k != "progress"]
         ),
         "total_wall_s": sum(r["wall_s"] for r in rows if math.isfinite(r["wall_s"])),  # incl. earlier runs
@@ -396,7 +425,9 @@ def run_sweep(
     if plots:
         from jaxnorm.lab import plots as plots_lib
 
-        firsts = [r for r in rows if r["seed"] == 0 and os.path.exists(os.path.join(r["workdir"], "metrics.jsonl"))]
+        firsts = [
+            r for r in rows if r["seed"] == first_seed and os.path.exists(os.path.join(r["workdir"], "metrics.jsonl"))
+        ]
         if firsts:
             summary["plots"] = plots_lib.make_plots(
                 [r["workdir"] for r in firsts], os.path.join(workdir, "plots"), labels=[r["point"] for r in firsts]
@@ -411,11 +442,25 @@ def main(argv=None) -> int:
     p.add_argument(
         "--seeds", type=int, default=None, help=f"seeds per grid point (default: the file's SEEDS or {DEFAULT_SEEDS})"
     )
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="the first seed F (default 0); the runs take seeds F + k·S, k < N"
+    )
+    p.add_argument(
+        "--seed-stride", type=int, default=1, help="the step S between seeds (default 1; 8 makes every stream disjoint)"
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     args, rest = p.parse_known_args(argv)
     try:
         overrides = parse_overrides(rest)
-        summary = run_sweep(args.config, args.workdir, args.seeds, overrides, plots=not args.no_plots)
+        summary = run_sweep(
+            args.config,
+            args.workdir,
+            args.seeds,
+            overrides,
+            plots=not args.no_plots,
+            first_seed=args.first_seed,
+            seed_stride=args.seed_stride,
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
