@@ -42,6 +42,7 @@ __all__ = [
     "seeds_for_power",
     "signed_rank",
     "success_rate",
+    "t_test_p",
     "verdict",
     "wilson_interval",
 ]
@@ -459,7 +460,8 @@ def compare(a: Mapping, b: Mapping, *, direction: str, level: float = 0.95, meth
       criterion: ``criterion(interval) -> bool``, e.g. a minimum effect size; None for none.
 
     Returns:
-      ``{'differences', 'interval', 'verdict', 'text'}``; ``text`` is one line with the numbers.
+      ``{'differences', 'interval', 'verdict', 'text', 'p'}``; ``text`` is one line with the numbers, ``p`` the
+      one-sided p-value of the paired t test in ``direction`` (:func:`t_test_p`; for Holm over a family).
 
     Raises:
       ValueError: no shared seed, fewer than 2 of them, a non-finite outcome, a bad ``level``, ``method`` or
@@ -476,7 +478,53 @@ def compare(a: Mapping, b: Mapping, *, direction: str, level: float = 0.95, meth
     met = True if criterion is None else bool(criterion(ci))
     v = verdict(ci, direction, met)
     text = f"b − a = {ci} → {v}" + ("" if met else " (criterion not met)")
-    return {"differences": diffs, "interval": ci, "verdict": v, "text": text}
+    p = t_test_p(list(diffs.values()), direction=direction)
+    return {"differences": diffs, "interval": ci, "verdict": v, "text": text, "p": p}
+
+
+def t_test_p(values, *, direction: str, null: float = 0.0) -> float:
+    """The p-value of the one-sample t test of ``mean(values) = null``, e.g. on paired per-seed differences (the
+    test behind :func:`mean_ci`'s t interval: the one-sided p is below α exactly when the level ``1 − 2α``
+    interval excludes ``null`` on that side).
+
+    Formula: ``t = (x̄ − null) / (s / √n)``, ``s`` the standard deviation with ddof=1, referred to Student's t with
+    ``n − 1`` degrees of freedom: ``P(T ≥ t)`` for ``'greater'``, ``P(T ≤ t)`` for ``'less'``, ``2·P(T ≥ |t|)`` for
+    ``'two-sided'``. Zero spread: 0 when every value lies beyond ``null`` on the tested side, else 1.
+
+    Reduces over: the values (seeds).
+
+    Args:
+      values: the finite values, at least 2 (a mapping's values, or a sequence).
+      direction: ``'greater'`` (the alternative: mean > null), ``'less'`` or ``'two-sided'``.
+      null: the mean under the null hypothesis (e.g. a paper's effect, to test against its magnitude).
+
+    Returns:
+      The p-value in [0, 1].
+
+    Raises:
+      ValueError: fewer than 2 values, a non-finite one, an unknown ``direction``.
+
+    Examples:
+    >>> from jaxnorm.stats import t_test_p
+    >>> round(t_test_p([0.1, 0.3, 0.2, 0.4], direction='greater'), 4)
+    0.0152
+    """
+    where = "t_test_p"
+    _check_direction(where, direction)
+    x = _finite(where, list(values.values()) if isinstance(values, Mapping) else values)
+    if x.size < 2:
+        raise ValueError(f"{where}: need at least 2 values (seeds), got {x.size}")
+    diff, sd = float(x.mean()) - null, float(x.std(ddof=1))
+    if sd == 0.0:
+        beyond = {"greater": diff > 0, "less": diff < 0, "two-sided": diff != 0}[direction]
+        return 0.0 if beyond else 1.0
+    t = diff / (sd / math.sqrt(x.size))
+    df = x.size - 1
+    if direction == "greater":
+        return float(_st.t.sf(t, df))
+    if direction == "less":
+        return float(_st.t.cdf(t, df))
+    return float(min(1.0, 2 * _st.t.sf(abs(t), df)))
 
 
 def holm(p_values, *, alpha: float = 0.05):

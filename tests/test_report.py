@@ -173,3 +173,54 @@ def test_the_same_runs_at_size_small_get_verdicts(smoke_report, tmp_path, monkey
     assert report.NO_VERDICT not in text and "Smoke check" not in text
     verdicts = [row.rstrip(" |").split("| ")[-1].strip("* ") for row in rows]
     assert verdicts[0] in ("holds", "fails", "inconclusive") and verdicts[1] == "reproduced", rows
+
+
+def _finding(primary="", p=None, verdict="holds", claim="c"):
+    return report.Finding("Paper", claim, "§1", "ours", "+1 [+0.5, +1.5]", verdict, "+2", primary, p)
+
+
+REG = {"P1": "A", "P2": "B", "P3": "C"}
+
+
+def test_holm_over_the_primary_claims_downgrades_what_does_not_survive_it():
+    findings = [
+        _finding(claim="exploratory, p irrelevant"),
+        _finding("P2", 0.04),
+        _finding("P1", 0.01),
+        _finding("P3", 0.03, verdict="fails"),
+    ]
+    out = report.apply_holm(findings, REG)
+    by = {f.primary: f for f in out}
+    # Holm over (0.04, 0.01, 0.03): adjusted 0.06, 0.03, 0.06 (stats.holm's own example, reordered)
+    assert by["P1"].holm_p == pytest.approx(0.03) and by["P1"].verdict == "holds"
+    assert by["P2"].holm_p == pytest.approx(0.06) and by["P2"].verdict == "inconclusive"  # holds alone, not after Holm
+    assert by["P3"].verdict == "fails"  # Holm never turns a failure into anything else
+    assert by[""].verdict == "holds" and by[""].holm_p is None  # exploratory: outside the family
+    table = report.claims_table(out)
+    rows = [line for line in table.splitlines()[2:]]
+    assert [r.split("|")[1].strip() for r in rows] == ["P1", "P2", "P3", "exploratory"]
+    assert "| paper's number |" in table.splitlines()[0] and "| +2 |" in rows[0]
+    assert "Holm p = 0.03" in rows[0] and "Holm p" not in rows[3]
+    with pytest.raises(ValueError, match=r"\['P9'\] are not in"):
+        report.apply_holm([_finding("P9", 0.01)], REG)
+    with pytest.raises(ValueError, match=r"\['P1'\] are recorded more than once"):
+        report.apply_holm([_finding("P1", 0.01), _finding("P1", 0.02)], REG)
+
+
+def test_a_primary_claim_needs_its_p_value(tmp_path):
+    ctx = report.Context("x", {"points": [], "runs": []}, str(tmp_path), str(tmp_path))
+    with pytest.raises(ValueError, match="primary claim P1 needs its p-value"):
+        ctx.claim("c", "§1", "s", "o", "holds", primary="P1")
+    assert ctx.claim("c", "§1", "s", "o", "holds", primary="P1", p_value=0.2, paper_effect="2.3×") == "**holds**"
+    assert ctx.findings[0].paper_effect == "2.3×" and ctx.findings[0].p_value == 0.2
+
+
+def test_the_registration_is_read_and_cited_with_its_commit():
+    registered = report.registered_claims()
+    assert list(registered) == [f"P{k}" for k in range(1, 8)] and registered["P7"] == "Ba et al. 2016"
+    _, head = report._git("rev-parse", "--short", "HEAD")
+    _, reg = report._git("log", "-1", "--format=%h", "--", report.REGISTRATION)
+    note = report.registration_note([head])
+    assert f"at commit `{reg}`" in note and "Every run here was made at a commit that contains" in note
+    note = report.registration_note([head, "unknown"])
+    assert "Not every run was made at a commit that contains the registration" in note

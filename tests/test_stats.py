@@ -112,6 +112,28 @@ def _holm_sequential(p, alpha):
     return reject
 
 
+def test_t_test_p_is_the_dual_of_the_t_interval_and_matches_scipy():
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 7, 20):
+        x = rng.normal(0.3, 1.0, n)
+        for alpha in (0.01, 0.05, 0.2):
+            ci = stats.mean_ci(x, level=1 - 2 * alpha)  # its bounds are where the one-sided p equals alpha
+            assert stats.t_test_p(x, direction="greater", null=ci.low) == pytest.approx(alpha, rel=1e-9)
+            assert stats.t_test_p(x, direction="less", null=ci.high) == pytest.approx(alpha, rel=1e-9)
+        for direction in ("greater", "less", "two-sided"):
+            ref = scipy_stats.ttest_1samp(x, 0.25, alternative=direction).pvalue
+            assert stats.t_test_p(x, direction=direction, null=0.25) == pytest.approx(ref, rel=1e-12)
+    assert stats.t_test_p({0: 0.2, 1: 0.2}, direction="greater") == 0.0  # no spread, beyond the null
+    assert stats.t_test_p([0.2, 0.2], direction="less") == 1.0
+    assert stats.compare({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.5, 1: 2.1, 2: 3.7}, direction="greater")["p"] == (
+        pytest.approx(scipy_stats.ttest_1samp([0.5, 0.1, 0.7], 0, alternative="greater").pvalue)
+    )
+    with pytest.raises(ValueError, match="at least 2 values"):
+        stats.t_test_p([0.1], direction="greater")
+    with pytest.raises(ValueError, match="direction"):
+        stats.t_test_p([0.1, 0.2], direction="bigger")
+
+
 def test_holm_adjusted_values_reject_exactly_what_the_sequential_rule_rejects():
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -19,7 +19,10 @@ gives no verdicts (each reads *smoke: no verdict*); its numbers are shown but ar
 Statistics (:mod:`jaxnorm.stats`): arms share seeds, so a comparison is the mean of the per-seed differences with a
 t interval; a diverged run is not dropped (its accuracy counts as chance, and success rates count it as a failure);
 a verdict is *holds* (the interval excludes zero in the paper's direction and the claim's criterion is met),
-*fails* (it excludes zero the other way) or *inconclusive*.
+*fails* (it excludes zero the other way), *magnitude not reproduced* (it excludes the paper's stated effect from
+below: :func:`jaxnorm.stats.magnitude_verdict`) or *inconclusive*. The claims registered in
+``experiments/REGISTRATION.md`` are primary: Holm's adjustment holds their family-wise error at 5%
+(:func:`apply_holm`), and the report cites the registration's commit; every other claim is exploratory.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -74,7 +78,11 @@ class Finding:
     source: str  # where in the paper: table, figure or section
     setting: str  # ours, in a few words
     ours: str  # our number with its confidence interval
-    verdict: str  # holds | inconclusive | fails | reproduced | not reproduced (exact, deterministic checks)
+    verdict: str  # holds | inconclusive | fails | magnitude not reproduced | reproduced | not reproduced (exact checks)
+    paper_effect: str = "—"  # the paper's number for the claim, where it states one
+    primary: str = ""  # the registration's id of a primary (confirmatory) claim, e.g. "P1"; "" for exploratory
+    p_value: float | None = None  # a primary claim's one-sided p-value (Holm's family: the primary claims)
+    holm_p: float | None = None  # its Holm-adjusted p-value, set by write_report
 
 
 @dataclasses.dataclass
@@ -156,12 +164,30 @@ class Context:
             criterion=criterion,
         )
 
-    def claim(self, claim: str, source: str, setting: str, ours: str, verdict: str) -> str:
+    def claim(
+        self,
+        claim: str,
+        source: str,
+        setting: str,
+        ours: str,
+        verdict: str,
+        *,
+        paper_effect: str = "—",
+        primary: str = "",
+        p_value: float | None = None,
+    ) -> str:
         """Record a finding for the claims table; returns the verdict in bold, for the section's text. In a smoke
-        report (``smoke``) the verdict is :data:`NO_VERDICT`: the number is kept, the judgement is not."""
+        report (``smoke``) the verdict is :data:`NO_VERDICT`: the number is kept, the judgement is not.
+
+        ``paper_effect`` is the paper's number, shown beside ours. ``primary`` names a registered primary claim
+        (``experiments/REGISTRATION.md``, e.g. ``"P1"``) and needs its one-sided ``p_value``: the report holds the
+        primary claims' family-wise error with Holm, and a primary claim that holds on its own interval but not
+        after Holm is reported *inconclusive*. Every other claim is exploratory."""
+        if primary and (p_value is None or not 0 <= p_value <= 1):
+            raise ValueError(f"{self.name}: primary claim {primary} needs its p-value in [0, 1], got {p_value!r}")
         if self.smoke or _SMOKE.get():
             verdict = NO_VERDICT
-        self.findings.append(Finding(self.paper, claim, source, setting, ours, verdict))
+        self.findings.append(Finding(self.paper, claim, source, setting, ours, verdict, paper_effect, primary, p_value))
         return f"**{verdict}**"
 
     def figure(self, made: str | None) -> str:
@@ -355,12 +381,105 @@ def discover(directory: str | None = None) -> dict[str, object]:
     return dict(sorted(found.items(), key=lambda kv: (getattr(kv[1], "ORDER", 99), kv[0])))
 
 
-VERDICT_ORDER = {"holds": 0, "reproduced": 0, "inconclusive": 1, NO_VERDICT: 1, "fails": 2, "not reproduced": 2}
+VERDICT_ORDER = {
+    "holds": 0,
+    "reproduced": 0,
+    "inconclusive": 1,
+    NO_VERDICT: 1,
+    stats.MAGNITUDE_NOT_REPRODUCED: 2,
+    "fails": 2,
+    "not reproduced": 2,
+}
+REGISTRATION = os.path.join(EXPERIMENTS_DIR, "REGISTRATION.md")
+HOLM_ALPHA = 0.05
+
+
+def registered_claims(path: str | None = None) -> dict[str, str]:
+    """``{id: paper}`` of the primary claims in the registration's table (rows ``| P<k> | paper | ...``)."""
+    path = path or os.path.join(_ROOT, REGISTRATION)
+    out = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                if len(cells) > 2 and cells[0][:1] == "P" and cells[0][1:].isdigit():
+                    out[cells[0]] = cells[1]
+    return out
+
+
+def apply_holm(findings: list[Finding], registered: dict[str, str] | None = None) -> list[Finding]:
+    """The findings with Holm's adjustment over the primary claims (α = 0.05): each primary gets ``holm_p``, and
+    one whose own verdict is *holds* but whose adjusted p exceeds α becomes *inconclusive*. Raises ValueError for a
+    primary id the registration does not define, or one recorded twice."""
+    registered = registered_claims() if registered is None else registered
+    primary = [f for f in findings if f.primary]
+    ids = [f.primary for f in primary]
+    unknown = sorted(set(ids) - set(registered))
+    if unknown:
+        raise ValueError(f"primary claims {unknown} are not in {REGISTRATION} (it registers {sorted(registered)})")
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(f"primary claims {twice} are recorded more than once; each registered claim is one finding")
+    if not primary:
+        return list(findings)
+    adjusted, reject = stats.holm([f.p_value for f in primary], alpha=HOLM_ALPHA)
+    by_id = {f.primary: (a, r) for f, a, r in zip(primary, adjusted, reject)}
+    out = []
+    for f in findings:
+        if f.primary:
+            a, r = by_id[f.primary]
+            verdict = "inconclusive" if f.verdict == "holds" and not r else f.verdict
+            f = dataclasses.replace(f, holm_p=a, verdict=verdict)
+        out.append(f)
+    return out
+
+
+def _id_order(f: Finding) -> tuple:
+    return (0, int(f.primary[1:])) if f.primary else (1, 0)
 
 
 def claims_table(findings: list[Finding]) -> str:
-    rows = [[f.paper, f.claim, f.source, f.setting, f.ours, f"**{f.verdict}**"] for f in findings]
-    return table(["paper", "claim", "source", "our setting", "our number (95% CI)", "verdict"], rows)
+    """The primary claims first (in registration order, with Holm's adjusted p), then the exploratory ones."""
+    rows = []
+    for f in sorted(findings, key=_id_order):  # stable: exploratory rows keep the report's order
+        ours = f.ours + (f"; Holm p = {f.holm_p:.3g}" if f.holm_p is not None else "")
+        which = f.primary or "exploratory"
+        rows.append([which, f.paper, f.claim, f.source, f.paper_effect, f.setting, ours, f"**{f.verdict}**"])
+    header = ["#", "paper", "claim", "source", "paper's number", "our setting", "our number (95% CI)", "verdict"]
+    return table(header, rows)
+
+
+def _git(*args: str) -> tuple[int, str]:
+    """``(exit status, stdout)`` of a git command in the repository (``(-1, '')`` without git)."""
+    try:
+        r = subprocess.run(["git", *args], cwd=_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return -1, ""
+    return r.returncode, r.stdout.strip()
+
+
+def registration_note(run_commits: list[str]) -> str:
+    """Which registration governs the report: the commit of ``experiments/REGISTRATION.md``, and whether every run
+    was made at a commit that contains it (a run made before the registration cannot confirm anything)."""
+    rc, reg = _git("log", "-1", "--format=%h %cs", "--", REGISTRATION)
+    if rc != 0 or not reg:
+        return f"No registration (`{REGISTRATION}`) is committed: every claim below is exploratory."
+    commit, date = reg.split()
+    runs = [c.split("+")[0] for c in run_commits]
+    after = bool(runs) and all(c != "unknown" and _git("merge-base", "--is-ancestor", commit, c)[0] == 0 for c in runs)
+    return (
+        f"The primary claims (P1–P{len(registered_claims())}) are registered in `{REGISTRATION}` at commit "
+        f"`{commit}` ({date}); every other row is exploratory. "
+        + (
+            "Every run here was made at a commit that contains the registration."
+            if after
+            else "**Not every run was made at a commit that contains the registration** (runs at "
+            f"{', '.join(f'`{c}`' for c in sorted(set(runs)))}): those runs are a pilot, and their primary rows "
+            "confirm nothing."
+        )
+        + f" The history the registration discloses (the pilot report, the seed change, the pilot-chosen target) is "
+        f"in `{REGISTRATION}`."
+    )
 
 
 def write_report(summaries: dict[str, dict], out: str, command: str, modules: dict | None = None) -> str:
@@ -388,6 +507,7 @@ def write_report(summaries: dict[str, dict], out: str, command: str, modules: di
             f"{analysis_s / 60:.1f} min for the analysis)"
         )
         sections += [f"## {module.TITLE}", "", f"Command: `{summary['command']}`{extra}", "", body, ""]
+    findings = apply_holm(findings)
     parts = [
         "# Results: reproducing the seeds' claims",
         "",
@@ -413,12 +533,17 @@ def write_report(summaries: dict[str, dict], out: str, command: str, modules: di
             ""
             if len(smoke) == len(summaries)  # a smoke check defines no verdicts: it gives none
             else "A claim *holds* when the interval excludes zero in the paper's direction and its stated "
-            "criterion is met, *fails* when it excludes zero the other way, and is *inconclusive* otherwise (no "
-            "difference is never read as equivalence). "
+            "criterion is met, *fails* when it excludes zero the other way, is *magnitude not reproduced* when the "
+            "interval excludes the paper's stated effect from below (a smaller effect, or a null that rules the "
+            "paper's size out), and is *inconclusive* otherwise (no difference is never read as equivalence). "
+            "A primary claim holds only if it also survives Holm's adjustment over the primary claims "
+            f"(α = {HOLM_ALPHA}). "
         )
-        + "Hyperparameters are selected on validation splits only. The runs are CPU-sized "
-        "(2 cores); each experiment's config runs at paper scale with `--config.size=full` on a GPU with a "
-        "prepared tfds dataset.",
+        + "Hyperparameters are selected on validation splits only. The runs are CPU-sized (2 cores). The configs' "
+        "`--config.size=full` presets name the papers' scale (tfds datasets, larger models); no run at that size is "
+        "behind any number here.",
+        "",
+        registration_note(commits),
         "",
         "## Claims",
         "",
