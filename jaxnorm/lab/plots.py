@@ -435,7 +435,8 @@ def _fit_title(ax, title: str) -> None:
 
 def _decorate(axes, fontsize: int = 8) -> None:
     for ax in axes:
-        ax.legend(fontsize=fontsize)
+        if ax.get_legend_handles_labels()[0]:  # a panel with no run drawn has nothing to label
+            ax.legend(fontsize=fontsize)
         ax.grid(alpha=0.3)
 
 

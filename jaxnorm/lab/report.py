@@ -305,6 +305,20 @@ def verdict_of(result: dict | None) -> str:
     return "inconclusive" if result is None else result["verdict"]
 
 
+def magnitude_of(result: dict | None, direction: str, paper_effect: float | None = None) -> str:
+    """A comparison's verdict judged against the paper's effect as well as zero (:func:`jaxnorm.stats.
+    magnitude_verdict`, on the interval's scale: a log ratio for ratios); *inconclusive* without a comparison,
+    :data:`NO_VERDICT` inside a smoke-size section."""
+    if _SMOKE.get():
+        return NO_VERDICT
+    return "inconclusive" if result is None else stats.magnitude_verdict(result["interval"], direction, paper_effect)
+
+
+def p_of(result: dict | None) -> float:
+    """A comparison's one-sided p-value (:func:`jaxnorm.stats.compare`'s ``p``); 1 without one (nothing shown)."""
+    return 1.0 if result is None else float(result["p"])
+
+
 def noise_floor(ctx: Context, point: str, num_test: int) -> str:
     """The binomial standard error of ``point``'s mean test accuracy on ``num_test`` examples, in points."""
     acc = ctx.point(point)["metrics"].get("test_accuracy", {}).get("mean")
