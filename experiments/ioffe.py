@@ -258,7 +258,8 @@ def section(ctx) -> str:
     findings = []
     # 1. BN alone (BN-Baseline) needs fewer steps than the network without BN: paired log reach steps
     r1 = vs_base.get(BN_BASELINE)
-    v1 = report.verdict_of(r1)
+    # registered as P4: judged against the paper's 2.3× (on the interval's scale, log(steps BN / steps none) < 0)
+    v1 = report.magnitude_of(r1, "less", -math.log(PAPER_BN_BASELINE_SPEEDUP))
     findings.append(
         ctx.claim(
             f"BN alone reaches the target in fewer steps (BN-Baseline {PAPER_BN_BASELINE_SPEEDUP:.1f}×)",
@@ -266,6 +267,9 @@ def section(ctx) -> str:
             f"3×100 sigmoid MLP, mnist1d_10k, target {100 * target:.0f}% test accuracy",
             f"{_fmt_factor(r1)} fewer steps",
             v1,
+            paper_effect=f"{PAPER_BN_BASELINE_SPEEDUP:.1f}× (Inception 31.0M / BN-Baseline 13.3M steps)",
+            primary="P4",
+            p_value=report.p_of(r1),
         )
     )
     # 2. BN-x5 with a step-decay schedule needs fewer steps than BN-Baseline (paper 13.3M → 2.1M, 6.3×); the 14×

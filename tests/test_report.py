@@ -116,7 +116,7 @@ def test_explicit_out_writes_there_with_figures_beside_it(smoke_report, tmp_path
 
 def _claim_rows(text: str) -> list[str]:
     claims = text.split("## Claims", 1)[1].split("\n## ", 1)[0]
-    return [line for line in claims.splitlines() if line.startswith("| ") and not line.startswith("| paper")]
+    return [line for line in claims.splitlines() if line.startswith("| ") and not line.startswith("| # |")]
 
 
 def test_smoke_report_says_so_and_gives_no_verdicts_but_the_numbers(smoke_report):
@@ -224,3 +224,16 @@ def test_the_registration_is_read_and_cited_with_its_commit():
     assert f"at commit `{reg}`" in note and "Every run here was made at a commit that contains" in note
     note = report.registration_note([head, "unknown"])
     assert "Not every run was made at a commit that contains the registration" in note
+
+
+def test_each_experiment_declares_the_seed_count_its_registered_claims_need():
+    rows = {}
+    with open(os.path.join(ROOT, report.REGISTRATION)) as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 7 and re.fullmatch(r"P\d+", cells[0]):
+                rows.setdefault(cells[1], []).append(int(cells[6]))
+    modules = {m.PAPER_NAME: m for m in report.discover(os.path.join(ROOT, "experiments")).values()}
+    assert set(rows) <= set(modules) and len(rows) == 6, (sorted(rows), sorted(modules))
+    for paper, seeds in rows.items():
+        assert modules[paper].SEEDS == max(seeds), (paper, modules[paper].SEEDS, seeds)

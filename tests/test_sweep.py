@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxnorm import stats
 from jaxnorm.lab import report, sweep
 from jaxnorm.lab.train import config as config_lib
 from jaxnorm.lab.train import loop
@@ -84,10 +85,28 @@ def test_report_from_smoke_sweeps(smoke_sweeps, tmp_path):
     assert summaries["ba"]["commit"] in text
     # the claims table: one row per recorded finding, every verdict one of the defined words
     claims = text.split("## Claims", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in claims.splitlines() if line.startswith("| ") and not line.startswith("| paper")]
+    rows = [line for line in claims.splitlines() if line.startswith("| ") and not line.startswith("| # |")]
     assert len(rows) >= len(MODULES)
     for row in rows:
         assert row.rstrip(" |").split("| ")[-1].strip("* ") in report.VERDICT_ORDER, row
+
+
+def test_per_example_correctness_matches_each_run_and_gives_the_crossed_interval(smoke_sweeps, tmp_path):
+    _, summaries = smoke_sweeps
+    ctx = report.Context("srivastava", summaries["srivastava"], str(tmp_path), str(tmp_path))
+    a, b = [p["point"] for p in summaries["srivastava"]["points"] if p["finished"] == 2][:2]
+    correct = {p: report.per_example_correct(ctx, p) for p in (a, b)}
+    for p in (a, b):
+        for r in ctx.runs(p):  # the restored final state's predictions score what the run's final eval scored
+            assert correct[p][r["seed"]].mean() == pytest.approx(r["test_accuracy"], abs=1e-6)
+            assert os.path.exists(os.path.join(r["workdir"], report.CORRECT_FILE))
+    res = report.accuracy_comparison(ctx, a, b, direction="greater")
+    iv = res["interval"]
+    assert iv.method == "crossed bootstrap" and iv.n == 2
+    assert iv.estimate == pytest.approx(np.mean([correct[b][s].mean() - correct[a][s].mean() for s in (0, 1)]))
+    accs = {p: {r["seed"]: r["test_accuracy"] for r in ctx.runs(p)} for p in (a, b)}
+    assert res["p"] == pytest.approx(stats.t_test_p([accs[b][s] - accs[a][s] for s in (0, 1)], direction="greater"))
+    assert "resampled with the test examples" in report.compared(res)
 
 
 def test_every_experiment_file_declares_what_the_report_needs():

@@ -275,10 +275,12 @@ def first_step_reaching(rows: list[dict], target: float) -> int | None:
 
 
 def ci(interval: stats.Interval, scale: float = 100.0, digits: int = 2, unit: str = " pts") -> str:
-    """``+0.52 [−0.10, +1.14] pts (n = 5)``: a paired difference and its 95% interval, scaled (100: points)."""
+    """``+0.52 [−0.10, +1.14] pts (n = 5)``: a paired difference and its 95% interval, scaled (100: points); a
+    crossed-bootstrap interval says that the test examples were resampled too."""
     return (
         f"{signed(interval.estimate * scale, digits)} [{signed(interval.low * scale, digits)}, "
-        f"{signed(interval.high * scale, digits)}]{unit} (n = {interval.n})"
+        f"{signed(interval.high * scale, digits)}]{unit} (n = {interval.n}"
+        + (" seeds, resampled with the test examples)" if interval.method == "crossed bootstrap" else ")")
     )
 
 
@@ -296,6 +298,57 @@ def safe_compare(ctx: Context, a: str, b: str, metric: str = "test_accuracy", **
     if len(common) < 2:
         return None
     return ctx.compare(a, b, metric, **kw)
+
+
+CORRECT_FILE = "test_correct.npy"  # a run's per-example correctness on the test split, written by the report
+
+
+def per_example_correct(ctx: Context, point: str) -> dict[int, np.ndarray] | None:
+    """``{seed: 0/1 per test example}`` of the runs of ``point``: each finished run's final checkpoint restored and
+    its predictions on the test split compared with the labels, in the split's order (kept in the run's
+    ``test_correct.npy``, so a rerun reads it). None when a run did not finish, or has no final checkpoint: the
+    comparison then keeps its seed-only interval."""
+    from jaxnorm.lab.data import eval_batches
+    from jaxnorm.lab.train import checkpoint as ckpt_lib
+    from jaxnorm.lab.train import loop
+
+    out = {}
+    for r in ctx.runs(point):
+        if r["status"] != "finished":
+            return None
+        path = os.path.join(r["workdir"], CORRECT_FILE)
+        if not os.path.exists(path):
+            try:
+                exp, state = loop.restore(r["workdir"])
+            except (FileNotFoundError, ckpt_lib.CheckpointError):
+                return None
+            if int(state.step) != exp.config.num_steps or exp.loss != "cross_entropy":
+                return None
+            logits = loop.predict(exp, state.variables())
+            bs = min(exp.config.eval_batch_size, len(exp.dataset.test))
+            labels = np.concatenate(
+                [np.asarray(b["y"])[np.asarray(b["mask"])] for b in eval_batches(exp.dataset.test, bs)]
+            )
+            np.save(path, (logits.argmax(-1) == labels).astype(np.uint8))
+        out[r["seed"]] = np.load(path)
+    return out
+
+
+def accuracy_comparison(ctx: Context, a: str, b: str, *, direction: str, diverged: float | None = None) -> dict | None:
+    """The paired comparison ``b − a`` of final test accuracy, with an interval that includes the test set's
+    sampling error: :func:`jaxnorm.stats.crossed_bootstrap_ci` over seeds and test examples when every run of both
+    points has its per-example correctness (:func:`per_example_correct`), else :func:`safe_compare`'s seed-only t
+    interval (``text`` says which; a diverged run, which has no predictions, scores ``diverged`` there). ``p`` is
+    the paired t test's over the per-seed accuracies, in ``direction``. None when the points share fewer than two
+    seeds."""
+    r = safe_compare(ctx, a, b, direction=direction, diverged=diverged)
+    if r is None:
+        return None
+    ca, cb = per_example_correct(ctx, a), per_example_correct(ctx, b)
+    if ca is None or cb is None or sorted(ca) != sorted(cb):
+        return {**r, "text": r["text"] + " (seed-only interval: no per-example predictions)"}
+    iv = stats.crossed_bootstrap_ci(ca, cb)
+    return {**r, "interval": iv, "verdict": stats.verdict(iv, direction), "text": f"b − a = {iv}"}
 
 
 def verdict_of(result: dict | None) -> str:
