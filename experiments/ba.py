@@ -174,6 +174,7 @@ def section(ctx) -> str:
         paper_effect="direction only",
         primary="P7",
         p_value=R.p_of(r_bn_ln),
+        forest=R.points_forest(r_bn_ln),
     )
     v_bn_none = ctx.claim(
         "ConvNet: BN outperforms no normalization (final test accuracy, BN − none > 0)",

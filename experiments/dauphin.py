@@ -223,6 +223,7 @@ def section(ctx) -> str:
             paper_effect=f"+{PAPER_GAIN_POINTS} pts (ResNet-50, ImageNet)",
             primary="P6",
             p_value=report.p_of(r3),
+            forest=report.points_forest(r3, PAPER_GAIN_POINTS),
         )
     )
     rec = None

@@ -270,6 +270,7 @@ def section(ctx) -> str:
             paper_effect=f"{PAPER_BN_BASELINE_SPEEDUP:.1f}× (Inception 31.0M / BN-Baseline 13.3M steps)",
             primary="P4",
             p_value=report.p_of(r1),
+            forest=report.ratio_forest(r1, PAPER_BN_BASELINE_SPEEDUP, invert=True),
         )
     )
     # 2. BN-x5 with a step-decay schedule needs fewer steps than BN-Baseline (paper 13.3M → 2.1M, 6.3×); the 14×

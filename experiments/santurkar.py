@@ -599,6 +599,7 @@ def section(ctx) -> str:
         paper_effect="direction only",
         primary="P1",
         p_value=report.p_of(b0),
+        forest=report.ratio_forest(b0),
     )
     v_grad = ctx.claim(
         "BN makes the gradient more predictive (‖Δg‖/‖g‖ lower)",
@@ -616,6 +617,7 @@ def section(ctx) -> str:
         paper_effect=f"{PAPER_GRAD_GAP:g}×",
         primary="P2",
         p_value=report.p_of(band0),
+        forest=report.ratio_forest(band0, PAPER_GRAD_GAP),
     )
     v_beta1 = ctx.claim(
         "BN lowers β at LR 0.5 too",

@@ -241,6 +241,7 @@ def section(ctx) -> str:
             paper_effect="direction only (Table 2's 1.60% is another network)",
             primary="P5",
             p_value=report.p_of(r1),
+            forest=report.points_forest(r1),
         )
     )
     r2 = report.safe_compare(ctx, standard(), sel, "gap", direction="less", diverged=0.0) if sel else None

@@ -359,6 +359,7 @@ def section(ctx) -> str:
         paper_effect=f"{paper_inter:+.1f} pts",
         primary="P3",
         p_value=R.p_of(r_int["deep"]),
+        forest=R.points_forest(r_int["deep"], paper_inter),
     )
     v_mlp = ctx.claim(
         "positive control: the same interaction where BN pools 2 values per unit",

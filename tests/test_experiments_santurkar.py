@@ -141,6 +141,8 @@ def test_section_on_hand_made_runs_gives_the_expected_verdicts(tmp_path):
     band = next(f for c, f in found.items() if c.startswith("gradient-change gap"))
     assert (band.verdict, band.primary, band.paper_effect) == (stats.MAGNITUDE_NOT_REPRODUCED, "P2", "100×")
     assert band.p_value < 1e-3  # against zero: the family's test (Holm), on the log-ratio scale
+    est, lo, hi, unit, paper = band.forest  # the forest plot's row: the ratio itself, and the paper's 100×
+    assert unit == "×" and paper == 100.0 and lo < est < hi and 5 < est < 20 and beta.forest[4] is None
     assert found["BN keeps training at the larger LR 0.5"].verdict == "holds"  # 4 diverged runs score chance
     assert found["BN does not reduce ICS (VGG, LR 0.1, early)"].verdict == "fails"  # BN's cosine is higher here
     assert next(f for c, f in found.items() if c.startswith("noisy BN trains as well")).verdict == "fails"

@@ -100,6 +100,7 @@ def test_wu_he_interaction_holds_when_bn_degrades_and_gn_is_flat(tmp_path):
     (deep,) = [f for f in ctx.findings if f.primary]
     assert (deep.primary, deep.paper_effect, deep.verdict) == ("P3", "+11.1 pts", stats.MAGNITUDE_NOT_REPRODUCED)
     assert deep.p_value < 1e-6
+    assert deep.forest[3:] == ("pts", pytest.approx(11.1)) and deep.forest[0] == pytest.approx(7.0, abs=0.1)
     more = tmp_path / "more"
     more.mkdir()
     ctx = _ctx(_summary(WU_HE.__file__, _wu_he_accuracies(bn2=0.85), more), more)  # +12 points

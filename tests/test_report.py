@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxnorm.lab import report
@@ -237,3 +238,29 @@ def test_each_experiment_declares_the_seed_count_its_registered_claims_need():
     assert set(rows) <= set(modules) and len(rows) == 6, (sorted(rows), sorted(modules))
     for paper, seeds in rows.items():
         assert modules[paper].SEEDS == max(seeds), (paper, modules[paper].SEEDS, seeds)
+
+
+def test_the_forest_plot_draws_each_interval_and_the_papers_number(tmp_path, monkeypatch):
+    from jaxnorm.lab import plots
+
+    seen = []
+    save = plots._save
+
+    def spy(fig, path):
+        seen.append([([np.asarray(line.get_xdata(), float) for line in ax.lines], ax.get_xscale()) for ax in fig.axes])
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    findings = [
+        report.Finding("A", "ratio", "§1", "s", "o", "holds", forest=(9.5, 7.2, 12.6, "×", 100.0), primary="P2"),
+        report.Finding("B", "points", "§2", "s", "o", "fails", forest=(-1.0, -2.0, -0.5, "pts", 2.9)),
+        report.Finding("C", "no interval", "§3", "s", "o", "inconclusive"),
+    ]
+    made = report.forest_figure(findings, str(tmp_path / "f.png"))
+    assert made and (tmp_path / "f.png").exists()
+    (ratio_lines, ratio_scale), (point_lines, point_scale) = seen[0]
+    assert (ratio_scale, point_scale) == ("log", "linear")
+    # per claim: its bar [low, high], its estimate, the paper's diamond; then the no-effect line (1 for ratios, 0)
+    assert [list(x) for x in ratio_lines[:3]] == [[7.2, 12.6], [9.5], [100.0]] and list(ratio_lines[3]) == [1.0, 1.0]
+    assert [list(x) for x in point_lines[:3]] == [[-2.0, -0.5], [-1.0], [2.9]] and list(point_lines[3]) == [0.0, 0.0]
+    assert report.forest_figure(findings[2:], str(tmp_path / "g.png")) is None  # nothing to draw

@@ -35,6 +35,7 @@ import textwrap
 from collections import defaultdict
 
 import matplotlib
+import matplotlib.lines
 import numpy as np
 
 from jaxnorm.lab.train import metrics as metrics_lib
@@ -405,6 +406,45 @@ def plot_lines(
         ax.set_xticks(list(xticks))
         ax.set_xticklabels([str(x) for x in xticks])
     _decorate([ax])
+    return _save(fig, path)
+
+
+def plot_forest(
+    rows: list[tuple], path: str, title: str = "claims: our 95% intervals and the papers' effects"
+) -> str | None:
+    """A forest plot: one line per claim ``(label, estimate, low, high, unit, paper_value, verdict)``, its interval
+    as a bar with the estimate as a dot, the paper's number (None: the paper states none) as a red diamond, and a
+    dashed line at no effect. Claims in ``'×'`` (ratios) share a log-axis panel with no effect at 1; claims in
+    ``'pts'`` (differences in points) a linear panel with no effect at 0."""
+    panels = [(unit, [r for r in rows if r[4] == unit]) for unit in ("×", "pts")]
+    panels = [(u, rs) for u, rs in panels if rs]
+    if not panels:
+        return None
+    colors = {"holds": "C2", "fails": "C3", "magnitude not reproduced": "C1"}
+    heights = [max(1.6, 0.45 * len(rs) + 1.0) for _, rs in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, sum(heights)), squeeze=False, height_ratios=heights)
+    for ax, (unit, rs) in zip(axes[:, 0], panels):
+        ys = np.arange(len(rs))[::-1]
+        for y, (_, est, lo, hi, _, paper, verdict) in zip(ys, rs):
+            c = colors.get(verdict, "0.4")
+            ax.plot([lo, hi], [y, y], color=c, lw=2.5, solid_capstyle="butt")
+            ax.plot([est], [y], "o", color=c, ms=6)
+            if paper is not None:
+                ax.plot([paper], [y], "D", color="red", ms=6, mfc="none", mew=1.5)
+        ax.axvline(1.0 if unit == "×" else 0.0, color="k", ls="--", lw=1)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([textwrap.fill(r[0], 38) for r in rs], fontsize=8)
+        if unit == "×":
+            ax.set_xscale("log")
+        ax.set_xlabel("ratio (×)" if unit == "×" else "difference (points)")
+        ax.set_ylim(-0.7, len(rs) - 0.3)
+        ax.grid(alpha=0.3, axis="x")
+    handles = [
+        matplotlib.lines.Line2D([], [], color=c, lw=2.5, label=v) for v, c in (*colors.items(), ("other", "0.4"))
+    ]
+    handles.append(matplotlib.lines.Line2D([], [], ls="", marker="D", color="red", mfc="none", label="paper"))
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="best")
+    _fit_title(axes[0, 0], title)
     return _save(fig, path)
 
 

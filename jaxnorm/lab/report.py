@@ -83,6 +83,8 @@ class Finding:
     primary: str = ""  # the registration's id of a primary (confirmatory) claim, e.g. "P1"; "" for exploratory
     p_value: float | None = None  # a primary claim's one-sided p-value (Holm's family: the primary claims)
     holm_p: float | None = None  # its Holm-adjusted p-value, set by write_report
+    # (estimate, low, high, unit, paper's value or None) on a display scale, unit '×' or 'pts': the forest plot's row
+    forest: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -175,6 +177,7 @@ class Context:
         paper_effect: str = "—",
         primary: str = "",
         p_value: float | None = None,
+        forest: tuple | None = None,
     ) -> str:
         """Record a finding for the claims table; returns the verdict in bold, for the section's text. In a smoke
         report (``smoke``) the verdict is :data:`NO_VERDICT`: the number is kept, the judgement is not.
@@ -182,12 +185,15 @@ class Context:
         ``paper_effect`` is the paper's number, shown beside ours. ``primary`` names a registered primary claim
         (``experiments/REGISTRATION.md``, e.g. ``"P1"``) and needs its one-sided ``p_value``: the report holds the
         primary claims' family-wise error with Holm, and a primary claim that holds on its own interval but not
-        after Holm is reported *inconclusive*. Every other claim is exploratory."""
+        after Holm is reported *inconclusive*. Every other claim is exploratory. ``forest`` (:func:`ratio_forest`,
+        :func:`points_forest`) puts the claim's interval, and the paper's number, in the report's forest plot."""
         if primary and (p_value is None or not 0 <= p_value <= 1):
             raise ValueError(f"{self.name}: primary claim {primary} needs its p-value in [0, 1], got {p_value!r}")
         if self.smoke or _SMOKE.get():
             verdict = NO_VERDICT
-        self.findings.append(Finding(self.paper, claim, source, setting, ours, verdict, paper_effect, primary, p_value))
+        self.findings.append(
+            Finding(self.paper, claim, source, setting, ours, verdict, paper_effect, primary, p_value, forest=forest)
+        )
         return f"**{verdict}**"
 
     def figure(self, made: str | None) -> str:
@@ -365,6 +371,24 @@ def magnitude_of(result: dict | None, direction: str, paper_effect: float | None
     if _SMOKE.get():
         return NO_VERDICT
     return "inconclusive" if result is None else stats.magnitude_verdict(result["interval"], direction, paper_effect)
+
+
+def ratio_forest(result: dict | None, paper: float | None = None, *, invert: bool = False) -> tuple | None:
+    """A forest-plot row of a comparison on the log scale: ``exp`` of its interval (``invert``: of its negative,
+    e.g. a speed-up from log step counts) in '×', with the paper's ratio."""
+    if result is None:
+        return None
+    iv, sign = result["interval"], -1.0 if invert else 1.0
+    lo, hi = sorted((math.exp(sign * iv.low), math.exp(sign * iv.high)))
+    return (math.exp(sign * iv.estimate), lo, hi, "×", paper)
+
+
+def points_forest(result: dict | None, paper: float | None = None, scale: float = 100.0) -> tuple | None:
+    """A forest-plot row of a difference of fractions, in points (× ``scale``), with the paper's value in points."""
+    if result is None:
+        return None
+    iv = result["interval"]
+    return (scale * iv.estimate, scale * iv.low, scale * iv.high, "pts", paper)
 
 
 def p_of(result: dict | None) -> float:
@@ -549,6 +573,18 @@ def registration_note(run_commits: list[str]) -> str:
     )
 
 
+def forest_figure(findings: list[Finding], path: str) -> str | None:
+    """The claims' forest plot (:func:`jaxnorm.lab.plots.plot_forest`): primary claims first."""
+    from jaxnorm.lab import plots
+
+    rows = [
+        (f"{f.primary or 'expl.'}: {f.paper}: {f.claim}", *f.forest[:3], f.forest[3], f.forest[4], f.verdict)
+        for f in sorted(findings, key=_id_order)
+        if f.forest is not None and all(math.isfinite(v) for v in f.forest[:3])
+    ]
+    return plots.plot_forest(rows, path) if rows else None
+
+
 def write_report(summaries: dict[str, dict], out: str, command: str, modules: dict | None = None) -> str:
     """Render ``out`` (markdown) and its figures (``<out dir>/figures``) from the sweeps' summaries."""
     modules = modules or discover()
@@ -617,6 +653,15 @@ def write_report(summaries: dict[str, dict], out: str, command: str, modules: di
         claims_table(findings),
         "",
     ]
+    forest = forest_figure(findings, os.path.join(figures, "claims_forest.png"))
+    if forest:
+        parts += [
+            f"![claims_forest.png]({os.path.relpath(forest, out_dir)})",
+            "",
+            "*The forest plot*: every claim that gives an interval, ours as a bar (95%) with its estimate, the paper's "
+            "number as a red diamond where the paper states one, coloured by the verdict; ratios on a log axis.",
+            "",
+        ]
     parts += [f"- [{modules[n].TITLE}](#{_anchor(modules[n].TITLE)})" for n in summaries] + [""]
     text = "\n".join(parts + sections)
     tmp = out + ".tmp"
