@@ -264,3 +264,34 @@ def test_the_forest_plot_draws_each_interval_and_the_papers_number(tmp_path, mon
     assert [list(x) for x in ratio_lines[:3]] == [[7.2, 12.6], [9.5], [100.0]] and list(ratio_lines[3]) == [1.0, 1.0]
     assert [list(x) for x in point_lines[:3]] == [[-2.0, -0.5], [-1.0], [2.9]] and list(point_lines[3]) == [0.0, 0.0]
     assert report.forest_figure(findings[2:], str(tmp_path / "g.png")) is None  # nothing to draw
+
+
+def test_a_primary_claim_counts_only_when_the_discovery_seeds_agree(tmp_path, capsys):
+    confirm = [_finding("P1", 0.001), _finding("P2", 0.001), _finding(claim="exploratory")]
+    discovered = [_finding("P1", 0.01), _finding("P2", 0.2, verdict="inconclusive")]
+    out = report.with_discovery(report.apply_holm(confirm, REG), report.apply_holm(discovered, REG))
+    by = {f.primary: f for f in out}
+    assert (by["P1"].discovery, by["P1"].verdict) == ("holds", "holds")
+    assert (by["P2"].discovery, by["P2"].verdict) == ("inconclusive", "inconclusive")  # holds here, not there
+    assert by[""].discovery is None and by[""].verdict == "holds"
+    header, _, *rows = report.claims_table(out).splitlines()
+    assert "| on the discovery seeds | verdict |" in header
+    assert rows[1].endswith("| inconclusive | **inconclusive** |") and rows[2].endswith("| — | **holds** |")
+    # the CLI refuses seed sets that overlap before anything runs
+    code = report.main(
+        [
+            "--only",
+            "ba",
+            "--size",
+            "smoke",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--discovery-workdir",
+            str(tmp_path / "d"),
+            "--first-seed",
+            "3",
+        ]
+    )
+    assert code == 1 and not (tmp_path / "w").exists() and not (tmp_path / "d").exists()
+    err = capsys.readouterr().err  # Ba registers 40 seeds: seeds 3 … 39 would be in both sets
+    assert "37 confirmation seeds (3 … 39) are also discovery seeds (0 … 39); give --first-seed 40" in err, err

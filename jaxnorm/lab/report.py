@@ -85,6 +85,7 @@ class Finding:
     holm_p: float | None = None  # its Holm-adjusted p-value, set by write_report
     # (estimate, low, high, unit, paper's value or None) on a display scale, unit '×' or 'pts': the forest plot's row
     forest: tuple | None = None
+    discovery: str | None = None  # a primary claim's verdict on the discovery seeds (with --discovery-workdir)
 
 
 @dataclasses.dataclass
@@ -530,14 +531,34 @@ def _id_order(f: Finding) -> tuple:
 
 
 def claims_table(findings: list[Finding]) -> str:
-    """The primary claims first (in registration order, with Holm's adjusted p), then the exploratory ones."""
+    """The primary claims first (in registration order, with Holm's adjusted p), then the exploratory ones; with
+    discovery runs, a column with each primary claim's verdict on the discovery seeds."""
+    with_discovery = any(f.discovery is not None for f in findings)
     rows = []
     for f in sorted(findings, key=_id_order):  # stable: exploratory rows keep the report's order
         ours = f.ours + (f"; Holm p = {f.holm_p:.3g}" if f.holm_p is not None else "")
         which = f.primary or "exploratory"
-        rows.append([which, f.paper, f.claim, f.source, f.paper_effect, f.setting, ours, f"**{f.verdict}**"])
-    header = ["#", "paper", "claim", "source", "paper's number", "our setting", "our number (95% CI)", "verdict"]
-    return table(header, rows)
+        row = [which, f.paper, f.claim, f.source, f.paper_effect, f.setting, ours]
+        if with_discovery:
+            row.append(f.discovery or "—")
+        rows.append(row + [f"**{f.verdict}**"])
+    header = ["#", "paper", "claim", "source", "paper's number", "our setting", "our number (95% CI)"]
+    if with_discovery:
+        header.append("on the discovery seeds")
+    return table(header + ["verdict"], rows)
+
+
+def with_discovery(findings: list[Finding], discovered: list[Finding]) -> list[Finding]:
+    """Each primary claim with its verdict on the discovery seeds beside the confirmation's: a claim counts only
+    when both agree, so a primary that holds (or fails) on one seed set and not on the other is *inconclusive*."""
+    found = {f.primary: f.verdict for f in discovered if f.primary}
+    out = []
+    for f in findings:
+        if f.primary and f.primary in found:
+            d = found[f.primary]
+            f = dataclasses.replace(f, discovery=d, verdict=f.verdict if d == f.verdict else "inconclusive")
+        out.append(f)
+    return out
 
 
 def _git(*args: str) -> tuple[int, str]:
@@ -585,8 +606,32 @@ def forest_figure(findings: list[Finding], path: str) -> str | None:
     return plots.plot_forest(rows, path) if rows else None
 
 
-def write_report(summaries: dict[str, dict], out: str, command: str, modules: dict | None = None) -> str:
-    """Render ``out`` (markdown) and its figures (``<out dir>/figures``) from the sweeps' summaries."""
+def _discovery_findings(discovery: dict[str, dict], modules: dict) -> list[Finding]:
+    """The findings of every section on the discovery runs, Holm applied among them (their figures and text are
+    not kept: the report shows the confirmation's)."""
+    import tempfile
+
+    found = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, summary in discovery.items():
+            module = modules[name]
+            ctx = Context(name, summary, tmp, tmp, paper=getattr(module, "PAPER_NAME", module.TITLE))
+            with _smoke_section(is_smoke(summary)):
+                module.section(ctx)
+            found += ctx.findings
+    return apply_holm(found)
+
+
+def write_report(
+    summaries: dict[str, dict],
+    out: str,
+    command: str,
+    modules: dict | None = None,
+    discovery: dict[str, dict] | None = None,
+) -> str:
+    """Render ``out`` (markdown) and its figures (``<out dir>/figures``) from the sweeps' summaries; with
+    ``discovery`` (the same experiments' sweeps on other seeds), each primary claim's verdict on those seeds too
+    (:func:`with_discovery`)."""
     modules = modules or discover()
     out_dir = os.path.dirname(os.path.abspath(out))
     figures = os.path.join(out_dir, "figures")
@@ -611,6 +656,9 @@ def write_report(summaries: dict[str, dict], out: str, command: str, modules: di
         )
         sections += [f"## {module.TITLE}", "", f"Command: `{summary['command']}`{extra}", "", body, ""]
     findings = apply_holm(findings)
+    if discovery:
+        findings = with_discovery(findings, _discovery_findings(discovery, modules))
+        commits = sorted(set(commits) | {c for d in discovery.values() for c in d["commit"].split(", ")})
     parts = [
         "# Results: reproducing the seeds' claims",
         "",
@@ -689,6 +737,12 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="seeds per grid point (default: each file's SEEDS)")
     p.add_argument("--first-seed", type=int, default=0, help="the first seed F (new seeds for a confirmatory run)")
     p.add_argument("--seed-stride", type=int, default=1, help="the step S between seeds (8: disjoint random streams)")
+    p.add_argument(
+        "--discovery-workdir",
+        default=None,
+        help="also run (or finish) every sweep there on seeds 0, 1, … (the discovery seeds) and show each primary "
+        "claim's verdict on them beside the confirmation's: a claim counts only when both agree",
+    )
     p.add_argument("--only", nargs="*", default=None, help="a subset of experiments (file stems)")
     p.add_argument("--size", default="small", help="the configs' size preset (small; smoke for a quick check)")
     args = p.parse_args(argv)
@@ -699,7 +753,18 @@ def main(argv=None) -> int:
         if unknown:
             raise ValueError(f"--only {' '.join(unknown)}: no such experiment; the experiments are {sorted(modules)}")
         names = [n for n in modules if not args.only or n in args.only]
-        summaries = {}
+        if args.discovery_workdir:  # before anything runs: the two seed sets must be disjoint
+            for name in names:
+                n = sweep.plan(modules[name].__file__, args.seeds, {"size": args.size})[2]
+                confirm = {args.first_seed + k * args.seed_stride for k in range(n)}
+                overlap = sorted(confirm & set(range(n)))
+                if overlap:
+                    raise ValueError(
+                        f"{name}: {len(overlap)} confirmation seeds ({overlap[0]} … {overlap[-1]}) are also discovery "
+                        f"seeds (0 … {n - 1}); give "
+                        f"--first-seed {n} or more (the registered confirmation: --first-seed 1000 --seed-stride 8)"
+                    )
+        summaries, discovery = {}, {}
         for name in names:
             print(f"== {name}", flush=True)
             overrides = {"size": args.size} if args.size != "small" else {}
@@ -713,6 +778,11 @@ def main(argv=None) -> int:
                 first_seed=args.first_seed,
                 seed_stride=args.seed_stride,
             )
+            if args.discovery_workdir:
+                print(f"== {name} (discovery seeds)", flush=True)
+                discovery[name] = sweep.run_sweep(
+                    path, os.path.join(args.discovery_workdir, name), args.seeds, overrides
+                )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -723,10 +793,11 @@ def main(argv=None) -> int:
         + (f" --seeds {args.seeds}" if args.seeds else "")
         + (f" --first-seed {args.first_seed}" if args.first_seed else "")
         + (f" --seed-stride {args.seed_stride}" if args.seed_stride != 1 else "")
+        + (f" --discovery-workdir {args.discovery_workdir}" if args.discovery_workdir else "")
         + (f" --size {args.size}" if args.size != "small" else "")
         + (f" --only {' '.join(args.only)}" if args.only else "")
     )
-    print(write_report(summaries, out, command, {n: modules[n] for n in names}))
+    print(write_report(summaries, out, command, {n: modules[n] for n in names}, discovery or None))
     return 0
 
 
