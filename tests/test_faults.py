@@ -171,10 +171,19 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path):
         with pytest.raises(workdir_lib.WorkdirError, match=rf"in use by another run \(pid {p.pid} on "):
             with workdir_lib.locked(str(wd)):
                 pass
+        with pytest.raises(workdir_lib.WorkdirError, match=rf"in use by another run \(pid {p.pid} on "):
+            workdir_lib.refuse_if_in_use(str(wd))
+        # a run into it is refused before its data and model: a dataset that is not prepared would be the error else
+        c = load_config()
+        c.dataset, c.data_dir, c.progress = "cifar10", str(tmp_path / "no_data"), False
+        with pytest.raises(workdir_lib.WorkdirError, match="in use by another run"):
+            loop.train_and_evaluate(c, str(wd))
     finally:
         p.kill()
         p.wait()
-    with workdir_lib.locked(str(wd)):  # kill -9 released it
+    workdir_lib.refuse_if_in_use(str(wd))  # kill -9 released it: the look passes, and lets go of what it took
+    workdir_lib.refuse_if_in_use(str(tmp_path / "never_used"))
+    with workdir_lib.locked(str(wd)):
         pass
 
 

@@ -301,6 +301,8 @@ def train_and_evaluate(config, workdir: str, explicit=()) -> dict:
     config = config_lib.resolve_size(config, explicit)
     config_lib.validate(config)
     parallel.initialize_distributed(config)  # before anything touches the devices
+    if jax.process_index() == 0:  # a busy workdir is refused before the data and the model are built
+        workdir_lib.refuse_if_in_use(workdir)
     compilation_cache(config)
     exp = _build(config)
     c, dp = exp.config, exp.dp

@@ -53,10 +53,7 @@ def locked(workdir: str):
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise WorkdirError(
-                f"{os.path.abspath(workdir)} is in use by another run ({_holder(path)}); wait for it "
-                "to finish, stop it, or use another --workdir"
-            ) from None
+            raise _in_use(workdir, path) from None
         os.ftruncate(fd, 0)
         os.write(
             fd,
@@ -67,6 +64,33 @@ def locked(workdir: str):
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def refuse_if_in_use(workdir: str) -> None:
+    """WorkdirError at once when another run holds ``workdir``'s lock: a look before a run loads its data and
+    builds its model (seconds), so that a second run into a busy workdir exits at once. The lock itself is taken by
+    :func:`locked`; this only tries it and lets go."""
+    path = os.path.join(workdir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (nothing ran here) or unreadable: locked() decides
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise _in_use(workdir, path) from None
+    finally:
+        os.close(fd)  # releases the lock this look took, if it took it
+
+
+def _in_use(workdir: str, path: str) -> WorkdirError:
+    return WorkdirError(
+        f"{os.path.abspath(workdir)} is in use by another run ({_holder(path)}); wait for it "
+        "to finish, stop it, or use another --workdir"
+    )
 
 
 def _holder(path: str) -> str:
