@@ -712,6 +712,7 @@ def section(ctx) -> str:
             setting + f", LR 0.1, layer {deep or '—'}, channel means",
             "noisy/BN " + ratio_text(inst_cmp),
             report.verdict_of(inst_cmp),
+            kind="check",  # the noise is injected: a manipulation check of the arm, true by construction
         )
         if has(vgg("noisy_batch_norm", lr0))
         else None

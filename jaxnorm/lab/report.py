@@ -86,6 +86,7 @@ class Finding:
     # (estimate, low, high, unit, paper's value or None) on a display scale, unit '×' or 'pts': the forest plot's row
     forest: tuple | None = None
     discovery: str | None = None  # a primary claim's verdict on the discovery seeds (with --discovery-workdir)
+    kind: str = "claim"  # or "check": a manipulation check, a control or a premise, listed apart and never counted
 
 
 @dataclasses.dataclass
@@ -179,6 +180,7 @@ class Context:
         primary: str = "",
         p_value: float | None = None,
         forest: tuple | None = None,
+        kind: str = "claim",
     ) -> str:
         """Record a finding for the claims table; returns the verdict in bold, for the section's text. In a smoke
         report (``smoke``) the verdict is :data:`NO_VERDICT`: the number is kept, the judgement is not.
@@ -187,13 +189,29 @@ class Context:
         (``experiments/REGISTRATION.md``, e.g. ``"P1"``) and needs its one-sided ``p_value``: the report holds the
         primary claims' family-wise error with Holm, and a primary claim that holds on its own interval but not
         after Holm is reported *inconclusive*. Every other claim is exploratory. ``forest`` (:func:`ratio_forest`,
-        :func:`points_forest`) puts the claim's interval, and the paper's number, in the report's forest plot."""
+        :func:`points_forest`) puts the claim's interval, and the paper's number, in the report's forest plot.
+        ``kind='check'`` records a manipulation check, a control or a premise: listed under *Checks*, not counted
+        as a claim (it tests the design, not the paper)."""
+        if kind not in ("claim", "check") or (kind == "check" and primary):
+            raise ValueError(f"{self.name}: kind must be 'claim' or 'check' (a check is never primary), got {kind!r}")
         if primary and (p_value is None or not 0 <= p_value <= 1):
             raise ValueError(f"{self.name}: primary claim {primary} needs its p-value in [0, 1], got {p_value!r}")
         if self.smoke or _SMOKE.get():
             verdict = NO_VERDICT
         self.findings.append(
-            Finding(self.paper, claim, source, setting, ours, verdict, paper_effect, primary, p_value, forest=forest)
+            Finding(
+                self.paper,
+                claim,
+                source,
+                setting,
+                ours,
+                verdict,
+                paper_effect,
+                primary,
+                p_value,
+                forest=forest,
+                kind=kind,
+            )
         )
         return f"**{verdict}**"
 
@@ -655,7 +673,8 @@ def write_report(
             f"{analysis_s / 60:.1f} min for the analysis)"
         )
         sections += [f"## {module.TITLE}", "", f"Command: `{summary['command']}`{extra}", "", body, ""]
-    findings = apply_holm(findings)
+    checks = [f for f in findings if f.kind == "check"]
+    findings = apply_holm([f for f in findings if f.kind != "check"])
     if discovery:
         findings = with_discovery(findings, _discovery_findings(discovery, modules))
         commits = sorted(set(commits) | {c for d in discovery.values() for c in d["commit"].split(", ")})
@@ -701,6 +720,19 @@ def write_report(
         claims_table(findings),
         "",
     ]
+    if checks:
+        parts += [
+            "## Checks",
+            "",
+            "Manipulation checks, controls and premises: they test the design (is the arm what it should be, does "
+            "the control behave), not a paper's claim, and are not counted as claims.",
+            "",
+            table(
+                ["paper", "check", "source", "our setting", "our number (95% CI)", "outcome"],
+                [[f.paper, f.claim, f.source, f.setting, f.ours, f"**{f.verdict}**"] for f in checks],
+            ),
+            "",
+        ]
     forest = forest_figure(findings, os.path.join(figures, "claims_forest.png"))
     if forest:
         parts += [
