@@ -146,3 +146,59 @@ def test_epsilon_reaches_every_norm():
     np.testing.assert_allclose(
         np.asarray(jn.weight_standardize(k, epsilon=EPS)), _normalized(k64, (0, 1), EPS), rtol=1e-5, atol=1e-5
     )
+
+
+# ---- the loop's model and data options reach what it builds ---------------------------------------------------------
+
+
+def _smoke_exp(**over):
+    from test_train import load_config
+
+    from jaxnorm.lab.train import loop
+
+    c = load_config(batch_size=32)
+    for k, v in over.items():
+        if k.startswith("model_kwargs."):
+            c.model_kwargs[k.split(".", 1)[1]] = v
+        else:
+            c[k] = v
+    return loop.build(c)
+
+
+def test_the_loops_model_and_data_options_reach_the_model_and_the_batches():
+    from jaxnorm.lab import models as models_lib
+    from jaxnorm.lab.data import batch_at
+    from jaxnorm.lab.train import loop
+
+    base = _smoke_exp()
+    x = loop.train_batch(base, 0)["x"]
+    key = jax.random.key(0)
+
+    def train_mode(model):  # batch statistics: in eval mode at initialization BN is ≈ the identity
+        v = model.init(key, x, train=False)
+        return np.asarray(model.apply(v, x, train=True, mutable=["batch_stats"])[0])
+
+    def outputs(exp):
+        return train_mode(exp.eval_model), None
+
+    y0, _ = outputs(base)
+    direct = dict(num_classes=10, channels=(8, 16), momentum=0.99, dropout="none", dropout_rate=0.0)
+    for key_, value, kwargs in (
+        ("norm", "layer", dict(norm="layer", norm_position="before", activation="relu")),
+        ("activation", "tanh", dict(norm="batch", norm_position="before", activation="tanh")),
+        ("norm_position", "after", dict(norm="batch", norm_position="after", activation="relu")),
+        ("model_kwargs.epsilon", 3.0, dict(norm="batch", norm_position="before", activation="relu", epsilon=3.0)),
+    ):
+        exp = _smoke_exp(**{key_: value})
+        y, _ = outputs(exp)
+        assert not np.allclose(y, y0, atol=1e-4), key_  # the option changed the network
+        ref = models_lib.build_model("simple_cnn", **direct, **kwargs)  # the model built without the loop
+        np.testing.assert_array_equal(y, train_mode(ref))
+    # the batch: its size, and augmentation as the data layer does it
+    small = _smoke_exp(batch_size=24, augment=True)
+    b = loop.train_batch(small, 3)
+    assert b["x"].shape[0] == 24
+    plain = batch_at(small.dataset.train, 3, 24, seed=small.config.seed, augment=False)
+    same = batch_at(small.dataset.train, 3, 24, seed=small.config.seed, augment=True)
+    np.testing.assert_array_equal(b["x"], same["x"])
+    assert not np.array_equal(b["x"], plain["x"])
