@@ -202,3 +202,74 @@ def test_the_loops_model_and_data_options_reach_the_model_and_the_batches():
     same = batch_at(small.dataset.train, 3, 24, seed=small.config.seed, augment=True)
     np.testing.assert_array_equal(b["x"], same["x"])
     assert not np.array_equal(b["x"], plain["x"])
+
+
+# ---- training-loop options, through train_and_evaluate ---------------------------------------------------------------
+
+
+def _first_train_row(workdir):
+    from jaxnorm.lab.train.metrics import read_metrics
+
+    return next(r for r in read_metrics(str(workdir)) if r["split"] == "train")
+
+
+def test_embedding_reg_from_the_config_adds_its_penalty_to_the_loss(tmp_path):
+    from test_train import load_config
+
+    from jaxnorm.lab.train import loop
+
+    rows = {}
+    for lam in (0.0, 0.5):  # the same initialization and first batch: the first step's loss differs by λ·‖h‖²
+        c = load_config(num_steps=1, log_every=1, eval_every=1, checkpoint_every=1, log_embedding_norm=True)
+        c.embedding_reg = lam
+        loop.train_and_evaluate(c, str(tmp_path / str(lam)))
+        rows[lam] = _first_train_row(tmp_path / str(lam))
+    h2 = rows[0.0]["embedding_norm_sq"]
+    assert h2 > 0 and rows[0.5]["embedding_norm_sq"] == pytest.approx(h2, rel=1e-6)
+    assert rows[0.5]["loss"] - rows[0.0]["loss"] == pytest.approx(0.5 * h2, rel=1e-4)
+
+
+def test_sync_bn_from_the_config_decides_whose_statistics_normalize(tmp_path):
+    """shard_map over the 4 fake devices: the first step's loss with synchronized statistics is the one-device
+    loss on the global batch; without, each device's own batch of 8 normalizes it (ghost batches): another loss."""
+    from test_train import load_config
+
+    from jaxnorm.lab.train import loop
+
+    loss = {}
+    for name, over in (("one", dict(parallel="none")), ("sync", dict(parallel="shard_map", sync_bn=True))) + (
+        ("ghost", dict(parallel="shard_map", sync_bn=False)),
+    ):
+        c = load_config(num_steps=1, log_every=1, eval_every=1, checkpoint_every=1, **over)
+        loop.train_and_evaluate(c, str(tmp_path / name))
+        loss[name] = _first_train_row(tmp_path / name)["loss"]
+    assert loss["sync"] == pytest.approx(loss["one"], rel=1e-5)
+    assert abs(loss["ghost"] - loss["one"]) > 1e-3 * abs(loss["one"]), loss
+
+
+def test_restore_step_resumes_from_that_checkpoint_and_trains_again_from_it(tmp_path):
+    from test_train import final_state, load_config
+
+    from jaxnorm.lab.train import loop
+    from jaxnorm.lab.train.metrics import read_metrics
+
+    def train_rows():
+        return {r["step"]: r for r in read_metrics(str(wd)) if r["split"] == "train"}
+
+    wd = tmp_path / "run"
+    c = load_config(num_steps=10, log_every=1, eval_every=10, checkpoint_every=5, keep_checkpoints=3)
+    loop.train_and_evaluate(c, str(wd))
+    _, first = final_state(wd)
+    rows = train_rows()
+    c.restore_step = 5
+    loop.train_and_evaluate(c, str(wd))
+    again = train_rows()
+    assert sorted(again) == list(range(1, 11))
+    # steps 1–5 kept their rows; 6–10 ran again (their measured speed is new): the run restored step 5, not 10
+    assert all(again[s] == rows[s] for s in range(1, 6))
+    assert any(again[s]["steps_per_sec"] != rows[s]["steps_per_sec"] for s in range(6, 11))
+    assert all(again[s]["loss"] == rows[s]["loss"] for s in range(6, 11))  # deterministic steps: the same losses
+    step, state = final_state(wd)
+    assert step == 10
+    for k in first:
+        np.testing.assert_array_equal(state[k], first[k], err_msg=k)
