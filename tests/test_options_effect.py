@@ -6,6 +6,7 @@ model built directly. An option that is ignored (its default used instead) fails
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -273,3 +274,16 @@ def test_restore_step_resumes_from_that_checkpoint_and_trains_again_from_it(tmp_
     assert step == 10
     for k in first:
         np.testing.assert_array_equal(state[k], first[k], err_msg=k)
+
+
+def test_keep_checkpoints_keeps_that_many_of_the_newest(tmp_path):
+    from test_train import load_config
+
+    from jaxnorm.lab.train import loop
+
+    for keep in (2, 4):
+        wd = tmp_path / str(keep)
+        c = load_config(num_steps=10, log_every=5, eval_every=10, checkpoint_every=2, keep_checkpoints=keep)
+        loop.train_and_evaluate(c, str(wd))
+        kept = sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit())
+        assert kept == list(range(10 - 2 * (keep - 1), 11, 2)), (keep, kept)

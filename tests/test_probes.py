@@ -105,6 +105,12 @@ def test_santurkar_random_direction_quadratic():
     assert SPD.min() - 1e-4 <= float(r["beta_smoothness"]) <= SPD.max() + 1e-4
     r2 = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, direction="random", key=jax.random.key(3))
     np.testing.assert_array_equal(r["losses"], r2["losses"])  # the key fixes the direction
+    # the direction is not the gradient (whose β is ‖Ag‖/‖g‖), and another key is another direction
+    beta_g = np.linalg.norm(a @ g) / np.linalg.norm(g)
+    assert abs(float(r["beta_smoothness"]) - beta_g) > 1e-3 * beta_g
+    r4 = jp.santurkar_probe(quad_loss, params, batch, lr=0.1, direction="random", key=jax.random.key(4))
+    assert abs(float(r4["beta_smoothness"]) - float(r["beta_smoothness"])) > 1e-3 * beta_g
+    assert not np.allclose(r4["losses"], r["losses"], rtol=1e-4)
 
 
 def test_santurkar_compiles_once():
