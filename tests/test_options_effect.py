@@ -287,3 +287,48 @@ def test_keep_checkpoints_keeps_that_many_of_the_newest(tmp_path):
         loop.train_and_evaluate(c, str(wd))
         kept = sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit())
         assert kept == list(range(10 - 2 * (keep - 1), 11, 2)), (keep, kept)
+
+
+# ---- probe options ---------------------------------------------------------------------------------------------------
+
+
+def _quad():
+    """``L(w) = ½ wᵀAw`` with A = diag(4, 2, 1, 0.5, 0.25, 0.1): the Hessian is A whatever w."""
+    a = jnp.diag(jnp.array([4.0, 2.0, 1.0, 0.5, 0.25, 0.1]))
+    params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+    return (lambda p, batch: 0.5 * p["w"] @ batch["A"] @ p["w"]), params, {"A": a}
+
+
+def test_probe_options_change_what_the_probes_compute():
+    import jaxnorm.probes as jp
+
+    loss, params, batch = _quad()
+    key = jax.random.key(0)
+    # loss_slice_2d: the grid spans `span`, and every point is the loss there along the returned directions' grid
+    d = (jax.tree.map(jnp.ones_like, params), jax.tree.map(lambda w: jnp.arange(6.0) - 2.5, params))
+    s = jp.loss_slice_2d(loss, params, batch, directions=d, steps=(5, 3), span=(-2.0, 1.5))
+    np.testing.assert_allclose(s["alphas"], np.linspace(-2.0, 1.5, 5), rtol=1e-6)
+    np.testing.assert_allclose(s["betas"], np.linspace(-2.0, 1.5, 3), rtol=1e-6)
+    w, a_ = np.asarray(params["w"], np.float64), np.diag([4.0, 2.0, 1.0, 0.5, 0.25, 0.1])
+    for i, al in enumerate(np.linspace(-2.0, 1.5, 5)):
+        for j, be in enumerate(np.linspace(-2.0, 1.5, 3)):
+            v = w + al * 1.0 + be * (np.arange(6.0) - 2.5)
+            assert float(s["losses"][i, j]) == pytest.approx(0.5 * v @ a_ @ v, rel=1e-5)
+    # spectral density: runs, grid points and the broadening
+    narrow = jp.hessian_spectral_density(
+        loss, params, batch, key=key, num_lanczos_steps=6, num_runs=3, num_points=50, sigma=0.05
+    )
+    wide = jp.hessian_spectral_density(
+        loss, params, batch, key=key, num_lanczos_steps=6, num_runs=3, num_points=50, sigma=0.5
+    )
+    assert narrow["nodes"].shape == (3, 6) and narrow["grid"].shape == (50,)
+    np.testing.assert_allclose(np.sort(np.asarray(narrow["nodes"][0])), [0.1, 0.25, 0.5, 1.0, 2.0, 4.0], rtol=1e-4)
+    assert float(jnp.max(wide["density"])) < 0.5 * float(jnp.max(narrow["density"]))  # σ widens the peaks
+    # top eigenvalues: 2 power iterations are not converged (the exact λ_max is 4)
+    two, _ = jp.hessian_top_eigenvalues(loss, params, batch, k=1, key=key, num_iters=2, tol=0.0)
+    many, _ = jp.hessian_top_eigenvalues(loss, params, batch, k=1, key=key, num_iters=200)
+    assert float(many[0]) == pytest.approx(4.0, rel=1e-4) and abs(float(two[0]) - 4.0) > 1e-3
+    # sharpness: λ_max 4 at lr 0.45 is ratio 0.9: inside a band of 0.1, outside one of 0.05
+    at = jp.sharpness(loss, params, batch, lr=0.45, key=key, band=0.1)
+    off = jp.sharpness(loss, params, batch, lr=0.45, key=key, band=0.05)
+    assert at["ratio"] == pytest.approx(0.9, rel=1e-4) and at["at_edge"] and not off["at_edge"]
