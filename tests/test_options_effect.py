@@ -332,3 +332,48 @@ def test_probe_options_change_what_the_probes_compute():
     at = jp.sharpness(loss, params, batch, lr=0.45, key=key, band=0.1)
     off = jp.sharpness(loss, params, batch, lr=0.45, key=key, band=0.05)
     assert at["ratio"] == pytest.approx(0.9, rel=1e-4) and at["at_edge"] and not off["at_edge"]
+
+
+def test_pretraining_options_reach_its_loss_and_its_step():
+    import optax
+
+    from jaxnorm import losses
+    from jaxnorm.lab.models import autoencoder as ae_lib
+    from jaxnorm.lab.train import pretrain
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(size=(16, 12)), jnp.float32)
+    ae = {
+        "kernel": jnp.asarray(0.3 * rng.normal(size=(12, 5)), jnp.float32),
+        "bias": jnp.zeros(5, jnp.float32),
+        "bias_out": jnp.zeros(12, jnp.float32),
+    }
+    key = jax.random.key(7)
+
+    def first_step(**pre):
+        c = config_lib.base_config()
+        c.activation = "sigmoid"
+        c.pretrain.update(pre)
+        tx = optax.adam(c.pretrain.learning_rate)
+        step = pretrain._make_step(c, tx, jax.nn.sigmoid, None)
+        new, _, loss = step(ae, tx.init(ae), x, key)
+        return float(loss), new
+
+    def reference(corrupt: float | None, rho=None, beta=None):  # the objective written out from its parts
+        xc = losses.masking_noise(x, corrupt, key=key) if corrupt is not None else x
+        z = ae_lib.tied_encode(ae, xc, jax.nn.sigmoid, None)
+        rec = float(losses.reconstruction_loss(ae_lib.tied_decode(ae, z, x.shape, None), x, kind="squared"))
+        return rec + (float(losses.sparsity_penalty(z, rho=rho, beta=beta)) if rho is not None else 0.0)
+
+    den, _ = first_step(kind="denoising", corruption=0.6)
+    assert den == pytest.approx(reference(0.6), rel=1e-5) and den != pytest.approx(reference(0.3), rel=1e-3)
+    sparse, _ = first_step(kind="sparse", rho=0.2, beta=0.7)
+    assert sparse == pytest.approx(reference(None, 0.2, 0.7), rel=1e-5)
+    assert sparse != pytest.approx(reference(None, 0.05, 0.1), rel=1e-3)  # not the defaults
+    both, _ = first_step(kind="both", corruption=0.6, rho=0.2, beta=0.7)
+    assert both == pytest.approx(reference(0.6, 0.2, 0.7), rel=1e-5)
+    # the learning rate: Adam's first step moves every parameter with a non-zero gradient by about lr
+    for lr in (1e-3, 1e-2):
+        _, new = first_step(kind="denoising", corruption=0.6, learning_rate=lr)
+        moved = np.abs(np.asarray(new["kernel"] - ae["kernel"]))
+        assert np.median(moved) == pytest.approx(lr, rel=1e-3)
