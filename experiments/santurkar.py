@@ -655,6 +655,25 @@ def section(ctx) -> str:
         if has(vgg("noisy_batch_norm", lr0))
         else None
     )
+    # Fig. 2 (left) is a training curve: noisy BN trains like BN and better than the standard network. The training
+    # loss over the last third, standard/noisy BN (> 1: noisy BN's loss is lower)
+    train_loss = {
+        n: per_seed(runs(vgg(n, lr0)), lambda r: r["loss"], win["late"][0], split="train")
+        for n in ("none", "noisy_batch_norm")
+    }
+    noisy_train = paired_ratio(train_loss["noisy_batch_norm"], train_loss["none"]) if all(train_loss.values()) else None
+    v_noisy_train = (
+        ctx.claim(
+            "noisy BN trains better than the standard network (training loss lower)",
+            "§2.1, Fig. 2 (left)",
+            setting + f", LR 0.1, training loss {win['late'][1]}",
+            "standard/noisy BN " + ratio_text(noisy_train),
+            report.verdict_of(noisy_train),
+            forest=report.ratio_forest(noisy_train),
+        )
+        if has(vgg("noisy_batch_norm", lr0))
+        else None
+    )
     inst = {}  # arm -> {seed: {layer: (mean instability, std instability)}}
     missing = []
     for n in VGG_NORMS:
@@ -875,7 +894,8 @@ def section(ctx) -> str:
     ]
     if v_noisy:
         parts.append(
-            f"noisy BN − BN accuracy {_acc(noisy_acc)} ({v_noisy}), and its channel means move "
+            f"noisy BN − BN accuracy {_acc(noisy_acc)} ({v_noisy}), its training loss standard/noisy BN "
+            f"{ratio_text(noisy_train)} ({v_noisy_train}), and its channel means move "
             f"{ratio_text(inst_cmp)} as much as BN's across steps ({v_inst})"
         )
     if v_lp:

@@ -64,7 +64,7 @@ def test_noninferiority_verdicts():
     assert S.noninferiority(None, 0.01) == "inconclusive"
 
 
-def _write_run(workdir, seed, *, beta, cos, acc, rng, steps=300, every=50):
+def _write_run(workdir, seed, *, beta, cos, acc, rng, steps=300, every=50, train_loss=0.3):
     os.makedirs(workdir, exist_ok=True)
     rows = []
     for t in range(0, steps, every):
@@ -88,6 +88,7 @@ def _write_run(workdir, seed, *, beta, cos, acc, rng, steps=300, every=50):
                 }
             )
         rows.append(row)
+        rows.append({"step": t + every, "split": "train", "loss": train_loss * math.exp(0.05 * rng.normal())})
         rows.append({"step": t + every, "split": "eval", "accuracy": acc + 0.002 * rng.normal(), "loss": 0.1})
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         f.write("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -99,6 +100,7 @@ def test_section_on_hand_made_runs_gives_the_expected_verdicts(tmp_path):
     # standard: β 10× BN's, cos 0.9 (BN: 0.97, i.e. BN *reduces* ICS); noisy BN 2 points below BN; at LR 0.5 the
     # standard network diverges in 4 of 5 seeds
     arms = {"none": (10.0, 0.90, 0.95), "batch": (1.0, 0.97, 0.98), "noisy_batch_norm": (1.5, 0.95, 0.96)}
+    losses = {"none": 0.4, "batch": 0.1, "noisy_batch_norm": 0.1}  # training loss: noisy BN 4× below standard
     runs = []
     for lr in S.LRS:
         for norm, (beta, cos, acc) in arms.items():
@@ -107,7 +109,7 @@ def test_section_on_hand_made_runs_gives_the_expected_verdicts(tmp_path):
             for seed in range(5):
                 wd = str(tmp_path / S.vgg(norm, lr) / f"seed{seed}")
                 diverged = lr == S.LRS[1] and norm == "none" and seed < 4
-                a = _write_run(wd, seed, beta=beta, cos=cos, acc=acc, rng=rng)
+                a = _write_run(wd, seed, beta=beta, cos=cos, acc=acc, rng=rng, train_loss=losses[norm])
                 row = {
                     "point": S.vgg(norm, lr),
                     "overrides": {"norm": norm, "learning_rate": lr},
@@ -146,6 +148,8 @@ def test_section_on_hand_made_runs_gives_the_expected_verdicts(tmp_path):
     assert found["BN keeps training at the larger LR 0.5"].verdict == "holds"  # 4 diverged runs score chance
     assert found["BN does not reduce ICS (VGG, LR 0.1, early)"].verdict == "fails"  # BN's cosine is higher here
     assert next(f for c, f in found.items() if c.startswith("noisy BN trains as well")).verdict == "fails"
+    noisy_train = found["noisy BN trains better than the standard network (training loss lower)"]
+    assert noisy_train.verdict == "holds" and abs(noisy_train.forest[0] - 4.0) < 0.4
     assert "1/5" in text  # the standard network's success rate at LR 0.5
     for f in ctx.findings:
         assert f.verdict in report.VERDICT_ORDER
