@@ -72,6 +72,12 @@ def test_wilson_interval_and_success_rate_count_diverged_and_chance_runs():
 def test_binomial_noise_floor_of_a_test_set():
     assert stats.binomial_se(0.983, 360) == pytest.approx(0.00681, abs=2e-5)  # digits' 360 test images
     assert stats.binomial_se(0.9, 10_000) == pytest.approx(0.003)
+    # the edges of its domain: a perfect or null accuracy has no spread; one example is allowed; outside is an error
+    assert stats.binomial_se(0.0, 50) == 0.0 and stats.binomial_se(1.0, 50) == 0.0
+    assert stats.binomial_se(0.5, 1) == pytest.approx(0.5)
+    for acc, n in ((1.1, 10), (-0.1, 10), (0.5, 0), (0.5, -3)):
+        with pytest.raises(ValueError, match="binomial_se: need 0 <= accuracy <= 1 and num_test > 0"):
+            stats.binomial_se(acc, n)
 
 
 def test_reach_times_with_censoring_and_the_kaplan_meier_median():
