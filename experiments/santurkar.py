@@ -437,17 +437,171 @@ def dln_posthoc(workdir: str, num: int = 10) -> list[dict]:
     return rows
 
 
-def section(ctx) -> str:
-    from jaxnorm import probes, stats
-    from jaxnorm.lab import plots, report
+def analyze(ctx) -> dict:
+    """Every number of the section, from the runs and nothing else: the accuracy table's rows and comparisons, the
+    landscape ratios per quantity × LR × window × arm, the noisy-BN comparisons and activation instabilities, the
+    ICS comparisons, and the DLN's post-hoc landscape. :func:`section` renders it (figures, claims, text)."""
+    from jaxnorm import stats
+    from jaxnorm.lab import report
 
     runs = _Runs(ctx)
     cfg_steps = _num_steps(ctx)
     win = windows(cfg_steps)
+    lr0, _ = LRS
+    has = ctx.has
+    a: dict = {"runs": runs, "cfg_steps": cfg_steps, "win": win}
+    a["setting"] = f"vgg_small ×0.5 on digits, SGD, {cfg_steps} steps, {ctx.summary['seeds']} seeds"
+
+    # ---- accuracy and success rates ---------------------------------------------------------------------------------
+    a["arms"] = arms = [n for n in (*VGG_NORMS, LP_NORM) if any(has(vgg(n, lr)) for lr in LRS)]
+    rows = []
+    for n in arms:
+        row = [LABEL[n]]
+        for lr in LRS:
+            p = vgg(n, lr)
+            if not has(p):
+                row += ["—", "—"]
+                continue
+            raw = ctx.outcomes(p, "test_accuracy")  # NaN = diverged
+            sr = stats.success_rate(list(raw.values()), chance=CHANCE, margin=CHANCE_MARGIN) if raw else None
+            acc = ctx.outcomes(p, "test_accuracy", diverged=CHANCE)
+            row += [
+                report.mean_std([100 * v for v in acc.values()], ".1f"),
+                "—"
+                if sr is None
+                else f"{sr['successes']}/{sr['n']} [{100 * sr['low']:.0f}, "
+                f"{100 * sr['high']:.0f}]%" + (f", {sr['diverged']} diverged" if sr["diverged"] else ""),
+            ]
+        rows.append(row)
+    a["acc_rows"] = rows
+    a["acc_cmp"] = {
+        lr: report.safe_compare(ctx, vgg("none", lr), vgg("batch", lr), direction="greater", diverged=CHANCE)
+        for lr in LRS
+    }
+
+    # ---- landscape: β and ‖Δg‖/‖g‖ per seed, paired ratios ----------------------------------------------------------
+    ratios = {}  # (quantity, lr, window, arm) -> comparison of standard / arm
+    lrows = []
+    for q, (qlabel, fn) in QUANTITIES.items():
+        for lr in LRS:
+            base = runs(vgg("none", lr))
+            for w, (wfn, wlabel) in win.items():
+                row = [qlabel, f"{lr:g}", wlabel]
+                for n in ("batch", "noisy_batch_norm", LP_NORM):
+                    other = runs(vgg(n, lr))
+                    r = paired_ratio(per_seed(other, fn, wfn), per_seed(base, fn, wfn)) if other and base else None
+                    ratios[q, lr, w, n] = r
+                    row.append(ratio_text(r))
+                row.insert(3, report.mean_std(per_seed(base, fn, wfn).values()))
+                row.insert(4, report.mean_std(per_seed(runs(vgg("batch", lr)), fn, wfn).values()))
+                lrows.append(row)
+    a["ratios"], a["landscape_rows"] = ratios, lrows
+    a["lp_acc"] = report.safe_compare(ctx, vgg("none", lr0), vgg(LP_NORM, lr0), direction="greater", diverged=CHANCE)
+
+    # ---- noisy BN: accuracy against BN, training loss against the standard network, activation instability ----------
+    a["noisy_acc"] = report.safe_compare(
+        ctx, vgg("batch", lr0), vgg("noisy_batch_norm", lr0), direction="greater", diverged=CHANCE
+    )
+    # Fig. 2 (left) is a training curve: noisy BN trains like BN and better than the standard network. The training
+    # loss over the last third, standard/noisy BN (> 1: noisy BN's loss is lower)
+    train_loss = {
+        n: per_seed(runs(vgg(n, lr0)), lambda r: r["loss"], win["late"][0], split="train")
+        for n in ("none", "noisy_batch_norm")
+    }
+    a["noisy_train"] = (
+        paired_ratio(train_loss["noisy_batch_norm"], train_loss["none"]) if all(train_loss.values()) else None
+    )
+    inst: dict = {}  # arm -> {seed: {layer: (mean instability, std instability)}}
+    missing = []
+    for n in VGG_NORMS:
+        for seed, wd in _finished_dirs(ctx, vgg(n, lr0)).items():
+            try:
+                st = activation_stats(wd)
+            except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:  # no checkpoints: reported missing
+                missing.append(f"{vgg(n, lr0)} seed {seed} ({type(e).__name__})")
+                continue
+            inst.setdefault(n, {})[seed] = {layer: instability(s) for layer, s in st.items()}
+    a["inst_missing"] = missing
+    layers = sorted({lay for per in inst.values() for d in per.values() for lay in d})
+    a["inst_layers"], a["deep"] = layers, (deep := layers[-1] if layers else None)
+    a["inst_rows"] = [
+        [LABEL[n]]
+        + [
+            report.mean_std([d[lay][0] for d in inst[n].values() if lay in d], ".3f")
+            + " / "
+            + report.mean_std([d[lay][1] for d in inst[n].values() if lay in d], ".3f")
+            for lay in layers
+        ]
+        for n in VGG_NORMS
+        if n in inst
+    ]
+    a["inst_cmp"] = (
+        paired_ratio(
+            {s: d[deep][0] for s, d in inst["batch"].items() if deep in d},
+            {s: d[deep][0] for s, d in inst["noisy_batch_norm"].items() if deep in d},
+        )
+        if deep and "batch" in inst and "noisy_batch_norm" in inst
+        else None
+    )
+
+    # ---- ICS per window (VGG at both LRs, and the DLN) --------------------------------------------------------------
+    ics_rows, ics_cmp = [], {}
+    for label, a_pt, b_pt, lay, wins in [
+        (f"VGG, LR {lr:g}", vgg("none", lr), vgg("batch", lr), ICS_LAYERS, win) for lr in LRS
+    ] + [("DLN", dln("none"), dln("batch"), DLN_ICS_LAYERS, windows(_dln_steps(ctx)))]:
+        ra, rb = runs(a_pt), runs(b_pt)
+        for w, (wfn, wlabel) in wins.items():
+            cos_a, cos_b = per_seed(ra, ics_fn(lay), wfn), per_seed(rb, ics_fn(lay), wfn)
+            rel_a, rel_b = per_seed(ra, ics_fn(lay, "rel"), wfn), per_seed(rb, ics_fn(lay, "rel"), wfn)
+            c = paired_difference(cos_a, cos_b, "less")  # BN − standard; the paper: not higher with BN
+            ics_cmp[label, w] = c
+            ics_rows.append(
+                [
+                    label,
+                    wlabel,
+                    report.mean_std(cos_a.values(), ".3f"),
+                    report.mean_std(cos_b.values(), ".3f"),
+                    diff_text(c),
+                    report.mean_std(rel_a.values()),
+                    report.mean_std(rel_b.values()),
+                    ratio_text(paired_ratio(rel_a, rel_b)),
+                ]
+            )
+    a["ics_rows"], a["ics_cmp"] = ics_rows, ics_cmp
+
+    # ---- the DLN's landscape on [0.01, 30]·LR -----------------------------------------------------------------------
+    dln_runs: dict = {}
+    missing = []
+    for n in DLN_NORMS:
+        for seed, wd in _finished_dirs(ctx, dln(n)).items():
+            try:
+                dln_runs.setdefault(n, {})[seed] = dln_posthoc(wd)
+            except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:  # no checkpoints: reported missing
+                missing.append(f"{dln(n)} seed {seed} ({type(e).__name__})")
+    a["dln_missing"], a["dln_runs"] = missing, dln_runs
+    a["dwin"] = dwin = windows(_dln_steps(ctx))
+    drows, dcmp = [], {}
+    for q in ("beta", "rel_grad", "loss_band"):
+        qlabel, fn = QUANTITIES[q]
+        for w, (wfn, wlabel) in dwin.items():
+            x, y = (per_seed(dln_runs.get(n, {}), fn, wfn) for n in ("batch", "none"))
+            r = paired_ratio(x, y)
+            dcmp[q, w] = r
+            drows.append([qlabel, wlabel, report.mean_std(y.values()), report.mean_std(x.values()), ratio_text(r)])
+    a["dln_rows"], a["dln_cmp"] = drows, dcmp
+    return a
+
+
+def section(ctx) -> str:
+    """The report section: renders :func:`analyze`'s numbers as tables, figures, claims and the verdict."""
+    from jaxnorm import probes
+    from jaxnorm.lab import plots, report
+
+    a = analyze(ctx)
+    runs, win, setting, arms, ratios = a["runs"], a["win"], a["setting"], a["arms"], a["ratios"]
     lr0, lr1 = LRS
     has = ctx.has
     out: list[str] = []
-    setting = f"vgg_small ×0.5 on digits, SGD, {cfg_steps} steps, {ctx.summary['seeds']} seeds"
 
     out.append(
         "**Claims** (Santurkar et al. 2018): batch norm's benefit is not a reduction of internal covariate "
@@ -468,33 +622,13 @@ def section(ctx) -> str:
     )
 
     # ---- accuracy and success rates ---------------------------------------------------------------------------------
-    arms = [n for n in (*VGG_NORMS, LP_NORM) if any(has(vgg(n, lr)) for lr in LRS)]
-    rows = []
-    for n in arms:
-        row = [LABEL[n]]
-        for lr in LRS:
-            p = vgg(n, lr)
-            if not has(p):
-                row += ["—", "—"]
-                continue
-            raw = ctx.outcomes(p, "test_accuracy")  # NaN = diverged
-            sr = stats.success_rate(list(raw.values()), chance=CHANCE, margin=CHANCE_MARGIN) if raw else None
-            acc = ctx.outcomes(p, "test_accuracy", diverged=CHANCE)
-            row += [
-                report.mean_std([100 * v for v in acc.values()], ".1f"),
-                "—"
-                if sr is None
-                else f"{sr['successes']}/{sr['n']} [{100 * sr['low']:.0f}, "
-                f"{100 * sr['high']:.0f}]%" + (f", {sr['diverged']} diverged" if sr["diverged"] else ""),
-            ]
-        rows.append(row)
     out.append(
         report.table(
             ["network"]
             + [
                 h for lr in LRS for h in (f"test accuracy %, LR {lr:g} (diverged = chance)", f"success rate, LR {lr:g}")
             ],
-            rows,
+            a["acc_rows"],
         )
     )
     panels = [(f"LR {lr:g}", {LABEL[n]: ctx.metrics(vgg(n, lr)) for n in arms if has(vgg(n, lr))}) for lr in LRS]
@@ -503,11 +637,7 @@ def section(ctx) -> str:
         f"Success: test accuracy above chance + {100 * CHANCE_MARGIN:.0f} points, with diverged runs "
         "counted as failures (Wilson 95% interval). The curves average the runs that finished."
     )
-
-    acc_cmp = {
-        lr: report.safe_compare(ctx, vgg("none", lr), vgg("batch", lr), direction="greater", diverged=CHANCE)
-        for lr in LRS
-    }
+    acc_cmp = a["acc_cmp"]
     v_acc0 = ctx.claim(
         "BN trains to higher test accuracy (LR 0.1)",
         "§1.1, Fig. 1 (83% vs 80%)",
@@ -523,22 +653,7 @@ def section(ctx) -> str:
         report.verdict_of(acc_cmp[lr1]),
     )
 
-    # ---- landscape: β and ‖Δg‖/‖g‖ per seed, paired ratios ----------------------------------------------------------
-    ratios = {}  # (quantity, lr, window, arm) -> comparison of standard / arm
-    lrows = []
-    for q, (qlabel, fn) in QUANTITIES.items():
-        for lr in LRS:
-            base = runs(vgg("none", lr))
-            for w, (wfn, wlabel) in win.items():
-                row = [qlabel, f"{lr:g}", wlabel]
-                for n in ("batch", "noisy_batch_norm", LP_NORM):
-                    other = runs(vgg(n, lr))
-                    r = paired_ratio(per_seed(other, fn, wfn), per_seed(base, fn, wfn)) if other and base else None
-                    ratios[q, lr, w, n] = r
-                    row.append(ratio_text(r))
-                row.insert(3, report.mean_std(per_seed(base, fn, wfn).values()))
-                row.insert(4, report.mean_std(per_seed(runs(vgg("batch", lr)), fn, wfn).values()))
-                lrows.append(row)
+    # ---- landscape --------------------------------------------------------------------------------------------------
     out.append(
         report.table(
             [
@@ -551,7 +666,7 @@ def section(ctx) -> str:
                 "standard / noisy BN",
                 "standard / ℓ1 BN",
             ],
-            lrows,
+            a["landscape_rows"],
         )
     )
 
@@ -579,11 +694,10 @@ def section(ctx) -> str:
     out.append(ctx.figure(plots.plot_santurkar(firsts, ctx.path("bands"))))
     out.append(
         "*What to look for*: β and ‖Δg‖/‖g‖ (the largest relative change of the gradient over the step sizes "
-        "η ∈ [0.5, 4]·LR along it) are the headline figures (geometric mean ×/÷ geometric std over seeds, log scale): lower is "
-        "smoother; the dashed line on the β panels is 2/η, where gradient descent at that LR stops being stable. "
-        "The last figure shows the first seed's bands (min–max over η) at LR 0.1."
+        "η ∈ [0.5, 4]·LR along it) are the headline figures (geometric mean ×/÷ geometric std over seeds, log "
+        "scale): lower is smoother; the dashed line on the β panels is 2/η, where gradient descent at that LR stops "
+        "being stable. The last figure shows the first seed's bands (min–max over η) at LR 0.1."
     )
-
     b0, g0, band0 = (
         ratios.get(("beta", lr0, "early", "batch")),
         ratios.get(("rel_grad", lr0, "early", "batch")),
@@ -638,12 +752,10 @@ def section(ctx) -> str:
         if has(vgg(LP_NORM, lr0))
         else None
     )
-    lp_acc = report.safe_compare(ctx, vgg("none", lr0), vgg(LP_NORM, lr0), direction="greater", diverged=CHANCE)
 
-    # ---- noisy BN: trains as well as BN; its distributions are unstable (Fig. 2) ------------------------------------
-    noisy_acc = report.safe_compare(
-        ctx, vgg("batch", lr0), vgg("noisy_batch_norm", lr0), direction="greater", diverged=CHANCE
-    )
+    # ---- noisy BN ---------------------------------------------------------------------------------------------------
+    noisy_acc, noisy_train, inst_cmp, deep = a["noisy_acc"], a["noisy_train"], a["inst_cmp"], a["deep"]
+    noisy = has(vgg("noisy_batch_norm", lr0))
     v_noisy = (
         ctx.claim(
             f"noisy BN trains as well as BN (non-inferiority: CI of noisy − BN > −{100 * NONINFERIORITY:g} pts)",
@@ -652,16 +764,9 @@ def section(ctx) -> str:
             _acc(noisy_acc, "noisy − BN"),
             noninferiority(noisy_acc, NONINFERIORITY),
         )
-        if has(vgg("noisy_batch_norm", lr0))
+        if noisy
         else None
     )
-    # Fig. 2 (left) is a training curve: noisy BN trains like BN and better than the standard network. The training
-    # loss over the last third, standard/noisy BN (> 1: noisy BN's loss is lower)
-    train_loss = {
-        n: per_seed(runs(vgg(n, lr0)), lambda r: r["loss"], win["late"][0], split="train")
-        for n in ("none", "noisy_batch_norm")
-    }
-    noisy_train = paired_ratio(train_loss["noisy_batch_norm"], train_loss["none"]) if all(train_loss.values()) else None
     v_noisy_train = (
         ctx.claim(
             "noisy BN trains better than the standard network (training loss lower)",
@@ -671,50 +776,20 @@ def section(ctx) -> str:
             report.verdict_of(noisy_train),
             forest=report.ratio_forest(noisy_train),
         )
-        if has(vgg("noisy_batch_norm", lr0))
+        if noisy
         else None
     )
-    inst = {}  # arm -> {seed: {layer: (mean instability, std instability)}}
-    missing = []
-    for n in VGG_NORMS:
-        for seed, wd in _finished_dirs(ctx, vgg(n, lr0)).items():
-            try:
-                st = activation_stats(wd)
-            except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:  # no checkpoints: reported missing
-                missing.append(f"{vgg(n, lr0)} seed {seed} ({type(e).__name__})")
-                continue
-            inst.setdefault(n, {})[seed] = {layer: instability(s) for layer, s in st.items()}
-    if missing:
-        out.append("Activation statistics unavailable (no checkpoints) for: " + ", ".join(missing) + ".")
-    layers = sorted({lay for per in inst.values() for d in per.values() for lay in d})
-    deep = layers[-1] if layers else None
-    irows = []
-    for n in VGG_NORMS:
-        if n in inst:
-            irows.append(
-                [LABEL[n]]
-                + [
-                    report.mean_std([d[lay][0] for d in inst[n].values() if lay in d], ".3f")
-                    + " / "
-                    + report.mean_std([d[lay][1] for d in inst[n].values() if lay in d], ".3f")
-                    for lay in layers
-                ]
-            )
-    inst_cmp = None
-    if deep and "batch" in inst and "noisy_batch_norm" in inst:
-        inst_cmp = paired_ratio(
-            {s: d[deep][0] for s, d in inst["batch"].items() if deep in d},
-            {s: d[deep][0] for s, d in inst["noisy_batch_norm"].items() if deep in d},
-        )
-    if irows:
+    if a["inst_missing"]:
+        out.append("Activation statistics unavailable (no checkpoints) for: " + ", ".join(a["inst_missing"]) + ".")
+    if a["inst_rows"]:
         out.append(
             report.table(
                 [
                     f"network (LR {lr0:g}): std over checkpoints of a channel's mean / of its std, in "
                     "units of the channel std"
                 ]
-                + layers,
-                irows,
+                + a["inst_layers"],
+                a["inst_rows"],
             )
         )
         out.append(
@@ -733,33 +808,12 @@ def section(ctx) -> str:
             report.verdict_of(inst_cmp),
             kind="check",  # the noise is injected: a manipulation check of the arm, true by construction
         )
-        if has(vgg("noisy_batch_norm", lr0))
+        if noisy
         else None
     )
 
-    # ---- ICS per window (VGG at both LRs, and the DLN) --------------------------------------------------------------
-    ics_rows, ics_cmp = [], {}
-    for label, a_pt, b_pt, lay, wins in [
-        (f"VGG, LR {lr:g}", vgg("none", lr), vgg("batch", lr), ICS_LAYERS, win) for lr in LRS
-    ] + [("DLN", dln("none"), dln("batch"), DLN_ICS_LAYERS, windows(_dln_steps(ctx)))]:
-        ra, rb = runs(a_pt), runs(b_pt)
-        for w, (wfn, wlabel) in wins.items():
-            cos_a, cos_b = per_seed(ra, ics_fn(lay), wfn), per_seed(rb, ics_fn(lay), wfn)
-            rel_a, rel_b = per_seed(ra, ics_fn(lay, "rel"), wfn), per_seed(rb, ics_fn(lay, "rel"), wfn)
-            c = paired_difference(cos_a, cos_b, "less")  # BN − standard; the paper: not higher with BN
-            ics_cmp[label, w] = c
-            ics_rows.append(
-                [
-                    label,
-                    wlabel,
-                    report.mean_std(cos_a.values(), ".3f"),
-                    report.mean_std(cos_b.values(), ".3f"),
-                    diff_text(c),
-                    report.mean_std(rel_a.values()),
-                    report.mean_std(rel_b.values()),
-                    ratio_text(paired_ratio(rel_a, rel_b)),
-                ]
-            )
+    # ---- ICS ----------------------------------------------------------------------------------------------------------
+    ics_cmp = a["ics_cmp"]
     out.append(
         report.table(
             [
@@ -772,7 +826,7 @@ def section(ctx) -> str:
                 "‖G − G′‖/‖G‖ BN",
                 "BN / standard",
             ],
-            ics_rows,
+            a["ics_rows"],
         )
     )
     ics_panels = [
@@ -809,7 +863,7 @@ def section(ctx) -> str:
         if key[0] == "DLN" and not (has(dln("none")) and has(dln("batch"))):
             continue
         c = ics_cmp.get(key)
-        wl = (win if key[0] != "DLN" else windows(_dln_steps(ctx)))[key[1]][1]
+        wl = (win if key[0] != "DLN" else a["dwin"])[key[1]][1]
         v_ics[key] = ctx.claim(
             f"BN does not reduce ICS ({key[0]}, {key[1]})",
             src,
@@ -818,25 +872,10 @@ def section(ctx) -> str:
             report.verdict_of(c),
         )
 
-    # ---- the DLN's landscape on [0.01, 30]·LR -----------------------------------------------------------------------
-    dln_runs, missing = {}, []
-    for n in DLN_NORMS:
-        for seed, wd in _finished_dirs(ctx, dln(n)).items():
-            try:
-                dln_runs.setdefault(n, {})[seed] = dln_posthoc(wd)
-            except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:  # no checkpoints: reported missing
-                missing.append(f"{dln(n)} seed {seed} ({type(e).__name__})")
-    if missing:
-        out.append("DLN landscape probes unavailable (no checkpoints) for: " + ", ".join(missing) + ".")
-    dwin = windows(_dln_steps(ctx))
-    drows, dcmp = [], {}
-    for q in ("beta", "rel_grad", "loss_band"):
-        qlabel, fn = QUANTITIES[q]
-        for w, (wfn, wlabel) in dwin.items():
-            a, b = (per_seed(dln_runs.get(n, {}), fn, wfn) for n in ("batch", "none"))
-            r = paired_ratio(a, b)
-            dcmp[q, w] = r
-            drows.append([qlabel, wlabel, report.mean_std(b.values()), report.mean_std(a.values()), ratio_text(r)])
+    # ---- the DLN ------------------------------------------------------------------------------------------------------
+    dln_runs, dcmp, dwin = a["dln_runs"], a["dln_cmp"], a["dwin"]
+    if a["dln_missing"]:
+        out.append("DLN landscape probes unavailable (no checkpoints) for: " + ", ".join(a["dln_missing"]) + ".")
     v_dln = None
     if "none" in dln_runs and "batch" in dln_runs:
         out.append(
@@ -848,7 +887,7 @@ def section(ctx) -> str:
                     "batch norm",
                     "standard / BN",
                 ],
-                drows,
+                a["dln_rows"],
             )
         )
         out.append(
@@ -887,8 +926,8 @@ def section(ctx) -> str:
     parts = [
         f"landscape at LR 0.1, {win['early'][1]}: standard/BN β {ratio_text(b0)} ({v_beta}), ‖Δg‖/‖g‖ "
         f"{ratio_text(g0)} ({v_grad}), absolute gradient-change band {ratio_text(band0)} against the paper's "
-        f"≈{PAPER_GRAD_GAP:g}× ({v_band}: judged against the paper's {PAPER_GRAD_GAP:g}×, registered as P2); β at LR 0.5 "
-        f"{ratio_text(b1)} ({v_beta1})",
+        f"≈{PAPER_GRAD_GAP:g}× ({v_band}: judged against the paper's {PAPER_GRAD_GAP:g}×, registered as P2); β at "
+        f"LR 0.5 {ratio_text(b1)} ({v_beta1})",
         f"test accuracy BN − standard: LR 0.1 {_acc(acc_cmp[lr0])} ({v_acc0}; paper +3 points), LR 0.5 "
         f"{_acc(acc_cmp[lr1])} ({v_acc1})",
     ]
@@ -899,7 +938,7 @@ def section(ctx) -> str:
             f"{ratio_text(inst_cmp)} as much as BN's across steps ({v_inst})"
         )
     if v_lp:
-        parts.append(f"ℓ1 BN: standard/ℓ1 β {ratio_text(lp_b)} ({v_lp}), accuracy ℓ1 − standard {_acc(lp_acc)}")
+        parts.append(f"ℓ1 BN: standard/ℓ1 β {ratio_text(lp_b)} ({v_lp}), accuracy ℓ1 − standard {_acc(a['lp_acc'])}")
     if v_ics:
         parts.append(
             "ICS (cos BN − standard): "
@@ -917,7 +956,7 @@ def section(ctx) -> str:
         "**Verdict**: " + "; ".join(parts) + ". Each verdict is the paired interval's: *holds* when it "
         "excludes no-effect in the paper's direction (and meets the stated criterion), *fails* when it "
         "excludes it the other way. Where our result differs from the paper's no explanation was tested "
-        f"here (untested: the scale of the task, digits at 8×8 and {cfg_steps} steps, against CIFAR-10 and "
+        f"here (untested: the scale of the task, digits at 8×8 and {a['cfg_steps']} steps, against CIFAR-10 and "
         "15k)."
     )
     out.append(report.status_note(ctx))

@@ -132,6 +132,11 @@ def test_section_on_hand_made_runs_gives_the_expected_verdicts(tmp_path):
     }
     ctx = report.Context("santurkar", summary, str(tmp_path / "fig"), str(tmp_path), paper=S.PAPER_NAME)
     os.makedirs(ctx.figures_dir)
+    # the analysis alone returns numbers: no claim recorded, no figure drawn
+    data = S.analyze(ctx)
+    assert not ctx.findings and not os.listdir(ctx.figures_dir)
+    beta_ratio = data["ratios"]["beta", S.LRS[0], "early", "batch"]["interval"]  # log(standard/BN) ≈ log 10
+    assert abs(beta_ratio.estimate - math.log(10.0)) < 0.1 and beta_ratio.n == 5
     text = S.section(ctx)
     assert text.count("**Verdict**") == 1
     found = {f.claim: f for f in ctx.findings}
