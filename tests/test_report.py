@@ -295,3 +295,17 @@ def test_a_primary_claim_counts_only_when_the_discovery_seeds_agree(tmp_path, ca
     assert code == 1 and not (tmp_path / "w").exists() and not (tmp_path / "d").exists()
     err = capsys.readouterr().err  # Ba registers 40 seeds: seeds 3 … 39 would be in both sets
     assert "37 confirmation seeds (3 … 39) are also discovery seeds (0 … 39); give --first-seed 40" in err, err
+
+
+def test_rank_and_count_verdicts_for_skewed_and_all_or_nothing_outcomes():
+    a = {s: 1.0 for s in range(8)}
+    lower = {s: 1.0 - 0.1 * (s + 1) ** 2 for s in range(8)}  # skewed drops: every seed lower
+    v, res = report.signed_rank_verdict(a, lower, "less")
+    assert v == "holds" and res["p"] == pytest.approx(1 / 2**8)  # all 8 signs negative: the exact p is 2⁻⁸
+    assert report.signed_rank_verdict(a, lower, "greater")[0] == "fails"
+    mixed = {s: 1.0 + (0.1 if s % 2 else -0.1) * (s + 1) for s in range(8)}
+    assert report.signed_rank_verdict(a, mixed, "less")[0] == "inconclusive"
+    assert report.signed_rank_verdict(a, a, "less") == ("inconclusive", None)  # no non-zero difference
+    v, p = report.fisher_verdict(1, 5, 5, 5)  # b: 5/5 vs a: 1/5
+    assert v == "holds" and p == pytest.approx(6 / 252)
+    assert report.fisher_verdict(5, 5, 1, 5)[0] == "fails" and report.fisher_verdict(3, 5, 3, 5)[0] == "inconclusive"

@@ -410,6 +410,28 @@ def points_forest(result: dict | None, paper: float | None = None, scale: float 
     return (scale * iv.estimate, scale * iv.low, scale * iv.high, "pts", paper)
 
 
+def signed_rank_verdict(a: dict, b: dict, direction: str, alpha: float = 0.05) -> tuple[str, dict | None]:
+    """The verdict of a skewed paired outcome (drift, reach times) by the Wilcoxon signed-rank test of ``b − a``
+    over the shared seeds (:func:`jaxnorm.stats.signed_rank`): *holds* when the one-sided p in ``direction`` is
+    below ``alpha``, *fails* when the other side's is, else *inconclusive* (also with too few seeds or no
+    non-zero difference). Returns ``(verdict, result or None)``."""
+    other = "less" if direction == "greater" else "greater"
+    try:
+        res, rev = stats.signed_rank(a, b, direction=direction), stats.signed_rank(a, b, direction=other)
+    except ValueError:
+        return "inconclusive", None
+    return ("holds" if res["p"] < alpha else "fails" if rev["p"] < alpha else "inconclusive"), res
+
+
+def fisher_verdict(successes_a: int, n_a: int, successes_b: int, n_b: int, alpha: float = 0.05) -> tuple[str, float]:
+    """The verdict of "b succeeds more often than a" from run counts by Fisher's exact test: *holds* when the
+    one-sided p is below ``alpha``, *fails* when the opposite one's is, else *inconclusive*. Returns ``(verdict,
+    p)``."""
+    p = stats.fisher_exact(successes_a, n_a, successes_b, n_b, direction="greater")
+    q = stats.fisher_exact(successes_a, n_a, successes_b, n_b, direction="less")
+    return ("holds" if p < alpha else "fails" if q < alpha else "inconclusive"), p
+
+
 def p_of(result: dict | None) -> float:
     """A comparison's one-sided p-value (:func:`jaxnorm.stats.compare`'s ``p``); 1 without one (nothing shown)."""
     return 1.0 if result is None else float(result["p"])
