@@ -254,6 +254,11 @@ def test_crossed_bootstrap_refuses_unpaired_test_sets():
         (-0.2, 1.5, "magnitude not reproduced"),  # a null that excludes the paper's size
         (-0.2, 2.5, "inconclusive"),
         (-1.0, -0.1, "fails"),
+        # the boundaries: touching 0 is not below it, reaching E exactly is reaching it, a low bound of 0 contains 0
+        (-1.0, 0.0, "magnitude not reproduced"),
+        (-0.5, 0.5, "magnitude not reproduced"),
+        (0.5, 2.0, "holds"),
+        (0.0, 2.5, "inconclusive"),
     ],
 )
 def test_magnitude_verdict_against_the_papers_effect(low, high, want):
@@ -299,3 +304,166 @@ def test_seeds_for_power_refuses_what_no_design_meets():
         stats.seeds_for_power(0.0, 1.0)
     with pytest.raises(ValueError, match=r"power must be in \(0, 1\)"):
         stats.seeds_for_power(1.0, 1.0, power=80)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# edge cases found by mutation testing (mutmut): each against a hand computation or an independent reference
+
+
+def test_t_test_p_with_zero_spread_is_decided_by_which_side_of_the_null_the_values_lie():
+    # every value equal: no spread, so the p-value is 0 when they lie beyond the null on the tested side, else 1
+    for values, null, want in (
+        ([0.2, 0.2], 0.2, {"greater": 1.0, "less": 1.0, "two-sided": 1.0}),  # on the null: no evidence
+        ([0.2, 0.2], 0.0, {"greater": 0.0, "less": 1.0, "two-sided": 0.0}),
+        ([1.0, 1.0, 1.0], 0.0, {"greater": 0.0, "less": 1.0, "two-sided": 0.0}),
+        ([-1.0, -1.0], 0.0, {"greater": 1.0, "less": 0.0, "two-sided": 0.0}),
+    ):
+        for direction, p in want.items():
+            assert stats.t_test_p(values, direction=direction, null=null) == p, (values, null, direction)
+
+
+def test_t_test_p_errors_name_the_function_and_the_count():
+    with pytest.raises(ValueError, match=r"^t_test_p: need at least 2 values \(seeds\), got 1"):
+        stats.t_test_p([0.1], direction="greater")
+    with pytest.raises(ValueError, match=r"^t_test_p: direction must be 'greater', 'less' or 'two-sided', got 'up'"):
+        stats.t_test_p([0.1, 0.2], direction="up")
+    with pytest.raises(ValueError, match=r"^t_test_p: 1 of 3 values are NaN or infinite"):
+        stats.t_test_p([0.1, float("inf"), 0.2], direction="greater")
+
+
+def test_holm_at_the_edges_of_its_domain():
+    # p = 0 and p = 1 are valid p-values; Holm by hand: sorted (0, 1), adjusted (2·0, max(0, 1·1))
+    assert stats.holm([0.0, 1.0]) == ([0.0, 1.0], [True, False])
+    assert stats.holm([1.0, 0.01]) == ([1.0, 0.02], [False, True])
+    # an adjusted value exactly at alpha is rejected: 2 · 0.025 = 0.05 exactly, and 0.025 <= 0.05/2 sequentially
+    assert stats.holm([0.025, 0.5], alpha=0.05) == ([0.05, 0.5], [True, False])
+    assert stats.holm([0.05])[1] == [True]
+    for alpha in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"^holm: alpha must be in \(0, 1\), e.g. 0.05, got {alpha!r}$"):
+            stats.holm([0.1], alpha=alpha)
+    with pytest.raises(ValueError, match=r"^holm: no p-values$"):
+        stats.holm({})
+
+
+def test_holm_takes_a_2d_array_as_one_flattened_family():
+    # a 2-D array is one family of four, flattened in C order (the textbook case above)
+    adjusted, reject = stats.holm(np.array([[0.01, 0.04], [0.03, 0.005]]))
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02]) and reject == [True, False, False, True]
+
+
+def test_magnitude_verdict_checks_the_papers_effect_and_direction():
+    ci = stats.Interval(0.3, 0.2, 0.4, 5, 0.95, "t")
+    assert stats.magnitude_verdict(ci, "greater", 0.5) == "magnitude not reproduced"  # an effect below 1 is valid
+    assert stats.magnitude_verdict(ci, "greater", 0.3) == "holds"
+    for effect in (0.0, -0.5):  # no effect at all is not an effect in the claim's direction
+        with pytest.raises(
+            ValueError,
+            match=rf"^magnitude_verdict: the paper's effect must lie in the claim's "
+            rf"direction \(greater\), got {effect!r}",
+        ):
+            stats.magnitude_verdict(ci, "greater", effect)
+    with pytest.raises(
+        ValueError, match=r"^magnitude_verdict: direction must be one of \('greater', 'less'\), got 'up'"
+    ):
+        stats.magnitude_verdict(ci, "up", 0.5)
+
+
+def test_compare_passes_level_method_and_criterion_through_and_reports_them():
+    a = {0: 1.0, 1: 2.0, 2: 3.0}
+    b = {0: 2.0, 1: 2.5, 2: 4.0}  # differences 1, 0.5, 1: mean 5/6, s = 0.288675
+    out = stats.compare(a, b, direction="greater")
+    assert out["differences"] == {0: 1.0, 1: 0.5, 2: 1.0}
+    # the one-line text, formatted by hand: 5/6 → +0.8333, 0.116224 → +0.1162, 1.550443 → +1.55
+    assert out["text"] == "b − a = +0.8333 [+0.1162, +1.55] (95% t, n=3) → holds"
+    ci90 = stats.compare(a, b, direction="greater", level=0.9)["interval"]
+    half = scipy_stats.t.ppf(0.95, 2) * 0.28867513 / math.sqrt(3)  # 2.919986 · s/√3 = 0.486664
+    assert ci90.level == 0.9 and ci90.low == pytest.approx(5 / 6 - half, abs=1e-6)
+    boot = stats.compare(a, b, direction="greater", method="bootstrap")["interval"]
+    # a bootstrap interval of means never leaves the data's range [0.5, 1]; the t interval here does
+    assert boot.method == "bootstrap" and 0.5 <= boot.low <= boot.high <= 1.0
+    met = stats.compare(a, b, direction="greater", criterion=lambda ci: ci.estimate > 0.5)
+    assert met["verdict"] == "holds" and "criterion" not in met["text"]
+    unmet = stats.compare(a, b, direction="greater", criterion=lambda ci: ci.estimate > 1.0)
+    assert unmet["text"].endswith(" → inconclusive (criterion not met)")
+
+
+def test_verdict_default_criterion_is_met_and_equivalence_boundaries():
+    assert stats.verdict(stats.Interval(0.5, 0.1, 0.9, 5, 0.95, "t"), "greater") == "holds"
+    iv = lambda lo, hi: stats.Interval((lo + hi) / 2, lo, hi, 5, 0.95, "t")  # noqa: E731
+    # the open interval (−margin, margin): touching a margin is not inside it; wholly outside includes touching it
+    assert stats.equivalence_verdict(iv(-0.5, 0.3), 0.5) == "inconclusive"
+    assert stats.equivalence_verdict(iv(-0.3, 0.5), 0.5) == "inconclusive"
+    assert stats.equivalence_verdict(iv(-0.9, -0.5), 0.5) == "fails"
+    assert stats.equivalence_verdict(iv(-0.6, 0.2), 0.5) == "inconclusive"  # straddles −margin
+
+
+def test_crossed_bootstrap_small_cases_by_hand_and_its_errors():
+    # the difference is b − a: a always right, b always wrong gives −1 on every resample
+    ci = stats.crossed_bootstrap_ci({0: np.ones(4), 1: np.ones(4)}, {0: np.zeros(4), 1: np.zeros(4)}, num_resamples=50)
+    assert (ci.estimate, ci.low, ci.high, ci.n) == (-1.0, -1.0, -1.0, 2)
+    one = stats.crossed_bootstrap_ci({0: [1.0]}, {0: [0.0]}, num_resamples=20)  # one test example is a test set
+    assert (one.estimate, one.low, one.high) == (-1.0, -1.0, -1.0)
+    # the documented defaults: num_resamples=4000, seed=0
+    scores = np.random.default_rng(7).random((4, 30))  # continuous per-example scores: every resample counts
+    a, b = {s: scores[s] for s in range(2)}, {s: scores[s + 2] for s in range(2)}
+    assert stats.crossed_bootstrap_ci(a, b) == stats.crossed_bootstrap_ci(a, b, num_resamples=4000, seed=0)
+    where = "^crossed_bootstrap_ci: "
+    with pytest.raises(ValueError, match=where + r"level must be in \(0, 1\), e.g. 0.95, got 1.5"):
+        stats.crossed_bootstrap_ci(a, b, level=1.5)
+    with pytest.raises(ValueError, match=where + r"the arms share no seed \(a: \[0\], b: \[1\]\)"):
+        stats.crossed_bootstrap_ci({0: np.zeros(3)}, {1: np.zeros(3)})
+    with pytest.raises(ValueError, match=where + r".*got per-example lengths \[0\]"):
+        stats.crossed_bootstrap_ci({0: np.zeros(0)}, {0: np.zeros(0)})
+    for nan_in in ("a", "b"):
+        bad = {0: np.array([0.0, np.nan, 1.0])}
+        args = (bad, {0: np.zeros(3)}) if nan_in == "a" else ({0: np.zeros(3)}, bad)
+        with pytest.raises(ValueError, match=where + "1 of 3 values are NaN or infinite"):
+            stats.crossed_bootstrap_ci(*args)
+
+
+def test_crossed_bootstrap_on_a_test_set_too_large_for_one_chunk():
+    # 4200 examples × 4000 resamples exceed the 2**24-element chunk: drawn in two chunks, still one interval
+    rng = np.random.default_rng(5)
+    n = 4200
+    d = rng.choice([-1.0, 0.0, 1.0], n, p=[0.1, 0.8, 0.1])
+    ci = stats.crossed_bootstrap_ci({0: np.zeros(n)}, {0: d}, num_resamples=4000)
+    half = 1.959964 * d.std() / math.sqrt(n)  # one seed: only the test set's sampling error
+    assert ci.estimate == pytest.approx(d.mean()) and (ci.high - ci.low) / 2 == pytest.approx(half, rel=0.08)
+
+
+def test_mean_ci_bootstrap_on_a_two_point_sample_by_hand_and_its_errors():
+    # resampling [0, 10] twice: means 0, 5, 10 with probabilities 1/4, 1/2, 1/4 (10000 resamples: ±0.005)
+    ci = stats.mean_ci([0.0, 10.0], method="bootstrap")
+    assert (ci.estimate, ci.low, ci.high, ci.n, ci.method) == (5.0, 0.0, 10.0, 2, "bootstrap")
+    # level 0.4: the 30% and 70% quantiles both fall in the middle atom, 5
+    narrow = stats.mean_ci([0.0, 10.0], level=0.4, method="bootstrap")
+    assert (narrow.low, narrow.high) == (5.0, 5.0)
+    x = np.random.default_rng(11).normal(0.0, 1.0, 15)  # the documented defaults: 10_000 resamples, seed 0
+    assert stats.mean_ci(x, method="bootstrap") == stats.mean_ci(x, method="bootstrap", num_resamples=10_000, seed=0)
+    with pytest.raises(ValueError, match=r"^mean_ci: 1 of 3 values are NaN or infinite"):
+        stats.mean_ci([1.0, float("nan"), 2.0])
+    with pytest.raises(ValueError, match=r"^mean_ci: level must be in \(0, 1\), e.g. 0.95, got 95"):
+        stats.mean_ci([1.0, 2.0], level=95)
+    with pytest.raises(ValueError, match=r"^mean_ci: an interval needs at least 2 values, got 1; run more seeds"):
+        stats.mean_ci([1.0])
+
+
+def test_fisher_exact_edge_counts_and_messages():
+    # one run per arm: tables [[0, 1], [1, 0]] and [[1, 0], [0, 1]], each with probability 1/2 given the margins
+    assert stats.fisher_exact(1, 1, 0, 1, direction="less") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"^fisher_exact: arm a needs 0 <= successes <= n and n > 0, got 0 of 0"):
+        stats.fisher_exact(0, 0, 1, 5)
+    with pytest.raises(ValueError, match=r"^fisher_exact: arm a needs 0 <= successes <= n and n > 0, got 6 of 5"):
+        stats.fisher_exact(6, 5, 1, 5)
+    with pytest.raises(
+        ValueError, match=r"^fisher_exact: direction must be 'greater', 'less' or 'two-sided', got 'up'"
+    ):
+        stats.fisher_exact(1, 5, 2, 5, direction="up")
+
+
+def test_reach_time_edges():
+    assert stats.reach_time([5], [1.0], 0.5) == (5, True)  # a single logged step is a run
+    assert stats.reach_time([10, 20], [0.6, 0.5], 0.5, higher_is_better=False) == (20, True)  # reaching = equalling
+    for steps, values in (([], []), ([1, 2], [0.1, 0.2, 0.3])):
+        with pytest.raises(ValueError, match=rf"^reach_time: need equal, non-empty steps and values, got {len(steps)}"):
+            stats.reach_time(steps, values, 0.5)
