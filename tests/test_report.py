@@ -309,3 +309,17 @@ def test_rank_and_count_verdicts_for_skewed_and_all_or_nothing_outcomes():
     v, p = report.fisher_verdict(1, 5, 5, 5)  # b: 5/5 vs a: 1/5
     assert v == "holds" and p == pytest.approx(6 / 252)
     assert report.fisher_verdict(5, 5, 1, 5)[0] == "fails" and report.fisher_verdict(3, 5, 3, 5)[0] == "inconclusive"
+
+
+def test_the_holm_family_uses_the_two_sided_p_the_95_percent_intervals_imply():
+    from scipy import stats as scipy_stats
+
+    from jaxnorm import stats
+
+    r = stats.compare({0: 1.0, 1: 2.0, 2: 3.0, 3: 2.5}, {0: 1.4, 1: 2.1, 2: 3.6, 3: 2.6}, direction="greater")
+    two = scipy_stats.ttest_1samp([0.4, 0.1, 0.6, 0.1], 0.0).pvalue
+    assert report.p_of(r) == pytest.approx(two) and r["p"] == pytest.approx(two / 2)  # compare's own p: one-sided
+    assert report.p_of(None) == 1.0
+    # the count and rank verdicts test each side at 2.5%: 10/10 against 6/10 is one-sided p = 0.043, not enough
+    v, p = report.fisher_verdict(6, 10, 10, 10)
+    assert v == "inconclusive" and p == pytest.approx(8008 / 184756)

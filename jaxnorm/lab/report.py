@@ -410,11 +410,12 @@ def points_forest(result: dict | None, paper: float | None = None, scale: float 
     return (scale * iv.estimate, scale * iv.low, scale * iv.high, "pts", paper)
 
 
-def signed_rank_verdict(a: dict, b: dict, direction: str, alpha: float = 0.05) -> tuple[str, dict | None]:
+def signed_rank_verdict(a: dict, b: dict, direction: str, alpha: float = 0.025) -> tuple[str, dict | None]:
     """The verdict of a skewed paired outcome (drift, reach times) by the Wilcoxon signed-rank test of ``b − a``
     over the shared seeds (:func:`jaxnorm.stats.signed_rank`): *holds* when the one-sided p in ``direction`` is
     below ``alpha``, *fails* when the other side's is, else *inconclusive* (also with too few seeds or no
-    non-zero difference). Returns ``(verdict, result or None)``."""
+    non-zero difference). ``alpha`` 0.025 on each side is the 5% two-sided level of the report's 95% intervals.
+    Returns ``(verdict, result or None)``."""
     other = "less" if direction == "greater" else "greater"
     try:
         res, rev = stats.signed_rank(a, b, direction=direction), stats.signed_rank(a, b, direction=other)
@@ -423,18 +424,22 @@ def signed_rank_verdict(a: dict, b: dict, direction: str, alpha: float = 0.05) -
     return ("holds" if res["p"] < alpha else "fails" if rev["p"] < alpha else "inconclusive"), res
 
 
-def fisher_verdict(successes_a: int, n_a: int, successes_b: int, n_b: int, alpha: float = 0.05) -> tuple[str, float]:
+def fisher_verdict(successes_a: int, n_a: int, successes_b: int, n_b: int, alpha: float = 0.025) -> tuple[str, float]:
     """The verdict of "b succeeds more often than a" from run counts by Fisher's exact test: *holds* when the
-    one-sided p is below ``alpha``, *fails* when the opposite one's is, else *inconclusive*. Returns ``(verdict,
-    p)``."""
+    one-sided p is below ``alpha`` (0.025: the 5% two-sided level of the report's 95% intervals), *fails* when
+    the opposite one's is, else *inconclusive*. Returns ``(verdict, one-sided p)``."""
     p = stats.fisher_exact(successes_a, n_a, successes_b, n_b, direction="greater")
     q = stats.fisher_exact(successes_a, n_a, successes_b, n_b, direction="less")
     return ("holds" if p < alpha else "fails" if q < alpha else "inconclusive"), p
 
 
 def p_of(result: dict | None) -> float:
-    """A comparison's one-sided p-value (:func:`jaxnorm.stats.compare`'s ``p``); 1 without one (nothing shown)."""
-    return 1.0 if result is None else float(result["p"])
+    """A comparison's two-sided p-value, the paired t test of its per-seed differences (:func:`jaxnorm.stats.
+    t_test_p`): the test whose rejection at 5% is the 95% interval excluding zero, as the verdicts read it; 1
+    without a comparison."""
+    if result is None:
+        return 1.0
+    return stats.t_test_p(list(result["differences"].values()), direction="two-sided")
 
 
 def noise_floor(ctx: Context, point: str, num_test: int) -> str:
