@@ -69,6 +69,40 @@ def test_wilson_interval_and_success_rate_count_diverged_and_chance_runs():
     assert r["rate"] == 0.4 and (r["low"], r["high"]) == pytest.approx(stats.wilson_interval(2, 5))
 
 
+def test_success_rate_and_wilson_interval_at_their_edges():
+    # chance and margin: a run exactly at chance + margin is stuck at chance; the default margin is 0
+    assert stats.success_rate([0.5, 0.51], chance=0.25, margin=0.25)["successes"] == 1
+    assert stats.success_rate([0.15, 0.5], chance=0.1)["successes"] == 2
+    r = stats.success_rate([0.2, 0.3])  # no chance level: only divergence fails
+    assert (r["successes"], r["at_chance"], r["diverged"]) == (2, 0, 0)
+    r = stats.success_rate([0.9, 0.95, float("nan")], level=0.5)  # diverged runs are failures, never successes
+    assert (r["successes"], r["diverged"]) == (2, 1) and (r["low"], r["high"]) == pytest.approx(
+        stats.wilson_interval(2, 3, 0.5)
+    )
+    assert stats.success_rate([0.9])["successes"] == 1  # one run is a sample
+    with pytest.raises(ValueError, match="^success_rate: no runs$"):
+        stats.success_rate([])
+    with pytest.raises(ValueError, match="^success_rate: level must be in"):
+        stats.success_rate([0.9], level=1.5)
+    assert stats.wilson_interval(1, 1)[1] == 1.0  # one run is allowed
+    for k, n in ((6, 5), (-1, 5), (0, 0)):
+        with pytest.raises(ValueError, match=rf"^wilson_interval: need 0 <= successes <= n and n > 0, got {k} of {n}$"):
+            stats.wilson_interval(k, n)
+
+
+def test_kaplan_meier_median_multiplies_the_survival_and_stops_at_one_half():
+    # six runs all reaching the target at steps 1…6: S = 5/6, 4/6, 3/6 = ½ at step 3, which is the median
+    assert stats.kaplan_meier_median([1, 2, 3, 4, 5, 6], [True] * 6) == 3.0
+    assert stats.kaplan_meier_median([100, 200, 300, 400], [1, 1, 0, 0]) == 200.0  # 0/1 flags, not indices
+    assert stats.kaplan_meier_median([7], [True]) == 7.0
+    for times, flags in (([], []), ([1, 2], [True])):
+        with pytest.raises(
+            ValueError,
+            match=rf"^kaplan_meier_median: need equal, non-empty times and flags, got {len(times)} and {len(flags)}$",
+        ):
+            stats.kaplan_meier_median(times, flags)
+
+
 def test_binomial_noise_floor_of_a_test_set():
     assert stats.binomial_se(0.983, 360) == pytest.approx(0.00681, abs=2e-5)  # digits' 360 test images
     assert stats.binomial_se(0.9, 10_000) == pytest.approx(0.003)
