@@ -85,6 +85,7 @@ def test_success_rate_and_wilson_interval_at_their_edges():
     with pytest.raises(ValueError, match="^success_rate: level must be in"):
         stats.success_rate([0.9], level=1.5)
     assert stats.wilson_interval(1, 1)[1] == 1.0  # one run is allowed
+    assert stats.wilson_interval(2, 2, 0.5)[1] == 1.0  # its upper bound rounds to 1 + 2⁻⁵² there: capped at 1
     for k, n in ((6, 5), (-1, 5), (0, 0)):
         with pytest.raises(ValueError, match=rf"^wilson_interval: need 0 <= successes <= n and n > 0, got {k} of {n}$"):
             stats.wilson_interval(k, n)
@@ -93,7 +94,7 @@ def test_success_rate_and_wilson_interval_at_their_edges():
 def test_kaplan_meier_median_multiplies_the_survival_and_stops_at_one_half():
     # six runs all reaching the target at steps 1…6: S = 5/6, 4/6, 3/6 = ½ at step 3, which is the median
     assert stats.kaplan_meier_median([1, 2, 3, 4, 5, 6], [True] * 6) == 3.0
-    assert stats.kaplan_meier_median([100, 200, 300, 400], [1, 1, 0, 0]) == 200.0  # 0/1 flags, not indices
+    assert stats.kaplan_meier_median([100, 200, 300, 400], [0, 1, 1, 0]) == 300.0  # 0/1 flags, not indices
     assert stats.kaplan_meier_median([7], [True]) == 7.0
     for times, flags in (([], []), ([1, 2], [True])):
         with pytest.raises(
