@@ -502,3 +502,15 @@ def test_reach_time_edges():
     for steps, values in (([], []), ([1, 2], [0.1, 0.2, 0.3])):
         with pytest.raises(ValueError, match=rf"^reach_time: need equal, non-empty steps and values, got {len(steps)}"):
             stats.reach_time(steps, values, 0.5)
+
+
+def test_signed_rank_statistic_by_hand_and_its_errors():
+    a = {s: 0.0 for s in range(6)}
+    b = {0: 1.0, 1: 2.0, 2: -0.5, 3: 3.0, 4: 0.0, 5: 1.5}  # the zero difference is dropped (Wilcoxon's method)
+    res = stats.signed_rank(a, b, direction="greater")
+    # |d| ranks of the five non-zero differences: 0.5→1, 1→2, 1.5→3, 2→4, 3→5; W⁺ = 2 + 4 + 5 + 3
+    assert res["statistic"] == 14.0 and res["n"] == 6 and res["differences"] == b
+    with pytest.raises(ValueError, match="^signed_rank: direction must be"):
+        stats.signed_rank(a, b, direction="up")
+    with pytest.raises(ValueError, match="^signed_rank: 1 of 6 values are NaN"):
+        stats.signed_rank(a, {**b, 3: float("nan")})
