@@ -514,3 +514,46 @@ def test_signed_rank_statistic_by_hand_and_its_errors():
         stats.signed_rank(a, b, direction="up")
     with pytest.raises(ValueError, match="^signed_rank: 1 of 6 values are NaN"):
         stats.signed_rank(a, {**b, 3: float("nan")})
+
+
+@pytest.mark.parametrize(("d", "n80", "n90"), [(0.3, 90, 119), (0.5, 34, 44), (0.8, 15, 19), (1.0, 10, 13)])
+def test_seeds_for_power_equals_published_one_sample_t_sizes(d, n80, n90):
+    """G*Power's one-sample (paired) t test, two-tailed α = 0.05, effect size d = effect/sd: the total sizes for
+    power 0.8 and 0.9 (Faul et al. 2007; Cohen 1988, Table 2.4.1)."""
+    assert stats.seeds_for_power(1.0, d) == n80 and stats.seeds_for_power(2.0, 2 * d, power=0.9) == n90
+
+    # where the noncentral t's degrees of freedom decide the size (n − 1, not n + 1): the exact power at n and n − 1
+    for d, n in ((0.52, 32), (0.81, 15)):
+        assert stats.seeds_for_power(1.0, d) == n
+        power = lambda k: scipy_stats.nct.sf(scipy_stats.t.ppf(0.975, k - 1), k - 1, d * math.sqrt(k))  # noqa: E731
+        assert power(n) >= 0.8 > power(n - 1)
+
+
+def test_seeds_for_power_bounds_and_messages():
+    # the equivalence bound √n·margin/sd ≥ t(1 − α) + t(1 − (1 − power)/2), df n − 1, at its smallest n
+    for sd, margin in (
+        (1.0, 0.5),
+        (1.0, 1.0),
+        (0.7, 0.4),
+        (1.0, 0.9),
+        (1.0, 1.03),
+    ):  # 0.9, 1.03: where df n ± 1 moves it
+        m = stats.seeds_for_power(sd, margin, equivalence=True)
+        bound = lambda n: scipy_stats.t.ppf(0.975, n - 1) + scipy_stats.t.ppf(0.9, n - 1)  # noqa: E731
+        assert math.sqrt(m) * margin / sd >= bound(m) and math.sqrt(m - 1) * margin / sd < bound(m - 1)
+    assert stats.seeds_for_power(1.0, 0.5, max_seeds=34) == 34  # the limit itself is allowed
+    with pytest.raises(ValueError, match=r"^seeds_for_power: more than 33 seeds needed \(sd=1.0, effect=0.5\)"):
+        stats.seeds_for_power(1.0, 0.5, max_seeds=33)
+    with pytest.raises(
+        ValueError,
+        match=r"^seeds_for_power: more than 10000 seeds needed \(sd=1.0, effect=0.001\); the design cannot meet "
+        r"this: take a larger effect or margin, or reduce the variance$",
+    ):
+        stats.seeds_for_power(1.0, 0.001)
+    with pytest.raises(ValueError, match=r"^seeds_for_power: sd and effect must be positive, got sd=1.0, effect=0"):
+        stats.seeds_for_power(1.0, 0)
+    for p in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=rf"^seeds_for_power: power must be in \(0, 1\), e.g. 0.8, got {p}$"):
+            stats.seeds_for_power(1.0, 1.0, power=p)
+    with pytest.raises(ValueError, match=r"^seeds_for_power: level must be in \(0, 1\)"):
+        stats.seeds_for_power(1.0, 1.0, level=1.5)
