@@ -812,9 +812,10 @@ def main(argv=None) -> int:
         if unknown:
             raise ValueError(f"--only {' '.join(unknown)}: no such experiment; the experiments are {sorted(modules)}")
         names = [n for n in modules if not args.only or n in args.only]
+        overrides = {"size": args.size} if args.size != "small" else {}  # the same for every sweep
         if args.discovery_workdir:  # before anything runs: the two seed sets must be disjoint
             for name in names:
-                n = sweep.plan(modules[name].__file__, args.seeds, {"size": args.size})[2]
+                n = sweep.plan(modules[name].__file__, args.seeds, overrides)[2]
                 confirm = {args.first_seed + k * args.seed_stride for k in range(n)}
                 overlap = sorted(confirm & set(range(n)))
                 if overlap:
@@ -826,7 +827,6 @@ def main(argv=None) -> int:
         summaries, discovery = {}, {}
         for name in names:
             print(f"== {name}", flush=True)
-            overrides = {"size": args.size} if args.size != "small" else {}
             path = os.path.relpath(modules[name].__file__)  # the command in the report, as a user types it
             path = modules[name].__file__ if path.startswith("..") else path
             summaries[name] = sweep.run_sweep(
