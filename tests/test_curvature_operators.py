@@ -445,3 +445,27 @@ def test_bad_arguments_are_one_clear_error():
         r"\(8,\)\)",
     ):
         jp.dataset([bs[0], {k: v[:7] for k, v in bs[1].items()}])
+
+
+def test_directional_curvature_takes_its_operator_and_params_filter():
+    """gᵀMg/gᵀg for M the GGN and the empirical Fisher (not the Hessian: the three differ on this MLP), and for
+    M_SS restricted to the head's parameters with g_S (the other layers held fixed), against dense matrices."""
+    params, batch = mlp_params(), batches(1)[0]
+    g = np.asarray(ravel_pytree(jax.grad(CE)(params, batch))[0], np.float64)
+    mats = {
+        "hessian": dense(CE, params, batch),
+        "ggn": dense_ggn(CE, params, batch),
+        "empirical_fisher": dense_empirical_fisher(CE, params, batch),
+    }
+    want = {op: g @ m @ g / (g @ g) for op, m in mats.items()}
+    assert min(abs(want["ggn"] - want["hessian"]), abs(want["empirical_fisher"] - want["ggn"])) > 1e-2 * want["ggn"]
+    for op, w in want.items():
+        np.testing.assert_allclose(jp.directional_curvature(CE, params, batch, operator=op), w, rtol=1e-4, err_msg=op)
+    n0 = ravel_pytree(params["dense_0"])[0].size  # ravel order: dense_0 (bias, kernel), then head
+    s = slice(n0, None)
+    h_ss = mats["hessian"][s, s]
+    np.testing.assert_allclose(
+        jp.directional_curvature(CE, params, batch, params_filter=["head"]),
+        g[s] @ h_ss @ g[s] / (g[s] @ g[s]),
+        rtol=1e-4,
+    )

@@ -1055,3 +1055,49 @@ def test_bad_update_stats_names_update_stats():
     sn.use_running_average = "yes"  # as a bad nnx.view would set it
     with pytest.raises(TypeError, match=r"SpectralNorm: use_running_average must be a Python bool .*got 'yes'"):
         sn(jnp.ones((1, 3)))
+
+
+def test_noisy_batch_norm_constants_reach_the_noise():
+    """n_μ = r_μ = r_σ = 0 and n_σ = 1 draw s = 1, m = 0: training is BatchNorm exactly (a constant ignored brings
+    the paper's noise back); other constants equal the pure function with the same constants and key."""
+    x = rand((8, 6), loc=3.0, scale=2.0)
+    quiet = jnn.NoisyBatchNorm(6, n_mu=0.0, n_sigma=1.0, r_mu=0.0, r_sigma=0.0, rngs=nnx.Rngs(0, dropout=5))
+    plain = jnn.BatchNorm(6, rngs=nnx.Rngs(0))
+    set_affine(quiet, plain, c=6)
+    np.testing.assert_array_equal(np.asarray(quiet(x)), np.asarray(plain(x)))
+    consts = dict(n_mu=2.0, n_sigma=3.0, r_mu=0.4, r_sigma=0.3)
+    layer = jnn.NoisyBatchNorm(6, rngs=nnx.Rngs(0, dropout=5), **consts)
+    g, b = set_affine(layer, c=6)
+    key = nnx.Rngs(0, dropout=5)["dropout"].fork()()
+    y_ref, _ = jn.noisy_batch_norm(
+        x,
+        jnp.asarray(g, jnp.float32),
+        jnp.asarray(b, jnp.float32),
+        jn.init_batch_stats(6),
+        train=True,
+        key=key,
+        **consts,
+    )
+    close(layer(x), y_ref)
+
+
+def test_axis_index_groups_normalize_each_group_over_its_own_devices():
+    """BatchNorm(axis_name='d', axis_index_groups=[[0, 1], [2, 3]]) under pmap over the 4 fake devices: each device
+    normalizes with its pair's statistics (float64 reference), not all four devices' nor its own."""
+    groups = [[0, 1], [2, 3]]
+    x = rand((4, 4, 3), loc=1.0, scale=2.0) + 3.0 * jnp.arange(4.0)[:, None, None]
+    layer = jnn.BatchNorm(3, momentum=0.9, axis_name="d", axis_index_groups=groups, rngs=nnx.Rngs(0))
+    g, b = set_affine(layer, c=3)
+    gdef, state = nnx.split(layer)
+
+    def f(a, st):
+        m = nnx.merge(gdef, st)
+        y = m(a, use_running_average=False)
+        return y, m.mean[...], m.var[...]
+
+    y, mean_run, var_run = jax.pmap(f, axis_name="d", in_axes=(0, None))(x, state)
+    for dev in range(4):
+        pair = f64(x)[2 * (dev // 2) : 2 * (dev // 2) + 2].reshape(-1, 3)
+        close(y[dev], (f64(x)[dev] - pair.mean(0)) / np.sqrt(pair.var(0) + 1e-5) * g + b)
+        close(mean_run[dev], 0.1 * pair.mean(0))
+        close(var_run[dev], 0.9 + 0.1 * pair.var(0))

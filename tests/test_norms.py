@@ -692,3 +692,91 @@ def test_nan_in_masked_padding_never_reaches_the_gradients(name):
             np.where(valid[:, None, None], a, 0) if a.ndim == 3 else a,
             np.where(valid[:, None, None], ref, 0) if ref.ndim == 3 else ref,
         )
+
+
+def test_noisy_batch_norm_noise_constants_set_the_distributions():
+    """Algorithm 1 at constants other than the paper's: each one moves the distribution it names (a constant
+    ignored, i.e. its default used, fails one of these bounds), and noisy_batch_norm passes them on."""
+    n_mu, n_sigma, r_mu, r_sigma = 2.0, 3.0, 0.4, 0.3
+    shape = (4000, 5, 64)
+    s, m = jn.norms.batch_norm_noise(jax.random.key(3), shape, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma)
+    s, m = np.asarray(s).reshape(-1, 64), np.asarray(m).reshape(-1, 64)
+    mu_j, sigma_j = m.mean(0), s.mean(0)  # per-unit centres, within ±3e-3 of the drawn μ_j, σ_j (20000 samples)
+    assert np.all(np.abs(mu_j) <= n_mu + 0.01) and mu_j.max() - mu_j.min() > 2.0  # U(−2, 2): 64 draws span > 2
+    assert np.all((sigma_j >= 1 - 0.01) & (sigma_j <= n_sigma + 0.01)) and sigma_j.max() - sigma_j.min() > 1.0
+    dev_m = m - mu_j
+    assert np.abs(dev_m).max() <= r_mu + 5e-3 and abs(dev_m.std() - r_mu / np.sqrt(3)) < 3e-3
+    assert abs((s - sigma_j).std() - r_sigma) < 3e-3
+    x = rand((8, 4, 6), loc=1.0)
+    stats = jn.init_batch_stats(6)
+    consts = dict(n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma)
+    y, _ = jn.noisy_batch_norm(x, None, None, stats, train=True, key=jax.random.key(1), **consts)
+    s, m = jn.norms.batch_norm_noise(jax.random.key(1), x.shape, **consts)
+    y_bn, _ = jn.batch_norm(x, None, None, stats, train=True)
+    close(y, np.asarray(y_bn) * np.asarray(s) + np.asarray(m))
+
+
+def test_noisy_batch_norm_layer_without_noise_is_batch_norm():
+    """The linen layer with n_μ = r_μ = r_σ = 0 and n_σ = 1 draws s = 1, m = 0: training equals BatchNorm exactly
+    (any constant ignored would bring the paper's noise back)."""
+    x = rand((8, 4, 6), loc=1.0, scale=2.0)
+    quiet = jn.nn.NoisyBatchNorm(momentum=0.9, n_mu=0.0, n_sigma=1.0, r_mu=0.0, r_sigma=0.0)
+    plain = jn.nn.BatchNorm(momentum=0.9)
+    v = plain.init(jax.random.key(0), x, train=False)
+    v = {**v, "params": {"scale": affine(6)[0], "bias": affine(6)[1]}}
+    y_ref, st_ref = plain.apply(v, x, train=True, mutable=["batch_stats"])
+    y, st = quiet.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(5)})
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+    close(st["batch_stats"]["mean"], st_ref["batch_stats"]["mean"])
+    noisy = jn.nn.NoisyBatchNorm(momentum=0.9)
+    y_noisy, _ = noisy.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(5)})
+    assert float(jnp.abs(y_noisy - y_ref).max()) > 0.05
+
+
+def test_axis_index_groups_normalize_each_group_over_its_own_devices():
+    """Synchronized batch norm over the device groups [[0, 1], [2, 3]] (pmap over the 4 fake devices): each device
+    normalizes with its own pair's statistics, not the four devices' (the groups ignored) nor its own (no psum).
+    The pure batch_norm, batch_moments and the linen layer."""
+    assert jax.local_device_count() >= 4, "conftest fakes 4 CPU devices"
+    groups = [[0, 1], [2, 3]]
+    x = rand((4, 4, 3), loc=1.0, scale=2.0) + 3.0 * jnp.arange(4.0)[:, None, None]  # devices differ in mean
+    stats = jn.init_batch_stats(3)
+    g, b = affine(3)
+
+    def pure(a):
+        kw = dict(axis_name="d", axis_index_groups=groups)
+        y, s = jn.batch_norm(a, g, b, stats, train=True, momentum=0.9, **kw)
+        return y, s, jn.batch_moments(a, **kw)
+
+    layer = jn.nn.BatchNorm(momentum=0.9, axis_name="d", axis_index_groups=groups)
+    v = {"params": {"scale": g, "bias": b}, "batch_stats": {k: v for k, v in stats.items()}}
+
+    def linen(a):
+        y, st = layer.apply(v, a, train=True, mutable=["batch_stats"])
+        return y, st["batch_stats"]
+
+    y, s, m = jax.pmap(pure, axis_name="d")(x)
+    y_layer, s_layer = jax.pmap(linen, axis_name="d")(x)
+    x64 = np.asarray(x, np.float64)
+    for dev in range(4):
+        pair = x64[2 * (dev // 2) : 2 * (dev // 2) + 2].reshape(-1, 3)
+        mean, var = pair.mean(0), pair.var(0)
+        y_ref = (x64[dev] - mean) / np.sqrt(var + 1e-5) * np.asarray(g) + np.asarray(b)
+        close(y[dev], y_ref)
+        close(y_layer[dev], y_ref)
+        for st in (s, s_layer):
+            close(st["mean"][dev], 0.1 * mean)
+            close(st["var"][dev], 0.9 + 0.1 * var)  # flax's convention: the biased variance
+        close(m["mean"][dev], mean)
+        close(m["var"][dev], var)
+        assert int(m["count"][dev]) == 8
+
+
+def test_init_dtypes_are_the_ones_asked_for():
+    """init_batch_stats' and init_spectral_state's dtype reach the arrays (the count stays int32)."""
+    st = jn.init_batch_stats(3, jnp.float16)
+    assert (st["mean"].dtype, st["var"].dtype, st["count"].dtype) == (jnp.float16, jnp.float16, jnp.int32)
+    assert st["var"].tolist() == [1.0, 1.0, 1.0] and st["mean"].tolist() == [0.0, 0.0, 0.0]
+    u = jn.init_spectral_state(jax.random.key(0), jnp.ones((3, 3, 4, 8)), jnp.bfloat16)
+    assert u.dtype == jnp.bfloat16 and u.shape == (1, 8)
+    close(u, jax.random.normal(jax.random.key(0), (1, 8), jnp.bfloat16))

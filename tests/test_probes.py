@@ -377,6 +377,10 @@ def test_loss_slices_quadratic():
     np.testing.assert_allclose(flat["losses"], loss0, rtol=1e-5)
     d1 = {"w": jnp.asarray(np.eye(N)[0], jnp.float32)}
     d2 = {"w": jnp.asarray(np.eye(N)[1], jnp.float32)}
+    # a given direction is used as is (with a key too: the key is not drawn from), along e₀
+    along = jp.loss_slice_1d(quad_loss, params, batch, key=jax.random.key(0), direction=d1, steps=3, span=1.5)
+    al = np.asarray(along["alphas"])
+    np.testing.assert_allclose(along["losses"], loss0 + al * g[0] + 0.5 * al**2 * a[0, 0], rtol=1e-4, atol=1e-4)
     s2 = jp.loss_slice_2d(quad_loss, params, batch, directions=(d1, d2), steps=(3, 4), span=(-1.0, 1.0), chunk=5)
     assert s2["losses"].shape == (3, 4)
     i, j = 2, 3
@@ -440,6 +444,26 @@ def test_probes_leave_training_state_untouched():
     k9, k10 = jax.random.key(9), jax.random.key(10)
     assert float(lf(k9)) == float(lf(k9)) != float(lf(k10))
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state), before)
+
+
+def test_probe_fn_ics_takes_the_optimizers_step_from_tx():
+    """make_probe_fn(tx=SGD with momentum 0.9, trace 1): ICS's earlier layers move by −0.1·(g + 0.9), the step
+    written by hand as update_fn, not by the plain −lr·g that the run would take without tx."""
+    model, tx, state, batch = _bn_state()
+    ics = {"layers": ["dense_0", "head"], "chunk": None}
+
+    def run(**kw):
+        fn = jax.jit(jp.make_probe_fn(model, probes=("ics",), **kw))
+        return fn(state, batch, jax.random.key(4))
+
+    by_tx = run(tx=tx, lr=0.1, options={"ics": ics})
+    by_hand = run(
+        options={"ics": {**ics, "update_fn": lambda p, g: jax.tree.map(lambda w, d: w - 0.1 * (d + 0.9), p, g)}}
+    )
+    plain = run(lr=0.1, options={"ics": ics})
+    for k in ("ics/l2/head", "ics/cos/head"):
+        np.testing.assert_allclose(by_tx[k], by_hand[k], rtol=1e-5, err_msg=k)
+    assert abs(float(by_tx["ics/l2/head"]) - float(plain["ics/l2/head"])) > 1e-3 * abs(float(plain["ics/l2/head"]))
 
 
 def test_probe_fn_eager_compiles_once_per_shape():

@@ -380,6 +380,28 @@ def test_activation_percentiles_probe_matches_numpy():
         activation_percentiles_fn(cnn)(cnn.init(jax.random.key(0), xc, train=False), xc, jax.random.key(0))
 
 
+def test_activation_percentiles_options_take_effect():
+    """percentiles, layers and train=False against numpy on the sown inputs of a BN network evaluated with its
+    running statistics (which differ from the batch's: the running mean is 0, the batch's is not)."""
+    from jaxnorm.lab.models import build_model
+    from jaxnorm.probes import activation_percentiles_fn
+
+    model = build_model("ioffe_mlp", norm="batch")
+    x = 2.0 + jax.random.normal(jax.random.key(0), (60, 64))
+    v = model.init(jax.random.key(1), x, train=False)
+    out = activation_percentiles_fn(model, unit=1, percentiles=(10.0, 90.0), train=False, layers=["preact_1"])(
+        v, x, jax.random.key(2)
+    )
+    assert sorted(out) == ["preact_1/p10", "preact_1/p90"]
+    _, state = model.apply(v, x, train=False, mutable=["intermediates"])
+    col = np.asarray(state["intermediates"]["preact_1"][0])[:, 1]
+    _, state_train = model.apply(v, x, train=True, mutable=["intermediates", "batch_stats"])
+    col_train = np.asarray(state_train["intermediates"]["preact_1"][0])[:, 1]
+    for q in (10, 90):
+        np.testing.assert_allclose(out[f"preact_1/p{q}"], np.percentile(col, q), rtol=1e-5)
+        assert abs(np.percentile(col, q) - np.percentile(col_train, q)) > 0.05  # train=True would read another one
+
+
 def test_norm_invariances_reproduce_ba_table_1():
     from jaxnorm.probes import invariance
 
