@@ -780,3 +780,17 @@ def test_init_dtypes_are_the_ones_asked_for():
     u = jn.init_spectral_state(jax.random.key(0), jnp.ones((3, 3, 4, 8)), jnp.bfloat16)
     assert u.dtype == jnp.bfloat16 and u.shape == (1, 8)
     close(u, jax.random.normal(jax.random.key(0), (1, 8), jnp.bfloat16))
+
+
+def test_batch_moments_shift_is_the_one_pass_formulas_k():
+    """``shift`` is the k of σ² = Σ(x−k)²/n − (μ−k)²: at k = 0 float32 cancels the whole variance of data at mean
+    3000 with σ = 0.1 (what the default, the first value, avoids); at k near the mean it is the float64 variance."""
+    r = np.random.default_rng(0)
+    x = (3000.0 + 0.1 * r.normal(size=(64, 3))).astype(np.float32)
+    var64 = x.astype(np.float64).var(0)
+    at_zero = jn.batch_moments(jnp.asarray(x), shift=jnp.zeros(3))
+    assert np.all(np.abs(np.asarray(at_zero["var"]) - var64) > 0.5 * var64)  # measured: 0, 1, 1 vs ~0.01
+    for shift in (None, x.astype(np.float64).mean(0), np.full(3, 2999.9)):
+        m = jn.batch_moments(jnp.asarray(x), shift=None if shift is None else jnp.asarray(shift, jnp.float32))
+        np.testing.assert_allclose(m["var"], var64, rtol=1e-4)  # measured 2e-5 at k = 2999.9
+        np.testing.assert_allclose(m["mean"], x.astype(np.float64).mean(0), rtol=1e-7, atol=1e-4)

@@ -205,6 +205,34 @@ def test_the_loops_model_and_data_options_reach_the_model_and_the_batches():
     assert not np.array_equal(b["x"], plain["x"])
 
 
+def test_drop_remainder_eval_batch_size_and_data_dir_reach_the_data(tmp_path):
+    """drop_remainder=False: each epoch's last step is the short batch, padded and masked (True: every step is
+    full), in the loop's batch and in its input pipeline; eval_batch_size: the number of evaluation batches;
+    data_dir: where the dataset is prepared."""
+    from jaxnorm.lab.data import num_batches
+    from jaxnorm.lab.train import loop
+
+    kept = _smoke_exp(norm="none", drop_remainder=False, data_dir=str(tmp_path / "tfds"), eval_batch_size=40)
+    n = len(kept.dataset.train)
+    assert n % 32, "the smoke train split must not be a multiple of the batch"
+    last = num_batches(n, 32, drop_remainder=False) - 1
+    assert int(loop.train_batch(kept, last)["mask"].sum()) == n % 32
+    with loop.input_pipeline(kept, last) as pipeline:
+        np.testing.assert_array_equal(next(pipeline)["mask"], loop.train_batch(kept, last)["mask"])
+    dropped = _smoke_exp(norm="none", drop_remainder=True)
+    assert all(bool(loop.train_batch(dropped, t)["mask"].all()) for t in (last - 1, last, last + 1))
+    assert any(os.scandir(tmp_path / "tfds")) and kept.dataset.info.data_dir == str(tmp_path / "tfds")
+    calls = []
+
+    def eval_step(variables, batch):
+        calls.append(int(batch["mask"].sum()))
+        return {"loss_sum": 0.0, "correct": 0, "count": int(batch["mask"].sum())}
+
+    loop.evaluate(kept, eval_step, None)
+    m = len(kept.dataset.test)
+    assert len(calls) == -(-m // 40) and sum(calls) == m
+
+
 # ---- training-loop options, through train_and_evaluate ---------------------------------------------------------------
 
 
