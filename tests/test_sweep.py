@@ -166,6 +166,8 @@ def test_sweep_cli_errors_before_running(tmp_path, capsys):
         (["--first-seed", "-1"], ("--first-seed", "-1")),
         (["--seed-stride", "0"], ("--seed-stride", "0")),
         (["--first-seed", str(2**30 - 1), "--seed-stride", str(2**29)], ("int32", "--first-seed")),
+        (["--jobs", "0"], ("--jobs", "0")),
+        (["--jobs", "4096"], ("--jobs 4096", "CPU cores", "or less")),
         (["--config.model_kwargs.kernel_sise=5"], ("kernel_sise", "not a field of the model cnn1d", "kernel_size")),
     ):
         assert sweep.main(args + flags) == 1, flags
@@ -175,6 +177,57 @@ def test_sweep_cli_errors_before_running(tmp_path, capsys):
     # a model field the experiment file does not set is declared, and reaches every point's config
     _, points, _ = sweep.plan(EXPERIMENT_FILES["ba"], 1, {"size": "smoke", "model_kwargs.kernel_size": 5})
     assert points and all(p["config"].model_kwargs.kernel_size == 5 for p in points)
+
+
+TINY_EXPERIMENT = (
+    "from jaxnorm.lab.train.config import base_config\n"
+    "def get_config():\n"
+    "    c = base_config(); c.dataset = 'digits'; c.model = 'mlp'; c.norm = 'batch'; c.optimizer = 'momentum'\n"
+    "    c.schedule = 'constant'; c.batch_size = 32; c.num_steps = 12; c.eval_every = 6; c.log_every = 6\n"
+    "    c.checkpoint_every = 12; c.model_kwargs.hidden = (64, 64); c.parallel = 'none'\n"
+    "    return c\n"
+    "def get_sweep(config):\n"
+    "    return [{'learning_rate': 0.05}, {'learning_rate': 0.2}]\n"
+)
+
+
+def test_jobs_train_side_by_side_each_on_its_share_of_the_cores(tmp_path, monkeypatch):
+    """--jobs 2: two worker processes, each pinned to half the cores; the rows in the grid's order whatever order
+    the runs finish in, each run's numbers bit-identical to the same sweep in one process on that many cores, and
+    a second call skips every run without starting a worker."""
+    cores = sweep._cores()
+    if len(cores) < 2:
+        pytest.skip(f"--jobs 2 needs 2 CPU cores, this machine gives {len(cores)}")
+    exp = tmp_path / "exp.py"
+    exp.write_text(TINY_EXPERIMENT)
+    logged = []
+    two = sweep.run_sweep(str(exp), str(tmp_path / "two"), 2, {}, plots=False, log=logged.append, jobs=2)
+    assert [(r["point"], r["seed"]) for r in two["runs"]] == [
+        (p, s) for p in ("learning_rate-0.05", "learning_rate-0.2") for s in (0, 1)
+    ]
+    assert all(r["status"] == "finished" and not r["skipped"] for r in two["runs"])
+    assert sorted(int(m.split("/")[0][1:]) for m in logged) == [1, 2, 3, 4]
+    share = cores[: len(cores) // 2]
+    subprocess.run(
+        [sys.executable, "-m", "jaxnorm.lab.sweep", str(exp), "--workdir", str(tmp_path / "one"), "--seeds", "2"]
+        + ["--no-plots"],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, share),
+    )
+    with open(tmp_path / "one" / "summary.json") as f:
+        one = json.load(f)
+    for a, b in zip(two["runs"], one["runs"]):
+        assert (a["point"], a["seed"]) == (b["point"], b["seed"])
+        assert a["test_loss"] == b["test_loss"] and a["train_loss"] == b["train_loss"], (a, b)
+        with open(os.path.join(a["workdir"], "result.json")) as f:
+            assert json.load(f)["cpus"] == len(share)
+    assert two["runs"][0]["test_loss"] != two["runs"][2]["test_loss"]  # the points are different runs
+    monkeypatch.setattr(sweep, "_run_in_workers", lambda *a: pytest.fail("a worker started for finished runs"))
+    again = sweep.run_sweep(str(exp), str(tmp_path / "two"), 2, {}, plots=False, log=lambda *_: None, jobs=2)
+    assert all(r["skipped"] for r in again["runs"])
 
 
 def test_diverged_run_is_a_result_and_is_not_rerun(tmp_path):

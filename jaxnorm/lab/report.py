@@ -1,11 +1,12 @@
 """The results report: ``python -m jaxnorm.lab.report [--experiments experiments] [--workdir runs/results]
-[--out WORKDIR/results.md] [--seeds N] [--size small] [--only NAME ...]``.
+[--out WORKDIR/results.md] [--seeds N] [--size small] [--only NAME ...] [--jobs N]``.
 
 The experiments are the files of ``experiments/`` (one per paper, read by path; a new paper is one new file). Each
 holds its training config and grid (``get_config``, ``get_sweep``: :mod:`jaxnorm.lab.sweep` runs it), ``TITLE``,
 ``ORDER`` (its place in the report), ``SEEDS``, the paper's numbers with their sources, and ``section(ctx) -> str``:
 its analysis and report section, which records one :class:`Finding` per claim with ``ctx.claim(...)``. This module
-runs (or finishes: finished runs are skipped) every experiment's sweep, then writes the report (``--out``, by default
+runs (or finishes: finished runs are skipped) every experiment's sweep (``--jobs N``: N runs at once, with the
+same numbers as one at a time), then writes the report (``--out``, by default
 ``WORKDIR/results.md``, inside the sweeps' workdir) and its figures (``figures/*.png`` beside it): a claims table
 (paper, claim, source, our setting, our number with its 95% confidence interval, verdict), then one section per
 experiment. Every number comes from the runs; the claims quoted from the papers are the only fixed text. The
@@ -802,6 +803,9 @@ def main(argv=None) -> int:
         help="also run (or finish) every sweep there on seeds 0, 1, … (the discovery seeds) and show each primary "
         "claim's verdict on them beside the confirmation's: a claim counts only when both agree",
     )
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at once, one worker process each (default 1; 2 on 2 cores)"
+    )
     p.add_argument("--only", nargs="*", default=None, help="a subset of experiments (file stems)")
     p.add_argument("--size", default="small", help="the configs' size preset (small; smoke for a quick check)")
     args = p.parse_args(argv)
@@ -836,11 +840,12 @@ def main(argv=None) -> int:
                 overrides,
                 first_seed=args.first_seed,
                 seed_stride=args.seed_stride,
+                jobs=args.jobs,
             )
             if args.discovery_workdir:
                 print(f"== {name} (discovery seeds)", flush=True)
                 discovery[name] = sweep.run_sweep(
-                    path, os.path.join(args.discovery_workdir, name), args.seeds, overrides
+                    path, os.path.join(args.discovery_workdir, name), args.seeds, overrides, jobs=args.jobs
                 )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
