@@ -191,11 +191,18 @@ def test_batch_norm_pytorch_convention(cumulative):
     outs, rm, rv = torch_bn_reference(xs, cumulative=cumulative)
     stats = jn.init_batch_stats(5)
     kw = {"momentum": None} if cumulative else {}  # default momentum under 'pytorch' is 0.1
+    layer = jn.nn.BatchNorm(convention="pytorch", use_scale=False, use_bias=False, **kw)  # the linen front-end
+    v = layer.init(jax.random.key(0), xs[0], train=False)
     for x, ref in zip(xs, outs):
         y, stats = jn.batch_norm(x, None, None, stats, train=True, convention="pytorch", **kw)
         close(y, ref, 1e-4)
+        y_layer, upd = layer.apply(v, x, train=True, mutable=["batch_stats"])
+        v = {**v, **upd}
+        close(y_layer, ref, 1e-4)
     close(stats["mean"], rm)
     close(stats["var"], rv)
+    close(v["batch_stats"]["mean"], rm)
+    close(v["batch_stats"]["var"], rv)
     x = xs[0]
     y, _ = jn.batch_norm(x, None, None, stats, train=False, convention="pytorch")
     close(y, (np.asarray(x) - rm) / np.sqrt(rv + 1e-5), 1e-4)
