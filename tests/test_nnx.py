@@ -1101,3 +1101,14 @@ def test_axis_index_groups_normalize_each_group_over_its_own_devices():
         close(y[dev], (f64(x)[dev] - pair.mean(0)) / np.sqrt(pair.var(0) + 1e-5) * g + b)
         close(mean_run[dev], 0.1 * pair.mean(0))
         close(var_run[dev], 0.9 + 0.1 * pair.var(0))
+
+
+def test_ghost_batch_norm_layer_normalizes_each_virtual_batch():
+    """BatchNorm(virtual_batch_size=4) on 12 examples: each group of 4 normalized by its own statistics, the running
+    ones the mean of the three (momentum 0), as the pure function computes them."""
+    x = rand((12, 3), loc=1.0, scale=2.0)
+    layer = jnn.BatchNorm(3, momentum=0.0, virtual_batch_size=4, use_scale=False, use_bias=False, rngs=nnx.Rngs(0))
+    y_ref, st = jn.batch_norm(x, None, None, jn.init_batch_stats(3), train=True, virtual_batch_size=4, momentum=0.0)
+    close(layer(x), y_ref)
+    close(layer.var[...], st["var"])
+    close(y_ref[:4], ref_bn_train(x[:4], 1.0, 0.0)[0])

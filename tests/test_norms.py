@@ -454,6 +454,12 @@ def test_ghost_batch_norm_normalizes_each_virtual_batch():
     close(y, jnp.concatenate([p[0] for p in parts]))
     close(s["mean"], np.mean([p[1]["mean"] for p in parts], 0))
     close(s["var"], np.mean([p[1]["var"] for p in parts], 0))
+    # the linen layer passes virtual_batch_size on (its momentum 0.0: the statistics are this batch's)
+    layer = jn.nn.BatchNorm(momentum=0.0, virtual_batch_size=4, use_scale=False, use_bias=False)
+    v = layer.init(jax.random.key(0), x, train=False)
+    y_layer, upd = layer.apply(v, x, train=True, mutable=["batch_stats"])
+    close(y_layer, y)
+    close(upd["batch_stats"]["var"], s["var"])
 
 
 def test_batch_renorm_reduces_to_batch_norm_and_clips():
