@@ -65,6 +65,30 @@ def test_log_embedding_norm_config_key_logs_every_arm(tmp_path):
     assert "log_embedding_norm" not in config_lib.result_affecting(config_lib.base_config())
 
 
+
+def test_log_first_step_logs_the_initial_networks_metrics_apart(tmp_path):
+    """log_first_step: a train row after step 1 alone, whose ‖h‖² is the initial network's on batch 0 (before the
+    first update, from the run's own initial state); without it the first row is the first log window's."""
+    c = _smoke(log_embedding_norm=True, log_first_step=True, num_steps=4, log_every=2, eval_every=4)
+    c.checkpoint_every = 4
+    loop.train_and_evaluate(c, str(tmp_path / "w"))
+    from jaxnorm.lab.train.metrics import read_metrics, series
+
+    steps_, v = series(read_metrics(str(tmp_path / "w")), "train", "embedding_norm_sq")
+    assert steps_ == [1, 2, 4]
+    exp, trajectory = loop.restore_trajectory(str(tmp_path / "w"))
+    step0, init = trajectory[0]
+    batch = loop.train_batch(exp, 0)
+    _, h = exp.model.apply(init.variables(), batch["x"], train=True, return_features=True)
+    np.testing.assert_allclose(v[0], float(jnp.mean(jnp.sum(h.reshape(h.shape[0], -1) ** 2, -1))), rtol=1e-5)
+    c2 = _smoke(log_embedding_norm=True, num_steps=4, log_every=2, eval_every=4)
+    c2.checkpoint_every = 4
+    loop.train_and_evaluate(c2, str(tmp_path / "w2"))
+    assert series(read_metrics(str(tmp_path / "w2")), "train", "embedding_norm_sq")[0] == [2, 4]
+    assert config_lib.upgrade({"seed": 0})["log_first_step"] is False
+    assert "log_first_step" not in config_lib.result_affecting(config_lib.base_config())
+    assert DAUPHIN.get_config().log_first_step is True
+
 # --------------------------------------------------------------------------------------------------------------------
 # grids: every name an analysis uses is a grid point
 

@@ -71,6 +71,7 @@ DESCRIPTIONS = {
     "max_norm": "> 0: project each kernel's incoming-weight vectors onto the ball of that radius; 0 = off",
     "embedding_reg": "the weight of the embedding penalty mean ‖h(x)‖² of the head's input; 0 = off",
     "log_embedding_norm": "log embedding_norm_sq = mean ‖h(x)‖² even when embedding_reg is 0",
+    "log_first_step": "also a train row after step 1 alone: the initial network's metrics (before the first update)",
     "schedule": "the learning-rate schedule",
     "warmup_steps": "steps of linear warm-up before the schedule",
     "decay_boundaries": "step schedule: fractions of num_steps where the learning rate is multiplied by decay_factor",

@@ -59,6 +59,7 @@ ADDED_KEY_DEFAULTS = {
     "eval_train": False,
     "log_embedding_norm": False,
     "schedule_steps": 0,
+    "log_first_step": False,
 }
 BN_MODES = ("train", "eval")
 
@@ -136,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
     # network's, lower than the deterministic network's, so a gap computed from it favours dropout
     c.eval_train = False
     c.log_every = 50
+    # also a train row after the first step alone: its metrics are the initial network's (computed before the
+    # step's update), e.g. ‖h‖² at initialization; a separate row, not averaged into the first log window's
+    c.log_first_step = False
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
     c.resume = True

@@ -241,13 +241,16 @@ def _stage(c, directory: str) -> stage_lib.Stage:
     def every(*periods):
         return lambda done: any(done % n == 0 for n in periods)
 
+    def log_at(done):
+        return every(c.log_every, c.checkpoint_every, c.eval_every)(done) or (c.log_first_step and done == 1)
+
     return stage_lib.Stage(
         name="training",
         step_label="step",
         split="train",
         total=c.num_steps,
         checkpoint_dir=directory,
-        log_at=every(c.log_every, c.checkpoint_every, c.eval_every),
+        log_at=log_at,
         checkpoint_at=every(c.checkpoint_every),
         eval_at=every(c.eval_every),
         summarize=_summarize,
