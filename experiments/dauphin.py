@@ -128,23 +128,13 @@ def recovered_fraction(
     """The fraction of BN's benefit the regularization recovers, ``mean(reg − none) / mean(bn − none)`` over the
     seeds all three arms share, with a 95% percentile bootstrap interval over seeds (resampled together, so the
     pairing is kept). None with fewer than 2 shared seeds or a non-positive BN benefit (nothing to recover)."""
-    common = sorted(set(none) & set(bn) & set(reg))
-    if len(common) < 2:
-        return None
-    a = np.array([none[s] for s in common])
-    d_bn = np.array([bn[s] for s in common]) - a
-    d_reg = np.array([reg[s] for s in common]) - a
-    if not d_bn.mean() > 0:
-        return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(common), (resamples, len(common)))
-    den = d_bn[idx].mean(axis=1)
-    ratio = np.where(den > 0, d_reg[idx].mean(axis=1) / np.where(den > 0, den, 1.0), np.nan)
-    if np.mean(np.isnan(ratio)) > 0.025:  # BN's benefit is not clearly positive: the ratio has no interval
-        lo, hi = -math.inf, math.inf
-    else:
-        lo, hi = np.nanquantile(ratio, [0.025, 0.975])
-    return stats.Interval(float(d_reg.mean() / d_bn.mean()), float(lo), float(hi), len(common), 0.95, "bootstrap")
+    common = set(none) & set(bn) & set(reg)
+    return stats.ratio_ci(
+        {s: reg[s] - none[s] for s in common},
+        {s: bn[s] - none[s] for s in common},
+        num_resamples=resamples,
+        seed=seed,
+    )
 
 
 def section(ctx) -> str:

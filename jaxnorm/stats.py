@@ -732,6 +732,59 @@ def crossed_bootstrap_ci(
 MAGNITUDE_NOT_REPRODUCED = "magnitude not reproduced"
 
 
+
+def ratio_ci(
+    numerator: Mapping, denominator: Mapping, *, level: float = 0.95, num_resamples: int = 10_000, seed: int = 0
+) -> Interval | None:
+    """The ratio of two paired means, ``mean(numerator) / mean(denominator)`` over the keys (seeds) both share, with
+    a percentile bootstrap interval that resamples the keys together (the pairing kept).
+
+    Formula: ``R = Σ_s a_s / Σ_s b_s``; each resample draws the shared keys with replacement and recomputes R. When
+    more than ``(1 − level)/2`` of the resampled denominators are ≤ 0 the ratio is unbounded and the interval is
+    ``(−inf, inf)``; otherwise it is the resamples' central ``level`` quantiles (those with a denominator ≤ 0 left
+    out). Reduces over: the shared keys.
+
+    Reference: Efron & Tibshirani (1993), An Introduction to the Bootstrap (§13, the percentile interval; the ratio
+    of means, §10).
+
+    Args:
+      numerator: ``{key: value}``, e.g. per-seed differences.
+      denominator: ``{key: value}``; its mean must be positive.
+      level: the confidence level.
+      num_resamples: bootstrap resamples.
+      seed: the resampling seed (the interval is reproducible).
+
+    Returns:
+      An :class:`Interval` (method ``'bootstrap'``), or None with fewer than 2 shared keys or a denominator mean
+      ≤ 0 (no ratio to speak of).
+
+    Raises:
+      ValueError: a non-finite value, or a level outside (0, 1).
+
+    Examples:
+    >>> from jaxnorm.stats import ratio_ci
+    >>> r = ratio_ci({0: 1.0, 1: 2.0, 2: 3.0}, {0: 4.0, 1: 4.0, 2: 4.0})
+    >>> round(r.estimate, 4), r.low >= 0.25, r.high <= 0.75
+    (0.5, True, True)
+    """
+    level = _check_level("ratio_ci", level)
+    common = sorted(set(numerator) & set(denominator))
+    if len(common) < 2:
+        return None
+    a = _finite("ratio_ci", [numerator[k] for k in common])
+    b = _finite("ratio_ci", [denominator[k] for k in common])
+    if not b.mean() > 0:
+        return None
+    idx = np.random.default_rng(seed).integers(0, len(common), (num_resamples, len(common)))
+    den = b[idx].mean(axis=1)
+    ratio = np.where(den > 0, a[idx].mean(axis=1) / np.where(den > 0, den, 1.0), np.nan)
+    tail = (1.0 - level) / 2
+    if np.mean(np.isnan(ratio)) > tail:
+        lo, hi = -math.inf, math.inf
+    else:
+        lo, hi = np.nanquantile(ratio, [tail, 1.0 - tail])
+    return Interval(float(a.mean() / b.mean()), float(lo), float(hi), len(common), level, "bootstrap")
+
 def magnitude_verdict(interval: Interval, direction: str, paper_effect: float | None = None) -> str:
     """The verdict of a directional claim judged against the paper's own effect size as well as against zero.
 

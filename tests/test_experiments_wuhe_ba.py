@@ -92,7 +92,9 @@ def test_wu_he_interaction_holds_when_bn_degrades_and_gn_is_flat(tmp_path):
     text = WU_HE.section(ctx)
     assert text.count("**Verdict**") == 1
     verdicts = [f.verdict for f in ctx.findings]
-    assert len(verdicts) == 7 and verdicts.count("holds") == 6, [(f.claim, f.verdict, f.ours) for f in ctx.findings]
+    assert len(verdicts) == 8 and verdicts.count("holds") == 7, [(f.claim, f.verdict, f.ours) for f in ctx.findings]
+    rel = [f for f in ctx.findings if f.claim.startswith("GN's error is flat relative to BN's")]
+    assert rel[0].verdict == "holds" and rel[0].ours.startswith("+0.00 [")  # GN unchanged: 0 of BN's 7 points
     assert "+7.00" in text and "+11.1" in text  # ours and the paper's interaction (Table 2)
     for f in ctx.findings:
         assert f.source.startswith(("Wu & He 2018, Table", "Wu & He 2018, abstract"))
@@ -219,3 +221,12 @@ def test_ba_bn_below_ln_fails_and_diverged_counts(tmp_path):
     assert f["ConvNet: BN outperforms LN"].verdict == "fails"
     early_none = BA.early_accuracy(ctx, "none")
     assert early_none[2] == BA.CHANCE and len(early_none) == SEEDS
+
+
+def test_wu_he_flatness_relative_to_bn_fails_when_gn_degrades_half_as_much(tmp_path):
+    """In the deep CNN BN's error grows by 10 points and GN's by 5: GN's change is 0.5 of BN's, outside ±0.25."""
+    acc = _wu_he_accuracies(bn32=0.97, bn2=0.87, gn32=0.96, gn2=0.91)
+    ctx = _ctx(_summary(WU_HE.__file__, acc, tmp_path), tmp_path)
+    WU_HE.section(ctx)
+    (rel,) = [f for f in ctx.findings if f.claim.startswith("GN's error is flat relative to BN's")]
+    assert rel.verdict == "fails" and rel.ours.startswith("+0.50 ["), rel.ours

@@ -557,3 +557,30 @@ def test_seeds_for_power_bounds_and_messages():
             stats.seeds_for_power(1.0, 1.0, power=p)
     with pytest.raises(ValueError, match=r"^seeds_for_power: level must be in \(0, 1\)"):
         stats.seeds_for_power(1.0, 1.0, level=1.5)
+
+
+def test_ratio_ci_of_paired_means():
+    """mean(a)/mean(b) over the shared keys with a bootstrap interval that resamples keys together: exact when the
+    ratio is the same for every key, unbounded when the denominator's sign is unclear, None without a ratio."""
+    b = {s: 1.0 + s for s in range(8)}
+    r = stats.ratio_ci({s: 2.5 * v for s, v in b.items()}, {**b, 99: 5.0})  # key 99 is not shared
+    assert (r.estimate, r.low, r.high, r.n, r.method) == (
+        pytest.approx(2.5),
+        pytest.approx(2.5),
+        pytest.approx(2.5),
+        8,
+        "bootstrap",
+    )
+    rng = np.random.default_rng(0)
+    a = {s: float(v) for s, v in enumerate(rng.normal(1.0, 0.5, 12))}
+    d = {s: float(v) for s, v in enumerate(rng.normal(2.0, 0.5, 12))}
+    wide, narrow = stats.ratio_ci(a, d), stats.ratio_ci(a, d, level=0.5)
+    assert wide.estimate == pytest.approx(np.mean(list(a.values())) / np.mean(list(d.values())))
+    assert wide.low < narrow.low < wide.estimate < narrow.high < wide.high
+    assert stats.ratio_ci(a, d, seed=1) != wide and stats.ratio_ci(a, d) == wide  # reproducible by its seed
+    unclear = stats.ratio_ci(a, {s: 0.1 + (1.0 if s % 2 else -1.0) for s in range(12)})
+    assert (unclear.low, unclear.high) == (-math.inf, math.inf)
+    assert stats.ratio_ci(a, {s: -1.0 for s in range(12)}) is None
+    assert stats.ratio_ci({0: 1.0}, {0: 1.0}) is None
+    with pytest.raises(ValueError, match="ratio_ci"):
+        stats.ratio_ci({0: 1.0, 1: math.nan}, {0: 1.0, 1: 1.0})
