@@ -732,7 +732,6 @@ def crossed_bootstrap_ci(
 MAGNITUDE_NOT_REPRODUCED = "magnitude not reproduced"
 
 
-
 def ratio_ci(
     numerator: Mapping, denominator: Mapping, *, level: float = 0.95, num_resamples: int = 10_000, seed: int = 0
 ) -> Interval | None:
@@ -784,6 +783,7 @@ def ratio_ci(
     else:
         lo, hi = np.nanquantile(ratio, [tail, 1.0 - tail])
     return Interval(float(a.mean() / b.mean()), float(lo), float(hi), len(common), level, "bootstrap")
+
 
 def magnitude_verdict(interval: Interval, direction: str, paper_effect: float | None = None) -> str:
     """The verdict of a directional claim judged against the paper's own effect size as well as against zero.

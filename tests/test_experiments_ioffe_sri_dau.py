@@ -65,7 +65,6 @@ def test_log_embedding_norm_config_key_logs_every_arm(tmp_path):
     assert "log_embedding_norm" not in config_lib.result_affecting(config_lib.base_config())
 
 
-
 def test_log_first_step_logs_the_initial_networks_metrics_apart(tmp_path):
     """log_first_step: a train row after step 1 alone, whose ‖h‖² is the initial network's on batch 0 (before the
     first update, from the run's own initial state); without it the first row is the first log window's."""
@@ -88,6 +87,7 @@ def test_log_first_step_logs_the_initial_networks_metrics_apart(tmp_path):
     assert config_lib.upgrade({"seed": 0})["log_first_step"] is False
     assert "log_first_step" not in config_lib.result_affecting(config_lib.base_config())
     assert DAUPHIN.get_config().log_first_step is True
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # grids: every name an analysis uses is a grid point
