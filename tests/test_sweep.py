@@ -208,15 +208,13 @@ def test_jobs_train_side_by_side_each_on_its_share_of_the_cores(tmp_path, monkey
     assert all(r["status"] == "finished" and not r["skipped"] for r in two["runs"])
     assert sorted(int(m.split("/")[0][1:]) for m in logged) == [1, 2, 3, 4]
     share = cores[: len(cores) // 2]
-    subprocess.run(
-        [sys.executable, "-m", "jaxnorm.lab.sweep", str(exp), "--workdir", str(tmp_path / "one"), "--seeds", "2"]
-        + ["--no-plots"],
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-        timeout=300,
-        preexec_fn=lambda: os.sched_setaffinity(0, share),
+    # the child pins itself before JAX starts (a preexec_fn would fork this multithreaded JAX process)
+    pinned = (
+        f"import os, runpy, sys; os.sched_setaffinity(0, {share!r}); sys.argv = ['sweep', {str(exp)!r}, "
+        f"'--workdir', {str(tmp_path / 'one')!r}, '--seeds', '2', '--no-plots']; "
+        "runpy.run_module('jaxnorm.lab.sweep', run_name='__main__')"
     )
+    subprocess.run([sys.executable, "-c", pinned], check=True, capture_output=True, cwd=ROOT, timeout=300)
     with open(tmp_path / "one" / "summary.json") as f:
         one = json.load(f)
     for a, b in zip(two["runs"], one["runs"]):
