@@ -126,8 +126,9 @@ def test_random_streams_are_the_recorded_derivations():
         np.testing.assert_array_equal(
             rng.numpy_stream(seed, "synthetic_data").random(4), np.random.default_rng([seed, 7]).random(4)
         )
-    with pytest.raises(ValueError, match=r"unknown random stream 'dropuot'; the streams are 'params', 'dropout'"):
+    with pytest.raises(ValueError, match=r"unknown random stream 'dropuot'; the streams are 'params', 'dropout'") as e:
         rng.rng_stream(0, "dropuot")
+    assert str(e.value).endswith("'synthetic_data' (jaxnorm.lab.rng.STREAM_IDS)")  # where the table is
 
 
 # ---- config keys -------------------------------------------------------------------------------------------------
