@@ -1112,3 +1112,14 @@ def test_ghost_batch_norm_layer_normalizes_each_virtual_batch():
     close(layer(x), y_ref)
     close(layer.var[...], st["var"])
     close(y_ref[:4], ref_bn_train(x[:4], 1.0, 0.0)[0])
+
+
+def test_population_batch_stats_of_a_channels_first_batch_norm():
+    """BatchNorm(axis=1) on N×C×L batches: the population statistics are per channel of axis 1 (float64 reference,
+    the unbiased variance averaged over batches), not per position of the last axis."""
+    m = nnx.Sequential(jnn.BatchNorm(3, axis=1, rngs=nnx.Rngs(0)))
+    batches = [rand((4, 3, 5), seed=70 + i, loc=1.0 + i, scale=2.0) for i in range(3)]
+    bn = jnn.population_batch_stats(m, batches).layers[0]
+    n = 4 * 5
+    close(bn.mean[...], np.mean([f64(x).mean((0, 2)) for x in batches], 0))
+    close(bn.var[...], np.mean([f64(x).var((0, 2)) * n / (n - 1) for x in batches], 0), 1e-4)

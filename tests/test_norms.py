@@ -807,3 +807,24 @@ def test_batch_moments_shift_is_the_one_pass_formulas_k():
         m = jn.batch_moments(jnp.asarray(x), shift=None if shift is None else jnp.asarray(shift, jnp.float32))
         np.testing.assert_allclose(m["var"], var64, rtol=1e-4)  # measured 2e-5 at k = 2999.9
         np.testing.assert_allclose(m["mean"], x.astype(np.float64).mean(0), rtol=1e-7, atol=1e-4)
+
+
+def test_linen_layers_pass_their_axes_and_group_size_on():
+    """LayerNorm(axes=1) and RMSNorm(axes=1) reduce over axis 1 only, GroupNorm(num_groups=None, group_size=2)
+    makes groups of 2 channels: each equals the pure function with the same option (and differs from the default,
+    so an option not passed on fails)."""
+    x = rand((4, 3, 6), loc=1.0, scale=2.0) * jnp.arange(1.0, 7.0)
+    cases = (
+        (jn.nn.LayerNorm(axes=1), lambda x, p: jn.layer_norm(x, p["scale"], p["bias"], axes=1), jn.nn.LayerNorm()),
+        (jn.nn.RMSNorm(axes=1), lambda x, p: jn.rms_norm(x, p["scale"], axes=1), jn.nn.RMSNorm()),
+        (
+            jn.nn.GroupNorm(num_groups=None, group_size=2),
+            lambda x, p: jn.group_norm(x, p["scale"], p["bias"], group_size=2),
+            jn.nn.GroupNorm(num_groups=1),
+        ),
+    )
+    for layer, pure, default in cases:
+        v = layer.init(jax.random.key(0), x)
+        y = layer.apply(v, x)
+        close(y, pure(x, v["params"]))
+        assert float(jnp.abs(y - default.apply(default.init(jax.random.key(0), x), x)).max()) > 1e-2, layer

@@ -626,3 +626,25 @@ def test_config_kernel_norm_plumbing():
         ValueError, match=r"unknown kernel_norm 'spectal'; valid kernel_norms: 'none', 'weight', 'spectral'"
     ):
         config_lib.validate(c)
+
+
+def test_spectral_norm_layer_passes_epsilon_on():
+    """ε inside √(‖v‖² + ε) of the power iteration: at ε = 5 (comparable to ‖v‖²) the layer's kernel is the pure
+    function's at ε = 5, which differs from the default's."""
+
+    class Net(nn.Module):
+        eps: float
+
+        @nn.compact
+        def __call__(self, x, train):
+            return jnn.SpectralNorm(nn.Dense(4), epsilon=self.eps)(x, update_stats=train)
+
+    x = _normal(1, (3, 5))
+    v = Net(5.0).init(jax.random.key(0), x, train=False)
+    kernel, bias = v["params"]["Dense_0"]["kernel"], v["params"]["Dense_0"]["bias"]
+    u0 = v["batch_stats"]["SpectralNorm_0"]["Dense_0/kernel/u"]
+    y, _ = Net(5.0).apply(v, x, train=True, mutable=["batch_stats"])
+    w5 = jn.spectral_normalize(kernel, u0, train=True, epsilon=5.0)[0]
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x @ w5 + bias), rtol=1e-5, atol=1e-6)
+    w0 = jn.spectral_normalize(kernel, u0, train=True)[0]
+    assert float(jnp.abs(w5 - w0).max()) > 1e-2  # ε = 5 changes the estimate: the test can see it
