@@ -666,26 +666,26 @@ def test_dyt_matches_the_pure_function():
 
 
 def test_standardized_conv_equals_conv_with_standardized_kernel():
-    sc = jnn.StandardizedConv(3, 5, (3, 3), epsilon=1e-5, rngs=nnx.Rngs(0))
+    sc = jnn.StandardizedConv(3, 5, (3, 3), epsilon=0.3, rngs=nnx.Rngs(0))  # ε ≈ the kernel variance
     conv = nnx.Conv(3, 5, (3, 3), rngs=nnx.Rngs(0))
     sc.kernel[...] = sc.kernel[...] * 2.0 + 0.3  # a kernel far from standardized
     sc.bias[...] = rand((5,), 3)
     raw = np.asarray(sc.kernel[...]).copy()
-    conv.kernel[...] = jn.weight_standardize(sc.kernel[...], epsilon=1e-5)
+    conv.kernel[...] = jn.weight_standardize(sc.kernel[...], epsilon=0.3)
     conv.bias[...] = sc.bias[...]
     x = rand((2, 6, 6, 3), seed=1)
     close(sc(x), conv(x), 1e-5)
     np.testing.assert_array_equal(np.asarray(sc.kernel[...]), raw)  # the stored kernel is the raw one
     w = f64(raw).reshape(-1, 5)
-    w_hat = (w - w.mean(0)) / np.sqrt(w.var(0) + 1e-5)
+    w_hat = (w - w.mean(0)) / np.sqrt(w.var(0) + 0.3)
     close(conv.kernel[...], w_hat.reshape(raw.shape), 1e-5)
 
     # gradients reach the raw kernel through the standardization
     ct = rand((2, 6, 6, 5), seed=2)
     g = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) * ct)))(sc)
-    g_ref = jax.jit(jax.grad(lambda k: jnp.sum((conv2d(x, jn.weight_standardize(k)) + sc.bias[...]) * ct)))(
-        jnp.asarray(raw)
-    )
+    g_ref = jax.jit(
+        jax.grad(lambda k: jnp.sum((conv2d(x, jn.weight_standardize(k, epsilon=0.3)) + sc.bias[...]) * ct))
+    )(jnp.asarray(raw))
     close(g.kernel[...], g_ref, 1e-4)
     assert np.abs(np.asarray(g_ref)).max() > 0
 
@@ -1123,3 +1123,19 @@ def test_population_batch_stats_of_a_channels_first_batch_norm():
     n = 4 * 5
     close(bn.mean[...], np.mean([f64(x).mean((0, 2)) for x in batches], 0))
     close(bn.var[...], np.mean([f64(x).var((0, 2)) * n / (n - 1) for x in batches], 0), 1e-4)
+
+
+def test_spectral_norm_layer_takes_n_steps_power_iterations():
+    """SpectralNorm(n_steps=5): the first call's σ and normalized kernel are the pure function's after 5 power
+    iterations from the layer's initial u (one iteration gives another σ here)."""
+    lin = nnx.Linear(6, 5, rngs=nnx.Rngs(0))
+    w = lin.kernel[...]
+    sn = jnn.SpectralNorm(lin, n_steps=5, rngs=nnx.Rngs(1))
+    u0 = sn.batch_stats["kernel/u"][...]
+    x = rand((2, 6))
+    y = sn(x, update_stats=True)
+    w5, _, s5 = jn.spectral_normalize(w, u0, n_power_iterations=5, train=True)
+    close(y, f64(x) @ f64(w5) + f64(lin.bias[...]), 1e-5)
+    close(sn.batch_stats["kernel/sigma"][...], s5)
+    s1 = jn.spectral_normalize(w, u0, n_power_iterations=1, train=True)[2]
+    assert abs(float(s5) - float(s1)) > 1e-4 * float(s5)
