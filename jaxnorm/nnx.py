@@ -281,9 +281,8 @@ class _RunningStats(_Affine):
         if train is not False:  # a traced flag: the pure function returned the old statistics in eval
             self.mean[...], self.var[...], self.count[...] = new["mean"], new["var"], new["count"]
             if self.record_moments:
-                self.batch_moments = BatchMoments(
-                    _norms.batch_moments(x, axis=self.axis, mask=mask, axis_name=self.axis_name)
-                )
+                # set only by population_batch_stats, which runs unsynchronized (axis_name None)
+                self.batch_moments = BatchMoments(_norms.batch_moments(x, axis=self.axis, mask=mask))
         return y
 
 
@@ -1669,7 +1668,8 @@ def population_batch_stats(model: nnx.Module, batches: Iterable[Any], **call_kwa
     :class:`NoisyBatchNorm` included), in one jitted function of a copy, so the parameters and the running
     statistics are not touched while the moments (:class:`BatchMoments`) are collected. Then the ``mean``, ``var``
     and ``count`` (the number of batches) of ``model``'s :class:`BatchNorm`, :class:`BatchRenorm`,
-    :class:`LpBatchNorm` and :class:`NoisyBatchNorm` layers are overwritten in place.
+    :class:`LpBatchNorm` and :class:`NoisyBatchNorm` layers are overwritten in place. Each batch is a whole batch on
+    this device: a layer synchronized across devices (``axis_name``) takes the batch's own statistics here.
 
     Reduces over: per layer, every axis of its input but its ``axis`` in each batch, then over the batches.
 
@@ -1706,6 +1706,8 @@ def population_batch_stats(model: nnx.Module, batches: Iterable[Any], **call_kwa
     view = nnx.view(model, use_running_average=False, deterministic=True, raise_if_not_found=False)
     for _, layer in _stat_layers(view):
         layer.record_moments = True
+        # each given batch is a whole batch on this device: a synchronized layer's statistics are its own here
+        layer.axis_name = None
     graphdef, state = nnx.split(view)
 
     @jax.jit

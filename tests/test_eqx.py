@@ -676,3 +676,40 @@ def test_noisy_batch_norm_constants_reach_the_noise():
         x, ours.weight, ours.bias, jn.init_batch_stats(c), train=True, key=key, axis=1, **consts
     )
     close(y, ref, 1e-5, atol=1e-5)
+
+
+def test_kernel_layers_pass_eps_and_power_iterations_on():
+    """Non-default options against the pure functions, each at a value that changes the result: StandardizedConv
+    eps = 0.3 (the kernel variance is about 0.01), WeightNorm eps = 5 (‖v‖² ≈ 0.3), SpectralNorm 5 power
+    iterations, and eps = 5."""
+    key = jax.random.key(3)
+    sc = je.StandardizedConv(2, 3, 5, 3, padding=1, eps=0.3, key=key)
+    w = f64(sc.conv.weight)
+    mu, var = w.mean((1, 2, 3), keepdims=True), w.var((1, 2, 3), keepdims=True)
+    x = rand((3, 6, 6), loc=1.0)
+    for eps in (0.3, 1e-5):
+        ws = jnp.asarray((w - mu) / np.sqrt(var + eps), jnp.float32)
+        ref = J(eqx.tree_at(lambda c: c.weight, sc.conv, ws))(x)
+        if eps == 0.3:
+            close(J(sc)(x), ref, 1e-5, atol=1e-5)
+        else:
+            assert float(jnp.abs(J(sc)(x) - ref).max()) > 0.1
+    lin = eqx.nn.Linear(5, 4, key=jax.random.key(0))
+    xl = rand((5,), 1)
+    wn = je.WeightNorm(lin, eps=5.0)
+    v = f64(lin.weight)
+    w_eff = f64(wn.g)[:, None] * v / np.sqrt((v**2).sum(1, keepdims=True) + 5.0)
+    close(wn(xl), w_eff @ f64(xl) + f64(lin.bias), 1e-5, atol=1e-6)
+    assert float(jnp.abs(wn(xl) - lin(xl)).max()) > 1e-2  # the default ε gives back lin at initialization
+    layer = eqx.nn.Linear(6, 4, key=jax.random.key(4))
+    for opts, pure in (
+        (dict(num_power_iterations=5), dict(n_power_iterations=5)),
+        (dict(eps=5.0), dict(epsilon=5.0)),
+    ):
+        sn, st = eqx.nn.make_with_state(je.SpectralNorm)(layer, key=jax.random.key(5), **opts)
+        u0 = st.get(sn.state_index)["u"]
+        _, st1 = J(sn)(rand((6,), 1), st)
+        want = jn.spectral_normalize(layer.weight.T, u0, train=True, **pure)[2]
+        close(st1.get(sn.state_index)["sigma"], want, 1e-6, atol=1e-7)
+        default = jn.spectral_normalize(layer.weight.T, u0, train=True)[2]
+        assert abs(float(want) - float(default)) > 1e-4 * float(default), opts

@@ -1139,3 +1139,35 @@ def test_spectral_norm_layer_takes_n_steps_power_iterations():
     close(sn.batch_stats["kernel/sigma"][...], s5)
     s1 = jn.spectral_normalize(w, u0, n_power_iterations=1, train=True)[2]
     assert abs(float(s5) - float(s1)) > 1e-4 * float(s5)
+
+
+def test_weight_and_spectral_norm_layers_pass_epsilon_on():
+    """ε = 5, comparable to ‖v‖² (about 1 here): WeightNorm's kernel is weight_norm(v, g, ε = 5) and SpectralNorm's
+    first call is spectral_normalize(..., ε = 5), each different from the default ε's."""
+    lin = nnx.Linear(6, 5, rngs=nnx.Rngs(0))
+    raw = lin.kernel[...]
+    x = rand((3, 6))
+    wn = jnn.WeightNorm(lin, epsilon=5.0, rngs=nnx.Rngs(1))
+    g = wn.scales["kernel"][...]
+    w5 = jn.weight_norm(raw, g, axes=(0,), epsilon=5.0)
+    close(wn(x), f64(x) @ f64(w5) + f64(lin.bias[...]), 1e-5)
+    assert float(jnp.abs(w5 - jn.weight_norm(raw, g, axes=(0,))).max()) > 1e-2
+    sn = jnn.SpectralNorm(nnx.Linear(6, 5, rngs=nnx.Rngs(0)), epsilon=5.0, rngs=nnx.Rngs(1))
+    u0 = sn.batch_stats["kernel/u"][...]
+    y = sn(x, update_stats=True)
+    s5 = jn.spectral_normalize(raw, u0, train=True, epsilon=5.0)
+    close(y, f64(x) @ f64(s5[0]) + f64(lin.bias[...]), 1e-5)
+    assert abs(float(s5[2]) - float(jn.spectral_normalize(raw, u0, train=True)[2])) > 1e-3
+
+
+def test_population_batch_stats_of_a_synchronized_batch_norm():
+    """A BatchNorm synchronized across devices (axis_name) gets the population statistics of the given whole
+    batches, those of the same layer without axis_name, outside any mapped context; it keeps its axis_name."""
+    batches = [rand((4, 3), seed=80 + i, loc=1.0 + i) for i in range(3)]
+    synced = nnx.Sequential(jnn.BatchNorm(3, axis_name="batch", rngs=nnx.Rngs(0)))
+    local = nnx.Sequential(jnn.BatchNorm(3, rngs=nnx.Rngs(0)))
+    a = jnn.population_batch_stats(synced, batches).layers[0]
+    b = jnn.population_batch_stats(local, batches).layers[0]
+    close(a.mean[...], b.mean[...], 0.0)
+    close(a.var[...], b.var[...], 0.0)
+    assert a.axis_name == "batch" and int(a.count[...]) == 3
