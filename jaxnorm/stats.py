@@ -38,6 +38,7 @@ __all__ = [
     "magnitude_verdict",
     "mean_ci",
     "paired_differences",
+    "ratio_ci",
     "reach_time",
     "seeds_for_power",
     "signed_rank",
