@@ -195,6 +195,12 @@ def test_the_loops_model_and_data_options_reach_the_model_and_the_batches():
         assert not np.allclose(y, y0, atol=1e-4), key_  # the option changed the network
         ref = models_lib.build_model("simple_cnn", **direct, **kwargs)  # the model built without the loop
         np.testing.assert_array_equal(y, train_mode(ref))
+    # kernel_norm, without BN after the convolutions (BN would undo the kernel's scale)
+    plain = dict(norm="none", norm_position="before", activation="relu")
+    y, _ = outputs(_smoke_exp(norm="none", kernel_norm="spectral"))
+    assert not np.allclose(y, outputs(_smoke_exp(norm="none"))[0], atol=1e-4)
+    ref = models_lib.build_model("simple_cnn", **direct, **plain, kernel_norm="spectral")
+    np.testing.assert_array_equal(y, train_mode(ref))
     # the batch: its size, and augmentation as the data layer does it
     small = _smoke_exp(batch_size=24, augment=True)
     b = loop.train_batch(small, 3)
@@ -222,6 +228,8 @@ def test_drop_remainder_eval_batch_size_and_data_dir_reach_the_data(tmp_path):
     dropped = _smoke_exp(norm="none", drop_remainder=True)
     assert all(bool(loop.train_batch(dropped, t)["mask"].all()) for t in (last - 1, last, last + 1))
     assert any(os.scandir(tmp_path / "tfds")) and kept.dataset.info.data_dir == str(tmp_path / "tfds")
+    with pytest.raises(ValueError, match=r"drop_remainder=False pads the last batch .* norm='batch'"):
+        _smoke_exp(norm="batch", drop_remainder=False)  # batch statistics would count the padding
     calls = []
 
     def eval_step(variables, batch):
@@ -260,7 +268,8 @@ def test_embedding_reg_from_the_config_adds_its_penalty_to_the_loss(tmp_path):
 
 def test_sync_bn_from_the_config_decides_whose_statistics_normalize(tmp_path):
     """shard_map over the 4 fake devices: the first step's loss with synchronized statistics is the one-device
-    loss on the global batch; without, each device's own batch of 8 normalizes it (ghost batches): another loss."""
+    loss on the global batch; without, each device's own batch of 8 normalizes it (ghost batches): another loss.
+    On one device (parallel='none') sync_bn changes nothing."""
     from test_train import load_config
 
     from jaxnorm.lab.train import loop
@@ -268,12 +277,14 @@ def test_sync_bn_from_the_config_decides_whose_statistics_normalize(tmp_path):
     loss = {}
     for name, over in (("one", dict(parallel="none")), ("sync", dict(parallel="shard_map", sync_bn=True))) + (
         ("ghost", dict(parallel="shard_map", sync_bn=False)),
+        ("one_unsynced", dict(parallel="none", sync_bn=False)),  # one device: its batch is the global batch
     ):
         c = load_config(num_steps=1, log_every=1, eval_every=1, checkpoint_every=1, **over)
         loop.train_and_evaluate(c, str(tmp_path / name))
         loss[name] = _first_train_row(tmp_path / name)["loss"]
     assert loss["sync"] == pytest.approx(loss["one"], rel=1e-5)
     assert abs(loss["ghost"] - loss["one"]) > 1e-3 * abs(loss["one"]), loss
+    assert loss["one_unsynced"] == loss["one"]  # parallel='none' is honoured: no devices to split the batch over
 
 
 def test_restore_step_resumes_from_that_checkpoint_and_trains_again_from_it(tmp_path):
