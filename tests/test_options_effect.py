@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -159,10 +160,8 @@ def _smoke_exp(**over):
 
     c = load_config(batch_size=32)
     for k, v in over.items():
-        if k.startswith("model_kwargs."):
-            c.model_kwargs[k.split(".", 1)[1]] = v
-        else:
-            c[k] = v
+        parent, _, leaf = k.rpartition(".")  # "model_kwargs.epsilon", "probes.every": a nested field
+        (c[parent] if parent else c)[leaf] = v
     return loop.build(c)
 
 
@@ -209,6 +208,8 @@ def test_the_loops_model_and_data_options_reach_the_model_and_the_batches():
     same = batch_at(small.dataset.train, 3, 24, seed=small.config.seed, augment=True)
     np.testing.assert_array_equal(b["x"], same["x"])
     assert not np.array_equal(b["x"], plain["x"])
+    with loop.input_pipeline(small, 3) as pipeline:  # what the training steps read: augmented too
+        np.testing.assert_array_equal(next(pipeline)["x"], same["x"])
 
 
 def test_drop_remainder_eval_batch_size_and_data_dir_reach_the_data(tmp_path):
@@ -270,7 +271,7 @@ def test_sync_bn_from_the_config_decides_whose_statistics_normalize(tmp_path):
     """shard_map over the 4 fake devices: the first step's loss with synchronized statistics is the one-device
     loss on the global batch; without, each device's own batch of 8 normalizes it (ghost batches): another loss.
     On one device (parallel='none') sync_bn changes nothing."""
-    from test_train import load_config
+    from test_train import final_state, load_config
 
     from jaxnorm.lab.train import loop
 
@@ -278,13 +279,52 @@ def test_sync_bn_from_the_config_decides_whose_statistics_normalize(tmp_path):
     for name, over in (("one", dict(parallel="none")), ("sync", dict(parallel="shard_map", sync_bn=True))) + (
         ("ghost", dict(parallel="shard_map", sync_bn=False)),
         ("one_unsynced", dict(parallel="none", sync_bn=False)),  # one device: its batch is the global batch
+        ("auto_ghost", dict(parallel="auto", sync_bn=False)),  # 'auto' picks the per-device mode sync_bn asks for
+        ("ghost_one", dict(parallel="none")),  # ghost batch norm on one device: 4 virtual batches of 8
     ):
         c = load_config(num_steps=1, log_every=1, eval_every=1, checkpoint_every=1, **over)
+        if name == "ghost_one":
+            c.model_kwargs.norm_kwargs = {"virtual_batch_size": c.batch_size // 4}
         loop.train_and_evaluate(c, str(tmp_path / name))
         loss[name] = _first_train_row(tmp_path / name)["loss"]
     assert loss["sync"] == pytest.approx(loss["one"], rel=1e-5)
     assert abs(loss["ghost"] - loss["one"]) > 1e-3 * abs(loss["one"]), loss
     assert loss["one_unsynced"] == loss["one"]  # parallel='none' is honoured: no devices to split the batch over
+    assert loss["auto_ghost"] == pytest.approx(loss["ghost"], rel=1e-6)
+    # ... and the running statistics, which then differ per device, are averaged over the devices: those of ghost
+    # batch norm on one device
+    assert loss["ghost_one"] == pytest.approx(loss["ghost"], rel=1e-5)
+    ghost, ghost_one = final_state(tmp_path / "ghost")[1], final_state(tmp_path / "ghost_one")[1]
+    stats = [k for k in ghost if "batch_stats" in k]
+    assert stats and all(np.allclose(ghost[k], ghost_one[k], rtol=1e-5, atol=1e-6) for k in stats), stats
+
+
+def test_train_rows_at_every_log_eval_and_checkpoint_step_and_progress_counts_to_num_steps(tmp_path, capfd):
+    """A train row after every step a log, an evaluation or a checkpoint falls on (a resume rewinds to a
+    checkpoint's row; an evaluation has its train row beside it); the progress lines count to ``num_steps``."""
+    from test_train import load_config
+
+    from jaxnorm.lab.train import loop
+    from jaxnorm.lab.train.metrics import read_metrics
+
+    c = load_config(num_steps=10, log_every=4, eval_every=3, checkpoint_every=5, progress=True)
+    loop.train_and_evaluate(c, str(tmp_path / "run"))
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows if r["split"] == "train"] == [3, 4, 5, 6, 8, 9, 10]
+    steps = re.findall(r"step (\d+)/(\d+) ", capfd.readouterr().err)
+    assert steps and {n for _, n in steps} == {"10"} and steps[-1][0] == "10"
+
+
+def test_the_sharpness_probe_takes_the_threshold_of_the_configured_optimizer():
+    """Plain SGD at η = 0.05 is stable below λ_max = 2/η = 40 (heavy-ball momentum 0.9 would give 76)."""
+    from jaxnorm.lab.train import loop
+
+    over = {"probes.every": 1, "probes.kinds": ("sharpness",)}
+    exp = _smoke_exp(optimizer="sgd", learning_rate=0.05, schedule="constant", **over)
+    state = loop.initial_state(exp)
+    probe = loop.make_probes(exp, jax.eval_shape(lambda: state.variables()))
+    row = probe(state, loop.train_batch(exp, 0), 0)
+    assert row["sharpness/threshold"] == pytest.approx(40.0)
 
 
 def test_restore_step_resumes_from_that_checkpoint_and_trains_again_from_it(tmp_path):
