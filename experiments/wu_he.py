@@ -57,6 +57,10 @@ EQUIVALENCE_MARGIN = 0.005  # error (0.5 points, about 2 binomial SEs on 10 000 
 # "flat" relative to BN (exploratory, after the absolute margin failed on the registered runs): in the deep CNN, the
 # 95% bootstrap interval of (GN₂ − GN₃₂) / (BN₂ − BN₃₂) lies within ± this; the paper's is 0 / 11.1 = 0
 RELATIVE_MARGIN = 0.25
+# the equal-steps control (exploratory): at equal epochs batch 2 takes 16× the steps of batch 32, so GN's change from
+# 32 to 2 mixes the batch size with the number of updates; GN at batch 32 trained for batch 2's number of steps
+# (16× the epochs, the same LR and cosine schedule over the longer run) separates them
+EQUAL_STEPS = ("deep", "group", 2)  # (arch, norm, the batch size whose step count the batch-32 run matches)
 
 # The networks: model and model_kwargs (None = the model's default)
 ARCHS = {
@@ -104,6 +108,11 @@ PAPER_TABLE1_SOURCE = "Wu & He 2018, Table 1 (32 images/GPU)"
 def point(arch: str, norm: str, batch_size: int) -> str:
     """The grid point's name: ``cnn_batch_b32``."""
     return f"{arch}_{norm}_b{batch_size}"
+
+
+def point_equal_steps(arch: str, norm: str, small: int) -> str:
+    """The equal-steps control's name: ``deep_group_b32_steps2`` (batch 32, as many steps as batch 2)."""
+    return f"{point(arch, norm, BASE_BATCH)}_steps{small}"
 
 
 def get_config():
@@ -171,6 +180,24 @@ def get_sweep(config):
                 if not full:
                     g.update(ARCHS[arch])
                 grid.append(g)
+    if config.size == "small":
+        arch, norm, small = EQUAL_STEPS
+        k = BASE_BATCH // small
+        grid.append(
+            {
+                "name": point_equal_steps(arch, norm, small),
+                "norm": norm,
+                "batch_size": BASE_BATCH,
+                "learning_rate": config.learning_rate,
+                "num_steps": config.num_steps * k,
+                "eval_every": config.eval_every * k,
+                "log_every": config.log_every * k,
+                "checkpoint_every": config.checkpoint_every * k,
+                "eval_population_stats": False,
+                "population_batches": config.population_batches,
+                **ARCHS[arch],
+            }
+        )
     return grid
 
 
@@ -384,6 +411,28 @@ def section(ctx) -> str:
         rel_text + f" (margin ±{RELATIVE_MARGIN:g}; paper (24.1 − 24.1) / (34.7 − 23.6) = 0)",
         stats.equivalence_verdict(gn_rel, RELATIVE_MARGIN) if gn_rel else "inconclusive",
     )
+    arch, norm, eq_small = EQUAL_STEPS
+    eq_name = point_equal_steps(arch, norm, eq_small)
+    gn_eq = None
+    if ctx.has(eq_name) and all(ctx.has(point(arch, n, b)) for n in ("batch", "group") for b in (eq_small, BASE_BATCH)):
+        gn_eq = stats.ratio_ci(
+            change(errors(ctx, point(arch, norm, eq_small)), errors(ctx, eq_name)),
+            change(errors(ctx, point(arch, "batch", eq_small)), errors(ctx, point(arch, "batch", BASE_BATCH))),
+        )
+    eq_text = (
+        f"{gn_eq.estimate:+.2f} [{gn_eq.low:+.2f}, {gn_eq.high:+.2f}] (bootstrap over seeds, n = {gn_eq.n})"
+        if gn_eq
+        else "—"
+    )
+    v_eq = ctx.claim(
+        f"GN's error is flat relative to BN's at equal steps: (GN₂ − GN₃₂ trained {BASE_BATCH // eq_small}× the "
+        f"epochs) / (BN₂ − BN₃₂) within ±{RELATIVE_MARGIN:g}",
+        PAPER_TABLE2_SOURCE,
+        f"5-layer strided 1-D CNN, batch {eq_small} vs {BASE_BATCH} at batch {eq_small}'s number of steps, "
+        f"{ctx.summary['seeds']} seeds",
+        eq_text + f" (margin ±{RELATIVE_MARGIN:g}; equal-steps control)",
+        stats.equivalence_verdict(gn_eq, RELATIVE_MARGIN) if gn_eq else "inconclusive",
+    )
     v_mlp = ctx.claim(
         "positive control: the same interaction where BN pools 2 values per unit",
         PAPER_TABLE2_SOURCE,
@@ -496,10 +545,24 @@ def section(ctx) -> str:
         ),
         f"Flat in the paper's sense — small beside BN's change (ImageNet: GN 24.1 → 24.1 while BN 23.6 → 34.7) — "
         f"rather than within a fixed ±{100 * EQUIVALENCE_MARGIN:.1f} points: in the deep CNN GN's change from batch "
-        f"32 to 2 is {rel_text} of BN's ({v_rel}, margin ±{RELATIVE_MARGIN:g}; exploratory).",
+        f"32 to 2 is {rel_text} of BN's ({v_rel}, margin ±{RELATIVE_MARGIN:g}; exploratory). At equal epochs batch "
+        f"{eq_small} takes {BASE_BATCH // eq_small}× the steps; against GN at batch {BASE_BATCH} trained as many "
+        f"steps it is {eq_text} ({v_eq}; exploratory): "
+        + equal_steps_reading(v_rel.strip("*"), v_eq.strip("*") if gn_eq else None),
         R.status_note(ctx),
     ]
     return "\n\n".join(x for x in lines if x)
+
+
+def equal_steps_reading(v_rel: str, v_eq: str | None) -> str:
+    """What the equal-steps control says about GN's change at equal epochs (``v_eq`` None: it has not run)."""
+    if v_eq is None:
+        return "the control has not run."
+    if v_eq == "holds" and v_rel != "holds":
+        return "GN is flat at equal steps, so the number of updates, not the batch size, accounts for its change."
+    if v_eq == v_rel:
+        return "the control reads as the equal-epochs comparison does."
+    return "at equal steps GN's change is not flat, so the extra updates at batch 2 hide part of it."
 
 
 def verdict_text(

@@ -66,7 +66,7 @@ def _ctx(summary, tmp_path):
     return report.Context("test", summary, str(figures), str(tmp_path))
 
 
-def _wu_he_accuracies(bn32=0.97, bn2=0.90, gn32=0.96, gn2=0.96, pop2=None):
+def _wu_he_accuracies(bn32=0.97, bn2=0.90, gn32=0.96, gn2=0.96, pop2=None, gn32_steps=None):
     out = {}
     for arch in WU_HE.ARCHS:
         out[WU_HE.point(arch, "batch", 32)] = (bn32, bn32)
@@ -75,6 +75,7 @@ def _wu_he_accuracies(bn32=0.97, bn2=0.90, gn32=0.96, gn2=0.96, pop2=None):
         out[WU_HE.point(arch, "group", 32)] = (gn32, None)
         out[WU_HE.point(arch, "group", 8)] = (gn32, None)
         out[WU_HE.point(arch, "group", 2)] = (gn2, None)
+    out[WU_HE.point_equal_steps(*WU_HE.EQUAL_STEPS)] = (gn32 if gn32_steps is None else gn32_steps, None)
     out[WU_HE.point("cnn", "layer", 32)] = (0.95, None)
     out[WU_HE.point("cnn", "instance", 32)] = (0.94, None)
     return out
@@ -92,8 +93,8 @@ def test_wu_he_interaction_holds_when_bn_degrades_and_gn_is_flat(tmp_path):
     text = WU_HE.section(ctx)
     assert text.count("**Verdict**") == 1
     verdicts = [f.verdict for f in ctx.findings]
-    assert len(verdicts) == 8 and verdicts.count("holds") == 7, [(f.claim, f.verdict, f.ours) for f in ctx.findings]
-    rel = [f for f in ctx.findings if f.claim.startswith("GN's error is flat relative to BN's")]
+    assert len(verdicts) == 9 and verdicts.count("holds") == 8, [(f.claim, f.verdict, f.ours) for f in ctx.findings]
+    rel = [f for f in ctx.findings if f.claim.startswith("GN's error is flat relative to BN's: ")]
     assert rel[0].verdict == "holds" and rel[0].ours.startswith("+0.00 [")  # GN unchanged: 0 of BN's 7 points
     assert "+7.00" in text and "+11.1" in text  # ours and the paper's interaction (Table 2)
     for f in ctx.findings:
@@ -228,5 +229,34 @@ def test_wu_he_flatness_relative_to_bn_fails_when_gn_degrades_half_as_much(tmp_p
     acc = _wu_he_accuracies(bn32=0.97, bn2=0.87, gn32=0.96, gn2=0.91)
     ctx = _ctx(_summary(WU_HE.__file__, acc, tmp_path), tmp_path)
     WU_HE.section(ctx)
-    (rel,) = [f for f in ctx.findings if f.claim.startswith("GN's error is flat relative to BN's")]
+    (rel,) = [f for f in ctx.findings if f.claim.startswith("GN's error is flat relative to BN's: ")]
     assert rel.verdict == "fails" and rel.ours.startswith("+0.50 ["), rel.ours
+
+
+def test_wu_he_equal_steps_control_separates_the_updates_from_the_batch_size(tmp_path):
+    """GN at batch 2 is 3 points better than at batch 32 (−0.3 of BN's +10: not flat); GN at batch 32 trained batch
+    2's number of steps reaches batch 2's error, so at equal steps GN is flat (0 of BN's change). Without the control's
+    runs its row is inconclusive and the text says it has not run."""
+    acc = _wu_he_accuracies(bn32=0.97, bn2=0.87, gn32=0.93, gn2=0.96, gn32_steps=0.96)
+    ctx = _ctx(_summary(WU_HE.__file__, acc, tmp_path), tmp_path)
+    text = WU_HE.section(ctx)
+    f = {x.claim.split(":")[0]: x for x in ctx.findings}
+    rel, eq = f["GN's error is flat relative to BN's"], f["GN's error is flat relative to BN's at equal steps"]
+    assert rel.verdict == "fails" and rel.ours.startswith("-0.30 [")
+    assert eq.verdict == "holds" and eq.ours.startswith("+0.00 [") and not eq.primary
+    assert "the number of updates, not the batch size, accounts for its change" in text
+    # GN₃₂ at equal steps no better than at equal epochs: the control agrees with the equal-epochs reading
+    more = tmp_path / "more"
+    more.mkdir()
+    ctx = _ctx(_summary(WU_HE.__file__, _wu_he_accuracies(bn32=0.97, bn2=0.87, gn32=0.93, gn2=0.96), more), more)
+    text = WU_HE.section(ctx)
+    eq = [x for x in ctx.findings if x.claim.startswith("GN's error is flat relative to BN's at equal steps")][0]
+    assert eq.verdict == "fails" and eq.ours.startswith("-0.30 [")
+    assert "the control reads as the equal-epochs comparison does" in text
+    # the control's point: batch 32, the LR of batch 32, 16× the steps of the batch-32 point
+    _, points, _ = sweep.plan(WU_HE.__file__, None, {})
+    cfg = {p["name"]: p["config"] for p in points}
+    ctl, b32 = cfg[WU_HE.point_equal_steps(*WU_HE.EQUAL_STEPS)], cfg[WU_HE.point("deep", "group", 32)]
+    b2 = cfg[WU_HE.point("deep", "group", 2)]
+    assert (ctl.batch_size, ctl.learning_rate, ctl.norm) == (32, b32.learning_rate, "group")
+    assert ctl.num_steps == b2.num_steps == 16 * b32.num_steps and ctl.model_kwargs.strides == b32.model_kwargs.strides
