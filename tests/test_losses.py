@@ -141,11 +141,29 @@ def test_sparsity_penalty_is_beta_times_kl_of_the_unit_means(shape):
 
 
 def test_sparsity_penalty_clips_the_means_at_eps():
-    """All-zero codes: ρ̂ = eps, so the penalty is finite and equals β·KL(ρ‖eps) per unit."""
+    """All-zero codes: ρ̂ = eps, so the penalty is finite and equals β·KL(ρ‖eps) per unit; all-one codes: ρ̂ =
+    1 − eps, finite too."""
     for eps in (1e-6, 1e-3):
         got = float(losses.sparsity_penalty(jnp.zeros((4, 2)), 0.05, 1.0, eps=eps))
         want = 2 * (0.05 * math.log(0.05 / eps) + 0.95 * math.log(0.95 / (1 - eps)))
         np.testing.assert_allclose(got, want, rtol=1e-4)
+    eps = 1e-3  # 1 − 1e-6 is not a float32 number apart from 1 by enough to keep the log's argument accurate
+    got = float(losses.sparsity_penalty(jnp.ones((4, 2)), 0.05, 1.0, eps=eps))
+    want = 2 * (0.05 * math.log(0.05 / (1 - eps)) + 0.95 * math.log(0.95 / eps))
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_sparsity_penalty_of_half_precision_codes_is_computed_in_float32():
+    """bfloat16 codes (a bfloat16 autoencoder's sigmoid): the unit means and the KL in float32, a float32 scalar
+    at float32 accuracy (computed in bfloat16 the mean of 512 codes alone is off by about 1e-3)."""
+    code = _rng(7).uniform(0.01, 0.2, size=(512, 6))
+    code16 = jnp.asarray(code, jnp.bfloat16)
+    c64 = np.asarray(code16.astype(jnp.float32), np.float64)
+    rho_hat = c64.mean(0)
+    want = 3.0 * np.sum(0.05 * np.log(0.05 / rho_hat) + 0.95 * np.log(0.95 / (1 - rho_hat)))
+    got = losses.sparsity_penalty(code16)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
 def test_sparsity_penalty_errors():
