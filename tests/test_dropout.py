@@ -775,6 +775,17 @@ def test_each_dropout_keeps_half_precision_in_both_modes(name, dtype):
         assert y.dtype == dtype, (train, y.dtype)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_original_dropout_scales_half_precision_by_keep_in_that_precision(dtype):
+    """Evaluation scales by ``keep`` rounded to x's dtype, as ``x * (1 − rate)`` with a Python float does (Flax's
+    weak typing; inverted dropout's ``x / keep`` likewise): keep = 0.7 is 0.69921875 in bfloat16, and a float32
+    product rounded once differs from it in the last bit of about a fifth of the values."""
+    x = jnp.asarray(_np_normal(53, (64, 32)), dtype)
+    y = jaxnorm.original_dropout(x, 0.3, train=False)
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(x * 0.7, np.float32))
+    assert y.dtype == dtype
+
+
 def test_max_norm_default_is_three():
     """Srivastava et al.'s c = 3 when none is given, for the projection and for the optax transformation."""
     params = _max_norm_params()
