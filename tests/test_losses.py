@@ -81,7 +81,11 @@ def test_masking_noise_zero_fraction_is_the_identity_and_needs_no_key():
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
 def test_masking_noise_refuses_a_fraction_outside_0_1(bad):
-    with pytest.raises(ValueError, match=rf"^masking_noise: the masking fraction .* must be in \[0, 1\), got {bad}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^masking_noise: the masking fraction .* must be in \[0, 1\), got {bad}; 0 is no corruption, "
+        r"0.1-0.5 is usual \(1 would zero every input\)$",
+    ):
         losses.masking_noise(jnp.ones(3), bad, key=jax.random.key(0))
 
 
