@@ -851,3 +851,6 @@ def test_alpha_dropout_at_rate_one_is_zero_with_zero_gradient_even_at_zero_input
     np.testing.assert_array_equal(np.asarray(vjp(jnp.ones_like(y))[0]), np.zeros((1, 4)))
     traced = jax.jit(lambda r: jaxnorm.alpha_dropout(x, r, key=jax.random.key(0)))(1.0)
     np.testing.assert_array_equal(np.asarray(traced), np.zeros((1, 4)))
+    # a traced rate 1 too: a and b are computed at a safe q, so no inf or NaN reaches the gradient
+    grad = jax.jit(jax.grad(lambda x, r: jaxnorm.alpha_dropout(x, r, key=jax.random.key(0)).sum()))(x, 1.0)
+    np.testing.assert_array_equal(np.asarray(grad), np.zeros((1, 4)))
