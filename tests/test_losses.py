@@ -212,7 +212,11 @@ def test_sparsity_penalty_errors():
     for rho in (0.0, 1.0, -0.5, float("nan")):
         with pytest.raises(ValueError, match=rf"^sparsity_penalty: the target activation rho must be .*, got {rho}"):
             losses.sparsity_penalty(jnp.full((2, 3), 0.5), rho, 1.0)
-    with pytest.raises(ValueError, match=r"^sparsity_penalty: the sparsity weight beta must be >= 0, got -1.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"^sparsity_penalty: the sparsity weight beta must be >= 0, got -1.0; use e.g. beta=3.0, or beta=0 for no "
+        r"sparsity penalty$",
+    ):
         losses.sparsity_penalty(jnp.full((2, 3), 0.5), 0.05, -1.0)
     assert float(losses.sparsity_penalty(jnp.full((2, 3), 0.2), 0.05, 0.0)) == 0.0  # beta = 0 is allowed: no penalty
     with pytest.raises(ValueError, match=r"^sparsity_penalty: expected a batch of codes N×…×units, got shape \(3,\)"):
