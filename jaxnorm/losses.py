@@ -26,7 +26,7 @@ RECONSTRUCTION_LOSSES = ("squared", "cross_entropy")
 
 
 def per_example_loss(outputs: Array, y: Array, kind: str = "cross_entropy") -> Array:
-    """The loss of each example (axis 0), in float32.
+    """The loss of each example (axis 0), computed in float32 whatever the outputs' dtype.
 
     * ``'cross_entropy'``: ``−log softmax(outputs)[y]`` for integer labels ``y`` (N,) and logits (N, K);
     * ``'mse'``: ``‖f(x) − y‖²``, the squared error summed over every non-batch axis.
@@ -56,9 +56,10 @@ def per_example_loss(outputs: Array, y: Array, kind: str = "cross_entropy") -> A
         [5.0]
     """
     _checks.check_choice("loss", kind, LOSSES)
+    outputs = jnp.asarray(outputs).astype(jnp.float32)  # half-precision logits: the softmax and the sum in float32
     if kind == "cross_entropy":
-        return optax.softmax_cross_entropy_with_integer_labels(outputs, y).astype(jnp.float32)
-    d = (outputs - y).astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+    d = outputs - jnp.asarray(y).astype(jnp.float32)
     return jnp.sum(jnp.square(d.reshape(d.shape[0], -1)), axis=-1)
 
 
