@@ -786,6 +786,22 @@ def test_original_dropout_scales_half_precision_by_keep_in_that_precision(dtype)
     assert y.dtype == dtype
 
 
+def test_a_traced_rate_outside_0_1_is_clipped_and_a_bfloat16_one_is_read_in_float32():
+    """A traced rate cannot be checked, so it is clipped to [0, 1] where used: −0.5 drops nothing and rescales
+    nothing, 1.5 drops everything (and original dropout's evaluation scales by 0, not by −0.5). A traced bfloat16
+    rate draws the float32 rate's mask (bernoulli would otherwise draw bfloat16 uniforms: another mask)."""
+    x = jnp.asarray(_np_normal(54, (64, 64)))
+    key = jax.random.key(6)
+    inverted = jax.jit(lambda r: jaxnorm.dropout(x, r, key=key))
+    _eq(inverted(-0.5), x)
+    _eq(inverted(1.5), jnp.zeros_like(x))
+    scaled = jax.jit(lambda r: jaxnorm.original_dropout(x, r, train=False))
+    _eq(scaled(-0.5), x)
+    _eq(scaled(1.5), jnp.zeros_like(x))
+    r16 = jnp.asarray(0.3, jnp.bfloat16)
+    _eq(inverted(r16), jaxnorm.dropout(x, float(r16.astype(jnp.float32)), key=key))
+
+
 def test_max_norm_default_is_three():
     """Srivastava et al.'s c = 3 when none is given, for the projection and for the optax transformation."""
     params = _max_norm_params()
