@@ -164,41 +164,32 @@ def get_sweep(config):
             continue  # at full size the network is ResNet-50 (config.sizes.full): the other archs are CPU tests
         for norm in norms:
             for bs in sizes:
-                k = BASE_BATCH // bs
-                g = {
-                    "name": point(arch, norm, bs),
-                    "norm": norm,
-                    "batch_size": bs,
-                    "learning_rate": config.learning_rate * bs / BASE_BATCH,
-                    "num_steps": config.num_steps * k,
-                    "eval_every": config.eval_every * k,
-                    "log_every": config.log_every * k,
-                    "checkpoint_every": config.checkpoint_every * k,
-                    "eval_population_stats": norm == "batch",
-                    "population_batches": config.population_batches * k,
-                }
+                g = _grid_point(config, point(arch, norm, bs), norm, bs, BASE_BATCH // bs)
                 if not full:
                     g.update(ARCHS[arch])
                 grid.append(g)
     if config.size == "small":
         arch, norm, small = EQUAL_STEPS
-        k = BASE_BATCH // small
-        grid.append(
-            {
-                "name": point_equal_steps(arch, norm, small),
-                "norm": norm,
-                "batch_size": BASE_BATCH,
-                "learning_rate": config.learning_rate,
-                "num_steps": config.num_steps * k,
-                "eval_every": config.eval_every * k,
-                "log_every": config.log_every * k,
-                "checkpoint_every": config.checkpoint_every * k,
-                "eval_population_stats": False,
-                "population_batches": config.population_batches,
-                **ARCHS[arch],
-            }
-        )
+        g = _grid_point(config, point_equal_steps(arch, norm, small), norm, BASE_BATCH, BASE_BATCH // small)
+        grid.append({**g, **ARCHS[arch]})
     return grid
+
+
+def _grid_point(config, name: str, norm: str, bs: int, steps_factor: int) -> dict:
+    """One grid point at batch ``bs``: LR ∝ batch, ``steps_factor`` × the batch-32 steps (and logging, eval and
+    checkpoint periods), population statistics over the same number of examples at every batch size."""
+    return {
+        "name": name,
+        "norm": norm,
+        "batch_size": bs,
+        "learning_rate": config.learning_rate * bs / BASE_BATCH,
+        "num_steps": config.num_steps * steps_factor,
+        "eval_every": config.eval_every * steps_factor,
+        "log_every": config.log_every * steps_factor,
+        "checkpoint_every": config.checkpoint_every * steps_factor,
+        "eval_population_stats": norm == "batch",
+        "population_batches": config.population_batches * (BASE_BATCH // bs),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -393,17 +384,8 @@ def section(ctx) -> str:
         p_value=R.p_of(r_int["deep"]),
         forest=R.points_forest(r_int["deep"], paper_inter),
     )
-    gn_rel = None
-    if all(ctx.has(point("deep", n, b)) for n in ("batch", "group") for b in (small, BASE_BATCH)):
-        gn_rel = stats.ratio_ci(
-            change(errors(ctx, point("deep", "group", small)), errors(ctx, point("deep", "group", BASE_BATCH))),
-            change(errors(ctx, point("deep", "batch", small)), errors(ctx, point("deep", "batch", BASE_BATCH))),
-        )
-    rel_text = (
-        f"{gn_rel.estimate:+.2f} [{gn_rel.low:+.2f}, {gn_rel.high:+.2f}] (bootstrap over seeds, n = {gn_rel.n})"
-        if gn_rel
-        else "—"
-    )
+    gn_rel = relative_to_bn(ctx, point("deep", "group", small), point("deep", "group", BASE_BATCH), small)
+    rel_text = ratio_text(gn_rel)
     v_rel = ctx.claim(
         f"GN's error is flat relative to BN's: (GN₂ − GN₃₂) / (BN₂ − BN₃₂) within ±{RELATIVE_MARGIN:g}",
         PAPER_TABLE2_SOURCE,
@@ -413,17 +395,8 @@ def section(ctx) -> str:
     )
     arch, norm, eq_small = EQUAL_STEPS
     eq_name = point_equal_steps(arch, norm, eq_small)
-    gn_eq = None
-    if ctx.has(eq_name) and all(ctx.has(point(arch, n, b)) for n in ("batch", "group") for b in (eq_small, BASE_BATCH)):
-        gn_eq = stats.ratio_ci(
-            change(errors(ctx, point(arch, norm, eq_small)), errors(ctx, eq_name)),
-            change(errors(ctx, point(arch, "batch", eq_small)), errors(ctx, point(arch, "batch", BASE_BATCH))),
-        )
-    eq_text = (
-        f"{gn_eq.estimate:+.2f} [{gn_eq.low:+.2f}, {gn_eq.high:+.2f}] (bootstrap over seeds, n = {gn_eq.n})"
-        if gn_eq
-        else "—"
-    )
+    gn_eq = relative_to_bn(ctx, point(arch, norm, eq_small), eq_name, eq_small)
+    eq_text = ratio_text(gn_eq)
     v_eq = ctx.claim(
         f"GN's error is flat relative to BN's at equal steps: (GN₂ − GN₃₂ trained {BASE_BATCH // eq_small}× the "
         f"epochs) / (BN₂ − BN₃₂) within ±{RELATIVE_MARGIN:g}",
@@ -552,6 +525,22 @@ def section(ctx) -> str:
         R.status_note(ctx),
     ]
     return "\n\n".join(x for x in lines if x)
+
+
+def relative_to_bn(ctx, gn_small: str, gn_large: str, small: int):
+    """GN's change relative to BN's in the deep CNN, ``(GN_small − GN_large) / (BN_small − BN₃₂)`` over the shared
+    seeds (:func:`jaxnorm.stats.ratio_ci`), or None until every run it needs has finished."""
+    bn_small, bn_large = point("deep", "batch", small), point("deep", "batch", BASE_BATCH)
+    if not all(ctx.has(n) for n in (gn_small, gn_large, bn_small, bn_large)):
+        return None
+    return stats.ratio_ci(
+        change(errors(ctx, gn_small), errors(ctx, gn_large)), change(errors(ctx, bn_small), errors(ctx, bn_large))
+    )
+
+
+def ratio_text(r) -> str:
+    """``+0.12 [+0.05, +0.20] (bootstrap over seeds, n = 10)``, or ``—`` for None."""
+    return f"{r.estimate:+.2f} [{r.low:+.2f}, {r.high:+.2f}] (bootstrap over seeds, n = {r.n})" if r else "—"
 
 
 def equal_steps_reading(v_rel: str, v_eq: str | None) -> str:
