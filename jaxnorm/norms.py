@@ -311,7 +311,7 @@ def _count(x, spec: _Spec, mask, dt):
 
 def _data_shift(xf, spec: _Spec, mask):
     """A per-statistic shift ``k`` taken from the data (no gradient): the first valid value of each statistic's
-    reduction set (0 where there is none), agreed across devices as the mean of the devices' shifts."""
+    reduction set (0 where there is none), agreed across devices as the largest of the devices' shifts."""
     if any(xf.shape[a] == 0 for a in spec.axes):  # nothing to take a shift from (an empty batch)
         return jnp.zeros(_stat_shape(xf.shape, spec), xf.dtype)
     first = tuple(
@@ -354,9 +354,16 @@ def _data_shift(xf, spec: _Spec, mask):
         if valid is not None:
             valid = _group_combine(valid, spec, jnp.any)
     if spec.axis_name is not None:
-        v = jnp.ones(k.shape, k.dtype) if valid is None else valid.astype(k.dtype)
-        tot, nv = _stat_psum((k * v, v), spec)
-        k = tot / jnp.maximum(nv, 1.0)
+        # agreed exactly: the largest valid shift of any device (a max rounds nothing). k must be one value wherever
+        # it is used, and the mean of the shifts was a division that XLA recomputes in each fusion that uses it,
+        # free to round it differently there (XLA:CPU's elemental emitters at -O0 did: one ulp of a mean of 1e4,
+        # 3e-4 in y); the largest first value is within a few σ of the mean, all a shift needs
+        aig = None if spec.axis_index_groups is None else [list(g) for g in spec.axis_index_groups]
+        if valid is None:
+            k = _psum(k, spec.axis_name, aig, fn=lax.pmax)
+        else:
+            k = _psum(jnp.where(valid, k, -jnp.inf), spec.axis_name, aig, fn=lax.pmax)
+            k = jnp.where(k == -jnp.inf, jnp.zeros((), k.dtype), k)
     return lax.stop_gradient(k)
 
 
