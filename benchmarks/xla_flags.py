@@ -39,8 +39,17 @@ SETTINGS: dict[str, str] = {
     "ynn_minus_reduce": "--xla_cpu_experimental_ynn_fusion_type=-reduce",
     "xnn_off": "--xla_cpu_experimental_xnn_fusion_type=",
     "ynn_off_xnn_off": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_experimental_xnn_fusion_type=",
+    # XLA's older elemental emitters for the fusions it keeps (the test suite's setting: it compiles faster,
+    # benchmarks/compile_time.py), alone and with jaxnorm's 2-D CNN list
+    "emitters_off": "--xla_cpu_use_fusion_emitters=false",
+    "ynn_reduce_eltwise_emitters_off": "--xla_cpu_experimental_ynn_fusion_type=reduce,eltwise "
+    "--xla_cpu_use_fusion_emitters=false",
 }
-FUSION_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type", "--xla_cpu_experimental_xnn_fusion_type")
+FUSION_FLAGS = (
+    "--xla_cpu_experimental_ynn_fusion_type",
+    "--xla_cpu_experimental_xnn_fusion_type",
+    "--xla_cpu_use_fusion_emitters",
+)
 
 
 def measure(repeats: int) -> dict[str, float]:
