@@ -192,6 +192,26 @@ def test_sync_batch_norm_uneven_masked_shards_at_large_mean():
     np.testing.assert_allclose(np.asarray(s["var"][3]), np.asarray(s["var"][0]))  # the same on every device
 
 
+@pytest.mark.parametrize("counts", [(3, 0, 0, 2), (0, 0, 0, 0)], ids=["empty_devices", "nothing_valid"])
+def test_sync_batch_norm_with_devices_holding_no_valid_example_equals_one_device(counts):
+    """Devices whose examples are all padding, or no valid example anywhere: the shift the devices agree on (the
+    largest valid one; 0 when there is none, as on one device) gives one device's output on the global batch, and
+    the running statistics move only by the valid examples (not at all when there are none)."""
+    x = data(50.0, shape=(4, 4, 3, 5))[0]  # finite padding: an all-padding batch still has a finite output
+    mask = jnp.stack([jnp.arange(4) < n for n in counts])
+    stats = jn.init_batch_stats(5)
+    f = jax.pmap(
+        lambda x, m: jn.batch_norm(x, None, None, stats, train=True, axis_name="batch", mask=m), axis_name="batch"
+    )
+    y, s = f(x, mask)
+    y1, s1 = jn.batch_norm(x.reshape(16, 3, 5), None, None, stats, train=True, mask=mask.reshape(16))
+    assert np.all(np.isfinite(np.asarray(y)))
+    # y = (x − k − d)/σ, k and d as one device finds them: float32 rounding of d alone (|x| ≈ 50, σ ≈ 1)
+    np.testing.assert_allclose(np.asarray(y).reshape(16, 3, 5), np.asarray(y1), rtol=1e-5, atol=2e-4)
+    for k in ("mean", "var", "count"):
+        np.testing.assert_allclose(np.asarray(s[k][0]), np.asarray(s1[k]), rtol=1e-5, err_msg=k)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # masks select: NaN and inf in padding never reach the statistics
 
