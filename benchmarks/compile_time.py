@@ -23,9 +23,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from xla_flags import run_child, with_flags  # benchmarks/xla_flags.py: one setting in a fresh process
 
 SETTINGS: dict[str, str] = {
     "default": "",
@@ -85,12 +87,6 @@ def measure(repeats: int) -> dict[str, float]:
     return out
 
 
-def flags_for(setting: str, user_flags: str) -> str:
-    """The user's XLA_FLAGS without the flags a setting sets, plus the setting's."""
-    kept = [f for f in user_flags.split() if not f.startswith(SETTING_FLAGS)]
-    return " ".join(kept + SETTINGS[setting].split())
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=20, help="timed SimpleCNN steps (median reported)")
@@ -104,21 +100,13 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         ap.error(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in names:
-        env = dict(os.environ, XLA_FLAGS=flags_for(name, os.environ.get("XLA_FLAGS", "")), JAXNORM_XLA_CPU="off")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        run = subprocess.run(
-            [sys.executable, "-m", "benchmarks.compile_time", "--child", "--repeats", str(args.repeats)],
-            env=env,
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
-        if run.returncode:
-            print(json.dumps({"bench": "compile_time", "setting": name, "error": run.stderr.strip()[-500:]}))
+        flags = with_flags(os.environ.get("XLA_FLAGS", ""), SETTINGS[name], SETTING_FLAGS)
+        result = run_child("benchmarks.compile_time", flags, args.repeats)
+        if isinstance(result, str):
+            print(json.dumps({"bench": "compile_time", "setting": name, "error": result}))
             continue
-        for program, ms in json.loads(run.stdout.strip().splitlines()[-1]).items():
+        for program, ms in result.items():
             line = {"bench": "compile_time", "setting": name, "flags": SETTINGS[name], "program": program}
             line["step_ms" if program.endswith("_ms") else "compile_ms"] = round(ms, 2)
             print(json.dumps(line), flush=True)

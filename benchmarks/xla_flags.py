@@ -87,10 +87,26 @@ def measure(repeats: int) -> dict[str, float]:
     return out
 
 
-def flags_for(setting: str, user_flags: str) -> str:
-    """The user's XLA_FLAGS without their fusion-type flags, plus the setting's."""
-    kept = [f for f in user_flags.split() if not f.startswith(FUSION_FLAGS)]
-    return " ".join(kept + SETTINGS[setting].split())
+def with_flags(user_flags: str, add: str, owned: tuple[str, ...]) -> str:
+    """The user's XLA_FLAGS without the flags a study sets (``owned``), plus ``add``."""
+    kept = [f for f in user_flags.split() if not f.startswith(owned)]
+    return " ".join(kept + add.split())
+
+
+def run_child(module: str, flags: str, repeats: int) -> dict | str:
+    """``python -m module --child --repeats N`` in a fresh process (XLA reads its flags once) with ``XLA_FLAGS`` set
+    to ``flags`` and jaxnorm's own setting off: the figures of its last JSON line, or the tail of its error."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS=flags, JAXNORM_XLA_CPU="off")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    run = subprocess.run(
+        [sys.executable, "-m", module, "--child", "--repeats", str(repeats)],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    return run.stderr.strip()[-500:] if run.returncode else json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -106,22 +122,14 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         ap.error(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     table: dict[str, dict[str, float]] = {}
     for name in names:
-        env = dict(os.environ, XLA_FLAGS=flags_for(name, os.environ.get("XLA_FLAGS", "")), JAXNORM_XLA_CPU="off")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        run = subprocess.run(
-            [sys.executable, "-m", "benchmarks.xla_flags", "--child", "--repeats", str(args.repeats)],
-            env=env,
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
-        if run.returncode:
-            print(json.dumps({"bench": "xla_flags", "setting": name, "error": run.stderr.strip()[-500:]}))
+        flags = with_flags(os.environ.get("XLA_FLAGS", ""), SETTINGS[name], FUSION_FLAGS)
+        result = run_child("benchmarks.xla_flags", flags, args.repeats)
+        if isinstance(result, str):
+            print(json.dumps({"bench": "xla_flags", "setting": name, "error": result}))
             continue
-        table[name] = json.loads(run.stdout.strip().splitlines()[-1])
+        table[name] = result
         for program, ms in table[name].items():
             print(
                 json.dumps(

@@ -285,10 +285,11 @@ def _stat_sum(t, spec: _Spec, mask):
     return _group_combine(jnp.sum(t, spec.axes, keepdims=True), spec)
 
 
-def _stat_psum(tree, spec: _Spec):
-    """The per-device sums of ``tree`` added across ``spec.axis_name`` (nothing without one)."""
+def _stat_psum(tree, spec: _Spec, fn=lax.psum):
+    """The per-device sums (``fn=lax.pmax``: maxima) of ``tree`` combined across ``spec.axis_name`` and its device
+    groups (nothing without one)."""
     aig = None if spec.axis_index_groups is None else [list(g) for g in spec.axis_index_groups]
-    return _psum(tree, spec.axis_name, aig)
+    return _psum(tree, spec.axis_name, aig, fn=fn)
 
 
 def _stat_shape(shape, spec: _Spec):
@@ -358,11 +359,10 @@ def _data_shift(xf, spec: _Spec, mask):
         # it is used, and the mean of the shifts was a division that XLA recomputes in each fusion that uses it,
         # free to round it differently there (XLA:CPU's elemental emitters at -O0 did: one ulp of a mean of 1e4,
         # 3e-4 in y); the largest first value is within a few σ of the mean, all a shift needs
-        aig = None if spec.axis_index_groups is None else [list(g) for g in spec.axis_index_groups]
         if valid is None:
-            k = _psum(k, spec.axis_name, aig, fn=lax.pmax)
+            k = _stat_psum(k, spec, fn=lax.pmax)
         else:
-            k = _psum(jnp.where(valid, k, -jnp.inf), spec.axis_name, aig, fn=lax.pmax)
+            k = _stat_psum(jnp.where(valid, k, -jnp.inf), spec, fn=lax.pmax)
             k = jnp.where(k == -jnp.inf, jnp.zeros((), k.dtype), k)
     return lax.stop_gradient(k)
 

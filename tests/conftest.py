@@ -89,7 +89,8 @@ def pytest_collection_modifyitems(config, items):
     # the slowest files first, each kept whole and in pytest-randomly's order inside: with --dist loadfile xdist
     # hands out files in this order, so the long ones start at once and the short ones fill the gaps at the end
     # (longest-first scheduling; last in a shuffled order, one of them kept a worker busy alone for minutes)
-    items.sort(key=lambda item: SLOWEST_FILES.index(item.path.name) if item.path.name in SLOWEST_FILES else 99)
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     return result
 
 
