@@ -674,8 +674,9 @@ def crossed_bootstrap_ci(
     of seed ``s`` on test example ``i``; the estimate is ``mean(D)``. Each resample draws seeds and test examples
     independently with replacement (multinomial weights ``u`` over the ``S`` seeds and ``v`` over the ``n``
     examples, the same examples for every seed and both arms, as the test set is shared) and takes
-    ``uᵀ D v / (S n)``; the interval is the ``(1 ± level)/2`` percentiles. A seed-only interval (:func:`compare`)
-    treats the test set as fixed and leaves out its sampling error, ``≈ sd_i(mean_s D[s, i]) / √n``.
+    ``uᵀ D v / (S n)`` (summed over the drawn examples, so ``v`` is never formed); the interval is the
+    ``(1 ± level)/2`` percentiles. A seed-only interval (:func:`compare`) treats the test set as fixed and leaves
+    out its sampling error, ``≈ sd_i(mean_s D[s, i]) / √n``.
 
     Reduces over: the seeds both arms ran and the test examples.
 
@@ -720,12 +721,15 @@ def crossed_bootstrap_ci(
     num_seeds, n = d.shape
     rng = np.random.default_rng(seed)
     est = np.empty(num_resamples)
-    chunk = max(1, min(num_resamples, 2**24 // max(n, 1)))
+    chunk = max(1, min(num_resamples, 2**22 // max(n, 1)))
     for start in range(0, num_resamples, chunk):
         r = min(chunk, num_resamples - start)
-        u = rng.multinomial(num_seeds, np.full(num_seeds, 1.0 / num_seeds), size=r)
-        v = rng.multinomial(n, np.full(n, 1.0 / n), size=r)
-        est[start : start + r] = np.einsum("rs,sn,rn->r", u, d, v) / (num_seeds * n)
+        # uᵀ D v as a sum over drawn indices: the seeds' weights u (counts of S draws), then the n drawn examples
+        # read off u D directly; v's counts are never formed (the same distribution; with numpy's multinomial over
+        # n = 10 000 categories one interval of 10 seeds took 3.8 s, with these draws 0.6 s)
+        u = np.apply_along_axis(np.bincount, 1, rng.integers(0, num_seeds, size=(r, num_seeds)), minlength=num_seeds)
+        examples = rng.integers(0, n, size=(r, n))
+        est[start : start + r] = np.take_along_axis(u @ d, examples, axis=1).sum(axis=1) / (num_seeds * n)
     lo, hi = np.quantile(est, [(1 - level) / 2, (1 + level) / 2])
     return Interval(float(d.mean()), float(lo), float(hi), num_seeds, level, "crossed bootstrap")
 
