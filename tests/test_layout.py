@@ -3,6 +3,7 @@ say which extra they need when it is missing, the names are unambiguous, and the
 that the lab reaches for are still where it reaches."""
 
 import importlib
+import json
 import pathlib
 import subprocess
 import sys
@@ -30,35 +31,61 @@ def test_import_jaxnorm_never_imports_the_lab():
     assert res.stdout.strip() == "[]"
 
 
-_BLOCK = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):  # as if {name} were not installed
+MISSING = ["tensorflow_datasets", "grain", "ml_collections", "matplotlib"]
+LAB_MODULES = ["jaxnorm.lab", "jaxnorm.lab.train.loop", "jaxnorm.lab.data"]
+CASES = [(m, name) for m in LAB_MODULES for name in MISSING] + [("jaxnorm.eqx", "equinox")]
+
+# Every case in a child forked from one interpreter that has imported the core library (13 fresh interpreters paid
+# JAX's 1.7 s import each): each child starts without the lab, blocks one package and imports one module.
+_BLOCKED_IMPORTS = """
+import importlib, importlib.abc, json, os, sys
+import jaxnorm  # the core (tests/test_layout.py checks that it imports none of the blocked packages)
+class Block(importlib.abc.MetaPathFinder):  # as if NAME were not installed
+    def __init__(self, name):
+        self.name = name
     def find_spec(self, fullname, path, target=None):
-        if fullname.split(".")[0] == {name!r}:
-            raise ModuleNotFoundError(f"No module named {{fullname!r}}", name=fullname)
-sys.meta_path.insert(0, Block())
-try:
-    import {module}
-except ImportError as e:
-    print(type(e).__name__, "|", e)
-else:
-    print("imported")
+        if fullname.split(".")[0] == self.name:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+out = {}
+for module, name in CASES:
+    assert not any(m.split(".")[0] == name or m.startswith("jaxnorm.lab") for m in sys.modules), name
+    read, write = os.pipe()
+    if os.fork() == 0:
+        sys.meta_path.insert(0, Block(name))
+        try:
+            importlib.import_module(module)
+            text = "imported"
+        except BaseException as e:  # any failure is this case's answer; the child never returns to the loop
+            text = f"{type(e).__name__} | {e}"
+        finally:
+            os.write(write, text.encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out[f"{module}|{name}"] = f.read()
+    os.wait()
+print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("missing", ["tensorflow_datasets", "grain", "ml_collections", "matplotlib"])
-@pytest.mark.parametrize("module", ["jaxnorm.lab", "jaxnorm.lab.train.loop", "jaxnorm.lab.data"])
-def test_a_lab_module_without_its_extra_is_one_import_error_naming_it(module, missing):
-    res = _python(_BLOCK.format(name=missing, module=module))
+@pytest.fixture(scope="module")
+def blocked_imports() -> dict:
+    res = _python(f"CASES = {CASES!r}\n" + _BLOCKED_IMPORTS)
     assert res.returncode == 0, res.stderr
-    out = res.stdout.strip()
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("missing", MISSING)
+@pytest.mark.parametrize("module", LAB_MODULES)
+def test_a_lab_module_without_its_extra_is_one_import_error_naming_it(blocked_imports, module, missing):
+    out = blocked_imports[f"{module}|{missing}"]
     assert out.startswith("ImportError |"), out  # ours, not a ModuleNotFoundError from deep inside
     assert "pip install 'jaxnorm[train]'" in out and missing in out
 
 
-def test_the_equinox_layers_without_equinox_name_the_extra():
-    res = _python(_BLOCK.format(name="equinox", module="jaxnorm.eqx"))
-    assert res.stdout.strip().startswith("ImportError |") and "jaxnorm[equinox]" in res.stdout, res.stdout
+def test_the_equinox_layers_without_equinox_name_the_extra(blocked_imports):
+    out = blocked_imports["jaxnorm.eqx|equinox"]
+    assert out.startswith("ImportError |") and "jaxnorm[equinox]" in out, out
 
 
 def test_module_and_function_names_are_unambiguous():
