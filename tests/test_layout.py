@@ -3,13 +3,13 @@ say which extra they need when it is missing, the names are unambiguous, and the
 that the lab reaches for are still where it reaches."""
 
 import importlib
-import json
 import pathlib
 import subprocess
 import sys
 
 import pytest
 import tomllib
+from _forked import run_forked
 
 import jaxnorm
 
@@ -35,44 +35,30 @@ MISSING = ["tensorflow_datasets", "grain", "ml_collections", "matplotlib"]
 LAB_MODULES = ["jaxnorm.lab", "jaxnorm.lab.train.loop", "jaxnorm.lab.data"]
 CASES = [(m, name) for m in LAB_MODULES for name in MISSING] + [("jaxnorm.eqx", "equinox")]
 
-# Every case in a child forked from one interpreter that has imported the core library (13 fresh interpreters paid
-# JAX's 1.7 s import each): each child starts without the lab, blocks one package and imports one module.
-_BLOCKED_IMPORTS = """
-import importlib, importlib.abc, json, os, sys
-import jaxnorm  # the core (tests/test_layout.py checks that it imports none of the blocked packages)
-class Block(importlib.abc.MetaPathFinder):  # as if NAME were not installed
-    def __init__(self, name):
-        self.name = name
+_BLOCK = """
+import importlib, importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):  # as if {name} were not installed
     def find_spec(self, fullname, path, target=None):
-        if fullname.split(".")[0] == self.name:
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-out = {}
-for module, name in CASES:
-    assert not any(m.split(".")[0] == name or m.startswith("jaxnorm.lab") for m in sys.modules), name
-    read, write = os.pipe()
-    if os.fork() == 0:
-        sys.meta_path.insert(0, Block(name))
-        try:
-            importlib.import_module(module)
-            text = "imported"
-        except BaseException as e:  # any failure is this case's answer; the child never returns to the loop
-            text = f"{type(e).__name__} | {e}"
-        finally:
-            os.write(write, text.encode())
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        out[f"{module}|{name}"] = f.read()
-    os.wait()
-print(json.dumps(out))
+        if fullname.split(".")[0] == {name!r}:
+            raise ModuleNotFoundError(f"No module named {{fullname!r}}", name=fullname)
+sys.meta_path.insert(0, Block())
+assert not any(m.split(".")[0] == {name!r} or m.startswith("jaxnorm.lab") for m in sys.modules)
+try:
+    importlib.import_module({module!r})
+except ImportError as e:
+    print(type(e).__name__, "|", e)
+else:
+    print("imported")
 """
 
 
 @pytest.fixture(scope="module")
 def blocked_imports() -> dict:
-    res = _python(f"CASES = {CASES!r}\n" + _BLOCKED_IMPORTS)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    """Each case in its own child, forked from an interpreter that imported the core library only (which imports
+    none of the blocked packages: test_import_jaxnorm_never_imports_the_lab)."""
+    results = run_forked([(_BLOCK.format(name=name, module=m), {}) for m, name in CASES], prelude="import jaxnorm")
+    assert all(r["rc"] == 0 for r in results), results
+    return {f"{m}|{name}": r["out"].strip() for (m, name), r in zip(CASES, results)}
 
 
 @pytest.mark.parametrize("missing", MISSING)

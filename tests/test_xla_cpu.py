@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from _forked import run_forked
 
 from jaxnorm import xla_cpu
 
@@ -56,33 +57,33 @@ def test_apply_adds_nothing_on_another_architecture():
     assert env == {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
-def _child(code: str, **env) -> str:
-    full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXNORM_XLA_CPU")} | env
-    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 @pytest.mark.lab
 def test_the_run_applies_it_for_its_model_before_the_backend_starts():
     expected = xla_cpu.recommended_flags(2)
     show = "import os; print(repr(os.environ.get('XLA_FLAGS', '')))"
-    assert _child(f"import jaxnorm, jaxnorm.lab.train; {show}") == "''"  # importing never changes the flags
     apply = "from jaxnorm.lab import cli; line = cli.apply_xla_cpu({!r}); "
-    assert _child(apply.format("simple_cnn") + show) == repr(" ".join(expected))
-    assert _child(apply.format("resnet18") + show) == repr(" ".join(expected))
-    assert _child(apply.format("cnn1d") + show) == "''"
-    assert _child(apply.format("mlp") + show) == "''"
-    assert _child(apply.format("simple_cnn") + show, JAXNORM_XLA_CPU="off") == "''"
-    # too late: the backend has read its flags, so nothing is changed (subprocesses would otherwise differ)
-    assert _child("import jax; jax.devices(); " + apply.format("simple_cnn") + show) == "''"
-    # XLA accepts the flag (an unknown one aborts the process) and computes a 2-D convolution with it
-    conv = (
+    conv = (  # XLA accepts the flag (an unknown one aborts the process) and computes a 2-D convolution with it
         "import jax, jax.numpy as jnp; x = jnp.ones((2, 8, 8, 3)); w = jnp.ones((3, 3, 3, 4)); "
         "print(float(jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID', "
         "dimension_numbers=('NHWC', 'HWIO', 'NHWC')).sum()))"
     )
-    assert _child(apply.format("simple_cnn") + conv) == str(2 * 6 * 6 * 4 * 27.0)
+    cases = [  # (code, its environment, what it prints)
+        ("import jaxnorm.lab.train; " + show, {}, "''"),  # importing never changes the flags
+        (apply.format("simple_cnn") + show, {}, repr(" ".join(expected))),
+        (apply.format("resnet18") + show, {}, repr(" ".join(expected))),
+        (apply.format("cnn1d") + show, {}, "''"),
+        (apply.format("mlp") + show, {}, "''"),
+        (apply.format("simple_cnn") + show, {"JAXNORM_XLA_CPU": "off"}, "''"),
+        # too late: the backend has read its flags, so nothing is changed (subprocesses would otherwise differ)
+        ("import jax; jax.devices(); " + apply.format("simple_cnn") + show, {}, "''"),
+        (apply.format("simple_cnn") + conv, {}, str(2 * 6 * 6 * 4 * 27.0)),
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXNORM_XLA_CPU")}
+    # each case in a child forked from one interpreter that imported jaxnorm (JAX, its backend not started)
+    results = run_forked([(code, e) for code, e, _ in cases], prelude="import jaxnorm", env=env)
+    for (code, _, want), r in zip(cases, results):
+        assert r["rc"] == 0, r["out"]
+        assert r["out"].strip() == want, code
 
 
 @pytest.mark.lab
