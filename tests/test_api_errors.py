@@ -177,3 +177,31 @@ def test_group_count_both_or_neither_is_an_error_and_group_size_gives_the_count(
         np.asarray(jn.group_norm(x, group_size=4)), np.asarray(jn.group_norm(x, num_groups=3))
     )
     assert not np.allclose(np.asarray(jn.group_norm(x, group_size=3)), np.asarray(jn.group_norm(x, num_groups=3)))
+
+
+PER_EXAMPLE_NORMS = {  # name: (the call, its minimum rank, the layout its rank error names)
+    "layer_norm": (jn.layer_norm, 2, "a batch axis and at least one feature axis"),
+    "rms_norm": (jn.rms_norm, 2, "a batch axis and at least one feature axis"),
+    "group_norm": (lambda x, **kw: jn.group_norm(x, num_groups=1, **kw), 2, "N×…×C"),
+    "instance_norm": (
+        jn.instance_norm,
+        3,
+        "N×spatial…×C; an N×C input has nothing to normalize per instance",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_EXAMPLE_NORMS))
+def test_a_per_example_norms_rank_and_parameter_errors_name_it_and_the_layout(name):
+    """Each message begins with the transform's own name (the caller may have several in one model), and the rank
+    error says which layout it expects."""
+    fn, rank, layout = PER_EXAMPLE_NORMS[name]
+    low = (4,) * (rank - 1)
+    with pytest.raises(ValueError) as err:
+        fn(jnp.ones(low))
+    assert str(err.value) == f"{name}: expected an input of rank >= {rank} ({layout}), got shape {low}"
+    x = jnp.ones((2, 3, 4))
+    with pytest.raises(ValueError) as err:
+        fn(x, scale=jnp.ones((5,)))
+    assert str(err.value).startswith(f"{name}: scale of shape (5,) does not broadcast against the input of shape "), err
+    assert "pass one value per channel, shape (4,) for the 4 channels on axis 2" in str(err.value)
