@@ -180,23 +180,23 @@ def _psum(tree, axis_name, axis_index_groups=None, fn=lax.psum):
         ) from e
 
 
-def _expand_mask(mask: Array | None, x: Array) -> Array | None:
+def _expand_mask(name: str, mask: Array | None, x: Array) -> Array | None:
     """A boolean mask (True = a valid value) aligned with the leading axes of ``x`` (e.g. shape (N,)), or of
     ``x``'s rank and broadcastable to it, reshaped to ``x``'s rank. Non-bool masks select where they are nonzero."""
     if mask is None:
         return None
     mask = jnp.asarray(mask)
     if mask.ndim > x.ndim:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} has more axes than the input {tuple(x.shape)}")
+        raise ValueError(f"{name}: mask of shape {tuple(mask.shape)} has more axes than the input {tuple(x.shape)}")
     if mask.ndim < x.ndim:
         if tuple(mask.shape) != tuple(x.shape[: mask.ndim]):
             raise ValueError(
-                f"mask of shape {tuple(mask.shape)} must match the leading axes of the input {tuple(x.shape)} "
+                f"{name}: mask of shape {tuple(mask.shape)} must match the leading axes of the input {tuple(x.shape)} "
                 f"(e.g. shape ({x.shape[0]},) for one flag per example)"
             )
         mask = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
     elif any(m not in (1, n) for m, n in zip(mask.shape, x.shape)):
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the input {tuple(x.shape)}")
+        raise ValueError(f"{name}: mask of shape {tuple(mask.shape)} does not broadcast to the input {tuple(x.shape)}")
     return mask if mask.dtype == jnp.bool_ else mask != 0
 
 
@@ -441,9 +441,9 @@ def _norm_core_jvp(spec: _Spec, primals, tangents):
     return out, (yd, md, 2.0 * q, jnp.zeros_like(count), jnp.zeros_like(k), md)
 
 
-def _mask_for(mask, x):
-    """The boolean mask at ``x``'s rank, under stop_gradient (or None)."""
-    m = _expand_mask(mask, x)
+def _mask_for(name: str, mask, x):
+    """The boolean mask at ``x``'s rank, under stop_gradient (or None); ``name`` begins its errors."""
+    m = _expand_mask(name, mask, x)
     return None if m is None else lax.stop_gradient(m)
 
 
@@ -711,7 +711,7 @@ def batch_norm(
     if train is False:
         return eval_mode(stats)
     _check_train_size("batch_norm", x, c, mask, axis_name)
-    mk = _mask_for(mask, x)
+    mk = _mask_for("batch_norm", mask, x)
     if virtual_batch_size is not None:
         if axis_name is not None:
             raise ValueError(
@@ -799,7 +799,7 @@ def batch_moments(
     feat = _axes(x.ndim, axis)
     red = tuple(i for i in range(x.ndim) if i not in feat)
     fshape = tuple(x.shape[i] for i in feat)
-    mk = _mask_for(mask, x)
+    mk = _mask_for("batch_moments", mask, x)
     if shift is not None:
         shift = jnp.asarray(shift, _stat_dtype(x)).reshape([x.shape[i] if i in feat else 1 for i in range(x.ndim)])
     spec = _spec(red, ndim=x.ndim, axis_name=axis_name, axis_index_groups=axis_index_groups)
@@ -1057,7 +1057,7 @@ def layer_norm(
     scale, bias = _affine("layer_norm", x, scale, bias)
     red = tuple(range(1, x.ndim)) if axes is None else _axes(x.ndim, axes)
     spec = _per_example_spec("layer_norm", x, red, epsilon)
-    return _norm_core(x, scale, bias, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
+    return _norm_core(x, scale, bias, None, _mask_for("layer_norm", mask, x), spec)[0].astype(x.dtype)
 
 
 def rms_norm(
@@ -1104,7 +1104,7 @@ def rms_norm(
     scale, _ = _affine("rms_norm", x, scale, None)
     red = tuple(range(1, x.ndim)) if axes is None else _axes(x.ndim, axes)
     spec = _per_example_spec("rms_norm", x, red, epsilon, center=False, centered_var=False)
-    return _norm_core(x, scale, None, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
+    return _norm_core(x, scale, None, None, _mask_for("rms_norm", mask, x), spec)[0].astype(x.dtype)
 
 
 def group_norm(
@@ -1169,7 +1169,7 @@ def group_norm(
     g = check_groups("group_norm", x.shape[fax], num_groups, group_size)
     red = [i for i in range(1, x.ndim) if i != fax]  # per-(example, channel) sums, then per group
     spec = _per_example_spec("group_norm", x, red, epsilon, groups=g, group_axis=fax)
-    return _norm_core(x, scale, bias, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
+    return _norm_core(x, scale, bias, None, _mask_for("group_norm", mask, x), spec)[0].astype(x.dtype)
 
 
 def instance_norm(
@@ -1230,7 +1230,7 @@ def instance_norm(
             "error). Normalize before the spatial size reaches 1, or use group_norm/layer_norm"
         )
     spec = _per_example_spec("instance_norm", x, red, epsilon)
-    return _norm_core(x, scale, bias, None, _mask_for(mask, x), spec)[0].astype(x.dtype)
+    return _norm_core(x, scale, bias, None, _mask_for("instance_norm", mask, x), spec)[0].astype(x.dtype)
 
 
 def weight_standardize(kernel: Array, *, epsilon: float = 1e-5) -> Array:
@@ -1368,7 +1368,7 @@ def batch_renorm(
     _check_train_size("batch_renorm", x, c, mask, axis_name)
     dt = _stat_dtype(x)
     spec = _spec(red, ndim=x.ndim, axis_name=axis_name, epsilon=eps)
-    mk = _mask_for(mask, x)
+    mk = _mask_for("batch_renorm", mask, x)
 
     def train_mode(st):
         # the batch statistics first (no gradient: r and d are constants), then the core with the affine map
@@ -1465,7 +1465,7 @@ def lp_batch_norm(
         return eval_mode(stats)
     _check_train_size("lp_batch_norm", x, c, mask, axis_name)
     feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
-    mk = _mask_for(mask, x)
+    mk = _mask_for("lp_batch_norm", mask, x)
 
     def train_mode(st):
         if p == 2:  # s² = mean(x²): the core's raw-second-moment form, with its fused gradient
@@ -1620,6 +1620,7 @@ def noisy_batch_norm(
         batch_norm_kwargs.get("epsilon", 1e-5),
         batch_norm_kwargs.get("axis", -1),
     )[:2]
+    _expand_mask("noisy_batch_norm", batch_norm_kwargs.get("mask"), x)
     y, new_stats = batch_norm(x, scale, bias, stats, train=train, **batch_norm_kwargs)
     if train is False:
         return y, new_stats

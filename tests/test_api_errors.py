@@ -205,3 +205,17 @@ def test_a_per_example_norms_rank_and_parameter_errors_name_it_and_the_layout(na
         fn(x, scale=jnp.ones((5,)))
     assert str(err.value).startswith(f"{name}: scale of shape (5,) does not broadcast against the input of shape "), err
     assert "pass one value per channel, shape (4,) for the 4 channels on axis 2" in str(err.value)
+    with pytest.raises(ValueError, match=rf"^{name}: epsilon must be a finite number >= 0 .*got -1.0"):
+        fn(x, epsilon=-1.0)
+    with pytest.raises(ValueError, match=rf"^{name}: mask of shape \(2, 5\) must match the leading axes of the input"):
+        fn(x, mask=jnp.ones((2, 5), bool))
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
+def test_a_batch_stat_norms_mask_errors_name_it(name):
+    x = jnp.ones((4, 3))
+    stats = jn.init_batch_stats(3)
+    with pytest.raises(ValueError, match=rf"^{name}: mask of shape \(4, 2\) does not broadcast to the input \(4, 3\)"):
+        BATCH_STAT_NORMS[name](x, None, None, stats, train=True, mask=jnp.ones((4, 2), bool))
+    with pytest.raises(ValueError, match=rf"^{name}: mask of shape \(4, 3, 1\) has more axes than the input"):
+        BATCH_STAT_NORMS[name](x, None, None, stats, train=True, mask=jnp.ones((4, 3, 1), bool))
