@@ -41,13 +41,15 @@ _DEFAULT_MOMENTUM = {"flax": 0.99, "pytorch": 0.1}
 # checks (static: shapes, names, numbers) -- raised eagerly, before tracing goes any further
 
 
-def _axes(ndim: int, axes: int | Sequence[int]) -> tuple[int, ...]:
-    """``axes`` as sorted, non-negative, distinct ints; ValueError for an axis out of range."""
+def _axes(name: str, ndim: int, axes: int | Sequence[int]) -> tuple[int, ...]:
+    """``axes`` as sorted, non-negative, distinct ints; ValueError for an axis out of range (``name`` begins it)."""
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
     out = []
     for a in axes:
         if not -ndim <= a < ndim:
-            raise ValueError(f"axis {a} is out of range for an input of rank {ndim}")
+            raise ValueError(
+                f"{name}: axis {a} is out of range for an input of rank {ndim} (axes run from {-ndim} to {ndim - 1})"
+            )
         out.append(a % ndim)
     return tuple(sorted(set(out)))
 
@@ -56,7 +58,7 @@ def _feature_axis(name: str, x: Array, axis: int) -> int:
     """The one feature axis ``axis`` of ``x``, non-negative; ValueError unless it is an int in range."""
     if not isinstance(axis, int):
         raise ValueError(f"{name}: axis must name one feature axis (an int), got {axis!r}")
-    return _axes(x.ndim, axis)[0]
+    return _axes(name, x.ndim, axis)[0]
 
 
 def _check_convention(convention: str) -> None:
@@ -796,7 +798,7 @@ def batch_moments(
         [3.0, 10.0] [2.6667, 0.0] 3
     """
     x = _input("batch_moments", x)
-    feat = _axes(x.ndim, axis)
+    feat = _axes("batch_moments", x.ndim, axis)
     red = tuple(i for i in range(x.ndim) if i not in feat)
     fshape = tuple(x.shape[i] for i in feat)
     mk = _mask_for("batch_moments", mask, x)
@@ -1055,7 +1057,7 @@ def layer_norm(
     x = _input("layer_norm", x)
     _check_rank("layer_norm", x, 2, "a batch axis and at least one feature axis")
     scale, bias = _affine("layer_norm", x, scale, bias)
-    red = tuple(range(1, x.ndim)) if axes is None else _axes(x.ndim, axes)
+    red = tuple(range(1, x.ndim)) if axes is None else _axes("layer_norm", x.ndim, axes)
     spec = _per_example_spec("layer_norm", x, red, epsilon)
     return _norm_core(x, scale, bias, None, _mask_for("layer_norm", mask, x), spec)[0].astype(x.dtype)
 
@@ -1102,7 +1104,7 @@ def rms_norm(
     x = _input("rms_norm", x)
     _check_rank("rms_norm", x, 2, "a batch axis and at least one feature axis")
     scale, _ = _affine("rms_norm", x, scale, None)
-    red = tuple(range(1, x.ndim)) if axes is None else _axes(x.ndim, axes)
+    red = tuple(range(1, x.ndim)) if axes is None else _axes("rms_norm", x.ndim, axes)
     spec = _per_example_spec("rms_norm", x, red, epsilon, center=False, centered_var=False)
     return _norm_core(x, scale, None, None, _mask_for("rms_norm", mask, x), spec)[0].astype(x.dtype)
 

@@ -211,6 +211,29 @@ def test_a_per_example_norms_rank_and_parameter_errors_name_it_and_the_layout(na
         fn(x, mask=jnp.ones((2, 5), bool))
 
 
+AXIS_CALLS = {  # name: the call with an axis (or axes) out of range for a rank-3 input
+    "layer_norm": lambda x: jn.layer_norm(x, axes=(1, 3)),
+    "rms_norm": lambda x: jn.rms_norm(x, axes=3),
+    "group_norm": lambda x: jn.group_norm(x, num_groups=1, axis=-4),
+    "instance_norm": lambda x: jn.instance_norm(x, axis=3),
+    "batch_moments": lambda x: jn.batch_moments(x, axis=3),
+    **{
+        n: (lambda f: lambda x: f(x, None, None, jn.init_batch_stats(4), train=True, axis=3))(f)
+        for n, f in BATCH_STAT_NORMS.items()
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(AXIS_CALLS))
+def test_an_axis_out_of_range_names_the_transform_and_the_range(name):
+    with pytest.raises(ValueError) as err:
+        AXIS_CALLS[name](jnp.ones((2, 3, 4)))
+    bad = -4 if name == "group_norm" else 3
+    assert str(err.value).startswith(
+        f"{name}: axis {bad} is out of range for an input of rank 3 (axes run from -3 to 2)"
+    )
+
+
 @pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
 def test_a_batch_stat_norms_mask_errors_name_it(name):
     x = jnp.ones((4, 3))
