@@ -242,3 +242,12 @@ def test_a_batch_stat_norms_mask_errors_name_it(name):
         BATCH_STAT_NORMS[name](x, None, None, stats, train=True, mask=jnp.ones((4, 2), bool))
     with pytest.raises(ValueError, match=rf"^{name}: mask of shape \(4, 3, 1\) has more axes than the input"):
         BATCH_STAT_NORMS[name](x, None, None, stats, train=True, mask=jnp.ones((4, 3, 1), bool))
+
+
+@pytest.mark.parametrize("name", ["instance_norm", "group_norm"])
+@pytest.mark.parametrize("axis", [0, -3])
+def test_the_batch_axis_as_the_channel_axis_is_refused_with_the_layouts(name, axis):
+    fn = PER_EXAMPLE_NORMS[name][0]
+    with pytest.raises(ValueError) as err:
+        fn(jnp.ones((2, 3, 4)), axis=axis)
+    assert str(err.value) == f"{name}: axis 0 is the batch axis; pass the channel axis (-1 for NHWC, 1 for NCHW)"
