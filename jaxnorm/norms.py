@@ -804,7 +804,7 @@ def batch_moments(
     mk = _mask_for("batch_moments", mask, x)
     if shift is not None:
         shift = jnp.asarray(shift, _stat_dtype(x)).reshape([x.shape[i] if i in feat else 1 for i in range(x.ndim)])
-    spec = _spec(red, ndim=x.ndim, axis_name=axis_name, axis_index_groups=axis_index_groups)
+    spec = _spec(red, axis_name=axis_name, axis_index_groups=axis_index_groups)  # no groups: no group axis
     _, mean, var, count, _, _ = _norm_core(x, None, None, shift, mk, spec)
     count = jnp.broadcast_to(count, mean.shape).reshape(fshape) if jnp.ndim(count) else count
     return {"mean": mean.reshape(fshape), "var": var.reshape(fshape), "count": count}
