@@ -251,3 +251,13 @@ def test_the_batch_axis_as_the_channel_axis_is_refused_with_the_layouts(name, ax
     with pytest.raises(ValueError) as err:
         fn(jnp.ones((2, 3, 4)), axis=axis)
     assert str(err.value) == f"{name}: axis 0 is the batch axis; pass the channel axis (-1 for NHWC, 1 for NCHW)"
+
+
+def test_instance_norm_of_one_spatial_value_says_why_and_what_to_do():
+    with pytest.raises(ValueError) as err:
+        jn.instance_norm(jnp.ones((2, 1, 1, 3)))
+    assert str(err.value) == (
+        "instance_norm: expected more than 1 spatial element per channel, got input shape (2, 1, 1, 3): the variance "
+        "of one value is 0 and the output would be the bias alone (PyTorch raises the same error). Normalize before "
+        "the spatial size reaches 1, or use group_norm/layer_norm"
+    )
