@@ -425,6 +425,39 @@ def test_half_precision_inputs(dtype, tol):
     np.testing.assert_allclose(np.asarray(mo["var"], np.float64), ref.norm(x64, "batch")["var"], rtol=1e-4)
 
 
+EVAL_NORMS = {
+    "batch_norm": jn.batch_norm,
+    "batch_renorm": jn.batch_renorm,
+    "lp_batch_norm": lambda *a, **kw: jn.lp_batch_norm(*a, p=1, **kw),
+    "noisy_batch_norm": jn.noisy_batch_norm,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVAL_NORMS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_eval_mode_is_the_running_statistics_formula_in_float64(name, dtype):
+    """Eval mode: ``y = (x − μ_r)/√(σ²_r + ε)·γ + β`` with the running statistics, in the input's dtype. ε = 0.3
+    against running variances of 0.01–0.05 makes ε dominate (a sign or factor slip in it is a 10× error), and the
+    running mean of 1e3 makes the subtraction's rounding visible."""
+    c = 6
+    x = (1e3 + jax.random.normal(jax.random.key(0), (16, 3, c))).astype(dtype)
+    st = {
+        "mean": jnp.asarray(1e3 + np.linspace(-0.5, 0.5, c), jnp.float32),
+        "var": jnp.asarray(np.linspace(0.01, 0.05, c), jnp.float32),
+        "count": jnp.asarray(3, jnp.int32),
+    }
+    scale = jnp.asarray(np.linspace(0.5, 2.0, c), dtype)
+    bias = jnp.asarray(np.linspace(-1.0, 1.0, c), dtype)
+    y, new = EVAL_NORMS[name](x, scale, bias, st, train=False, epsilon=0.3)
+    assert y.dtype == dtype and new is st
+    x64, g, b = (np.asarray(jnp.asarray(a, jnp.float32), np.float64) for a in (x, scale, bias))
+    want = (x64 - np.asarray(st["mean"], np.float64)) / np.sqrt(np.asarray(st["var"], np.float64) + 0.3) * g + b
+    # float32: |x − μ| ≤ 5 computed from values of 1e3 (ulp 6e-5), so 1e-4 absolute; bfloat16: the output's own
+    # rounding (8 bits: 0.4% of |y| ≤ 20)
+    tol = 1e-4 if dtype == jnp.float32 else 0.1
+    np.testing.assert_allclose(np.asarray(y.astype(jnp.float32), np.float64), want, atol=tol, rtol=0)
+
+
 def test_one_value_per_channel_per_instance_and_per_group():
     with pytest.raises(ValueError, match=r"more than 1 value per channel in training.*PyTorch raises the same"):
         jn.batch_norm(jnp.ones((1, 4)), None, None, jn.init_batch_stats(4), train=True)
