@@ -1612,7 +1612,7 @@ def noisy_batch_norm(
         (8, 3) 1
     """
     # batch_norm's checks, under this function's name (the messages then name the function the user called)
-    x, train = _bn_setup(
+    x, train, _, _, c = _bn_setup(
         "noisy_batch_norm",
         x,
         scale,
@@ -1621,8 +1621,10 @@ def noisy_batch_norm(
         train,
         batch_norm_kwargs.get("epsilon", 1e-5),
         batch_norm_kwargs.get("axis", -1),
-    )[:2]
+    )[:5]
     _expand_mask("noisy_batch_norm", batch_norm_kwargs.get("mask"), x)
+    if train is not False:
+        _check_train_size("noisy_batch_norm", x, c, batch_norm_kwargs.get("mask"), batch_norm_kwargs.get("axis_name"))
     y, new_stats = batch_norm(x, scale, bias, stats, train=train, **batch_norm_kwargs)
     if train is False:
         return y, new_stats

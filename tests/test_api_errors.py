@@ -261,3 +261,18 @@ def test_instance_norm_of_one_spatial_value_says_why_and_what_to_do():
         "of one value is 0 and the output would be the bias alone (PyTorch raises the same error). Normalize before "
         "the spatial size reaches 1, or use group_norm/layer_norm"
     )
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
+def test_one_value_per_channel_in_training_is_refused_unless_masked(name):
+    """As PyTorch: one value per channel has a batch variance of 0. With a mask the batch may hold padding, so
+    the check is left to the mask (a valid count of 1 is the caller's data, not a layout mistake)."""
+    fn, x, st = BATCH_STAT_NORMS[name], jnp.ones((1, 3)), jn.init_batch_stats(3)
+    with pytest.raises(ValueError) as err:
+        fn(x, None, None, st, train=True)
+    assert str(err.value).startswith(
+        f"{name}: expected more than 1 value per channel in training, got input shape (1, 3): the batch variance of "
+        "one value is 0"
+    )
+    y, new = fn(x, None, None, st, train=True, mask=jnp.ones((1,), bool))
+    assert y.shape == (1, 3) and int(new["count"]) == 1
