@@ -276,3 +276,14 @@ def test_one_value_per_channel_in_training_is_refused_unless_masked(name):
     )
     y, new = fn(x, None, None, st, train=True, mask=jnp.ones((1,), bool))
     assert y.shape == (1, 3) and int(new["count"]) == 1
+
+
+def test_ghost_batches_with_an_axis_name_are_refused_with_both_ways_out():
+    with pytest.raises(ValueError) as err:
+        jn.batch_norm(
+            jnp.ones((8, 3)), None, None, jn.init_batch_stats(3), train=True, virtual_batch_size=4, axis_name="batch"
+        )
+    assert str(err.value) == (
+        "batch_norm: virtual_batch_size and axis_name cannot be combined: ghost batches are per-device already; pass "
+        "axis_name=None (per-device statistics) or drop virtual_batch_size"
+    )
