@@ -287,3 +287,13 @@ def test_ghost_batches_with_an_axis_name_are_refused_with_both_ways_out():
         "batch_norm: virtual_batch_size and axis_name cannot be combined: ghost batches are per-device already; pass "
         "axis_name=None (per-device statistics) or drop virtual_batch_size"
     )
+
+
+def test_a_one_element_parameter_broadcasts_channels_last_and_is_refused_channels_first():
+    """A 1-D parameter is per channel; of length 1 it broadcasts from the right when the channels are last, and is
+    refused when they are not (it would broadcast along the width, not the channels)."""
+    x, two = _x((4, 3, 5)), jnp.full((1,), 2.0)
+    np.testing.assert_allclose(jn.layer_norm(x, scale=two), 2 * jn.layer_norm(x), rtol=1e-6)
+    np.testing.assert_allclose(jn.instance_norm(x, scale=two), 2 * jn.instance_norm(x), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"^instance_norm: scale of shape \(1,\)"):
+        jn.instance_norm(x, scale=two, axis=1)
