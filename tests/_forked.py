@@ -7,7 +7,6 @@ without touching the others."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -46,8 +45,6 @@ def run_forked(snippets: list[tuple[str, dict]], prelude: str = "", env: dict | 
     """``[{'rc': exit code, 'out': stdout and stderr}]``, one per ``(code, env)`` snippet, in order; ``env`` is the
     parent interpreter's whole environment (default: this process's)."""
     script = _DRIVER.format(prelude=prelude, snippets=json.dumps([[c, e] for c, e in snippets]))
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=os.getcwd()
-    )
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.rstrip().rsplit("\n", 1)[-1])
