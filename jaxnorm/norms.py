@@ -42,16 +42,24 @@ _DEFAULT_MOMENTUM = {"flax": 0.99, "pytorch": 0.1}
 
 
 def _axes(name: str, ndim: int, axes: int | Sequence[int]) -> tuple[int, ...]:
-    """``axes`` as sorted, non-negative, distinct ints; ValueError for an axis out of range (``name`` begins it)."""
+    """``axes`` as sorted, non-negative ints; ValueError for an axis out of range or named twice (``name`` begins it).
+
+    A repeated axis (``(1, 1)``, or ``(2, -1)`` at rank 3) is refused as numpy's reductions refuse it: silently
+    reducing once would hide a typo for the axis the user meant.
+    """
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    out = []
+    out: list[int] = []
     for a in axes:
         if not -ndim <= a < ndim:
             raise ValueError(
                 f"{name}: axis {a} is out of range for an input of rank {ndim} (axes run from {-ndim} to {ndim - 1})"
             )
+        if a % ndim in out:
+            raise ValueError(
+                f"{name}: axes {axes} name axis {a % ndim} twice for an input of rank {ndim}; give each axis once"
+            )
         out.append(a % ndim)
-    return tuple(sorted(set(out)))
+    return tuple(sorted(out))
 
 
 def _feature_axis(name: str, x: Array, axis: int) -> int:

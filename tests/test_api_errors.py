@@ -234,6 +234,22 @@ def test_an_axis_out_of_range_names_the_transform_and_the_range(name):
     )
 
 
+REPEATED_AXES_CALLS = {  # name: the call naming axis 2 of a rank-3 input twice, once as -1
+    "layer_norm": lambda x: jn.layer_norm(x, axes=(2, -1)),
+    "rms_norm": lambda x: jn.rms_norm(x, axes=(1, 2, 2)),
+    "batch_moments": lambda x: jn.batch_moments(x, axis=(-1, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPEATED_AXES_CALLS))
+def test_an_axis_named_twice_is_refused_like_numpy(name):
+    x = jnp.ones((2, 3, 4))
+    with pytest.raises(ValueError, match=rf"^{name}: axes \(.*\) name axis 2 twice for an input of rank 3; give each"):
+        REPEATED_AXES_CALLS[name](x)
+    with pytest.raises(ValueError, match="duplicate"):  # numpy's reductions refuse the same
+        np.sum(np.ones((2, 3, 4)), axis=(2, -1))
+
+
 @pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
 def test_a_batch_stat_norms_mask_errors_name_it(name):
     x = jnp.ones((4, 3))
