@@ -435,12 +435,16 @@ EVAL_NORMS = {
 
 @pytest.mark.parametrize("name", sorted(EVAL_NORMS))
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_eval_mode_is_the_running_statistics_formula_in_float64(name, dtype):
-    """Eval mode: ``y = (x − μ_r)/√(σ²_r + ε)·γ + β`` with the running statistics, in the input's dtype. ε = 0.3
-    against running variances of 0.01–0.05 makes ε dominate (a sign or factor slip in it is a 10× error), and the
-    running mean of 1e3 makes the subtraction's rounding visible."""
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_eval_mode_is_the_running_statistics_formula_in_float64(name, dtype, axis):
+    """Eval mode: ``y = (x − μ_r)/√(σ²_r + ε)·γ + β`` with the running statistics, in the input's dtype, channels last
+    (N, 3, C) and first (N, C, 3; ``axis=1``, where a norm that loses the axis on its way to the eval formula reads
+    the 3 values on the last axis as the channels). ε = 0.3 against running variances of 0.01–0.05 makes ε dominate
+    (a sign or factor slip in it is a 10× error), and the running mean of 1e3 makes the subtraction's rounding
+    visible."""
     c = 6
-    x = (1e3 + jax.random.normal(jax.random.key(0), (16, 3, c))).astype(dtype)
+    shape = (16, 3, c) if axis == -1 else (16, c, 3)
+    x = (1e3 + jax.random.normal(jax.random.key(0), shape)).astype(dtype)
     st = {
         "mean": jnp.asarray(1e3 + np.linspace(-0.5, 0.5, c), jnp.float32),
         "var": jnp.asarray(np.linspace(0.01, 0.05, c), jnp.float32),
@@ -448,10 +452,15 @@ def test_eval_mode_is_the_running_statistics_formula_in_float64(name, dtype):
     }
     scale = jnp.asarray(np.linspace(0.5, 2.0, c), dtype)
     bias = jnp.asarray(np.linspace(-1.0, 1.0, c), dtype)
-    y, new = EVAL_NORMS[name](x, scale, bias, st, train=False, epsilon=0.3)
+    y, new = EVAL_NORMS[name](x, scale, bias, st, train=False, epsilon=0.3, axis=axis)
     assert y.dtype == dtype and new is st
-    x64, g, b = (np.asarray(jnp.asarray(a, jnp.float32), np.float64) for a in (x, scale, bias))
-    want = (x64 - np.asarray(st["mean"], np.float64)) / np.sqrt(np.asarray(st["var"], np.float64) + 0.3) * g + b
+    per_channel = (c,) if axis == -1 else (c, 1)
+    x64 = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
+    g, b, mu, var = (
+        np.asarray(jnp.asarray(a, jnp.float32), np.float64).reshape(per_channel)
+        for a in (scale, bias, st["mean"], st["var"])
+    )
+    want = (x64 - mu) / np.sqrt(var + 0.3) * g + b
     # float32: |x − μ| ≤ 5 computed from values of 1e3 (ulp 6e-5), so 1e-4 absolute; bfloat16: the output's own
     # rounding (8 bits: 0.4% of |y| ≤ 20)
     tol = 1e-4 if dtype == jnp.float32 else 0.1
