@@ -260,17 +260,16 @@ def _spec(
     *,
     groups=None,
     group_axis=-1,
-    ndim=None,
     axis_name=None,
     axis_index_groups=None,
     center=True,
     centered_var=True,
     epsilon=1e-5,
 ) -> _Spec:
-    """A hashable _Spec (it is a static argument of the custom JVP), the group axis made non-negative."""
+    """A hashable _Spec (it is a static argument of the custom JVP); ``group_axis`` (group norm's channel axis) must
+    already be non-negative."""
     aig = None if axis_index_groups is None else tuple(tuple(int(i) for i in g) for g in axis_index_groups)
-    ga = group_axis % ndim if ndim is not None else group_axis
-    return _Spec(tuple(axes), groups, ga, axis_name, aig, bool(center), bool(centered_var), float(epsilon))
+    return _Spec(tuple(axes), groups, group_axis, axis_name, aig, bool(center), bool(centered_var), float(epsilon))
 
 
 def _group_split(s, spec: _Spec):
@@ -457,9 +456,9 @@ def _mask_for(name: str, mask, x):
     return None if m is None else lax.stop_gradient(m)
 
 
-def _per_example_spec(name, x, axes, epsilon, **kw) -> _Spec:
+def _per_example_spec(name, axes, epsilon, **kw) -> _Spec:
     """The _Spec of a per-example norm, ``epsilon`` checked."""
-    return _spec(axes, ndim=x.ndim, epsilon=check_epsilon(name, epsilon), **kw)
+    return _spec(axes, epsilon=check_epsilon(name, epsilon), **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -729,13 +728,16 @@ def batch_norm(
                 "already; pass axis_name=None (per-device statistics) or drop virtual_batch_size"
             )
         if fax == 0:
-            raise ValueError("batch_norm: virtual batches split axis 0, which must then not be the feature axis")
+            raise ValueError(
+                "batch_norm: virtual_batch_size splits axis 0 into ghost batches, so axis 0 cannot be the feature "
+                "axis; put the channels on another axis (axis=-1 for NHWC, axis=1 for NCHW) or drop virtual_batch_size"
+            )
         xg, mg = _ghost_view(x, mk, virtual_batch_size)
 
     def train_mode(st):
         if virtual_batch_size is not None:
             # ghost batches along a new leading axis: the feature axis moves to fax + 1; statistics per (ghost, feature)
-            spec = _spec([i for i in range(xg.ndim) if i not in (0, fax + 1)], ndim=xg.ndim, epsilon=eps)
+            spec = _spec([i for i in range(xg.ndim) if i not in (0, fax + 1)], epsilon=eps)
             y, mean, var, n, _, _ = _norm_core(xg, scale, bias, None, mg, spec)
             y = y.reshape(x.shape)
             n = jnp.broadcast_to(n, mean.shape)
@@ -743,7 +745,7 @@ def batch_norm(
             k = jnp.maximum(jnp.sum(has, 0), 1.0)
             mean, var, n = (jnp.sum(t * has, 0) / k for t in (mean, var, n))
         else:
-            spec = _spec(red, ndim=x.ndim, axis_name=axis_name, axis_index_groups=axis_index_groups, epsilon=eps)
+            spec = _spec(red, axis_name=axis_name, axis_index_groups=axis_index_groups, epsilon=eps)
             y, mean, var, n, _, _ = _norm_core(x, scale, bias, None, mk, spec)
         mean, var = mean.reshape(c), var.reshape(c)
         n = _per_feature(n, c)
@@ -1066,7 +1068,7 @@ def layer_norm(
     _check_rank("layer_norm", x, 2, "a batch axis and at least one feature axis")
     scale, bias = _affine("layer_norm", x, scale, bias)
     red = tuple(range(1, x.ndim)) if axes is None else _axes("layer_norm", x.ndim, axes)
-    spec = _per_example_spec("layer_norm", x, red, epsilon)
+    spec = _per_example_spec("layer_norm", red, epsilon)
     return _norm_core(x, scale, bias, None, _mask_for("layer_norm", mask, x), spec)[0].astype(x.dtype)
 
 
@@ -1113,7 +1115,7 @@ def rms_norm(
     _check_rank("rms_norm", x, 2, "a batch axis and at least one feature axis")
     scale, _ = _affine("rms_norm", x, scale, None)
     red = tuple(range(1, x.ndim)) if axes is None else _axes("rms_norm", x.ndim, axes)
-    spec = _per_example_spec("rms_norm", x, red, epsilon, center=False, centered_var=False)
+    spec = _per_example_spec("rms_norm", red, epsilon, center=False, centered_var=False)
     return _norm_core(x, scale, None, None, _mask_for("rms_norm", mask, x), spec)[0].astype(x.dtype)
 
 
@@ -1178,7 +1180,7 @@ def group_norm(
     scale, bias = _affine("group_norm", x, scale, bias, fax, axis)
     g = check_groups("group_norm", x.shape[fax], num_groups, group_size)
     red = [i for i in range(1, x.ndim) if i != fax]  # per-(example, channel) sums, then per group
-    spec = _per_example_spec("group_norm", x, red, epsilon, groups=g, group_axis=fax)
+    spec = _per_example_spec("group_norm", red, epsilon, groups=g, group_axis=fax)
     return _norm_core(x, scale, bias, None, _mask_for("group_norm", mask, x), spec)[0].astype(x.dtype)
 
 
@@ -1239,7 +1241,7 @@ def instance_norm(
             "the variance of one value is 0 and the output would be the bias alone (PyTorch raises the same "
             "error). Normalize before the spatial size reaches 1, or use group_norm/layer_norm"
         )
-    spec = _per_example_spec("instance_norm", x, red, epsilon)
+    spec = _per_example_spec("instance_norm", red, epsilon)
     return _norm_core(x, scale, bias, None, _mask_for("instance_norm", mask, x), spec)[0].astype(x.dtype)
 
 
@@ -1377,7 +1379,7 @@ def batch_renorm(
         return eval_mode(stats)
     _check_train_size("batch_renorm", x, c, mask, axis_name)
     dt = _stat_dtype(x)
-    spec = _spec(red, ndim=x.ndim, axis_name=axis_name, epsilon=eps)
+    spec = _spec(red, axis_name=axis_name, epsilon=eps)
     mk = _mask_for("batch_renorm", mask, x)
 
     def train_mode(st):
@@ -1479,11 +1481,11 @@ def lp_batch_norm(
 
     def train_mode(st):
         if p == 2:  # s² = mean(x²): the core's raw-second-moment form, with its fused gradient
-            spec = _spec(red, ndim=x.ndim, axis_name=axis_name, centered_var=False, epsilon=eps)
+            spec = _spec(red, axis_name=axis_name, centered_var=False, epsilon=eps)
             y, mean, s2, n, _, _ = _norm_core(x, scale, bias, None, mk, spec)
             s2 = s2.reshape(c)
         else:
-            spec = _spec(red, ndim=x.ndim, axis_name=axis_name, epsilon=eps)
+            spec = _spec(red, axis_name=axis_name, epsilon=eps)
             _, mean, _, n, k, d = _norm_core(x, None, None, None, mk, spec)
             ax = jnp.abs(x.astype(_stat_dtype(x)))
             if mk is not None:

@@ -305,6 +305,15 @@ def test_ghost_batches_with_an_axis_name_are_refused_with_both_ways_out():
     )
 
 
+def test_ghost_batches_of_the_feature_axis_are_refused_with_the_layouts():
+    with pytest.raises(ValueError) as err:
+        jn.batch_norm(jnp.ones((8, 3)), None, None, jn.init_batch_stats(8), train=True, axis=0, virtual_batch_size=4)
+    assert str(err.value) == (
+        "batch_norm: virtual_batch_size splits axis 0 into ghost batches, so axis 0 cannot be the feature axis; put "
+        "the channels on another axis (axis=-1 for NHWC, axis=1 for NCHW) or drop virtual_batch_size"
+    )
+
+
 def test_a_one_element_parameter_broadcasts_channels_last_and_is_refused_channels_first():
     """A 1-D parameter is per channel; of length 1 it broadcasts from the right when the channels are last, and is
     refused when they are not (it would broadcast along the width, not the channels)."""

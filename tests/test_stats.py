@@ -20,6 +20,16 @@ def test_t_interval_of_a_known_sample():
     assert ci90.high - ci90.low < ci.high - ci.low
 
 
+@pytest.mark.parametrize(
+    "low, high, side",
+    [(0.1, 0.9, 1), (0.0, 0.9, 0), (-0.9, -0.1, -1), (-0.9, 0.0, 0), (-0.9, 0.5, 0), (-2.0, -1.5, -1), (1.5, 2.0, 1)],
+)
+def test_an_interval_excludes_zero_only_strictly(low, high, side):
+    """+1 above zero, −1 below, 0 when zero is inside or an end (an end at 0 does not exclude it)."""
+    ci = stats.Interval((low + high) / 2, low, high, 5, 0.95, "t")
+    assert ci.excludes_zero() == side
+
+
 def test_bootstrap_interval_agrees_with_t_on_normal_data_and_is_seeded():
     x = np.random.default_rng(0).normal(2.0, 1.0, 400)
     t, b = stats.mean_ci(x), stats.mean_ci(x, method="bootstrap")
