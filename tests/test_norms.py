@@ -449,13 +449,14 @@ def test_bf16_input_gives_float32_statistics():
 def test_ghost_batch_norm_normalizes_each_virtual_batch():
     x = rand((12, 3), loc=1.0)
     stats = jn.init_batch_stats(3)
-    y, s = jn.batch_norm(x, None, None, stats, train=True, virtual_batch_size=4, momentum=0.0)
-    parts = [jn.batch_norm(x[i : i + 4], None, None, stats, train=True, momentum=0.0) for i in (0, 4, 8)]
+    # ε = 0.5 against unit variances: a ghost path that drops ε for the default 1e-5 is off by 25%
+    y, s = jn.batch_norm(x, None, None, stats, train=True, virtual_batch_size=4, momentum=0.0, epsilon=0.5)
+    parts = [jn.batch_norm(x[i : i + 4], None, None, stats, train=True, momentum=0.0, epsilon=0.5) for i in (0, 4, 8)]
     close(y, jnp.concatenate([p[0] for p in parts]))
     close(s["mean"], np.mean([p[1]["mean"] for p in parts], 0))
     close(s["var"], np.mean([p[1]["var"] for p in parts], 0))
     # the linen layer passes virtual_batch_size on (its momentum 0.0: the statistics are this batch's)
-    layer = jn.nn.BatchNorm(momentum=0.0, virtual_batch_size=4, use_scale=False, use_bias=False)
+    layer = jn.nn.BatchNorm(momentum=0.0, epsilon=0.5, virtual_batch_size=4, use_scale=False, use_bias=False)
     v = layer.init(jax.random.key(0), x, train=False)
     y_layer, upd = layer.apply(v, x, train=True, mutable=["batch_stats"])
     close(y_layer, y)
