@@ -463,6 +463,41 @@ def test_ghost_batch_norm_normalizes_each_virtual_batch():
     close(upd["batch_stats"]["var"], s["var"])
 
 
+@pytest.mark.parametrize(
+    "valid, pytorch",
+    [((4, 1, 0), False), ((4, 1, 0), True), ((0, 3, 0), False), ((2, 0, 4), True)],
+)
+def test_ghost_batch_norm_averages_the_running_statistics_over_the_ghosts_that_hold_values(valid, pytorch):
+    """Three ghost batches of 4 with ``valid[g]`` unmasked examples each (the rest NaN padding): the running statistics
+    are the plain average over the ghosts with at least one valid value — a ghost with one value counts (its variance
+    0), an empty one does not — and the PyTorch convention's unbiased factor uses the averaged count."""
+    x = np.asarray(rand((12, 3), loc=2.0), np.float64)
+    mask = np.zeros(12, bool)
+    for g, k in enumerate(valid):
+        mask[4 * g : 4 * g + k] = True
+    x[~mask] = np.nan
+    kw = dict(momentum=1.0, convention="pytorch") if pytorch else dict(momentum=0.0)
+    _, s = jn.batch_norm(
+        jnp.asarray(x, jnp.float32),
+        None,
+        None,
+        jn.init_batch_stats(3),
+        train=True,
+        mask=mask,
+        virtual_batch_size=4,
+        **kw,
+    )
+    ghosts = [x[4 * g : 4 * g + k] for g, k in enumerate(valid) if k]
+    mean = np.mean([gh.mean(0) for gh in ghosts], 0)
+    var = np.mean([gh.var(0) for gh in ghosts], 0)
+    n = np.mean([len(gh) for gh in ghosts])
+    if pytorch:
+        var = var * n / max(n - 1, 1)
+    close(s["mean"], mean, 1e-5)
+    close(s["var"], var, 1e-5)
+    assert int(s["count"]) == 1
+
+
 def test_batch_renorm_reduces_to_batch_norm_and_clips():
     x = rand((16, 5), loc=1.0, scale=2.0)
     stats = jn.init_batch_stats(5)
