@@ -82,6 +82,36 @@ def test_large_mean_matches_float64_two_pass(name, m):
         np.testing.assert_allclose(np.asarray(var, np.float64), out["var"], rtol=1e-4)
 
 
+EPS_NORMS = {  # name → (f(x, s, b, ε) → y, reference kwargs): every training-mode norm with its ε given
+    "batch": (lambda x, s, b, e: jn.batch_norm(x, s, b, FRESH, train=True, epsilon=e)[0], dict(kind="batch")),
+    "batch_renorm_r1d0": (
+        lambda x, s, b, e: jn.batch_renorm(x, s, b, FRESH, train=True, r_max=1.0, d_max=0.0, epsilon=e)[0],
+        dict(kind="batch"),
+    ),
+    "lp_batch_norm_p2": (
+        lambda x, s, b, e: jn.lp_batch_norm(x, s, b, FRESH, train=True, p=2, epsilon=e)[0],
+        dict(kind="batch", mode="lp2"),
+    ),
+    "layer": (lambda x, s, b, e: jn.layer_norm(x, s, b, epsilon=e), dict(kind="layer")),
+    "instance": (lambda x, s, b, e: jn.instance_norm(x, s, b, epsilon=e), dict(kind="instance")),
+    "group4": (lambda x, s, b, e: jn.group_norm(x, s, b, num_groups=4, epsilon=e), dict(kind="group", groups=4)),
+    "rms": (lambda x, s, b, e: jn.rms_norm(x, s, epsilon=e), dict(kind="layer", mode="rms")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EPS_NORMS))
+def test_a_given_epsilon_reaches_the_output_and_the_gradient(name):
+    """ε = 0.5 against variances of 0.25: y and ∂(Σ ct·y)/∂x against the float64 formula with that ε. A norm (or its
+    hand-written backward rule) that falls back to the default ε = 1e-5 is off by tens of per cent."""
+    f, kw = EPS_NORMS[name]
+    x, s, b, ct = data(0.3, 0.5)
+    bias = None if kw.get("mode") == "rms" else b
+    out = ref.norm(*f64(x), scale=s, bias=bias, ct=ct, eps=0.5, **kw)
+    y = f(x, s, b, 0.5)
+    dx = jax.grad(lambda x: jnp.sum(f(x, s, b, 0.5) * ct))(x)
+    assert_accurate(y, dx, out, y_tol=1e-5, dx_tol=1e-5)
+
+
 @pytest.mark.parametrize("m,sd", [(1e4, 1.0), (5.0, 1e-3), (-1e3, 0.1)])
 def test_batch_moments_population_stats_and_variants_at_large_means(m, sd):
     x, s, b, ct = data(m, sd)
