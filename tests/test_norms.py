@@ -498,6 +498,56 @@ def test_ghost_batch_norm_averages_the_running_statistics_over_the_ghosts_that_h
     assert int(s["count"]) == 1
 
 
+def test_update_running_stats_by_hand():
+    """Both conventions and the cumulative average, against the formulas in float64; a channel with no values keeps
+    its statistics; the batch count grows by one when any channel was updated."""
+    st = {"mean": jnp.array([1.0, 2.0, 3.0]), "var": jnp.array([1.0, 0.5, 2.0]), "count": jnp.asarray(4, jnp.int32)}
+    mean, var, n = jnp.array([3.0, -2.0, 9.0]), jnp.array([4.0, 0.25, 7.0]), jnp.array([5.0, 2.0, 0.0])
+    flax = jn.update_running_stats(st, mean, var, n, momentum=0.9)
+    close(flax["mean"], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2, 3.0])
+    close(flax["var"], [0.9 * 1 + 0.1 * 4, 0.9 * 0.5 + 0.1 * 0.25, 2.0])  # biased variance as given
+    torch = jn.update_running_stats(st, mean, var, n, momentum=0.1, convention="pytorch")
+    close(torch["mean"], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2, 3.0])
+    close(torch["var"], [0.9 * 1 + 0.1 * 4 * 5 / 4, 0.9 * 0.5 + 0.1 * 0.25 * 2 / 1, 2.0])  # unbiased: n/(n−1)
+    cum = jn.update_running_stats(st, mean, var, n, momentum=None)  # the 5th batch: r + (stat − r)/5
+    close(cum["mean"], [1 + (3 - 1) / 5, 2 + (-2 - 2) / 5, 3.0])
+    close(cum["var"], [1 + (4 - 1) / 5, 0.5 + (0.25 - 0.5) / 5, 2.0])
+    for out in (flax, torch, cum):
+        assert out["count"].dtype == jnp.int32 and int(out["count"]) == 5
+    empty = jn.update_running_stats(st, mean, var, jnp.zeros(3), momentum=0.9)  # nothing valid: nothing changes
+    close(empty["mean"], st["mean"], 0.0)
+    close(empty["var"], st["var"], 0.0)
+    assert int(empty["count"]) == 4
+    # one value per channel in the PyTorch convention: n/(n−1) is capped at n (the variance is 0 anyway)
+    one = jn.update_running_stats(st, mean, var, jnp.ones(3), momentum=1.0, convention="pytorch")
+    close(one["var"], var)
+
+
+def test_update_running_stats_of_flax_style_statistics_without_a_count():
+    """Statistics as Flax keeps them, ``{'mean', 'var'}``: the update counts from 0, an int32 batch count."""
+    st = {"mean": jnp.zeros(2), "var": jnp.ones(2)}
+    out = jn.update_running_stats(st, jnp.array([1.0, 2.0]), jnp.array([3.0, 4.0]), 4, momentum=0.5)
+    close(out["mean"], [0.5, 1.0])
+    assert out["count"].dtype == jnp.int32 and int(out["count"]) == 1
+    _, bn = jn.batch_norm(rand((6, 2)), None, None, st, train=True)
+    assert bn["count"].dtype == jnp.int32 and int(bn["count"]) == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_running_statistics_keep_their_dtype(dtype):
+    """Running statistics kept in half precision (``init_batch_stats(C, dtype)``) come back in it: a training loop
+    carries them through ``lax.scan``/``fori_loop``, which refuses a carry whose dtype changes."""
+    st = jn.init_batch_stats(3, dtype)
+    out = jn.update_running_stats(st, jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 1.0, 1.0]), 8, momentum=0.5)
+    assert out["mean"].dtype == dtype and out["var"].dtype == dtype
+    close(out["mean"].astype(jnp.float32), [0.5, 1.0, 1.5])
+    x = rand((8, 3)).astype(dtype)
+    _, carried = jax.lax.fori_loop(
+        0, 2, lambda i, c: jn.batch_norm(x, None, None, c[1], train=True), (x, st)
+    )  # raises if the carry's dtypes changed
+    assert carried["mean"].dtype == dtype and int(carried["count"]) == 2
+
+
 def test_batch_renorm_reduces_to_batch_norm_and_clips():
     x = rand((16, 5), loc=1.0, scale=2.0)
     stats = jn.init_batch_stats(5)

@@ -466,6 +466,35 @@ def test_crossed_bootstrap_small_cases_by_hand_and_its_errors():
             stats.crossed_bootstrap_ci(*args)
 
 
+@pytest.mark.parametrize(("level", "z"), [(0.95, 1.959964), (0.8, 1.281552)])
+def test_crossed_bootstrap_is_an_equal_tailed_percentile_interval_of_its_level(level, z):
+    """One seed and per-example differences of ±1 in equal numbers: the resampled mean is close to normal with sd
+    1/√n about 0, so each end lies z·sd from the estimate, z the normal quantile of (1 + level)/2. The scores come as
+    booleans (correct or not), as a report passes them. 20 000 resamples: each end's Monte-Carlo error is about 1%."""
+    n = 2000
+    right = np.tile([False, True], n // 2)
+    ci = stats.crossed_bootstrap_ci({0: ~right}, {0: right}, level=level, num_resamples=20_000)
+    assert ci.estimate == 0.0 and ci.level == level and ci.n == 1
+    assert ci.low == pytest.approx(-z / math.sqrt(n), rel=0.03)
+    assert ci.high == pytest.approx(z / math.sqrt(n), rel=0.03)
+
+
+def test_scores_of_any_shape_are_read_as_one_sample():
+    """The statistics read every value of an array-like (a column of per-run values, a nested list) as one sample."""
+    assert stats.mean_ci([[1.0, 2.0], [3.0, 5.0]]) == stats.mean_ci([1.0, 2.0, 3.0, 5.0])
+    d = np.random.default_rng(3).random(40)
+    flat = stats.crossed_bootstrap_ci({0: np.zeros(40)}, {0: d}, num_resamples=200)
+    assert stats.crossed_bootstrap_ci({0: np.zeros((40, 1))}, {0: d.reshape(40, 1)}, num_resamples=200) == flat
+    with pytest.raises(ValueError, match=r"^mean_ci: no values$"):
+        stats.mean_ci([])
+    with pytest.raises(ValueError) as err:
+        stats.mean_ci([1.0, float("inf"), 2.0])
+    assert str(err.value) == (
+        "mean_ci: 1 of 3 values are NaN or infinite; count diverged runs with success_rate, or pass their outcome "
+        "explicitly"
+    )
+
+
 def test_crossed_bootstrap_on_a_test_set_too_large_for_one_chunk():
     # 4200 examples × 4000 resamples exceed the 2**24-element chunk: drawn in two chunks, still one interval
     rng = np.random.default_rng(5)
