@@ -479,6 +479,14 @@ def test_crossed_bootstrap_is_an_equal_tailed_percentile_interval_of_its_level(l
     assert ci.high == pytest.approx(z / math.sqrt(n), rel=0.03)
 
 
+@pytest.mark.parametrize("level", [0.0, 1.0, -0.5, 95])
+def test_a_level_outside_the_open_unit_interval_is_refused(level):
+    """0 and 1 are refused too: a 0% interval is a point, a 100% percentile interval the sample's range."""
+    with pytest.raises(ValueError, match=rf"^mean_ci: level must be in \(0, 1\), e.g. 0.95, got {level!r}$"):
+        stats.mean_ci([1.0, 2.0, 4.0], level=level)
+    assert stats.mean_ci([1.0, 2.0, 4.0], level=0.999).level == 0.999
+
+
 def test_scores_of_any_shape_are_read_as_one_sample():
     """The statistics read every value of an array-like (a column of per-run values, a nested list) as one sample."""
     assert stats.mean_ci([[1.0, 2.0], [3.0, 5.0]]) == stats.mean_ci([1.0, 2.0, 3.0, 5.0])
