@@ -141,7 +141,9 @@ class _RunningStats(eqx.nn.StatefulLayer):  # eqx.nn.Sequential passes the state
         self.channelwise_affine = channelwise_affine
         self.inference = inference
         self.weight, self.bias = _affine(channelwise_affine, (input_size,), dtype)
-        init = _norms.init_batch_stats(input_size, _dtype(dtype))
+        # running statistics in at least float32, as Flax keeps them: an average stored in bfloat16 stops moving
+        # once a step's change is under half its rounding unit (at momentum 0.99, a mean of 5.0 settled at 4.0)
+        init = _norms.init_batch_stats(input_size, jnp.promote_types(_dtype(dtype), jnp.float32))
         self.state_index = eqx.nn.StateIndex(init)
 
     def _normalize(self, fn, x, state, inference, mask, **kw):
@@ -204,7 +206,8 @@ class BatchNorm(_RunningStats):
         momentum: ``'auto'`` (0.99 for ``convention='flax'``, 0.1 for ``'pytorch'``), a number in [0, 1], or None
             (a cumulative average).
         inference: the mode if the call gives none (False: training; True: the running statistics).
-        dtype: dtype of γ, β and the running statistics (None: float32, float64 with ``jax_enable_x64``).
+        dtype: dtype of γ, β (None: float32, float64 with ``jax_enable_x64``); the running statistics are kept in
+            this dtype or float32, whichever is wider.
         convention: ``'flax'`` (``r ← m·r + (1 − m)·stat``, biased variance) or ``'pytorch'``
             (``r ← (1 − m)·r + m·stat``, unbiased variance).
 
@@ -311,7 +314,8 @@ class NoisyBatchNorm(BatchNorm):
         channelwise_affine: learn per-channel γ (``weight``, ones) and β (``bias``, zeros).
         momentum: ``'auto'`` (0.99 for ``convention='flax'``, 0.1 for ``'pytorch'``), a number in [0, 1], or None.
         inference: the mode if the call gives none (False: training; True: the running statistics).
-        dtype: dtype of γ, β and the running statistics (None: float32, float64 with ``jax_enable_x64``).
+        dtype: dtype of γ, β (None: float32, float64 with ``jax_enable_x64``); the running statistics are kept in
+            this dtype or float32, whichever is wider.
         n_mu, n_sigma, r_mu, r_sigma: Algorithm 1's constants (default 0.5, 1.25, 0.1, 0.1).
         convention: ``'flax'`` or ``'pytorch'``, as :class:`BatchNorm`.
 
@@ -417,7 +421,8 @@ class BatchRenorm(_RunningStats):
         channelwise_affine: learn per-channel γ (``weight``, ones) and β (``bias``, zeros).
         momentum: decay of the running averages, in [0, 1] (default 0.99), or None for a cumulative average.
         inference: the mode if the call gives none (False: training; True: the running statistics).
-        dtype: dtype of γ, β and the running statistics (None: float32, float64 with ``jax_enable_x64``).
+        dtype: dtype of γ, β (None: float32, float64 with ``jax_enable_x64``); the running statistics are kept in
+            this dtype or float32, whichever is wider.
         r_max: bound on r (>= 1, default 3).
         d_max: bound on ``|d|`` (>= 0, default 5).
 
@@ -511,7 +516,8 @@ class LpBatchNorm(_RunningStats):
         channelwise_affine: learn per-channel γ (``weight``, ones) and β (``bias``, zeros).
         momentum: decay of the running averages, in [0, 1] (default 0.99), or None for a cumulative average.
         inference: the mode if the call gives none (False: training; True: the running statistics).
-        dtype: dtype of γ, β and the running statistics (None: float32, float64 with ``jax_enable_x64``).
+        dtype: dtype of γ, β (None: float32, float64 with ``jax_enable_x64``); the running statistics are kept in
+            this dtype or float32, whichever is wider.
         p: 1, 2 (default) or ``'inf'``.
 
     Raises:

@@ -520,7 +520,9 @@ def update_running_stats(
 
     A channel with ``n = 0`` valid values (an all-False mask, an empty batch) keeps its statistics; ``count`` (the
     number of batches seen) grows only when some channel was updated. Nothing is reduced here: the batch statistics
-    come in already reduced.
+    come in already reduced. The update is computed in at least float32 and rounded once to the statistics' dtype;
+    half-precision running statistics still stall (a bfloat16 average at momentum 0.99 of batches at mean 5 stops
+    at 4.0, where a step's change is under half the rounding unit), so keep them in float32, the default.
 
     Reference: Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by Reducing Internal
     Covariate Shift.
@@ -566,10 +568,17 @@ def update_running_stats(
         w = momentum
     else:
         w = 1.0 - momentum
-    # (1−w)·r + w·stat, not r + w·(stat − r): the latter cancels when stat ≪ r (σ² = 1e-6 against r = 1)
-    new_mean = jnp.where(valid, (1.0 - w) * stats["mean"] + w * mean.astype(rdt), stats["mean"])
-    new_var = jnp.where(valid, (1.0 - w) * stats["var"] + w * var.astype(rdt), stats["var"])
-    return {"mean": new_mean.astype(rdt), "var": new_var.astype(stats["var"].dtype), "count": count}
+    # (1−w)·r + w·stat, not r + w·(stat − r): the latter cancels when stat ≪ r (σ² = 1e-6 against r = 1). In at
+    # least float32, rounded once to the statistics' dtype: in bfloat16 the weights themselves would round (0.99 →
+    # 0.98828, 0.01 → 0.01001, summing to 0.9983), and a running mean of batches at 5.0 settled at 3.34
+    cdt = jnp.promote_types(rdt, jnp.float32)
+
+    def update(r, stat):
+        r = jnp.asarray(r)
+        new = (1.0 - w) * r.astype(cdt) + w * stat.astype(cdt)
+        return jnp.where(valid, new.astype(r.dtype), r)
+
+    return {"mean": update(stats["mean"], mean), "var": update(stats["var"], var), "count": count}
 
 
 def _ghost_view(x: Array, mask, virtual_batch_size: int):

@@ -92,6 +92,22 @@ def test_batchnorm_matches_equinox_batch_mode_over_steps(shape):
     assert float(np.abs(f64(ye) - f64(yj)).max()) > 0.1  # the documented difference is real
 
 
+def test_a_bfloat16_batchnorm_keeps_float32_running_statistics_that_reach_the_batch_mean():
+    """``dtype=bfloat16`` makes γ, β bfloat16 and the running statistics float32 (as Flax keeps them): stored in
+    bfloat16, an average with momentum 0.99 of batches at mean 5 stops moving at 4.0, where a step's change falls
+    under half the rounding unit."""
+    bn, state = eqx.nn.make_with_state(je.BatchNorm)(2, "batch", momentum=0.99, dtype=jnp.bfloat16)
+    assert bn.weight.dtype == jnp.bfloat16
+    x = (jnp.array([5.0, -3.0]) + 0.5 * jax.random.normal(jax.random.key(0), (16, 2))).astype(jnp.bfloat16)
+    step = batched(bn)
+    for _ in range(1500):
+        state = step(x, state)[1]
+    stats = state.get(bn.state_index)
+    assert stats["mean"].dtype == jnp.float32 and stats["var"].dtype == jnp.float32
+    batch_mean = np.asarray(x.astype(jnp.float32), np.float64).mean(0)
+    np.testing.assert_allclose(np.asarray(stats["mean"], np.float64), batch_mean, rtol=1e-3)  # 0.99^1500 = 3e-7
+
+
 @pytest.mark.parametrize(
     "make",
     [

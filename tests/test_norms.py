@@ -541,6 +541,18 @@ def test_half_precision_running_statistics_keep_their_dtype(dtype):
     out = jn.update_running_stats(st, jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 1.0, 1.0]), 8, momentum=0.5)
     assert out["mean"].dtype == dtype and out["var"].dtype == dtype
     close(out["mean"].astype(jnp.float32), [0.5, 1.0, 1.5])
+    # the update is computed in float32 and rounded once: each new value is the float64 formula's, rounded. In
+    # bfloat16 arithmetic the weights 0.99 and 0.01 themselves round (to 0.98828 and 0.01001), and 2·0.99 + 3·0.01
+    # came out 2.0 instead of 2.015625
+    k1, k2 = jax.random.split(jax.random.key(0))
+    r = jax.random.uniform(k1, (256,), jnp.float32, 1.0, 4.0).astype(dtype)
+    stat = jax.random.uniform(k2, (256,), jnp.float32, 1.0, 4.0)
+    half = {"mean": r, "var": r, "count": jnp.asarray(3, jnp.int32)}
+    new = jn.update_running_stats(half, stat, stat, 8, momentum=0.99)
+    want = 0.99 * np.asarray(r.astype(jnp.float32), np.float64) + 0.01 * np.asarray(stat, np.float64)
+    rounded = np.asarray(jnp.asarray(want, jnp.float32).astype(dtype).astype(jnp.float32))
+    assert np.mean(np.asarray(new["mean"].astype(jnp.float32)) == rounded) > 0.99
+    assert np.mean(np.asarray(new["var"].astype(jnp.float32)) == rounded) > 0.99
     x = rand((8, 3)).astype(dtype)
     _, carried = jax.lax.fori_loop(
         0, 2, lambda i, c: jn.batch_norm(x, None, None, c[1], train=True), (x, st)
