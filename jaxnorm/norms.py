@@ -607,11 +607,10 @@ def _with_count(stats: Mapping) -> dict:
 
 
 def _by_mode(train, train_fn, eval_fn, stats):
-    """Python-bool ``train`` picks a branch; a traced boolean runs ``lax.cond`` (one branch executes)."""
+    """``train=True`` runs ``train_fn``; a traced boolean runs ``lax.cond`` (one branch executes). The callers return
+    ``eval_fn(stats)`` themselves for ``train=False``, before the training-only checks."""
     if train is True:
         return train_fn(stats)
-    if train is False:
-        return eval_fn(stats)
     stats = _with_count(stats)
 
     def same_types(out):  # the branches must agree on dtypes (weak types included)
