@@ -560,6 +560,23 @@ def test_half_precision_running_statistics_keep_their_dtype(dtype):
     assert carried["mean"].dtype == dtype and int(carried["count"]) == 2
 
 
+def test_batch_renorm_defaults_are_ioffes_limits_by_the_formula():
+    """Defaults r_max = 3, d_max = 5, momentum 0.99 (Ioffe 2017's final values), each limit binding on one channel:
+    ``y = (x − μ_B)/σ_B · r + d`` with ``r = clip(σ_B/σ, 1/r_max, r_max)``, ``d = clip((μ_B − μ)/σ, ±d_max)``
+    against running statistics μ = 0, σ² = 1 (float64)."""
+    z = np.asarray(rand((64, 3)), np.float64)
+    z = (z - z.mean(0)) / z.std(0)
+    x = z * [0.5, 10.0, 0.1] + [10.0, 0.5, -8.0]  # d clipped at +5; r at 3; r at 1/3 and d at −5
+    y, st = jn.batch_renorm(jnp.asarray(x, jnp.float32), None, None, jn.init_batch_stats(3), train=True)
+    mu_b, sigma_b = x.mean(0), np.sqrt(x.var(0) + 1e-5)
+    sigma = np.sqrt(1.0 + 1e-5)
+    r, d = np.clip(sigma_b / sigma, 1 / 3, 3), np.clip(mu_b / sigma, -5, 5)
+    np.testing.assert_allclose(r, [0.5, 3.0, 1 / 3], rtol=1e-4)
+    np.testing.assert_allclose(d, [5.0, 0.5, -5.0], rtol=1e-4)
+    close(y, (x - mu_b) / sigma_b * r + d, 1e-4)
+    close(st["mean"], 0.01 * mu_b, 1e-5)
+
+
 def test_batch_renorm_reduces_to_batch_norm_and_clips():
     x = rand((16, 5), loc=1.0, scale=2.0)
     stats = jn.init_batch_stats(5)
