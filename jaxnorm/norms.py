@@ -79,11 +79,11 @@ def _check_convention(convention: str) -> None:
         )
 
 
-def _resolve_momentum(momentum: Any, convention: str) -> float | None:
+def _resolve_momentum(name: str, momentum: Any, convention: str) -> float | None:
     """The convention's default momentum when none was given, else the checked ``momentum``."""
     if momentum is _DEFAULT:
         return _DEFAULT_MOMENTUM[convention]
-    return check_momentum("batch norm", momentum)
+    return check_momentum(name, momentum)
 
 
 def _nchw_hint(name: str, what: str, size: int, x: Array | None, axis: Any) -> str | None:
@@ -581,13 +581,13 @@ def update_running_stats(
     return {"mean": update(stats["mean"], mean), "var": update(stats["var"], var), "count": count}
 
 
-def _ghost_view(x: Array, mask, virtual_batch_size: int):
+def _ghost_view(name: str, x: Array, mask, virtual_batch_size: int):
     """``x`` (and ``mask``) reshaped to (N/v, v, …) ghost batches; ValueError unless v divides N."""
     n = x.shape[0]
     if not isinstance(virtual_batch_size, int) or virtual_batch_size <= 0 or n % virtual_batch_size:
         vbs = virtual_batch_size if isinstance(virtual_batch_size, int) else 1
         raise ValueError(
-            f"batch_norm: virtual_batch_size={virtual_batch_size} must be a positive divisor of the batch size {n}; "
+            f"{name}: virtual_batch_size={virtual_batch_size} must be a positive divisor of the batch size {n}; "
             f"choose e.g. {next(d for d in range(min(max(vbs, 1), max(n, 1)), 0, -1) if max(n, 1) % d == 0)}"
         )
     g = n // virtual_batch_size
@@ -714,9 +714,44 @@ def batch_norm(
         >>> print(stats["mean"].shape, int(stats["count"]))
         (3,) 1
     """
+    return _batch_norm(
+        "batch_norm",
+        x,
+        scale,
+        bias,
+        stats,
+        train,
+        momentum,
+        epsilon,
+        axis,
+        axis_name,
+        axis_index_groups,
+        mask,
+        convention,
+        virtual_batch_size,
+    )
+
+
+def _batch_norm(
+    name,
+    x,
+    scale,
+    bias,
+    stats,
+    train,
+    momentum,
+    epsilon,
+    axis,
+    axis_name,
+    axis_index_groups,
+    mask,
+    convention,
+    virtual_batch_size,
+):
+    """:func:`batch_norm`, its errors beginning with ``name`` (the public function the user called)."""
     _check_convention(convention)
-    momentum = _resolve_momentum(momentum, convention)
-    x, train, eps, fax, c, scale, bias, red = _bn_setup("batch_norm", x, scale, bias, stats, train, epsilon, axis)
+    momentum = _resolve_momentum(name, momentum, convention)
+    x, train, eps, fax, c, scale, bias, red = _bn_setup(name, x, scale, bias, stats, train, epsilon, axis)
     feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
     dt = _stat_dtype(x)
 
@@ -727,20 +762,20 @@ def batch_norm(
 
     if train is False:
         return eval_mode(stats)
-    _check_train_size("batch_norm", x, c, mask, axis_name)
-    mk = _mask_for("batch_norm", mask, x)
+    _check_train_size(name, x, c, mask, axis_name)
+    mk = _mask_for(name, mask, x)
     if virtual_batch_size is not None:
         if axis_name is not None:
             raise ValueError(
-                "batch_norm: virtual_batch_size and axis_name cannot be combined: ghost batches are per-device "
+                f"{name}: virtual_batch_size and axis_name cannot be combined: ghost batches are per-device "
                 "already; pass axis_name=None (per-device statistics) or drop virtual_batch_size"
             )
         if fax == 0:
             raise ValueError(
-                "batch_norm: virtual_batch_size splits axis 0 into ghost batches, so axis 0 cannot be the feature "
+                f"{name}: virtual_batch_size splits axis 0 into ghost batches, so axis 0 cannot be the feature "
                 "axis; put the channels on another axis (axis=-1 for NHWC, axis=1 for NCHW) or drop virtual_batch_size"
             )
-        xg, mg = _ghost_view(x, mk, virtual_batch_size)
+        xg, mg = _ghost_view(name, x, mk, virtual_batch_size)
 
     def train_mode(st):
         if virtual_batch_size is not None:
@@ -1376,7 +1411,7 @@ def batch_renorm(
         True
     """
     x, train, eps, fax, c, scale, bias, red = _bn_setup("batch_renorm", x, scale, bias, stats, train, epsilon, axis)
-    _resolve_momentum(momentum, "flax")
+    check_momentum("batch_renorm", momentum)
     if r_max < 1 or d_max < 0:
         raise ValueError(f"batch_renorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
     feat_shape = [c if i == fax else 1 for i in range(x.ndim)]
@@ -1477,7 +1512,7 @@ def lp_batch_norm(
     if p not in LP_NORMS:
         raise ValueError(f"lp_batch_norm: p must be one of 1, 2, 'inf' (Santurkar et al.), got {p!r}")
     x, train, eps, fax, c, scale, bias, red = _bn_setup("lp_batch_norm", x, scale, bias, stats, train, epsilon, axis)
-    _resolve_momentum(momentum, "flax")
+    check_momentum("lp_batch_norm", momentum)
 
     eval_mode = partial(_eval_with_running_stats, x, scale, bias, eps, fax)
 
@@ -1629,30 +1664,20 @@ def noisy_batch_norm(
         >>> print(y.shape, int(st["count"]))
         (8, 3) 1
     """
-    # batch_norm's checks, under this function's name (the messages then name the function the user called)
-    x, train, _, _, c = _bn_setup(
-        "noisy_batch_norm",
-        x,
-        scale,
-        bias,
-        stats,
-        train,
-        batch_norm_kwargs.get("epsilon", 1e-5),
-        batch_norm_kwargs.get("axis", -1),
-    )[:5]
-    _expand_mask("noisy_batch_norm", batch_norm_kwargs.get("mask"), x)
-    if train is not False:
-        _check_train_size("noisy_batch_norm", x, c, batch_norm_kwargs.get("mask"), batch_norm_kwargs.get("axis_name"))
-    y, new_stats = batch_norm(x, scale, bias, stats, train=train, **batch_norm_kwargs)
+    train = check_train("noisy_batch_norm", train)
+    kw = dict(batch_norm.__kwdefaults__ or {})  # batch_norm's options with their defaults (all but train)
+    unknown = sorted(set(batch_norm_kwargs) - set(kw))
+    if unknown:
+        raise TypeError(f"noisy_batch_norm: unexpected keyword arguments {unknown}; batch_norm takes {sorted(kw)}")
+    kw |= batch_norm_kwargs
+    y, new_stats = _batch_norm("noisy_batch_norm", x, scale, bias, stats, train, **kw)
     if train is False:
         return y, new_stats
     if key is None:
         raise ValueError(
             "noisy_batch_norm: train=True (or a traced train) needs key= (a new PRNG key every step), or train=False"
         )
-    return _add_noise(
-        y, key, train, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma, axis=batch_norm_kwargs.get("axis", -1)
-    ), new_stats
+    return _add_noise(y, key, train, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma, axis=kw["axis"]), new_stats
 
 
 def _check_noise(n_mu: float, n_sigma: float, r_mu: float, r_sigma: float) -> None:

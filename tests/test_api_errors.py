@@ -251,6 +251,32 @@ def test_an_axis_named_twice_is_refused_like_numpy(name):
 
 
 @pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
+@pytest.mark.parametrize("momentum", [1.5, -0.1])
+def test_a_batch_stat_norms_momentum_out_of_range_is_refused_by_name(name, momentum):
+    with pytest.raises(ValueError) as err:
+        BATCH_STAT_NORMS[name](jnp.ones((4, 3)), None, None, jn.init_batch_stats(3), train=True, momentum=momentum)
+    assert str(err.value) == f"{name}: momentum must be in [0, 1] (or None for a cumulative average), got {momentum}"
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
+@pytest.mark.parametrize(
+    "stats, got", [({"mean": jnp.zeros(3)}, "['mean']"), ((jnp.zeros(3), jnp.ones(3)), "tuple"), (None, "NoneType")]
+)
+def test_a_batch_stat_norms_stats_without_mean_and_var_are_refused_with_what_came(name, stats, got):
+    with pytest.raises(ValueError) as err:
+        BATCH_STAT_NORMS[name](jnp.ones((4, 3)), None, None, stats, train=True)
+    assert str(err.value) == (
+        f"{name}: stats must be a dict with 'mean', 'var' and 'count' (got {got}); create them with "
+        "jaxnorm.init_batch_stats(3)"
+    )
+
+
+def test_noisy_batch_norm_names_an_option_batch_norm_does_not_take():
+    with pytest.raises(TypeError, match=r"^noisy_batch_norm: unexpected keyword arguments \['momentm'\]; batch_norm "):
+        _noisy(jnp.ones((4, 3)), None, None, jn.init_batch_stats(3), train=True, momentm=0.9)
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
 def test_a_batch_stat_norms_mask_errors_name_it(name):
     x = jnp.ones((4, 3))
     stats = jn.init_batch_stats(3)
