@@ -271,6 +271,20 @@ def test_a_batch_stat_norms_stats_without_mean_and_var_are_refused_with_what_cam
     )
 
 
+@pytest.mark.parametrize("bad", [(3, 1), ()])
+def test_running_statistics_of_another_rank_get_the_shape_message_not_the_nchw_advice(bad):
+    """Only a 1-D statistic whose length is that of axis 1 suggests ``axis=1``; a (3, 1) or scalar mean is wrong
+    whatever the layout."""
+    x = jnp.ones((4, 3, 5))  # 3 on axis 1, 5 channels on the last
+    stats = {"mean": jnp.zeros(bad), "var": jnp.ones(5), "count": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ValueError) as err:
+        jn.batch_norm(x, None, None, stats, train=True)
+    assert str(err.value) == (
+        f"batch_norm: stats['mean'] has shape {bad} but the input has 5 channels on its feature axis; create "
+        "matching stats with jaxnorm.init_batch_stats(5)"
+    )
+
+
 def test_noisy_batch_norm_names_an_option_batch_norm_does_not_take():
     with pytest.raises(TypeError, match=r"^noisy_batch_norm: unexpected keyword arguments \['momentm'\]; batch_norm "):
         _noisy(jnp.ones((4, 3)), None, None, jn.init_batch_stats(3), train=True, momentm=0.9)
