@@ -259,6 +259,13 @@ def test_a_batch_stat_norms_momentum_out_of_range_is_refused_by_name(name, momen
 
 
 @pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
+@pytest.mark.parametrize("train", [True, False])
+def test_a_batch_stat_norms_bad_epsilon_is_refused_by_name_in_both_modes(name, train):
+    with pytest.raises(ValueError, match=rf"^{name}: epsilon must be a finite number >= 0 .*got -1.0"):
+        BATCH_STAT_NORMS[name](jnp.ones((4, 3)), None, None, jn.init_batch_stats(3), train=train, epsilon=-1.0)
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
 @pytest.mark.parametrize(
     "stats, got", [({"mean": jnp.zeros(3)}, "['mean']"), ((jnp.zeros(3), jnp.ones(3)), "tuple"), (None, "NoneType")]
 )
