@@ -278,6 +278,19 @@ def test_a_batch_stat_norms_stats_without_mean_and_var_are_refused_with_what_cam
     )
 
 
+@pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
+def test_the_nchw_advice_names_the_axis_the_user_gave(name):
+    """Channels on axis 2 (5 of them) and statistics of length 3, the size of axis 1: the advice says axis 2 has
+    5 channels, not the last axis's 6."""
+    x = jnp.ones((4, 3, 5, 6))
+    with pytest.raises(ValueError) as err:
+        BATCH_STAT_NORMS[name](x, None, None, jn.init_batch_stats(3), train=True, axis=2)
+    assert str(err.value) == (
+        f"{name}: stats['mean'] has 3 entries but x has 5 channels on axis 2 (x.shape=(4, 3, 5, 6)); for PyTorch's "
+        "NCHW layout pass axis=1"
+    )
+
+
 @pytest.mark.parametrize("bad", [(3, 1), ()])
 def test_running_statistics_of_another_rank_get_the_shape_message_not_the_nchw_advice(bad):
     """Only a 1-D statistic whose length is that of axis 1 suggests ``axis=1``; a (3, 1) or scalar mean is wrong
