@@ -477,8 +477,9 @@ def init_batch_stats(num_features: int, dtype=jnp.float32) -> BatchStats:
     Args:
         num_features: the number of channels C (the size of the feature axis of the batch norm's input).
         dtype: the dtype of ``'mean'`` and ``'var'``; ``'count'`` is int32. Keep float32 (or wider) for a model
-            in half precision: a running average stored in bfloat16 stops moving about 1.5 of its rounding units
-            from the target at momentum 0.99 (batches at mean 5.0 leave it at 4.0).
+            in half precision: a running average stored in bfloat16 stops moving once a step's change,
+            ``(1 − m)·|stat − r|``, is under half its rounding unit; at momentum 0.99 that is up to 50 units from
+            the target (batches at mean 5.0 leave it at 4.0).
 
     Returns:
         A dict ``{'mean': (C,), 'var': (C,), 'count': ()}``.
