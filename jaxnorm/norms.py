@@ -18,6 +18,7 @@ Normalized output: ``x̂ = (x − μ)/√(σ² + ε)``, ``y = γ·x̂ + β``, wi
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
@@ -1669,7 +1670,9 @@ def noisy_batch_norm(
         (8, 3) 1
     """
     train = check_train("noisy_batch_norm", train)
-    kw = dict(batch_norm.__kwdefaults__ or {})  # batch_norm's options with their defaults (all but train)
+    # batch_norm's options with their defaults (all but train); from its signature, which a wrapper that keeps
+    # __wrapped__ (functools.wraps: mutmut's trampolines, tracing decorators) still reports, unlike __kwdefaults__
+    kw = {n: p.default for n, p in inspect.signature(batch_norm).parameters.items() if p.default is not p.empty}
     unknown = sorted(set(batch_norm_kwargs) - set(kw))
     if unknown:
         raise TypeError(f"noisy_batch_norm: unexpected keyword arguments {unknown}; batch_norm takes {sorted(kw)}")

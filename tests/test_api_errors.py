@@ -310,6 +310,25 @@ def test_noisy_batch_norm_names_an_option_batch_norm_does_not_take():
         _noisy(jnp.ones((4, 3)), None, None, jn.init_batch_stats(3), train=True, momentm=0.9)
 
 
+def test_noisy_batch_norm_reads_batch_norms_options_through_a_wrapper(monkeypatch):
+    """noisy_batch_norm takes batch_norm's options and defaults from its signature: a functools.wraps wrapper (a
+    tracing decorator, mutmut's trampoline) has no ``__kwdefaults__``, and reading those made every option unknown."""
+    import functools
+
+    from jaxnorm import norms
+
+    @functools.wraps(norms.batch_norm)
+    def wrapped(*args, **kwargs):
+        return norms.batch_norm(*args, **kwargs)
+
+    x, stats = jax.random.normal(jax.random.key(0), (6, 3)), jn.init_batch_stats(3)
+    want = jn.noisy_batch_norm(x, None, None, stats, train=False, epsilon=0.5)
+    monkeypatch.setattr(norms, "batch_norm", wrapped)
+    got = norms.noisy_batch_norm(x, None, None, stats, train=False, epsilon=0.5)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[0], jn.batch_norm(x, None, None, stats, train=False, epsilon=0.5)[0])
+
+
 @pytest.mark.parametrize("name", sorted(BATCH_STAT_NORMS))
 def test_a_batch_stat_norms_mask_errors_name_it(name):
     x = jnp.ones((4, 3))
