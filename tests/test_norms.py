@@ -355,6 +355,83 @@ def test_folded_bn_model_equals_unfolded_in_eval():
     close(folded.apply({"params": fp}, x), model.apply(v, x, train=False), 1e-4)
 
 
+def _fold64(kernel, bias, gamma, beta, st, epsilon):
+    """W' = W·a, b' = a·(b − E[x]) + β with a = γ/√(Var + ε), in float64."""
+    f = lambda v: np.asarray(v, np.float64)  # noqa: E731
+    a = f(gamma) / np.sqrt(f(st["var"]) + epsilon)
+    return f(kernel) * a, a * (f(bias) - f(st["mean"])) + f(beta)
+
+
+def test_fold_batch_norm_params_nested_paths_the_layers_bias_epsilon_and_frozen_params():
+    """A pair of nested paths ('block/conv' → 'block/bn'): the layer gets W', b' from its own bias and the given ε,
+    the BN module goes and nothing else moves (the head is untouched); frozen (FrozenDict) parameters come back as
+    plain dicts, and the input is not modified."""
+    from flax.core import freeze
+
+    r = np.random.default_rng(7)
+    f32 = lambda *shape, loc=0.0, scale=1.0: jnp.asarray(r.normal(loc, scale, size=shape), jnp.float32)  # noqa: E731
+    conv = {"kernel": f32(3, 3, 2, 4), "bias": f32(4)}
+    bn = {"scale": f32(4, loc=1.0, scale=0.3), "bias": f32(4)}
+    head = {"kernel": f32(4, 3), "bias": f32(3)}
+    st = {"mean": f32(4), "var": jnp.asarray(r.uniform(0.01, 0.05, size=4), jnp.float32), "count": jnp.asarray(3)}
+    params = freeze({"block": {"conv": conv, "bn": bn}, "head": head})
+    out = jn.fold_batch_norm_params(params, {"block": {"bn": st}}, {"block/conv": "block/bn"}, epsilon=0.3)
+    assert isinstance(out, dict) and isinstance(out["block"], dict) and set(out["block"]) == {"conv"}
+    assert set(params["block"]) == {"conv", "bn"}  # the input keeps its BN
+    w, b = _fold64(conv["kernel"], conv["bias"], bn["scale"], bn["bias"], st, 0.3)
+    np.testing.assert_allclose(out["block"]["conv"]["kernel"], w, rtol=1e-6, atol=1e-6 * np.abs(w).max())
+    np.testing.assert_allclose(out["block"]["conv"]["bias"], b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
+    for k in head:
+        np.testing.assert_array_equal(out["head"][k], head[k])
+
+
+def test_fold_batch_norm_params_names_the_missing_path():
+    params = {"block": {"conv": {"kernel": jnp.ones((2, 3))}, "bn": {}}}
+    stats = {"block": {"bn": jn.init_batch_stats(3)}}
+    cases = [
+        ({"block/nope": "block/bn"}, stats, "layer path 'block/nope' not found (at 'nope'; have ['conv', 'bn'])"),
+        ({"block/conv": "block/bx"}, stats, "bn path 'block/bx' not found (at 'bx'; have ['conv', 'bn'])"),
+        ({"block/conv": "block/bn"}, {"block": {}}, "bn statistics path 'block/bn' not found (at 'bn'; have [])"),
+    ]
+    for pairs, st, message in cases:
+        with pytest.raises(KeyError) as err:
+            jn.fold_batch_norm_params(params, st, pairs)
+        assert err.value.args[0] == f"fold_batch_norm_params: {message}"
+
+
+def test_fold_batch_norm_default_epsilon_and_its_errors():
+    """ε defaults to 1e-5, batch norm's (variances of 1e-4, so that ε is 10% of them); stats that do not match the
+    kernel's output channels are refused by name."""
+    r = np.random.default_rng(5)
+    kernel, bias = r.normal(size=(3, 4)), r.normal(size=4)
+    gamma, beta = r.normal(1.0, 0.3, size=4), r.normal(size=4)
+    st = {"mean": r.normal(size=4), "var": r.uniform(0.5e-4, 1.5e-4, size=4)}
+    j = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    w, b = jn.fold_batch_norm(j(kernel), j(bias), j(gamma), j(beta), {k: j(v) for k, v in st.items()})
+    w64, b64 = _fold64(kernel, bias, gamma, beta, st, 1e-5)
+    np.testing.assert_allclose(w, w64, rtol=1e-5)
+    np.testing.assert_allclose(b, b64, rtol=1e-5, atol=1e-5 * np.abs(b64).max())
+    with pytest.raises(ValueError, match=r"^fold_batch_norm: stats\['mean'\] has shape \(5,\) but the input has 4 "):
+        jn.fold_batch_norm(j(kernel), None, None, None, jn.init_batch_stats(5))
+    with pytest.raises(ValueError, match=r"^fold_batch_norm: stats must be a dict with 'mean', 'var' and 'count'"):
+        jn.fold_batch_norm(j(kernel), None, None, None, {"mean": j(st["mean"])})
+
+
+def test_fold_batch_norm_of_bfloat16_layers_is_computed_in_float32_and_rounded_once():
+    """bfloat16 kernel, bias, BN parameters and statistics: W' and b' are bfloat16, each the float64 fold of the
+    bfloat16 inputs rounded once (a computed in bfloat16 is off by up to 2⁻⁹ and rounds a third of W' wrong)."""
+    r = np.random.default_rng(9)
+    bf = lambda v: jnp.asarray(v, jnp.bfloat16)  # noqa: E731
+    kernel, bias = bf(r.normal(size=(3, 3, 8, 64))), bf(r.normal(size=64))
+    gamma, beta = bf(r.normal(1.0, 0.3, size=64)), bf(r.normal(size=64))
+    st = {"mean": bf(r.normal(size=64)), "var": bf(r.uniform(0.5, 2.0, size=64))}
+    w, b = jn.fold_batch_norm(kernel, bias, gamma, beta, st, epsilon=0.1)
+    assert w.dtype == b.dtype == jnp.bfloat16
+    w64, b64 = _fold64(kernel, bias, gamma, beta, st, np.float32(0.1))
+    assert np.mean(np.asarray(w) == np.asarray(jnp.asarray(w64, jnp.bfloat16))) >= 0.99
+    assert np.mean(np.asarray(b) == np.asarray(jnp.asarray(b64, jnp.bfloat16))) >= 0.95
+
+
 @pytest.mark.parametrize("epsilon", [1e-5, 0.3])
 def test_fold_batch_norm_equals_the_eval_formula_in_float64(epsilon):
     """W' = W·a, b' = a·(b − E[x]) + β, a = γ/√(Var + ε): against the eval-mode formula, with variances small
