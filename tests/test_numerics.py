@@ -160,6 +160,20 @@ def test_population_stats_weights_batches_by_their_counts():
     assert int(pop["count"]) == 4
 
 
+def test_population_stats_counts_a_one_value_batch_and_ignores_an_empty_one_holding_nan():
+    """Moments by hand: a batch of one value enters E[x] with weight 1 (and Var with 0 degrees of freedom); a batch
+    whose count is 0 adds nothing even when its moments are NaN (an empty batch's 0/0 from another source)."""
+    moments = [
+        {"mean": jnp.array([1.0, 2.0]), "var": jnp.array([0.5, 2.0]), "count": jnp.array(3)},
+        {"mean": jnp.array([5.0, -2.0]), "var": jnp.array([0.0, 0.0]), "count": jnp.array(1)},
+        {"mean": jnp.full(2, jnp.nan), "var": jnp.full(2, jnp.nan), "count": jnp.array(0)},
+    ]
+    pop = jn.population_stats(moments)
+    np.testing.assert_allclose(pop["mean"], [(3 * 1.0 + 5.0) / 4, (3 * 2.0 - 2.0) / 4], rtol=1e-7)
+    np.testing.assert_allclose(pop["var"], [3 * 0.5 / 2, 3 * 2.0 / 2], rtol=1e-7)
+    assert int(pop["count"]) == 3
+
+
 @pytest.mark.parametrize(
     "name, statistic",
     [
