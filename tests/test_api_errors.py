@@ -310,6 +310,26 @@ def test_noisy_batch_norm_names_an_option_batch_norm_does_not_take():
         _noisy(jnp.ones((4, 3)), None, None, jn.init_batch_stats(3), train=True, momentm=0.9)
 
 
+@pytest.mark.parametrize("v, suggestion", [(3, 2), (16, 8), (0, 1), (-2, 1), (4.0, 1)])
+def test_a_virtual_batch_size_that_does_not_divide_the_batch_gets_a_divisor_that_does(v, suggestion):
+    """Ghost batch norm of a batch of 8: the largest divisor of 8 not above the given size is suggested (1 for a size
+    that is not a positive int, a float included)."""
+    x = jax.random.normal(jax.random.key(0), (8, 2, 3))
+    with pytest.raises(ValueError) as err:
+        jn.batch_norm(x, None, None, jn.init_batch_stats(3), train=True, virtual_batch_size=v)
+    assert str(err.value) == (
+        f"batch_norm: virtual_batch_size={v} must be a positive divisor of the batch size 8; choose e.g. {suggestion}"
+    )
+
+
+def test_a_virtual_batch_of_one_example_normalizes_each_example_alone():
+    x = jax.random.normal(jax.random.key(0), (4, 5, 3)) * 3.0 + 1.0
+    y, _ = jn.batch_norm(x, None, None, jn.init_batch_stats(3), train=True, virtual_batch_size=1)
+    for i in range(4):
+        want, _ = jn.batch_norm(x[i : i + 1], None, None, jn.init_batch_stats(3), train=True)
+        np.testing.assert_allclose(y[i : i + 1], want, rtol=1e-6, atol=1e-6)
+
+
 def test_noisy_batch_norm_reads_batch_norms_options_through_a_wrapper(monkeypatch):
     """noisy_batch_norm takes batch_norm's options and defaults from its signature: a functools.wraps wrapper (a
     tracing decorator, mutmut's trampoline) has no ``__kwdefaults__``, and reading those made every option unknown."""
