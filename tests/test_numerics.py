@@ -112,6 +112,36 @@ def test_a_given_epsilon_reaches_the_output_and_the_gradient(name):
     assert_accurate(y, dx, out, y_tol=1e-5, dx_tol=1e-5)
 
 
+DEFAULT_EPS_NORMS = {  # name → (f(x, s, b) → y with ε left out, reference kwargs)
+    "batch": (lambda x, s, b: jn.batch_norm(x, s, b, FRESH, train=True)[0], dict(kind="batch")),
+    "batch_renorm_r1d0": (
+        lambda x, s, b: jn.batch_renorm(x, s, b, FRESH, train=True, r_max=1.0, d_max=0.0)[0],
+        dict(kind="batch"),
+    ),
+    "lp_batch_norm_p2": (
+        lambda x, s, b: jn.lp_batch_norm(x, s, b, FRESH, train=True, p=2)[0],
+        dict(kind="batch", mode="lp2"),
+    ),
+    "layer": (lambda x, s, b: jn.layer_norm(x, s, b), dict(kind="layer")),
+    "instance": (lambda x, s, b: jn.instance_norm(x, s, b), dict(kind="instance")),
+    "group4": (lambda x, s, b: jn.group_norm(x, s, b, num_groups=4), dict(kind="group", groups=4)),
+    "rms": (lambda x, s, b: jn.rms_norm(x, s), dict(kind="layer", mode="rms")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_EPS_NORMS))
+def test_the_default_epsilon_is_1e_5(name):
+    """ε left out is 1e-5 (Flax's and PyTorch's default): against the float64 formula at variances (and, for the
+    uncentred norms, mean squares) of about 1e-4, where ε is a tenth of them."""
+    f, kw = DEFAULT_EPS_NORMS[name]
+    x, s, b, _ = data(0.0, 0.01)
+    bias = None if kw.get("mode") == "rms" else b
+    want = ref.norm(*f64(x), scale=s, bias=bias, eps=1e-5, **kw)["y"]
+    np.testing.assert_allclose(np.asarray(f(x, s, b), np.float64), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    off = ref.norm(*f64(x), scale=s, bias=bias, eps=1e-4, **kw)["y"]  # the test tells ε = 1e-4 apart
+    assert np.abs(off - want).max() > 1e-2 * np.abs(want).max()
+
+
 @pytest.mark.parametrize("m,sd", [(1e4, 1.0), (5.0, 1e-3), (-1e3, 0.1)])
 def test_batch_moments_population_stats_and_variants_at_large_means(m, sd):
     x, s, b, ct = data(m, sd)
