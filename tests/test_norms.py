@@ -281,6 +281,31 @@ def test_sync_batch_norm_under_shard_map():
     close(var, s_ref["var"])
 
 
+SYNC_NORMS = {
+    "batch_norm": lambda x, st, **kw: jn.batch_norm(x, None, None, st, train=True, **kw),
+    "batch_renorm": lambda x, st, **kw: jn.batch_renorm(x, None, None, st, train=True, r_max=1.5, d_max=0.5, **kw),
+    "lp_batch_norm_p1": lambda x, st, **kw: jn.lp_batch_norm(x, None, None, st, train=True, p=1, **kw),
+    "lp_batch_norm_p2": lambda x, st, **kw: jn.lp_batch_norm(x, None, None, st, train=True, p=2, **kw),
+    "lp_batch_norm_inf": lambda x, st, **kw: jn.lp_batch_norm(x, None, None, st, train=True, p="inf", **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYNC_NORMS))
+def test_every_batch_statistics_norm_synchronizes_over_its_axis_name(name):
+    """4 shards of 4 examples under ``vmap(axis_name='b')``: the outputs and the new running statistics equal the
+    norm of the whole batch of 16 (each shard's own statistics differ: the shards have other means and scales)."""
+    f = SYNC_NORMS[name]
+    x = rand((16, 6), loc=1.0) * jnp.repeat(jnp.array([0.5, 1.0, 2.0, 4.0]), 4)[:, None]
+    st = {"mean": jnp.full(6, 0.5), "var": jnp.full(6, 2.0), "count": jnp.zeros((), jnp.int32)}
+    y, new = jax.vmap(lambda xs: f(xs, st, axis_name="b"), axis_name="b")(x.reshape(4, 4, 6))
+    y_ref, new_ref = f(x, st)
+    close(y.reshape(16, 6), y_ref)
+    for k in ("mean", "var"):
+        close(new[k], jnp.broadcast_to(new_ref[k], (4, 6)))
+    y_alone, _ = jax.vmap(lambda xs: f(xs, st), axis_name="b")(x.reshape(4, 4, 6))
+    assert np.abs(np.asarray(y_alone).reshape(16, 6) - np.asarray(y_ref)).max() > 0.1
+
+
 def test_masked_batch_norm_single_device_ignores_padding():
     x = rand((10, 4))
     xp = jnp.concatenate([x, jnp.full((6, 4), 1e4)])
