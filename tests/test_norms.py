@@ -306,6 +306,18 @@ def test_every_batch_statistics_norm_synchronizes_over_its_axis_name(name):
     assert np.abs(np.asarray(y_alone).reshape(16, 6) - np.asarray(y_ref)).max() > 0.1
 
 
+@pytest.mark.parametrize("p", [1, 2, "inf"])
+def test_lp_batch_norm_of_one_valid_value_per_channel(p):
+    """A mask that keeps one value per channel: s = |x₀| for every p (the mean of one |value|, the root of one
+    square, the max of one), so momentum 0 stores s² = x₀², and the padding (NaN here) changes nothing."""
+    x = jnp.array([[-3.0, 0.5], [jnp.nan, jnp.nan], [7.0, -9.0], [1e6, 2.0]])
+    mask = jnp.array([True, False, False, False])[:, None]
+    y, st = jn.lp_batch_norm(x, None, None, jn.init_batch_stats(2), train=True, p=p, momentum=0.0, mask=mask)
+    np.testing.assert_allclose(st["mean"], [-3.0, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(st["var"], [9.0, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(y[0], [0.0, 0.0], atol=1e-6)
+
+
 def test_masked_batch_norm_single_device_ignores_padding():
     x = rand((10, 4))
     xp = jnp.concatenate([x, jnp.full((6, 4), 1e4)])
