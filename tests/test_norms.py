@@ -318,6 +318,35 @@ def test_lp_batch_norm_of_one_valid_value_per_channel(p):
     np.testing.assert_allclose(y[0], [0.0, 0.0], atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("p", [1, 2, "inf"])
+def test_lp_batch_norm_with_scale_bias_and_finite_padding_against_float64(p, dtype):
+    """y = γ·(x − μ)/√(s² + ε) + β with μ and s from the valid values only, s = (mean |x|^p)^(1/p) or max |x|; the
+    padded rows are normalized by the same statistics (as batch norm's are), and y keeps x's dtype."""
+    r = np.random.default_rng(3)
+    x64 = r.normal(2.0, 1.5, size=(12, 5))
+    valid = np.arange(12) < 9
+    gamma, beta = r.normal(1.0, 0.3, size=5), r.normal(size=5)
+    x = jnp.asarray(x64, dtype)
+    x64 = np.asarray(x, np.float64)  # the rounded input, for the reference
+    y, st = jn.lp_batch_norm(
+        x,
+        jnp.asarray(gamma, jnp.float32),
+        jnp.asarray(beta, jnp.float32),
+        jn.init_batch_stats(5),
+        train=True,
+        p=p,
+        epsilon=0.1,
+        mask=jnp.asarray(valid)[:, None],
+    )
+    a = np.abs(x64[valid])
+    s = a.max(0) if p == "inf" else (a**p).mean(0) ** (1 / p)
+    want = gamma * (x64 - x64[valid].mean(0)) / np.sqrt(s**2 + 0.1) + beta
+    assert y.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=tol, atol=tol * np.abs(want).max())
+
+
 def test_masked_batch_norm_single_device_ignores_padding():
     x = rand((10, 4))
     xp = jnp.concatenate([x, jnp.full((6, 4), 1e4)])
