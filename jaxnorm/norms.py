@@ -332,16 +332,15 @@ def _data_shift(xf, spec: _Spec, mask):
     k = xf[first]
     valid = None
     if mask is not None:
-        m = mask[tuple(slice(0, 1) if i in spec.axes and mask.shape[i] == 1 else slice(None) for i in range(mask.ndim))]
         mv = [a for a in spec.axes if mask.shape[a] > 1]  # reduced axes along which validity varies
         if mv:
-            rest = [a for a in range(m.ndim) if a not in mv]
-            mt = jnp.transpose(m, rest + mv)
+            rest = [a for a in range(mask.ndim) if a not in mv]
+            mt = jnp.transpose(mask, rest + mv)
             lead = mt.shape[: len(rest)]
             flat = mt.reshape(lead + (-1,))
             pos = jnp.argmax(flat, -1)
             valid = jnp.any(flat, -1)
-            idx = jnp.unravel_index(pos, tuple(m.shape[a] for a in mv))
+            idx = jnp.unravel_index(pos, tuple(mask.shape[a] for a in mv))
 
             def keep(t):  # back to keep-rank: singleton at the mv axes
                 return jnp.expand_dims(t, tuple(mv))
@@ -350,7 +349,7 @@ def _data_shift(xf, spec: _Spec, mask):
                 k = jnp.take_along_axis(k, keep(ia), axis=a)
             valid = keep(valid)
         else:
-            valid = m
+            valid = mask
         valid = jnp.broadcast_to(valid, _stat_shape(xf.shape, spec))
         k = jnp.where(valid, k, jnp.zeros((), k.dtype))
     if spec.groups is not None and spec.groups < xf.shape[spec.group_axis]:

@@ -324,6 +324,25 @@ def test_masked_batch_statistics_ignore_nan_and_inf_padding(name, pad):
         np.testing.assert_allclose(np.asarray(g[:12]), np.asarray(g_ref), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(set(MASKED) - {"batch_ghost"}))
+def test_padding_first_at_a_large_mean_shifts_by_the_first_valid_value(name):
+    """The padding leads the batch (NaN in its first 4 rows) at a mean of 1e4 with σ = 0.1: the shift must come from
+    the first *valid* row, else the float32 statistics lose everything to cancellation; the variance against the
+    float64 statistics of the valid rows (the unpadded batch as reference)."""
+    f = MASKED[name]
+    x = data(1e4, 0.1, shape=(12, 3, 4))[0]
+    xp = jnp.concatenate([jnp.full((4, 3, 4), jnp.nan), x])
+    mask = jnp.arange(16) >= 4
+    st = jn.init_batch_stats(4)
+    y, s = f(xp, mask, st)
+    y_ref, s_ref = f(x, None, st)
+    np.testing.assert_allclose(np.asarray(s["var"]), np.asarray(s_ref["var"]), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(y[4:]), np.asarray(y_ref), rtol=1e-4, atol=1e-4)
+    if name == "batch":  # and the reference itself is right: float64 two-pass variance of the valid values
+        var64 = np.var(np.asarray(x, np.float64), axis=(0, 1))
+        np.testing.assert_allclose(np.asarray(s["var"]), 0.99 * 1.0 + 0.01 * var64, rtol=1e-4)
+
+
 @pytest.mark.parametrize("pad", PAD)
 @pytest.mark.parametrize("name", ["layer", "rms", "instance", "group"])
 def test_masked_per_example_norms_select(name, pad):
