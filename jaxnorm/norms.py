@@ -902,8 +902,14 @@ def population_stats(moments: Iterable[Any]) -> Any:
         [3.0] [2.0] 2
     """
 
+    def counts(s):
+        return jnp.broadcast_to(jnp.asarray(s["count"], jnp.float32), jnp.shape(s["mean"]))
+
+    def first(s):  # the reference mean: the first batch's, 0 where it is empty (its moments may be NaN)
+        return {"mean": jnp.where(counts(s) > 0, jnp.asarray(s["mean"], jnp.float32), 0.0)}
+
     def terms(s, r):  # one batch's count-weighted, shifted contributions
-        n = jnp.broadcast_to(jnp.asarray(s["count"], jnp.float32), jnp.shape(s["mean"]))
+        n = counts(s)
         has = n > 0
         mean = jnp.where(has, jnp.asarray(s["mean"], jnp.float32) - r["mean"], 0.0)
         var = jnp.where(has, jnp.asarray(s["var"], jnp.float32), 0.0)
@@ -912,7 +918,7 @@ def population_stats(moments: Iterable[Any]) -> Any:
     total, ref, k = None, None, 0
     for tree in moments:
         if ref is None:
-            ref = _map_stats(lambda s: {"mean": jnp.asarray(s["mean"], jnp.float32)}, tree)
+            ref = _map_stats(first, tree)
         cur = _map_stats(terms, tree, ref)
         total = cur if total is None else jax.tree.map(jnp.add, total, cur)
         k += 1

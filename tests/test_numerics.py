@@ -202,6 +202,14 @@ def test_population_stats_counts_a_one_value_batch_and_ignores_an_empty_one_hold
     np.testing.assert_allclose(pop["mean"], [(3 * 1.0 + 5.0) / 4, (3 * 2.0 - 2.0) / 4], rtol=1e-7)
     np.testing.assert_allclose(pop["var"], [3 * 0.5 / 2, 3 * 2.0 / 2], rtol=1e-7)
     assert int(pop["count"]) == 3
+    # one batch alone: of one value (its mean, and Var 0 over 0 degrees of freedom), of two (one degree of freedom)
+    one = jn.population_stats([{"mean": jnp.array([5.0]), "var": jnp.array([0.0]), "count": jnp.array(1)}])
+    np.testing.assert_allclose([one["mean"][0], one["var"][0]], [5.0, 0.0])
+    two = jn.population_stats([{"mean": jnp.array([5.0]), "var": jnp.array([0.25]), "count": jnp.array(2)}])
+    np.testing.assert_allclose([two["mean"][0], two["var"][0]], [5.0, 0.5])  # 2·0.25/(2 − 1)
+    # an empty first batch holding NaN is no reference for the others: one value after it is the mean
+    late = jn.population_stats(moments[2:] + moments[1:2])
+    np.testing.assert_allclose([late["mean"][0], late["var"][0]], [5.0, 0.0])
 
 
 @pytest.mark.parametrize(
