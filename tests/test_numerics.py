@@ -82,20 +82,20 @@ def test_large_mean_matches_float64_two_pass(name, m):
         np.testing.assert_allclose(np.asarray(var, np.float64), out["var"], rtol=1e-4)
 
 
-EPS_NORMS = {  # name → (f(x, s, b, ε) → y, reference kwargs): every training-mode norm with its ε given
-    "batch": (lambda x, s, b, e: jn.batch_norm(x, s, b, FRESH, train=True, epsilon=e)[0], dict(kind="batch")),
+EPS_NORMS = {  # name → (f(x, s, b, **epsilon) → y, reference kwargs): every training-mode norm, ε given or left out
+    "batch": (lambda x, s, b, **e: jn.batch_norm(x, s, b, FRESH, train=True, **e)[0], dict(kind="batch")),
     "batch_renorm_r1d0": (
-        lambda x, s, b, e: jn.batch_renorm(x, s, b, FRESH, train=True, r_max=1.0, d_max=0.0, epsilon=e)[0],
+        lambda x, s, b, **e: jn.batch_renorm(x, s, b, FRESH, train=True, r_max=1.0, d_max=0.0, **e)[0],
         dict(kind="batch"),
     ),
     "lp_batch_norm_p2": (
-        lambda x, s, b, e: jn.lp_batch_norm(x, s, b, FRESH, train=True, p=2, epsilon=e)[0],
+        lambda x, s, b, **e: jn.lp_batch_norm(x, s, b, FRESH, train=True, p=2, **e)[0],
         dict(kind="batch", mode="lp2"),
     ),
-    "layer": (lambda x, s, b, e: jn.layer_norm(x, s, b, epsilon=e), dict(kind="layer")),
-    "instance": (lambda x, s, b, e: jn.instance_norm(x, s, b, epsilon=e), dict(kind="instance")),
-    "group4": (lambda x, s, b, e: jn.group_norm(x, s, b, num_groups=4, epsilon=e), dict(kind="group", groups=4)),
-    "rms": (lambda x, s, b, e: jn.rms_norm(x, s, epsilon=e), dict(kind="layer", mode="rms")),
+    "layer": (lambda x, s, b, **e: jn.layer_norm(x, s, b, **e), dict(kind="layer")),
+    "instance": (lambda x, s, b, **e: jn.instance_norm(x, s, b, **e), dict(kind="instance")),
+    "group4": (lambda x, s, b, **e: jn.group_norm(x, s, b, num_groups=4, **e), dict(kind="group", groups=4)),
+    "rms": (lambda x, s, b, **e: jn.rms_norm(x, s, **e), dict(kind="layer", mode="rms")),
 }
 
 
@@ -107,33 +107,16 @@ def test_a_given_epsilon_reaches_the_output_and_the_gradient(name):
     x, s, b, ct = data(0.3, 0.5)
     bias = None if kw.get("mode") == "rms" else b
     out = ref.norm(*f64(x), scale=s, bias=bias, ct=ct, eps=0.5, **kw)
-    y = f(x, s, b, 0.5)
-    dx = jax.grad(lambda x: jnp.sum(f(x, s, b, 0.5) * ct))(x)
+    y = f(x, s, b, epsilon=0.5)
+    dx = jax.grad(lambda x: jnp.sum(f(x, s, b, epsilon=0.5) * ct))(x)
     assert_accurate(y, dx, out, y_tol=1e-5, dx_tol=1e-5)
 
 
-DEFAULT_EPS_NORMS = {  # name → (f(x, s, b) → y with ε left out, reference kwargs)
-    "batch": (lambda x, s, b: jn.batch_norm(x, s, b, FRESH, train=True)[0], dict(kind="batch")),
-    "batch_renorm_r1d0": (
-        lambda x, s, b: jn.batch_renorm(x, s, b, FRESH, train=True, r_max=1.0, d_max=0.0)[0],
-        dict(kind="batch"),
-    ),
-    "lp_batch_norm_p2": (
-        lambda x, s, b: jn.lp_batch_norm(x, s, b, FRESH, train=True, p=2)[0],
-        dict(kind="batch", mode="lp2"),
-    ),
-    "layer": (lambda x, s, b: jn.layer_norm(x, s, b), dict(kind="layer")),
-    "instance": (lambda x, s, b: jn.instance_norm(x, s, b), dict(kind="instance")),
-    "group4": (lambda x, s, b: jn.group_norm(x, s, b, num_groups=4), dict(kind="group", groups=4)),
-    "rms": (lambda x, s, b: jn.rms_norm(x, s), dict(kind="layer", mode="rms")),
-}
-
-
-@pytest.mark.parametrize("name", sorted(DEFAULT_EPS_NORMS))
+@pytest.mark.parametrize("name", sorted(EPS_NORMS))
 def test_the_default_epsilon_is_1e_5(name):
     """ε left out is 1e-5 (Flax's and PyTorch's default): against the float64 formula at variances (and, for the
     uncentred norms, mean squares) of about 1e-4, where ε is a tenth of them."""
-    f, kw = DEFAULT_EPS_NORMS[name]
+    f, kw = EPS_NORMS[name]
     x, s, b, _ = data(0.0, 0.01)
     bias = None if kw.get("mode") == "rms" else b
     want = ref.norm(*f64(x), scale=s, bias=bias, eps=1e-5, **kw)["y"]
